@@ -1,0 +1,1 @@
+"""Benchmarks, each runnable as `python -m agentmem.eval.<name>`; results go to BENCHMARKS.md."""

@@ -1,0 +1,46 @@
+"""Writing benchmark results into BENCHMARKS.md, one marked section per benchmark.
+
+Each benchmark owns the text between `<!-- begin NAME -->` and `<!-- end NAME -->`,
+so benchmarks run at different times never overwrite each other's figures.
+"""
+from __future__ import annotations
+
+import platform
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import filelock
+
+DEFAULT_PATH = Path("BENCHMARKS.md")
+
+
+def machine_line() -> str:
+    """Date, CPU and core count: the context every measured number needs."""
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return f"{date}; {cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_section(name: str, markdown: str, path: Path | str = DEFAULT_PATH) -> None:
+    """Replace (or append) the section `name` of the benchmarks file with `markdown`."""
+    path = Path(path)
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    with filelock.FileLock(str(path) + ".lock"):
+        text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here was measured by the command shown above it.\n"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        path.write_text(text)
