@@ -1,0 +1,33 @@
+"""Tunable behaviour of a `Memory`, with defaults that suit the bundled MiniLM embedder."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MemoryConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    # input limits
+    max_text_chars: int = Field(10_000, ge=1)
+
+    # forgetting curve (see agentmem.forgetting)
+    curve: Literal["exponential", "actr"] = "exponential"
+    time_unit_seconds: float = Field(86_400.0, gt=0, description="one unit of t in R = exp(-t / S); a day by default")
+    initial_strength: float = Field(1.0, gt=0)
+    strength_gain: float = Field(1.0, ge=0, description="added to S at each recall (spacing effect)")
+    actr_decay: float = Field(0.5, gt=0)
+    archive_below: float = Field(0.01, ge=0, lt=1, description="decay() archives notes whose retention fell below this")
+
+    # Zettelkasten linking (cosine similarities of normalised MiniLM embeddings)
+    link_threshold: float = Field(0.5, ge=-1, le=1)
+    max_links: int = Field(5, ge=0)
+    duplicate_threshold: float = Field(0.95, ge=-1, le=1)
+    max_keywords: int = Field(12, ge=1)
+
+    # ranking
+    lexical_weight: float = Field(0.3, ge=0)
+    link_spread: float = Field(0.5, ge=0, description="share of a seed's relevance passed along a link of weight 1")
+    retention_floor: float = Field(0.7, ge=0, le=1, description="a note at retention 0 keeps this share of its relevance")
+    candidate_pool: int = Field(30, ge=1, description="dense candidates fetched beyond k before re-ranking")

@@ -1,0 +1,79 @@
+"""Local note enrichment and Zettelkasten evolution, with no LLM in the loop.
+
+Keywords are the note's salient content words, tags its named things (capitalised
+words and numbers such as years) plus the user's own tags, and the context a one-line
+description. When a new note links to a neighbour, the neighbour *evolves*: it absorbs
+the newcomer's keywords it lacks, up to a cap, and nothing else changes.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|\d{2,4}")
+_SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)([A-Za-z][\w'\-]*)")
+
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be because been before
+    being below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't
+    down during each few for from further get got had hadn't has hasn't have haven't having he he'd he'll
+    he's her here here's hers herself him himself his how how's i i'd i'll i'm i've if in into is isn't it
+    it's its itself just let's like me more most mustn't my myself no nor not now of off on once only or
+    other ought our ours ourselves out over own really same shan't she she'd she'll she's should shouldn't
+    so some such than that that's the their theirs them themselves then there there's these they they'd
+    they'll they're they've this those through to too under until up very was wasn't we we'd we'll we're
+    we've were weren't what what's when when's where where's which while who who's whom why why's will with
+    won't would wouldn't yeah yes you you'd you'll you're you've your yours yourself yourselves oh okay ok
+    hey hi hello thanks thank lot much many one well way going gonna wanna yep sure great good nice cool
+    wow awesome totally definitely""".split()
+)
+
+
+def _tokens(text: str) -> list[str]:
+    """Word tokens as written, possessive 's dropped."""
+    return [t[:-2] if t.lower().endswith("'s") else t for t in _WORD.findall(text)]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, inner apostrophes/hyphens; numbers of 2-4 digits)."""
+    return [w.lower() for w in _tokens(text)]
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in words(text) if w not in STOPWORDS and (len(w) > 2 or w.isdigit())]
+
+
+def extract_keywords(text: str, limit: int = 8) -> list[str]:
+    """Most frequent content words, ties broken by first appearance."""
+    counts = Counter(content_words(text))
+    first_seen = {w: i for i, w in reversed(list(enumerate(content_words(text))))}
+    ranked = sorted(counts, key=lambda w: (-counts[w], first_seen[w]))
+    return ranked[:limit]
+
+
+def extract_tags(text: str, user_tags: tuple[str, ...] = ()) -> list[str]:
+    """User tags first, then named things: capitalised words not opening a sentence, and years."""
+    sentence_openers = {m.group(1) for m in _SENTENCE_START.finditer(text)}
+    found: list[str] = [t.strip().lower() for t in user_tags if t.strip()]
+    for token in _tokens(text):
+        named = token[0].isupper() and token not in sentence_openers and token.lower() not in STOPWORDS
+        year = token.isdigit() and len(token) == 4
+        if (named or year) and token.lower() not in found:
+            found.append(token.lower())
+    return found
+
+
+def describe(text: str, keywords: list[str], at: datetime, speaker: str | None) -> str:
+    """A one-line context: when, who, and what about."""
+    who = f" · {speaker}" if speaker else ""
+    about = f" · about {', '.join(keywords[:4])}" if keywords else ""
+    return f"{at:%Y-%m-%d}{who}{about}"
+
+
+def evolve_keywords(own: list[str], newcomer: list[str], cap: int, absorb: int = 3) -> list[str]:
+    """A neighbour's keywords after a linked newcomer arrives: it absorbs up to `absorb`
+    of the newcomer's keywords it lacks, never beyond `cap`, never dropping its own."""
+    missing = [w for w in newcomer if w not in own]
+    room = max(cap - len(own), 0)
+    return own + missing[: min(absorb, room)]

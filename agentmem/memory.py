@@ -1,0 +1,650 @@
+"""The facade agents use: remember, recall, update, forget, decay, and the rest.
+
+A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
+`chroma/` (the vector index, unless a Chroma server is used) and `agentmem.lock`.
+Every operation holds a thread lock and an inter-process file lock, so many threads
+and several processes can share one folder without losing or duplicating notes.
+Embedding happens before the locks are taken, so threads still encode in parallel.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import filelock
+import numpy as np
+from pydantic import ValidationError
+from sentence_transformers import SentenceTransformer
+
+from . import forgetting, linking, ranking
+from .config import MemoryConfig
+from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError
+from .models import load_embedder
+from .notes import (
+    DecayReport, Enrichment, Fact, Hit, ImportReport, MemoryItem, MemoryStats, Note,
+)
+from .stores import NoteGraph, VectorIndex
+from .stores.vectors import METADATA_PREFIX, where_clause
+
+log = logging.getLogger(__name__)
+
+Enricher = Callable[[str], Enrichment | dict[str, Any]]
+SCOPES = ("user_id", "agent_id", "session_id")
+_UNSET: Any = object()
+
+
+class Memory:
+    """Long-term memory for an agent, kept in one folder on disk.
+
+    >>> with Memory("memdata") as mem:
+    ...     mem.remember("Alice moved to Lisbon in 2024", user_id="alice")
+    ...     hits = mem.recall("Where does Alice live?", user_id="alice")
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        chroma_url: str | None = None,
+        collection: str = "agentmem_notes",
+        config: MemoryConfig | None = None,
+        embedder: SentenceTransformer | str | None = None,
+        enricher: Enricher | None = None,
+    ):
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise InvalidInputError("path must be a non-empty string or Path")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = config or MemoryConfig()
+        self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
+        self._enricher = enricher
+        self._lock = threading.RLock()
+        self._file_lock = filelock.FileLock(str(self.path / "agentmem.lock"), thread_local=False)
+        self._closed = False
+        self._graph = NoteGraph(self.path / "notes.sqlite3")
+        try:
+            self._index = VectorIndex(self.path / "chroma", collection, chroma_url)
+            with self._exclusive():
+                self._check_embedder()
+                self._reconcile(full=True)
+        except BaseException:
+            self._graph.close()
+            raise
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._index.close()
+                self._graph.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold both locks; first catch up with what other processes wrote."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"memory at {self.path} is closed")
+            with self._file_lock:
+                if self._graph.refresh_if_changed():
+                    self._index.refresh()
+                yield
+
+    def _check_embedder(self) -> None:
+        dim = str(self._embed(["dimension probe"]).shape[1])
+        stored = self._graph.get_meta("embedding_dim")
+        if stored is None:
+            with self._graph.transaction():
+                self._graph.set_meta("embedding_dim", dim)
+        elif stored != dim:
+            raise InvalidInputError(f"this store holds {stored}-dimensional embeddings; the embedder gives {dim}")
+
+    def _reconcile(self, full: bool = False) -> None:
+        """Bring the vector index in line with the note graph (the source of truth)."""
+        pending = self._graph.pending()
+        if full and not pending and self._index.count() == len(self._graph.graph):
+            return
+        if full:
+            in_index, in_graph = self._index.ids(), self._graph.all_ids()
+            pending = [(i, "delete") for i in in_index - in_graph] + [(i, "upsert") for i in in_graph - in_index] + pending
+        self._push([i for i, op in pending if op == "upsert"], [i for i, op in pending if op == "delete"])
+
+    def _push(self, upserts: list[str], deletes: list[str] = ()) -> None:
+        """Write notes to the vector index, then clear their outbox entries."""
+        notes = self._graph.get_many(upserts)
+        embeddings = self._graph.embeddings(upserts)
+        self._index.upsert(list(notes.values()), [embeddings[i] for i in notes])
+        self._index.delete(list(deletes))
+        with self._graph.transaction():
+            self._graph.clear_pending([*upserts, *deletes])
+
+    # ---- writing -------------------------------------------------------------------
+
+    def remember(
+        self,
+        text: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        at: datetime | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        fact: Fact | None = None,
+    ) -> Note:
+        """Store one memory and return its note (an existing one if this is a near-duplicate)."""
+        item = self._item(text, user_id, agent_id, session_id, at, tags, metadata, fact)
+        return self._remember([item])[0]
+
+    def remember_many(
+        self,
+        items: Iterable[str | MemoryItem | dict[str, Any]],
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        at: datetime | None = None,
+    ) -> list[Note]:
+        """Store many memories with one batched embedding and one transaction.
+
+        Scope and time given here apply to the items that leave them unset. Either every
+        item is valid and all are stored, or an error is raised and none is.
+        """
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise InvalidInputError("items must be an iterable of texts, MemoryItem or dicts")
+        prepared = []
+        for position, raw in enumerate(items):
+            try:
+                item = MemoryItem(text=raw) if isinstance(raw, str) else MemoryItem.model_validate(raw)
+            except ValidationError as exc:
+                raise InvalidInputError(f"item {position}: {exc}") from None
+            prepared.append(
+                self._item(
+                    item.text, item.user_id or user_id, item.agent_id or agent_id, item.session_id or session_id,
+                    item.at or at, item.tags, item.metadata, item.fact,
+                )
+            )
+        return self._remember(prepared) if prepared else []
+
+    def _remember(self, items: list[MemoryItem]) -> list[Note]:
+        embeddings = self._embed([item.text for item in items])
+        drafts = [self._draft(item) for item in items]
+        with self._exclusive():
+            neighbours = self._index_neighbours(drafts, embeddings)
+            stored: list[Note] = []
+            touched: list[str] = []
+            with self._graph.transaction():
+                for position, (draft, embedding) in enumerate(zip(drafts, embeddings)):
+                    candidates = neighbours[position] + [
+                        (earlier.id, float(embeddings[j] @ embedding))
+                        for j, earlier in enumerate(drafts[:position])
+                        if earlier.user_id == draft.user_id and stored[j].id == earlier.id
+                    ]
+                    note = self._insert_or_reinforce(draft, embedding, candidates)
+                    stored.append(note)
+                    touched.append(note.id)
+            self._push(touched)
+            return list(self._graph.get_many(n.id for n in stored).get(n.id) for n in stored)
+
+    def _insert_or_reinforce(self, draft: Note, embedding: np.ndarray, candidates: list[tuple[str, float]]) -> Note:
+        candidates = sorted(candidates, key=lambda c: -c[1])
+        known = self._graph.get_many(i for i, _ in candidates)
+        for note_id, similarity in candidates:
+            other = known.get(note_id)
+            same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
+            if same_scope and similarity >= self.config.duplicate_threshold:
+                return self._reinforce_duplicate(other, draft)
+        self._graph.insert(draft, embedding)
+        linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
+        for note_id, similarity in linked[: self.config.max_links]:
+            self._graph.link(draft.id, note_id, round(similarity, 6), draft.created_at)
+            self._evolve(known[note_id], draft)
+        return draft
+
+    def _reinforce_duplicate(self, existing: Note, draft: Note) -> Note:
+        """A near-duplicate strengthens the note it repeats (and revives it if archived)."""
+        tags = existing.tags + [t for t in draft.tags if t not in existing.tags]
+        self._graph.set_fields(
+            existing.id,
+            strength=forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
+            last_recalled=max(existing.last_recalled, draft.created_at).timestamp(),
+            tags=tags,
+        )
+        if existing.fact is None and draft.fact is not None:
+            self._graph.set_fields(existing.id, fact=draft.fact.model_dump_json())
+        if existing.archived:
+            self._graph.set_archived([existing.id], False)
+        return existing
+
+    def _evolve(self, neighbour: Note, newcomer: Note) -> None:
+        keywords = linking.evolve_keywords(neighbour.keywords, newcomer.keywords, self.config.max_keywords)
+        if keywords != neighbour.keywords:
+            self._graph.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
+            self._graph.set_fields(neighbour.id, keywords=keywords)
+
+    def _index_neighbours(self, drafts: list[Note], embeddings: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Nearest stored notes of each draft, within its user's notes (links never cross users)."""
+        found: list[list[tuple[str, float]]] = [[] for _ in drafts]
+        n = self.config.max_links + 5
+        by_user: dict[str | None, list[int]] = {}
+        for position, draft in enumerate(drafts):
+            by_user.setdefault(draft.user_id, []).append(position)
+        for user, positions in by_user.items():
+            results = self._index.query(embeddings[positions], n, where_clause({"user_id": user or ""}))
+            for position, result in zip(positions, results):
+                found[position] = result
+        return found
+
+    def update(
+        self,
+        note_id: str,
+        *,
+        text: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        fact: Fact | None = _UNSET,
+        at: datetime | None = None,
+    ) -> Note:
+        """Change a note; the previous version goes to its history. New text is re-embedded."""
+        self._check_id(note_id)
+        when = self._time(at)
+        new_text = self._text(text) if text is not None else None
+        new_tags = self._tags(tags) if tags is not None else None
+        new_metadata = self._metadata(metadata) if metadata is not None else None
+        new_fact = self._fact(fact) if fact is not _UNSET else _UNSET
+        embedding = self._embed([new_text])[0] if new_text is not None else None
+        with self._exclusive():
+            before = self._existing(note_id)
+            changes: dict[str, Any] = {"updated_at": max(when, before.created_at)}
+            if new_text is not None:
+                keywords = linking.extract_keywords(new_text, self.config.max_keywords)
+                changes.update(
+                    text=new_text,
+                    keywords=keywords,
+                    tags=linking.extract_tags(new_text, tuple(new_tags if new_tags is not None else before.tags)),
+                    context=linking.describe(new_text, keywords, before.created_at, before.user_id),
+                )
+            elif new_tags is not None:
+                changes["tags"] = linking.extract_tags(before.text, tuple(new_tags))
+            if new_metadata is not None:
+                changes["metadata"] = new_metadata
+            if new_fact is not _UNSET:
+                changes["fact"] = new_fact
+            after = before.model_copy(update=changes)
+            if embedding is None:
+                embedding = self._graph.embeddings([note_id])[note_id]
+            with self._graph.transaction():
+                self._graph.replace(after, embedding, "updated", before)
+            self._push([note_id])
+            return self._existing(note_id)
+
+    def forget(self, note_id: str) -> None:
+        """Delete a note for good: from the graph, its links, its history and the vector index."""
+        self._check_id(note_id)
+        with self._exclusive():
+            self._existing(note_id)
+            with self._graph.transaction():
+                self._graph.delete(note_id)
+            self._push([], [note_id])
+
+    def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
+        """Link two notes by hand (both ways)."""
+        self._check_id(a)
+        self._check_id(b)
+        if a == b:
+            raise InvalidInputError("a note cannot link to itself")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+            raise InvalidInputError("weight must be a number in (0, 1]")
+        when = self._time(at)
+        with self._exclusive():
+            self._existing(a)
+            self._existing(b)
+            with self._graph.transaction():
+                self._graph.link(a, b, float(weight), when)
+
+    # ---- reading -------------------------------------------------------------------
+
+    def recall(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        at: datetime | None = None,
+        filters: dict[str, str | int | float | bool] | None = None,
+        include_archived: bool = False,
+    ) -> list[Hit]:
+        """The k notes that best answer `query`; each one returned counts as recalled."""
+        query = self._text(query)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+        scope = {name: self._scope(name, value) for name, value in
+                 (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)) if value is not None}
+        filters = self._filters(filters)
+        when = self._time(at)
+        if not isinstance(include_archived, bool):
+            raise InvalidInputError("include_archived must be a bool")
+        query_embedding = self._embed([query])[0]
+
+        conditions: dict[str, Any] = dict(scope)
+        if not include_archived:
+            conditions["archived"] = False
+        conditions.update({METADATA_PREFIX + key: value for key, value in filters.items()})
+
+        def admissible(note: Note) -> bool:
+            return (
+                all(getattr(note, name) == value for name, value in scope.items())
+                and (include_archived or not note.archived)
+                and all(note.metadata.get(key) == value for key, value in filters.items())
+            )
+
+        with self._exclusive():
+            dense = self._index.query(query_embedding[None, :], k + self.config.candidate_pool, where_clause(conditions))[0]
+            notes = self._graph.get_many(i for i, _ in dense)
+            candidates = {
+                i: ranking.Candidate(note=notes[i], similarity=s) for i, s in dense if i in notes
+            }
+            seeds = sorted(candidates.values(), key=lambda c: -c.similarity)[:k]
+            reached = ranking.spread_activation(
+                {c.note.id: c.similarity for c in seeds}, self._graph.graph, self.config.link_spread
+            )
+            linked = {i: a for i, a in reached.items() if i not in candidates}
+            linked_notes = self._graph.get_many(linked)
+            linked_embeddings = self._graph.embeddings(linked_notes)
+            for note_id, note in linked_notes.items():
+                if admissible(note):
+                    candidates[note_id] = ranking.Candidate(
+                        note=note, similarity=float(linked_embeddings[note_id] @ query_embedding)
+                    )
+            for candidate in candidates.values():
+                candidate.lexical = ranking.lexical_overlap(query, candidate.note)
+                candidate.retention = self._retention(candidate.note, when)
+                activation, via = reached.get(candidate.note.id, (0.0, None))
+                if activation > ranking.relevance(candidate, self.config):
+                    candidate.link_activation, candidate.via_link = activation, via
+            hits = ranking.rank(list(candidates.values()), self.config, k)
+            return self._reinforce_recalled(hits, when)
+
+    def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:
+        """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
+        if not hits:
+            return hits
+        with self._graph.transaction():
+            for hit in hits:
+                note = hit.note
+                self._graph.set_fields(
+                    note.id,
+                    recall_count=note.recall_count + 1,
+                    strength=forgetting.reinforced_strength(note.strength, self.config.strength_gain),
+                    last_recalled=max(at, note.last_recalled).timestamp(),
+                )
+            self._graph.record_recalls([h.note.id for h in hits], at)
+        fresh = self._graph.get_many(h.note.id for h in hits)
+        return [h.model_copy(update={"note": fresh[h.note.id]}) for h in hits]
+
+    def get(self, note_id: str) -> Note:
+        self._check_id(note_id)
+        with self._exclusive():
+            return self._existing(note_id)
+
+    def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
+        """Earlier versions of a note: (when it changed, what changed, the note before)."""
+        self._check_id(note_id)
+        with self._exclusive():
+            self._existing(note_id)
+            return self._graph.history(note_id)
+
+    def neighbors(self, note_id: str) -> list[Note]:
+        """The notes linked to this one, strongest link first."""
+        self._check_id(note_id)
+        with self._exclusive():
+            note = self._existing(note_id)
+            others = self._graph.get_many(link.note_id for link in note.links)
+            return [others[link.note_id] for link in note.links if link.note_id in others]
+
+    def retention(self, note_id: str, at: datetime | None = None) -> float:
+        self._check_id(note_id)
+        when = self._time(at)
+        with self._exclusive():
+            return self._retention(self._existing(note_id), when)
+
+    def _retention(self, note: Note, at: datetime) -> float:
+        unit = self.config.time_unit_seconds
+        if self.config.curve == "actr":
+            presentations = [note.created_at, *self._graph.recall_times(note.id)]
+            ages = [(at - p).total_seconds() / unit for p in presentations]
+            return forgetting.actr_retention(ages, self.config.actr_decay)
+        elapsed = (at - note.last_recalled).total_seconds() / unit
+        return forgetting.exponential_retention(elapsed, note.strength)
+
+    # ---- forgetting curve ----------------------------------------------------------
+
+    def decay(self, at: datetime | None = None) -> DecayReport:
+        """Archive every active note whose retention fell below `config.archive_below`."""
+        when = self._time(at)
+        with self._exclusive():
+            active = [note for note, _ in self._graph.all_notes() if not note.archived]
+            faded = [n.id for n in active if self._retention(n, when) < self.config.archive_below]
+            if faded:
+                with self._graph.transaction():
+                    self._graph.set_archived(faded, True)
+                self._push(faded)
+            return DecayReport(at=when, examined=len(active), archived=faded, kept=len(active) - len(faded))
+
+    def restore(self, note_id: str, at: datetime | None = None) -> Note:
+        """Bring an archived note back; its forgetting clock restarts."""
+        self._check_id(note_id)
+        when = self._time(at)
+        with self._exclusive():
+            note = self._existing(note_id)
+            with self._graph.transaction():
+                self._graph.set_archived([note_id], False)
+                self._graph.set_fields(note_id, last_recalled=max(when, note.last_recalled).timestamp())
+            self._push([note_id])
+            return self._existing(note_id)
+
+    # ---- whole-store operations -----------------------------------------------------
+
+    def stats(self) -> MemoryStats:
+        with self._exclusive():
+            counts = self._graph.counts()
+        return MemoryStats(
+            path=str(self.path),
+            vector_store=self._index.mode,
+            notes=counts["notes"],
+            active=counts["notes"] - counts["archived"],
+            archived=counts["archived"],
+            links=counts["links"],
+            pending_sync=counts["pending_sync"],
+            users=counts["users"],
+        )
+
+    def export(self, path: str | Path) -> int:
+        """Write every note (with its links) as one JSON object per line; returns the count."""
+        target = Path(path)
+        with self._exclusive():
+            notes = [note for note, _ in self._graph.all_notes()]
+        with target.open("w", encoding="utf-8") as out:
+            for note in notes:
+                out.write(note.model_dump_json() + "\n")
+        return len(notes)
+
+    def import_(self, path: str | Path) -> ImportReport:
+        """Load notes written by `export`, keeping ids, times and links; known ids are skipped.
+
+        Every line is validated before anything is written; texts are re-embedded with
+        this memory's embedder.
+        """
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidInputError(f"no such file: {source}")
+        notes: list[Note] = []
+        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                note = Note.model_validate_json(line)
+            except ValidationError as exc:
+                raise InvalidInputError(f"{source}:{number}: not a note: {exc}") from None
+            self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
+                       note.tags, note.metadata, note.fact)
+            notes.append(note)
+        with self._exclusive():
+            new = [n for n in {n.id: n for n in notes}.values() if not self._graph.exists(n.id)]
+            embeddings = self._embed([n.text for n in new]) if new else []
+            with self._graph.transaction():
+                for note, embedding in zip(new, embeddings):
+                    self._graph.insert(note.model_copy(update={"links": []}), embedding)
+                for note in new:
+                    for link in note.links:
+                        if self._graph.exists(link.note_id):
+                            self._graph.link(note.id, link.note_id, link.weight, note.created_at)
+            self._push([n.id for n in new])
+        return ImportReport(imported=len(new), skipped=len(notes) - len(new))
+
+    # ---- building notes --------------------------------------------------------------
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return self._embedder.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32)
+
+    def _draft(self, item: MemoryItem) -> Note:
+        """A new note with local enrichment, improved by the enricher when it works."""
+        keywords = linking.extract_keywords(item.text, self.config.max_keywords)
+        tags = linking.extract_tags(item.text, item.tags)
+        context = linking.describe(item.text, keywords, item.at, item.user_id)
+        if self._enricher is not None:
+            try:
+                extra = self._enricher(item.text)
+                extra = extra if isinstance(extra, Enrichment) else Enrichment.model_validate(extra)
+                keywords += [w.lower() for w in extra.keywords if w.lower() not in keywords]
+                tags += [t.lower() for t in extra.tags if t.lower() not in tags]
+                context = extra.context or context
+            except Exception:  # the note matters more than its enrichment
+                log.warning("enricher failed; keeping the local enrichment", exc_info=True)
+        return Note(
+            id=uuid.uuid4().hex,
+            text=item.text,
+            keywords=keywords[: self.config.max_keywords],
+            tags=tags,
+            context=context,
+            user_id=item.user_id,
+            agent_id=item.agent_id,
+            session_id=item.session_id,
+            created_at=item.at,
+            updated_at=item.at,
+            last_recalled=item.at,
+            strength=self.config.initial_strength,
+            metadata=item.metadata or {},
+            fact=item.fact,
+        )
+
+    # ---- validation: every check runs before anything is written ----------------------
+
+    def _item(self, text, user_id, agent_id, session_id, at, tags, metadata, fact) -> MemoryItem:
+        return MemoryItem(
+            text=self._text(text),
+            user_id=self._scope("user_id", user_id),
+            agent_id=self._scope("agent_id", agent_id),
+            session_id=self._scope("session_id", session_id),
+            at=self._time(at),
+            tags=tuple(self._tags(tags)),
+            metadata=self._metadata(metadata),
+            fact=self._fact(fact),
+        )
+
+    def _text(self, text: Any) -> str:
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInputError("text is empty")
+        if len(text) > self.config.max_text_chars:
+            raise InvalidInputError(f"text has {len(text)} characters; the limit is {self.config.max_text_chars}")
+        return text.strip()
+
+    @staticmethod
+    def _scope(name: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip() or len(value) > 256 or not value.isprintable():
+            raise InvalidInputError(f"{name} must be a printable, non-empty string of at most 256 characters")
+        return value
+
+    @staticmethod
+    def _time(at: Any) -> datetime:
+        if at is None:
+            return datetime.now(timezone.utc)
+        if not isinstance(at, datetime):
+            raise InvalidInputError(f"at must be a datetime, got {type(at).__name__}")
+        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+    @staticmethod
+    def _tags(tags: Any) -> list[str]:
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise InvalidInputError("tags must be a list of strings")
+        tags = list(tags)
+        if not all(isinstance(t, str) and t.strip() for t in tags):
+            raise InvalidInputError("every tag must be a non-empty string")
+        return tags
+
+    @staticmethod
+    def _metadata(metadata: Any) -> dict[str, Any] | None:
+        if metadata is None:
+            return None
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+            raise InvalidInputError("metadata must be a dict with string keys")
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
+        return metadata
+
+    @staticmethod
+    def _filters(filters: Any) -> dict[str, str | int | float | bool]:
+        if filters is None:
+            return {}
+        if not isinstance(filters, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in filters.items()
+        ):
+            raise InvalidInputError("filters must map metadata keys to str, int, float or bool values")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in filters.values()):
+            raise InvalidInputError("filter values must be finite")
+        return filters
+
+    @staticmethod
+    def _fact(fact: Any) -> Fact | None:
+        if fact is None or isinstance(fact, Fact):
+            return fact
+        try:
+            return Fact.model_validate(fact)
+        except ValidationError as exc:
+            raise InvalidInputError(f"fact must be a Fact(prompt, target): {exc}") from None
+
+    @staticmethod
+    def _check_id(note_id: Any) -> None:
+        if not isinstance(note_id, str) or not note_id:
+            raise InvalidInputError(f"note ids are non-empty strings, got {note_id!r}")
+
+    def _existing(self, note_id: str) -> Note:
+        note = self._graph.get(note_id)
+        if note is None:
+            raise NoteNotFoundError(f"no note with id {note_id!r}")
+        return note

@@ -1,0 +1,81 @@
+"""Hybrid ranking: dense similarity, lexical match, link activation and retention.
+
+relevance  = cosine similarity + lexical_weight * lexical overlap
+activation = what a link passes on from a relevant seed note (spreading activation)
+score      = max(relevance, activation) * (floor + (1 - floor) * retention)
+
+Retention is a prior, not a gate: with the floor, a note that faded completely still
+keeps `floor` of its relevance, so a strongly relevant old note is never buried under
+a weakly relevant fresh one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .config import MemoryConfig
+from .linking import content_words, words
+from .notes import Hit, Note, Why
+
+
+@dataclass
+class Candidate:
+    note: Note
+    similarity: float
+    retention: float = 1.0
+    lexical: float = 0.0
+    via_link: str | None = None
+    link_activation: float = 0.0
+
+
+def lexical_overlap(query: str, note: Note) -> float:
+    """Share of the query's content words that the note's text, keywords or tags contain."""
+    terms = set(content_words(query))
+    if not terms:
+        return 0.0
+    vocabulary = set(words(note.text)) | set(note.keywords) | set(note.tags)
+    return len(terms & vocabulary) / len(terms)
+
+
+def relevance(candidate: Candidate, config: MemoryConfig) -> float:
+    return candidate.similarity + config.lexical_weight * candidate.lexical
+
+
+def spread_activation(
+    seeds: dict[str, float], graph: nx.Graph, spread: float
+) -> dict[str, tuple[float, str]]:
+    """One hop of activation from each seed to its linked notes: (activation, seed id), best seed wins."""
+    reached: dict[str, tuple[float, str]] = {}
+    for seed, seed_relevance in seeds.items():
+        if seed not in graph:
+            continue
+        for neighbour, edge in graph[seed].items():
+            activation = seed_relevance * spread * edge["weight"]
+            if activation > reached.get(neighbour, (0.0, ""))[0]:
+                reached[neighbour] = (activation, seed)
+    return reached
+
+
+def score(candidate: Candidate, config: MemoryConfig) -> float:
+    prior = config.retention_floor + (1.0 - config.retention_floor) * candidate.retention
+    return max(relevance(candidate, config), candidate.link_activation) * prior
+
+
+def rank(candidates: list[Candidate], config: MemoryConfig, k: int) -> list[Hit]:
+    """The k best candidates as hits; ties broken by note id so rankings are deterministic."""
+    scored = sorted(((score(c, config), c) for c in candidates), key=lambda sc: (-sc[0], sc[1].note.id))
+    return [
+        Hit(
+            note=c.note,
+            score=s,
+            why=Why(
+                similarity=c.similarity,
+                lexical=c.lexical,
+                retention=c.retention,
+                via_link=c.via_link,
+                link_activation=c.link_activation,
+            ),
+        )
+        for s, c in scored[:k]
+    ]
