@@ -30,4 +30,4 @@ class MemoryConfig(BaseModel):
     lexical_weight: float = Field(0.3, ge=0)
     link_spread: float = Field(0.5, ge=0, description="share of a seed's relevance passed along a link of weight 1")
     retention_floor: float = Field(0.7, ge=0, le=1, description="a note at retention 0 keeps this share of its relevance")
-    candidate_pool: int = Field(30, ge=1, description="dense candidates fetched beyond k before re-ranking")
+    candidate_pool: int = Field(30, ge=0, description="dense candidates fetched beyond k before re-ranking")

@@ -71,6 +71,29 @@ def describe(text: str, keywords: list[str], at: datetime, speaker: str | None) 
     return f"{at:%Y-%m-%d}{who}{about}"
 
 
+NEGATIONS = frozenset({"not", "no", "never", "nor", "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't",
+                       "weren't", "won't", "can't", "cannot", "couldn't", "shouldn't", "wouldn't", "hasn't",
+                       "haven't", "hadn't", "nothing", "nobody", "none"})
+
+
+def same_content(a: str, b: str) -> bool:
+    """Whether two texts that embed almost alike also say the same thing.
+
+    Embeddings barely see numbers or negation: "entry 10 in 2010" and "entry 11 in 2011",
+    or "likes tea" and "does not like tea", can be near-identical vectors. Texts count
+    as saying the same only with the same numbers, the same polarity, and at least
+    half their content words in common.
+    """
+    words_a, words_b = words(a), words(b)
+    if {w for w in words_a if w.isdigit()} != {w for w in words_b if w.isdigit()}:
+        return False
+    if bool(NEGATIONS.intersection(words_a)) != bool(NEGATIONS.intersection(words_b)):
+        return False
+    content_a, content_b = set(content_words(a)), set(content_words(b))
+    union = content_a | content_b
+    return not union or len(content_a & content_b) / len(union) >= 0.5
+
+
 def evolve_keywords(own: list[str], newcomer: list[str], cap: int, absorb: int = 3) -> list[str]:
     """A neighbour's keywords after a linked newcomer arrives: it absorbs up to `absorb`
     of the newcomer's keywords it lacks, never beyond `cap`, never dropping its own."""

@@ -126,9 +126,9 @@ class Memory:
 
     def _push(self, upserts: list[str], deletes: list[str] = ()) -> None:
         """Write notes to the vector index, then clear their outbox entries."""
-        notes = self._graph.get_many(upserts)
-        embeddings = self._graph.embeddings(upserts)
-        self._index.upsert(list(notes.values()), [embeddings[i] for i in notes])
+        upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
+        rows = self._graph.load(upserts)
+        self._index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
         self._index.delete(list(deletes))
         with self._graph.transaction():
             self._graph.clear_pending([*upserts, *deletes])
@@ -185,21 +185,37 @@ class Memory:
         embeddings = self._embed([item.text for item in items])
         drafts = [self._draft(item) for item in items]
         with self._exclusive():
-            neighbours = self._index_neighbours(drafts, embeddings)
+            candidates = self._neighbour_candidates(drafts, embeddings)
             stored: list[Note] = []
-            touched: list[str] = []
             with self._graph.transaction():
                 for position, (draft, embedding) in enumerate(zip(drafts, embeddings)):
-                    candidates = neighbours[position] + [
-                        (earlier.id, float(embeddings[j] @ embedding))
-                        for j, earlier in enumerate(drafts[:position])
-                        if earlier.user_id == draft.user_id and stored[j].id == earlier.id
-                    ]
-                    note = self._insert_or_reinforce(draft, embedding, candidates)
-                    stored.append(note)
-                    touched.append(note.id)
-            self._push(touched)
-            return list(self._graph.get_many(n.id for n in stored).get(n.id) for n in stored)
+                    earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
+                    indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
+                    stored.append(self._insert_or_reinforce(draft, embedding, indexed + earlier))
+            ids = list(dict.fromkeys(note.id for note in stored))
+            self._push(ids)
+            fresh = self._graph.get_many(ids)
+            return [fresh[note.id] for note in stored]
+
+    def _neighbour_candidates(
+        self, drafts: list[Note], embeddings: np.ndarray
+    ) -> list[list[tuple[str | int, float]]]:
+        """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by position).
+
+        Only notes of the same user are candidates: links never cross users.
+        """
+        n = self.config.max_links + 5
+        found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
+        by_user: dict[str | None, list[int]] = {}
+        for position, draft in enumerate(drafts):
+            by_user.setdefault(draft.user_id, []).append(position)
+        for user, positions in by_user.items():
+            results = self._index.query(embeddings[positions], n, where_clause({"user_id": user or ""}))
+            similarities = embeddings[positions] @ embeddings[positions].T
+            for row, (position, result) in enumerate(zip(positions, results)):
+                earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
+                found[position] = [*result, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
+        return found
 
     def _insert_or_reinforce(self, draft: Note, embedding: np.ndarray, candidates: list[tuple[str, float]]) -> Note:
         candidates = sorted(candidates, key=lambda c: -c[1])
@@ -207,7 +223,11 @@ class Memory:
         for note_id, similarity in candidates:
             other = known.get(note_id)
             same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
-            if same_scope and similarity >= self.config.duplicate_threshold:
+            if (
+                same_scope
+                and similarity >= self.config.duplicate_threshold
+                and linking.same_content(other.text, draft.text)
+            ):
                 return self._reinforce_duplicate(other, draft)
         self._graph.insert(draft, embedding)
         linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
@@ -222,11 +242,11 @@ class Memory:
         self._graph.set_fields(
             existing.id,
             strength=forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
-            last_recalled=max(existing.last_recalled, draft.created_at).timestamp(),
+            last_recalled=max(existing.last_recalled, draft.created_at),
             tags=tags,
         )
         if existing.fact is None and draft.fact is not None:
-            self._graph.set_fields(existing.id, fact=draft.fact.model_dump_json())
+            self._graph.set_fields(existing.id, fact=draft.fact)
         if existing.archived:
             self._graph.set_archived([existing.id], False)
         return existing
@@ -236,19 +256,6 @@ class Memory:
         if keywords != neighbour.keywords:
             self._graph.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
             self._graph.set_fields(neighbour.id, keywords=keywords)
-
-    def _index_neighbours(self, drafts: list[Note], embeddings: np.ndarray) -> list[list[tuple[str, float]]]:
-        """Nearest stored notes of each draft, within its user's notes (links never cross users)."""
-        found: list[list[tuple[str, float]]] = [[] for _ in drafts]
-        n = self.config.max_links + 5
-        by_user: dict[str | None, list[int]] = {}
-        for position, draft in enumerate(drafts):
-            by_user.setdefault(draft.user_id, []).append(position)
-        for user, positions in by_user.items():
-            results = self._index.query(embeddings[positions], n, where_clause({"user_id": user or ""}))
-            for position, result in zip(positions, results):
-                found[position] = result
-        return found
 
     def update(
         self,
@@ -287,7 +294,7 @@ class Memory:
                 changes["fact"] = new_fact
             after = before.model_copy(update=changes)
             if embedding is None:
-                embedding = self._graph.embeddings([note_id])[note_id]
+                embedding = self._graph.load([note_id])[note_id][1]
             with self._graph.transaction():
                 self._graph.replace(after, embedding, "updated", before)
             self._push([note_id])
@@ -366,13 +373,9 @@ class Memory:
                 {c.note.id: c.similarity for c in seeds}, self._graph.graph, self.config.link_spread
             )
             linked = {i: a for i, a in reached.items() if i not in candidates}
-            linked_notes = self._graph.get_many(linked)
-            linked_embeddings = self._graph.embeddings(linked_notes)
-            for note_id, note in linked_notes.items():
+            for note_id, (note, embedding) in self._graph.load(linked).items():
                 if admissible(note):
-                    candidates[note_id] = ranking.Candidate(
-                        note=note, similarity=float(linked_embeddings[note_id] @ query_embedding)
-                    )
+                    candidates[note_id] = ranking.Candidate(note=note, similarity=float(embedding @ query_embedding))
             for candidate in candidates.values():
                 candidate.lexical = ranking.lexical_overlap(query, candidate.note)
                 candidate.retention = self._retention(candidate.note, when)
@@ -384,20 +387,19 @@ class Memory:
 
     def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:
         """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
-        if not hits:
-            return hits
+        reinforced = []
         with self._graph.transaction():
             for hit in hits:
                 note = hit.note
-                self._graph.set_fields(
-                    note.id,
-                    recall_count=note.recall_count + 1,
-                    strength=forgetting.reinforced_strength(note.strength, self.config.strength_gain),
-                    last_recalled=max(at, note.last_recalled).timestamp(),
-                )
+                changes = {
+                    "recall_count": note.recall_count + 1,
+                    "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
+                    "last_recalled": max(at, note.last_recalled),
+                }
+                self._graph.set_fields(note.id, **changes)
+                reinforced.append(hit.model_copy(update={"note": note.model_copy(update=changes)}))
             self._graph.record_recalls([h.note.id for h in hits], at)
-        fresh = self._graph.get_many(h.note.id for h in hits)
-        return [h.model_copy(update={"note": fresh[h.note.id]}) for h in hits]
+        return reinforced
 
     def get(self, note_id: str) -> Note:
         self._check_id(note_id)
@@ -456,7 +458,7 @@ class Memory:
             note = self._existing(note_id)
             with self._graph.transaction():
                 self._graph.set_archived([note_id], False)
-                self._graph.set_fields(note_id, last_recalled=max(when, note.last_recalled).timestamp())
+                self._graph.set_fields(note_id, last_recalled=max(when, note.last_recalled))
             self._push([note_id])
             return self._existing(note_id)
 

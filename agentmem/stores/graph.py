@@ -63,6 +63,17 @@ def from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
+def _column_value(value: Any) -> Any:
+    """A Python value as stored in the notes table."""
+    if isinstance(value, datetime):
+        return to_timestamp(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, Fact):
+        return value.model_dump_json()
+    return value
+
+
 class NoteGraph:
     """Notes and links on disk, with the link structure mirrored in a networkx graph."""
 
@@ -137,8 +148,7 @@ class NoteGraph:
     def set_fields(self, note_id: str, **fields: Any) -> None:
         """Update plain columns that the vector index does not mirror."""
         sets = ", ".join(f"{name} = ?" for name in fields)
-        values = [json.dumps(v) if isinstance(v, list) else v for v in fields.values()]
-        self._db.execute(f"UPDATE notes SET {sets} WHERE id = ?", (*values, note_id))
+        self._db.execute(f"UPDATE notes SET {sets} WHERE id = ?", (*map(_column_value, fields.values()), note_id))
 
     def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
         for note_id in note_ids:
@@ -171,10 +181,11 @@ class NoteGraph:
         return notes.get(note_id)
 
     def get_many(self, note_ids: Iterable[str]) -> dict[str, Note]:
-        return {note.id: note for note, _ in self._select("id IN ({})", list(note_ids))}
+        return {note_id: note for note_id, (note, _) in self.load(note_ids).items()}
 
-    def embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        return {note.id: emb for note, emb in self._select("id IN ({})", list(note_ids))}
+    def load(self, note_ids: Iterable[str]) -> dict[str, tuple[Note, np.ndarray]]:
+        """Notes with their embeddings, by id; unknown ids are left out."""
+        return {note.id: (note, emb) for note, emb in self._select("id IN ({})", list(note_ids))}
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
         yield from self._select(None, [])
@@ -208,8 +219,9 @@ class NoteGraph:
     def links_of(self, note_id: str) -> list[Link]:
         if note_id not in self.graph:
             return []
-        edges = self.graph[note_id]
-        return sorted((Link(note_id=n, weight=e["weight"]) for n, e in edges.items()), key=lambda l: -l.weight)
+        edges = sorted(self.graph[note_id].items(), key=lambda item: -item[1]["weight"])
+        # rows come from our own tables: skip re-validating every link
+        return [Link.model_construct(note_id=n, weight=e["weight"]) for n, e in edges]
 
     # ---- the outbox of vector-index writes ----------------------------------------
 

@@ -1,0 +1,5 @@
+"""Lifelong knowledge editors that change a local model's answers without touching its weights."""
+from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
+from .grace import GraceConfig, GraceEditor
+
+__all__ = ["EditRequest", "EditResult", "Editor", "EditorConfig", "EditorLayer", "GraceConfig", "GraceEditor"]

@@ -1,0 +1,257 @@
+"""The editor protocol: requests in, edits live in the model's forward, adapter state saved on its own.
+
+Shaped like PEFT's tuners: a pydantic config says where the editor sits, a layer
+wrapper (`EditorLayer`) replaces one module of the model and holds the editor's
+state, and the `Editor` injects the wrapper on construction and takes it out on
+`remove()`. The base weights are never modified, so removing the wrapper gives the
+untouched model back, and `save()` writes only the editor's own state.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..models import LanguageModel
+
+CONFIG_FILE = "editor.json"
+STATE_FILE = "editor.safetensors"
+
+
+class _Checked(BaseModel):
+    """A pydantic model whose invalid input raises InvalidInputError, the library's own error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidInputError(str(exc)) from exc
+
+
+class EditRequest(_Checked):
+    """One fact to write into the model: after the edit, `prompt` continues with `target`."""
+
+    prompt: str = Field(min_length=1, pattern=r"\S")
+    target: str = Field(min_length=1, pattern=r"\S")
+    rephrases: tuple[str, ...] = ()
+    id: str | None = Field(default=None, min_length=1)
+
+
+class EditResult(BaseModel):
+    """What one edit cost and whether the target now comes out of the live model."""
+
+    edit_id: str
+    steps: int
+    seconds: float
+    success: bool
+
+
+class EditorConfig(_Checked):
+    """Where the editor sits: `module` (a path inside a decoder block) of block `layer`.
+
+    A negative `layer` counts from the top of the stack, so one default fits models of any depth.
+    """
+
+    layer: int = -5
+    module: str = "mlp.down_proj"
+
+
+class EditorLayer(nn.Module):
+    """The wrapper an editor puts in place of one module; `base` is the original module, unchanged."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+
+class Editor(ABC):
+    """Lifelong editing of one `LanguageModel`, in place: `lm.model` and `lm.generate` see the edits.
+
+    Subclasses set `kind` and `config_class`, build their wrapper in `_make_layer`, and implement
+    applying, retracting, saving and loading edits. Editors are not thread-safe: one edit or
+    forward at a time.
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[EditorConfig]] = EditorConfig
+    _kinds: ClassVar[dict[str, type[Editor]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Editor._kinds[cls.kind] = cls
+
+    def __init__(self, lm: LanguageModel, config: EditorConfig | None = None) -> None:
+        config = config or self.config_class()
+        if not isinstance(config, self.config_class):
+            raise InvalidInputError(f"{type(self).__name__} takes a {self.config_class.__name__}")
+        self.lm = lm
+        self.blocks = _decoder_blocks(lm)
+        self.layer_index = _resolve_layer(config.layer, len(self.blocks))
+        self.block = self.blocks[self.layer_index]
+        self.module_name = config.module
+        parent, attribute = _parent_of(self.block, config.module)
+        original = getattr(parent, attribute)
+        if isinstance(original, EditorLayer):
+            raise InvalidInputError(f"{config.module} of layer {self.layer_index} already carries an editor; remove() it first")
+        self._parent, self._attribute = parent, attribute
+        self.layer = self._make_layer(original)
+        self._edits: dict[str, EditRequest] = {}
+        self._removed = False
+        self.config = config
+        setattr(parent, attribute, self.layer)
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def edit(self, requests: Sequence[EditRequest]) -> list[EditResult]:
+        """Apply the requests one after another; each is live as soon as it is applied."""
+        self._check_live()
+        requests = [self._with_id(r) for r in requests]
+        ids = [r.id for r in requests]
+        if len(set(ids)) != len(ids) or any(i in self._edits for i in ids):
+            raise InvalidInputError("edit ids must be unique and not already applied")
+        results = []
+        for request in requests:
+            start = time.perf_counter()
+            steps = self._apply(request)
+            self._edits[request.id] = request
+            success = self._succeeds(request)
+            results.append(EditResult(edit_id=request.id, steps=steps, seconds=time.perf_counter() - start, success=success))
+        return results
+
+    def rollback(self, edit_id: str) -> None:
+        """Take one edit back out; the others stay."""
+        self._check_live()
+        if edit_id not in self._edits:
+            raise InvalidInputError(f"no edit with id {edit_id!r}")
+        self._retract(edit_id)
+        del self._edits[edit_id]
+
+    def edits(self) -> list[EditRequest]:
+        """The live edits, oldest first, with their ids."""
+        return list(self._edits.values())
+
+    @abstractmethod
+    def covers(self, prompt: str) -> bool:
+        """Whether the edits decide what the model says after `prompt` (it falls inside an edit's reach)."""
+
+    def remove(self) -> None:
+        """Put the original module back: the model is the untouched base model again."""
+        self._check_live()
+        setattr(self._parent, self._attribute, self.layer.base)
+        self._detach()
+        self._removed = True
+
+    def save(self, directory: str | Path) -> None:
+        """Write this editor's config, edits and state (not the model) to `directory`."""
+        self._check_live()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors, extra = self._state()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / STATE_FILE)
+        meta = {
+            "kind": self.kind,
+            "model": self.lm.name,
+            "config": self.config.model_dump(),
+            "edits": [r.model_dump(mode="json") for r in self._edits.values()],
+            "state": extra,
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, lm: LanguageModel, directory: str | Path) -> Editor:
+        """An editor on `lm` with the edits saved in `directory` live again (of the saved kind)."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+            tensors = load_file(directory / STATE_FILE, device=str(lm.device))
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"no saved editor in {directory}: {exc}") from exc
+        kind = Editor._kinds.get(meta.get("kind"))
+        if kind is None or not issubclass(kind, cls):
+            raise InvalidInputError(f"{directory} holds a {meta.get('kind')!r} editor, not a {cls.__name__}")
+        editor = kind(lm, kind.config_class(**meta["config"]))
+        try:
+            editor._restore(tensors, meta["state"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            editor.remove()
+            raise InvalidInputError(f"the editor in {directory} does not fit this model: {exc}") from exc
+        editor._edits = {e["id"]: EditRequest(**e) for e in meta["edits"]}
+        return editor
+
+    # -- for subclasses -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _make_layer(self, original: nn.Module) -> EditorLayer:
+        """The wrapper that will stand in for `original`."""
+
+    @abstractmethod
+    def _apply(self, request: EditRequest) -> int:
+        """Make `request` live; returns the number of optimisation steps it took."""
+
+    @abstractmethod
+    def _retract(self, edit_id: str) -> None:
+        """Undo the live edit `edit_id`."""
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON-able metadata that `_restore` turns back into the same live edits."""
+
+    @abstractmethod
+    def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """The inverse of `_state`, on a fresh editor."""
+
+    def _detach(self) -> None:
+        """Release anything besides the wrapper that the editor hooked into the model."""
+
+    def _succeeds(self, request: EditRequest) -> bool:
+        """Whether the live model now predicts every target token (teacher-forced, as generation sees it)."""
+        _, target_ids = self.lm.encode_pair(request.prompt, request.target)
+        return self.lm.target_argmax([(request.prompt, request.target)]) == [target_ids]
+
+    def _with_id(self, request: EditRequest) -> EditRequest:
+        if not isinstance(request, EditRequest):
+            raise InvalidInputError("edit() takes a list of EditRequest")
+        return request if request.id else request.model_copy(update={"id": uuid.uuid4().hex[:12]})
+
+    def _check_live(self) -> None:
+        if self._removed:
+            raise InvalidInputError("this editor was removed from its model; create a new one")
+
+
+def _decoder_blocks(lm: LanguageModel) -> nn.ModuleList:
+    """The stack of decoder blocks of a LLaMA-style model (`model.layers`)."""
+    blocks = getattr(lm.model.base_model, "layers", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise InvalidInputError(f"{type(lm.model).__name__} has no `layers` stack to edit")
+    return blocks
+
+
+def _resolve_layer(layer: int, depth: int) -> int:
+    if not -depth <= layer < depth:
+        raise InvalidInputError(f"layer {layer} is outside a stack of {depth} layers")
+    return layer % depth
+
+
+def _parent_of(block: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module holding `path`'s last component, and that component's name."""
+    *parents, attribute = path.split(".")
+    try:
+        parent = block.get_submodule(".".join(parents)) if parents else block
+    except AttributeError as exc:
+        raise InvalidInputError(f"no module {path!r} in the decoder block") from exc
+    if not isinstance(getattr(parent, attribute, None), nn.Module):
+        raise InvalidInputError(f"no module {path!r} in the decoder block")
+    return parent, attribute

@@ -1,0 +1,38 @@
+from datetime import datetime, timezone
+
+from agentmem import linking
+
+
+def test_keywords_skip_stopwords_and_rank_by_frequency():
+    keywords = linking.extract_keywords("The garden is lovely; the garden roses bloom in May.")
+    assert keywords[0] == "garden"
+    assert "the" not in keywords and "is" not in keywords
+
+
+def test_tags_keep_user_tags_then_named_things_and_years():
+    tags = linking.extract_tags("Yesterday Alice flew to Lisbon's airport in 2024.", ("Travel",))
+    assert tags[0] == "travel"
+    assert {"alice", "lisbon", "2024"} <= set(tags)
+    assert "yesterday" not in tags  # opens the sentence: not evidence of a name
+
+
+def test_describe_is_one_line_with_date_speaker_and_topic():
+    context = linking.describe("x", ["chess", "sunday"], datetime(2024, 5, 1, tzinfo=timezone.utc), "bob")
+    assert context == "2024-05-01 · bob · about chess, sunday"
+
+
+def test_evolution_absorbs_new_keywords_up_to_the_cap_and_keeps_its_own():
+    own = ["alice", "lisbon"]
+    assert linking.evolve_keywords(own, ["lisbon", "tram", "rides", "river", "fado"], cap=12) == [
+        "alice", "lisbon", "tram", "rides", "river"
+    ]
+    assert linking.evolve_keywords(own, ["tram", "rides"], cap=3) == ["alice", "lisbon", "tram"]
+    assert linking.evolve_keywords(own, ["alice"], cap=12) == own
+
+
+def test_same_content_tells_restatements_from_different_facts():
+    assert linking.same_content("Alice moved to Lisbon in 2024", "Alice moved to Lisbon in 2024.")
+    assert linking.same_content("Alice moved to Lisbon in 2024", "Alice relocated to Lisbon in 2024")
+    assert not linking.same_content("entry 10 about the harbour in 2010", "entry 11 about the harbour in 2011")
+    assert not linking.same_content("Bob likes green tea", "Bob does not like green tea")
+    assert not linking.same_content("Bob likes green tea", "Carol grows green peppers")

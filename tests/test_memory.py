@@ -1,0 +1,495 @@
+"""The Memory facade on the real MiniLM embedder and a real embedded Chroma on disk."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from agentmem import (
+    AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, NoteNotFoundError, StoreClosedError,
+)
+from agentmem.stores import NoteGraph, VectorIndex
+
+from .conftest import T0
+
+
+def index_ids(mem: Memory) -> set[str]:
+    return mem._index.ids()
+
+
+# ---- remember / recall ------------------------------------------------------------
+
+
+def test_remember_builds_an_enriched_note_without_any_llm(memory):
+    note = memory.remember(
+        "Alice moved to Lisbon in 2024", user_id="alice", at=T0, tags=["home"],
+        metadata={"source": "chat"}, fact=Fact(prompt="Alice lives in", target="Lisbon"),
+    )
+    assert note.text == "Alice moved to Lisbon in 2024"
+    assert {"alice", "lisbon", "moved"} <= set(note.keywords)
+    assert note.tags[0] == "home" and "lisbon" in note.tags
+    assert note.context.startswith("2024-05-01 · alice")
+    assert note.created_at == note.last_recalled == T0
+    assert note.user_id == "alice" and note.fact.target == "Lisbon"
+    assert memory.get(note.id) == note
+
+
+def test_recall_finds_the_relevant_note_and_explains_why(memory):
+    memory.remember("Bob plays chess every Sunday at the club", user_id="bob", at=T0)
+    target = memory.remember("Alice moved to Lisbon in 2024", user_id="alice", at=T0)
+    memory.remember("The quarterly report is due on Friday", user_id="alice", at=T0)
+    hits = memory.recall("Where does Alice live now?", user_id="alice", at=T0 + timedelta(hours=1))
+    assert hits[0].note.id == target.id
+    assert {h.note.user_id for h in hits} == {"alice"}
+    why = hits[0].why
+    assert why.similarity > 0.3 and why.lexical > 0 and 0 < why.retention <= 1
+    assert hits[0].score > hits[-1].score
+
+
+def test_recall_reinforces_what_it_returns(memory):
+    note = memory.remember("Carol's cat is called Miso", at=T0)
+    other = memory.remember("The train to Porto leaves at nine", at=T0)
+    later = T0 + timedelta(days=2)
+    [hit] = memory.recall("What is the name of Carol's cat?", k=1, at=later)
+    assert hit.note.id == note.id
+    stored = memory.get(note.id)
+    assert stored.recall_count == 1 and stored.strength == 2.0 and stored.last_recalled == later
+    assert hit.note == stored
+    assert memory.get(other.id).recall_count == 0
+    # a stronger note decays more slowly from its new last-recalled time
+    assert memory.retention(note.id, at=later + timedelta(days=1)) > memory.retention(other.id, at=T0 + timedelta(days=1))
+
+
+def test_scope_and_metadata_filters(memory):
+    memory.remember("I like green tea", user_id="u1", agent_id="a", session_id="s1", metadata={"topic": "food"})
+    memory.remember("I like green tea with honey", user_id="u2", agent_id="a", session_id="s1", metadata={"topic": "food"})
+    memory.remember("I like black coffee", user_id="u1", agent_id="b", session_id="s2", metadata={"topic": "drinks"})
+    assert {h.note.user_id for h in memory.recall("tea", user_id="u1")} == {"u1"}
+    assert {h.note.agent_id for h in memory.recall("tea", agent_id="b")} == {"b"}
+    assert [h.note.session_id for h in memory.recall("tea", user_id="u1", session_id="s2")] == ["s2"]
+    assert {h.note.metadata["topic"] for h in memory.recall("tea", filters={"topic": "food"})} == {"food"}
+    assert memory.recall("tea", user_id="nobody") == []
+
+
+def test_remember_many_is_one_batch_with_scope_defaults(memory):
+    notes = memory.remember_many(
+        ["Dana runs marathons", MemoryItem(text="Dana trains in Berlin", user_id="other"),
+         {"text": "Dana's coach is Eli", "tags": ["sport"]}],
+        user_id="dana", at=T0,
+    )
+    assert [n.user_id for n in notes] == ["dana", "other", "dana"]
+    assert notes[2].tags[0] == "sport"
+    assert index_ids(memory) == {n.id for n in notes}
+    assert memory.remember_many([]) == []
+
+
+def test_remember_many_rejects_everything_when_one_item_is_bad(memory):
+    with pytest.raises(InvalidInputError, match="item 1|text is empty"):
+        memory.remember_many(["fine text", {"text": "   "}])
+    with pytest.raises(InvalidInputError, match="item 1"):
+        memory.remember_many(["fine text", {"txt": "typo"}])
+    assert memory.stats().notes == 0 and index_ids(memory) == set()
+
+
+# ---- Zettelkasten linking and evolution ------------------------------------------------
+
+
+def test_related_notes_link_both_ways_and_neighbours_evolve(memory):
+    first = memory.remember("Alice adopted a golden retriever puppy", user_id="alice", at=T0)
+    unrelated = memory.remember("The invoice for the roof repair was paid", user_id="alice", at=T0)
+    second = memory.remember("Alice's golden retriever puppy loves swimming in the lake", user_id="alice", at=T0)
+    assert [n.id for n in memory.neighbors(second.id)] == [first.id]
+    assert [n.id for n in memory.neighbors(first.id)] == [second.id]
+    link = memory.get(first.id).links[0]
+    assert link.note_id == second.id and 0.5 <= link.weight <= 1
+    evolved = memory.get(first.id)
+    assert set(evolved.keywords) > set(first.keywords)
+    assert "swimming" in evolved.keywords or "lake" in evolved.keywords
+    assert [change for _, change, _ in memory.history(first.id)] == [f"evolved:{second.id}"]
+    assert memory.get(unrelated.id) == unrelated  # untouched: no link, no evolution
+    assert memory.history(unrelated.id) == []
+
+
+def test_links_never_cross_users(memory):
+    a = memory.remember("Alice adopted a golden retriever puppy", user_id="alice")
+    b = memory.remember("Bob adopted a golden retriever puppy too", user_id="bob")
+    assert memory.neighbors(a.id) == [] and memory.neighbors(b.id) == []
+
+
+def test_recall_follows_links_to_notes_the_query_alone_misses(memory):
+    anchor = memory.remember("Gina started learning the cello in March", user_id="g", at=T0)
+    linked = memory.remember("Gina's cello teacher is strict but kind", user_id="g", at=T0)
+    memory.link(anchor.id, linked.id)
+    hits = memory.recall("When did Gina start learning the cello?", user_id="g", k=2, at=T0)
+    assert [h.note.id for h in hits] == [anchor.id, linked.id]
+    with pytest.raises(InvalidInputError):
+        memory.link(anchor.id, anchor.id)
+    with pytest.raises(NoteNotFoundError):
+        memory.link(anchor.id, "missing")
+
+
+def test_graph_activation_brings_in_a_linked_note_and_says_so(tmp_path, embedder):
+    config = MemoryConfig(candidate_pool=0, link_spread=1.0)  # dense retrieval returns k notes only
+    with Memory(tmp_path / "m", embedder=embedder, config=config) as mem:
+        seed = mem.remember("Hana booked flights to Osaka for her sister's wedding", at=T0)
+        far = mem.remember("The ceremony dress is silk, in deep blue", at=T0)
+        mem.link(seed.id, far.id, weight=1.0)
+        for filler in ("Osaka weather in October", "Flights to Osaka are cheaper on Tuesdays"):
+            mem.remember(filler, at=T0)
+        hits = mem.recall("Hana's sister's wedding in Osaka", k=1, at=T0)
+        assert hits[0].note.id == seed.id
+        hits = mem.recall("Hana's sister's wedding in Osaka", k=3, at=T0)
+        by_id = {h.note.id: h for h in hits}
+        assert far.id in by_id and by_id[far.id].why.via_link == seed.id
+
+
+# ---- duplicates ------------------------------------------------------------------------
+
+
+def test_near_duplicate_reinforces_instead_of_copying(memory):
+    original = memory.remember("Alice moved to Lisbon in 2024", user_id="alice", at=T0)
+    again = memory.remember("Alice moved to Lisbon in 2024.", user_id="alice", tags=["move"], at=T0 + timedelta(days=1))
+    assert again.id == original.id
+    stored = memory.get(original.id)
+    assert stored.strength == 2.0 and stored.last_recalled == T0 + timedelta(days=1) and "move" in stored.tags
+    assert memory.stats().notes == 1 and len(index_ids(memory)) == 1
+
+
+def test_same_text_in_another_scope_is_not_a_duplicate(memory):
+    a = memory.remember("I moved to Lisbon", user_id="alice")
+    b = memory.remember("I moved to Lisbon", user_id="bob")
+    c = memory.remember("I moved to Lisbon", user_id="alice", session_id="s2")
+    assert len({a.id, b.id, c.id}) == 3
+
+
+def test_duplicates_inside_one_batch_collapse(memory):
+    notes = memory.remember_many(["Eve owns a red bicycle", "Eve owns a red bicycle.", "Eve owns a red bicycle"])
+    assert len({n.id for n in notes}) == 1
+    assert memory.get(notes[0].id).strength == 3.0
+
+
+# ---- update / forget / history -------------------------------------------------------------
+
+
+def test_update_reembeds_and_keeps_history(memory):
+    note = memory.remember("Frank works at the bakery", user_id="f", at=T0)
+    updated = memory.update(note.id, text="Frank works at the hospital as a nurse", at=T0 + timedelta(days=3))
+    assert updated.text.endswith("nurse") and "hospital" in updated.keywords
+    assert updated.updated_at == T0 + timedelta(days=3) and updated.created_at == T0
+    [(when, change, before)] = memory.history(note.id)
+    assert change == "updated" and before.text == "Frank works at the bakery"
+    [hit] = memory.recall("Where does Frank work as a nurse?", k=1)
+    assert hit.note.id == note.id and hit.why.similarity > 0.5
+    assert memory.update(note.id, fact=Fact(prompt="Frank works at", target="the hospital")).fact.target == "the hospital"
+    assert memory.update(note.id, fact=None).fact is None
+
+
+def test_forget_removes_the_note_from_both_stores(memory):
+    keep = memory.remember("Gus collects stamps")
+    gone = memory.remember("Gus collects stamps from Japan and Peru")
+    memory.forget(gone.id)
+    assert index_ids(memory) == {keep.id}
+    assert memory.neighbors(keep.id) == []
+    with pytest.raises(NoteNotFoundError):
+        memory.get(gone.id)
+    with pytest.raises(NoteNotFoundError):
+        memory.forget(gone.id)
+    assert all(h.note.id != gone.id for h in memory.recall("stamps from Japan", include_archived=True))
+    graph = memory._graph
+    assert graph.history(gone.id) == [] and graph.recall_times(gone.id) == []
+
+
+# ---- forgetting curve ------------------------------------------------------------------------
+
+
+def test_decay_archives_faded_notes_with_an_injected_clock(tmp_path, embedder):
+    config = MemoryConfig(time_unit_seconds=3600, archive_below=0.05)  # hours
+    with Memory(tmp_path / "m", embedder=embedder, config=config) as mem:
+        rehearsed = mem.remember("Ivy's locker code is 4812", at=T0)
+        idle = mem.remember("The cafeteria serves soup on Mondays", at=T0)
+        mem.recall("What is Ivy's locker code?", k=1, at=T0 + timedelta(hours=2))
+        report = mem.decay(at=T0 + timedelta(hours=4))
+        assert report.archived == [idle.id] and report.kept == 1 and report.examined == 2
+        assert not mem.get(rehearsed.id).archived and mem.get(idle.id).archived
+        later = T0 + timedelta(hours=4)
+        assert all(h.note.id != idle.id for h in mem.recall("soup on Mondays", at=later))
+        assert mem.recall("soup on Mondays", include_archived=True, at=later)[0].note.id == idle.id
+        restored = mem.restore(idle.id, at=T0 + timedelta(hours=5))
+        assert not restored.archived and restored.last_recalled == T0 + timedelta(hours=5)
+        assert mem.recall("soup on Mondays", k=1, at=T0 + timedelta(hours=5))[0].note.id == idle.id
+        assert mem.decay(at=T0 + timedelta(hours=5)).archived == []
+
+
+def test_actr_curve_keeps_spaced_recalls_alive(tmp_path, embedder):
+    config = MemoryConfig(curve="actr", archive_below=0.3)
+    with Memory(tmp_path / "m", embedder=embedder, config=config) as mem:
+        spaced = mem.remember("Jon's passport number ends in 77", at=T0)
+        once = mem.remember("A parcel arrived for the neighbours", at=T0)
+        for day in (1, 3, 6):
+            mem.recall("Jon's passport number", k=1, at=T0 + timedelta(days=day))
+        report = mem.decay(at=T0 + timedelta(days=20))
+        assert report.archived == [once.id]
+        assert mem.retention(spaced.id, at=T0 + timedelta(days=20)) > 0.3
+
+
+def test_remembering_an_archived_note_again_revives_it(memory):
+    note = memory.remember("Kim's birthday is on 9 July", at=T0)
+    memory.decay(at=T0 + timedelta(days=30))
+    assert memory.get(note.id).archived
+    again = memory.remember("Kim's birthday is on 9 July", at=T0 + timedelta(days=31))
+    assert again.id == note.id and not memory.get(note.id).archived
+    assert memory.recall("When is Kim's birthday?", k=1)[0].note.id == note.id
+
+
+# ---- persistence, export / import ------------------------------------------------------------
+
+
+def test_everything_survives_reopening(tmp_path, embedder):
+    path = tmp_path / "m"
+    with Memory(path, embedder=embedder) as mem:
+        a = mem.remember("Lena grows tomatoes on her balcony", user_id="lena", at=T0)
+        b = mem.remember("Lena's balcony tomatoes won a prize", user_id="lena", at=T0)
+        mem.recall("Lena's tomatoes", user_id="lena", at=T0)
+        before = mem.get(a.id)
+    with Memory(path, embedder=embedder) as mem:
+        assert mem.get(a.id) == before
+        assert [n.id for n in mem.neighbors(a.id)] == [b.id]
+        assert mem.recall("prize-winning tomatoes", user_id="lena", k=1)[0].note.id == b.id
+        assert mem.stats().notes == 2
+
+
+def test_export_then_import_round_trips_notes_and_links(tmp_path, embedder):
+    with Memory(tmp_path / "src", embedder=embedder) as src:
+        a = src.remember("Mia speaks Portuguese and Swahili", user_id="mia", at=T0, fact=Fact(prompt="Mia speaks", target="Swahili"))
+        b = src.remember("Mia learned Swahili while living in Nairobi", user_id="mia", at=T0)
+        src.recall("Which languages does Mia speak?", at=T0)
+        assert src.export(tmp_path / "notes.jsonl") == 2
+        originals = {n: src.get(n) for n in (a.id, b.id)}
+    lines = (tmp_path / "notes.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["id"] in originals
+    with Memory(tmp_path / "dst", embedder=embedder) as dst:
+        assert dst.import_(tmp_path / "notes.jsonl").imported == 2
+        assert {n: dst.get(n) for n in originals} == originals
+        assert dst.import_(tmp_path / "notes.jsonl").model_dump() == {"imported": 0, "skipped": 2}
+        assert dst.recall("Nairobi", k=1)[0].note.id == b.id
+
+
+def test_import_validates_every_line_before_writing(tmp_path, memory):
+    good = memory.remember("Nora plays the oboe")
+    memory.export(tmp_path / "x.jsonl")
+    with (tmp_path / "x.jsonl").open("a") as f:
+        f.write('{"id": "broken"}\n')
+    memory.forget(good.id)
+    with pytest.raises(InvalidInputError, match="x.jsonl:2"):
+        memory.import_(tmp_path / "x.jsonl")
+    assert memory.stats().notes == 0
+    with pytest.raises(InvalidInputError):
+        memory.import_(tmp_path / "missing.jsonl")
+
+
+# ---- bad input: a typed error and nothing written ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.remember(""),
+        lambda m: m.remember("   \n"),
+        lambda m: m.remember("x" * 10_001),
+        lambda m: m.remember(42),
+        lambda m: m.remember(None),
+        lambda m: m.remember("ok", user_id=""),
+        lambda m: m.remember("ok", user_id=7),
+        lambda m: m.remember("ok", session_id="bad\nid"),
+        lambda m: m.remember("ok", agent_id="a" * 257),
+        lambda m: m.remember("ok", at="yesterday"),
+        lambda m: m.remember("ok", tags="single-string"),
+        lambda m: m.remember("ok", tags=[""]),
+        lambda m: m.remember("ok", metadata=["not", "a", "dict"]),
+        lambda m: m.remember("ok", metadata={"when": object()}),
+        lambda m: m.remember("ok", fact={"prompt": "only a prompt"}),
+        lambda m: m.remember_many("not a list"),
+        lambda m: m.remember_many([1, 2]),
+        lambda m: m.recall(""),
+        lambda m: m.recall("q", k=0),
+        lambda m: m.recall("q", k=2.5),
+        lambda m: m.recall("q", k=True),
+        lambda m: m.recall("q", user_id=""),
+        lambda m: m.recall("q", filters={"a": [1]}),
+        lambda m: m.recall("q", include_archived="yes"),
+        lambda m: m.get(""),
+        lambda m: m.get(123),
+        lambda m: m.update("x", text=""),
+        lambda m: m.link("a", "b", weight=2),
+    ],
+)
+def test_bad_input_raises_a_typed_error_and_writes_nothing(memory, call):
+    existing = memory.remember("A note that must stay as it is", at=T0)
+    with pytest.raises(InvalidInputError):
+        call(memory)
+    assert memory.stats().notes == 1 and memory.get(existing.id) == existing
+    assert index_ids(memory) == {existing.id}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda m: m.get("nope"), lambda m: m.update("nope", text="x"), lambda m: m.forget("nope"),
+     lambda m: m.neighbors("nope"), lambda m: m.restore("nope"), lambda m: m.retention("nope")],
+)
+def test_unknown_ids_raise_not_found(memory, call):
+    with pytest.raises(NoteNotFoundError) as info:
+        call(memory)
+    assert isinstance(info.value, AgentMemError) and "nope" in str(info.value)
+
+
+def test_text_limit_is_configurable(tmp_path, embedder):
+    with Memory(tmp_path / "m", embedder=embedder, config=MemoryConfig(max_text_chars=10)) as mem:
+        mem.remember("short")
+        with pytest.raises(InvalidInputError, match="limit is 10"):
+            mem.remember("this is far too long")
+
+
+def test_closed_memory_refuses_work(tmp_path, embedder):
+    mem = Memory(tmp_path / "m", embedder=embedder)
+    mem.close()
+    with pytest.raises(StoreClosedError):
+        mem.remember("too late")
+
+
+def test_enricher_adds_to_notes_and_its_failure_loses_nothing(tmp_path, embedder):
+    with Memory(tmp_path / "a", embedder=embedder, enricher=lambda text: {"tags": ["Pets"], "context": "about a pet"}) as mem:
+        note = mem.remember("Otto's parrot says hello")
+        assert "pets" in note.tags and note.context == "about a pet"
+
+    def broken(text: str):
+        raise RuntimeError("the LLM returned invalid JSON")
+
+    with Memory(tmp_path / "b", embedder=embedder, enricher=broken) as mem:
+        note = mem.remember("Otto's parrot says hello")
+        assert mem.get(note.id).keywords and index_ids(mem) == {note.id}
+
+
+# ---- crash consistency between the two stores -------------------------------------------------
+
+
+def test_reopen_finishes_writes_a_crash_left_in_the_outbox(tmp_path, embedder):
+    path = tmp_path / "m"
+    with Memory(path, embedder=embedder) as mem:
+        kept = mem.remember("Pia's favourite colour is teal", at=T0)
+        doomed = mem.remember("Pia sold her old car", at=T0)
+        pending_note = mem.remember("Pia bought a new scooter", at=T0)
+    # simulate crashes after the SQLite commit, before the Chroma write: the outbox still holds them
+    graph = NoteGraph(path / "notes.sqlite3")
+    with graph.transaction():
+        graph.delete(doomed.id)
+        graph.set_archived([pending_note.id], True)
+    graph.close()
+    index = VectorIndex(path / "chroma", "agentmem_notes")
+    index.delete([pending_note.id])
+    index.close()
+    with Memory(path, embedder=embedder) as mem:
+        assert index_ids(mem) == {kept.id, pending_note.id}
+        assert mem.stats().pending_sync == 0
+        assert mem.recall("Pia's scooter", include_archived=True, k=1)[0].note.id == pending_note.id
+        assert all(h.note.id != pending_note.id for h in mem.recall("Pia's scooter"))
+
+
+def test_reopen_removes_vectors_the_note_graph_does_not_know(tmp_path, embedder):
+    path = tmp_path / "m"
+    with Memory(path, embedder=embedder) as mem:
+        kept = mem.remember("Quinn keeps bees")
+        orphan = mem.remember("Quinn's hives are on the roof")
+    graph = NoteGraph(path / "notes.sqlite3")  # a note graph restored from an older backup
+    with graph.transaction():
+        graph.delete(orphan.id)
+        graph.clear_pending([orphan.id])
+    graph.close()
+    with Memory(path, embedder=embedder) as mem:
+        assert index_ids(mem) == {kept.id}
+
+
+def test_a_process_killed_mid_batch_leaves_both_stores_consistent(tmp_path):
+    """Kill a writer at a random moment; after reopening, every note is in both stores."""
+    path = tmp_path / "m"
+    script = textwrap.dedent(f"""
+        from agentmem import Memory
+        mem = Memory({str(path)!r})
+        print("ready", flush=True)
+        for i in range(1000):
+            mem.remember(f"Diary entry number {{i}}: today I walked {{i}} steps by the river")
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    threading.Event().wait(3.0)
+    process.kill()
+    process.wait()
+    with Memory(path) as mem:
+        stored = mem.stats().notes
+        assert stored > 0
+        assert index_ids(mem) == mem._graph.all_ids()
+        assert mem.stats().pending_sync == 0
+
+
+# ---- concurrency ---------------------------------------------------------------------------------
+
+
+def test_many_threads_lose_nothing_and_duplicate_nothing(memory):
+    texts = [f"Thread fact {i}: the {['red', 'blue', 'green'][i % 3]} box holds item number {i}" for i in range(40)]
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for i in range(offset, len(texts), 4):
+                memory.remember(texts[i], user_id="t")
+                memory.remember(texts[0], user_id="t")  # everyone repeats one fact
+                memory.recall(texts[i], user_id="t", k=3)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    notes = [n for n, _ in memory._graph.all_notes()]
+    assert sorted(n.text for n in notes) == sorted(texts)
+    assert len(index_ids(memory)) == len(texts)
+    [repeated] = [n for n in notes if n.text == texts[0]]
+    # no lost update: every repeat (40) and every recall of it added exactly one to its strength
+    assert repeated.strength == 1.0 + 40 + repeated.recall_count
+
+
+WRITER = """
+import sys
+from agentmem import Memory
+path, name = sys.argv[1], sys.argv[2]
+with Memory(path) as mem:
+    for i in range(30):
+        mem.remember(f"{name} wrote entry {i} about the harbour festival in year {2000 + i}", user_id="shared")
+        mem.remember("Both writers agree the harbour festival is in August", user_id="shared")
+        mem.recall("harbour festival", user_id="shared", k=5)
+"""
+
+
+def test_two_processes_on_one_path_lose_nothing_and_duplicate_nothing(tmp_path, embedder):
+    path = tmp_path / "m"
+    Memory(path, embedder=embedder).close()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name]) for name in ("ann", "ben")]
+    assert [w.wait(timeout=600) for w in writers] == [0, 0]
+    with Memory(path, embedder=embedder) as mem:
+        texts = sorted(n.text for n, _ in mem._graph.all_notes())
+        expected = sorted(
+            [f"{name} wrote entry {i} about the harbour festival in year {2000 + i}" for name in ("ann", "ben") for i in range(30)]
+            + ["Both writers agree the harbour festival is in August"]
+        )
+        assert texts == expected
+        assert index_ids(mem) == mem._graph.all_ids()
+        [shared] = [n for n, _ in mem._graph.all_notes() if n.text.startswith("Both")]
+        assert shared.strength == 1.0 + 59 + shared.recall_count  # the first write created it
