@@ -14,14 +14,18 @@ class MemoryConfig(BaseModel):
 
     # forgetting curve (see agentmem.forgetting)
     curve: Literal["exponential", "actr"] = "exponential"
-    time_unit_seconds: float = Field(86_400.0, gt=0, description="one unit of t in R = exp(-t / S); a day by default")
+    time_unit_seconds: float = Field(
+        604_800.0, gt=0,
+        description="one unit of t in R = exp(-t / S); a week by default, so a note never recalled"
+        " falls below archive_below=0.01 after about 4.6 weeks, and each recall adds a week of strength",
+    )
     initial_strength: float = Field(1.0, gt=0)
     strength_gain: float = Field(1.0, ge=0, description="added to S at each recall (spacing effect)")
     actr_decay: float = Field(0.5, gt=0)
     archive_below: float = Field(0.01, ge=0, lt=1, description="decay() archives notes whose retention fell below this")
 
     # Zettelkasten linking (cosine similarities of normalised MiniLM embeddings)
-    link_threshold: float = Field(0.5, ge=-1, le=1)
+    link_threshold: float = Field(0.35, ge=-1, le=1, description="MiniLM: related sentences ~0.35-0.6, unrelated < 0.2")
     max_links: int = Field(5, ge=0)
     duplicate_threshold: float = Field(0.95, ge=-1, le=1)
     max_keywords: int = Field(12, ge=1)

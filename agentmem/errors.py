@@ -23,3 +23,7 @@ class StoreClosedError(AgentMemError, RuntimeError):
 
 class ModelUnavailableError(AgentMemError, RuntimeError):
     """A bundled model could not be found in the installed packages."""
+
+
+class StoreUnavailableError(AgentMemError, RuntimeError):
+    """A store could not be reached (e.g. no Chroma server at the given URL)."""

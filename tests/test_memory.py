@@ -107,7 +107,7 @@ def test_related_notes_link_both_ways_and_neighbours_evolve(memory):
     assert [n.id for n in memory.neighbors(second.id)] == [first.id]
     assert [n.id for n in memory.neighbors(first.id)] == [second.id]
     link = memory.get(first.id).links[0]
-    assert link.note_id == second.id and 0.5 <= link.weight <= 1
+    assert link.note_id == second.id and MemoryConfig().link_threshold <= link.weight <= 1
     evolved = memory.get(first.id)
     assert set(evolved.keywords) > set(first.keywords)
     assert "swimming" in evolved.keywords or "lake" in evolved.keywords
@@ -227,7 +227,7 @@ def test_decay_archives_faded_notes_with_an_injected_clock(tmp_path, embedder):
 
 
 def test_actr_curve_keeps_spaced_recalls_alive(tmp_path, embedder):
-    config = MemoryConfig(curve="actr", archive_below=0.3)
+    config = MemoryConfig(curve="actr", archive_below=0.3, time_unit_seconds=86_400)
     with Memory(tmp_path / "m", embedder=embedder, config=config) as mem:
         spaced = mem.remember("Jon's passport number ends in 77", at=T0)
         once = mem.remember("A parcel arrived for the neighbours", at=T0)
@@ -240,9 +240,9 @@ def test_actr_curve_keeps_spaced_recalls_alive(tmp_path, embedder):
 
 def test_remembering_an_archived_note_again_revives_it(memory):
     note = memory.remember("Kim's birthday is on 9 July", at=T0)
-    memory.decay(at=T0 + timedelta(days=30))
+    memory.decay(at=T0 + timedelta(days=60))
     assert memory.get(note.id).archived
-    again = memory.remember("Kim's birthday is on 9 July", at=T0 + timedelta(days=31))
+    again = memory.remember("Kim's birthday is on 9 July", at=T0 + timedelta(days=61))
     assert again.id == note.id and not memory.get(note.id).archived
     assert memory.recall("When is Kim's birthday?", k=1)[0].note.id == note.id
 

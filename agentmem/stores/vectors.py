@@ -18,7 +18,7 @@ import chromadb  # noqa: E402
 import numpy as np  # noqa: E402
 from chromadb.config import Settings  # noqa: E402
 
-from ..errors import InvalidInputError  # noqa: E402
+from ..errors import InvalidInputError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
 
 _SETTINGS = Settings(anonymized_telemetry=False, allow_reset=False)
@@ -61,10 +61,13 @@ class VectorIndex:
             parsed = urlparse(self._url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise InvalidInputError(f"chroma_url must look like http://host:port, got {self._url!r}")
-            self._client = chromadb.HttpClient(
-                host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                ssl=parsed.scheme == "https", settings=_SETTINGS,
-            )
+            try:
+                self._client = chromadb.HttpClient(
+                    host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https", settings=_SETTINGS,
+                )
+            except Exception as exc:  # chromadb raises plain ValueError/ConnectionError here
+                raise StoreUnavailableError(f"no Chroma server answers at {self._url}: {exc}") from exc
         else:
             self._client = chromadb.PersistentClient(str(self._path), settings=_SETTINGS)
         self._collection = self._client.get_or_create_collection(

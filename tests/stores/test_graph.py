@@ -1,0 +1,50 @@
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from agentmem import Note
+from agentmem.stores import NoteGraph
+
+T = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def note(note_id: str) -> Note:
+    return Note(id=note_id, text=f"note {note_id}", created_at=T, updated_at=T, last_recalled=T)
+
+
+def test_a_failed_transaction_leaves_disk_and_view_unchanged(tmp_path):
+    graph = NoteGraph(tmp_path / "g.sqlite3")
+    with graph.transaction():
+        graph.insert(note("a"), np.ones(4))
+    with pytest.raises(RuntimeError):
+        with graph.transaction():
+            graph.insert(note("b"), np.ones(4))
+            graph.link("a", "b", 0.9, T)
+            raise RuntimeError("crash mid-write")
+    assert graph.all_ids() == {"a"} and set(graph.graph.nodes) == {"a"} and graph.graph.number_of_edges() == 0
+
+
+def test_another_connection_s_commit_refreshes_the_view(tmp_path):
+    first, second = NoteGraph(tmp_path / "g.sqlite3"), NoteGraph(tmp_path / "g.sqlite3")
+    with second.transaction():
+        second.insert(note("a"), np.ones(4))
+        second.insert(note("b"), np.ones(4))
+        second.link("a", "b", 0.7, T)
+    assert first.refresh_if_changed() is True
+    assert first.graph.has_edge("a", "b") and first.links_of("a")[0].weight == 0.7
+    assert first.refresh_if_changed() is False
+
+
+def test_every_write_queues_its_vector_index_operation(tmp_path):
+    graph = NoteGraph(tmp_path / "g.sqlite3")
+    with graph.transaction():
+        graph.insert(note("a"), np.ones(4))
+        graph.insert(note("b"), np.ones(4))
+    assert sorted(graph.pending()) == [("a", "upsert"), ("b", "upsert")]
+    with graph.transaction():
+        graph.clear_pending(["a", "b"])
+        graph.delete("a")
+    assert graph.pending() == [("a", "delete")]
+    assert graph.load(["a", "b"]).keys() == {"b"}
+    np.testing.assert_array_equal(graph.load(["b"])["b"][1], np.ones(4, dtype=np.float32))
