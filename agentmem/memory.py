@@ -127,7 +127,7 @@ class Memory:
     def _push(self, upserts: list[str], deletes: list[str] = ()) -> None:
         """Write notes to the vector index, then clear their outbox entries."""
         upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
-        rows = self._graph.load(upserts)
+        rows = self._graph.load(upserts, links=False)
         self._index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
         self._index.delete(list(deletes))
         with self._graph.transaction():
@@ -218,8 +218,9 @@ class Memory:
         return found
 
     def _insert_or_reinforce(self, draft: Note, embedding: np.ndarray, candidates: list[tuple[str, float]]) -> Note:
-        candidates = sorted(candidates, key=lambda c: -c[1])
-        known = self._graph.get_many(i for i, _ in candidates)
+        floor = min(self.config.link_threshold, self.config.duplicate_threshold)
+        candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
+        known = self._graph.get_many((i for i, _ in candidates), links=False)
         for note_id, similarity in candidates:
             other = known.get(note_id)
             same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)

@@ -180,12 +180,13 @@ class NoteGraph:
         notes = self.get_many([note_id])
         return notes.get(note_id)
 
-    def get_many(self, note_ids: Iterable[str]) -> dict[str, Note]:
-        return {note_id: note for note_id, (note, _) in self.load(note_ids).items()}
+    def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]:
+        return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
 
-    def load(self, note_ids: Iterable[str]) -> dict[str, tuple[Note, np.ndarray]]:
-        """Notes with their embeddings, by id; unknown ids are left out."""
-        return {note.id: (note, emb) for note, emb in self._select("id IN ({})", list(note_ids))}
+    def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
+        """Notes with their embeddings, by id; unknown ids are left out. `links=False` skips
+        filling `Note.links`, for internal reads that do not need them."""
+        return {note.id: (note, emb) for note, emb in self._select("id IN ({})", list(note_ids), links)}
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
         yield from self._select(None, [])
@@ -236,16 +237,18 @@ class NoteGraph:
 
     # ---- (de)serialisation ----------------------------------------------------------
 
-    def _select(self, where: str | None, params: list[Any]) -> Iterator[tuple[Note, np.ndarray]]:
+    def _select(
+        self, where: str | None, params: list[Any], links: bool = True
+    ) -> Iterator[tuple[Note, np.ndarray]]:
         sql = f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes"
         if where is not None:
             if not params:
                 return
             sql += " WHERE " + where.format(", ".join("?" * len(params)))
         for row in self._db.execute(sql, params).fetchall():
-            yield self._note(row), np.frombuffer(row["embedding"], dtype=np.float32)
+            yield self._note(row, links), np.frombuffer(row["embedding"], dtype=np.float32)
 
-    def _note(self, row: sqlite3.Row) -> Note:
+    def _note(self, row: sqlite3.Row, links: bool) -> Note:
         return Note(
             id=row["id"],
             text=row["text"],
@@ -263,7 +266,7 @@ class NoteGraph:
             archived=bool(row["archived"]),
             metadata=json.loads(row["metadata"]),
             fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
-            links=self.links_of(row["id"]),
+            links=self.links_of(row["id"]) if links else [],
         )
 
     @staticmethod

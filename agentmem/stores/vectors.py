@@ -1,8 +1,10 @@
 """The vector index: a Chroma collection, embedded on disk or on a `chroma run` server.
 
-It mirrors, for every note, the embedding, the text and the scalar fields recall filters
-on (scope, archived, the user's scalar metadata under `m.<key>`). It is never the source
-of truth: agentmem.stores.graph holds everything needed to rebuild it.
+It mirrors, for every note, the embedding and the scalar fields recall filters on (scope,
+archived, the user's scalar metadata under `m.<key>`). It is never the source of truth:
+agentmem.stores.graph holds the text and everything else needed to rebuild it. (Texts are
+not sent to Chroma: indexing them for its full-text search would double the write cost,
+and agentmem ranks lexically itself.)
 """
 from __future__ import annotations
 
@@ -94,7 +96,6 @@ class VectorIndex:
         self._collection.upsert(
             ids=[n.id for n in notes],
             embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=[n.text for n in notes],
             metadatas=[index_metadata(n) for n in notes],
         )
 
