@@ -136,7 +136,9 @@ class LanguageModel:
         feed_mask = torch.tensor([[1] * (len(t) - 1) + [0] * (target_len - len(t)) for _, t in encoded], device=self.device)
         positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         with torch.no_grad():
-            first = self.model(input_ids=prompts, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+            first = self.model(
+                input_ids=prompts, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
             argmax = first.logits[:, -1:].argmax(-1)
             if target_len > 1:
                 rest = self.model(

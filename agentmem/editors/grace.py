@@ -19,6 +19,8 @@ distance between the keys of `CALIBRATION_PROMPTS`, measured when the editor is 
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +71,8 @@ CALIBRATION_PROMPTS = (
 # A widened ball reaches a little past the key that widened it, so float noise in recomputing
 # that key on another path (a padded batch, the KV cache) cannot leave it outside.
 _WIDEN_SLACK = 1.05
+# Keys closer than this (x epsilon) are the same prompt: a new target for it supersedes the old.
+_SAME_KEY = 1e-3
 
 
 class GraceConfig(EditorConfig):
@@ -76,12 +80,16 @@ class GraceConfig(EditorConfig):
 
     epsilon: float | None = Field(default=None, gt=0)
     epsilon_scale: float = Field(default=0.5, gt=0)
-    learning_rate: float = Field(default=0.5, gt=0)
+    learning_rate: float = Field(default=2.0, gt=0)
     max_steps: int = Field(default=100, ge=1)
 
 
 class Codebook:
-    """GRACE's entries: keys, values, radii, the target tokens each value was trained for, and the edits owning each."""
+    """GRACE's entries: keys, values, radii, the target tokens each value was trained for, and the edits owning each.
+
+    A negative radius switches an entry off (it was superseded). `uids` name entries stably
+    while rows come and go.
+    """
 
     def __init__(self, key_size: int, value_size: int, device: torch.device) -> None:
         self.keys = torch.empty(0, key_size, device=device)
@@ -89,13 +97,15 @@ class Codebook:
         self.radii = torch.empty(0, device=device)
         self.labels: list[tuple[int, ...]] = []
         self.owners: list[set[str]] = []
+        self.uids: list[int] = []
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each key (rows of `keys`), the nearest entry and its distance."""
-        distances, rows = torch.cdist(keys.float(), self.keys).min(dim=1)
+        """For each key (rows of `keys`), the nearest entry that is on, and its distance (inf if none)."""
+        distances = torch.cdist(keys.float(), self.keys).masked_fill(self.radii < 0, float("inf"))
+        distances, rows = distances.min(dim=1)
         return rows, distances
 
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
@@ -109,11 +119,12 @@ class Codebook:
         self.radii = torch.cat([self.radii, self.radii.new_tensor([radius])])
         self.labels.append(label)
         self.owners.append({owner})
+        self.uids.append(max(self.uids, default=-1) + 1)
 
     def drop(self, row: int) -> None:
         keep = torch.arange(len(self), device=self.keys.device) != row
         self.keys, self.values, self.radii = self.keys[keep], self.values[keep], self.radii[keep]
-        del self.labels[row], self.owners[row]
+        del self.labels[row], self.owners[row], self.uids[row]
 
     def row_of(self, edit_id: str) -> int:
         return next(row for row, owners in enumerate(self.owners) if edit_id in owners)
@@ -131,17 +142,17 @@ class GraceLayer(EditorLayer):
         self.key_index: torch.Tensor | None = None
         # Each row's entry (or -1), decided at prefill and kept while decoding.
         self.rows: torch.Tensor | None = None
-        # While training a value: (value, first position it replaces).
-        self.override: tuple[torch.Tensor, int] | None = None
+        # Set by the editor while it prepares and trains an edit: the base output alone,
+        # or one value (being trained) at every position.
+        self.bypass = False
+        self.override: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         batch, length = x.shape[:2]
-        positions = torch.arange(length, device=x.device)
         if self.override is not None:
-            value, start = self.override
-            return torch.where((positions >= start)[None, :, None], value, out)
-        if not len(self.codebook):
+            return self.override.expand_as(out)
+        if self.bypass or not len(self.codebook):
             self.rows = None
             return out
         if self.continuing and self.rows is not None and len(self.rows) == batch:
@@ -151,6 +162,7 @@ class GraceLayer(EditorLayer):
             if start is None or len(start) != batch:
                 start = torch.full((batch,), length - 1, device=x.device)
             self.rows = self.codebook.lookup(x[torch.arange(batch, device=x.device), start])
+            positions = torch.arange(length, device=x.device)
             hit = (positions[None] >= start[:, None]) & (self.rows >= 0)[:, None]
         if not hit.any():
             return out
@@ -160,6 +172,25 @@ class GraceLayer(EditorLayer):
 
 class _Captured(Exception):
     """Stops a forward once the inputs an edit needs are in hand."""
+
+
+@dataclass
+class _Prepared:
+    """What training a value needs, computed once per edit; none of it depends on the edits.
+
+    The prompt but its last token is the prefix: its KV cache (`past`, every layer) is fixed,
+    since GRACE replaces outputs only from the last prompt token on. The rest of the sequence
+    (last prompt token + target but its last token) is the suffix: `hidden` is the edited
+    block's input there, and `key` the wrapped module's input at the suffix's first token.
+    """
+
+    hidden: torch.Tensor
+    key: torch.Tensor
+    past: Any
+
+    def fresh_past(self) -> Any:
+        """A copy of the prefix cache for one forward (a forward appends to the cache it is given)."""
+        return copy.deepcopy(self.past)
 
 
 class GraceEditor(Editor):
@@ -173,8 +204,8 @@ class GraceEditor(Editor):
     def __init__(self, lm: LanguageModel, config: GraceConfig | None = None) -> None:
         super().__init__(lm, config)
         self._hook = lm.model.base_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
-        # edit id -> the radius of the entry it widened, as it was before
-        self._widened: dict[str, float] = {}
+        # edit id -> (uid, radius before, radius after) of the one other entry the edit resized
+        self._resized: dict[str, tuple[int, float, float]] = {}
         if self.config.epsilon is None:
             epsilon = self._calibrated_epsilon()
             self.config = self.config.model_copy(update={"epsilon": epsilon})
@@ -184,9 +215,7 @@ class GraceEditor(Editor):
             raise InvalidInputError("covers() needs a non-empty prompt")
         if not len(self.layer.codebook):
             return False
-        ids = self.lm.tokenizer(prompt).input_ids
-        _, key = self._capture(ids, len(ids) - 1)
-        return bool(self.layer.codebook.lookup(key[None])[0] >= 0)
+        return bool(self.layer.codebook.lookup(self._prompt_key(prompt)[None])[0] >= 0)
 
     # -- applying and retracting edits --------------------------------------------------------
 
@@ -196,55 +225,69 @@ class GraceEditor(Editor):
         return GraceLayer(original)
 
     def _apply(self, request: EditRequest) -> int:
-        """Place the edit in the codebook (new entry, widened ball or split balls) and train its value."""
+        """Place the edit in the codebook and train its value.
+
+        If its ball would overlap the nearest entry's: the same target that the entry's value
+        already produces here widens that ball; the same prompt with another target switches
+        the old entry off; otherwise both radii are split to half the distance. Else a new entry
+        gets the initial radius.
+        """
         prompt_ids, target_ids = self.lm.encode_pair(request.prompt, request.target)
-        start = len(prompt_ids) - 1
-        hidden, key = self._capture(prompt_ids + target_ids[:-1], start)
-        label, book, radius = tuple(target_ids), self.layer.codebook, self.config.epsilon
+        prepared = self._prepare(prompt_ids + target_ids[:-1], len(prompt_ids) - 1)
+        key, label, book, radius = prepared.key, tuple(target_ids), self.layer.codebook, self.config.epsilon
         if len(book):
             rows, distances = book.nearest(key[None])
             row, distance = int(rows[0]), float(distances[0])
             if distance <= float(book.radii[row]) + radius:  # the new ball would overlap the nearest one
-                if book.labels[row] == label and self._predicts(hidden, start, book.values[row], target_ids):
-                    self._widened[request.id] = float(book.radii[row])
-                    book.radii[row] = max(float(book.radii[row]), distance * _WIDEN_SLACK)
+                if book.labels[row] == label and self._predicts(prepared, book.values[row], target_ids):
+                    self._resize(request.id, row, max(float(book.radii[row]), distance * _WIDEN_SLACK))
                     book.owners[row].add(request.id)
                     return 0
-                book.radii[row] = min(float(book.radii[row]), distance / 2)
-                radius = min(radius, distance / 2)
-        value, steps = self._train(hidden, start, key, target_ids)
+                if distance <= _SAME_KEY * radius:
+                    self._resize(request.id, row, -1.0)
+                else:
+                    self._resize(request.id, row, min(float(book.radii[row]), distance / 2))
+                    radius = min(radius, distance / 2)
+        value, steps = self._train(prepared, target_ids)
         book.add(key, value, radius, label, request.id)
         return steps
 
     def _retract(self, edit_id: str) -> None:
-        """Drop the edit's ownership; an entry goes when no edit owns it, a widened ball shrinks back.
+        """Drop the edit's ownership (an entry goes when no edit owns it) and undo its resizing.
 
-        Radii that the edit split stay split: balls only shrink, so no other edit starts
-        covering prompts it did not cover before.
+        A ball the edit widened shrinks back, a ball it split or switched off grows back, as far
+        as later edits' resizing allows.
         """
         book = self.layer.codebook
         row = book.row_of(edit_id)
         book.owners[row].discard(edit_id)
         if not book.owners[row]:
             book.drop(row)
-        elif edit_id in self._widened:
-            book.radii[row] = min(float(book.radii[row]), self._widened[edit_id])
-        self._widened.pop(edit_id, None)
+        if edit_id in self._resized:
+            uid, before, after = self._resized.pop(edit_id)
+            if uid in book.uids:
+                row, undo = book.uids.index(uid), (min if after > before else max)
+                book.radii[row] = undo(float(book.radii[row]), before)
 
-    def _train(self, hidden: torch.Tensor, start: int, key: torch.Tensor, target_ids: list[int]) -> tuple[torch.Tensor, int]:
+    def _resize(self, edit_id: str, row: int, radius: float) -> None:
+        book = self.layer.codebook
+        self._resized[edit_id] = (book.uids[row], float(book.radii[row]), radius)
+        book.radii[row] = radius
+
+    def _train(self, prepared: _Prepared, target_ids: list[int]) -> tuple[torch.Tensor, int]:
         """A value that makes the target come out, trained with the LM loss on the target tokens only.
 
         It starts from the module's own output for the key and stops as soon as every target
         token is the argmax.
         """
-        target = torch.tensor(target_ids, device=hidden.device)
+        target = torch.tensor(target_ids, device=prepared.hidden.device)
         with torch.no_grad():
-            value = self.layer.base(key).clone()
+            value = self.layer.base(prepared.key).clone()
         value.requires_grad_(True)
         optimizer = torch.optim.Adam([value], lr=self.config.learning_rate)
         steps = 0
         while True:
-            logits = self._upper_logits(hidden, start, value, len(target_ids))
+            logits = self._upper_logits(prepared, value)
             if bool((logits.argmax(-1) == target).all()) or steps == self.config.max_steps:
                 return value.detach(), steps
             loss = F.cross_entropy(logits, target)
@@ -253,17 +296,17 @@ class GraceEditor(Editor):
             optimizer.step()
             steps += 1
 
-    def _predicts(self, hidden: torch.Tensor, start: int, value: torch.Tensor, target_ids: list[int]) -> bool:
+    def _predicts(self, prepared: _Prepared, value: torch.Tensor, target_ids: list[int]) -> bool:
         with torch.no_grad():
-            logits = self._upper_logits(hidden, start, value, len(target_ids))
+            logits = self._upper_logits(prepared, value)
         return logits.argmax(-1).tolist() == target_ids
 
     # -- running parts of the model -----------------------------------------------------------
 
-    def _capture(self, ids: list[int], position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input of the edited block for `ids`, and the wrapped module's input at `position` (the key).
+    def _prepare(self, ids: list[int], prefix: int) -> _Prepared:
+        """Run `ids` once, with the codebook off, keeping what training needs (see `_Prepared`).
 
-        Neither depends on the edits, so each edit computes them once; the forward stops there.
+        The forward of the suffix stops at the wrapped module, where the key is.
         """
         captured: dict[str, torch.Tensor] = {}
 
@@ -271,33 +314,56 @@ class GraceEditor(Editor):
             captured["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach()
 
         def grab_key(module: nn.Module, args: tuple) -> None:
-            captured["key"] = args[0][0, position].detach().float()
+            captured["key"] = args[0][0, 0].detach().float()
             raise _Captured
 
-        hooks = [
-            self.block.register_forward_pre_hook(grab_hidden, with_kwargs=True),
-            self.layer.register_forward_pre_hook(grab_key),
-        ]
+        device, past = self.lm.device, None
+        self.layer.bypass = True
         try:
             with torch.no_grad():
-                self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device), use_cache=False)
-        except _Captured:
-            pass
+                if prefix:
+                    past = self.lm.model(
+                        input_ids=torch.tensor([ids[:prefix]], device=device), use_cache=True, logits_to_keep=1
+                    ).past_key_values
+                hooks = [
+                    self.block.register_forward_pre_hook(grab_hidden, with_kwargs=True),
+                    self.layer.register_forward_pre_hook(grab_key),
+                ]
+                try:
+                    self.lm.model(
+                        input_ids=torch.tensor([ids[prefix:]], device=device),
+                        past_key_values=copy.deepcopy(past),
+                        use_cache=past is not None,
+                    )
+                except _Captured:
+                    pass
+                finally:
+                    for hook in hooks:
+                        hook.remove()
         finally:
-            for hook in hooks:
-                hook.remove()
-        return captured["hidden"], captured["key"]
+            self.layer.bypass = False
+        return _Prepared(captured["hidden"], captured["key"], past)
 
-    def _upper_logits(self, hidden: torch.Tensor, start: int, value: torch.Tensor, count: int) -> torch.Tensor:
-        """Logits of the last `count` positions with `value` replacing the module's output from `start` on.
+    def _prompt_key(self, prompt: str) -> torch.Tensor:
+        ids = self.lm.tokenizer(prompt).input_ids
+        return self._prepare(ids, len(ids) - 1).key
 
-        Runs only the edited block and the blocks above it, from the block input saved by `_capture`.
+    def _upper_logits(self, prepared: _Prepared, value: torch.Tensor) -> torch.Tensor:
+        """Logits of the suffix with `value` replacing the module's output there.
+
+        Runs only the suffix, through the edited block and the blocks above it, from the
+        block input and prefix cache saved by `_prepare`.
         """
         base_model = self.lm.model.base_model
-        self.layer.override = (value, start)
+        self.layer.override = value
         base_model.layers = self.blocks[self.layer_index :]
         try:
-            out = self.lm.model(inputs_embeds=hidden, use_cache=False, logits_to_keep=count)
+            out = self.lm.model(
+                inputs_embeds=prepared.hidden,
+                past_key_values=prepared.fresh_past(),
+                use_cache=prepared.past is not None,
+                logits_to_keep=prepared.hidden.shape[1],
+            )
         finally:
             base_model.layers = self.blocks
             self.layer.override = None
@@ -318,11 +384,8 @@ class GraceEditor(Editor):
             self.layer.key_index = None
 
     def _calibrated_epsilon(self) -> float:
-        keys = []
-        for prompt in CALIBRATION_PROMPTS:
-            ids = self.lm.tokenizer(prompt).input_ids
-            keys.append(self._capture(ids, len(ids) - 1)[1])
-        distances = torch.cdist(torch.stack(keys), torch.stack(keys)).fill_diagonal_(float("inf"))
+        keys = torch.stack([self._prompt_key(prompt) for prompt in CALIBRATION_PROMPTS])
+        distances = torch.cdist(keys, keys).fill_diagonal_(float("inf"))
         median = float(distances.min(dim=1).values.median())
         if not median > 0:
             self.remove()
@@ -337,7 +400,8 @@ class GraceEditor(Editor):
         extra = {
             "labels": [list(label) for label in book.labels],
             "owners": [sorted(owners) for owners in book.owners],
-            "widened": self._widened,
+            "uids": book.uids,
+            "resized": self._resized,
         }
         return tensors, extra
 
@@ -348,7 +412,8 @@ class GraceEditor(Editor):
         book.keys, book.values, book.radii = tensors["keys"], tensors["values"], tensors["radii"]
         book.labels = [tuple(label) for label in extra["labels"]]
         book.owners = [set(owners) for owners in extra["owners"]]
-        self._widened = dict(extra["widened"])
+        book.uids = list(extra["uids"])
+        self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}
 
     def _detach(self) -> None:
         self._hook.remove()

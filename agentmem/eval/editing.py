@@ -1,0 +1,215 @@
+"""The sequential editing benchmark on ZsRE: apply T edits, then score all T.
+
+    python -m agentmem.eval.editing --editor grace --data ../shared/data/zsre/zsre_mend_edit.json \
+        --n 1 10 100 1000 --out results.json
+
+For each T the records are cut into consecutive groups of T; each group is edited into a
+fresh editor (`src` -> `alt`, one edit after another) and only then scored, as in the GRACE
+and WISE papers:
+
+- reliability / generalization: teacher-forced token accuracy of `alt` after `src` / after
+  `rephrase` (the argmax at each target position, the prompt fed first as in generation);
+- locality: share of `loc_ans` positions whose argmax after `loc` is the unedited model's;
+- exact match: greedy generation of as many tokens as the target has, compared stripped
+  (teacher forcing flatters editors);
+- seconds per edit, and greedy generation latency with the T edits live vs without.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from ..editors import Editor, EditorConfig, EditRequest, GraceEditor
+from ..models import LanguageModel, load_model
+from . import report
+from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
+
+EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor}
+LATENCY_PROMPTS = 8  # per kind (edited `src`, unrelated `loc`) from the last group
+LATENCY_TOKENS = 16
+PUBLISHED = [  # LLaMA-2-7B on ZsRE, as reported in the WISE paper (Wang et al., 2024)
+    ("GRACE, LLaMA-2-7B (published)", 1000, 0.93, 0.08, 1.00),
+]
+
+
+class EditingScores(BaseModel):
+    """Mean scores over all edited records for one number of sequential edits T."""
+
+    edits: int
+    records: int
+    reliability: float
+    generalization: float
+    locality: float
+    reliability_em: float
+    generalization_em: float
+    edit_success: float
+    edit_seconds_median: float
+    edit_seconds_p95: float
+    generation_seconds_base: float
+    generation_seconds_edited: float
+
+
+def token_accuracy(lm: LanguageModel, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Per pair: the share of target tokens that are the argmax when teacher-forced."""
+    predicted = lm.target_argmax(pairs)
+    expected = [lm.encode_pair(prompt, target)[1] for prompt, target in pairs]
+    return [_agreement(p, e) for p, e in zip(predicted, expected)]
+
+
+def exact_match(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[float]:
+    """Per pair: 1.0 when greedy generation of len(target tokens) tokens gives the target."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for index, (prompt, target) in enumerate(pairs):
+        by_length[len(lm.encode_pair(prompt, target)[1])].append(index)
+    matches = [0.0] * len(pairs)
+    for length, indices in by_length.items():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            outputs = lm.generate_batch([pairs[i][0] for i in chunk], max_new_tokens=length)
+            for i, output in zip(chunk, outputs):
+                matches[i] = float(output.strip() == pairs[i][1].strip())
+    return matches
+
+
+def generation_seconds(lm: LanguageModel, prompts: Sequence[str], repeats: int = 2) -> float:
+    """Median wall time of one greedy generation of LATENCY_TOKENS tokens (batch of one)."""
+    times = []
+    for _ in range(repeats):
+        for prompt in prompts:
+            start = time.perf_counter()
+            lm.generate(prompt, max_new_tokens=LATENCY_TOKENS, min_new_tokens=LATENCY_TOKENS)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sequential_scores(
+    lm: LanguageModel, make_editor: Callable[[], Editor], records: Sequence[ZsreRecord], edits: int
+) -> EditingScores:
+    """Edit the records in groups of `edits`, each group into a fresh editor, and score each group after all its edits."""
+    groups = [records[i : i + edits] for i in range(0, len(records) - edits + 1, edits)]
+    unedited_loc = lm.target_argmax([(r.loc, r.loc_ans) for r in records[: len(groups) * edits]])
+    scores: dict[str, list[float]] = defaultdict(list)
+    results = []
+    for number, group in enumerate(groups):
+        last = number == len(groups) - 1
+        latency_prompts = [r.src for r in group[:LATENCY_PROMPTS]] + [r.loc for r in group[:LATENCY_PROMPTS]]
+        if last:
+            base_seconds = generation_seconds(lm, latency_prompts)
+        editor = make_editor()
+        results += editor.edit([EditRequest(prompt=r.src, target=r.alt) for r in group])
+        reliability_pairs = [(r.src, r.alt) for r in group]
+        generalization_pairs = [(r.rephrase, r.alt) for r in group]
+        scores["reliability"] += token_accuracy(lm, reliability_pairs)
+        scores["generalization"] += token_accuracy(lm, generalization_pairs)
+        scores["reliability_em"] += exact_match(lm, reliability_pairs)
+        scores["generalization_em"] += exact_match(lm, generalization_pairs)
+        loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
+        scores["locality"] += [_agreement(now, before) for now, before in zip(loc_now, unedited_loc[number * edits :])]
+        if last:
+            edited_seconds = generation_seconds(lm, latency_prompts)
+        editor.remove()
+    seconds = sorted(r.seconds for r in results)
+    return EditingScores(
+        edits=edits,
+        records=len(results),
+        **{name: statistics.fmean(values) for name, values in scores.items()},
+        edit_success=statistics.fmean(r.success for r in results),
+        edit_seconds_median=statistics.median(seconds),
+        edit_seconds_p95=seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))],
+        generation_seconds_base=base_seconds,
+        generation_seconds_edited=edited_seconds,
+    )
+
+
+def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], command: str, model: str) -> str:
+    """The BENCHMARKS.md section for one run."""
+    lines = [
+        f"## Knowledge editing: {editor} on ZsRE ({model})",
+        "",
+        f"Measured {report.machine_line()}; torch threads: {torch.get_num_threads()}.",
+        "",
+        f"`{command}`",
+        "",
+        f"Editor config: `{config.model_dump_json()}`",
+        "",
+        "Sequential protocol: T edits applied one after another, then all T scored. Rel / Gen / Loc are",
+        "teacher-forced token accuracies (Loc: agreement with the unedited model); EM is greedy",
+        "exact match. Edit seconds include verifying the edit through the live model; generation",
+        f"latency is the median of one greedy {LATENCY_TOKENS}-token generation with no edits vs with the T edits.",
+        "",
+        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | edit s median / p95 | generation s: base / edited (x) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        slowdown = r.generation_seconds_edited / r.generation_seconds_base
+        lines.append(
+            f"| {r.edits} | {r.records} | {r.reliability:.3f} | {r.generalization:.3f} | {r.locality:.3f} "
+            f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
+            f"| {r.generation_seconds_base:.3f} / {r.generation_seconds_edited:.3f} ({slowdown:.2f}x) |"
+        )
+    for name, edits, rel, gen, loc in PUBLISHED:
+        lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.editing", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--editor", choices=sorted(EDITORS), default="grace")
+    parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file")
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
+    parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
+    parser.add_argument("--config", default="{}", help="editor config overrides, as JSON")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, help="write the scores here as JSON")
+    parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+    args = parser.parse_args(argv)
+    command = "python -m agentmem.eval.editing " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model()
+    records = load_zsre(args.data, limit=max(max(args.n), args.records))
+    if any(not 0 < edits <= len(records) for edits in args.n):
+        parser.error(f"each T must be between 1 and the {len(records)} records available")
+    editor_class = EDITORS[args.editor]
+    config = editor_class.config_class(**json.loads(args.config))
+    rows = []
+    for edits in args.n:
+        def make_editor() -> Editor:
+            nonlocal config
+            editor = editor_class(lm, config)
+            config = editor.config  # calibrated once, reused by every later editor
+            return editor
+
+        count = max(edits, args.records) // edits * edits
+        rows.append(sequential_scores(lm, make_editor, records[:count], edits))
+        print(rows[-1].model_dump_json(), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({
+            "command": command,
+            "machine": report.machine_line(),
+            "editor": args.editor,
+            "config": config.model_dump(),
+            "rows": [r.model_dump() for r in rows],
+        }, indent=1))
+    if args.benchmarks:
+        report.write_section(f"editing-{args.editor}", markdown(args.editor, config, rows, command, lm.name), args.benchmarks)
+    return rows
+
+
+def _agreement(predicted: Sequence[int], expected: Sequence[int]) -> float:
+    return sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+
+
+if __name__ == "__main__":
+    main()
