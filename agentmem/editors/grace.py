@@ -71,7 +71,7 @@ CALIBRATION_PROMPTS = (
 # A widened ball reaches a little past the key that widened it, so float noise in recomputing
 # that key on another path (a padded batch, the KV cache) cannot leave it outside.
 _WIDEN_SLACK = 1.05
-# Keys closer than this (x epsilon) are the same prompt: a new target for it supersedes the old.
+# Keys closer than this (x the key's norm) are the same prompt: a new target for it supersedes the old.
 _SAME_KEY = 1e-3
 
 
@@ -243,7 +243,7 @@ class GraceEditor(Editor):
                     self._resize(request.id, row, max(float(book.radii[row]), distance * _WIDEN_SLACK))
                     book.owners[row].add(request.id)
                     return 0
-                if distance <= _SAME_KEY * radius:
+                if distance <= _SAME_KEY * float(key.norm()):
                     self._resize(request.id, row, -1.0)
                 else:
                     self._resize(request.id, row, min(float(book.radii[row]), distance / 2))
