@@ -338,8 +338,13 @@ class Memory:
         at: datetime | None = None,
         filters: dict[str, str | int | float | bool] | None = None,
         include_archived: bool = False,
+        reinforce: bool = True,
     ) -> list[Hit]:
-        """The k notes that best answer `query`; each one returned counts as recalled."""
+        """The k notes that best answer `query`.
+
+        Each returned note counts as recalled (rehearsed) unless `reinforce=False`, which
+        only looks: for evaluation, browsing, or an agent's own bookkeeping.
+        """
         query = self._text(query)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
@@ -347,8 +352,8 @@ class Memory:
                  (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)) if value is not None}
         filters = self._filters(filters)
         when = self._time(at)
-        if not isinstance(include_archived, bool):
-            raise InvalidInputError("include_archived must be a bool")
+        if not isinstance(include_archived, bool) or not isinstance(reinforce, bool):
+            raise InvalidInputError("include_archived and reinforce must be bools")
         query_embedding = self._embed([query])[0]
 
         conditions: dict[str, Any] = dict(scope)
@@ -384,7 +389,7 @@ class Memory:
                 if activation > ranking.relevance(candidate, self.config):
                     candidate.link_activation, candidate.via_link = activation, via
             hits = ranking.rank(list(candidates.values()), self.config, k)
-            return self._reinforce_recalled(hits, when)
+            return self._reinforce_recalled(hits, when) if reinforce else hits
 
     def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:
         """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""

@@ -62,6 +62,8 @@ def test_recall_reinforces_what_it_returns(memory):
     assert stored.recall_count == 1 and stored.strength == 2.0 and stored.last_recalled == later
     assert hit.note == stored
     assert memory.get(other.id).recall_count == 0
+    memory.recall("What is the name of Carol's cat?", k=1, at=later, reinforce=False)
+    assert memory.get(note.id) == stored  # only looked
     # a stronger note decays more slowly from its new last-recalled time
     assert memory.retention(note.id, at=later + timedelta(days=1)) > memory.retention(other.id, at=T0 + timedelta(days=1))
 
