@@ -35,7 +35,7 @@ from . import report
 from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
 
 EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor}
-LATENCY_PROMPTS = 8  # per kind (edited `src`, unrelated `loc`) from the last group
+LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
 LATENCY_TOKENS = 16
 PUBLISHED = [  # LLaMA-2-7B on ZsRE, as reported in the WISE paper (Wang et al., 2024)
     ("GRACE, LLaMA-2-7B (published)", 1000, 0.93, 0.08, 1.00),
@@ -93,18 +93,25 @@ def generation_seconds(lm: LanguageModel, prompts: Sequence[str], repeats: int =
 
 
 def sequential_scores(
-    lm: LanguageModel, make_editor: Callable[[], Editor], records: Sequence[ZsreRecord], edits: int
+    lm: LanguageModel,
+    make_editor: Callable[[], Editor],
+    records: Sequence[ZsreRecord],
+    edits: int,
+    latency_prompts: int = LATENCY_PROMPTS,
 ) -> EditingScores:
-    """Edit the records in groups of `edits`, each group into a fresh editor, and score each group after all its edits."""
+    """Edit the records in groups of `edits`, each group into a fresh editor, and score each group after all its edits.
+
+    Generation latency is timed on `latency_prompts` edited and as many unrelated prompts of the last group.
+    """
     groups = [records[i : i + edits] for i in range(0, len(records) - edits + 1, edits)]
     unedited_loc = lm.target_argmax([(r.loc, r.loc_ans) for r in records[: len(groups) * edits]])
     scores: dict[str, list[float]] = defaultdict(list)
     results = []
     for number, group in enumerate(groups):
         last = number == len(groups) - 1
-        latency_prompts = [r.src for r in group[:LATENCY_PROMPTS]] + [r.loc for r in group[:LATENCY_PROMPTS]]
+        timed = [r.src for r in group[:latency_prompts]] + [r.loc for r in group[:latency_prompts]]
         if last:
-            base_seconds = generation_seconds(lm, latency_prompts)
+            base_seconds = generation_seconds(lm, timed)
         editor = make_editor()
         results += editor.edit([EditRequest(prompt=r.src, target=r.alt) for r in group])
         reliability_pairs = [(r.src, r.alt) for r in group]
@@ -116,7 +123,7 @@ def sequential_scores(
         loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
         scores["locality"] += [_agreement(now, before) for now, before in zip(loc_now, unedited_loc[number * edits :])]
         if last:
-            edited_seconds = generation_seconds(lm, latency_prompts)
+            edited_seconds = generation_seconds(lm, timed)
         editor.remove()
     seconds = sorted(r.seconds for r in results)
     return EditingScores(

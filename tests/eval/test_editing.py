@@ -1,0 +1,76 @@
+"""The sequential editing benchmark: its scores on a model we control, its report, its command line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agentmem.editors import GraceConfig, GraceEditor
+from agentmem.errors import InvalidInputError
+from agentmem.eval import editing
+from agentmem.eval.zsre import ZsreRecord, load_zsre
+from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+
+RECORDS = [
+    ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="Where does Alice live?",
+               loc="What is the capital of Australia?", loc_ans="Canberra"),
+    ZsreRecord(src="Bob lives in", alt="Oslo", rephrase="Where does Bob live?",
+               loc="Who painted the Mona Lisa?", loc_ans="Leonardo da Vinci"),
+]
+
+
+@pytest.mark.parametrize("edits", [1, 2])
+def test_sequential_scores_on_a_tiny_model(tiny_lm, tiny_config, edits):
+    before = tiny_lm.target_argmax([(r.src, r.alt) for r in RECORDS])
+    scores = editing.sequential_scores(tiny_lm, lambda: GraceEditor(tiny_lm, tiny_config), RECORDS, edits, latency_prompts=1)
+    assert scores.edits == edits and scores.records == 2
+    assert scores.reliability == scores.reliability_em == scores.edit_success == 1.0
+    assert scores.locality == 1.0
+    assert 0 < scores.edit_seconds_median <= scores.edit_seconds_p95
+    assert tiny_lm.target_argmax([(r.src, r.alt) for r in RECORDS]) == before  # every editor was removed
+
+
+def test_token_accuracy_counts_positions(tiny_lm):
+    pair = ("The sky is", "blue blue blue")
+    predicted = tiny_lm.target_argmax([pair])[0]
+    expected = tiny_lm.encode_pair(*pair)[1]
+    share = sum(p == e for p, e in zip(predicted, expected)) / 3
+    assert editing.token_accuracy(tiny_lm, [pair]) == [share]
+
+
+def test_the_report_shows_the_command_each_t_and_the_published_row():
+    row = editing.EditingScores(
+        edits=10, records=100, reliability=1.0, generalization=0.3, locality=1.0, reliability_em=0.99,
+        generalization_em=0.1, edit_success=1.0, edit_seconds_median=0.5, edit_seconds_p95=1.0,
+        generation_seconds_base=0.2, generation_seconds_edited=0.21,
+    )
+    text = editing.markdown("grace", GraceConfig(epsilon=3.0), [row], "python -m agentmem.eval.editing --n 10", "smol")
+    assert "`python -m agentmem.eval.editing --n 10`" in text
+    assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
+    assert "| 1000 (GRACE, LLaMA-2-7B (published)) | | 0.93 | 0.08 | 1.00 |" in text
+
+
+def test_zsre_records_load_with_a_limit(tmp_path):
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([{**r.model_dump(), "subject": "x"} for r in RECORDS]))
+    assert load_zsre(path, limit=1) == RECORDS[:1]
+    path.write_text(json.dumps([{"src": "no target"}]))
+    with pytest.raises(InvalidInputError):
+        load_zsre(path)
+    with pytest.raises(InvalidInputError):
+        load_zsre(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path):
+    data, out, bench = tmp_path / "zsre.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
+    threads = torch.get_num_threads()
+    editing.main(["--data", str(data), "--n", "1", "2", "--records", "2", "--out", str(out), "--benchmarks", str(bench)])
+    assert torch.get_num_threads() == threads
+    result = json.loads(out.read_text())
+    assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"]["epsilon"] > 0
+    assert all(r["reliability"] == 1.0 for r in result["rows"])
+    text = bench.read_text()
+    assert "<!-- begin editing-grace -->" in text and "--records 2" in text

@@ -1,0 +1,74 @@
+"""The local language model: loading (GGUF dequantized once, then cached), generation, teacher forcing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentmem.errors import InvalidInputError, ModelUnavailableError
+from agentmem.models import _dequantized_checkpoint, agentmem_home, bundled_gguf_path, load_model
+from tests.editors.conftest import tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+
+PAIRS = [("Alice lives in", "Lisbon"), ("The sky is", "blue blue blue"), ("What is the capital of Australia?", "Canberra")]
+
+
+def test_a_batch_generates_what_each_prompt_generates_alone(tiny_lm):
+    prompts = [p for p, _ in PAIRS]
+    assert tiny_lm.generate_batch(prompts, max_new_tokens=4) == [tiny_lm.generate(p, max_new_tokens=4) for p in prompts]
+
+
+def test_generation_refuses_an_empty_prompt(tiny_lm):
+    with pytest.raises(InvalidInputError):
+        tiny_lm.generate("", max_new_tokens=2)
+
+
+def test_a_pair_splits_where_the_prompt_ends(tiny_lm):
+    for prompt, target in PAIRS:
+        prompt_ids, target_ids = tiny_lm.encode_pair(prompt, target)
+        assert prompt_ids + target_ids == tiny_lm.tokenizer(prompt + " " + target).input_ids
+        assert tiny_lm.tokenizer.decode(target_ids).strip() == target
+    with pytest.raises(InvalidInputError):
+        tiny_lm.encode_pair("Alice lives in", " ")
+
+
+def test_teacher_forcing_through_the_cache_matches_one_full_forward(tiny_lm):
+    expected = []
+    for prompt, target in PAIRS:
+        prompt_ids, target_ids = tiny_lm.encode_pair(prompt, target)
+        with torch.no_grad():
+            out = tiny_lm.model(torch.tensor([prompt_ids + target_ids])).logits[0]
+        expected.append(out[len(prompt_ids) - 1 : -1].argmax(-1).tolist())
+    assert tiny_lm.target_argmax(PAIRS) == expected
+
+
+def test_the_cache_folder_follows_agentmem_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path))
+    assert agentmem_home() == tmp_path
+
+
+def test_no_model_at_a_path_raises(tmp_path):
+    with pytest.raises(ModelUnavailableError):
+        load_model(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_the_bundled_model_loads_once_and_answers():
+    lm = load_model()
+    assert load_model() is lm
+    assert lm.model.config.model_type == "llama" and lm.model.config.num_hidden_layers == 30
+    assert "Paris" in lm.generate("The capital of France is", max_new_tokens=4)
+    assert "Paris" in lm.generate("What is the capital of France?", max_new_tokens=12, chat=True)
+    assert not any(p.requires_grad for p in lm.model.parameters())
+
+
+@pytest.mark.slow
+def test_the_dequantized_checkpoint_is_written_once_and_loads_on_its_own():
+    load_model()
+    checkpoint = _dequantized_checkpoint(bundled_gguf_path())
+    written = (checkpoint / "model.safetensors").stat().st_mtime_ns
+    assert _dequantized_checkpoint(bundled_gguf_path()) == checkpoint
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == written
+    assert "quantization_config" not in (checkpoint / "config.json").read_text()
+    plain = load_model(checkpoint)
+    assert plain is not load_model()
+    prompt = "The capital of France is"
+    assert plain.generate(prompt, max_new_tokens=6) == load_model().generate(prompt, max_new_tokens=6)
