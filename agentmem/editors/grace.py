@@ -68,24 +68,26 @@ CALIBRATION_PROMPTS = (
     "What year did the Berlin Wall fall?",
 )
 
-# A widened ball reaches a little past the key that widened it, so float noise in recomputing
-# that key on another path (a padded batch, the KV cache) cannot leave it outside.
-_WIDEN_SLACK = 1.05
 # Keys closer than this (x the key's norm) are the same prompt: a new target for it supersedes the old.
 _SAME_KEY = 1e-3
 
 
 class GraceConfig(EditorConfig):
-    """Where GRACE sits and how it trains; `epsilon=None` calibrates the initial radius to the model."""
+    """Where GRACE sits and how it trains; `epsilon=None` calibrates the initial radius to the model.
+
+    Training stops once every target token leads the runner-up by `margin` logits: a bare
+    argmax lead can flip under the float noise of another path (a padded batch, the KV cache).
+    """
 
     epsilon: float | None = Field(default=None, gt=0)
     epsilon_scale: float = Field(default=0.5, gt=0)
     learning_rate: float = Field(default=2.0, gt=0)
     max_steps: int = Field(default=100, ge=1)
+    margin: float = Field(default=1.0, ge=0)
 
 
 class Codebook:
-    """GRACE's entries: keys, values, radii, the target tokens each value was trained for, and the edits owning each.
+    """GRACE's entries: keys, values, radii, the target tokens each value was trained for, and the edit owning each.
 
     A negative radius switches an entry off (it was superseded). `uids` name entries stably
     while rows come and go.
@@ -96,7 +98,7 @@ class Codebook:
         self.values = torch.empty(0, value_size, device=device)
         self.radii = torch.empty(0, device=device)
         self.labels: list[tuple[int, ...]] = []
-        self.owners: list[set[str]] = []
+        self.owners: list[str] = []
         self.uids: list[int] = []
 
     def __len__(self) -> int:
@@ -118,7 +120,7 @@ class Codebook:
         self.values = torch.cat([self.values, value[None]])
         self.radii = torch.cat([self.radii, self.radii.new_tensor([radius])])
         self.labels.append(label)
-        self.owners.append({owner})
+        self.owners.append(owner)
         self.uids.append(max(self.uids, default=-1) + 1)
 
     def drop(self, row: int) -> None:
@@ -127,7 +129,7 @@ class Codebook:
         del self.labels[row], self.owners[row], self.uids[row]
 
     def row_of(self, edit_id: str) -> int:
-        return next(row for row, owners in enumerate(self.owners) if edit_id in owners)
+        return self.owners.index(edit_id)
 
 
 class GraceLayer(EditorLayer):
@@ -227,10 +229,11 @@ class GraceEditor(Editor):
     def _apply(self, request: EditRequest) -> int:
         """Place the edit in the codebook and train its value.
 
-        If its ball would overlap the nearest entry's: the same target that the entry's value
-        already produces here widens that ball; the same prompt with another target switches
-        the old entry off; otherwise both radii are split to half the distance. Else a new entry
-        gets the initial radius.
+        Each edit gets its own entry, at its own key. If its ball would overlap the nearest
+        entry's: when that entry's value already produces the target here, the new entry shares
+        the value (GRACE's widening, kept as a ball per key so that later splits and rollbacks
+        never cut another edit's key out); the same prompt with another target switches the old
+        entry off; otherwise both radii are split to half the distance.
         """
         prompt_ids, target_ids = self.lm.encode_pair(request.prompt, request.target)
         prepared = self._prepare(prompt_ids + target_ids[:-1], len(prompt_ids) - 1)
@@ -240,8 +243,7 @@ class GraceEditor(Editor):
             row, distance = int(rows[0]), float(distances[0])
             if distance <= float(book.radii[row]) + radius:  # the new ball would overlap the nearest one
                 if book.labels[row] == label and self._predicts(prepared, book.values[row], target_ids):
-                    self._resize(request.id, row, max(float(book.radii[row]), distance * _WIDEN_SLACK))
-                    book.owners[row].add(request.id)
+                    book.add(key, book.values[row], radius, label, request.id)
                     return 0
                 if distance <= _SAME_KEY * float(key.norm()):
                     self._resize(request.id, row, -1.0)
@@ -253,21 +255,14 @@ class GraceEditor(Editor):
         return steps
 
     def _retract(self, edit_id: str) -> None:
-        """Drop the edit's ownership (an entry goes when no edit owns it) and undo its resizing.
-
-        A ball the edit widened shrinks back, a ball it split or switched off grows back, as far
-        as later edits' resizing allows.
-        """
+        """Drop the edit's entry, and grow back the ball it split or switched off (as far as later splits allow)."""
         book = self.layer.codebook
-        row = book.row_of(edit_id)
-        book.owners[row].discard(edit_id)
-        if not book.owners[row]:
-            book.drop(row)
+        book.drop(book.row_of(edit_id))
         if edit_id in self._resized:
             uid, before, after = self._resized.pop(edit_id)
             if uid in book.uids:
-                row, undo = book.uids.index(uid), (min if after > before else max)
-                book.radii[row] = undo(float(book.radii[row]), before)
+                row = book.uids.index(uid)
+                book.radii[row] = before if after < 0 else max(float(book.radii[row]), before)
 
     def _resize(self, edit_id: str, row: int, radius: float) -> None:
         book = self.layer.codebook
@@ -278,7 +273,7 @@ class GraceEditor(Editor):
         """A value that makes the target come out, trained with the LM loss on the target tokens only.
 
         It starts from the module's own output for the key and stops as soon as every target
-        token is the argmax.
+        token comes out, by the configured margin.
         """
         target = torch.tensor(target_ids, device=prepared.hidden.device)
         with torch.no_grad():
@@ -288,7 +283,7 @@ class GraceEditor(Editor):
         steps = 0
         while True:
             logits = self._upper_logits(prepared, value)
-            if bool((logits.argmax(-1) == target).all()) or steps == self.config.max_steps:
+            if self._leads(logits, target) or steps == self.config.max_steps:
                 return value.detach(), steps
             loss = F.cross_entropy(logits, target)
             optimizer.zero_grad()
@@ -299,7 +294,13 @@ class GraceEditor(Editor):
     def _predicts(self, prepared: _Prepared, value: torch.Tensor, target_ids: list[int]) -> bool:
         with torch.no_grad():
             logits = self._upper_logits(prepared, value)
-        return logits.argmax(-1).tolist() == target_ids
+        return self._leads(logits, torch.tensor(target_ids, device=logits.device))
+
+    def _leads(self, logits: torch.Tensor, target: torch.Tensor) -> bool:
+        """Whether each target token's logit beats every other token's by the margin."""
+        chosen = logits.gather(1, target[:, None])
+        rivals = logits.scatter(1, target[:, None], float("-inf")).max(dim=1, keepdim=True).values
+        return bool((chosen - rivals >= self.config.margin).all())
 
     # -- running parts of the model -----------------------------------------------------------
 
@@ -399,7 +400,7 @@ class GraceEditor(Editor):
         tensors = {"keys": book.keys, "values": book.values, "radii": book.radii}
         extra = {
             "labels": [list(label) for label in book.labels],
-            "owners": [sorted(owners) for owners in book.owners],
+            "owners": book.owners,
             "uids": book.uids,
             "resized": self._resized,
         }
@@ -411,7 +412,7 @@ class GraceEditor(Editor):
             raise ValueError("codebook shapes differ from the wrapped module's")
         book.keys, book.values, book.radii = tensors["keys"], tensors["values"], tensors["radii"]
         book.labels = [tuple(label) for label in extra["labels"]]
-        book.owners = [set(owners) for owners in extra["owners"]]
+        book.owners = list(extra["owners"])
         book.uids = list(extra["uids"])
         self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}
 

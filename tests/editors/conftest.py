@@ -42,8 +42,11 @@ def tiny_lm(tiny_tokenizer) -> LanguageModel:
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_tokenizer) -> GraceConfig:
-    """GRACE on the tiny model's layer 2, its radius calibrated once for the session."""
-    editor = GraceEditor(tiny_lm.__wrapped__(tiny_tokenizer), GraceConfig(layer=2))
+    """GRACE on the tiny model's layer 2, its radius calibrated once for the session.
+
+    No logit margin: a random model's logits are too flat to lead by one, a bare argmax will do.
+    """
+    editor = GraceEditor(tiny_lm.__wrapped__(tiny_tokenizer), GraceConfig(layer=2, margin=0.0))
     return editor.config
 
 

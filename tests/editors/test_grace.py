@@ -104,14 +104,15 @@ def test_overlapping_balls_with_different_targets_are_split(tiny_lm, tiny_config
     assert book.radii.tolist() == [1e3]  # the split is undone with the edit that caused it
 
 
-def test_a_target_the_entry_already_gives_widens_its_ball(tiny_lm, tiny_config):
+def test_a_target_the_nearest_entry_already_gives_reuses_its_value(tiny_lm, tiny_config):
     editor = GraceEditor(tiny_lm, tiny_config.model_copy(update={"epsilon": 1e3}))
     first, second = editor.edit([
         EditRequest(prompt=ALICE, target="Lisbon"), EditRequest(prompt="Alice now lives in", target="Lisbon"),
     ])
     book = editor.layer.codebook
-    assert second.steps == 0 and second.success and len(book) == 1 and book.owners[0] == {first.edit_id, second.edit_id}
-    editor.rollback(first.edit_id)  # the entry stays for the edit that shares it
+    assert second.steps == 0 and second.success and len(book) == 2
+    assert torch.equal(book.values[0], book.values[1]) and book.radii.tolist() == [1e3, 1e3]  # nothing split
+    editor.rollback(first.edit_id)  # the second edit keeps its own ball
     assert answer(tiny_lm, "Alice now lives in", "Lisbon") == "Lisbon"
 
 
