@@ -16,6 +16,11 @@ through the cache (`LanguageModel.target_argmax` does), as generation does.
 Radii are absolute distances between keys, so they only mean something against this model's
 own key scale: unless `epsilon` is given, it is `epsilon_scale` x the median nearest-neighbour
 distance between the keys of `CALIBRATION_PROMPTS`, measured when the editor is created.
+Measured on SmolLM2-135M at the default layer (25 of 30): that median is 7.3, so epsilon is
+3.6; a ZsRE rephrase lies a median 5.9 from its question's key, while 99% of unrelated ZsRE
+`loc` questions lie more than 12.8 from the nearest of 1000 edited questions. Half the median
+keeps unrelated prompts out (locality 1.0 at 1000 edits) and lets some rephrases in; doubling
+it gained almost no generalization (0.29 -> 0.30 at 100 edits), since close edits split radii.
 """
 from __future__ import annotations
 

@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
     parser.add_argument("--config", default="{}", help="editor config overrides, as JSON")
+    parser.add_argument("--latency-prompts", type=int, default=LATENCY_PROMPTS, help="timed prompts of each kind")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
             return editor
 
         count = max(edits, args.records) // edits * edits
-        rows.append(sequential_scores(lm, make_editor, records[:count], edits))
+        rows.append(sequential_scores(lm, make_editor, records[:count], edits, args.latency_prompts))
         print(rows[-1].model_dump_json(), flush=True)
     if args.out:
         args.out.write_text(json.dumps({

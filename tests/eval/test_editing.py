@@ -67,7 +67,10 @@ def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path):
     data, out, bench = tmp_path / "zsre.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
     data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
     threads = torch.get_num_threads()
-    editing.main(["--data", str(data), "--n", "1", "2", "--records", "2", "--out", str(out), "--benchmarks", str(bench)])
+    editing.main([
+        "--data", str(data), "--n", "1", "2", "--records", "2", "--latency-prompts", "1",
+        "--out", str(out), "--benchmarks", str(bench),
+    ])
     assert torch.get_num_threads() == threads
     result = json.loads(out.read_text())
     assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"]["epsilon"] > 0
