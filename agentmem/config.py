@@ -31,7 +31,8 @@ class MemoryConfig(BaseModel):
     max_keywords: int = Field(12, ge=1)
 
     # ranking
-    lexical_weight: float = Field(0.3, ge=0)
+    lexical_weight: float = Field(0.6, ge=0, description="weight of the BM25 score, scaled to 1 for the best match")
+    time_weight: float = Field(0.2, ge=0, description="bonus for notes that fit what the query says about time")
     link_spread: float = Field(0.5, ge=0, description="share of a seed's relevance passed along a link of weight 1")
-    retention_floor: float = Field(0.7, ge=0, le=1, description="a note at retention 0 keeps this share of its relevance")
+    retention_floor: float = Field(0.9, ge=0, le=1, description="a note at retention 0 keeps this share of its relevance")
     candidate_pool: int = Field(30, ge=0, description="dense candidates fetched beyond k before re-ranking")

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
-from . import forgetting, linking, ranking
+from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError
 from .models import load_embedder
@@ -369,25 +369,33 @@ class Memory:
             )
 
         with self._exclusive():
-            dense = self._index.query(query_embedding[None, :], k + self.config.candidate_pool, where_clause(conditions))[0]
-            notes = self._graph.get_many(i for i, _ in dense)
-            candidates = {
-                i: ranking.Candidate(note=notes[i], similarity=s) for i, s in dense if i in notes
-            }
-            seeds = sorted(candidates.values(), key=lambda c: -c.similarity)[:k]
+            pool = k + self.config.candidate_pool
+            dense = self._index.query(query_embedding[None, :], pool, where_clause(conditions))[0]
+            lexical = dict(self._graph.lexical_search(
+                linking.content_words(query), pool, scope, include_archived, filters
+            ))
+            best_lexical = max(lexical.values(), default=0.0)
+
+            def candidate(note: Note, embedding: np.ndarray) -> ranking.Candidate:
+                return ranking.Candidate(
+                    note=note,
+                    similarity=float(embedding @ query_embedding),
+                    lexical=lexical.get(note.id, 0.0) / best_lexical if best_lexical else 0.0,
+                    temporal=temporal.time_match(query, note.text, note.created_at, when),
+                    retention=self._retention(note, when),
+                )
+
+            rows = self._graph.load({*(i for i, _ in dense), *lexical})
+            candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
+            seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
             reached = ranking.spread_activation(
-                {c.note.id: c.similarity for c in seeds}, self._graph.graph, self.config.link_spread
+                {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self._graph.graph, self.config.link_spread
             )
-            linked = {i: a for i, a in reached.items() if i not in candidates}
-            for note_id, (note, embedding) in self._graph.load(linked).items():
-                if admissible(note):
-                    candidates[note_id] = ranking.Candidate(note=note, similarity=float(embedding @ query_embedding))
-            for candidate in candidates.values():
-                candidate.lexical = ranking.lexical_overlap(query, candidate.note)
-                candidate.retention = self._retention(candidate.note, when)
-                activation, via = reached.get(candidate.note.id, (0.0, None))
-                if activation > ranking.relevance(candidate, self.config):
-                    candidate.link_activation, candidate.via_link = activation, via
+            linked = self._graph.load(i for i in reached if i not in candidates)
+            candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if admissible(row[0])}
+            for note_id, (activation, via) in reached.items():
+                if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
+                    candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
             hits = ranking.rank(list(candidates.values()), self.config, k)
             return self._reinforce_recalled(hits, when) if reinforce else hits
 

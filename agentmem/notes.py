@@ -76,6 +76,7 @@ class Why(BaseModel):
 
     similarity: float
     lexical: float
+    temporal: float = 0.0
     retention: float
     via_link: str | None = Field(None, description="id of the note whose link brought this one in")
     link_activation: float = 0.0

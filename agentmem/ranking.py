@@ -1,6 +1,7 @@
 """Hybrid ranking: dense similarity, lexical match, link activation and retention.
 
-relevance  = cosine similarity + lexical_weight * lexical overlap
+relevance  = cosine similarity + lexical_weight * BM25 score (scaled so the best match is 1)
+             + time_weight * time match (see agentmem.temporal)
 activation = what a link passes on from a relevant seed note (spreading activation)
 score      = max(relevance, activation) * (floor + (1 - floor) * retention)
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .config import MemoryConfig
-from .linking import content_words, words
 from .notes import Hit, Note, Why
 
 
@@ -25,21 +25,17 @@ class Candidate:
     similarity: float
     retention: float = 1.0
     lexical: float = 0.0
+    temporal: float = 0.0
     via_link: str | None = None
     link_activation: float = 0.0
 
 
-def lexical_overlap(query: str, note: Note) -> float:
-    """Share of the query's content words that the note's text, keywords or tags contain."""
-    terms = set(content_words(query))
-    if not terms:
-        return 0.0
-    vocabulary = set(words(note.text)) | set(note.keywords) | set(note.tags)
-    return len(terms & vocabulary) / len(terms)
-
-
 def relevance(candidate: Candidate, config: MemoryConfig) -> float:
-    return candidate.similarity + config.lexical_weight * candidate.lexical
+    return (
+        candidate.similarity
+        + config.lexical_weight * candidate.lexical
+        + config.time_weight * candidate.temporal
+    )
 
 
 def spread_activation(
@@ -72,6 +68,7 @@ def rank(candidates: list[Candidate], config: MemoryConfig, k: int) -> list[Hit]
             why=Why(
                 similarity=c.similarity,
                 lexical=c.lexical,
+                temporal=c.temporal,
                 retention=c.retention,
                 via_link=c.via_link,
                 link_activation=c.link_activation,

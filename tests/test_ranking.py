@@ -26,12 +26,6 @@ def test_retention_breaks_near_ties():
     assert ranking.rank([faded, fresh], config, k=1)[0].note.id == "b"
 
 
-def test_lexical_overlap_counts_query_content_words_found():
-    n = note("n", "Melanie painted a sunrise over the lake")
-    assert ranking.lexical_overlap("When did Melanie paint the sunrise?", n) == 2 / 3
-    assert ranking.lexical_overlap("the of and", n) == 0.0
-
-
 def test_spreading_activation_goes_one_hop_and_keeps_the_best_seed():
     graph = nx.Graph()
     graph.add_edge("seed1", "x", weight=0.5)

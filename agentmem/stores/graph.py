@@ -46,7 +46,25 @@ CREATE TABLE IF NOT EXISTS recalls (note_id TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS recalls_note ON recalls(note_id);
 CREATE TABLE IF NOT EXISTS outbox (note_id TEXT PRIMARY KEY, op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- full-text index over the notes, kept in step by triggers inside the same transactions
+CREATE VIRTUAL TABLE IF NOT EXISTS notes_fts USING fts5(
+    text, keywords, tags, content='notes', content_rowid='rowid', tokenize='porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS notes_fts_insert AFTER INSERT ON notes BEGIN
+    INSERT INTO notes_fts(rowid, text, keywords, tags) VALUES (new.rowid, new.text, new.keywords, new.tags);
+END;
+CREATE TRIGGER IF NOT EXISTS notes_fts_delete AFTER DELETE ON notes BEGIN
+    INSERT INTO notes_fts(notes_fts, rowid, text, keywords, tags) VALUES ('delete', old.rowid, old.text, old.keywords, old.tags);
+END;
+CREATE TRIGGER IF NOT EXISTS notes_fts_update AFTER UPDATE OF text, keywords, tags ON notes BEGIN
+    INSERT INTO notes_fts(notes_fts, rowid, text, keywords, tags) VALUES ('delete', old.rowid, old.text, old.keywords, old.tags);
+    INSERT INTO notes_fts(rowid, text, keywords, tags) VALUES (new.rowid, new.text, new.keywords, new.tags);
+END;
 """
+
+# BM25 column weights: the note's own words count most; evolved keywords and tags help a little
+FTS_WEIGHTS = (1.0, 0.5, 0.5)
 
 NOTE_COLUMNS = (
     "id", "text", "keywords", "tags", "context", "user_id", "agent_id", "session_id",
@@ -205,6 +223,31 @@ class NoteGraph:
         pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         links = self._db.execute("SELECT COUNT(*) FROM links").fetchone()[0]
         return {"notes": total, "archived": archived, "users": users, "pending_sync": pending, "links": links}
+
+    def lexical_search(
+        self, terms: list[str], n: int, scope: dict[str, str], include_archived: bool, filters: dict[str, Any]
+    ) -> list[tuple[str, float]]:
+        """The n best BM25 matches of any of `terms` (porter-stemmed), as (id, score > 0)."""
+        if not terms or n < 1:
+            return []
+        match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+        where = ["notes_fts MATCH ?"]
+        params: list[Any] = [match]
+        for name, value in scope.items():
+            where.append(f"n.{name} = ?")
+            params.append(value)
+        if not include_archived:
+            where.append("n.archived = 0")
+        for key, value in filters.items():
+            where.append("json_extract(n.metadata, ?) = ?")
+            params += ["$." + json.dumps(key), value]
+        rows = self._db.execute(
+            f"SELECT n.id, bm25(notes_fts, {', '.join(map(str, FTS_WEIGHTS))}) AS rank"
+            " FROM notes_fts JOIN notes n ON n.rowid = notes_fts.rowid"
+            f" WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?",
+            (*params, n),
+        )
+        return [(note_id, -rank) for note_id, rank in rows]
 
     # ---- links --------------------------------------------------------------------
 
