@@ -79,9 +79,10 @@ class Baseline:
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
-    def add(self, texts: list[str]) -> None:
+    def add(self, texts: list[str], embeddings: np.ndarray | None = None) -> None:
         ids = [str(self.size + i) for i in range(len(texts))]
-        self.collection.add(ids=ids, embeddings=self.encode(texts), documents=texts)
+        embeddings = self.encode(texts) if embeddings is None else embeddings
+        self.collection.add(ids=ids, embeddings=embeddings, documents=texts)
         self.size += len(texts)
 
     def query(self, text: str) -> None:
@@ -102,22 +103,23 @@ def run(data: Path, sizes: list[int]) -> dict:
     filled = 0
     for size in sizes:
         batch = pool[filled:size]
-        encode_seconds = timed(lambda: baseline.encode(batch))
-        baseline.add(batch)
         items = [{"text": t, "session_id": f"s{(filled + i) // 50}"} for i, t in enumerate(batch)]
-        many_seconds = sum(
-            timed(lambda c=items[i : i + CHUNK]: memory.remember_many(c, user_id="bench"))
-            for i in range(0, len(items), CHUNK)
-        )
+        # baseline and agentmem alternate chunk by chunk (and below, probe by probe),
+        # so a load spike on this shared machine hits both alike
+        encode_seconds = many_seconds = 0.0
+        for start in range(0, len(batch), CHUNK):
+            chunk: list = []
+            encode_seconds += timed(lambda: chunk.append(baseline.encode(batch[start : start + CHUNK])))
+            many_seconds += timed(lambda: memory.remember_many(items[start : start + CHUNK], user_id="bench"))
+            baseline.add(batch[start : start + CHUNK], chunk[0])
         filled = size
 
-        remember_base = [timed(lambda t=t: baseline.add([t])) for t in probes]
-        stored: list[str] = []
-        remember_ours = [
-            timed(lambda t=t: stored.append(memory.remember(t, user_id="bench", session_id="probe").id)) for t in probes
-        ]
-        recall_base = [timed(lambda q=q: baseline.query(q)) for q in asks]
-        recall_ours = [timed(lambda q=q: memory.recall(q, user_id="bench", k=10)) for q in asks]
+        remember_base, remember_ours, recall_base, recall_ours, stored = [], [], [], [], []
+        for text, question in zip(probes, asks):
+            remember_base.append(timed(lambda: baseline.add([text])))
+            remember_ours.append(timed(lambda: stored.append(memory.remember(text, user_id="bench", session_id="probe").id)))
+            recall_base.append(timed(lambda: baseline.query(question)))
+            recall_ours.append(timed(lambda: memory.recall(question, user_id="bench", k=10)))
         results["sizes"][size] = {
             "notes_stored": memory.stats().notes,
             "remember": {"baseline": percentiles(remember_base), "agentmem": percentiles(remember_ours)},

@@ -114,13 +114,22 @@ def dense_baseline(conversation: Conversation) -> list[list[str]]:
     return [[conversation.turns[i].dia_id for i in row] for row in order]
 
 
-def ingest(conversation: Conversation, folder: Path, config: MemoryConfig) -> dict[str, list[str]]:
+TURN_FORMATS: dict[str, Callable[[Turn, Turn | None], str]] = {
+    "turn": lambda turn, previous: turn.text,
+    "dated turn": lambda turn, previous: f"[{turn.at:%d %B %Y}] {turn.text}",
+    "turn with previous": lambda turn, previous: (
+        f"(after {previous.text}) {turn.text}" if previous and previous.session == turn.session else turn.text
+    ),
+}
+
+
+def ingest(conversation: Conversation, folder: Path, config: MemoryConfig, turn_format: str) -> dict[str, list[str]]:
     """Store the conversation turn by turn; returns the dialog ids each note holds."""
     dia_of_note: dict[str, list[str]] = defaultdict(list)
     with Memory(folder, config=config) as mem:
-        for turn in conversation.turns:
+        for previous, turn in zip([None, *conversation.turns], conversation.turns):
             note = mem.remember(
-                turn.text, user_id=conversation.sample_id, session_id=f"session_{turn.session}", at=turn.at,
+                TURN_FORMATS[turn_format](turn, previous), user_id=conversation.sample_id, session_id=f"session_{turn.session}", at=turn.at,
                 tags=[turn.speaker], metadata={"speaker": turn.speaker, "dia_id": turn.dia_id},
             )
             dia_of_note[note.id].append(turn.dia_id)
@@ -144,16 +153,19 @@ class IngestedStores:
     def __init__(self, root: Path):
         self.root = root
         self._stores: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self._folders: dict[tuple[str, str], Path] = {}
 
-    def retriever(self, config: MemoryConfig) -> Retriever:
-        ingest_key = json.dumps({k: v for k, v in config.model_dump().items() if k in INGESTION_SETTINGS}, sort_keys=True)
+    def retriever(self, config: MemoryConfig, turn_format: str = "turn") -> Retriever:
+        settings = {k: v for k, v in config.model_dump().items() if k in INGESTION_SETTINGS}
+        ingest_key = json.dumps([settings, turn_format], sort_keys=True)
 
         def retrieve(conversation: Conversation) -> list[list[str]]:
             key = (ingest_key, conversation.sample_id)
-            folder = self.root / str(abs(hash(key)))
+            folder = self.root / f"store{len(self._stores)}"
             if key not in self._stores:
-                self._stores[key] = ingest(conversation, folder, config)
-            return ask(conversation, folder, config, self._stores[key])
+                self._folders[key] = folder
+                self._stores[key] = ingest(conversation, folder, config, turn_format)
+            return ask(conversation, self._folders[key], config, self._stores[key])
 
         return retrieve
 
@@ -187,14 +199,19 @@ def evaluate(conversations: list[Conversation], retriever: Retriever) -> dict:
     }
 
 
-def ablations() -> dict[str, MemoryConfig]:
-    """The default ranking, and the default with one part switched off."""
+def ablations() -> dict[str, tuple[MemoryConfig, str]]:
+    """The default ranking, the default with one part switched off, and two ways of putting
+    context into what is stored and embedded: (config, turn format)."""
     full = MemoryConfig()
     return {
-        "agentmem (default)": full,
-        "- lexical": full.model_copy(update={"lexical_weight": 0.0}),
-        "- link activation": full.model_copy(update={"link_spread": 0.0}),
-        "- retention prior": full.model_copy(update={"retention_floor": 1.0}),
+        "agentmem (default)": (full, "turn"),
+        "- lexical (BM25)": (full.model_copy(update={"lexical_weight": 0.0}), "turn"),
+        "- link activation": (full.model_copy(update={"link_spread": 0.0}), "turn"),
+        "- time-aware matching": (full.model_copy(update={"time_weight": 0.0}), "turn"),
+        "- retention prior": (full.model_copy(update={"retention_floor": 1.0}), "turn"),
+        "retention prior at floor 0.7": (full.model_copy(update={"retention_floor": 0.7}), "turn"),
+        "+ session date in the note": (full, "dated turn"),
+        "+ previous turn in the note": (full, "turn with previous"),
     }
 
 
@@ -247,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"dense baseline (MiniLM cosine)": evaluate(conversations, dense_baseline)}
     with tempfile.TemporaryDirectory(prefix="agentmem-locomo-") as root:
         stores = IngestedStores(Path(root))
-        for name, config in configs.items():
-            results[name] = evaluate(conversations, stores.retriever(config))
+        for name, (config, turn_format) in configs.items():
+            results[name] = evaluate(conversations, stores.retriever(config, turn_format))
             print(name, json.dumps(results[name]["all conversations"]["all"]), flush=True)
     command = "python -m agentmem.eval.locomo " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section("locomo", markdown(results, command.strip()), args.benchmarks)
