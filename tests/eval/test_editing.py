@@ -68,12 +68,12 @@ def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path):
     data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
     threads = torch.get_num_threads()
     editing.main([
-        "--data", str(data), "--n", "1", "2", "--records", "2", "--latency-prompts", "1",
+        "--data", str(data), "--n", "1", "2", "--records", "2", "--latency-prompts", "1", "--config", '{"epsilon": 3.6}',
         "--out", str(out), "--benchmarks", str(bench),
     ])
     assert torch.get_num_threads() == threads
     result = json.loads(out.read_text())
-    assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"]["epsilon"] > 0
+    assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"]["epsilon"] == 3.6
     assert all(r["reliability"] == 1.0 for r in result["rows"])
     text = bench.read_text()
     assert "<!-- begin editing-grace -->" in text and "--records 2" in text
