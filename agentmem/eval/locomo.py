@@ -2,9 +2,11 @@
 
     python -m agentmem.eval.locomo --data ../shared/data/locomo/locomo_dev.json [--out locomo.json]
 
-Each conversation is ingested through the public API: one `remember` per dialog turn
-("Speaker: text", with a shared photo's caption), at its session's date, the conversation
-as `user_id`, the session as `session_id`, the speaker as a tag and in metadata.
+Each conversation is ingested through the public API: one note per dialog turn ("Speaker:
+text", with a shared photo's caption), one `remember_many` batch per session (same notes,
+links and duplicate checks as one `remember` per turn, with batched embedding), at the
+session's date plus a minute per turn, the conversation as `user_id`, the session as
+`session_id`, the speaker as a tag and in metadata.
 Every question of categories 1-4 is then asked through `recall`, after the last session,
 without reinforcement (so the order of questions does not matter). Evidence recall@k is
 the share of a question's evidence turns in the top k; hit@k the share of questions with
@@ -32,6 +34,7 @@ import numpy as np
 
 from ..config import MemoryConfig
 from ..memory import Memory
+from ..notes import MemoryItem
 from ..models import load_embedder
 from .report import machine_line, write_section
 
@@ -124,15 +127,24 @@ TURN_FORMATS: dict[str, Callable[[Turn, Turn | None], str]] = {
 
 
 def ingest(conversation: Conversation, folder: Path, config: MemoryConfig, turn_format: str) -> dict[str, list[str]]:
-    """Store the conversation turn by turn; returns the dialog ids each note holds."""
+    """Store the conversation, one note per turn, a session per `remember_many` batch;
+    returns the dialog ids each note holds (a repeated turn reinforces an earlier note)."""
     dia_of_note: dict[str, list[str]] = defaultdict(list)
+    sessions: dict[int, list[tuple[Turn, str]]] = defaultdict(list)
+    for previous, turn in zip([None, *conversation.turns], conversation.turns):
+        sessions[turn.session].append((turn, TURN_FORMATS[turn_format](turn, previous)))
     with Memory(folder, config=config) as mem:
-        for previous, turn in zip([None, *conversation.turns], conversation.turns):
-            note = mem.remember(
-                TURN_FORMATS[turn_format](turn, previous), user_id=conversation.sample_id, session_id=f"session_{turn.session}", at=turn.at,
-                tags=[turn.speaker], metadata={"speaker": turn.speaker, "dia_id": turn.dia_id},
+        for session, turns in sorted(sessions.items()):
+            notes = mem.remember_many(
+                [
+                    MemoryItem(text=text, at=turn.at, tags=(turn.speaker,),
+                               metadata={"speaker": turn.speaker, "dia_id": turn.dia_id})
+                    for turn, text in turns
+                ],
+                user_id=conversation.sample_id, session_id=f"session_{session}",
             )
-            dia_of_note[note.id].append(turn.dia_id)
+            for (turn, _), note in zip(turns, notes):
+                dia_of_note[note.id].append(turn.dia_id)
     return dia_of_note
 
 
