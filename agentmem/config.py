@@ -33,6 +33,6 @@ class MemoryConfig(BaseModel):
     # ranking
     lexical_weight: float = Field(0.6, ge=0, description="weight of the BM25 score, scaled to 1 for the best match")
     time_weight: float = Field(0.2, ge=0, description="bonus for notes that fit what the query says about time")
-    link_spread: float = Field(0.5, ge=0, description="share of a seed's relevance passed along a link of weight 1")
+    link_spread: float = Field(0.5, ge=0, lt=1, description="(< 1, so a linked note never outranks its seed) share of a seed's relevance passed along a link of weight 1")
     retention_floor: float = Field(0.9, ge=0, le=1, description="a note at retention 0 keeps this share of its relevance")
     candidate_pool: int = Field(30, ge=0, description="dense candidates fetched beyond k before re-ranking")

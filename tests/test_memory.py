@@ -137,7 +137,8 @@ def test_recall_follows_links_to_notes_the_query_alone_misses(memory):
 
 
 def test_graph_activation_brings_in_a_linked_note_and_says_so(tmp_path, embedder):
-    config = MemoryConfig(candidate_pool=0, link_spread=1.0)  # dense retrieval returns k notes only
+    # dense retrieval returns k notes only; similarity alone ranks them (no lexical or time bonus)
+    config = MemoryConfig(candidate_pool=0, link_spread=0.9, lexical_weight=0.0, time_weight=0.0)
     with Memory(tmp_path / "m", embedder=embedder, config=config) as mem:
         seed = mem.remember("Hana booked flights to Osaka for her sister's wedding", at=T0)
         far = mem.remember("The ceremony dress is silk, in deep blue", at=T0)
