@@ -1,5 +1,9 @@
 """Lifelong knowledge editors that change a local model's answers without touching its weights."""
 from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
+from .codebook import CodebookConfig, CodebookEditor
 from .grace import GraceConfig, GraceEditor
 
-__all__ = ["EditRequest", "EditResult", "Editor", "EditorConfig", "EditorLayer", "GraceConfig", "GraceEditor"]
+__all__ = [
+    "CodebookConfig", "CodebookEditor", "EditRequest", "EditResult", "Editor", "EditorConfig", "EditorLayer",
+    "GraceConfig", "GraceEditor",
+]

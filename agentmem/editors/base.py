@@ -8,11 +8,13 @@ untouched model back, and `save()` writes only the editor's own state.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,11 +71,56 @@ class EditorConfig(_Checked):
 
 
 class EditorLayer(nn.Module):
-    """The wrapper an editor puts in place of one module; `base` is the original module, unchanged."""
+    """The wrapper an editor puts in place of one module; `base` is the original module, unchanged.
+
+    Editors decide once per sequence, at prefill, and keep the decision while tokens are decoded
+    through the KV cache (the decision must not drift with the generated text). Before every
+    forward of the model the editor tells its wrapper whether the call continues a cached
+    sequence and which positions of each row are real tokens.
+    """
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
         self.base = base
+        self.continuing = False
+        self.mask: torch.Tensor | None = None  # (batch, length) attention mask of this call, when given
+        # Set while the editor prepares an edit: the base module's output alone.
+        self.bypass = False
+
+    def prompt_ends(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """Each row's last real position in this call, whichever side the padding is on."""
+        mask = self.mask
+        if mask is None or mask.shape != (batch, length):
+            return torch.full((batch,), length - 1, device=device)
+        return length - 1 - mask.flip(1).long().argmax(1)
+
+    def real_tokens(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """A (batch, length) float mask of the real (not padding) positions of this call."""
+        if self.mask is None or self.mask.shape != (batch, length):
+            return torch.ones(batch, length, device=device)
+        return self.mask.to(device=device, dtype=torch.float32)
+
+
+class _Captured(Exception):
+    """Stops a forward once the inputs an edit needs are in hand."""
+
+
+@dataclass
+class Prepared:
+    """What training an edit needs, computed once; none of it depends on the edits.
+
+    The first `prefix` tokens are run once into a KV cache (`past`, every layer) that training
+    reuses as is; the rest of the sequence (the suffix) is where the edit acts. `hidden` is the
+    edited block's input on the suffix and `inputs` the wrapped module's input there.
+    """
+
+    hidden: torch.Tensor
+    inputs: torch.Tensor
+    past: Any
+
+    def fresh_past(self) -> Any:
+        """A copy of the prefix cache for one forward (a forward appends to the cache it is given)."""
+        return copy.deepcopy(self.past)
 
 
 class Editor(ABC):
@@ -112,6 +159,7 @@ class Editor(ABC):
         self._removed = False
         self.config = config
         setattr(parent, attribute, self.layer)
+        self._hook = lm.model.base_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -151,7 +199,7 @@ class Editor(ABC):
         """Put the original module back: the model is the untouched base model again."""
         self._check_live()
         setattr(self._parent, self._attribute, self.layer.base)
-        self._detach()
+        self._hook.remove()
         self._removed = True
 
     def save(self, directory: str | Path) -> None:
@@ -213,8 +261,85 @@ class Editor(ABC):
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         """The inverse of `_state`, on a fresh editor."""
 
-    def _detach(self) -> None:
-        """Release anything besides the wrapper that the editor hooked into the model."""
+    def _observe(self, input_ids: torch.Tensor | None) -> None:
+        """Called before each forward of the model, after the wrapper was told about the call."""
+
+    # -- running parts of the model -----------------------------------------------------------
+
+    def _prepare(self, ids: list[int], prefix: int) -> Prepared:
+        """Run `ids` once with the editor off, keeping what training needs (see `Prepared`).
+
+        The forward of the suffix stops at the wrapped module: nothing above it is needed.
+        """
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab_hidden(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def grab_inputs(module: nn.Module, args: tuple) -> None:
+            captured["inputs"] = args[0][0].detach().float()
+            raise _Captured
+
+        device, past = self.lm.device, None
+        self.layer.bypass = True
+        try:
+            with torch.no_grad():
+                if prefix:
+                    past = self.lm.model(
+                        input_ids=torch.tensor([ids[:prefix]], device=device), use_cache=True, logits_to_keep=1
+                    ).past_key_values
+                hooks = [
+                    self.block.register_forward_pre_hook(grab_hidden, with_kwargs=True),
+                    self.layer.register_forward_pre_hook(grab_inputs),
+                ]
+                try:
+                    self.lm.model(
+                        input_ids=torch.tensor([ids[prefix:]], device=device),
+                        past_key_values=copy.deepcopy(past),
+                        use_cache=past is not None,
+                    )
+                except _Captured:
+                    pass
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+        finally:
+            self.layer.bypass = False
+        return Prepared(captured["hidden"], captured["inputs"], past)
+
+    def _upper_logits(self, prepared: Prepared) -> torch.Tensor:
+        """Logits of the suffix, running only the edited block and those above it.
+
+        Starts from the block input and prefix cache saved by `_prepare`; the caller sets its
+        wrapper up to act as the edit being trained would.
+        """
+        base_model = self.lm.model.base_model
+        base_model.layers = self.blocks[self.layer_index :]
+        try:
+            out = self.lm.model(
+                inputs_embeds=prepared.hidden,
+                past_key_values=prepared.fresh_past(),
+                use_cache=prepared.past is not None,
+                logits_to_keep=prepared.hidden.shape[1],
+            )
+        finally:
+            base_model.layers = self.blocks
+        return out.logits[0]
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Tell the wrapper whether this call continues a cached sequence, and which positions are real."""
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None and args:
+            input_ids = args[0]
+        inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        past = kwargs.get("past_key_values")
+        self.layer.continuing = past is not None and past.get_seq_length() > 0
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == inputs.shape[1]:
+            self.layer.mask = mask
+        else:
+            self.layer.mask = None
+        self._observe(input_ids)
 
     def _succeeds(self, request: EditRequest) -> bool:
         """Whether the live model now predicts every target token (teacher-forced, as generation sees it)."""
@@ -229,6 +354,16 @@ class Editor(ABC):
     def _check_live(self) -> None:
         if self._removed:
             raise InvalidInputError("this editor was removed from its model; create a new one")
+
+
+def leads(logits: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per position, whether the target token's logit beats every other token's by `margin`.
+
+    A bare argmax lead can flip under the float noise of another path (a padded batch, the KV cache).
+    """
+    chosen = logits.gather(1, target[:, None])
+    rivals = logits.scatter(1, target[:, None], float("-inf")).max(dim=1, keepdim=True).values
+    return (chosen - rivals >= margin)[:, 0]
 
 
 def _decoder_blocks(lm: LanguageModel) -> nn.ModuleList:

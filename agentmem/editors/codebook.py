@@ -1,0 +1,232 @@
+"""A codebook of key -> value replacements at one module, the mechanism GRACE and its variants share.
+
+The wrapped module (by default the MLP down-projection of a late block) keeps its weights.
+Each codebook entry holds a key, a trained value (what the module outputs instead) and a
+radius. When a prompt's key falls inside its nearest entry's ball, the module's output is
+replaced by that entry's value from the last prompt token on, including every token generated
+after it; elsewhere the model is the base model, bit for bit.
+
+Keying happens once per sequence, at prefill: the wrapper remembers each batch row's decision
+and applies it to the tokens decoded through the KV cache, so the key never drifts while
+generating, and rows of a batch are decided independently. Padding is read from the attention
+mask. To score a continuation, feed it after the prompt through the cache
+(`LanguageModel.target_argmax` does), as generation does. What a key is, and how balls are
+placed, is each editor's own.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..models import LanguageModel
+from .base import Editor, EditorConfig, EditorLayer, Prepared, leads
+
+# Keys closer than this (x the key's norm) are the same prompt: a new target for it supersedes the old.
+SAME_KEY = 1e-3
+
+
+class CodebookConfig(EditorConfig):
+    """How values are trained: Adam at `learning_rate`, until every target token leads by `margin` logits.
+
+    A bare argmax lead can flip under the float noise of another path (a padded batch, the KV cache).
+    """
+
+    learning_rate: float = Field(default=2.0, gt=0)
+    max_steps: int = Field(default=100, ge=1)
+    margin: float = Field(default=1.0, ge=0)
+
+
+class Codebook:
+    """The entries: keys, values, radii, the target tokens each value was trained for, and the edit owning each.
+
+    A negative radius switches an entry off (it was superseded). `uids` name entries stably
+    while rows come and go.
+    """
+
+    def __init__(self, key_size: int, value_size: int, device: torch.device) -> None:
+        self.keys = torch.empty(0, key_size, device=device)
+        self.values = torch.empty(0, value_size, device=device)
+        self.radii = torch.empty(0, device=device)
+        self.labels: list[tuple[int, ...]] = []
+        self.owners: list[str] = []
+        self.uids: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each key (rows of `keys`), the nearest entry that is on, and its distance (inf if none)."""
+        distances = torch.cdist(keys.float(), self.keys).masked_fill(self.radii < 0, float("inf"))
+        distances, rows = distances.min(dim=1)
+        return rows, distances
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """For each key, the entry whose ball holds it (the nearest one), or -1."""
+        rows, distances = self.nearest(keys)
+        return torch.where(distances <= self.radii[rows], rows, -1)
+
+    def add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: tuple[int, ...], owner: str) -> None:
+        self.keys = torch.cat([self.keys, key[None].float()])
+        self.values = torch.cat([self.values, value[None]])
+        self.radii = torch.cat([self.radii, self.radii.new_tensor([radius])])
+        self.labels.append(label)
+        self.owners.append(owner)
+        self.uids.append(max(self.uids, default=-1) + 1)
+
+    def drop(self, row: int) -> None:
+        keep = torch.arange(len(self), device=self.keys.device) != row
+        self.keys, self.values, self.radii = self.keys[keep], self.values[keep], self.radii[keep]
+        del self.labels[row], self.owners[row], self.uids[row]
+
+    def row_of(self, edit_id: str) -> int:
+        return self.owners.index(edit_id)
+
+
+class CodebookLayer(EditorLayer):
+    """The wrapped module: its own output, replaced by a codebook value where a key hits a ball."""
+
+    def __init__(self, base: nn.Linear, key_size: int) -> None:
+        super().__init__(base)
+        self.codebook = Codebook(key_size, base.out_features, base.weight.device)
+        # Each row's entry (or -1), decided at prefill and kept while decoding.
+        self.rows: torch.Tensor | None = None
+        # Set by the editor while it trains a value: that value at every position.
+        self.override: torch.Tensor | None = None
+
+    def keys(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor | None:
+        """Each row's key at prefill: the module's input at the row's last prompt token (None: no key)."""
+        return x[torch.arange(len(x), device=x.device), ends]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        batch, length = x.shape[:2]
+        if self.override is not None:
+            return self.override.expand_as(out)
+        if self.bypass or not len(self.codebook):
+            self.rows = None
+            return out
+        if self.continuing and self.rows is not None and len(self.rows) == batch:
+            hit = (self.rows >= 0)[:, None].expand(batch, length)
+        else:
+            ends = self.prompt_ends(batch, length, x.device)
+            keys = self.keys(x, ends)
+            self.rows = self.codebook.lookup(keys) if keys is not None else torch.full((batch,), -1, device=x.device)
+            positions = torch.arange(length, device=x.device)
+            hit = (positions[None] >= ends[:, None]) & (self.rows >= 0)[:, None]
+        if not hit.any():
+            return out
+        values = self.codebook.values[self.rows.clamp(min=0)].to(out.dtype)
+        return torch.where(hit[..., None], values[:, None], out)
+
+
+class CodebookEditor(Editor):
+    """An editor whose edits are codebook entries; subclasses say what a key is and where balls go."""
+
+    config_class = CodebookConfig
+    layer: CodebookLayer
+    config: CodebookConfig
+    layer_class: type[CodebookLayer] = CodebookLayer
+
+    def __init__(self, lm: LanguageModel, config: CodebookConfig | None = None) -> None:
+        # edit id -> (uid, radius before, radius after) of the one other entry the edit resized
+        self._resized: dict[str, tuple[int, float, float]] = {}
+        super().__init__(lm, config)
+
+    def covers(self, prompt: str) -> bool:
+        if not prompt.strip():
+            raise InvalidInputError("covers() needs a non-empty prompt")
+        if not len(self.layer.codebook):
+            return False
+        return bool(self.layer.codebook.lookup(self._prompt_key(prompt)[None])[0] >= 0)
+
+    @abstractmethod
+    def _prompt_key(self, prompt: str) -> torch.Tensor:
+        """The key a prompt is looked up with."""
+
+    def _key_size(self, original: nn.Linear) -> int:
+        return original.in_features
+
+    def _make_layer(self, original: nn.Module) -> CodebookLayer:
+        if not isinstance(original, nn.Linear):
+            raise InvalidInputError(f"{type(self).__name__} wraps a linear module, not {type(original).__name__}")
+        return self.layer_class(original, self._key_size(original))
+
+    def _retract(self, edit_id: str) -> None:
+        """Drop the edit's entry, and grow back the ball it split or switched off (as far as later splits allow)."""
+        book = self.layer.codebook
+        book.drop(book.row_of(edit_id))
+        if edit_id in self._resized:
+            uid, before, after = self._resized.pop(edit_id)
+            if uid in book.uids:
+                row = book.uids.index(uid)
+                book.radii[row] = before if after < 0 else max(float(book.radii[row]), before)
+
+    def _resize(self, edit_id: str, row: int, radius: float) -> None:
+        book = self.layer.codebook
+        self._resized[edit_id] = (book.uids[row], float(book.radii[row]), radius)
+        book.radii[row] = radius
+
+    def _train(self, contexts: Sequence[Prepared], target_ids: list[int]) -> tuple[torch.Tensor, int]:
+        """A value that makes the target come out after every context, trained with the LM loss on the target only.
+
+        It starts from the module's own output at the first context's key and stops as soon as
+        every target token comes out after every context, by the configured margin.
+        """
+        target = torch.tensor(target_ids, device=contexts[0].hidden.device)
+        with torch.no_grad():
+            value = self.layer.base(contexts[0].inputs[0]).clone()
+        value.requires_grad_(True)
+        optimizer = torch.optim.Adam([value], lr=self.config.learning_rate)
+        steps = 0
+        while True:
+            logits = [self._value_logits(prepared, value) for prepared in contexts]
+            if steps == self.config.max_steps or all(leads(l, target, self.config.margin).all() for l in logits):
+                return value.detach(), steps
+            loss = sum(F.cross_entropy(l, target) for l in logits) / len(logits)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+
+    def _predicts(self, prepared: Prepared, value: torch.Tensor, target_ids: list[int]) -> bool:
+        with torch.no_grad():
+            logits = self._value_logits(prepared, value)
+        return bool(leads(logits, torch.tensor(target_ids, device=logits.device), self.config.margin).all())
+
+    def _value_logits(self, prepared: Prepared, value: torch.Tensor) -> torch.Tensor:
+        """Logits of the suffix with `value` replacing the module's output there."""
+        self.layer.override = value
+        try:
+            return self._upper_logits(prepared)
+        finally:
+            self.layer.override = None
+
+    # -- saving -------------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        book = self.layer.codebook
+        tensors = {"keys": book.keys, "values": book.values, "radii": book.radii}
+        extra = {
+            "labels": [list(label) for label in book.labels],
+            "owners": book.owners,
+            "uids": book.uids,
+            "resized": self._resized,
+        }
+        return tensors, extra
+
+    def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        book = self.layer.codebook
+        if tensors["keys"].shape[1:] != book.keys.shape[1:] or tensors["values"].shape[1:] != book.values.shape[1:]:
+            raise ValueError("codebook shapes differ from the wrapped module's")
+        book.keys, book.values, book.radii = tensors["keys"], tensors["values"], tensors["radii"]
+        book.labels = [tuple(label) for label in extra["labels"]]
+        book.owners = list(extra["owners"])
+        book.uids = list(extra["uids"])
+        self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}
