@@ -32,7 +32,7 @@ from .notes import (
     DecayReport, Enrichment, Fact, Hit, ImportReport, MemoryItem, MemoryStats, Note,
 )
 from .stores import NoteGraph, VectorIndex
-from .stores.vectors import METADATA_PREFIX, where_clause
+from .stores.vectors import METADATA_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Memory:
         for position, draft in enumerate(drafts):
             by_user.setdefault(draft.user_id, []).append(position)
         for user, positions in by_user.items():
-            results = self._index.query(embeddings[positions], n, where_clause({"user_id": user or ""}))
+            results = self._index.query(embeddings[positions], n, {"user_id": user or ""})
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
                 earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
@@ -370,33 +370,37 @@ class Memory:
 
         with self._exclusive():
             pool = k + self.config.candidate_pool
-            dense = self._index.query(query_embedding[None, :], pool, where_clause(conditions))[0]
+            dense = self._index.query(query_embedding[None, :], pool, conditions)[0]
             lexical = dict(self._graph.lexical_search(
                 linking.content_words(query), pool, scope, include_archived, filters
             ))
             best_lexical = max(lexical.values(), default=0.0)
+            time_match = temporal.time_matcher(query, when)
 
             def candidate(note: Note, embedding: np.ndarray) -> ranking.Candidate:
                 return ranking.Candidate(
                     note=note,
                     similarity=float(embedding @ query_embedding),
                     lexical=lexical.get(note.id, 0.0) / best_lexical if best_lexical else 0.0,
-                    temporal=temporal.time_match(query, note.text, note.created_at, when),
+                    temporal=time_match(note.text, note.created_at),
                     retention=self._retention(note, when),
                 )
 
-            rows = self._graph.load({*(i for i, _ in dense), *lexical})
+            rows = self._graph.load({*(i for i, _ in dense), *lexical}, links=False)
             candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
             seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
             reached = ranking.spread_activation(
                 {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self._graph.graph, self.config.link_spread
             )
-            linked = self._graph.load(i for i in reached if i not in candidates)
+            linked = self._graph.load((i for i in reached if i not in candidates), links=False)
             candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if admissible(row[0])}
             for note_id, (activation, via) in reached.items():
                 if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
                     candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
-            hits = ranking.rank(list(candidates.values()), self.config, k)
+            hits = [  # candidates were loaded without links; only the returned notes need them
+                hit.model_copy(update={"note": hit.note.model_copy(update={"links": self._graph.links_of(hit.note.id)})})
+                for hit in ranking.rank(list(candidates.values()), self.config, k)
+            ]
             return self._reinforce_recalled(hits, when) if reinforce else hits
 
     def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:

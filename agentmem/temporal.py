@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 _MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_name) if name}
@@ -65,11 +66,13 @@ def named_period(query: str, now: datetime) -> tuple[datetime, datetime] | None:
     return None
 
 
-def time_match(query: str, note_text: str, note_time: datetime, now: datetime) -> float:
-    """1 when the note fits what the query says about time, 0 when it says nothing or the note does not fit."""
+def time_matcher(query: str, now: datetime) -> Callable[[str, datetime], float]:
+    """Score notes (text, stored time) against what `query` says about time: 1 when the note
+    fits, 0 when it does not or the query says nothing. The query is read once, not per note."""
     period = named_period(query, now)
     if period is not None:
-        return float(period[0] <= note_time < period[1])
+        start, end = period
+        return lambda text, at: float(start <= at < end)
     if asks_when(query):
-        return float(mentions_time(note_text))
-    return 0.0
+        return lambda text, at: float(mentions_time(text))
+    return lambda text, at: 0.0

@@ -116,6 +116,8 @@ def test_related_notes_link_both_ways_and_neighbours_evolve(memory):
     assert [change for _, change, _ in memory.history(first.id)] == [f"evolved:{second.id}"]
     assert memory.get(unrelated.id) == unrelated  # untouched: no link, no evolution
     assert memory.history(unrelated.id) == []
+    recalled = {hit.note.id: hit.note for hit in memory.recall("golden retriever puppy", user_id="alice")}
+    assert [link.note_id for link in recalled[first.id].links] == [second.id]  # hits carry their links
 
 
 def test_links_never_cross_users(memory):

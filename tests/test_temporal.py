@@ -31,10 +31,10 @@ def test_named_periods():
     assert temporal.named_period("What is my cat called?", NOW) is None
 
 
-def test_time_match_prefers_notes_of_the_named_period_then_dated_notes_for_when_questions():
+def test_time_matcher_prefers_notes_of_the_named_period_then_dated_notes_for_when_questions():
     may = datetime(2023, 5, 8, tzinfo=timezone.utc)
-    assert temporal.time_match("What happened in May 2023?", "anything", may, NOW) == 1.0
-    assert temporal.time_match("What happened in June 2023?", "anything", may, NOW) == 0.0
-    assert temporal.time_match("When did she adopt the dog?", "We adopted him last week", may, NOW) == 1.0
-    assert temporal.time_match("When did she adopt the dog?", "We adopted a dog", may, NOW) == 0.0
-    assert temporal.time_match("Which dog did she adopt?", "We adopted him last week", may, NOW) == 0.0
+    assert temporal.time_matcher("What happened in May 2023?", NOW)("anything", may) == 1.0
+    assert temporal.time_matcher("What happened in June 2023?", NOW)("anything", may) == 0.0
+    assert temporal.time_matcher("When did she adopt the dog?", NOW)("We adopted him last week", may) == 1.0
+    assert temporal.time_matcher("When did she adopt the dog?", NOW)("We adopted a dog", may) == 0.0
+    assert temporal.time_matcher("Which dog did she adopt?", NOW)("We adopted him last week", may) == 0.0

@@ -25,6 +25,7 @@ from ..notes import Note  # noqa: E402
 
 _SETTINGS = Settings(anonymized_telemetry=False, allow_reset=False)
 METADATA_PREFIX = "m."
+OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
 
 
 def index_metadata(note: Note) -> dict[str, Any]:
@@ -48,6 +49,14 @@ def where_clause(conditions: dict[str, Any]) -> dict[str, Any] | None:
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def matches(metadata: dict[str, Any], conditions: dict[str, Any]) -> bool:
+    """Whether index metadata satisfy equality conditions as Chroma's `where` would (True is not 1)."""
+    return all(
+        key in metadata and metadata[key] == value and isinstance(metadata[key], bool) == isinstance(value, bool)
+        for key, value in conditions.items()
+    )
 
 
 class VectorIndex:
@@ -110,12 +119,44 @@ class VectorIndex:
         return set(self._collection.get(include=[])["ids"])
 
     def query(
-        self, embeddings: np.ndarray, n: int, where: dict[str, Any] | None = None
+        self, embeddings: np.ndarray, n: int, conditions: dict[str, Any] | None = None
     ) -> list[list[tuple[str, float]]]:
-        """The n nearest notes to each embedding, as (id, cosine similarity)."""
+        """The n nearest notes to each embedding whose index metadata equal `conditions`, as
+        (id, cosine similarity).
+
+        Chroma's `where` filter checks every record that matches it before searching (about
+        35 ms at 10k notes, growing with the store), while an unfiltered HNSW search takes
+        under a millisecond. So search unfiltered for a few times n and filter here; only
+        rows where that leaves fewer than n (a scope holding a small share of the index)
+        pay for the filtered search.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        conditions = conditions or {}
+        if not conditions:
+            return self._search(embeddings, n, None)
+        fetch = n * OVERFETCH
         result = self._collection.query(
-            query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n, where=where, include=["distances"]
+            query_embeddings=embeddings, n_results=fetch, include=["distances", "metadatas"]
         )
+        found: list[list[tuple[str, float]]] = []
+        short: list[int] = []
+        for row, (ids, distances, metadatas) in enumerate(
+            zip(result["ids"], result["distances"], result["metadatas"])
+        ):
+            admitted = [
+                (i, 1.0 - d) for i, d, meta in zip(ids, distances, metadatas)
+                if matches(meta, conditions)
+            ]
+            found.append(admitted[:n])
+            if len(admitted) < n and len(ids) == fetch:
+                short.append(row)
+        if short:
+            for row, hits in zip(short, self._search(embeddings[short], n, where_clause(conditions))):
+                found[row] = hits
+        return found
+
+    def _search(self, embeddings: np.ndarray, n: int, where: dict[str, Any] | None) -> list[list[tuple[str, float]]]:
+        result = self._collection.query(query_embeddings=embeddings, n_results=n, where=where, include=["distances"])
         return [
             [(i, 1.0 - d) for i, d in zip(ids, distances)]
             for ids, distances in zip(result["ids"], result["distances"])

@@ -1,10 +1,13 @@
-"""Server mode against a real `chroma run` process, and the index's own checks."""
+"""Server mode against a real `chroma run` process, and the index's own checks and search."""
 from datetime import timedelta
 
+import numpy as np
 import pytest
 
 from agentmem import InvalidInputError, Memory
+from agentmem.notes import Note
 from agentmem.stores import VectorIndex
+from agentmem.stores.vectors import matches
 
 from ..conftest import T0
 
@@ -53,3 +56,37 @@ def test_an_unreachable_server_is_a_typed_error(tmp_path):
 
     with pytest.raises(StoreUnavailableError, match="no Chroma server"):
         VectorIndex(tmp_path, "notes", f"http://127.0.0.1:{free_port()}")
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_query_returns_only_notes_meeting_the_conditions_whether_or_not_they_dominate_the_index(tmp_path):
+    """The unfiltered search path (the scope holds most notes) and the filtered fallback (it holds
+    few) must give the same answer as an exact, filtered search."""
+    rng = np.random.default_rng(0)
+    embeddings = _unit(rng.normal(size=(200, 8)))
+    owners = ["many"] * 190 + ["few"] * 10
+    notes = [
+        Note(id=f"n{i}", text=f"note {i}", user_id=owner, created_at=T0, updated_at=T0, last_recalled=T0)
+        for i, owner in enumerate(owners)
+    ]
+    index = VectorIndex(tmp_path / "chroma", "conditions")
+    index.upsert(notes, list(embeddings))
+    queries = _unit(rng.normal(size=(3, 8)))
+    for user in ("many", "few"):
+        members = [i for i, owner in enumerate(owners) if owner == user]
+        results = index.query(queries, 5, {"user_id": user})
+        for query, result in zip(queries, results):
+            exact = sorted(members, key=lambda i: -float(embeddings[i] @ query))[:5]
+            assert [note_id for note_id, _ in result] == [f"n{i}" for i in exact]
+            assert all(note_id in {f"n{i}" for i in members} for note_id, _ in result)
+    index.close()
+
+
+def test_conditions_match_like_chroma_where_booleans_are_not_integers():
+    assert matches({"archived": False, "user_id": "a"}, {"archived": False, "user_id": "a"})
+    assert not matches({"archived": 0}, {"archived": False})
+    assert not matches({"m.count": True}, {"m.count": 1})
+    assert not matches({}, {"user_id": "a"})
