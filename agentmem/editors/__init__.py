@@ -2,8 +2,9 @@
 from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
 from .codebook import CodebookConfig, CodebookEditor
 from .grace import GraceConfig, GraceEditor
+from .semantic import SemanticConfig, SemanticEditor
 
 __all__ = [
     "CodebookConfig", "CodebookEditor", "EditRequest", "EditResult", "Editor", "EditorConfig", "EditorLayer",
-    "GraceConfig", "GraceEditor",
+    "GraceConfig", "GraceEditor", "SemanticConfig", "SemanticEditor",
 ]

@@ -101,7 +101,7 @@ class EditorLayer(nn.Module):
         return self.mask.to(device=device, dtype=torch.float32)
 
 
-class _Captured(Exception):
+class Captured(Exception):
     """Stops a forward once the inputs an edit needs are in hand."""
 
 
@@ -278,7 +278,7 @@ class Editor(ABC):
 
         def grab_inputs(module: nn.Module, args: tuple) -> None:
             captured["inputs"] = args[0][0].detach().float()
-            raise _Captured
+            raise Captured
 
         device, past = self.lm.device, None
         self.layer.bypass = True
@@ -298,7 +298,7 @@ class Editor(ABC):
                         past_key_values=copy.deepcopy(past),
                         use_cache=past is not None,
                     )
-                except _Captured:
+                except Captured:
                     pass
                 finally:
                     for hook in hooks:

@@ -17,6 +17,8 @@ and WISE papers:
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import shlex
 import statistics
@@ -29,12 +31,12 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from ..editors import Editor, EditorConfig, EditRequest, GraceEditor
+from ..editors import Editor, EditorConfig, EditRequest, GraceEditor, SemanticEditor
 from ..models import LanguageModel, load_model
 from . import report
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, load_zsre, unrelated_prompts
 
-EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor}
+EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor, "semantic": SemanticEditor}
 LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
 LATENCY_TOKENS = 16
 PUBLISHED = [  # LLaMA-2-7B on ZsRE, as reported in the WISE paper (Wang et al., 2024)
@@ -176,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
     parser.add_argument("--config", default="{}", help="editor config overrides, as JSON")
+    parser.add_argument(
+        "--unrelated", type=Path, default=DEFAULT_TRAIN_FILE,
+        help="ZsRE file whose `loc` questions are the unrelated prompts, for editors that take them",
+    )
     parser.add_argument("--latency-prompts", type=int, default=LATENCY_PROMPTS, help="timed prompts of each kind")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
@@ -189,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     records = load_zsre(args.data, limit=max(max(args.n), args.records))
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
-    editor_class = EDITORS[args.editor]
-    config = editor_class.config_class(**json.loads(args.config))
+    editor_class: Callable[..., Editor] = EDITORS[args.editor]
+    config = EDITORS[args.editor].config_class(**json.loads(args.config))
+    if "unrelated" in inspect.signature(editor_class).parameters:
+        editor_class = functools.partial(editor_class, unrelated=unrelated_prompts(args.unrelated))
     rows = []
     for edits in args.n:
         def make_editor() -> Editor:

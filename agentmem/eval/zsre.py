@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import InvalidInputError
 
 DEFAULT_EDIT_FILE = Path("../shared/data/zsre/zsre_mend_edit.json")
+# Disjoint from the edit set: its `loc` questions are the unrelated prompts editors calibrate against.
+DEFAULT_TRAIN_FILE = Path("../shared/data/zsre/zsre_mend_train-1k.json")
 
 
 class ZsreRecord(BaseModel):
@@ -32,3 +34,8 @@ def load_zsre(path: str | Path = DEFAULT_EDIT_FILE, limit: int | None = None) ->
     except (OSError, ValueError, TypeError, ValidationError) as exc:
         raise InvalidInputError(f"cannot read ZsRE records from {path}: {exc}") from exc
     return records
+
+
+def unrelated_prompts(path: str | Path = DEFAULT_TRAIN_FILE, limit: int | None = None) -> list[str]:
+    """The `loc` questions of a ZsRE file: prompts unrelated to any edit, for editors to calibrate against."""
+    return [record.loc for record in load_zsre(path, limit)]

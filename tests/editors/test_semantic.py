@@ -1,0 +1,115 @@
+"""The semantic codebook: keyed by sentence embeddings, so rephrasings reach the edit; then the real SmolLM2."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
+from agentmem.editors.grace import CALIBRATION_PROMPTS
+from agentmem.errors import InvalidInputError
+
+ALICE, SKY = "Alice lives in", "The sky is"
+ALICE_AGAIN = "Where does Alice live?"
+UNRELATED = CALIBRATION_PROMPTS[:6]
+
+
+def logits(lm, prompt):
+    with torch.no_grad():
+        return lm.model(**lm.tokenizer(prompt, return_tensors="pt")).logits
+
+
+def answer(lm, prompt, target):
+    return lm.generate(prompt, max_new_tokens=len(lm.encode_pair(prompt, target)[1])).strip()
+
+
+@pytest.fixture
+def tiny_semantic(tiny_lm):
+    """On the tiny model's layer 2; values also trained after one unrelated prompt, no logit margin (flat logits)."""
+    return SemanticEditor(tiny_lm, SemanticConfig(layer=2, margin=0.0, contexts=1), unrelated=CALIBRATION_PROMPTS[6:])
+
+
+# -- the tiny random LLaMA: mechanics ------------------------------------------------------------
+
+
+def test_an_edit_reaches_a_rephrasing_and_not_unrelated_prompts(tiny_lm, tiny_semantic):
+    before = [logits(tiny_lm, p) for p in UNRELATED]
+    [result] = tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon")])
+    assert result.success
+    assert tiny_semantic.covers(ALICE) and tiny_semantic.covers(ALICE_AGAIN)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon" and answer(tiny_lm, ALICE_AGAIN, "Lisbon") == "Lisbon"
+    assert not any(tiny_semantic.covers(p) for p in UNRELATED)
+    assert all(torch.equal(logits(tiny_lm, p), b) for p, b in zip(UNRELATED, before))
+
+
+def test_no_ball_reaches_an_unrelated_prompt_it_was_given(tiny_semantic):
+    tiny_semantic.edit([EditRequest(prompt=CALIBRATION_PROMPTS[0], target="green")])
+    book = tiny_semantic.layer.codebook
+    nearest_unrelated = torch.cdist(book.keys, tiny_semantic.unrelated_keys).min()
+    assert float(book.radii[0]) < float(nearest_unrelated)
+    assert not any(tiny_semantic.covers(p) for p in tiny_semantic.unrelated)
+
+
+def test_rows_of_a_batch_are_routed_one_by_one_and_kept_through_the_cache(tiny_lm, tiny_semantic):
+    tiny_semantic.edit([EditRequest(prompt=SKY, target="blue blue blue"), EditRequest(prompt=ALICE, target="Lisbon")])
+    prompts = [SKY, UNRELATED[0], ALICE_AGAIN, UNRELATED[1]]  # different lengths: left padding
+    alone = [tiny_lm.generate(p, max_new_tokens=3) for p in prompts]
+    assert tiny_lm.generate_batch(prompts, max_new_tokens=3) == alone
+    assert alone[0] == " blue blue blue" and alone[2].startswith(" Lisbon")
+    pairs = [(SKY, "blue blue blue"), (UNRELATED[0], "Lisbon"), (ALICE_AGAIN, "Lisbon")]
+    assert tiny_lm.target_argmax(pairs) == tiny_lm.target_argmax(pairs, batch_size=1)
+
+
+def test_a_new_target_for_the_same_prompt_supersedes_and_rollback_restores(tiny_lm, tiny_semantic):
+    before = logits(tiny_lm, ALICE)
+    [older, newer] = tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon"), EditRequest(prompt=ALICE, target="Oslo")])
+    assert answer(tiny_lm, ALICE, "Oslo") == "Oslo"
+    tiny_semantic.rollback(newer.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+    tiny_semantic.rollback(older.edit_id)
+    assert torch.equal(logits(tiny_lm, ALICE), before) and not tiny_semantic.edits()
+
+
+def test_save_and_load_round_trip(tiny_lm, tiny_semantic, tmp_path):
+    tiny_semantic.edit([EditRequest(prompt=SKY, target="blue blue blue")])
+    edited = logits(tiny_lm, SKY)
+    tiny_semantic.save(tmp_path)
+    tiny_semantic.remove()
+    assert not torch.equal(logits(tiny_lm, SKY), edited)
+    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    assert torch.equal(logits(tiny_lm, SKY), edited)
+    assert loaded.unrelated == tiny_semantic.unrelated and loaded.edits() == tiny_semantic.edits()
+
+
+def test_bad_unrelated_prompts_raise_and_leave_the_model_alone(tiny_lm):
+    before = [type(m) for m in tiny_lm.model.modules()]
+    with pytest.raises(InvalidInputError):
+        SemanticEditor(tiny_lm, SemanticConfig(layer=2), unrelated=["fine", " "])
+    with pytest.raises(InvalidInputError):
+        SemanticConfig(radius_ratio=1.5)
+    assert [type(m) for m in tiny_lm.model.modules()] == before
+
+
+# -- the real SmolLM2-135M-Instruct -------------------------------------------------------------
+
+FACTS = {
+    "Which city is the Eiffel Tower located in?": ("Rome", "In which city can you find the Eiffel Tower?"),
+    "What is the mother tongue of Danielle Darrieux?": ("English", "Which language did Danielle Darrieux speak natively?"),
+}
+OTHERS = ("The capital of Japan is", "Who wrote Pride and Prejudice?", "nq question: who sang the song hotel california")
+
+
+@pytest.mark.slow
+def test_real_model_edits_reach_rephrasings_and_leave_unrelated_prompts(smollm):
+    editor = SemanticEditor(smollm)
+    try:
+        untouched = {p: smollm.generate(p, max_new_tokens=8) for p in OTHERS}
+        results = editor.edit([EditRequest(prompt=p, target=t) for p, (t, _) in FACTS.items()])
+        assert all(r.success for r in results)
+        for prompt, (target, rephrase) in FACTS.items():
+            assert answer(smollm, prompt, target) == target
+            assert answer(smollm, rephrase, target) == target
+        assert {p: smollm.generate(p, max_new_tokens=8) for p in OTHERS} == untouched
+        editor.rollback(results[0].edit_id)
+        assert not editor.covers(next(iter(FACTS)))
+    finally:
+        editor.remove()
