@@ -26,10 +26,14 @@ from sentence_transformers import SentenceTransformer
 
 from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
+from .consolidation import ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory
+from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError
-from .models import load_embedder
+from .facts import FactExtractor, extract_fact
+from .models import LanguageModel, load_embedder, load_model
 from .notes import (
-    DecayReport, Enrichment, Fact, Hit, ImportReport, MemoryItem, MemoryStats, Note,
+    Answer, ConsolidationReport, DecayReport, Decision, Enrichment, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
+    MemoryStats, Note,
 )
 from .stores import NoteGraph, VectorIndex
 from .stores.vectors import METADATA_PREFIX
@@ -58,9 +62,25 @@ class Memory:
         config: MemoryConfig | None = None,
         embedder: SentenceTransformer | str | None = None,
         enricher: Enricher | None = None,
+        model: LanguageModel | str | Path | None = None,
+        editor: str | EditorConfig | Editor = "grace",
+        policy: ConsolidationPolicy | None = None,
+        fact_extractor: FactExtractor | None = extract_fact,
     ):
+        """`model` and `editor` are the parametric memory, loaded at the first `consolidate`, `plan`
+        or `answer` (at once if `model` or an `Editor` is given): the bundled SmolLM2 by default, an
+        editor kind ("grace", ...), its config, or an `Editor` on `model` for a store with no saved
+        edits. `policy` is `consolidate`'s default. `fact_extractor` gives notes remembered without a
+        fact one (None: only explicit facts).
+        """
         if not isinstance(path, (str, Path)) or not str(path).strip():
             raise InvalidInputError("path must be a non-empty string or Path")
+        if policy is not None and not isinstance(policy, ConsolidationPolicy):
+            raise InvalidInputError("policy must be a ConsolidationPolicy")
+        if fact_extractor is not None and not callable(fact_extractor):
+            raise InvalidInputError("fact_extractor must be a callable text -> Fact | None, or None")
+        if isinstance(editor, Editor) and model is None:
+            model = editor.lm
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.config = config or MemoryConfig()
@@ -69,22 +89,35 @@ class Memory:
         self._lock = threading.RLock()
         self._file_lock = filelock.FileLock(str(self.path / "agentmem.lock"), thread_local=False)
         self._closed = False
+        self._model, self._editor_spec = model, editor
+        self.policy = policy or ConsolidationPolicy()
+        self._fact_extractor = fact_extractor
+        self._consolidator: Consolidator | None = None
+        self._parametric_lock = threading.RLock()
         self._graph = NoteGraph(self.path / "notes.sqlite3")
         try:
+            self._ledger = Ledger(self._graph._db)
             self._index = VectorIndex(self.path / "chroma", collection, chroma_url)
             with self._exclusive():
                 self._check_embedder()
                 self._reconcile(full=True)
+            if isinstance(model, LanguageModel):
+                self._consolidation()
         except BaseException:
+            if self._consolidator is not None:
+                self._consolidator.close()
             self._graph.close()
             raise
 
     # ---- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        """Release the stores, and take the editor out of the model (its state stays on disk)."""
+        with self._parametric_lock, self._lock:
             if not self._closed:
                 self._closed = True
+                if self._consolidator is not None:
+                    self._consolidator.close()
                 self._index.close()
                 self._graph.close()
 
@@ -149,7 +182,9 @@ class Memory:
     ) -> Note:
         """Store one memory and return its note (an existing one if this is a near-duplicate)."""
         item = self._item(text, user_id, agent_id, session_id, at, tags, metadata, fact)
-        return self._remember([item])[0]
+        note = self._remember([item])[0]
+        self._replace_now([note], item.at)
+        return note
 
     def remember_many(
         self,
@@ -179,7 +214,9 @@ class Memory:
                     item.at or at, item.tags, item.metadata, item.fact,
                 )
             )
-        return self._remember(prepared) if prepared else []
+        notes = self._remember(prepared) if prepared else []
+        self._replace_now(notes, self._time(at))
+        return notes
 
     def _remember(self, items: list[MemoryItem]) -> list[Note]:
         embeddings = self._embed([item.text for item in items])
@@ -268,7 +305,13 @@ class Memory:
         fact: Fact | None = _UNSET,
         at: datetime | None = None,
     ) -> Note:
-        """Change a note; the previous version goes to its history. New text is re-embedded."""
+        """Change a note; the previous version goes to its history. New text is re-embedded.
+
+        New text also brings a new fact from the fact extractor, unless the note's fact was given
+        explicitly (it is not what the extractor finds in the old text) or `fact` is passed. A
+        changed fact of a consolidated note replaces its edit at the next consolidation (at once
+        with `ConsolidationPolicy(replace="immediately")`).
+        """
         self._check_id(note_id)
         when = self._time(at)
         new_text = self._text(text) if text is not None else None
@@ -276,8 +319,11 @@ class Memory:
         new_metadata = self._metadata(metadata) if metadata is not None else None
         new_fact = self._fact(fact) if fact is not _UNSET else _UNSET
         embedding = self._embed([new_text])[0] if new_text is not None else None
+        extracted = self._extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
         with self._exclusive():
             before = self._existing(note_id)
+            if extracted is not _UNSET and before.fact in (None, self._extract_fact(before.text)):
+                new_fact = extracted
             changes: dict[str, Any] = {"updated_at": max(when, before.created_at)}
             if new_text is not None:
                 keywords = linking.extract_keywords(new_text, self.config.max_keywords)
@@ -299,16 +345,26 @@ class Memory:
             with self._graph.transaction():
                 self._graph.replace(after, embedding, "updated", before)
             self._push([note_id])
-            return self._existing(note_id)
+            note = self._existing(note_id)
+        self._replace_now([note], when)
+        return note
 
     def forget(self, note_id: str) -> None:
-        """Delete a note for good: from the graph, its links, its history and the vector index."""
+        """Delete a note for good: from the graph, its links, its history and the vector index.
+
+        An edit it was consolidated into is retracted: the model gives its pre-edit answer again
+        (at once if the parametric memory is loaded, else as soon as it is).
+        """
         self._check_id(note_id)
         with self._exclusive():
             self._existing(note_id)
             with self._graph.transaction():
                 self._graph.delete(note_id)
+                self._ledger.retract_note(note_id, self._time(None))
             self._push([], [note_id])
+        if self._consolidator is not None:
+            with self._parametric_lock:
+                self._consolidator.retract_pending(self._time(None))
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
         """Link two notes by hand (both ways)."""
@@ -539,6 +595,137 @@ class Memory:
             self._push([n.id for n in new])
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
 
+    # ---- consolidation: what keeps being recalled moves into the weights ---------------
+
+    @property
+    def language_model(self) -> LanguageModel:
+        """The local model, with this memory's edits live in it (loaded on first use)."""
+        return self._consolidation().parametric.lm
+
+    def plan(self, policy: ConsolidationPolicy | dict[str, Any] | None = None, *, at: datetime | None = None) -> list[Decision]:
+        """What `consolidate` would do now and why, note by note; changes nothing."""
+        return self.consolidate(policy, dry_run=True, at=at).decisions
+
+    def consolidate(
+        self,
+        policy: ConsolidationPolicy | dict[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+        at: datetime | None = None,
+        progress: bool = False,
+    ) -> ConsolidationReport:
+        """Edit the facts the policy picks into the model, verified, and record them in the ledger.
+
+        Edits that do not produce their target or that move the probe prompts are rolled back.
+        The editor's state is saved beside the store after every change, so a killed job leaves
+        a consistent state and a rerun finishes the work without duplicate edits.
+        """
+        policy = self._policy(policy)
+        when = self._time(at)
+        if not isinstance(dry_run, bool) or not isinstance(progress, bool):
+            raise InvalidInputError("dry_run and progress must be bools")
+        with self._parametric_lock:
+            return self._consolidation().run(policy, when, dry_run, progress=progress)
+
+    def ledger(self, note_id: str | None = None) -> list[LedgerEntry]:
+        """The consolidation ledger (of one note, if given): which note became which edit, and how it verified."""
+        if note_id is not None:
+            self._check_id(note_id)
+        with self._exclusive():
+            return self._ledger.entries(note_id)
+
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = 5,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        at: datetime | None = None,
+        retrieval: bool = True,
+        max_new_tokens: int = 32,
+    ) -> Answer:
+        """Answer from the weights when the edits cover the question, else from recalled notes as context.
+
+        `retrieval=False` never reads the notes: what the model alone (with its edits) says.
+        """
+        question = self._text(question)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if not isinstance(retrieval, bool):
+            raise InvalidInputError("retrieval must be a bool")
+        with self._parametric_lock:
+            consolidator = self._consolidation()
+            with consolidator.reading():
+                lm = consolidator.parametric.lm
+                if consolidator.parametric.editor.covers(question):
+                    return Answer(question=question, text=lm.generate(question, max_new_tokens).strip(), source="weights")
+                hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id,
+                                   at=at) if retrieval else []
+                if not hits:
+                    return Answer(question=question, text=lm.generate(question, max_new_tokens).strip(), source="model")
+                notes = "\n".join(f"- {hit.note.text}" for hit in hits)
+                prompt = f"Notes:\n{notes}\n\nUsing the notes, answer briefly: {question}"
+                text = lm.generate(prompt, max_new_tokens, chat=True).strip()
+                return Answer(question=question, text=text, source="notes", hits=hits)
+
+    def _consolidation(self) -> Consolidator:
+        """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use."""
+        with self._parametric_lock:
+            if self._closed:
+                raise StoreClosedError(f"memory at {self.path} is closed")
+            if self._consolidator is None:
+                lm = self._model if isinstance(self._model, LanguageModel) else load_model(self._model)
+                access = NoteAccess(
+                    locked=self._exclusive,
+                    notes=lambda: [note for note, _ in self._graph.all_notes()],
+                    note=self._graph.get,
+                    retention=self._retention,
+                )
+                parametric = ParametricMemory(self.path / "editor", lm, self._editor_spec)
+                consolidator = Consolidator(parametric, self._ledger, access, self.path / "consolidation.lock")
+                try:
+                    consolidator.reconcile(self._time(None))
+                except BaseException:
+                    consolidator.close()
+                    raise
+                self._consolidator = consolidator
+            return self._consolidator
+
+    def _replace_now(self, notes: list[Note], at: datetime) -> None:
+        """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""
+        if self.policy.replace != "immediately" or not notes:
+            return
+        with self._exclusive():
+            due = {note.id for note in notes if self._ledger.holds(note.id, note.fact)}
+        if due:
+            with self._parametric_lock:
+                self._consolidation().run(self.policy, at, only=due)
+
+    def _policy(self, policy: Any) -> ConsolidationPolicy:
+        if policy is None or isinstance(policy, ConsolidationPolicy):
+            return policy or self.policy
+        if not isinstance(policy, dict):
+            raise InvalidInputError(f"policy must be a ConsolidationPolicy or a dict, not {type(policy).__name__}")
+        try:
+            return self.policy.model_copy(update=ConsolidationPolicy.model_validate(policy).model_dump(exclude_unset=True))
+        except ValidationError as exc:
+            raise InvalidInputError(f"bad consolidation policy: {exc}") from None
+
+    def _extract_fact(self, text: str) -> Fact | None:
+        """The fact extractor's fact for `text`; a failing extractor costs the fact, never the note."""
+        if self._fact_extractor is None:
+            return None
+        try:
+            fact = self._fact_extractor(text)
+        except Exception:
+            log.warning("fact extractor failed; storing the note without a fact", exc_info=True)
+            return None
+        return fact if isinstance(fact, Fact) else None
+
     # ---- building notes --------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -574,7 +761,7 @@ class Memory:
             last_recalled=item.at,
             strength=self.config.initial_strength,
             metadata=item.metadata or {},
-            fact=item.fact,
+            fact=item.fact or self._extract_fact(item.text),
         )
 
     # ---- validation: every check runs before anything is written ----------------------

@@ -12,10 +12,12 @@ no unrelated prompt is ever captured and an edit in a crowded region gets a smal
 are never split (nearest-first lookup already keeps neighbours apart); a new target for the
 very same prompt supersedes the old one, and rolling it back brings the old one back.
 
-Values: a value trained only after its own prompt need not produce the target after a rephrase
-(another context reaches the edited layer), so it is trained to produce the target after the
-edited prompt and after `contexts` unrelated prompts too: a value that wins in foreign contexts
-wins in the rephrase's.
+Values: a value is trained, as GRACE's, to produce the target after the edited prompt; with
+`contexts` > 0 also after that many unrelated prompts, so that it wins in foreign contexts (a
+rephrase reaches the edited layer through another context). Measured at 100 edits, a value
+trained on the prompt alone already carries the answer to 88% of rephrase tokens (greedy exact
+match 0.83); on 20 records, 2 extra contexts raised rephrase exact match 0.75 -> 0.80 at 4x the
+edit time (2.4 s), so the default is 0.
 
 Measured on SmolLM2-135M with the ZsRE edit set (MiniLM cosine similarity): a rephrase has a
 median 0.85 to its own question (1% below 0.70), while unrelated `loc` questions have at most
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -50,7 +53,7 @@ class SemanticConfig(CodebookConfig):
 
     radius_ratio: float = Field(default=0.8, gt=0, le=1)
     max_radius: float = Field(default=0.9, gt=0, le=2)
-    contexts: int = Field(default=2, ge=0)
+    contexts: int = Field(default=0, ge=0)
     embedder: str | None = None  # a sentence-transformers folder; None: the bundled MiniLM
 
 
@@ -64,6 +67,12 @@ class SemanticLayer(CodebookLayer):
     def keys(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor | None:
         keys = self.prompt_keys
         return keys if keys is not None and len(keys) == len(x) else None
+
+
+@lru_cache(maxsize=4)
+def _embedded(embedder: SentenceTransformer, texts: tuple[str, ...]) -> torch.Tensor:
+    """Unit sentence embeddings of `texts`; cached, since every new editor embeds the same unrelated prompts."""
+    return embedder.encode(list(texts), batch_size=64, convert_to_tensor=True, normalize_embeddings=True).float()
 
 
 class SemanticEditor(CodebookEditor):
@@ -85,13 +94,12 @@ class SemanticEditor(CodebookEditor):
         if not all(isinstance(p, str) and p.strip() for p in self.unrelated):
             self.remove()
             raise InvalidInputError("unrelated prompts must be non-empty strings")
-        self.unrelated_keys = self._embed(list(self.unrelated))
+        self.unrelated_keys = _embedded(self.embedder, self.unrelated).to(lm.device)
 
     # -- keys -----------------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        embeddings = self.embedder.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
-        return embeddings.float().to(self.lm.device)
+        return _embedded.__wrapped__(self.embedder, tuple(texts)).to(self.lm.device)
 
     def _as_seen(self, prompt: str) -> str:
         """The prompt as prefill sees it: its tokens decoded."""

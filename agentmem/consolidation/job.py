@@ -1,0 +1,258 @@
+"""The consolidation job: from the policy's decisions to verified edits, with the ledger as write-ahead log.
+
+Per fact: a `pending` ledger row, the edit, its verification (the target comes out greedily;
+probe prompts unchanged within the tolerance), then either a rollback (`failed`) or a save of
+the editor's state and `applied`. Retractions run first (`retracting` -> rollback -> save ->
+`retracted`), so the weights never state a fact the notes have moved past. `reconcile`
+finishes or undoes whatever an interrupted job left behind, from the ledger and the saved state.
+
+Locks: one job at a time per store (a file lock beside it, and a thread lock), taken before
+the note store's own locks, which are held only for the short reads and ledger writes.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import filelock
+from tqdm.auto import tqdm
+
+from ..notes import ConsolidationReport, Decision, Note, Verification
+from .ledger import LIVE, Ledger
+from .parametric import PROBES, ParametricMemory
+from .policy import ConsolidationPolicy, decide
+
+
+@dataclass(frozen=True)
+class NoteAccess:
+    """How the job reads the note store: under the store's locks, which `locked()` takes."""
+
+    locked: Callable[[], AbstractContextManager[None]]
+    notes: Callable[[], list[Note]]
+    note: Callable[[str], Note | None]
+    retention: Callable[[Note, datetime], float]
+
+
+class Consolidator:
+    """Runs consolidation jobs for one store and keeps its ledger and editor state in step."""
+
+    def __init__(self, parametric: ParametricMemory, ledger: Ledger, store: NoteAccess, lock_path: Path) -> None:
+        self.parametric = parametric
+        self.ledger = ledger
+        self.store = store
+        self._lock = threading.RLock()
+        self._job_lock = filelock.FileLock(str(lock_path), thread_local=False)
+        self._dirty = False  # the editor in memory may hold changes that are not saved
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """Exclusive use of the editor, caught up with what other processes (or a crash) left on disk."""
+        with self._lock, self._job_lock:
+            if self._dirty:
+                self.parametric.reload()
+                self._dirty = False
+            else:
+                self.parametric.refresh()
+            yield
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Use of the model for answering. Another process's saved edits are picked up unless a job
+        of that process is running, which is not waited for: the state already loaded answers."""
+        with self._lock:
+            try:
+                with self._job_lock.acquire(timeout=0):
+                    self.parametric.refresh()
+            except filelock.Timeout:
+                pass
+            yield
+
+    # ---- planning ------------------------------------------------------------------------
+
+    def plan(self, policy: ConsolidationPolicy, at: datetime, only: Collection[str] | None = None) -> list[Decision]:
+        """The policy's decisions, the model asked about each candidate, the budget applied. Changes nothing."""
+        with self.store.locked():
+            notes = self.store.notes()
+            entries = self.ledger.entries()
+            retention = {note.id: self.store.retention(note, at) for note in notes}
+        decisions = decide(notes, retention, entries, policy, at)
+        if only is not None:
+            decisions = [d for d in decisions if d.note_id in only or d.action == "retract"]
+        candidates = [i for i, d in enumerate(decisions) if d.action == "edit"]
+        for i, known in zip(candidates, self.parametric.knows([decisions[i].fact for i in candidates])):
+            if known:
+                decisions[i] = decisions[i].model_copy(
+                    update={"action": "skip", "reason": "known", "detail": "the model already gives the target"}
+                )
+        budget = policy.max_edits
+        for i, decision in enumerate(decisions):
+            if decision.action in ("edit", "replace"):
+                if budget:
+                    budget -= 1
+                else:
+                    decisions[i] = decision.model_copy(
+                        update={"action": "skip", "reason": "budget", "detail": f"over the budget of {policy.max_edits}"}
+                    )
+        return decisions
+
+    # ---- the job -------------------------------------------------------------------------
+
+    def run(self, policy: ConsolidationPolicy, at: datetime, dry_run: bool = False,
+            only: Collection[str] | None = None, progress: bool = False) -> ConsolidationReport:
+        start = time.perf_counter()
+        with self.job():
+            if dry_run:
+                decisions = self.plan(policy, at, only)
+            else:
+                self.reconcile(at)
+                decisions = self._execute(self.plan(policy, at, only), policy, at, progress)
+        counts = {name: sum(d.outcome == name for d in decisions) for name in ("applied", "failed", "retracted", "known")}
+        return ConsolidationReport(
+            at=at, dry_run=dry_run, editor=self.parametric.kind, examined=len(decisions), decisions=decisions,
+            seconds=time.perf_counter() - start, **counts,
+        )
+
+    def _execute(self, decisions: list[Decision], policy: ConsolidationPolicy, at: datetime, progress: bool) -> list[Decision]:
+        done = list(decisions)
+        work = [i for i, d in enumerate(decisions) if d.action != "skip" or d.reason == "known"]
+        bar = tqdm(total=len(work), desc="consolidating", unit="fact", disable=not progress)
+        probes: tuple[list[tuple[str, str]], list[list[int]]] | None = None
+        for i in sorted(work, key=lambda i: decisions[i].action != "retract"):  # retractions first
+            decision = decisions[i]
+            if decision.action == "skip":  # the model already knows it: on record, so later jobs need not ask
+                with self.store.locked():
+                    self.ledger.add(decision.note_id, None, decision.fact, self.parametric.kind, "known", at, detail=decision.detail)
+                done[i] = decision.model_copy(update={"outcome": "known"})
+            elif decision.action == "retract":
+                self._retract_note(decision.note_id, at, decision.reason)
+                done[i] = decision.model_copy(update={"outcome": "retracted"})
+            else:
+                if decision.action == "replace":
+                    self._retract_note(decision.note_id, at, "replaced")
+                    if self.parametric.knows([decision.fact])[0]:
+                        with self.store.locked():
+                            self.ledger.add(decision.note_id, None, decision.fact, self.parametric.kind, "known", at)
+                        done[i] = decision.model_copy(update={"outcome": "known"})
+                        bar.update()
+                        continue
+                if probes is None:  # measured once retractions are done: the state edits must not move
+                    pairs = self.parametric.probe_pairs(policy.probes or PROBES)
+                    probes = (pairs, self.parametric.predictions(pairs))
+                done[i] = self._edit(decision, policy, at, *probes)
+            bar.update()
+        bar.close()
+        return done
+
+    def _edit(self, decision: Decision, policy: ConsolidationPolicy, at: datetime,
+              probe_pairs: list[tuple[str, str]], probe_before: list[list[int]]) -> Decision:
+        """One fact into the weights, write-ahead: pending row, edit, verify, then save + applied or rollback + failed."""
+        fact, edit_id, kind = decision.fact, uuid.uuid4().hex[:16], self.parametric.kind
+        with self.store.locked():
+            note = self.store.note(decision.note_id)
+            if note is None or note.fact != fact:
+                return decision.model_copy(update={"detail": "the note changed during the job; left for the next one"})
+            self.ledger.add(note.id, edit_id, fact, kind, "pending", at)
+        self._dirty = True
+        try:
+            verification = self.parametric.edit(fact, edit_id, probe_pairs, probe_before)
+        except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
+            self.parametric.rollback(edit_id)
+            with self.store.locked():
+                self.ledger.set_status(edit_id, "failed", at, detail=f"{type(exc).__name__}: {exc}")
+            return decision.model_copy(update={"outcome": "failed", "edit_id": edit_id, "detail": str(exc)})
+        problems = _problems(verification, policy)
+        if problems:
+            self.parametric.rollback(edit_id)
+            self._dirty = False
+            with self.store.locked():
+                self.ledger.set_status(edit_id, "failed", at, verification=verification, detail=problems)
+            return decision.model_copy(update={"outcome": "failed", "edit_id": edit_id, "verification": verification, "detail": problems})
+        with self.store.locked():  # the numbers go in first, so a crash after the save still has them
+            self.ledger.set_status(edit_id, "pending", at, verification=verification)
+        self.parametric.save()
+        self._dirty = False
+        with self.store.locked():
+            applied = self.ledger.set_status(edit_id, "applied", at, expect=["pending"])
+        if not applied:  # the note was forgotten meanwhile: its row now says `retracting`
+            self.retract_pending(at)
+            return decision.model_copy(update={"outcome": "retracted", "edit_id": edit_id, "verification": verification})
+        return decision.model_copy(update={"outcome": "applied", "edit_id": edit_id, "verification": verification})
+
+    # ---- retracting ----------------------------------------------------------------------
+
+    def _retract_note(self, note_id: str, at: datetime, reason: str) -> None:
+        with self.store.locked():
+            for entry in self.ledger.entries(note_id, ["pending", "applied"]):
+                self.ledger.set_status(entry.edit_id, "retracting", at, detail=reason)
+        self.retract_pending(at)
+
+    def retract_pending(self, at: datetime) -> None:
+        """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go)."""
+        with self._lock, self._job_lock:
+            with self.store.locked():
+                rows = self.ledger.entries(statuses=["retracting"])
+            if not rows:
+                return
+            live = self.parametric.edit_ids()
+            for row in rows:
+                if row.edit_id in live:
+                    self._dirty = True
+                    self.parametric.rollback(row.edit_id)
+            if self._dirty:
+                self.parametric.save()
+                self._dirty = False
+            with self.store.locked():
+                for row in rows:
+                    if self.store.note(row.note_id) is None:
+                        self.ledger.delete(row.edit_id)
+                    else:
+                        self.ledger.set_status(row.edit_id, "retracted", at)
+
+    # ---- recovery ------------------------------------------------------------------------
+
+    def reconcile(self, at: datetime) -> None:
+        """Make the ledger and the saved editor state agree after an interrupted job.
+
+        A `pending` edit that reached the saved state was verified before the save: it is
+        applied; one that did not is dropped, and its note is planned again. An `applied`
+        edit missing from the state is marked retracted, so it is planned again too. An edit
+        in the state that the ledger does not know is rolled back. Then `retracting` rows finish.
+        """
+        with self.job():
+            with self.store.locked():
+                rows = self.ledger.entries(statuses=LIVE)
+            live = self.parametric.edit_ids()
+            with self.store.locked():
+                for row in rows:
+                    if row.status == "pending" and row.edit_id in live and row.verification is not None:
+                        self.ledger.set_status(row.edit_id, "applied", at, detail="completed after an interrupted job")
+                    elif row.status == "pending":
+                        self.ledger.delete(row.edit_id)
+                    elif row.status == "applied" and row.edit_id not in live:
+                        self.ledger.set_status(row.edit_id, "retracted", at, detail="missing from the saved editor state")
+            orphans = live - {row.edit_id for row in rows if row.status != "pending" or row.verification is not None}
+            for edit_id in orphans:
+                self.parametric.rollback(edit_id)
+            if orphans:
+                self.parametric.save()
+        self.retract_pending(at)
+
+    def close(self) -> None:
+        self.parametric.close()
+
+
+def _problems(verification: Verification, policy: ConsolidationPolicy) -> str:
+    """Why a verified edit may not stay ('' if it may)."""
+    problems = []
+    if not verification.produces_target:
+        problems.append("the model does not produce the target")
+    if verification.probe_agreement < 1 - policy.probe_tolerance:
+        problems.append(f"probe agreement {verification.probe_agreement:.3f} < {1 - policy.probe_tolerance:.3f}")
+    return "; ".join(problems)
+

@@ -1,0 +1,188 @@
+"""The parametric half of a memory: the local model, its editor, and the editor's state on disk.
+
+The state lives beside the note store in `editor/`, one numbered folder per save and a
+`CURRENT` file naming the live one. A save writes a new folder and then replaces `CURRENT`
+(an atomic rename), so a crash mid-save leaves the previous state in force, never half of one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..editors import Editor, EditorConfig, EditRequest
+from ..errors import InvalidInputError
+from ..models import LanguageModel
+from ..notes import Fact, Verification
+
+CURRENT = "CURRENT"
+
+# Unrelated sentence starts whose continuations must not move when a fact is edited in.
+PROBES = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "William Shakespeare wrote the play",
+    "The chemical symbol for gold is",
+    "A week has seven days, and a year has",
+    "The Great Wall is located in",
+    "Photosynthesis is the process by which plants",
+    "The first person to walk on the Moon was",
+    "The currency of Japan is the",
+    "Mount Everest is the highest mountain in",
+    "The Pacific Ocean is the largest",
+    "Python is a programming language that",
+    "The heart pumps blood through the",
+    "Leonardo da Vinci painted the",
+    "The speed of light is about",
+)
+PROBE_TOKENS = 8
+
+
+def editor_kind(editor: str | EditorConfig | Editor) -> type[Editor]:
+    """The editor class for a kind name ("grace", "wise", ...), a config, or an editor."""
+    if isinstance(editor, Editor):
+        return type(editor)
+    kinds = Editor._kinds  # filled as editor modules are imported by agentmem.editors
+    if isinstance(editor, EditorConfig):
+        found = [k for k in kinds.values() if type(editor) is k.config_class]
+    elif isinstance(editor, str):
+        found = [kinds[editor]] if editor in kinds else []
+    else:
+        raise InvalidInputError(f"editor must be a kind name, an EditorConfig or an Editor, not {type(editor).__name__}")
+    if not found:
+        raise InvalidInputError(f"unknown editor {editor!r}; available: {', '.join(sorted(kinds))}")
+    return found[0]
+
+
+class ParametricMemory:
+    """A language model with an editor whose state is saved in `directory` after every change."""
+
+    def __init__(self, directory: Path, lm: LanguageModel, editor: str | EditorConfig | Editor) -> None:
+        kind = editor_kind(editor)
+        self.directory = directory
+        self.lm = lm
+        self.version = self._current()
+        if isinstance(editor, Editor):
+            if self.version is not None:
+                raise InvalidInputError(
+                    f"{directory} already holds saved edits; pass the editor's kind or config to reload them"
+                )
+            if editor.lm is not lm:
+                raise InvalidInputError("the editor edits another model than the memory's")
+            self.editor = editor
+        elif self.version is not None:
+            self.editor = kind.load(lm, directory / self.version)
+        else:
+            self.editor = kind(lm, editor) if isinstance(editor, EditorConfig) else kind(lm)
+        self._closed = False
+
+    @property
+    def kind(self) -> str:
+        return self.editor.kind
+
+    def refresh(self) -> bool:
+        """Reload the editor if another process saved a newer state; True if it did."""
+        if self._current() == self.version:
+            return False
+        self.reload()
+        return True
+
+    def reload(self) -> None:
+        """Replace the editor in memory by the saved state (a fresh editor if nothing was saved)."""
+        kind, config = type(self.editor), self.editor.config
+        self.editor.remove()
+        self.version = self._current()
+        self.editor = kind.load(self.lm, self.directory / self.version) if self.version else kind(self.lm, config)
+
+    def save(self) -> None:
+        """Write the editor's state as a new version, switch `CURRENT` to it, drop the older ones."""
+        number = int(self.version[1:]) + 1 if self.version else 1
+        version = f"v{number:06d}"
+        self.editor.save(self.directory / version)
+        pointer = self.directory / (CURRENT + ".tmp")
+        pointer.write_text(version)
+        with open(pointer, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(pointer, self.directory / CURRENT)
+        self.version = version
+        self.clean()
+
+    def clean(self) -> None:
+        """Remove saved states other than the current one (left by earlier saves or crashed jobs)."""
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if path.is_dir() and path.name != self.version:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Take the editor out of the model: the model is the base model again (the state stays on disk)."""
+        if not self._closed:
+            self._closed = True
+            self.editor.remove()
+
+    def edit_ids(self) -> set[str]:
+        return {request.id for request in self.editor.edits()}
+
+    # ---- asking the model ------------------------------------------------------------
+
+    def knows(self, facts: Sequence[Fact]) -> list[bool]:
+        """Whether greedy generation already continues each prompt with its target.
+
+        Teacher-forced argmax (batched) equals the greedy path exactly when every target
+        token is the argmax given the tokens before it, so one batched pass answers this.
+        """
+        if not facts:
+            return []
+        pairs = [(f.prompt, f.target) for f in facts]
+        predicted = self.lm.target_argmax(pairs)
+        return [p == self.lm.encode_pair(*pair)[1] for p, pair in zip(predicted, pairs)]
+
+    def generates(self, prompt: str, target: str) -> bool:
+        """Greedy generation of as many tokens as the target has, compared with it (stripped)."""
+        length = len(self.lm.encode_pair(prompt, target)[1])
+        return self.lm.generate(prompt, max_new_tokens=length).strip() == target.strip()
+
+    def probe_pairs(self, probes: Sequence[str]) -> list[tuple[str, str]]:
+        """Each probe with its current greedy continuation (probes that continue with nothing are dropped)."""
+        outputs = self.lm.generate_batch(list(probes), max_new_tokens=PROBE_TOKENS)
+        return [(p, o.strip()) for p, o in zip(probes, outputs) if o.strip()]
+
+    def predictions(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        return self.lm.target_argmax(pairs) if pairs else []
+
+    # ---- editing -----------------------------------------------------------------------
+
+    def edit(self, fact: Fact, edit_id: str, probe_pairs: Sequence[tuple[str, str]],
+             probe_before: Sequence[Sequence[int]]) -> Verification:
+        """Make the edit live and measure it: the target, the rephrases, the probes."""
+        start = time.perf_counter()
+        [result] = self.editor.edit([EditRequest(prompt=fact.prompt, target=fact.target, rephrases=fact.rephrases, id=edit_id)])
+        rephrased = [self.generates(r, fact.target) for r in fact.rephrases]
+        return Verification(
+            produces_target=self.generates(fact.prompt, fact.target),
+            rephrase_match=sum(rephrased) / len(rephrased) if rephrased else None,
+            probe_agreement=agreement(probe_before, self.predictions(probe_pairs)),
+            steps=result.steps,
+            seconds=time.perf_counter() - start,
+        )
+
+    def rollback(self, edit_id: str) -> None:
+        if edit_id in self.edit_ids():
+            self.editor.rollback(edit_id)
+
+    def _current(self) -> str | None:
+        try:
+            version = (self.directory / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return version if (self.directory / version).is_dir() else None
+
+
+def agreement(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]) -> float:
+    """The share of token predictions that are the same in `after` as in `before` (1.0 when there are none)."""
+    total = sum(len(b) for b in before)
+    same = sum(x == y for b, a in zip(before, after) for x, y in zip(b, a))
+    return same / total if total else 1.0

@@ -1,0 +1,108 @@
+"""Which notes have earned a place in the weights: the consolidation policy as a pure function.
+
+`decide` looks only at the notes, their retention, and the ledger, so a plan can be made
+(and tested) without touching the model. Asking the model whether it already knows a fact,
+and the per-run budget, come after, in the job (`Consolidator.plan`).
+
+The model's weights are shared by every user of the store, so facts compete across scopes:
+for each fact prompt, the newest note wins and older notes on it count as contradicted.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..facts import prompt_key
+from ..notes import Decision, LedgerEntry, Note
+
+
+class ConsolidationPolicy(BaseModel):
+    """When a note's fact may become an edit, and how each edit is verified.
+
+    A note whose fact is already in the weights under another target (the note was updated,
+    or a newer note contradicts it) is replaced whatever its recall history: the old fact has
+    earned its place, and the weights must not keep stating it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_recalls: int = Field(3, ge=0, description="times the note must have been recalled")
+    min_strength: float = Field(0.0, ge=0, description="lower bound on the note's forgetting-curve strength S")
+    min_retention: float = Field(0.2, ge=0, le=1, description="lower bound on the note's retention R at the job's time")
+    stable_for: timedelta = Field(timedelta(hours=12), description="the note must be unchanged for this long")
+    max_edits: int = Field(100, ge=0, description="budget: edits (new or replacing) per run")
+    probe_tolerance: float = Field(
+        0.0, ge=0, le=1,
+        description="share of probe-prompt token predictions an edit may change (GRACE changes none; WISE may move a few)",
+    )
+    probes: tuple[str, ...] | None = Field(None, description="unrelated prompts checked after each edit (None: the built-in set)")
+    replace: Literal["next_job", "immediately"] = Field(
+        "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
+    )
+
+
+def decide(
+    notes: Sequence[Note],
+    retention: Mapping[str, float],
+    ledger: Sequence[LedgerEntry],
+    policy: ConsolidationPolicy,
+    at: datetime,
+) -> list[Decision]:
+    """One decision per note, with its reason; edits first, in priority order (most recalled, strongest).
+
+    Edits and replacements are candidates here: the job still asks the model and applies the budget.
+    """
+    applied = {e.note_id: e for e in ledger if e.status == "applied"}
+    held = {prompt_key(e.prompt): e for e in applied.values()}
+    settled = {(e.note_id, e.prompt, e.target): e.status for e in ledger if e.status in ("failed", "known")}
+    newest: dict[str, Note] = {}
+    for note in sorted((n for n in notes if n.fact), key=lambda n: (n.updated_at, n.created_at)):
+        newest[prompt_key(note.fact.prompt)] = note
+
+    def one(note: Note) -> Decision:
+        fact, prior = note.fact, applied.get(note.id)
+
+        def verdict(action: str, reason: str, detail: str = "") -> Decision:
+            return Decision(note_id=note.id, fact=fact, action=action, reason=reason, detail=detail)
+
+        if fact is None:
+            return verdict("retract", "fact_removed") if prior else verdict("skip", "no_fact")
+        winner = newest[prompt_key(fact.prompt)]
+        if winner.id != note.id and winner.fact.target != fact.target:
+            detail = f"newer note {winner.id} says {winner.fact.target!r}"
+            return verdict("retract", "contradicted", detail) if prior else verdict("skip", "contradicted", detail)
+        if winner.id != note.id and not prior:
+            return verdict("skip", "duplicate", f"newer note {winner.id} states the same fact")
+        if prior and (prior.prompt, prior.target) == (fact.prompt, fact.target):
+            return verdict("skip", "consolidated", f"edit {prior.edit_id}")
+        if prior:
+            return verdict("replace", "fact_changed", f"edit {prior.edit_id} said {prior.target!r}")
+        holder = held.get(prompt_key(fact.prompt))
+        if holder is not None:
+            if holder.target == fact.target:
+                return verdict("skip", "consolidated", f"the same fact is edit {holder.edit_id} of note {holder.note_id}")
+            return verdict("replace", "supersedes", f"edit {holder.edit_id} of note {holder.note_id} said {holder.target!r}")
+        if note.archived:
+            return verdict("skip", "archived")
+        earlier = settled.get((note.id, fact.prompt, fact.target))
+        if earlier == "failed":
+            return verdict("skip", "failed_before", "an earlier edit of this fact failed verification")
+        if earlier == "known":
+            return verdict("skip", "known", "the model already gave the target at an earlier job")
+        if note.recall_count < policy.min_recalls:
+            return verdict("skip", "few_recalls", f"recalled {note.recall_count} < {policy.min_recalls} times")
+        if note.strength < policy.min_strength:
+            return verdict("skip", "weak", f"strength {note.strength:.2f} < {policy.min_strength:.2f}")
+        if retention[note.id] < policy.min_retention:
+            return verdict("skip", "faded", f"retention {retention[note.id]:.2f} < {policy.min_retention:.2f}")
+        if at - note.updated_at < policy.stable_for:
+            return verdict("skip", "unstable", f"changed {at - note.updated_at} ago, < {policy.stable_for}")
+        return verdict("edit", "eligible")
+
+    ordered = sorted(notes, key=lambda n: (-n.recall_count, -n.strength, n.created_at, n.id))
+    decisions = [one(note) for note in ordered]
+    rank = {"retract": 0, "replace": 1, "edit": 2, "skip": 3}
+    return sorted(decisions, key=lambda d: rank[d.action])  # stable: priority order within each action
