@@ -30,6 +30,13 @@ class MemoryConfig(BaseModel):
     duplicate_threshold: float = Field(0.95, ge=-1, le=1)
     max_keywords: int = Field(12, ge=1)
 
+    # conversation context in what is searched
+    context_weight: float = Field(
+        0.5, ge=0,
+        description="a note of a session is searched by its own embedding plus this times the vector of the"
+        " session's previous note (itself carrying the ones before it); 0 embeds every note alone",
+    )
+
     # ranking
     lexical_weight: float = Field(0.6, ge=0, description="weight of the BM25 score, scaled to 1 for the best match")
     time_weight: float = Field(0.2, ge=0, description="bonus for notes that fit what the query says about time")

@@ -222,22 +222,53 @@ class Memory:
         embeddings = self._embed([item.text for item in items])
         drafts = [self._draft(item) for item in items]
         with self._exclusive():
+            in_context = self._in_context(drafts, embeddings)
             candidates = self._neighbour_candidates(drafts, embeddings)
             stored: list[Note] = []
             with self._graph.transaction():
-                for position, (draft, embedding) in enumerate(zip(drafts, embeddings)):
+                for position, draft in enumerate(drafts):
                     earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
                     indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
-                    stored.append(self._insert_or_reinforce(draft, embedding, indexed + earlier))
+                    stored.append(self._insert_or_reinforce(
+                        draft, embeddings[position], in_context[position], indexed + earlier
+                    ))
             ids = list(dict.fromkeys(note.id for note in stored))
             self._push(ids)
             fresh = self._graph.get_many(ids)
             return [fresh[note.id] for note in stored]
 
+    def _in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
+        """The vector each draft is searched by, when it belongs to a session (else None).
+
+        It is the draft's own embedding plus `context_weight` times the vector of the note
+        remembered just before it in the same session, which carries the one before it, and
+        so on, fading: a terse reply ("Yes, last Friday!") is then found by what it answers.
+        """
+        latest: dict[tuple[str | None, str | None, str], np.ndarray | None] = {}
+        vectors: list[np.ndarray | None] = []
+        for draft, own in zip(drafts, embeddings):
+            if draft.session_id is None or not self.config.context_weight:
+                vectors.append(None)
+                continue
+            scope = (draft.user_id, draft.agent_id, draft.session_id)
+            if scope not in latest:
+                latest[scope] = self._graph.session_vector(scope)
+            vectors.append(self._with_context(own, latest[scope]))
+            latest[scope] = own if vectors[-1] is None else vectors[-1]
+        return vectors
+
+    def _with_context(self, own: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+        if previous is None:
+            return None
+        mixed = own + self.config.context_weight * previous
+        return mixed / np.linalg.norm(mixed)
+
     def _neighbour_candidates(
         self, drafts: list[Note], embeddings: np.ndarray
     ) -> list[list[tuple[str | int, float]]]:
-        """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by position).
+        """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
+        position), with the similarity of their own embeddings (duplicates and links are about
+        what notes say, not the conversation around them).
 
         Only notes of the same user are candidates: links never cross users.
         """
@@ -248,13 +279,17 @@ class Memory:
             by_user.setdefault(draft.user_id, []).append(position)
         for user, positions in by_user.items():
             results = self._index.query(embeddings[positions], n, {"user_id": user or ""})
+            own = self._graph.own_embeddings({note_id for result in results for note_id, _ in result})
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
+                stored = [(i, float(own[i] @ embeddings[position])) for i, _ in result if i in own]
                 earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
-                found[position] = [*result, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
+                found[position] = [*stored, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
         return found
 
-    def _insert_or_reinforce(self, draft: Note, embedding: np.ndarray, candidates: list[tuple[str, float]]) -> Note:
+    def _insert_or_reinforce(
+        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]]
+    ) -> Note:
         floor = min(self.config.link_threshold, self.config.duplicate_threshold)
         candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
         known = self._graph.get_many((i for i, _ in candidates), links=False)
@@ -267,7 +302,7 @@ class Memory:
                 and linking.same_content(other.text, draft.text)
             ):
                 return self._reinforce_duplicate(other, draft)
-        self._graph.insert(draft, embedding)
+        self._graph.insert(draft, embedding, in_context)
         linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
         for note_id, similarity in linked[: self.config.max_links]:
             self._graph.link(draft.id, note_id, round(similarity, 6), draft.created_at)
@@ -341,9 +376,15 @@ class Memory:
                 changes["fact"] = new_fact
             after = before.model_copy(update=changes)
             if embedding is None:
-                embedding = self._graph.load([note_id])[note_id][1]
+                embedding = self._graph.own_embeddings([note_id])[note_id]
+                in_context = self._graph.load([note_id], links=False)[note_id][1]
+            elif before.session_id is not None and self.config.context_weight:
+                scope = (before.user_id, before.agent_id, before.session_id)
+                in_context = self._with_context(embedding, self._graph.session_vector(scope, before=note_id))
+            else:
+                in_context = None
             with self._graph.transaction():
-                self._graph.replace(after, embedding, "updated", before)
+                self._graph.replace(after, embedding, in_context, "updated", before)
             self._push([note_id])
             note = self._existing(note_id)
         self._replace_now([note], when)

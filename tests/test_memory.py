@@ -179,6 +179,47 @@ def test_duplicates_inside_one_batch_collapse(memory):
     assert memory.get(notes[0].id).strength == 3.0
 
 
+# ---- conversation context in the searched vector --------------------------------------------
+
+EXCHANGE = ["Did you finally go to the pottery workshop downtown?", "Yes, last Friday! I made a bowl."]
+
+
+def reply_similarity(tmp_path, embedder, name: str, config: MemoryConfig) -> float:
+    with Memory(tmp_path / name, embedder=embedder, config=config) as mem:
+        mem.remember_many(EXCHANGE, user_id="u", session_id="s1", at=T0)
+        hits = mem.recall("When did she go to the pottery workshop?", user_id="u", reinforce=False)
+        return next(h.why.similarity for h in hits if h.note.text == EXCHANGE[1])
+
+
+def test_a_terse_reply_is_found_by_what_it_answers(tmp_path, embedder):
+    alone = reply_similarity(tmp_path, embedder, "alone", MemoryConfig(context_weight=0.0))
+    in_context = reply_similarity(tmp_path, embedder, "context", MemoryConfig())
+    assert in_context > alone + 0.1
+
+
+def test_context_carries_across_remember_calls_and_survives_update(memory):
+    memory.remember(EXCHANGE[0], user_id="u", session_id="s1", at=T0)
+    reply = memory.remember(EXCHANGE[1], user_id="u", session_id="s1", at=T0)
+    elsewhere = memory.remember(EXCHANGE[1].replace("bowl", "vase"), user_id="u", session_id="s2", at=T0)
+
+    def similarities() -> dict[str, float]:
+        hits = memory.recall("pottery workshop downtown", user_id="u", k=3, reinforce=False)
+        return {h.note.id: h.why.similarity for h in hits}
+
+    before = similarities()
+    assert before[reply.id] > before[elsewhere.id] + 0.1  # only the reply of session s1 follows the question
+    memory.update(reply.id, tags=["pottery"])
+    assert similarities()[reply.id] == pytest.approx(before[reply.id])  # no new text: same vector
+    memory.update(reply.id, text="Yes, last Friday! I made a vase.")
+    assert similarities()[reply.id] > similarities()[elsewhere.id] + 0.1  # re-embedded in its context
+
+
+def test_context_does_not_hide_a_repeated_statement_from_duplicate_detection(memory):
+    first = memory.remember_many(["We hiked up the mountain", "I love hiking"], user_id="u", session_id="s1", at=T0)
+    second = memory.remember_many(["The weather was awful", "I love hiking"], user_id="u", session_id="s1", at=T0)
+    assert second[1].id == first[1].id and memory.get(first[1].id).strength == 2.0
+
+
 # ---- update / forget / history -------------------------------------------------------------
 
 

@@ -183,7 +183,7 @@ class IngestedStores:
 
 
 # settings that change what is stored; every other setting only changes ranking
-INGESTION_SETTINGS = {"link_threshold", "max_links", "duplicate_threshold", "max_keywords"}
+INGESTION_SETTINGS = {"link_threshold", "max_links", "duplicate_threshold", "max_keywords", "context_weight"}
 
 
 def score(conversations: list[Conversation], ranked: list[list[list[str]]]) -> dict:
@@ -222,6 +222,8 @@ def ablations() -> dict[str, tuple[MemoryConfig, str]]:
         "- time-aware matching": (full.model_copy(update={"time_weight": 0.0}), "turn"),
         "- retention prior": (full.model_copy(update={"retention_floor": 1.0}), "turn"),
         "retention prior at floor 0.7": (full.model_copy(update={"retention_floor": 0.7}), "turn"),
+        "- conversation context in the vector": (full.model_copy(update={"context_weight": 0.0}), "turn"),
+        "conversation context weight 0.3": (full.model_copy(update={"context_weight": 0.3}), "turn"),
         "+ session date in the note": (full, "dated turn"),
         "+ previous turn in the note": (full, "turn with previous"),
     }

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS notes (
     created_at REAL NOT NULL, updated_at REAL NOT NULL, last_recalled REAL NOT NULL,
     recall_count INTEGER NOT NULL, strength REAL NOT NULL, archived INTEGER NOT NULL,
     metadata TEXT NOT NULL, fact TEXT,
-    embedding BLOB NOT NULL
+    embedding BLOB NOT NULL,
+    context_embedding BLOB
 );
 CREATE INDEX IF NOT EXISTS notes_scope ON notes(user_id, agent_id, session_id);
 CREATE TABLE IF NOT EXISTS links (
@@ -69,7 +70,7 @@ FTS_WEIGHTS = (1.0, 0.5, 0.5)
 NOTE_COLUMNS = (
     "id", "text", "keywords", "tags", "context", "user_id", "agent_id", "session_id",
     "created_at", "updated_at", "last_recalled", "recall_count", "strength", "archived",
-    "metadata", "fact", "embedding",
+    "metadata", "fact", "embedding", "context_embedding",
 )
 
 
@@ -103,6 +104,8 @@ class NoteGraph:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(SCHEMA)
+        if "context_embedding" not in {r[1] for r in self._db.execute("PRAGMA table_info(notes)")}:
+            self._db.execute("ALTER TABLE notes ADD COLUMN context_embedding BLOB")  # stores made before it existed
         self.graph = nx.Graph()
         self._data_version = -1
         self.refresh_if_changed()
@@ -146,19 +149,23 @@ class NoteGraph:
 
     # ---- notes --------------------------------------------------------------------
 
-    def insert(self, note: Note, embedding: np.ndarray) -> None:
-        row = self._row(note, embedding)
+    def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
+        """Add a note. `embedding` is its text's own; `in_context`, when given, is the vector searched
+        and ranked instead (the text embedded in its conversation's context)."""
+        row = self._row(note, embedding, in_context)
         self._db.execute(
             f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({', '.join('?' * len(NOTE_COLUMNS))})", row
         )
         self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note.id,))
         self.graph.add_node(note.id)
 
-    def replace(self, note: Note, embedding: np.ndarray, change: str, before: Note) -> None:
+    def replace(
+        self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
+    ) -> None:
         """Overwrite a note, keeping its previous version in the history."""
         self._db.execute(
             f"UPDATE notes SET {', '.join(c + ' = ?' for c in NOTE_COLUMNS[1:])} WHERE id = ?",
-            (*self._row(note, embedding)[1:], note.id),
+            (*self._row(note, embedding, in_context)[1:], note.id),
         )
         self.record(note.id, before.updated_at, change, before)
         self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note.id,))
@@ -202,9 +209,31 @@ class NoteGraph:
         return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
 
     def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
-        """Notes with their embeddings, by id; unknown ids are left out. `links=False` skips
-        filling `Note.links`, for internal reads that do not need them."""
+        """Notes with the vectors they are searched by, by id; unknown ids are left out.
+        `links=False` skips filling `Note.links`, for internal reads that do not need them."""
         return {note.id: (note, emb) for note, emb in self._select("id IN ({})", list(note_ids), links)}
+
+    def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
+        note_ids = list(note_ids)
+        rows = self._db.execute(
+            f"SELECT id, embedding FROM notes WHERE id IN ({', '.join('?' * len(note_ids))})", note_ids
+        )
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+
+    def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
+        """The searched vector of the latest note remembered in a session (of one user and
+        agent), or of the latest one remembered before note `before`; None for none."""
+        sql = (
+            "SELECT COALESCE(context_embedding, embedding) FROM notes"
+            " WHERE user_id IS ? AND agent_id IS ? AND session_id = ?"
+        )
+        params: list[Any] = list(scope)
+        if before is not None:
+            sql += " AND rowid < (SELECT rowid FROM notes WHERE id = ?)"
+            params.append(before)
+        row = self._db.execute(sql + " ORDER BY rowid DESC LIMIT 1", params).fetchone()
+        return np.frombuffer(row[0], dtype=np.float32) if row else None
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
         yield from self._select(None, [])
@@ -289,7 +318,7 @@ class NoteGraph:
                 return
             sql += " WHERE " + where.format(", ".join("?" * len(params)))
         for row in self._db.execute(sql, params).fetchall():
-            yield self._note(row, links), np.frombuffer(row["embedding"], dtype=np.float32)
+            yield self._note(row, links), np.frombuffer(row["context_embedding"] or row["embedding"], dtype=np.float32)
 
     def _note(self, row: sqlite3.Row, links: bool) -> Note:
         return Note(
@@ -313,7 +342,7 @@ class NoteGraph:
         )
 
     @staticmethod
-    def _row(note: Note, embedding: np.ndarray) -> tuple[Any, ...]:
+    def _row(note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> tuple[Any, ...]:
         return (
             note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
             note.user_id, note.agent_id, note.session_id,
@@ -321,4 +350,5 @@ class NoteGraph:
             note.recall_count, note.strength, int(note.archived),
             json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
             np.asarray(embedding, dtype=np.float32).tobytes(),
+            None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
         )

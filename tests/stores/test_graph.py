@@ -48,3 +48,18 @@ def test_every_write_queues_its_vector_index_operation(tmp_path):
     assert graph.pending() == [("a", "delete")]
     assert graph.load(["a", "b"]).keys() == {"b"}
     np.testing.assert_array_equal(graph.load(["b"])["b"][1], np.ones(4, dtype=np.float32))
+
+
+def test_a_store_made_before_context_embeddings_opens_and_keeps_its_vectors(tmp_path):
+    path = tmp_path / "g.sqlite3"
+    graph = NoteGraph(path)
+    with graph.transaction():
+        graph.insert(note("a"), np.ones(4))
+    graph._db.execute("ALTER TABLE notes DROP COLUMN context_embedding")  # the old schema
+    graph.close()
+    reopened = NoteGraph(path)
+    assert np.array_equal(reopened.load(["a"])["a"][1], np.ones(4, dtype=np.float32))
+    with reopened.transaction():
+        reopened.insert(note("b"), np.ones(4), np.full(4, 0.5))
+    assert np.array_equal(reopened.load(["b"])["b"][1], np.full(4, 0.5, dtype=np.float32))  # searched by context
+    assert np.array_equal(reopened.own_embeddings(["b"])["b"], np.ones(4, dtype=np.float32))
