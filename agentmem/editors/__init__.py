@@ -3,8 +3,10 @@ from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
 from .codebook import CodebookConfig, CodebookEditor
 from .grace import GraceConfig, GraceEditor
 from .semantic import SemanticConfig, SemanticEditor
+from .wise import WiseConfig, WiseEditor
 
 __all__ = [
     "CodebookConfig", "CodebookEditor", "EditRequest", "EditResult", "Editor", "EditorConfig", "EditorLayer",
-    "GraceConfig", "GraceEditor", "SemanticConfig", "SemanticEditor",
+    "GraceConfig", "GraceEditor", "SemanticConfig", "SemanticEditor", "WiseConfig",
+    "WiseEditor",
 ]

@@ -1,6 +1,9 @@
 """Fixtures for the editors: a tiny random LLaMA (fast mechanics) and the real SmolLM2 (loaded once)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -13,6 +16,24 @@ from agentmem.models import LanguageModel, load_model
 # Repeated so that the BPE merges these words into single tokens: tiny tests use one-token targets.
 TINY_WORDS = " Lisbon Oslo blue green"
 TINY_CORPUS = CALIBRATION_PROMPTS + (TINY_WORDS * 50, "Alice lives in Lisbon. Bob lives in Oslo. The sky is blue.")
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Editor tests run on one torch thread: two threads thrash when other processes share the 2 cores
+    (a 30-step edit of the tiny model took 14 s instead of 0.4 s), and the models here are small."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +67,8 @@ def tiny_config(tiny_tokenizer) -> GraceConfig:
 
     No logit margin: a random model's logits are too flat to lead by one, a bare argmax will do.
     """
-    editor = GraceEditor(tiny_lm.__wrapped__(tiny_tokenizer), GraceConfig(layer=2, margin=0.0))
+    with one_torch_thread():
+        editor = GraceEditor(tiny_lm.__wrapped__(tiny_tokenizer), GraceConfig(layer=2, margin=0.0))
     return editor.config
 
 
@@ -59,7 +81,8 @@ def smollm() -> LanguageModel:
 @pytest.fixture(scope="session")
 def smollm_grace_config(smollm) -> GraceConfig:
     """GRACE's default config with the radius calibrated once, so each test skips the calibration."""
-    editor = GraceEditor(smollm)
+    with one_torch_thread():
+        editor = GraceEditor(smollm)
     editor.remove()
     return editor.config
 

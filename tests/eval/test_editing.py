@@ -10,7 +10,7 @@ from agentmem.editors import GraceConfig, GraceEditor
 from agentmem.errors import InvalidInputError
 from agentmem.eval import editing
 from agentmem.eval.zsre import ZsreRecord, load_zsre
-from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+from tests.editors.conftest import one_thread, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 RECORDS = [
     ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="Where does Alice live?",
