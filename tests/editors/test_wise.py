@@ -150,7 +150,8 @@ def test_real_model_edits_take_and_unrelated_prompts_keep_their_outputs(smollm):
         assert {p: answer(smollm, p, t) for p, t in FACTS.items()} == FACTS
         assert not any(editor.covers(p) for p in OTHERS)
         assert {p: smollm.generate(p, max_new_tokens=8) for p in OTHERS} == {p: untouched[p] for p in OTHERS}
-        editor.rollback(results[1].edit_id)
-        assert smollm.generate(results and next(reversed(FACTS)), max_new_tokens=8) == untouched[next(reversed(FACTS))]
+        editor.rollback(results[1].edit_id)  # the newest shard is retrained on the first edit alone
+        tongue = list(FACTS)[1]
+        assert not editor.covers(tongue) and smollm.generate(tongue, max_new_tokens=8) == untouched[tongue]
     finally:
         editor.remove()

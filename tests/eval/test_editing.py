@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from agentmem.editors import GraceConfig, GraceEditor
+from agentmem.editors import GraceConfig, GraceEditor, SemanticConfig, SemanticEditor
 from agentmem.errors import InvalidInputError
 from agentmem.eval import editing
 from agentmem.eval.zsre import ZsreRecord, load_zsre
@@ -29,6 +29,14 @@ def test_sequential_scores_on_a_tiny_model(tiny_lm, tiny_config, edits):
     assert scores.locality == 1.0
     assert 0 < scores.edit_seconds_median <= scores.edit_seconds_p95
     assert tiny_lm.target_argmax([(r.src, r.alt) for r in RECORDS]) == before  # every editor was removed
+
+
+def test_a_semantic_editor_scores_rephrasings_it_was_not_shown(tiny_lm):
+    config = SemanticConfig(layer=2, margin=0.0)
+    make = lambda: SemanticEditor(tiny_lm, config, unrelated=[r.loc for r in RECORDS])  # noqa: E731
+    scores = editing.sequential_scores(tiny_lm, make, RECORDS, 2, latency_prompts=1)
+    assert scores.reliability == scores.generalization == scores.generalization_em == 1.0
+    assert scores.locality == 1.0
 
 
 def test_token_accuracy_counts_positions(tiny_lm):
@@ -63,17 +71,18 @@ def test_zsre_records_load_with_a_limit(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path):
+@pytest.mark.parametrize(("editor", "config"), [("grace", {"epsilon": 3.6}), ("semantic", {"max_radius": 0.8})])
+def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path, editor, config):
     data, out, bench = tmp_path / "zsre.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
     data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
     threads = torch.get_num_threads()
     editing.main([
-        "--data", str(data), "--n", "1", "2", "--records", "2", "--latency-prompts", "1", "--config", '{"epsilon": 3.6}',
-        "--out", str(out), "--benchmarks", str(bench),
+        "--editor", editor, "--data", str(data), "--unrelated", str(data), "--n", "1", "2", "--records", "2",
+        "--latency-prompts", "1", "--config", json.dumps(config), "--out", str(out), "--benchmarks", str(bench),
     ])
     assert torch.get_num_threads() == threads
     result = json.loads(out.read_text())
-    assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"]["epsilon"] == 3.6
+    assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"].items() >= config.items()
     assert all(r["reliability"] == 1.0 for r in result["rows"])
     text = bench.read_text()
-    assert "<!-- begin editing-grace -->" in text and "--records 2" in text
+    assert f"<!-- begin editing-{editor} -->" in text and "--records 2" in text
