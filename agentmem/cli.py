@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     import_ = commands.add_parser("import", help="load notes from JSONL")
     import_.add_argument("file", type=Path)
+
+    consolidate = commands.add_parser(
+        "consolidate", help="edit the facts of often-recalled notes into the local model (progress on stderr)"
+    )
+    consolidate.add_argument("--dry-run", action="store_true", help="print the decisions, change nothing")
+    consolidate.add_argument("--at", type=_time, help="ISO time to judge the notes at (default: now)")
+    consolidate.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
+    consolidate.add_argument("--policy", type=json.loads, default={}, help='policy overrides as JSON, e.g. \'{"min_recalls": 2}\'')
     return parser
 
 
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> Any:
     from .memory import Memory  # heavy imports only once the arguments are known good
 
     scope = {k: getattr(args, k, None) for k in ("user_id", "agent_id", "session_id", "at")}
-    with Memory(args.path, chroma_url=args.chroma_url) as mem:
+    with Memory(args.path, chroma_url=args.chroma_url, editor=getattr(args, "editor", None)) as mem:
         match args.command:
             case "remember":
                 return mem.remember(args.text, tags=args.tags, **scope).model_dump(mode="json")
@@ -77,6 +85,9 @@ def run(args: argparse.Namespace) -> Any:
                 return {"exported": mem.export(args.file), "file": str(args.file)}
             case "import":
                 return mem.import_(args.file).model_dump(mode="json")
+            case "consolidate":
+                report = mem.consolidate(args.policy, dry_run=args.dry_run, at=args.at, progress=True)
+                return report.model_dump(mode="json")
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 

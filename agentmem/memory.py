@@ -63,14 +63,15 @@ class Memory:
         embedder: SentenceTransformer | str | None = None,
         enricher: Enricher | None = None,
         model: LanguageModel | str | Path | None = None,
-        editor: str | EditorConfig | Editor = "grace",
+        editor: str | EditorConfig | Editor | None = None,
         policy: ConsolidationPolicy | None = None,
         fact_extractor: FactExtractor | None = extract_fact,
     ):
         """`model` and `editor` are the parametric memory, loaded at the first `consolidate`, `plan`
-        or `answer` (at once if `model` or an `Editor` is given): the bundled SmolLM2 by default, an
-        editor kind ("grace", ...), its config, or an `Editor` on `model` for a store with no saved
-        edits. `policy` is `consolidate`'s default. `fact_extractor` gives notes remembered without a
+        or `answer` (at once if `model` or an `Editor` is given): the bundled SmolLM2 by default; the
+        editor saved with the store (GRACE for a new store) by default, or an editor kind ("grace",
+        "wise", ...), its config, or an `Editor` on `model` for a store with no saved edits.
+        `policy` is `consolidate`'s default. `fact_extractor` gives notes remembered without a
         fact one (None: only explicit facts).
         """
         if not isinstance(path, (str, Path)) or not str(path).strip():

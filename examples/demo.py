@@ -1,6 +1,9 @@
-"""A short dated conversation stored, recalled, and left to fade: agentmem end to end, offline.
+"""A short dated conversation stored, recalled, left to fade, and consolidated into the weights: offline.
 
-Run with `make demo`. Each step prints what the memory did.
+Run with `make demo`. Each step prints what the memory did. Steps 4-6 load the bundled
+SmolLM2-135M-Instruct: a chat wrapped with memory states two facts and keeps coming back to
+them, a consolidation job edits them into the model (GRACE), and the model then answers
+them with retrieval switched off; forgetting a note takes its edit back out.
 """
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 
 from agentmem import Fact, Memory
+from agentmem.integrations import MemoryChat
+from agentmem.integrations.chat import local_chat
 
 START = datetime(2024, 3, 4, 9, 0, tzinfo=timezone.utc)
 
@@ -21,6 +26,17 @@ CONVERSATION = [  # (day, speaker, text)
     (9, "maya", "The weather today is rainy and grey."),
     (20, "maya", "Nata knocked my plant off the balcony again."),
 ]
+
+CHAT = [  # (day, what maya says): two facts, then questions that keep recalling them
+    (61, "Dana lives in Porto."),
+    (61, "The project deadline is March 3."),
+    (62, "Where does Dana live again?"),
+    (62, "When is the project deadline?"),
+    (63, "Is it a long trip to where Dana lives?"),
+    (63, "How many days are left before the project deadline?"),
+    (64, "Could Dana host the team near where she lives?"),
+]
+CLOSED_BOOK = {"Dana lives in": "Porto", "The project deadline is": "March 3"}
 
 QUESTIONS = [
     (21, "When does my sister arrive?"),
@@ -72,6 +88,54 @@ def main() -> None:
         if archived_hits:
             restored = mem.restore(archived_hits[0].note.id, at=START + timedelta(days=61))
             print(f"  restored: {restored.text!r} (archived notes are never lost)")
+
+        consolidation(mem)
+
+
+def closed_book(mem: Memory, label: str) -> dict[str, str]:
+    """What the model says after each fact prompt with retrieval switched off."""
+    print(f"\n  closed book, retrieval off ({label}):")
+    said = {}
+    lm = mem.language_model
+    for prompt, target in CLOSED_BOOK.items():  # as many tokens as the fact's target has
+        answer = mem.answer(prompt, retrieval=False, max_new_tokens=len(lm.encode_pair(prompt, target)[1]))
+        said[prompt] = answer.text
+        print(f"    {prompt} ... {answer.text!r}   [answered from: {answer.source}]")
+    return said
+
+
+def consolidation(mem: Memory) -> None:
+    print("\n4. A chat wrapped with memory (the bundled SmolLM2-135M-Instruct, loaded now)")
+    chat = MemoryChat(mem, local_chat(mem, max_new_tokens=24), user_id="maya", k=3)
+    for day, message in CHAT:
+        reply = chat.reply(message, at=START + timedelta(days=day))
+        fact = reply.remembered.fact
+        print(f"\n  maya (day {day}): {message}" + (f"   -> fact: {fact.prompt!r} -> {fact.target!r}" if fact else ""))
+        for hit in reply.recalled[:2]:
+            print(f"    recalled: {hit.note.text}  (now {hit.note.recall_count}x)")
+        print(f"  assistant: {reply.text}")
+    before = closed_book(mem, "before consolidation")
+
+    print("\n5. Between sessions: a consolidation job moves what keeps being recalled into the weights")
+    report = chat.end_session(consolidate=True, at=START + timedelta(days=65))
+    for decision in report.decisions:
+        if decision.fact is None:
+            continue
+        numbers = ""
+        if decision.verification:
+            v = decision.verification
+            numbers = f"; verified: target {v.produces_target}, probes unchanged {v.probe_agreement:.0%}, {v.seconds:.1f} s"
+        print(f"  {decision.fact.prompt!r} -> {decision.fact.target!r}: {decision.action} ({decision.reason}"
+              f"{', ' + decision.detail if decision.detail else ''}) -> {decision.outcome or 'nothing done'}{numbers}")
+    print(f"  applied {report.applied}, failed {report.failed}, known {report.known}, in {report.seconds:.1f} s;"
+          f" {len(mem.ledger())} ledger rows")
+    closed_book(mem, "after consolidation")
+
+    print("\n6. Forgetting a consolidated note retracts its edit")
+    dana = next(e.note_id for e in mem.ledger() if e.prompt == "Dana lives in" and e.status == "applied")
+    mem.forget(dana)
+    after = closed_book(mem, "after forgetting Dana's note")
+    print(f"  the model gives its pre-edit answer again: {after['Dana lives in'] == before['Dana lives in']}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,18 @@ def test_the_installed_command_runs(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["vector_store"] == "embedded"
+
+
+@pytest.mark.slow
+def test_consolidate_dry_run_prints_the_plan_and_changes_nothing(tmp_path, capsys, embedder):
+    store = str(tmp_path / "m")
+    code, note, _ = run(capsys, "--path", store, "remember", "Zorbl the engineer lives in Reykjavik.",
+                        "--at", "2024-05-01T10:00:00+00:00")
+    assert code == 0 and note["fact"] == {"prompt": "Zorbl the engineer lives in", "target": "Reykjavik", "rephrases": []}
+    code, report, err = run(capsys, "--path", store, "consolidate", "--dry-run", "--policy", '{"min_recalls": 0}',
+                            "--at", "2024-05-03T10:00:00+00:00")
+    assert code == 0 and report["dry_run"] and report["applied"] == 0
+    assert [(d["action"], d["reason"]) for d in report["decisions"]] == [("edit", "eligible")]
+    assert not (tmp_path / "m" / "editor").exists()
+    code, _, err = run(capsys, "--path", store, "consolidate", "--policy", '{"min_recalls": -1}')
+    assert code == 2 and "InvalidInputError" in err

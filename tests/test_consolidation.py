@@ -440,7 +440,7 @@ def test_smollm_consolidates_answers_closed_book_forgets_and_reopens(tmp_path, e
         mem.forget(notes[0].id)
         assert smollm.generate(texts[0].rsplit(" ", 1)[0], max_new_tokens=4) == before["Zorbl the engineer lives in"]
         mem.close()
-        mem = Memory(tmp_path / "mem", embedder=embedder, model=smollm, editor="grace")
+        mem = Memory(tmp_path / "mem", embedder=embedder, model=smollm)   # the saved kind
         assert mem.answer("The Quillon project deadline is", retrieval=False).text.startswith("March 3")
     finally:
         mem.close()

@@ -18,6 +18,7 @@ from ..models import LanguageModel
 from ..notes import Fact, Verification
 
 CURRENT = "CURRENT"
+DEFAULT_EDITOR = "grace"
 
 # Unrelated sentence starts whose continuations must not move when a fact is edited in.
 PROBES = (
@@ -60,11 +61,12 @@ def editor_kind(editor: str | EditorConfig | Editor) -> type[Editor]:
 class ParametricMemory:
     """A language model with an editor whose state is saved in `directory` after every change."""
 
-    def __init__(self, directory: Path, lm: LanguageModel, editor: str | EditorConfig | Editor) -> None:
-        kind = editor_kind(editor)
+    def __init__(self, directory: Path, lm: LanguageModel, editor: str | EditorConfig | Editor | None) -> None:
+        """`editor=None` reloads whatever kind of editor the saved state holds (GRACE if there is none)."""
         self.directory = directory
         self.lm = lm
         self.version = self._current()
+        kind = Editor if editor is None and self.version else editor_kind(editor or DEFAULT_EDITOR)
         if isinstance(editor, Editor):
             if self.version is not None:
                 raise InvalidInputError(
@@ -174,6 +176,7 @@ class ParametricMemory:
             self.editor.rollback(edit_id)
 
     def _current(self) -> str | None:
+        """The saved state's folder named by `CURRENT`, if there is one."""
         try:
             version = (self.directory / CURRENT).read_text().strip()
         except FileNotFoundError:

@@ -1,0 +1,105 @@
+"""`MemoryChat`: any chat function, with long-term memory around each reply.
+
+Before each reply the user's message is used to recall notes, which go to the chat function
+as a system message; after it, the user's turn is remembered (a note, with a fact if it states
+one). The assistant's own replies stay in the session's history only: they are the model's
+words, not facts the user gave, so they never become notes or edits. Between sessions
+`end_session()` can run a consolidation job, so what keeps coming up moves into the weights.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from ..errors import InvalidInputError
+from ..memory import Memory
+from ..notes import ConsolidationReport, Hit, Note
+
+Message = dict[str, str]
+ChatFunction = Callable[[list[Message]], str]
+
+SYSTEM = "You are a helpful assistant. Answer briefly."
+MEMORY_HEADER = "What you remember about this user (most relevant first):"
+
+
+class ChatReply(BaseModel):
+    """One exchange: the reply, the notes recalled for it, and the note the user's turn became."""
+
+    text: str
+    recalled: list[Hit]
+    remembered: Note
+
+
+def local_chat(memory: Memory, max_new_tokens: int = 96) -> ChatFunction:
+    """The bundled local model (with the memory's edits) as a chat function.
+
+    `LanguageModel.generate(chat=True)` takes one user message: it gets the system messages
+    (with the recalled notes) and the last user message. Earlier turns are left out, since a
+    written-out transcript makes a 135M model echo it instead of answering.
+    """
+
+    def chat(messages: list[Message]) -> str:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        prompt = "\n\n".join(part for part in (system, messages[-1]["content"]) if part)
+        return memory.language_model.generate(prompt, max_new_tokens, chat=True).strip()
+
+    return chat
+
+
+class MemoryChat:
+    """A chat session that recalls before it replies and remembers what the user says.
+
+    >>> chat = MemoryChat(Memory("memdata"), user_id="maya")
+    >>> chat.reply("My flight lands on 12 April.").text
+    """
+
+    def __init__(
+        self,
+        memory: Memory,
+        chat: ChatFunction | None = None,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        k: int = 5,
+        system: str = SYSTEM,
+        history_turns: int = 6,
+    ) -> None:
+        if not isinstance(memory, Memory):
+            raise InvalidInputError("MemoryChat wraps a Memory")
+        if chat is not None and not callable(chat):
+            raise InvalidInputError("chat must be a callable taking a list of messages and returning text")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+        self.memory = memory
+        self.chat = chat or local_chat(memory)
+        self.user_id, self.agent_id = user_id, agent_id
+        self.k, self.system, self.history_turns = k, system, history_turns
+        self.session_id = uuid.uuid4().hex[:12]
+        self.history: list[Message] = []
+
+    def reply(self, message: str, *, at: datetime | None = None) -> ChatReply:
+        """Recall, reply with what was found in the system message, then remember the user's turn."""
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidInputError("message must be a non-empty string")
+        scope = {"user_id": self.user_id, "agent_id": self.agent_id}
+        hits = self.memory.recall(message, k=self.k, at=at, **scope)
+        messages = [{"role": "system", "content": self.system}]
+        if hits:
+            notes = "\n".join(f"- {hit.note.text}" for hit in hits)
+            messages.append({"role": "system", "content": f"{MEMORY_HEADER}\n{notes}"})
+        messages += self.history[-2 * self.history_turns:] + [{"role": "user", "content": message}]
+        text = self.chat(messages)
+        if not isinstance(text, str):
+            raise InvalidInputError(f"the chat function returned {type(text).__name__}, not text")
+        note = self.memory.remember(message, session_id=self.session_id, at=at, **scope)
+        self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        return ChatReply(text=text, recalled=hits, remembered=note)
+
+    def end_session(self, *, consolidate: bool = False, at: datetime | None = None) -> ConsolidationReport | None:
+        """Close the session (a new one starts with the next message); optionally run a consolidation job."""
+        self.history = []
+        self.session_id = uuid.uuid4().hex[:12]
+        return self.memory.consolidate(at=at) if consolidate else None

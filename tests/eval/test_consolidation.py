@@ -1,0 +1,35 @@
+"""The consolidation benchmark: its scores on a model we control, its report, its command line."""
+from __future__ import annotations
+
+import pytest
+
+from agentmem.eval import consolidation
+from agentmem.eval.zsre import ZsreRecord
+from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+
+RECORDS = [
+    ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="Where does Alice live?",
+               loc="What is the capital of Australia?", loc_ans="Canberra"),
+    ZsreRecord(src="Bob lives in", alt="Oslo", rephrase="Where does Bob live?",
+               loc="Who painted the Mona Lisa?", loc_ans="Leonardo da Vinci"),
+    ZsreRecord(src="The sky is", alt="green", rephrase="What colour is the sky?",
+               loc="How many legs does a spider have?", loc_ans="eight"),
+]
+
+
+def test_facts_go_from_notes_into_the_weights_and_forgotten_ones_revert(tmp_path, tiny_lm, tiny_config):
+    scores = consolidation.run(tiny_lm, RECORDS, tmp_path / "mem", tiny_config)
+    assert (scores.facts, scores.notes, scores.consolidated, scores.failed) == (3, 3, 3, 0)
+    assert scores.recalled == 1.0 and scores.em_before == 0.0
+    assert scores.em_after == scores.em_after_consolidated == 1.0 and scores.locality == 1.0
+    assert (scores.forgotten, scores.reverted) == (1, 1) and scores.kept_after_forgetting == 1.0
+    assert scores.job_seconds > 0
+    table = consolidation.markdown([scores], "python -m agentmem.eval.consolidation --n 3", "tiny-llama", "grace")
+    assert "| 3 | 3 / 0 / 0 | 0.000 -> 1.000 | 1.000 |" in table and "`python -m agentmem.eval.consolidation --n 3`" in table
+
+
+def test_the_command_line_refuses_impossible_sizes(tmp_path):
+    data = tmp_path / "zsre.json"
+    data.write_text("[" + ",".join(r.model_dump_json() for r in RECORDS) + "]")
+    with pytest.raises(SystemExit):
+        consolidation.main(["--data", str(data), "--n", "4", "--benchmarks", ""])

@@ -1,0 +1,74 @@
+"""MemoryChat: recall before each reply, remember each user turn, consolidate between sessions."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from agentmem import InvalidInputError, Memory
+from agentmem.integrations import MemoryChat
+from tests.conftest import T0
+from tests.editors.conftest import smollm, smollm_grace_config, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
+
+
+class Recorder:
+    """A chat function that records what it was sent and answers with a fixed text."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, str]]] = []
+
+    def __call__(self, messages):
+        self.calls.append(messages)
+        return "Noted."
+
+
+def test_each_reply_sees_what_was_recalled_and_each_user_turn_is_remembered(memory):
+    recorder = Recorder()
+    chat = MemoryChat(memory, recorder, user_id="maya")
+    first = chat.reply("Alice lives in Lisbon.", at=T0)
+    assert first.recalled == [] and first.remembered.fact.target == "Lisbon" and first.remembered.user_id == "maya"
+    assert [m["role"] for m in recorder.calls[0]] == ["system", "user"]
+    second = chat.reply("Where does Alice live?", at=T0 + timedelta(hours=1))
+    assert second.recalled[0].note.id == first.remembered.id
+    memory_message = recorder.calls[1][1]
+    assert memory_message["role"] == "system" and "Alice lives in Lisbon." in memory_message["content"]
+    assert recorder.calls[1][-3:] == [
+        {"role": "user", "content": "Alice lives in Lisbon."}, {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Where does Alice live?"},
+    ]
+    assert memory.stats().notes == 2 and all(n.session_id == chat.session_id for n in (first.remembered, second.remembered))
+    assert memory.get(first.remembered.id).recall_count == 1   # recalling is rehearsal: it counts toward consolidation
+
+
+def test_sessions_end_with_an_optional_consolidation(tmp_path, embedder, tiny_lm, tiny_config):
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as mem:
+        chat = MemoryChat(mem, Recorder())
+        chat.reply("Alice lives in Lisbon.", at=T0)
+        for hour in (1, 2, 3):
+            chat.reply("Tell me where Alice lives in", at=T0 + timedelta(hours=hour))
+        session = chat.session_id
+        assert chat.end_session() is None and chat.history == [] and chat.session_id != session
+        report = chat.end_session(consolidate=True, at=T0 + timedelta(days=1))
+        assert report.applied == 1 and mem.answer("Alice lives in", retrieval=False).source == "weights"
+
+
+def test_bad_input_is_refused_and_nothing_is_remembered(memory):
+    with pytest.raises(InvalidInputError):
+        MemoryChat("not a memory")
+    with pytest.raises(InvalidInputError):
+        MemoryChat(memory, chat="not callable")
+    chat = MemoryChat(memory, lambda messages: None)
+    with pytest.raises(InvalidInputError):
+        chat.reply("   ")
+    with pytest.raises(InvalidInputError):
+        chat.reply("Alice lives in Lisbon.")   # the chat function broke its contract: no reply, no note
+    assert memory.stats().notes == 0
+
+
+@pytest.mark.slow
+def test_the_default_chat_is_the_bundled_local_model(tmp_path, embedder, smollm, smollm_grace_config):
+    with Memory(tmp_path / "m", embedder=embedder, model=smollm, editor=smollm_grace_config) as mem:
+        chat = MemoryChat(mem, user_id="maya")
+        chat.reply("The project deadline is March 3.", at=T0)
+        reply = chat.reply("When is the project deadline?", at=T0 + timedelta(hours=1))
+        assert reply.recalled and reply.text.strip()
