@@ -1,13 +1,18 @@
 """agentmem: memory for LLM agents that stores, recalls, fades, and consolidates into weights."""
 from .config import MemoryConfig
+from .consolidation import ConsolidationPolicy
 from .errors import (
     AgentMemError, InvalidInputError, ModelUnavailableError, NoteNotFoundError, StoreClosedError, StoreUnavailableError,
 )
 from .memory import Memory
-from .notes import DecayReport, Enrichment, Fact, Hit, ImportReport, Link, MemoryItem, MemoryStats, Note, Why
+from .notes import (
+    Answer, ConsolidationReport, DecayReport, Decision, Enrichment, Fact, Hit, ImportReport, LedgerEntry, Link, MemoryItem,
+    MemoryStats, Note, Verification, Why,
+)
 
 __all__ = [
-    "AgentMemError", "DecayReport", "Enrichment", "Fact", "Hit", "ImportReport", "InvalidInputError", "Link",
-    "Memory", "MemoryConfig", "MemoryItem", "MemoryStats", "ModelUnavailableError", "Note", "NoteNotFoundError",
-    "StoreClosedError", "StoreUnavailableError", "Why",
+    "AgentMemError", "Answer", "ConsolidationPolicy", "ConsolidationReport", "DecayReport", "Decision", "Enrichment",
+    "Fact", "Hit", "ImportReport", "InvalidInputError", "LedgerEntry", "Link", "Memory", "MemoryConfig", "MemoryItem",
+    "MemoryStats", "ModelUnavailableError", "Note", "NoteNotFoundError", "StoreClosedError", "StoreUnavailableError",
+    "Verification", "Why",
 ]

@@ -142,6 +142,7 @@ def test_a_fact_the_model_already_gives_is_recorded_and_not_edited(open_memory, 
     assert (decision.reason, decision.outcome, report.known, report.applied) == ("known", "known", 1, 0)
     assert live_edits(mem) == set() and [e.status for e in mem.ledger(known.id)] == ["known"]
     assert mem.plan(at=LATER)[0].reason == "known"   # on record: not asked again
+    assert mem.consolidate(at=LATER).known == 0 and len(mem.ledger(known.id)) == 1
 
 
 def test_the_budget_caps_edits_per_run_most_recalled_first(open_memory):
@@ -331,6 +332,23 @@ def test_forget_retracts_the_edit_and_the_model_answers_as_before(open_memory, t
     mem.forget(alice.id)
     assert greedy(tiny_lm, "Alice lives in", 3) == before and mem.ledger(alice.id) == []
     assert set(applied(mem)) == {bob.id} and greedy(tiny_lm, "Bob lives in") == "Oslo"
+
+
+def test_an_editor_that_refuses_a_rollback_is_rebuilt_without_the_edit(open_memory, monkeypatch, tiny_lm):
+    # WISE refuses to roll back edits merged into an older shard; the memory rebuilds the editor instead
+    mem = open_memory()
+    notes = [recalled(mem, text) for text in FACTS]
+    before = greedy(tiny_lm, "Alice lives in", 3)
+    mem.consolidate(at=LATER)
+
+    def refuse(self, edit_id):
+        raise InvalidInputError("merged into an older shard")
+
+    monkeypatch.setattr(GraceEditor, "rollback", refuse)
+    kept = set(applied(mem).values()) - {applied(mem)[notes[0].id]}
+    mem.forget(notes[0].id)
+    assert live_edits(mem) == kept and greedy(tiny_lm, "Alice lives in", 3) == before
+    assert all(greedy(tiny_lm, n.fact.prompt) == n.fact.target for n in notes[1:])
 
 
 def test_forget_without_the_model_loaded_retracts_when_it_loads(open_memory, tmp_path, embedder, tiny_lm):

@@ -125,10 +125,13 @@ class Consolidator:
         probes: tuple[list[tuple[str, str]], list[list[int]]] | None = None
         for i in sorted(work, key=lambda i: decisions[i].action != "retract"):  # retractions first
             decision = decisions[i]
-            if decision.action == "skip":  # the model already knows it: on record, so later jobs need not ask
+            if decision.action == "skip":  # the model already knows it: on record (once), so later jobs need not ask
                 with self.store.locked():
-                    self.ledger.add(decision.note_id, None, decision.fact, self.parametric.kind, "known", at, detail=decision.detail)
-                done[i] = decision.model_copy(update={"outcome": "known"})
+                    recorded = [(e.prompt, e.target) for e in self.ledger.entries(decision.note_id, ["known"])]
+                    if (decision.fact.prompt, decision.fact.target) not in recorded:
+                        self.ledger.add(decision.note_id, None, decision.fact, self.parametric.kind, "known", at,
+                                        detail=decision.detail)
+                        done[i] = decision.model_copy(update={"outcome": "known"})
             elif decision.action == "retract":
                 self._retract_note(decision.note_id, at, decision.reason)
                 done[i] = decision.model_copy(update={"outcome": "retracted"})
@@ -162,13 +165,13 @@ class Consolidator:
         try:
             verification = self.parametric.edit(fact, edit_id, probe_pairs, probe_before)
         except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
-            self.parametric.rollback(edit_id)
+            self.parametric.rollback([edit_id])
             with self.store.locked():
                 self.ledger.set_status(edit_id, "failed", at, detail=f"{type(exc).__name__}: {exc}")
             return decision.model_copy(update={"outcome": "failed", "edit_id": edit_id, "detail": str(exc)})
         problems = _problems(verification, policy)
         if problems:
-            self.parametric.rollback(edit_id)
+            self.parametric.rollback([edit_id])
             self._dirty = False
             with self.store.locked():
                 self.ledger.set_status(edit_id, "failed", at, verification=verification, detail=problems)
@@ -199,12 +202,10 @@ class Consolidator:
                 rows = self.ledger.entries(statuses=["retracting"])
             if not rows:
                 return
-            live = self.parametric.edit_ids()
-            for row in rows:
-                if row.edit_id in live:
-                    self._dirty = True
-                    self.parametric.rollback(row.edit_id)
-            if self._dirty:
+            doomed = self.parametric.edit_ids() & {row.edit_id for row in rows}
+            if doomed:
+                self._dirty = True
+                self.parametric.rollback(doomed)
                 self.parametric.save()
                 self._dirty = False
             with self.store.locked():
@@ -237,9 +238,8 @@ class Consolidator:
                     elif row.status == "applied" and row.edit_id not in live:
                         self.ledger.set_status(row.edit_id, "retracted", at, detail="missing from the saved editor state")
             orphans = live - {row.edit_id for row in rows if row.status != "pending" or row.verification is not None}
-            for edit_id in orphans:
-                self.parametric.rollback(edit_id)
             if orphans:
+                self.parametric.rollback(orphans)
                 self.parametric.save()
         self.retract_pending(at)
 

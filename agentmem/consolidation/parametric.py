@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..editors import Editor, EditorConfig, EditRequest
@@ -171,9 +171,22 @@ class ParametricMemory:
             seconds=time.perf_counter() - start,
         )
 
-    def rollback(self, edit_id: str) -> None:
-        if edit_id in self.edit_ids():
-            self.editor.rollback(edit_id)
+    def rollback(self, edit_ids: Collection[str]) -> None:
+        """Take these edits out (unknown ids are ignored).
+
+        An editor that cannot take one back (WISE refuses edits merged into an older shard) is
+        rebuilt from scratch with the edits that stay, under their own ids: slower, but what the
+        notes no longer say must not stay in the weights.
+        """
+        try:
+            for edit_id in [i for i in edit_ids if i in self.edit_ids()]:
+                self.editor.rollback(edit_id)
+        except InvalidInputError:
+            keep = [request for request in self.editor.edits() if request.id not in set(edit_ids)]
+            kind, config = type(self.editor), self.editor.config
+            self.editor.remove()
+            self.editor = kind(self.lm, config)
+            self.editor.edit(keep)
 
     def _current(self) -> str | None:
         """The saved state's folder named by `CURRENT`, if there is one."""

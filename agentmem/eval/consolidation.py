@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -50,6 +51,7 @@ class ConsolidationScores(BaseModel):
     consolidated: int
     known: int
     failed: int
+    not_consolidated: dict[str, int]
     em_before: float
     em_after: float
     em_after_consolidated: float
@@ -109,6 +111,7 @@ def run(lm: LanguageModel, records: Sequence[ZsreRecord], folder: Path, editor: 
         consolidated=len(applied),
         known=job.known,
         failed=job.failed,
+        not_consolidated=dict(Counter(d.reason for d in job.decisions if d.outcome is None)),
         em_before=statistics.fmean(em_before),
         em_after=statistics.fmean(em_after),
         em_after_consolidated=statistics.fmean(em_consolidated) if em_consolidated else 0.0,
@@ -144,13 +147,16 @@ def markdown(rows: Sequence[ConsolidationScores], command: str, model: str, edit
         "Loc: share of `loc_ans` token predictions unchanged; every tenth consolidated note is then",
         "forgotten and must give its pre-edit answer again while the rest keep theirs.",
         "",
-        "| N | consolidated / known / failed | EM before -> after (all) | EM after (consolidated) | rephrase EM before -> after "
-        "| Loc | forgotten: reverted | EM of the rest after forgetting | job s (s/edit median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | notes | consolidated / known / failed | not consolidated (policy's reason) | EM before -> after (all) "
+        "| EM after (consolidated) | rephrase EM before -> after | Loc | forgotten: reverted | EM of the rest after forgetting "
+        "| job s (s/edit median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.facts} | {r.consolidated} / {r.known} / {r.failed} | {r.em_before:.3f} -> {r.em_after:.3f} "
+            f"| {r.facts} | {r.notes} | {r.consolidated} / {r.known} / {r.failed} "
+            f"| {', '.join(f'{reason} {count}' for reason, count in sorted(r.not_consolidated.items())) or '-'} "
+            f"| {r.em_before:.3f} -> {r.em_after:.3f} "
             f"| {r.em_after_consolidated:.3f} | {r.rephrase_em_before:.3f} -> {r.rephrase_em_after:.3f} | {r.locality:.3f} "
             f"| {r.forgotten}: {r.reverted} | {r.kept_after_forgetting:.3f} | {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
         )

@@ -9,17 +9,16 @@ words, not facts the user gave, so they never become notes or edits. Between ses
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from ..errors import InvalidInputError
+from ..facts import ChatFunction
 from ..memory import Memory
 from ..notes import ConsolidationReport, Hit, Note
 
 Message = dict[str, str]
-ChatFunction = Callable[[list[Message]], str]
 
 SYSTEM = "You are a helpful assistant. Answer briefly."
 MEMORY_HEADER = "What you remember about this user (most relevant first):"

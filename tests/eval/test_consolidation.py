@@ -25,7 +25,8 @@ def test_facts_go_from_notes_into_the_weights_and_forgotten_ones_revert(tmp_path
     assert (scores.forgotten, scores.reverted) == (1, 1) and scores.kept_after_forgetting == 1.0
     assert scores.job_seconds > 0
     table = consolidation.markdown([scores], "python -m agentmem.eval.consolidation --n 3", "tiny-llama", "grace")
-    assert "| 3 | 3 / 0 / 0 | 0.000 -> 1.000 | 1.000 |" in table and "`python -m agentmem.eval.consolidation --n 3`" in table
+    assert scores.not_consolidated == {}
+    assert "| 3 | 3 | 3 / 0 / 0 | - | 0.000 -> 1.000 | 1.000 |" in table and "`python -m agentmem.eval.consolidation --n 3`" in table
 
 
 def test_the_command_line_refuses_impossible_sizes(tmp_path):
