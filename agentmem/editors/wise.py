@@ -55,8 +55,8 @@ UNRELATED_POOL = 128
 class WiseConfig(EditorConfig):
     """WISE's shards, router margins (fractions of `activation_scale`; None: measured) and training."""
 
-    mode: Literal["merge", "retrieve"] = "merge"
-    shard_edits: int = Field(default=20, ge=1)
+    mode: Literal["merge", "retrieve"] = "retrieve"
+    shard_edits: int = Field(default=5, ge=1)
     mask_ratio: float = Field(default=0.2, gt=0, le=1)
     ties_density: float = Field(default=0.8, gt=0, le=1)
     activation_scale: float | None = Field(default=None, gt=0)
@@ -65,7 +65,7 @@ class WiseConfig(EditorConfig):
     gap: float = Field(default=0.3, ge=0)
     threshold_ratio: float = Field(default=0.8, gt=0, le=1)
     learning_rate: float = Field(default=0.05, gt=0)  # Adam's step, in units of the weight's RMS
-    max_steps: int = Field(default=60, ge=1)
+    max_steps: int = Field(default=40, ge=1)
     margin: float = Field(default=1.0, ge=0)
     unrelated_batch: int = Field(default=8, ge=1)
     seed: int = 0
