@@ -25,6 +25,14 @@ it; in "retrieve" mode each shard is a side memory of its own, trained from the 
 weight, and a sequence goes to the shard with the highest score, if that passes the shard's
 threshold.
 
+Calibration on SmolLM2-135M (layer 25 of 30): the activation scale measured on the ZsRE train
+`loc` questions is 90.6 (the module's weight RMS is 0.20; Adam's step is `learning_rate` x that
+RMS, so the same default fits models of other scales). At 10 sequential ZsRE edits, merge mode
+with 20 edits per shard forgot (reliability 0.63: each edit trains the entries the previous
+ones used), while retrieve mode with 5 edits per shard kept 0.80 with locality 0.99, so retrieve
+is the default. Retrieve mode keeps one side delta per shard in memory (3.5 MB each here) and
+scores every shard at each prefill.
+
 Rollback: an edit of the newest shard is rolled back by retraining that shard on its other
 edits (from where the shard started; the same result as never having made the edit). Edits of
 older shards cannot be taken out alone (their knowledge is mixed into the merged weights):
