@@ -18,6 +18,16 @@ TINY_WORDS = " Lisbon Oslo blue green"
 TINY_CORPUS = CALIBRATION_PROMPTS + (TINY_WORDS * 50, "Alice lives in Lisbon. Bob lives in Oslo. The sky is blue.")
 
 
+def logits(lm: LanguageModel, prompt: str) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(**lm.tokenizer(prompt, return_tensors="pt")).logits
+
+
+def answer(lm: LanguageModel, prompt: str, target: str) -> str:
+    """Greedy generation of as many tokens as `target` has, stripped."""
+    return lm.generate(prompt, max_new_tokens=len(lm.encode_pair(prompt, target)[1])).strip()
+
+
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Editor tests run on one torch thread: two threads thrash when other processes share the 2 cores

@@ -7,18 +7,12 @@ import torch
 from agentmem.editors import EditRequest, GraceEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
 
+from .conftest import answer, logits
+
 ALICE, BOB, SKY = "Alice lives in", "Bob lives in", "The sky is"
 UNRELATED = CALIBRATION_PROMPTS[:6]
 
 
-def logits(lm, prompt):
-    with torch.no_grad():
-        return lm.model(**lm.tokenizer(prompt, return_tensors="pt")).logits
-
-
-def answer(lm, prompt, target):
-    """Greedy generation of as many tokens as `target` has, stripped."""
-    return lm.generate(prompt, max_new_tokens=len(lm.encode_pair(prompt, target)[1])).strip()
 
 
 # -- the tiny random LLaMA: mechanics ------------------------------------------------------------

@@ -8,18 +8,13 @@ from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
 from agentmem.errors import InvalidInputError
 
+from .conftest import answer, logits
+
 ALICE, SKY = "Alice lives in", "The sky is"
 ALICE_AGAIN = "Where does Alice live?"
 UNRELATED = CALIBRATION_PROMPTS[:6]
 
 
-def logits(lm, prompt):
-    with torch.no_grad():
-        return lm.model(**lm.tokenizer(prompt, return_tensors="pt")).logits
-
-
-def answer(lm, prompt, target):
-    return lm.generate(prompt, max_new_tokens=len(lm.encode_pair(prompt, target)[1])).strip()
 
 
 @pytest.fixture

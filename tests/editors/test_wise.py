@@ -9,17 +9,12 @@ from agentmem.editors.grace import CALIBRATION_PROMPTS
 from agentmem.editors.wise import ties_merge
 from agentmem.errors import InvalidInputError
 
+from .conftest import answer, logits
+
 ALICE, BOB, SKY = "Alice lives in", "Bob lives in", "The sky is"
 UNRELATED = CALIBRATION_PROMPTS[:4]
 
 
-def logits(lm, prompt):
-    with torch.no_grad():
-        return lm.model(**lm.tokenizer(prompt, return_tensors="pt")).logits
-
-
-def answer(lm, prompt, target):
-    return lm.generate(prompt, max_new_tokens=len(lm.encode_pair(prompt, target)[1])).strip()
 
 
 def tiny_wise(lm, **changes) -> WiseEditor:
