@@ -11,7 +11,8 @@ and WISE papers:
   `rephrase` (the argmax at each target position, the prompt fed first as in generation);
 - locality: share of `loc_ans` positions whose argmax after `loc` is the unedited model's;
 - exact match: greedy generation of as many tokens as the target has, compared stripped
-  (teacher forcing flatters editors);
+  (teacher forcing flatters editors); for rephrases also over the unambiguous records only
+  (no other record of the group asks about the same subject with another target);
 - seconds per edit, and greedy generation latency with the T edits live vs without.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pydantic import BaseModel
 from ..editors import Editor, EditorConfig, EditRequest, GraceEditor, SemanticEditor, WiseEditor
 from ..models import LanguageModel, load_model
 from . import report
-from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, load_zsre, unrelated_prompts
+from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, load_zsre, unrelated_prompts
 
 EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor, "semantic": SemanticEditor, "wise": WiseEditor}
 LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
@@ -55,6 +56,8 @@ class EditingScores(BaseModel):
     locality: float
     reliability_em: float
     generalization_em: float
+    unambiguous: int
+    generalization_em_unambiguous: float
     edit_success: float
     edit_seconds_median: float
     edit_seconds_p95: float
@@ -109,6 +112,7 @@ def sequential_scores(
     groups = [records[i : i + edits] for i in range(0, len(records) - edits + 1, edits)]
     unedited_loc = lm.target_argmax([(r.loc, r.loc_ans) for r in records[: len(groups) * edits]])
     scores: dict[str, list[float]] = defaultdict(list)
+    unambiguous_em: list[float] = []
     results = []
     for number, group in enumerate(groups):
         last = number == len(groups) - 1
@@ -122,7 +126,9 @@ def sequential_scores(
         scores["reliability"] += token_accuracy(lm, reliability_pairs)
         scores["generalization"] += token_accuracy(lm, generalization_pairs)
         scores["reliability_em"] += exact_match(lm, reliability_pairs)
-        scores["generalization_em"] += exact_match(lm, generalization_pairs)
+        generalization_em = exact_match(lm, generalization_pairs)
+        scores["generalization_em"] += generalization_em
+        unambiguous_em += [em for em, unclear in zip(generalization_em, ambiguous(group)) if not unclear]
         loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
         scores["locality"] += [_agreement(now, before) for now, before in zip(loc_now, unedited_loc[number * edits :])]
         if last:
@@ -133,6 +139,8 @@ def sequential_scores(
         edits=edits,
         records=len(results),
         **{name: statistics.fmean(values) for name, values in scores.items()},
+        unambiguous=len(unambiguous_em),
+        generalization_em_unambiguous=statistics.fmean(unambiguous_em) if unambiguous_em else float("nan"),
         edit_success=statistics.fmean(r.success for r in results),
         edit_seconds_median=statistics.median(seconds),
         edit_seconds_p95=seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))],
@@ -154,21 +162,24 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
         "",
         "Sequential protocol: T edits applied one after another, then all T scored. Rel / Gen / Loc are",
         "teacher-forced token accuracies (Loc: agreement with the unedited model); EM is greedy",
-        "exact match. Edit seconds include verifying the edit through the live model; generation",
+        "exact match; \"unambiguous\" counts the records no other edit of the group asks about with another",
+        "target (ZsRE repeats subjects), and its Gen EM is over those. Edit seconds include verifying the edit through the live model; generation",
         f"latency is the median of one greedy {LATENCY_TOKENS}-token generation with no edits vs with the T edits.",
         "",
-        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | edit s median / p95 | generation s: base / edited (x) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | unambiguous: Gen EM | edit s median / p95 "
+        "| generation s: base / edited (x) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         slowdown = r.generation_seconds_edited / r.generation_seconds_base
         lines.append(
             f"| {r.edits} | {r.records} | {r.reliability:.3f} | {r.generalization:.3f} | {r.locality:.3f} "
-            f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
+            f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.unambiguous}: {r.generalization_em_unambiguous:.3f} "
+            f"| {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
             f"| {r.generation_seconds_base:.3f} / {r.generation_seconds_edited:.3f} ({slowdown:.2f}x) |"
         )
     for name, edits, rel, gen, loc in PUBLISHED.get(editor, []):
-        lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | |")
+        lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | | |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -14,10 +16,15 @@ DEFAULT_TRAIN_FILE = Path("../shared/data/zsre/zsre_mend_train-1k.json")
 
 
 class ZsreRecord(BaseModel):
-    """One edit: `src` -> `alt`; `rephrase` tests generalization, `loc` -> `loc_ans` tests locality."""
+    """One edit: `src` -> `alt`; `rephrase` tests generalization, `loc` -> `loc_ans` tests locality.
+
+    `subject` (optional) names what the question is about: ZsRE asks about some subjects more
+    than once with different targets, which makes their rephrasings ambiguous.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    subject: str = ""
     src: str
     alt: str
     rephrase: str
@@ -34,6 +41,18 @@ def load_zsre(path: str | Path = DEFAULT_EDIT_FILE, limit: int | None = None) ->
     except (OSError, ValueError, TypeError, ValidationError) as exc:
         raise InvalidInputError(f"cannot read ZsRE records from {path}: {exc}") from exc
     return records
+
+
+def ambiguous(records: Sequence[ZsreRecord]) -> list[bool]:
+    """Per record: whether another record has the same subject and another target.
+
+    Edited together, such records make each other's rephrasings ambiguous: "Who designed X?"
+    may be asked of either edit, and at most one target can come out.
+    """
+    targets: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        targets[record.subject].add(record.alt.strip())
+    return [bool(r.subject) and len(targets[r.subject]) > 1 for r in records]
 
 
 def unrelated_prompts(path: str | Path = DEFAULT_TRAIN_FILE, limit: int | None = None) -> list[str]:

@@ -9,7 +9,7 @@ import torch
 from agentmem.editors import GraceConfig, GraceEditor, SemanticConfig, SemanticEditor
 from agentmem.errors import InvalidInputError
 from agentmem.eval import editing
-from agentmem.eval.zsre import ZsreRecord, load_zsre
+from agentmem.eval.zsre import ZsreRecord, ambiguous, load_zsre
 from tests.editors.conftest import one_thread, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 RECORDS = [
@@ -50,19 +50,35 @@ def test_token_accuracy_counts_positions(tiny_lm):
 def test_the_report_shows_the_command_each_t_and_the_published_row():
     row = editing.EditingScores(
         edits=10, records=100, reliability=1.0, generalization=0.3, locality=1.0, reliability_em=0.99,
-        generalization_em=0.1, edit_success=1.0, edit_seconds_median=0.5, edit_seconds_p95=1.0,
+        generalization_em=0.1, unambiguous=80, generalization_em_unambiguous=0.125, edit_success=1.0, edit_seconds_median=0.5, edit_seconds_p95=1.0,
         generation_seconds_base=0.2, generation_seconds_edited=0.21,
     )
     text = editing.markdown("grace", GraceConfig(epsilon=3.0), [row], "python -m agentmem.eval.editing --n 10", "smol")
     assert "`python -m agentmem.eval.editing --n 10`" in text
-    assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
+    assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 80: 0.125 | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
     assert "| 1000 (GRACE, LLaMA-2-7B (published)) | | 0.93 | 0.08 | 1.00 |" in text
+
+
+def test_records_asking_about_one_subject_with_different_targets_are_ambiguous():
+    def record(subject: str, alt: str) -> ZsreRecord:
+        return RECORDS[0].model_copy(update={"subject": subject, "alt": alt})
+
+    group = [record("X", "Lisbon"), record("X", " Lisbon "), record("Y", "Oslo"), record("Y", "Rome"), record("", "a"), record("", "b")]
+    assert ambiguous(group) == [False, False, True, True, False, False]
+
+
+def test_unambiguous_exact_match_leaves_out_records_that_conflict(tiny_lm, tiny_config):
+    records = [r.model_copy(update={"subject": "same"}) for r in RECORDS]
+    scores = editing.sequential_scores(tiny_lm, lambda: GraceEditor(tiny_lm, tiny_config), records, 2, latency_prompts=1)
+    assert scores.unambiguous == 0
+    scores = editing.sequential_scores(tiny_lm, lambda: GraceEditor(tiny_lm, tiny_config), records, 1, latency_prompts=1)
+    assert scores.unambiguous == 2 and scores.generalization_em_unambiguous == scores.generalization_em
 
 
 def test_zsre_records_load_with_a_limit(tmp_path):
     path = tmp_path / "zsre.json"
-    path.write_text(json.dumps([{**r.model_dump(), "subject": "x"} for r in RECORDS]))
-    assert load_zsre(path, limit=1) == RECORDS[:1]
+    path.write_text(json.dumps([{**r.model_dump(), "subject": "x", "pred": "ignored"} for r in RECORDS]))
+    assert load_zsre(path, limit=1) == [RECORDS[0].model_copy(update={"subject": "x"})]
     path.write_text(json.dumps([{"src": "no target"}]))
     with pytest.raises(InvalidInputError):
         load_zsre(path)
