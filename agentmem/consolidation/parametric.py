@@ -46,7 +46,7 @@ def editor_kind(editor: str | EditorConfig | Editor) -> type[Editor]:
     """The editor class for a kind name ("grace", "wise", ...), a config, or an editor."""
     if isinstance(editor, Editor):
         return type(editor)
-    kinds = Editor._kinds  # filled as editor modules are imported by agentmem.editors
+    kinds = Editor.kinds
     if isinstance(editor, EditorConfig):
         found = [k for k in kinds.values() if type(editor) is k.config_class]
     elif isinstance(editor, str):

@@ -133,12 +133,12 @@ class Editor(ABC):
 
     kind: ClassVar[str]
     config_class: ClassVar[type[EditorConfig]] = EditorConfig
-    _kinds: ClassVar[dict[str, type[Editor]]] = {}
+    kinds: ClassVar[dict[str, type[Editor]]] = {}  # every editor class by its `kind`, as its module is imported
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "kind" in cls.__dict__:
-            Editor._kinds[cls.kind] = cls
+            Editor.kinds[cls.kind] = cls
 
     def __init__(self, lm: LanguageModel, config: EditorConfig | None = None) -> None:
         config = config or self.config_class()
@@ -227,7 +227,7 @@ class Editor(ABC):
             tensors = load_file(directory / STATE_FILE, device=str(lm.device))
         except (OSError, ValueError) as exc:
             raise InvalidInputError(f"no saved editor in {directory}: {exc}") from exc
-        kind = Editor._kinds.get(meta.get("kind"))
+        kind = Editor.kinds.get(meta.get("kind"))
         if kind is None or not issubclass(kind, cls):
             raise InvalidInputError(f"{directory} holds a {meta.get('kind')!r} editor, not a {cls.__name__}")
         editor = kind(lm, kind.config_class(**meta["config"]))

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from ..editors import Editor, EditorConfig, EditRequest, GraceEditor, SemanticEditor, WiseEditor
+from ..consolidation.parametric import agreement
+from ..editors import Editor, EditorConfig, EditRequest
 from ..models import LanguageModel, load_model
 from . import report
 from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, load_zsre, unrelated_prompts
 
-EDITORS: dict[str, type[Editor]] = {"grace": GraceEditor, "semantic": SemanticEditor, "wise": WiseEditor}
 LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
 LATENCY_TOKENS = 16
 PUBLISHED = {  # LLaMA-2-7B on ZsRE, as reported in the WISE paper (Wang et al., 2024)
@@ -69,7 +69,7 @@ def token_accuracy(lm: LanguageModel, pairs: Sequence[tuple[str, str]]) -> list[
     """Per pair: the share of target tokens that are the argmax when teacher-forced."""
     predicted = lm.target_argmax(pairs)
     expected = [lm.encode_pair(prompt, target)[1] for prompt, target in pairs]
-    return [_agreement(p, e) for p, e in zip(predicted, expected)]
+    return [agreement([e], [p]) for p, e in zip(predicted, expected)]
 
 
 def exact_match(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> list[float]:
@@ -130,7 +130,7 @@ def sequential_scores(
         scores["generalization_em"] += generalization_em
         unambiguous_em += [em for em, unclear in zip(generalization_em, ambiguous(group)) if not unclear]
         loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
-        scores["locality"] += [_agreement(now, before) for now, before in zip(loc_now, unedited_loc[number * edits :])]
+        scores["locality"] += [agreement([before], [now]) for now, before in zip(loc_now, unedited_loc[number * edits :])]
         if last:
             edited_seconds = generation_seconds(lm, timed)
         editor.remove()
@@ -185,7 +185,7 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
 
 def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.editing", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--editor", choices=sorted(EDITORS), default="grace")
+    parser.add_argument("--editor", choices=sorted(Editor.kinds), default="grace")
     parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     records = load_zsre(args.data, limit=max(max(args.n), args.records))
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
-    editor_class: Callable[..., Editor] = EDITORS[args.editor]
-    config = EDITORS[args.editor].config_class(**json.loads(args.config))
+    editor_class: Callable[..., Editor] = Editor.kinds[args.editor]
+    config = Editor.kinds[args.editor].config_class(**json.loads(args.config))
     if "unrelated" in inspect.signature(editor_class).parameters:
         editor_class = functools.partial(editor_class, unrelated=unrelated_prompts(args.unrelated))
     rows = []
@@ -233,10 +233,6 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     if args.benchmarks:
         report.write_section(f"editing-{args.editor}", markdown(args.editor, config, rows, command, lm.name), args.benchmarks)
     return rows
-
-
-def _agreement(predicted: Sequence[int], expected: Sequence[int]) -> float:
-    return sum(p == e for p, e in zip(predicted, expected)) / len(expected)
 
 
 if __name__ == "__main__":
