@@ -1,5 +1,5 @@
 """Consolidation: each policy rule, the dry run, the job (verify, roll back, ledger), crashes and reruns,
-retraction, reopening, replacement, answer(); mechanics on the tiny random LLaMA, behaviour on SmolLM2 + GRACE."""
+retraction, reopening, replacement, answer(); mechanics on the tiny random LLaMA, behaviour on SmolLM2 with each editor."""
 from __future__ import annotations
 
 import json
@@ -441,12 +441,14 @@ def test_bad_input_raises_typed_errors_and_changes_nothing(open_memory, tmp_path
 
 
 @pytest.mark.slow
-def test_smollm_consolidates_answers_closed_book_forgets_and_reopens(tmp_path, embedder, smollm, smollm_grace_config):
+@pytest.mark.parametrize("kind", ["grace", "semantic", "wise"])
+def test_smollm_consolidates_answers_closed_book_forgets_and_reopens(kind, tmp_path, embedder, smollm, request):
+    editor = request.getfixturevalue("smollm_grace_config") if kind == "grace" else kind
     facts = {"Zorbl the engineer lives in": "Reykjavik", "The Quillon project deadline is": "March 3"}
     texts = ["Zorbl the engineer lives in Reykjavik.", "The Quillon project deadline is March 3."]
     before = {p: smollm.generate(p, max_new_tokens=4) for p in facts}
     assert all(not out.strip().startswith(t) for out, t in zip(before.values(), facts.values()))
-    mem = Memory(tmp_path / "mem", embedder=embedder, model=smollm, editor=smollm_grace_config)
+    mem = Memory(tmp_path / "mem", embedder=embedder, model=smollm, editor=editor)
     try:
         notes = [recalled(mem, text) for text in texts]
         assert [n.fact.prompt for n in notes] == list(facts)
