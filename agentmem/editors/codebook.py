@@ -3,8 +3,10 @@
 The wrapped module (by default the MLP down-projection of a late block) keeps its weights.
 Each codebook entry holds a key, a trained value (what the module outputs instead) and a
 radius. When a prompt's key falls inside its nearest entry's ball, the module's output is
-replaced by that entry's value from the last prompt token on, including every token generated
-after it; elsewhere the model is the base model, bit for bit.
+replaced by that entry's value from the last prompt token on, for as many positions as the
+entry's target has tokens: the answer comes out, then the model goes on by itself (a value
+kept on past the answer would make it repeat the answer's last token). Elsewhere the model
+is the base model, bit for bit.
 
 Keying happens once per sequence, at prefill: the wrapper remembers each batch row's decision
 and applies it to the tokens decoded through the KV cache, so the key never drifts while
@@ -95,8 +97,11 @@ class CodebookLayer(EditorLayer):
     def __init__(self, base: nn.Linear, key_size: int) -> None:
         super().__init__(base)
         self.codebook = Codebook(key_size, base.out_features, base.weight.device)
-        # Each row's entry (or -1), decided at prefill and kept while decoding.
+        # Each row's entry (or -1), decided at prefill and kept while decoding; how many positions
+        # the entry replaces (its target's length), and how many the row has been through since its prompt's end.
         self.rows: torch.Tensor | None = None
+        self.spans: torch.Tensor | None = None
+        self.passed: torch.Tensor | None = None
         # Set by the editor while it trains a value: that value at every position.
         self.override: torch.Tensor | None = None
 
@@ -112,14 +117,18 @@ class CodebookLayer(EditorLayer):
         if self.bypass or not len(self.codebook):
             self.rows = None
             return out
+        positions = torch.arange(length, device=x.device)
         if self.continuing and self.rows is not None and len(self.rows) == batch:
-            hit = (self.rows >= 0)[:, None].expand(batch, length)
+            since_end = self.passed[:, None] + positions[None]
         else:
             ends = self.prompt_ends(batch, length, x.device)
             keys = self.keys(x, ends)
             self.rows = self.codebook.lookup(keys) if keys is not None else torch.full((batch,), -1, device=x.device)
-            positions = torch.arange(length, device=x.device)
-            hit = (positions[None] >= ends[:, None]) & (self.rows >= 0)[:, None]
+            self.spans = torch.tensor([len(self.codebook.labels[row]) if row >= 0 else 0 for row in self.rows.tolist()],
+                                      device=x.device)
+            since_end = positions[None] - ends[:, None]
+        self.passed = since_end[:, -1] + 1
+        hit = (since_end >= 0) & (since_end < self.spans[:, None])
         if not hit.any():
             return out
         values = self.codebook.values[self.rows.clamp(min=0)].to(out.dtype)

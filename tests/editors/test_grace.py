@@ -60,6 +60,23 @@ def test_the_decision_taken_at_prefill_holds_for_every_generated_token(tiny_lm, 
     assert tiny_lm.generate(SKY, max_new_tokens=3) == " blue blue blue"
 
 
+
+def test_the_value_stops_with_its_answer_and_the_model_goes_on_by_itself(tiny_lm, tiny_config):
+    # Replaced: the last prompt token and the target's tokens but its last (each gives the next one);
+    # after that the base module's output again, else the answer's last token would repeat.
+    editor = GraceEditor(tiny_lm, tiny_config)
+    editor.edit([EditRequest(prompt=SKY, target="blue blue blue")])
+    replaced: list[bool] = []
+    hook = editor.layer.register_forward_hook(
+        lambda module, args, out: replaced.extend((out != module.base(args[0])).any(-1)[0].tolist())
+    )
+    try:
+        tiny_lm.generate(SKY, max_new_tokens=6, min_new_tokens=6)
+    finally:
+        hook.remove()
+    prompt = len(tiny_lm.tokenizer(SKY).input_ids)
+    assert replaced == [False] * (prompt - 1) + [True] * 3 + [False] * 3
+
 def test_rows_of_a_batch_are_keyed_and_decided_one_by_one(tiny_lm, tiny_config):
     editor = GraceEditor(tiny_lm, tiny_config)
     editor.edit([EditRequest(prompt=ALICE, target="Lisbon"), EditRequest(prompt=SKY, target="blue blue blue")])
