@@ -207,8 +207,9 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     records = load_zsre(args.data, limit=max(max(args.n), args.records))
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
-    editor_class: Callable[..., Editor] = Editor.kinds[args.editor]
-    config = Editor.kinds[args.editor].config_class(**json.loads(args.config))
+    kind = Editor.kinds[args.editor]
+    config = kind.config_class(**json.loads(args.config))
+    editor_class: Callable[..., Editor] = kind
     if "unrelated" in inspect.signature(editor_class).parameters:
         editor_class = functools.partial(editor_class, unrelated=unrelated_prompts(args.unrelated))
     rows = []
