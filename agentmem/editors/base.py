@@ -43,12 +43,18 @@ class _Checked(BaseModel):
 
 
 class EditRequest(_Checked):
-    """One fact to write into the model: after the edit, `prompt` continues with `target`."""
+    """One fact to write into the model: after the edit, `prompt` continues with `target`.
+
+    `scope` names whose fact it is (e.g. "user:alice"); generation under a scope fires only that
+    scope's edits and the shared ones (`scope=None`). Editors that change shared weights accept
+    shared edits only.
+    """
 
     prompt: str = Field(min_length=1, pattern=r"\S")
     target: str = Field(min_length=1, pattern=r"\S")
     rephrases: tuple[str, ...] = ()
     id: str | None = Field(default=None, min_length=1)
+    scope: str | None = Field(default=None, min_length=1)
 
 
 class EditResult(BaseModel):
