@@ -47,7 +47,8 @@ class EditRequest(_Checked):
 
     `scope` names whose fact it is (e.g. "user:alice"); generation under a scope fires only that
     scope's edits and the shared ones (`scope=None`). Editors that change shared weights accept
-    shared edits only.
+    shared edits only. `subject` (a substring of `prompt`) names what the fact is about: editors
+    that locate facts in the weights key on its last token; when absent they derive it.
     """
 
     prompt: str = Field(min_length=1, pattern=r"\S")
@@ -55,6 +56,7 @@ class EditRequest(_Checked):
     rephrases: tuple[str, ...] = ()
     id: str | None = Field(default=None, min_length=1)
     scope: str | None = Field(default=None, min_length=1)
+    subject: str | None = Field(default=None, min_length=1, pattern=r"\S")
 
 
 class EditResult(BaseModel):
