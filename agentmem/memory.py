@@ -8,9 +8,7 @@ Embedding happens before the locks are taken, so threads still encode in paralle
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +23,7 @@ from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
 from . import forgetting, linking, ranking, temporal
+from . import validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory
 from .editors import Editor, EditorConfig
@@ -216,7 +215,7 @@ class Memory:
                 )
             )
         notes = self._remember(prepared) if prepared else []
-        self._replace_now(notes, self._time(at))
+        self._replace_now(notes, check.time(at))
         return notes
 
     def _remember(self, items: list[MemoryItem]) -> list[Note]:
@@ -348,12 +347,12 @@ class Memory:
         changed fact of a consolidated note replaces its edit at the next consolidation (at once
         with `ConsolidationPolicy(replace="immediately")`).
         """
-        self._check_id(note_id)
-        when = self._time(at)
+        check.note_id(note_id)
+        when = check.time(at)
         new_text = self._text(text) if text is not None else None
-        new_tags = self._tags(tags) if tags is not None else None
-        new_metadata = self._metadata(metadata) if metadata is not None else None
-        new_fact = self._fact(fact) if fact is not _UNSET else _UNSET
+        new_tags = check.tags(tags) if tags is not None else None
+        new_metadata = check.metadata(metadata) if metadata is not None else None
+        new_fact = check.fact(fact) if fact is not _UNSET else _UNSET
         embedding = self._embed([new_text])[0] if new_text is not None else None
         extracted = self._extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
         with self._exclusive():
@@ -397,26 +396,26 @@ class Memory:
         An edit it was consolidated into is retracted: the model gives its pre-edit answer again
         (at once if the parametric memory is loaded, else as soon as it is).
         """
-        self._check_id(note_id)
+        check.note_id(note_id)
         with self._exclusive():
             self._existing(note_id)
             with self._graph.transaction():
                 self._graph.delete(note_id)
-                self._ledger.retract_note(note_id, self._time(None))
+                self._ledger.retract_note(note_id, check.time(None))
             self._push([], [note_id])
         if self._consolidator is not None:
             with self._parametric_lock:
-                self._consolidator.retract_pending(self._time(None))
+                self._consolidator.retract_pending(check.time(None))
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
         """Link two notes by hand (both ways)."""
-        self._check_id(a)
-        self._check_id(b)
+        check.note_id(a)
+        check.note_id(b)
         if a == b:
             raise InvalidInputError("a note cannot link to itself")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
             raise InvalidInputError("weight must be a number in (0, 1]")
-        when = self._time(at)
+        when = check.time(at)
         with self._exclusive():
             self._existing(a)
             self._existing(b)
@@ -444,14 +443,13 @@ class Memory:
         only looks: for evaluation, browsing, or an agent's own bookkeeping.
         """
         query = self._text(query)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
-        scope = {name: self._scope(name, value) for name, value in
+        check.count(k, "k")
+        scope = {name: check.scope(name, value) for name, value in
                  (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)) if value is not None}
-        filters = self._filters(filters)
-        when = self._time(at)
-        if not isinstance(include_archived, bool) or not isinstance(reinforce, bool):
-            raise InvalidInputError("include_archived and reinforce must be bools")
+        filters = check.filters(filters)
+        when = check.time(at)
+        check.flag(include_archived, "include_archived")
+        check.flag(reinforce, "reinforce")
         query_embedding = self._embed([query])[0]
 
         conditions: dict[str, Any] = dict(scope)
@@ -518,28 +516,28 @@ class Memory:
         return reinforced
 
     def get(self, note_id: str) -> Note:
-        self._check_id(note_id)
+        check.note_id(note_id)
         with self._exclusive():
             return self._existing(note_id)
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         """Earlier versions of a note: (when it changed, what changed, the note before)."""
-        self._check_id(note_id)
+        check.note_id(note_id)
         with self._exclusive():
             self._existing(note_id)
             return self._graph.history(note_id)
 
     def neighbors(self, note_id: str) -> list[Note]:
         """The notes linked to this one, strongest link first."""
-        self._check_id(note_id)
+        check.note_id(note_id)
         with self._exclusive():
             note = self._existing(note_id)
             others = self._graph.get_many(link.note_id for link in note.links)
             return [others[link.note_id] for link in note.links if link.note_id in others]
 
     def retention(self, note_id: str, at: datetime | None = None) -> float:
-        self._check_id(note_id)
-        when = self._time(at)
+        check.note_id(note_id)
+        when = check.time(at)
         with self._exclusive():
             return self._retention(self._existing(note_id), when)
 
@@ -556,7 +554,7 @@ class Memory:
 
     def decay(self, at: datetime | None = None) -> DecayReport:
         """Archive every active note whose retention fell below `config.archive_below`."""
-        when = self._time(at)
+        when = check.time(at)
         with self._exclusive():
             active = [note for note, _ in self._graph.all_notes() if not note.archived]
             faded = [n.id for n in active if self._retention(n, when) < self.config.archive_below]
@@ -568,8 +566,8 @@ class Memory:
 
     def restore(self, note_id: str, at: datetime | None = None) -> Note:
         """Bring an archived note back; its forgetting clock restarts."""
-        self._check_id(note_id)
-        when = self._time(at)
+        check.note_id(note_id)
+        when = check.time(at)
         with self._exclusive():
             note = self._existing(note_id)
             with self._graph.transaction():
@@ -663,16 +661,16 @@ class Memory:
         a consistent state and a rerun finishes the work without duplicate edits.
         """
         policy = self._policy(policy)
-        when = self._time(at)
-        if not isinstance(dry_run, bool) or not isinstance(progress, bool):
-            raise InvalidInputError("dry_run and progress must be bools")
+        when = check.time(at)
+        check.flag(dry_run, "dry_run")
+        check.flag(progress, "progress")
         with self._parametric_lock:
             return self._consolidation().run(policy, when, dry_run, progress=progress)
 
     def ledger(self, note_id: str | None = None) -> list[LedgerEntry]:
         """The consolidation ledger (of one note, if given): which note became which edit, and how it verified."""
         if note_id is not None:
-            self._check_id(note_id)
+            check.note_id(note_id)
         with self._exclusive():
             return self._ledger.entries(note_id)
 
@@ -693,12 +691,9 @@ class Memory:
         `retrieval=False` never reads the notes: what the model alone (with its edits) says.
         """
         question = self._text(question)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InvalidInputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        if not isinstance(retrieval, bool):
-            raise InvalidInputError("retrieval must be a bool")
+        check.count(k, "k")
+        check.count(max_new_tokens, "max_new_tokens", high=4096)
+        check.flag(retrieval, "retrieval")
         with self._parametric_lock:
             consolidator = self._consolidation()
             with consolidator.reading():
@@ -730,7 +725,7 @@ class Memory:
                 parametric = ParametricMemory(self.path / "editor", lm, self._editor_spec)
                 consolidator = Consolidator(parametric, self._ledger, access, self.path / "consolidation.lock")
                 try:
-                    consolidator.reconcile(self._time(None))
+                    consolidator.reconcile(check.time(None))
                 except BaseException:
                     consolidator.close()
                     raise
@@ -811,86 +806,17 @@ class Memory:
     def _item(self, text, user_id, agent_id, session_id, at, tags, metadata, fact) -> MemoryItem:
         return MemoryItem(
             text=self._text(text),
-            user_id=self._scope("user_id", user_id),
-            agent_id=self._scope("agent_id", agent_id),
-            session_id=self._scope("session_id", session_id),
-            at=self._time(at),
-            tags=tuple(self._tags(tags)),
-            metadata=self._metadata(metadata),
-            fact=self._fact(fact),
+            user_id=check.scope("user_id", user_id),
+            agent_id=check.scope("agent_id", agent_id),
+            session_id=check.scope("session_id", session_id),
+            at=check.time(at),
+            tags=tuple(check.tags(tags)),
+            metadata=check.metadata(metadata),
+            fact=check.fact(fact),
         )
 
-    def _text(self, text: Any) -> str:
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise InvalidInputError("text is empty")
-        if len(text) > self.config.max_text_chars:
-            raise InvalidInputError(f"text has {len(text)} characters; the limit is {self.config.max_text_chars}")
-        return text.strip()
-
-    @staticmethod
-    def _scope(name: str, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip() or len(value) > 256 or not value.isprintable():
-            raise InvalidInputError(f"{name} must be a printable, non-empty string of at most 256 characters")
-        return value
-
-    @staticmethod
-    def _time(at: Any) -> datetime:
-        if at is None:
-            return datetime.now(timezone.utc)
-        if not isinstance(at, datetime):
-            raise InvalidInputError(f"at must be a datetime, got {type(at).__name__}")
-        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
-
-    @staticmethod
-    def _tags(tags: Any) -> list[str]:
-        if isinstance(tags, str) or not isinstance(tags, Iterable):
-            raise InvalidInputError("tags must be a list of strings")
-        tags = list(tags)
-        if not all(isinstance(t, str) and t.strip() for t in tags):
-            raise InvalidInputError("every tag must be a non-empty string")
-        return tags
-
-    @staticmethod
-    def _metadata(metadata: Any) -> dict[str, Any] | None:
-        if metadata is None:
-            return None
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-            raise InvalidInputError("metadata must be a dict with string keys")
-        try:
-            json.dumps(metadata)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
-        return metadata
-
-    @staticmethod
-    def _filters(filters: Any) -> dict[str, str | int | float | bool]:
-        if filters is None:
-            return {}
-        if not isinstance(filters, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in filters.items()
-        ):
-            raise InvalidInputError("filters must map metadata keys to str, int, float or bool values")
-        if any(isinstance(v, float) and not math.isfinite(v) for v in filters.values()):
-            raise InvalidInputError("filter values must be finite")
-        return filters
-
-    @staticmethod
-    def _fact(fact: Any) -> Fact | None:
-        if fact is None or isinstance(fact, Fact):
-            return fact
-        try:
-            return Fact.model_validate(fact)
-        except ValidationError as exc:
-            raise InvalidInputError(f"fact must be a Fact(prompt, target): {exc}") from None
-
-    @staticmethod
-    def _check_id(note_id: Any) -> None:
-        if not isinstance(note_id, str) or not note_id:
-            raise InvalidInputError(f"note ids are non-empty strings, got {note_id!r}")
+    def _text(self, text: Any, name: str = "text") -> str:
+        return check.text(text, self.config.max_text_chars, name)
 
     def _existing(self, note_id: str) -> Note:
         note = self._graph.get(note_id)

@@ -5,10 +5,93 @@ gets validation, JSON round-trips (export/import) and editor hints for free.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import math
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# ---- what a stored value may be: checked at the boundary, so no stored value can break reading ----
+
+EARLIEST = datetime(1000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+MAX_ID_CHARS = 128
+MAX_SCOPE_CHARS = 256
+MAX_TAGS, MAX_TAG_CHARS = 32, 64
+MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_JSON = 32, 64, 65_536
+MAX_FACT_CHARS, MAX_REPHRASES = 500, 16
+MAX_STRENGTH = 1e6
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+def clean_string(value: str) -> str:
+    """Text that every store and file format can hold: valid Unicode (no lone surrogates), no NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate; strings must be valid Unicode") from None
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def printable(value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise ValueError("must be printable and not blank")
+    return value
+
+
+def utc_time(value: datetime) -> datetime:
+    """A time in UTC within [EARLIEST, LATEST); a naive time is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= value < LATEST:  # compared before converting: conversion itself can overflow
+        raise ValueError(f"times must lie between {EARLIEST.date()} and {LATEST.date()} (UTC)")
+    return value.astimezone(timezone.utc)
+
+
+def json_value(value: Any) -> Any:
+    """A metadata value that JSON holds exactly: finite numbers, clean strings, lists and string-keyed dicts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError("integers must fit in 64 bits")
+    if isinstance(value, str):
+        clean_string(value)
+    elif isinstance(value, list):
+        for item in value:
+            json_value(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("nested keys must be strings")
+            clean_string(key)
+            json_value(item)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise ValueError(f"{type(value).__name__} is not a JSON value")
+    return value
+
+
+def metadata_dict(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+    for key in value:
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise ValueError(f"metadata keys need 1 to {MAX_METADATA_KEY_CHARS} characters")
+    json_value(value)
+    if len(json.dumps(value)) > MAX_METADATA_JSON:
+        raise ValueError(f"metadata must serialise to at most {MAX_METADATA_JSON} characters of JSON")
+    return value
+
+
+CleanStr = Annotated[str, AfterValidator(clean_string)]
+Time = Annotated[datetime, AfterValidator(utc_time)]
+NoteId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+ScopeId = Annotated[CleanStr, Field(min_length=1, max_length=MAX_SCOPE_CHARS), AfterValidator(printable)]
+Tag = Annotated[CleanStr, Field(min_length=1, max_length=MAX_TAG_CHARS)]
+Metadata = Annotated[dict[str, Any], AfterValidator(metadata_dict)]
+FactText = Annotated[CleanStr, Field(min_length=1, max_length=MAX_FACT_CHARS)]
 
 
 class Fact(BaseModel):
@@ -20,50 +103,61 @@ class Fact(BaseModel):
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
 
-    prompt: str = Field(min_length=1)
-    target: str = Field(min_length=1)
-    rephrases: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    prompt: FactText
+    target: FactText
+    rephrases: tuple[FactText, ...] = Field((), max_length=MAX_REPHRASES)
 
 
 class Link(BaseModel):
     """An undirected, weighted edge of the note graph, seen from one of its ends."""
 
-    note_id: str
-    weight: float
+    note_id: NoteId
+    weight: float = Field(gt=0, le=1)
 
 
 class Note(BaseModel):
-    """One memory: the text plus what makes it findable, linkable and forgettable."""
+    """One memory: the text plus what makes it findable, linkable and forgettable.
 
-    id: str
-    text: str
-    keywords: list[str] = []
-    tags: list[str] = []
-    context: str = ""
-    user_id: str | None = None
-    agent_id: str | None = None
-    session_id: str | None = None
-    created_at: datetime
-    updated_at: datetime
-    last_recalled: datetime
-    recall_count: int = 0
-    strength: float = 1.0
+    Its fields carry the limits every stored note keeps (valid Unicode, times within
+    [EARLIEST, LATEST), finite numbers, capped sizes), so an export re-imports and no stored
+    note can make the store unreadable.
+    """
+
+    id: NoteId
+    text: Annotated[CleanStr, Field(min_length=1)]
+    keywords: list[CleanStr] = []
+    tags: list[Tag] = Field([], max_length=MAX_TAGS)
+    context: CleanStr = ""
+    user_id: ScopeId | None = None
+    agent_id: ScopeId | None = None
+    session_id: ScopeId | None = None
+    created_at: Time
+    updated_at: Time
+    last_recalled: Time
+    recall_count: int = Field(0, ge=0, lt=2**62)
+    strength: float = Field(1.0, gt=0, le=MAX_STRENGTH, allow_inf_nan=False)
     archived: bool = False
-    metadata: dict[str, Any] = {}
+    metadata: Metadata = {}
     fact: Fact | None = None
     links: list[Link] = []
+
+    @model_validator(mode="after")
+    def _no_self_link(self) -> Note:
+        if any(link.note_id == self.id for link in self.links):
+            raise ValueError("a note cannot link to itself")
+        return self
 
 
 class MemoryItem(BaseModel):
     """One entry of `remember_many`; unset scope fields take the call's defaults."""
 
-    text: str
-    user_id: str | None = None
-    agent_id: str | None = None
-    session_id: str | None = None
-    at: datetime | None = None
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, Any] | None = None
+    text: CleanStr
+    user_id: ScopeId | None = None
+    agent_id: ScopeId | None = None
+    session_id: ScopeId | None = None
+    at: Time | None = None
+    tags: tuple[Tag, ...] = Field((), max_length=MAX_TAGS)
+    metadata: Metadata | None = None
     fact: Fact | None = None
 
 
