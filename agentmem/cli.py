@@ -1,14 +1,23 @@
-"""The `agentmem` command: a memory store from the shell. Every command prints JSON."""
+"""The `agentmem` command: a memory store from the shell. Every command prints JSON.
+
+Commands act on the store in `--path`, or, with `--url`, on a running `agentmem serve` (a call
+then costs milliseconds instead of a model load). Heavy imports (torch, Chroma, the server) happen
+only once the arguments are known good, so `--help` and argument errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .errors import AgentMemError
+DEFAULT_PORT = 8765
+DURATION = re.compile(r"(\d+)([smhd])")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def _time(value: str) -> datetime:
@@ -18,10 +27,37 @@ def _time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO date/time: {value!r}") from None
 
 
+def _duration(value: str) -> timedelta:
+    """`24h`, `30m`, `1d12h`, `90s`."""
+    parts = DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise argparse.ArgumentTypeError(f"not a duration like 24h, 30m or 1d12h: {value!r}")
+    duration = timedelta()
+    for number, unit in parts:
+        duration += timedelta(**{UNITS[unit]: int(number)})
+    if duration <= timedelta(0):
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return duration
+
+
+def _policy(value: str) -> dict[str, Any]:
+    try:
+        policy = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {value!r}") from None
+    if not isinstance(policy, dict):
+        raise argparse.ArgumentTypeError("the policy must be a JSON object")
+    return policy
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmem", description="Long-term memory for LLM agents.")
     parser.add_argument("--path", type=Path, default=Path("memdata"), help="store folder (default: ./memdata)")
     parser.add_argument("--chroma-url", default=None, help="use a Chroma server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--url", default=os.environ.get("AGENTMEM_URL"),
+                        help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("AGENTMEM_API_KEY"),
+                        help="the key --url sends (env AGENTMEM_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     scope = argparse.ArgumentParser(add_help=False)
@@ -29,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--agent", dest="agent_id")
     scope.add_argument("--session", dest="session_id")
     scope.add_argument("--at", type=_time, help="ISO time to act at (default: now)")
+    note = argparse.ArgumentParser(add_help=False)
+    note.add_argument("id", help="note id")
 
     remember = commands.add_parser("remember", parents=[scope], help="store a memory")
     remember.add_argument("text")
@@ -39,67 +77,176 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("-k", type=int, default=5)
     recall.add_argument("--archived", action="store_true", help="include archived notes")
 
-    forget = commands.add_parser("forget", help="delete a memory for good")
-    forget.add_argument("id")
+    commands.add_parser("get", parents=[note], help="one memory")
+    update = commands.add_parser("update", parents=[note], help="change a memory's text or tags (history kept)")
+    update.add_argument("--text")
+    update.add_argument("--tag", dest="tags", action="append", default=None)
+    commands.add_parser("history", parents=[note], help="earlier versions of a memory")
+    commands.add_parser("forget", parents=[note], help="delete a memory for good")
+    commands.add_parser("neighbors", parents=[note], help="the memories linked to one")
+    link = commands.add_parser("link", parents=[note], help="link two memories by hand")
+    link.add_argument("other", help="the other note id")
+    link.add_argument("--weight", type=float, default=1.0)
 
     decay = commands.add_parser("decay", help="archive faded memories")
     decay.add_argument("--at", type=_time)
-
+    restore = commands.add_parser("restore", parents=[note], help="bring an archived memory back")
+    restore.add_argument("--at", type=_time)
     commands.add_parser("stats", help="counts of notes, links and users")
 
     export = commands.add_parser("export", help="write all notes as JSONL")
     export.add_argument("file", type=Path)
-
     import_ = commands.add_parser("import", help="load notes from JSONL")
     import_.add_argument("file", type=Path)
 
+    plan = commands.add_parser("plan", help="what consolidation would do now and why; changes nothing")
+    plan.add_argument("--at", type=_time)
+    plan.add_argument("--policy", type=_policy, default={}, help='policy overrides as JSON, e.g. \'{"min_recalls": 2}\'')
     consolidate = commands.add_parser(
         "consolidate", help="edit the facts of often-recalled notes into the local model (progress on stderr)"
     )
     consolidate.add_argument("--dry-run", action="store_true", help="print the decisions, change nothing")
     consolidate.add_argument("--at", type=_time, help="ISO time to judge the notes at (default: now)")
     consolidate.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
-    consolidate.add_argument("--policy", type=json.loads, default={}, help='policy overrides as JSON, e.g. \'{"min_recalls": 2}\'')
+    consolidate.add_argument("--policy", type=_policy, default={}, help="policy overrides as JSON")
+    ledger = commands.add_parser("ledger", help="which note became which edit")
+    ledger.add_argument("--note", dest="note_id")
+    answer = commands.add_parser("answer", parents=[scope], help="answer from the weights or the recalled notes")
+    answer.add_argument("question")
+    answer.add_argument("-k", type=int, default=5)
+    answer.add_argument("--no-retrieval", dest="retrieval", action="store_false", help="the model (and its edits) alone")
+
+    serve = commands.add_parser("serve", help="serve the store over REST, MCP (/mcp) and an OpenAI-compatible chat API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--api-key", dest="keys", action="append", default=[], metavar="KEY[:USER]",
+                       help="accept this key (bound to USER if given); repeatable; env AGENTMEM_API_KEY")
+    serve.add_argument("--keys-file", type=Path, help="a file of KEY[:USER] lines")
+    serve.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
+    serve.add_argument("--upstream", help="answer chats with this OpenAI-compatible server (base URL, e.g. .../v1)")
+    serve.add_argument("--upstream-key", default=os.environ.get("AGENTMEM_UPSTREAM_KEY"),
+                       help="the upstream's API key (env AGENTMEM_UPSTREAM_KEY)")
+    serve.add_argument("--consolidate-every", type=_duration, metavar="DURATION",
+                       help="run a consolidation job on a schedule, e.g. 24h")
+    serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
+
+    mcp = commands.add_parser("mcp", help="serve the store as an MCP server over stdio")
+    mcp.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
     return parser
 
 
 def run(args: argparse.Namespace) -> Any:
+    """The command's result (JSON-able), on the local store or the server at --url."""
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "mcp":
+        return serve_mcp(args)
+    if args.url:
+        from .server.client import RemoteMemory  # httpx only: fast
+
+        with RemoteMemory(args.url, args.api_key) as mem:
+            return act(mem, args)
     from .memory import Memory  # heavy imports only once the arguments are known good
 
-    scope = {k: getattr(args, k, None) for k in ("user_id", "agent_id", "session_id", "at")}
     with Memory(args.path, chroma_url=args.chroma_url, editor=getattr(args, "editor", None)) as mem:
-        match args.command:
-            case "remember":
-                return mem.remember(args.text, tags=args.tags, **scope).model_dump(mode="json")
-            case "recall":
-                hits = mem.recall(args.query, k=args.k, include_archived=args.archived, **scope)
-                return [hit.model_dump(mode="json") for hit in hits]
-            case "forget":
-                mem.forget(args.id)
-                return {"forgotten": args.id}
-            case "decay":
-                return mem.decay(at=args.at).model_dump(mode="json")
-            case "stats":
-                return mem.stats().model_dump(mode="json")
-            case "export":
-                return {"exported": mem.export(args.file), "file": str(args.file)}
-            case "import":
-                return mem.import_(args.file).model_dump(mode="json")
-            case "consolidate":
-                report = mem.consolidate(args.policy, dry_run=args.dry_run, at=args.at, progress=True)
-                return report.model_dump(mode="json")
+        return act(mem, args)
+
+
+def act(mem: Any, args: argparse.Namespace) -> Any:
+    """One command on a `Memory` or a `RemoteMemory` (they share these verbs)."""
+    scope = {k: getattr(args, k, None) for k in ("user_id", "agent_id", "session_id", "at")}
+    match args.command:
+        case "remember":
+            return mem.remember(args.text, tags=args.tags, **scope)
+        case "recall":
+            return mem.recall(args.query, k=args.k, include_archived=args.archived, **scope)
+        case "get":
+            return mem.get(args.id)
+        case "update":
+            return mem.update(args.id, text=args.text, tags=args.tags)
+        case "history":
+            return [{"at": at, "change": change, "note": note} for at, change, note in mem.history(args.id)]
+        case "forget":
+            mem.forget(args.id)
+            return {"forgotten": args.id}
+        case "neighbors":
+            return mem.neighbors(args.id)
+        case "link":
+            mem.link(args.id, args.other, weight=args.weight)
+            return {"linked": [args.id, args.other], "weight": args.weight}
+        case "decay":
+            return mem.decay(at=args.at)
+        case "restore":
+            return mem.restore(args.id, at=args.at)
+        case "stats":
+            return mem.stats()
+        case "export":
+            return {"exported": mem.export(args.file), "file": str(args.file)}
+        case "import":
+            return mem.import_(args.file)
+        case "plan":
+            return mem.plan(args.policy, at=args.at)
+        case "consolidate":
+            return mem.consolidate(args.policy, dry_run=args.dry_run, at=args.at, progress=True)
+        case "ledger":
+            return mem.ledger(args.note_id)
+        case "answer":
+            return mem.answer(args.question, k=args.k, retrieval=args.retrieval, **scope)
     raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run the server until SIGTERM / Ctrl-C; the store is closed on the way out."""
+    import uvicorn
+
+    from .memory import Memory
+    from .server.app import create_app
+    from .server.auth import ApiKeys
+
+    specs = args.keys or [k for k in [os.environ.get("AGENTMEM_API_KEY")] if k]
+    keys = ApiKeys.parse(specs, args.keys_file)
+    memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor)
+    app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
+                     consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host)
+    print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, "
+          f"OpenAI /v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def serve_mcp(args: argparse.Namespace) -> None:
+    """MCP over stdin/stdout: stdout carries the protocol only."""
+    from .memory import Memory
+    from .server.mcp_server import build_mcp_server
+
+    with Memory(args.path, chroma_url=args.chroma_url, editor=args.editor) as memory:
+        build_mcp_server(memory).run("stdio")
+
+
+def jsonable(result: Any) -> Any:
+    """Pydantic models (local results) and plain JSON (remote results) alike, as JSON values."""
+    if hasattr(result, "model_dump"):
+        return result.model_dump(mode="json")
+    if isinstance(result, (list, tuple)):
+        return [jsonable(item) for item in result]
+    if isinstance(result, dict):
+        return {key: jsonable(value) for key, value in result.items()}
+    if isinstance(result, datetime):
+        return result.isoformat()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .errors import AgentMemError
+
     try:
         result = run(args)
     except AgentMemError as exc:
-        print(f"agentmem: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"agentmem: {getattr(exc, 'name', type(exc).__name__)}: {exc}", file=sys.stderr)
         return 2
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(jsonable(result), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
     return 0
 
 

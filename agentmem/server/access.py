@@ -1,0 +1,46 @@
+"""One place that enforces what a caller may reach, for REST, MCP and chat alike.
+
+A caller bound to a user acts as that user: scope arguments default to it and may not name
+another user; notes of other users look like notes that do not exist (no existence leak); and
+whole-store operations (decay, stats, consolidation, the full ledger, repair) are refused.
+"""
+from __future__ import annotations
+
+from ..memory import Memory
+from ..notes import Note
+from .auth import Caller
+from .errors import AccessDeniedError, NoteNotFoundError
+
+
+class ScopedMemory:
+    """A `Memory` seen through one caller's rights."""
+
+    def __init__(self, memory: Memory, caller: Caller) -> None:
+        self.memory, self.caller = memory, caller
+
+    @property
+    def bound(self) -> bool:
+        return self.caller.user_id is not None
+
+    def user(self, requested: str | None) -> str | None:
+        """The user_id a call acts for: the bound user, or whatever an unbound caller asked."""
+        if not self.bound:
+            return requested
+        if requested not in (None, self.caller.user_id):
+            raise AccessDeniedError(f"this API key may only reach the notes of user {self.caller.user_id!r}")
+        return self.caller.user_id
+
+    def visible(self, note: Note) -> bool:
+        return not self.bound or note.user_id == self.caller.user_id
+
+    def note(self, note_id: str) -> Note:
+        """The note, if this caller may see it; else the same error as for a note that does not exist."""
+        note = self.memory.get(note_id)
+        if not self.visible(note):
+            raise NoteNotFoundError(f"no note with id {note_id!r}")
+        return note
+
+    def require_all_users(self, what: str) -> None:
+        """Whole-store operations need a key that is not bound to one user."""
+        if self.bound:
+            raise AccessDeniedError(f"{what} acts on every user's notes; this API key is bound to one user")

@@ -1,0 +1,72 @@
+"""The FastAPI app `agentmem serve` runs: REST, the OpenAI-compatible chat, and MCP at /mcp, over one `Memory`."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import AgentMemError
+from ..memory import Memory
+from . import openai_chat, rest
+from .auth import ApiKeyMiddleware, ApiKeys
+from .errors import error_body, status_of
+from .jobs import JobRunner
+from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
+from .mcp_server import build_mcp_server, callers_from_headers
+
+
+def create_app(
+    memory: Memory,
+    *,
+    keys: ApiKeys | None = None,
+    upstream: str | None = None,
+    upstream_key: str | None = None,
+    consolidate_every: timedelta | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    host: str = "127.0.0.1",
+) -> FastAPI:
+    """The app over `memory`, which it closes on shutdown (SIGTERM included, through uvicorn's lifespan)."""
+    keys = keys or ApiKeys()
+    mcp = build_mcp_server(memory, callers_from_headers(keys))
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host)
+    chat = openai_chat.ChatService(memory, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.jobs = JobRunner(memory, consolidate_every)
+        try:
+            async with mcp.session_manager.run():
+                yield
+        finally:
+            app.state.jobs.close()
+            if chat.upstream is not None:
+                chat.upstream.close()
+            memory.close()
+
+    app = FastAPI(
+        title="agentmem",
+        summary="Long-term memory for LLM agents: REST, MCP (at /mcp) and an OpenAI-compatible chat API.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.memory, app.state.chat = memory, chat
+    app.include_router(rest.router)
+    app.include_router(openai_chat.router)
+    app.router.routes.extend(mcp_app.routes)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)  # outermost: refuse before reading anything else
+
+    @app.exception_handler(AgentMemError)
+    async def typed_error(request: Request, exc: AgentMemError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse({"error": "InvalidInputError", "message": problems}, status_code=422)
+
+    return app

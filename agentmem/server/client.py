@@ -1,0 +1,145 @@
+"""`RemoteMemory`: the verbs of `Memory`, over HTTP to a running `agentmem serve`.
+
+The shell uses it for `agentmem --url ...`: a call costs a round trip, not a model load. It imports
+only httpx, so it starts fast; results are plain JSON (dicts and lists), as the server sent them.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import AgentMemError, InvalidInputError, StoreUnavailableError
+
+
+class RemoteError(AgentMemError):
+    """An error the server reported; `name` is the server-side error class, `status` the HTTP status."""
+
+    def __init__(self, name: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.name, self.status = name, status
+
+
+class RemoteMemory:
+    """A client for one agentmem server (`base_url` like http://127.0.0.1:8765)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/") + "/v1", headers=headers, timeout=timeout)
+
+    def __enter__(self) -> RemoteMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
+        if response.is_error:
+            try:
+                body = response.json()
+                name, message = body["error"], body["message"]
+            except (ValueError, KeyError, TypeError):
+                name, message = f"HTTP{response.status_code}", response.text[:500]
+            raise RemoteError(name, message, response.status_code)
+        return response.json()
+
+    # ---- the verbs, as `Memory` names them --------------------------------------------------------
+
+    def remember(self, text: str, *, tags: list[str] = (), **scope: Any) -> dict[str, Any]:
+        return self.call("POST", "/notes", json=_body(text=text, tags=list(tags), **scope))
+
+    def recall(self, query: str, *, k: int = 10, include_archived: bool = False, **scope: Any) -> list[dict[str, Any]]:
+        return self.call("POST", "/recall", json=_body(query=query, k=k, include_archived=include_archived, **scope))
+
+    def get(self, note_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/notes/{_id(note_id)}")
+
+    def update(self, note_id: str, *, text: str | None = None, tags: list[str] | None = None) -> dict[str, Any]:
+        return self.call("PATCH", f"/notes/{_id(note_id)}", json=_body(text=text, tags=tags))
+
+    def history(self, note_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(e["at"], e["change"], e["note"]) for e in self.call("GET", f"/notes/{_id(note_id)}/history")]
+
+    def forget(self, note_id: str) -> None:
+        self.call("DELETE", f"/notes/{_id(note_id)}")
+
+    def neighbors(self, note_id: str) -> list[dict[str, Any]]:
+        return self.call("GET", f"/notes/{_id(note_id)}/neighbors")
+
+    def link(self, a: str, b: str, *, weight: float = 1.0) -> None:
+        self.call("POST", f"/notes/{_id(a)}/links", json={"note_id": b, "weight": weight})
+
+    def decay(self, at: datetime | None = None) -> dict[str, Any]:
+        return self.call("POST", "/decay", json=_body(at=at))
+
+    def restore(self, note_id: str, at: datetime | None = None) -> dict[str, Any]:
+        return self.call("POST", f"/notes/{_id(note_id)}/restore", json=_body(at=at))
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("GET", "/stats")
+
+    def export(self, path: str | Path) -> int:
+        count = 0
+        try:
+            with self.http.stream("GET", "/export") as response, Path(path).open("w", encoding="utf-8") as out:
+                if response.is_error:
+                    response.read()
+                    body = response.json()
+                    raise RemoteError(body["error"], body["message"], response.status_code)
+                for line in response.iter_lines():
+                    if line.strip():
+                        out.write(line + "\n")
+                        count += 1
+        except httpx.HTTPError as exc:
+            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
+        return count
+
+    def import_(self, path: str | Path) -> dict[str, Any]:
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidInputError(f"no such file: {source}")
+        return self.call("POST", "/import", content=source.read_bytes(), headers={"content-type": "application/x-ndjson"})
+
+    def plan(self, policy: dict[str, Any] | None = None, *, at: datetime | None = None) -> list[dict[str, Any]]:
+        return self.call("POST", "/plan", json=_body(policy=policy, at=at))
+
+    def consolidate(self, policy: dict[str, Any] | None = None, *, dry_run: bool = False, at: datetime | None = None,
+                    progress: bool = False, poll_seconds: float = 1.0) -> dict[str, Any]:
+        """Start a job on the server and wait for its report (progress on stderr)."""
+        job = self.call("POST", "/consolidate", json=_body(policy=policy, dry_run=dry_run, at=at))
+        while job["status"] in ("queued", "running"):
+            if progress:
+                p = job["progress"]
+                print(f"\rconsolidating: {p['stage']} {p['done']}/{p['total'] or '?'}", end="", file=sys.stderr)
+            time.sleep(poll_seconds)
+            job = self.call("GET", f"/jobs/{job['id']}")
+        if progress:
+            print(file=sys.stderr)
+        if job["status"] == "failed":
+            raise RemoteError(job["error"]["error"], job["error"]["message"], 200)
+        return job["report"]
+
+    def ledger(self, note_id: str | None = None) -> list[dict[str, Any]]:
+        return self.call("GET", "/ledger", params=_body(note_id=note_id))
+
+    def answer(self, question: str, *, k: int = 5, retrieval: bool = True, **scope: Any) -> dict[str, Any]:
+        return self.call("POST", "/answer", json=_body(question=question, k=k, retrieval=retrieval, **scope))
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    """The fields that were given, times as ISO strings."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items() if v is not None}
+
+
+def _id(note_id: str) -> str:
+    """A note id as one path segment (so an id can never reach another route)."""
+    return quote(note_id, safe="")

@@ -1,0 +1,138 @@
+"""Consolidation in the background: one job at a time on a worker thread, optionally on a schedule.
+
+Remember and recall keep working while a job runs: they run on the web server's threads and
+only wait for the store's short locks. Progress is read from the ledger, which the job writes
+as it goes (a row per fact, before and after each edit).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..consolidation import ConsolidationPolicy
+from ..errors import AgentMemError, InvalidInputError
+from ..memory import Memory
+from .errors import JobNotFoundError, error_body
+from .models import Job, JobProgress
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs consolidation jobs one after another and keeps how each one went."""
+
+    def __init__(self, memory: Memory, every: timedelta | None = None) -> None:
+        self.memory, self.every = memory, every
+        self._jobs: dict[str, Job] = {}
+        self._requests: dict[str, tuple[dict[str, Any] | None, bool, datetime | None]] = {}
+        self._ledger_before: dict[str, set[tuple[Any, ...]]] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="agentmem-jobs", daemon=True)
+        self._worker.start()
+        self._timer = threading.Thread(target=self._tick, name="agentmem-schedule", daemon=True) if every else None
+        if self._timer is not None:
+            self._timer.start()
+
+    def submit(self, policy: dict[str, Any] | None = None, dry_run: bool = False, at: datetime | None = None,
+               scheduled: bool = False) -> Job:
+        """Queue a job; a malformed policy is refused here, before anything is queued."""
+        if policy is not None:
+            try:
+                ConsolidationPolicy.model_validate(policy)
+            except ValidationError as exc:
+                raise InvalidInputError(f"bad consolidation policy: {exc}") from None
+        job = Job(id=uuid.uuid4().hex[:16], status="queued", scheduled=scheduled,
+                  created_at=datetime.now(timezone.utc), progress=JobProgress(stage="queued"))
+        with self._lock:
+            self._jobs[job.id] = job
+            self._requests[job.id] = (policy, dry_run, at)
+        self._queue.put(job.id)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        if job.status == "running" and job.progress.stage == "consolidating":
+            return job.model_copy(update={"progress": self._progress(job)})
+        return job
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            ids = list(self._jobs)
+        return [self.get(job_id) for job_id in ids]
+
+    def close(self) -> None:
+        """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well)."""
+        self._stop.set()
+        self._queue.put(None)
+        self._worker.join(timeout=5)
+
+    # ---- the worker ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None:
+            self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
+        policy, dry_run, at = self._requests.pop(job_id)
+        self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
+                     progress=JobProgress(stage="planning"))
+        try:
+            planned = self.memory.plan(policy, at=at)
+            total = sum(d.action != "skip" for d in planned)
+            self._ledger_before[job_id] = self._ledger_rows()
+            self._update(job_id, progress=JobProgress(stage="consolidating", total=total))
+            report = self.memory.consolidate(policy, dry_run=dry_run, at=at)
+        except AgentMemError as exc:
+            self._fail(job_id, error_body(exc))
+        except Exception as exc:  # a job must never take the worker down; the error stays visible on the job
+            log.exception("consolidation job %s failed", job_id)
+            self._fail(job_id, {"error": type(exc).__name__, "message": str(exc)})
+        else:
+            done = sum(d.outcome is not None for d in report.decisions)
+            self._update(job_id, status="succeeded", report=report,
+                         progress=JobProgress(stage="done", done=done, total=done))
+        finally:
+            self._ledger_before.pop(job_id, None)
+            self._update(job_id, finished_at=datetime.now(timezone.utc))
+
+    def _fail(self, job_id: str, error: dict[str, str]) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            self._jobs[job_id] = job.model_copy(
+                update={"status": "failed", "error": error, "progress": job.progress.model_copy(update={"stage": "done"})}
+            )
+
+    def _update(self, job_id: str, **changes: Any) -> None:
+        with self._lock:
+            self._jobs[job_id] = self._jobs[job_id].model_copy(update=changes)
+
+    def _ledger_rows(self) -> set[tuple[Any, ...]]:
+        return {(e.note_id, e.edit_id, e.status, e.updated_at) for e in self.memory.ledger()}
+
+    def _progress(self, job: Job) -> JobProgress:
+        """Facts done so far: notes whose ledger rows changed since the job started editing."""
+        before = self._ledger_before.get(job.id)
+        if before is None:
+            return job.progress
+        touched = {row[0] for row in self._ledger_rows() - before}
+        done = len(touched) if job.progress.total is None else min(len(touched), job.progress.total)
+        return job.progress.model_copy(update={"done": done})
+
+    def _tick(self) -> None:
+        """Submit a job every `every`, unless the last scheduled one is still queued or running."""
+        assert self.every is not None
+        last: str | None = None
+        while not self._stop.wait(self.every.total_seconds()):
+            if last is None or self.get(last).status in ("succeeded", "failed"):
+                last = self.submit(scheduled=True).id

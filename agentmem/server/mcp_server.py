@@ -1,0 +1,129 @@
+"""The MCP server (official `mcp` SDK, 2.x): memory tools with the names MCP clients already know.
+
+The same server runs over stdio (`agentmem mcp`) and over streamable HTTP at `/mcp` inside
+`agentmem serve`; over HTTP, a user-bound API key scopes every tool and resource to its user.
+Tools return pydantic models, so clients get structured content as well as text.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from pydantic import BaseModel
+
+from ..errors import AgentMemError
+from ..memory import Memory
+from ..notes import Answer, ConsolidationReport, Hit, Note
+from .access import ScopedMemory
+from .auth import ApiKeys, Caller
+
+INSTRUCTIONS = (
+    "Long-term memory. add_memory stores what is worth keeping (scope it with user_id); "
+    "search_memories finds notes before you answer; get/update/delete_memory manage one note "
+    "(memory_id is the note id); answer replies from memory; each note is also the resource memory://notes/{id}."
+)
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+class Hits(BaseModel):
+    hits: list[Hit]
+
+
+def callers_from_headers(keys: ApiKeys) -> Callable[[Context], Caller]:
+    """Over HTTP the caller is the request's API key (the HTTP layer already refused bad keys)."""
+
+    def caller(ctx: Context) -> Caller:
+        request = ctx.request_context.request
+        return keys.caller(request.headers) if request is not None else Caller()
+
+    return caller
+
+
+def build_mcp_server(memory: Memory, caller_of: Callable[[Context], Caller] = lambda ctx: Caller()) -> MCPServer:
+    """An MCP server over `memory`; `caller_of` says whose rights a request carries (default: every user)."""
+    server = MCPServer("agentmem", instructions=INSTRUCTIONS)
+
+    def scoped(ctx: Context) -> ScopedMemory:
+        return ScopedMemory(memory, caller_of(ctx))
+
+    def typed(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except AgentMemError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
+    @server.tool(description="Store a memory (a note); a near-duplicate reinforces the note it repeats.")
+    def add_memory(text: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
+                   session_id: str | None = None, tags: list[str] | None = None,
+                   metadata: dict[str, Any] | None = None) -> Note:
+        mem = scoped(ctx)
+        return typed(lambda: memory.remember(text, user_id=mem.user(user_id), agent_id=agent_id,
+                                             session_id=session_id, tags=tags or (), metadata=metadata))
+
+    @server.tool(description="Find the memories that best answer a query, best first, each with its score and why.")
+    def search_memories(query: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
+                        session_id: str | None = None, k: int = 5,
+                        filters: dict[str, str | int | float | bool] | None = None) -> Hits:
+        mem = scoped(ctx)
+        return Hits(hits=typed(lambda: memory.recall(query, k=k, user_id=mem.user(user_id), agent_id=agent_id,
+                                                     session_id=session_id, filters=filters)))
+
+    @server.tool(description="One memory by its id.")
+    def get_memory(memory_id: str, ctx: Context) -> Note:
+        return typed(lambda: scoped(ctx).note(memory_id))
+
+    @server.tool(description="Change a memory's text, tags or metadata; the previous version is kept in its history.")
+    def update_memory(memory_id: str, ctx: Context, text: str | None = None, tags: list[str] | None = None,
+                      metadata: dict[str, Any] | None = None) -> Note:
+        mem = scoped(ctx)
+
+        def change() -> Note:
+            mem.note(memory_id)
+            return memory.update(memory_id, text=text, tags=tags, metadata=metadata)
+
+        return typed(change)
+
+    @server.tool(description="Forget a memory for good (and retract its edit of the model's weights, if any).")
+    def delete_memory(memory_id: str, ctx: Context) -> Deleted:
+        mem = scoped(ctx)
+
+        def delete() -> Deleted:
+            mem.note(memory_id)
+            memory.forget(memory_id)
+            return Deleted(deleted=memory_id)
+
+        return typed(delete)
+
+    @server.tool(description="Move often-recalled facts into the local model's weights (dry_run: only the plan). "
+                             "Takes minutes on a CPU.")
+    def consolidate(ctx: Context, dry_run: bool = False, policy: dict[str, Any] | None = None) -> ConsolidationReport:
+        mem = scoped(ctx)
+
+        def run() -> ConsolidationReport:
+            mem.require_all_users("consolidation")
+            return memory.consolidate(policy, dry_run=dry_run)
+
+        return typed(run)
+
+    @server.tool(description="Answer a question from memory: from the weights where edits cover it, "
+                             "else with recalled notes as context.")
+    def answer(question: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
+               session_id: str | None = None, k: int = 5) -> Answer:
+        mem = scoped(ctx)
+        return typed(lambda: memory.answer(question, k=k, user_id=mem.user(user_id), agent_id=agent_id,
+                                           session_id=session_id))
+
+    @server.resource("memory://notes/{note_id}", mime_type="application/json", description="One note, as JSON.")
+    def note_resource(note_id: str, ctx: Context) -> str:
+        try:
+            return scoped(ctx).note(note_id).model_dump_json()
+        except AgentMemError as exc:
+            raise ResourceError(f"{type(exc).__name__}: {exc}") from exc
+
+    return server

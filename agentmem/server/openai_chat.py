@@ -1,0 +1,214 @@
+"""An OpenAI-compatible chat API: `POST /v1/chat/completions` (streamed or not) and `GET /v1/models`.
+
+Every request is one `MemoryChat` turn for the request's user (the standard `user` field, or the
+`X-AgentMem-User` header): notes are recalled before the reply and go to the model as a system
+message, and the user's last message is remembered. The reply comes from the bundled local model
+(with its edits), or, with an upstream URL, from any OpenAI-compatible server. A streamed reply is
+sent as server-sent chunks once the reply is complete (the chat function returns whole texts).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidInputError
+from ..facts import ChatFunction
+from ..integrations.chat import SYSTEM, MemoryChat, local_chat
+from ..memory import Memory
+from .access import ScopedMemory
+from .errors import UpstreamError
+from .rest import ERRORS, scoped
+
+LOCAL_MODEL = "agentmem-local"
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content if part.type == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields agentmem uses; other OpenAI parameters are accepted and passed upstream."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = LOCAL_MODEL
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    stream: bool = False
+    user: str | None = None
+    max_tokens: int | None = Field(None, ge=1, le=2048)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2048)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+
+
+class MemoryTrace(BaseModel):
+    """agentmem's addition to the OpenAI response: which notes were recalled, which note the turn became."""
+
+    recalled: list[str]
+    remembered: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    agentmem: MemoryTrace
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "agentmem"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class UpstreamChat:
+    """A chat function that forwards the messages (recalled notes included) to an OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def complete(self, messages: list[dict[str, str]], model: str, options: dict[str, Any]) -> str:
+        try:
+            response = self.client.post("/chat/completions", json={**options, "model": model, "messages": messages,
+                                                                   "stream": False})
+            response.raise_for_status()
+            return response.json()["choices"][0]["message"]["content"] or ""
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError(f"the upstream server at {self.client.base_url} failed: {exc}") from None
+
+    def models(self) -> ModelList:
+        try:
+            response = self.client.get("/models")
+            response.raise_for_status()
+            return ModelList.model_validate(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise UpstreamError(f"the upstream server at {self.client.base_url} failed: {exc}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ChatService:
+    """Turns chat requests into `MemoryChat` turns, answered locally or upstream."""
+
+    def __init__(self, memory: Memory, upstream: UpstreamChat | None = None) -> None:
+        self.memory, self.upstream = memory, upstream
+        self._generating = threading.Lock()  # one local generation at a time: the model and its editor hooks are shared
+
+    def chat_function(self, body: ChatCompletionRequest) -> ChatFunction:
+        if self.upstream is not None:
+            upstream = self.upstream
+            options = body.model_extra or {}
+            if body.max_tokens:
+                options = {**options, "max_tokens": body.max_tokens}
+            return lambda messages: upstream.complete(messages, body.model, options)
+        local = local_chat(self.memory, max_new_tokens=body.max_completion_tokens or body.max_tokens or 96)
+
+        def generate(messages: list[dict[str, str]]) -> str:
+            with self._generating:
+                return local(messages)
+
+        return generate
+
+    def turn(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None) -> ChatCompletion:
+        *earlier, last = body.messages
+        if last.role != "user" or not last.text().strip():
+            raise InvalidInputError("the last message must be a non-empty user message")
+        system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer")) or SYSTEM
+        chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system)
+        if session is not None:
+            chat.session_id = session
+        chat.history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]
+        reply = chat.reply(last.text())
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,
+            choices=[Choice(message=AssistantMessage(content=reply.text))],
+            agentmem=MemoryTrace(recalled=[hit.note.id for hit in reply.recalled], remembered=reply.remembered.id),
+        )
+
+
+def service(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+             summary="a chat turn with long-term memory (OpenAI-compatible)")
+def chat_completions(
+    body: ChatCompletionRequest,
+    mem: Annotated[ScopedMemory, Depends(scoped)],
+    chat: Annotated[ChatService, Depends(service)],
+    x_agentmem_user: Annotated[str | None, Header()] = None,
+    x_agentmem_session: Annotated[str | None, Header()] = None,
+) -> ChatCompletion | StreamingResponse:
+    completion = chat.turn(body, mem, body.user or x_agentmem_user, x_agentmem_session)
+    if body.stream:
+        return StreamingResponse(_chunks(completion), media_type="text/event-stream")
+    return completion
+
+
+def _chunks(completion: ChatCompletion) -> Iterator[str]:
+    """The reply as `chat.completion.chunk` events: the role, the text word by word, the stop, then [DONE]."""
+    text = completion.choices[0].message.content
+    pieces = [piece for word in text.split(" ") for piece in (word, " ")][:-1] if text else []
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        event = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
+                 "model": completion.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if finish is not None:
+            event["agentmem"] = completion.agentmem.model_dump()
+        return f"data: {json.dumps(event)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in pieces:
+        yield chunk({"content": piece})
+    yield chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+@router.get("/models", response_model=ModelList, summary="the models this server answers with")
+def models(chat: Annotated[ChatService, Depends(service)]) -> ModelList:
+    if chat.upstream is not None:
+        return chat.upstream.models()
+    return ModelList(data=[Model(id=LOCAL_MODEL)])

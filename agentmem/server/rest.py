@@ -1,0 +1,244 @@
+"""The REST API under /v1: every verb of `Memory`, bodies being the package's pydantic models.
+
+Endpoints are plain (sync) functions: FastAPI runs them on its thread pool, and `Memory` is
+thread-safe, so a slow call (a model load, an edit) never blocks the event loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryItem, MemoryStats, Note
+from .access import ScopedMemory
+from .auth import STATE_KEY, Caller
+from .errors import AccessDeniedError
+from .jobs import JobRunner
+from .models import (
+    AnswerRequest, AtRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, Job, Linked, LinkRequest,
+    PlanRequest, RecallRequest, RememberBatch, Retention, UpdateRequest,
+)
+
+JSONL = "application/x-ndjson"
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 413, 422, 503)}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+def scoped(request: Request) -> ScopedMemory:
+    caller = getattr(request.state, STATE_KEY, None) or Caller()
+    return ScopedMemory(request.app.state.memory, caller)
+
+
+def runner(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+Scoped = Annotated[ScopedMemory, Depends(scoped)]
+Runner = Annotated[JobRunner, Depends(runner)]
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+@router.post("/notes", response_model=Note, tags=["notes"], summary="remember one note")
+def remember(item: MemoryItem, mem: Scoped) -> Note:
+    return mem.memory.remember(
+        item.text, user_id=mem.user(item.user_id), agent_id=item.agent_id, session_id=item.session_id,
+        at=item.at, tags=item.tags, metadata=item.metadata, fact=item.fact,
+    )
+
+
+@router.post("/notes/batch", response_model=list[Note], tags=["notes"], summary="remember many notes at once")
+def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
+    default_user = mem.user(batch.user_id)
+    items = [MemoryItem(text=item) if isinstance(item, str) else item for item in batch.items]
+    items = [item.model_copy(update={"user_id": mem.user(item.user_id or default_user)}) for item in items]
+    return mem.memory.remember_many(items, user_id=default_user, agent_id=batch.agent_id,
+                                    session_id=batch.session_id, at=batch.at)
+
+
+@router.patch("/notes/{note_id}", response_model=Note, tags=["notes"], summary="update a note (history kept)")
+def update(note_id: str, change: UpdateRequest, mem: Scoped) -> Note:
+    mem.note(note_id)
+    optional = {"fact": change.fact} if "fact" in change.model_fields_set else {}
+    return mem.memory.update(note_id, text=change.text, tags=change.tags, metadata=change.metadata,
+                             at=change.at, **optional)
+
+
+@router.delete("/notes/{note_id}", response_model=Forgotten, tags=["notes"], summary="forget a note for good")
+def forget(note_id: str, mem: Scoped) -> Forgotten:
+    mem.note(note_id)
+    mem.memory.forget(note_id)
+    return Forgotten(forgotten=note_id)
+
+
+@router.post("/notes/{note_id}/links", response_model=Linked, tags=["notes"], summary="link two notes by hand")
+def link(note_id: str, body: LinkRequest, mem: Scoped) -> Linked:
+    mem.note(note_id)
+    mem.note(body.note_id)
+    mem.memory.link(note_id, body.note_id, weight=body.weight, at=body.at)
+    return Linked(linked=(note_id, body.note_id), weight=body.weight)
+
+
+@router.post("/notes/{note_id}/restore", response_model=Note, tags=["forgetting"], summary="bring an archived note back")
+def restore(note_id: str, body: AtRequest, mem: Scoped) -> Note:
+    mem.note(note_id)
+    return mem.memory.restore(note_id, at=body.at)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+@router.post("/recall", response_model=list[Hit], tags=["notes"], summary="find the notes that best answer a query")
+def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
+    return mem.memory.recall(
+        body.query, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
+        at=body.at, filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
+    )
+
+
+@router.get("/notes/{note_id}", response_model=Note, tags=["notes"], summary="one note")
+def get(note_id: str, mem: Scoped) -> Note:
+    return mem.note(note_id)
+
+
+@router.get("/notes/{note_id}/history", response_model=list[HistoryEntry], tags=["notes"],
+            summary="earlier versions of a note")
+def history(note_id: str, mem: Scoped) -> list[HistoryEntry]:
+    mem.note(note_id)
+    return [HistoryEntry(at=at, change=change, note=note) for at, change, note in mem.memory.history(note_id)]
+
+
+@router.get("/notes/{note_id}/neighbors", response_model=list[Note], tags=["notes"],
+            summary="the notes linked to this one, strongest link first")
+def neighbors(note_id: str, mem: Scoped) -> list[Note]:
+    mem.note(note_id)
+    return [note for note in mem.memory.neighbors(note_id) if mem.visible(note)]
+
+
+@router.get("/notes/{note_id}/retention", response_model=Retention, tags=["forgetting"],
+            summary="how well a note is retained at a time")
+def retention(note_id: str, mem: Scoped, at: datetime | None = None) -> Retention:
+    mem.note(note_id)
+    when = at or datetime.now(timezone.utc)
+    return Retention(note_id=note_id, at=when, retention=mem.memory.retention(note_id, at=when))
+
+
+# ---- the forgetting curve and the whole store ----------------------------------------------------
+
+@router.post("/decay", response_model=DecayReport, tags=["forgetting"], summary="archive faded notes")
+def decay(body: AtRequest, mem: Scoped) -> DecayReport:
+    mem.require_all_users("decay")
+    return mem.memory.decay(at=body.at)
+
+
+@router.get("/stats", response_model=MemoryStats, tags=["store"], summary="counts of notes, links and users")
+def stats(mem: Scoped) -> MemoryStats:
+    mem.require_all_users("stats")
+    return mem.memory.stats()
+
+
+@router.get("/export", tags=["store"], summary="every note (of the key's user, if bound) as JSON lines",
+            response_class=StreamingResponse,
+            responses={200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "one Note per line"}})
+def export(mem: Scoped) -> StreamingResponse:
+    handle, name = tempfile.mkstemp(suffix=".jsonl")
+    os.close(handle)
+    try:
+        mem.memory.export(name)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return StreamingResponse(_lines(Path(name), mem), media_type=JSONL)
+
+
+def _lines(path: Path, mem: ScopedMemory) -> Iterator[str]:
+    """The exported file, line by line (only the bound user's notes), removed once sent."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if not mem.bound or json.loads(line).get("user_id") == mem.caller.user_id:
+                    yield line
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@router.post("/import", response_model=ImportReport, tags=["store"], summary="load notes written by export",
+             openapi_extra={"requestBody": {"required": True, "content": {JSONL: {"schema": {"type": "string"}}}}})
+async def import_(request: Request, mem: Scoped) -> ImportReport:
+    body = await request.body()
+    return await run_in_threadpool(_import, body, mem)
+
+
+def _import(body: bytes, mem: ScopedMemory) -> ImportReport:
+    if mem.bound:
+        for line in body.splitlines():
+            try:
+                user = json.loads(line).get("user_id") if line.strip() else mem.caller.user_id
+            except (ValueError, AttributeError):
+                continue  # not a note: `import_` names the line and refuses the whole file
+            if user != mem.caller.user_id:
+                raise AccessDeniedError(f"this API key may only import notes of user {mem.caller.user_id!r}")
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "import.jsonl"
+        source.write_bytes(body)
+        return mem.memory.import_(source)
+
+
+# ---- consolidation -------------------------------------------------------------------------------
+
+@router.post("/plan", response_model=list[Decision], tags=["consolidation"],
+             summary="what consolidation would do now and why; changes nothing")
+def plan(body: PlanRequest, mem: Scoped) -> list[Decision]:
+    mem.require_all_users("plan")
+    return mem.memory.plan(body.policy, at=body.at)
+
+
+@router.post("/consolidate", response_model=Job, status_code=202, tags=["consolidation"],
+             summary="start a consolidation job in the background")
+def consolidate(body: ConsolidateRequest, mem: Scoped, jobs: Runner) -> Job:
+    mem.require_all_users("consolidation")
+    return jobs.submit(body.policy, body.dry_run, body.at)
+
+
+@router.get("/jobs", response_model=list[Job], tags=["consolidation"], summary="every job since the server started")
+def list_jobs(mem: Scoped, jobs: Runner) -> list[Job]:
+    mem.require_all_users("the job list")
+    return jobs.jobs()
+
+
+@router.get("/jobs/{job_id}", response_model=Job, tags=["consolidation"], summary="a job's status and progress")
+def get_job(job_id: str, mem: Scoped, jobs: Runner) -> Job:
+    mem.require_all_users("a consolidation job")
+    return jobs.get(job_id)
+
+
+@router.get("/ledger", response_model=list[LedgerEntry], tags=["consolidation"],
+            summary="which note became which edit (of one note, if given)")
+def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
+    if note_id is None:
+        mem.require_all_users("the whole ledger")
+    else:
+        mem.note(note_id)
+    return mem.memory.ledger(note_id)
+
+
+@router.post("/answer", response_model=Answer, tags=["consolidation"],
+             summary="answer from the weights where edits cover the question, else from recalled notes")
+def answer(body: AnswerRequest, mem: Scoped) -> Answer:
+    return mem.memory.answer(
+        body.question, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
+        at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
+    )
+
+
+@router.get("/health", tags=["store"], summary="the server is up (no key needed only if keys are off)")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
