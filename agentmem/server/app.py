@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,6 +18,8 @@ from .errors import error_body, status_of
 from .jobs import JobRunner
 from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .mcp_server import build_mcp_server, callers_from_headers
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -46,6 +49,7 @@ def create_app(
             if chat.upstream is not None:
                 chat.upstream.close()
             memory.close()
+            log.warning("agentmem: stopped; the store at %s is closed", memory.path)
 
     app = FastAPI(
         title="agentmem",

@@ -1,0 +1,86 @@
+"""Real `agentmem serve` processes on free loopback ports, and httpx clients for them."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ADMIN_KEY = "admin-key-0001"
+ALICE_KEY = "alice-key-0001"
+BOB_KEY = "bob-key-00001"
+KEYS = [ADMIN_KEY, f"{ALICE_KEY}:alice", f"{BOB_KEY}:bob"]
+
+
+@dataclass
+class Served:
+    url: str
+    path: Path
+    process: subprocess.Popen
+    log: Path
+
+    def client(self, key: str | None = ADMIN_KEY, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager would send; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(folder: Path, *args: str, key: str | None = None, timeout: float = 180.0) -> Served:
+    """`agentmem --path folder/store serve --port N *args`, once it answers /v1/health."""
+    port = free_port()
+    log = folder / "server.log"
+    command = [sys.executable, "-m", "agentmem.cli", "--path", str(folder / "store"), "serve", "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
+    served = Served(f"http://127.0.0.1:{port}", folder / "store", process, log)
+    deadline = time.monotonic() + timeout
+    with served.client(key, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"agentmem serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if client.get("/v1/health").status_code == 200:
+                    return served
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+    served.stop()
+    pytest.fail(f"agentmem serve did not answer within {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Served]:
+    """One server with API keys: an admin key, and keys bound to alice and to bob."""
+    served = start_server(tmp_path_factory.mktemp("served"), *(f"--api-key={k}" for k in KEYS), key=ADMIN_KEY)
+    yield served
+    assert_clean_stop(served)
+
+
+def assert_clean_stop(served: Served) -> None:
+    """SIGTERM ends the server through its shutdown path (uvicorn re-raises the signal once it is done)."""
+    assert served.stop() in (0, -signal.SIGTERM), served.log.read_text()
+    assert "the store at" in served.log.read_text() and "is closed" in served.log.read_text()
+
+
+@pytest.fixture
+def admin(server) -> Iterator[httpx.Client]:
+    with server.client(ADMIN_KEY) as client:
+        yield client

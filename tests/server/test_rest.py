@@ -1,0 +1,132 @@
+"""The REST API of a real `agentmem serve` process, called with httpx: every verb, errors, concurrency."""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+T0 = "2024-05-01T12:00:00+00:00"
+
+
+def remember(client, text, **fields):
+    response = client.post("/v1/notes", json={"text": text, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_every_note_verb_round_trips(admin):
+    user = f"u{uuid.uuid4().hex[:8]}"
+    first = remember(admin, "Rosa keeps goats in the Alps", user_id=user, tags=["farm"], at=T0)
+    second = remember(admin, "Rosa's goats graze on Alpine meadows in summer", user_id=user, at=T0)
+    assert first["user_id"] == user and "farm" in first["tags"]
+
+    batch = admin.post("/v1/notes/batch", json={"items": ["Rosa sells cheese at the market",
+                                                          {"text": "Rosa's dog is called Bruno", "tags": ["pets"]}],
+                                                "user_id": user, "at": T0})
+    assert batch.status_code == 200 and [n["user_id"] for n in batch.json()] == [user, user]
+
+    hits = admin.post("/v1/recall", json={"query": "Who keeps goats?", "user_id": user, "k": 2}).json()
+    assert hits[0]["note"]["id"] == first["id"] and set(hits[0]["why"]) >= {"similarity", "retention"}
+    assert admin.get(f"/v1/notes/{first['id']}").json()["recall_count"] == 1
+
+    updated = admin.patch(f"/v1/notes/{first['id']}", json={"text": "Rosa keeps sheep in the Alps"}).json()
+    assert updated["text"] == "Rosa keeps sheep in the Alps"
+    history = admin.get(f"/v1/notes/{first['id']}/history").json()
+    assert history[-1]["change"] == "updated" and history[-1]["note"]["text"] == "Rosa keeps goats in the Alps"
+
+    linked = admin.post(f"/v1/notes/{first['id']}/links", json={"note_id": batch.json()[1]["id"], "weight": 0.5})
+    assert linked.status_code == 200
+    neighbours = [n["id"] for n in admin.get(f"/v1/notes/{first['id']}/neighbors").json()]
+    assert batch.json()[1]["id"] in neighbours
+
+    retention = admin.get(f"/v1/notes/{second['id']}/retention", params={"at": "2030-01-01T00:00:00Z"}).json()
+    assert 0 <= retention["retention"] < 0.5
+    decayed = admin.post("/v1/decay", json={"at": "2030-01-01T00:00:00Z"}).json()
+    assert second["id"] in decayed["archived"]
+    assert admin.get(f"/v1/notes/{second['id']}").json()["archived"] is True
+    assert admin.post(f"/v1/notes/{second['id']}/restore", json={}).json()["archived"] is False
+
+    assert admin.delete(f"/v1/notes/{first['id']}").json() == {"forgotten": first["id"]}
+    assert admin.get(f"/v1/notes/{first['id']}").status_code == 404
+    stats = admin.get("/v1/stats").json()
+    assert stats["users"][user] == 3
+    assert admin.get("/v1/ledger").json() == [] or isinstance(admin.get("/v1/ledger").json(), list)
+
+
+def test_export_streams_jsonl_and_import_skips_known_ids(admin, server):
+    user = f"u{uuid.uuid4().hex[:8]}"
+    note = remember(admin, "Kenji repairs bicycles in Kyoto", user_id=user, at=T0)
+    with admin.stream("GET", "/v1/export") as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    exported = [n for n in lines if n["id"] == note["id"]]
+    assert exported and exported[0]["text"] == note["text"]
+    body = "\n".join(json.dumps(n) for n in exported) + "\n"
+    report = admin.post("/v1/import", content=body, headers={"content-type": "application/x-ndjson"}).json()
+    assert report == {"imported": 0, "skipped": 1}
+    admin.delete(f"/v1/notes/{note['id']}")
+    report = admin.post("/v1/import", content=body, headers={"content-type": "application/x-ndjson"}).json()
+    assert report == {"imported": 1, "skipped": 0}
+    assert admin.get(f"/v1/notes/{note['id']}").json()["text"] == note["text"]
+
+
+def test_bad_input_gets_a_typed_4xx_and_changes_nothing(admin):
+    before = admin.get("/v1/stats").json()["notes"]
+    cases = [
+        ("POST", "/v1/notes", {"json": {"text": "   "}}, 422, "InvalidInputError"),
+        ("POST", "/v1/notes", {"json": {"text": 5}}, 422, "InvalidInputError"),
+        ("POST", "/v1/notes", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
+         "InvalidInputError"),
+        ("POST", "/v1/notes/batch", {"json": {"items": ["fine", "  "]}}, 422, "InvalidInputError"),
+        ("POST", "/v1/recall", {"json": {"query": "x", "k": 0}}, 422, "InvalidInputError"),
+        ("POST", "/v1/recall", {"json": {"query": "x", "surprise": 1}}, 422, "InvalidInputError"),
+        ("GET", "/v1/notes/no-such-note", {}, 404, "NoteNotFoundError"),
+        ("PATCH", "/v1/notes/no-such-note", {"json": {"text": "x"}}, 404, "NoteNotFoundError"),
+        ("DELETE", "/v1/notes/no-such-note", {}, 404, "NoteNotFoundError"),
+        ("GET", "/v1/jobs/no-such-job", {}, 404, "JobNotFoundError"),
+        ("POST", "/v1/consolidate", {"json": {"policy": {"min_recalls": -1}}}, 422, "InvalidInputError"),
+        ("POST", "/v1/import", {"content": b'{"id": "x"}\n', "headers": {"content-type": "application/x-ndjson"}},
+         422, "InvalidInputError"),
+        ("POST", "/v1/notes", {"content": b'{"text": "' + b"a" * (9 * 1024 * 1024) + b'"}',
+                               "headers": {"content-type": "application/json"}}, 413, "PayloadTooLargeError"),
+    ]
+    for method, path, kwargs, status, error in cases:
+        response = admin.request(method, path, **kwargs)
+        assert (response.status_code, response.json()["error"]) == (status, error), (method, path, response.text)
+        assert response.json()["message"]
+    assert admin.get("/v1/stats").json()["notes"] == before
+
+
+def test_sixteen_concurrent_clients_lose_and_duplicate_nothing(server):
+    clients, calls = 16, 24   # the full 16 x 200 runs in the benchmark (python -m agentmem.eval.serving)
+    run = uuid.uuid4().hex[:8]
+    errors: list[str] = []
+    stored: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def work(c: int) -> None:
+        with server.client() as client:
+            for i in range(calls):
+                text = f"Client {c} noted {' '.join(uuid.uuid4().hex[:6] for _ in range(4))} in run {run}"
+                response = client.post("/v1/notes", json={"text": text, "user_id": f"load-{run}"})
+                if response.status_code != 200:
+                    errors.append(response.text)
+                    continue
+                with lock:
+                    stored[response.json()["id"]] = text
+                found = client.post("/v1/recall", json={"query": text, "user_id": f"load-{run}", "k": 3})
+                if found.status_code != 200:
+                    errors.append(found.text)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(stored) == clients * calls                  # every remember made its own note
+    with server.client() as client:
+        assert client.get("/v1/stats").json()["users"][f"load-{run}"] == clients * calls   # none lost, none twice
+        with client.stream("GET", "/v1/export") as response:
+            texts = [json.loads(line)["text"] for line in response.iter_lines() if line]
+    assert sorted(t for t in texts if run in t) == sorted(stored.values())
