@@ -1,0 +1,53 @@
+"""`AgentMemBlock`: agentmem as a LlamaIndex memory block (`pip install agentmem[llamaindex]`).
+
+`llama_index.core.memory.Memory.from_defaults(memory_blocks=[AgentMemBlock(memory=mem, user_id="maya")])`
+gives a LlamaIndex agent agentmem's long-term memory: before each reply the block recalls notes for
+the latest messages (across all of the user's sessions), and the messages LlamaIndex flushes out of
+its short-term memory reach the block, which remembers the user's turns as notes, as `MemoryChat`
+does (the assistant's words are not facts the user gave; they stay in LlamaIndex's chat store).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.memory import BaseMemoryBlock
+from pydantic import Field
+
+from ..memory import Memory
+from .chat import MEMORY_HEADER
+
+
+class AgentMemBlock(BaseMemoryBlock[str]):
+    """Recall for the latest messages; remember the user's turns flushed from short-term memory."""
+
+    name: str = Field("agentmem", description="The name of the memory block.")
+    memory: Memory
+    user_id: str | None = None
+    agent_id: str | None = None
+    k: int = Field(5, ge=1, description="notes recalled per reply")
+    query_messages: int = Field(1, ge=1, description="how many of the latest messages the recall query is made of")
+
+    async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
+        """The recalled notes as one text, most relevant first ('' when nothing is recalled)."""
+        texts = [m.content for m in messages or [] if m.content and m.content.strip()]
+        query = "\n".join(texts[-self.query_messages:])
+        if not query:
+            return ""
+        hits = await asyncio.to_thread(
+            self.memory.recall, query, k=self.k, user_id=self.user_id, agent_id=self.agent_id
+        )
+        if not hits:
+            return ""
+        return MEMORY_HEADER + "\n" + "\n".join(f"- {hit.note.text}" for hit in hits)
+
+    async def _aput(self, messages: list[ChatMessage]) -> None:
+        """Remember the user's turns, all in one transaction (all or none), in LlamaIndex's session."""
+        turns = [
+            {"text": m.content, "session_id": m.additional_kwargs.get("session_id")}
+            for m in messages
+            if m.role == MessageRole.USER and m.content and m.content.strip()
+        ]
+        if turns:
+            await asyncio.to_thread(self.memory.remember_many, turns, user_id=self.user_id, agent_id=self.agent_id)

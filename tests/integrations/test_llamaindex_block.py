@@ -1,0 +1,80 @@
+"""AgentMemBlock inside LlamaIndex's own `Memory`: recalled text comes back, user turns become notes."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from llama_index.core.llms import ChatMessage
+from llama_index.core.memory import Memory as LlamaMemory
+
+from agentmem import InvalidInputError
+from agentmem.integrations.chat import MEMORY_HEADER
+from agentmem.integrations.llamaindex_block import AgentMemBlock
+from tests.conftest import T0
+
+
+def words(text: str) -> list[str]:
+    """A whitespace tokenizer: LlamaIndex's default (tiktoken) would download its vocabulary."""
+    return text.split()
+
+
+def llama_memory(block: AgentMemBlock, session_id: str, token_limit: int = 30_000) -> LlamaMemory:
+    return LlamaMemory.from_defaults(
+        session_id=session_id, memory_blocks=[block], token_limit=token_limit, tokenizer_fn=words,
+    )
+
+
+def test_get_returns_recalled_notes_in_the_system_message(memory):
+    memory.remember("Maya is allergic to peanuts.", user_id="maya", at=T0)
+    memory.remember("Ben is allergic to cats.", user_id="ben", at=T0)
+    chat = llama_memory(AgentMemBlock(memory=memory, user_id="maya"), "s1")
+    chat.put(ChatMessage(role="user", content="Can you suggest a snack for me?"))
+    messages = chat.get(input="What am I allergic to?")
+    assert messages[0].role == "system"
+    system = messages[0].content
+    assert MEMORY_HEADER in system and "- Maya is allergic to peanuts." in system and "Ben" not in system
+    assert messages[-1].content == "Can you suggest a snack for me?"
+
+
+def test_turns_flushed_from_short_term_memory_are_remembered_and_recalled_in_a_later_session(memory):
+    block = AgentMemBlock(memory=memory, user_id="maya")
+    first = llama_memory(block, "s1", token_limit=20)
+    turns = [
+        ("user", "My daughter Lea starts school in Lyon this September."),
+        ("assistant", "Congratulations! Lyon has lovely schools."),
+        ("user", "I also adopted a greyhound called Pixel."),
+        ("assistant", "Pixel is a great name for a greyhound."),
+        ("user", "Thanks, that is all for today."),
+        ("assistant", "Goodbye!"),
+    ]
+    for role, text in turns:
+        first.put(ChatMessage(role=role, content=text))
+    remembered = memory.notes(user_id="maya")
+    assert [n.text for n in remembered][:2] == [turns[0][1], turns[2][1]]   # flushed out of short-term memory
+    assert {n.text for n in remembered} <= {text for role, text in turns if role == "user"}   # never the assistant's
+    assert all(n.session_id == "s1" for n in remembered)
+
+    later = llama_memory(block, "s2")
+    [system, *_] = later.get(input="What is my dog called?")
+    assert "- I also adopted a greyhound called Pixel." in system.content
+
+
+def test_no_messages_or_no_hits_give_an_empty_block(memory):
+    chat = llama_memory(AgentMemBlock(memory=memory, user_id="maya"), "s1")
+    assert chat.get() == []
+    assert chat.get(input="anything at all?") == []   # nothing recalled: no system message added
+
+
+def test_bad_input_raises_and_writes_nothing(memory):
+    with pytest.raises(ValueError):   # pydantic's contract for the block's fields
+        AgentMemBlock(memory=memory, k=0)
+    with pytest.raises(ValueError):
+        AgentMemBlock(memory="not a memory")
+    block = AgentMemBlock(memory=memory, user_id="maya")
+    good = ChatMessage(role="user", content="I live in Lisbon.")
+    too_long = ChatMessage(role="user", content="x" * (memory.config.max_text_chars + 1))
+    chat = llama_memory(block, "s1")
+    with pytest.raises(InvalidInputError):
+        asyncio.run(block.aput([good, too_long], session_id="s1"))
+    assert memory.stats().notes == 0
+    assert chat.get_all() == []
