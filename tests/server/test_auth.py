@@ -1,0 +1,103 @@
+"""API keys: no key, no access; a key bound to a user cannot reach another user's notes by any route."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from agentmem.errors import InvalidInputError
+from agentmem.server.auth import ApiKeys
+
+from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY
+
+T0 = "2024-05-01T12:00:00+00:00"
+
+
+def test_every_route_needs_a_key(server):
+    for key in (None, "wrong-key-123"):
+        with server.client(key) as client:
+            for method, path in [("GET", "/v1/stats"), ("POST", "/v1/recall"), ("GET", "/v1/notes/x"),
+                                 ("GET", "/v1/export"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                                 ("GET", "/openapi.json"), ("POST", "/mcp")]:
+                response = client.request(method, path, json={})
+                assert response.status_code == 401, (method, path)
+                assert response.json()["error"] == "UnauthorizedError"
+    with server.client(None) as client:   # the key also works as X-API-Key
+        assert client.get("/v1/stats", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+
+
+def test_a_user_bound_key_reaches_only_its_users_notes(server):
+    with server.client(ALICE_KEY) as alice, server.client(BOB_KEY) as bob, server.client(ADMIN_KEY) as admin:
+        own = alice.post("/v1/notes", json={"text": "Alice's locker code is 4711", "at": T0}).json()
+        assert own["user_id"] == "alice"   # a bound key's notes belong to its user without saying so
+        other = bob.post("/v1/notes", json={"text": "Bob's locker code is 9876", "at": T0}).json()
+        alice_linked = alice.post("/v1/notes", json={"text": "Alice's locker is in the gym basement", "at": T0}).json()
+        admin.post(f"/v1/notes/{alice_linked['id']}/links", json={"note_id": other["id"]})
+
+        assert alice.post("/v1/notes", json={"text": "x", "user_id": "bob"}).status_code == 403
+        assert alice.post("/v1/recall", json={"query": "locker code", "user_id": "bob"}).status_code == 403
+        hits = alice.post("/v1/recall", json={"query": "Bob's locker code", "k": 10}).json()
+        assert hits and {h["note"]["user_id"] for h in hits} == {"alice"}
+        for method, path in [("GET", f"/v1/notes/{other['id']}"), ("GET", f"/v1/notes/{other['id']}/history"),
+                             ("GET", f"/v1/notes/{other['id']}/neighbors"), ("DELETE", f"/v1/notes/{other['id']}"),
+                             ("PATCH", f"/v1/notes/{other['id']}"), ("GET", f"/v1/ledger?note_id={other['id']}")]:
+            response = alice.request(method, path, json={"text": "mine now"} if method == "PATCH" else None)
+            assert (response.status_code, response.json()["error"]) == (404, "NoteNotFoundError"), (method, path)
+        neighbours = alice.get(f"/v1/notes/{alice_linked['id']}/neighbors").json()
+        assert other["id"] not in [n["id"] for n in neighbours]
+        with alice.stream("GET", "/v1/export") as response:
+            exported = [json.loads(line) for line in response.iter_lines() if line]
+        assert exported and {n["user_id"] for n in exported} == {"alice"}
+        foreign = json.dumps({**other, "id": "planted-note-1"}) + "\n"
+        assert alice.post("/v1/import", content=foreign).status_code == 403
+        for method, path in [("GET", "/v1/stats"), ("POST", "/v1/decay"), ("POST", "/v1/consolidate"),
+                             ("POST", "/v1/plan"), ("GET", "/v1/ledger"), ("GET", "/v1/jobs")]:
+            response = alice.request(method, path, json={} if method == "POST" else None)
+            assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError"), (method, path)
+        assert alice.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "user": "bob"}).status_code == 403
+        assert admin.get(f"/v1/notes/{other['id']}").json()["text"] == "Bob's locker code is 9876"   # untouched
+
+
+def test_a_user_bound_key_reaches_only_its_users_notes_over_mcp(server):
+    with server.client(ADMIN_KEY) as admin:
+        bobs = admin.post("/v1/notes", json={"text": "Bob's bank PIN hint is the cat's name", "user_id": "bob"}).json()
+
+    async def as_alice():
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+                got = await client.call_tool("get_memory", {"memory_id": bobs["id"]})
+                denied = await client.call_tool("search_memories", {"query": "PIN hint", "user_id": "bob"})
+                found = await client.call_tool("search_memories", {"query": "bank PIN hint"})
+                deleted = await client.call_tool("delete_memory", {"memory_id": bobs["id"]})
+                resource_error = None
+                try:
+                    await client.read_resource(f"memory://notes/{bobs['id']}")
+                except Exception as exc:  # the SDK raises the server's resource error
+                    resource_error = str(exc)
+                return got, denied, found, deleted, resource_error
+
+    got, denied, found, deleted, resource_error = asyncio.run(as_alice())
+    assert got.is_error and "NoteNotFoundError" in got.content[0].text
+    assert denied.is_error and "AccessDeniedError" in denied.content[0].text
+    assert not found.is_error and all(h["note"]["user_id"] == "alice" for h in found.structured_content["hits"])
+    assert deleted.is_error and resource_error and "NoteNotFoundError" in resource_error
+    with server.client(ADMIN_KEY) as admin:
+        assert admin.get(f"/v1/notes/{bobs['id']}").status_code == 200
+
+
+def test_key_specs_are_checked(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team keys\nteam-key-0001\nuser-key-0001:carol\n")
+    keys = ApiKeys.parse(["cli-key-0001:dave"], keys_file)
+    assert keys.caller({"authorization": "Bearer user-key-0001"}).user_id == "carol"
+    assert keys.caller({"x-api-key": "team-key-0001"}).user_id is None
+    assert keys.caller({"authorization": "Bearer cli-key-0001"}).user_id == "dave"
+    with pytest.raises(InvalidInputError):
+        ApiKeys.parse(["short"])
+    with pytest.raises(InvalidInputError):
+        ApiKeys.parse([], tmp_path / "missing")
