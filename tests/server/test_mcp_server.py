@@ -1,0 +1,57 @@
+"""The MCP server driven by the official `mcp` SDK client: over stdio (a subprocess) and streamable HTTP."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from .conftest import ADMIN_KEY
+
+TOOLS = {"add_memory", "search_memories", "get_memory", "update_memory", "delete_memory", "consolidate", "answer"}
+
+
+async def exercise(client: Client) -> None:
+    """The whole note life cycle through the tools, and a note read as a resource."""
+    assert {tool.name for tool in (await client.list_tools()).tools} >= TOOLS
+    added = await client.call_tool("add_memory", {"text": "Ines teaches chemistry in Porto", "user_id": "ines",
+                                                  "tags": ["work"]})
+    assert not added.is_error and added.structured_content["user_id"] == "ines"
+    note_id = added.structured_content["id"]
+    found = await client.call_tool("search_memories", {"query": "Who teaches chemistry?", "user_id": "ines", "k": 3})
+    assert found.structured_content["hits"][0]["note"]["id"] == note_id
+    got = await client.call_tool("get_memory", {"memory_id": note_id})
+    assert got.structured_content["text"] == "Ines teaches chemistry in Porto"
+    resource = await client.read_resource(f"memory://notes/{note_id}")
+    assert '"Ines teaches chemistry in Porto"' in resource.contents[0].text
+    updated = await client.call_tool("update_memory", {"memory_id": note_id, "text": "Ines teaches physics in Porto"})
+    assert updated.structured_content["text"] == "Ines teaches physics in Porto"
+    bad = await client.call_tool("add_memory", {"text": "   "})
+    assert bad.is_error and "InvalidInputError" in bad.content[0].text
+    deleted = await client.call_tool("delete_memory", {"memory_id": note_id})
+    assert deleted.structured_content == {"deleted": note_id}
+    gone = await client.call_tool("get_memory", {"memory_id": note_id})
+    assert gone.is_error and "NoteNotFoundError" in gone.content[0].text
+
+
+def test_over_stdio(tmp_path):
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agentmem.cli", "--path", str(tmp_path / "m"), "mcp"],
+                                   env=dict(os.environ))
+
+    async def main():
+        async with Client(params, read_timeout_seconds=120) as client:
+            await exercise(client)
+
+    asyncio.run(main())
+
+
+def test_over_streamable_http_inside_serve(server):
+    async def main():
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+                await exercise(client)
+
+    asyncio.run(main())
