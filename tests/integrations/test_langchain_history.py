@@ -1,0 +1,109 @@
+"""AgentMemChatHistory behind LangChain's RunnableWithMessageHistory, with a real (local, no network) runnable."""
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables.history import RunnableWithMessageHistory
+
+from agentmem import InvalidInputError
+from agentmem.integrations.langchain_history import AgentMemChatHistory
+from agentmem.integrations.langchain_retriever import AgentMemRetriever
+
+# langchain-core 1.x deprecates RunnableWithMessageHistory (for LangGraph persistence) but still ships it,
+# and BaseChatMessageHistory is what it and other chat-history users call.
+pytestmark = pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
+
+
+def chain_over(memory, replies: list[dict]):
+    """A chain whose model is a function: it records what it saw and answers from recalled notes."""
+    retriever = AgentMemRetriever(memory=memory, user_id="maya", k=1)
+
+    def model(inputs: dict) -> AIMessage:
+        replies.append(inputs)
+        recalled = retriever.invoke(inputs["input"])
+        return AIMessage(f"From memory: {recalled[0].page_content}" if recalled else "Noted.")
+
+    return RunnableWithMessageHistory(
+        RunnableLambda(model),
+        lambda session_id: AgentMemChatHistory(memory=memory, session_id=session_id, user_id="maya"),
+        input_messages_key="input",
+        history_messages_key="history",
+    )
+
+
+def session(session_id: str) -> dict:
+    return {"configurable": {"session_id": session_id}}
+
+
+def test_a_session_is_kept_and_its_user_turns_are_recalled_in_another_session(memory):
+    seen: list[dict] = []
+    chain = chain_over(memory, seen)
+    first = chain.invoke({"input": "I adopted a greyhound called Pixel."}, config=session("s1"))
+    assert first.content in ("Noted.", "From memory: I adopted a greyhound called Pixel.")
+    chain.invoke({"input": "Yes."}, config=session("s1"))
+    chain.invoke({"input": "Yes."}, config=session("s1"))   # a repeated turn is a turn, not a duplicate
+    assert [type(m) for m in seen[2]["history"]] == [HumanMessage, AIMessage] * 2
+
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")   # read back from the store
+    assert [m.content for m in history.messages if isinstance(m, HumanMessage)] == [
+        "I adopted a greyhound called Pixel.", "Yes.", "Yes."
+    ]
+    assert len(history.messages) == 6 and history.messages[1] == AIMessage(first.content)
+    turns = memory.notes(user_id="maya", session_id="s1")
+    assert [n.text for n in turns] == ["I adopted a greyhound called Pixel.", "Yes.", "Yes."]   # no assistant notes
+
+    answer = chain.invoke({"input": "What is my dog called?"}, config=session("s2"))
+    assert answer.content == "From memory: I adopted a greyhound called Pixel."
+    assert seen[-1]["history"] == []   # a new session starts empty; long-term memory carried the fact
+
+
+@pytest.mark.anyio
+async def test_the_chain_works_asynchronously(memory):
+    seen: list[dict] = []
+    chain = chain_over(memory, seen)
+    await chain.ainvoke({"input": "My sister Ana lives in Porto."}, config=session("s1"))
+    await chain.ainvoke({"input": "Where does Ana live?"}, config=session("s1"))
+    assert seen[-1]["history"][0] == HumanMessage("My sister Ana lives in Porto.")
+    messages = await AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").aget_messages()
+    assert len(messages) == 4 and messages[-1].content == "From memory: My sister Ana lives in Porto."
+
+
+def test_messages_before_the_first_user_turn_and_between_turns_keep_their_order(memory):
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    greeting = [SystemMessage("Be brief."), AIMessage("Hi! How can I help?")]
+    history.add_messages(greeting)
+    assert history.messages == greeting and memory.stats().notes == 0
+    history.add_messages([HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!")])
+    history.add_message(AIMessage("Anything else?"))
+    history.add_user_message("No, thanks.")
+    expected = [*greeting, HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!"),
+                AIMessage("Anything else?"), HumanMessage("No, thanks.")]
+    assert history.messages == expected
+    assert AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").messages == expected
+    assert AgentMemChatHistory(memory=memory, session_id="s2", user_id="maya").messages == []
+
+
+def test_clear_forgets_the_session_and_nothing_else(memory):
+    memory.remember("Maya is allergic to peanuts.", user_id="maya")
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
+    history.clear()
+    assert history.messages == [] and [n.text for n in memory.notes(user_id="maya")] == ["Maya is allergic to peanuts."]
+
+
+def test_bad_input_raises_typed_errors_and_writes_nothing(memory):
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
+    before = history.messages
+    with pytest.raises(InvalidInputError):
+        history.add_messages([AIMessage("Anything else?"), HumanMessage("   ")])
+    with pytest.raises(InvalidInputError):
+        history.add_messages([HumanMessage("ok"), "not a message"])
+    with pytest.raises(InvalidInputError):
+        history.add_messages([HumanMessage("x" * (memory.config.max_text_chars + 1))])
+    assert history.messages == before and memory.stats().notes == 1
+    with pytest.raises(InvalidInputError):
+        AgentMemChatHistory(memory="not a memory", session_id="s1")
+    with pytest.raises(InvalidInputError):
+        AgentMemChatHistory(memory=memory, session_id="")
