@@ -27,3 +27,7 @@ class ModelUnavailableError(AgentMemError, RuntimeError):
 
 class StoreUnavailableError(AgentMemError, RuntimeError):
     """A store could not be reached (e.g. no Chroma server at the given URL)."""
+
+
+class StoreCorruptedError(AgentMemError, RuntimeError):
+    """A store file is damaged or does not belong with the rest; the message says the way out."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .notes import MAX_STRENGTH
+
 
 def exponential_retention(elapsed: float, strength: float) -> float:
     """R = exp(-t / S), with t clamped at 0 (a recall in the future counts as now)."""
@@ -23,8 +25,8 @@ def exponential_retention(elapsed: float, strength: float) -> float:
 
 
 def reinforced_strength(strength: float, gain: float) -> float:
-    """Strength after one more recall."""
-    return strength + gain
+    """Strength after one more recall (capped where a stored note's strength must stay)."""
+    return min(strength + gain, MAX_STRENGTH)
 
 
 def actr_activation(ages: Sequence[float], decay: float = 0.5) -> float:

@@ -5,6 +5,11 @@ A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
 Every operation holds a thread lock and an inter-process file lock, so many threads
 and several processes can share one folder without losing or duplicating notes.
 Embedding happens before the locks are taken, so threads still encode in parallel.
+
+The contract for faults: every argument is checked before anything is written, so a call
+that raises has changed nothing; a call that returns is durable (committed to the note
+graph; an unreachable index catches up from the outbox). Disk full, a read-only folder and
+an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorruptedError`.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import shutil
+
 import filelock
 import numpy as np
 from pydantic import ValidationError
@@ -27,7 +34,7 @@ from . import validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory
 from .editors import Editor, EditorConfig
-from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError
+from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
 from .models import LanguageModel, load_embedder, load_model
 from .notes import (
@@ -35,12 +42,15 @@ from .notes import (
     MemoryStats, Note,
 )
 from .stores import NoteGraph, VectorIndex
-from .stores.vectors import METADATA_PREFIX
+from .stores.filters import NoteFilter
+from .stores.graph import sqlite_errors
+from .stores.sync import IndexSync, open_index
 
 log = logging.getLogger(__name__)
 
 Enricher = Callable[[str], Enrichment | dict[str, Any]]
 SCOPES = ("user_id", "agent_id", "session_id")
+EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 _UNSET: Any = object()
 
 
@@ -82,7 +92,10 @@ class Memory:
         if isinstance(editor, Editor) and model is None:
             model = editor.lm
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
         self.config = config or MemoryConfig()
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self._enricher = enricher
@@ -94,19 +107,29 @@ class Memory:
         self._fact_extractor = fact_extractor
         self._consolidator: Consolidator | None = None
         self._parametric_lock = threading.RLock()
-        self._graph = NoteGraph(self.path / "notes.sqlite3")
+        graph_file = self.path / "notes.sqlite3"
+        graph_was_there = graph_file.exists()
+        self._graph = NoteGraph(graph_file)
+        self._index: VectorIndex | None = None
         try:
-            self._ledger = Ledger(self._graph._db)
-            self._index = VectorIndex(self.path / "chroma", collection, chroma_url)
+            self._ledger = Ledger(self._graph.connection)
+            self._index = open_index(self.path / "chroma", collection, chroma_url, self._graph)
+            self._sync = IndexSync(self._graph, self._index)
             with self._exclusive():
                 self._check_embedder()
-                self._reconcile(full=True)
+                self._sync.pair()
+                self._sync.reconcile(full=True)
             if isinstance(model, LanguageModel):
                 self._consolidation()
         except BaseException:
             if self._consolidator is not None:
                 self._consolidator.close()
+            if self._index is not None:
+                self._index.close()
             self._graph.close()
+            if not graph_was_there:  # refused to open: leave the folder as it was found
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{graph_file}{suffix}").unlink(missing_ok=True)
             raise
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -129,14 +152,25 @@ class Memory:
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Hold both locks; first catch up with what other processes wrote."""
+        """Hold both locks; first catch up with what other processes wrote (and with an index
+        that was unreachable); afterwards quarantine any row a read found unreadable."""
         with self._lock:
             if self._closed:
                 raise StoreClosedError(f"memory at {self.path} is closed")
-            with self._file_lock:
-                if self._graph.refresh_if_changed():
-                    self._index.refresh()
-                yield
+            try:
+                self._file_lock.acquire()
+            except OSError as exc:
+                raise StoreUnavailableError(f"cannot lock the store at {self.path}: {exc}") from exc
+            try:
+                with sqlite_errors(self._graph.path):
+                    if self._graph.refresh_if_changed():
+                        self._index.refresh()
+                    self._sync.catch_up()
+                    yield
+                    if self._graph.unreadable:
+                        self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
+            finally:
+                self._file_lock.release()
 
     def _check_embedder(self) -> None:
         dim = str(self._embed(["dimension probe"]).shape[1])
@@ -147,24 +181,11 @@ class Memory:
         elif stored != dim:
             raise InvalidInputError(f"this store holds {stored}-dimensional embeddings; the embedder gives {dim}")
 
-    def _reconcile(self, full: bool = False) -> None:
-        """Bring the vector index in line with the note graph (the source of truth)."""
-        pending = self._graph.pending()
-        if full and not pending and self._index.count() == len(self._graph.graph):
-            return
-        if full:
-            in_index, in_graph = self._index.ids(), self._graph.all_ids()
-            pending = [(i, "delete") for i in in_index - in_graph] + [(i, "upsert") for i in in_graph - in_index] + pending
-        self._push([i for i, op in pending if op == "upsert"], [i for i, op in pending if op == "delete"])
-
-    def _push(self, upserts: list[str], deletes: list[str] = ()) -> None:
-        """Write notes to the vector index, then clear their outbox entries."""
-        upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
-        rows = self._graph.load(upserts, links=False)
-        self._index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
-        self._index.delete(list(deletes))
-        with self._graph.transaction():
-            self._graph.clear_pending([*upserts, *deletes])
+    def _search_index(self, embeddings: np.ndarray, n: int, conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        """The index's nearest notes (by note id) to each embedding, narrowed by index conditions."""
+        results = self._index.query(embeddings, n, conditions)
+        ids = self._graph.ids_of({token for result in results for token, _ in result})
+        return [[(ids[token], score) for token, score in result if token in ids] for result in results]
 
     # ---- writing -------------------------------------------------------------------
 
@@ -179,10 +200,13 @@ class Memory:
         tags: Iterable[str] = (),
         metadata: dict[str, Any] | None = None,
         fact: Fact | None = None,
+        deduplicate: bool = True,
     ) -> Note:
-        """Store one memory and return its note (an existing one if this is a near-duplicate)."""
+        """Store one memory and return its note (an existing one if this is a near-duplicate,
+        unless `deduplicate=False`: then a new note whatever is stored, as a key-value store needs)."""
         item = self._item(text, user_id, agent_id, session_id, at, tags, metadata, fact)
-        note = self._remember([item])[0]
+        check.flag(deduplicate, "deduplicate")
+        note = self._remember([item], deduplicate)[0]
         self._replace_now([note], item.at)
         return note
 
@@ -194,6 +218,7 @@ class Memory:
         agent_id: str | None = None,
         session_id: str | None = None,
         at: datetime | None = None,
+        deduplicate: bool = True,
     ) -> list[Note]:
         """Store many memories with one batched embedding and one transaction.
 
@@ -202,23 +227,26 @@ class Memory:
         """
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise InvalidInputError("items must be an iterable of texts, MemoryItem or dicts")
+        check.flag(deduplicate, "deduplicate")
         prepared = []
         for position, raw in enumerate(items):
             try:
                 item = MemoryItem(text=raw) if isinstance(raw, str) else MemoryItem.model_validate(raw)
             except ValidationError as exc:
                 raise InvalidInputError(f"item {position}: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"item {position}: not a memory item: {exc}") from None
             prepared.append(
                 self._item(
                     item.text, item.user_id or user_id, item.agent_id or agent_id, item.session_id or session_id,
                     item.at or at, item.tags, item.metadata, item.fact,
                 )
             )
-        notes = self._remember(prepared) if prepared else []
+        notes = self._remember(prepared, deduplicate) if prepared else []
         self._replace_now(notes, check.time(at))
         return notes
 
-    def _remember(self, items: list[MemoryItem]) -> list[Note]:
+    def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
         embeddings = self._embed([item.text for item in items])
         drafts = [self._draft(item) for item in items]
         with self._exclusive():
@@ -230,10 +258,10 @@ class Memory:
                     earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
                     indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
                     stored.append(self._insert_or_reinforce(
-                        draft, embeddings[position], in_context[position], indexed + earlier
+                        draft, embeddings[position], in_context[position], indexed + earlier, deduplicate
                     ))
             ids = list(dict.fromkeys(note.id for note in stored))
-            self._push(ids)
+            self._sync.push(ids)
             fresh = self._graph.get_many(ids)
             return [fresh[note.id] for note in stored]
 
@@ -278,7 +306,8 @@ class Memory:
         for position, draft in enumerate(drafts):
             by_user.setdefault(draft.user_id, []).append(position)
         for user, positions in by_user.items():
-            results = self._index.query(embeddings[positions], n, {"user_id": user or ""})
+            user_token = self._index.token("user_id", user) if user is not None else ""
+            results = self._search_index(embeddings[positions], n, {"user_id": user_token})
             own = self._graph.own_embeddings({note_id for result in results for note_id, _ in result})
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
@@ -288,7 +317,8 @@ class Memory:
         return found
 
     def _insert_or_reinforce(
-        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]]
+        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
+        deduplicate: bool = True,
     ) -> Note:
         floor = min(self.config.link_threshold, self.config.duplicate_threshold)
         candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
@@ -297,7 +327,8 @@ class Memory:
             other = known.get(note_id)
             same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
             if (
-                same_scope
+                deduplicate
+                and same_scope
                 and similarity >= self.config.duplicate_threshold
                 and linking.same_content(other.text, draft.text)
             ):
@@ -329,6 +360,7 @@ class Memory:
         if keywords != neighbour.keywords:
             self._graph.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
             self._graph.set_fields(neighbour.id, keywords=keywords)
+            self._graph.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
 
     def update(
         self,
@@ -385,24 +417,28 @@ class Memory:
                 in_context = None
             with self._graph.transaction():
                 self._graph.replace(after, embedding, in_context, "updated", before)
-            self._push([note_id])
+            self._sync.push([note_id])
             note = self._existing(note_id)
         self._replace_now([note], when)
         return note
 
     def forget(self, note_id: str) -> None:
-        """Delete a note for good: from the graph, its links, its history and the vector index.
+        """Delete a note for good, leaving no trace in the store's files: its row, links, history
+        and recall times; the keywords its neighbours absorbed from it and their history entries
+        naming it; its full-text tokens; its vector-index entry.
 
         An edit it was consolidated into is retracted: the model gives its pre-edit answer again
-        (at once if the parametric memory is loaded, else as soon as it is).
+        (at once if the parametric memory is loaded, else as soon as it is; until then the ledger
+        keeps the fact).
         """
         check.note_id(note_id)
         with self._exclusive():
             self._existing(note_id)
             with self._graph.transaction():
-                self._graph.delete(note_id)
+                changed = self._graph.delete(note_id)
                 self._ledger.retract_note(note_id, check.time(None))
-            self._push([], [note_id])
+            self._sync.push(changed, [note_id])
+            self._graph.purge_freed()
         if self._consolidator is not None:
             with self._parametric_lock:
                 self._consolidator.retract_pending(check.time(None))
@@ -417,8 +453,9 @@ class Memory:
             raise InvalidInputError("weight must be a number in (0, 1]")
         when = check.time(at)
         with self._exclusive():
-            self._existing(a)
-            self._existing(b)
+            first, second = self._existing(a), self._existing(b)
+            if first.user_id != second.user_id:
+                raise InvalidInputError("links never cross users: these notes belong to different users")
             with self._graph.transaction():
                 self._graph.link(a, b, float(weight), when)
 
@@ -439,37 +476,24 @@ class Memory:
     ) -> list[Hit]:
         """The k notes that best answer `query`.
 
+        A scope argument left at None does not narrow: `recall(q)` searches every user's notes
+        (an operator's view); an agent serving one user passes its `user_id` (a server with a
+        user-bound key always does). `filters` keeps notes whose metadata equal the given values.
+
         Each returned note counts as recalled (rehearsed) unless `reinforce=False`, which
         only looks: for evaluation, browsing, or an agent's own bookkeeping.
         """
-        query = self._text(query)
+        query = self._text(query, "query")
         check.count(k, "k")
-        scope = {name: check.scope(name, value) for name, value in
-                 (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)) if value is not None}
-        filters = check.filters(filters)
+        where = self._where(user_id, agent_id, session_id, filters, include_archived)
         when = check.time(at)
-        check.flag(include_archived, "include_archived")
         check.flag(reinforce, "reinforce")
         query_embedding = self._embed([query])[0]
 
-        conditions: dict[str, Any] = dict(scope)
-        if not include_archived:
-            conditions["archived"] = False
-        conditions.update({METADATA_PREFIX + key: value for key, value in filters.items()})
-
-        def admissible(note: Note) -> bool:
-            return (
-                all(getattr(note, name) == value for name, value in scope.items())
-                and (include_archived or not note.archived)
-                and all(note.metadata.get(key) == value for key, value in filters.items())
-            )
-
         with self._exclusive():
             pool = k + self.config.candidate_pool
-            dense = self._index.query(query_embedding[None, :], pool, conditions)[0]
-            lexical = dict(self._graph.lexical_search(
-                linking.content_words(query), pool, scope, include_archived, filters
-            ))
+            dense = self._dense(query_embedding, pool, where)
+            lexical = dict(self._graph.lexical_search(linking.content_words(query), pool, where))
             best_lexical = max(lexical.values(), default=0.0)
             time_match = temporal.time_matcher(query, when)
 
@@ -489,7 +513,7 @@ class Memory:
                 {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self._graph.graph, self.config.link_spread
             )
             linked = self._graph.load((i for i in reached if i not in candidates), links=False)
-            candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if admissible(row[0])}
+            candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if where.admits(row[0])}
             for note_id, (activation, via) in reached.items():
                 if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
                     candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
@@ -498,6 +522,51 @@ class Memory:
                 for hit in ranking.rank(list(candidates.values()), self.config, k)
             ]
             return self._reinforce_recalled(hits, when) if reinforce else hits
+
+    def _dense(self, query_embedding: np.ndarray, n: int, where: NoteFilter) -> list[tuple[str, float]]:
+        """The n notes nearest the query among those `where` admits.
+
+        The index narrows by scope only; with metadata filters, the admitted notes' vectors are
+        scored here exactly when there are few enough, else the index is over-fetched.
+        """
+        if not where.metadata:
+            return self._search_index(query_embedding[None, :], n, where.index_conditions(self._index.token))[0]
+        vectors = self._graph.embeddings_where(where, EXACT_SEARCH_LIMIT)
+        if vectors is None:
+            wide = self._search_index(query_embedding[None, :], n * 20, where.index_conditions(self._index.token))[0]
+            kept = self._graph.get_many((i for i, _ in wide), links=False)
+            return [(i, s) for i, s in wide if i in kept and where.admits(kept[i])][:n]
+        scored = sorted(((i, float(v @ query_embedding)) for i, v in vectors.items()), key=lambda h: -h[1])
+        return scored[:n]
+
+    def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
+        return NoteFilter(
+            user_id=check.scope("user_id", user_id),
+            agent_id=check.scope("agent_id", agent_id),
+            session_id=check.scope("session_id", session_id),
+            metadata=check.filters(filters),
+            include_archived=check.flag(include_archived, "include_archived"),
+        )
+
+    def notes(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        filters: dict[str, str | int | float | bool] | None = None,
+        include_archived: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Note]:
+        """The notes of a scope whose metadata equal `filters`, oldest first: a listing, not a
+        search (nothing is reinforced). `limit`/`offset` page through them."""
+        where = self._where(user_id, agent_id, session_id, filters, include_archived)
+        if limit is not None:
+            check.count(limit, "limit", high=100_000)
+        check.count(offset, "offset", low=0, high=2**62)
+        with self._exclusive():
+            return self._graph.select(where, limit, offset)
 
     def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:
         """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
@@ -561,7 +630,7 @@ class Memory:
             if faded:
                 with self._graph.transaction():
                     self._graph.set_archived(faded, True)
-                self._push(faded)
+                self._sync.push(faded)
             return DecayReport(at=when, examined=len(active), archived=faded, kept=len(active) - len(faded))
 
     def restore(self, note_id: str, at: datetime | None = None) -> Note:
@@ -573,7 +642,7 @@ class Memory:
             with self._graph.transaction():
                 self._graph.set_archived([note_id], False)
                 self._graph.set_fields(note_id, last_recalled=max(when, note.last_recalled))
-            self._push([note_id])
+            self._sync.push([note_id])
             return self._existing(note_id)
 
     # ---- whole-store operations -----------------------------------------------------
@@ -590,16 +659,30 @@ class Memory:
             links=counts["links"],
             pending_sync=counts["pending_sync"],
             users=counts["users"],
+            quarantined=counts["quarantined"],
         )
 
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Rows that could not be read (from an older release, or edited by hand), moved aside with why."""
+        with self._exclusive():
+            return self._graph.quarantined()
+
     def export(self, path: str | Path) -> int:
-        """Write every note (with its links) as one JSON object per line; returns the count."""
-        target = Path(path)
+        """Write every note (with its links) as one JSON object per line; returns the count.
+
+        The file appears whole or not at all (written beside it, then renamed)."""
+        target = check.file_path(path)
         with self._exclusive():
             notes = [note for note, _ in self._graph.all_notes()]
-        with target.open("w", encoding="utf-8") as out:
-            for note in notes:
-                out.write(note.model_dump_json() + "\n")
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with partial.open("w", encoding="utf-8") as out:
+                for note in notes:
+                    out.write(note.model_dump_json() + "\n")
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StoreUnavailableError(f"cannot write {target}: {exc}") from exc
         return len(notes)
 
     def import_(self, path: str | Path) -> ImportReport:
@@ -608,11 +691,17 @@ class Memory:
         Every line is validated before anything is written; texts are re-embedded with
         this memory's embedder.
         """
-        source = Path(path)
+        source = check.file_path(path)
         if not source.is_file():
             raise InvalidInputError(f"no such file: {source}")
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{source} is not UTF-8 text: {exc}") from None
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot read {source}: {exc}") from exc
         notes: list[Note] = []
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -624,16 +713,88 @@ class Memory:
             notes.append(note)
         with self._exclusive():
             new = [n for n in {n.id: n for n in notes}.values() if not self._graph.exists(n.id)]
+            owners = {n.id: n.user_id for n in new}
+            targets = self._graph.get_many({link.note_id for n in new for link in n.links} - owners.keys(), links=False)
+            owners |= {i: n.user_id for i, n in targets.items()}
+            for note in new:
+                for link in note.links:
+                    if link.note_id in owners and owners[link.note_id] != note.user_id:
+                        raise InvalidInputError(f"note {note.id} links to {link.note_id} of another user: links never cross users")
             embeddings = self._embed([n.text for n in new]) if new else []
             with self._graph.transaction():
                 for note, embedding in zip(new, embeddings):
                     self._graph.insert(note.model_copy(update={"links": []}), embedding)
                 for note in new:
                     for link in note.links:
-                        if self._graph.exists(link.note_id):
+                        if link.note_id in owners:  # links to notes in neither the file nor the store are dropped
                             self._graph.link(note.id, link.note_id, link.weight, note.created_at)
-            self._push([n.id for n in new])
+            self._sync.push([n.id for n in new])
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
+
+    # ---- integrity: the index rebuilt from the graph, backups ----------------------------
+
+    def rebuild_index(self) -> int:
+        """Refill the vector index from the note graph (which holds every embedding); returns the count."""
+        with self._exclusive():
+            return self._sync.rebuild()
+
+    def backup(self, target: str | Path) -> Path:
+        """Copy the store into the folder `target` while it is in use: the note graph through
+        SQLite's online backup API, and the saved editor state. The vector index is not copied:
+        `restore_backup` rebuilds it from the graph."""
+        folder = Path(target) if isinstance(target, (str, Path)) and str(target).strip() else None
+        if folder is None:
+            raise InvalidInputError("backup target must be a folder path")
+        if (folder / "notes.sqlite3").exists():
+            raise InvalidInputError(f"{folder} already holds a store; back up into a new folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot create {folder}: {exc}") from exc
+        with self._parametric_lock, self._exclusive():
+            self._graph.backup(folder / "notes.sqlite3")
+            if (self.path / "editor").is_dir():
+                shutil.copytree(self.path / "editor", folder / "editor")
+        return folder
+
+    @classmethod
+    def restore_backup(cls, source: str | Path, path: str | Path, **options: Any) -> Memory:
+        """Open a new store at `path` from a backup folder; the vector index is rebuilt.
+
+        `path` must not hold a note graph yet (move a damaged store aside first). `options` go
+        to `Memory(...)` (e.g. `chroma_url`, `embedder`); on a Chroma server the collection's
+        contents are replaced by the backup's notes.
+        """
+        source, path = Path(source), Path(path)
+        if not (source / "notes.sqlite3").is_file():
+            raise InvalidInputError(f"{source} is not a backup: it has no notes.sqlite3")
+        if (path / "notes.sqlite3").exists():
+            raise InvalidInputError(f"{path} already holds a note graph; restore into an empty folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / "notes.sqlite3", path / "notes.sqlite3")
+            shutil.rmtree(path / "chroma", ignore_errors=True)
+            if (source / "editor").is_dir():
+                shutil.copytree(source / "editor", path / "editor", dirs_exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
+        memory = cls(path, **options) if options.get("chroma_url") is None else cls._replacing_index(path, options)
+        return memory
+
+    @classmethod
+    def _replacing_index(cls, path: Path, options: dict[str, Any]) -> Memory:
+        """Open a restored store whose index lives on a server, replacing that collection's contents."""
+        collection = options.get("collection", "agentmem_notes")
+        graph = NoteGraph(path / "notes.sqlite3")
+        try:
+            if graph.store_id is None:  # a backup of a release-0.1 store
+                graph.claim(uuid.uuid4().hex)
+            index = VectorIndex(path / "chroma", collection, options["chroma_url"], graph.index_key)
+            index.reset(graph.store_id)
+            index.close()
+        finally:
+            graph.close()
+        return cls(path, **options)
 
     # ---- consolidation: what keeps being recalled moves into the weights ---------------
 

@@ -207,6 +207,7 @@ class MemoryStats(BaseModel):
     links: int
     pending_sync: int
     users: dict[str, int]
+    quarantined: int = Field(0, description="rows that could not be read, moved aside (see Memory.quarantined)")
 
 
 # ---- consolidation: notes moving into the weights ------------------------------------

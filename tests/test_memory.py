@@ -20,7 +20,9 @@ from .conftest import T0
 
 
 def index_ids(mem: Memory) -> set[str]:
-    return mem._index.ids()
+    """The notes the vector index holds, by note id (its own ids are keyed hashes); strays keep their token."""
+    by_token = mem._graph.all_tokens()
+    return {by_token.get(token, token) for token in mem._index.tokens()}
 
 
 # ---- remember / recall ------------------------------------------------------------
@@ -436,7 +438,7 @@ def test_reopen_finishes_writes_a_crash_left_in_the_outbox(tmp_path, embedder):
         graph.delete(doomed.id)
         graph.set_archived([pending_note.id], True)
     graph.close()
-    index = VectorIndex(path / "chroma", "agentmem_notes")
+    index = VectorIndex(path / "chroma", "agentmem_notes", None, graph.index_key)
     index.delete([pending_note.id])
     index.close()
     with Memory(path, embedder=embedder) as mem:

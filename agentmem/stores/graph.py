@@ -5,10 +5,18 @@ the links, each note's change history and recall times, and an outbox of vector-
 writes not yet confirmed. A write commits here first; the vector index follows; the
 outbox entry is cleared last. Reopening replays whatever the outbox still holds, so a
 crash between the two stores never leaves a note in one and not the other.
+
+Forgetting leaves no trace: SQLite runs with `secure_delete` (freed pages are zeroed),
+keywords a neighbour absorbed from a note are recorded by origin and taken back with it,
+history entries naming it go, the full-text index is merged so its tokens leave, and the
+write-ahead log is truncated. A row that cannot be read (written by hand, or by an older
+release) is moved to the `quarantine` table and reported, never fatal and never dropped.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,7 +27,12 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Fact, Link, Note
+from .filters import NoteFilter
+from .tokens import index_token
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notes (
@@ -33,7 +46,8 @@ CREATE TABLE IF NOT EXISTS notes (
     recall_count INTEGER NOT NULL, strength REAL NOT NULL, archived INTEGER NOT NULL,
     metadata TEXT NOT NULL, fact TEXT,
     embedding BLOB NOT NULL,
-    context_embedding BLOB
+    context_embedding BLOB,
+    index_id TEXT
 );
 CREATE INDEX IF NOT EXISTS notes_scope ON notes(user_id, agent_id, session_id);
 CREATE TABLE IF NOT EXISTS links (
@@ -47,6 +61,12 @@ CREATE TABLE IF NOT EXISTS recalls (note_id TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS recalls_note ON recalls(note_id);
 CREATE TABLE IF NOT EXISTS outbox (note_id TEXT PRIMARY KEY, op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- keywords a note absorbed from a linked newcomer, so forgetting the newcomer takes them back
+CREATE TABLE IF NOT EXISTS absorbed (
+    note_id TEXT NOT NULL, keyword TEXT NOT NULL, origin TEXT NOT NULL, PRIMARY KEY (note_id, keyword)
+);
+CREATE INDEX IF NOT EXISTS absorbed_origin ON absorbed(origin);
+CREATE TABLE IF NOT EXISTS quarantine (id TEXT, reason TEXT NOT NULL, at REAL NOT NULL, row TEXT NOT NULL);
 
 -- full-text index over the notes, kept in step by triggers inside the same transactions
 CREATE VIRTUAL TABLE IF NOT EXISTS notes_fts USING fts5(
@@ -70,8 +90,29 @@ FTS_WEIGHTS = (1.0, 0.5, 0.5)
 NOTE_COLUMNS = (
     "id", "text", "keywords", "tags", "context", "user_id", "agent_id", "session_id",
     "created_at", "updated_at", "last_recalled", "recall_count", "strength", "archived",
-    "metadata", "fact", "embedding", "context_embedding",
+    "metadata", "fact", "embedding", "context_embedding", "index_id",
 )
+SCHEMA_VERSION = "2"  # 1: release 0.1.0; 2: index tokens, absorbed keywords, quarantine
+UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
+
+
+@contextmanager
+def sqlite_errors(path: Path) -> Iterator[None]:
+    """SQLite's failures as agentmem's typed errors, each saying what to do."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise InvalidInputError(f"the note graph refused the write: {exc}") from exc
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailableError(
+            f"the note graph at {path} cannot be written or read ({exc}): check the disk has room and the folder"
+            " is writable"
+        ) from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorruptedError(
+            f"the note graph at {path} is damaged ({exc}). Restore a backup with `agentmem restore-backup BACKUP"
+            f" --path {path.parent}` (Memory.restore_backup), which also rebuilds the vector index"
+        ) from exc
 
 
 def to_timestamp(at: datetime) -> float:
@@ -98,22 +139,79 @@ class NoteGraph:
 
     def __init__(self, path: Path):
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=60000")
-        self._db.executescript(SCHEMA)
-        if "context_embedding" not in {r[1] for r in self._db.execute("PRAGMA table_info(notes)")}:
-            self._db.execute("ALTER TABLE notes ADD COLUMN context_embedding BLOB")  # stores made before it existed
+        self.unreadable: dict[str, str] = {}  # rows that failed to read since the last quarantine, by id
         self.graph = nx.Graph()
         self._data_version = -1
+        with sqlite_errors(path):
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+            try:
+                self._open()
+            except BaseException:
+                self._db.close()
+                raise
         self.refresh_if_changed()
+
+    def _open(self) -> None:
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout=60000")
+        verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.executescript(SCHEMA)
+        self.migrated_from = self.get_meta("schema_version") or "1"
+        if self.migrated_from != SCHEMA_VERSION:
+            self._migrate()
+        self.index_key = bytes.fromhex(self.get_meta("index_key"))
+        self.store_id = self.get_meta("store_id")
+
+    def _migrate(self) -> None:
+        """Bring a store of an older release (or a new file) to this schema; its notes stay as they were."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(notes)")}
+        with self.transaction():
+            for column, kind in (("context_embedding", "BLOB"), ("index_id", "TEXT")):
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE notes ADD COLUMN {column} {kind}")
+            if self.get_meta("index_key") is None:
+                self.set_meta("index_key", os.urandom(32).hex())
+            key = bytes.fromhex(self.get_meta("index_key"))
+            ids = [r[0] for r in self._db.execute("SELECT id FROM notes WHERE index_id IS NULL")]
+            self._db.executemany(
+                "UPDATE notes SET index_id = ? WHERE id = ?", [(index_token(key, "id", i), i) for i in ids]
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS notes_index_id ON notes(index_id)")
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        self.quarantine_unreadable()
 
     # ---- lifecycle and cross-process freshness -------------------------------------
 
     def close(self) -> None:
         self._db.close()
+
+    def claim(self, store_id: str) -> None:
+        """Give a new (or migrated) store its identity, which its vector index records too."""
+        with self.transaction():
+            self.set_meta("store_id", store_id)
+        self.store_id = store_id
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM notes").fetchone()[0]
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for tables kept beside the notes in the same transactions (the ledger)."""
+        return self._db
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the whole note graph, taken with SQLite's online backup API."""
+        with sqlite_errors(target):
+            copy = sqlite3.connect(target)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
 
     def refresh_if_changed(self) -> bool:
         """Reload the networkx view when another connection committed since we last looked."""
@@ -133,12 +231,13 @@ class NoteGraph:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")  # our own commits leave data_version as it is
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # also when COMMIT itself failed (a full disk)
+                self._db.execute("ROLLBACK")
             self._data_version = -1  # forces the view to be rebuilt from disk
             self.refresh_if_changed()
             raise
-        self._db.execute("COMMIT")  # our own commits leave data_version as it is
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -189,14 +288,52 @@ class NoteGraph:
     def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
         self._db.executemany("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
 
-    def delete(self, note_id: str) -> None:
-        """Remove a note and everything about it; the vector index deletion is queued."""
+    def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
+        """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?)",
+            [(note_id, keyword, origin) for keyword in keywords],
+        )
+
+    def delete(self, note_id: str) -> list[str]:
+        """Remove a note and everything about it, including the keywords its neighbours absorbed
+        from it and the history entries naming it; the vector index deletion is queued.
+
+        Returns the neighbours whose keywords changed (their index entries are queued too).
+        """
+        taken: dict[str, set[str]] = {}
+        for row in self._db.execute("SELECT note_id, keyword FROM absorbed WHERE origin = ?", (note_id,)):
+            taken.setdefault(row[0], set()).add(row[1])
+        for neighbour, words in taken.items():
+            self._give_back(neighbour, words)
+        self._db.execute("DELETE FROM history WHERE change = ?", (f"evolved:{note_id}",))
+        self._db.execute("DELETE FROM absorbed WHERE origin = ? OR note_id = ?", (note_id, note_id))
         for table, column in (("notes", "id"), ("history", "note_id"), ("recalls", "note_id")):
             self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (note_id,))
         self._db.execute("DELETE FROM links WHERE a = ? OR b = ?", (note_id, note_id))
         self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'delete')", (note_id,))
         if note_id in self.graph:
             self.graph.remove_node(note_id)
+        return list(taken)
+
+    def _give_back(self, note_id: str, words: set[str]) -> None:
+        """Drop absorbed keywords from a note and from every earlier version in its history."""
+        row = self._db.execute("SELECT keywords FROM notes WHERE id = ?", (note_id,)).fetchone()
+        if row is not None:
+            kept = [w for w in json.loads(row[0]) if w not in words]
+            self._db.execute("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
+            self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note_id,))
+        for rowid, before in self._db.execute("SELECT rowid, before FROM history WHERE note_id = ?", (note_id,)).fetchall():
+            version = json.loads(before)
+            version["keywords"] = [w for w in version.get("keywords", []) if w not in words]
+            self._db.execute("UPDATE history SET before = ? WHERE rowid = ?", (json.dumps(version), rowid))
+
+    def purge_freed(self) -> None:
+        """After a forget: merge the full-text index (its segments still hold deleted tokens)
+        and truncate the write-ahead log (it holds old page images)."""
+        with self.transaction():
+            self._db.execute("INSERT INTO notes_fts(notes_fts) VALUES ('optimize')")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def exists(self, note_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM notes WHERE id = ?", (note_id,)).fetchone() is not None
@@ -238,6 +375,26 @@ class NoteGraph:
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
         yield from self._select(None, [])
 
+    def select(self, where: NoteFilter, limit: int | None = None, offset: int = 0) -> list[Note]:
+        """Notes a filter admits, oldest first, with their links."""
+        clause, params = where.sql()
+        rows = self._db.execute(
+            f"SELECT id FROM notes WHERE {clause} ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
+        ).fetchall()
+        found = self.get_many([r[0] for r in rows])
+        return [found[r[0]] for r in rows if r[0] in found]
+
+    def ids_of(self, tokens: Iterable[str]) -> dict[str, str]:
+        """Note ids by their vector-index tokens (unknown tokens are left out)."""
+        tokens = list(tokens)
+        if not tokens:
+            return {}
+        rows = self._db.execute(
+            f"SELECT index_id, id FROM notes WHERE index_id IN ({', '.join('?' * len(tokens))})", tokens
+        )
+        return {r[0]: r[1] for r in rows}
+
     def recall_times(self, note_id: str) -> list[datetime]:
         rows = self._db.execute("SELECT at FROM recalls WHERE note_id = ? ORDER BY at", (note_id,))
         return [from_timestamp(r[0]) for r in rows]
@@ -251,32 +408,34 @@ class NoteGraph:
         users = dict(self._db.execute("SELECT COALESCE(user_id, ''), COUNT(*) FROM notes GROUP BY user_id").fetchall())
         pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         links = self._db.execute("SELECT COUNT(*) FROM links").fetchone()[0]
-        return {"notes": total, "archived": archived, "users": users, "pending_sync": pending, "links": links}
+        quarantined = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        return {"notes": total, "archived": archived, "users": users, "pending_sync": pending, "links": links,
+                "quarantined": quarantined}
 
-    def lexical_search(
-        self, terms: list[str], n: int, scope: dict[str, str], include_archived: bool, filters: dict[str, Any]
-    ) -> list[tuple[str, float]]:
-        """The n best BM25 matches of any of `terms` (porter-stemmed), as (id, score > 0)."""
+    def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
+        """The n best BM25 matches of any of `terms` (porter-stemmed) among the notes `where`
+        admits, as (id, score > 0)."""
         if not terms or n < 1:
             return []
         match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
-        where = ["notes_fts MATCH ?"]
-        params: list[Any] = [match]
-        for name, value in scope.items():
-            where.append(f"n.{name} = ?")
-            params.append(value)
-        if not include_archived:
-            where.append("n.archived = 0")
-        for key, value in filters.items():
-            where.append("json_extract(n.metadata, ?) = ?")
-            params += ["$." + json.dumps(key), value]
+        clause, params = where.sql("n")
         rows = self._db.execute(
             f"SELECT n.id, bm25(notes_fts, {', '.join(map(str, FTS_WEIGHTS))}) AS rank"
             " FROM notes_fts JOIN notes n ON n.rowid = notes_fts.rowid"
-            f" WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?",
-            (*params, n),
+            f" WHERE notes_fts MATCH ? AND {clause} ORDER BY rank LIMIT ?",
+            (match, *params, n),
         )
         return [(note_id, -rank) for note_id, rank in rows]
+
+    def embeddings_where(self, where: NoteFilter, limit: int) -> dict[str, np.ndarray] | None:
+        """The searched vectors of every note `where` admits, or None when more than `limit` do."""
+        clause, params = where.sql()
+        rows = self._db.execute(
+            f"SELECT id, COALESCE(context_embedding, embedding) FROM notes WHERE {clause} LIMIT ?", (*params, limit + 1)
+        ).fetchall()
+        if len(rows) > limit:
+            return None
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
     # ---- links --------------------------------------------------------------------
 
@@ -298,6 +457,9 @@ class NoteGraph:
 
     # ---- the outbox of vector-index writes ----------------------------------------
 
+    def has_pending(self) -> bool:
+        return self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
+
     def pending(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._db.execute("SELECT note_id, op FROM outbox")]
 
@@ -306,6 +468,10 @@ class NoteGraph:
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT id FROM notes")}
+
+    def all_tokens(self) -> dict[str, str]:
+        """Every note id by its vector-index token."""
+        return {r[0]: r[1] for r in self._db.execute("SELECT index_id, id FROM notes")}
 
     # ---- (de)serialisation ----------------------------------------------------------
 
@@ -318,7 +484,51 @@ class NoteGraph:
                 return
             sql += " WHERE " + where.format(", ".join("?" * len(params)))
         for row in self._db.execute(sql, params).fetchall():
-            yield self._note(row, links), np.frombuffer(row["context_embedding"] or row["embedding"], dtype=np.float32)
+            try:
+                note = self._note(row, links)
+            except UNREADABLE as exc:  # never fatal: reported, and quarantined by the next write
+                log.warning("note %r cannot be read and will be quarantined: %s", row["id"], exc)
+                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
+                continue
+            yield note, np.frombuffer(row["context_embedding"] or row["embedding"], dtype=np.float32)
+
+    def quarantine_unreadable(self) -> list[str]:
+        """Move every note row that cannot be read into `quarantine` (with why), out of the notes.
+
+        Checks all rows (at a migration) and any that a read found broken since; returns their ids.
+        """
+        for row in self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes").fetchall():
+            try:
+                self._note(row, links=False)
+                if len(row["embedding"]) % 4:
+                    raise ValueError("embedding bytes are not float32")
+            except UNREADABLE as exc:
+                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
+        return self.quarantine(self.unreadable)
+
+    def quarantine(self, reasons: dict[str, str]) -> list[str]:
+        if not reasons:
+            return []
+        now = datetime.now(timezone.utc).timestamp()
+        with self.transaction():
+            for note_id, reason in list(reasons.items()):
+                row = self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS[:16])} FROM notes WHERE id = ?", (note_id,)).fetchone()
+                if row is None:
+                    continue
+                kept = {key: row[key] for key in row.keys()}
+                self._db.execute(
+                    "INSERT INTO quarantine(id, reason, at, row) VALUES (?, ?, ?, ?)",
+                    (note_id, reason, now, json.dumps(kept, default=str)),
+                )
+                self.delete(note_id)
+        log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
+        moved = list(reasons)
+        self.unreadable.clear()
+        return moved
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT id, reason, at, row FROM quarantine ORDER BY rowid")
+        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in rows]
 
     def _note(self, row: sqlite3.Row, links: bool) -> Note:
         return Note(
@@ -341,8 +551,7 @@ class NoteGraph:
             links=self.links_of(row["id"]) if links else [],
         )
 
-    @staticmethod
-    def _row(note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> tuple[Any, ...]:
+    def _row(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> tuple[Any, ...]:
         return (
             note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
             note.user_id, note.agent_id, note.session_id,
@@ -351,4 +560,5 @@ class NoteGraph:
             json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
             np.asarray(embedding, dtype=np.float32).tobytes(),
             None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
+            index_token(self.index_key, "id", note.id),
         )

@@ -1,15 +1,19 @@
 """The vector index: a Chroma collection, embedded on disk or on a `chroma run` server.
 
-It mirrors, for every note, the embedding and the scalar fields recall filters on (scope,
-archived, the user's scalar metadata under `m.<key>`). It is never the source of truth:
-agentmem.stores.graph holds the text and everything else needed to rebuild it. (Texts are
-not sent to Chroma: indexing them for its full-text search would double the write cost,
-and agentmem ranks lexically itself.)
+It keeps, for every note, the embedding and what recall narrows by before ranking (scope
+and archived). It is never the source of truth: agentmem.stores.graph holds every note with
+its embedding, so the index can always be rebuilt.
+
+It holds no readable trace of a note: ids and scope values are keyed hashes (HMAC with a key
+kept in the note graph), and neither texts nor user metadata are sent. Chroma keeps its own
+write log and freed pages; what lingers there after a `forget` is a vector and tokens that
+name nothing without the key.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,27 +24,13 @@ import chromadb  # noqa: E402
 import numpy as np  # noqa: E402
 from chromadb.config import Settings  # noqa: E402
 
-from ..errors import InvalidInputError, StoreUnavailableError  # noqa: E402
+from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
+from .tokens import index_token  # noqa: E402
 
 _SETTINGS = Settings(anonymized_telemetry=False, allow_reset=False)
-METADATA_PREFIX = "m."
 OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
-
-
-def index_metadata(note: Note) -> dict[str, Any]:
-    """What Chroma keeps beside the vector: scope ('' for none), archived, scalar metadata."""
-    meta: dict[str, Any] = {
-        "user_id": note.user_id or "",
-        "agent_id": note.agent_id or "",
-        "session_id": note.session_id or "",
-        "archived": note.archived,
-        "created_at": note.created_at.timestamp(),
-    }
-    for key, value in note.metadata.items():
-        if isinstance(value, (str, int, float, bool)):
-            meta[METADATA_PREFIX + key] = value
-    return meta
+STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph this index mirrors
 
 
 def where_clause(conditions: dict[str, Any]) -> dict[str, Any] | None:
@@ -59,31 +49,70 @@ def matches(metadata: dict[str, Any], conditions: dict[str, Any]) -> bool:
     )
 
 
+@contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    """Chroma's and its HTTP client's failures (server gone, disk full, read-only) as one typed error."""
+    try:
+        yield
+    except AgentMemError:
+        raise
+    except Exception as exc:
+        raise StoreUnavailableError(f"the vector index failed to {what}: {type(exc).__name__}: {exc}") from exc
+
+
 class VectorIndex:
-    def __init__(self, path: Path, collection: str, url: str | None = None):
+    def __init__(self, path: Path, collection: str, url: str | None, key: bytes):
         if not 3 <= len(collection) <= 512:
             raise InvalidInputError("collection names need 3 to 512 characters")
-        self._path, self._url, self._name = path, url, collection
+        self._path, self._url, self._name, self._key = path, url, collection, key
         self.mode = "server" if url else "embedded"
         self._connect()
+
+    def token(self, kind: str, value: str) -> str:
+        """The index's name for a note id or scope value: a keyed hash, stable for this store."""
+        return index_token(self._key, kind, value)
 
     def _connect(self) -> None:
         if self._url:
             parsed = urlparse(self._url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise InvalidInputError(f"chroma_url must look like http://host:port, got {self._url!r}")
-            try:
+            with _reachable(f"reach a Chroma server at {self._url}"):
                 self._client = chromadb.HttpClient(
                     host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
                     ssl=parsed.scheme == "https", settings=_SETTINGS,
                 )
-            except Exception as exc:  # chromadb raises plain ValueError/ConnectionError here
-                raise StoreUnavailableError(f"no Chroma server answers at {self._url}: {exc}") from exc
-        else:
+                self._open_collection()
+            return
+        try:
             self._client = chromadb.PersistentClient(str(self._path), settings=_SETTINGS)
+            self._open_collection()
+            self._collection.count()
+        except Exception as exc:
+            if not os.access(self._path.parent, os.W_OK) or isinstance(exc, PermissionError):
+                raise StoreUnavailableError(f"the vector index at {self._path} cannot be opened: {exc}") from exc
+            raise StoreCorruptedError(f"the vector index at {self._path} is damaged: {type(exc).__name__}: {exc}") from exc
+
+    def _open_collection(self) -> None:
         self._collection = self._client.get_or_create_collection(
             self._name, metadata={"hnsw:space": "cosine"}, embedding_function=None
         )
+
+    @property
+    def store_id(self) -> str | None:
+        """The note graph this index was built from (None: not yet claimed, or written by release 0.1)."""
+        return (self._collection.metadata or {}).get(STORE_KEY)
+
+    def claim(self, store_id: str) -> None:
+        with _reachable("record its store"):
+            self._collection.modify(metadata={STORE_KEY: store_id})
+
+    def reset(self, store_id: str) -> None:
+        """Drop every vector and start an empty collection for `store_id` (a rebuild follows)."""
+        with _reachable("reset"):
+            self._client.delete_collection(self._name)
+            self._open_collection()
+            self._collection.modify(metadata={STORE_KEY: store_id})
 
     def refresh(self) -> None:
         """Drop the in-process index so writes by another process become visible.
@@ -102,27 +131,46 @@ class VectorIndex:
     def upsert(self, notes: Sequence[Note], embeddings: Sequence[np.ndarray]) -> None:
         if not notes:
             return
-        self._collection.upsert(
-            ids=[n.id for n in notes],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            metadatas=[index_metadata(n) for n in notes],
-        )
+        with _reachable("write"):
+            self._collection.upsert(
+                ids=[self.token("id", n.id) for n in notes],
+                embeddings=np.asarray(embeddings, dtype=np.float32),
+                metadatas=[self._metadata(n) for n in notes],
+            )
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if ids:
-            self._collection.delete(ids=list(ids))
+    def _metadata(self, note: Note) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            name: self.token(name, value) if value is not None else ""
+            for name, value in (("user_id", note.user_id), ("agent_id", note.agent_id), ("session_id", note.session_id))
+        }
+        meta["archived"] = note.archived
+        return meta
+
+    def delete(self, note_ids: Sequence[str]) -> None:
+        if note_ids:
+            with _reachable("delete"):
+                self._collection.delete(ids=[self.token("id", i) for i in note_ids])
+
+    def discard(self, tokens: Sequence[str]) -> None:
+        """Delete entries by token (strays no note of the graph claims)."""
+        if tokens:
+            with _reachable("delete"):
+                self._collection.delete(ids=list(tokens))
 
     def count(self) -> int:
-        return self._collection.count()
+        with _reachable("count"):
+            return self._collection.count()
 
-    def ids(self) -> set[str]:
-        return set(self._collection.get(include=[])["ids"])
+    def tokens(self) -> set[str]:
+        """The index's ids (tokens) of every note it holds."""
+        with _reachable("list"):
+            return set(self._collection.get(include=[])["ids"])
 
     def query(
         self, embeddings: np.ndarray, n: int, conditions: dict[str, Any] | None = None
     ) -> list[list[tuple[str, float]]]:
         """The n nearest notes to each embedding whose index metadata equal `conditions`, as
-        (id, cosine similarity).
+        (token, cosine similarity).
 
         Chroma's `where` filter checks every record that matches it before searching (about
         35 ms at 10k notes, growing with the store), while an unfiltered HNSW search takes
@@ -132,28 +180,26 @@ class VectorIndex:
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         conditions = conditions or {}
-        if not conditions:
-            return self._search(embeddings, n, None)
-        fetch = n * OVERFETCH
-        result = self._collection.query(
-            query_embeddings=embeddings, n_results=fetch, include=["distances", "metadatas"]
-        )
-        found: list[list[tuple[str, float]]] = []
-        short: list[int] = []
-        for row, (ids, distances, metadatas) in enumerate(
-            zip(result["ids"], result["distances"], result["metadatas"])
-        ):
-            admitted = [
-                (i, 1.0 - d) for i, d, meta in zip(ids, distances, metadatas)
-                if matches(meta, conditions)
-            ]
-            found.append(admitted[:n])
-            if len(admitted) < n and len(ids) == fetch:
-                short.append(row)
-        if short:
-            for row, hits in zip(short, self._search(embeddings[short], n, where_clause(conditions))):
-                found[row] = hits
-        return found
+        with _reachable("search"):
+            if not conditions:
+                return self._search(embeddings, n, None)
+            fetch = n * OVERFETCH
+            result = self._collection.query(
+                query_embeddings=embeddings, n_results=fetch, include=["distances", "metadatas"]
+            )
+            found: list[list[tuple[str, float]]] = []
+            short: list[int] = []
+            for row, (ids, distances, metadatas) in enumerate(
+                zip(result["ids"], result["distances"], result["metadatas"])
+            ):
+                admitted = [(i, 1.0 - d) for i, d, meta in zip(ids, distances, metadatas) if matches(meta, conditions)]
+                found.append(admitted[:n])
+                if len(admitted) < n and len(ids) == fetch:
+                    short.append(row)
+            if short:
+                for row, hits in zip(short, self._search(embeddings[short], n, where_clause(conditions))):
+                    found[row] = hits
+            return found
 
     def _search(self, embeddings: np.ndarray, n: int, where: dict[str, Any] | None) -> list[list[tuple[str, float]]]:
         result = self._collection.query(query_embeddings=embeddings, n_results=n, where=where, include=["distances"])

@@ -55,7 +55,8 @@ def test_a_store_made_before_context_embeddings_opens_and_keeps_its_vectors(tmp_
     graph = NoteGraph(path)
     with graph.transaction():
         graph.insert(note("a"), np.ones(4))
-    graph._db.execute("ALTER TABLE notes DROP COLUMN context_embedding")  # the old schema
+    graph.connection.execute("ALTER TABLE notes DROP COLUMN context_embedding")  # the old schema
+    graph.connection.execute("DELETE FROM meta WHERE key = 'schema_version'")
     graph.close()
     reopened = NoteGraph(path)
     assert np.array_equal(reopened.load(["a"])["a"][1], np.ones(4, dtype=np.float32))

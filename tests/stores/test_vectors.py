@@ -11,6 +11,8 @@ from agentmem.stores.vectors import matches
 
 from ..conftest import T0
 
+KEY = bytes(range(32))
+
 
 @pytest.mark.server
 def test_memory_on_a_chroma_server_remembers_recalls_forgets_and_persists(tmp_path, embedder, chroma_server):
@@ -23,7 +25,10 @@ def test_memory_on_a_chroma_server_remembers_recalls_forgets_and_persists(tmp_pa
         mem.remember("Tess swims in the sea every morning", user_id="tess", at=T0)
         assert mem.recall("What does Sami repair?", user_id="sami", k=1, at=T0)[0].note.id == a.id
         mem.forget(a.id)
-        assert mem._index.ids() == {b.id} | {n.id for n, _ in mem._graph.all_notes() if n.user_id == "tess"}
+        by_token = mem._graph.all_tokens()
+        assert {by_token.get(t, t) for t in mem._index.tokens()} == {b.id} | {
+            n.id for n, _ in mem._graph.all_notes() if n.user_id == "tess"
+        }
     with Memory(path, chroma_url=chroma_server, collection="server_test", embedder=embedder) as mem:
         [hit] = mem.recall("Grundig radio", user_id="sami", k=1, at=T0 + timedelta(days=1))
         assert hit.note.id == b.id and mem.stats().notes == 2
@@ -40,13 +45,13 @@ def test_two_memories_share_one_server_without_mixing_collections(tmp_path, embe
 @pytest.mark.parametrize("url", ["localhost:8000", "ftp://host:1", "http://"])
 def test_malformed_server_urls_are_rejected(tmp_path, url):
     with pytest.raises(InvalidInputError, match="chroma_url"):
-        VectorIndex(tmp_path, "notes", url)
+        VectorIndex(tmp_path, "notes", url, KEY)
 
 
 @pytest.mark.parametrize("name", ["ab", "x" * 513])
 def test_collection_names_need_3_to_512_characters(tmp_path, name):
     with pytest.raises(InvalidInputError, match="3 to 512"):
-        VectorIndex(tmp_path, name)
+        VectorIndex(tmp_path, name, None, KEY)
 
 
 def test_an_unreachable_server_is_a_typed_error(tmp_path):
@@ -54,8 +59,8 @@ def test_an_unreachable_server_is_a_typed_error(tmp_path):
 
     from ..conftest import free_port
 
-    with pytest.raises(StoreUnavailableError, match="no Chroma server"):
-        VectorIndex(tmp_path, "notes", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnavailableError, match="Chroma server"):
+        VectorIndex(tmp_path, "notes", f"http://127.0.0.1:{free_port()}", KEY)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -72,17 +77,28 @@ def test_query_returns_only_notes_meeting_the_conditions_whether_or_not_they_dom
         Note(id=f"n{i}", text=f"note {i}", user_id=owner, created_at=T0, updated_at=T0, last_recalled=T0)
         for i, owner in enumerate(owners)
     ]
-    index = VectorIndex(tmp_path / "chroma", "conditions")
+    index = VectorIndex(tmp_path / "chroma", "conditions", None, KEY)
     index.upsert(notes, list(embeddings))
     queries = _unit(rng.normal(size=(3, 8)))
     for user in ("many", "few"):
         members = [i for i, owner in enumerate(owners) if owner == user]
-        results = index.query(queries, 5, {"user_id": user})
+        results = index.query(queries, 5, {"user_id": index.token("user_id", user)})
         for query, result in zip(queries, results):
             exact = sorted(members, key=lambda i: -float(embeddings[i] @ query))[:5]
-            assert [note_id for note_id, _ in result] == [f"n{i}" for i in exact]
-            assert all(note_id in {f"n{i}" for i in members} for note_id, _ in result)
+            assert [token for token, _ in result] == [index.token("id", f"n{i}") for i in exact]
     index.close()
+
+
+def test_the_index_holds_no_readable_id_scope_or_metadata(tmp_path):
+    """Ids and scope values go in as keyed hashes; texts and user metadata do not go in at all."""
+    index = VectorIndex(tmp_path / "chroma", "opaque", None, KEY)
+    note = Note(id="secretnote42", text="the vault code is 9931", user_id="agent-smith", created_at=T0,
+                updated_at=T0, last_recalled=T0, metadata={"vault": "zurich-7"})
+    index.upsert([note], [_unit(np.ones((1, 8)))[0]])
+    index.close()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "chroma").rglob("*") if p.is_file())
+    for secret in (b"secretnote42", b"9931", b"agent-smith", b"zurich-7", b"vault"):
+        assert secret not in stored
 
 
 def test_conditions_match_like_chroma_where_booleans_are_not_integers():

@@ -1,0 +1,77 @@
+"""Which notes a read may see: one object that says it for SQL, for the vector index and in Python.
+
+A scope (user, agent, session), archived notes in or out, and metadata equality. The three
+forms agree: a note the SQL admits, `admits` admits, and the index conditions keep it as a
+candidate (the index knows scope and archived only; metadata is checked on the loaded note).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..notes import Note
+
+SCOPES = ("user_id", "agent_id", "session_id")
+Scalar = str | int | float | bool
+
+
+def _same(stored: Any, wanted: Scalar) -> bool:
+    """Equality as JSON sees it: True is not 1, 1 is 1.0."""
+    return stored == wanted and isinstance(stored, bool) == isinstance(wanted, bool)
+
+
+def _json_types(value: Scalar) -> tuple[str, ...]:
+    if isinstance(value, bool):
+        return ("true",) if value else ("false",)
+    if isinstance(value, (int, float)):
+        return ("integer", "real")
+    return ("text",)
+
+
+class NoteFilter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    include_archived: bool = False
+    metadata: dict[str, Scalar] = {}
+
+    def scope(self) -> dict[str, str]:
+        """The scope fields that are set: a `None` field does not narrow."""
+        return {name: getattr(self, name) for name in SCOPES if getattr(self, name) is not None}
+
+    def admits(self, note: Note) -> bool:
+        return (
+            all(getattr(note, name) == value for name, value in self.scope().items())
+            and (self.include_archived or not note.archived)
+            and all(key in note.metadata and _same(note.metadata[key], v) for key, v in self.metadata.items())
+        )
+
+    def sql(self, table: str = "notes") -> tuple[str, list[Any]]:
+        """A WHERE clause over the notes table (SQLite's JSON functions) and its parameters."""
+        where, params = ["1 = 1"], []
+        for name, value in self.scope().items():
+            where.append(f"{table}.{name} = ?")
+            params.append(value)
+        if not self.include_archived:
+            where.append(f"{table}.archived = 0")
+        for key, value in self.metadata.items():
+            path = "$." + json.dumps(key)
+            types = _json_types(value)
+            where.append(
+                f"json_type({table}.metadata, ?) IN ({', '.join('?' * len(types))})"
+                + ("" if isinstance(value, bool) else f" AND json_extract({table}.metadata, ?) = ?")
+            )
+            params += [path, *types] + ([] if isinstance(value, bool) else [path, value])
+        return " AND ".join(where), params
+
+    def index_conditions(self, token: Callable[[str, str], str]) -> dict[str, Any]:
+        """Equality conditions on the vector index's metadata, scope values turned into its tokens."""
+        conditions: dict[str, Any] = {name: token(name, value) for name, value in self.scope().items()}
+        if not self.include_archived:
+            conditions["archived"] = False
+        return conditions

@@ -1,0 +1,115 @@
+"""Keeping the vector index in step with the note graph, which is the source of truth.
+
+Every write commits to the graph with an outbox entry; `push` then writes the index and
+clears the entries. If the index cannot be reached after the graph committed, the write
+still stands (it is durable) and the outbox syncs it on a later call: a call that returns
+has stored its notes, a call that raises has changed nothing.
+
+On open the two are paired by a store id kept in both. A missing or empty graph beside a
+non-empty index is refused (the index is never purged to match an empty graph); an index
+of another store is refused; an index written by release 0.1 (raw ids) is rebuilt; an
+embedded index that cannot be opened is rebuilt from the graph, which holds every embedding.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import StoreCorruptedError, StoreUnavailableError
+from .graph import NoteGraph
+from .vectors import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+def open_index(folder: Path, collection: str, url: str | None, graph: NoteGraph) -> VectorIndex:
+    """The store's vector index; an embedded one that is damaged is deleted and rebuilt later from the graph."""
+    try:
+        return VectorIndex(folder, collection, url, graph.index_key)
+    except StoreCorruptedError:
+        if url is not None:
+            raise
+        log.warning("the vector index in %s is damaged; rebuilding it from the note graph", folder, exc_info=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return VectorIndex(folder, collection, url, graph.index_key)
+
+
+class IndexSync:
+    def __init__(self, graph: NoteGraph, index: VectorIndex) -> None:
+        self.graph, self.index = graph, index
+
+    def pair(self) -> None:
+        """Check the graph and the index belong together, claiming new ones; see the module doc."""
+        notes, vectors = self.graph.count(), self.index.count()
+        if self.graph.store_id is None:
+            if notes == 0 and vectors > 0:
+                raise StoreCorruptedError(
+                    f"the note graph {self.graph.path} is missing or empty, but its vector index holds {vectors}"
+                    " notes. The graph is the source of truth and the index alone cannot restore it: restore a"
+                    " backup (`agentmem restore-backup BACKUP --path FOLDER`), or remove the index to start empty."
+                    " Nothing was changed."
+                )
+            self.graph.claim(uuid.uuid4().hex)
+        if self.index.store_id is None and vectors == 0:
+            self.index.claim(self.graph.store_id)
+        elif self.index.store_id is None:
+            log.warning("rebuilding a vector index written by an earlier release (%d vectors)", vectors)
+            self.index.reset(self.graph.store_id)
+        elif self.index.store_id != self.graph.store_id:
+            raise StoreCorruptedError(
+                f"the vector index (collection of store {self.index.store_id}) belongs to another note graph"
+                f" (store {self.graph.store_id}): use another collection name, or Memory.rebuild_index() to"
+                " replace its contents with this store's notes"
+            )
+
+    def reconcile(self, full: bool = False) -> None:
+        """Replay the outbox; with `full`, also compare every id (at open: catches any drift)."""
+        pending = self.graph.pending()
+        if full and not pending and self.index.count() == self.graph.count():
+            return
+        upserts = [i for i, op in pending if op == "upsert"]
+        deletes = [i for i, op in pending if op == "delete"]
+        if full:
+            by_token = self.graph.all_tokens()
+            in_index = self.index.tokens()
+            self.index.discard(list(in_index - by_token.keys()))
+            upserts += [note_id for token, note_id in by_token.items() if token not in in_index]
+        self.push(upserts, deletes)
+
+    def push(self, upserts: Iterable[str], deletes: Iterable[str] = ()) -> bool:
+        """Write notes to the index, then clear their outbox entries; False (logged) when the
+        index is unreachable: the entries stay and a later call syncs them."""
+        upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
+        if not upserts and not deletes:
+            return True
+        try:
+            rows = self.graph.load(upserts, links=False)
+            self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
+            self.index.delete(deletes)
+            with self.graph.transaction():
+                self.graph.clear_pending([*upserts, *deletes])
+        except (StoreUnavailableError, sqlite3.OperationalError) as exc:
+            log.warning("%d index change(s) stay in the outbox until the index is reachable: %s",
+                        len(upserts) + len(deletes), exc)
+            return False
+        return True
+
+    def catch_up(self) -> None:
+        """Sync what an earlier call left in the outbox, if the index is reachable now."""
+        if self.graph.has_pending():
+            self.reconcile()
+
+    def rebuild(self) -> int:
+        """Replace the index's contents with every note of the graph; returns how many."""
+        self.index.reset(self.graph.store_id)
+        ids = list(self.graph.all_ids())
+        for start in range(0, len(ids), 1000):
+            rows = self.graph.load(ids[start:start + 1000], links=False)
+            self.index.upsert([n for n, _ in rows.values()], [e for _, e in rows.values()])
+        with self.graph.transaction():
+            self.graph.clear_pending([i for i, _ in self.graph.pending()])
+        return len(ids)
