@@ -1,0 +1,347 @@
+"""`AgentMemStore`: a LangGraph `BaseStore` kept in agentmem (`pip install agentmem[langgraph]`).
+
+`graph.compile(store=AgentMemStore(memory=mem))` gives a LangGraph agent (and langmem's memory tools)
+a store whose items are agentmem notes, so what the agent files away is also recalled, linked,
+faded and consolidated like any other memory.
+
+- **Items are notes.** An item's value is kept intact (as JSON, in the note's metadata beside its
+  namespace and key); the note's text, which is embedded and searched, is the value's text: the
+  strings at the store's `index_fields` (or at a put's `index` paths), else every string in the
+  value. A put on an existing key updates the note (its history keeps the old value), a delete
+  forgets it.
+- **Namespaces and scopes.** Every item lives in the store's scope (`user_id=`, `agent_id=`); with
+  `user_from_namespace=i` the namespace's label `i` names the user instead, so langmem's
+  `("memories", "{langgraph_user_id}")` files each user's memories under that agentmem user.
+  The namespace path itself is note metadata, one key per prefix length, so a namespace prefix is
+  an equality filter.
+- **Search.** `search(prefix, query=...)` is agentmem's recall (hybrid ranking; each returned note
+  counts as recalled), restricted to the prefix; without a query, items come oldest first.
+  `filter` matches the item's value as LangGraph's own stores do: equality, nested dicts, and the
+  `$eq $ne $gt $gte $lt $lte` operators.
+- **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes) expires
+  that long after its last write or read (reads refresh it unless told not to); expired items are
+  invisible, and forgotten the next time an operation comes across them. The forgetting curve only
+  ranks search results: `decay()` may archive a store item for recall, but the store still gets,
+  lists and searches it until it is deleted or expires.
+
+Bad input raises what LangGraph raises (`InvalidNamespaceError`) or agentmem's `InvalidInputError`
+(a `ValueError`: e.g. a value that is not JSON), and every put of a batch is checked before any is
+written.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from langgraph.store.base import (
+    BaseStore, GetOp, InvalidNamespaceError, Item, ListNamespacesOp, MatchCondition, Op, PutOp, Result, SearchItem,
+    SearchOp, TTLConfig, get_text_at_path, validate_op_namespace,
+)
+
+from .. import validation
+from ..errors import InvalidInputError
+from ..memory import Memory
+from ..notes import Note
+
+NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
+TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": lambda a, b: a == b,
+    "$ne": lambda a, b: a != b,
+    "$gt": lambda a, b: float(a) > float(b),
+    "$gte": lambda a, b: float(a) >= float(b),
+    "$lt": lambda a, b: float(a) < float(b),
+    "$lte": lambda a, b: float(a) <= float(b),
+}
+
+
+def prefix_key(length: int) -> str:
+    """The metadata key holding an item's namespace prefix of this length ('' for length 0: every item)."""
+    return f"langgraph.prefix.{length}"
+
+
+def joined(labels: Iterable[str]) -> str:
+    return ".".join(labels)   # LangGraph forbids '.' in labels, so this is unambiguous
+
+
+class AgentMemStore(BaseStore):
+    """LangGraph's long-term store over a `Memory`: put / get / search / delete / list_namespaces."""
+
+    supports_ttl = True
+
+    def __init__(
+        self,
+        *,
+        memory: Memory,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        user_from_namespace: int | None = None,
+        index_fields: list[str] | None = None,
+        ttl: TTLConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """`clock` gives the time TTLs are measured with (default: now, UTC)."""
+        if not isinstance(memory, Memory):
+            raise InvalidInputError("AgentMemStore keeps its items in a Memory: pass memory=Memory(...)")
+        if user_from_namespace is not None and (
+            isinstance(user_from_namespace, bool) or not isinstance(user_from_namespace, int) or user_from_namespace < 0
+        ):
+            raise InvalidInputError("user_from_namespace is the position of a namespace label (an integer >= 0)")
+        if user_from_namespace is not None and user_id is not None:
+            raise InvalidInputError("give either user_id or user_from_namespace, not both")
+        if index_fields is not None and not (
+            isinstance(index_fields, list) and all(isinstance(f, str) and f for f in index_fields)
+        ):
+            raise InvalidInputError("index_fields must be a list of field paths")
+        self.memory = memory
+        self.user_id = validation.scope("user_id", user_id)
+        self.agent_id = validation.scope("agent_id", agent_id)
+        self.user_from_namespace = user_from_namespace
+        self.index_fields = index_fields
+        self.ttl_config = ttl
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self._writing = threading.Lock()   # a key read-then-written by two threads stays one note
+
+    # ---- BaseStore ------------------------------------------------------------------
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Reads see the store as it was before the batch (as LangGraph's InMemoryStore does); then the
+        puts are applied, the last put of a key winning, all checked before the first is written."""
+        ops = list(ops)
+        for op in ops:
+            if not isinstance(op, (GetOp, SearchOp, ListNamespacesOp, PutOp)):
+                raise InvalidInputError(f"unknown store operation: {type(op).__name__}")
+            validate_op_namespace(op)
+        puts = {(op.namespace, op.key): op for op in ops if isinstance(op, PutOp)}
+        planned = [(op, self._planned_note(op)) for op in puts.values()]
+        now = self.clock()
+        results: list[Result] = []
+        for op in ops:
+            if isinstance(op, GetOp):
+                results.append(self._get(op, now))
+            elif isinstance(op, SearchOp):
+                results.append(self._search(op, now))
+            elif isinstance(op, ListNamespacesOp):
+                results.append(self._list_namespaces(op, now))
+            else:
+                results.append(None)
+        with self._writing:
+            for op, note in planned:
+                self._apply(op, note, now)
+        return results
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """The same batch in a worker thread: embedding and SQLite are blocking."""
+        return await asyncio.to_thread(self.batch, list(ops))
+
+    # ---- reading --------------------------------------------------------------------
+
+    def _get(self, op: GetOp, now: datetime) -> Item | None:
+        note = self._find(op.namespace, op.key, now)
+        if note is None:
+            return None
+        if op.refresh_ttl:
+            note = self._refreshed(note, now)
+        return self._item(note, Item)
+
+    def _search(self, op: SearchOp, now: datetime) -> list[SearchItem]:
+        _check_window(op.limit, op.offset)
+        if op.filter is not None and not isinstance(op.filter, Mapping):
+            raise InvalidInputError("filter must be a dict")
+        prefix = {prefix_key(len(op.namespace_prefix)): joined(op.namespace_prefix)}
+        wanted = op.offset + op.limit
+
+        def admissible(note: Note) -> bool:
+            return self._live(note, now) and _value_matches(note.metadata[VALUE], op.filter or {})
+
+        if op.query is None:
+            found = [(n, None) for n in self._notes(prefix) if admissible(n)][op.offset: wanted]
+        else:
+            found = self._recall(op.query, prefix, wanted, admissible)[op.offset: wanted]
+        refreshed = [(self._refreshed(n, now) if op.refresh_ttl else n, score) for n, score in found]
+        return [self._item(note, SearchItem, score=score) for note, score in refreshed]
+
+    def _recall(
+        self, query: str, prefix: dict[str, str], wanted: int, admissible: Callable[[Note], bool]
+    ) -> list[tuple[Note, float]]:
+        """Recall within the prefix, widening k until `wanted` admissible notes came back or none are left."""
+        if wanted == 0:
+            return []
+        k = min(wanted, validation.MAX_K)
+        while True:
+            hits = self.memory.recall(query, k=k, filters=prefix, include_archived=True, **self._scope())
+            kept = [(hit.note, hit.score) for hit in hits if admissible(hit.note)]
+            if len(kept) >= wanted or len(hits) < k or k == validation.MAX_K:
+                return kept
+            k = min(2 * k, validation.MAX_K)
+
+    def _list_namespaces(self, op: ListNamespacesOp, now: datetime) -> list[tuple[str, ...]]:
+        _check_window(op.limit, op.offset)
+        if op.max_depth is not None and (isinstance(op.max_depth, bool) or not isinstance(op.max_depth, int) or op.max_depth < 1):
+            raise InvalidInputError("max_depth must be an integer >= 1")
+        conditions = op.match_conditions or ()
+        namespaces = {tuple(n.metadata[NAMESPACE].split(".")) for n in self._notes({prefix_key(0): ""}) if self._live(n, now)}
+        matching = {ns[: op.max_depth] if op.max_depth else ns for ns in namespaces if all(_namespace_matches(c, ns) for c in conditions)}
+        return sorted(matching)[op.offset: op.offset + op.limit]
+
+    def _find(self, namespace: tuple[str, ...], key: str, now: datetime | None) -> Note | None:
+        """The note holding this item (None if there is none, or it expired by `now`)."""
+        found = self._notes({NAMESPACE: joined(namespace), KEY: key})
+        note = found[0] if found else None
+        return note if note is not None and (now is None or self._live(note, now)) else None
+
+    def _notes(self, filters: dict[str, str]) -> list[Note]:
+        return self.memory.notes(filters=filters, include_archived=True, **self._scope())
+
+    def _scope(self) -> dict[str, str | None]:
+        return {"user_id": self.user_id, "agent_id": self.agent_id}
+
+    def _live(self, note: Note, now: datetime) -> bool:
+        """False for an expired item, which is forgotten on the way."""
+        expires = note.metadata.get(EXPIRES)
+        if expires is None or expires > now.timestamp():
+            return True
+        self.memory.forget(note.id)
+        return False
+
+    def _refreshed(self, note: Note, now: datetime) -> Note:
+        """Reading an item with a TTL restarts its clock."""
+        if note.metadata.get(TTL) is None:
+            return note
+        metadata = {**note.metadata, EXPIRES: _expiry(now, note.metadata[TTL])}
+        return self.memory.update(note.id, metadata=metadata)
+
+    @staticmethod
+    def _item(note: Note, kind: type[Item], **extra: Any) -> Item:
+        meta = note.metadata
+        return kind(
+            namespace=tuple(meta[NAMESPACE].split(".")), key=meta[KEY], value=meta[VALUE],
+            created_at=note.created_at, updated_at=note.updated_at, **extra,
+        )
+
+    # ---- writing --------------------------------------------------------------------
+
+    def _planned_note(self, op: PutOp) -> tuple[str, dict[str, Any]] | None:
+        """The text and metadata a put will write, checked now (None for a delete)."""
+        if op.value is None:
+            return None
+        if not op.namespace:
+            raise InvalidNamespaceError("Namespace cannot be empty.")
+        if op.namespace[0] == "langgraph":
+            raise InvalidNamespaceError(f'Root label for namespace cannot be "langgraph". Got: {op.namespace}')
+        if not isinstance(op.key, str) or not op.key:
+            raise InvalidInputError("keys are non-empty strings")
+        if not isinstance(op.value, Mapping):
+            raise InvalidInputError(f"a stored value must be a dict, got {type(op.value).__name__}")
+        if op.ttl is not None and (isinstance(op.ttl, bool) or not isinstance(op.ttl, (int, float)) or not op.ttl > 0):
+            raise InvalidInputError("ttl is a number of minutes > 0, or None")
+        if op.index is not None and op.index is not False and not (
+            isinstance(op.index, list) and all(isinstance(p, str) and p for p in op.index)
+        ):
+            raise InvalidInputError("index must be False, None or a list of field paths")
+        value = dict(op.value)
+        metadata = {
+            NAMESPACE: joined(op.namespace), KEY: op.key, VALUE: value, TTL: op.ttl,
+            EXPIRES: None if op.ttl is None else _expiry(self.clock(), op.ttl),
+            **{prefix_key(n): joined(op.namespace[:n]) for n in range(len(op.namespace) + 1)},
+        }
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"a stored value must be JSON: {exc}") from None
+        text = self._text(value, op.index if isinstance(op.index, list) else self.index_fields)
+        validation.scope("user_id", self._user_of(op.namespace))
+        return text, validation.metadata(metadata)
+
+    def _apply(self, op: PutOp, planned: tuple[str, dict[str, Any]] | None, now: datetime) -> None:
+        existing = self._find(op.namespace, op.key, None)
+        if planned is None:
+            if existing is not None:
+                self.memory.forget(existing.id)
+            return
+        text, metadata = planned
+        if existing is None:
+            self.memory.remember(
+                text, user_id=self._user_of(op.namespace), agent_id=self.agent_id, metadata=metadata, deduplicate=False
+            )
+        else:
+            self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+
+    def _user_of(self, namespace: tuple[str, ...]) -> str | None:
+        position = self.user_from_namespace
+        if position is None:
+            return self.user_id
+        return namespace[position] if position < len(namespace) else None
+
+    def _text(self, value: dict[str, Any], paths: list[str] | None) -> str:
+        """What the note says: the strings at `paths`, else every string in the value, else its JSON."""
+        if paths is None:
+            texts = list(_strings(value))
+        else:
+            texts = [text for path in paths for text in get_text_at_path(value, path)]
+        text = "\n".join(t.strip() for t in texts if t.strip()) or json.dumps(value, sort_keys=True, ensure_ascii=False)
+        return text[: self.memory.config.max_text_chars]
+
+
+def _expiry(now: datetime, minutes: float) -> float:
+    return (now + timedelta(minutes=minutes)).timestamp()
+
+
+def _check_window(limit: Any, offset: Any) -> None:
+    for name, number in (("limit", limit), ("offset", offset)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise InvalidInputError(f"{name} must be an integer >= 0, got {number!r}")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _value_matches(value: Any, expected: Any) -> bool:
+    """LangGraph's filter semantics: nested dicts match key by key, `$` keys are operators, the rest is equality."""
+    if isinstance(expected, Mapping):
+        if any(str(key).startswith("$") for key in expected):
+            return all(_operator(key)(value, operand) for key, operand in expected.items())
+        return isinstance(value, Mapping) and all(_value_matches(value.get(k), v) for k, v in expected.items())
+    if isinstance(expected, (list, tuple)):
+        return (
+            isinstance(value, (list, tuple)) and len(value) == len(expected)
+            and all(_value_matches(a, b) for a, b in zip(value, expected))
+        )
+    return value == expected
+
+
+def _operator(name: str) -> Callable[[Any, Any], bool]:
+    if name not in OPERATORS:
+        raise InvalidInputError(f"unsupported filter operator {name!r}; use one of {', '.join(OPERATORS)}")
+    operator = OPERATORS[name]
+
+    def safe(value: Any, operand: Any) -> bool:
+        try:
+            return operator(value, operand)
+        except (TypeError, ValueError):
+            return False
+
+    return safe
+
+
+def _namespace_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
+    """A prefix or suffix condition, where the label '*' matches any label."""
+    path = tuple(condition.path)
+    if condition.match_type not in ("prefix", "suffix"):
+        raise InvalidInputError(f"unsupported namespace match type {condition.match_type!r}")
+    if len(path) > len(namespace):
+        return False
+    labels = namespace[: len(path)] if condition.match_type == "prefix" else namespace[len(namespace) - len(path):]
+    return all(p in ("*", label) for p, label in zip(path, labels))

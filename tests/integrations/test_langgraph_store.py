@@ -1,0 +1,272 @@
+"""AgentMemStore against LangGraph's reference InMemoryStore, and under a compiled graph with langmem's tools."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import TypedDict
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import InvalidNamespaceError, Item, SearchItem
+from langgraph.store.memory import InMemoryStore
+from langmem import create_manage_memory_tool, create_search_memory_tool
+
+from agentmem import InvalidInputError
+from agentmem.integrations.langgraph_store import AgentMemStore
+
+ITEMS = [   # put namespace by namespace, so both stores list items in the same order
+    (("memories", "maya"), "tea", {"content": "Maya drinks green tea every morning.", "kind": "preference", "rank": 1}),
+    (("memories", "maya"), "city", {"content": "Maya lives in Lisbon.", "kind": "fact", "rank": 2}),
+    (("memories", "maya"), "job", {"content": "Maya is a marine biologist.", "kind": "fact", "rank": 3,
+                                   "tags": ["work", "ocean"], "meta": {"source": "chat", "turn": 3}}),
+    (("memories", "ben"), "city", {"content": "Ben lives in Oslo.", "kind": "fact", "rank": 1}),
+    (("docs", "v1", "guides"), "setup", {"title": "Setting up", "body": "pip install agentmem", "kind": "guide"}),
+    (("docs", "v1", "api"), "recall", {"title": "recall()", "body": "Recall notes for a query.", "kind": "api"}),
+    (("docs", "v2", "guides"), "setup", {"title": "Setting up v2", "body": "uv add agentmem", "kind": "guide"}),
+    (("a", "b", "c"), "x", {"n": 1}),
+    (("a", "b", "d", "e"), "x", {"n": 2}),
+    (("a", "b", "d", "i"), "x", {"n": 3}),
+    (("a", "b", "f"), "x", {"n": 4}),
+    (("a", "c", "f"), "x", {"n": 5}),
+]
+
+
+def plain(result):
+    """What both stores must agree on: namespaces, keys and values, in order (scores and times aside)."""
+    if isinstance(result, list):
+        return [plain(r) for r in result]
+    if isinstance(result, Item):
+        return (result.namespace, result.key, result.value)
+    return result
+
+
+def run_sequence(store) -> list:
+    """The same operations, recorded with their results.
+
+    Two behaviours of InMemoryStore are its dicts', not LangGraph's contract, and the sequence steers
+    clear of them: it lists items grouped by the namespace first written to (agentmem: oldest first,
+    so a key deleted and put again comes last), and it keeps listing a namespace whose items were all
+    deleted (agentmem, like LangGraph's PostgresStore, lists the namespaces that hold items).
+    """
+    out = []
+    for namespace, key, value in ITEMS:
+        store.put(namespace, key, value)
+    out += [
+        store.get(("memories", "maya"), "city"),
+        store.get(("memories", "maya"), "nope"),
+        store.get(("memories", "ben"), "tea"),
+    ]
+    store.put(("memories", "maya"), "city", {"content": "Maya moved to Porto.", "kind": "fact", "rank": 2})
+    store.put(("memories", "ben"), "city", {"content": "Ben moved to Bergen.", "kind": "fact", "rank": 5})
+    store.delete(("memories", "maya"), "tea")
+    store.delete(("memories", "ben"), "never-there")
+    store.delete(("a", "c", "f"), "x")
+    store.put(("a", "c", "f"), "x", {"n": 6})
+    out += [
+        store.get(("memories", "maya"), "city"),
+        store.get(("memories", "maya"), "tea"),
+        store.get(("a", "c", "f"), "x"),
+        store.search(()),
+        store.search((), limit=20),
+        store.search(("memories",)),
+        store.search(("memories", "maya")),
+        store.search(("memories",), limit=2),
+        store.search(("memories",), limit=2, offset=2),
+        store.search(("memories",), offset=10),
+        store.search(("memories",), filter={"kind": "fact"}),
+        store.search(("memories",), filter={"kind": "fact", "rank": 2}),
+        store.search(("memories",), filter={"rank": {"$gte": 2}}),
+        store.search(("memories",), filter={"rank": {"$gt": 1, "$lt": 5}}),
+        store.search((), filter={"kind": {"$ne": "fact"}}),
+        store.search((), filter={"tags": ["work", "ocean"]}),
+        store.search((), filter={"meta": {"source": "chat"}}),
+        store.search(("docs",), filter={"kind": "guide"}),
+        store.search(("docs", "v1")),
+        store.search(("doc",)),
+        store.list_namespaces(),
+        store.list_namespaces(prefix=("a",)),
+        store.list_namespaces(prefix=("a", "b"), max_depth=3),
+        store.list_namespaces(suffix=("f",)),
+        store.list_namespaces(prefix=("docs", "*", "guides")),
+        store.list_namespaces(suffix=("*", "guides")),
+        store.list_namespaces(prefix=("a",), suffix=("f",)),
+        store.list_namespaces(max_depth=1),
+        store.list_namespaces(max_depth=2, limit=3, offset=1),
+        store.list_namespaces(prefix=("zzz",)),
+    ]
+    return out
+
+
+def test_the_same_operations_give_the_same_results_as_langgraphs_in_memory_store(memory):
+    reference = [plain(r) for r in run_sequence(InMemoryStore())]
+    ours = run_sequence(AgentMemStore(memory=memory))
+    assert [plain(r) for r in ours] == reference
+    assert all(isinstance(r, SearchItem) for results in ours if isinstance(results, list) for r in results
+               if not isinstance(r, tuple))
+
+
+def embedding_index(embedder) -> dict:
+    """InMemoryStore's semantic search with the same MiniLM, so both stores search like for like."""
+    def embed(texts: list[str]) -> list[list[float]]:
+        return embedder.encode(texts, normalize_embeddings=True).tolist()
+
+    return {"dims": embedder.get_embedding_dimension(), "embed": embed, "fields": ["content"]}
+
+
+def test_query_search_returns_what_the_reference_returns_up_to_ranking(memory, embedder):
+    reference, ours = InMemoryStore(index=embedding_index(embedder)), AgentMemStore(memory=memory)
+    for store in (reference, ours):
+        for namespace, key, value in ITEMS:
+            store.put(namespace, key, value)
+
+    def keys(results) -> set:
+        return {(r.namespace, r.key) for r in results}
+
+    for prefix, query, search_filter in [
+        (("memories",), "Where does Maya live?", None),
+        (("memories", "maya"), "What does Maya drink?", {"kind": "preference"}),
+        (("memories",), "Who lives in a city?", {"rank": {"$lte": 2}}),
+        (("docs",), "installing the package", {"kind": "guide"}),
+    ]:
+        everything = [s.search(prefix, query=query, filter=search_filter, limit=100) for s in (reference, ours)]
+        assert keys(everything[0]) == keys(everything[1]) and len(everything[1]) == len(keys(everything[1]))
+        page = ours.search(prefix, query=query, filter=search_filter, limit=1, offset=1)
+        assert len(page) == min(1, max(0, len(everything[1]) - 1)) and keys(page) <= keys(everything[1])
+        assert all(r.score is not None for r in everything[1])
+
+    [top] = ours.search(("memories", "maya"), query="Which city does Maya live in?", limit=1)
+    assert top.key == "city" and top.value["content"] == "Maya lives in Lisbon."
+
+
+def test_items_are_notes_kept_whole_and_puts_update_them_in_place(memory):
+    store = AgentMemStore(memory=memory, user_id="maya")
+    value = {"content": "Maya drinks green tea.", "nested": {"list": [1, 2.5, None, True], "empty": {}}}
+    store.put(("memories",), "tea", value)
+    [note] = memory.notes(user_id="maya")
+    assert note.text == "Maya drinks green tea." and store.get(("memories",), "tea").value == value
+    item = store.get(("memories",), "tea")
+    store.put(("memories",), "tea", {"content": "Maya switched to coffee."})
+    updated = store.get(("memories",), "tea")
+    assert updated.created_at == item.created_at and updated.updated_at >= item.updated_at
+    assert [n.id for n in memory.notes(user_id="maya")] == [note.id] and memory.get(note.id).text == "Maya switched to coffee."
+    store.put(("memories",), "same", {"content": "Maya switched to coffee."})   # same text, another key: its own note
+    assert len(memory.notes(user_id="maya")) == 2
+    store.put(("memories",), "fields", {"title": "Tea", "body": "Long text."}, index=["title"])
+    assert memory.notes(user_id="maya")[-1].text == "Tea"
+    store.delete(("memories",), "tea")
+    assert store.get(("memories",), "tea") is None and len(memory.notes(user_id="maya")) == 2
+
+
+@pytest.fixture
+def clock():
+    class Clock:
+        now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+        def __call__(self) -> datetime:
+            return self.now
+
+    return Clock()
+
+
+def test_ttl_expires_items_unless_read_in_time(memory, clock):
+    store = AgentMemStore(memory=memory, clock=clock)
+    store.put(("s",), "short", {"v": 1}, ttl=10)
+    store.put(("s",), "kept", {"v": 2})
+    clock.now += timedelta(minutes=8)
+    assert store.get(("s",), "short").value == {"v": 1}   # a read restarts the clock
+    clock.now += timedelta(minutes=8)
+    assert store.get(("s",), "short", refresh_ttl=False).value == {"v": 1}
+    clock.now += timedelta(minutes=3)
+    assert store.get(("s",), "short") is None
+    assert [i.key for i in store.search(("s",))] == ["kept"] and store.list_namespaces() == [("s",)]
+    assert len(memory.notes()) == 1   # the expired item was forgotten, not just hidden
+    with pytest.raises(InvalidInputError):
+        store.put(("s",), "bad", {"v": 3}, ttl=-1)
+    default = AgentMemStore(memory=memory, clock=clock, ttl={"default_ttl": 1.0})
+    default.put(("d",), "k", {"v": 1})
+    clock.now += timedelta(minutes=2)
+    assert default.get(("d",), "k") is None
+
+
+def test_user_from_namespace_files_items_under_that_agentmem_user(memory):
+    store = AgentMemStore(memory=memory, user_from_namespace=1)
+    store.put(("memories", "maya"), "k1", {"content": "Maya lives in Lisbon."})
+    store.put(("memories", "ben"), "k1", {"content": "Ben lives in Oslo."})
+    assert [h.note.text for h in memory.recall("Where does Maya live?", user_id="maya")] == ["Maya lives in Lisbon."]
+    assert {i.namespace for i in store.search(("memories",))} == {("memories", "maya"), ("memories", "ben")}
+    scoped = AgentMemStore(memory=memory, user_id="maya")   # a store with a fixed user sees only that user's items
+    assert [i.key for i in scoped.search(())] == ["k1"] and scoped.get(("memories", "ben"), "k1") is None
+
+
+@pytest.mark.anyio
+async def test_async_operations_go_through_the_same_batch(memory):
+    store = AgentMemStore(memory=memory)
+    await store.aput(("memories", "maya"), "tea", {"content": "Maya drinks green tea."})
+    assert (await store.aget(("memories", "maya"), "tea")).value == {"content": "Maya drinks green tea."}
+    [found] = await store.asearch(("memories",), query="What does Maya drink?")
+    assert found.key == "tea" and await store.alist_namespaces() == [("memories", "maya")]
+    await store.adelete(("memories", "maya"), "tea")
+    assert await store.aget(("memories", "maya"), "tea") is None
+
+
+def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothing(memory):
+    store = AgentMemStore(memory=memory)
+    store.put(("ok",), "k", {"v": 1})
+    for bad_put in [
+        lambda: store.put((), "k", {"v": 1}),
+        lambda: store.put(("langgraph",), "k", {"v": 1}),
+        lambda: store.put(("a.b",), "k", {"v": 1}),
+    ]:
+        with pytest.raises(InvalidNamespaceError):
+            bad_put()
+    from langgraph.store.base import PutOp
+    with pytest.raises(InvalidInputError):   # one bad put in a batch: none of the batch is written
+        store.batch([PutOp(("ok",), "k2", {"v": 2}), PutOp(("ok",), "k3", {"v": object()})])
+    with pytest.raises(InvalidInputError):
+        store.put(("ok",), "k4", "not a dict")
+    with pytest.raises(InvalidInputError):
+        store.search(("ok",), limit=-1)
+    with pytest.raises(InvalidInputError):
+        store.search(("ok",), filter={"v": {"$regex": "x"}})
+    with pytest.raises(InvalidInputError):
+        AgentMemStore(memory=memory, user_id="maya", user_from_namespace=1)
+    with pytest.raises(InvalidInputError):
+        AgentMemStore(memory="not a memory")
+    assert [(i.key, i.value) for i in store.search(())] == [("k", {"v": 1})] and len(memory.notes()) == 1
+
+
+class State(TypedDict, total=False):
+    remember: str
+    question: str
+    found: list
+
+
+def test_a_compiled_graph_stores_and_retrieves_through_langmem_tools(memory):
+    namespace = ("memories", "{langgraph_user_id}")
+    manage, search = create_manage_memory_tool(namespace), create_search_memory_tool(namespace)
+
+    def write(state: State) -> State:
+        manage.invoke({"content": state["remember"], "action": "create"})
+        return {}
+
+    def read(state: State) -> State:
+        return {"found": json.loads(search.invoke({"query": state["question"], "limit": 3}))}
+
+    builder = StateGraph(State)
+    builder.add_node("write", write)
+    builder.add_node("read", read)
+    builder.add_edge(START, "write")
+    builder.add_edge("write", "read")
+    builder.add_edge("read", END)
+    graph = builder.compile(store=AgentMemStore(memory=memory, user_from_namespace=1))
+
+    maya = {"configurable": {"langgraph_user_id": "maya"}}
+    graph.invoke({"remember": "Maya is allergic to peanuts.", "question": "anything?"}, maya)
+    out = graph.invoke({"remember": "Maya's cello lesson is on Thursdays.", "question": "What is Maya allergic to?"}, maya)
+    assert out["found"][0]["value"] == {"content": "Maya is allergic to peanuts."}
+    assert out["found"][0]["namespace"] == ["memories", "maya"] and len(out["found"]) == 2
+    ben = graph.invoke({"remember": "Ben plays chess.", "question": "What is Maya allergic to?"},
+                       {"configurable": {"langgraph_user_id": "ben"}})
+    assert [f["value"]["content"] for f in ben["found"]] == ["Ben plays chess."]
+    # what the agent filed away is agentmem memory too
+    assert memory.recall("peanut allergy", user_id="maya", k=1)[0].note.text == "Maya is allergic to peanuts."
