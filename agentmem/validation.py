@@ -118,8 +118,11 @@ def filters(value: Any) -> dict[str, str | int | float | bool]:
 
 
 def fact(value: Any) -> Fact | None:
-    if value is None or isinstance(value, Fact):
-        return value
+    """A Fact, checked again even when given as one (`model_construct` skips the checks)."""
+    if value is None:
+        return None
+    if isinstance(value, Fact):
+        value = dict(value)
     try:
         return Fact.model_validate(value)
     except ValidationError as exc:
