@@ -49,6 +49,9 @@ from ..notes import Note
 
 NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
 TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
+# A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
+# of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
+WRITING = threading.Lock()
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda a, b: a == b,
     "$ne": lambda a, b: a != b,
@@ -104,7 +107,6 @@ class AgentMemStore(BaseStore):
         self.index_fields = index_fields
         self.ttl_config = ttl
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self._writing = threading.Lock()   # a key read-then-written by two threads stays one note
 
     # ---- BaseStore ------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class AgentMemStore(BaseStore):
                 results.append(self._list_namespaces(op, now))
             else:
                 results.append(None)
-        with self._writing:
+        with WRITING:
             for op, note in planned:
                 self._apply(op, note, now)
         return results
@@ -158,7 +160,7 @@ class AgentMemStore(BaseStore):
         def admissible(note: Note) -> bool:
             return self._live(note, now) and _value_matches(note.metadata[VALUE], op.filter or {})
 
-        if op.query is None:
+        if not op.query:   # as in LangGraph's stores, an empty query lists
             found = [(n, None) for n in self._notes(prefix) if admissible(n)][op.offset: wanted]
         else:
             found = self._recall(op.query, prefix, wanted, admissible)[op.offset: wanted]

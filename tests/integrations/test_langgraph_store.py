@@ -1,6 +1,7 @@
 """AgentMemStore against LangGraph's reference InMemoryStore, and under a compiled graph with langmem's tools."""
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 from typing import TypedDict
@@ -207,6 +208,14 @@ async def test_async_operations_go_through_the_same_batch(memory):
     assert found.key == "tea" and await store.alist_namespaces() == [("memories", "maya")]
     await store.adelete(("memories", "maya"), "tea")
     assert await store.aget(("memories", "maya"), "tea") is None
+
+
+@pytest.mark.anyio
+async def test_concurrent_puts_of_one_key_leave_one_item(memory):
+    store = AgentMemStore(memory=memory)
+    await asyncio.gather(*(store.aput(("race",), "k", {"content": f"version {i}"}) for i in range(6)))
+    [item] = await store.asearch(("race",))
+    assert item.value["content"].startswith("version ") and len(memory.notes()) == 1
 
 
 def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothing(memory):
