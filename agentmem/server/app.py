@@ -5,10 +5,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import AgentMemError
 from ..memory import Memory
@@ -72,5 +74,13 @@ def create_app(
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         return JSONResponse({"error": "InvalidInputError", "message": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (an unknown route, a body that is not JSON) in the same shape as typed errors."""
+        if exc.status_code == 400:  # the body could not even be parsed: malformed input, like any other
+            return JSONResponse({"error": "InvalidInputError", "message": str(exc.detail)}, status_code=422)
+        return JSONResponse({"error": HTTPStatus(exc.status_code).phrase.replace(" ", ""), "message": str(exc.detail)},
+                            status_code=exc.status_code, headers=exc.headers)
 
     return app

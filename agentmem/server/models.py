@@ -2,17 +2,30 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..notes import ConsolidationReport, Fact, MemoryItem, Note
 
 
-class Strict(BaseModel):
-    """Unknown fields are refused: a misspelt option must not be silently ignored."""
+def iso_time(value: Any) -> Any:
+    """Times travel as ISO 8601 strings (the schema says so); a bare number is refused, not taken as epoch seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("times are ISO 8601 strings, e.g. 2024-05-01T12:00:00Z")
+    return datetime.fromisoformat(value)
 
-    model_config = ConfigDict(extra="forbid")
+
+IsoTime = Annotated[datetime, BeforeValidator(iso_time)]
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class Strict(BaseModel):
+    """Bodies are taken as the schema describes them: no unknown fields, no "5" for 5."""
+
+    model_config = STRICT
 
 
 class Scope(Strict):
@@ -21,17 +34,25 @@ class Scope(Strict):
     session_id: str | None = None
 
 
+class RememberRequest(MemoryItem):
+    """One note to remember: `MemoryItem`, taken strictly."""
+
+    model_config = STRICT
+    at: IsoTime | None = None
+    tags: list[str] = []
+
+
 class RememberBatch(Scope):
     """`remember_many`: scope and time given here apply to items that leave them unset."""
 
-    items: list[MemoryItem | str] = Field(max_length=10_000)
-    at: datetime | None = None
+    items: list[RememberRequest | str] = Field(max_length=10_000)
+    at: IsoTime | None = None
 
 
 class RecallRequest(Scope):
     query: str
     k: int = 10
-    at: datetime | None = None
+    at: IsoTime | None = None
     filters: dict[str, str | int | float | bool] | None = None
     include_archived: bool = False
     reinforce: bool = True
@@ -44,22 +65,22 @@ class UpdateRequest(Strict):
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
     fact: Fact | None = None
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class LinkRequest(Strict):
     note_id: str = Field(description="the note to link to")
     weight: float = 1.0
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class AtRequest(Strict):
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class PlanRequest(Strict):
     policy: dict[str, Any] | None = Field(None, description="ConsolidationPolicy fields to override")
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class ConsolidateRequest(PlanRequest):
@@ -69,7 +90,7 @@ class ConsolidateRequest(PlanRequest):
 class AnswerRequest(Scope):
     question: str
     k: int = 5
-    at: datetime | None = None
+    at: IsoTime | None = None
     retrieval: bool = True
     max_new_tokens: int = Field(32, le=512)
 
@@ -111,8 +132,8 @@ class Job(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     scheduled: bool = False
     created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: IsoTime | None = None
+    finished_at: IsoTime | None = None
     progress: JobProgress
     report: ConsolidationReport | None = None
     error: dict[str, str] | None = None

@@ -23,8 +23,8 @@ from .auth import STATE_KEY, Caller
 from .errors import AccessDeniedError
 from .jobs import JobRunner
 from .models import (
-    AnswerRequest, AtRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, Job, Linked, LinkRequest,
-    PlanRequest, RecallRequest, RememberBatch, Retention, UpdateRequest,
+    AnswerRequest, AtRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, IsoTime, Job, Linked, LinkRequest,
+    PlanRequest, RecallRequest, RememberBatch, RememberRequest, Retention, UpdateRequest,
 )
 
 JSONL = "application/x-ndjson"
@@ -49,7 +49,7 @@ Runner = Annotated[JobRunner, Depends(runner)]
 # ---- writing ---------------------------------------------------------------------------------
 
 @router.post("/notes", response_model=Note, tags=["notes"], summary="remember one note")
-def remember(item: MemoryItem, mem: Scoped) -> Note:
+def remember(item: RememberRequest, mem: Scoped) -> Note:
     return mem.memory.remember(
         item.text, user_id=mem.user(item.user_id), agent_id=item.agent_id, session_id=item.session_id,
         at=item.at, tags=item.tags, metadata=item.metadata, fact=item.fact,
@@ -125,7 +125,7 @@ def neighbors(note_id: str, mem: Scoped) -> list[Note]:
 
 @router.get("/notes/{note_id}/retention", response_model=Retention, tags=["forgetting"],
             summary="how well a note is retained at a time")
-def retention(note_id: str, mem: Scoped, at: datetime | None = None) -> Retention:
+def retention(note_id: str, mem: Scoped, at: IsoTime | None = None) -> Retention:
     mem.note(note_id)
     when = at or datetime.now(timezone.utc)
     return Retention(note_id=note_id, at=when, retention=mem.memory.retention(note_id, at=when))
