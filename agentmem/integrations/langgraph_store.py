@@ -45,13 +45,14 @@ from langgraph.store.base import (
 from .. import validation
 from ..errors import InvalidInputError
 from ..memory import Memory
-from ..notes import Note
+from ..notes import MAX_METADATA_KEYS, Note
 
 NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
 TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
 # A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
 # of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
 WRITING = threading.Lock()
+MAX_DEPTH = MAX_METADATA_KEYS - 6   # NAMESPACE, KEY, VALUE, TTL, EXPIRES, and a prefix key per length 0..depth
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda a, b: a == b,
     "$ne": lambda a, b: a != b,
@@ -235,6 +236,8 @@ class AgentMemStore(BaseStore):
             raise InvalidNamespaceError("Namespace cannot be empty.")
         if op.namespace[0] == "langgraph":
             raise InvalidNamespaceError(f'Root label for namespace cannot be "langgraph". Got: {op.namespace}')
+        if len(op.namespace) > MAX_DEPTH:
+            raise InvalidInputError(f"namespaces are at most {MAX_DEPTH} labels deep here, got {len(op.namespace)}")
         if not isinstance(op.key, str) or not op.key:
             raise InvalidInputError("keys are non-empty strings")
         if not isinstance(op.value, Mapping):

@@ -1,6 +1,8 @@
 """AgentMemChatHistory behind LangChain's RunnableWithMessageHistory, with a real (local, no network) runnable."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableLambda
@@ -82,6 +84,13 @@ def test_messages_before_the_first_user_turn_and_between_turns_keep_their_order(
     assert history.messages == expected
     assert AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").messages == expected
     assert AgentMemChatHistory(memory=memory, session_id="s2", user_id="maya").messages == []
+
+
+def test_turns_faded_by_decay_stay_in_the_transcript(memory):
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
+    assert memory.decay(at=datetime.now(timezone.utc) + timedelta(days=365)).archived
+    assert history.messages == [HumanMessage("I moved to Lisbon."), AIMessage("Noted.")]
 
 
 def test_clear_forgets_the_session_and_nothing_else(memory):

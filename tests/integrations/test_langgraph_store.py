@@ -189,6 +189,15 @@ def test_ttl_expires_items_unless_read_in_time(memory, clock):
     assert default.get(("d",), "k") is None
 
 
+def test_items_archived_by_decay_are_still_got_listed_and_searched(memory):
+    store = AgentMemStore(memory=memory)
+    store.put(("memories",), "tea", {"content": "Maya drinks green tea."})
+    assert memory.decay(at=datetime.now(timezone.utc) + timedelta(days=365)).archived   # faded for recall
+    assert store.get(("memories",), "tea").value == {"content": "Maya drinks green tea."}
+    assert [i.key for i in store.search(("memories",), query="What does Maya drink?")] == ["tea"]
+    assert store.list_namespaces() == [("memories",)]
+
+
 def test_user_from_namespace_files_items_under_that_agentmem_user(memory):
     store = AgentMemStore(memory=memory, user_from_namespace=1)
     store.put(("memories", "maya"), "k1", {"content": "Maya lives in Lisbon."})
@@ -233,6 +242,10 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
         store.batch([PutOp(("ok",), "k2", {"v": 2}), PutOp(("ok",), "k3", {"v": object()})])
     with pytest.raises(InvalidInputError):
         store.put(("ok",), "k4", "not a dict")
+    with pytest.raises(InvalidInputError):
+        store.put(tuple("abcdefghijklmnopqrstuvwxyz") + ("deep",), "k", {"v": 1})
+    store.put(tuple("abcdefghijklmnopqrstuvwxyz"), "k", {"v": 1})   # the deepest allowed
+    store.delete(tuple("abcdefghijklmnopqrstuvwxyz"), "k")
     with pytest.raises(InvalidInputError):
         store.search(("ok",), limit=-1)
     with pytest.raises(InvalidInputError):
