@@ -1,0 +1,303 @@
+"""Editors that write facts into the weights of MLP down-projections in closed form, batch by batch.
+
+ROME, MEMIT, EMMET and AlphaEdit share everything here and differ only in `_solve`, the
+closed form that turns a batch's keys K (facts x key size) and residuals R (facts x hidden size)
+at one layer into the layer's update Rᵀ V. A batch is solved as in MEMIT (Meng et al. 2023):
+
+1. each fact's target residual state z after the band's top block, at its subject's last token
+   (`locate`), found by gradient through the blocks above only (a prefix cache holds the rest);
+2. for each layer of the band, bottom up: the facts' keys there and their residual state now,
+   the remaining gap spread evenly over the layers left (gap / layers left), solved, written.
+
+Weights change, so exactness is kept by construction: a layer's live weight is always its
+original (copied when the editor is created) plus the stored batches' Rᵀ V, summed in batch
+order. The weights are a pure function of the stored batches: `save` writes only the batches
+(keys, residuals, factors) and the edit records, `load` reproduces the weights bit for bit, and
+`remove()` copies the originals back bit for bit.
+
+Rollback of one edit drops its row from its batch and re-solves that batch at each layer with
+the keys and residuals stored when it was solved. That is exact for the batch's algebra, not for
+the model: the kept facts' residuals at upper layers of the band were measured with the dropped
+fact's lower-layer update in place, and later batches were solved on top of it. The difference
+is measured in the tests (relative weight error against a fresh solve of the kept facts). A
+batch of one (ROME) is simply deleted: its rank-one term leaves the sum exactly.
+
+These editors change weights every user shares: they refuse an EditRequest with a `scope`.
+`covers(prompt)`: the subject of a live edit occurs in the prompt (case-insensitive).
+"""
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..models import LanguageModel
+from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult, Prepared, leads
+from .covariance import key_moments
+from .locate import derived_subject, subject_position, subject_states
+
+# Measured on SmolLM2-135M (30 blocks); see README "Locate-and-edit editors".
+DEFAULT_BAND = (3, 4, 5, 6, 7)
+
+
+class LocateConfig(EditorConfig):
+    """The band of edited layers, the batch size, the key statistics' corpus, and the value search.
+
+    `layers`: blocks whose MLP down-projection is edited (absolute indices, bottom up). The
+    editor's wrapper sits on the block right above the band (`layer` is derived), where the
+    search for target states starts. `batch_size`: facts per closed-form solve; `edit()` cuts a
+    longer list into batches. Statistics: `sample_tokens` tokens sampled from the model itself,
+    plus the first `corpus_tokens` tokens of the UTF-8 text file `corpus` when given.
+    Value search: Adam on the residual at the subject token, `value_lr`, up to `value_steps`
+    steps, stopping when every target token leads by `margin` logits; the change is kept within
+    `clamp` x the state's norm and decays with `weight_decay` (MEMIT's settings for GPT-J).
+    """
+
+    layers: tuple[int, ...] = DEFAULT_BAND
+    module: str = "mlp.down_proj"
+    batch_size: int = Field(default=100, ge=1)
+    sample_tokens: int = Field(default=20_000, ge=0)
+    corpus: str | None = None
+    corpus_tokens: int = Field(default=0, ge=0)
+    value_steps: int = Field(default=25, ge=1)
+    value_lr: float = Field(default=0.5, gt=0)
+    margin: float = Field(default=2.0, ge=0)
+    clamp: float = Field(default=0.75, gt=0)
+    weight_decay: float = Field(default=0.5, ge=0)
+
+    @field_validator("layers")
+    @classmethod
+    def _ascending(cls, layers: tuple[int, ...]) -> tuple[int, ...]:
+        if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or layers[0] < 0:
+            raise ValueError("layers must be distinct non-negative block indices, in ascending order")
+        return layers
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrapper_above_band(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            layers = data.get("layers", DEFAULT_BAND)
+            if isinstance(layers, (list, tuple)) and layers and all(isinstance(x, int) for x in layers):
+                data = {**data, "layer": max(layers) + 1}
+        return data
+
+
+@dataclass
+class Batch:
+    """One closed-form solve: its edits (row order) and, per layer, keys K, residuals R and factors V (delta Rᵀ V)."""
+
+    ids: list[str]
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+    factors: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class PassThrough(EditorLayer):
+    """The wrapper above the band: changes nothing, marks where the search for target states starts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)
+
+
+class WeightEditor(Editor):
+    """The locate-and-edit machinery (see the module docstring); subclasses give `_solve`."""
+
+    config_class = LocateConfig
+    config: LocateConfig
+
+    def __init__(self, lm: LanguageModel, config: LocateConfig | None = None) -> None:
+        super().__init__(lm, config)
+        projections = {layer: self.blocks[layer].get_submodule(self.config.module) for layer in self.config.layers}
+        if not all(isinstance(module, nn.Linear) for module in projections.values()):
+            self.remove()
+            raise InvalidInputError(f"{self.config.module} of a layer in {self.config.layers} is not a plain linear layer")
+        self.projections: dict[int, nn.Linear] = projections
+        self.top_block = self.blocks[self.config.layers[-1]]
+        self.originals = {layer: p.weight.detach().clone() for layer, p in self.projections.items()}
+        try:
+            self.moments = key_moments(
+                lm, self.projections, self.config.sample_tokens, self.config.corpus, self.config.corpus_tokens
+            )
+        except InvalidInputError:
+            self.remove()
+            raise
+        self.batches: list[Batch] = []
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def edit(self, requests: Sequence[EditRequest]) -> list[EditResult]:
+        """Apply the requests in batches of `batch_size`, one closed-form solve per batch, then verify each fact."""
+        self._check_live()
+        requests = [self._located(self._with_id(r)) for r in requests]
+        ids = [r.id for r in requests]
+        if len(set(ids)) != len(ids) or any(i in self._edits for i in ids):
+            raise InvalidInputError("edit ids must be unique and not already applied")
+        results = []
+        for start in range(0, len(requests), self.config.batch_size):
+            chunk = requests[start : start + self.config.batch_size]
+            began = time.perf_counter()
+            steps = self._apply_batch(chunk)
+            share = (time.perf_counter() - began) / len(chunk)
+            for request, taken in zip(chunk, steps):
+                self._edits[request.id] = request
+                began = time.perf_counter()
+                success = self._succeeds(request)
+                results.append(EditResult(
+                    edit_id=request.id, steps=taken, seconds=share + time.perf_counter() - began, success=success
+                ))
+        return results
+
+    def covers(self, prompt: str) -> bool:
+        """Whether the subject of a live edit occurs in `prompt` (case-insensitive)."""
+        text = prompt.casefold()
+        return any(request.subject.casefold() in text for request in self._edits.values())
+
+    def remove(self) -> None:
+        """Copy the original weights back (bit for bit), then take the wrapper out."""
+        self._check_live()
+        with torch.no_grad():
+            for layer, projection in getattr(self, "projections", {}).items():
+                projection.weight.copy_(self.originals[layer])
+        super().remove()
+
+    # -- solving ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _solve(self, layer: int, keys: torch.Tensor, residuals: torch.Tensor, batch: int) -> torch.Tensor:
+        """The factors V (facts x key size) of the update Rᵀ V of `layer` for batch number `batch`."""
+
+    def _apply(self, request: EditRequest) -> int:
+        """A batch of one."""
+        return self._apply_batch([request])[0]
+
+    def _apply_batch(self, requests: Sequence[EditRequest]) -> list[int]:
+        """Solve one batch and write it; returns each fact's value-search steps."""
+        encoded = [self.lm.encode_pair(r.prompt, r.target) for r in requests]
+        positions = [subject_position(self.lm, r.prompt, r.subject) for r in requests]
+        searched = [self._target_state(p, t, at) for (p, t), at in zip(encoded, positions)]
+        targets = torch.stack([state for state, _ in searched])
+        prompts = [p for p, _ in encoded]
+        batch = Batch(ids=[r.id for r in requests])
+        self.batches.append(batch)
+        try:
+            for done, layer in enumerate(self.config.layers):
+                states = subject_states(self.lm, self.projections, self.top_block, prompts, positions)
+                keys, left = states.keys[layer], len(self.config.layers) - done
+                residuals = (targets - states.top) / left
+                batch.factors[layer] = self._solve(layer, keys, residuals, len(self.batches) - 1).float()
+                batch.keys[layer], batch.residuals[layer] = keys, residuals
+                self._write(layer)
+        except BaseException:
+            self.batches.pop()
+            for layer in self.config.layers:
+                self._write(layer)
+            raise
+        return [steps for _, steps in searched]
+
+    def _target_state(self, prompt_ids: list[int], target_ids: list[int], position: int) -> tuple[torch.Tensor, int]:
+        """The residual state after the band's top block, at the subject token, that makes the target come out."""
+        prepared = self._prepare(prompt_ids + target_ids[:-1], position)
+        hidden = prepared.hidden
+        first = len(prompt_ids) - 1 - position
+        target = torch.tensor(target_ids, device=hidden.device)
+        scale = hidden[0, 0].norm()
+        delta = torch.zeros_like(hidden[0, 0], requires_grad=True)
+        optimizer = torch.optim.Adam([delta], lr=self.config.value_lr)
+        step = 0
+        for step in range(self.config.value_steps + 1):
+            shifted = torch.cat([hidden[:, :1] + delta, hidden[:, 1:]], 1)
+            logits = self._upper_logits(Prepared(shifted, prepared.inputs, prepared.past))[first : first + len(target_ids)]
+            if step == self.config.value_steps or bool(leads(logits.detach(), target, self.config.margin).all()):
+                break
+            loss = F.cross_entropy(logits, target) + self.config.weight_decay * (delta.norm() / scale) ** 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                limit = self.config.clamp * scale
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+        return (hidden[0, 0] + delta).detach(), step
+
+    def _write(self, layer: int) -> None:
+        """The layer's weight := its original + the stored batches' updates, in batch order."""
+        weight = self.originals[layer].clone()
+        for batch in self.batches:
+            if layer in batch.factors:
+                weight.addmm_(batch.residuals[layer].T, batch.factors[layer])
+        with torch.no_grad():
+            self.projections[layer].weight.copy_(weight)
+
+    def delta(self, layer: int) -> torch.Tensor:
+        """The live change of `layer`'s weight: what the edits add to the original."""
+        return self.projections[layer].weight.detach() - self.originals[layer]
+
+    # -- requests, rollback, state --------------------------------------------------------------
+
+    def _located(self, request: EditRequest) -> EditRequest:
+        """The request with its subject; refused when it is scoped or its subject is not in its prompt."""
+        if request.scope is not None:
+            raise InvalidInputError(
+                f"{type(self).__name__} changes weights every user shares: it takes shared facts only (scope=None), "
+                f"not scope {request.scope!r}"
+            )
+        subject = request.subject or derived_subject(request.prompt)
+        if subject.casefold() not in request.prompt.casefold():
+            raise InvalidInputError(f"the subject {subject!r} does not occur in the prompt {request.prompt!r}")
+        return request.model_copy(update={"subject": subject})
+
+    def _retract(self, edit_id: str) -> None:
+        index, batch = next((i, b) for i, b in enumerate(self.batches) if edit_id in b.ids)
+        row = batch.ids.index(edit_id)
+        if len(batch.ids) == 1:
+            del self.batches[index]
+        else:
+            keep = torch.tensor([i != row for i in range(len(batch.ids))])
+            batch.ids.pop(row)
+            for layer in self.config.layers:
+                batch.keys[layer], batch.residuals[layer] = batch.keys[layer][keep], batch.residuals[layer][keep]
+                batch.factors[layer] = self._solve(layer, batch.keys[layer], batch.residuals[layer], index).float()
+        for layer in self.config.layers:
+            self._write(layer)
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {}
+        for number, batch in enumerate(self.batches):
+            for layer in self.config.layers:
+                tensors[f"{number}.{layer}.keys"] = batch.keys[layer]
+                tensors[f"{number}.{layer}.residuals"] = batch.residuals[layer]
+                tensors[f"{number}.{layer}.factors"] = batch.factors[layer]
+        return tensors, {"batches": [batch.ids for batch in self.batches]}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        self.batches = [
+            Batch(
+                ids=list(ids),
+                keys={layer: tensors[f"{number}.{layer}.keys"] for layer in self.config.layers},
+                residuals={layer: tensors[f"{number}.{layer}.residuals"] for layer in self.config.layers},
+                factors={layer: tensors[f"{number}.{layer}.factors"] for layer in self.config.layers},
+            )
+            for number, ids in enumerate(extra["batches"])
+        ]
+        for layer in self.config.layers:
+            self._write(layer)
+
+    def _make_layer(self, original: nn.Module) -> EditorLayer:
+        return PassThrough(original)
+
+    def preserved_keys(self, layer: int, before: int) -> torch.Tensor:
+        """Σ KᵀK at `layer` over the batches solved before batch number `before` (float64)."""
+        size = self.originals[layer].shape[1]
+        total = torch.zeros(size, size, dtype=torch.float64, device=self.lm.device)
+        for batch in self.batches[:before]:
+            keys = batch.keys[layer].double()
+            total += keys.T @ keys
+        return total
