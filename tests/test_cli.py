@@ -64,3 +64,68 @@ def test_consolidate_dry_run_prints_the_plan_and_changes_nothing(tmp_path, capsy
     assert not (tmp_path / "m" / "editor").exists()
     code, _, err = run(capsys, "--path", store, "consolidate", "--policy", '{"min_recalls": -1}')
     assert code == 2 and "InvalidInputError" in err
+
+
+def test_help_and_argument_errors_need_no_store(tmp_path):
+    helped = subprocess.run([sys.executable, "-m", "agentmem.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and all(c in helped.stdout for c in ("serve", "mcp", "--url", "recall"))
+    wrong = subprocess.run([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "recall"],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "required" in wrong.stderr and not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit):
+        main(["serve", "--consolidate-every", "soon"])
+
+
+def test_durations_for_the_schedule():
+    from datetime import timedelta
+
+    from agentmem.cli import _duration
+
+    assert _duration("24h") == timedelta(hours=24) and _duration("1d12h") == timedelta(hours=36)
+    assert _duration("90s") == timedelta(seconds=90)
+    for bad in ("", "24", "h", "1x", "0m", "-5m"):
+        with pytest.raises(Exception):
+            _duration(bad)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from tests.server.conftest import assert_clean_stop, start_server
+
+    server = start_server(tmp_path_factory.mktemp("cli-served"), "--api-key", "cli-key-0001", key="cli-key-0001")
+    yield server
+    assert_clean_stop(server)
+
+
+def test_every_command_works_against_a_running_server(served, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AGENTMEM_API_KEY", "cli-key-0001")
+    url = ["--url", served.url]
+    code, note, _ = run(capsys, *url, "remember", "Rosa keeps goats in the Alps", "--user", "rosa", "--tag", "farm",
+                        "--at", "2024-05-01T10:00:00+00:00")
+    assert code == 0 and note["user_id"] == "rosa" and "farm" in note["tags"]
+    _, other, _ = run(capsys, *url, "remember", "Rosa sells goat cheese in Zermatt", "--user", "rosa")
+    code, hits, _ = run(capsys, *url, "recall", "Who keeps goats?", "--user", "rosa", "-k", "1")
+    assert code == 0 and hits[0]["note"]["id"] == note["id"]
+    assert run(capsys, *url, "get", note["id"])[1]["recall_count"] == 1
+    assert run(capsys, *url, "update", note["id"], "--text", "Rosa keeps sheep in the Alps")[1]["text"].endswith("Alps")
+    assert run(capsys, *url, "history", note["id"])[1][-1]["change"] == "updated"
+    assert run(capsys, *url, "link", note["id"], other["id"], "--weight", "0.5")[0] == 0
+    assert other["id"] in [n["id"] for n in run(capsys, *url, "neighbors", note["id"])[1]]
+    assert note["id"] in run(capsys, *url, "decay", "--at", "2031-01-01T00:00:00+00:00")[1]["archived"]
+    assert run(capsys, *url, "restore", note["id"])[1]["archived"] is False
+    assert run(capsys, *url, "stats")[1]["users"] == {"rosa": 2}
+    assert run(capsys, *url, "ledger")[1] == []
+    assert run(capsys, *url, "export", str(tmp_path / "x.jsonl"))[1]["exported"] == 2
+    assert run(capsys, *url, "forget", note["id"])[1] == {"forgotten": note["id"]}
+    assert run(capsys, *url, "import", str(tmp_path / "x.jsonl"))[1] == {"imported": 1, "skipped": 1}
+    code, out, err = run(capsys, *url, "forget", "no-such-note")
+    assert code == 2 and out is None and "NoteNotFoundError" in err
+    code, out, err = run(capsys, *url, "--api-key", "wrong-key-0001", "stats")
+    assert code == 2 and "UnauthorizedError" in err
+
+
+def test_an_unreachable_server_is_a_typed_error(capsys):
+    from tests.conftest import free_port
+
+    code, out, err = run(capsys, "--url", f"http://127.0.0.1:{free_port()}", "stats")
+    assert code == 2 and out is None and "StoreUnavailableError" in err

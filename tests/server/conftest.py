@@ -84,3 +84,11 @@ def assert_clean_stop(served: Served) -> None:
 def admin(server) -> Iterator[httpx.Client]:
     with server.client(ADMIN_KEY) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory) -> Iterator[Served]:
+    """A server without keys whose chats and jobs load the bundled SmolLM2 (once, on first use)."""
+    served = start_server(tmp_path_factory.mktemp("model-served"))
+    yield served
+    assert_clean_stop(served)

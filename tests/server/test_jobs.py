@@ -1,0 +1,37 @@
+"""Consolidation as a background job on a served store: status and progress, with recall and remember going on."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow   # the job edits the bundled SmolLM2
+
+T0 = "2024-05-01T12:00:00+00:00"
+LATER = "2024-05-03T12:00:00+00:00"
+
+
+def test_a_background_consolidation_while_recall_and_remember_keep_working(model_server):
+    with model_server.client(None, timeout=600) as client:
+        note = client.post("/v1/notes", json={"text": "Zorbl the engineer lives in Reykjavik.", "user_id": "job",
+                                              "at": T0}).json()
+        assert note["fact"]["target"] == "Reykjavik"
+        job = client.post("/v1/consolidate", json={"policy": {"min_recalls": 0}, "at": LATER})
+        assert job.status_code == 202 and job.json()["status"] == "queued"
+        seen, served = set(), 0
+        while (state := client.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in ("queued", "running"):
+            seen.add(state["progress"]["stage"])
+            assert client.post("/v1/recall", json={"query": "Who lives in Reykjavik?", "user_id": "job-other",
+                                                   "reinforce": False}).status_code == 200
+            assert client.post("/v1/notes", json={"text": f"Job-time note {served} for the side user",
+                                                  "user_id": "job-other"}).status_code == 200
+            served += 1
+            time.sleep(0.5)
+        assert state["status"] == "succeeded", state
+        assert served > 0 and seen & {"planning", "consolidating"}
+        assert state["progress"]["stage"] == "done" and state["report"]["applied"] == 1
+        ledger = client.get("/v1/ledger", params={"note_id": note["id"]}).json()
+        assert [entry["status"] for entry in ledger] == ["applied"]
+        answer = client.post("/v1/answer", json={"question": "Zorbl the engineer lives in", "retrieval": False}).json()
+        assert answer["source"] == "weights" and answer["text"].startswith("Reykjavik")
+        assert state in client.get("/v1/jobs").json()

@@ -1,0 +1,74 @@
+"""The OpenAI-compatible chat, driven by the official `openai` client: local model and upstream mode."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from openai import OpenAI
+
+from .conftest import start_server
+
+pytestmark = pytest.mark.slow   # the replies come from the bundled SmolLM2
+
+
+def trace(response) -> dict:
+    """agentmem's addition to the response: the recalled note ids and the note the user's turn became."""
+    return response.model_extra["agentmem"]
+
+
+def test_a_later_session_recalls_what_an_earlier_one_was_told(model_server):
+    client = OpenAI(base_url=f"{model_server.url}/v1", api_key="unused", timeout=600)
+    user = f"kai-{uuid.uuid4().hex[:6]}"
+    assert [m.id for m in client.models.list().data] == ["agentmem-local"]
+    told = client.chat.completions.create(
+        model="agentmem-local", user=user, max_tokens=24,
+        messages=[{"role": "user", "content": "My sister Mira lives in Tromsø and works as a glassblower."}],
+    )
+    assert told.choices[0].message.content.strip() and trace(told)["recalled"] == []
+
+    stream = client.chat.completions.create(   # a new conversation: only long-term memory links the two
+        model="agentmem-local", user=user, max_tokens=24, stream=True,
+        messages=[{"role": "user", "content": "What does my sister Mira do for a living?"}],
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text.strip() and chunks[-1].choices[0].finish_reason == "stop"
+    assert trace(told)["remembered"] in chunks[-1].model_extra["agentmem"]["recalled"]
+
+    other = client.chat.completions.create(   # another user does not see Kai's notes
+        model="agentmem-local", user=f"other-{uuid.uuid4().hex[:6]}", max_tokens=8,
+        messages=[{"role": "user", "content": "What does my sister Mira do for a living?"}],
+    )
+    assert trace(told)["remembered"] not in trace(other)["recalled"]
+
+
+def test_upstream_mode_forwards_to_another_real_server_with_the_recalled_notes(model_server, tmp_path):
+    before = model_server.client(None).get("/v1/stats").json()["notes"]
+    proxy = start_server(tmp_path, "--upstream", f"{model_server.url}/v1")
+    try:
+        client = OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", timeout=600)
+        assert [m.id for m in client.models.list().data] == ["agentmem-local"]   # the upstream's models
+        told = client.chat.completions.create(
+            model="agentmem-local", user="lena", max_tokens=16,
+            messages=[{"role": "user", "content": "My cat is called Pixel."}],
+        )
+        asked = client.chat.completions.create(
+            model="agentmem-local", user="lena", max_tokens=16,
+            messages=[{"role": "system", "content": "Answer in one short sentence."},
+                      {"role": "user", "content": "What is my cat called?"}],
+        )
+        assert asked.choices[0].message.content.strip()
+        assert trace(asked)["recalled"] == [trace(told)["remembered"]]   # recalled here, sent upstream
+        assert proxy.client(None).get("/v1/stats").json()["users"] == {"lena": 2}
+        # the upstream server answered both turns (and, being an agentmem server itself, remembered them)
+        assert model_server.client(None).get("/v1/stats").json()["notes"] == before + 2
+    finally:
+        proxy.stop()
+
+
+def test_malformed_chat_requests_get_typed_errors(model_server):
+    with model_server.client(None) as client:
+        for body in ({"messages": []}, {"messages": [{"role": "assistant", "content": "hi"}]},
+                     {"messages": [{"role": "user", "content": "   "}]}, {"messages": [{"role": "wizard"}]}):
+            response = client.post("/v1/chat/completions", json=body)
+            assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
