@@ -133,8 +133,7 @@ class AgentMemStore(BaseStore):
             else:
                 results.append(None)
         with WRITING:
-            for op, note in planned:
-                self._apply(op, note, now)
+            self._write(planned)
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -262,19 +261,21 @@ class AgentMemStore(BaseStore):
         validation.scope("user_id", self._user_of(op.namespace))
         return text, validation.metadata(metadata)
 
-    def _apply(self, op: PutOp, planned: tuple[str, dict[str, Any]] | None, now: datetime) -> None:
-        existing = self._find(op.namespace, op.key, None)
-        if planned is None:
-            if existing is not None:
-                self.memory.forget(existing.id)
-            return
-        text, metadata = planned
-        if existing is None:
-            self.memory.remember(
-                text, user_id=self._user_of(op.namespace), agent_id=self.agent_id, metadata=metadata, deduplicate=False
-            )
-        else:
-            self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+    def _write(self, planned: list[tuple[PutOp, tuple[str, dict[str, Any]] | None]]) -> None:
+        """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction."""
+        new: list[dict[str, Any]] = []
+        for op, note in planned:
+            existing = self._find(op.namespace, op.key, None)
+            if note is None:
+                if existing is not None:
+                    self.memory.forget(existing.id)
+            elif existing is None:
+                new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
+            else:
+                text, metadata = note
+                self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+        if new:
+            self.memory.remember_many(new, agent_id=self.agent_id, deduplicate=False)
 
     def _user_of(self, namespace: tuple[str, ...]) -> str | None:
         position = self.user_from_namespace

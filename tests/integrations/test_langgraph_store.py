@@ -8,7 +8,7 @@ from typing import TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
-from langgraph.store.base import InvalidNamespaceError, Item, SearchItem
+from langgraph.store.base import InvalidNamespaceError, Item, PutOp, SearchItem
 from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
@@ -50,8 +50,7 @@ def run_sequence(store) -> list:
     deleted (agentmem, like LangGraph's PostgresStore, lists the namespaces that hold items).
     """
     out = []
-    for namespace, key, value in ITEMS:
-        store.put(namespace, key, value)
+    store.batch([PutOp(namespace, key, value) for namespace, key, value in ITEMS])   # one embedding pass
     out += [
         store.get(("memories", "maya"), "city"),
         store.get(("memories", "maya"), "nope"),
@@ -117,8 +116,7 @@ def embedding_index(embedder) -> dict:
 def test_query_search_returns_what_the_reference_returns_up_to_ranking(memory, embedder):
     reference, ours = InMemoryStore(index=embedding_index(embedder)), AgentMemStore(memory=memory)
     for store in (reference, ours):
-        for namespace, key, value in ITEMS:
-            store.put(namespace, key, value)
+        store.batch([PutOp(namespace, key, value) for namespace, key, value in ITEMS])
 
     def keys(results) -> set:
         return {(r.namespace, r.key) for r in results}
@@ -237,7 +235,6 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
     ]:
         with pytest.raises(InvalidNamespaceError):
             bad_put()
-    from langgraph.store.base import PutOp
     with pytest.raises(InvalidInputError):   # one bad put in a batch: none of the batch is written
         store.batch([PutOp(("ok",), "k2", {"v": 2}), PutOp(("ok",), "k3", {"v": object()})])
     with pytest.raises(InvalidInputError):
