@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("-k", type=int, default=5)
     recall.add_argument("--archived", action="store_true", help="include archived notes")
 
+    listing = commands.add_parser("list", help="the memories of a scope, oldest first (nothing reinforced)")
+    listing.add_argument("--user", dest="user_id")
+    listing.add_argument("--agent", dest="agent_id")
+    listing.add_argument("--session", dest="session_id")
+    listing.add_argument("--archived", action="store_true", help="include archived notes")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
     commands.add_parser("get", parents=[note], help="one memory")
     update = commands.add_parser("update", parents=[note], help="change a memory's text or tags (history kept)")
     update.add_argument("--text")
@@ -98,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("file", type=Path)
     import_ = commands.add_parser("import", help="load notes from JSONL")
     import_.add_argument("file", type=Path)
+
+    commands.add_parser("repair", help="rebuild the vector index from the note graph")
+    backup = commands.add_parser("backup", help="copy the store (while in use) into a new folder")
+    backup.add_argument("dest", type=Path)
+    restore_backup = commands.add_parser("restore-backup", help="make --path a new store from a backup folder")
+    restore_backup.add_argument("source", type=Path)
 
     plan = commands.add_parser("plan", help="what consolidation would do now and why; changes nothing")
     plan.add_argument("--at", type=_time)
@@ -141,6 +154,8 @@ def run(args: argparse.Namespace) -> Any:
         return serve(args)
     if args.command == "mcp":
         return serve_mcp(args)
+    if args.command == "restore-backup":
+        return restore_backup(args)
     if args.url:
         from .server.client import RemoteMemory  # httpx only: fast
 
@@ -160,6 +175,9 @@ def act(mem: Any, args: argparse.Namespace) -> Any:
             return mem.remember(args.text, tags=args.tags, **scope)
         case "recall":
             return mem.recall(args.query, k=args.k, include_archived=args.archived, **scope)
+        case "list":
+            return mem.notes(user_id=args.user_id, agent_id=args.agent_id, session_id=args.session_id,
+                             include_archived=args.archived, limit=args.limit, offset=args.offset)
         case "get":
             return mem.get(args.id)
         case "update":
@@ -184,6 +202,10 @@ def act(mem: Any, args: argparse.Namespace) -> Any:
             return {"exported": mem.export(args.file), "file": str(args.file)}
         case "import":
             return mem.import_(args.file)
+        case "repair":
+            return {"reindexed": mem.rebuild_index()}
+        case "backup":
+            return {"backup": str(mem.backup(args.dest))}
         case "plan":
             return mem.plan(args.policy, at=args.at)
         case "consolidate":
@@ -211,6 +233,17 @@ def serve(args: argparse.Namespace) -> None:
     print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, "
           f"OpenAI /v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def restore_backup(args: argparse.Namespace) -> Any:
+    """A new store at --path from a backup (local only: a server keeps its store open)."""
+    from .errors import InvalidInputError
+    from .memory import Memory
+
+    if args.url:
+        raise InvalidInputError("restore-backup makes a new store on this machine: give --path, not --url")
+    with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url) as memory:
+        return memory.stats()
 
 
 def serve_mcp(args: argparse.Namespace) -> None:

@@ -116,12 +116,27 @@ def test_every_command_works_against_a_running_server(served, tmp_path, capsys, 
     assert run(capsys, *url, "stats")[1]["users"] == {"rosa": 2}
     assert run(capsys, *url, "ledger")[1] == []
     assert run(capsys, *url, "export", str(tmp_path / "x.jsonl"))[1]["exported"] == 2
+    assert [n["id"] for n in run(capsys, *url, "list", "--user", "rosa", "--archived")[1]] == [note["id"], other["id"]]
+    assert run(capsys, *url, "repair")[1] == {"reindexed": 2}
+    assert run(capsys, *url, "backup", str(tmp_path / "copy"))[1] == {"backup": str(tmp_path / "copy")}
     assert run(capsys, *url, "forget", note["id"])[1] == {"forgotten": note["id"]}
     assert run(capsys, *url, "import", str(tmp_path / "x.jsonl"))[1] == {"imported": 1, "skipped": 1}
     code, out, err = run(capsys, *url, "forget", "no-such-note")
     assert code == 2 and out is None and "NoteNotFoundError" in err
     code, out, err = run(capsys, *url, "--api-key", "wrong-key-0001", "stats")
     assert code == 2 and "UnauthorizedError" in err
+
+
+def test_backup_and_restore_backup_on_a_local_store(tmp_path, capsys, embedder):
+    store, copy, restored = str(tmp_path / "m"), str(tmp_path / "copy"), str(tmp_path / "restored")
+    _, note, _ = run(capsys, "--path", store, "remember", "Ada writes compilers in Zurich", "--user", "ada")
+    assert run(capsys, "--path", store, "backup", copy)[1] == {"backup": copy}
+    assert run(capsys, "--path", store, "repair")[1] == {"reindexed": 1}
+    code, stats, _ = run(capsys, "--path", restored, "restore-backup", copy)
+    assert code == 0 and stats["notes"] == 1
+    assert run(capsys, "--path", restored, "recall", "Who writes compilers?")[1][0]["note"]["id"] == note["id"]
+    code, _, err = run(capsys, "--path", restored, "restore-backup", copy)
+    assert code == 2 and "InvalidInputError" in err
 
 
 def test_an_unreachable_server_is_a_typed_error(capsys):

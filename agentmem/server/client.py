@@ -60,6 +60,9 @@ class RemoteMemory:
     def recall(self, query: str, *, k: int = 10, include_archived: bool = False, **scope: Any) -> list[dict[str, Any]]:
         return self.call("POST", "/recall", json=_body(query=query, k=k, include_archived=include_archived, **scope))
 
+    def notes(self, **query: Any) -> list[dict[str, Any]]:
+        return self.call("GET", "/notes", params=_body(**query))
+
     def get(self, note_id: str) -> dict[str, Any]:
         return self.call("GET", f"/notes/{_id(note_id)}")
 
@@ -108,6 +111,13 @@ class RemoteMemory:
         if not source.is_file():
             raise InvalidInputError(f"no such file: {source}")
         return self.call("POST", "/import", content=source.read_bytes(), headers={"content-type": "application/x-ndjson"})
+
+    def rebuild_index(self) -> int:
+        return self.call("POST", "/repair")["reindexed"]
+
+    def backup(self, target: str | Path) -> str:
+        """A backup folder on the server's disk."""
+        return self.call("POST", "/backup", json={"target": str(target)})["backup"]
 
     def plan(self, policy: dict[str, Any] | None = None, *, at: datetime | None = None) -> list[dict[str, Any]]:
         return self.call("POST", "/plan", json=_body(policy=policy, at=at))

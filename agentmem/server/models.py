@@ -95,6 +95,18 @@ class AnswerRequest(Scope):
     max_new_tokens: int = Field(32, le=512)
 
 
+class BackupRequest(Strict):
+    target: str = Field(description="a new folder on the server's disk")
+
+
+class BackedUp(BaseModel):
+    backup: str
+
+
+class Reindexed(BaseModel):
+    reindexed: int
+
+
 class HistoryEntry(BaseModel):
     """One earlier version of a note: when it changed, what changed, and the note before the change."""
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInputError
 from ..facts import ChatFunction
-from ..integrations.chat import SYSTEM, MemoryChat, local_chat
+from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
 from .access import ScopedMemory
 from .errors import UpstreamError
@@ -58,7 +58,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     stream: bool = False
     user: str | None = None
-    max_tokens: int | None = Field(None, ge=1, le=2048)
+    max_tokens: int | None = Field(None, ge=1, le=2048, description="passed upstream; local replies take up to 96 tokens")
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
 
 
@@ -136,18 +136,21 @@ class ChatService:
         self.memory, self.upstream = memory, upstream
         self._generating = threading.Lock()  # one local generation at a time: the model and its editor hooks are shared
 
-    def chat_function(self, body: ChatCompletionRequest) -> ChatFunction:
-        if self.upstream is not None:
-            upstream = self.upstream
-            options = body.model_extra or {}
-            if body.max_tokens:
-                options = {**options, "max_tokens": body.max_tokens}
-            return lambda messages: upstream.complete(messages, body.model, options)
-        local = local_chat(self.memory, max_new_tokens=body.max_completion_tokens or body.max_tokens or 96)
+    def chat_function(self, body: ChatCompletionRequest) -> ChatFunction | None:
+        """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
+        if self.upstream is None:
+            return None
+        upstream, options = self.upstream, dict(body.model_extra or {})
+        if body.max_tokens or body.max_completion_tokens:
+            options["max_tokens"] = body.max_completion_tokens or body.max_tokens
+        return lambda messages: upstream.complete(messages, body.model, options)
+
+    def locked(self, chat: ChatFunction) -> ChatFunction:
+        """One local generation at a time: the model and its editors' hooks are shared by every request."""
 
         def generate(messages: list[dict[str, str]]) -> str:
             with self._generating:
-                return local(messages)
+                return chat(messages)
 
         return generate
 
@@ -157,6 +160,8 @@ class ChatService:
             raise InvalidInputError("the last message must be a non-empty user message")
         system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer")) or SYSTEM
         chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system)
+        if self.upstream is None:
+            chat.chat = self.locked(chat.chat)
         if session is not None:
             chat.session_id = session
         chat.history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]

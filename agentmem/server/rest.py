@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,8 +23,9 @@ from .auth import STATE_KEY, Caller
 from .errors import AccessDeniedError
 from .jobs import JobRunner
 from .models import (
-    AnswerRequest, AtRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, IsoTime, Job, Linked, LinkRequest,
-    PlanRequest, RecallRequest, RememberBatch, RememberRequest, Retention, UpdateRequest,
+    AnswerRequest, AtRequest, BackedUp, BackupRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, IsoTime,
+    Job, Linked, LinkRequest, PlanRequest, RecallRequest, RememberBatch, RememberRequest, Reindexed, Retention,
+    UpdateRequest,
 )
 
 JSONL = "application/x-ndjson"
@@ -102,6 +103,14 @@ def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
         body.query, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
     )
+
+
+@router.get("/notes", response_model=list[Note], tags=["notes"], summary="list notes of a scope, oldest first")
+def list_notes(mem: Scoped, user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
+               include_archived: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+               offset: Annotated[int, Query(ge=0)] = 0) -> list[Note]:
+    return mem.memory.notes(user_id=mem.user(user_id), agent_id=agent_id, session_id=session_id,
+                            include_archived=include_archived, limit=limit, offset=offset)
 
 
 @router.get("/notes/{note_id}", response_model=Note, tags=["notes"], summary="one note")
@@ -190,6 +199,20 @@ def _import(body: bytes, mem: ScopedMemory) -> ImportReport:
         source = Path(folder) / "import.jsonl"
         source.write_bytes(body)
         return mem.memory.import_(source)
+
+
+@router.post("/repair", response_model=Reindexed, tags=["store"],
+             summary="rebuild the vector index from the note graph (which holds every embedding)")
+def repair(mem: Scoped) -> Reindexed:
+    mem.require_all_users("repair")
+    return Reindexed(reindexed=mem.memory.rebuild_index())
+
+
+@router.post("/backup", response_model=BackedUp, tags=["store"],
+             summary="copy the store, while in use, into a new folder on the server's disk")
+def backup(body: BackupRequest, mem: Scoped) -> BackedUp:
+    mem.require_all_users("backup")
+    return BackedUp(backup=str(mem.memory.backup(body.target)))
 
 
 # ---- consolidation -------------------------------------------------------------------------------

@@ -130,3 +130,22 @@ def test_sixteen_concurrent_clients_lose_and_duplicate_nothing(server):
         with client.stream("GET", "/v1/export") as response:
             texts = [json.loads(line)["text"] for line in response.iter_lines() if line]
     assert sorted(t for t in texts if run in t) == sorted(stored.values())
+
+
+def test_listing_repair_and_backup(admin, server, tmp_path):
+    user = f"u{uuid.uuid4().hex[:8]}"
+    notes = [remember(admin, text, user_id=user, at=T0) for text in
+             ("Pablo paints murals in Valencia", "Pablo's studio has a blue door", "Pablo plays the cello on Sundays")]
+    listed = admin.get("/v1/notes", params={"user_id": user, "limit": 2}).json()
+    assert [n["id"] for n in listed] == [n["id"] for n in notes[:2]]
+    assert [n["id"] for n in admin.get("/v1/notes", params={"user_id": user, "offset": 2}).json()] == [notes[2]["id"]]
+    assert admin.get("/v1/notes", params={"limit": 0}).status_code == 422
+    total = admin.get("/v1/stats").json()["notes"]
+    assert admin.post("/v1/repair").json() == {"reindexed": total}
+    assert admin.post("/v1/recall", json={"query": "Who paints murals?", "user_id": user}).json()[0]["note"]["id"] == \
+        notes[0]["id"]
+    target = tmp_path / "backup"
+    assert admin.post("/v1/backup", json={"target": str(target)}).json() == {"backup": str(target)}
+    assert (target / "notes.sqlite3").is_file()
+    again = admin.post("/v1/backup", json={"target": str(target)})
+    assert (again.status_code, again.json()["error"]) == (422, "InvalidInputError")
