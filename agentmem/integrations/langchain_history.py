@@ -78,7 +78,8 @@ class AgentMemChatHistory(BaseChatMessageHistory):
             self.waiting += leading
             return
         if not turns:
-            planned[0] = validation.metadata({**planned[0], BEFORE: [message_to_dict(m) for m in self.waiting + leading]})
+            before = [message_to_dict(m) for m in self.waiting + leading]
+            planned[0] = validation.metadata({**planned[0], BEFORE: before})
         elif leading:
             last = turns[-1]
             replies = [*last.metadata[REPLIES], *map(message_to_dict, leading)]

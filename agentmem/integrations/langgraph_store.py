@@ -183,12 +183,13 @@ class AgentMemStore(BaseStore):
 
     def _list_namespaces(self, op: ListNamespacesOp, now: datetime) -> list[tuple[str, ...]]:
         _check_window(op.limit, op.offset)
-        if op.max_depth is not None and (isinstance(op.max_depth, bool) or not isinstance(op.max_depth, int) or op.max_depth < 1):
+        depth = op.max_depth
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise InvalidInputError("max_depth must be an integer >= 1")
-        conditions = op.match_conditions or ()
-        namespaces = {tuple(n.metadata[NAMESPACE].split(".")) for n in self._notes({prefix_key(0): ""}) if self._live(n, now)}
-        matching = {ns[: op.max_depth] if op.max_depth else ns for ns in namespaces if all(_namespace_matches(c, ns) for c in conditions)}
-        return sorted(matching)[op.offset: op.offset + op.limit]
+        items = [n for n in self._notes({prefix_key(0): ""}) if self._live(n, now)]
+        stored = {tuple(n.metadata[NAMESPACE].split(".")) for n in items}
+        matching = {ns for ns in stored if all(_namespace_matches(c, ns) for c in op.match_conditions or ())}
+        return sorted({ns[:depth] for ns in matching})[op.offset: op.offset + op.limit]
 
     def _find(self, namespace: tuple[str, ...], key: str, now: datetime | None) -> Note | None:
         """The note holding this item (None if there is none, or it expired by `now`)."""

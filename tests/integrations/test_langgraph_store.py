@@ -147,7 +147,8 @@ def test_items_are_notes_kept_whole_and_puts_update_them_in_place(memory):
     store.put(("memories",), "tea", {"content": "Maya switched to coffee."})
     updated = store.get(("memories",), "tea")
     assert updated.created_at == item.created_at and updated.updated_at >= item.updated_at
-    assert [n.id for n in memory.notes(user_id="maya")] == [note.id] and memory.get(note.id).text == "Maya switched to coffee."
+    assert [n.id for n in memory.notes(user_id="maya")] == [note.id]
+    assert memory.get(note.id).text == "Maya switched to coffee."
     store.put(("memories",), "same", {"content": "Maya switched to coffee."})   # same text, another key: its own note
     assert len(memory.notes(user_id="maya")) == 2
     store.put(("memories",), "fields", {"title": "Tea", "body": "Long text."}, index=["title"])
@@ -281,7 +282,9 @@ def test_a_compiled_graph_stores_and_retrieves_through_langmem_tools(memory):
 
     maya = {"configurable": {"langgraph_user_id": "maya"}}
     graph.invoke({"remember": "Maya is allergic to peanuts.", "question": "anything?"}, maya)
-    out = graph.invoke({"remember": "Maya's cello lesson is on Thursdays.", "question": "What is Maya allergic to?"}, maya)
+    out = graph.invoke(
+        {"remember": "Maya's cello lesson is on Thursdays.", "question": "What is Maya allergic to?"}, maya
+    )
     assert out["found"][0]["value"] == {"content": "Maya is allergic to peanuts."}
     assert out["found"][0]["namespace"] == ["memories", "maya"] and len(out["found"]) == 2
     ben = graph.invoke({"remember": "Ben plays chess.", "question": "What is Maya allergic to?"},
