@@ -14,8 +14,9 @@ from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, Callba
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from .. import validation
 from ..memory import Memory
 from ..notes import Hit
 
@@ -56,10 +57,15 @@ class AgentMemRetriever(BaseRetriever):
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
-    k: int = Field(5, ge=1)
+    k: int = Field(5, ge=1, le=validation.MAX_K)
     filters: dict[str, str | int | float | bool] | None = None
     include_archived: bool = False
     reinforce: bool = True
+
+    @field_validator("user_id", "agent_id", "session_id")
+    @classmethod
+    def _scope_is_valid(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return validation.scope(info.field_name, value)
 
     def _get_relevant_documents(
         self,

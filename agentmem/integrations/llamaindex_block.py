@@ -13,8 +13,9 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.memory import BaseMemoryBlock
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
+from .. import validation
 from ..memory import Memory
 from .chat import MEMORY_HEADER
 
@@ -26,8 +27,13 @@ class AgentMemBlock(BaseMemoryBlock[str]):
     memory: Memory
     user_id: str | None = None
     agent_id: str | None = None
-    k: int = Field(5, ge=1, description="notes recalled per reply")
+    k: int = Field(5, ge=1, le=validation.MAX_K, description="notes recalled per reply")
     query_messages: int = Field(1, ge=1, description="how many of the latest messages the recall query is made of")
+
+    @field_validator("user_id", "agent_id")
+    @classmethod
+    def _scope_is_valid(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return validation.scope(info.field_name, value)
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         """The recalled notes as one text, most relevant first ('' when nothing is recalled)."""

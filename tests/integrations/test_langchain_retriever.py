@@ -88,4 +88,6 @@ def test_bad_input_raises_typed_errors_and_changes_nothing(maya_memory):
         AgentMemRetriever(memory=maya_memory, k=0)
     with pytest.raises(ValueError):
         AgentMemRetriever(memory="not a memory")
+    with pytest.raises(ValueError):
+        AgentMemRetriever(memory=maya_memory, user_id="")
     assert maya_memory.stats() == before

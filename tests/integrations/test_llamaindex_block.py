@@ -70,6 +70,8 @@ def test_bad_input_raises_and_writes_nothing(memory):
         AgentMemBlock(memory=memory, k=0)
     with pytest.raises(ValueError):
         AgentMemBlock(memory="not a memory")
+    with pytest.raises(ValueError):
+        AgentMemBlock(memory=memory, user_id="\x00")
     block = AgentMemBlock(memory=memory, user_id="maya")
     good = ChatMessage(role="user", content="I live in Lisbon.")
     too_long = ChatMessage(role="user", content="x" * (memory.config.max_text_chars + 1))
