@@ -123,3 +123,83 @@ def prompt_key(prompt: str) -> str:
     """Facts about the same thing share a key: prompts compared case- and spacing-blind."""
     return " ".join(prompt.casefold().split())
 
+
+
+# ---- question forms and neighbours of a fact, from the same parse -------------------------------
+
+_PROMPT = re.compile(r"^(?P<subject>.+?) (?P<relation>" + "|".join(_RELATIONS) + r")$")
+# Verb phrase -> question forms ({s}: the subject). Checked in order; the first whose key the relation starts with wins.
+_QUESTIONS = (
+    ("lives in", ("Where does {s} live?", "What city does {s} live in?", "What city is {s} in?")),
+    ("lived in", ("Where did {s} live?", "What city did {s} live in?")),
+    ("resides in", ("Where does {s} live?", "What city is {s} in?")),
+    ("stays", ("Where does {s} stay?",)),
+    ("works", ("Where does {s} work?", "Who does {s} work for?")),
+    ("worked", ("Where did {s} work?",)),
+    ("studies", ("Where does {s} study?",)),
+    ("studied", ("Where did {s} study?",)),
+    ("grew up", ("Where did {s} grow up?",)),
+    ("was born", ("Where was {s} born?",)),
+    ("moved", ("Where did {s} move to?",)),
+    ("is called", ("What is {s} called?",)),
+    ("is named", ("What is {s} named?",)),
+    ("is from", ("Where is {s} from?",)),
+    ("is born in", ("Where was {s} born?",)),
+    ("is located", ("Where is {s}?",)),
+    ("is based", ("Where is {s} based?",)),
+    ("is in", ("Where is {s}?",)),
+    ("is at", ("Where is {s}?",)),
+    ("is", ("What is {s}?",)),
+    ("are", ("What are {s}?",)),
+    ("was", ("What was {s}?",)),
+    ("were", ("What were {s}?",)),
+)
+# Other relations asked of the same subject: a fact about one of them must not change the others.
+_OTHER_RELATIONS = (("lives in", "Where does {s} live?"), ("works at", "Where does {s} work?"),
+                    ("likes", "What does {s} like?"), ("was born in", "Where was {s} born?"))
+_OTHER_NAMES = ("Maria", "Tomas")
+
+
+def parse_prompt(prompt: str) -> tuple[str, str] | None:
+    """A fact prompt's subject and verb phrase, as the rule-based extractor splits them ("Alice", "lives in")."""
+    match = _PROMPT.match(" ".join(prompt.split()))
+    return (match["subject"], match["relation"]) if match else None
+
+
+def question_forms(fact: Fact) -> tuple[str, ...]:
+    """Questions a user would ask for this fact ("Alice lives in" -> "Where does Alice live?", ...); () if unparsed."""
+    parsed = parse_prompt(fact.prompt)
+    if parsed is None:
+        return ()
+    subject, relation = parsed
+    subject = _mid_sentence(subject)
+    for verb, forms in _QUESTIONS:
+        if relation == verb or relation.startswith(verb + " "):
+            return tuple(form.format(s=subject) for form in forms)
+    verb = relation.split()[0]
+    base = verb[:-2] if verb.endswith(("ches", "shes", "sses")) else verb[:-1]
+    return (f"What does {subject} {base}?",)
+
+
+def neighbour_prompts(fact: Fact) -> tuple[str, ...]:
+    """Prompts near the fact about something else, built from its parse: the same subject with other relations
+    and the same relation with another subject, each as a sentence start and as a question. () if unparsed."""
+    parsed = parse_prompt(fact.prompt)
+    if parsed is None:
+        return ()
+    subject, relation = parsed
+    own = set(question_forms(fact))
+    probes = [p for verb, question in _OTHER_RELATIONS if not relation.startswith(verb.split()[0])
+              for p in (f"{subject} {verb}", question.format(s=_mid_sentence(subject))) if p not in own][:4]
+    name = next((w for w in re.findall(r"[A-Z][\w]*", subject) if w not in ("The", "A", "An")), None)
+    other = next(n for n in _OTHER_NAMES if n != name)
+    if name is not None:
+        swapped = Fact(prompt=fact.prompt.replace(name, other, 1), target=fact.target)
+        probes += [swapped.prompt, *question_forms(swapped)[:1]]
+    return tuple(dict.fromkeys(probes))
+
+
+def _mid_sentence(subject: str) -> str:
+    """The subject as it reads inside a question ("The project deadline" -> "the project deadline")."""
+    first, _, rest = subject.partition(" ")
+    return f"{first.lower()} {rest}" if first in ("The", "A", "An") and rest else subject

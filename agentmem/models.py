@@ -13,7 +13,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,28 +74,89 @@ class LanguageModel:
         self.name = name
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        # Whose edits fire: scoped edits of these scopes, and the shared ones. Empty: shared edits only.
+        self.scopes: frozenset[str] = frozenset()
+        self._user_turn = _user_turn_markers(tokenizer)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, chat: bool = False, **generate_kwargs) -> str:
-        """The continuation of `prompt` (greedy unless `generate_kwargs` say otherwise)."""
-        return self.generate_batch([prompt], max_new_tokens, chat, **generate_kwargs)[0]
+    @contextmanager
+    def scoped(self, scopes: str | Iterable[str] | None) -> Iterator[None]:
+        """Inside, the model fires the edits of `scopes` (e.g. "user:alice") and the shared ones, no others.
+
+        Outside any `scoped` block only shared edits fire, so a user's fact never reaches a caller
+        who did not say who they are.
+        """
+        before = self.scopes
+        self.scopes = _scope_set(scopes)
+        try:
+            yield
+        finally:
+            self.scopes = before
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """`messages` in the model's chat template, ending where the assistant's reply begins.
+
+        A tokenizer without a template gets "role: content" lines, then "assistant:".
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def last_user_message(self, text: str) -> str | None:
+        """The last user message of a chat-templated prompt (None if `text` is not one awaiting a reply).
+
+        Editors key on it, so a fact fires in a chat whatever the system message and history say.
+        """
+        if self._user_turn is None:
+            return None
+        opener, closer = self._user_turn
+        if not text.endswith(closer) or opener not in text:
+            return None
+        message = text[text.rindex(opener) + len(opener): len(text) - len(closer)]
+        return message.strip() or None
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, chat: bool = False,
+                 scope: str | Iterable[str] | None = None, **generate_kwargs) -> str:
+        """The continuation of `prompt` (greedy unless `generate_kwargs` say otherwise).
+
+        `scope`: whose edits fire (see `scoped`); None keeps the enclosing `scoped` block's.
+        """
+        return self.generate_batch([prompt], max_new_tokens, chat, scope, **generate_kwargs)[0]
 
     def generate_batch(
-        self, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool = False, **generate_kwargs
+        self, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool = False,
+        scope: str | Iterable[str] | None = None, **generate_kwargs
     ) -> list[str]:
         """Continuations of several prompts in one left-padded batch."""
         if not prompts or any(not p for p in prompts):
             raise InvalidInputError("generate needs non-empty prompts")
+        if scope is not None:
+            with self.scoped(scope):
+                return self.generate_batch(prompts, max_new_tokens, chat, None, **generate_kwargs)
         if chat:
-            prompts = [
-                self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                for p in prompts
-            ]
+            prompts = [self.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+        return self._continue(list(prompts), not chat, max_new_tokens, **generate_kwargs)
+
+    def reply(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 64,
+              scope: str | Iterable[str] | None = None, **generate_kwargs) -> str:
+        """The assistant's reply to a chat (`messages` with roles), in the model's chat template, stripped."""
+        return self.reply_batch([messages], max_new_tokens, scope, **generate_kwargs)[0]
+
+    def reply_batch(self, chats: Sequence[Sequence[dict[str, str]]], max_new_tokens: int = 64,
+                    scope: str | Iterable[str] | None = None, **generate_kwargs) -> list[str]:
+        """Replies to several chats in one left-padded batch (see `reply`)."""
+        if not chats or not all(m and all(isinstance(x, dict) and x.get("content") for x in m) for m in chats):
+            raise InvalidInputError("reply needs messages with non-empty content")
+        with self.scoped(scope if scope is not None else self.scopes):
+            texts = self._continue([self.chat_prompt(m) for m in chats], False, max_new_tokens, **generate_kwargs)
+        return [text.strip() for text in texts]
+
+    def _continue(self, texts: list[str], special_tokens: bool, max_new_tokens: int, **generate_kwargs) -> list[str]:
         batch = self.tokenizer(
-            list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not chat
+            texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special_tokens
         ).to(self.device)
         generate_kwargs.setdefault("do_sample", False)
         with torch.no_grad():
@@ -150,6 +212,38 @@ class LanguageModel:
                 )
                 argmax = torch.cat([argmax, rest.logits.argmax(-1)], 1)
         return [row[: len(t)].tolist() for row, (_, t) in zip(argmax, encoded)]
+
+
+def _scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:
+    if scopes is None:
+        return frozenset()
+    scopes = [scopes] if isinstance(scopes, str) else list(scopes)
+    if not all(isinstance(s, str) and s.strip() for s in scopes):
+        raise InvalidInputError("a scope is a non-empty string, e.g. 'user:alice'")
+    return frozenset(scopes)
+
+
+def _user_turn_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """What the chat template writes just before the last user message, and after it up to the reply.
+
+    Found by rendering the template around a placeholder, with two different system messages:
+    the text they share right before the placeholder opens a user turn.
+    """
+    placeholder = "\u2063PLACEHOLDER\u2063"
+    try:
+        renders = [
+            tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": placeholder}],
+                                          tokenize=False, add_generation_prompt=True)
+            for system in ("Alpha.", "Be brief!")
+        ]
+    except (ValueError, TypeError, AttributeError):  # no chat template
+        return None
+    heads = [r.split(placeholder)[0] for r in renders]
+    closers = {r.split(placeholder)[1] for r in renders}
+    shared = os.path.commonprefix([h[::-1] for h in heads])[::-1]
+    if len(closers) != 1 or not shared.strip():
+        return None
+    return shared, closers.pop()
 
 
 def agentmem_home() -> Path:

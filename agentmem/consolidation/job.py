@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..notes import ConsolidationReport, Decision, Note, Verification
 from .ledger import LIVE, Ledger
 from .parametric import PROBES, ParametricMemory
-from .policy import ConsolidationPolicy, decide
+from .policy import ConsolidationPolicy, decide, edit_scopes
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ class Consolidator:
         with self.store.locked():
             notes = self.store.notes()
             entries = self.ledger.entries()
+            recorded = self.ledger.scopes()
             retention = {note.id: self.store.retention(note, at) for note in notes}
-        decisions = decide(notes, retention, entries, policy, at)
+        decisions = decide(notes, retention, entries, policy, at, recorded)
         if only is not None:
             decisions = [d for d in decisions if d.note_id in only or d.action == "retract"]
         candidates = [i for i, d in enumerate(decisions) if d.action == "edit"]
@@ -123,6 +124,8 @@ class Consolidator:
         work = [i for i, d in enumerate(decisions) if d.action != "skip" or d.reason == "known"]
         bar = tqdm(total=len(work), desc="consolidating", unit="fact", disable=not progress)
         probes: tuple[list[tuple[str, str]], list[list[int]]] | None = None
+        with self.store.locked():
+            scopes = edit_scopes(self.store.notes(), policy)
         for i in sorted(work, key=lambda i: decisions[i].action != "retract"):  # retractions first
             decision = decisions[i]
             if decision.action == "skip":  # the model already knows it: on record (once), so later jobs need not ask
@@ -147,23 +150,24 @@ class Consolidator:
                 if probes is None:  # measured once retractions are done: the state edits must not move
                     pairs = self.parametric.probe_pairs(policy.probes or PROBES)
                     probes = (pairs, self.parametric.predictions(pairs))
-                done[i] = self._edit(decision, policy, at, *probes)
+                done[i] = self._edit(decision, scopes.get(decision.note_id), policy, at, *probes)
             bar.update()
         bar.close()
         return done
 
-    def _edit(self, decision: Decision, policy: ConsolidationPolicy, at: datetime,
+    def _edit(self, decision: Decision, scope: str | None, policy: ConsolidationPolicy, at: datetime,
               probe_pairs: list[tuple[str, str]], probe_before: list[list[int]]) -> Decision:
-        """One fact into the weights, write-ahead: pending row, edit, verify, then save + applied or rollback + failed."""
+        """One fact into the weights (in `scope`), write-ahead: pending row, edit, verify, then save + applied
+        or rollback + failed."""
         fact, edit_id, kind = decision.fact, uuid.uuid4().hex[:16], self.parametric.kind
         with self.store.locked():
             note = self.store.note(decision.note_id)
             if note is None or note.fact != fact:
                 return decision.model_copy(update={"detail": "the note changed during the job; left for the next one"})
-            self.ledger.add(note.id, edit_id, fact, kind, "pending", at)
+            self.ledger.add(note.id, edit_id, fact, kind, "pending", at, scope=scope)
         self._dirty = True
         try:
-            verification = self.parametric.edit(fact, edit_id, probe_pairs, probe_before)
+            verification = self.parametric.edit(fact, edit_id, probe_pairs, probe_before, scope, policy.neighbours)
         except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
             self.parametric.rollback([edit_id])
             with self.store.locked():

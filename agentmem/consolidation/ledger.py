@@ -6,6 +6,8 @@ retraction is marked `retracting` before the edit is rolled back and the state s
 Whatever point a job dies at, comparing the rows with the saved editor's edits tells what
 happened (`Consolidator.reconcile`), so a rerun neither loses nor duplicates an edit.
 
+Each row records the scope its edit went into (None: shared; see `policy.edit_scopes`).
+
 The ledger shares the note graph's connection and locks: the caller holds them.
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ CREATE TABLE IF NOT EXISTS consolidation_ledger (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     verification TEXT,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    scope TEXT
 );
 CREATE INDEX IF NOT EXISTS consolidation_ledger_note ON consolidation_ledger(note_id);
 CREATE INDEX IF NOT EXISTS consolidation_ledger_prompt ON consolidation_ledger(prompt_key, status);
@@ -47,6 +50,9 @@ class Ledger:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(consolidation_ledger)")}
+        if "scope" not in columns:  # a ledger written before scopes: its edits were all shared
+            db.execute("ALTER TABLE consolidation_ledger ADD COLUMN scope TEXT")
 
     def entries(self, note_id: str | None = None, statuses: Iterable[LedgerStatus] | None = None) -> list[LedgerEntry]:
         """Rows, oldest first, optionally of one note and some statuses."""
@@ -69,13 +75,18 @@ class Ledger:
         return row is not None
 
     def add(self, note_id: str, edit_id: str | None, fact: Fact, editor: str, status: LedgerStatus, at: datetime,
-            verification: Verification | None = None, detail: str = "") -> None:
+            verification: Verification | None = None, detail: str = "", scope: str | None = None) -> None:
         self._db.execute(
             "INSERT INTO consolidation_ledger(note_id, edit_id, prompt, prompt_key, target, editor, status,"
-            " created_at, updated_at, verification, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, updated_at, verification, detail, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (note_id, edit_id, fact.prompt, prompt_key(fact.prompt), fact.target, editor, status,
-             to_timestamp(at), to_timestamp(at), verification.model_dump_json() if verification else None, detail),
+             to_timestamp(at), to_timestamp(at), verification.model_dump_json() if verification else None, detail, scope),
         )
+
+    def scopes(self) -> dict[str, str | None]:
+        """The scope each edit went into, by edit id."""
+        rows = self._db.execute("SELECT edit_id, scope FROM consolidation_ledger WHERE edit_id IS NOT NULL")
+        return {row[0]: row[1] for row in rows}
 
     def set_status(self, edit_id: str, status: LedgerStatus, at: datetime, *, expect: Iterable[LedgerStatus] | None = None,
                    verification: Verification | None = None, detail: str | None = None) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..editors import Editor, EditorConfig, EditRequest
 from ..errors import InvalidInputError
+from ..facts import neighbour_prompts, question_forms
 from ..models import LanguageModel
 from ..notes import Fact, Verification
 
@@ -158,18 +159,32 @@ class ParametricMemory:
     # ---- editing -----------------------------------------------------------------------
 
     def edit(self, fact: Fact, edit_id: str, probe_pairs: Sequence[tuple[str, str]],
-             probe_before: Sequence[Sequence[int]]) -> Verification:
-        """Make the edit live and measure it: the target, the rephrases, the probes."""
+             probe_before: Sequence[Sequence[int]], scope: str | None = None, neighbours: bool = True) -> Verification:
+        """Make the edit live in `scope` and measure it there: the target, the rephrases, the probes.
+
+        The editor gets the fact's question forms as further keys (`facts.question_forms`) and its
+        neighbour prompts (`facts.neighbour_prompts`) as what the edit must not reach; with
+        `neighbours`, the neighbours' answers join the probes, so an edit that moves them fails.
+        `probe_before` is the probes' predictions with shared edits only; a scoped edit's probes are
+        measured again under its scope (the scope's earlier edits are part of the baseline).
+        """
         start = time.perf_counter()
-        [result] = self.editor.edit([EditRequest(prompt=fact.prompt, target=fact.target, rephrases=fact.rephrases, id=edit_id)])
-        rephrased = [self.generates(r, fact.target) for r in fact.rephrases]
-        return Verification(
-            produces_target=self.generates(fact.prompt, fact.target),
-            rephrase_match=sum(rephrased) / len(rephrased) if rephrased else None,
-            probe_agreement=agreement(probe_before, self.predictions(probe_pairs)),
-            steps=result.steps,
-            seconds=time.perf_counter() - start,
-        )
+        keys = tuple(dict.fromkeys(q for q in (*fact.rephrases, *question_forms(fact)) if q != fact.prompt))
+        near = neighbour_prompts(fact) if neighbours else ()
+        request = EditRequest(prompt=fact.prompt, target=fact.target, rephrases=keys, id=edit_id, scope=scope,
+                              neighbours=near)
+        with self.lm.scoped(scope):
+            pairs = [*probe_pairs, *self.probe_pairs(near)] if near else list(probe_pairs)
+            before = self.predictions(pairs) if scope is not None or near else list(probe_before)
+            [result] = self.editor.edit([request])
+            rephrased = [self.generates(r, fact.target) for r in fact.rephrases]
+            return Verification(
+                produces_target=self.generates(fact.prompt, fact.target),
+                rephrase_match=sum(rephrased) / len(rephrased) if rephrased else None,
+                probe_agreement=agreement(before, self.predictions(pairs)),
+                steps=result.steps,
+                seconds=time.perf_counter() - start,
+            )
 
     def rollback(self, edit_ids: Collection[str]) -> None:
         """Take these edits out (unknown ids are ignored).

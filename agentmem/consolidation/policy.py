@@ -4,11 +4,17 @@
 (and tested) without touching the model. Asking the model whether it already knows a fact,
 and the per-run budget, come after, in the job (`Consolidator.plan`).
 
-The model's weights are shared by every user of the store, so facts compete across scopes:
-for each fact prompt, the newest note wins and older notes on it count as contradicted.
+Scopes: a fact goes into the weights in the scope of the note it came from (`edit_scope`): the
+owner's ("user:<id>", else "agent:<id>"), so that generation for another user never fires it. It
+is shared (scope None, fired for everyone) when the note has no owner, when it is marked shared
+(`metadata={"shared": True}` or the tag "shared"), or when `share_from` different users state
+the same fact. Facts compete within a scope: for each scope and fact prompt the newest note wins
+and older notes on it count as contradicted; Alice's and Bob's notes on the same prompt are two
+edits, and retracting one leaves the other.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
@@ -42,6 +48,38 @@ class ConsolidationPolicy(BaseModel):
     replace: Literal["next_job", "immediately"] = Field(
         "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
     )
+    share_from: int = Field(2, ge=1, description="users stating the same fact that make its edit shared by everyone")
+    neighbours: bool = Field(True, description="also verify each edit on its neighbour prompts (facts.neighbour_prompts)")
+
+
+def owner_scope(user_id: str | None, agent_id: str | None) -> str | None:
+    """The scope of what a user (else an agent) owns; None when neither is given (shared)."""
+    return f"user:{user_id}" if user_id else f"agent:{agent_id}" if agent_id else None
+
+
+def reader_scopes(user_id: str | None, agent_id: str | None) -> list[str]:
+    """The scopes whose edits fire when answering this user and agent (shared edits always fire)."""
+    return [s for s in (user_id and f"user:{user_id}", agent_id and f"agent:{agent_id}") if s]
+
+
+def is_marked_shared(note: Note) -> bool:
+    return note.metadata.get("shared") is True or "shared" in note.tags
+
+
+def edit_scopes(notes: Sequence[Note], policy: ConsolidationPolicy) -> dict[str, str | None]:
+    """Per note with a fact: the scope its edit goes into (see the module docstring)."""
+    users: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for note in notes:
+        if note.fact and note.user_id:
+            users[(prompt_key(note.fact.prompt), note.fact.target)].add(note.user_id)
+    scopes = {}
+    for note in notes:
+        if note.fact is None:
+            continue
+        widely_held = len(users[(prompt_key(note.fact.prompt), note.fact.target)]) >= policy.share_from
+        shared = is_marked_shared(note) or widely_held
+        scopes[note.id] = None if shared else owner_scope(note.user_id, note.agent_id)
+    return scopes
 
 
 def decide(
@@ -50,17 +88,23 @@ def decide(
     ledger: Sequence[LedgerEntry],
     policy: ConsolidationPolicy,
     at: datetime,
+    recorded_scopes: Mapping[str, str | None] | None = None,
 ) -> list[Decision]:
     """One decision per note, with its reason; edits first, in priority order (most recalled, strongest).
 
     Edits and replacements are candidates here: the job still asks the model and applies the budget.
+    `recorded_scopes` (edit id -> scope, from the ledger) says which scope each applied edit is in;
+    an edit whose note now belongs in another scope (it became shared) is replaced.
     """
+    scope = edit_scopes(notes, policy)
     applied = {e.note_id: e for e in ledger if e.status == "applied"}
-    held = {prompt_key(e.prompt): e for e in applied.values()}
+    recorded = dict(recorded_scopes or {})
+    in_scope = {e.edit_id: recorded.get(e.edit_id, scope.get(e.note_id)) for e in applied.values()}
+    held = {(in_scope[e.edit_id], prompt_key(e.prompt)): e for e in applied.values()}
     settled = {(e.note_id, e.prompt, e.target): e.status for e in ledger if e.status in ("failed", "known")}
-    newest: dict[str, Note] = {}
+    newest: dict[tuple[str | None, str], Note] = {}
     for note in sorted((n for n in notes if n.fact), key=lambda n: (n.updated_at, n.created_at)):
-        newest[prompt_key(note.fact.prompt)] = note
+        newest[(scope[note.id], prompt_key(note.fact.prompt))] = note
 
     def one(note: Note) -> Decision:
         fact, prior = note.fact, applied.get(note.id)
@@ -70,17 +114,20 @@ def decide(
 
         if fact is None:
             return verdict("retract", "fact_removed") if prior else verdict("skip", "no_fact")
-        winner = newest[prompt_key(fact.prompt)]
+        winner = newest[(scope[note.id], prompt_key(fact.prompt))]
         if winner.id != note.id and winner.fact.target != fact.target:
             detail = f"newer note {winner.id} says {winner.fact.target!r}"
             return verdict("retract", "contradicted", detail) if prior else verdict("skip", "contradicted", detail)
         if winner.id != note.id and not prior:
             return verdict("skip", "duplicate", f"newer note {winner.id} states the same fact")
         if prior and (prior.prompt, prior.target) == (fact.prompt, fact.target):
+            if in_scope[prior.edit_id] != scope[note.id]:
+                return verdict("replace", "fact_changed", f"edit {prior.edit_id} is in scope {in_scope[prior.edit_id]!r}, "
+                                                          f"the fact now belongs in {scope[note.id]!r}")
             return verdict("skip", "consolidated", f"edit {prior.edit_id}")
         if prior:
             return verdict("replace", "fact_changed", f"edit {prior.edit_id} said {prior.target!r}")
-        holder = held.get(prompt_key(fact.prompt))
+        holder = held.get((scope[note.id], prompt_key(fact.prompt)))
         if holder is not None:
             if holder.target == fact.target:
                 return verdict("skip", "consolidated", f"the same fact is edit {holder.edit_id} of note {holder.note_id}")

@@ -49,6 +49,9 @@ class EditRequest(_Checked):
     scope's edits and the shared ones (`scope=None`). Editors that change shared weights accept
     shared edits only. `subject` (a substring of `prompt`) names what the fact is about: editors
     that locate facts in the weights key on its last token; when absent they derive it.
+    `neighbours` are prompts near the fact that are about something else (the same subject with
+    another relation, the same relation with another subject): editors that learn an edit's
+    reach keep them out of it.
     """
 
     prompt: str = Field(min_length=1, pattern=r"\S")
@@ -57,6 +60,7 @@ class EditRequest(_Checked):
     id: str | None = Field(default=None, min_length=1)
     scope: str | None = Field(default=None, min_length=1)
     subject: str | None = Field(default=None, min_length=1, pattern=r"\S")
+    neighbours: tuple[str, ...] = ()
 
 
 class EditResult(BaseModel):
@@ -142,6 +146,10 @@ class Editor(ABC):
     kind: ClassVar[str]
     config_class: ClassVar[type[EditorConfig]] = EditorConfig
     kinds: ClassVar[dict[str, type[Editor]]] = {}  # every editor class by its `kind`, as its module is imported
+    # Whether edits can be kept to a scope; an editor that cannot accepts shared edits (scope None) only.
+    scoped: ClassVar[bool] = False
+    # Whether edits fire in a chat-templated prompt (keyed on the last user message), not only after the bare prompt.
+    chat_routing: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -175,6 +183,8 @@ class Editor(ABC):
         """Apply the requests one after another; each is live as soon as it is applied."""
         self._check_live()
         requests = [self._with_id(r) for r in requests]
+        if not self.scoped and any(r.scope is not None for r in requests):
+            raise InvalidInputError(f"the {self.kind} editor changes what every user sees: it takes shared edits (scope=None) only")
         ids = [r.id for r in requests]
         if len(set(ids)) != len(ids) or any(i in self._edits for i in ids):
             raise InvalidInputError("edit ids must be unique and not already applied")
@@ -352,7 +362,8 @@ class Editor(ABC):
     def _succeeds(self, request: EditRequest) -> bool:
         """Whether the live model now predicts every target token (teacher-forced, as generation sees it)."""
         _, target_ids = self.lm.encode_pair(request.prompt, request.target)
-        return self.lm.target_argmax([(request.prompt, request.target)]) == [target_ids]
+        with self.lm.scoped(request.scope):
+            return self.lm.target_argmax([(request.prompt, request.target)]) == [target_ids]
 
     def _with_id(self, request: EditRequest) -> EditRequest:
         if not isinstance(request, EditRequest):

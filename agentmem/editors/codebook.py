@@ -46,10 +46,12 @@ class CodebookConfig(EditorConfig):
 
 
 class Codebook:
-    """The entries: keys, values, radii, the target tokens each value was trained for, and the edit owning each.
+    """The entries: keys, values, radii, the target tokens each value was trained for, the edit owning each
+    and its scope.
 
     A negative radius switches an entry off (it was superseded). `uids` name entries stably
-    while rows come and go.
+    while rows come and go. An entry of a scope (e.g. "user:alice") is seen only by lookups
+    under that scope; shared entries (scope None) by every lookup.
     """
 
     def __init__(self, key_size: int, value_size: int, device: torch.device) -> None:
@@ -59,36 +61,54 @@ class Codebook:
         self.labels: list[tuple[int, ...]] = []
         self.owners: list[str] = []
         self.uids: list[int] = []
+        self.scopes: list[str | None] = []
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each key (rows of `keys`), the nearest entry that is on, and its distance (inf if none)."""
-        distances = torch.cdist(keys.float(), self.keys).masked_fill(self.radii < 0, float("inf"))
+    def visible(self, scopes: frozenset[str]) -> torch.Tensor:
+        """Which entries a lookup under `scopes` sees: the shared ones and those of `scopes`."""
+        return torch.tensor([s is None or s in scopes for s in self.scopes], dtype=torch.bool, device=self.keys.device)
+
+    def meeting(self, scope: str | None) -> torch.Tensor:
+        """Which entries some lookup sees together with an entry of `scope` (those a new entry can collide with)."""
+        return torch.tensor([scope is None or s is None or s == scope for s in self.scopes],
+                            dtype=torch.bool, device=self.keys.device)
+
+    def nearest(self, keys: torch.Tensor, among: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each key (rows of `keys`), the nearest entry that is on (and in `among`: per entry, or per key and
+        entry), and its distance (inf if none)."""
+        off = self.radii < 0 if among is None else (self.radii < 0) | ~among
+        distances = torch.cdist(keys.float(), self.keys).masked_fill(off, float("inf"))
         distances, rows = distances.min(dim=1)
         return rows, distances
 
-    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """For each key, the entry whose ball holds it (the nearest one), or -1."""
-        rows, distances = self.nearest(keys)
+    def lookup(self, keys: torch.Tensor, scopes: frozenset[str] = frozenset(),
+               allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """For each key, the entry under `scopes` (and `allowed`, per key and entry) whose ball holds it
+        (the nearest one), or -1."""
+        among = self.visible(scopes) if allowed is None else self.visible(scopes)[None] & allowed
+        rows, distances = self.nearest(keys, among)
         return torch.where(distances <= self.radii[rows], rows, -1)
 
-    def add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: tuple[int, ...], owner: str) -> None:
+    def add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: tuple[int, ...], owner: str,
+            scope: str | None = None) -> None:
         self.keys = torch.cat([self.keys, key[None].float()])
         self.values = torch.cat([self.values, value[None]])
         self.radii = torch.cat([self.radii, self.radii.new_tensor([radius])])
         self.labels.append(label)
         self.owners.append(owner)
         self.uids.append(max(self.uids, default=-1) + 1)
+        self.scopes.append(scope)
 
     def drop(self, row: int) -> None:
         keep = torch.arange(len(self), device=self.keys.device) != row
         self.keys, self.values, self.radii = self.keys[keep], self.values[keep], self.radii[keep]
-        del self.labels[row], self.owners[row], self.uids[row]
+        del self.labels[row], self.owners[row], self.uids[row], self.scopes[row]
 
-    def row_of(self, edit_id: str) -> int:
-        return self.owners.index(edit_id)
+    def rows_of(self, edit_id: str) -> list[int]:
+        """The edit's entries (an edit may be reached through several keys)."""
+        return [row for row, owner in enumerate(self.owners) if owner == edit_id]
 
 
 class CodebookLayer(EditorLayer):
@@ -104,10 +124,16 @@ class CodebookLayer(EditorLayer):
         self.passed: torch.Tensor | None = None
         # Set by the editor while it trains a value: that value at every position.
         self.override: torch.Tensor | None = None
+        # Set by the editor before each forward: the scopes whose entries this forward may use.
+        self.scopes: frozenset[str] = frozenset()
 
     def keys(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor | None:
         """Each row's key at prefill: the module's input at the row's last prompt token (None: no key)."""
         return x[torch.arange(len(x), device=x.device), ends]
+
+    def allowed(self, batch: int) -> torch.Tensor | None:
+        """Which entries each row may reach besides its scopes allowing them (None: all)."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -123,7 +149,8 @@ class CodebookLayer(EditorLayer):
         else:
             ends = self.prompt_ends(batch, length, x.device)
             keys = self.keys(x, ends)
-            self.rows = self.codebook.lookup(keys) if keys is not None else torch.full((batch,), -1, device=x.device)
+            self.rows = (self.codebook.lookup(keys, self.scopes, self.allowed(batch)) if keys is not None
+                         else torch.full((batch,), -1, device=x.device))
             self.spans = torch.tensor([len(self.codebook.labels[row]) if row >= 0 else 0 for row in self.rows.tolist()],
                                       device=x.device)
             since_end = positions[None] - ends[:, None]
@@ -139,6 +166,7 @@ class CodebookEditor(Editor):
     """An editor whose edits are codebook entries; subclasses say what a key is and where balls go."""
 
     config_class = CodebookConfig
+    scoped = True
     layer: CodebookLayer
     config: CodebookConfig
     layer_class: type[CodebookLayer] = CodebookLayer
@@ -149,11 +177,15 @@ class CodebookEditor(Editor):
         super().__init__(lm, config)
 
     def covers(self, prompt: str) -> bool:
+        """Whether an edit under the model's current scopes (`LanguageModel.scoped`) takes `prompt`."""
         if not prompt.strip():
             raise InvalidInputError("covers() needs a non-empty prompt")
         if not len(self.layer.codebook):
             return False
-        return bool(self.layer.codebook.lookup(self._prompt_key(prompt)[None])[0] >= 0)
+        return bool(self.layer.codebook.lookup(self._prompt_key(prompt)[None], self.lm.scopes)[0] >= 0)
+
+    def _observe(self, input_ids: torch.Tensor | None) -> None:
+        self.layer.scopes = self.lm.scopes
 
     @abstractmethod
     def _prompt_key(self, prompt: str) -> torch.Tensor:
@@ -168,9 +200,10 @@ class CodebookEditor(Editor):
         return self.layer_class(original, self._key_size(original))
 
     def _retract(self, edit_id: str) -> None:
-        """Drop the edit's entry, and grow back the ball it split or switched off (as far as later splits allow)."""
+        """Drop the edit's entries, and grow back the ball it split or switched off (as far as later splits allow)."""
         book = self.layer.codebook
-        book.drop(book.row_of(edit_id))
+        for row in reversed(book.rows_of(edit_id)):
+            book.drop(row)
         if edit_id in self._resized:
             uid, before, after = self._resized.pop(edit_id)
             if uid in book.uids:
@@ -226,6 +259,7 @@ class CodebookEditor(Editor):
             "labels": [list(label) for label in book.labels],
             "owners": book.owners,
             "uids": book.uids,
+            "scopes": book.scopes,
             "resized": self._resized,
         }
         return tensors, extra
@@ -238,4 +272,5 @@ class CodebookEditor(Editor):
         book.labels = [tuple(label) for label in extra["labels"]]
         book.owners = list(extra["owners"])
         book.uids = list(extra["uids"])
+        book.scopes = list(extra.get("scopes", [None] * len(book.uids)))  # states saved before scopes: all shared
         self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}

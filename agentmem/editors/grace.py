@@ -12,6 +12,11 @@ Measured on SmolLM2-135M at the default layer (25 of 30): that median is 7.3, so
 `loc` questions lie more than 12.8 from the nearest of 1000 edited questions. Half the median
 keeps unrelated prompts out (locality 1.0 at 1000 edits) and lets some rephrases in; doubling
 it gained almost no generalization (0.29 -> 0.30 at 100 edits), since close edits split radii.
+
+Scopes: an edit of one user's scope never splits or supersedes another user's entries (no
+lookup sees both); a shared edit and a scoped one can collide and are split as usual.
+GRACE keys on the raw prompt's activation: under a chat template the key is the template's
+last token, so GRACE's edits fire on completion prompts, not in chat.
 """
 from __future__ import annotations
 
@@ -92,20 +97,21 @@ class GraceEditor(CodebookEditor):
         prompt_ids, target_ids = self.lm.encode_pair(request.prompt, request.target)
         prepared = self._prepare(prompt_ids + target_ids[:-1], len(prompt_ids) - 1)
         key, label, book, radius = prepared.inputs[0], tuple(target_ids), self.layer.codebook, self.config.epsilon
-        if len(book):
-            rows, distances = book.nearest(key[None])
+        scope = request.scope
+        if len(book):  # only entries some lookup sees together with this one can collide with it
+            rows, distances = book.nearest(key[None], book.meeting(scope))
             row, distance = int(rows[0]), float(distances[0])
             if distance <= float(book.radii[row]) + radius:  # the new ball would overlap the nearest one
                 if book.labels[row] == label and self._predicts(prepared, book.values[row], target_ids):
-                    book.add(key, book.values[row], radius, label, request.id)
+                    book.add(key, book.values[row], radius, label, request.id, scope)
                     return 0
-                if distance <= SAME_KEY * float(key.norm()):
+                if distance <= SAME_KEY * float(key.norm()) and book.scopes[row] == scope:
                     self._resize(request.id, row, -1.0)
                 else:
                     self._resize(request.id, row, min(float(book.radii[row]), distance / 2))
                     radius = min(radius, distance / 2)
         value, steps = self._train([prepared], target_ids)
-        book.add(key, value, radius, label, request.id)
+        book.add(key, value, radius, label, request.id, scope)
         return steps
 
     def _prompt_key(self, prompt: str) -> torch.Tensor:

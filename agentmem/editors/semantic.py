@@ -26,12 +26,29 @@ sits between. ZsRE repeats questions with different targets (456 of the first 10
 share their subject with another), so a rephrase's nearest edited question is its own one's
 sibling in 22% of cases: that bounds generalization at 1000 edits near 0.8.
 
-The embedding is taken of the prompt text as the model sees it at prefill (the row's tokens
-decoded), so a chat-templated prompt is keyed with its template.
+Chat: at prefill the row's tokens are decoded; when they are a chat-templated prompt awaiting
+the assistant's reply, the key is the embedding of the last user message alone (the system
+message, recalled notes and history do not move it), else of the whole text. An edit is
+reachable through its prompt and each of its `rephrases` (an entry per key, one shared value),
+so a fact stated as "Alice lives in" can also be keyed by "Where does Alice live?". With
+`chat_contexts`, the value is also trained to give the target as the assistant's reply to the
+first of those questions, so the edit answers in a chat, not only after the completion prompt.
+
+Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in MiniLM's space.
+With `anchored`, an entry is reached only by prompts that name its subject: at least half of
+the edit prompt's anchor words (names, numbers: capitalised words other than question words
+and a sentence's function words, and digits) must occur in the prompt. Edits without anchor
+words are not gated.
+
+Scopes: entries carry their edit's scope and lookups see only the model's current scopes'
+entries and the shared ones; a new target for the very same prompt supersedes the old one only
+within one scope. Built with no `unrelated=`, radii are learned against the package's default
+unrelated prompts (`editors.unrelated`).
 """
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -45,7 +62,34 @@ from ..errors import InvalidInputError
 from ..models import LanguageModel, load_embedder
 from .base import EditRequest
 from .codebook import SAME_KEY, CodebookConfig, CodebookEditor, CodebookLayer
-from .grace import CALIBRATION_PROMPTS
+from .unrelated import default_unrelated_prompts
+
+# Capitalised words that do not name anything: question words and sentence-initial function words.
+_NOT_ANCHORS = frozenset(
+    "what who whom whose where when which why how is are was were do does did can could will would should "
+    "the a an in on at of for to by from and or with as this that these those it its his her their there "
+    "i you he she we they name tell give list".split()
+)
+_WORD = re.compile(r"[\w][\w'’.-]*")
+
+
+def anchor_words(prompt: str) -> frozenset[str]:
+    """The words of `prompt` that name its subject: capitalised non-function words and numbers, casefolded."""
+    anchors = set()
+    for word in _WORD.findall(prompt):
+        word = re.sub(r"['’]s$", "", word).strip(".-'’")
+        if word and (word[0].isupper() or word.isdigit()) and word.casefold() not in _NOT_ANCHORS:
+            anchors.add(word.casefold())
+    return frozenset(anchors)
+
+
+def names_subject(anchors: frozenset[str], words: frozenset[str]) -> bool:
+    """Whether a prompt with these (casefolded) words names an edit with these anchors (at least half of them)."""
+    return not anchors or 2 * len(anchors & words) >= len(anchors)
+
+
+def prompt_words(text: str) -> frozenset[str]:
+    return frozenset(re.sub(r"['’]s$", "", w).strip(".-'’").casefold() for w in _WORD.findall(text))
 
 
 class SemanticConfig(CodebookConfig):
@@ -54,6 +98,8 @@ class SemanticConfig(CodebookConfig):
     radius_ratio: float = Field(default=0.8, gt=0, le=1)
     max_radius: float = Field(default=0.9, gt=0, le=2)
     contexts: int = Field(default=0, ge=0)
+    chat_contexts: int = Field(default=1, ge=0)  # of the edit's keys, asked as chat questions, also train the value
+    anchored: bool = True
     embedder: str | None = None  # a sentence-transformers folder; None: the bundled MiniLM
 
 
@@ -63,10 +109,15 @@ class SemanticLayer(CodebookLayer):
     def __init__(self, base: nn.Linear, key_size: int) -> None:
         super().__init__(base, key_size)
         self.prompt_keys: torch.Tensor | None = None
+        self.prompt_allowed: torch.Tensor | None = None  # (rows, entries): the entries each row names the subject of
 
     def keys(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor | None:
         keys = self.prompt_keys
         return keys if keys is not None and len(keys) == len(x) else None
+
+    def allowed(self, batch: int) -> torch.Tensor | None:
+        allowed = self.prompt_allowed
+        return allowed if allowed is not None and len(allowed) == batch else None
 
 
 @lru_cache(maxsize=4)
@@ -79,6 +130,7 @@ class SemanticEditor(CodebookEditor):
     """Codebook edits keyed by sentence embeddings; see the module docstring."""
 
     kind = "semantic"
+    chat_routing = True
     config_class = SemanticConfig
     layer_class = SemanticLayer
     layer: SemanticLayer
@@ -90,7 +142,8 @@ class SemanticEditor(CodebookEditor):
         config = config or SemanticConfig()
         self.embedder: SentenceTransformer = load_embedder(getattr(config, "embedder", None))
         super().__init__(lm, config)
-        self.unrelated = tuple(unrelated or CALIBRATION_PROMPTS)
+        self.anchors: dict[int, frozenset[str]] = {}  # entry uid -> its edit's anchor words
+        self.unrelated = tuple(unrelated or default_unrelated_prompts())
         if not all(isinstance(p, str) and p.strip() for p in self.unrelated):
             self.remove()
             raise InvalidInputError("unrelated prompts must be non-empty strings")
@@ -102,55 +155,106 @@ class SemanticEditor(CodebookEditor):
         return _embedded.__wrapped__(self.embedder, tuple(texts)).to(self.lm.device)
 
     def _as_seen(self, prompt: str) -> str:
-        """The prompt as prefill sees it: its tokens decoded."""
-        return self.lm.tokenizer.decode(self.lm.tokenizer(prompt).input_ids, skip_special_tokens=True)
+        """What a prompt is keyed by: the last user message of a chat-templated prompt, else its tokens decoded."""
+        return self._keyed_text(self.lm.tokenizer(prompt).input_ids)
+
+    def _keyed_text(self, ids: torch.Tensor | list[int]) -> str:
+        tokenizer = self.lm.tokenizer
+        message = self.lm.last_user_message(tokenizer.decode(ids))
+        return message if message is not None else tokenizer.decode(ids, skip_special_tokens=True)
 
     def _prompt_key(self, prompt: str) -> torch.Tensor:
         return self._embed([self._as_seen(prompt)])[0]
+
+    def _allowed(self, texts: list[str]) -> torch.Tensor | None:
+        """Per text and entry: whether the text names the entry's subject (None: no gating)."""
+        book = self.layer.codebook
+        if not self.config.anchored:
+            return None
+        words = [prompt_words(text) for text in texts]
+        return torch.tensor([[names_subject(self.anchors.get(uid, frozenset()), w) for uid in book.uids] for w in words],
+                            dtype=torch.bool, device=book.keys.device)
+
+    def covers(self, prompt: str) -> bool:
+        if not prompt.strip():
+            raise InvalidInputError("covers() needs a non-empty prompt")
+        book = self.layer.codebook
+        if not len(book):
+            return False
+        text = self._as_seen(prompt)
+        return bool(book.lookup(self._embed([text]), self.lm.scopes, self._allowed([text]))[0] >= 0)
 
     def _key_size(self, original: nn.Linear) -> int:
         return self.embedder.get_embedding_dimension()
 
     def _observe(self, input_ids: torch.Tensor | None) -> None:
-        """At prefill, embed each row's prompt (its real tokens) for the wrapper to look up."""
+        """At prefill, key each row by its prompt (its real tokens; a chat's last user message) for the wrapper."""
+        super()._observe(input_ids)
         layer = self.layer
         if layer.continuing or layer.bypass or layer.override is not None:
             return
         if input_ids is None or not len(layer.codebook):
-            layer.prompt_keys = None
+            layer.prompt_keys = layer.prompt_allowed = None
             return
         real = layer.real_tokens(*input_ids.shape, input_ids.device).bool()
-        texts = [self.lm.tokenizer.decode(ids[keep], skip_special_tokens=True) for ids, keep in zip(input_ids, real)]
+        texts = [self._keyed_text(ids[keep]) for ids, keep in zip(input_ids, real)]
         layer.prompt_keys = self._embed(texts)
+        layer.prompt_allowed = self._allowed(texts)
 
     # -- edits ----------------------------------------------------------------------------------
 
     def _apply(self, request: EditRequest) -> int:
-        """A new entry at the prompt's embedding, its radius learned against the unrelated prompts, its value trained."""
+        """Entries at the prompt's and the rephrases' embeddings, radii learned against the unrelated prompts,
+        one value trained after the prompt (and, with `chat_contexts`, as the chat reply to its questions)."""
         prompt_ids, target_ids = self.lm.encode_pair(request.prompt, request.target)
-        key, book = self._prompt_key(request.prompt), self.layer.codebook
-        nearest_unrelated = float(torch.cdist(key[None], self.unrelated_keys).min())
-        radius = min(self.config.max_radius, self.config.radius_ratio * nearest_unrelated)
+        book, scope = self.layer.codebook, request.scope
+        texts = list(dict.fromkeys(self._as_seen(p) for p in (request.prompt, *request.rephrases)))
+        keys = self._embed(texts)
+        avoid = self.unrelated_keys
+        if request.neighbours:
+            avoid = torch.cat([avoid, self._embed([self._as_seen(p) for p in request.neighbours])])
+        radii = (self.config.radius_ratio * torch.cdist(keys, avoid).min(dim=1).values).clamp(max=self.config.max_radius)
         if len(book):
-            rows, distances = book.nearest(key[None])
+            same_scope = torch.tensor([s == scope for s in book.scopes], dtype=torch.bool, device=keys.device)
+            rows, distances = book.nearest(keys[:1], same_scope)
             if float(distances[0]) <= SAME_KEY:
                 self._resize(request.id, int(rows[0]), -1.0)
-        contexts = [self._prepare(prompt_ids + target_ids[:-1], len(prompt_ids) - 1)]
+        label = target_ids + self._stop_ids()  # the answer, then a full stop: the reply ends there
+        contexts = [self._prepare(prompt_ids + label[:-1], len(prompt_ids) - 1)]
         picker = random.Random(len(self._edits))
         for prompt in picker.sample(self.unrelated, min(self.config.contexts, len(self.unrelated))):
             ids = self.lm.tokenizer(prompt).input_ids
-            contexts.append(self._prepare(ids + target_ids[:-1], len(ids) - 1))
-        value, steps = self._train(contexts, target_ids)
-        book.add(key, value, radius, tuple(target_ids), request.id)
+            contexts.append(self._prepare(ids + label[:-1], len(ids) - 1))
+        questions = [t for t in texts if t.rstrip().endswith("?")] or texts
+        for question in questions[: self.config.chat_contexts]:
+            ids = self.lm.tokenizer(self.lm.chat_prompt([{"role": "user", "content": question}]),
+                                    add_special_tokens=False).input_ids
+            contexts.append(self._prepare(ids + label[:-1], len(ids) - 1))
+        value, steps = self._train(contexts, label)
+        anchors = anchor_words(request.subject or request.prompt)
+        for key, radius in zip(keys, radii.tolist()):
+            book.add(key, value, radius, tuple(label), request.id, scope)
+            self.anchors[book.uids[-1]] = anchors
         return steps
+
+    def _stop_ids(self) -> list[int]:
+        """The tokens of a full stop, trained after every target so that a reply ends with the answer."""
+        return self.lm.tokenizer(".", add_special_tokens=False).input_ids
 
     # -- saving ---------------------------------------------------------------------------------
 
+    def _retract(self, edit_id: str) -> None:
+        super()._retract(edit_id)
+        self.anchors = {uid: words for uid, words in self.anchors.items() if uid in self.layer.codebook.uids}
+
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, extra = super()._state()
-        return {**tensors, "unrelated_keys": self.unrelated_keys}, {**extra, "unrelated": list(self.unrelated)}
+        anchors = {str(uid): sorted(words) for uid, words in self.anchors.items()}
+        return ({**tensors, "unrelated_keys": self.unrelated_keys},
+                {**extra, "unrelated": list(self.unrelated), "anchors": anchors})
 
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         super()._restore(tensors, extra)
         self.unrelated = tuple(extra["unrelated"])
         self.unrelated_keys = tensors["unrelated_keys"]
+        self.anchors = {int(uid): frozenset(words) for uid, words in extra.get("anchors", {}).items()}

@@ -33,6 +33,10 @@ ones used), while retrieve mode with 5 edits per shard kept 0.80 with locality 0
 is the default. Retrieve mode keeps one side delta per shard in memory (3.5 MB each here) and
 scores every shard at each prefill.
 
+Defaults: built with no `unrelated=`, the router margins train against the package's default
+unrelated prompts (`editors.unrelated`, several hundred). Scopes: the side memory is shared by
+every sequence, so WISE takes shared edits only (a scoped `EditRequest` is refused).
+
 Rollback: an edit of the newest shard is rolled back by retraining that shard on its other
 edits (from where the shard started; the same result as never having made the edit). Edits of
 older shards cannot be taken out alone (their knowledge is mixed into the merged weights):
@@ -54,7 +58,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..models import LanguageModel
 from .base import Captured, Editor, EditorConfig, EditorLayer, EditRequest, Prepared, leads
-from .grace import CALIBRATION_PROMPTS
+from .unrelated import default_unrelated_prompts
 
 # Unrelated prompts whose module inputs are kept for the router's margin terms (a random sample of those given).
 UNRELATED_POOL = 128
@@ -159,7 +163,7 @@ class WiseEditor(Editor):
 
     def __init__(self, lm: LanguageModel, config: WiseConfig | None = None, unrelated: Sequence[str] | None = None) -> None:
         super().__init__(lm, config)
-        self.unrelated = tuple(unrelated or CALIBRATION_PROMPTS)
+        self.unrelated = tuple(unrelated or default_unrelated_prompts())
         if not all(isinstance(p, str) and p.strip() for p in self.unrelated):
             self.remove()
             raise InvalidInputError("unrelated prompts must be non-empty strings")

@@ -12,6 +12,15 @@ policy asks, and one consolidation job runs (GRACE by default). Then, with retri
 - retraction: every tenth consolidated note is forgotten, and its prompt must give the pre-edit
   answer again (the other facts must stay);
 - the job's wall time and seconds per edit (edit + verification + saving the editor's state).
+
+    python -m agentmem.eval.consolidation --chat --editor semantic --n 500 --threads 1
+
+`--chat` asks as a user would, after the job, with retrieval off: each fact's reworded question
+(ZsRE `rephrase`, which the edit never saw) as the user message of a chat with MemoryChat's system
+message, scored with natural stopping (`eval.natural`); neighbour locality: the fact's question
+with its subject swapped for another record's (same relation, another subject; the records after
+the N edited ones), whose chat answer must not change; unrelated locality: the `loc` questions'
+chat answers unchanged, and `loc_ans` token predictions unchanged.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ from ..models import LanguageModel, load_embedder, load_model
 from ..notes import Fact, MemoryItem
 from . import report
 from .editing import exact_match
+from .natural import natural_answers, natural_exact_match
 from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -126,6 +136,104 @@ def run(lm: LanguageModel, records: Sequence[ZsreRecord], folder: Path, editor: 
     )
 
 
+class ChatScores(BaseModel):
+    facts: int
+    consolidated: int
+    failed: int
+    chat_em_before: float
+    chat_em_after: float
+    chat_em_after_consolidated: float
+    prompt_em_after: float
+    neighbours: int
+    neighbour_locality: float
+    unrelated_locality: float
+    unrelated_token_locality: float
+    job_seconds: float
+
+
+def swapped_subject(record: ZsreRecord, other: ZsreRecord) -> str | None:
+    """`record`'s question about `other`'s subject instead (None when the subject is not in the question)."""
+    if not record.subject or record.subject not in record.src or record.subject == other.subject:
+        return None
+    return record.src.replace(record.subject, other.subject)
+
+
+def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], folder: Path,
+             editor: str | EditorConfig) -> ChatScores:
+    """One store, one job, then the facts asked in chat as reworded questions, closed book."""
+    from ..integrations.chat import SYSTEM
+
+    policy = ConsolidationPolicy(max_edits=len(records), min_recalls=0, stable_for=timedelta(0))
+    questions = [(r.rephrase, r.alt) for r in records]
+    neighbours = [(q, r.alt) for r, o in zip(records, others) if (q := swapped_subject(r, o))]
+    unrelated = [(r.loc, r.loc_ans) for r in records]
+
+    def chat_answers(pairs: Sequence[tuple[str, str]]) -> list[str]:
+        return natural_answers(lm, pairs, chat=True, system=SYSTEM)
+
+    with Memory(folder, model=lm, editor=editor, policy=policy, fact_extractor=None, embedder=load_embedder()) as mem:
+        notes = mem.remember_many(
+            [MemoryItem(text=f"{r.src} {r.alt}", fact=Fact(prompt=r.src, target=r.alt)) for r in records], at=T0)
+        mem.language_model  # noqa: B018 (loads the editor before the baseline, as the job will see the model)
+        em_before = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
+        neighbours_before, unrelated_before = chat_answers(neighbours), chat_answers(unrelated)
+        loc_before = lm.target_argmax(unrelated)
+        start = time.perf_counter()
+        job = mem.consolidate(at=T0 + timedelta(days=1), progress=True)
+        job_seconds = time.perf_counter() - start
+        applied = {d.note_id for d in job.decisions if d.outcome == "applied"}
+        em_after = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
+        prompt_em = natural_exact_match(lm, [(r.src, r.alt) for r in records])
+        neighbours_after, unrelated_after = chat_answers(neighbours), chat_answers(unrelated)
+        loc_after = lm.target_argmax(unrelated)
+    consolidated = [em for em, note in zip(em_after, notes) if note.id in applied]
+    return ChatScores(
+        facts=len(records),
+        consolidated=len(applied),
+        failed=job.failed,
+        chat_em_before=statistics.fmean(em_before),
+        chat_em_after=statistics.fmean(em_after),
+        chat_em_after_consolidated=statistics.fmean(consolidated) if consolidated else 0.0,
+        prompt_em_after=statistics.fmean(prompt_em),
+        neighbours=len(neighbours),
+        neighbour_locality=statistics.fmean(a == b for a, b in zip(neighbours_before, neighbours_after)),
+        unrelated_locality=statistics.fmean(a == b for a, b in zip(unrelated_before, unrelated_after)),
+        unrelated_token_locality=statistics.fmean(agreement([b], [a]) for b, a in zip(loc_before, loc_after)),
+        job_seconds=job_seconds,
+    )
+
+
+def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: str) -> str:
+    """The BENCHMARKS.md section for a `--chat` run."""
+    lines = [
+        f"## Consolidation asked in chat: ZsRE facts from notes into {model} ({editor}), closed book",
+        "",
+        f"Measured {report.machine_line()}; torch threads: {torch.get_num_threads()}.",
+        "",
+        f"`{command}`",
+        "",
+        "N facts (`src` -> `alt`) remembered as notes and consolidated by one job (no recall threshold). Then, with",
+        "retrieval off, each fact's ZsRE `rephrase` (never shown to the editor) is asked as the user message of a",
+        "chat with MemoryChat's system message; natural-stopping greedy EM (first sentence or 2x the target's",
+        "tokens; the target is the answer, SQuAD-normalized). Prompt EM: the same scoring on the bare `src`.",
+        "Neighbour locality: share of swapped-subject questions (the question about another record's subject)",
+        "whose chat answer is unchanged by the job; unrelated locality: the same for the `loc` questions, and the",
+        "share of `loc_ans` token predictions unchanged. Targets (issue 14, N=500): chat EM >= 0.80, neighbour",
+        ">= 0.98, unrelated >= 0.99.",
+        "",
+        "| N | consolidated / failed | chat EM before -> after (all) | chat EM (consolidated) | prompt EM after "
+        "| neighbours: locality | unrelated locality (answers / tokens) | job s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.facts} | {r.consolidated} / {r.failed} | {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
+            f"| {r.chat_em_after_consolidated:.3f} | {r.prompt_em_after:.3f} | {r.neighbours}: {r.neighbour_locality:.3f} "
+            f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} | {r.job_seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def _answers(lm: LanguageModel, pairs: Sequence[tuple[str, str]]) -> list[str]:
     """Greedy continuations as long as each target, one at a time (batch of one, as the job verifies)."""
     return [lm.generate(p, max_new_tokens=len(lm.encode_pair(p, t)[1])) for p, t in pairs]
@@ -163,11 +271,12 @@ def markdown(rows: Sequence[ConsolidationScores], command: str, model: str, edit
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores]:
+def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[ChatScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.consolidation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file")
     parser.add_argument("--n", type=int, nargs="+", default=[100, 500], help="numbers of facts")
     parser.add_argument("--editor", default="grace", help="editor kind")
+    parser.add_argument("--chat", action="store_true", help="ask reworded questions in chat, closed book (see above)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
@@ -175,20 +284,28 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores]:
     command = "python -m agentmem.eval.consolidation " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = load_zsre(args.data, limit=max(args.n))
-    if any(not 0 < n <= len(records) for n in args.n):
-        parser.error(f"each N must be between 1 and the {len(records)} records available")
+    records = load_zsre(args.data, limit=max(args.n) * (2 if args.chat else 1))
+    if any(not 0 < n <= len(records) // (2 if args.chat else 1) for n in args.n):
+        parser.error(f"each N must be between 1 and the {len(records)} records available"
+                     + (" (half of them with --chat: the rest give the swapped subjects)" if args.chat else ""))
     lm = load_model()
-    rows = []
+    rows: list = []
     for n in args.n:
         with tempfile.TemporaryDirectory(prefix="agentmem-consolidation-") as folder:
-            rows.append(run(lm, records[:n], Path(folder) / "mem", args.editor))
+            if args.chat:
+                rows.append(run_chat(lm, records[:n], records[n : 2 * n], Path(folder) / "mem", args.editor))
+            else:
+                rows.append(run(lm, records[:n], Path(folder) / "mem", args.editor))
         print(rows[-1].model_dump_json(), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"command": command, "machine": report.machine_line(),
                                         "rows": [r.model_dump() for r in rows]}, indent=1))
     if args.benchmarks:
-        report.write_section("consolidation", markdown(rows, command, lm.name, args.editor), args.benchmarks)
+        if args.chat:
+            report.write_section(f"consolidation-chat-{args.editor}", chat_markdown(rows, command, lm.name, args.editor),
+                                 args.benchmarks)
+        else:
+            report.write_section("consolidation", markdown(rows, command, lm.name, args.editor), args.benchmarks)
     return rows
 
 

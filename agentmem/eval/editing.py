@@ -13,7 +13,12 @@ and WISE papers:
 - exact match: greedy generation of as many tokens as the target has, compared stripped
   (teacher forcing flatters editors); for rephrases also over the unambiguous records only
   (no other record of the group asks about the same subject with another target);
-- seconds per edit, and greedy generation latency with the T edits live vs without.
+- seconds per edit, and greedy generation latency with the T edits live vs without;
+- natural-stopping exact match (`eval.natural`, the "WILD" protocol): on `src`, on `rephrase`, and
+  on `rephrase` asked as a chat message;
+- on a CounterFact file (`--data`, see `eval.counterfact`): the Neighbourhood Score, edited and unedited.
+
+`--defaults` builds editors as a user would, with no `unrelated=` prompts (the package's default set).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ from ..consolidation.parametric import agreement
 from ..editors import Editor, EditorConfig, EditRequest
 from ..models import LanguageModel, load_model
 from . import report
+from .counterfact import CounterFactRecord, is_counterfact, load_counterfact, neighbourhood_score
+from .natural import natural_exact_match
 from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, load_zsre, unrelated_prompts
 
 LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
@@ -63,6 +70,11 @@ class EditingScores(BaseModel):
     edit_seconds_p95: float
     generation_seconds_base: float
     generation_seconds_edited: float
+    reliability_natural: float | None = None
+    generalization_natural: float | None = None
+    generalization_natural_chat: float | None = None
+    neighbourhood_score: float | None = None
+    neighbourhood_score_unedited: float | None = None
 
 
 def token_accuracy(lm: LanguageModel, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -111,6 +123,8 @@ def sequential_scores(
     """
     groups = [records[i : i + edits] for i in range(0, len(records) - edits + 1, edits)]
     unedited_loc = lm.target_argmax([(r.loc, r.loc_ans) for r in records[: len(groups) * edits]])
+    counterfact = [r for r in records[: len(groups) * edits] if isinstance(r, CounterFactRecord)]
+    unedited_ns = neighbourhood_score(lm, counterfact) if counterfact else []
     scores: dict[str, list[float]] = defaultdict(list)
     unambiguous_em: list[float] = []
     results = []
@@ -129,6 +143,11 @@ def sequential_scores(
         generalization_em = exact_match(lm, generalization_pairs)
         scores["generalization_em"] += generalization_em
         unambiguous_em += [em for em, unclear in zip(generalization_em, ambiguous(group)) if not unclear]
+        scores["reliability_natural"] += natural_exact_match(lm, reliability_pairs)
+        scores["generalization_natural"] += natural_exact_match(lm, generalization_pairs)
+        scores["generalization_natural_chat"] += natural_exact_match(lm, generalization_pairs, chat=True)
+        if counterfact:
+            scores["neighbourhood_score"] += neighbourhood_score(lm, group)
         loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
         scores["locality"] += [agreement([before], [now]) for now, before in zip(loc_now, unedited_loc[number * edits :])]
         if last:
@@ -142,6 +161,7 @@ def sequential_scores(
         unambiguous=len(unambiguous_em),
         generalization_em_unambiguous=statistics.fmean(unambiguous_em) if unambiguous_em else float("nan"),
         edit_success=statistics.fmean(r.success for r in results),
+        neighbourhood_score_unedited=statistics.fmean(unedited_ns) if unedited_ns else None,
         edit_seconds_median=statistics.median(seconds),
         edit_seconds_p95=seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))],
         generation_seconds_base=base_seconds,
@@ -166,27 +186,38 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
         "target (ZsRE repeats subjects), and its Gen EM is over those. Edit seconds include verifying the edit through the live model; generation",
         f"latency is the median of one greedy {LATENCY_TOKENS}-token generation with no edits vs with the T edits.",
         "",
-        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | unambiguous: Gen EM | edit s median / p95 "
-        "| generation s: base / edited (x) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Natural EM: greedy until the first sentence ends or 2x the target's tokens, the target is the answer",
+        "(`eval.natural`), on `src` / `rephrase` / `rephrase` as a chat message. NS: CounterFact's Neighbourhood",
+        "Score (true object beats the new one on neighbourhood prompts), edited (unedited model).",
+        "",
+        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | unambiguous: Gen EM | natural EM: Rel / Gen / Gen chat "
+        "| NS (unedited) | edit s median / p95 | generation s: base / edited (x) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         slowdown = r.generation_seconds_edited / r.generation_seconds_base
         lines.append(
             f"| {r.edits} | {r.records} | {r.reliability:.3f} | {r.generalization:.3f} | {r.locality:.3f} "
             f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.unambiguous}: {r.generalization_em_unambiguous:.3f} "
+            f"| {_score(r.reliability_natural)} / {_score(r.generalization_natural)} / {_score(r.generalization_natural_chat)} "
+            f"| {_score(r.neighbourhood_score)} ({_score(r.neighbourhood_score_unedited)}) "
             f"| {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
             f"| {r.generation_seconds_base:.3f} / {r.generation_seconds_edited:.3f} ({slowdown:.2f}x) |"
         )
     for name, edits, rel, gen, loc in PUBLISHED.get(editor, []):
-        lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | | |")
+        lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | | | | |")
     return "\n".join(lines)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.editing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--editor", choices=sorted(Editor.kinds), default="grace")
-    parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file")
+    parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file, or a CounterFact file")
+    parser.add_argument("--defaults", action="store_true", help="build editors with no unrelated prompts (their defaults)")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
     parser.add_argument("--config", default="{}", help="editor config overrides, as JSON")
@@ -204,13 +235,14 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model()
-    records = load_zsre(args.data, limit=max(max(args.n), args.records))
+    load = load_counterfact if is_counterfact(args.data) else load_zsre
+    records = load(args.data, limit=max(max(args.n), args.records))
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
     kind = Editor.kinds[args.editor]
     config = kind.config_class(**json.loads(args.config))
     editor_class: Callable[..., Editor] = kind
-    if "unrelated" in inspect.signature(editor_class).parameters:
+    if "unrelated" in inspect.signature(editor_class).parameters and not args.defaults:
         editor_class = functools.partial(editor_class, unrelated=unrelated_prompts(args.unrelated))
     rows = []
     for edits in args.n:
@@ -232,7 +264,13 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
             "rows": [r.model_dump() for r in rows],
         }, indent=1))
     if args.benchmarks:
-        report.write_section(f"editing-{args.editor}", markdown(args.editor, config, rows, command, lm.name), args.benchmarks)
+        variant = ("-counterfact" if load is load_counterfact else "") + ("-defaults" if args.defaults else "")
+        text = markdown(args.editor, config, rows, command, lm.name)
+        if variant:
+            dataset = "CounterFact" if load is load_counterfact else "ZsRE"
+            built = ", built with defaults (no unrelated=)" if args.defaults else ""
+            text = text.replace(" on ZsRE (", f" on {dataset}{built} (", 1)
+        report.write_section(f"editing-{args.editor}{variant}", text, args.benchmarks)
     return rows
 
 

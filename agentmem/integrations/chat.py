@@ -13,6 +13,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from ..consolidation import reader_scopes
 from ..errors import InvalidInputError
 from ..facts import ChatFunction
 from ..memory import Memory
@@ -32,18 +33,21 @@ class ChatReply(BaseModel):
     remembered: Note
 
 
-def local_chat(memory: Memory, max_new_tokens: int = 96) -> ChatFunction:
-    """The bundled local model (with the memory's edits) as a chat function.
+def local_chat(memory: Memory, max_new_tokens: int = 96, *, user_id: str | None = None,
+               agent_id: str | None = None) -> ChatFunction:
+    """The bundled local model (with the memory's edits) as a chat function for one user (and agent).
 
-    `LanguageModel.generate(chat=True)` takes one user message: it gets the system messages
-    (with the recalled notes) and the last user message. Earlier turns are left out, since a
-    written-out transcript makes a 135M model echo it instead of answering.
+    The model gets the chat in its own template: one system message (the system prompt and the
+    recalled notes) and the last user message. Earlier turns are left out, since a written-out
+    transcript makes a 135M model echo it instead of answering. Only the edits of this user's
+    (and agent's) scope and the shared ones fire: another user's consolidated facts stay silent.
     """
+    scopes = reader_scopes(user_id, agent_id)
 
     def chat(messages: list[Message]) -> str:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        prompt = "\n\n".join(part for part in (system, messages[-1]["content"]) if part)
-        return memory.language_model.generate(prompt, max_new_tokens, chat=True).strip()
+        turns = ([{"role": "system", "content": system}] if system else []) + [messages[-1]]
+        return memory.language_model.reply(turns, max_new_tokens, scope=scopes)
 
     return chat
 
@@ -73,7 +77,7 @@ class MemoryChat:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
         self.memory = memory
-        self.chat = chat or local_chat(memory)
+        self.chat = chat or local_chat(memory, user_id=user_id, agent_id=agent_id)
         self.user_id, self.agent_id = user_id, agent_id
         self.k, self.system, self.history_turns = k, system, history_turns
         self.session_id = uuid.uuid4().hex[:12]

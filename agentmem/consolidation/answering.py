@@ -1,0 +1,36 @@
+"""Answering a question with parametric memory first: which memory answers, and the prompt the local model gets.
+
+`Memory.answer` delegates here. The caller has set the model's scopes (`LanguageModel.scoped`)
+to the asking user's, so the edits that can answer are that user's and the shared ones.
+Replies go through the model's chat template. An editor that keys on the bare prompt (GRACE,
+WISE: `Editor.chat_routing` False) does not fire inside a template, so a question its edits
+cover is put to the model as the bare prompt instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..notes import Answer, Hit
+from .parametric import ParametricMemory
+
+NOTES_PROMPT = "Notes:\n{notes}\n\nUsing the notes, answer briefly: {question}"
+
+
+def answer_question(parametric: ParametricMemory, question: str, recall: Callable[[], list[Hit]],
+                    max_new_tokens: int) -> Answer:
+    """From the weights when the edits cover `question`; else from the notes `recall()` finds, as context;
+    else from the model alone."""
+    lm, editor = parametric.lm, parametric.editor
+    if editor.covers(question):
+        if editor.chat_routing:
+            text = lm.reply([{"role": "user", "content": question}], max_new_tokens)
+        else:
+            text = lm.generate(question, max_new_tokens).strip()
+        return Answer(question=question, text=text, source="weights")
+    hits = recall()
+    if not hits:
+        return Answer(question=question, text=lm.reply([{"role": "user", "content": question}], max_new_tokens),
+                      source="model")
+    notes = "\n".join(f"- {hit.note.text}" for hit in hits)
+    text = lm.reply([{"role": "user", "content": NOTES_PROMPT.format(notes=notes, question=question)}], max_new_tokens)
+    return Answer(question=question, text=text, source="notes", hits=hits)

@@ -1,0 +1,87 @@
+"""CounterFact (Meng et al., 2022): counterfactual edits with paraphrase and neighbourhood prompts.
+
+The project ships no CounterFact file. The benchmark takes one as a path (`--data`), in the
+layout of ROME's `counterfact.json` (https://rome.baulab.info/data/dsets/counterfact.json):
+a list of records with `requested_rewrite` (`prompt` with a `{}` for `subject`, `target_new`,
+`target_true`), `paraphrase_prompts` and `neighborhood_prompts`.
+
+Each record becomes a `ZsreRecord` (so the editing benchmark's protocol applies unchanged:
+`src` the rewrite prompt, `alt` the new object, `rephrase` the first paraphrase, `loc` the first
+neighbourhood prompt with the true object as `loc_ans`) and keeps its neighbourhood prompts and
+true object for the Neighbourhood Score: the share of neighbourhood prompts where the true object
+is still more likely than the new one (`neighbourhood_score`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from ..errors import InvalidInputError
+from ..models import LanguageModel
+from .zsre import ZsreRecord
+
+
+class CounterFactRecord(ZsreRecord):
+    """A CounterFact case as the editing benchmark reads it, with what the Neighbourhood Score needs."""
+
+    true: str
+    neighbourhood: tuple[str, ...]
+
+
+def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactRecord]:
+    """The first `limit` records of a CounterFact file (ROME's layout, see the module docstring)."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+        return [_record(row) for row in rows[:limit]]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, ValidationError) as exc:
+        raise InvalidInputError(f"cannot read CounterFact records from {path}: {exc}") from exc
+
+
+def is_counterfact(path: str | Path) -> bool:
+    """Whether a data file is in CounterFact's layout (its first record has a `requested_rewrite`)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return '"requested_rewrite"' in head
+
+
+def _record(row: dict) -> CounterFactRecord:
+    rewrite = row["requested_rewrite"]
+    subject = rewrite["subject"]
+    true, new = rewrite["target_true"]["str"], rewrite["target_new"]["str"]
+    neighbourhood = tuple(row["neighborhood_prompts"])
+    return CounterFactRecord(
+        subject=subject, src=rewrite["prompt"].format(subject), alt=new, rephrase=row["paraphrase_prompts"][0],
+        loc=neighbourhood[0], loc_ans=true, true=true, neighbourhood=neighbourhood,
+    )
+
+
+def target_logprob(lm: LanguageModel, prompt: str, target: str) -> float:
+    """Log-probability of `target` after `prompt`, teacher-forced: the prompt is run first and the target fed
+    after it through the KV cache, as generation does (so editors that key on the prompt see the prompt)."""
+    prompt_ids, target_ids = lm.encode_pair(prompt, target)
+    with torch.no_grad():
+        first = lm.model(input_ids=torch.tensor([prompt_ids], device=lm.device), use_cache=True)
+        logits = first.logits[0, -1:]
+        if len(target_ids) > 1:
+            rest = lm.model(input_ids=torch.tensor([target_ids[:-1]], device=lm.device),
+                            past_key_values=first.past_key_values, use_cache=True)
+            logits = torch.cat([logits, rest.logits[0]])
+    picked = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(target_ids, device=lm.device)[:, None])
+    return float(picked.sum())
+
+
+def neighbourhood_score(lm: LanguageModel, records: Sequence[CounterFactRecord]) -> list[float]:
+    """Per record: the share of its neighbourhood prompts where the true object beats the new one."""
+    scores = []
+    for record in records:
+        wins = [target_logprob(lm, p, record.true) > target_logprob(lm, p, record.alt) for p in record.neighbourhood]
+        scores.append(sum(wins) / len(wins) if wins else 1.0)
+    return scores
