@@ -24,7 +24,7 @@ import numpy as np
 
 from ..memory import Memory
 from ..models import load_embedder
-from ..stores.vectors import _SETTINGS
+from ..stores.vectors import client_settings
 from .report import machine_line, write_section
 
 PROBES = 100  # single remembers and recalls timed at each size
@@ -70,7 +70,7 @@ class Baseline:
         import chromadb
 
         self.encoder = load_embedder()
-        self.client = chromadb.PersistentClient(str(path), settings=_SETTINGS)
+        self.client = chromadb.PersistentClient(str(path), settings=client_settings())
         self.collection = self.client.get_or_create_collection(
             "baseline", metadata={"hnsw:space": "cosine"}, embedding_function=None
         )

@@ -22,13 +22,19 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import chromadb  # noqa: E402
 import numpy as np  # noqa: E402
+from chromadb.api.shared_system_client import SharedSystemClient  # noqa: E402
 from chromadb.config import Settings  # noqa: E402
 
 from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
 from .tokens import index_token  # noqa: E402
 
-_SETTINGS = Settings(anonymized_telemetry=False, allow_reset=False)
+
+def client_settings() -> Settings:
+    """Fresh settings for every client: Chroma's client constructors write into the object they get
+    (a shared one made an embedded store opened after a server-mode one talk to that server)."""
+    return Settings(anonymized_telemetry=False, allow_reset=False)
+
 OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
 STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph this index mirrors
 
@@ -80,15 +86,18 @@ class VectorIndex:
             with _reachable(f"reach a Chroma server at {self._url}"):
                 self._client = chromadb.HttpClient(
                     host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                    ssl=parsed.scheme == "https", settings=_SETTINGS,
+                    ssl=parsed.scheme == "https", settings=client_settings(),
                 )
                 self._open_collection()
             return
         try:
-            self._client = chromadb.PersistentClient(str(self._path), settings=_SETTINGS)
+            self._client = chromadb.PersistentClient(str(self._path), settings=client_settings())
             self._open_collection()
             self._collection.count()
         except Exception as exc:
+            # Chroma caches a client's system per folder before starting it, and keeps one whose
+            # start failed: drop it, or every later client for this folder fails the same way
+            SharedSystemClient._identifier_to_system.pop(str(self._path), None)
             if not os.access(self._path.parent, os.W_OK) or isinstance(exc, PermissionError):
                 raise StoreUnavailableError(f"the vector index at {self._path} cannot be opened: {exc}") from exc
             raise StoreCorruptedError(f"the vector index at {self._path} is damaged: {type(exc).__name__}: {exc}") from exc

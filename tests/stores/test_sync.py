@@ -1,0 +1,169 @@
+"""The graph and the index kept together: pairing on open, repair, backups, old stores, bad rows."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import chromadb
+import pytest
+from chromadb.config import Settings
+
+from agentmem import Memory
+from agentmem.errors import StoreCorruptedError
+
+from ..conftest import T0
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store_v0_1"
+OLD_IDS = ["591860369cdb4c0bad74475ac38ba57d", "2d3ac7c929e54873ae8205c253df5a99", "43a1f0331dfb4cb39c582376b57dff1a"]
+
+
+def make_store(path: Path, embedder) -> list[str]:
+    with Memory(path, embedder=embedder) as mem:
+        ids = [mem.remember(text, user_id="ivy", at=T0).id for text in (
+            "Ivy grows tomatoes on her balcony", "Ivy's tomatoes ripen in August", "Ivy studies Japanese at night",
+        )]
+    return ids
+
+
+def vectors_in(path: Path) -> int:
+    """How many vectors the embedded index holds, read with Chroma's own client."""
+    client = chromadb.PersistentClient(str(path / "chroma"), settings=Settings(anonymized_telemetry=False))
+    try:
+        return client.get_collection("agentmem_notes").count()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_a_missing_or_empty_note_graph_refuses_to_open_and_never_purges_the_index(tmp_path, embedder, damage):
+    path = tmp_path / "m"
+    make_store(path, embedder)
+    graph = path / "notes.sqlite3"
+    if damage == "missing":
+        graph.unlink()
+    else:
+        graph.write_bytes(b"")
+    with pytest.raises(StoreCorruptedError, match="restore a\\s+backup"):
+        Memory(path, embedder=embedder)
+    assert vectors_in(path) == 3  # nothing purged
+    assert (damage == "missing") == (not graph.exists())
+
+
+def test_a_garbled_note_graph_is_a_typed_error_that_names_the_way_out(tmp_path, embedder):
+    path = tmp_path / "m"
+    make_store(path, embedder)
+    graph = path / "notes.sqlite3"
+    data = bytearray(graph.read_bytes())
+    data[100:4000] = b"\x5a" * 3900
+    graph.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptedError, match="restore-backup"):
+        Memory(path, embedder=embedder)
+
+
+def test_a_truncated_note_graph_is_a_typed_error(tmp_path, embedder):
+    path = tmp_path / "m"
+    make_store(path, embedder)
+    graph = path / "notes.sqlite3"
+    graph.write_bytes(graph.read_bytes()[:1500])
+    with pytest.raises(StoreCorruptedError):
+        Memory(path, embedder=embedder)
+
+
+def test_a_garbled_embedded_index_is_rebuilt_from_the_note_graph(tmp_path, embedder):
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    chroma_db = path / "chroma" / "chroma.sqlite3"
+    chroma_db.write_bytes(b"this is not a database at all" * 100)
+    with Memory(path, embedder=embedder) as mem:
+        assert mem.stats().notes == 3 and mem.stats().pending_sync == 0
+        hit = mem.recall("What does Ivy grow?", user_id="ivy", k=1, at=T0)[0]
+        assert hit.note.id == ids[0]
+
+
+def test_rebuild_index_refills_it_from_the_graph(tmp_path, embedder):
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    with Memory(path, embedder=embedder) as mem:
+        assert mem.rebuild_index() == 3
+        assert mem.recall("Japanese lessons", user_id="ivy", k=1, at=T0)[0].note.id == ids[2]
+
+
+def test_an_index_of_another_store_is_refused(tmp_path, embedder):
+    make_store(tmp_path / "a", embedder)
+    make_store(tmp_path / "b", embedder)
+    shutil.rmtree(tmp_path / "b" / "chroma")
+    shutil.copytree(tmp_path / "a" / "chroma", tmp_path / "b" / "chroma")
+    with pytest.raises(StoreCorruptedError, match="another note graph"):
+        Memory(tmp_path / "b", embedder=embedder)
+
+
+def test_backup_and_restore_bring_back_notes_links_history_and_search(tmp_path, embedder):
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    with Memory(path, embedder=embedder) as mem:
+        mem.update(ids[2], text="Ivy studies Korean at night", at=T0 + timedelta(days=1))
+        mem.backup(tmp_path / "backup")
+        mem.export(tmp_path / "original.jsonl")
+        with pytest.raises(Exception, match="already holds"):
+            mem.backup(tmp_path / "backup")
+    shutil.rmtree(path)
+    with Memory.restore_backup(tmp_path / "backup", path, embedder=embedder) as restored:
+        restored.export(tmp_path / "restored.jsonl")
+        assert len(restored.history(ids[2])) == 1
+        assert restored.recall("Korean", user_id="ivy", k=1, at=T0)[0].note.id == ids[2]
+    assert (tmp_path / "restored.jsonl").read_bytes() == (tmp_path / "original.jsonl").read_bytes()
+
+
+@pytest.mark.server
+def test_restore_onto_a_chroma_server_replaces_the_collection(tmp_path, embedder, chroma_server):
+    path = tmp_path / "m"
+    with Memory(path, chroma_url=chroma_server, collection="restore_test", embedder=embedder) as mem:
+        note = mem.remember("Jon sails a blue dinghy", user_id="jon", at=T0)
+        mem.backup(tmp_path / "backup")
+        mem.remember("Jon's dinghy is called Puffin", user_id="jon", at=T0)  # after the backup
+    shutil.rmtree(path)
+    with Memory.restore_backup(tmp_path / "backup", path, chroma_url=chroma_server, collection="restore_test",
+                               embedder=embedder) as restored:
+        assert restored.stats().notes == 1
+        assert [h.note.id for h in restored.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]
+
+
+def test_a_store_of_the_previous_release_opens_and_migrates_with_its_notes_intact(tmp_path, embedder):
+    path = tmp_path / "old"
+    shutil.copytree(FIXTURE, path)
+    with Memory(path, embedder=embedder) as mem:
+        assert {n.id for n in mem.notes()} == set(OLD_IDS)
+        alice_new, alice_old = mem.get(OLD_IDS[1]), mem.get(OLD_IDS[0])
+        assert alice_new.text == "Alice works as a surgeon in Lisbon"
+        assert [change for _, change, _ in mem.history(OLD_IDS[1])] == ["updated"]
+        assert alice_old.metadata == {"source": "chat", "n": 3} and alice_old.recall_count == 1
+        assert mem.get(OLD_IDS[2]).fact.target == "cello"
+        assert {n.id for n in mem.neighbors(OLD_IDS[0])} == {OLD_IDS[1]}
+        assert mem.recall("Where does Alice live?", user_id="alice", k=1, at=T0)[0].note.user_id == "alice"
+        mem.remember("Carol joined the choir", user_id="carol", at=T0)
+    with Memory(path, embedder=embedder) as reopened:
+        assert reopened.stats().notes == 4
+
+
+def test_an_unreadable_row_is_quarantined_and_reported_never_fatal(tmp_path, embedder):
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    db = sqlite3.connect(path / "notes.sqlite3")
+    db.execute("UPDATE notes SET created_at = 1e300 WHERE id = ?", (ids[0],))  # year far beyond 9999
+    db.execute("UPDATE notes SET metadata = '{not json' WHERE id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    with Memory(path, embedder=embedder) as mem:
+        assert mem.export(tmp_path / "out.jsonl") == 1
+        mem.decay(at=T0 + timedelta(days=1))
+        assert [h.note.id for h in mem.recall("Ivy", user_id="ivy", at=T0)] == [ids[2]]
+        assert mem.stats().quarantined == 2
+        moved = {row["id"]: row for row in mem.quarantined()}
+        assert moved.keys() == {ids[0], ids[1]}
+        assert moved[ids[1]]["row"]["text"] == "Ivy's tomatoes ripen in August"  # kept, not dropped
+    with Memory(path, embedder=embedder) as reopened:
+        assert reopened.stats().notes == 1 and reopened.stats().quarantined == 2
+    assert json.loads((tmp_path / "out.jsonl").read_text())["id"] == ids[2]
