@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TypedDict
 
 import pytest
+from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.store.base import InvalidNamespaceError, Item, PutOp, SearchItem
 from langgraph.store.memory import InMemoryStore
@@ -256,39 +257,73 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
 
 
 class State(TypedDict, total=False):
+    action: str      # langmem's manage_memory action: create (default), update, delete
+    id: str
     remember: str
     question: str
     found: list
 
 
-def test_a_compiled_graph_stores_and_retrieves_through_langmem_tools(memory):
+def memory_graph():
+    """A two-node graph: file a memory with langmem's manage tool, then search with its search tool."""
     namespace = ("memories", "{langgraph_user_id}")
     manage, search = create_manage_memory_tool(namespace), create_search_memory_tool(namespace)
 
+    def call(state: State) -> dict:
+        return {"content": state.get("remember"), "action": state.get("action", "create"), "id": state.get("id")}
+
     def write(state: State) -> State:
-        manage.invoke({"content": state["remember"], "action": "create"})
+        manage.invoke(call(state))
+        return {}
+
+    async def awrite(state: State) -> State:
+        await manage.ainvoke(call(state))
         return {}
 
     def read(state: State) -> State:
         return {"found": json.loads(search.invoke({"query": state["question"], "limit": 3}))}
 
+    async def aread(state: State) -> State:
+        return {"found": json.loads(await search.ainvoke({"query": state["question"], "limit": 3}))}
+
     builder = StateGraph(State)
-    builder.add_node("write", write)
-    builder.add_node("read", read)
+    builder.add_node("write", RunnableLambda(write, afunc=awrite))
+    builder.add_node("read", RunnableLambda(read, afunc=aread))
     builder.add_edge(START, "write")
     builder.add_edge("write", "read")
     builder.add_edge("read", END)
-    graph = builder.compile(store=AgentMemStore(memory=memory, user_from_namespace=1))
+    return builder
 
-    maya = {"configurable": {"langgraph_user_id": "maya"}}
-    graph.invoke({"remember": "Maya is allergic to peanuts.", "question": "anything?"}, maya)
+
+def user(name: str) -> dict:
+    return {"configurable": {"langgraph_user_id": name}}
+
+
+def test_a_compiled_graph_stores_and_retrieves_through_langmem_tools(memory):
+    graph = memory_graph().compile(store=AgentMemStore(memory=memory, user_from_namespace=1))
+    graph.invoke({"remember": "Maya is allergic to peanuts.", "question": "anything?"}, user("maya"))
     out = graph.invoke(
-        {"remember": "Maya's cello lesson is on Thursdays.", "question": "What is Maya allergic to?"}, maya
+        {"remember": "Maya's cello lesson is on Thursdays.", "question": "What is Maya allergic to?"}, user("maya")
     )
     assert out["found"][0]["value"] == {"content": "Maya is allergic to peanuts."}
     assert out["found"][0]["namespace"] == ["memories", "maya"] and len(out["found"]) == 2
-    ben = graph.invoke({"remember": "Ben plays chess.", "question": "What is Maya allergic to?"},
-                       {"configurable": {"langgraph_user_id": "ben"}})
+    ben = graph.invoke({"remember": "Ben plays chess.", "question": "What is Maya allergic to?"}, user("ben"))
     assert [f["value"]["content"] for f in ben["found"]] == ["Ben plays chess."]
     # what the agent filed away is agentmem memory too
     assert memory.recall("peanut allergy", user_id="maya", k=1)[0].note.text == "Maya is allergic to peanuts."
+
+
+@pytest.mark.anyio
+async def test_langmem_tools_update_and_delete_through_an_async_graph(memory):
+    graph = memory_graph().compile(store=AgentMemStore(memory=memory, user_from_namespace=1))
+    out = await graph.ainvoke({"remember": "Maya's lesson is on Thursdays.", "question": "When is the lesson?"},
+                              user("maya"))
+    [lesson] = out["found"]
+    moved = "Maya's lesson moved to Friday."
+    update = {"action": "update", "id": lesson["key"], "remember": moved, "question": "When is the lesson?"}
+    out = await graph.ainvoke(update, user("maya"))
+    assert [(f["key"], f["value"]["content"]) for f in out["found"]] == [(lesson["key"], moved)]
+    assert [n.text for n in memory.notes(user_id="maya")] == [moved]
+    delete = {"action": "delete", "id": lesson["key"], "question": "When is the lesson?"}
+    out = await graph.ainvoke(delete, user("maya"))
+    assert out["found"] == [] and memory.notes(user_id="maya") == []
