@@ -32,7 +32,9 @@ from sentence_transformers import SentenceTransformer
 from . import forgetting, linking, ranking, temporal
 from . import validation as check
 from .config import MemoryConfig
-from .consolidation import ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory
+from .consolidation import (
+    ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory, answer_question, reader_scopes,
+)
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
@@ -855,20 +857,16 @@ class Memory:
         check.count(k, "k")
         check.count(max_new_tokens, "max_new_tokens", high=4096)
         check.flag(retrieval, "retrieval")
+        scopes = reader_scopes(check.scope("user_id", user_id), check.scope("agent_id", agent_id))
+
+        def recall() -> list[Hit]:
+            return self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id,
+                               at=at) if retrieval else []
+
         with self._parametric_lock:
             consolidator = self._consolidation()
-            with consolidator.reading():
-                lm = consolidator.parametric.lm
-                if consolidator.parametric.editor.covers(question):
-                    return Answer(question=question, text=lm.generate(question, max_new_tokens).strip(), source="weights")
-                hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id,
-                                   at=at) if retrieval else []
-                if not hits:
-                    return Answer(question=question, text=lm.generate(question, max_new_tokens).strip(), source="model")
-                notes = "\n".join(f"- {hit.note.text}" for hit in hits)
-                prompt = f"Notes:\n{notes}\n\nUsing the notes, answer briefly: {question}"
-                text = lm.generate(prompt, max_new_tokens, chat=True).strip()
-                return Answer(question=question, text=text, source="notes", hits=hits)
+            with consolidator.reading(), consolidator.parametric.lm.scoped(scopes):
+                return answer_question(consolidator.parametric, question, recall, max_new_tokens)
 
     def _consolidation(self) -> Consolidator:
         """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use."""
