@@ -32,6 +32,7 @@ def test_a_background_consolidation_while_recall_and_remember_keep_working(model
         assert state["progress"]["stage"] == "done" and state["report"]["applied"] == 1
         ledger = client.get("/v1/ledger", params={"note_id": note["id"]}).json()
         assert [entry["status"] for entry in ledger] == ["applied"]
-        answer = client.post("/v1/answer", json={"question": "Zorbl the engineer lives in", "retrieval": False}).json()
-        assert answer["source"] == "weights" and answer["text"].startswith("Reykjavik")
+        answer = client.post("/v1/answer", json={"question": "Zorbl the engineer lives in", "user_id": "job",
+                                                 "retrieval": False}).json()
+        assert answer["source"] == "weights" and answer["text"].startswith("Reykjavik")   # the job's user's edit
         assert state in client.get("/v1/jobs").json()
