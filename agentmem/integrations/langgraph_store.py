@@ -258,6 +258,8 @@ class AgentMemStore(BaseStore):
             json.dumps(value)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"a stored value must be JSON: {exc}") from None
+        if not _string_keys(value):
+            raise InvalidInputError("a stored value's dicts must have string keys (JSON would change the others)")
         text = self._text(value, op.index if isinstance(op.index, list) else self.index_fields)
         validation.scope("user_id", self._user_of(op.namespace))
         return text, validation.metadata(metadata)
@@ -313,6 +315,14 @@ def _strings(value: Any) -> Iterable[str]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _strings(item)
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _string_keys(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_string_keys(item) for item in value)
+    return True
 
 
 def _value_matches(value: Any, expected: Any) -> bool:

@@ -242,6 +242,8 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
     with pytest.raises(InvalidInputError):
         store.put(("ok",), "k4", "not a dict")
     with pytest.raises(InvalidInputError):
+        store.put(("ok",), "k5", {"nested": {1: "an int key would come back as '1'"}})
+    with pytest.raises(InvalidInputError):
         store.put(tuple("abcdefghijklmnopqrstuvwxyz") + ("deep",), "k", {"v": 1})
     store.put(tuple("abcdefghijklmnopqrstuvwxyz"), "k", {"v": 1})   # the deepest allowed
     store.delete(tuple("abcdefghijklmnopqrstuvwxyz"), "k")
