@@ -19,8 +19,9 @@ faded and consolidated like any other memory.
   `filter` matches the item's value as LangGraph's own stores do: equality, nested dicts, and the
   `$eq $ne $gt $gte $lt $lte` operators.
 - **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes) expires
-  that long after its last write or read (reads refresh it unless told not to); expired items are
-  invisible, and forgotten the next time an operation comes across them. The forgetting curve only
+  that long after its last write or read (reads refresh it unless told not to; a refresh is an
+  update of the note, so the item's `updated_at` moves too); expired items are invisible, and
+  forgotten the next time an operation comes across them. The forgetting curve only
   ranks search results: `decay()` may archive a store item for recall, but the store still gets,
   lists and searches it until it is deleted or expires.
 
