@@ -2,15 +2,50 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 
-pytestmark = pytest.mark.slow   # the job edits the bundled SmolLM2
+from agentmem import Memory
+from agentmem.server.errors import JobNotFoundError
+from agentmem.server.jobs import JobRunner
+from tests.conftest import T0 as NOW
+from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
 
 T0 = "2024-05-01T12:00:00+00:00"
 LATER = "2024-05-03T12:00:00+00:00"
 
 
+def wait_for(runner: JobRunner, job_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while (job := runner.get(job_id)).status in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def test_jobs_run_one_at_a_time_and_on_a_schedule(tmp_path, embedder, tiny_lm, tiny_config):
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        memory.remember("Alice lives in Lisbon.", at=NOW)
+        runner = JobRunner(memory, every=timedelta(seconds=1))
+        try:
+            first = runner.submit({"min_recalls": 0}, at=NOW + timedelta(days=2))
+            dry = runner.submit({"min_recalls": 0}, dry_run=True, at=NOW + timedelta(days=2))
+            done = wait_for(runner, first.id)
+            assert done.status == "succeeded" and done.report.examined == 1 and done.progress.stage == "done"
+            assert done.started_at >= done.created_at and done.finished_at >= done.started_at
+            assert wait_for(runner, dry.id).report.dry_run
+            time.sleep(2.5)
+            assert any(job.scheduled for job in runner.jobs())   # --consolidate-every
+            with pytest.raises(JobNotFoundError):
+                runner.get("nope")
+            with pytest.raises(Exception, match="policy"):
+                runner.submit({"min_recalls": -1})
+        finally:
+            runner.close()
+
+
+@pytest.mark.slow   # the job edits the bundled SmolLM2
 def test_a_background_consolidation_while_recall_and_remember_keep_working(model_server):
     with model_server.client(None, timeout=600) as client:
         note = client.post("/v1/notes", json={"text": "Zorbl the engineer lives in Reykjavik.", "user_id": "job",
