@@ -13,7 +13,7 @@ the transcript; `clear()` forgets the session's turns for good.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -67,9 +67,12 @@ class AgentMemChatHistory(BaseChatMessageHistory):
         Everything is checked before anything is written, and the batch's user turns are written in one
         transaction (a repeated "Yes." is a turn of its own, not a duplicate).
         """
-        if isinstance(messages, BaseMessage) or not all(isinstance(m, BaseMessage) for m in messages):
+        if isinstance(messages, (BaseMessage, str)) or not isinstance(messages, Iterable):
             raise InvalidInputError("add_messages takes a sequence of LangChain messages")
-        leading, groups = _split_at_user_turns(list(messages))
+        messages = list(messages)
+        if not all(isinstance(m, BaseMessage) for m in messages):
+            raise InvalidInputError("add_messages takes a sequence of LangChain messages")
+        leading, groups = _split_at_user_turns(messages)
         for user, _ in groups:
             validation.text(user.text, self.memory.config.max_text_chars, "a user message's text")
         turns = self._turns()
@@ -84,11 +87,12 @@ class AgentMemChatHistory(BaseChatMessageHistory):
             last = turns[-1]
             replies = [*last.metadata[REPLIES], *map(message_to_dict, leading)]
             self.memory.update(last.id, metadata=validation.metadata({**last.metadata, REPLIES: replies}))
-        self.memory.remember_many(
-            [{"text": user.text, "metadata": metadata} for (user, _), metadata in zip(groups, planned)],
-            user_id=self.user_id, agent_id=self.agent_id, session_id=self.session_id, deduplicate=False,
-        )
-        self.waiting = []
+        if groups:
+            self.memory.remember_many(
+                [{"text": user.text, "metadata": metadata} for (user, _), metadata in zip(groups, planned)],
+                user_id=self.user_id, agent_id=self.agent_id, session_id=self.session_id, deduplicate=False,
+            )
+            self.waiting = []
 
     def clear(self) -> None:
         """Forget the session's turns (their notes) and any message still waiting for a first turn."""

@@ -76,7 +76,7 @@ def test_messages_before_the_first_user_turn_and_between_turns_keep_their_order(
     greeting = [SystemMessage("Be brief."), AIMessage("Hi! How can I help?")]
     history.add_messages(greeting)
     assert history.messages == greeting and memory.stats().notes == 0
-    history.add_messages([HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!")])
+    history.add_messages(m for m in [HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!")])
     history.add_message(AIMessage("Anything else?"))
     history.add_user_message("No, thanks.")
     expected = [*greeting, HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!"),
@@ -109,6 +109,8 @@ def test_bad_input_raises_typed_errors_and_writes_nothing(memory):
         history.add_messages([AIMessage("Anything else?"), HumanMessage("   ")])
     with pytest.raises(InvalidInputError):
         history.add_messages([HumanMessage("ok"), "not a message"])
+    with pytest.raises(InvalidInputError):
+        history.add_messages(HumanMessage("one message, not a sequence"))
     with pytest.raises(InvalidInputError):
         history.add_messages([HumanMessage("x" * (memory.config.max_text_chars + 1))])
     assert history.messages == before and memory.stats().notes == 1
