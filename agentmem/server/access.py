@@ -6,10 +6,11 @@ whole-store operations (decay, stats, consolidation, the full ledger, repair) ar
 """
 from __future__ import annotations
 
+from ..errors import NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
 from .auth import Caller
-from .errors import AccessDeniedError, NoteNotFoundError
+from .errors import AccessDeniedError
 
 
 class ScopedMemory:
