@@ -68,7 +68,7 @@ class LocateConfig(EditorConfig):
     corpus: str | None = None
     corpus_tokens: int = Field(default=0, ge=0)
     value_steps: int = Field(default=25, ge=1)
-    value_lr: float = Field(default=0.5, gt=0)
+    value_lr: float = Field(default=1.5, gt=0)
     margin: float = Field(default=2.0, ge=0)
     clamp: float = Field(default=0.75, gt=0)
     weight_decay: float = Field(default=0.5, ge=0)

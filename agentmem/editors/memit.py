@@ -7,7 +7,10 @@ over the batch's keys, where r_i is the fact's share of the gap at this layer (`
     Δ = Rᵀ K (λ C + Kᵀ K)⁻¹
 
 λ (`covariance_weight`) weighs how many ordinary keys the update must leave alone against the
-batch; MEMIT used 15,000 on GPT-J and LLaMA.
+batch. MEMIT used 15,000 on GPT-J, whose keys have 16,384 dimensions: a typical key's whitened
+norm kᵀC⁻¹k is about the key size, so λ should scale with it. On SmolLM2 (keys of 1,536) the
+first 10 ZsRE edits in one batch scored Rel 0.215 at 15,000 (the updates far too small) and 0.94
+at 1,500 (Loc 0.97), the default.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .inplace import LocateConfig, WeightEditor
 class MemitConfig(LocateConfig):
     """MEMIT's band and batch, and λ, the weight of the preserved keys' statistics."""
 
-    covariance_weight: float = Field(default=15_000.0, gt=0)
+    covariance_weight: float = Field(default=1_500.0, gt=0)
 
 
 class MemitEditor(WeightEditor):

@@ -1,0 +1,39 @@
+"""AlphaEdit: updates orthogonal to the preserved keys' directions; earlier batches' keys kept (tiny random LLaMA)."""
+from __future__ import annotations
+
+import torch
+
+from agentmem.editors import AlphaEditConfig, AlphaEditEditor
+
+from .test_inplace import ALICE, BOB, SKY, TINY, private_home, weights_hash  # noqa: F401 (fixture)
+
+ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3}
+
+
+def test_the_update_is_orthogonal_to_every_kept_direction_of_the_preserved_keys(tiny_lm):
+    editor = AlphaEditEditor(tiny_lm, AlphaEditConfig(**ALPHA))
+    editor.edit([ALICE, BOB])
+    for layer in (0, 1):
+        values, vectors = torch.linalg.eigh(editor.moments[layer].double())
+        kept = vectors[:, values >= ALPHA["null_threshold"] * values.max()]
+        assert 0 < kept.shape[1] < kept.shape[0]
+        delta = editor.delta(layer).double()
+        assert (delta @ kept).norm() < 1e-5 * delta.norm()
+        projector = editor.projectors[layer]
+        assert torch.allclose(projector @ projector, projector, atol=1e-8)
+
+
+def test_a_later_batch_leaves_the_keys_of_earlier_batches_nearly_alone(tiny_lm):
+    editor = AlphaEditEditor(tiny_lm, AlphaEditConfig(**ALPHA))
+    editor.edit([ALICE, BOB])
+    first = {layer: editor.delta(layer).clone() for layer in (0, 1)}
+    editor.edit([SKY])
+    earlier = editor.batches[0]
+    for layer in (0, 1):
+        second = editor.delta(layer) - first[layer]
+        on_earlier = (earlier.keys[layer] @ second.T).norm()
+        on_new = (editor.batches[1].keys[layer] @ second.T).norm()
+        assert on_earlier < 0.1 * on_new
+    before_rollback = weights_hash(tiny_lm)
+    editor.rollback("sky")
+    assert weights_hash(tiny_lm) != before_rollback and len(editor.batches) == 1
