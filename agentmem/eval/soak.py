@@ -1,0 +1,178 @@
+"""Soak: many writers, random SIGKILLs and fuzzed calls against one store, then a count of what broke.
+
+    python -m agentmem.eval.soak --threads 8 --processes 2 --writes 1000 --kills 6 --fuzz 300
+
+- 8 threads in this process and 2 child processes write unique notes to one folder; each child is
+  SIGKILLed at random moments and restarted, resuming after its last acknowledged write. A write
+  counts as acknowledged once `remember` returned (children append it to a log, flushed, after).
+- Then N fuzzed calls (agentmem.eval.fuzzing) run against the same store, each checked against the
+  contract, with the store reopened and read whole after each one.
+Reported: lost (acknowledged, not in the store), duplicated (stored more than once), untyped
+errors, calls that raised but changed the store, and stores left unreadable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ..memory import Memory
+from ..models import load_embedder
+from .fuzzing import Outcome, apply, calls, readable
+from .report import machine_line, write_section
+
+
+def text_of(writer: str, seq: int) -> str:
+    return f"Soak writer {writer} stored record number {seq} on shift {seq % 7}"
+
+
+def child(path: Path, writer: str, writes: int, ack: Path) -> None:
+    """A writer process: resumes after its last acknowledged write."""
+    done = len(ack.read_text().splitlines()) if ack.exists() else 0
+    with Memory(path) as mem, ack.open("a") as log:
+        for seq in range(done, writes):
+            mem.remember(text_of(writer, seq), user_id=writer, deduplicate=False)
+            log.write(f"{seq}\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+
+def run_processes(path: Path, processes: int, writes: int, kills: int, folder: Path) -> tuple[list[str], int]:
+    """Run the child writers to completion, SIGKILLing them up to `kills` times in all; their acked
+    texts and the SIGKILLs sent."""
+    budget = kills
+    acks = {f"p{i}": folder / f"p{i}.acks" for i in range(processes)}
+    for ack in acks.values():
+        ack.touch()
+    command = [sys.executable, "-m", "agentmem.eval.soak", "--child", str(path)]
+    running = {name: subprocess.Popen([*command, name, str(writes), str(ack)]) for name, ack in acks.items()}
+    rng = random.Random(0)
+    while running:
+        time.sleep(rng.uniform(2.0, 8.0))
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                if process.returncode != 0 and process.returncode != -signal.SIGKILL:
+                    raise RuntimeError(f"writer {name} failed with exit code {process.returncode}")
+                if len(acks[name].read_text().splitlines()) >= writes:
+                    del running[name]
+                    continue
+                running[name] = subprocess.Popen([*command, name, str(writes), str(acks[name])])
+            elif kills > 0 and rng.random() < 0.5:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills -= 1
+    texts = [text_of(name, int(seq)) for name, ack in acks.items() for seq in ack.read_text().split()]
+    return texts, budget - kills
+
+
+def run_threads(mem: Memory, threads: int, writes: int) -> tuple[list[str], list[str]]:
+    acked: list[str] = []
+    errors: list[str] = []
+
+    def write(writer: str) -> None:
+        for seq in range(writes):
+            try:
+                mem.remember(text_of(writer, seq), user_id=writer, deduplicate=False)
+                acked.append(text_of(writer, seq))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=write, args=(f"t{i}",)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return acked, errors
+
+
+def run_fuzz(path: Path, examples: int, embedder) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def one(data) -> None:
+        with Memory(path, embedder=embedder) as mem:
+            known = [n.id for n in mem.notes(include_archived=True, limit=50)]
+            call = data.draw(calls(known, path.parent))
+            outcomes.append(apply(mem, call, path.parent / "snapshot.jsonl"))
+        if readable(path, embedder=embedder) is not None:
+            outcomes[-1].result += " (store left unreadable)"
+
+    one()
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]))
+        return {}
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--writes", type=int, default=1000, help="writes per thread and per process")
+    parser.add_argument("--kills", type=int, default=6, help="SIGKILLs sent to the writer processes in all")
+    parser.add_argument("--fuzz", type=int, default=300, help="fuzzed calls after the writes")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    folder = Path(tempfile.mkdtemp(prefix="agentmem-soak-"))
+    path = folder / "store"
+    embedder = load_embedder()
+    with Memory(path, embedder=embedder):
+        pass
+    from_processes: list[tuple[list[str], int]] = []
+    process_thread = threading.Thread(
+        target=lambda: from_processes.append(run_processes(path, args.processes, args.writes, args.kills, folder))
+    )
+    process_thread.start()
+    with Memory(path, embedder=embedder) as mem:
+        acked_by_threads, thread_errors = run_threads(mem, args.threads, args.writes)
+    process_thread.join()
+    acked_by_processes, kills_sent = from_processes[0]
+    with Memory(path, embedder=embedder) as mem:
+        stored = Counter(n.text for n in mem.notes(include_archived=True))
+    acked = acked_by_threads + acked_by_processes
+    write_seconds = time.monotonic() - started
+    outcomes = run_fuzz(path, args.fuzz, embedder)
+    counts = {
+        "SIGKILLs sent": kills_sent,
+        "acknowledged": len(acked),
+        "lost": sum(1 for text in acked if stored[text] == 0),
+        "duplicated": sum(1 for n in stored.values() if n > 1),
+        "write errors": len(thread_errors),
+        "fuzzed calls": len(outcomes),
+        "fuzzed calls refused (typed)": sum(o.result == "typed" for o in outcomes),
+        "untyped errors": sum(o.result.startswith("untyped") for o in outcomes),
+        "raised but changed the store": sum(o.changed_on_error for o in outcomes),
+        "stores left unreadable": sum("unreadable" in o.result for o in outcomes) + (readable(path) is not None),
+    }
+    command = "python -m agentmem.eval.soak " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join(f"| {name} | {value} |" for name, value in counts.items())
+    findings = "\n".join(f"- `{o.call!r}`: {o.result}" for o in outcomes if o.result not in ("ok", "typed"))
+    write_section("soak", f"""## Soak: writers, SIGKILLs and fuzzed calls on one store
+
+{machine_line()}. Command: `{command}`. {args.threads} threads + {args.processes} processes x {args.writes} writes,
+{args.kills} SIGKILLs of the writer processes; writes took {write_seconds:.0f} s.
+
+| measure | count |
+|---|---|
+{table}
+{findings}
+""", args.output)
+    print(counts)
+    return counts
+
+
+if __name__ == "__main__":
+    main()
