@@ -13,6 +13,8 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# PostgreSQL 15 for the PostgreSQL store's tests (a real server, started by a pytest fixture)
+	test -x /usr/lib/postgresql/15/bin/postgres || (apt-get update && apt-get install -y postgresql)
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch first, pinned, so pip takes the local CPU wheel and not a CUDA build
