@@ -173,7 +173,7 @@ class ChatService:
         )
 
 
-def service(request: Request) -> ChatService:
+async def service(request: Request) -> ChatService:
     return request.app.state.chat
 
 

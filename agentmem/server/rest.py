@@ -34,12 +34,13 @@ ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 413, 422, 5
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
-def scoped(request: Request) -> ScopedMemory:
+async def scoped(request: Request) -> ScopedMemory:
+    """Async (it does no I/O): a sync dependency would cost every request a hop through the thread pool."""
     caller = getattr(request.state, STATE_KEY, None) or Caller()
     return ScopedMemory(request.app.state.memory, caller)
 
 
-def runner(request: Request) -> JobRunner:
+async def runner(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
@@ -263,5 +264,5 @@ def answer(body: AnswerRequest, mem: Scoped) -> Answer:
 
 
 @router.get("/health", tags=["store"], summary="the server is up (no key needed only if keys are off)")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
     return {"status": "ok"}
