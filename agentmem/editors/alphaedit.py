@@ -11,6 +11,14 @@ batches do not erode each other), at each layer of the band:
 
 λ (`ridge`) keeps the update small; the paper used 10 on LLaMA3-8B. Each row of the factor lies in
 P's range, so the update is orthogonal to C's kept eigenvectors (tested).
+
+Measured on SmolLM2 (20k sampled tokens, layers 3-7): its keys have no real null space. The
+eigenvalues of C fall only from 1 to about 0.002-0.009 of the largest, and 90% of the key energy
+takes about 1,000 of the 1,536 dimensions. The paper's threshold (eigenvalues below 1e-2, there
+absolute) here means 1% of the largest: 33 (layer 3) to 923 (layer 7) null dimensions that still
+carry a sizeable share of the energy, so unrelated keys are not fully spared. At 0.5% layers 3
+and 4 have no null space left. The first 10 ZsRE edits in one batch: threshold 1e-2 and λ 1 gave
+Rel 0.98 / Gen 0.72 / Loc 0.89; λ 10 gave Rel 0.79 / Gen 0.44 / Loc 0.86.
 """
 from __future__ import annotations
 
@@ -24,8 +32,8 @@ from .inplace import LocateConfig, WeightEditor
 class AlphaEditConfig(LocateConfig):
     """AlphaEdit's band and batch, the null-space threshold (relative to C's largest eigenvalue), and λ."""
 
-    null_threshold: float = Field(default=1e-3, gt=0, lt=1)
-    ridge: float = Field(default=10.0, gt=0)
+    null_threshold: float = Field(default=1e-2, gt=0, lt=1)
+    ridge: float = Field(default=1.0, gt=0)
 
 
 class AlphaEditEditor(WeightEditor):

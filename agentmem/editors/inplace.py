@@ -55,7 +55,9 @@ class LocateConfig(EditorConfig):
     editor's wrapper sits on the block right above the band (`layer` is derived), where the
     search for target states starts. `batch_size`: facts per closed-form solve; `edit()` cuts a
     longer list into batches. Statistics: `sample_tokens` tokens sampled from the model itself,
-    plus the first `corpus_tokens` tokens of the UTF-8 text file `corpus` when given.
+    plus the first `corpus_tokens` tokens of the UTF-8 text file `corpus` when given; C gets a
+    ridge of `covariance_ridge` x its mean diagonal, since a small corpus leaves a 1,536-wide
+    key's statistics rank-deficient.
     Value search: Adam on the residual at the subject token, `value_lr`, up to `value_steps`
     steps, stopping when every target token leads by `margin` logits; the change is kept within
     `clamp` x the state's norm and decays with `weight_decay` (MEMIT's settings for GPT-J).
@@ -67,6 +69,7 @@ class LocateConfig(EditorConfig):
     sample_tokens: int = Field(default=20_000, ge=0)
     corpus: str | None = None
     corpus_tokens: int = Field(default=0, ge=0)
+    covariance_ridge: float = Field(default=1e-3, ge=0)
     value_steps: int = Field(default=25, ge=1)
     value_lr: float = Field(default=1.5, gt=0)
     margin: float = Field(default=2.0, ge=0)
@@ -123,12 +126,11 @@ class WeightEditor(Editor):
         self.top_block = self.blocks[self.config.layers[-1]]
         self.originals = {layer: p.weight.detach().clone() for layer, p in self.projections.items()}
         try:
-            self.moments = key_moments(
-                lm, self.projections, self.config.sample_tokens, self.config.corpus, self.config.corpus_tokens
-            )
+            moments = key_moments(lm, self.projections, self.config.sample_tokens, self.config.corpus, self.config.corpus_tokens)
         except InvalidInputError:
             self.remove()
             raise
+        self.moments = {layer: _ridged(moment, self.config.covariance_ridge) for layer, moment in moments.items()}
         self.batches: list[Batch] = []
 
     # -- the protocol -------------------------------------------------------------------------
@@ -301,3 +303,8 @@ class WeightEditor(Editor):
             keys = batch.keys[layer].double()
             total += keys.T @ keys
         return total
+
+
+def _ridged(moment: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + ridge x mean(diag C) x I."""
+    return moment + ridge * moment.diagonal().mean() * torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
