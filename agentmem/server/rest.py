@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryItem, MemoryStats, Note
+from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryStats, Note
 from .access import ScopedMemory
 from .auth import STATE_KEY, Caller
 from .errors import AccessDeniedError
@@ -61,9 +61,10 @@ def remember(item: RememberRequest, mem: Scoped) -> Note:
 @router.post("/notes/batch", response_model=list[Note], tags=["notes"], summary="remember many notes at once")
 def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
     default_user = mem.user(batch.user_id)
-    items = [MemoryItem(text=item) if isinstance(item, str) else item for item in batch.items]
-    items = [item.model_copy(update={"user_id": mem.user(item.user_id or default_user)}) for item in items]
-    return mem.memory.remember_many(items, user_id=default_user, agent_id=batch.agent_id,
+    for item in batch.items:  # every item's user is checked before anything is written
+        if not isinstance(item, str):
+            mem.user(item.user_id or default_user)
+    return mem.memory.remember_many(batch.items, user_id=default_user, agent_id=batch.agent_id,
                                     session_id=batch.session_id, at=batch.at)
 
 

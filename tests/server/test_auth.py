@@ -39,6 +39,10 @@ def test_a_user_bound_key_reaches_only_its_users_notes(server):
         admin.post(f"/v1/notes/{alice_linked['id']}/links", json={"note_id": other["id"]})
 
         assert alice.post("/v1/notes", json={"text": "x", "user_id": "bob"}).status_code == 403
+        planted = alice.post("/v1/notes/batch", json={"items": ["mine", {"text": "planted", "user_id": "bob"}]})
+        assert planted.status_code == 403
+        batch = alice.post("/v1/notes/batch", json={"items": ["Alice's gym is open until 10pm"]}).json()
+        assert batch[0]["user_id"] == "alice"
         assert alice.post("/v1/recall", json={"query": "locker code", "user_id": "bob"}).status_code == 403
         hits = alice.post("/v1/recall", json={"query": "Bob's locker code", "k": 10}).json()
         assert hits and {h["note"]["user_id"] for h in hits} == {"alice"}
