@@ -140,7 +140,8 @@ class ChatService:
         """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
         if self.upstream is None:
             return None
-        upstream, options = self.upstream, dict(body.model_extra or {})
+        upstream = self.upstream
+        options = {k: v for k, v in (body.model_extra or {}).items() if k != "stream_options"}  # asked unstreamed
         if body.max_tokens or body.max_completion_tokens:
             options["max_tokens"] = body.max_completion_tokens or body.max_tokens
         return lambda messages: upstream.complete(messages, body.model, options)
