@@ -232,6 +232,8 @@ def serve(args: argparse.Namespace) -> None:
                      consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host)
     print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, "
           f"OpenAI /v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
+    if not keys.enabled and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("agentmem: warning: no API key, and the server is reachable beyond this machine", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
