@@ -65,3 +65,38 @@ def chroma_server(tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL 15 server (Debian's binaries, run as the `postgres` user) in a temporary folder."""
+    from agentmem.eval.postgres_server import TemporaryPostgres
+
+    server = TemporaryPostgres(durable=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def memory_location(request, tmp_path):
+    """`Memory`'s location arguments for a named store of this test, on each note store: a folder,
+    or a Postgres database of its own with the Chroma server (one collection per store).
+    The same name gives the same store, so a test can reopen it."""
+    made: dict[str, dict] = {}
+
+    def location(name: str = "mem") -> dict:
+        if request.param == "sqlite":
+            return {"path": tmp_path / name}
+        if name not in made:
+            database = request.getfixturevalue("postgres_server").create_database()
+            made[name] = {"path": database, "chroma_url": request.getfixturevalue("chroma_server"),
+                          "collection": f"notes_{database.rsplit('/', 1)[1]}_{os.getpid()}"}
+        return made[name]
+
+    return location

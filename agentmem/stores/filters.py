@@ -69,6 +69,20 @@ class NoteFilter(BaseModel):
             params += [path, *types] + ([] if isinstance(value, bool) else [path, value])
         return " AND ".join(where), params
 
+    def postgres_sql(self, table: str = "notes") -> tuple[str, list[Any]]:
+        """The same WHERE clause for the PostgreSQL store, whose metadata column is jsonb:
+        jsonb equality agrees with `_same` (true is not 1, 1 is 1.0)."""
+        where, params = ["TRUE"], []
+        for name, value in self.scope().items():
+            where.append(f"{table}.{name} = %s")
+            params.append(value)
+        if not self.include_archived:
+            where.append(f"{table}.archived = 0")
+        for key, value in self.metadata.items():
+            where.append(f"{table}.metadata -> %s = %s::jsonb")
+            params += [key, json.dumps(value)]
+        return " AND ".join(where), params
+
     def index_conditions(self, token: Callable[[str, str], str]) -> dict[str, Any]:
         """Equality conditions on the vector index's metadata, scope values turned into its tokens."""
         conditions: dict[str, Any] = {name: token(name, value) for name, value in self.scope().items()}

@@ -1,0 +1,243 @@
+"""The PostgreSQL note store against a real PostgreSQL 15 server, held to the SQLite store's behaviour."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import psycopg
+import pytest
+
+from agentmem import Note
+from agentmem.consolidation.ledger import Ledger
+from agentmem.errors import InvalidInputError, StoreUnavailableError
+from agentmem.notes import Fact
+from agentmem.stores import NoteGraph
+from agentmem.stores.filters import NoteFilter
+from agentmem.stores.postgres import PostgresNoteGraph
+
+T = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def note(note_id: str, text: str | None = None, **fields) -> Note:
+    return Note(id=note_id, text=text or f"note {note_id}", **{"created_at": T, "updated_at": T, "last_recalled": T,
+                                                                **fields})
+
+
+@pytest.fixture
+def store(postgres_url):
+    graph = PostgresNoteGraph(postgres_url)
+    yield graph
+    graph.close()
+
+
+def test_a_note_round_trips_with_every_field_and_both_vectors(store):
+    full = note(
+        "a", "Alice moved to Lisbon", keywords=["alice", "lisbon"], tags=["move"], context="relocation",
+        user_id="u", agent_id="g", session_id="s", recall_count=3, strength=2.5, archived=True,
+        metadata={"n": 1, "flag": True, "why": "x"}, fact=Fact(prompt="Alice lives in", target="Lisbon"),
+    )
+    with store.transaction():
+        store.insert(full, np.arange(4), in_context=np.ones(4))
+    loaded, searched = store.load(["a", "missing"])["a"]
+    assert loaded == full
+    assert searched.tolist() == [1, 1, 1, 1] and store.own_embeddings(["a"])["a"].tolist() == [0, 1, 2, 3]
+    assert store.session_vector(("u", "g", "s")).tolist() == [1, 1, 1, 1]
+    assert store.session_vector((None, "g", "s")) is None
+    assert store.ids_of([store.all_tokens().popitem()[0]]) == {next(iter(store.all_tokens())): "a"}
+
+
+def test_a_failed_transaction_leaves_database_and_view_unchanged(store):
+    with store.transaction():
+        store.insert(note("a"), np.ones(4))
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.insert(note("b"), np.ones(4))
+            store.link("a", "b", 0.9, T)
+            raise RuntimeError("crash mid-write")
+    assert store.all_ids() == {"a"} and set(store.graph.nodes) == {"a"} and store.graph.number_of_edges() == 0
+
+
+def test_a_refused_write_is_a_typed_error_and_changes_nothing(store):
+    with store.transaction():
+        store.insert(note("a"), np.ones(4))
+    with pytest.raises(InvalidInputError):
+        with store.transaction():
+            store.insert(note("b"), np.ones(4))
+            store.insert(note("a"), np.ones(4))  # the primary key refuses it
+    assert store.all_ids() == {"a"}
+
+
+def test_another_process_s_commit_refreshes_the_view_and_our_own_does_not(postgres_url):
+    first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
+    try:
+        with second.transaction():
+            second.insert(note("a"), np.ones(4))
+            second.insert(note("b"), np.ones(4))
+            second.link("a", "b", 0.7, T)
+        assert second.refresh_if_changed() is False
+        assert first.refresh_if_changed() is True
+        assert first.graph.has_edge("a", "b") and first.links_of("a")[0].weight == 0.7
+        assert first.refresh_if_changed() is False
+    finally:
+        first.close()
+        second.close()
+
+
+def test_forgetting_takes_back_absorbed_keywords_and_history_and_queues_deletes(store):
+    with store.transaction():
+        store.insert(note("old", keywords=["lisbon"]), np.ones(4))
+        store.insert(note("new"), np.ones(4))
+        store.link("old", "new", 0.8, T)
+        before = store.get("old")
+        store.record("old", T, "evolved:new", before)
+        store.set_fields("old", keywords=["lisbon", "portugal"])
+        store.absorb("old", ["portugal"], "new")
+        store.clear_pending(["old", "new"])
+    with store.transaction():
+        assert store.delete("new") == ["old"]
+    assert store.get("old").keywords == ["lisbon"] and store.get("old").links == []
+    assert store.history("old") == []
+    assert sorted(store.pending()) == [("new", "delete"), ("old", "upsert")]
+    store.purge_freed()
+    assert store.counts() == {"notes": 1, "archived": 0, "users": {"": 1}, "pending_sync": 2, "links": 0,
+                              "quarantined": 0}
+
+
+FILTERS = [
+    NoteFilter(),
+    NoteFilter(user_id="u1"),
+    NoteFilter(user_id="u1", include_archived=True),
+    NoteFilter(agent_id="g", session_id="s"),
+    NoteFilter(metadata={"n": 1}),
+    NoteFilter(metadata={"n": 1.0}),
+    NoteFilter(metadata={"n": True}),
+    NoteFilter(metadata={"flag": True}),
+    NoteFilter(metadata={"flag": 1}),
+    NoteFilter(metadata={"kind": "a'b\"c"}),
+    NoteFilter(metadata={"n": 1, "kind": "x"}, include_archived=True),
+]
+METADATA = [{"n": 1}, {"n": 1.0}, {"n": True}, {"flag": True}, {"flag": 1}, {"kind": "a'b\"c"}, {"n": 1, "kind": "x"},
+            {"n": "1"}, {}]
+
+
+def test_select_admits_exactly_what_the_filter_and_the_sqlite_store_admit(store, tmp_path):
+    sqlite = NoteGraph(tmp_path / "g.sqlite3")
+    notes = [
+        note(f"n{i}", user_id=("u1", "u2", None)[i % 3], agent_id=("g", None)[i % 2], session_id=("s", None)[i % 4 // 2],
+             archived=i % 5 == 0, metadata=METADATA[i % len(METADATA)],
+             created_at=T + timedelta(seconds=i), updated_at=T + timedelta(seconds=i))
+        for i in range(36)
+    ]
+    for graph in (store, sqlite):
+        with graph.transaction():
+            for n in notes:
+                graph.insert(n, np.ones(4))
+    for where in FILTERS:
+        expected = [n.id for n in notes if where.admits(n)]
+        assert [n.id for n in store.select(where)] == expected, where
+        assert [n.id for n in sqlite.select(where)] == expected, where
+        assert set(store.embeddings_where(where, 100)) == set(expected)
+    assert [n.id for n in store.select(NoteFilter(), limit=2, offset=1)] == [n.id for n in sqlite.select(NoteFilter(), 2, 1)]
+    assert store.embeddings_where(NoteFilter(), 3) is None
+    sqlite.close()
+
+
+def test_lexical_search_stems_ranks_and_filters(store):
+    with store.transaction():
+        store.insert(note("a", "Alice is running a marathon in Lisbon", user_id="u1"), np.ones(4))
+        store.insert(note("b", "Bob runs", user_id="u1"), np.ones(4))
+        store.insert(note("c", "Carol paints", user_id="u1", keywords=["running"]), np.ones(4))
+        store.insert(note("d", "Alice ran in Lisbon", user_id="u2"), np.ones(4))
+        store.insert(note("e", "marathon Lisbon archived", user_id="u1", archived=True), np.ones(4))
+    hits = store.lexical_search(["runs", "lisbon", "marathon"], 10, NoteFilter(user_id="u1"))
+    assert [i for i, _ in hits][0] == "a" and {i for i, _ in hits} == {"a", "b", "c"}
+    assert all(score > 0 for _, score in hits)
+    assert dict(hits)["b"] > dict(hits)["c"]  # a note's own words count more than its keywords
+    assert store.lexical_search(["the", "a"], 10, NoteFilter()) == []
+    assert store.lexical_search(["o'brien", "100%", "a|b"], 10, NoteFilter()) == []
+    assert [i for i, _ in store.lexical_search(["lisbon"], 1, NoteFilter())] == ["d"]  # the shorter note
+
+
+def test_the_ledger_runs_its_sqlite_statements_on_postgres(store):
+    ledger = Ledger(store.connection)
+    Ledger(store.connection)  # reopening finds its table
+    fact = Fact(prompt="Alice lives in", target="Lisbon")
+    with store.transaction():
+        ledger.add("a", "e1", fact, "grace", "pending", T, scope="u1")
+        ledger.add("b", None, Fact(prompt="Bob lives in", target="Paris"), "grace", "known", T)
+    assert ledger.holds("x", fact) and not ledger.holds("x", Fact(prompt="Carol lives in", target="Rome"))
+    assert ledger.set_status("e1", "applied", T, expect=["pending"]) is True
+    assert ledger.set_status("e1", "applied", T, expect=["pending"]) is False
+    assert [(e.note_id, e.status) for e in ledger.entries()] == [("a", "applied"), ("b", "known")]
+    assert ledger.scopes() == {"e1": "u1"}
+    ledger.retract_note("a", T)
+    assert [e.status for e in ledger.entries("a")] == ["retracting"]
+
+
+def test_the_write_lock_serializes_two_stores_on_one_database(postgres_url):
+    first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
+    events: list[str] = []
+    holding, waiting = threading.Event(), threading.Event()
+
+    def other() -> None:
+        holding.wait()
+        waiting.set()
+        with second.lock():
+            events.append("second")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        with first.lock():
+            with first.lock():  # reentrant in one thread
+                holding.set()
+                waiting.wait()
+                with psycopg.connect(postgres_url) as probe:  # the other session is blocked on our lock
+                    while not probe.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    ).fetchone()[0]:
+                        pass
+                events.append("first")
+        thread.join()
+        assert events == ["first", "second"]
+        with first.job_lock() as held, second.job_lock(wait=False) as other_held:
+            assert held and not other_held
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_backup_is_a_sqlite_store_with_the_same_contents(store, tmp_path):
+    with store.transaction():
+        store.insert(note("a", metadata={"k": "v"}), np.ones(4))
+        store.insert(note("b"), np.ones(4), in_context=np.zeros(4))
+        store.link("a", "b", 0.5, T)
+        store.record("a", T, "updated", store.get("a"))
+    Ledger(store.connection).add("a", "e1", Fact(prompt="p", target="t"), "grace", "applied", T)
+    store.backup(tmp_path / "backup.sqlite3")
+    copy = NoteGraph(tmp_path / "backup.sqlite3")
+    assert copy.get_many(["a", "b"]) == store.get_many(["a", "b"])
+    assert copy.load(["b"])["b"][1].tolist() == [0, 0, 0, 0]
+    assert copy.history("a") == store.history("a")
+    assert copy.index_key == store.index_key and copy.all_tokens() == store.all_tokens()
+    assert [e.edit_id for e in Ledger(copy.connection).entries()] == ["e1"]
+    assert copy.lexical_search(["note"], 5, NoteFilter()) != []
+    copy.close()
+
+
+def test_an_unreadable_row_is_quarantined_not_fatal(store, postgres_url):
+    with store.transaction():
+        store.insert(note("a"), np.ones(4))
+        store.insert(note("b"), np.ones(4))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE notes SET keywords = 'not json' WHERE id = 'b'")
+    assert set(store.load(["a", "b"])) == {"a"} and "b" in store.unreadable
+    assert store.quarantine(dict(store.unreadable)) == ["b"]
+    assert store.all_ids() == {"a"} and [q["id"] for q in store.quarantined()] == ["b"]
+
+
+def test_an_unreachable_server_is_a_typed_error(postgres_server):
+    url = postgres_server.url("no_such_database")
+    with pytest.raises(StoreUnavailableError):
+        PostgresNoteGraph(url)
