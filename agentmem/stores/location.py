@@ -1,0 +1,53 @@
+"""Where a memory lives: a folder (SQLite note store) or a `postgresql://` URL (PostgreSQL note store).
+
+Every memory also has a local folder, for what stays on one machine: the embedded Chroma
+index when no Chroma server is given, and the editor's saved state. For a folder store it
+is the folder itself; for a PostgreSQL store it is `<home>/postgres/<host>-<port>-<database>`,
+home being $AGENTMEM_HOME or ~/.cache/agentmem. Several processes (or hosts) on one
+PostgreSQL store need a Chroma server (`chroma_url`): an embedded index is one process's.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import InvalidInputError, StoreUnavailableError
+from .graph import NoteGraph
+from .postgres import PostgresNoteGraph
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+GRAPH_FILE = "notes.sqlite3"
+
+NoteStore = NoteGraph | PostgresNoteGraph
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def local_folder(location: str | Path, home: Path | None = None) -> Path:
+    """The memory's folder on this machine (see the module doc); not created here."""
+    if not is_postgres_url(location):
+        return Path(location)
+    parts = urlsplit(str(location))
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname or 'local'}-{parts.port or 5432}-{database}")
+    home = home or Path(os.environ.get("AGENTMEM_HOME") or Path.home() / ".cache" / "agentmem")
+    return home / "postgres" / name
+
+
+def open_note_store(location: str | Path) -> NoteStore:
+    """The note store at `location`: PostgreSQL for a `postgresql://` URL, else `notes.sqlite3`
+    in the folder (created if missing)."""
+    if isinstance(location, str) and location.startswith(("postgresql:", "postgres:")) and not is_postgres_url(location):
+        raise InvalidInputError(f"a PostgreSQL store is named by a URL postgresql://user@host:port/database, not {location!r}")
+    if is_postgres_url(location):
+        return PostgresNoteGraph(str(location))
+    folder = Path(location)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailableError(f"cannot create the store folder {folder}: {exc}") from exc
+    return NoteGraph(folder / GRAPH_FILE)
