@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,12 +24,10 @@ from typing import Any
 
 import shutil
 
-import filelock
 import numpy as np
 from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
-from . import forgetting, linking, ranking, temporal
 from . import validation as check
 from .config import MemoryConfig
 from .consolidation import (
@@ -40,24 +38,26 @@ from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, Stor
 from .facts import FactExtractor, extract_fact
 from .models import LanguageModel, load_embedder, load_model
 from .notes import (
-    Answer, ConsolidationReport, DecayReport, Decision, Enrichment, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
+    Answer, ConsolidationReport, DecayReport, Decision, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
     MemoryStats, Note,
 )
 from .stores import NoteGraph, VectorIndex
 from .stores.filters import NoteFilter
 from .stores.graph import sqlite_errors
 from .stores.sync import IndexSync, open_index
+from .reading import ReadPath
+from .writing import Enricher, WritePath
 
 log = logging.getLogger(__name__)
 
-Enricher = Callable[[str], Enrichment | dict[str, Any]]
-SCOPES = ("user_id", "agent_id", "session_id")
-EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 _UNSET: Any = object()
 
 
 class Memory:
-    """Long-term memory for an agent, kept in one folder on disk.
+    """Long-term memory for an agent: the facade that checks every argument, delegates to the
+    write path (agentmem.writing), the read path (agentmem.reading) and the stores, and reports.
+
+    Kept in one folder on disk by default.
 
     >>> with Memory("memdata") as mem:
     ...     mem.remember("Alice moved to Lisbon in 2024", user_id="alice")
@@ -100,13 +100,10 @@ class Memory:
             raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
         self.config = config or MemoryConfig()
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
-        self._enricher = enricher
         self._lock = threading.RLock()
-        self._file_lock = filelock.FileLock(str(self.path / "agentmem.lock"), thread_local=False)
         self._closed = False
         self._model, self._editor_spec = model, editor
         self.policy = policy or ConsolidationPolicy()
-        self._fact_extractor = fact_extractor
         self._consolidator: Consolidator | None = None
         self._parametric_lock = threading.RLock()
         graph_file = self.path / "notes.sqlite3"
@@ -117,6 +114,8 @@ class Memory:
             self._ledger = Ledger(self._graph.connection)
             self._index = open_index(self.path / "chroma", collection, chroma_url, self._graph)
             self._sync = IndexSync(self._graph, self._index)
+            self._writer = WritePath(self._graph, self._sync, self.config, enricher, fact_extractor)
+            self._reader = ReadPath(self._graph, self._sync, self.config)
             with self._exclusive():
                 self._check_embedder()
                 self._sync.pair()
@@ -159,20 +158,13 @@ class Memory:
         with self._lock:
             if self._closed:
                 raise StoreClosedError(f"memory at {self.path} is closed")
-            try:
-                self._file_lock.acquire()
-            except OSError as exc:
-                raise StoreUnavailableError(f"cannot lock the store at {self.path}: {exc}") from exc
-            try:
-                with sqlite_errors(self._graph.path):
-                    if self._graph.refresh_if_changed():
-                        self._index.refresh()
-                    self._sync.catch_up()
-                    yield
-                    if self._graph.unreadable:
-                        self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
-            finally:
-                self._file_lock.release()
+            with self._graph.lock(), sqlite_errors(self._graph.path):
+                if self._graph.refresh_if_changed():
+                    self._index.refresh()
+                self._sync.catch_up()
+                yield
+                if self._graph.unreadable:
+                    self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
 
     def _check_embedder(self) -> None:
         dim = str(self._embed(["dimension probe"]).shape[1])
@@ -182,12 +174,6 @@ class Memory:
                 self._graph.set_meta("embedding_dim", dim)
         elif stored != dim:
             raise InvalidInputError(f"this store holds {stored}-dimensional embeddings; the embedder gives {dim}")
-
-    def _search_index(self, embeddings: np.ndarray, n: int, conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
-        """The index's nearest notes (by note id) to each embedding, narrowed by index conditions."""
-        results = self._index.query(embeddings, n, conditions)
-        ids = self._graph.ids_of({token for result in results for token, _ in result})
-        return [[(ids[token], score) for token, score in result if token in ids] for result in results]
 
     # ---- writing -------------------------------------------------------------------
 
@@ -250,119 +236,9 @@ class Memory:
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
         embeddings = self._embed([item.text for item in items])
-        drafts = [self._draft(item) for item in items]
+        drafts = [self._writer.draft(item) for item in items]
         with self._exclusive():
-            in_context = self._in_context(drafts, embeddings)
-            candidates = self._neighbour_candidates(drafts, embeddings)
-            stored: list[Note] = []
-            with self._graph.transaction():
-                for position, draft in enumerate(drafts):
-                    earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
-                    indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
-                    stored.append(self._insert_or_reinforce(
-                        draft, embeddings[position], in_context[position], indexed + earlier, deduplicate
-                    ))
-            ids = list(dict.fromkeys(note.id for note in stored))
-            self._sync.push(ids)
-            fresh = self._graph.get_many(ids)
-            return [fresh[note.id] for note in stored]
-
-    def _in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
-        """The vector each draft is searched by, when it belongs to a session (else None).
-
-        It is the draft's own embedding plus `context_weight` times the vector of the note
-        remembered just before it in the same session, which carries the one before it, and
-        so on, fading: a terse reply ("Yes, last Friday!") is then found by what it answers.
-        """
-        latest: dict[tuple[str | None, str | None, str], np.ndarray | None] = {}
-        vectors: list[np.ndarray | None] = []
-        for draft, own in zip(drafts, embeddings):
-            if draft.session_id is None or not self.config.context_weight:
-                vectors.append(None)
-                continue
-            scope = (draft.user_id, draft.agent_id, draft.session_id)
-            if scope not in latest:
-                latest[scope] = self._graph.session_vector(scope)
-            vectors.append(self._with_context(own, latest[scope]))
-            latest[scope] = own if vectors[-1] is None else vectors[-1]
-        return vectors
-
-    def _with_context(self, own: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
-        if previous is None:
-            return None
-        mixed = own + self.config.context_weight * previous
-        return mixed / np.linalg.norm(mixed)
-
-    def _neighbour_candidates(
-        self, drafts: list[Note], embeddings: np.ndarray
-    ) -> list[list[tuple[str | int, float]]]:
-        """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
-        position), with the similarity of their own embeddings (duplicates and links are about
-        what notes say, not the conversation around them).
-
-        Only notes of the same user are candidates: links never cross users.
-        """
-        n = self.config.max_links + 5
-        found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
-        by_user: dict[str | None, list[int]] = {}
-        for position, draft in enumerate(drafts):
-            by_user.setdefault(draft.user_id, []).append(position)
-        for user, positions in by_user.items():
-            user_token = self._index.token("user_id", user) if user is not None else ""
-            results = self._search_index(embeddings[positions], n, {"user_id": user_token})
-            own = self._graph.own_embeddings({note_id for result in results for note_id, _ in result})
-            similarities = embeddings[positions] @ embeddings[positions].T
-            for row, (position, result) in enumerate(zip(positions, results)):
-                stored = [(i, float(own[i] @ embeddings[position])) for i, _ in result if i in own]
-                earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
-                found[position] = [*stored, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
-        return found
-
-    def _insert_or_reinforce(
-        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
-        deduplicate: bool = True,
-    ) -> Note:
-        floor = min(self.config.link_threshold, self.config.duplicate_threshold)
-        candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
-        known = self._graph.get_many((i for i, _ in candidates), links=False)
-        for note_id, similarity in candidates:
-            other = known.get(note_id)
-            same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
-            if (
-                deduplicate
-                and same_scope
-                and similarity >= self.config.duplicate_threshold
-                and linking.same_content(other.text, draft.text)
-            ):
-                return self._reinforce_duplicate(other, draft)
-        self._graph.insert(draft, embedding, in_context)
-        linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
-        for note_id, similarity in linked[: self.config.max_links]:
-            self._graph.link(draft.id, note_id, round(similarity, 6), draft.created_at)
-            self._evolve(known[note_id], draft)
-        return draft
-
-    def _reinforce_duplicate(self, existing: Note, draft: Note) -> Note:
-        """A near-duplicate strengthens the note it repeats (and revives it if archived)."""
-        tags = existing.tags + [t for t in draft.tags if t not in existing.tags]
-        self._graph.set_fields(
-            existing.id,
-            strength=forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
-            last_recalled=max(existing.last_recalled, draft.created_at),
-            tags=tags,
-        )
-        if existing.fact is None and draft.fact is not None:
-            self._graph.set_fields(existing.id, fact=draft.fact)
-        if existing.archived:
-            self._graph.set_archived([existing.id], False)
-        return existing
-
-    def _evolve(self, neighbour: Note, newcomer: Note) -> None:
-        keywords = linking.evolve_keywords(neighbour.keywords, newcomer.keywords, self.config.max_keywords)
-        if keywords != neighbour.keywords:
-            self._graph.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
-            self._graph.set_fields(neighbour.id, keywords=keywords)
-            self._graph.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
+            return self._writer.store_notes(drafts, embeddings, deduplicate)
 
     def update(
         self,
@@ -388,39 +264,18 @@ class Memory:
         new_metadata = check.metadata(metadata) if metadata is not None else None
         new_fact = check.fact(fact) if fact is not _UNSET else _UNSET
         embedding = self._embed([new_text])[0] if new_text is not None else None
-        extracted = self._extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
+        extracted = self._writer.extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
         with self._exclusive():
             before = self._existing(note_id)
-            if extracted is not _UNSET and before.fact in (None, self._extract_fact(before.text)):
+            if extracted is not _UNSET and before.fact in (None, self._writer.extract_fact(before.text)):
                 new_fact = extracted
-            changes: dict[str, Any] = {"updated_at": max(when, before.created_at)}
-            if new_text is not None:
-                keywords = linking.extract_keywords(new_text, self.config.max_keywords)
-                changes.update(
-                    text=new_text,
-                    keywords=keywords,
-                    tags=linking.extract_tags(new_text, tuple(new_tags if new_tags is not None else before.tags)),
-                    context=linking.describe(new_text, keywords, before.created_at, before.user_id),
-                )
-            elif new_tags is not None:
-                changes["tags"] = linking.extract_tags(before.text, tuple(new_tags))
+            changes = self._writer.enrichment_after(before, new_text, new_tags)
+            changes["updated_at"] = max(when, before.created_at)
             if new_metadata is not None:
                 changes["metadata"] = new_metadata
             if new_fact is not _UNSET:
                 changes["fact"] = new_fact
-            after = before.model_copy(update=changes)
-            if embedding is None:
-                embedding = self._graph.own_embeddings([note_id])[note_id]
-                in_context = self._graph.load([note_id], links=False)[note_id][1]
-            elif before.session_id is not None and self.config.context_weight:
-                scope = (before.user_id, before.agent_id, before.session_id)
-                in_context = self._with_context(embedding, self._graph.session_vector(scope, before=note_id))
-            else:
-                in_context = None
-            with self._graph.transaction():
-                self._graph.replace(after, embedding, in_context, "updated", before)
-            self._sync.push([note_id])
-            note = self._existing(note_id)
+            note = self._writer.replace(before, before.model_copy(update=changes), embedding)
         self._replace_now([note], when)
         return note
 
@@ -491,55 +346,9 @@ class Memory:
         when = check.time(at)
         check.flag(reinforce, "reinforce")
         query_embedding = self._embed([query])[0]
-
         with self._exclusive():
-            pool = k + self.config.candidate_pool
-            dense = self._dense(query_embedding, pool, where)
-            lexical = dict(self._graph.lexical_search(linking.content_words(query), pool, where))
-            best_lexical = max(lexical.values(), default=0.0)
-            time_match = temporal.time_matcher(query, when)
-
-            def candidate(note: Note, embedding: np.ndarray) -> ranking.Candidate:
-                return ranking.Candidate(
-                    note=note,
-                    similarity=float(embedding @ query_embedding),
-                    lexical=lexical.get(note.id, 0.0) / best_lexical if best_lexical else 0.0,
-                    temporal=time_match(note.text, note.created_at),
-                    retention=self._retention(note, when),
-                )
-
-            rows = self._graph.load({*(i for i, _ in dense), *lexical}, links=False)
-            candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
-            seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
-            reached = ranking.spread_activation(
-                {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self._graph.graph, self.config.link_spread
-            )
-            linked = self._graph.load((i for i in reached if i not in candidates), links=False)
-            candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if where.admits(row[0])}
-            for note_id, (activation, via) in reached.items():
-                if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
-                    candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
-            hits = [  # candidates were loaded without links; only the returned notes need them
-                hit.model_copy(update={"note": hit.note.model_copy(update={"links": self._graph.links_of(hit.note.id)})})
-                for hit in ranking.rank(list(candidates.values()), self.config, k)
-            ]
-            return self._reinforce_recalled(hits, when) if reinforce else hits
-
-    def _dense(self, query_embedding: np.ndarray, n: int, where: NoteFilter) -> list[tuple[str, float]]:
-        """The n notes nearest the query among those `where` admits.
-
-        The index narrows by scope only; with metadata filters, the admitted notes' vectors are
-        scored here exactly when there are few enough, else the index is over-fetched.
-        """
-        if not where.metadata:
-            return self._search_index(query_embedding[None, :], n, where.index_conditions(self._index.token))[0]
-        vectors = self._graph.embeddings_where(where, EXACT_SEARCH_LIMIT)
-        if vectors is None:
-            wide = self._search_index(query_embedding[None, :], n * 20, where.index_conditions(self._index.token))[0]
-            kept = self._graph.get_many((i for i, _ in wide), links=False)
-            return [(i, s) for i, s in wide if i in kept and where.admits(kept[i])][:n]
-        scored = sorted(((i, float(v @ query_embedding)) for i, v in vectors.items()), key=lambda h: -h[1])
-        return scored[:n]
+            hits = self._reader.search(query, query_embedding, k, where, when)
+            return self._reader.reinforce(hits, when) if reinforce else hits
 
     def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
         return NoteFilter(
@@ -570,22 +379,6 @@ class Memory:
         with self._exclusive():
             return self._graph.select(where, limit, offset)
 
-    def _reinforce_recalled(self, hits: list[Hit], at: datetime) -> list[Hit]:
-        """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
-        reinforced = []
-        with self._graph.transaction():
-            for hit in hits:
-                note = hit.note
-                changes = {
-                    "recall_count": note.recall_count + 1,
-                    "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
-                    "last_recalled": max(at, note.last_recalled),
-                }
-                self._graph.set_fields(note.id, **changes)
-                reinforced.append(hit.model_copy(update={"note": note.model_copy(update=changes)}))
-            self._graph.record_recalls([h.note.id for h in hits], at)
-        return reinforced
-
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)
         with self._exclusive():
@@ -610,16 +403,7 @@ class Memory:
         check.note_id(note_id)
         when = check.time(at)
         with self._exclusive():
-            return self._retention(self._existing(note_id), when)
-
-    def _retention(self, note: Note, at: datetime) -> float:
-        unit = self.config.time_unit_seconds
-        if self.config.curve == "actr":
-            presentations = [note.created_at, *self._graph.recall_times(note.id)]
-            ages = [(at - p).total_seconds() / unit for p in presentations]
-            return forgetting.actr_retention(ages, self.config.actr_decay)
-        elapsed = (at - note.last_recalled).total_seconds() / unit
-        return forgetting.exponential_retention(elapsed, note.strength)
+            return self._reader.retention(self._existing(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
 
@@ -628,7 +412,7 @@ class Memory:
         when = check.time(at)
         with self._exclusive():
             active = [note for note, _ in self._graph.all_notes() if not note.archived]
-            faded = [n.id for n in active if self._retention(n, when) < self.config.archive_below]
+            faded = [n.id for n in active if self._reader.retention(n, when) < self.config.archive_below]
             if faded:
                 with self._graph.transaction():
                     self._graph.set_archived(faded, True)
@@ -879,7 +663,7 @@ class Memory:
                     locked=self._exclusive,
                     notes=lambda: [note for note, _ in self._graph.all_notes()],
                     note=self._graph.get,
-                    retention=self._retention,
+                    retention=self._reader.retention,
                 )
                 parametric = ParametricMemory(self.path / "editor", lm, self._editor_spec)
                 consolidator = Consolidator(parametric, self._ledger, access, self.path / "consolidation.lock")
@@ -911,54 +695,12 @@ class Memory:
         except ValidationError as exc:
             raise InvalidInputError(f"bad consolidation policy: {exc}") from None
 
-    def _extract_fact(self, text: str) -> Fact | None:
-        """The fact extractor's fact for `text`; a failing extractor costs the fact, never the note."""
-        if self._fact_extractor is None:
-            return None
-        try:
-            fact = self._fact_extractor(text)
-        except Exception:
-            log.warning("fact extractor failed; storing the note without a fact", exc_info=True)
-            return None
-        return fact if isinstance(fact, Fact) else None
-
     # ---- building notes --------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self._embedder.encode(
             texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32)
-
-    def _draft(self, item: MemoryItem) -> Note:
-        """A new note with local enrichment, improved by the enricher when it works."""
-        keywords = linking.extract_keywords(item.text, self.config.max_keywords)
-        tags = linking.extract_tags(item.text, item.tags)
-        context = linking.describe(item.text, keywords, item.at, item.user_id)
-        if self._enricher is not None:
-            try:
-                extra = self._enricher(item.text)
-                extra = extra if isinstance(extra, Enrichment) else Enrichment.model_validate(extra)
-                keywords += [w.lower() for w in extra.keywords if w.lower() not in keywords]
-                tags += [t.lower() for t in extra.tags if t.lower() not in tags]
-                context = extra.context or context
-            except Exception:  # the note matters more than its enrichment
-                log.warning("enricher failed; keeping the local enrichment", exc_info=True)
-        return Note(
-            id=uuid.uuid4().hex,
-            text=item.text,
-            keywords=keywords[: self.config.max_keywords],
-            tags=tags,
-            context=context,
-            user_id=item.user_id,
-            agent_id=item.agent_id,
-            session_id=item.session_id,
-            created_at=item.at,
-            updated_at=item.at,
-            last_recalled=item.at,
-            strength=self.config.initial_strength,
-            metadata=item.metadata or {},
-            fact=item.fact or self._extract_fact(item.text),
-        )
 
     # ---- validation: every check runs before anything is written ----------------------
 

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import filelock
 import networkx as nx
 import numpy as np
 
@@ -140,6 +141,7 @@ class NoteGraph:
     def __init__(self, path: Path):
         self.path = path
         self.unreadable: dict[str, str] = {}  # rows that failed to read since the last quarantine, by id
+        self._file_lock = filelock.FileLock(str(path.parent / "agentmem.lock"), thread_local=False)
         self.graph = nx.Graph()
         self._data_version = -1
         with sqlite_errors(path):
@@ -189,6 +191,18 @@ class NoteGraph:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The store's write section across processes: a lock file beside the database."""
+        try:
+            self._file_lock.acquire()
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot lock the store at {self.path.parent}: {exc}") from exc
+        try:
+            yield
+        finally:
+            self._file_lock.release()
 
     def claim(self, store_id: str) -> None:
         """Give a new (or migrated) store its identity, which its vector index records too."""

@@ -42,6 +42,16 @@ class IndexSync:
     def __init__(self, graph: NoteGraph, index: VectorIndex) -> None:
         self.graph, self.index = graph, index
 
+    def search(self, embeddings, n: int, conditions: dict) -> list[list[tuple[str, float]]]:
+        """The index's nearest notes to each embedding, by note id, among entries meeting `conditions`."""
+        results = self.index.query(embeddings, n, conditions)
+        ids = self.graph.ids_of({token for result in results for token, _ in result})
+        return [[(ids[token], score) for token, score in result if token in ids] for result in results]
+
+    def scope_token(self, name: str, value: str | None) -> str:
+        """How the index names a scope value ('' for none)."""
+        return self.index.token(name, value) if value is not None else ""
+
     def pair(self) -> None:
         """Check the graph and the index belong together, claiming new ones; see the module doc."""
         notes, vectors = self.graph.count(), self.index.count()

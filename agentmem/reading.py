@@ -1,0 +1,99 @@
+"""The read path: candidates from the index and the full-text search, one hop along the links,
+ranked by relevance, retention and time; and recall as rehearsal (reinforcement).
+
+Everything here runs inside the caller's exclusive section.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+
+from . import forgetting, linking, ranking, temporal
+from .config import MemoryConfig
+from .notes import Hit, Note
+from .stores.filters import NoteFilter
+from .stores.graph import NoteGraph
+from .stores.sync import IndexSync
+
+EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
+
+
+class ReadPath:
+    def __init__(self, store: NoteGraph, index: IndexSync, config: MemoryConfig) -> None:
+        self.store, self.index, self.config = store, index, config
+
+    def search(self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime) -> list[Hit]:
+        """The k best notes for the query among those `where` admits, with why (nothing is written)."""
+        pool = k + self.config.candidate_pool
+        dense = self.dense(query_embedding, pool, where)
+        lexical = dict(self.store.lexical_search(linking.content_words(query), pool, where))
+        best_lexical = max(lexical.values(), default=0.0)
+        time_match = temporal.time_matcher(query, at)
+
+        def candidate(note: Note, embedding: np.ndarray) -> ranking.Candidate:
+            return ranking.Candidate(
+                note=note,
+                similarity=float(embedding @ query_embedding),
+                lexical=lexical.get(note.id, 0.0) / best_lexical if best_lexical else 0.0,
+                temporal=time_match(note.text, note.created_at),
+                retention=self.retention(note, at),
+            )
+
+        rows = self.store.load({*(i for i, _ in dense), *lexical}, links=False)
+        candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
+        seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
+        reached = ranking.spread_activation(
+            {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self.store.graph, self.config.link_spread
+        )
+        linked = self.store.load((i for i in reached if i not in candidates), links=False)
+        candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if where.admits(row[0])}
+        for note_id, (activation, via) in reached.items():
+            if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
+                candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
+        return [  # candidates were loaded without links; only the returned notes need them
+            hit.model_copy(update={"note": hit.note.model_copy(update={"links": self.store.links_of(hit.note.id)})})
+            for hit in ranking.rank(list(candidates.values()), self.config, k)
+        ]
+
+    def dense(self, query_embedding: np.ndarray, n: int, where: NoteFilter) -> list[tuple[str, float]]:
+        """The n notes nearest the query among those `where` admits.
+
+        The index narrows by scope only; with metadata filters, the admitted notes' vectors are
+        scored here exactly when there are few enough, else the index is over-fetched.
+        """
+        conditions = where.index_conditions(self.index.scope_token)
+        if not where.metadata:
+            return self.index.search(query_embedding[None, :], n, conditions)[0]
+        vectors = self.store.embeddings_where(where, EXACT_SEARCH_LIMIT)
+        if vectors is None:
+            wide = self.index.search(query_embedding[None, :], n * 20, conditions)[0]
+            kept = self.store.get_many((i for i, _ in wide), links=False)
+            return [(i, s) for i, s in wide if i in kept and where.admits(kept[i])][:n]
+        scored = sorted(((i, float(v @ query_embedding)) for i, v in vectors.items()), key=lambda h: -h[1])
+        return scored[:n]
+
+    def reinforce(self, hits: list[Hit], at: datetime) -> list[Hit]:
+        """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
+        reinforced = []
+        with self.store.transaction():
+            for hit in hits:
+                note = hit.note
+                changes = {
+                    "recall_count": note.recall_count + 1,
+                    "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
+                    "last_recalled": max(at, note.last_recalled),
+                }
+                self.store.set_fields(note.id, **changes)
+                reinforced.append(hit.model_copy(update={"note": note.model_copy(update=changes)}))
+            self.store.record_recalls([h.note.id for h in hits], at)
+        return reinforced
+
+    def retention(self, note: Note, at: datetime) -> float:
+        unit = self.config.time_unit_seconds
+        if self.config.curve == "actr":
+            presentations = [note.created_at, *self.store.recall_times(note.id)]
+            ages = [(at - p).total_seconds() / unit for p in presentations]
+            return forgetting.actr_retention(ages, self.config.actr_decay)
+        elapsed = (at - note.last_recalled).total_seconds() / unit
+        return forgetting.exponential_retention(elapsed, note.strength)

@@ -1,0 +1,237 @@
+"""The write path: a validated item becomes a note, linked to its neighbours, stored.
+
+Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock. `store`
+runs inside the caller's exclusive section and one transaction: it finds each draft's nearest
+notes of the same user, reinforces a near-duplicate instead of copying it, links the rest and
+lets linked neighbours absorb a few keywords (recorded by origin, so `forget` can take them back).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from . import forgetting, linking
+from .config import MemoryConfig
+from .facts import FactExtractor
+from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
+from .stores.graph import NoteGraph
+from .stores.sync import IndexSync
+
+log = logging.getLogger(__name__)
+
+Enricher = Callable[[str], Enrichment | dict[str, Any]]
+SCOPES = ("user_id", "agent_id", "session_id")
+_WORD = TypeAdapter(Tag)
+
+
+def _clean_words(words: list[str]) -> list[str]:
+    """An enricher's words that a note can hold (lower-cased, valid Unicode, short); others dropped."""
+    kept = []
+    for word in words:
+        try:
+            kept.append(_WORD.validate_python(word.lower()))
+        except (ValidationError, AttributeError):
+            log.warning("enricher gave an unusable word %r; dropped", word)
+    return kept
+
+
+class WritePath:
+    def __init__(
+        self, store: NoteGraph, index: IndexSync, config: MemoryConfig,
+        enricher: Enricher | None, fact_extractor: FactExtractor | None,
+    ) -> None:
+        self.store, self.index, self.config = store, index, config
+        self.enricher, self.fact_extractor = enricher, fact_extractor
+
+    # ---- drafting: no lock needed -------------------------------------------------
+
+    def draft(self, item: MemoryItem) -> Note:
+        """A new note with local enrichment, improved by the enricher when it works."""
+        keywords = linking.extract_keywords(item.text, self.config.max_keywords)
+        tags = linking.extract_tags(item.text, item.tags)
+        context = linking.describe(item.text, keywords, item.at, item.user_id)
+        if self.enricher is not None:
+            try:
+                extra = self.enricher(item.text)
+                extra = extra if isinstance(extra, Enrichment) else Enrichment.model_validate(extra)
+                keywords += [w for w in _clean_words(extra.keywords) if w not in keywords]
+                tags += [t for t in _clean_words(extra.tags) if t not in tags]
+                context = clean_string(extra.context)[:500] if extra.context else context
+            except Exception:  # the note matters more than its enrichment
+                log.warning("enricher failed; keeping the local enrichment", exc_info=True)
+        return Note(
+            id=uuid.uuid4().hex,
+            text=item.text,
+            keywords=keywords[: self.config.max_keywords],
+            tags=tags[:32],
+            context=context,
+            user_id=item.user_id,
+            agent_id=item.agent_id,
+            session_id=item.session_id,
+            created_at=item.at,
+            updated_at=item.at,
+            last_recalled=item.at,
+            strength=self.config.initial_strength,
+            metadata=item.metadata or {},
+            fact=item.fact or self.extract_fact(item.text),
+        )
+
+    def extract_fact(self, text: str) -> Fact | None:
+        """The fact extractor's fact for `text`; a failing extractor costs the fact, never the note."""
+        if self.fact_extractor is None:
+            return None
+        try:
+            fact = self.fact_extractor(text)
+        except Exception:
+            log.warning("fact extractor failed; storing the note without a fact", exc_info=True)
+            return None
+        return fact if isinstance(fact, Fact) else None
+
+    # ---- storing: inside the caller's exclusive section -----------------------------
+
+    def store_notes(self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool) -> list[Note]:
+        """Store a batch in one transaction; returns, per draft, the note it became (itself or the
+        note it duplicates), then syncs the index."""
+        in_context = self.in_context(drafts, embeddings)
+        candidates = self.neighbour_candidates(drafts, embeddings)
+        stored: list[Note] = []
+        with self.store.transaction():
+            for position, draft in enumerate(drafts):
+                earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
+                indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
+                stored.append(self.insert_or_reinforce(
+                    draft, embeddings[position], in_context[position], indexed + earlier, deduplicate
+                ))
+        ids = list(dict.fromkeys(note.id for note in stored))
+        self.index.push(ids)
+        fresh = self.store.get_many(ids)
+        return [fresh[note.id] for note in stored]
+
+    def in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
+        """The vector each draft is searched by, when it belongs to a session (else None).
+
+        It is the draft's own embedding plus `context_weight` times the vector of the note
+        remembered just before it in the same session, which carries the one before it, and
+        so on, fading: a terse reply ("Yes, last Friday!") is then found by what it answers.
+        """
+        latest: dict[tuple[str | None, str | None, str], np.ndarray | None] = {}
+        vectors: list[np.ndarray | None] = []
+        for draft, own in zip(drafts, embeddings):
+            if draft.session_id is None or not self.config.context_weight:
+                vectors.append(None)
+                continue
+            scope = (draft.user_id, draft.agent_id, draft.session_id)
+            if scope not in latest:
+                latest[scope] = self.store.session_vector(scope)
+            vectors.append(self.with_context(own, latest[scope]))
+            latest[scope] = own if vectors[-1] is None else vectors[-1]
+        return vectors
+
+    def with_context(self, own: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+        if previous is None:
+            return None
+        mixed = own + self.config.context_weight * previous
+        return mixed / np.linalg.norm(mixed)
+
+    def neighbour_candidates(
+        self, drafts: list[Note], embeddings: np.ndarray
+    ) -> list[list[tuple[str | int, float]]]:
+        """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
+        position), with the similarity of their own embeddings (duplicates and links are about
+        what notes say, not the conversation around them).
+
+        Only notes of the same user are candidates: links never cross users.
+        """
+        n = self.config.max_links + 5
+        found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
+        by_user: dict[str | None, list[int]] = {}
+        for position, draft in enumerate(drafts):
+            by_user.setdefault(draft.user_id, []).append(position)
+        for user, positions in by_user.items():
+            results = self.index.search(embeddings[positions], n, {"user_id": self.index.scope_token("user_id", user)})
+            own = self.store.own_embeddings({note_id for result in results for note_id, _ in result})
+            similarities = embeddings[positions] @ embeddings[positions].T
+            for row, (position, result) in enumerate(zip(positions, results)):
+                stored = [(i, float(own[i] @ embeddings[position])) for i, _ in result if i in own]
+                earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
+                found[position] = [*stored, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
+        return found
+
+    def insert_or_reinforce(
+        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
+        deduplicate: bool = True,
+    ) -> Note:
+        floor = min(self.config.link_threshold, self.config.duplicate_threshold)
+        candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
+        known = self.store.get_many((i for i, _ in candidates), links=False)
+        for note_id, similarity in candidates:
+            other = known.get(note_id)
+            same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
+            if (
+                deduplicate
+                and same_scope
+                and similarity >= self.config.duplicate_threshold
+                and linking.same_content(other.text, draft.text)
+            ):
+                return self.reinforce_duplicate(other, draft)
+        self.store.insert(draft, embedding, in_context)
+        linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
+        for note_id, similarity in linked[: self.config.max_links]:
+            self.store.link(draft.id, note_id, round(similarity, 6), draft.created_at)
+            self.evolve(known[note_id], draft)
+        return draft
+
+    def reinforce_duplicate(self, existing: Note, draft: Note) -> Note:
+        """A near-duplicate strengthens the note it repeats (and revives it if archived)."""
+        tags = existing.tags + [t for t in draft.tags if t not in existing.tags]
+        self.store.set_fields(
+            existing.id,
+            strength=forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
+            last_recalled=max(existing.last_recalled, draft.created_at),
+            tags=tags[:32],
+        )
+        if existing.fact is None and draft.fact is not None:
+            self.store.set_fields(existing.id, fact=draft.fact)
+        if existing.archived:
+            self.store.set_archived([existing.id], False)
+        return existing
+
+    def enrichment_after(self, before: Note, text: str | None, tags: list[str] | None) -> dict[str, Any]:
+        """The fields a change of text (or of tags alone) recomputes."""
+        if text is None:
+            return {} if tags is None else {"tags": linking.extract_tags(before.text, tuple(tags))}
+        keywords = linking.extract_keywords(text, self.config.max_keywords)
+        return {
+            "text": text,
+            "keywords": keywords,
+            "tags": linking.extract_tags(text, tuple(tags if tags is not None else before.tags)),
+            "context": linking.describe(text, keywords, before.created_at, before.user_id),
+        }
+
+    def replace(self, before: Note, after: Note, embedding: np.ndarray | None) -> Note:
+        """Store a changed note, its previous version going to the history; `embedding` is the new
+        text's (None: the text is unchanged, and so are its vectors)."""
+        if embedding is None:
+            embedding = self.store.own_embeddings([before.id])[before.id]
+            in_context = self.store.load([before.id], links=False)[before.id][1]
+        elif before.session_id is not None and self.config.context_weight:
+            scope = (before.user_id, before.agent_id, before.session_id)
+            in_context = self.with_context(embedding, self.store.session_vector(scope, before=before.id))
+        else:
+            in_context = None
+        with self.store.transaction():
+            self.store.replace(after, embedding, in_context, "updated", before)
+        self.index.push([before.id])
+        return self.store.get(before.id)
+
+    def evolve(self, neighbour: Note, newcomer: Note) -> None:
+        keywords = linking.evolve_keywords(neighbour.keywords, newcomer.keywords, self.config.max_keywords)
+        if keywords != neighbour.keywords:
+            self.store.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
+            self.store.set_fields(neighbour.id, keywords=keywords)
+            self.store.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
