@@ -107,13 +107,18 @@ def concurrency(url: str) -> dict[str, float]:
     }
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """The same thread limits for this process and the server: torch, numpy's BLAS and OpenMP read them at load."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
 def run(data: Path, notes: int, probes: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **thread_env(threads)}
     texts, questions = corpus(data)
     fill, probe_texts, asks = texts[probes:probes + notes], texts[:probes], questions[:probes]
     workdir = Path(tempfile.mkdtemp(prefix="agentmem-serving-"))
@@ -169,7 +174,7 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join([
         "## Serving: REST next to in-process calls, the shell with and without a server",
         "",
-        f"Measured {machine_line()}; torch threads: {results['threads']} (server: OMP_NUM_THREADS={results['threads']}).",
+        f"Measured {machine_line()}; OMP/MKL/OpenBLAS and torch threads: {results['threads']}, here and in the server.",
         f"Command: `{command}`",
         "",
         f"Two stores holding the same {results['notes']} LoCoMo/ZsRE notes: one opened in process, one served by"
@@ -205,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the raw figures as JSON here")
     parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
+    if os.environ.get("OMP_NUM_THREADS") != str(args.threads):  # read at import time: start again with it set
+        command = [sys.executable, "-m", "agentmem.eval.serving", *(argv if argv is not None else sys.argv[1:])]
+        os.execve(sys.executable, command, {**os.environ, **thread_env(args.threads)})
     results = run(args.data, args.notes, args.probes, args.threads)
     command = "python -m agentmem.eval.serving " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section("serving", markdown(results, command.strip()), args.benchmarks)
