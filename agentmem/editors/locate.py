@@ -47,6 +47,11 @@ def derived_subject(prompt: str) -> str:
     return subject if subject and subject not in _ARTICLES else prompt.strip()
 
 
+def mentions(prompt: str, subject: str) -> bool:
+    """Whether `subject` occurs in `prompt` as whole words, ignoring case ("Ra" is not in "Rain")."""
+    return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", prompt, re.IGNORECASE) is not None
+
+
 def subject_position(lm: LanguageModel, prompt: str, subject: str) -> int:
     """Index, in the prompt's token ids, of the token holding the subject's last character (its last occurrence)."""
     start = prompt.casefold().rfind(subject.casefold())
