@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from agentmem import Fact, InvalidInputError, Memory, StoreClosedError
-from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory, decide
+from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory, decide, edit_scopes
 from agentmem.editors import GraceEditor
 from agentmem.notes import LedgerEntry, Note
 from tests.conftest import T0
@@ -464,3 +464,57 @@ def test_smollm_consolidates_answers_closed_book_forgets_and_reopens(kind, tmp_p
         assert mem.answer("The Quillon project deadline is", retrieval=False).text.startswith("March 3")
     finally:
         mem.close()
+
+
+# -- scopes: whose fact an edit is --------------------------------------------------------------
+
+
+def owned(name, fact, user=None, *, shared=False, age=timedelta(days=1)):
+    return note(name, fact, age=age).model_copy(
+        update={"user_id": user, "metadata": {"shared": True} if shared else {}})
+
+
+def test_an_edit_goes_in_its_owners_scope_unless_shared_marked_or_widely_held():
+    notes = [owned("a", A, "alice"), owned("b", ("Bob lives in", "Oslo"), "bob"), owned("c", ("Wifi is", "Falcon"), "carol", shared=True),
+             owned("d", ("Sky is", "blue"), "dave"), owned("e", ("Sky is", "blue"), "erin"), owned("f", ("Mars is", "red"))]
+    assert edit_scopes(notes, POLICY) == {"a": "user:alice", "b": "user:bob", "c": None, "d": None, "e": None, "f": None}
+    agent = note("g", A).model_copy(update={"agent_id": "helper"})
+    assert edit_scopes([agent], POLICY) == {"g": "agent:helper"}
+    assert edit_scopes(notes, POLICY.model_copy(update={"share_from": 3}))["d"] == "user:dave"
+
+
+def test_two_users_facts_on_one_prompt_are_two_edits_and_retracting_one_leaves_the_other():
+    alice, bob = owned("a", A, "alice"), owned("b", ("Alice lives in", "Porto"), "bob", age=timedelta(hours=13))
+    decisions = {d.note_id: d for d in decide([alice, bob], {"a": 1.0, "b": 1.0}, [], POLICY, LATER)}
+    assert decisions["a"].action == decisions["b"].action == "edit"
+    ledger = [entry("a", *A, "applied"), entry("b", "Alice lives in", "Porto", "applied")]
+    scopes = {"e-a": "user:alice", "e-b": "user:bob"}
+    gone = decide([owned("a", None, "alice"), bob], {"a": 1.0, "b": 1.0}, ledger, POLICY, LATER, scopes)
+    assert {d.note_id: d.action for d in gone} == {"a": "retract", "b": "skip"}
+
+
+def test_a_consolidated_fact_that_becomes_shared_is_replaced_in_the_shared_scope():
+    alice, bob = owned("a", A, "alice"), owned("b", A, "bob", age=timedelta(hours=13))
+    ledger = [entry("a", *A, "applied")]
+    decisions = {d.note_id: d for d in decide([alice, bob], {"a": 1.0, "b": 1.0}, ledger, POLICY, LATER,
+                                              {"e-a": "user:alice"})}
+    assert decisions["a"].action == "retract" and "None" in decisions["a"].detail   # Bob's newer note goes in, shared
+    assert decisions["b"].action == "edit"
+    alone = decide([alice, owned("b", A, "bob", age=timedelta(days=2))], {"a": 1.0, "b": 1.0}, ledger, POLICY, LATER,
+                   {"e-a": "user:alice"})
+    assert {d.note_id: d.action for d in alone} == {"a": "replace", "b": "skip"}
+
+
+def test_the_ledger_records_scopes_and_upgrades_an_old_table(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3")
+    db.execute("CREATE TABLE consolidation_ledger (id INTEGER PRIMARY KEY, note_id TEXT NOT NULL, edit_id TEXT UNIQUE,"
+               " prompt TEXT NOT NULL, prompt_key TEXT NOT NULL, target TEXT NOT NULL, editor TEXT NOT NULL,"
+               " status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, verification TEXT,"
+               " detail TEXT NOT NULL DEFAULT '')")
+    db.execute("INSERT INTO consolidation_ledger(note_id, edit_id, prompt, prompt_key, target, editor, status, created_at,"
+               " updated_at) VALUES ('n0', 'old', 'p', 'p', 't', 'grace', 'applied', 0, 0)")
+    ledger = Ledger(db)
+    ledger.add("n1", "new", Fact(prompt="Alice lives in", target="Lisbon"), "semantic", "applied", T0, scope="user:alice")
+    assert ledger.scopes() == {"old": None, "new": "user:alice"}

@@ -85,3 +85,34 @@ def test_malformed_facts_are_refused(tmp_path, embedder):
             with pytest.raises(InvalidInputError):
                 mem.remember("Some text", fact=bad)
         assert mem.stats().notes == 0
+
+
+# -- question forms and neighbour prompts, from the same parse --------------------------------------
+
+from agentmem.facts import neighbour_prompts, parse_prompt, question_forms  # noqa: E402
+
+
+@pytest.mark.parametrize("text, questions", [
+    ("Alice lives in Lisbon", ("Where does Alice live?", "What city does Alice live in?", "What city is Alice in?")),
+    ("Alice's locker code is 4471", ("What is Alice's locker code?",)),
+    ("The project deadline is March 3", ("What is the project deadline?",)),
+    ("Bob works at Acme Corp", ("Where does Bob work?", "Who does Bob work for?")),
+    ("Dana teaches maths", ("What does Dana teach?",)),
+    ("Maya's cat is called Nata", ("What is Maya's cat called?",)),
+])
+def test_a_fact_has_the_questions_a_user_would_ask(text, questions):
+    assert question_forms(extract_fact(text)) == questions
+
+
+def test_neighbours_share_the_subject_or_the_relation_but_not_both():
+    fact = extract_fact("Alice lives in Lisbon")
+    near = neighbour_prompts(fact)
+    assert "Alice works at" in near and "Where does Alice work?" in near        # same subject, another relation
+    assert "Maria lives in" in near and "Where does Maria live?" in near        # same relation, another subject
+    assert fact.prompt not in near and not set(question_forms(fact)) & set(near)
+
+
+def test_an_unparsed_prompt_has_no_question_forms_or_neighbours():
+    fact = Fact(prompt="What university did Watts Humphrey attend?", target="University of Michigan")
+    assert parse_prompt(fact.prompt) is None
+    assert question_forms(fact) == () and neighbour_prompts(fact) == ()

@@ -72,3 +72,35 @@ def test_the_dequantized_checkpoint_is_written_once_and_loads_on_its_own():
     assert plain is not load_model()
     prompt = "The capital of France is"
     assert plain.generate(prompt, max_new_tokens=6) == load_model().generate(prompt, max_new_tokens=6)
+
+
+def test_a_scope_holds_inside_its_block_only_and_is_checked(tiny_lm):
+    assert tiny_lm.scopes == frozenset()
+    with tiny_lm.scoped("user:alice"):
+        assert tiny_lm.scopes == {"user:alice"}
+        with tiny_lm.scoped(["user:bob", "agent:x"]):
+            assert tiny_lm.scopes == {"user:bob", "agent:x"}
+        assert tiny_lm.scopes == {"user:alice"}
+    assert tiny_lm.scopes == frozenset()
+    with pytest.raises(InvalidInputError):
+        with tiny_lm.scoped(["user:alice", ""]):
+            pass
+    assert tiny_lm.scopes == frozenset()
+
+
+def test_a_model_without_a_chat_template_gets_plain_role_lines(tiny_lm):
+    prompt = tiny_lm.chat_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}])
+    assert prompt == "system: Be brief.\nuser: Hi?\nassistant:"
+    assert tiny_lm.last_user_message(prompt) is None
+    with pytest.raises(InvalidInputError):
+        tiny_lm.reply([{"role": "user", "content": ""}])
+
+
+@pytest.mark.slow
+def test_the_last_user_message_is_found_whatever_came_before():
+    lm = load_model()
+    chat = [{"role": "system", "content": "Notes:\n- Alice lives in Lisbon"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Where does Alice live?"}]
+    assert lm.last_user_message(lm.chat_prompt(chat)) == "Where does Alice live?"
+    assert lm.last_user_message(lm.chat_prompt(chat[-1:])) == "Where does Alice live?"
+    assert lm.last_user_message("Alice lives in") is None

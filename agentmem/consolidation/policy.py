@@ -122,8 +122,10 @@ def decide(
             return verdict("skip", "duplicate", f"newer note {winner.id} states the same fact")
         if prior and (prior.prompt, prior.target) == (fact.prompt, fact.target):
             if in_scope[prior.edit_id] != scope[note.id]:
-                return verdict("replace", "fact_changed", f"edit {prior.edit_id} is in scope {in_scope[prior.edit_id]!r}, "
-                                                          f"the fact now belongs in {scope[note.id]!r}")
+                moved = f"edit {prior.edit_id} is in scope {in_scope[prior.edit_id]!r}, the fact now belongs in {scope[note.id]!r}"
+                if winner.id != note.id:  # the newer note states it there: that one is edited in
+                    return verdict("retract", "duplicate", f"{moved}; newer note {winner.id} states it")
+                return verdict("replace", "fact_changed", moved)
             return verdict("skip", "consolidated", f"edit {prior.edit_id}")
         if prior:
             return verdict("replace", "fact_changed", f"edit {prior.edit_id} said {prior.target!r}")

@@ -33,6 +33,9 @@ reachable through its prompt and each of its `rephrases` (an entry per key, one 
 so a fact stated as "Alice lives in" can also be keyed by "Where does Alice live?". With
 `chat_contexts`, the value is also trained to give the target as the assistant's reply to the
 first of those questions, so the edit answers in a chat, not only after the completion prompt.
+Every value is trained to give the target and then a full stop: without it a reply ran on past
+the answer (a locker code "4471" came out as "447121111..."), which natural-stopping scoring and
+users read as a wrong answer.
 
 Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in MiniLM's space.
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
@@ -99,6 +102,7 @@ class SemanticConfig(CodebookConfig):
     max_radius: float = Field(default=0.9, gt=0, le=2)
     contexts: int = Field(default=0, ge=0)
     chat_contexts: int = Field(default=1, ge=0)  # of the edit's keys, asked as chat questions, also train the value
+    stop: bool = True  # train a full stop after the target
     anchored: bool = True
     embedder: str | None = None  # a sentence-transformers folder; None: the bundled MiniLM
 
@@ -219,7 +223,7 @@ class SemanticEditor(CodebookEditor):
             rows, distances = book.nearest(keys[:1], same_scope)
             if float(distances[0]) <= SAME_KEY:
                 self._resize(request.id, int(rows[0]), -1.0)
-        label = target_ids + self._stop_ids()  # the answer, then a full stop: the reply ends there
+        label = target_ids + (self._stop_ids() if self.config.stop else [])  # the answer, then the reply ends
         contexts = [self._prepare(prompt_ids + label[:-1], len(prompt_ids) - 1)]
         picker = random.Random(len(self._edits))
         for prompt in picker.sample(self.unrelated, min(self.config.contexts, len(self.unrelated))):

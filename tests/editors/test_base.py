@@ -120,8 +120,8 @@ def test_loading_nothing_or_a_foreign_kind_raises(tiny_lm, tiny_config, tmp_path
         GraceEditor.load(tiny_lm, tmp_path)
     GraceEditor(tiny_lm, tiny_config).save(tmp_path)
     meta = json.loads((tmp_path / CONFIG_FILE).read_text())
-    (tmp_path / CONFIG_FILE).write_text(json.dumps({**meta, "kind": "rome"}))
-    with pytest.raises(InvalidInputError, match="rome"):
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**meta, "kind": "no-such-editor"}))
+    with pytest.raises(InvalidInputError, match="no-such-editor"):
         Editor.load(tiny_lm, tmp_path)
 
 

@@ -197,3 +197,23 @@ def test_real_model_save_and_load_round_trip(smollm, smollm_grace, tmp_path):
         assert smollm.generate(TOWER, max_new_tokens=8) == edited and loaded.covers(TOWER)
     finally:
         loaded.remove()
+
+
+def test_a_scoped_edit_fires_under_its_scope_only_and_scopes_do_not_collide(tiny_lm, tiny_config, tmp_path):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    before = answer(tiny_lm, ALICE, "Lisbon")
+    [alice, bob] = editor.edit([EditRequest(prompt=ALICE, target="Lisbon", scope="user:alice"),
+                                EditRequest(prompt=ALICE, target="Oslo", scope="user:bob")])
+    assert alice.success and bob.success      # the same prompt in two scopes: neither supersedes the other
+    assert answer(tiny_lm, ALICE, "Lisbon") == before and not editor.covers(ALICE)
+    with tiny_lm.scoped("user:alice"):
+        assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon" and editor.covers(ALICE)
+    assert tiny_lm.generate(ALICE, max_new_tokens=1, scope="user:bob").strip() == "Oslo"
+    editor.rollback(alice.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == before
+    assert tiny_lm.generate(ALICE, max_new_tokens=1, scope="user:bob").strip() == "Oslo"
+    editor.save(tmp_path)
+    editor.remove()
+    GraceEditor.load(tiny_lm, tmp_path)
+    assert tiny_lm.generate(ALICE, max_new_tokens=1, scope="user:bob").strip() == "Oslo"
+    assert answer(tiny_lm, ALICE, "Lisbon") == before

@@ -19,8 +19,12 @@ UNRELATED = CALIBRATION_PROMPTS[:6]
 
 @pytest.fixture
 def tiny_semantic(tiny_lm):
-    """On the tiny model's layer 2; values also trained after one unrelated prompt, no logit margin (flat logits)."""
-    return SemanticEditor(tiny_lm, SemanticConfig(layer=2, margin=0.0, contexts=1), unrelated=CALIBRATION_PROMPTS[6:])
+    """On the tiny model's layer 2; values also trained after one unrelated prompt, no logit margin (flat logits).
+
+    No chat context and no trained full stop: one value over two positions is beyond a random 4-layer model
+    (SmolLM2 learns both; see the real-model tests)."""
+    config = SemanticConfig(layer=2, margin=0.0, contexts=1, chat_contexts=0, stop=False)
+    return SemanticEditor(tiny_lm, config, unrelated=CALIBRATION_PROMPTS[6:])
 
 
 # -- the tiny random LLaMA: mechanics ------------------------------------------------------------

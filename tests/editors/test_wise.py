@@ -150,3 +150,10 @@ def test_real_model_edits_take_and_unrelated_prompts_keep_their_outputs(smollm):
         assert not editor.covers(tongue) and smollm.generate(tongue, max_new_tokens=8) == untouched[tongue]
     finally:
         editor.remove()
+
+
+def test_a_scoped_edit_is_refused_and_changes_nothing(tiny_lm):
+    editor = tiny_wise(tiny_lm)
+    with pytest.raises(InvalidInputError, match="shared edits"):
+        editor.edit([EditRequest(prompt=ALICE, target="Lisbon", scope="user:alice")])
+    assert editor.edits() == [] and not editor.covers(ALICE)
