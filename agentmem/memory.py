@@ -43,7 +43,7 @@ from .notes import (
 )
 from .stores import NoteGraph, VectorIndex
 from .stores.filters import NoteFilter
-from .stores.graph import sqlite_errors
+from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
 from .stores.sync import IndexSync, open_index
 from .reading import ReadPath
 from .writing import Enricher, WritePath
@@ -93,7 +93,7 @@ class Memory:
             raise InvalidInputError("fact_extractor must be a callable text -> Fact | None, or None")
         if isinstance(editor, Editor) and model is None:
             model = editor.lm
-        self.path = Path(path)
+        self.path = local_folder(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -106,9 +106,9 @@ class Memory:
         self.policy = policy or ConsolidationPolicy()
         self._consolidator: Consolidator | None = None
         self._parametric_lock = threading.RLock()
-        graph_file = self.path / "notes.sqlite3"
-        graph_was_there = graph_file.exists()
-        self._graph = NoteGraph(graph_file)
+        graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
+        graph_was_there = graph_file is None or graph_file.exists()
+        self._graph = open_note_store(path)
         self._index: VectorIndex | None = None
         try:
             self._ledger = Ledger(self._graph.connection)
@@ -158,7 +158,7 @@ class Memory:
         with self._lock:
             if self._closed:
                 raise StoreClosedError(f"memory at {self.path} is closed")
-            with self._graph.lock(), sqlite_errors(self._graph.path):
+            with self._graph.lock(), self._graph.errors():
                 if self._graph.refresh_if_changed():
                     self._index.refresh()
                 self._sync.catch_up()

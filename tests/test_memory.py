@@ -25,6 +25,13 @@ def index_ids(mem: Memory) -> set[str]:
     return {by_token.get(token, token) for token in mem._index.tokens()}
 
 
+@pytest.fixture
+def memory(memory_location, embedder):
+    """This suite runs on both note stores: SQLite in a folder, and PostgreSQL (with a Chroma server)."""
+    with Memory(**memory_location(), embedder=embedder) as mem:
+        yield mem
+
+
 # ---- remember / recall ------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ release) is moved to the `quarantine` table and reported, never fatal and never 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -191,6 +192,10 @@ class NoteGraph:
 
     def close(self) -> None:
         self._db.close()
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Where SQLite's failures become agentmem's typed errors."""
+        return sqlite_errors(self.path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
