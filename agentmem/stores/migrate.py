@@ -1,0 +1,117 @@
+"""Moving a folder store (SQLite) into a PostgreSQL database: notes, links, history, ledger and vectors.
+
+Every table is copied from one read snapshot of the SQLite file, with the store's identity
+and index key, so note tokens and the store id stay the same. The vector index is then
+rebuilt from the copied embeddings (the graph holds every one) in the Chroma server given,
+or in an embedded index in the new store's local folder; the editor's saved state is copied
+into that local folder. The target must be empty: nothing is merged, and a refused
+migration leaves it as it was. Stop the writers of the source store while it runs.
+"""
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ..errors import InvalidInputError, StoreUnavailableError
+from .graph import NoteGraph
+from .location import GRAPH_FILE, is_postgres_url, local_folder
+from .postgres import PostgresNoteGraph, copied_tables, redacted
+from .sync import IndexSync
+from .vectors import VectorIndex
+
+
+class MigrationReport(BaseModel):
+    """What a migration copied."""
+
+    source: str
+    target: str
+    rows: dict[str, int]
+    vectors: int
+    editor_copied: bool
+
+
+def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None = None,
+            collection: str = "agentmem_notes") -> MigrationReport:
+    """Copy the store in `source_folder` into the empty PostgreSQL database at `target_url`."""
+    source = Path(source_folder)
+    if not (source / GRAPH_FILE).is_file():
+        raise InvalidInputError(f"{source} holds no store (no {GRAPH_FILE})")
+    if not is_postgres_url(target_url):
+        raise InvalidInputError("the target must be a postgresql://user@host:port/database URL")
+    origin = NoteGraph(source / GRAPH_FILE)
+    try:
+        target = PostgresNoteGraph(target_url)
+    except BaseException:
+        origin.close()
+        raise
+    try:
+        rows = _copy_tables(origin, target, target_url)
+        vectors = _rebuild_index(target_url, chroma_url, collection)
+        editor = _copy_editor(source, local_folder(target_url))
+    finally:
+        target.close()
+        origin.close()
+    return MigrationReport(source=str(source), target=redacted(target_url), rows=rows, vectors=vectors,
+                           editor_copied=editor)
+
+
+def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) -> dict[str, int]:
+    tables = copied_tables(origin)
+    copied_tables(target)
+    reader = origin.connection
+    with target.lock():
+        if target.count() or target.get_meta("store_id") is not None:
+            raise InvalidInputError(f"{redacted(target_url)} already holds a store; migrate into an empty database")
+        counts: dict[str, int] = {}
+        with target.transaction():
+            target.connection.execute("DELETE FROM meta")  # the new database's own key gives way to the store's
+            reader.execute("BEGIN")  # one read snapshot of the whole file
+            try:
+                for table, columns in tables.items():
+                    data = reader.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid").fetchall()
+                    insert = (
+                        f"INSERT INTO {table} ({', '.join(columns)})"
+                        f" {'OVERRIDING SYSTEM VALUE ' if table == 'consolidation_ledger' else ''}"
+                        f"VALUES ({', '.join('?' * len(columns))})"
+                    )
+                    for row in data:
+                        target.connection.execute(insert, tuple(row))
+                    counts[table] = len(data)
+            finally:
+                reader.execute("COMMIT")
+            target.connection.execute(
+                "SELECT setval(pg_get_serial_sequence('consolidation_ledger', 'id'), COALESCE(MAX(id), 0) + 1, false)"
+                " FROM consolidation_ledger"
+            )
+    return counts
+
+
+def _rebuild_index(target_url: str, chroma_url: str | None, collection: str) -> int:
+    """The vector index of the migrated store, filled from the embeddings it holds."""
+    graph = PostgresNoteGraph(target_url)  # reopened: it now carries the source's key and identity
+    try:
+        folder = local_folder(target_url)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot create the local folder {folder}: {exc}") from exc
+        index = VectorIndex(folder / "chroma", collection, chroma_url, graph.index_key)
+        try:
+            if graph.store_id is None:  # a release-0.1 store: give it its identity now
+                graph.claim(uuid.uuid4().hex)
+            return IndexSync(graph, index).rebuild()
+        finally:
+            index.close()
+    finally:
+        graph.close()
+
+
+def _copy_editor(source: Path, folder: Path) -> bool:
+    if not (source / "editor").is_dir():
+        return False
+    shutil.copytree(source / "editor", folder / "editor", dirs_exist_ok=True)
+    return True
+

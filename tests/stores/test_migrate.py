@@ -1,0 +1,88 @@
+"""Migrating a folder store into PostgreSQL: a real Memory's store, a real server, the same answers after."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agentmem import Memory, Note
+from agentmem.consolidation.ledger import Ledger
+from agentmem.errors import InvalidInputError
+from agentmem.notes import Fact
+from agentmem.stores.filters import NoteFilter
+from agentmem.stores.graph import NoteGraph
+from agentmem.stores.migrate import migrate
+from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.vectors import VectorIndex
+from tests.conftest import T0
+
+TEXTS = [
+    "Alice moved to Lisbon in 2024",
+    "Alice works as a marine biologist",
+    "Bob adopted a grey cat named Pixel",
+    "Bob's cat Pixel likes to sleep on the piano",
+    "Carol is training for the Berlin marathon",
+]
+
+
+@pytest.fixture
+def source(tmp_path, embedder):
+    folder = tmp_path / "memdata"
+    with Memory(folder, embedder=embedder) as mem:
+        for i, text in enumerate(TEXTS):
+            mem.remember(text, user_id="alice" if i < 2 else "bob", at=T0, metadata={"i": i})
+        mem.recall("Where does Alice live?", user_id="alice", at=T0)
+        note = mem.notes(user_id="alice")[0]
+        mem.update(note.id, text="Alice moved to Lisbon in the spring of 2024", at=T0)
+    graph = NoteGraph(folder / "notes.sqlite3")
+    ledger = Ledger(graph.connection)  # its schema script commits: open it outside the transaction
+    with graph.transaction():
+        ledger.add(note.id, "e1", Fact(prompt="Alice lives in", target="Lisbon"), "grace", "applied", T0)
+    graph.close()
+    (folder / "editor").mkdir()
+    (folder / "editor" / "CURRENT").write_text("1")
+    return folder
+
+
+def test_migration_copies_every_table_and_the_vectors(source, postgres_url, chroma_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    report = migrate(source, postgres_url, chroma_url=chroma_server, collection="migrated")
+    assert report.rows["notes"] == len(TEXTS) and report.rows["consolidation_ledger"] == 1 and report.editor_copied
+    assert report.vectors == len(TEXTS)
+    before, after = NoteGraph(source / "notes.sqlite3"), PostgresNoteGraph(postgres_url)
+    try:
+        ids = sorted(before.all_ids())
+        assert after.get_many(ids) == before.get_many(ids)
+        assert {i: after.history(i) for i in ids} == {i: before.history(i) for i in ids}
+        assert {i: after.recall_times(i) for i in ids} == {i: before.recall_times(i) for i in ids}
+        assert after.store_id == before.store_id and after.all_tokens() == before.all_tokens()
+        assert after.pending() == []
+        assert [e.edit_id for e in Ledger(after.connection).entries()] == ["e1"]
+        Ledger(after.connection).add("x", "e2", Fact(prompt="p", target="t"), "grace", "pending", T0)  # ids go on
+        query = next(iter(before.load([ids[0]]).values()))[1]
+        index = VectorIndex(tmp_path / "unused", "migrated", chroma_server, after.index_key)
+        [hits] = index.query(query[None, :], 3, {})
+        assert after.ids_of([t for t, _ in hits])[hits[0][0]] == ids[0]
+        index.close()
+        terms = ["lisbon", "cat", "marathon"]
+        assert [i for i, _ in after.lexical_search(terms, 5, NoteFilter())] != []
+        assert {i for i, _ in after.lexical_search(terms, 5, NoteFilter())} == {
+            i for i, _ in before.lexical_search(terms, 5, NoteFilter())}
+    finally:
+        before.close()
+        after.close()
+    assert (tmp_path / "home").rglob("CURRENT")
+
+
+def test_migration_refuses_a_target_that_holds_a_store_and_changes_nothing(source, postgres_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    existing = PostgresNoteGraph(postgres_url)
+    with existing.transaction():
+        existing.insert(Note(id="keep", text="kept", created_at=T0, updated_at=T0, last_recalled=T0), np.ones(4))
+    with pytest.raises(InvalidInputError):
+        migrate(source, postgres_url)
+    assert existing.all_ids() == {"keep"}
+    existing.close()
+    with pytest.raises(InvalidInputError):
+        migrate(tmp_path / "nowhere", postgres_url)
+    with pytest.raises(InvalidInputError):
+        migrate(source, str(tmp_path / "folder"))
