@@ -85,8 +85,7 @@ class Memory:
         `policy` is `consolidate`'s default. `fact_extractor` gives notes remembered without a
         fact one (None: only explicit facts).
         """
-        if not isinstance(path, (str, Path)) or not str(path).strip():
-            raise InvalidInputError("path must be a non-empty string or Path")
+        check.store_location(path)
         if policy is not None and not isinstance(policy, ConsolidationPolicy):
             raise InvalidInputError("policy must be a ConsolidationPolicy")
         if fact_extractor is not None and not callable(fact_extractor):

@@ -141,6 +141,20 @@ def flag(value: Any, name: str) -> bool:
     return value
 
 
+def store_location(value: Any) -> str | Path:
+    """A store's folder, or a postgresql:// URL: a usable, non-empty string or Path."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise InvalidInputError("path must be a non-empty string or Path (a folder, or a postgresql:// URL)")
+    raw = str(value)
+    try:
+        clean_string(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"path {exc}") from None
+    if len(raw) > MAX_PATH_CHARS:
+        raise InvalidInputError("path is too long")
+    return value
+
+
 def file_path(value: Any, name: str = "path") -> Path:
     """A path to a file (existing or to create): not empty, not a directory, in an existing folder."""
     if not isinstance(value, (str, Path)) or not str(value).strip():
