@@ -37,29 +37,31 @@ def key_moments(
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] per layer of `projections` (float32, key size squared), over `sampled_tokens` tokens of text sampled
     from the model and the first `corpus_tokens` tokens of `corpus_path`, in windows of `window`.
-    Cached: the same model and settings are computed once."""
+    Cached per layer: the same model, layer and settings are computed once."""
     if sampled_tokens + (corpus_tokens if corpus_path else 0) <= 0:
         raise InvalidInputError("the key statistics need a corpus: sampled tokens or a corpus file")
-    settings = {
-        "model": lm.name, "fingerprint": fingerprint(lm, projections), "layers": sorted(projections),
-        "sampled": sampled_tokens,
-        "corpus": str(Path(corpus_path).resolve()) if corpus_path else None,
+    corpus = {
+        "model": lm.name, "sampled": sampled_tokens, "corpus": str(Path(corpus_path).resolve()) if corpus_path else None,
         "corpus_tokens": corpus_tokens if corpus_path else 0, "window": window, "seed": seed,
     }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-    cache = agentmem_home() / "statistics" / f"{digest}.safetensors"
-    if cache.is_file():
-        stored = load_file(cache, device=str(lm.device))
-        return {layer: stored[str(layer)] for layer in projections}
-    windows = cached_samples(lm, sampled_tokens, window, seed)
-    if corpus_path:
-        windows += file_windows(lm, corpus_path, corpus_tokens, window)
-    moments = accumulate(lm, projections, windows)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial")
-    save_file({str(k): v.contiguous() for k, v in moments.items()}, partial, metadata={"settings": json.dumps(settings)})
-    partial.replace(cache)
-    return moments
+    caches = {}
+    for layer, projection in projections.items():
+        settings = {**corpus, "layer": layer, "fingerprint": fingerprint(lm, {layer: projection})}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+        caches[layer] = agentmem_home() / "statistics" / f"moments-{digest}.safetensors"
+    moments = {layer: load_file(path, device=str(lm.device))["moments"] for layer, path in caches.items() if path.is_file()}
+    missing = {layer: projection for layer, projection in projections.items() if layer not in moments}
+    if missing:
+        windows = cached_samples(lm, sampled_tokens, window, seed)
+        if corpus_path:
+            windows += file_windows(lm, corpus_path, corpus_tokens, window)
+        for layer, moment in accumulate(lm, missing, windows).items():
+            moments[layer] = moment
+            caches[layer].parent.mkdir(parents=True, exist_ok=True)
+            partial = caches[layer].with_name(caches[layer].name + ".partial")
+            save_file({"moments": moment.contiguous()}, partial, metadata={"settings": json.dumps({**corpus, "layer": layer})})
+            partial.replace(caches[layer])
+    return {layer: moments[layer] for layer in projections}
 
 
 def fingerprint(lm: LanguageModel, projections: Mapping[int, nn.Linear]) -> str:
