@@ -225,3 +225,11 @@ def test_every_rejection_is_an_agentmem_error_with_a_readable_message(memory):
     with pytest.raises(AgentMemError) as caught:
         memory.remember("x", at=datetime(9999, 12, 31, 23, 59, 59))
     assert "between 1000-01-01 and 9000-01-01" in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["", "   ", 42, "x\ud800", "x\x00y", "postgresql:/no-slashes"])
+def test_a_bad_store_location_is_refused_before_anything_is_created(tmp_path, embedder, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError):
+        Memory(path, embedder=embedder)
+    assert list(tmp_path.iterdir()) == []
