@@ -152,6 +152,8 @@ def store_location(value: Any) -> str | Path:
         raise InvalidInputError(f"path {exc}") from None
     if len(raw) > MAX_PATH_CHARS:
         raise InvalidInputError("path is too long")
+    if raw.startswith(("postgresql:", "postgres:")) and not raw.startswith(("postgresql://", "postgres://")):
+        raise InvalidInputError(f"a PostgreSQL store is named by a URL postgresql://user@host:port/database, not {raw!r}")
     return value
 
 
