@@ -4,7 +4,11 @@ The baseline is what a user would write without agentmem: MiniLM `encode` plus a
 Chroma collection (`add` to store, `query` to search). Both run in the same process on
 the same texts, so the ratios compare like with like.
 
-    python -m agentmem.eval.latency [--data ../shared/data] [--sizes 1000 10000] [--out latency.json]
+    python -m agentmem.eval.latency [--data ../shared/data] [--sizes 1000 10000] [--store sqlite postgres]
+        [--out latency.json]
+
+`--store postgres` keeps the notes in a PostgreSQL 15 server started for the run (durable
+settings, loopback TCP); its vector index is embedded Chroma, as for the baseline and SQLite.
 
 Texts: LoCoMo dialog turns and ZsRE questions (about 12k distinct sentences), stored as
 50-note sessions of one user, so linking and duplicate checks run as in real use.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +30,7 @@ import numpy as np
 from ..memory import Memory
 from ..models import load_embedder
 from ..stores.vectors import client_settings
+from .postgres_server import TemporaryPostgres
 from .report import machine_line, write_section
 
 PROBES = 100  # single remembers and recalls timed at each size
@@ -89,7 +95,20 @@ class Baseline:
         self.collection.query(query_embeddings=self.encode([text]), n_results=10)
 
 
-def run(data: Path, sizes: list[int]) -> dict:
+def open_memory(store: str, workdir: Path) -> tuple[Memory, TemporaryPostgres | None]:
+    """A new memory on the note store named, and the PostgreSQL server it needs (to stop after)."""
+    if store == "sqlite":
+        return Memory(workdir / "memory", collection="latency"), None
+    os.environ["AGENTMEM_HOME"] = str(workdir / "home")  # the embedded index goes in the work folder
+    server = TemporaryPostgres()
+    try:
+        return Memory(server.create_database("latency"), collection="latency"), server
+    except BaseException:
+        server.stop()
+        raise
+
+
+def run(data: Path, sizes: list[int], store: str = "sqlite") -> dict:
     texts, questions = corpus(data)
     if len(texts) < max(sizes) + PROBES:
         sys.exit(f"only {len(texts)} distinct texts; the largest size needs {max(sizes) + PROBES}")
@@ -97,41 +116,45 @@ def run(data: Path, sizes: list[int]) -> dict:
     asks = questions[:PROBES]
     workdir = Path(tempfile.mkdtemp(prefix="agentmem-latency-"))
     baseline = Baseline(workdir / "baseline")
-    memory = Memory(workdir / "memory", collection="latency")
+    memory, server = open_memory(store, workdir)
     results: dict = {"sizes": {}}
 
-    filled = 0
-    for size in sizes:
-        batch = pool[filled:size]
-        items = [{"text": t, "session_id": f"s{(filled + i) // 50}"} for i, t in enumerate(batch)]
-        # baseline and agentmem alternate chunk by chunk (and below, probe by probe),
-        # so a load spike on this shared machine hits both alike
-        encode_seconds = many_seconds = 0.0
-        for start in range(0, len(batch), CHUNK):
-            chunk: list = []
-            encode_seconds += timed(lambda: chunk.append(baseline.encode(batch[start : start + CHUNK])))
-            many_seconds += timed(lambda: memory.remember_many(items[start : start + CHUNK], user_id="bench"))
-            baseline.add(batch[start : start + CHUNK], chunk[0])
-        filled = size
+    try:
+        filled = 0
+        for size in sizes:
+            batch = pool[filled:size]
+            items = [{"text": t, "session_id": f"s{(filled + i) // 50}"} for i, t in enumerate(batch)]
+            # baseline and agentmem alternate chunk by chunk (and below, probe by probe),
+            # so a load spike on this shared machine hits both alike
+            encode_seconds = many_seconds = 0.0
+            for start in range(0, len(batch), CHUNK):
+                chunk: list = []
+                encode_seconds += timed(lambda: chunk.append(baseline.encode(batch[start : start + CHUNK])))
+                many_seconds += timed(lambda: memory.remember_many(items[start : start + CHUNK], user_id="bench"))
+                baseline.add(batch[start : start + CHUNK], chunk[0])
+            filled = size
 
-        remember_base, remember_ours, recall_base, recall_ours, stored = [], [], [], [], []
-        for text, question in zip(probes, asks):
-            remember_base.append(timed(lambda: baseline.add([text])))
-            remember_ours.append(timed(lambda: stored.append(memory.remember(text, user_id="bench", session_id="probe").id)))
-            recall_base.append(timed(lambda: baseline.query(question)))
-            recall_ours.append(timed(lambda: memory.recall(question, user_id="bench", k=10)))
-        results["sizes"][size] = {
-            "notes_stored": memory.stats().notes,
-            "remember": {"baseline": percentiles(remember_base), "agentmem": percentiles(remember_ours)},
-            "recall": {"baseline": percentiles(recall_base), "agentmem": percentiles(recall_ours)},
-            "throughput_per_s": {
-                "minilm_encode": len(batch) / encode_seconds,
-                "remember_many": len(batch) / many_seconds,
-            },
-        }
-        for note_id in set(stored):  # the next size starts from the pool alone
-            memory.forget(note_id)
-    memory.close()
+            remember_base, remember_ours, recall_base, recall_ours, stored = [], [], [], [], []
+            for text, question in zip(probes, asks):
+                remember_base.append(timed(lambda: baseline.add([text])))
+                remember_ours.append(timed(lambda: stored.append(memory.remember(text, user_id="bench", session_id="probe").id)))
+                recall_base.append(timed(lambda: baseline.query(question)))
+                recall_ours.append(timed(lambda: memory.recall(question, user_id="bench", k=10)))
+            results["sizes"][size] = {
+                "notes_stored": memory.stats().notes,
+                "remember": {"baseline": percentiles(remember_base), "agentmem": percentiles(remember_ours)},
+                "recall": {"baseline": percentiles(recall_base), "agentmem": percentiles(recall_ours)},
+                "throughput_per_s": {
+                    "minilm_encode": len(batch) / encode_seconds,
+                    "remember_many": len(batch) / many_seconds,
+                },
+            }
+            for note_id in set(stored):  # the next size starts from the pool alone
+                memory.forget(note_id)
+    finally:
+        memory.close()
+        if server is not None:
+            server.stop()
     return results
 
 
@@ -142,14 +165,15 @@ def markdown(results: dict, command: str) -> str:
         f"Measured {machine_line()}.",
         f"Command: `{command}`",
         "",
-        "| notes | remember p50 / p95 (ms) | baseline add p50 / p95 | ratio p50 | recall p50 / p95 (ms) |"
+        "| store | notes | remember p50 / p95 (ms) | baseline add p50 / p95 | ratio p50 | recall p50 / p95 (ms) |"
         " baseline query p50 / p95 | ratio p50 | remember_many / encode throughput (texts/s) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for size, r in results["sizes"].items():
+    for store, size, r in ((store, size, r) for store, by_size in results["stores"].items()
+                           for size, r in by_size["sizes"].items()):
         rem, rec, tp = r["remember"], r["recall"], r["throughput_per_s"]
         lines.append(
-            f"| {r['notes_stored']} "
+            f"| {store} | {r['notes_stored']} "
             f"| {rem['agentmem']['p50_ms']:.1f} / {rem['agentmem']['p95_ms']:.1f} "
             f"| {rem['baseline']['p50_ms']:.1f} / {rem['baseline']['p95_ms']:.1f} "
             f"| {rem['agentmem']['p50_ms'] / rem['baseline']['p50_ms']:.2f}x "
@@ -173,10 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--store", nargs="+", choices=["sqlite", "postgres"], default=["sqlite"],
+                        help="the note stores to measure, each with its own baseline run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the raw figures as JSON here")
     parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    results = run(args.data, sorted(args.sizes))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = {"stores": {store: run(args.data, sorted(args.sizes), store) for store in args.store}}
     command = "python -m agentmem.eval.latency " + " ".join(argv if argv is not None else sys.argv[1:])
     write_section("latency", markdown(results, command.strip()), args.benchmarks)
     if args.out:
