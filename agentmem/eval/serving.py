@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -162,6 +163,7 @@ def run(data: Path, notes: int, probes: int, threads: int) -> dict:
     finally:
         process.terminate()
         process.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
