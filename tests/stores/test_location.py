@@ -1,0 +1,32 @@
+"""Where a memory lives: a folder gives the SQLite store, a postgresql:// URL the PostgreSQL one."""
+from __future__ import annotations
+
+import pytest
+
+from agentmem.errors import InvalidInputError
+from agentmem.stores.graph import NoteGraph
+from agentmem.stores.location import is_postgres_url, local_folder, open_note_store
+from agentmem.stores.postgres import PostgresNoteGraph
+
+
+def test_a_folder_opens_the_sqlite_store_inside_it(tmp_path):
+    store = open_note_store(tmp_path / "new" / "memdata")
+    assert isinstance(store, NoteGraph) and (tmp_path / "new" / "memdata" / "notes.sqlite3").is_file()
+    store.close()
+    assert local_folder(tmp_path / "memdata") == tmp_path / "memdata"
+
+
+def test_a_url_opens_the_postgres_store_and_a_local_folder_of_its_own(postgres_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path))
+    first, second = postgres_server.create_database(), postgres_server.create_database()
+    store = open_note_store(first)
+    assert isinstance(store, PostgresNoteGraph) and is_postgres_url(first)
+    store.close()
+    assert local_folder(first).parent == tmp_path / "postgres" and local_folder(first) != local_folder(second)
+    assert local_folder("postgresql://u:secret@db.example:5433/mem").name == "db.example-5433-mem"
+
+
+@pytest.mark.parametrize("location", ["postgresql:/nohost/db", "postgres:db"])
+def test_a_malformed_url_is_refused(location):
+    with pytest.raises(InvalidInputError):
+        open_note_store(location)
