@@ -43,6 +43,7 @@ from ..notes import Fact, Link, Note
 from .filters import NoteFilter
 from .graph import NOTE_COLUMNS, UNREADABLE, NoteGraph, from_timestamp, to_timestamp
 from .ledger_connection import LedgerConnection, Row, row_factory
+from .shared_folders import SharedFolders
 from .tokens import index_token
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class PostgresNoteGraph:
             self.migrated_from = self.get_meta("schema_version")
             self.index_key = bytes.fromhex(self.get_meta("index_key"))
             self.store_id = self.get_meta("store_id")
+            self.shared_folders = SharedFolders(self._session)  # versioned folders, e.g. the editor's state
             self.refresh_if_changed()
         except BaseException:
             self._pool.close()

@@ -1,6 +1,7 @@
 """The PostgreSQL note store against a real PostgreSQL 15 server, held to the SQLite store's behaviour."""
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -241,3 +242,22 @@ def test_an_unreachable_server_is_a_typed_error(postgres_server):
     url = postgres_server.url("no_such_database")
     with pytest.raises(StoreUnavailableError):
         PostgresNoteGraph(url)
+
+
+def test_a_published_folder_reaches_another_host_s_folder_whole_and_versioned(store, tmp_path):
+    shared = store.shared_folders
+    assert shared.version("editor") is None and shared.fetch("editor", tmp_path / "b" / "editor") is None
+    source = tmp_path / "a" / "editor"
+    (source / "1").mkdir(parents=True)
+    (source / "1" / "state.bin").write_bytes(b"\x00\x01" * 1000)
+    (source / "CURRENT").write_text("1")
+    assert shared.publish("editor", source) == 1
+    target = tmp_path / "b" / "editor"
+    assert shared.fetch("editor", target) == 1 and (target / "1" / "state.bin").read_bytes() == b"\x00\x01" * 1000
+    (source / "2").mkdir()
+    (source / "CURRENT").write_text("2")
+    shutil.rmtree(source / "1")
+    assert shared.publish("editor", source) == 2 and shared.version("editor") == 2
+    assert shared.fetch("editor", target) == 2
+    assert (target / "CURRENT").read_text() == "2" and not (target / "1").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["editor"]  # no staging left behind
