@@ -17,7 +17,8 @@ from .emmet import EmmetConfig, EmmetEditor
 
 
 class RomeConfig(EmmetConfig):
-    """One layer, one fact per solve, no ridge on the (1 x 1) constraint."""
+    """One layer (the middle of the batch editors' band; not compared with others), one fact per solve,
+    no ridge on the (1 x 1) constraint."""
 
     layers: tuple[int, ...] = (5,)
     batch_size: int = Field(default=1, ge=1, le=1)
