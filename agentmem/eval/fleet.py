@@ -1,0 +1,142 @@
+"""Remember throughput of one process and of two processes on one PostgreSQL store.
+
+    python -m agentmem.eval.fleet [--data ../shared/data] [--notes 100] [--threads 1]
+
+A PostgreSQL 15 server and a `chroma run` server are started for the run. Each process is
+a replica: its own Memory on the shared store, one torch thread, MiniLM loaded and warmed
+before a common start signal. One process remembers N texts; then, on a fresh store, two
+processes remember N different texts each at once. Throughput = texts / wall time of the
+slowest process. The target (issue 16) is two processes >= 1.6x one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .latency import corpus
+from .postgres_server import TemporaryPostgres
+from .report import machine_line, write_section
+
+REPLICA = """
+import sys, time, json
+import torch
+from agentmem import Memory
+url, chroma, collection, threads, texts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(threads)
+texts = json.loads(open(texts).read())
+with Memory(url, chroma_url=chroma, collection=collection) as mem:
+    mem.recall("warm up", k=1, reinforce=False)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter()
+    for i, text in enumerate(texts):
+        mem.remember(text, user_id="fleet", session_id=f"s{i // 50}")
+    print(time.perf_counter() - start, flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_chroma(folder: Path) -> tuple[subprocess.Popen, str]:
+    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    port = _free_port()
+    process = subprocess.Popen([chroma, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    sys.exit("chroma run did not start listening within 60 s")
+
+
+def replicas(url: str, chroma: str, collection: str, threads: int, batches: list[list[str]], workdir: Path) -> float:
+    """Start one replica per batch, release them together; the texts per second of the whole fleet."""
+    processes = []
+    for n, batch in enumerate(batches):
+        texts = workdir / f"{collection}-{n}.json"
+        texts.write_text(json.dumps(batch))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", REPLICA, url, chroma, collection, str(threads), str(texts)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        ))
+    for process in processes:
+        if process.stdout.readline().strip() != "ready":
+            sys.exit("a replica failed to start")
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    seconds = [float(process.stdout.readline()) for process in processes]
+    if any(process.wait() != 0 for process in processes):
+        sys.exit("a replica failed")
+    return sum(map(len, batches)) / max(seconds)
+
+
+def run(data: Path, notes: int, threads: int) -> dict:
+    texts, _ = corpus(data)
+    workdir = Path(tempfile.mkdtemp(prefix="agentmem-fleet-"))
+    os.environ["AGENTMEM_HOME"] = str(workdir / "home")
+    server = TemporaryPostgres()
+    chroma, chroma_url = start_chroma(workdir / "chroma")
+    try:
+        one = replicas(server.create_database("one"), chroma_url, "one", threads, [texts[:notes]], workdir)
+        two = replicas(server.create_database("two"), chroma_url, "two", threads,
+                       [texts[notes:2 * notes], texts[2 * notes:3 * notes]], workdir)
+    finally:
+        chroma.terminate()
+        chroma.wait(timeout=30)
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"notes_per_process": notes, "threads_per_process": threads, "one_process_per_s": one,
+            "two_processes_per_s": two, "ratio": two / one}
+
+
+def markdown(result: dict, command: str) -> str:
+    return "\n".join([
+        "## Fleet: remember throughput, one vs two processes on one PostgreSQL store",
+        "",
+        f"Measured {machine_line()}.",
+        f"Command: `{command}`",
+        "",
+        "| processes | texts per process | torch threads each | remember throughput (texts/s) |",
+        "|---|---|---|---|",
+        f"| 1 | {result['notes_per_process']} | {result['threads_per_process']} | {result['one_process_per_s']:.1f} |",
+        f"| 2 | {result['notes_per_process']} | {result['threads_per_process']} | {result['two_processes_per_s']:.1f}"
+        f" ({result['ratio']:.2f}x) |",
+        "",
+        "Each process is a replica with its own Memory on one PostgreSQL 15 store and one `chroma run` server."
+        " Target: two processes >= 1.6x one. Embedding runs outside the store's advisory lock; the write"
+        " section (neighbours, duplicates, links, the note's commit and its index write) is serialized.",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--notes", type=int, default=100, help="texts each process remembers")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    result = run(args.data, args.notes, args.threads)
+    command = "python -m agentmem.eval.fleet " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_section("fleet", markdown(result, command.strip()), args.benchmarks)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
