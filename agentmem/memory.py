@@ -104,6 +104,7 @@ class Memory:
         self._model, self._editor_spec = model, editor
         self.policy = policy or ConsolidationPolicy()
         self._consolidator: Consolidator | None = None
+        self._editor_version: int | None = None  # of the shared editor state this process holds
         self._parametric_lock = threading.RLock()
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
         graph_was_there = graph_file is None or graph_file.exists()
@@ -296,8 +297,9 @@ class Memory:
             self._sync.push(changed, [note_id])
             self._graph.purge_freed()
         if self._consolidator is not None:
-            with self._parametric_lock:
+            with self._parametric_lock, self._graph.job_lock():
                 self._consolidator.retract_pending(check.time(None))
+                self._publish_editor_state()
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
         """Link two notes by hand (both ways)."""
@@ -610,8 +612,11 @@ class Memory:
         when = check.time(at)
         check.flag(dry_run, "dry_run")
         check.flag(progress, "progress")
-        with self._parametric_lock:
-            return self._consolidation().run(policy, when, dry_run, progress=progress)
+        with self._parametric_lock, self._graph.job_lock():
+            report = self._consolidation().run(policy, when, dry_run, progress=progress)
+            if not dry_run:
+                self._publish_editor_state()
+            return report
 
     def ledger(self, note_id: str | None = None) -> list[LedgerEntry]:
         """The consolidation ledger (of one note, if given): which note became which edit, and how it verified."""
@@ -652,10 +657,12 @@ class Memory:
                 return answer_question(consolidator.parametric, question, recall, max_new_tokens)
 
     def _consolidation(self) -> Consolidator:
-        """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use."""
+        """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use,
+        with the editor state another replica published since, if any."""
         with self._parametric_lock:
             if self._closed:
                 raise StoreClosedError(f"memory at {self.path} is closed")
+            self._fetch_editor_state()
             if self._consolidator is None:
                 lm = self._model if isinstance(self._model, LanguageModel) else load_model(self._model)
                 access = NoteAccess(
@@ -674,6 +681,24 @@ class Memory:
                 self._consolidator = consolidator
             return self._consolidator
 
+    def _fetch_editor_state(self) -> None:
+        """On a store shared through a database, take the editor state a job elsewhere published
+        (a version check per call; a folder store's processes share the folder itself)."""
+        shared = self._graph.shared_folders
+        if shared is None:
+            return
+        version = shared.version("editor")
+        if version is not None and version != self._editor_version:
+            self._editor_version = shared.fetch("editor", self.path / "editor")
+            if self._consolidator is not None:
+                self._consolidator.parametric.refresh()
+
+    def _publish_editor_state(self) -> None:
+        """After a job (or a retraction) on a shared store, publish the editor state for every replica."""
+        shared = self._graph.shared_folders
+        if shared is not None and (self.path / "editor").is_dir():
+            self._editor_version = shared.publish("editor", self.path / "editor")
+
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
         """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""
         if self.policy.replace != "immediately" or not notes:
@@ -681,8 +706,9 @@ class Memory:
         with self._exclusive():
             due = {note.id for note in notes if self._ledger.holds(note.id, note.fact)}
         if due:
-            with self._parametric_lock:
+            with self._parametric_lock, self._graph.job_lock():
                 self._consolidation().run(self.policy, at, only=due)
+                self._publish_editor_state()
 
     def _policy(self, policy: Any) -> ConsolidationPolicy:
         if policy is None or isinstance(policy, ConsolidationPolicy):

@@ -193,6 +193,13 @@ class NoteGraph:
     def close(self) -> None:
         self._db.close()
 
+    shared_folders = None  # one machine's processes share the folder itself (see stores/shared_folders.py)
+
+    @contextmanager
+    def job_lock(self, wait: bool = True) -> Iterator[bool]:
+        """One consolidation job at a time: on one machine the job's own lock file does it."""
+        yield True
+
     def errors(self) -> contextlib.AbstractContextManager[None]:
         """Where SQLite's failures become agentmem's typed errors."""
         return sqlite_errors(self.path)
