@@ -120,7 +120,9 @@ def test_a_consolidation_job_in_one_process_is_answered_from_in_the_other(fleet,
         job = subprocess.run(
             [sys.executable, "-c", JOB, fleet["path"], fleet["chroma_url"], fleet["collection"], str(checkpoint),
              tiny_config.model_dump_json(), LATER.isoformat()],
-            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.getcwd()},
+            capture_output=True, text=True, timeout=600,
+            # another AGENTMEM_HOME, as on another host: the edits reach this process through the database
+            env={**os.environ, "PYTHONPATH": os.getcwd(), "AGENTMEM_HOME": str(tmp_path / "other-host")},
         )
         assert job.returncode == 0 and job.stdout.split() == ["1"], job.stderr[-2000:]
         answer = mem.answer("Alice lives in", retrieval=False)
