@@ -27,8 +27,18 @@ def is_postgres_url(location: str | Path) -> bool:
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
 
+def check_location(location: str | Path) -> None:
+    """Refuse what looks meant as a PostgreSQL URL but is not one (a `Path` folds `//` into `/`)."""
+    if str(location).startswith(("postgresql:", "postgres:")) and not is_postgres_url(location):
+        raise InvalidInputError(
+            f"a PostgreSQL store is named by a URL string postgresql://user@host:port/database, not {location!r}"
+            " (pass it as a str, not a Path)"
+        )
+
+
 def local_folder(location: str | Path, home: Path | None = None) -> Path:
     """The memory's folder on this machine (see the module doc); not created here."""
+    check_location(location)
     if not is_postgres_url(location):
         return Path(location)
     parts = urlsplit(str(location))
@@ -41,8 +51,7 @@ def local_folder(location: str | Path, home: Path | None = None) -> Path:
 def open_note_store(location: str | Path) -> NoteStore:
     """The note store at `location`: PostgreSQL for a `postgresql://` URL, else `notes.sqlite3`
     in the folder (created if missing)."""
-    if isinstance(location, str) and location.startswith(("postgresql:", "postgres:")) and not is_postgres_url(location):
-        raise InvalidInputError(f"a PostgreSQL store is named by a URL postgresql://user@host:port/database, not {location!r}")
+    check_location(location)
     if is_postgres_url(location):
         return PostgresNoteGraph(str(location))
     folder = Path(location)

@@ -1,6 +1,8 @@
 """Where a memory lives: a folder gives the SQLite store, a postgresql:// URL the PostgreSQL one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentmem.errors import InvalidInputError
@@ -26,7 +28,10 @@ def test_a_url_opens_the_postgres_store_and_a_local_folder_of_its_own(postgres_s
     assert local_folder("postgresql://u:secret@db.example:5433/mem").name == "db.example-5433-mem"
 
 
-@pytest.mark.parametrize("location", ["postgresql:/nohost/db", "postgres:db"])
-def test_a_malformed_url_is_refused(location):
-    with pytest.raises(InvalidInputError):
-        open_note_store(location)
+@pytest.mark.parametrize("location", ["postgresql:/nohost/db", "postgres:db", Path("postgresql://u@h/db")])
+def test_a_malformed_url_is_refused_before_any_folder_is_made(location, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for call in (open_note_store, local_folder):
+        with pytest.raises(InvalidInputError):
+            call(location)
+    assert list(tmp_path.iterdir()) == []
