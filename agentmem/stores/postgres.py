@@ -99,7 +99,7 @@ CREATE TABLE IF NOT EXISTS store_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE C
 INSERT INTO store_version(one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 """
 
-# ts_rank_cd weights for {D, C, B, A}: the note's own words (A) count most, keywords and tags (B) a little
+# ts_rank weights for {D, C, B, A}: the note's own words (A) count most, keywords and tags (B) half as much
 RANK_WEIGHTS = "{0, 0, 0.5, 1.0}"
 RANK_NORMALIZATION = 1  # divide by 1 + log(document length), as BM25 discounts long documents
 SCHEMA_LOCK = 0x61676D0  # advisory lock keys (per database): creating the schema,
@@ -479,17 +479,23 @@ class PostgresNoteGraph:
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best full-text matches of any of `terms` (english-stemmed) among the notes `where`
-        admits, as (id, score > 0), ranked by ts_rank_cd."""
+        admits, as (id, score > 0). The score is BM25's shape: per term, its IDF over the whole
+        store times `ts_rank` (column-weighted, length-normalized term frequency), summed."""
         if not terms or n < 1:
             return []
-        query = " || ".join(["plainto_tsquery('english', %s)"] * len(terms))
         clause, params = where.postgres_sql("n")
         rows = self._run(
-            f"SELECT n.id, ts_rank_cd(%s, n.search, q.query, %s) AS rank FROM notes n, (SELECT {query} AS query) q"
-            f" WHERE n.search @@ q.query AND {clause} ORDER BY rank DESC, n.seq LIMIT %s",
-            (RANK_WEIGHTS, RANK_NORMALIZATION, *terms, *params, n),
+            "WITH q AS (SELECT DISTINCT plainto_tsquery('english', t) AS query FROM unnest(%s::text[]) AS u(t)),"
+            " df AS (SELECT query, (SELECT count(*) FROM notes WHERE search @@ q.query) AS docs FROM q"
+            "        WHERE numnode(query) > 0),"
+            " total AS (SELECT count(*) AS docs FROM notes)"
+            " SELECT n.id, SUM(ln(1 + (total.docs - df.docs + 0.5) / (df.docs + 0.5))"
+            "                  * ts_rank(%s, n.search, df.query, %s)) AS score"
+            f" FROM df JOIN notes n ON n.search @@ df.query CROSS JOIN total WHERE {clause}"
+            " GROUP BY n.id, n.seq ORDER BY score DESC, n.seq LIMIT %s",
+            (terms, RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
         )
-        return [(note_id, float(rank)) for note_id, rank in rows if rank > 0]
+        return [(note_id, float(score)) for note_id, score in rows if score > 0]
 
     def embeddings_where(self, where: NoteFilter, limit: int) -> dict[str, np.ndarray] | None:
         """The searched vectors of every note `where` admits, or None when more than `limit` do."""
