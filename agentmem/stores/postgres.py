@@ -10,8 +10,10 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 - Freshness: every write transaction bumps `store_version`; `refresh_if_changed` reloads
   the networkx link view when the counter moved (SQLite's `PRAGMA data_version`).
 - Full text: a generated tsvector (english stemming; text weighted A, keywords and tags B)
-  with a GIN index, ranked by `ts_rank_cd` with length normalization (1 + log length) in
-  place of FTS5's BM25. Only the ordering and the ratio to the best match are used.
+  with a GIN index. In place of FTS5's BM25, a score of the same shape: per query term, its
+  IDF over the store (from the index's document counts) times `ts_rank` (column-weighted
+  term frequency, divided by 1 + log of the note's length), summed over the terms. Only
+  the ordering and the ratio to the best match are used.
 - Connections come from a psycopg_pool pool. A thread inside `lock()` or `transaction()`
   keeps one connection pinned, so its statements share the transaction and the session lock.
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
