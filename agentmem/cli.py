@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", type=Path)
     restore_backup = commands.add_parser("restore-backup", help="make --path a new store from a backup folder")
     restore_backup.add_argument("source", type=Path)
+    migrate = commands.add_parser(
+        "migrate", help="move a folder store into an empty PostgreSQL database (vectors, ledger and editor state too)"
+    )
+    migrate.add_argument("--from", dest="source", type=Path, required=True, help="the store folder, e.g. memdata")
+    migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/database")
+    migrate.add_argument("--collection", default="agentmem_notes", help="the vector index's collection")
 
     plan = commands.add_parser("plan", help="what consolidation would do now and why; changes nothing")
     plan.add_argument("--at", type=_time)
@@ -156,6 +162,8 @@ def run(args: argparse.Namespace) -> Any:
         return serve_mcp(args)
     if args.command == "restore-backup":
         return restore_backup(args)
+    if args.command == "migrate":
+        return migrate_store(args)
     if args.url:
         from .server.client import RemoteMemory  # httpx only: fast
 
@@ -246,6 +254,16 @@ def restore_backup(args: argparse.Namespace) -> Any:
         raise InvalidInputError("restore-backup makes a new store on this machine: give --path, not --url")
     with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url) as memory:
         return memory.stats()
+
+
+def migrate_store(args: argparse.Namespace) -> Any:
+    """The folder store --from copied into the PostgreSQL database --to (local only, like restore-backup)."""
+    from .errors import InvalidInputError
+    from .stores.migrate import migrate
+
+    if args.url:
+        raise InvalidInputError("migrate moves a store from this machine: give --from and --to, not --url")
+    return migrate(args.source, args.target, chroma_url=args.chroma_url, collection=args.collection)
 
 
 def serve_mcp(args: argparse.Namespace) -> None:

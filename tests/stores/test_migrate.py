@@ -1,10 +1,13 @@
 """Migrating a folder store into PostgreSQL: a real Memory's store, a real server, the same answers after."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from agentmem import Memory, Note
+from agentmem.cli import main
 from agentmem.consolidation.ledger import Ledger
 from agentmem.errors import InvalidInputError
 from agentmem.notes import Fact
@@ -86,3 +89,15 @@ def test_migration_refuses_a_target_that_holds_a_store_and_changes_nothing(sourc
         migrate(tmp_path / "nowhere", postgres_url)
     with pytest.raises(InvalidInputError):
         migrate(source, str(tmp_path / "folder"))
+
+
+def test_the_migrate_command_moves_a_store_and_prints_its_report(source, postgres_url, chroma_server, tmp_path,
+                                                                 monkeypatch, capsys):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AGENTMEM_URL", raising=False)
+    code = main(["--chroma-url", chroma_server, "migrate", "--from", str(source), "--to", postgres_url,
+                 "--collection", "by_cli"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["rows"]["notes"] == len(TEXTS) and report["vectors"] == len(TEXTS)
+    assert main(["migrate", "--from", str(source), "--to", postgres_url]) == 2  # not empty any more
+    assert "already holds a store" in capsys.readouterr().err
