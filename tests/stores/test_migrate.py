@@ -46,7 +46,8 @@ def source(tmp_path, embedder):
     return folder
 
 
-def test_migration_copies_every_table_and_the_vectors(source, postgres_url, chroma_server, tmp_path, monkeypatch):
+def test_migration_copies_every_table_and_the_vectors_and_recall_gives_the_same_hits(
+        source, postgres_url, chroma_server, tmp_path, monkeypatch, embedder):
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
     report = migrate(source, postgres_url, chroma_url=chroma_server, collection="migrated")
     assert report.rows["notes"] == len(TEXTS) and report.rows["consolidation_ledger"] == 1 and report.editor_copied
@@ -74,6 +75,12 @@ def test_migration_copies_every_table_and_the_vectors(source, postgres_url, chro
         before.close()
         after.close()
     assert (tmp_path / "home").rglob("CURRENT")
+    with Memory(source, embedder=embedder) as before, Memory(postgres_url, chroma_url=chroma_server,
+                                                                collection="migrated", embedder=embedder) as after:
+        for query in ("Where does Alice live?", "Bob's cat", "marathon training"):
+            # the same notes in the same order (scores differ a little: the stores' lexical scores differ)
+            assert [h.note.id for h in after.recall(query, k=3, at=T0, reinforce=False)] == [
+                h.note.id for h in before.recall(query, k=3, at=T0, reinforce=False)]
 
 
 def test_migration_refuses_a_target_that_holds_a_store_and_changes_nothing(source, postgres_url, tmp_path, monkeypatch):
