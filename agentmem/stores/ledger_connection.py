@@ -83,8 +83,10 @@ class LedgerConnection:
     """`execute` and `executescript` as on a sqlite3 connection, on the store's current session
     (inside the caller's transaction when one is open)."""
 
-    def __init__(self, session: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]) -> None:
-        self._session = session
+    def __init__(self, session: Callable[[], AbstractContextManager[psycopg.Connection[Any]]], schema_lock: int) -> None:
+        """`schema_lock`: the advisory lock key under which schema scripts run, so replicas opening
+        a new database at once do not race on CREATE TABLE IF NOT EXISTS."""
+        self._session, self._schema_lock = session, schema_lock
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         info = TABLE_INFO.match(sql)
@@ -98,5 +100,6 @@ class LedgerConnection:
 
     def executescript(self, script: str) -> None:
         """A script of statements without parameters, run as one (Postgres takes several at once)."""
-        with self._session() as conn:
+        with self._session() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._schema_lock,))
             conn.execute(to_postgres(script, placeholders=False))

@@ -45,6 +45,7 @@ from ..notes import Fact, Link, Note
 from .filters import NoteFilter
 from .graph import NOTE_COLUMNS, UNREADABLE, NoteGraph, from_timestamp, to_timestamp
 from .ledger_connection import LedgerConnection, Row, row_factory
+from . import shared_folders
 from .shared_folders import SharedFolders
 from .tokens import index_token
 
@@ -163,6 +164,7 @@ class PostgresNoteGraph:
             with self._session() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
+                conn.execute(shared_folders.SCHEMA)
                 if self.get_meta("index_key") is None:
                     self.set_meta("index_key", os.urandom(32).hex())
                     self.set_meta("schema_version", "2")
@@ -260,7 +262,7 @@ class PostgresNoteGraph:
     @property
     def connection(self) -> LedgerConnection:
         """SQLite-style access for tables kept beside the notes in the same transactions (the ledger)."""
-        return LedgerConnection(self._session)
+        return LedgerConnection(self._session, SCHEMA_LOCK)
 
     def backup(self, target: Path) -> None:
         """A consistent copy of the whole store (one snapshot) as a SQLite file in `NoteGraph`'s layout,

@@ -30,9 +30,8 @@ class SharedFolders:
     """Publish and fetch whole folders through the store's connections."""
 
     def __init__(self, session: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]) -> None:
+        """`session` gives the store's connections; the store creates the table (`SCHEMA`) with its own."""
         self._session = session
-        with self._session() as conn:
-            conn.execute(SCHEMA)
 
     def version(self, name: str) -> int | None:
         """The published version of a folder, None if it was never published."""

@@ -261,3 +261,26 @@ def test_a_published_folder_reaches_another_host_s_folder_whole_and_versioned(st
     assert shared.fetch("editor", target) == 2
     assert (target / "CURRENT").read_text() == "2" and not (target / "1").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["editor"]  # no staging left behind
+
+
+def test_replicas_opening_a_new_database_at_once_do_not_race_on_its_schema(postgres_url):
+    opened, errors = [], []
+    start = threading.Barrier(4)
+
+    def replica() -> None:
+        try:
+            start.wait()
+            store = PostgresNoteGraph(postgres_url)
+            Ledger(store.connection)
+            opened.append(store)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in opened:
+        store.close()
+    assert errors == [] and len(opened) == 4
