@@ -52,7 +52,7 @@ def _policy(value: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmem", description="Long-term memory for LLM agents.")
-    parser.add_argument("--path", type=Path, default=Path("memdata"), help="store folder (default: ./memdata)")
+    parser.add_argument("--path", default="memdata", help="store folder, or a postgresql:// URL (default: ./memdata)")
     parser.add_argument("--chroma-url", default=None, help="use a Chroma server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--url", default=os.environ.get("AGENTMEM_URL"),
                         help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL)")
