@@ -98,7 +98,8 @@ def closed_book(mem: Memory, label: str) -> dict[str, str]:
     said = {}
     lm = mem.language_model
     for prompt, target in CLOSED_BOOK.items():  # as many tokens as the fact's target has
-        answer = mem.answer(prompt, retrieval=False, max_new_tokens=len(lm.encode_pair(prompt, target)[1]))
+        answer = mem.answer(prompt, retrieval=False, user_id="maya",  # her facts are edits in her scope
+                            max_new_tokens=len(lm.encode_pair(prompt, target)[1]))
         said[prompt] = answer.text
         print(f"    {prompt} ... {answer.text!r}   [answered from: {answer.source}]")
     return said
