@@ -552,7 +552,7 @@ class Memory:
         to `Memory(...)` (e.g. `chroma_url`, `embedder`); on a Chroma server the collection's
         contents are replaced by the backup's notes.
         """
-        source, path = Path(source), Path(path)
+        source, path = Path(check.store_location(source)), Path(check.store_location(path))
         if not (source / "notes.sqlite3").is_file():
             raise InvalidInputError(f"{source} is not a backup: it has no notes.sqlite3")
         if (path / "notes.sqlite3").exists():

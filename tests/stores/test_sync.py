@@ -11,7 +11,7 @@ import chromadb
 import pytest
 from chromadb.config import Settings
 
-from agentmem import Memory
+from agentmem import InvalidInputError, Memory
 from agentmem.errors import StoreCorruptedError
 
 from ..conftest import T0
@@ -167,3 +167,10 @@ def test_an_unreadable_row_is_quarantined_and_reported_never_fatal(tmp_path, emb
     with Memory(path, embedder=embedder) as reopened:
         assert reopened.stats().notes == 1 and reopened.stats().quarantined == 2
     assert json.loads((tmp_path / "out.jsonl").read_text())["id"] == ids[2]
+
+
+@pytest.mark.parametrize("source", [42, "", "no-such-backup"])
+def test_restore_backup_refuses_a_bad_source_with_a_typed_error_and_creates_nothing(tmp_path, source):
+    with pytest.raises(InvalidInputError):
+        Memory.restore_backup(source, tmp_path / "target")
+    assert not (tmp_path / "target").exists()
