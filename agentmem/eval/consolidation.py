@@ -138,8 +138,11 @@ def run(lm: LanguageModel, records: Sequence[ZsreRecord], folder: Path, editor: 
 
 class ChatScores(BaseModel):
     facts: int
+    notes: int
     consolidated: int
     failed: int
+    not_consolidated: dict[str, int]  # the policy's reason (or the job's outcome) -> notes
+    failures: list[str]  # why each failed edit was rolled back
     chat_em_before: float
     chat_em_after: float
     chat_em_after_consolidated: float
@@ -149,6 +152,7 @@ class ChatScores(BaseModel):
     unrelated_locality: float
     unrelated_token_locality: float
     job_seconds: float
+    edit_seconds_median: float
 
 
 def swapped_subject(record: ZsreRecord, other: ZsreRecord) -> str | None:
@@ -182,6 +186,9 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         job = mem.consolidate(at=T0 + timedelta(days=1), progress=True)
         job_seconds = time.perf_counter() - start
         applied = {d.note_id for d in job.decisions if d.outcome == "applied"}
+        not_consolidated = Counter(d.reason if d.outcome is None else d.outcome for d in job.decisions
+                                   if d.outcome != "applied")
+        seconds = [d.verification.seconds for d in job.decisions if d.outcome == "applied"]
         em_after = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
         prompt_em = natural_exact_match(lm, [(r.src, r.alt) for r in records])
         neighbours_after, unrelated_after = chat_answers(neighbours), chat_answers(unrelated)
@@ -189,8 +196,11 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
     consolidated = [em for em, note in zip(em_after, notes) if note.id in applied]
     return ChatScores(
         facts=len(records),
+        notes=len({n.id for n in notes}),
         consolidated=len(applied),
         failed=job.failed,
+        not_consolidated=dict(not_consolidated),
+        failures=[d.detail for d in job.decisions if d.outcome == "failed"],
         chat_em_before=statistics.fmean(em_before),
         chat_em_after=statistics.fmean(em_after),
         chat_em_after_consolidated=statistics.fmean(consolidated) if consolidated else 0.0,
@@ -200,6 +210,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         unrelated_locality=statistics.fmean(a == b for a, b in zip(unrelated_before, unrelated_after)),
         unrelated_token_locality=statistics.fmean(agreement([b], [a]) for b, a in zip(loc_before, loc_after)),
         job_seconds=job_seconds,
+        edit_seconds_median=statistics.median(seconds) if seconds else 0.0,
     )
 
 
@@ -221,17 +232,24 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "share of `loc_ans` token predictions unchanged. Targets (issue 14, N=500): chat EM >= 0.80, neighbour",
         ">= 0.98, unrelated >= 0.99.",
         "",
-        "| N | consolidated / failed | chat EM before -> after (all) | chat EM (consolidated) | prompt EM after "
-        "| neighbours: locality | unrelated locality (answers / tokens) | job s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | notes | consolidated / failed | not consolidated (reason) | chat EM before -> after (all) "
+        "| chat EM (consolidated) | prompt EM after | neighbours: locality | unrelated locality (answers / tokens) "
+        "| job s (s/edit median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.facts} | {r.consolidated} / {r.failed} | {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
+            f"| {r.facts} | {r.notes} | {r.consolidated} / {r.failed} | {_reasons(r.not_consolidated)} "
+            f"| {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
             f"| {r.chat_em_after_consolidated:.3f} | {r.prompt_em_after:.3f} | {r.neighbours}: {r.neighbour_locality:.3f} "
-            f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} | {r.job_seconds:.0f} |"
+            f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} "
+            f"| {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
         )
     return "\n".join(lines)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items())) or "-"
 
 
 def _answers(lm: LanguageModel, pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -263,7 +281,7 @@ def markdown(rows: Sequence[ConsolidationScores], command: str, model: str, edit
     for r in rows:
         lines.append(
             f"| {r.facts} | {r.notes} | {r.consolidated} / {r.known} / {r.failed} "
-            f"| {', '.join(f'{reason} {count}' for reason, count in sorted(r.not_consolidated.items())) or '-'} "
+            f"| {_reasons(r.not_consolidated)} "
             f"| {r.em_before:.3f} -> {r.em_after:.3f} "
             f"| {r.em_after_consolidated:.3f} | {r.rephrase_em_before:.3f} -> {r.rephrase_em_after:.3f} | {r.locality:.3f} "
             f"| {r.forgotten}: {r.reverted} | {r.kept_after_forgetting:.3f} | {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
