@@ -35,15 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import InvalidInputError
 from ..models import LanguageModel
-from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult, Prepared, leads
+from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
 from .covariance import key_moments
-from .locate import derived_subject, mentions, subject_position, subject_states
+from .locate import ValueSearch, derived_subject, mentions, subject_position, subject_states, target_states
 
 # The papers' band (MEMIT: blocks 3-8 of GPT-J's 28; AlphaEdit: 4-8 of LLaMA3-8B's 32) placed in SmolLM2's
 # 30 blocks. The scores in BENCHMARKS.md are at this band; other bands were not compared (time).
@@ -133,6 +132,9 @@ class WeightEditor(Editor):
             self.remove()
             raise
         self.moments = {layer: _ridged(moment, self.config.covariance_ridge) for layer, moment in moments.items()}
+        self.search = ValueSearch(
+            self.config.value_steps, self.config.value_lr, self.config.margin, self.config.clamp, self.config.weight_decay
+        )
         self.batches: list[Batch] = []
 
     # -- the protocol -------------------------------------------------------------------------
@@ -149,15 +151,21 @@ class WeightEditor(Editor):
             chunk = requests[start : start + self.config.batch_size]
             began = time.perf_counter()
             steps = self._apply_batch(chunk)
-            share = (time.perf_counter() - began) / len(chunk)
-            for request, taken in zip(chunk, steps):
+            for request in chunk:
                 self._edits[request.id] = request
-                began = time.perf_counter()
-                success = self._succeeds(request)
-                results.append(EditResult(
-                    edit_id=request.id, steps=taken, seconds=share + time.perf_counter() - began, success=success
-                ))
+            successes = self._all_succeed(chunk)
+            share = (time.perf_counter() - began) / len(chunk)
+            results += [
+                EditResult(edit_id=request.id, steps=taken, seconds=share, success=success)
+                for request, taken, success in zip(chunk, steps, successes)
+            ]
         return results
+
+    def _all_succeed(self, requests: Sequence[EditRequest]) -> list[bool]:
+        """`_succeeds` for each request, in one batched teacher-forced pass."""
+        pairs = [(r.prompt, r.target) for r in requests]
+        predicted = self.lm.target_argmax(pairs)
+        return [p == self.lm.encode_pair(*pair)[1] for p, pair in zip(predicted, pairs)]
 
     def covers(self, prompt: str) -> bool:
         """Whether the subject of a live edit occurs in `prompt` as whole words (case-insensitive)."""
@@ -185,8 +193,7 @@ class WeightEditor(Editor):
         """Solve one batch and write it; returns each fact's value-search steps."""
         encoded = [self.lm.encode_pair(r.prompt, r.target) for r in requests]
         positions = [subject_position(self.lm, r.prompt, r.subject) for r in requests]
-        searched = [self._target_state(p, t, at) for (p, t), at in zip(encoded, positions)]
-        targets = torch.stack([state for state, _ in searched])
+        targets, steps = target_states(self.lm, self.blocks, self.layer_index, encoded, positions, self.search)
         prompts = [p for p, _ in encoded]
         batch = Batch(ids=[r.id for r in requests])
         self.batches.append(batch)
@@ -203,32 +210,7 @@ class WeightEditor(Editor):
             for layer in self.config.layers:
                 self._write(layer)
             raise
-        return [steps for _, steps in searched]
-
-    def _target_state(self, prompt_ids: list[int], target_ids: list[int], position: int) -> tuple[torch.Tensor, int]:
-        """The residual state after the band's top block, at the subject token, that makes the target come out."""
-        prepared = self._prepare(prompt_ids + target_ids[:-1], position)
-        hidden = prepared.hidden
-        first = len(prompt_ids) - 1 - position
-        target = torch.tensor(target_ids, device=hidden.device)
-        scale = hidden[0, 0].norm()
-        delta = torch.zeros_like(hidden[0, 0], requires_grad=True)
-        optimizer = torch.optim.Adam([delta], lr=self.config.value_lr)
-        step = 0
-        for step in range(self.config.value_steps + 1):
-            shifted = torch.cat([hidden[:, :1] + delta, hidden[:, 1:]], 1)
-            logits = self._upper_logits(Prepared(shifted, prepared.inputs, prepared.past))[first : first + len(target_ids)]
-            if step == self.config.value_steps or bool(leads(logits.detach(), target, self.config.margin).all()):
-                break
-            loss = F.cross_entropy(logits, target) + self.config.weight_decay * (delta.norm() / scale) ** 2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                limit = self.config.clamp * scale
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
-        return (hidden[0, 0] + delta).detach(), step
+        return steps
 
     def _write(self, layer: int) -> None:
         """The layer's weight := its original + the stored batches' updates, in batch order."""

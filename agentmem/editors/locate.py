@@ -14,16 +14,19 @@ subject (the key is then its last token, and the edit is keyed on the whole prom
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
 from ..models import LanguageModel
-from .base import Captured
+from .base import Captured, leads
 
 _ARTICLES = {"The", "A", "An"}
 _JOINERS = {"of", "de", "the", "von", "van", "and", "&", "del", "la", "le"}
@@ -110,3 +113,127 @@ def subject_states(
         for handle in handles:
             handle.remove()
     return SubjectStates(keys, top[0])
+
+
+@dataclass
+class ValueSearch:
+    """The settings of the target-state search (see `target_states`)."""
+
+    steps: int
+    lr: float
+    margin: float
+    clamp: float
+    weight_decay: float
+
+
+def target_states(
+    lm: LanguageModel, blocks: nn.ModuleList, upper: int, pairs: Sequence[tuple[list[int], list[int]]],
+    positions: Sequence[int], search: ValueSearch,
+) -> tuple[torch.Tensor, list[int]]:
+    """Per fact, the residual state entering block `upper` at its subject token that makes its target come out,
+    and the Adam steps that took; all facts in one padded batch.
+
+    The rows are left-padded so that every subject token falls in one column: the columns before it
+    run once into a KV cache, and each step runs only the columns from it on through blocks
+    `upper` and above. Each fact has its own change vector, loss and stopping test (every target
+    token leads by `margin`), so a fact's result is what it would be alone; finished facts leave
+    the batch, and the steps get cheaper as the batch empties.
+    """
+    device, pad = lm.device, lm.tokenizer.pad_token_id
+    sequences = [prompt + target[:-1] for prompt, target in pairs]
+    prefix = max(positions)
+    suffix = max(len(s) - at for s, at in zip(sequences, positions))  # every row's columns from its subject on
+    rows = [[pad] * (prefix - at) + s + [pad] * (suffix - len(s) + at) for s, at in zip(sequences, positions)]
+    mask = torch.tensor(
+        [[0] * (prefix - at) + [1] * len(s) + [0] * (suffix - len(s) + at) for s, at in zip(sequences, positions)],
+        device=device,
+    )
+    ids = torch.tensor(rows, device=device)
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    for index, (s, at) in enumerate(zip(sequences, positions)):  # right padding continues the positions
+        position_ids[index, prefix - at + len(s):] += torch.arange(1, suffix - len(s) + at + 1, device=device)
+    past, hidden = _prefix_and_hidden(lm, blocks[upper], ids, mask, position_ids, prefix)
+
+    # target token j of fact i is predicted at suffix column first_i + j
+    firsts = [len(prompt) - 1 - at for (prompt, _), at in zip(pairs, positions)]
+    targets = [torch.tensor(target, device=device) for _, target in pairs]
+    scale = hidden[:, 0].norm(dim=-1)
+    delta = torch.zeros_like(hidden[:, 0], requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=search.lr)
+    result = torch.zeros_like(hidden[:, 0])
+    steps = [search.steps] * len(pairs)
+    active = list(range(len(pairs)))
+    base_model = lm.model.base_model
+    lengths = [len(s) - at for s, at in zip(sequences, positions)]
+    for step in range(search.steps + 1):
+        chosen = torch.tensor(active, device=device)
+        width = max(lengths[i] for i in active)  # the suffix columns the remaining facts need
+        shifted = torch.cat([hidden[chosen, :1] + delta[chosen, None], hidden[chosen, 1:width]], 1)
+        cache = copy.deepcopy(past)
+        if cache is not None:
+            cache.batch_select_indices(chosen)
+        base_model.layers = blocks[upper:]
+        try:
+            states = base_model(
+                inputs_embeds=shifted, attention_mask=mask[chosen, : prefix + width],
+                position_ids=position_ids[chosen, prefix : prefix + width], past_key_values=cache, use_cache=cache is not None,
+            ).last_hidden_state
+        finally:
+            base_model.layers = blocks
+        spans = [states[row, firsts[i] : firsts[i] + len(targets[i])] for row, i in enumerate(active)]
+        logits = lm.model.lm_head(torch.cat(spans)).split([len(span) for span in spans])  # one pass over the head
+        finished = [
+            row for row, i in enumerate(active)
+            if step == search.steps or bool(leads(logits[row].detach(), targets[i], search.margin).all())
+        ]
+        with torch.no_grad():
+            for row in finished:
+                result[active[row]] = hidden[active[row], 0] + delta[active[row]]
+                steps[active[row]] = step
+        if len(finished) == len(active):
+            break
+        loss = sum(
+            F.cross_entropy(logits[row], targets[i]) + search.weight_decay * (delta[i].norm() / scale[i]) ** 2
+            for row, i in enumerate(active) if row not in finished
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done = [active[row] for row in finished]
+        active = [i for i in active if i not in done]
+        with torch.no_grad():
+            if done:  # Adam's momentum moves rows with no gradient; the finished ones keep their result
+                delta[done] = result[done] - hidden[done, 0]
+            limit = (search.clamp * scale)[:, None]
+            delta.copy_(delta * (limit / delta.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0))
+    return result, steps
+
+
+def _prefix_and_hidden(
+    lm: LanguageModel, block: nn.Module, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, prefix: int,
+) -> tuple[Any, torch.Tensor]:
+    """The KV cache of the first `prefix` columns (None if none), and `block`'s input on the columns after."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        raise Captured
+
+    past = None
+    with torch.no_grad():
+        if prefix:
+            past = lm.model(
+                input_ids=ids[:, :prefix], attention_mask=mask[:, :prefix], position_ids=position_ids[:, :prefix],
+                use_cache=True, logits_to_keep=1,
+            ).past_key_values
+        handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            lm.model(
+                input_ids=ids[:, prefix:], attention_mask=mask, position_ids=position_ids[:, prefix:],
+                past_key_values=copy.deepcopy(past), use_cache=past is not None,
+            )
+        except Captured:
+            pass
+        finally:
+            handle.remove()
+    return past, captured["hidden"]
