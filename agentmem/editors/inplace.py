@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,7 @@ class Batch:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     factors: dict[int, torch.Tensor] = field(default_factory=dict)
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # id -> searched target state (not saved)
 
 
 class PassThrough(EditorLayer):
@@ -136,6 +137,11 @@ class WeightEditor(Editor):
             self.config.value_steps, self.config.value_lr, self.config.margin, self.config.clamp, self.config.weight_decay
         )
         self.batches: list[Batch] = []
+        # Target states of rolled-back edits, by id, with their request: an edit re-applied as it was (the
+        # consolidation job's bisection re-solves the halves of a failed batch) skips the search. The state
+        # depends on the blocks above the band, which edits do not change, and on the band only through
+        # the prompt's other tokens.
+        self.shelved: dict[str, tuple[EditRequest, torch.Tensor]] = {}
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -160,6 +166,16 @@ class WeightEditor(Editor):
                 for request, taken, success in zip(chunk, steps, successes)
             ]
         return results
+
+    def rollback_edits(self, edit_ids: Collection[str]) -> None:
+        """Take several edits out at once, each batch they were in re-solved once (`rollback` re-solves per edit)."""
+        self._check_live()
+        doomed = set(edit_ids)
+        if not doomed <= self._edits.keys():
+            raise InvalidInputError(f"no edits with ids {sorted(doomed - self._edits.keys())}")
+        self._retract_many(doomed)
+        for edit_id in doomed:
+            del self._edits[edit_id]
 
     def _all_succeed(self, requests: Sequence[EditRequest]) -> list[bool]:
         """`_succeeds` for each request, in one batched teacher-forced pass."""
@@ -190,12 +206,22 @@ class WeightEditor(Editor):
         return self._apply_batch([request])[0]
 
     def _apply_batch(self, requests: Sequence[EditRequest]) -> list[int]:
-        """Solve one batch and write it; returns each fact's value-search steps."""
+        """Solve one batch and write it; returns each fact's value-search steps (0 for a shelved target state)."""
         encoded = [self.lm.encode_pair(r.prompt, r.target) for r in requests]
         positions = [subject_position(self.lm, r.prompt, r.subject) for r in requests]
-        targets, steps = target_states(self.lm, self.blocks, self.layer_index, encoded, positions, self.search)
+        shelved = [self.shelved.pop(r.id, (None, None)) for r in requests]
+        found: list[torch.Tensor | None] = [state if kept == r else None for r, (kept, state) in zip(requests, shelved)]
+        steps = [0] * len(requests)
+        fresh = [i for i, state in enumerate(found) if state is None]
+        if fresh:
+            states, taken = target_states(
+                self.lm, self.blocks, self.layer_index, [encoded[i] for i in fresh], [positions[i] for i in fresh], self.search
+            )
+            for i, state, step in zip(fresh, states, taken):
+                found[i], steps[i] = state, step
+        targets = torch.stack(found)
         prompts = [p for p, _ in encoded]
-        batch = Batch(ids=[r.id for r in requests])
+        batch = Batch(ids=[r.id for r in requests], targets={r.id: state for r, state in zip(requests, targets)})
         self.batches.append(batch)
         try:
             for done, layer in enumerate(self.config.layers):
@@ -240,16 +266,29 @@ class WeightEditor(Editor):
         return request.model_copy(update={"subject": subject})
 
     def _retract(self, edit_id: str) -> None:
-        index, batch = next((i, b) for i, b in enumerate(self.batches) if edit_id in b.ids)
-        row = batch.ids.index(edit_id)
-        if len(batch.ids) == 1:
-            del self.batches[index]
-        else:
-            keep = torch.tensor([i != row for i in range(len(batch.ids))])
-            batch.ids.pop(row)
+        self._retract_many({edit_id})
+
+    def _retract_many(self, doomed: set[str]) -> None:
+        """Drop the rows of `doomed` from their batches (a batch left empty goes), re-solve each batch that lost
+        rows but keeps some, once, then rewrite the weights."""
+        changed = []
+        for batch in self.batches:
+            keep = [edit_id not in doomed for edit_id in batch.ids]
+            if all(keep):
+                continue
+            for edit_id in batch.ids:
+                if edit_id in doomed and edit_id in batch.targets:
+                    self.shelved[edit_id] = (self._edits[edit_id], batch.targets.pop(edit_id))
+            rows = torch.tensor(keep)
+            batch.ids = [edit_id for edit_id, kept in zip(batch.ids, keep) if kept]
             for layer in self.config.layers:
-                batch.keys[layer], batch.residuals[layer] = batch.keys[layer][keep], batch.residuals[layer][keep]
-                batch.factors[layer] = self._solve(layer, batch.keys[layer], batch.residuals[layer], index).float()
+                batch.keys[layer], batch.residuals[layer] = batch.keys[layer][rows], batch.residuals[layer][rows]
+            changed.append(batch)
+        self.batches = [batch for batch in self.batches if batch.ids]
+        for index, batch in enumerate(self.batches):
+            if any(batch is c for c in changed):
+                for layer in self.config.layers:
+                    batch.factors[layer] = self._solve(layer, batch.keys[layer], batch.residuals[layer], index).float()
         for layer in self.config.layers:
             self._write(layer)
 

@@ -114,3 +114,33 @@ def test_covers_means_the_subject_occurs_in_the_prompt(tiny_lm):
     editor.edit([ALICE, SKY])
     assert editor.covers("Where does alice work?") and editor.covers("Is the sky blue?")
     assert not editor.covers("The home of Bob")
+
+
+def test_rollback_edits_resolves_each_batch_once_like_single_rollbacks(tiny_lm):
+    one_by_one = MemitEditor(tiny_lm, MemitConfig(**TINY))
+    one_by_one.edit([ALICE, BOB, SKY])
+    one_by_one.rollback("bob")
+    one_by_one.rollback("sky")
+    expected = {layer: one_by_one.delta(layer).clone() for layer in (0, 1)}
+    one_by_one.remove()
+    before = weights_hash(tiny_lm)
+    together = MemitEditor(tiny_lm, MemitConfig(**TINY))
+    together.edit([ALICE, BOB, SKY])
+    with pytest.raises(InvalidInputError, match="no edits"):
+        together.rollback_edits(["bob", "carol"])
+    assert len(together.edits()) == 3
+    together.rollback_edits(["bob", "sky"])
+    assert [r.id for r in together.edits()] == ["alice"]
+    assert all(torch.allclose(together.delta(layer), expected[layer], atol=1e-6) for layer in (0, 1))
+    together.rollback_edits(["alice"])
+    assert together.batches == [] and weights_hash(tiny_lm) == before
+
+
+def test_a_rolled_back_edit_reapplied_as_it_was_skips_the_value_search(tiny_lm):
+    editor = MemitEditor(tiny_lm, MemitConfig(**TINY))
+    first = editor.edit([ALICE, BOB])
+    assert all(r.steps > 0 for r in first)
+    editor.rollback_edits(["alice", "bob"])
+    again = editor.edit([ALICE, BOB.model_copy(update={"target": "blue"})])
+    assert [r.steps == 0 for r in again] == [True, False] and editor.shelved == {}
+    assert all(r.success for r in again)
