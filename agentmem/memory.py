@@ -30,13 +30,12 @@ from sentence_transformers import SentenceTransformer
 
 from . import validation as check
 from .config import MemoryConfig
-from .consolidation import (
-    ConsolidationPolicy, Consolidator, Ledger, NoteAccess, ParametricMemory, answer_question, reader_scopes,
-)
+from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
+from .consolidation.bridge import ParametricBridge
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
-from .models import LanguageModel, load_embedder, load_model
+from .models import LanguageModel, load_embedder
 from .notes import (
     Answer, ConsolidationReport, DecayReport, Decision, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
     MemoryStats, Note,
@@ -101,11 +100,8 @@ class Memory:
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self._lock = threading.RLock()
         self._closed = False
-        self._model, self._editor_spec = model, editor
         self.policy = policy or ConsolidationPolicy()
-        self._consolidator: Consolidator | None = None
-        self._editor_version: int | None = None  # of the shared editor state this process holds
-        self._parametric_lock = threading.RLock()
+        self._parametric: ParametricBridge | None = None
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
         graph_was_there = graph_file is None or graph_file.exists()
         self._graph = open_note_store(path)
@@ -120,11 +116,18 @@ class Memory:
                 self._check_embedder()
                 self._sync.pair()
                 self._sync.reconcile(full=True)
+            access = NoteAccess(
+                locked=self._exclusive,
+                notes=lambda: [note for note, _ in self._graph.all_notes()],
+                note=self._graph.get,
+                retention=self._reader.retention,
+            )
+            self._parametric = ParametricBridge(self.path, self._graph, self._ledger, access, model, editor)
             if isinstance(model, LanguageModel):
-                self._consolidation()
+                self._parametric.consolidator(check.time(None))
         except BaseException:
-            if self._consolidator is not None:
-                self._consolidator.close()
+            if self._parametric is not None:
+                self._parametric.close()
             if self._index is not None:
                 self._index.close()
             self._graph.close()
@@ -137,11 +140,10 @@ class Memory:
 
     def close(self) -> None:
         """Release the stores, and take the editor out of the model (its state stays on disk)."""
-        with self._parametric_lock, self._lock:
+        with self._parametric.idle(), self._lock:
             if not self._closed:
                 self._closed = True
-                if self._consolidator is not None:
-                    self._consolidator.close()
+                self._parametric.close()
                 self._index.close()
                 self._graph.close()
 
@@ -296,10 +298,7 @@ class Memory:
                 self._ledger.retract_note(note_id, check.time(None))
             self._sync.push(changed, [note_id])
             self._graph.purge_freed()
-        if self._consolidator is not None:
-            with self._parametric_lock, self._graph.job_lock():
-                self._consolidator.retract_pending(check.time(None))
-                self._publish_editor_state()
+        self._parametric.retract_pending(check.time(None))
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
         """Link two notes by hand (both ways)."""
@@ -538,7 +537,7 @@ class Memory:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(f"cannot create {folder}: {exc}") from exc
-        with self._parametric_lock, self._exclusive():
+        with self._parametric.idle(), self._exclusive():
             self._graph.backup(folder / "notes.sqlite3")
             if (self.path / "editor").is_dir():
                 shutil.copytree(self.path / "editor", folder / "editor")
@@ -588,7 +587,12 @@ class Memory:
     @property
     def language_model(self) -> LanguageModel:
         """The local model, with this memory's edits live in it (loaded on first use)."""
-        return self._consolidation().parametric.lm
+        return self._loaded_parametric().consolidator(check.time(None)).parametric.lm
+
+    @property
+    def editor(self) -> Editor:
+        """The editor holding this memory's edits, in `language_model` (loaded on first use)."""
+        return self._loaded_parametric().consolidator(check.time(None)).parametric.editor
 
     def plan(self, policy: ConsolidationPolicy | dict[str, Any] | None = None, *, at: datetime | None = None) -> list[Decision]:
         """What `consolidate` would do now and why, note by note; changes nothing."""
@@ -612,11 +616,7 @@ class Memory:
         when = check.time(at)
         check.flag(dry_run, "dry_run")
         check.flag(progress, "progress")
-        with self._parametric_lock, self._graph.job_lock():
-            report = self._consolidation().run(policy, when, dry_run, progress=progress)
-            if not dry_run:
-                self._publish_editor_state()
-            return report
+        return self._loaded_parametric().run(policy, when, dry_run, progress=progress)
 
     def ledger(self, note_id: str | None = None) -> list[LedgerEntry]:
         """The consolidation ledger (of one note, if given): which note became which edit, and how it verified."""
@@ -651,53 +651,12 @@ class Memory:
             return self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id,
                                at=at) if retrieval else []
 
-        with self._parametric_lock:
-            consolidator = self._consolidation()
-            with consolidator.reading(), consolidator.parametric.lm.scoped(scopes):
-                return answer_question(consolidator.parametric, question, recall, max_new_tokens)
+        return self._loaded_parametric().answer(question, scopes, recall, max_new_tokens, check.time(None))
 
-    def _consolidation(self) -> Consolidator:
-        """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use,
-        with the editor state another replica published since, if any."""
-        with self._parametric_lock:
-            if self._closed:
-                raise StoreClosedError(f"memory at {self.path} is closed")
-            self._fetch_editor_state()
-            if self._consolidator is None:
-                lm = self._model if isinstance(self._model, LanguageModel) else load_model(self._model)
-                access = NoteAccess(
-                    locked=self._exclusive,
-                    notes=lambda: [note for note, _ in self._graph.all_notes()],
-                    note=self._graph.get,
-                    retention=self._reader.retention,
-                )
-                parametric = ParametricMemory(self.path / "editor", lm, self._editor_spec)
-                consolidator = Consolidator(parametric, self._ledger, access, self.path / "consolidation.lock")
-                try:
-                    consolidator.reconcile(check.time(None))
-                except BaseException:
-                    consolidator.close()
-                    raise
-                self._consolidator = consolidator
-            return self._consolidator
-
-    def _fetch_editor_state(self) -> None:
-        """On a store shared through a database, take the editor state a job elsewhere published
-        (a version check per call; a folder store's processes share the folder itself)."""
-        shared = self._graph.shared_folders
-        if shared is None:
-            return
-        version = shared.version("editor")
-        if version is not None and version != self._editor_version:
-            self._editor_version = shared.fetch("editor", self.path / "editor")
-            if self._consolidator is not None:
-                self._consolidator.parametric.refresh()
-
-    def _publish_editor_state(self) -> None:
-        """After a job (or a retraction) on a shared store, publish the editor state for every replica."""
-        shared = self._graph.shared_folders
-        if shared is not None and (self.path / "editor").is_dir():
-            self._editor_version = shared.publish("editor", self.path / "editor")
+    def _loaded_parametric(self) -> ParametricBridge:
+        if self._closed:
+            raise StoreClosedError(f"memory at {self.path} is closed")
+        return self._parametric
 
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
         """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""
@@ -706,9 +665,7 @@ class Memory:
         with self._exclusive():
             due = {note.id for note in notes if self._ledger.holds(note.id, note.fact)}
         if due:
-            with self._parametric_lock, self._graph.job_lock():
-                self._consolidation().run(self.policy, at, only=due)
-                self._publish_editor_state()
+            self._loaded_parametric().run(self.policy, at, only=due)
 
     def _policy(self, policy: Any) -> ConsolidationPolicy:
         if policy is None or isinstance(policy, ConsolidationPolicy):
