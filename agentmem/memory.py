@@ -22,13 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import shutil
-
 import numpy as np
 from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
-from . import validation as check
+from . import transfer, validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
 from .consolidation.bridge import ParametricBridge
@@ -456,20 +454,11 @@ class Memory:
     def export(self, path: str | Path) -> int:
         """Write every note (with its links) as one JSON object per line; returns the count.
 
-        The file appears whole or not at all (written beside it, then renamed)."""
+        The file appears whole or not at all."""
         target = check.file_path(path)
         with self._exclusive():
             notes = [note for note, _ in self._graph.all_notes()]
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            with partial.open("w", encoding="utf-8") as out:
-                for note in notes:
-                    out.write(note.model_dump_json() + "\n")
-            partial.replace(target)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise StoreUnavailableError(f"cannot write {target}: {exc}") from exc
-        return len(notes)
+        return transfer.write_notes(notes, target)
 
     def import_(self, path: str | Path) -> ImportReport:
         """Load notes written by `export`, keeping ids, times and links; known ids are skipped.
@@ -477,26 +466,10 @@ class Memory:
         Every line is validated before anything is written; texts are re-embedded with
         this memory's embedder.
         """
-        source = check.file_path(path)
-        if not source.is_file():
-            raise InvalidInputError(f"no such file: {source}")
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise InvalidInputError(f"{source} is not UTF-8 text: {exc}") from None
-        except OSError as exc:
-            raise StoreUnavailableError(f"cannot read {source}: {exc}") from exc
-        notes: list[Note] = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                note = Note.model_validate_json(line)
-            except ValidationError as exc:
-                raise InvalidInputError(f"{source}:{number}: not a note: {exc}") from None
+        notes = transfer.read_notes(check.file_path(path))
+        for note in notes:
             self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
                        note.tags, note.metadata, note.fact)
-            notes.append(note)
         with self._exclusive():
             new = [n for n in {n.id: n for n in notes}.values() if not self._graph.exists(n.id)]
             owners = {n.id: n.user_id for n in new}
@@ -528,19 +501,10 @@ class Memory:
         """Copy the store into the folder `target` while it is in use: the note graph through
         SQLite's online backup API, and the saved editor state. The vector index is not copied:
         `restore_backup` rebuilds it from the graph."""
-        folder = Path(target) if isinstance(target, (str, Path)) and str(target).strip() else None
-        if folder is None:
-            raise InvalidInputError("backup target must be a folder path")
-        if (folder / "notes.sqlite3").exists():
-            raise InvalidInputError(f"{folder} already holds a store; back up into a new folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailableError(f"cannot create {folder}: {exc}") from exc
+        folder = transfer.backup_folder(target)
         with self._parametric.idle(), self._exclusive():
-            self._graph.backup(folder / "notes.sqlite3")
-            if (self.path / "editor").is_dir():
-                shutil.copytree(self.path / "editor", folder / "editor")
+            self._graph.backup(folder / GRAPH_FILE)
+            transfer.copy_editor_state(self.path, folder)
         return folder
 
     @classmethod
@@ -552,26 +516,14 @@ class Memory:
         contents are replaced by the backup's notes.
         """
         source, path = Path(check.store_location(source)), Path(check.store_location(path))
-        if not (source / "notes.sqlite3").is_file():
-            raise InvalidInputError(f"{source} is not a backup: it has no notes.sqlite3")
-        if (path / "notes.sqlite3").exists():
-            raise InvalidInputError(f"{path} already holds a note graph; restore into an empty folder")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / "notes.sqlite3", path / "notes.sqlite3")
-            shutil.rmtree(path / "chroma", ignore_errors=True)
-            if (source / "editor").is_dir():
-                shutil.copytree(source / "editor", path / "editor", dirs_exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
-        memory = cls(path, **options) if options.get("chroma_url") is None else cls._replacing_index(path, options)
-        return memory
+        transfer.unpack_backup(source, path)
+        return cls(path, **options) if options.get("chroma_url") is None else cls._replacing_index(path, options)
 
     @classmethod
     def _replacing_index(cls, path: Path, options: dict[str, Any]) -> Memory:
         """Open a restored store whose index lives on a server, replacing that collection's contents."""
         collection = options.get("collection", "agentmem_notes")
-        graph = NoteGraph(path / "notes.sqlite3")
+        graph = NoteGraph(path / GRAPH_FILE)
         try:
             if graph.store_id is None:  # a backup of a release-0.1 store
                 graph.claim(uuid.uuid4().hex)
