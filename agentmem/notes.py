@@ -226,7 +226,7 @@ class Verification(BaseModel):
 ConsolidationAction = Literal["edit", "replace", "retract", "skip"]
 ConsolidationReason = Literal[
     "eligible", "fact_changed", "supersedes", "fact_removed", "contradicted", "duplicate", "no_fact", "consolidated",
-    "archived", "failed_before", "known", "few_recalls", "weak", "faded", "unstable", "budget",
+    "archived", "failed_before", "known", "few_recalls", "weak", "faded", "unstable", "budget", "unshared",
 ]
 ConsolidationOutcome = Literal["applied", "failed", "retracted", "known"]
 
