@@ -84,12 +84,19 @@ class Codebook:
         return rows, distances
 
     def lookup(self, keys: torch.Tensor, scopes: frozenset[str] = frozenset(),
-               allowed: torch.Tensor | None = None) -> torch.Tensor:
+               allowed: torch.Tensor | None = None, margin: float = 0.0) -> torch.Tensor:
         """For each key, the entry under `scopes` (and `allowed`, per key and entry) whose ball holds it
-        (the nearest one), or -1."""
-        among = self.visible(scopes) if allowed is None else self.visible(scopes)[None] & allowed
+        (the nearest one), or -1. With `margin`, also -1 unless the nearest entry with another target
+        is at least `margin` farther than that one (an ambiguous key is left to the base model)."""
+        among = self.visible(scopes)[None].expand(len(keys), -1) if allowed is None else self.visible(scopes)[None] & allowed
         rows, distances = self.nearest(keys, among)
-        return torch.where(distances <= self.radii[rows], rows, -1)
+        hits = distances <= self.radii[rows]
+        if margin > 0 and len(self):
+            labels = {label: i for i, label in enumerate(dict.fromkeys(self.labels))}
+            label_ids = torch.tensor([labels[label] for label in self.labels], device=self.keys.device)
+            _, rival = self.nearest(keys, among & (label_ids[None] != label_ids[rows][:, None]))
+            hits &= rival - distances >= margin
+        return torch.where(hits, rows, -1)
 
     def add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: tuple[int, ...], owner: str,
             scope: str | None = None) -> None:
@@ -126,6 +133,8 @@ class CodebookLayer(EditorLayer):
         self.override: torch.Tensor | None = None
         # Set by the editor before each forward: the scopes whose entries this forward may use.
         self.scopes: frozenset[str] = frozenset()
+        # How much nearer a key must be to its entry than to any entry with another target (`Codebook.lookup`).
+        self.margin = 0.0
 
     def keys(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor | None:
         """Each row's key at prefill: the module's input at the row's last prompt token (None: no key)."""
@@ -149,7 +158,7 @@ class CodebookLayer(EditorLayer):
         else:
             ends = self.prompt_ends(batch, length, x.device)
             keys = self.keys(x, ends)
-            self.rows = (self.codebook.lookup(keys, self.scopes, self.allowed(batch)) if keys is not None
+            self.rows = (self.codebook.lookup(keys, self.scopes, self.allowed(batch), self.margin) if keys is not None
                          else torch.full((batch,), -1, device=x.device))
             self.spans = torch.tensor([len(self.codebook.labels[row]) if row >= 0 else 0 for row in self.rows.tolist()],
                                       device=x.device)
@@ -178,11 +187,21 @@ class CodebookEditor(Editor):
 
     def covers(self, prompt: str) -> bool:
         """Whether an edit under the model's current scopes (`LanguageModel.scoped`) takes `prompt`."""
+        return self.route(prompt) is not None
+
+    def route(self, prompt: str) -> str | None:
+        """The id of the edit that takes `prompt` under the model's current scopes (None: the base model answers)."""
         if not prompt.strip():
-            raise InvalidInputError("covers() needs a non-empty prompt")
-        if not len(self.layer.codebook):
-            return False
-        return bool(self.layer.codebook.lookup(self._prompt_key(prompt)[None], self.lm.scopes)[0] >= 0)
+            raise InvalidInputError("covers() and route() need a non-empty prompt")
+        book = self.layer.codebook
+        if not len(book):
+            return None
+        row = int(self._lookup(prompt))
+        return book.owners[row] if row >= 0 else None
+
+    def _lookup(self, prompt: str) -> int:
+        """The codebook row that takes `prompt` (-1: none), as the forward decides at prefill."""
+        return int(self.layer.codebook.lookup(self._prompt_key(prompt)[None], self.lm.scopes, margin=self.layer.margin)[0])
 
     def _observe(self, input_ids: torch.Tensor | None) -> None:
         self.layer.scopes = self.lm.scopes

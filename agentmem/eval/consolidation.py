@@ -17,10 +17,11 @@ policy asks, and one consolidation job runs (GRACE by default). Then, with retri
 
 `--chat` asks as a user would, after the job, with retrieval off: each fact's reworded question
 (ZsRE `rephrase`, which the edit never saw) as the user message of a chat with MemoryChat's system
-message, scored with natural stopping (`eval.natural`); neighbour locality: the fact's question
-with its subject swapped for another record's (same relation, another subject; the records after
-the N edited ones), whose chat answer must not change; unrelated locality: the `loc` questions'
-chat answers unchanged, and `loc_ans` token predictions unchanged.
+message, scored with natural stopping (`eval.natural`); neighbour locality, on two kinds of
+neighbours built with the records after the N edited ones: the fact's question with its subject
+swapped for another record's (same relation, other subject), and another record's question about
+the fact's subject (same subject, other relation), whose chat answers must not change; unrelated
+locality: the `loc` questions' chat answers unchanged, and `loc_ans` token predictions unchanged.
 """
 from __future__ import annotations
 
@@ -147,8 +148,10 @@ class ChatScores(BaseModel):
     chat_em_after: float
     chat_em_after_consolidated: float
     prompt_em_after: float
-    neighbours: int
-    neighbour_locality: float
+    other_subject: int  # same relation, other subject
+    other_subject_locality: float
+    other_relation: int  # same subject, other relation
+    other_relation_locality: float
     unrelated_locality: float
     unrelated_token_locality: float
     job_seconds: float
@@ -162,6 +165,25 @@ def swapped_subject(record: ZsreRecord, other: ZsreRecord) -> str | None:
     return record.src.replace(record.subject, other.subject)
 
 
+Pairs = list[tuple[str, str]]
+
+
+def neighbours(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord]) -> tuple[Pairs, Pairs]:
+    """Questions near the records' own, each with the target of the record whose question it rewords (its answer
+    length): the same relation about another subject (a record's question about an `others` record's subject),
+    and the same subject with another relation (an `others` record's question about the record's subject, when
+    it asks something else). A record's own question is never among them."""
+    own = {r.src for r in records}
+
+    def relation(record: ZsreRecord) -> str:
+        return record.src.replace(record.subject, "")
+
+    other_subject = [(q, r.alt) for r, o in zip(records, others) if (q := swapped_subject(r, o)) and q not in own]
+    other_relation = [(q, o.alt) for r, o in zip(records, others)
+                      if (q := swapped_subject(o, r)) and q not in own and relation(o) != relation(r)]
+    return other_subject, other_relation
+
+
 def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], folder: Path,
              editor: str | EditorConfig) -> ChatScores:
     """One store, one job, then the facts asked in chat as reworded questions, closed book."""
@@ -169,7 +191,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
 
     policy = ConsolidationPolicy(max_edits=len(records), min_recalls=0, stable_for=timedelta(0))
     questions = [(r.rephrase, r.alt) for r in records]
-    neighbours = [(q, r.alt) for r, o in zip(records, others) if (q := swapped_subject(r, o))]
+    other_subject, other_relation = neighbours(records, others)
     unrelated = [(r.loc, r.loc_ans) for r in records]
 
     def chat_answers(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -180,7 +202,8 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
             [MemoryItem(text=f"{r.src} {r.alt}", fact=Fact(prompt=r.src, target=r.alt)) for r in records], at=T0)
         mem.language_model  # noqa: B018 (loads the editor before the baseline, as the job will see the model)
         em_before = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
-        neighbours_before, unrelated_before = chat_answers(neighbours), chat_answers(unrelated)
+        subject_before, relation_before = chat_answers(other_subject), chat_answers(other_relation)
+        unrelated_before = chat_answers(unrelated)
         loc_before = lm.target_argmax(unrelated)
         start = time.perf_counter()
         job = mem.consolidate(at=T0 + timedelta(days=1), progress=True)
@@ -191,7 +214,8 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         seconds = [d.verification.seconds for d in job.decisions if d.outcome == "applied"]
         em_after = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
         prompt_em = natural_exact_match(lm, [(r.src, r.alt) for r in records])
-        neighbours_after, unrelated_after = chat_answers(neighbours), chat_answers(unrelated)
+        subject_after, relation_after = chat_answers(other_subject), chat_answers(other_relation)
+        unrelated_after = chat_answers(unrelated)
         loc_after = lm.target_argmax(unrelated)
     consolidated = [em for em, note in zip(em_after, notes) if note.id in applied]
     return ChatScores(
@@ -205,9 +229,11 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         chat_em_after=statistics.fmean(em_after),
         chat_em_after_consolidated=statistics.fmean(consolidated) if consolidated else 0.0,
         prompt_em_after=statistics.fmean(prompt_em),
-        neighbours=len(neighbours),
-        neighbour_locality=statistics.fmean(a == b for a, b in zip(neighbours_before, neighbours_after)),
-        unrelated_locality=statistics.fmean(a == b for a, b in zip(unrelated_before, unrelated_after)),
+        other_subject=len(other_subject),
+        other_subject_locality=_unchanged(subject_before, subject_after),
+        other_relation=len(other_relation),
+        other_relation_locality=_unchanged(relation_before, relation_after),
+        unrelated_locality=_unchanged(unrelated_before, unrelated_after),
         unrelated_token_locality=statistics.fmean(agreement([b], [a]) for b, a in zip(loc_before, loc_after)),
         job_seconds=job_seconds,
         edit_seconds_median=statistics.median(seconds) if seconds else 0.0,
@@ -227,25 +253,31 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "retrieval off, each fact's ZsRE `rephrase` (never shown to the editor) is asked as the user message of a",
         "chat with MemoryChat's system message; natural-stopping greedy EM (first sentence or 2x the target's",
         "tokens; the target is the answer, SQuAD-normalized). Prompt EM: the same scoring on the bare `src`.",
-        "Neighbour locality: share of swapped-subject questions (the question about another record's subject)",
-        "whose chat answer is unchanged by the job; unrelated locality: the same for the `loc` questions, and the",
-        "share of `loc_ans` token predictions unchanged. Targets (issue 14, N=500): chat EM >= 0.80, neighbour",
-        ">= 0.98, unrelated >= 0.99.",
+        "Neighbour locality: share of neighbour questions whose chat answer the job leaves unchanged, for the",
+        "fact's question about another record's subject (same relation, other subject) and another record's",
+        "question about the fact's subject (same subject, other relation); unrelated locality: the same for the",
+        "`loc` questions, and the share of `loc_ans` token predictions unchanged. Targets (issue 14, N=500): chat",
+        "EM >= 0.80, neighbour >= 0.98, unrelated >= 0.99.",
         "",
         "| N | notes | consolidated / failed | not consolidated (reason) | chat EM before -> after (all) "
-        "| chat EM (consolidated) | prompt EM after | neighbours: locality | unrelated locality (answers / tokens) "
-        "| job s (s/edit median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| chat EM (consolidated) | prompt EM after | neighbours, other subject: locality "
+        "| neighbours, other relation: locality | unrelated locality (answers / tokens) | job s (s/edit median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.facts} | {r.notes} | {r.consolidated} / {r.failed} | {_reasons(r.not_consolidated)} "
             f"| {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
-            f"| {r.chat_em_after_consolidated:.3f} | {r.prompt_em_after:.3f} | {r.neighbours}: {r.neighbour_locality:.3f} "
+            f"| {r.chat_em_after_consolidated:.3f} | {r.prompt_em_after:.3f} | {r.other_subject}: {r.other_subject_locality:.3f} "
+            f"| {r.other_relation}: {r.other_relation_locality:.3f} "
             f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} "
             f"| {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
         )
     return "\n".join(lines)
+
+
+def _unchanged(before: Sequence[str], after: Sequence[str]) -> float:
+    return statistics.fmean(a == b for a, b in zip(before, after)) if before else 1.0
 
 
 def _reasons(counts: dict[str, int]) -> str:

@@ -1,0 +1,166 @@
+"""Which routing signals keep a codebook edit off its neighbours: an ablation on ZsRE, at the routing level.
+
+    python -m agentmem.eval.routing --n 500 --threads 1
+
+A codebook edit changes the answer to a prompt exactly when the prompt is routed to it (elsewhere
+the model is the base model, bit for bit), so where prompts are routed decides locality and
+generalization; values do not enter, and are trained for one step only here. The first N ZsRE
+records are edited as the consolidation job edits facts (the fact's question forms as further
+keys, its parsed neighbour prompts kept out of the balls); records N..2N give other subjects and
+other relations. Per routing signal, the share of:
+
+- edit prompts and rephrases routed to an edit with their own target;
+- same relation, other subject (the record's question about another record's subject) and
+  same subject, other relation (another record's question about this record's subject) routed
+  to no edit: their answers stay the base model's;
+- unrelated `loc` questions routed to no edit.
+
+Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
+prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + a margin against the
+nearest entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the
+module's input at the last prompt token).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel
+
+from ..editors import EditRequest
+from ..editors.codebook import CodebookEditor
+from ..editors.grace import GraceConfig, GraceEditor
+from ..editors.semantic import SemanticConfig, SemanticEditor
+from ..facts import neighbour_prompts, question_forms
+from ..models import load_model
+from ..notes import Fact
+from . import report
+from .consolidation import neighbours
+from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
+
+
+class RoutingScores(BaseModel):
+    signal: str
+    edits: int
+    prompts_routed: float
+    rephrases_routed: float
+    other_subject: int
+    other_subject_kept: float
+    other_relation: int
+    other_relation_kept: float
+    unrelated_kept: float
+
+
+def scores(signal: str, editor: CodebookEditor, records: Sequence[ZsreRecord], other_subject: Sequence[str],
+           other_relation: Sequence[str]) -> RoutingScores:
+    """Where the editor routes each prompt set (see the module docstring)."""
+    target = {request.id: request.target for request in editor.edits()}
+
+    def routed(prompts: Sequence[str], targets: Sequence[str]) -> float:
+        return statistics.fmean(target.get(editor.route(p)) == t for p, t in zip(prompts, targets))
+
+    def kept(prompts: Sequence[str]) -> float:
+        return statistics.fmean(editor.route(p) is None for p in prompts) if prompts else 1.0
+
+    return RoutingScores(
+        signal=signal,
+        edits=len(records),
+        prompts_routed=routed([r.src for r in records], [r.alt for r in records]),
+        rephrases_routed=routed([r.rephrase for r in records], [r.alt for r in records]),
+        other_subject=len(other_subject),
+        other_subject_kept=kept(other_subject),
+        other_relation=len(other_relation),
+        other_relation_kept=kept(other_relation),
+        unrelated_kept=kept([r.loc for r in records]),
+    )
+
+
+def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
+    """The records as the consolidation job edits facts: question forms as keys, parsed neighbours kept out."""
+    for r in records:
+        fact = Fact(prompt=r.src, target=r.alt)
+        forms = tuple(q for q in question_forms(fact) if q != r.src)
+        editor.edit([EditRequest(prompt=r.src, target=r.alt, rephrases=forms, neighbours=neighbour_prompts(fact))])
+
+
+def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], margins: Sequence[float],
+        grace: bool) -> list[RoutingScores]:
+    lm = load_model()
+    other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others))
+    rows = []
+    semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
+    try:
+        edit_all(semantic, records)
+        for anchored in (False, True):
+            for margin in margins:
+                semantic.config = semantic.config.model_copy(update={"anchored": anchored})
+                semantic.layer.margin = margin
+                name = "semantic key" + (" + subject gate" if anchored else "") + (f" + margin {margin:g}" if margin else "")
+                rows.append(scores(name, semantic, records, other_subject, other_relation))
+                print(rows[-1].model_dump_json(), flush=True)
+    finally:
+        semantic.remove()
+    if grace:
+        editor = GraceEditor(lm, GraceConfig(max_steps=1))
+        try:
+            edit_all(editor, records)
+            rows.append(scores("GRACE key", editor, records, other_subject, other_relation))
+            print(rows[-1].model_dump_json(), flush=True)
+        finally:
+            editor.remove()
+    return rows
+
+
+def markdown(rows: Sequence[RoutingScores], command: str, model: str) -> str:
+    lines = [
+        f"## Routing signals for neighbourhood safety: ZsRE, {model}",
+        "",
+        f"Measured {report.machine_line()}; torch threads: {torch.get_num_threads()}.",
+        "",
+        f"`{command}`",
+        "",
+        "Routing-level ablation (`agentmem.eval.routing`): an edit changes an answer exactly when the prompt is",
+        "routed to it, so each share below is where prompts go, with the N edits made as the consolidation job",
+        "makes them. Routed: the edit prompt / its rephrase goes to an edit with its own target. Kept: the prompt",
+        "goes to no edit, so its answer is the base model's (other subject: the record's question about another",
+        "record's subject; other relation: another record's question about this record's subject; unrelated:",
+        "ZsRE `loc`).",
+        "",
+        "| signal | N | prompts routed | rephrases routed | same relation, other subject: kept "
+        "| same subject, other relation: kept | unrelated kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.signal} | {r.edits} | {r.prompts_routed:.3f} | {r.rephrases_routed:.3f} "
+                     f"| {r.other_subject}: {r.other_subject_kept:.3f} | {r.other_relation}: {r.other_relation_kept:.3f} "
+                     f"| {r.unrelated_kept:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.routing", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_EDIT_FILE), help="ZsRE edit file")
+    parser.add_argument("--n", type=int, default=500, help="edits (records N..2N give the neighbours)")
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1], help="route margins to try")
+    parser.add_argument("--no-grace", action="store_true", help="skip GRACE's key")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+    args = parser.parse_args(argv)
+    command = "python -m agentmem.eval.routing " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = load_zsre(args.data, limit=2 * args.n)
+    if not 0 < args.n <= len(records) // 2:
+        parser.error(f"N must be between 1 and half the {len(records)} records")
+    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, not args.no_grace)
+    if args.benchmarks:
+        report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
