@@ -16,9 +16,9 @@ other relations. Per routing signal, the share of:
 - unrelated `loc` questions routed to no edit.
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
-prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + a margin against the
-nearest entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the
-module's input at the last prompt token).
+prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
+(`SemanticConfig.relation_radius`); + a margin against the nearest entry with another target
+(`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
 """
 from __future__ import annotations
 
@@ -87,21 +87,33 @@ def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
         editor.edit([EditRequest(prompt=r.src, target=r.alt, rephrases=forms, neighbours=neighbour_prompts(fact))])
 
 
+def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str, dict]]:
+    """The semantic editor's routing signals to compare: (name, config fields)."""
+    gate, relation = " + subject gate", " + relation gate {:g}"
+    out = [("semantic key", {"anchored": False, "relation_radius": None, "route_margin": 0.0})]
+    out += [(f"semantic key + margin {m:g}", {"anchored": False, "relation_radius": None, "route_margin": m}) for m in margins]
+    out += [("semantic key" + gate, {"anchored": True, "relation_radius": None, "route_margin": 0.0})]
+    out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r, "route_margin": 0.0})
+            for r in radii]
+    default = SemanticConfig()
+    out += [("semantic key" + gate + relation.format(default.relation_radius) + f" + margin {m:g}",
+             {"anchored": True, "relation_radius": default.relation_radius, "route_margin": m}) for m in margins]
+    return out
+
+
 def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], margins: Sequence[float],
-        grace: bool) -> list[RoutingScores]:
+        radii: Sequence[float], grace: bool) -> list[RoutingScores]:
     lm = load_model()
     other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others))
     rows = []
     semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
     try:
         edit_all(semantic, records)
-        for anchored in (False, True):
-            for margin in margins:
-                semantic.config = semantic.config.model_copy(update={"anchored": anchored})
-                semantic.layer.margin = margin
-                name = "semantic key" + (" + subject gate" if anchored else "") + (f" + margin {margin:g}" if margin else "")
-                rows.append(scores(name, semantic, records, other_subject, other_relation))
-                print(rows[-1].model_dump_json(), flush=True)
+        for name, fields in variants(margins, radii):
+            semantic.config = semantic.config.model_copy(update=fields)
+            semantic.layer.margin = semantic.config.route_margin
+            rows.append(scores(name, semantic, records, other_subject, other_relation))
+            print(rows[-1].model_dump_json(), flush=True)
     finally:
         semantic.remove()
     if grace:
@@ -145,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.routing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_EDIT_FILE), help="ZsRE edit file")
     parser.add_argument("--n", type=int, default=500, help="edits (records N..2N give the neighbours)")
-    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1], help="route margins to try")
+    parser.add_argument("--margins", type=float, nargs="*", default=[0.05, 0.1], help="route margins to try")
+    parser.add_argument("--relation-radii", type=float, nargs="*", default=[0.7, 0.75, 0.8], help="relation radii to try")
     parser.add_argument("--no-grace", action="store_true", help="skip GRACE's key")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
@@ -156,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     records = load_zsre(args.data, limit=2 * args.n)
     if not 0 < args.n <= len(records) // 2:
         parser.error(f"N must be between 1 and half the {len(records)} records")
-    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, not args.no_grace)
+    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, args.relation_radii, not args.no_grace)
     if args.benchmarks:
         report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
     return rows
