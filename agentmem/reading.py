@@ -13,14 +13,14 @@ from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
 from .notes import Hit, Note
 from .stores.filters import NoteFilter
-from .stores.graph import NoteGraph
+from .stores.store import NoteStore
 from .stores.sync import IndexSync
 
 EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 
 
 class ReadPath:
-    def __init__(self, store: NoteGraph, index: IndexSync, config: MemoryConfig) -> None:
+    def __init__(self, store: NoteStore, index: IndexSync, config: MemoryConfig) -> None:
         self.store, self.index, self.config = store, index, config
 
     def search(self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime) -> list[Hit]:
@@ -75,19 +75,18 @@ class ReadPath:
 
     def reinforce(self, hits: list[Hit], at: datetime) -> list[Hit]:
         """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
-        reinforced = []
-        with self.store.transaction():
-            for hit in hits:
-                note = hit.note
-                changes = {
-                    "recall_count": note.recall_count + 1,
-                    "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
-                    "last_recalled": max(at, note.last_recalled),
-                }
-                self.store.set_fields(note.id, **changes)
-                reinforced.append(hit.model_copy(update={"note": note.model_copy(update=changes)}))
+        changes = {
+            hit.note.id: {
+                "recall_count": hit.note.recall_count + 1,
+                "strength": forgetting.reinforced_strength(hit.note.strength, self.config.strength_gain),
+                "last_recalled": max(at, hit.note.last_recalled),
+            }
+            for hit in hits
+        }
+        with self.store.transaction(bookkeeping=True):
+            self.store.set_fields_many(changes)
             self.store.record_recalls([h.note.id for h in hits], at)
-        return reinforced
+        return [hit.model_copy(update={"note": hit.note.model_copy(update=changes[hit.note.id])}) for hit in hits]
 
     def retention(self, note: Note, at: datetime) -> float:
         unit = self.config.time_unit_seconds

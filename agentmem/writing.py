@@ -19,7 +19,7 @@ from . import forgetting, linking
 from .config import MemoryConfig
 from .facts import FactExtractor
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
-from .stores.graph import NoteGraph
+from .stores.store import NoteStore
 from .stores.sync import IndexSync
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _clean_words(words: list[str]) -> list[str]:
 
 class WritePath:
     def __init__(
-        self, store: NoteGraph, index: IndexSync, config: MemoryConfig,
+        self, store: NoteStore, index: IndexSync, config: MemoryConfig,
         enricher: Enricher | None, fact_extractor: FactExtractor | None,
     ) -> None:
         self.store, self.index, self.config = store, index, config

@@ -30,8 +30,12 @@ import networkx as nx
 import numpy as np
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
-from ..notes import Fact, Link, Note
+from ..notes import Link, Note
 from .filters import NoteFilter
+from .rows import (
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in, note_row,
+    quarantine_entry, readable_notes, to_timestamp, without_words,
+)
 from .tokens import index_token
 
 log = logging.getLogger(__name__)
@@ -89,13 +93,7 @@ END;
 # BM25 column weights: the note's own words count most; evolved keywords and tags help a little
 FTS_WEIGHTS = (1.0, 0.5, 0.5)
 
-NOTE_COLUMNS = (
-    "id", "text", "keywords", "tags", "context", "user_id", "agent_id", "session_id",
-    "created_at", "updated_at", "last_recalled", "recall_count", "strength", "archived",
-    "metadata", "fact", "embedding", "context_embedding", "index_id",
-)
 SCHEMA_VERSION = "2"  # 1: release 0.1.0; 2: index tokens, absorbed keywords, quarantine
-UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
 
 
 @contextmanager
@@ -115,25 +113,6 @@ def sqlite_errors(path: Path) -> Iterator[None]:
             f"the note graph at {path} is damaged ({exc}). Restore a backup with `agentmem restore-backup BACKUP"
             f" --path {path.parent}` (Memory.restore_backup), which also rebuilds the vector index"
         ) from exc
-
-
-def to_timestamp(at: datetime) -> float:
-    return at.timestamp()
-
-
-def from_timestamp(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def _column_value(value: Any) -> Any:
-    """A Python value as stored in the notes table."""
-    if isinstance(value, datetime):
-        return to_timestamp(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    if isinstance(value, Fact):
-        return value.model_dump_json()
-    return value
 
 
 class NoteGraph:
@@ -252,8 +231,10 @@ class NoteGraph:
         return True
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic write; the networkx view is rolled back with it on failure."""
+    def transaction(self, bookkeeping: bool = False) -> Iterator[None]:
+        """One atomic write; the networkx view is rolled back with it on failure. `bookkeeping`
+        (a write that changes no content, as `PostgresNoteGraph` has it) changes nothing here: in
+        WAL mode with synchronous=NORMAL no commit waits for the disk."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -277,7 +258,7 @@ class NoteGraph:
     def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
         """Add a note. `embedding` is its text's own; `in_context`, when given, is the vector searched
         and ranked instead (the text embedded in its conversation's context)."""
-        row = self._row(note, embedding, in_context)
+        row = note_row(note, embedding, in_context, self.index_key)
         self._db.execute(
             f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({', '.join('?' * len(NOTE_COLUMNS))})", row
         )
@@ -290,7 +271,7 @@ class NoteGraph:
         """Overwrite a note, keeping its previous version in the history."""
         self._db.execute(
             f"UPDATE notes SET {', '.join(c + ' = ?' for c in NOTE_COLUMNS[1:])} WHERE id = ?",
-            (*self._row(note, embedding, in_context)[1:], note.id),
+            (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
         )
         self.record(note.id, before.updated_at, change, before)
         self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note.id,))
@@ -298,7 +279,7 @@ class NoteGraph:
     def set_fields(self, note_id: str, **fields: Any) -> None:
         """Update plain columns that the vector index does not mirror."""
         sets = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE notes SET {sets} WHERE id = ?", (*map(_column_value, fields.values()), note_id))
+        self._db.execute(f"UPDATE notes SET {sets} WHERE id = ?", (*map(column_value, fields.values()), note_id))
 
     def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
         for note_id in note_ids:
@@ -310,6 +291,10 @@ class NoteGraph:
             "INSERT INTO history(note_id, at, change, before) VALUES (?, ?, ?, ?)",
             (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
         )
+
+    def set_fields_many(self, changes: dict[str, dict[str, Any]]) -> None:
+        for note_id, fields in changes.items():
+            self.set_fields(note_id, **fields)
 
     def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
         self._db.executemany("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
@@ -350,9 +335,7 @@ class NoteGraph:
             self._db.execute("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
             self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note_id,))
         for rowid, before in self._db.execute("SELECT rowid, before FROM history WHERE note_id = ?", (note_id,)).fetchall():
-            version = json.loads(before)
-            version["keywords"] = [w for w in version.get("keywords", []) if w not in words]
-            self._db.execute("UPDATE history SET before = ? WHERE rowid = ?", (json.dumps(version), rowid))
+            self._db.execute("UPDATE history SET before = ? WHERE rowid = ?", (without_words(before, words), rowid))
 
     def purge_freed(self) -> None:
         """After a forget: merge the full-text index (its segments still hold deleted tokens)
@@ -475,11 +458,7 @@ class NoteGraph:
         self.graph.add_edge(a, b, weight=weight)
 
     def links_of(self, note_id: str) -> list[Link]:
-        if note_id not in self.graph:
-            return []
-        edges = sorted(self.graph[note_id].items(), key=lambda item: -item[1]["weight"])
-        # rows come from our own tables: skip re-validating every link
-        return [Link.model_construct(note_id=n, weight=e["weight"]) for n, e in edges]
+        return links_in(self.graph, note_id)
 
     # ---- the outbox of vector-index writes ----------------------------------------
 
@@ -504,33 +483,21 @@ class NoteGraph:
     def _select(
         self, where: str | None, params: list[Any], links: bool = True
     ) -> Iterator[tuple[Note, np.ndarray]]:
-        sql = f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes"
+        sql = f"SELECT {', '.join(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes"
         if where is not None:
             if not params:
                 return
             sql += " WHERE " + where.format(", ".join("?" * len(params)))
-        for row in self._db.execute(sql, params).fetchall():
-            try:
-                note = self._note(row, links)
-            except UNREADABLE as exc:  # never fatal: reported, and quarantined by the next write
-                log.warning("note %r cannot be read and will be quarantined: %s", row["id"], exc)
-                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
-                continue
-            yield note, np.frombuffer(row["context_embedding"] or row["embedding"], dtype=np.float32)
+        found = self._db.execute(sql, params).fetchall()
+        yield from readable_notes(found, self.graph if links else None, self.unreadable)
 
     def quarantine_unreadable(self) -> list[str]:
         """Move every note row that cannot be read into `quarantine` (with why), out of the notes.
 
         Checks all rows (at a migration) and any that a read found broken since; returns their ids.
         """
-        for row in self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes").fetchall():
-            try:
-                self._note(row, links=False)
-                if len(row["embedding"]) % 4:
-                    raise ValueError("embedding bytes are not float32")
-            except UNREADABLE as exc:
-                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
-        return self.quarantine(self.unreadable)
+        found = self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes").fetchall()
+        return self.quarantine(find_unreadable(found, self.unreadable))
 
     def quarantine(self, reasons: dict[str, str]) -> list[str]:
         if not reasons:
@@ -538,13 +505,14 @@ class NoteGraph:
         now = datetime.now(timezone.utc).timestamp()
         with self.transaction():
             for note_id, reason in list(reasons.items()):
-                row = self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS[:16])} FROM notes WHERE id = ?", (note_id,)).fetchone()
+                row = self._db.execute(
+                    f"SELECT {', '.join(KEPT_IN_QUARANTINE)} FROM notes WHERE id = ?", (note_id,)
+                ).fetchone()
                 if row is None:
                     continue
-                kept = {key: row[key] for key in row.keys()}
                 self._db.execute(
                     "INSERT INTO quarantine(id, reason, at, row) VALUES (?, ?, ?, ?)",
-                    (note_id, reason, now, json.dumps(kept, default=str)),
+                    (note_id, reason, now, quarantine_entry(row)),
                 )
                 self.delete(note_id)
         log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
@@ -553,38 +521,5 @@ class NoteGraph:
         return moved
 
     def quarantined(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT id, reason, at, row FROM quarantine ORDER BY rowid")
-        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in rows]
-
-    def _note(self, row: sqlite3.Row, links: bool) -> Note:
-        return Note(
-            id=row["id"],
-            text=row["text"],
-            keywords=json.loads(row["keywords"]),
-            tags=json.loads(row["tags"]),
-            context=row["context"],
-            user_id=row["user_id"],
-            agent_id=row["agent_id"],
-            session_id=row["session_id"],
-            created_at=from_timestamp(row["created_at"]),
-            updated_at=from_timestamp(row["updated_at"]),
-            last_recalled=from_timestamp(row["last_recalled"]),
-            recall_count=row["recall_count"],
-            strength=row["strength"],
-            archived=bool(row["archived"]),
-            metadata=json.loads(row["metadata"]),
-            fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
-            links=self.links_of(row["id"]) if links else [],
-        )
-
-    def _row(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> tuple[Any, ...]:
-        return (
-            note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
-            note.user_id, note.agent_id, note.session_id,
-            to_timestamp(note.created_at), to_timestamp(note.updated_at), to_timestamp(note.last_recalled),
-            note.recall_count, note.strength, int(note.archived),
-            json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
-            np.asarray(embedding, dtype=np.float32).tobytes(),
-            None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
-            index_token(self.index_key, "id", note.id),
-        )
+        found = self._db.execute("SELECT id, reason, at, row FROM quarantine ORDER BY rowid")
+        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in found]

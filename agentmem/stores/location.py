@@ -16,11 +16,10 @@ from urllib.parse import urlsplit
 from ..errors import InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
 from .postgres import PostgresNoteGraph
+from .store import NoteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 GRAPH_FILE = "notes.sqlite3"
-
-NoteStore = NoteGraph | PostgresNoteGraph
 
 
 def is_postgres_url(location: str | Path) -> bool:

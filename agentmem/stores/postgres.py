@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,13 +40,16 @@ import psycopg
 import psycopg_pool
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
-from ..notes import Fact, Link, Note
-from .filters import NoteFilter
-from .graph import NOTE_COLUMNS, UNREADABLE, NoteGraph, from_timestamp, to_timestamp
-from .ledger_connection import LedgerConnection, Row, row_factory
+from ..notes import Link, Note
 from . import shared_folders
+from .filters import NoteFilter
+from .graph import NoteGraph
+from .ledger_connection import LedgerConnection, Row, row_factory
+from .rows import (
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in, note_row,
+    quarantine_entry, readable_notes, to_timestamp, without_words,
+)
 from .shared_folders import SharedFolders
-from .tokens import index_token
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,31 @@ CREATE TABLE IF NOT EXISTS store_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE C
 INSERT INTO store_version(one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 """
 
+# What the lexical score's IDF needs, kept exact by triggers in the notes' own transactions: per
+# lexeme the number of notes holding it, and the number of notes (its row with the empty lexeme,
+# which no tsvector holds). A lexeme whose last note goes is deleted with it (forget leaves no word).
+LEXICON = """
+CREATE TABLE lexicon (lexeme TEXT PRIMARY KEY, docs BIGINT NOT NULL);
+CREATE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        UPDATE lexicon SET docs = docs - 1 WHERE lexeme = ANY(tsvector_to_array(OLD.search) || '{""}'::text[]);
+        DELETE FROM lexicon WHERE docs <= 0 AND lexeme = ANY(tsvector_to_array(OLD.search));
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO lexicon(lexeme, docs) SELECT unnest(tsvector_to_array(NEW.search) || '{""}'::text[]), 1
+            ON CONFLICT (lexeme) DO UPDATE SET docs = lexicon.docs + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER notes_lexicon_write AFTER INSERT OR DELETE ON notes
+    FOR EACH ROW EXECUTE FUNCTION agentmem_count_lexemes();
+CREATE TRIGGER notes_lexicon_update AFTER UPDATE ON notes
+    FOR EACH ROW WHEN (OLD.search IS DISTINCT FROM NEW.search) EXECUTE FUNCTION agentmem_count_lexemes();
+INSERT INTO lexicon(lexeme, docs) SELECT word, ndoc FROM ts_stat('SELECT search FROM notes');
+INSERT INTO lexicon(lexeme, docs) SELECT '', count(*) FROM notes;
+"""
+
 # ts_rank weights for {D, C, B, A}: the note's own words (A) count most, keywords and tags (B) half as much
 RANK_WEIGHTS = "{0, 0, 0.5, 1.0}"
 RANK_NORMALIZATION = 1  # divide by 1 + log(document length), as BM25 discounts long documents
@@ -131,6 +158,7 @@ def select_list(columns: tuple[str, ...]) -> str:
 
 
 SELECT_NOTES = f"SELECT {select_list(NOTE_COLUMNS)} FROM notes"
+READ_NOTES = f"SELECT {select_list(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes"
 OUTBOX = "INSERT INTO outbox(note_id, op) VALUES (%s, %s) ON CONFLICT (note_id) DO UPDATE SET op = excluded.op"
 
 
@@ -164,6 +192,8 @@ class PostgresNoteGraph:
             with self._session() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
+                if conn.execute("SELECT to_regclass('lexicon')").fetchone()[0] is None:  # new, or made by 0.2
+                    conn.execute(LEXICON)
                 conn.execute(shared_folders.SCHEMA)
                 if self.get_meta("index_key") is None:
                     self.set_meta("index_key", os.urandom(32).hex())
@@ -185,6 +215,7 @@ class PostgresNoteGraph:
         psycopg's failures leave as agentmem's typed errors."""
         pinned = getattr(self._pinned, "conn", None)
         if pinned is not None:
+            self._send_queued(pinned)
             yield pinned
             return
         try:
@@ -203,16 +234,42 @@ class PostgresNoteGraph:
         except psycopg.DatabaseError as exc:
             raise StoreCorruptedError(f"the note store at {self.path} failed a statement: {exc}") from exc
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def _run(self, sql: str, params: Sequence[Any] = (), binary: bool = False) -> list[Row]:
+        """`binary`: results in binary form (vectors come as their bytes, not hex text)."""
         with self._session() as conn:
-            cursor = conn.execute(sql, params)
+            cursor = conn.execute(sql, params, binary=binary)
             return cursor.fetchall() if cursor.description else []
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result nobody reads: inside `transaction()` it waits in this thread's
+        queue, which goes to the server in one round trip (a pipeline) before the next statement
+        that is not queued, or at the commit."""
+        queued = getattr(self._pinned, "queued", None)
+        if queued is None:
+            self._run(sql, params)
+        else:
+            queued.append((sql, params))
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
-        if rows:
+        queued = getattr(self._pinned, "queued", None)
+        if queued is not None:
+            queued.extend((sql, row) for row in rows)
+        elif rows:
             with self._session() as conn, conn.cursor() as cursor:
                 cursor.executemany(sql, rows)
+
+    def _send_queued(self, conn: psycopg.Connection, then: str | None = None) -> psycopg.Cursor | None:
+        """Send the queued statements, and `then` (a statement whose result is wanted) after them,
+        in one pipeline; returns the last statement's cursor."""
+        queued = getattr(self._pinned, "queued", None) or []
+        statements = [*queued, *([(then, ())] if then else [])]
+        queued.clear()
+        if not statements:
+            return None
+        with conn.pipeline():
+            cursors = [conn.execute(sql, params) for sql, params in statements]
+        return cursors[-1]
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -296,13 +353,32 @@ class PostgresNoteGraph:
         return True
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic write, counted in `store_version`; the networkx view is rolled back with it on failure."""
+    def transaction(self, bookkeeping: bool = False) -> Iterator[None]:
+        """One atomic write, counted in `store_version`; the networkx view is rolled back with it on failure.
+
+        `bookkeeping`: a write that changes no note's content and no link (a recall's counts, the
+        outbox entries cleared once the index has the notes) is not counted (other replicas need
+        not reload their view for it) and commits without waiting for the disk (synchronous_commit
+        off): a crash of the server may lose the last such writes, as a power loss may lose
+        SQLite's last commits; it never leaves the store inconsistent.
+        """
+        version = None
+        outermost = getattr(self._pinned, "queued", None) is None
         try:
             with self._session() as conn:
-                with conn.transaction():
-                    yield
-                    version = conn.execute("UPDATE store_version SET n = n + 1 RETURNING n").fetchone()[0]
+                try:
+                    if outermost:
+                        self._pinned.queued = []
+                    with conn.transaction():
+                        if bookkeeping:
+                            self._write("SET LOCAL synchronous_commit TO OFF")
+                        yield
+                        last = self._send_queued(conn, None if bookkeeping else "UPDATE store_version SET n = n + 1 RETURNING n")
+                        if not bookkeeping:
+                            version = last.fetchone()[0]
+                finally:
+                    if outermost:
+                        self._pinned.queued = None
         except BaseException:
             self._data_version = -1
             self.refresh_if_changed()
@@ -315,7 +391,7 @@ class PostgresNoteGraph:
         return rows[0][0] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._run(
+        self._write(
             "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
@@ -324,23 +400,23 @@ class PostgresNoteGraph:
 
     def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
         """Add a note; `in_context`, when given, is the vector searched and ranked instead of `embedding`."""
-        self._run(
+        self._write(
             f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(NOTE_COLUMNS))})",
-            self._row(note, embedding, in_context),
+            note_row(note, embedding, in_context, self.index_key),
         )
-        self._run(OUTBOX, (note.id, "upsert"))
+        self._write(OUTBOX, (note.id, "upsert"))
         self.graph.add_node(note.id)
 
     def replace(
         self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
     ) -> None:
         """Overwrite a note, keeping its previous version in the history."""
-        self._run(
+        self._write(
             f"UPDATE notes SET {', '.join(c + ' = %s' for c in NOTE_COLUMNS[1:])} WHERE id = %s",
-            (*self._row(note, embedding, in_context)[1:], note.id),
+            (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
         )
         self.record(note.id, before.updated_at, change, before)
-        self._run(OUTBOX, (note.id, "upsert"))
+        self._write(OUTBOX, (note.id, "upsert"))
 
     def set_fields(self, note_id: str, **fields: Any) -> None:
         """Update plain columns that the vector index does not mirror."""
@@ -348,19 +424,31 @@ class PostgresNoteGraph:
         if unknown:
             raise InvalidInputError(f"no such note field(s): {', '.join(sorted(unknown))}")
         sets = ", ".join(f"{name} = %s" for name in fields)
-        values = [_column_value(name, value) for name, value in fields.items()]
-        self._run(f"UPDATE notes SET {sets} WHERE id = %s", (*values, note_id))
+        values = [column_value(value) for name, value in fields.items()]
+        self._write(f"UPDATE notes SET {sets} WHERE id = %s", (*values, note_id))
 
     def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
         for note_id in note_ids:
-            self._run("UPDATE notes SET archived = %s WHERE id = %s", (int(archived), note_id))
-            self._run(OUTBOX, (note_id, "upsert"))
+            self._write("UPDATE notes SET archived = %s WHERE id = %s", (int(archived), note_id))
+            self._write(OUTBOX, (note_id, "upsert"))
 
     def record(self, note_id: str, at: datetime, change: str, before: Note) -> None:
-        self._run(
+        self._write(
             "INSERT INTO history(note_id, at, change, before) VALUES (%s, %s, %s, %s)",
             (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
         )
+
+    def set_fields_many(self, changes: dict[str, dict[str, Any]]) -> None:
+        """`set_fields` for many notes, in one round trip per set of field names."""
+        by_names: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for note_id, fields in changes.items():
+            row = (*(column_value(value) for name, value in fields.items()), note_id)
+            by_names.setdefault(tuple(fields), []).append(row)
+        for names, rows in by_names.items():
+            unknown = set(names) - set(NOTE_COLUMNS)
+            if unknown:
+                raise InvalidInputError(f"no such note field(s): {', '.join(sorted(unknown))}")
+            self._many(f"UPDATE notes SET {', '.join(f'{name} = %s' for name in names)} WHERE id = %s", rows)
 
     def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
         self._many("INSERT INTO recalls(note_id, at) VALUES (%s, %s)", [(i, to_timestamp(at)) for i in note_ids])
@@ -380,12 +468,12 @@ class PostgresNoteGraph:
             taken.setdefault(row[0], set()).add(row[1])
         for neighbour, words in taken.items():
             self._give_back(neighbour, words)
-        self._run("DELETE FROM history WHERE change = %s", (f"evolved:{note_id}",))
-        self._run("DELETE FROM absorbed WHERE origin = %s OR note_id = %s", (note_id, note_id))
+        self._write("DELETE FROM history WHERE change = %s", (f"evolved:{note_id}",))
+        self._write("DELETE FROM absorbed WHERE origin = %s OR note_id = %s", (note_id, note_id))
         for table, column in (("notes", "id"), ("history", "note_id"), ("recalls", "note_id")):
-            self._run(f"DELETE FROM {table} WHERE {column} = %s", (note_id,))
-        self._run("DELETE FROM links WHERE a = %s OR b = %s", (note_id, note_id))
-        self._run(OUTBOX, (note_id, "delete"))
+            self._write(f"DELETE FROM {table} WHERE {column} = %s", (note_id,))
+        self._write("DELETE FROM links WHERE a = %s OR b = %s", (note_id, note_id))
+        self._write(OUTBOX, (note_id, "delete"))
         if note_id in self.graph:
             self.graph.remove_node(note_id)
         return list(taken)
@@ -395,12 +483,10 @@ class PostgresNoteGraph:
         rows = self._run("SELECT keywords FROM notes WHERE id = %s", (note_id,))
         if rows:
             kept = [w for w in json.loads(rows[0][0]) if w not in words]
-            self._run("UPDATE notes SET keywords = %s WHERE id = %s", (json.dumps(kept), note_id))
-            self._run(OUTBOX, (note_id, "upsert"))
+            self._write("UPDATE notes SET keywords = %s WHERE id = %s", (json.dumps(kept), note_id))
+            self._write(OUTBOX, (note_id, "upsert"))
         for seq, before in self._run("SELECT seq, before FROM history WHERE note_id = %s", (note_id,)):
-            version = json.loads(before)
-            version["keywords"] = [w for w in version.get("keywords", []) if w not in words]
-            self._run("UPDATE history SET before = %s WHERE seq = %s", (json.dumps(version), seq))
+            self._write("UPDATE history SET before = %s WHERE seq = %s", (without_words(before, words), seq))
 
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
@@ -483,21 +569,21 @@ class PostgresNoteGraph:
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best full-text matches of any of `terms` (english-stemmed) among the notes `where`
-        admits, as (id, score > 0). The score is BM25's shape: per term, its IDF over the whole
-        store times `ts_rank` (column-weighted, length-normalized term frequency), summed."""
+        admits, as (id, score > 0). The score is BM25's shape: per query lexeme, its IDF over the
+        whole store (from `lexicon`) times `ts_rank` (column-weighted, length-normalized term
+        frequency), summed. One GIN lookup finds the notes holding any of the lexemes."""
         if not terms or n < 1:
             return []
         clause, params = where.postgres_sql("n")
         rows = self._run(
-            "WITH q AS (SELECT DISTINCT plainto_tsquery('english', t) AS query FROM unnest(%s::text[]) AS u(t)),"
-            " df AS (SELECT query, (SELECT count(*) FROM notes WHERE search @@ q.query) AS docs FROM q"
-            "        WHERE numnode(query) > 0),"
-            " total AS (SELECT count(*) AS docs FROM notes)"
-            " SELECT n.id, SUM(ln(1 + (total.docs - df.docs + 0.5) / (df.docs + 0.5))"
-            "                  * ts_rank(%s, n.search, df.query, %s)) AS score"
-            f" FROM df JOIN notes n ON n.search @@ df.query CROSS JOIN total WHERE {clause}"
-            " GROUP BY n.id, n.seq ORDER BY score DESC, n.seq LIMIT %s",
-            (terms, RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
+            "WITH w AS MATERIALIZED ("
+            "  SELECT quote_literal(l.lexeme)::tsquery AS query, ln(1 + (total.docs - l.docs + 0.5) / (l.docs + 0.5)) AS idf"
+            "  FROM lexicon l JOIN lexicon total ON total.lexeme = ''"
+            "  WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', %s))))"
+            " SELECT n.id, (SELECT sum(w.idf * ts_rank(%s, n.search, w.query, %s)) FROM w) AS score FROM notes n"
+            f" WHERE n.search @@ (SELECT string_agg(query::text, ' | ')::tsquery FROM w) AND {clause}"
+            " ORDER BY score DESC, n.seq LIMIT %s",
+            (" ".join(terms), RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
         )
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
 
@@ -515,7 +601,7 @@ class PostgresNoteGraph:
 
     def link(self, a: str, b: str, weight: float, at: datetime) -> None:
         first, second = sorted((a, b))
-        self._run(
+        self._write(
             "INSERT INTO links(a, b, weight, created_at) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (a, b) DO UPDATE SET weight = excluded.weight",
             (first, second, weight, to_timestamp(at)),
@@ -523,10 +609,7 @@ class PostgresNoteGraph:
         self.graph.add_edge(a, b, weight=weight)
 
     def links_of(self, note_id: str) -> list[Link]:
-        if note_id not in self.graph:
-            return []
-        edges = sorted(self.graph[note_id].items(), key=lambda item: -item[1]["weight"])
-        return [Link.model_construct(note_id=n, weight=e["weight"]) for n, e in edges]
+        return links_in(self.graph, note_id)
 
     # ---- the outbox of vector-index writes ----------------------------------------
 
@@ -537,7 +620,7 @@ class PostgresNoteGraph:
         return [(r[0], r[1]) for r in self._run("SELECT note_id, op FROM outbox")]
 
     def clear_pending(self, note_ids: Iterable[str]) -> None:
-        self._run("DELETE FROM outbox WHERE note_id = ANY(%s)", (list(note_ids),))
+        self._write("DELETE FROM outbox WHERE note_id = ANY(%s)", (list(note_ids),))
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}
@@ -548,39 +631,25 @@ class PostgresNoteGraph:
     # ---- (de)serialisation and quarantine ------------------------------------------
 
     def _select(self, where: str, params: list[Any], links: bool = True) -> Iterator[tuple[Note, np.ndarray]]:
-        for row in self._run(SELECT_NOTES + where + " ORDER BY seq", params):
-            try:
-                note = self._note(row, links)
-            except UNREADABLE as exc:  # never fatal: reported, and quarantined by the next write
-                log.warning("note %r cannot be read and will be quarantined: %s", row["id"], exc)
-                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
-                continue
-            yield note, np.frombuffer(row["context_embedding"] or row["embedding"], dtype=np.float32)
+        found = self._run(READ_NOTES + where + " ORDER BY seq", params, binary=True)
+        yield from readable_notes(found, self.graph if links else None, self.unreadable)
 
     def quarantine_unreadable(self) -> list[str]:
         """Move every note row that cannot be read into `quarantine`; returns their ids."""
-        for row in self._run(SELECT_NOTES):
-            try:
-                self._note(row, links=False)
-                if len(row["embedding"]) % 4:
-                    raise ValueError("embedding bytes are not float32")
-            except UNREADABLE as exc:
-                self.unreadable[str(row["id"])] = f"{type(exc).__name__}: {exc}"[:2000]
-        return self.quarantine(self.unreadable)
+        return self.quarantine(find_unreadable(self._run(SELECT_NOTES), self.unreadable))
 
     def quarantine(self, reasons: dict[str, str]) -> list[str]:
         if not reasons:
             return []
         now = datetime.now(timezone.utc).timestamp()
-        kept_columns = [c if c != "metadata" else "metadata::text AS metadata" for c in NOTE_COLUMNS[:16]]
         with self.transaction():
             for note_id, reason in list(reasons.items()):
-                rows = self._run(f"SELECT {', '.join(kept_columns)} FROM notes WHERE id = %s", (note_id,))
-                if not rows:
+                found = self._run(f"SELECT {select_list(KEPT_IN_QUARANTINE)} FROM notes WHERE id = %s", (note_id,))
+                if not found:
                     continue
-                self._run(
+                self._write(
                     "INSERT INTO quarantine(id, reason, at, row) VALUES (%s, %s, %s, %s)",
-                    (note_id, reason, now, json.dumps(rows[0].as_dict(), default=str)),
+                    (note_id, reason, now, quarantine_entry(found[0])),
                 )
                 self.delete(note_id)
         log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
@@ -589,33 +658,8 @@ class PostgresNoteGraph:
         return moved
 
     def quarantined(self) -> list[dict[str, Any]]:
-        rows = self._run("SELECT id, reason, at, row FROM quarantine ORDER BY seq")
-        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in rows]
-
-    def _note(self, row: Row, links: bool) -> Note:
-        return Note(
-            id=row["id"], text=row["text"],
-            keywords=json.loads(row["keywords"]), tags=json.loads(row["tags"]), context=row["context"],
-            user_id=row["user_id"], agent_id=row["agent_id"], session_id=row["session_id"],
-            created_at=from_timestamp(row["created_at"]), updated_at=from_timestamp(row["updated_at"]),
-            last_recalled=from_timestamp(row["last_recalled"]),
-            recall_count=row["recall_count"], strength=row["strength"], archived=bool(row["archived"]),
-            metadata=json.loads(row["metadata"]),
-            fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
-            links=self.links_of(row["id"]) if links else [],
-        )
-
-    def _row(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> tuple[Any, ...]:
-        return (
-            note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
-            note.user_id, note.agent_id, note.session_id,
-            to_timestamp(note.created_at), to_timestamp(note.updated_at), to_timestamp(note.last_recalled),
-            note.recall_count, note.strength, int(note.archived),
-            json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
-            np.asarray(embedding, dtype=np.float32).tobytes(),
-            None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
-            index_token(self.index_key, "id", note.id),
-        )
+        found = self._run("SELECT id, reason, at, row FROM quarantine ORDER BY seq")
+        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in found]
 
 
 def copied_tables(store: PostgresNoteGraph | NoteGraph) -> dict[str, tuple[str, ...]]:
@@ -631,16 +675,3 @@ def copied_tables(store: PostgresNoteGraph | NoteGraph) -> dict[str, tuple[str, 
 def order_of(table: str, columns: tuple[str, ...]) -> str:
     """The order a Postgres table is copied in: insertion order where it matters, else all columns."""
     return "seq" if table in SEQUENCED else ", ".join(columns)
-
-
-def _column_value(name: str, value: Any) -> Any:
-    """A Python value as stored in the notes table."""
-    if isinstance(value, datetime):
-        return to_timestamp(value)
-    if isinstance(value, bool) and name == "archived":
-        return int(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    if isinstance(value, Fact):
-        return value.model_dump_json()
-    return value

@@ -20,13 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import StoreCorruptedError, StoreUnavailableError
-from .graph import NoteGraph
+from .store import NoteStore
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 
 
-def open_index(folder: Path, collection: str, url: str | None, graph: NoteGraph) -> VectorIndex:
+def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore) -> VectorIndex:
     """The store's vector index; an embedded one that is damaged is deleted and rebuilt later from the graph."""
     try:
         return VectorIndex(folder, collection, url, graph.index_key)
@@ -39,7 +39,7 @@ def open_index(folder: Path, collection: str, url: str | None, graph: NoteGraph)
 
 
 class IndexSync:
-    def __init__(self, graph: NoteGraph, index: VectorIndex) -> None:
+    def __init__(self, graph: NoteStore, index: VectorIndex) -> None:
         self.graph, self.index = graph, index
 
     def search(self, embeddings, n: int, conditions: dict) -> list[list[tuple[str, float]]]:
@@ -100,7 +100,7 @@ class IndexSync:
             rows = self.graph.load(upserts, links=False)
             self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
             self.index.delete(deletes)
-            with self.graph.transaction():
+            with self.graph.transaction(bookkeeping=True):  # if lost, the index writes are replayed: they are idempotent
                 self.graph.clear_pending([*upserts, *deletes])
         except (StoreUnavailableError, sqlite3.OperationalError) as exc:
             log.warning("%d index change(s) stay in the outbox until the index is reachable: %s",

@@ -1,0 +1,134 @@
+"""A note as a table row, the same in both note stores: the columns, a `Note` read from a row
+and written into one, rows that cannot be read set aside (never fatal), links from the view.
+
+The stores differ only in their SQL and their connections (graph.py: SQLite, postgres.py:
+PostgreSQL); what a row means is said once, here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from ..notes import Fact, Link, Note
+from .tokens import index_token
+
+log = logging.getLogger(__name__)
+
+NOTE_COLUMNS = (
+    "id", "text", "keywords", "tags", "context", "user_id", "agent_id", "session_id",
+    "created_at", "updated_at", "last_recalled", "recall_count", "strength", "archived",
+    "metadata", "fact", "embedding", "context_embedding", "index_id",
+)
+KEPT_IN_QUARANTINE = NOTE_COLUMNS[:16]  # a quarantined row keeps everything but its vectors and token
+SEARCHED_VECTOR = "COALESCE(context_embedding, embedding) AS vector"  # what a read loads beside the note
+UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
+
+
+def to_timestamp(at: datetime) -> float:
+    return at.timestamp()
+
+
+def from_timestamp(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def column_value(value: Any) -> Any:
+    """A Python value as stored in the notes table."""
+    if isinstance(value, datetime):
+        return to_timestamp(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, Fact):
+        return value.model_dump_json()
+    return value
+
+
+def note_row(note: Note, embedding: np.ndarray, in_context: np.ndarray | None, index_key: bytes) -> tuple[Any, ...]:
+    """The note's values in `NOTE_COLUMNS` order; `index_key` makes its vector-index token."""
+    return (
+        note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
+        note.user_id, note.agent_id, note.session_id,
+        to_timestamp(note.created_at), to_timestamp(note.updated_at), to_timestamp(note.last_recalled),
+        note.recall_count, note.strength, int(note.archived),
+        json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
+        np.asarray(embedding, dtype=np.float32).tobytes(),
+        None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
+        index_token(index_key, "id", note.id),
+    )
+
+
+def note_of(row: Mapping[str, Any], links: list[Link]) -> Note:
+    """The note a row holds (raises one of `UNREADABLE` for a row that does not hold one)."""
+    return Note(
+        id=row["id"], text=row["text"],
+        keywords=json.loads(row["keywords"]), tags=json.loads(row["tags"]), context=row["context"],
+        user_id=row["user_id"], agent_id=row["agent_id"], session_id=row["session_id"],
+        created_at=from_timestamp(row["created_at"]), updated_at=from_timestamp(row["updated_at"]),
+        last_recalled=from_timestamp(row["last_recalled"]),
+        recall_count=row["recall_count"], strength=row["strength"], archived=bool(row["archived"]),
+        metadata=json.loads(row["metadata"]),
+        fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
+        links=links,
+    )
+
+
+def links_in(graph: nx.Graph, note_id: str) -> list[Link]:
+    """A note's links in the networkx view, strongest first."""
+    if note_id not in graph:
+        return []
+    edges = sorted(graph[note_id].items(), key=lambda item: -item[1]["weight"])
+    # rows come from our own tables: skip re-validating every link
+    return [Link.model_construct(note_id=n, weight=e["weight"]) for n, e in edges]
+
+
+def reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def readable_notes(
+    rows: Iterable[Mapping[str, Any]], graph: nx.Graph | None, unreadable: dict[str, str]
+) -> Iterator[tuple[Note, np.ndarray]]:
+    """The notes of these rows (`KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR`) with the vectors they
+    are searched by, with their links from
+    `graph` (None: without links). A row that cannot be read is logged and noted in
+    `unreadable` (the store quarantines it at its next write), never fatal."""
+    for row in rows:
+        try:
+            note = note_of(row, links_in(graph, row["id"]) if graph is not None else [])
+        except UNREADABLE as exc:
+            log.warning("note %r cannot be read and will be quarantined: %s", row["id"], exc)
+            unreadable[str(row["id"])] = reason(exc)
+            continue
+        yield note, np.frombuffer(row["vector"], dtype=np.float32)
+
+
+def find_unreadable(rows: Iterable[Mapping[str, Any]], unreadable: dict[str, str]) -> dict[str, str]:
+    """Check every row (a migration's full check), adding those that cannot be read to `unreadable`."""
+    for row in rows:
+        try:
+            note_of(row, [])
+            if len(row["embedding"]) % 4:
+                raise ValueError("embedding bytes are not float32")
+        except UNREADABLE as exc:
+            unreadable[str(row["id"])] = reason(exc)
+    return unreadable
+
+
+def quarantine_entry(row: Mapping[str, Any]) -> str:
+    """What `quarantine` keeps of a row: its readable columns as JSON."""
+    return json.dumps({key: row[key] for key in KEPT_IN_QUARANTINE}, default=str)
+
+
+def without_words(version_json: str, words: set[str]) -> str:
+    """A history entry (a note's earlier version) with these absorbed keywords taken out."""
+    version = json.loads(version_json)
+    version["keywords"] = [w for w in version.get("keywords", []) if w not in words]
+    return json.dumps(version)
