@@ -6,6 +6,7 @@ import torch
 
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
+from agentmem.editors.semantic import anchor_words, relation_text
 from agentmem.errors import InvalidInputError
 
 from .conftest import answer, logits
@@ -66,6 +67,26 @@ def test_a_new_target_for_the_same_prompt_supersedes_and_rollback_restores(tiny_
     assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
     tiny_semantic.rollback(older.edit_id)
     assert torch.equal(logits(tiny_lm, ALICE), before) and not tiny_semantic.edits()
+
+
+def test_an_edit_fires_for_its_subject_and_relation_only(tiny_lm, tiny_semantic, tmp_path):
+    [result] = tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon")])
+    assert tiny_semantic.route(ALICE) == tiny_semantic.route(ALICE_AGAIN) == result.edit_id
+    other_subject, other_relations = "Where does Bob live?", ["Where does Alice work?", "When was Alice born?"]
+    assert tiny_semantic.route(other_subject) is None                # the subject gate
+    assert not any(tiny_semantic.covers(p) for p in other_relations)  # the relation gate
+    tiny_semantic.save(tmp_path)
+    tiny_semantic.remove()
+    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    assert loaded.covers(ALICE_AGAIN) and not any(loaded.covers(p) for p in [other_subject, *other_relations])
+    loaded.config = loaded.config.model_copy(update={"relation_radius": None})
+    assert all(loaded.covers(p) for p in other_relations)  # the subject gate alone lets them in
+
+
+def test_relation_text_masks_the_subject():
+    anchors = anchor_words("What artist created Call the Doctor?")
+    assert anchors == {"call", "doctor"}
+    assert relation_text("Which label released Call the Doctor in 1996?", anchors) == "Which label released X in 1996?"
 
 
 def test_save_and_load_round_trip(tiny_lm, tiny_semantic, tmp_path):
