@@ -33,3 +33,13 @@ def test_the_command_line_refuses_impossible_sizes(tmp_path):
     data.write_text("[" + ",".join(r.model_dump_json() for r in RECORDS) + "]")
     with pytest.raises(SystemExit):
         consolidation.main(["--data", str(data), "--n", "4", "--benchmarks", ""])
+
+
+def test_neighbours_swap_subjects_both_ways_and_never_ask_an_edited_question():
+    edited = [ZsreRecord(subject="Alice", src="Where does Alice live?", alt="Lisbon", rephrase="-", loc="-", loc_ans="-"),
+              ZsreRecord(subject="Bob", src="Where does Bob live?", alt="Oslo", rephrase="-", loc="-", loc_ans="-")]
+    others = [ZsreRecord(subject="Carol", src="When was Carol born?", alt="1990", rephrase="-", loc="-", loc_ans="-"),
+              ZsreRecord(subject="Alice", src="Where does Alice live?", alt="Porto", rephrase="-", loc="-", loc_ans="-")]
+    other_subject, other_relation = consolidation.neighbours(edited, others)
+    assert other_subject == [("Where does Carol live?", "Lisbon")]        # Bob's question about Alice is Alice's own
+    assert other_relation == [("When was Alice born?", "1990")]           # Alice's question about Bob: same relation
