@@ -57,7 +57,7 @@ def greedy(lm, prompt, tokens=1):
 
 
 def live_edits(mem):
-    return {r.id for r in mem._consolidator.parametric.editor.edits()}
+    return {r.id for r in mem.editor.edits()}
 
 
 def applied(mem):
