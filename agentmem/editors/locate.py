@@ -9,8 +9,10 @@ model continues the prompt with the target (Meng et al. 2022, 2023).
 
 The subject: `EditRequest.subject` when given (ZsRE records carry it). Otherwise the prompt's
 leading proper-noun phrase, which is the rule-based fact extractor's subject for sentences like
-"Alice lives in" or "The Great Wall is located in"; a prompt with no such phrase is its own
-subject (the key is then its last token, and the edit is keyed on the whole prompt).
+"Alice lives in" or "The Great Wall is located in"; in a question ("What company made Volvo B12M?")
+the longest proper-noun phrase after the question word (ZsRE's subject for 888 of its first 1,000
+questions, overlapping it for 996); a prompt with no such phrase is its own subject (the key is
+then its last token, and the edit is keyed on the whole prompt).
 """
 from __future__ import annotations
 
@@ -30,24 +32,53 @@ from .base import Captured, leads
 
 _ARTICLES = {"The", "A", "An"}
 _JOINERS = {"of", "de", "the", "von", "van", "and", "&", "del", "la", "le"}
+# Words that open a question (or a sentence) without being its subject.
+_OPENERS = {
+    "What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "How", "In", "On", "At", "From", "By", "For",
+    "Of", "To", "During", "With", "Into", "After", "Before", "Under",
+    "Is", "Was", "Are", "Were", "Did", "Does", "Do", "Has", "Have", "Had", "Can", "The", "A", "An",
+}
 
 
 def derived_subject(prompt: str) -> str:
-    """The prompt's leading proper-noun phrase (capitalised words, 'of'-like joiners inside), else the prompt."""
-    words = prompt.split()
+    """The prompt's leading proper-noun phrase ("Alice lives in"); in a question ("What company made Volvo
+    B12M?"), its longest proper-noun phrase after the question word; else the whole prompt."""
+    phrases = _proper_noun_phrases(prompt.split())
+    leading = [phrase for start, phrase in phrases if start == 0 and _first_word(phrase) not in _OPENERS]
+    if leading or (phrases and phrases[0][0] == 0 and len(phrases[0][1].split()) > 1):
+        return phrases[0][1]  # "Alice lives in", "The Great Wall is located in"
+    later = [phrase for start, phrase in phrases if start > 0]
+    return max(reversed(later), key=lambda phrase: len(phrase.split())) if later else prompt.strip()
+
+
+def _first_word(phrase: str) -> str:
+    return phrase.split()[0].strip("\"'“”(")
+
+
+def _proper_noun_phrases(words: list[str]) -> list[tuple[int, str]]:
+    """(first word's index, phrase) of each run of capitalised words (or numbers), 'of'-like joiners inside,
+    a leading article kept at the sentence start; trailing punctuation and possessives cut."""
+    phrases: list[tuple[int, str]] = []
     taken: list[str] = []
-    for index, word in enumerate(words):
+    start = 0
+    for index, word in enumerate(words + [""]):
         bare = word.strip("\"'“”()")
-        if bare[:1].isupper() or bare[:1].isdigit() or (index == 0 and bare in _ARTICLES):
+        capital = bare[:1].isupper() or bare[:1].isdigit()
+        if capital or (index == 0 and bare in _ARTICLES):
+            start = index if not taken else start
             taken.append(word)
+            if not re.search(r"[,;:?!]$", word):
+                continue
         elif taken and bare in _JOINERS and index + 1 < len(words) and words[index + 1][:1].isupper():
             taken.append(word)
-        else:
-            break
-    while taken and (taken[-1] in _JOINERS or taken[-1] in _ARTICLES):
-        taken.pop()
-    subject = re.sub(r"(['’]s)?[,.;:?!]*$", "", " ".join(taken))
-    return subject if subject and subject not in _ARTICLES else prompt.strip()
+            continue
+        while taken and (taken[-1] in _JOINERS or taken[-1] in _ARTICLES):
+            taken.pop()
+        phrase = re.sub(r"(['’]s)?[,.;:?!]*$", "", " ".join(taken))
+        if phrase and phrase not in _ARTICLES:
+            phrases.append((start, phrase))
+        taken = []
+    return phrases
 
 
 def mentions(prompt: str, subject: str) -> bool:

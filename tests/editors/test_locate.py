@@ -17,6 +17,10 @@ from agentmem.errors import InvalidInputError
         ("Marie Curie's husband was", "Marie Curie"),
         ("the sky is", "the sky is"),  # no proper-noun phrase: the prompt is its own subject
         ("The project deadline is", "The project deadline is"),
+        ("What company made Volvo B12M?", "Volvo B12M"),  # a question: its longest proper-noun phrase
+        ("Who is the architect of Toodyay Fire Station?", "Toodyay Fire Station"),
+        ("The genus Platypatrobus is a part of what family?", "Platypatrobus"),
+        ("In which fictional universe is Chlorophyll Kid a character?", "Chlorophyll Kid"),
     ],
 )
 def test_the_derived_subject_is_the_leading_proper_noun_phrase(prompt, subject):
