@@ -23,6 +23,7 @@ from pathlib import Path
 import filelock
 from tqdm.auto import tqdm
 
+from ..editors import Editor
 from ..notes import ConsolidationReport, Decision, Note, Verification
 from .ledger import LIVE, Ledger
 from .parametric import PROBES, ParametricMemory
@@ -82,7 +83,8 @@ class Consolidator:
             entries = self.ledger.entries()
             recorded = self.ledger.scopes()
             retention = {note.id: self.store.retention(note, at) for note in notes}
-        decisions = decide(notes, retention, entries, policy, at, recorded)
+        decisions = _shared_only(decide(notes, retention, entries, policy, at, recorded), edit_scopes(notes, policy),
+                                 self.parametric.editor)
         if only is not None:
             decisions = [d for d in decisions if d.note_id in only or d.action == "retract"]
         candidates = [i for i, d in enumerate(decisions) if d.action == "edit"]
@@ -123,9 +125,7 @@ class Consolidator:
         done = list(decisions)
         work = [i for i, d in enumerate(decisions) if d.action != "skip" or d.reason == "known"]
         bar = tqdm(total=len(work), desc="consolidating", unit="fact", disable=not progress)
-        probes: tuple[list[tuple[str, str]], list[list[int]]] | None = None
-        with self.store.locked():
-            scopes = edit_scopes(self.store.notes(), policy)
+        queued: list[int] = []  # edits, made once every retraction is done
         for i in sorted(work, key=lambda i: decisions[i].action != "retract"):  # retractions first
             decision = decisions[i]
             if decision.action == "skip":  # the model already knows it: on record (once), so later jobs need not ask
@@ -147,49 +147,92 @@ class Consolidator:
                         done[i] = decision.model_copy(update={"outcome": "known"})
                         bar.update()
                         continue
-                if probes is None:  # measured once retractions are done: the state edits must not move
-                    pairs = self.parametric.probe_pairs(policy.probes or PROBES)
-                    probes = (pairs, self.parametric.predictions(pairs))
-                done[i] = self._edit(decision, scopes.get(decision.note_id), policy, at, *probes)
+                queued.append(i)
+                continue
             bar.update()
+        if queued:
+            with self.store.locked():
+                scopes = edit_scopes(self.store.notes(), policy)
+            pairs = self.parametric.probe_pairs(policy.probes or PROBES)  # the state edits must not move
+            probes = Probes(pairs, self.parametric.predictions(pairs))
+            size = self.parametric.batch_size
+            for start in range(0, len(queued), size):
+                chunk = queued[start : start + size]
+                for i, decision in self._edit_batch([(i, decisions[i]) for i in chunk], scopes, policy, at, probes).items():
+                    done[i] = decision
+                bar.update(len(chunk))
         bar.close()
         return done
 
-    def _edit(self, decision: Decision, scope: str | None, policy: ConsolidationPolicy, at: datetime,
-              probe_pairs: list[tuple[str, str]], probe_before: list[list[int]]) -> Decision:
-        """One fact into the weights (in `scope`), write-ahead: pending row, edit, verify, then save + applied
-        or rollback + failed."""
-        fact, edit_id, kind = decision.fact, uuid.uuid4().hex[:16], self.parametric.kind
+    def _edit_batch(self, batch: list[tuple[int, Decision]], scopes: dict[str, str | None], policy: ConsolidationPolicy,
+                    at: datetime, probes: Probes) -> dict[int, Decision]:
+        """Facts into the weights, each in its note's scope, write-ahead: a pending row each, then `_land`.
+
+        One fact at a time for most editors; the locate-and-edit family takes a batch per solve.
+        """
+        pending, outcomes = [], {}
         with self.store.locked():
-            note = self.store.note(decision.note_id)
-            if note is None or note.fact != fact:
-                return decision.model_copy(update={"detail": "the note changed during the job; left for the next one"})
-            self.ledger.add(note.id, edit_id, fact, kind, "pending", at, scope=scope)
-        self._dirty = True
+            for i, decision in batch:
+                note = self.store.note(decision.note_id)
+                if note is None or note.fact != decision.fact:
+                    outcomes[i] = decision.model_copy(update={"detail": "the note changed during the job; left for the next one"})
+                    continue
+                edit = Pending(i, decision, uuid.uuid4().hex[:16], scopes.get(note.id))
+                self.ledger.add(note.id, edit.edit_id, decision.fact, self.parametric.kind, "pending", at, scope=edit.scope)
+                pending.append(edit)
+        if pending:
+            self._dirty = True
+            outcomes.update(self._land(pending, policy, at, probes))
+        return outcomes
+
+    def _land(self, edits: list[Pending], policy: ConsolidationPolicy, at: datetime, probes: Probes) -> dict[int, Decision]:
+        """Edit and verify `edits` (pending rows) together: kept (save, applied) if every one verifies; else rolled
+        back, and a batch is bisected so its good facts still land while a lone failure is recorded (failed)."""
         try:
-            verification = self.parametric.edit(fact, edit_id, probe_pairs, probe_before, scope, policy.neighbours)
+            if len(edits) == 1 and self.parametric.batch_size == 1:
+                [edit] = edits
+                verifications: list[Verification | None] = [self.parametric.edit(
+                    edit.decision.fact, edit.edit_id, probes.pairs, probes.before, edit.scope, policy.neighbours
+                )]
+            else:
+                verifications = list(self.parametric.edit_batch(
+                    [(e.decision.fact, e.edit_id, e.scope) for e in edits], probes.pairs, probes.before, policy.neighbours
+                ))
+            problems = [_problems(v, policy) for v in verifications if v is not None]
+            failed = any(problems)
         except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
-            self.parametric.rollback([edit_id])
-            with self.store.locked():
-                self.ledger.set_status(edit_id, "failed", at, detail=f"{type(exc).__name__}: {exc}")
-            return decision.model_copy(update={"outcome": "failed", "edit_id": edit_id, "detail": str(exc)})
-        problems = _problems(verification, policy)
-        if problems:
-            self.parametric.rollback([edit_id])
-            self._dirty = False
-            with self.store.locked():
-                self.ledger.set_status(edit_id, "failed", at, verification=verification, detail=problems)
-            return decision.model_copy(update={"outcome": "failed", "edit_id": edit_id, "verification": verification, "detail": problems})
+            verifications, problems, failed = [None] * len(edits), [f"{type(exc).__name__}: {exc}"] * len(edits), True
+        if not failed:
+            return self._keep(edits, [v for v in verifications if v is not None], at)
+        self.parametric.rollback([e.edit_id for e in edits])
+        if len(edits) > 1:
+            half = len(edits) // 2
+            return {**self._land(edits[:half], policy, at, probes), **self._land(edits[half:], policy, at, probes)}
+        [edit], [verification], [problem] = edits, verifications, problems
+        self._dirty = verification is None  # after an exception the editor's state is not trusted
+        with self.store.locked():
+            self.ledger.set_status(edit.edit_id, "failed", at, verification=verification, detail=problem)
+        return {edit.index: edit.decision.model_copy(
+            update={"outcome": "failed", "edit_id": edit.edit_id, "verification": verification, "detail": problem}
+        )}
+
+    def _keep(self, edits: list[Pending], verifications: list[Verification], at: datetime) -> dict[int, Decision]:
+        """Verified edits: their numbers into the ledger, the editor's state saved, then `applied`."""
         with self.store.locked():  # the numbers go in first, so a crash after the save still has them
-            self.ledger.set_status(edit_id, "pending", at, verification=verification)
+            for edit, verification in zip(edits, verifications):
+                self.ledger.set_status(edit.edit_id, "pending", at, verification=verification)
         self.parametric.save()
         self._dirty = False
+        outcomes = {}
         with self.store.locked():
-            applied = self.ledger.set_status(edit_id, "applied", at, expect=["pending"])
-        if not applied:  # the note was forgotten meanwhile: its row now says `retracting`
+            for edit, verification in zip(edits, verifications):
+                applied = self.ledger.set_status(edit.edit_id, "applied", at, expect=["pending"])
+                outcomes[edit.index] = edit.decision.model_copy(update={
+                    "outcome": "applied" if applied else "retracted", "edit_id": edit.edit_id, "verification": verification,
+                })
+        if any(d.outcome == "retracted" for d in outcomes.values()):  # forgotten meanwhile: the row says `retracting`
             self.retract_pending(at)
-            return decision.model_copy(update={"outcome": "retracted", "edit_id": edit_id, "verification": verification})
-        return decision.model_copy(update={"outcome": "applied", "edit_id": edit_id, "verification": verification})
+        return outcomes
 
     # ---- retracting ----------------------------------------------------------------------
 
@@ -249,6 +292,38 @@ class Consolidator:
 
     def close(self) -> None:
         self.parametric.close()
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The job's probe prompts with their continuations, and the model's predictions on them before any edit."""
+
+    pairs: list[tuple[str, str]]
+    before: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An edit with its pending ledger row: where its decision sits in the job's list, the decision, id, scope."""
+
+    index: int
+    decision: Decision
+    edit_id: str
+    scope: str | None
+
+
+def _shared_only(decisions: list[Decision], scopes: dict[str, str | None], editor: Editor) -> list[Decision]:
+    """For an editor that changes what every user sees (not `scoped`: the locate-and-edit family, WISE), a fact in
+    a user's or agent's scope is refused (its note must be marked shared), and an edit of it, once shared, goes."""
+    if editor.scoped:
+        return decisions
+    detail = f"the {editor.kind} editor changes weights every user shares: mark the note shared to consolidate it"
+    refused = {"edit": "skip", "replace": "retract"}
+    return [
+        d.model_copy(update={"action": refused[d.action], "reason": "unshared", "detail": detail})
+        if d.action in refused and scopes.get(d.note_id) is not None else d
+        for d in decisions
+    ]
 
 
 def _problems(verification: Verification, policy: ConsolidationPolicy) -> str:

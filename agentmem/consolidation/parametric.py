@@ -12,7 +12,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from ..editors import Editor, EditorConfig, EditRequest
+from ..editors import Editor, EditorConfig, EditRequest, WeightEditor
 from ..errors import InvalidInputError
 from ..facts import neighbour_prompts, question_forms
 from ..models import LanguageModel
@@ -169,10 +169,8 @@ class ParametricMemory:
         measured again under its scope (the scope's earlier edits are part of the baseline).
         """
         start = time.perf_counter()
-        keys = tuple(dict.fromkeys(q for q in (*fact.rephrases, *question_forms(fact)) if q != fact.prompt))
-        near = neighbour_prompts(fact) if neighbours else ()
-        request = EditRequest(prompt=fact.prompt, target=fact.target, rephrases=keys, id=edit_id, scope=scope,
-                              neighbours=near)
+        request = edit_request(fact, edit_id, scope, neighbours)
+        near = request.neighbours
         with self.lm.scoped(scope):
             pairs = [*probe_pairs, *self.probe_pairs(near)] if near else list(probe_pairs)
             before = self.predictions(pairs) if scope is not None or near else list(probe_before)
@@ -186,6 +184,53 @@ class ParametricMemory:
                 seconds=time.perf_counter() - start,
             )
 
+    @property
+    def batch_size(self) -> int:
+        """Facts the editor solves at once: its batch for the locate-and-edit family, else 1 (one by one)."""
+        return self.editor.config.batch_size if isinstance(self.editor, WeightEditor) else 1
+
+    def edit_batch(self, facts: Sequence[tuple[Fact, str, str | None]], probe_pairs: Sequence[tuple[str, str]],
+                   probe_before: Sequence[Sequence[int]], neighbours: bool = True) -> list[Verification]:
+        """Facts (with their edit ids and scopes) into the weights in one solve, each then measured as `edit`
+        measures one: its target and rephrases, greedily, and the probes plus its own neighbours' answers (the
+        batch's change moves the shared probes of every fact alike). `seconds` is the fact's share of the batch's
+        time. The batching editors take shared facts only: a scoped one makes the editor refuse the batch."""
+        start = time.perf_counter()
+        requests = [edit_request(fact, edit_id, scope, neighbours) for fact, edit_id, scope in facts]
+        near = [self.probe_pairs(r.neighbours) if r.neighbours else [] for r in requests]
+        all_near = [pair for pairs in near for pair in pairs]
+        before = iter(self.predictions(all_near))
+        results = self.editor.edit(requests)
+        after = iter(self.predictions(all_near))
+        probes_now = self.predictions(probe_pairs)
+        produces = self.generate_targets([(f.prompt, f.target) for f, _, _ in facts])
+        rephrases = iter(self.generate_targets([(r, f.target) for f, _, _ in facts for r in f.rephrases]))
+        verifications = []
+        for (fact, _, _), result, made, pairs in zip(facts, results, produces, near):
+            matches = [next(rephrases) for _ in fact.rephrases]
+            own_before, own_after = [next(before) for _ in pairs], [next(after) for _ in pairs]
+            verifications.append(Verification(
+                produces_target=made,
+                rephrase_match=sum(matches) / len(matches) if matches else None,
+                probe_agreement=agreement([*probe_before, *own_before], [*probes_now, *own_after]),
+                steps=result.steps,
+                seconds=0.0,
+            ))
+        share = (time.perf_counter() - start) / len(facts)
+        return [v.model_copy(update={"seconds": share}) for v in verifications]
+
+    def generate_targets(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """`generates` for many pairs, in batches of prompts whose targets have as many tokens."""
+        by_length: dict[int, list[int]] = {}
+        for index, (prompt, target) in enumerate(pairs):
+            by_length.setdefault(len(self.lm.encode_pair(prompt, target)[1]), []).append(index)
+        matches = [False] * len(pairs)
+        for length, indices in by_length.items():
+            outputs = self.lm.generate_batch([pairs[i][0] for i in indices], max_new_tokens=length)
+            for i, output in zip(indices, outputs):
+                matches[i] = output.strip() == pairs[i][1].strip()
+        return matches
+
     def rollback(self, edit_ids: Collection[str]) -> None:
         """Take these edits out (unknown ids are ignored).
 
@@ -194,8 +239,12 @@ class ParametricMemory:
         notes no longer say must not stay in the weights.
         """
         try:
-            for edit_id in [i for i in edit_ids if i in self.edit_ids()]:
-                self.editor.rollback(edit_id)
+            live = [i for i in edit_ids if i in self.edit_ids()]
+            if isinstance(self.editor, WeightEditor):
+                self.editor.rollback_edits(live)
+            else:
+                for edit_id in live:
+                    self.editor.rollback(edit_id)
         except InvalidInputError:
             keep = [request for request in self.editor.edits() if request.id not in set(edit_ids)]
             kind, config = type(self.editor), self.editor.config
@@ -210,6 +259,14 @@ class ParametricMemory:
         except FileNotFoundError:
             return None
         return version if (self.directory / version).is_dir() else None
+
+
+def edit_request(fact: Fact, edit_id: str, scope: str | None, neighbours: bool) -> EditRequest:
+    """The editor's request for a fact: its question forms as further keys, its neighbour prompts (with
+    `neighbours`) as what the edit must not reach."""
+    keys = tuple(dict.fromkeys(q for q in (*fact.rephrases, *question_forms(fact)) if q != fact.prompt))
+    near = neighbour_prompts(fact) if neighbours else ()
+    return EditRequest(prompt=fact.prompt, target=fact.target, rephrases=keys, id=edit_id, scope=scope, neighbours=near)
 
 
 def agreement(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]) -> float:
