@@ -51,8 +51,10 @@ class NoteFilter(BaseModel):
             and all(key in note.metadata and _same(note.metadata[key], v) for key, v in self.metadata.items())
         )
 
-    def sql(self, table: str = "notes") -> tuple[str, list[Any]]:
-        """A WHERE clause over the notes table (SQLite's JSON functions) and its parameters."""
+    def sql(self, table: str = "notes", dialect: str = "sqlite") -> tuple[str, list[Any]]:
+        """A WHERE clause over the notes table in `?` placeholders, and its parameters. Metadata is
+        matched with SQLite's JSON functions, or for "postgres" on its jsonb column, whose equality
+        agrees with `_same` (true is not 1, 1 is 1.0)."""
         where, params = ["1 = 1"], []
         for name, value in self.scope().items():
             where.append(f"{table}.{name} = ?")
@@ -60,6 +62,10 @@ class NoteFilter(BaseModel):
         if not self.include_archived:
             where.append(f"{table}.archived = 0")
         for key, value in self.metadata.items():
+            if dialect == "postgres":
+                where.append(f"{table}.metadata -> ? = ?::jsonb")
+                params += [key, json.dumps(value)]
+                continue
             path = "$." + json.dumps(key)
             types = _json_types(value)
             where.append(
@@ -67,20 +73,6 @@ class NoteFilter(BaseModel):
                 + ("" if isinstance(value, bool) else f" AND json_extract({table}.metadata, ?) = ?")
             )
             params += [path, *types] + ([] if isinstance(value, bool) else [path, value])
-        return " AND ".join(where), params
-
-    def postgres_sql(self, table: str = "notes") -> tuple[str, list[Any]]:
-        """The same WHERE clause for the PostgreSQL store, whose metadata column is jsonb:
-        jsonb equality agrees with `_same` (true is not 1, 1 is 1.0)."""
-        where, params = ["TRUE"], []
-        for name, value in self.scope().items():
-            where.append(f"{table}.{name} = %s")
-            params.append(value)
-        if not self.include_archived:
-            where.append(f"{table}.archived = 0")
-        for key, value in self.metadata.items():
-            where.append(f"{table}.metadata -> %s = %s::jsonb")
-            params += [key, json.dumps(value)]
         return " AND ".join(where), params
 
     def index_conditions(self, token: Callable[[str, str], str]) -> dict[str, Any]:

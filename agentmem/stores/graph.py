@@ -15,27 +15,21 @@ release) is moved to the `quarantine` table and reported, never fatal and never 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import filelock
 import networkx as nx
-import numpy as np
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
-from ..notes import Link, Note
 from .filters import NoteFilter
-from .rows import (
-    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in, note_row,
-    quarantine_entry, readable_notes, to_timestamp, without_words,
-)
+from .rows import from_timestamp, to_timestamp  # noqa: F401  (the ledger reads times through this module)
+from .sql import SqlNoteStore
 from .tokens import index_token
 
 log = logging.getLogger(__name__)
@@ -115,7 +109,7 @@ def sqlite_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
-class NoteGraph:
+class NoteGraph(SqlNoteStore):
     """Notes and links on disk, with the link structure mirrored in a networkx graph."""
 
     def __init__(self, path: Path):
@@ -195,15 +189,6 @@ class NoteGraph:
         finally:
             self._file_lock.release()
 
-    def claim(self, store_id: str) -> None:
-        """Give a new (or migrated) store its identity, which its vector index records too."""
-        with self.transaction():
-            self.set_meta("store_id", store_id)
-        self.store_id = store_id
-
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM notes").fetchone()[0]
-
     @property
     def connection(self) -> sqlite3.Connection:
         """The SQLite connection, for tables kept beside the notes in the same transactions (the ledger)."""
@@ -246,96 +231,21 @@ class NoteGraph:
             self.refresh_if_changed()
             raise
 
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    # ---- statements: SqlNoteStore's are run here ------------------------------------
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, params).fetchall()
 
-    # ---- notes --------------------------------------------------------------------
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._db.execute(sql, params)
 
-    def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
-        """Add a note. `embedding` is its text's own; `in_context`, when given, is the vector searched
-        and ranked instead (the text embedded in its conversation's context)."""
-        row = note_row(note, embedding, in_context, self.index_key)
-        self._db.execute(
-            f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({', '.join('?' * len(NOTE_COLUMNS))})", row
-        )
-        self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note.id,))
-        self.graph.add_node(note.id)
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
 
-    def replace(
-        self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
-    ) -> None:
-        """Overwrite a note, keeping its previous version in the history."""
-        self._db.execute(
-            f"UPDATE notes SET {', '.join(c + ' = ?' for c in NOTE_COLUMNS[1:])} WHERE id = ?",
-            (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
-        )
-        self.record(note.id, before.updated_at, change, before)
-        self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note.id,))
+    def _where(self, where: NoteFilter, table: str = "notes") -> tuple[str, list[Any]]:
+        return where.sql(table)
 
-    def set_fields(self, note_id: str, **fields: Any) -> None:
-        """Update plain columns that the vector index does not mirror."""
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE notes SET {sets} WHERE id = ?", (*map(column_value, fields.values()), note_id))
-
-    def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
-        for note_id in note_ids:
-            self._db.execute("UPDATE notes SET archived = ? WHERE id = ?", (int(archived), note_id))
-            self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note_id,))
-
-    def record(self, note_id: str, at: datetime, change: str, before: Note) -> None:
-        self._db.execute(
-            "INSERT INTO history(note_id, at, change, before) VALUES (?, ?, ?, ?)",
-            (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
-        )
-
-    def set_fields_many(self, changes: dict[str, dict[str, Any]]) -> None:
-        for note_id, fields in changes.items():
-            self.set_fields(note_id, **fields)
-
-    def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
-        self._db.executemany("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
-
-    def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
-        """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
-        self._db.executemany(
-            "INSERT OR IGNORE INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?)",
-            [(note_id, keyword, origin) for keyword in keywords],
-        )
-
-    def delete(self, note_id: str) -> list[str]:
-        """Remove a note and everything about it, including the keywords its neighbours absorbed
-        from it and the history entries naming it; the vector index deletion is queued.
-
-        Returns the neighbours whose keywords changed (their index entries are queued too).
-        """
-        taken: dict[str, set[str]] = {}
-        for row in self._db.execute("SELECT note_id, keyword FROM absorbed WHERE origin = ?", (note_id,)):
-            taken.setdefault(row[0], set()).add(row[1])
-        for neighbour, words in taken.items():
-            self._give_back(neighbour, words)
-        self._db.execute("DELETE FROM history WHERE change = ?", (f"evolved:{note_id}",))
-        self._db.execute("DELETE FROM absorbed WHERE origin = ? OR note_id = ?", (note_id, note_id))
-        for table, column in (("notes", "id"), ("history", "note_id"), ("recalls", "note_id")):
-            self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (note_id,))
-        self._db.execute("DELETE FROM links WHERE a = ? OR b = ?", (note_id, note_id))
-        self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'delete')", (note_id,))
-        if note_id in self.graph:
-            self.graph.remove_node(note_id)
-        return list(taken)
-
-    def _give_back(self, note_id: str, words: set[str]) -> None:
-        """Drop absorbed keywords from a note and from every earlier version in its history."""
-        row = self._db.execute("SELECT keywords FROM notes WHERE id = ?", (note_id,)).fetchone()
-        if row is not None:
-            kept = [w for w in json.loads(row[0]) if w not in words]
-            self._db.execute("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
-            self._db.execute("INSERT OR REPLACE INTO outbox(note_id, op) VALUES (?, 'upsert')", (note_id,))
-        for rowid, before in self._db.execute("SELECT rowid, before FROM history WHERE note_id = ?", (note_id,)).fetchall():
-            self._db.execute("UPDATE history SET before = ? WHERE rowid = ?", (without_words(before, words), rowid))
+    # ---- what only SQLite does --------------------------------------------------------
 
     def purge_freed(self) -> None:
         """After a forget: merge the full-text index (its segments still hold deleted tokens)
@@ -343,83 +253,6 @@ class NoteGraph:
         with self.transaction():
             self._db.execute("INSERT INTO notes_fts(notes_fts) VALUES ('optimize')")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def exists(self, note_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM notes WHERE id = ?", (note_id,)).fetchone() is not None
-
-    def get(self, note_id: str) -> Note | None:
-        notes = self.get_many([note_id])
-        return notes.get(note_id)
-
-    def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]:
-        return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
-
-    def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
-        """Notes with the vectors they are searched by, by id; unknown ids are left out.
-        `links=False` skips filling `Note.links`, for internal reads that do not need them."""
-        return {note.id: (note, emb) for note, emb in self._select("id IN ({})", list(note_ids), links)}
-
-    def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
-        note_ids = list(note_ids)
-        rows = self._db.execute(
-            f"SELECT id, embedding FROM notes WHERE id IN ({', '.join('?' * len(note_ids))})", note_ids
-        )
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
-
-    def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
-        """The searched vector of the latest note remembered in a session (of one user and
-        agent), or of the latest one remembered before note `before`; None for none."""
-        sql = (
-            "SELECT COALESCE(context_embedding, embedding) FROM notes"
-            " WHERE user_id IS ? AND agent_id IS ? AND session_id = ?"
-        )
-        params: list[Any] = list(scope)
-        if before is not None:
-            sql += " AND rowid < (SELECT rowid FROM notes WHERE id = ?)"
-            params.append(before)
-        row = self._db.execute(sql + " ORDER BY rowid DESC LIMIT 1", params).fetchone()
-        return np.frombuffer(row[0], dtype=np.float32) if row else None
-
-    def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
-        yield from self._select(None, [])
-
-    def select(self, where: NoteFilter, limit: int | None = None, offset: int = 0) -> list[Note]:
-        """Notes a filter admits, oldest first, with their links."""
-        clause, params = where.sql()
-        rows = self._db.execute(
-            f"SELECT id FROM notes WHERE {clause} ORDER BY created_at, rowid LIMIT ? OFFSET ?",
-            (*params, -1 if limit is None else limit, offset),
-        ).fetchall()
-        found = self.get_many([r[0] for r in rows])
-        return [found[r[0]] for r in rows if r[0] in found]
-
-    def ids_of(self, tokens: Iterable[str]) -> dict[str, str]:
-        """Note ids by their vector-index tokens (unknown tokens are left out)."""
-        tokens = list(tokens)
-        if not tokens:
-            return {}
-        rows = self._db.execute(
-            f"SELECT index_id, id FROM notes WHERE index_id IN ({', '.join('?' * len(tokens))})", tokens
-        )
-        return {r[0]: r[1] for r in rows}
-
-    def recall_times(self, note_id: str) -> list[datetime]:
-        rows = self._db.execute("SELECT at FROM recalls WHERE note_id = ? ORDER BY at", (note_id,))
-        return [from_timestamp(r[0]) for r in rows]
-
-    def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
-        rows = self._db.execute("SELECT at, change, before FROM history WHERE note_id = ? ORDER BY rowid", (note_id,))
-        return [(from_timestamp(r[0]), r[1], Note.model_validate_json(r[2])) for r in rows]
-
-    def counts(self) -> dict[str, Any]:
-        total, archived = self._db.execute("SELECT COUNT(*), COALESCE(SUM(archived), 0) FROM notes").fetchone()
-        users = dict(self._db.execute("SELECT COALESCE(user_id, ''), COUNT(*) FROM notes GROUP BY user_id").fetchall())
-        pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        links = self._db.execute("SELECT COUNT(*) FROM links").fetchone()[0]
-        quarantined = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
-        return {"notes": total, "archived": archived, "users": users, "pending_sync": pending, "links": links,
-                "quarantined": quarantined}
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best BM25 matches of any of `terms` (porter-stemmed) among the notes `where`
@@ -435,91 +268,3 @@ class NoteGraph:
             (match, *params, n),
         )
         return [(note_id, -rank) for note_id, rank in rows]
-
-    def embeddings_where(self, where: NoteFilter, limit: int) -> dict[str, np.ndarray] | None:
-        """The searched vectors of every note `where` admits, or None when more than `limit` do."""
-        clause, params = where.sql()
-        rows = self._db.execute(
-            f"SELECT id, COALESCE(context_embedding, embedding) FROM notes WHERE {clause} LIMIT ?", (*params, limit + 1)
-        ).fetchall()
-        if len(rows) > limit:
-            return None
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
-
-    # ---- links --------------------------------------------------------------------
-
-    def link(self, a: str, b: str, weight: float, at: datetime) -> None:
-        first, second = sorted((a, b))
-        self._db.execute(
-            "INSERT INTO links(a, b, weight, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(a, b) DO UPDATE SET weight = excluded.weight",
-            (first, second, weight, to_timestamp(at)),
-        )
-        self.graph.add_edge(a, b, weight=weight)
-
-    def links_of(self, note_id: str) -> list[Link]:
-        return links_in(self.graph, note_id)
-
-    # ---- the outbox of vector-index writes ----------------------------------------
-
-    def has_pending(self) -> bool:
-        return self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
-
-    def pending(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self._db.execute("SELECT note_id, op FROM outbox")]
-
-    def clear_pending(self, note_ids: Iterable[str]) -> None:
-        self._db.executemany("DELETE FROM outbox WHERE note_id = ?", [(i,) for i in note_ids])
-
-    def all_ids(self) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT id FROM notes")}
-
-    def all_tokens(self) -> dict[str, str]:
-        """Every note id by its vector-index token."""
-        return {r[0]: r[1] for r in self._db.execute("SELECT index_id, id FROM notes")}
-
-    # ---- (de)serialisation ----------------------------------------------------------
-
-    def _select(
-        self, where: str | None, params: list[Any], links: bool = True
-    ) -> Iterator[tuple[Note, np.ndarray]]:
-        sql = f"SELECT {', '.join(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes"
-        if where is not None:
-            if not params:
-                return
-            sql += " WHERE " + where.format(", ".join("?" * len(params)))
-        found = self._db.execute(sql, params).fetchall()
-        yield from readable_notes(found, self.graph if links else None, self.unreadable)
-
-    def quarantine_unreadable(self) -> list[str]:
-        """Move every note row that cannot be read into `quarantine` (with why), out of the notes.
-
-        Checks all rows (at a migration) and any that a read found broken since; returns their ids.
-        """
-        found = self._db.execute(f"SELECT {', '.join(NOTE_COLUMNS)} FROM notes").fetchall()
-        return self.quarantine(find_unreadable(found, self.unreadable))
-
-    def quarantine(self, reasons: dict[str, str]) -> list[str]:
-        if not reasons:
-            return []
-        now = datetime.now(timezone.utc).timestamp()
-        with self.transaction():
-            for note_id, reason in list(reasons.items()):
-                row = self._db.execute(
-                    f"SELECT {', '.join(KEPT_IN_QUARANTINE)} FROM notes WHERE id = ?", (note_id,)
-                ).fetchone()
-                if row is None:
-                    continue
-                self._db.execute(
-                    "INSERT INTO quarantine(id, reason, at, row) VALUES (?, ?, ?, ?)",
-                    (note_id, reason, now, quarantine_entry(row)),
-                )
-                self.delete(note_id)
-        log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
-        moved = list(reasons)
-        self.unreadable.clear()
-        return moved
-
-    def quarantined(self) -> list[dict[str, Any]]:
-        found = self._db.execute("SELECT id, reason, at, row FROM quarantine ORDER BY rowid")
-        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in found]

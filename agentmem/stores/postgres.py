@@ -10,12 +10,15 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 - Freshness: every write transaction bumps `store_version`; `refresh_if_changed` reloads
   the networkx link view when the counter moved (SQLite's `PRAGMA data_version`).
 - Full text: a generated tsvector (english stemming; text weighted A, keywords and tags B)
-  with a GIN index. In place of FTS5's BM25, a score of the same shape: per query term, its
-  IDF over the store (from the index's document counts) times `ts_rank` (column-weighted
-  term frequency, divided by 1 + log of the note's length), summed over the terms. Only
-  the ordering and the ratio to the best match are used.
-- Connections come from a psycopg_pool pool. A thread inside `lock()` or `transaction()`
-  keeps one connection pinned, so its statements share the transaction and the session lock.
+  with a GIN index. In place of FTS5's BM25, a score of the same shape: per query lexeme, its
+  IDF over the store times `ts_rank` (column-weighted term frequency, divided by 1 + log of
+  the note's length), summed over the lexemes. The IDF's counts (notes per lexeme, and notes)
+  live in `lexicon`, kept exact by triggers in the writing transaction, so a recall reads them
+  by key instead of counting matches. Only the ordering and the ratio to the best match are used.
+- Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
+  `transaction()` keeps one connection pinned, so its statements share the transaction and the
+  session lock. Inside a transaction, statements whose results nobody reads are queued and sent
+  as one pipeline before the next read or with the commit.
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps
@@ -23,33 +26,28 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import numpy as np
 import psycopg
 import psycopg_pool
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
-from ..notes import Link, Note
 from . import shared_folders
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
-from .rows import (
-    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in, note_row,
-    quarantine_entry, readable_notes, to_timestamp, without_words,
-)
+from .rows import NOTE_COLUMNS
 from .shared_folders import SharedFolders
+from .sql import SqlNoteStore
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +151,14 @@ SEQUENCED = ("notes", "history", "quarantine")  # tables whose insertion order m
 
 
 def select_list(columns: tuple[str, ...]) -> str:
-    """Columns as read from Postgres for a SQLite-layout copy (jsonb metadata as its text)."""
+    """Columns as `rows` and a SQLite-layout copy read them (jsonb metadata as its text)."""
     return ", ".join("metadata::text AS metadata" if c == "metadata" else c for c in columns)
 
 
-SELECT_NOTES = f"SELECT {select_list(NOTE_COLUMNS)} FROM notes"
-READ_NOTES = f"SELECT {select_list(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes"
-OUTBOX = "INSERT INTO outbox(note_id, op) VALUES (%s, %s) ON CONFLICT (note_id) DO UPDATE SET op = excluded.op"
+@functools.lru_cache(maxsize=512)
+def psycopg_sql(sql: str) -> str:
+    """A statement in `?` placeholders as psycopg takes it (`%s`, a literal % doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def redacted(url: str) -> str:
@@ -167,8 +166,10 @@ def redacted(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
-class PostgresNoteGraph:
+class PostgresNoteGraph(SqlNoteStore):
     """Notes and links in a PostgreSQL database, with the link structure mirrored in a networkx graph."""
+
+    ORDER, SAME, NO_LIMIT = "seq", "IS NOT DISTINCT FROM", None
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url
@@ -207,8 +208,6 @@ class PostgresNoteGraph:
             self._pool.close()
             raise
 
-    # ---- connections, errors and locks ---------------------------------------------
-
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection]:
         """This thread's pinned connection, or one from the pool for as long as the block runs;
@@ -234,10 +233,12 @@ class PostgresNoteGraph:
         except psycopg.DatabaseError as exc:
             raise StoreCorruptedError(f"the note store at {self.path} failed a statement: {exc}") from exc
 
+    # ---- statements: SqlNoteStore's (in `?` placeholders) are run here -------------------
+
     def _run(self, sql: str, params: Sequence[Any] = (), binary: bool = False) -> list[Row]:
         """`binary`: results in binary form (vectors come as their bytes, not hex text)."""
         with self._session() as conn:
-            cursor = conn.execute(sql, params, binary=binary)
+            cursor = conn.execute(psycopg_sql(sql), params, binary=binary)
             return cursor.fetchall() if cursor.description else []
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -248,16 +249,25 @@ class PostgresNoteGraph:
         if queued is None:
             self._run(sql, params)
         else:
-            queued.append((sql, params))
+            queued.append((psycopg_sql(sql), params))
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
         queued = getattr(self._pinned, "queued", None)
         if queued is not None:
-            queued.extend((sql, row) for row in rows)
+            queued.extend((psycopg_sql(sql), row) for row in rows)
         elif rows:
             with self._session() as conn, conn.cursor() as cursor:
-                cursor.executemany(sql, rows)
+                cursor.executemany(psycopg_sql(sql), rows)
+
+    def _where(self, where: NoteFilter, table: str = "notes") -> tuple[str, list[Any]]:
+        return where.sql(table, "postgres")
+
+    def _columns(self, columns: Sequence[str]) -> str:
+        return select_list(tuple(columns))
+
+    def _read_notes(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        return self._run(sql, params, binary=True)
 
     def _send_queued(self, conn: psycopg.Connection, then: str | None = None) -> psycopg.Cursor | None:
         """Send the queued statements, and `then` (a statement whose result is wanted) after them,
@@ -303,18 +313,8 @@ class PostgresNoteGraph:
         """Kept for symmetry with the SQLite store: every statement here already raises typed errors."""
         yield
 
-    # ---- lifecycle and cross-process freshness -------------------------------------
-
     def close(self) -> None:
         self._pool.close()
-
-    def claim(self, store_id: str) -> None:
-        with self.transaction():
-            self.set_meta("store_id", store_id)
-        self.store_id = store_id
-
-    def count(self) -> int:
-        return self._run("SELECT COUNT(*) FROM notes")[0][0]
 
     @property
     def connection(self) -> LedgerConnection:
@@ -386,186 +386,11 @@ class PostgresNoteGraph:
         if version == self._data_version + 1:  # nobody else committed since we looked: the view is current
             self._data_version = version
 
-    def get_meta(self, key: str) -> str | None:
-        rows = self._run("SELECT value FROM meta WHERE key = %s", (key,))
-        return rows[0][0] if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._write(
-            "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    # ---- notes --------------------------------------------------------------------
-
-    def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
-        """Add a note; `in_context`, when given, is the vector searched and ranked instead of `embedding`."""
-        self._write(
-            f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(NOTE_COLUMNS))})",
-            note_row(note, embedding, in_context, self.index_key),
-        )
-        self._write(OUTBOX, (note.id, "upsert"))
-        self.graph.add_node(note.id)
-
-    def replace(
-        self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
-    ) -> None:
-        """Overwrite a note, keeping its previous version in the history."""
-        self._write(
-            f"UPDATE notes SET {', '.join(c + ' = %s' for c in NOTE_COLUMNS[1:])} WHERE id = %s",
-            (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
-        )
-        self.record(note.id, before.updated_at, change, before)
-        self._write(OUTBOX, (note.id, "upsert"))
-
-    def set_fields(self, note_id: str, **fields: Any) -> None:
-        """Update plain columns that the vector index does not mirror."""
-        unknown = set(fields) - set(NOTE_COLUMNS)
-        if unknown:
-            raise InvalidInputError(f"no such note field(s): {', '.join(sorted(unknown))}")
-        sets = ", ".join(f"{name} = %s" for name in fields)
-        values = [column_value(value) for name, value in fields.items()]
-        self._write(f"UPDATE notes SET {sets} WHERE id = %s", (*values, note_id))
-
-    def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
-        for note_id in note_ids:
-            self._write("UPDATE notes SET archived = %s WHERE id = %s", (int(archived), note_id))
-            self._write(OUTBOX, (note_id, "upsert"))
-
-    def record(self, note_id: str, at: datetime, change: str, before: Note) -> None:
-        self._write(
-            "INSERT INTO history(note_id, at, change, before) VALUES (%s, %s, %s, %s)",
-            (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
-        )
-
-    def set_fields_many(self, changes: dict[str, dict[str, Any]]) -> None:
-        """`set_fields` for many notes, in one round trip per set of field names."""
-        by_names: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        for note_id, fields in changes.items():
-            row = (*(column_value(value) for name, value in fields.items()), note_id)
-            by_names.setdefault(tuple(fields), []).append(row)
-        for names, rows in by_names.items():
-            unknown = set(names) - set(NOTE_COLUMNS)
-            if unknown:
-                raise InvalidInputError(f"no such note field(s): {', '.join(sorted(unknown))}")
-            self._many(f"UPDATE notes SET {', '.join(f'{name} = %s' for name in names)} WHERE id = %s", rows)
-
-    def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
-        self._many("INSERT INTO recalls(note_id, at) VALUES (%s, %s)", [(i, to_timestamp(at)) for i in note_ids])
-
-    def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
-        """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
-        self._many(
-            "INSERT INTO absorbed(note_id, keyword, origin) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            [(note_id, keyword, origin) for keyword in keywords],
-        )
-
-    def delete(self, note_id: str) -> list[str]:
-        """Remove a note and everything about it (see `NoteGraph.delete`); returns the neighbours
-        whose keywords changed."""
-        taken: dict[str, set[str]] = {}
-        for row in self._run("SELECT note_id, keyword FROM absorbed WHERE origin = %s", (note_id,)):
-            taken.setdefault(row[0], set()).add(row[1])
-        for neighbour, words in taken.items():
-            self._give_back(neighbour, words)
-        self._write("DELETE FROM history WHERE change = %s", (f"evolved:{note_id}",))
-        self._write("DELETE FROM absorbed WHERE origin = %s OR note_id = %s", (note_id, note_id))
-        for table, column in (("notes", "id"), ("history", "note_id"), ("recalls", "note_id")):
-            self._write(f"DELETE FROM {table} WHERE {column} = %s", (note_id,))
-        self._write("DELETE FROM links WHERE a = %s OR b = %s", (note_id, note_id))
-        self._write(OUTBOX, (note_id, "delete"))
-        if note_id in self.graph:
-            self.graph.remove_node(note_id)
-        return list(taken)
-
-    def _give_back(self, note_id: str, words: set[str]) -> None:
-        """Drop absorbed keywords from a note and from every earlier version in its history."""
-        rows = self._run("SELECT keywords FROM notes WHERE id = %s", (note_id,))
-        if rows:
-            kept = [w for w in json.loads(rows[0][0]) if w not in words]
-            self._write("UPDATE notes SET keywords = %s WHERE id = %s", (json.dumps(kept), note_id))
-            self._write(OUTBOX, (note_id, "upsert"))
-        for seq, before in self._run("SELECT seq, before FROM history WHERE note_id = %s", (note_id,)):
-            self._write("UPDATE history SET before = %s WHERE seq = %s", (without_words(before, words), seq))
-
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
         (what Postgres still keeps is in the module doc)."""
-        for table in ("notes", "links", "history", "recalls", "absorbed"):
+        for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon"):
             self._run(f"VACUUM {table}")
-
-    def exists(self, note_id: str) -> bool:
-        return bool(self._run("SELECT 1 FROM notes WHERE id = %s", (note_id,)))
-
-    def get(self, note_id: str) -> Note | None:
-        return self.get_many([note_id]).get(note_id)
-
-    def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]:
-        return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
-
-    def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
-        """Notes with the vectors they are searched by, by id; unknown ids are left out."""
-        note_ids = list(note_ids)
-        if not note_ids:
-            return {}
-        return {note.id: (note, emb) for note, emb in self._select(" WHERE id = ANY(%s)", [note_ids], links)}
-
-    def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
-        rows = self._run("SELECT id, embedding FROM notes WHERE id = ANY(%s)", (list(note_ids),))
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
-
-    def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
-        """The searched vector of the latest note remembered in a session (of one user and
-        agent), or of the latest one remembered before note `before`; None for none."""
-        sql = (
-            "SELECT COALESCE(context_embedding, embedding) FROM notes"
-            " WHERE user_id IS NOT DISTINCT FROM %s AND agent_id IS NOT DISTINCT FROM %s AND session_id = %s"
-        )
-        params: list[Any] = list(scope)
-        if before is not None:
-            sql += " AND seq < (SELECT seq FROM notes WHERE id = %s)"
-            params.append(before)
-        rows = self._run(sql + " ORDER BY seq DESC LIMIT 1", params)
-        return np.frombuffer(rows[0][0], dtype=np.float32) if rows else None
-
-    def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
-        yield from self._select("", [])
-
-    def select(self, where: NoteFilter, limit: int | None = None, offset: int = 0) -> list[Note]:
-        """Notes a filter admits, oldest first, with their links."""
-        clause, params = where.postgres_sql()
-        rows = self._run(
-            f"SELECT id FROM notes WHERE {clause} ORDER BY created_at, seq LIMIT %s OFFSET %s",
-            (*params, limit, offset),
-        )
-        found = self.get_many([r[0] for r in rows])
-        return [found[r[0]] for r in rows if r[0] in found]
-
-    def ids_of(self, tokens: Iterable[str]) -> dict[str, str]:
-        """Note ids by their vector-index tokens (unknown tokens are left out)."""
-        tokens = list(tokens)
-        if not tokens:
-            return {}
-        return {r[0]: r[1] for r in self._run("SELECT index_id, id FROM notes WHERE index_id = ANY(%s)", (tokens,))}
-
-    def recall_times(self, note_id: str) -> list[datetime]:
-        rows = self._run("SELECT at FROM recalls WHERE note_id = %s ORDER BY at", (note_id,))
-        return [from_timestamp(r[0]) for r in rows]
-
-    def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
-        rows = self._run("SELECT at, change, before FROM history WHERE note_id = %s ORDER BY seq", (note_id,))
-        return [(from_timestamp(r[0]), r[1], Note.model_validate_json(r[2])) for r in rows]
-
-    def counts(self) -> dict[str, Any]:
-        total, archived = self._run("SELECT COUNT(*), COALESCE(SUM(archived), 0) FROM notes")[0]
-        users = {r[0]: r[1] for r in self._run("SELECT COALESCE(user_id, ''), COUNT(*) FROM notes GROUP BY user_id")}
-        return {
-            "notes": total, "archived": int(archived), "users": users,
-            "pending_sync": self._run("SELECT COUNT(*) FROM outbox")[0][0],
-            "links": self._run("SELECT COUNT(*) FROM links")[0][0],
-            "quarantined": self._run("SELECT COUNT(*) FROM quarantine")[0][0],
-        }
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best full-text matches of any of `terms` (english-stemmed) among the notes `where`
@@ -574,92 +399,18 @@ class PostgresNoteGraph:
         frequency), summed. One GIN lookup finds the notes holding any of the lexemes."""
         if not terms or n < 1:
             return []
-        clause, params = where.postgres_sql("n")
+        clause, params = self._where(where, "n")
         rows = self._run(
             "WITH w AS MATERIALIZED ("
             "  SELECT quote_literal(l.lexeme)::tsquery AS query, ln(1 + (total.docs - l.docs + 0.5) / (l.docs + 0.5)) AS idf"
             "  FROM lexicon l JOIN lexicon total ON total.lexeme = ''"
-            "  WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', %s))))"
-            " SELECT n.id, (SELECT sum(w.idf * ts_rank(%s, n.search, w.query, %s)) FROM w) AS score FROM notes n"
+            "  WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', ?))))"
+            " SELECT n.id, (SELECT sum(w.idf * ts_rank(?, n.search, w.query, ?)) FROM w) AS score FROM notes n"
             f" WHERE n.search @@ (SELECT string_agg(query::text, ' | ')::tsquery FROM w) AND {clause}"
-            " ORDER BY score DESC, n.seq LIMIT %s",
+            " ORDER BY score DESC, n.seq LIMIT ?",
             (" ".join(terms), RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
         )
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
-
-    def embeddings_where(self, where: NoteFilter, limit: int) -> dict[str, np.ndarray] | None:
-        """The searched vectors of every note `where` admits, or None when more than `limit` do."""
-        clause, params = where.postgres_sql()
-        rows = self._run(
-            f"SELECT id, COALESCE(context_embedding, embedding) FROM notes WHERE {clause} LIMIT %s", (*params, limit + 1)
-        )
-        if len(rows) > limit:
-            return None
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
-
-    # ---- links --------------------------------------------------------------------
-
-    def link(self, a: str, b: str, weight: float, at: datetime) -> None:
-        first, second = sorted((a, b))
-        self._write(
-            "INSERT INTO links(a, b, weight, created_at) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (a, b) DO UPDATE SET weight = excluded.weight",
-            (first, second, weight, to_timestamp(at)),
-        )
-        self.graph.add_edge(a, b, weight=weight)
-
-    def links_of(self, note_id: str) -> list[Link]:
-        return links_in(self.graph, note_id)
-
-    # ---- the outbox of vector-index writes ----------------------------------------
-
-    def has_pending(self) -> bool:
-        return bool(self._run("SELECT 1 FROM outbox LIMIT 1"))
-
-    def pending(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self._run("SELECT note_id, op FROM outbox")]
-
-    def clear_pending(self, note_ids: Iterable[str]) -> None:
-        self._write("DELETE FROM outbox WHERE note_id = ANY(%s)", (list(note_ids),))
-
-    def all_ids(self) -> set[str]:
-        return {r[0] for r in self._run("SELECT id FROM notes")}
-
-    def all_tokens(self) -> dict[str, str]:
-        return {r[0]: r[1] for r in self._run("SELECT index_id, id FROM notes")}
-
-    # ---- (de)serialisation and quarantine ------------------------------------------
-
-    def _select(self, where: str, params: list[Any], links: bool = True) -> Iterator[tuple[Note, np.ndarray]]:
-        found = self._run(READ_NOTES + where + " ORDER BY seq", params, binary=True)
-        yield from readable_notes(found, self.graph if links else None, self.unreadable)
-
-    def quarantine_unreadable(self) -> list[str]:
-        """Move every note row that cannot be read into `quarantine`; returns their ids."""
-        return self.quarantine(find_unreadable(self._run(SELECT_NOTES), self.unreadable))
-
-    def quarantine(self, reasons: dict[str, str]) -> list[str]:
-        if not reasons:
-            return []
-        now = datetime.now(timezone.utc).timestamp()
-        with self.transaction():
-            for note_id, reason in list(reasons.items()):
-                found = self._run(f"SELECT {select_list(KEPT_IN_QUARANTINE)} FROM notes WHERE id = %s", (note_id,))
-                if not found:
-                    continue
-                self._write(
-                    "INSERT INTO quarantine(id, reason, at, row) VALUES (%s, %s, %s, %s)",
-                    (note_id, reason, now, quarantine_entry(found[0])),
-                )
-                self.delete(note_id)
-        log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
-        moved = list(reasons)
-        self.unreadable.clear()
-        return moved
-
-    def quarantined(self) -> list[dict[str, Any]]:
-        found = self._run("SELECT id, reason, at, row FROM quarantine ORDER BY seq")
-        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in found]
 
 
 def copied_tables(store: PostgresNoteGraph | NoteGraph) -> dict[str, tuple[str, ...]]:
@@ -669,7 +420,6 @@ def copied_tables(store: PostgresNoteGraph | NoteGraph) -> dict[str, tuple[str, 
 
     Ledger(store.connection)
     return {**TABLES, "consolidation_ledger": LEDGER_COLUMNS}
-
 
 
 def order_of(table: str, columns: tuple[str, ...]) -> str:

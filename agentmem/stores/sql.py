@@ -1,0 +1,344 @@
+"""The note store's statements, written once for both SQL stores.
+
+`SqlNoteStore` holds every read and write that SQLite and PostgreSQL run alike, in `?`
+placeholders; a store subclass gives its connection (`_run` reads, `_write` and `_many`
+write) and the few words its dialect spells differently: the column that keeps insertion
+order, null-safe equality, "no limit", and its form of a `NoteFilter`. What remains in
+graph.py and postgres.py is the schema, connections, locking, transactions, full text and
+what is only theirs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..notes import Link, Note
+from .filters import NoteFilter
+from .rows import (
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in,
+    note_row, quarantine_entry, readable_notes, to_timestamp, without_words,
+)
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "INSERT INTO outbox(note_id, op) VALUES (?, ?) ON CONFLICT (note_id) DO UPDATE SET op = excluded.op"
+
+
+def marks(values: Sequence[Any]) -> str:
+    """`?, ?, ...`, one per value."""
+    return ", ".join("?" * len(values))
+
+
+class SqlNoteStore:
+    """Notes, links, history, recalls and the outbox in SQL tables, with the links mirrored in `graph`."""
+
+    ORDER = "rowid"  # the column that keeps insertion order
+    SAME = "IS"  # null-safe equality
+    NO_LIMIT: int | None = -1
+    graph: nx.Graph
+    unreadable: dict[str, str]
+    index_key: bytes
+    store_id: str | None
+
+    # ---- what a store gives ------------------------------------------------------------
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows a read returns."""
+        raise NotImplementedError
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _where(self, where: NoteFilter, table: str = "notes") -> tuple[str, list[Any]]:
+        """The filter as this dialect's WHERE clause and parameters."""
+        raise NotImplementedError
+
+    def _columns(self, columns: Sequence[str]) -> str:
+        """A select list of note columns, each read as the text or number `rows` expects."""
+        return ", ".join(columns)
+
+    def _read_notes(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of `KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR` (a store may read them faster)."""
+        return self._run(sql, params)
+
+    def transaction(self, bookkeeping: bool = False) -> Any:
+        raise NotImplementedError
+
+    # ---- identity and metadata -----------------------------------------------------------
+
+    def claim(self, store_id: str) -> None:
+        """Give a new (or migrated) store its identity, which its vector index records too."""
+        with self.transaction():
+            self.set_meta("store_id", store_id)
+        self.store_id = store_id
+
+    def count(self) -> int:
+        return self._run("SELECT COUNT(*) FROM notes")[0][0]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._run("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def counts(self) -> dict[str, Any]:
+        total, archived = self._run("SELECT COUNT(*), COALESCE(SUM(archived), 0) FROM notes")[0]
+        users = {r[0]: r[1] for r in self._run("SELECT COALESCE(user_id, ''), COUNT(*) FROM notes GROUP BY user_id")}
+        return {
+            "notes": total, "archived": int(archived), "users": users,
+            "pending_sync": self._run("SELECT COUNT(*) FROM outbox")[0][0],
+            "links": self._run("SELECT COUNT(*) FROM links")[0][0],
+            "quarantined": self._run("SELECT COUNT(*) FROM quarantine")[0][0],
+        }
+
+    # ---- writing notes ---------------------------------------------------------------------
+
+    def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
+        """Add a note. `embedding` is its text's own; `in_context`, when given, is the vector searched
+        and ranked instead (the text embedded in its conversation's context)."""
+        self._write(
+            f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({marks(NOTE_COLUMNS)})",
+            note_row(note, embedding, in_context, self.index_key),
+        )
+        self._write(OUTBOX, (note.id, "upsert"))
+        self.graph.add_node(note.id)
+
+    def replace(
+        self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
+    ) -> None:
+        """Overwrite a note, keeping its previous version in the history."""
+        self._write(
+            f"UPDATE notes SET {', '.join(c + ' = ?' for c in NOTE_COLUMNS[1:])} WHERE id = ?",
+            (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
+        )
+        self.record(note.id, before.updated_at, change, before)
+        self._write(OUTBOX, (note.id, "upsert"))
+
+    def set_fields(self, note_id: str, **fields: Any) -> None:
+        """Update plain columns that the vector index does not mirror."""
+        self.set_fields_many({note_id: fields})
+
+    def set_fields_many(self, changes: dict[str, dict[str, Any]]) -> None:
+        """`set_fields` for many notes, one batch per set of field names."""
+        by_names: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for note_id, fields in changes.items():
+            by_names.setdefault(tuple(fields), []).append((*map(column_value, fields.values()), note_id))
+        for names, rows in by_names.items():
+            unknown = set(names) - set(NOTE_COLUMNS)
+            if unknown:
+                raise InvalidInputError(f"no such note field(s): {', '.join(sorted(unknown))}")
+            self._many(f"UPDATE notes SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?", rows)
+
+    def set_archived(self, note_ids: Iterable[str], archived: bool) -> None:
+        for note_id in note_ids:
+            self._write("UPDATE notes SET archived = ? WHERE id = ?", (int(archived), note_id))
+            self._write(OUTBOX, (note_id, "upsert"))
+
+    def record(self, note_id: str, at: datetime, change: str, before: Note) -> None:
+        self._write(
+            "INSERT INTO history(note_id, at, change, before) VALUES (?, ?, ?, ?)",
+            (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
+        )
+
+    def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
+        self._many("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
+
+    def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
+        """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
+        self._many(
+            "INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(note_id, keyword, origin) for keyword in keywords],
+        )
+
+    def link(self, a: str, b: str, weight: float, at: datetime) -> None:
+        first, second = sorted((a, b))
+        self._write(
+            "INSERT INTO links(a, b, weight, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (a, b) DO UPDATE SET weight = excluded.weight",
+            (first, second, weight, to_timestamp(at)),
+        )
+        self.graph.add_edge(a, b, weight=weight)
+
+    def delete(self, note_id: str) -> list[str]:
+        """Remove a note and everything about it, including the keywords its neighbours absorbed
+        from it and the history entries naming it; the vector index deletion is queued.
+
+        Returns the neighbours whose keywords changed (their index entries are queued too).
+        """
+        taken: dict[str, set[str]] = {}
+        for row in self._run("SELECT note_id, keyword FROM absorbed WHERE origin = ?", (note_id,)):
+            taken.setdefault(row[0], set()).add(row[1])
+        for neighbour, words in taken.items():
+            self._give_back(neighbour, words)
+        self._write("DELETE FROM history WHERE change = ?", (f"evolved:{note_id}",))
+        self._write("DELETE FROM absorbed WHERE origin = ? OR note_id = ?", (note_id, note_id))
+        for table, column in (("notes", "id"), ("history", "note_id"), ("recalls", "note_id")):
+            self._write(f"DELETE FROM {table} WHERE {column} = ?", (note_id,))
+        self._write("DELETE FROM links WHERE a = ? OR b = ?", (note_id, note_id))
+        self._write(OUTBOX, (note_id, "delete"))
+        if note_id in self.graph:
+            self.graph.remove_node(note_id)
+        return list(taken)
+
+    def _give_back(self, note_id: str, words: set[str]) -> None:
+        """Drop absorbed keywords from a note and from every earlier version in its history."""
+        rows = self._run("SELECT keywords FROM notes WHERE id = ?", (note_id,))
+        if rows:
+            kept = [w for w in json.loads(rows[0][0]) if w not in words]
+            self._write("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
+            self._write(OUTBOX, (note_id, "upsert"))
+        for order, before in self._run(f"SELECT {self.ORDER}, before FROM history WHERE note_id = ?", (note_id,)):
+            self._write(f"UPDATE history SET before = ? WHERE {self.ORDER} = ?", (without_words(before, words), order))
+
+    # ---- reading notes ---------------------------------------------------------------------
+
+    def exists(self, note_id: str) -> bool:
+        return bool(self._run("SELECT 1 FROM notes WHERE id = ?", (note_id,)))
+
+    def get(self, note_id: str) -> Note | None:
+        return self.get_many([note_id]).get(note_id)
+
+    def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]:
+        return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
+
+    def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
+        """Notes with the vectors they are searched by, by id; unknown ids are left out.
+        `links=False` skips filling `Note.links`, for internal reads that do not need them."""
+        note_ids = list(note_ids)
+        if not note_ids:
+            return {}
+        return {note.id: (note, vector) for note, vector in self._select(f" WHERE id IN ({marks(note_ids)})", note_ids, links)}
+
+    def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
+        yield from self._select("", [])
+
+    def _select(self, where: str, params: Sequence[Any], links: bool = True) -> Iterator[tuple[Note, np.ndarray]]:
+        found = self._read_notes(
+            f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes{where} ORDER BY {self.ORDER}", params
+        )
+        yield from readable_notes(found, self.graph if links else None, self.unreadable)
+
+    def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
+        note_ids = list(note_ids)
+        if not note_ids:
+            return {}
+        rows = self._run(f"SELECT id, embedding FROM notes WHERE id IN ({marks(note_ids)})", note_ids)
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+
+    def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
+        """The searched vector of the latest note remembered in a session (of one user and
+        agent), or of the latest one remembered before note `before`; None for none."""
+        sql = (
+            "SELECT COALESCE(context_embedding, embedding) FROM notes"
+            f" WHERE user_id {self.SAME} ? AND agent_id {self.SAME} ? AND session_id = ?"
+        )
+        params: list[Any] = list(scope)
+        if before is not None:
+            sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
+            params.append(before)
+        rows = self._run(sql + f" ORDER BY {self.ORDER} DESC LIMIT 1", params)
+        return np.frombuffer(rows[0][0], dtype=np.float32) if rows else None
+
+    def select(self, where: NoteFilter, limit: int | None = None, offset: int = 0) -> list[Note]:
+        """Notes a filter admits, oldest first, with their links."""
+        clause, params = self._where(where)
+        rows = self._run(
+            f"SELECT id FROM notes WHERE {clause} ORDER BY created_at, {self.ORDER} LIMIT ? OFFSET ?",
+            (*params, self.NO_LIMIT if limit is None else limit, offset),
+        )
+        found = self.get_many([r[0] for r in rows])
+        return [found[r[0]] for r in rows if r[0] in found]
+
+    def embeddings_where(self, where: NoteFilter, limit: int) -> dict[str, np.ndarray] | None:
+        """The searched vectors of every note `where` admits, or None when more than `limit` do."""
+        clause, params = self._where(where)
+        rows = self._run(
+            f"SELECT id, COALESCE(context_embedding, embedding) FROM notes WHERE {clause} LIMIT ?", (*params, limit + 1)
+        )
+        if len(rows) > limit:
+            return None
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+
+    def recall_times(self, note_id: str) -> list[datetime]:
+        rows = self._run("SELECT at FROM recalls WHERE note_id = ? ORDER BY at", (note_id,))
+        return [from_timestamp(r[0]) for r in rows]
+
+    def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
+        rows = self._run(f"SELECT at, change, before FROM history WHERE note_id = ? ORDER BY {self.ORDER}", (note_id,))
+        return [(from_timestamp(r[0]), r[1], Note.model_validate_json(r[2])) for r in rows]
+
+    def links_of(self, note_id: str) -> list[Link]:
+        return links_in(self.graph, note_id)
+
+    # ---- the outbox of vector-index writes, and index tokens -------------------------------
+
+    def has_pending(self) -> bool:
+        return bool(self._run("SELECT 1 FROM outbox LIMIT 1"))
+
+    def pending(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._run("SELECT note_id, op FROM outbox")]
+
+    def clear_pending(self, note_ids: Iterable[str]) -> None:
+        self._many("DELETE FROM outbox WHERE note_id = ?", [(i,) for i in note_ids])
+
+    def all_ids(self) -> set[str]:
+        return {r[0] for r in self._run("SELECT id FROM notes")}
+
+    def all_tokens(self) -> dict[str, str]:
+        """Every note id by its vector-index token."""
+        return {r[0]: r[1] for r in self._run("SELECT index_id, id FROM notes")}
+
+    def ids_of(self, tokens: Iterable[str]) -> dict[str, str]:
+        """Note ids by their vector-index tokens (unknown tokens are left out)."""
+        tokens = list(tokens)
+        if not tokens:
+            return {}
+        return {r[0]: r[1] for r in self._run(f"SELECT index_id, id FROM notes WHERE index_id IN ({marks(tokens)})", tokens)}
+
+    # ---- rows that cannot be read --------------------------------------------------------
+
+    def quarantine_unreadable(self) -> list[str]:
+        """Move every note row that cannot be read into `quarantine` (with why), out of the notes.
+
+        Checks all rows (at a migration) and any that a read found broken since; returns their ids.
+        """
+        found = self._run(f"SELECT {self._columns(NOTE_COLUMNS)} FROM notes")
+        return self.quarantine(find_unreadable(found, self.unreadable))
+
+    def quarantine(self, reasons: dict[str, str]) -> list[str]:
+        if not reasons:
+            return []
+        now = datetime.now(timezone.utc).timestamp()
+        with self.transaction():
+            for note_id, reason in list(reasons.items()):
+                found = self._run(f"SELECT {self._columns(KEPT_IN_QUARANTINE)} FROM notes WHERE id = ?", (note_id,))
+                if not found:
+                    continue
+                self._write(
+                    "INSERT INTO quarantine(id, reason, at, row) VALUES (?, ?, ?, ?)",
+                    (note_id, reason, now, quarantine_entry(found[0])),
+                )
+                self.delete(note_id)
+        log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
+        moved = list(reasons)
+        self.unreadable.clear()
+        return moved
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        found = self._run(f"SELECT id, reason, at, row FROM quarantine ORDER BY {self.ORDER}")
+        return [{"id": r[0], "reason": r[1], "at": from_timestamp(r[2]), "row": json.loads(r[3])} for r in found]
