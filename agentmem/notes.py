@@ -219,6 +219,8 @@ class Verification(BaseModel):
     produces_target: bool = Field(description="greedy generation after the prompt gives the target")
     rephrase_match: float | None = Field(None, description="share of the fact's rephrases that give the target")
     probe_agreement: float = Field(description="share of probe-prompt token predictions unchanged by the edit")
+    neighbour_agreement: float | None = Field(
+        None, description="of those, on the fact's own neighbour prompts (facts.neighbour_prompts; None: it has none)")
     steps: int = Field(description="the editor's optimisation steps")
     seconds: float = Field(description="editing and verifying, wall time")
 
@@ -239,6 +241,7 @@ class Decision(BaseModel):
     action: ConsolidationAction
     reason: ConsolidationReason
     detail: str = ""
+    scope: str | None = Field(None, description="the scope the fact's edit goes (or went) into; None: shared")
     outcome: ConsolidationOutcome | None = None
     edit_id: str | None = None
     verification: Verification | None = None
@@ -273,6 +276,7 @@ class LedgerEntry(BaseModel):
     updated_at: datetime
     verification: Verification | None = None
     detail: str = ""
+    scope: str | None = Field(None, description="the scope the edit went into; None: shared")
 
 
 class Answer(BaseModel):

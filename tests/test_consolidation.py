@@ -493,10 +493,11 @@ def test_two_users_facts_on_one_prompt_are_two_edits_and_retracting_one_leaves_t
     alice, bob = owned("a", A, "alice"), owned("b", ("Alice lives in", "Porto"), "bob", age=timedelta(hours=13))
     decisions = {d.note_id: d for d in decide([alice, bob], {"a": 1.0, "b": 1.0}, [], POLICY, LATER)}
     assert decisions["a"].action == decisions["b"].action == "edit"
+    assert (decisions["a"].scope, decisions["b"].scope) == ("user:alice", "user:bob")
     ledger = [entry("a", *A, "applied"), entry("b", "Alice lives in", "Porto", "applied")]
     scopes = {"e-a": "user:alice", "e-b": "user:bob"}
     gone = decide([owned("a", None, "alice"), bob], {"a": 1.0, "b": 1.0}, ledger, POLICY, LATER, scopes)
-    assert {d.note_id: d.action for d in gone} == {"a": "retract", "b": "skip"}
+    assert {d.note_id: (d.action, d.scope) for d in gone} == {"a": ("retract", "user:alice"), "b": ("skip", "user:bob")}
 
 
 def test_a_consolidated_fact_that_becomes_shared_is_replaced_in_the_shared_scope():
@@ -524,3 +525,5 @@ def test_the_ledger_records_scopes_and_upgrades_an_old_table(tmp_path):
     ledger = Ledger(db)
     ledger.add("n1", "new", Fact(prompt="Alice lives in", target="Lisbon"), "semantic", "applied", T0, scope="user:alice")
     assert ledger.scopes() == {"old": None, "new": "user:alice"}
+    db.row_factory = sqlite3.Row
+    assert [e.scope for e in ledger.entries()] == [None, "user:alice"]

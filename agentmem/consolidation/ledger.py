@@ -41,7 +41,7 @@ CREATE INDEX IF NOT EXISTS consolidation_ledger_prompt ON consolidation_ledger(p
 """
 
 LIVE = ("pending", "applied", "retracting")  # rows whose edit may be in the editor's state
-COLUMNS = "note_id, edit_id, prompt, target, editor, status, created_at, updated_at, verification, detail"
+COLUMNS = "note_id, edit_id, prompt, target, editor, status, created_at, updated_at, verification, detail, scope"
 
 
 class Ledger:
@@ -121,5 +121,5 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         note_id=row["note_id"], edit_id=row["edit_id"], prompt=row["prompt"], target=row["target"], editor=row["editor"],
         status=row["status"], created_at=from_timestamp(row["created_at"]), updated_at=from_timestamp(row["updated_at"]),
         verification=Verification.model_validate_json(row["verification"]) if row["verification"] else None,
-        detail=row["detail"],
+        detail=row["detail"], scope=row["scope"],
     )

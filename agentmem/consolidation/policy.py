@@ -110,7 +110,8 @@ def decide(
         fact, prior = note.fact, applied.get(note.id)
 
         def verdict(action: str, reason: str, detail: str = "") -> Decision:
-            return Decision(note_id=note.id, fact=fact, action=action, reason=reason, detail=detail)
+            where = in_scope[prior.edit_id] if prior and action == "retract" else scope.get(note.id)
+            return Decision(note_id=note.id, fact=fact, action=action, reason=reason, detail=detail, scope=where)
 
         if fact is None:
             return verdict("retract", "fact_removed") if prior else verdict("skip", "no_fact")
