@@ -10,7 +10,7 @@ import pytest
 from agentmem import Fact, Memory
 from agentmem.consolidation import ConsolidationPolicy, ParametricMemory
 from agentmem.editors import EmmetConfig
-from tests.conftest import T0
+from tests.conftest import SHARED_DATA, T0
 from tests.editors.conftest import smollm, tiny_lm, tiny_tokenizer  # noqa: F401 (fixtures)
 
 LATER = T0 + timedelta(days=1)
@@ -115,3 +115,28 @@ def test_a_user_scoped_fact_is_refused_unless_its_note_is_marked_shared(open_mem
     assert decisions[shared.id].action == "edit"
     report = mem.consolidate(TARGETS_ONLY, at=LATER)
     assert report.applied == 1 and [row.note_id for row in mem.ledger()] == [shared.id]
+
+
+@pytest.mark.slow
+def test_smollm_batch_with_a_planted_fact_lands_the_good_facts(tmp_path, embedder, smollm):
+    corpus = SHARED_DATA / "zsre" / "zsre_mend_train-1k.json"
+    if not corpus.is_file():
+        pytest.skip(f"the statistics corpus {corpus} is absent (the shared data folder)")
+    # Statistics from 8k tokens of a text file: a forward only, where sampling text from the model takes minutes.
+    config = EmmetConfig(sample_tokens=0, corpus=str(corpus), corpus_tokens=8192)
+    good = [Fact(prompt="Danielle Darrieux's mother tongue is", target="Swedish"),
+            Fact(prompt="Zorbl the engineer lives in", target="Reykjavik")]
+    # Nonsense of many tokens: the value search (25 steps) does not make it come out, so it cannot verify.
+    planted = Fact(prompt="Quillon Vask's password is", target="zqx vlorp 7734 blarg fnord quux wibble")
+    policy = ConsolidationPolicy(neighbours=False, probe_tolerance=0.1)
+    mem = Memory(tmp_path / "mem", embedder=embedder, model=smollm, editor=config)
+    try:
+        notes = [remember_recalled(mem, fact) for fact in (*good, planted)]
+        report = mem.consolidate(policy, at=LATER)
+        outcomes = {d.note_id: d for d in report.decisions}
+        assert [outcomes[n.id].outcome for n in notes] == ["applied", "applied", "failed"], report.decisions
+        assert not outcomes[notes[2].id].verification.produces_target
+        assert [smollm.generate(f.prompt, max_new_tokens=4).strip().startswith(f.target) for f in good] == [True, True]
+        assert sum(len(batch.ids) for batch in mem.editor.batches) == 2  # the good facts, in the solves that kept them
+    finally:
+        mem.close()
