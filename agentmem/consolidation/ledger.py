@@ -18,7 +18,7 @@ from datetime import datetime
 
 from ..facts import prompt_key
 from ..notes import Fact, LedgerEntry, LedgerStatus, Verification
-from ..stores.graph import from_timestamp, to_timestamp
+from ..stores.rows import from_timestamp, to_timestamp
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS consolidation_ledger (

@@ -28,7 +28,6 @@ import networkx as nx
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from .filters import NoteFilter
-from .rows import from_timestamp, to_timestamp  # noqa: F401  (the ledger reads times through this module)
 from .sql import SqlNoteStore
 from .tokens import index_token
 
