@@ -168,6 +168,7 @@ def test_consolidation_edits_verifies_saves_and_answers_from_the_weights(open_me
     for n in notes:
         [row] = mem.ledger(n.id)
         assert row.editor == "grace" and row.verification.produces_target and row.verification.probe_agreement == 1.0
+        assert row.verification.neighbour_agreement == 1.0   # its own neighbour prompts, measured apart
         assert greedy(tiny_lm, n.fact.prompt) == n.fact.target
     answer = mem.answer("Alice lives in", retrieval=False)
     assert answer.source == "weights" and answer.text.startswith("Lisbon") and answer.hits == []

@@ -176,10 +176,12 @@ class ParametricMemory:
             before = self.predictions(pairs) if scope is not None or near else list(probe_before)
             [result] = self.editor.edit([request])
             rephrased = [self.generates(r, fact.target) for r in fact.rephrases]
+            after, own = self.predictions(pairs), len(probe_pairs)
             return Verification(
                 produces_target=self.generates(fact.prompt, fact.target),
                 rephrase_match=sum(rephrased) / len(rephrased) if rephrased else None,
-                probe_agreement=agreement(before, self.predictions(pairs)),
+                probe_agreement=agreement(before, after),
+                neighbour_agreement=agreement(before[own:], after[own:]) if near else None,
                 steps=result.steps,
                 seconds=time.perf_counter() - start,
             )
@@ -213,6 +215,7 @@ class ParametricMemory:
                 produces_target=made,
                 rephrase_match=sum(matches) / len(matches) if matches else None,
                 probe_agreement=agreement([*probe_before, *own_before], [*probes_now, *own_after]),
+                neighbour_agreement=agreement(own_before, own_after) if pairs else None,
                 steps=result.steps,
                 seconds=0.0,
             ))
