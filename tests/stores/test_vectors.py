@@ -92,12 +92,12 @@ def test_query_returns_only_notes_meeting_the_conditions_whether_or_not_they_dom
 def test_the_index_holds_no_readable_id_scope_or_metadata(tmp_path):
     """Ids and scope values go in as keyed hashes; texts and user metadata do not go in at all."""
     index = VectorIndex(tmp_path / "chroma", "opaque", None, KEY)
-    note = Note(id="secretnote42", text="the vault code is 9931", user_id="agent-smith", created_at=T0,
+    note = Note(id="secretnote42", text="the vault code is 9931-7264-0518", user_id="agent-smith", created_at=T0,
                 updated_at=T0, last_recalled=T0, metadata={"vault": "zurich-7"})
     index.upsert([note], [_unit(np.ones((1, 8)))[0]])
     index.close()
     stored = b"".join(p.read_bytes() for p in (tmp_path / "chroma").rglob("*") if p.is_file())
-    for secret in (b"secretnote42", b"9931", b"agent-smith", b"zurich-7", b"vault"):
+    for secret in (b"secretnote42", b"9931-7264-0518", b"agent-smith", b"zurich-7", b"vault"):
         assert secret not in stored
 
 
