@@ -53,10 +53,6 @@ class ParametricBridge:
         self._editor_version: int | None = None  # of the shared editor state this process holds
         self._closed = False
 
-    @property
-    def loaded(self) -> bool:
-        return self._consolidator is not None
-
     @contextmanager
     def idle(self) -> Iterator[None]:
         """No job, answer or retraction runs in this process while the block runs (for backups and closing)."""
