@@ -82,8 +82,9 @@ _NOT_ANCHORS = frozenset(
     "i you he she we they name tell give list".split()
 )
 _WORD = re.compile(r"[\w][\w'’.-]*")
-# A run of masked anchor words, with the small words that join a name's parts ("Call the Doctor", "Isle of Man").
-_SUBJECT_RUN = re.compile(r"\0(?:\W*(?:(?:the|of|and|de|la|le|von|van|du|del|da)\s+)?\0)*")
+# A run of masked anchor words, with up to two words joining a name's parts ("Call the Doctor", "Isle of Man",
+# "German submarine U-270"): the subject becomes one "X", as in the edit's own relation text.
+_SUBJECT_RUN = re.compile(r"\0(?:\W*(?:[\w'’.-]+\s+){0,2}?\0)*")
 
 
 def anchor_words(prompt: str) -> frozenset[str]:

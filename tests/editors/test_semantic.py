@@ -87,6 +87,8 @@ def test_relation_text_masks_the_subject():
     anchors = anchor_words("What artist created Call the Doctor?")
     assert anchors == {"call", "doctor"}
     assert relation_text("Which label released Call the Doctor in 1996?", anchors) == "Which label released X in 1996?"
+    vessel = anchor_words("By which company, German submarine U-270 has been manufactured?")
+    assert relation_text("Which place does German submarine U-270 exist in?", vessel) == "Which place does X exist in?"
 
 
 def test_save_and_load_round_trip(tiny_lm, tiny_semantic, tmp_path):
