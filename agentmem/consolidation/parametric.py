@@ -165,23 +165,25 @@ class ParametricMemory:
         The editor gets the fact's question forms as further keys (`facts.question_forms`) and its
         neighbour prompts (`facts.neighbour_prompts`) as what the edit must not reach; with
         `neighbours`, the neighbours' answers join the probes, so an edit that moves them fails.
-        `probe_before` is the probes' predictions with shared edits only; a scoped edit's probes are
-        measured again under its scope (the scope's earlier edits are part of the baseline).
+        `probe_before` is the probes' predictions with shared edits only, measured once per job; a scoped
+        edit's probes are measured again under its scope (the scope's earlier edits are part of the baseline).
         """
         start = time.perf_counter()
         request = edit_request(fact, edit_id, scope, neighbours)
         near = request.neighbours
         with self.lm.scoped(scope):
-            pairs = [*probe_pairs, *self.probe_pairs(near)] if near else list(probe_pairs)
-            before = self.predictions(pairs) if scope is not None or near else list(probe_before)
+            own = self.probe_pairs(near) if near else []
+            # A shared edit's probes start from the job's baseline, measured once; a scoped one's scope may move them.
+            probes_before = list(probe_before) if scope is None else self.predictions(probe_pairs)
+            own_before = self.predictions(own)
             [result] = self.editor.edit([request])
             rephrased = [self.generates(r, fact.target) for r in fact.rephrases]
-            after, own = self.predictions(pairs), len(probe_pairs)
+            probes_after, own_after = self.predictions(probe_pairs), self.predictions(own)
             return Verification(
                 produces_target=self.generates(fact.prompt, fact.target),
                 rephrase_match=sum(rephrased) / len(rephrased) if rephrased else None,
-                probe_agreement=agreement(before, after),
-                neighbour_agreement=agreement(before[own:], after[own:]) if near else None,
+                probe_agreement=agreement([*probes_before, *own_before], [*probes_after, *own_after]),
+                neighbour_agreement=agreement(own_before, own_after) if near else None,
                 steps=result.steps,
                 seconds=time.perf_counter() - start,
             )
