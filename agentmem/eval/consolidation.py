@@ -152,6 +152,7 @@ class ChatScores(BaseModel):
     other_subject_locality: float
     other_relation: int  # same subject, other relation
     other_relation_locality: float
+    changed: list[tuple[str, str, str]] = []  # each neighbour question the job changed: (question, before, after)
     unrelated_locality: float
     unrelated_token_locality: float
     job_seconds: float
@@ -233,6 +234,8 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         other_subject_locality=_unchanged(subject_before, subject_after),
         other_relation=len(other_relation),
         other_relation_locality=_unchanged(relation_before, relation_after),
+        changed=[(q, b, a) for (q, _), b, a in zip([*other_subject, *other_relation], [*subject_before, *relation_before],
+                                                    [*subject_after, *relation_after]) if a != b],
         unrelated_locality=_unchanged(unrelated_before, unrelated_after),
         unrelated_token_locality=statistics.fmean(agreement([b], [a]) for b, a in zip(loc_before, loc_after)),
         job_seconds=job_seconds,
