@@ -13,10 +13,12 @@ from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
 from .notes import Hit, Note
 from .stores.filters import NoteFilter
+from .stores.rows import checked
 from .stores.store import NoteStore
 from .stores.sync import IndexSync
 
 EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
+SIMILARITY_SLACK = 1e-5  # float32 rounding between the index's distances and the loaded vectors
 
 
 class ReadPath:
@@ -40,21 +42,31 @@ class ReadPath:
                 retention=self.retention(note, at),
             )
 
-        rows = self.store.load({*(i for i, _ in dense), *lexical}, links=False)
+        rows = self.store.load({*(i for i, _ in dense), *lexical}, links=False, validate=False)
         candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
         seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
         reached = ranking.spread_activation(
             {c.note.id: ranking.relevance(c, self.config) for c in seeds}, self.store.graph, self.config.link_spread
         )
-        linked = self.store.load((i for i in reached if i not in candidates), links=False)
+        # a linked note outside the candidates has no lexical score, and (when the index filled
+        # the pool) no higher similarity than the pool's last: load only those that could still
+        # beat the k-th candidate's score, which link activation can only raise
+        unseen = 1.0 if len(dense) < pool else min(s for _, s in dense) + SIMILARITY_SLACK
+        timed = temporal.named_period(query, at) is not None or temporal.asks_when(query)
+        ceiling = unseen + self.config.time_weight * timed
+        kth = sorted((ranking.score(c, self.config) for c in candidates.values()), reverse=True)[k - 1:k] or [0.0]
+        promising = (i for i, (a, _) in reached.items() if i not in candidates and max(ceiling, a) >= kth[0])
+        linked = self.store.load(promising, links=False, validate=False)
         candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if where.admits(row[0])}
         for note_id, (activation, via) in reached.items():
             if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
                 candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
-        return [  # candidates were loaded without links; only the returned notes need them
-            hit.model_copy(update={"note": hit.note.model_copy(update={"links": self.store.links_of(hit.note.id)})})
-            for hit in ranking.rank(list(candidates.values()), self.config, k)
-        ]
+        while True:  # candidates were read without validation or links: what is returned gets both
+            ranked = ranking.rank(list(candidates.values()), self.config, k)
+            notes = {h.note.id: checked(h.note, self.store.links_of(h.note.id), self.store.unreadable) for h in ranked}
+            if None not in notes.values():
+                return [hit.model_copy(update={"note": notes[hit.note.id]}) for hit in ranked]
+            candidates = {i: c for i, c in candidates.items() if notes.get(i, c.note) is not None}
 
     def dense(self, query_embedding: np.ndarray, n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n notes nearest the query among those `where` admits.

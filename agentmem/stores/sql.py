@@ -215,22 +215,28 @@ class SqlNoteStore:
     def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]:
         return {note_id: note for note_id, (note, _) in self.load(note_ids, links).items()}
 
-    def load(self, note_ids: Iterable[str], links: bool = True) -> dict[str, tuple[Note, np.ndarray]]:
+    def load(
+        self, note_ids: Iterable[str], links: bool = True, validate: bool = True
+    ) -> dict[str, tuple[Note, np.ndarray]]:
         """Notes with the vectors they are searched by, by id; unknown ids are left out.
-        `links=False` skips filling `Note.links`, for internal reads that do not need them."""
+        `links=False` skips filling `Note.links`, for internal reads that do not need them;
+        `validate=False` skips pydantic's checks (see `rows.note_of`)."""
         note_ids = list(note_ids)
         if not note_ids:
             return {}
-        return {note.id: (note, vector) for note, vector in self._select(f" WHERE id IN ({marks(note_ids)})", note_ids, links)}
+        found = self._select(f" WHERE id IN ({marks(note_ids)})", note_ids, links, validate)
+        return {note.id: (note, vector) for note, vector in found}
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
         yield from self._select("", [])
 
-    def _select(self, where: str, params: Sequence[Any], links: bool = True) -> Iterator[tuple[Note, np.ndarray]]:
+    def _select(
+        self, where: str, params: Sequence[Any], links: bool = True, validate: bool = True
+    ) -> Iterator[tuple[Note, np.ndarray]]:
         found = self._read_notes(
             f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {SEARCHED_VECTOR} FROM notes{where} ORDER BY {self.ORDER}", params
         )
-        yield from readable_notes(found, self.graph if links else None, self.unreadable)
+        yield from readable_notes(found, self.graph if links else None, self.unreadable, validate)
 
     def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
