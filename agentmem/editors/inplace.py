@@ -42,7 +42,9 @@ from ..errors import InvalidInputError
 from ..models import LanguageModel
 from .base import Editor, EditorConfig, EditorLayer, EditRequest, EditResult
 from .covariance import key_moments
-from .locate import ValueSearch, derived_subject, mentions, subject_position, subject_states, target_states
+from .locate import (
+    ValueSearch, context_prefixes, derived_subject, mentions, subject_position, subject_states, target_states,
+)
 
 # The papers' band (MEMIT: blocks 3-8 of GPT-J's 28; AlphaEdit: 4-8 of LLaMA3-8B's 32) placed in SmolLM2's
 # 30 blocks. The scores in BENCHMARKS.md are at this band; other bands were not compared (time).
@@ -62,6 +64,9 @@ class LocateConfig(EditorConfig):
     Value search: Adam on the residual at the subject token, `value_lr`, up to `value_steps`
     steps, stopping when every target token leads by `margin` logits; the change is kept within
     `clamp` x the state's norm and decays with `weight_decay` (MEMIT's settings for GPT-J).
+    Context prefixes (`locate.context_prefixes`): each key is the mean over the bare prompt and
+    `key_prefixes` prefixed copies; the target state is searched over the bare prompt and
+    `value_prefixes` prefixed copies.
     """
 
     layers: tuple[int, ...] = DEFAULT_BAND
@@ -76,6 +81,8 @@ class LocateConfig(EditorConfig):
     margin: float = Field(default=2.0, ge=0)
     clamp: float = Field(default=0.75, gt=0)
     weight_decay: float = Field(default=0.5, ge=0)
+    key_prefixes: int = Field(default=0, ge=0)
+    value_prefixes: int = Field(default=0, ge=0)
 
     @field_validator("layers")
     @classmethod
@@ -133,6 +140,7 @@ class WeightEditor(Editor):
             self.remove()
             raise
         self.moments = {layer: _ridged(moment, self.config.covariance_ridge) for layer, moment in moments.items()}
+        self.prefixes = context_prefixes(lm, max(self.config.key_prefixes, self.config.value_prefixes))
         self.search = ValueSearch(
             self.config.value_steps, self.config.value_lr, self.config.margin, self.config.clamp, self.config.weight_decay
         )
@@ -207,25 +215,25 @@ class WeightEditor(Editor):
 
     def _apply_batch(self, requests: Sequence[EditRequest]) -> list[int]:
         """Solve one batch and write it; returns each fact's value-search steps (0 for a shelved target state)."""
-        encoded = [self.lm.encode_pair(r.prompt, r.target) for r in requests]
-        positions = [subject_position(self.lm, r.prompt, r.subject) for r in requests]
         shelved = [self.shelved.pop(r.id, (None, None)) for r in requests]
         found: list[torch.Tensor | None] = [state if kept == r else None for r, (kept, state) in zip(requests, shelved)]
         steps = [0] * len(requests)
         fresh = [i for i, state in enumerate(found) if state is None]
         if fresh:
+            encoded, positions, variants = self._prefixed([requests[i] for i in fresh], self.config.value_prefixes)
             states, taken = target_states(
-                self.lm, self.blocks, self.layer_index, [encoded[i] for i in fresh], [positions[i] for i in fresh], self.search
+                self.lm, self.blocks, self.layer_index, encoded, positions, self.search, variants
             )
             for i, state, step in zip(fresh, states, taken):
                 found[i], steps[i] = state, step
         targets = torch.stack(found)
+        encoded, positions, variants = self._prefixed(requests, self.config.key_prefixes)
         prompts = [p for p, _ in encoded]
         batch = Batch(ids=[r.id for r in requests], targets={r.id: state for r, state in zip(requests, targets)})
         self.batches.append(batch)
         try:
             for done, layer in enumerate(self.config.layers):
-                states = subject_states(self.lm, self.projections, self.top_block, prompts, positions)
+                states = subject_states(self.lm, self.projections, self.top_block, prompts, positions, variants)
                 keys, left = states.keys[layer], len(self.config.layers) - done
                 residuals = (targets - states.top) / left
                 batch.factors[layer] = self._solve(layer, keys, residuals, len(self.batches) - 1).float()
@@ -237,6 +245,17 @@ class WeightEditor(Editor):
                 self._write(layer)
             raise
         return steps
+
+    def _prefixed(
+        self, requests: Sequence[EditRequest], count: int
+    ) -> tuple[list[tuple[list[int], list[int]]], list[int], int]:
+        """Each request's (prompt, target) ids and subject position, bare then with `count` context prefixes;
+        and the number of variants per request."""
+        contexts = [""] + self.prefixes[:count]
+        texts = [(context + r.prompt, r) for r in requests for context in contexts]
+        encoded = [self.lm.encode_pair(text, r.target) for text, r in texts]
+        positions = [subject_position(self.lm, text, r.subject) for text, r in texts]
+        return encoded, positions, len(contexts)
 
     def _write(self, layer: int) -> None:
         """The layer's weight := its original + the stored batches' updates, in batch order."""

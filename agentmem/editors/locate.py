@@ -17,6 +17,8 @@ then its last token, and the edit is keyed on the whole prompt).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..models import LanguageModel
+from ..models import LanguageModel, agentmem_home
 from .base import Captured, leads
 
 _ARTICLES = {"The", "A", "An"}
@@ -81,6 +83,39 @@ def _proper_noun_phrases(words: list[str]) -> list[tuple[int, str]]:
     return phrases
 
 
+PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")  # MEMIT's openers for its context templates
+
+
+def context_prefixes(lm: LanguageModel, count: int, tokens: int = 10, seed: int = 0) -> list[str]:
+    """`count` short texts the model writes itself, each ending in ". ", to put before a fact's prompt.
+
+    A key read at the subject's last token depends on the text before it. Averaging the key, and
+    searching the target state, over prompts with a few such prefixes (MEMIT's and AlphaEdit's
+    context templates) makes the edit depend less on the exact wording it was given. Sampled
+    once at temperature 1 from MEMIT's openers, cached under AGENTMEM_HOME.
+    """
+    if count <= 0:
+        return []
+    settings = {"model": lm.name, "count": count, "tokens": tokens, "seed": seed}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    cache = agentmem_home() / "statistics" / f"prefixes-{digest}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    starts = [PREFIX_STARTS[i % len(PREFIX_STARTS)] for i in range(count)]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        texts = lm.generate_batch(starts, max_new_tokens=tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    prefixes = [" ".join(f"{start}{text}".split()).rstrip(".") + ". " for start, text in zip(starts, texts)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial")
+    partial.write_text(json.dumps(prefixes))
+    partial.replace(cache)
+    return prefixes
+
+
 def mentions(prompt: str, subject: str) -> bool:
     """Whether `subject` occurs in `prompt` as whole words, ignoring case ("Ra" is not in "Rain")."""
     return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", prompt, re.IGNORECASE) is not None
@@ -109,10 +144,12 @@ class SubjectStates:
 
 def subject_states(
     lm: LanguageModel, projections: dict[int, nn.Module], top_block: nn.Module,
-    prompts: Sequence[list[int]], positions: Sequence[int],
+    prompts: Sequence[list[int]], positions: Sequence[int], variants: int = 1,
 ) -> SubjectStates:
     """One padded forward of the prompts, stopped after `top_block`; read at each prompt's subject position.
 
+    The prompts come in runs of `variants` per fact (the bare prompt first, then its prefixed
+    copies): a fact's key is the mean over its run, its top state the bare prompt's.
     Padding goes on the right: with causal attention no real position sees it.
     """
     pad = lm.tokenizer.pad_token_id
@@ -125,12 +162,13 @@ def subject_states(
 
     def key_hook(layer: int):
         def grab(module: nn.Module, args: tuple) -> None:
-            keys[layer] = args[0][rows, at].detach().float()
+            read = args[0][rows, at].detach().float()
+            keys[layer] = read.view(-1, variants, read.shape[-1]).mean(1)
         return grab
 
     def top_hook(module: nn.Module, args: tuple, output: object) -> None:
         hidden = output[0] if isinstance(output, tuple) else output
-        top.append(hidden[rows, at].detach().float())
+        top.append(hidden[rows[::variants], at[::variants]].detach().float())
         raise Captured
 
     handles = [module.register_forward_pre_hook(key_hook(layer)) for layer, module in projections.items()]
@@ -159,16 +197,20 @@ class ValueSearch:
 
 def target_states(
     lm: LanguageModel, blocks: nn.ModuleList, upper: int, pairs: Sequence[tuple[list[int], list[int]]],
-    positions: Sequence[int], search: ValueSearch,
+    positions: Sequence[int], search: ValueSearch, variants: int = 1,
 ) -> tuple[torch.Tensor, list[int]]:
     """Per fact, the residual state entering block `upper` at its subject token that makes its target come out,
     and the Adam steps that took; all facts in one padded batch.
 
+    The pairs come in runs of `variants` per fact (the bare prompt first, then prefixed copies,
+    see `context_prefixes`): one change vector per fact, added at the subject token of every
+    prompt of its run, its loss the run's mean, done when every target token of every prompt of
+    the run leads by `margin`; the result is the bare prompt's state plus that change.
     The rows are left-padded so that every subject token falls in one column: the columns before it
     run once into a KV cache, and each step runs only the columns from it on through blocks
-    `upper` and above. Each fact has its own change vector, loss and stopping test (every target
-    token leads by `margin`), so a fact's result is what it would be alone; finished facts leave
-    the batch, and the steps get cheaper as the batch empties.
+    `upper` and above. Each fact has its own change vector, loss and stopping test, so a fact's
+    result is what it would be alone; finished facts leave the batch, and the steps get cheaper
+    as the batch empties.
     """
     device, pad = lm.device, lm.tokenizer.pad_token_id
     sequences = [prompt + target[:-1] for prompt, target in pairs]
@@ -185,21 +227,25 @@ def target_states(
         position_ids[index, prefix - at + len(s):] += torch.arange(1, suffix - len(s) + at + 1, device=device)
     past, hidden = _prefix_and_hidden(lm, blocks[upper], ids, mask, position_ids, prefix)
 
-    # target token j of fact i is predicted at suffix column first_i + j
+    # target token j of row r is predicted at suffix column first_r + j
     firsts = [len(prompt) - 1 - at for (prompt, _), at in zip(pairs, positions)]
     targets = [torch.tensor(target, device=device) for _, target in pairs]
-    scale = hidden[:, 0].norm(dim=-1)
-    delta = torch.zeros_like(hidden[:, 0], requires_grad=True)
+    bare = hidden[::variants, 0]  # each fact's bare prompt
+    facts = len(bare)
+    run = [list(range(fact * variants, (fact + 1) * variants)) for fact in range(facts)]
+    scale = bare.norm(dim=-1)
+    delta = torch.zeros_like(bare, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=search.lr)
-    result = torch.zeros_like(hidden[:, 0])
-    steps = [search.steps] * len(pairs)
-    active = list(range(len(pairs)))
+    result = torch.zeros_like(bare)
+    steps = [search.steps] * facts
+    active = list(range(facts))
     base_model = lm.model.base_model
     lengths = [len(s) - at for s, at in zip(sequences, positions)]
     for step in range(search.steps + 1):
-        chosen = torch.tensor(active, device=device)
-        width = max(lengths[i] for i in active)  # the suffix columns the remaining facts need
-        shifted = torch.cat([hidden[chosen, :1] + delta[chosen, None], hidden[chosen, 1:width]], 1)
+        active_rows = [row for fact in active for row in run[fact]]
+        chosen = torch.tensor(active_rows, device=device)
+        width = max(lengths[row] for row in active_rows)  # the suffix columns the remaining facts need
+        shifted = torch.cat([hidden[chosen, :1] + delta[chosen // variants, None], hidden[chosen, 1:width]], 1)
         cache = copy.deepcopy(past)
         if cache is not None:
             cache.batch_select_indices(chosen)
@@ -211,30 +257,32 @@ def target_states(
             ).last_hidden_state
         finally:
             base_model.layers = blocks
-        spans = [states[row, firsts[i] : firsts[i] + len(targets[i])] for row, i in enumerate(active)]
+        spans = [states[at, firsts[row] : firsts[row] + len(targets[row])] for at, row in enumerate(active_rows)]
         logits = lm.model.lm_head(torch.cat(spans)).split([len(span) for span in spans])  # one pass over the head
+        by_row = dict(zip(active_rows, logits))
         finished = [
-            row for row, i in enumerate(active)
-            if step == search.steps or bool(leads(logits[row].detach(), targets[i], search.margin).all())
+            fact for fact in active
+            if step == search.steps
+            or all(bool(leads(by_row[row].detach(), targets[row], search.margin).all()) for row in run[fact])
         ]
         with torch.no_grad():
-            for row in finished:
-                result[active[row]] = hidden[active[row], 0] + delta[active[row]]
-                steps[active[row]] = step
+            for fact in finished:
+                result[fact] = bare[fact] + delta[fact]
+                steps[fact] = step
         if len(finished) == len(active):
             break
         loss = sum(
-            F.cross_entropy(logits[row], targets[i]) + search.weight_decay * (delta[i].norm() / scale[i]) ** 2
-            for row, i in enumerate(active) if row not in finished
+            sum(F.cross_entropy(by_row[row], targets[row]) for row in run[fact]) / variants
+            + search.weight_decay * (delta[fact].norm() / scale[fact]) ** 2
+            for fact in active if fact not in finished
         )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        done = [active[row] for row in finished]
-        active = [i for i in active if i not in done]
+        active = [fact for fact in active if fact not in finished]
         with torch.no_grad():
-            if done:  # Adam's momentum moves rows with no gradient; the finished ones keep their result
-                delta[done] = result[done] - hidden[done, 0]
+            if finished:  # Adam's momentum moves rows with no gradient; the finished ones keep their result
+                delta[finished] = result[finished] - bare[finished]
             limit = (search.clamp * scale)[:, None]
             delta.copy_(delta * (limit / delta.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0))
     return result, steps

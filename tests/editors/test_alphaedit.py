@@ -7,7 +7,7 @@ from agentmem.editors import AlphaEditConfig, AlphaEditEditor
 
 from .test_inplace import ALICE, BOB, SKY, TINY, private_home, weights_hash  # noqa: F401 (fixture)
 
-ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3}
+ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3, "covariance_weight": 0.0}  # the paper's form
 
 
 def test_the_update_is_orthogonal_to_every_kept_direction_of_the_preserved_keys(tiny_lm):
@@ -37,3 +37,18 @@ def test_keeping_earlier_batches_keys_spares_them_from_a_later_update(tiny_lm):
     before_rollback = weights_hash(tiny_lm)
     editor.rollback("sky")
     assert weights_hash(tiny_lm) != before_rollback and len(editor.batches) == 1
+
+
+def test_the_default_keeps_every_direction_and_weighs_the_statistics_and_earlier_keys(tiny_lm):
+    editor = AlphaEditEditor(tiny_lm, AlphaEditConfig(**TINY))
+    editor.edit([ALICE, BOB])
+    editor.edit([SKY])
+    later = editor.batches[1]
+    config = editor.config
+    for layer in (0, 1):
+        assert torch.allclose(editor.projectors[layer], torch.eye(len(editor.projectors[layer]), dtype=torch.float64))
+        keys, earlier = later.keys[layer].double(), editor.batches[0].keys[layer].double()
+        system = earlier.T @ earlier + keys.T @ keys + config.covariance_weight * editor.moments[layer].double()
+        system += config.ridge * torch.eye(len(system), dtype=system.dtype)
+        expected = torch.linalg.solve(system, keys.T).T  # MEMIT's least squares with the earlier batches' keys kept
+        assert torch.allclose(later.factors[layer].double(), expected.float().double(), rtol=1e-4, atol=1e-6)
