@@ -99,13 +99,17 @@ class WritePath:
         note it duplicates), then syncs the index."""
         in_context = self.in_context(drafts, embeddings)
         candidates = self.neighbour_candidates(drafts, embeddings)
+        # the stored candidates are read once, before the transaction (the caller's lock keeps
+        # them current), and kept current here as the batch changes them: the transaction then
+        # has no reads, and a remote store sends all its writes at once
+        known = self.store.get_many({i for found in candidates for i, _ in found if isinstance(i, str)}, links=False)
         stored: list[Note] = []
         with self.store.transaction():
             for position, draft in enumerate(drafts):
                 earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
                 indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
                 stored.append(self.insert_or_reinforce(
-                    draft, embeddings[position], in_context[position], indexed + earlier, deduplicate
+                    draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
         ids = list(dict.fromkeys(note.id for note in stored))
         self.index.push(ids)
@@ -164,11 +168,12 @@ class WritePath:
 
     def insert_or_reinforce(
         self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
-        deduplicate: bool = True,
+        known: dict[str, Note], deduplicate: bool = True,
     ) -> Note:
+        """Store the draft linked to its candidates, or reinforce the note it duplicates; `known`
+        holds the candidates as stored and is updated with what this changes."""
         floor = min(self.config.link_threshold, self.config.duplicate_threshold)
         candidates = sorted((c for c in candidates if c[1] >= floor), key=lambda c: -c[1])
-        known = self.store.get_many((i for i, _ in candidates), links=False)
         for note_id, similarity in candidates:
             other = known.get(note_id)
             same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
@@ -178,28 +183,31 @@ class WritePath:
                 and similarity >= self.config.duplicate_threshold
                 and linking.same_content(other.text, draft.text)
             ):
-                return self.reinforce_duplicate(other, draft)
+                known[note_id] = self.reinforce_duplicate(other, draft)
+                return known[note_id]
         self.store.insert(draft, embedding, in_context)
+        known[draft.id] = draft
         linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
         for note_id, similarity in linked[: self.config.max_links]:
             self.store.link(draft.id, note_id, round(similarity, 6), draft.created_at)
-            self.evolve(known[note_id], draft)
+            known[note_id] = self.evolve(known[note_id], draft)
         return draft
 
     def reinforce_duplicate(self, existing: Note, draft: Note) -> Note:
-        """A near-duplicate strengthens the note it repeats (and revives it if archived)."""
+        """A near-duplicate strengthens the note it repeats (and revives it if archived); returns it as changed."""
         tags = existing.tags + [t for t in draft.tags if t not in existing.tags]
-        self.store.set_fields(
-            existing.id,
-            strength=forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
-            last_recalled=max(existing.last_recalled, draft.created_at),
-            tags=tags[:32],
-        )
+        changes: dict[str, Any] = {
+            "strength": forgetting.reinforced_strength(existing.strength, self.config.strength_gain),
+            "last_recalled": max(existing.last_recalled, draft.created_at),
+            "tags": tags[:32],
+        }
         if existing.fact is None and draft.fact is not None:
-            self.store.set_fields(existing.id, fact=draft.fact)
+            changes["fact"] = draft.fact
+        self.store.set_fields(existing.id, **changes)
         if existing.archived:
             self.store.set_archived([existing.id], False)
-        return existing
+            changes["archived"] = False
+        return existing.model_copy(update=changes)
 
     def enrichment_after(self, before: Note, text: str | None, tags: list[str] | None) -> dict[str, Any]:
         """The fields a change of text (or of tags alone) recomputes."""
@@ -229,9 +237,12 @@ class WritePath:
         self.index.push([before.id])
         return self.store.get(before.id)
 
-    def evolve(self, neighbour: Note, newcomer: Note) -> None:
+    def evolve(self, neighbour: Note, newcomer: Note) -> Note:
+        """The neighbour absorbs a few of the newcomer's keywords; returns it as changed."""
         keywords = linking.evolve_keywords(neighbour.keywords, newcomer.keywords, self.config.max_keywords)
-        if keywords != neighbour.keywords:
-            self.store.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
-            self.store.set_fields(neighbour.id, keywords=keywords)
-            self.store.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
+        if keywords == neighbour.keywords:
+            return neighbour
+        self.store.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
+        self.store.set_fields(neighbour.id, keywords=keywords)
+        self.store.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
+        return neighbour.model_copy(update={"keywords": keywords})

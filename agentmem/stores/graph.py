@@ -85,6 +85,7 @@ END;
 
 # BM25 column weights: the note's own words count most; evolved keywords and tags help a little
 FTS_WEIGHTS = (1.0, 0.5, 0.5)
+LEXICAL_OVERFETCH = 2  # full-text matches ranked per wanted one before the scope is checked
 
 SCHEMA_VERSION = "2"  # 1: release 0.1.0; 2: index tokens, absorbed keywords, quarantine
 
@@ -255,13 +256,32 @@ class NoteGraph(SqlNoteStore):
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best BM25 matches of any of `terms` (porter-stemmed) among the notes `where`
-        admits, as (id, score > 0)."""
+        admits, as (id, score > 0).
+
+        Ranking the full-text matches alone and keeping the admitted ones costs a third of
+        ranking them joined to the notes (which reads each match's row: 15 against 45 ms for
+        4k matches at 100k notes), so that goes first, over-fetched; only when it leaves fewer
+        than n (a scope holding a small share of the notes) does the joined query run."""
         if not terms or n < 1:
             return []
         match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+        weights = ", ".join(map(str, FTS_WEIGHTS))
         clause, params = where.sql("n")
+        fetch = n * LEXICAL_OVERFETCH
+        ranked = self._db.execute(
+            f"SELECT rowid, bm25(notes_fts, {weights}) AS rank FROM notes_fts WHERE notes_fts MATCH ?"
+            " ORDER BY rank LIMIT ?",
+            (match, fetch),
+        ).fetchall()
+        rowids = [r[0] for r in ranked]
+        admitted = dict(self._db.execute(  # by rowid: the planner would rather scan the scope's index
+            f"SELECT n.rowid, n.id FROM notes n NOT INDEXED WHERE n.rowid IN ({', '.join('?' * len(rowids))}) AND {clause}",
+            (*rowids, *params),
+        ).fetchall())
+        if len(admitted) >= n or len(ranked) < fetch:
+            return [(admitted[rowid], -rank) for rowid, rank in ranked if rowid in admitted][:n]
         rows = self._db.execute(
-            f"SELECT n.id, bm25(notes_fts, {', '.join(map(str, FTS_WEIGHTS))}) AS rank"
+            f"SELECT n.id, bm25(notes_fts, {weights}) AS rank"
             " FROM notes_fts JOIN notes n ON n.rowid = notes_fts.rowid"
             f" WHERE notes_fts MATCH ? AND {clause} ORDER BY rank LIMIT ?",
             (match, *params, n),
