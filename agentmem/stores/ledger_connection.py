@@ -28,19 +28,26 @@ COLUMNS_OF = (
 )
 
 
+def first_positions(names: tuple[str, ...]) -> dict[str, int]:
+    """Each column name's first position (a name given twice answers with its first column)."""
+    return {name: i for i, name in reversed(list(enumerate(names)))}
+
+
 class Row(tuple):
     """A result row readable by position and by column name."""
 
     names: tuple[str, ...]
+    positions: dict[str, int]  # shared by a result's rows
 
-    def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Row:
+    def __new__(cls, names: tuple[str, ...], values: Sequence[Any], positions: dict[str, int] | None = None) -> Row:
         row = super().__new__(cls, values)
         row.names = names
+        row.positions = positions if positions is not None else first_positions(names)
         return row
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            return tuple.__getitem__(self, self.names.index(key))
+            return tuple.__getitem__(self, self.positions[key])
         return tuple.__getitem__(self, key)
 
     def keys(self) -> tuple[str, ...]:
@@ -52,7 +59,8 @@ class Row(tuple):
 
 def row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Row]:
     names = tuple(column.name for column in cursor.description or ())
-    return lambda values: Row(names, values)
+    positions = first_positions(names)
+    return lambda values: Row(names, values, positions)
 
 
 def to_postgres(sql: str, placeholders: bool = True) -> str:

@@ -263,29 +263,40 @@ class PostgresNoteGraph(SqlNoteStore):
     def _where(self, where: NoteFilter, table: str = "notes") -> tuple[str, list[Any]]:
         return where.sql(table, "postgres")
 
+    def has_pending(self) -> bool:
+        seen = getattr(self._pinned, "seen_pending", None)
+        self._pinned.seen_pending = None
+        return super().has_pending() if seen is None else seen
+
     def _columns(self, columns: Sequence[str]) -> str:
         return select_list(tuple(columns))
 
     def _read_notes(self, sql: str, params: Sequence[Any]) -> list[Row]:
         return self._run(sql, params, binary=True)
 
-    def _send_queued(self, conn: psycopg.Connection, then: str | None = None) -> psycopg.Cursor | None:
-        """Send the queued statements, and `then` (a statement whose result is wanted) after them,
-        in one pipeline; returns the last statement's cursor."""
+    def _send_queued(self, conn: psycopg.Connection, then: Sequence[str] = ()) -> list[psycopg.Cursor]:
+        """Send the queued statements, and `then`'s after them, in one pipeline; returns `then`'s cursors."""
         queued = getattr(self._pinned, "queued", None) or []
-        statements = [*queued, *([(then, ())] if then else [])]
+        statements = [*queued, *((sql, ()) for sql in then)]
         queued.clear()
         if not statements:
-            return None
+            return []
         with conn.pipeline():
             cursors = [conn.execute(sql, params) for sql, params in statements]
-        return cursors[-1]
+        return cursors[len(cursors) - len(then):]
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """The store's write lock across processes and hosts (reentrant within a thread)."""
-        with self._advisory(WRITE_LOCK):
-            yield
+        """The store's write lock across processes and hosts (reentrant within a thread).
+
+        In the same round trip, once the lock is held, it reads what a write section checks
+        first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write."""
+        with self._advisory(WRITE_LOCK, then="SELECT n, EXISTS (SELECT 1 FROM outbox) FROM store_version") as seen:
+            self._pinned.seen_version, self._pinned.seen_pending = seen
+            try:
+                yield
+            finally:
+                self._pinned.seen_version = self._pinned.seen_pending = None
 
     @contextmanager
     def job_lock(self, wait: bool = True) -> Iterator[bool]:
@@ -295,9 +306,15 @@ class PostgresNoteGraph(SqlNoteStore):
             yield held
 
     @contextmanager
-    def _advisory(self, key: int, wait: bool = True) -> Iterator[bool]:
+    def _advisory(self, key: int, wait: bool = True, then: str | None = None) -> Iterator[Any]:
+        """Hold an advisory lock; yields whether it is held, or `then`'s row, run once it is."""
         with self._session() as conn:
-            if wait:
+            if then is not None:
+                with conn.pipeline():  # two statements, so `then` reads after the wait for the lock
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    after = conn.execute(then)
+                held = after.fetchone()
+            elif wait:
                 conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                 held = True
             else:
@@ -343,7 +360,10 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def refresh_if_changed(self) -> bool:
         """Reload the networkx view when another process committed since we last looked."""
-        version = self._run("SELECT n FROM store_version")[0][0]
+        version = getattr(self._pinned, "seen_version", None)
+        self._pinned.seen_version = None
+        if version is None:
+            version = self._run("SELECT n FROM store_version")[0][0]
         if version == self._data_version:
             return False
         graph = nx.Graph()
@@ -363,22 +383,30 @@ class PostgresNoteGraph(SqlNoteStore):
         SQLite's last commits; it never leaves the store inconsistent.
         """
         version = None
-        outermost = getattr(self._pinned, "queued", None) is None
+        self._pinned.seen_version = self._pinned.seen_pending = None
         try:
             with self._session() as conn:
-                try:
-                    if outermost:
-                        self._pinned.queued = []
+                if getattr(self._pinned, "queued", None) is not None:  # nested: a savepoint in the open one
                     with conn.transaction():
-                        if bookkeeping:
-                            self._write("SET LOCAL synchronous_commit TO OFF")
                         yield
-                        last = self._send_queued(conn, None if bookkeeping else "UPDATE store_version SET n = n + 1 RETURNING n")
-                        if not bookkeeping:
-                            version = last.fetchone()[0]
+                    return
+                # BEGIN waits in the queue too: a transaction without reads is one round trip
+                self._pinned.queued = [("BEGIN", ())]
+                if bookkeeping:
+                    self._write("SET LOCAL synchronous_commit TO OFF")
+                try:
+                    yield
+                    ends = ("COMMIT",) if bookkeeping else ("UPDATE store_version SET n = n + 1 RETURNING n", "COMMIT")
+                    last = self._send_queued(conn, ends)
+                    if not bookkeeping:
+                        version = last[0].fetchone()[0]
+                except BaseException:
+                    self._pinned.queued = None
+                    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")
+                    raise
                 finally:
-                    if outermost:
-                        self._pinned.queued = None
+                    self._pinned.queued = None
         except BaseException:
             self._data_version = -1
             self.refresh_if_changed()
@@ -396,19 +424,32 @@ class PostgresNoteGraph(SqlNoteStore):
         """The n best full-text matches of any of `terms` (english-stemmed) among the notes `where`
         admits, as (id, score > 0). The score is BM25's shape: per query lexeme, its IDF over the
         whole store (from `lexicon`) times `ts_rank` (column-weighted, length-normalized term
-        frequency), summed. One GIN lookup finds the notes holding any of the lexemes."""
+        frequency), summed. One GIN lookup finds the notes holding any of the lexemes.
+
+        The lexemes and their IDFs are read first, so the score is a plain sum in the second
+        statement: as a subquery over them it ran once per matching note (at 90k notes, 4k
+        matches: 29 ms against 20 ms p50, the same ranking)."""
         if not terms or n < 1:
             return []
+        lexemes = self._run(
+            "SELECT l.lexeme, ln(1 + (total.docs - l.docs + 0.5) / (l.docs + 0.5)) FROM lexicon l"
+            " JOIN lexicon total ON total.lexeme = ''"
+            " WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', ?)))",
+            (" ".join(terms),),
+        )
+        if not lexemes:
+            return []
         clause, params = self._where(where, "n")
+        score = " + ".join("? * ts_rank(?, n.search, quote_literal(?)::tsquery, ?)" for _ in lexemes)
+        any_lexeme = ", ".join("quote_literal(?)" for _ in lexemes)
         rows = self._run(
-            "WITH w AS MATERIALIZED ("
-            "  SELECT quote_literal(l.lexeme)::tsquery AS query, ln(1 + (total.docs - l.docs + 0.5) / (l.docs + 0.5)) AS idf"
-            "  FROM lexicon l JOIN lexicon total ON total.lexeme = ''"
-            "  WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', ?))))"
-            " SELECT n.id, (SELECT sum(w.idf * ts_rank(?, n.search, w.query, ?)) FROM w) AS score FROM notes n"
-            f" WHERE n.search @@ (SELECT string_agg(query::text, ' | ')::tsquery FROM w) AND {clause}"
+            f"SELECT n.id, {score} AS score FROM notes n"
+            f" WHERE n.search @@ to_tsquery(array_to_string(ARRAY[{any_lexeme}], ' | ')) AND {clause}"
             " ORDER BY score DESC, n.seq LIMIT ?",
-            (" ".join(terms), RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
+            (
+                *(value for lexeme, idf in lexemes for value in (idf, RANK_WEIGHTS, lexeme, RANK_NORMALIZATION)),
+                *(lexeme for lexeme, _ in lexemes), *params, n,
+            ),
         )
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
 

@@ -97,7 +97,7 @@ class IndexSync:
         if not upserts and not deletes:
             return True
         try:
-            rows = self.graph.load(upserts, links=False)
+            rows = self.graph.load(upserts, links=False, validate=False)  # what the index needs of our own rows
             self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
             self.index.delete(deletes)
             with self.graph.transaction(bookkeeping=True):  # if lost, the index writes are replayed: they are idempotent

@@ -284,3 +284,38 @@ def test_replicas_opening_a_new_database_at_once_do_not_race_on_its_schema(postg
     for store in opened:
         store.close()
     assert errors == [] and len(opened) == 4
+
+
+def lexicon_and_recount(url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The lexicon the triggers keep, and the same counts computed from scratch over the notes."""
+    with psycopg.connect(url) as conn:
+        kept = dict(conn.execute("SELECT lexeme, docs FROM lexicon").fetchall())
+        recount = dict(conn.execute("SELECT word, ndoc FROM ts_stat('SELECT search FROM notes')").fetchall())
+        recount[""] = conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+    return kept, recount
+
+
+def test_the_lexicon_stays_exact_through_insert_update_delete_and_a_refused_write(store, postgres_url):
+    with store.transaction():
+        store.insert(note("a", "Lisbon trams climb steep hills"), np.ones(4))
+        store.insert(note("b", "Porto trams and bridges", keywords=["porto"]), np.ones(4))
+        store.insert(note("c", "steep stairs in Lisbon"), np.ones(4))
+    kept, recount = lexicon_and_recount(postgres_url)
+    assert kept == recount and kept["lisbon"] == 2 and kept[""] == 3
+    with store.transaction():
+        store.replace(note("a", "Madrid buses"), np.ones(4), None, "updated", store.get("a"))
+        store.set_fields("b", keywords=["porto", "lisbon"])  # an evolved neighbour's keywords
+        store.set_fields("c", recall_count=4)  # no word changes
+    kept, recount = lexicon_and_recount(postgres_url)
+    assert kept == recount and "madrid" in kept and kept["lisbon"] == 2 and "climb" not in kept
+    with pytest.raises(InvalidInputError):
+        with store.transaction():  # all of it is queued: the server refuses it in the one round trip at the commit
+            store.insert(note("d", "Lisbon again"), np.ones(4))
+            store.set_fields("b", keywords=["porto"])
+            store.insert(note("a", "a clash"), np.ones(4))
+    assert lexicon_and_recount(postgres_url) == (kept, recount) and store.all_ids() == {"a", "b", "c"}
+    with store.transaction():
+        store.delete("c")
+    store.purge_freed()
+    kept, recount = lexicon_and_recount(postgres_url)
+    assert kept == recount and "stairs" not in kept and kept["lisbon"] == 1 and kept[""] == 2
