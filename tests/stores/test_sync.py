@@ -174,3 +174,17 @@ def test_restore_backup_refuses_a_bad_source_with_a_typed_error_and_creates_noth
     with pytest.raises(InvalidInputError):
         Memory.restore_backup(source, tmp_path / "target")
     assert not (tmp_path / "target").exists()
+
+
+def test_a_recalled_row_that_fails_validation_is_set_aside_and_the_next_note_returned(tmp_path, embedder):
+    """Recall ranks candidates built without pydantic's checks; the notes it returns are checked."""
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    db = sqlite3.connect(path / "notes.sqlite3")
+    db.execute("UPDATE notes SET recall_count = -1 WHERE id = ?", (ids[1],))  # reads fine, is no valid note
+    db.commit()
+    db.close()
+    with Memory(path, embedder=embedder) as mem:
+        hits = mem.recall("When do Ivy's tomatoes ripen?", user_id="ivy", k=2, at=T0)
+        assert ids[1] not in [h.note.id for h in hits] and len(hits) == 2
+        assert [row["id"] for row in mem.quarantined()] == [ids[1]]
