@@ -442,12 +442,7 @@ def test_bad_input_raises_typed_errors_and_changes_nothing(open_memory, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["grace", "semantic", pytest.param("wise", marks=pytest.mark.xfail(
-    reason="WISE forgets the first fact when the second trains the same shard: measured on SmolLM2, the first"
-    " prompt's router score falls 78.97 -> 62.72, under the shard threshold 63.17 (0.8 x the lowest score at"
-    " training), so it is no longer routed (covers() False, generation ' a small town in'); the job verifies each"
-    " edit only right after it. Fix: WISE's training must keep the shard's earlier edits above the threshold"
-    " (replay their prompts and targets), and the job must re-verify a shard's earlier edits", strict=False))])
+@pytest.mark.parametrize("kind", ["grace", "semantic", "wise"])
 def test_smollm_consolidates_answers_closed_book_forgets_and_reopens(kind, tmp_path, embedder, smollm, request):
     editor = request.getfixturevalue("smollm_grace_config") if kind == "grace" else kind
     facts = {"Zorbl the engineer lives in": "Reykjavik", "The Quillon project deadline is": "March 3"}

@@ -97,6 +97,17 @@ def test_rollback_of_the_newest_shard_is_exact_and_older_shards_are_refused(tiny
     assert torch.equal(editor.shards[0].delta, alone.shards[0].delta)  # as if the second edit had never been made
 
 
+def test_a_later_edit_in_a_shard_keeps_the_earlier_ones_routed_and_answered(tiny_lm):
+    editor = tiny_wise(tiny_lm, shard_edits=3)
+    facts = {ALICE: "Lisbon Lisbon", BOB: "Oslo Oslo", SKY: "green green"}
+    for prompt, target in facts.items():
+        editor.edit([EditRequest(prompt=prompt, target=target)])
+    [shard] = editor.shards
+    assert len(shard.scores) == 3  # every edit's score after the last training: the threshold sits under them all
+    assert editor.layer.thresholds == [pytest.approx(editor.config.threshold_ratio * min(shard.scores))]
+    assert all(editor.covers(p) and answer(tiny_lm, p, t) == t for p, t in facts.items())
+
+
 def test_save_and_load_round_trip(tiny_lm, tmp_path):
     editor = tiny_wise(tiny_lm, mode="merge", shard_edits=1)
     editor.edit([EditRequest(prompt=SKY, target="blue blue blue"), EditRequest(prompt=ALICE, target="Lisbon")])
