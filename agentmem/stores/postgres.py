@@ -18,7 +18,9 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 - Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
   `transaction()` keeps one connection pinned, so its statements share the transaction and the
   session lock. Inside a transaction, statements whose results nobody reads are queued and sent
-  as one pipeline before the next read or with the commit.
+  as one pipeline before the next read or with the commit; BEGIN is queued too, so a
+  transaction without reads is one round trip. `lock()` reads the store version and the
+  outbox state in its own round trip, for the checks a write section starts with.
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps
