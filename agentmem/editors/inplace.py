@@ -47,7 +47,7 @@ from .locate import (
 )
 
 # The papers' band (MEMIT: blocks 3-8 of GPT-J's 28; AlphaEdit: 4-8 of LLaMA3-8B's 32) placed in SmolLM2's
-# 30 blocks. The scores in BENCHMARKS.md are at this band; blocks 1-7 scored within noise of it (AlphaEdit, one
+# 30 blocks. The scores in BENCHMARKS.md are at this band; blocks 1-7 scored about the same (AlphaEdit, one
 # batch of 100 ZsRE facts: Rel 0.92 / Gen 0.57 / Loc 0.81 against 0.90 / 0.59 / 0.82); others were not compared.
 DEFAULT_BAND = (3, 4, 5, 6, 7)
 
