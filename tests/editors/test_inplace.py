@@ -144,3 +144,13 @@ def test_a_rolled_back_edit_reapplied_as_it_was_skips_the_value_search(tiny_lm):
     again = editor.edit([ALICE, BOB.model_copy(update={"target": "blue"})])
     assert [r.steps == 0 for r in again] == [True, False] and editor.shelved == {}
     assert all(r.success for r in again)
+
+
+def test_keys_and_target_states_over_context_prefixes_still_make_the_targets_come_out(tiny_lm):
+    editor = MemitEditor(tiny_lm, MemitConfig(**TINY, key_prefixes=2, value_prefixes=2))
+    assert len(editor.prefixes) == 2
+    results = editor.edit([ALICE, BOB])
+    assert all(r.success for r in results)
+    prefixed = [editor.lm.generate(editor.prefixes[0] + r.prompt, max_new_tokens=1).strip() for r in (ALICE, BOB)]
+    assert prefixed == ["Lisbon", "Oslo"]
+    editor.remove()

@@ -4,8 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentmem.editors.locate import derived_subject, subject_position, subject_states
+from agentmem.editors.locate import (
+    ValueSearch, context_prefixes, derived_subject, subject_position, subject_states, target_states,
+)
 from agentmem.errors import InvalidInputError
+from agentmem.models import agentmem_home
+
+from .test_inplace import private_home  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +51,33 @@ def test_states_are_read_at_each_prompt_own_position_whatever_the_padding(tiny_l
     assert torch.allclose(together.keys[1][0], alone.keys[1][0], atol=1e-5)
     assert torch.allclose(together.top[0], alone.top[0], atol=1e-5)
     assert together.keys[0].shape == (2, 128) and together.top.shape == (2, 64)
+
+
+def test_a_fact_key_is_the_mean_over_its_prefixed_prompts_and_its_top_state_the_bare_one(tiny_lm):
+    blocks = tiny_lm.model.base_model.layers
+    projections = {0: blocks[0].mlp.down_proj, 1: blocks[1].mlp.down_proj}
+    bare, prefixed = tiny_lm.tokenizer("Alice lives").input_ids, tiny_lm.tokenizer("The sky is blue. Alice lives").input_ids
+    at = [len(bare) - 1, len(prefixed) - 1]
+    run = subject_states(tiny_lm, projections, blocks[1], [bare, prefixed], at, variants=2)
+    each = subject_states(tiny_lm, projections, blocks[1], [bare, prefixed], at)
+    assert run.keys[1].shape == (1, 128) and run.top.shape == (1, 64)
+    assert torch.allclose(run.keys[1][0], each.keys[1].mean(0), atol=1e-5)
+    assert torch.allclose(run.top[0], each.top[0], atol=1e-5) and not torch.allclose(each.keys[1][0], each.keys[1][1])
+
+
+def test_a_run_of_identical_prompts_searches_the_same_state_as_the_bare_prompt_alone(tiny_lm):
+    blocks = tiny_lm.model.base_model.layers
+    search = ValueSearch(steps=8, lr=0.5, margin=0.0, clamp=100.0, weight_decay=0.5)
+    pair = tiny_lm.encode_pair("The home of Alice", "Lisbon")
+    at = subject_position(tiny_lm, "The home of Alice", "Alice")
+    alone, steps_alone = target_states(tiny_lm, blocks, 2, [pair], [at], search)
+    run, steps_run = target_states(tiny_lm, blocks, 2, [pair, pair], [at, at], search, variants=2)
+    assert run.shape == alone.shape == (1, 64) and steps_run == steps_alone
+    assert torch.allclose(run, alone, atol=1e-4)
+
+
+def test_context_prefixes_are_sampled_once_and_cached(tiny_lm):
+    prefixes = context_prefixes(tiny_lm, 3, tokens=5)
+    assert list((agentmem_home() / "statistics").glob("prefixes-*.json"))
+    assert len(prefixes) == 3 and all(p.endswith(". ") and p.strip() for p in prefixes)
+    assert context_prefixes(tiny_lm, 3, tokens=5) == prefixes and context_prefixes(tiny_lm, 0) == []
