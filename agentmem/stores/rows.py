@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
@@ -28,6 +28,16 @@ NOTE_COLUMNS = (
 KEPT_IN_QUARANTINE = NOTE_COLUMNS[:16]  # a quarantined row keeps everything but its vectors and token
 SEARCHED_VECTOR = "COALESCE(context_embedding, embedding) AS vector"  # what a read loads beside the note
 UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
+
+
+class IndexEntry(NamedTuple):
+    """What the vector index narrows a search by, read from the note store (the source of truth)."""
+
+    note_id: str
+    user_id: str | None
+    agent_id: str | None
+    session_id: str | None
+    archived: bool
 
 
 def to_timestamp(at: datetime) -> float:

@@ -22,7 +22,7 @@ from ..errors import InvalidInputError
 from ..notes import Link, Note
 from .filters import NoteFilter
 from .rows import (
-    KEPT_IN_QUARANTINE, NOTE_COLUMNS, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in,
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in,
     note_row, quarantine_entry, readable_notes, to_timestamp, without_words,
 )
 
@@ -309,12 +309,16 @@ class SqlNoteStore:
         """Every note id by its vector-index token."""
         return {r[0]: r[1] for r in self._run("SELECT index_id, id FROM notes")}
 
-    def ids_of(self, tokens: Iterable[str]) -> dict[str, str]:
-        """Note ids by their vector-index tokens (unknown tokens are left out)."""
+    def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
+        """The notes behind vector-index tokens, with their scope and archived flag (unknown tokens are left out)."""
         tokens = list(tokens)
         if not tokens:
             return {}
-        return {r[0]: r[1] for r in self._run(f"SELECT index_id, id FROM notes WHERE index_id IN ({marks(tokens)})", tokens)}
+        rows = self._run(
+            "SELECT index_id, id, user_id, agent_id, session_id, archived FROM notes"
+            f" WHERE index_id IN ({marks(tokens)})", tokens,
+        )
+        return {r[0]: IndexEntry(r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
 
     # ---- rows that cannot be read --------------------------------------------------------
 

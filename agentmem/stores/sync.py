@@ -18,12 +18,18 @@ import sqlite3
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..errors import StoreCorruptedError, StoreUnavailableError
 from .store import NoteStore
-from .vectors import VectorIndex
+from .vectors import VectorIndex, matches
 
 log = logging.getLogger(__name__)
+
+OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
+MAX_REMEMBERED_CONDITIONS = 10_000  # conditions whose searches fetch only n, forgotten together past this
 
 
 def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore) -> VectorIndex:
@@ -41,12 +47,45 @@ def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore)
 class IndexSync:
     def __init__(self, graph: NoteStore, index: VectorIndex) -> None:
         self.graph, self.index = graph, index
+        self._whole: set[tuple[tuple[str, Any], ...]] = set()  # conditions whose last search admitted all it found
 
-    def search(self, embeddings, n: int, conditions: dict) -> list[list[tuple[str, float]]]:
-        """The index's nearest notes to each embedding, by note id, among entries meeting `conditions`."""
-        results = self.index.query(embeddings, n, conditions)
-        ids = self.graph.ids_of({token for result in results for token, _ in result})
-        return [[(ids[token], score) for token, score in result if token in ids] for result in results]
+    def search(self, embeddings: np.ndarray, n: int, conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        """The n nearest notes to each embedding, by note id, among those whose index metadata
+        (`VectorIndex.metadata`) would equal `conditions`.
+
+        The index returns tokens and distances only: reading its metadata costs more than its
+        search (10k notes, 40 results: 6.5 against 1.4 ms), and the note store, which maps tokens
+        to notes anyway, holds every note's scope, current even while the index lags behind the
+        outbox. The index is searched unfiltered for a few times n and the notes checked here;
+        only rows where that leaves fewer than n (a scope holding a small share of the notes) pay
+        for the index's filtered search. A search's cost grows with its n, so conditions whose
+        last search admitted every neighbour it found (a store of one user) fetch only n.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        key = tuple(sorted(conditions.items()))
+        fetch = n if not conditions or key in self._whole else n * OVERFETCH
+        results = self.index.nearest(embeddings, fetch)
+        admitted = self._admitted(results, conditions)
+        if len(self._whole) >= MAX_REMEMBERED_CONDITIONS:
+            self._whole.clear()
+        if all(len(kept) == len(found) for kept, found in zip(admitted, results)):
+            self._whole.add(key)
+        else:
+            self._whole.discard(key)
+        short = [row for row, (kept, found) in enumerate(zip(admitted, results)) if len(kept) < n and len(found) == fetch]
+        while short:  # fetched again while the index's metadata admits notes the store does not (it lags)
+            narrowed = self.index.nearest(embeddings[short], fetch, conditions)
+            for row, kept in zip(short, self._admitted(narrowed, conditions)):
+                admitted[row] = kept
+            short = [row for row, found in zip(short, narrowed) if len(admitted[row]) < n and len(found) == fetch]
+            fetch *= OVERFETCH
+        return [kept[:n] for kept in admitted]
+
+    def _admitted(self, results: list[list[tuple[str, float]]], conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        """Each result's entries that are notes of the store meeting `conditions`, by note id."""
+        entries = self.graph.index_entries({token for result in results for token, _ in result})
+        meets = {token: matches(self.index.metadata(entry), conditions) for token, entry in entries.items()}
+        return [[(entries[token].note_id, score) for token, score in result if meets.get(token)] for result in results]
 
     def scope_token(self, name: str, value: str | None) -> str:
         """How the index names a scope value ('' for none)."""

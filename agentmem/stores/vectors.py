@@ -11,11 +11,12 @@ name nothing without the key.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -27,6 +28,7 @@ from chromadb.config import Settings  # noqa: E402
 
 from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
+from .filters import SCOPES  # noqa: E402
 from .tokens import index_token  # noqa: E402
 
 
@@ -35,9 +37,16 @@ def client_settings() -> Settings:
     (a shared one made an embedded store opened after a server-mode one talk to that server)."""
     return Settings(anonymized_telemetry=False, allow_reset=False)
 
-OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
-MAX_REMEMBERED_CONDITIONS = 10_000  # scopes whose searches fetch only n, forgotten together past this
 STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph this index mirrors
+
+
+class Scoped(Protocol):
+    """What the index keeps of a note (a `Note`, or an `IndexEntry` read from the note store)."""
+
+    user_id: str | None
+    agent_id: str | None
+    session_id: str | None
+    archived: bool
 
 
 def where_clause(conditions: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,7 +82,8 @@ class VectorIndex:
             raise InvalidInputError("collection names need 3 to 512 characters")
         self._path, self._url, self._name, self._key = path, url, collection, key
         self.mode = "server" if url else "embedded"
-        self._whole: set[tuple[tuple[str, Any], ...]] = set()  # conditions whose last search admitted all it found
+        # a search checks the scope of every candidate it finds, mostly of a few users and sessions
+        self._scope_token = functools.lru_cache(maxsize=4096)(functools.partial(index_token, key))
         self._connect()
 
     def token(self, kind: str, value: str) -> str:
@@ -146,13 +156,13 @@ class VectorIndex:
             self._collection.upsert(
                 ids=[self.token("id", n.id) for n in notes],
                 embeddings=np.asarray(embeddings, dtype=np.float32),
-                metadatas=[self._metadata(n) for n in notes],
+                metadatas=[self.metadata(n) for n in notes],
             )
 
-    def _metadata(self, note: Note) -> dict[str, Any]:
+    def metadata(self, note: Scoped) -> dict[str, Any]:
+        """The index's metadata of a note: its scope as tokens ('' for none) and whether it is archived."""
         meta: dict[str, Any] = {
-            name: self.token(name, value) if value is not None else ""
-            for name, value in (("user_id", note.user_id), ("agent_id", note.agent_id), ("session_id", note.session_id))
+            name: "" if getattr(note, name) is None else self._scope_token(name, getattr(note, name)) for name in SCOPES
         }
         meta["archived"] = note.archived
         return meta
@@ -177,52 +187,18 @@ class VectorIndex:
         with _reachable("list"):
             return set(self._collection.get(include=[])["ids"])
 
-    def query(
+    def nearest(
         self, embeddings: np.ndarray, n: int, conditions: dict[str, Any] | None = None
     ) -> list[list[tuple[str, float]]]:
-        """The n nearest notes to each embedding whose index metadata equal `conditions`, as
-        (token, cosine similarity).
-
-        Chroma's `where` filter checks every record that matches it before searching (about
-        35 ms at 10k notes, growing with the store), while an unfiltered HNSW search takes
-        under a millisecond. So search unfiltered for a few times n and filter here; only
-        rows where that leaves fewer than n (a scope holding a small share of the index)
-        pay for the filtered search. An HNSW search's cost grows with its n (5 ms for 40,
-        8 ms for 80 at 100k notes), so conditions whose last search admitted every
-        neighbour it found (a store of one user) fetch only n.
-        """
-        embeddings = np.asarray(embeddings, dtype=np.float32)
-        conditions = conditions or {}
-        key = tuple(sorted(conditions.items()))
+        """The n nearest entries to each embedding, as (token, cosine similarity); with `conditions`,
+        only entries whose index metadata equal them (Chroma's `where`: it checks every entry that
+        meets them before searching, 35 ms at 10k notes against a millisecond unfiltered, so
+        `IndexSync.search` filters an unfiltered search first and comes here only when that falls short)."""
         with _reachable("search"):
-            if not conditions:
-                return self._search(embeddings, n, None)
-            fetch = n if key in self._whole else n * OVERFETCH
             result = self._collection.query(
-                query_embeddings=embeddings, n_results=fetch, include=["distances", "metadatas"]
+                query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
+                where=where_clause(conditions or {}), include=["distances"],
             )
-            found: list[list[tuple[str, float]]] = []
-            short: list[int] = []
-            for row, (ids, distances, metadatas) in enumerate(
-                zip(result["ids"], result["distances"], result["metadatas"])
-            ):
-                admitted = [(i, 1.0 - d) for i, d, meta in zip(ids, distances, metadatas) if matches(meta, conditions)]
-                found.append(admitted[:n])
-                if len(admitted) < n and len(ids) == fetch:
-                    short.append(row)
-            if len(self._whole) >= MAX_REMEMBERED_CONDITIONS:
-                self._whole.clear()
-            if all(len(hits) == len(ids) for hits, ids in zip(found, result["ids"])):
-                self._whole.add(key)
-            else:
-                self._whole.discard(key)
-            if short:
-                for row, hits in zip(short, self._search(embeddings[short], n, where_clause(conditions))):
-                    found[row] = hits
-            return found
-
-    def _search(self, embeddings: np.ndarray, n: int, where: dict[str, Any] | None) -> list[list[tuple[str, float]]]:
-        result = self._collection.query(query_embeddings=embeddings, n_results=n, where=where, include=["distances"])
         return [
             [(i, 1.0 - d) for i, d in zip(ids, distances)]
             for ids, distances in zip(result["ids"], result["distances"])

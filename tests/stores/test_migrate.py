@@ -64,8 +64,8 @@ def test_migration_copies_every_table_and_the_vectors_and_recall_gives_the_same_
         Ledger(after.connection).add("x", "e2", Fact(prompt="p", target="t"), "grace", "pending", T0)  # ids go on
         query = next(iter(before.load([ids[0]]).values()))[1]
         index = VectorIndex(tmp_path / "unused", "migrated", chroma_server, after.index_key)
-        [hits] = index.query(query[None, :], 3, {})
-        assert after.ids_of([t for t, _ in hits])[hits[0][0]] == ids[0]
+        [hits] = index.nearest(query[None, :], 3)
+        assert after.index_entries([t for t, _ in hits])[hits[0][0]].note_id == ids[0]
         index.close()
         terms = ["lisbon", "cat", "marathon"]
         assert [i for i, _ in after.lexical_search(terms, 5, NoteFilter())] != []

@@ -45,7 +45,8 @@ def test_a_note_round_trips_with_every_field_and_both_vectors(store):
     assert searched.tolist() == [1, 1, 1, 1] and store.own_embeddings(["a"])["a"].tolist() == [0, 1, 2, 3]
     assert store.session_vector(("u", "g", "s")).tolist() == [1, 1, 1, 1]
     assert store.session_vector((None, "g", "s")) is None
-    assert store.ids_of([store.all_tokens().popitem()[0]]) == {next(iter(store.all_tokens())): "a"}
+    token = next(iter(store.all_tokens()))
+    assert store.index_entries([token, "unknown"]) == {token: ("a", "u", "g", "s", True)}
 
 
 def test_a_failed_transaction_leaves_database_and_view_unchanged(store):

@@ -8,11 +8,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import chromadb
+import numpy as np
 import pytest
 from chromadb.config import Settings
 
 from agentmem import InvalidInputError, Memory
 from agentmem.errors import StoreCorruptedError
+from agentmem.notes import Note
+from agentmem.stores import VectorIndex
+from agentmem.stores.graph import NoteGraph
+from agentmem.stores.sync import IndexSync
 
 from ..conftest import T0
 
@@ -188,3 +193,57 @@ def test_a_recalled_row_that_fails_validation_is_set_aside_and_the_next_note_ret
         hits = mem.recall("When do Ivy's tomatoes ripen?", user_id="ivy", k=2, at=T0)
         assert ids[1] not in [h.note.id for h in hits] and len(hits) == 2
         assert [row["id"] for row in mem.quarantined()] == [ids[1]]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def synced(tmp_path):
+    """200 notes of two users (190 and 10) in a note graph and its index, in step."""
+    rng = np.random.default_rng(0)
+    embeddings = _unit(rng.normal(size=(200, 8)))
+    owners = ["many"] * 190 + ["few"] * 10
+    graph = NoteGraph(tmp_path / "notes.sqlite3")
+    index = VectorIndex(tmp_path / "chroma", "conditions", None, graph.index_key)
+    sync = IndexSync(graph, index)
+    notes = [Note(id=f"n{i}", text=f"note {i}", user_id=owner, created_at=T0, updated_at=T0, last_recalled=T0)
+             for i, owner in enumerate(owners)]
+    with graph.transaction():
+        for note, embedding in zip(notes, embeddings):
+            graph.insert(note, embedding)
+    sync.push([n.id for n in notes])
+    yield sync, embeddings, owners
+    index.close()
+    graph.close()
+
+
+def test_search_returns_only_notes_meeting_the_conditions_whether_or_not_they_dominate_the_index(synced):
+    """The unfiltered search path (the scope holds most notes) and the filtered fallback (it holds
+    few) must give the same answer as an exact, filtered search."""
+    sync, embeddings, owners = synced
+    queries = _unit(np.random.default_rng(1).normal(size=(3, 8)))
+    for _ in range(2):  # the second time, "many" is known to admit all it finds and fetches only n
+        for user in ("many", "few"):
+            members = [i for i, owner in enumerate(owners) if owner == user]
+            results = sync.search(queries, 5, {"user_id": sync.scope_token("user_id", user)})
+            for query, result in zip(queries, results):
+                exact = sorted(members, key=lambda i: -float(embeddings[i] @ query))[:5]
+                assert [note_id for note_id, _ in result] == [f"n{i}" for i in exact]
+
+
+def test_search_judges_scope_and_archived_by_the_note_graph_while_the_index_lags(synced):
+    """A note archived in the graph whose index entry is not yet updated (its outbox entry not
+    replayed) is not found by a search that excludes archived notes; a deleted one is not found at all."""
+    sync, embeddings, _ = synced
+    conditions = {"user_id": sync.scope_token("user_id", "many"), "archived": False}
+    [before] = sync.search(embeddings[:1], 3, conditions)
+    assert before[0][0] == "n0"
+    with sync.graph.transaction():
+        sync.graph.set_archived(["n0"], True)
+        sync.graph.delete(before[1][0])
+    [after] = sync.search(embeddings[:1], 3, conditions)
+    assert [i for i, _ in after] == [i for i, _ in sync.search(embeddings[:1], 5, conditions)[0]][:3]
+    assert "n0" not in dict(after) and before[1][0] not in dict(after) and before[2][0] in dict(after)
+    assert sync.graph.pending()  # the index was not told

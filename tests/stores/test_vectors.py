@@ -67,25 +67,18 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_query_returns_only_notes_meeting_the_conditions_whether_or_not_they_dominate_the_index(tmp_path):
-    """The unfiltered search path (the scope holds most notes) and the filtered fallback (it holds
-    few) must give the same answer as an exact, filtered search."""
+def test_nearest_with_conditions_returns_only_entries_meeting_them(tmp_path):
     rng = np.random.default_rng(0)
-    embeddings = _unit(rng.normal(size=(200, 8)))
-    owners = ["many"] * 190 + ["few"] * 10
-    notes = [
-        Note(id=f"n{i}", text=f"note {i}", user_id=owner, created_at=T0, updated_at=T0, last_recalled=T0)
-        for i, owner in enumerate(owners)
-    ]
+    embeddings = _unit(rng.normal(size=(30, 8)))
+    notes = [Note(id=f"n{i}", text=f"note {i}", user_id="few" if i % 10 == 0 else "many", created_at=T0,
+                  updated_at=T0, last_recalled=T0) for i in range(30)]
     index = VectorIndex(tmp_path / "chroma", "conditions", None, KEY)
     index.upsert(notes, list(embeddings))
-    queries = _unit(rng.normal(size=(3, 8)))
-    for user in ("many", "few"):
-        members = [i for i, owner in enumerate(owners) if owner == user]
-        results = index.query(queries, 5, {"user_id": index.token("user_id", user)})
-        for query, result in zip(queries, results):
-            exact = sorted(members, key=lambda i: -float(embeddings[i] @ query))[:5]
-            assert [token for token, _ in result] == [index.token("id", f"n{i}") for i in exact]
+    [found] = index.nearest(embeddings[:1], 5, {"user_id": index.token("user_id", "few")})
+    assert {token for token, _ in found} == {index.token("id", f"n{i}") for i in (0, 10, 20)}
+    assert found[0] == (index.token("id", "n0"), pytest.approx(1.0, abs=1e-5))
+    assert index.metadata(notes[0]) == {"user_id": index.token("user_id", "few"), "agent_id": "", "session_id": "",
+                                        "archived": False}
     index.close()
 
 
