@@ -48,8 +48,14 @@ subject's words replaced by "X") must lie within that distance of the entry's ke
 radius 0.75 was set on the ZsRE train file (disjoint from the edit set): between a question and
 its rephrase the relation texts lie a median 0.45 apart (83% within 0.7, 92% within 0.8), between
 a question and another relation's question about its subject a median 1.0 (3% within 0.7, 7%
-within 0.8). `route_margin` leaves a prompt to the base model when its nearest entry is not
-that much nearer than the nearest entry with another target (measured in `eval.routing`).
+within 0.8). The subject masked is the anchor words grown by the words both texts put next to
+them (`shared_subject`): "Ariadne musica" has one anchor word, and "When was X musica found?" lay
+0.51 from "Which instrument was X musica written for?", against 0.88 with "musica" masked too.
+With `nearest_relation`, of the entries that pass both gates and whose balls hold the key, the
+prompt goes to the one whose relation text is nearest, not to the nearest key, which the shared
+name dominates: "In which year was X born?" goes to the edit on X's date of birth, not to the one
+on the year of X's death. `route_margin` leaves a prompt to the base model when its nearest entry
+is not that much nearer than the nearest entry with another target (measured in `eval.routing`).
 
 Scopes: entries carry their edit's scope and lookups see only the model's current scopes'
 entries and the shared ones; a new target for the very same prompt supersedes the old one only
@@ -83,8 +89,9 @@ _NOT_ANCHORS = frozenset(
 )
 _WORD = re.compile(r"[\w][\w'’.-]*")
 # A run of masked anchor words, with up to two words joining a name's parts ("Call the Doctor", "Isle of Man",
-# "German submarine U-270"): the subject becomes one "X", as in the edit's own relation text.
-_SUBJECT_RUN = re.compile(r"\0(?:\W*(?:[\w'’.-]+\s+){0,2}?\0)*")
+# "German submarine U-270") and an article before it ("The Thinker"): the subject becomes one "X", as in the edit's
+# own relation text.
+_SUBJECT_RUN = re.compile(r"(?:\b(?:[Tt]he|[Aa]n?)\s+)?\0(?:\W*(?:[\w'’.-]+\s+){0,2}?\0)*")
 
 
 def anchor_words(prompt: str) -> frozenset[str]:
@@ -110,6 +117,18 @@ def prompt_words(text: str) -> frozenset[str]:
     return frozenset(_folded(w) for w in _WORD.findall(text))
 
 
+def shared_subject(anchors: frozenset[str], text: str, other: str) -> frozenset[str]:
+    """`anchors` grown by the words that follow or precede them in both texts ("Ariadne musica", "Isoetes
+    sinensis"): the lowercase parts of a name the anchor rule misses, which would otherwise stay in both relation
+    texts and pull them together. Function words never join."""
+    bigrams = [set(zip(words, words[1:])) for words in ([_folded(w) for w in _WORD.findall(t)] for t in (text, other))]
+    grown, shared = set(anchors), bigrams[0] & bigrams[1]
+    while joining := {new for pair in shared for old, new in (pair, pair[::-1])
+                      if old in grown and new not in grown and new not in _NOT_ANCHORS}:
+        grown |= joining
+    return frozenset(grown)
+
+
 def relation_text(text: str, anchors: frozenset[str]) -> str:
     """`text` with its subject (each run of anchor words) replaced by "X": what it asks about the subject."""
     masked = _WORD.sub(lambda m: "\0" if _folded(m.group()) in anchors else m.group(), text)
@@ -127,6 +146,7 @@ class SemanticConfig(CodebookConfig):
     anchored: bool = True
     route_margin: float = Field(default=0.0, ge=0, le=2)  # a key nearer than this to another target's entry is left alone
     relation_radius: float | None = Field(default=0.75, gt=0, le=2)  # see "Neighbours"; None: no relation gate
+    nearest_relation: bool = True  # of the gated entries whose balls hold a key, route to the nearest relation's
     embedder: str | None = None  # a sentence-transformers folder; None: the bundled MiniLM
 
 
@@ -171,6 +191,7 @@ class SemanticEditor(CodebookEditor):
         super().__init__(lm, config)
         self.anchors: dict[int, frozenset[str]] = {}  # entry uid -> its edit's anchor words
         self.relations: dict[int, torch.Tensor] = {}  # entry uid -> embedding of its key text's relation_text
+        self.texts: dict[int, str] = {}  # entry uid -> its key text
         self.unrelated = tuple(unrelated or default_unrelated_prompts())
         if not all(isinstance(p, str) and p.strip() for p in self.unrelated):
             self.remove()
@@ -195,8 +216,10 @@ class SemanticEditor(CodebookEditor):
     def _prompt_key(self, prompt: str) -> torch.Tensor:
         return self._embed([self._as_seen(prompt)])[0]
 
-    def _allowed(self, texts: list[str]) -> torch.Tensor | None:
-        """Per text and entry: whether the text names the entry's subject (None: no gating)."""
+    def _allowed(self, texts: list[str], keys: torch.Tensor) -> torch.Tensor | None:
+        """Per text (keyed by `keys`) and entry: whether the text may reach the entry (None: no gating): it names
+        the entry's subject and, with `relation_radius`, asks the same of it; with `nearest_relation`, of the
+        entries whose balls hold the key, only the one asking the nearest relation."""
         book = self.layer.codebook
         if not self.config.anchored:
             return None
@@ -206,18 +229,33 @@ class SemanticEditor(CodebookEditor):
         radius = self.config.relation_radius
         if radius is None:
             return allowed
+        inside = (torch.cdist(keys.float(), book.keys) <= book.radii[None]) & book.visible(self.lm.scopes)[None]
         for row, text in enumerate(texts):  # of the entries it names the subject of, those it asks the same of
             named = [i for i in allowed[row].nonzero()[:, 0].tolist() if book.uids[i] in self.relations]
-            asked = {anchors[i]: relation_text(text, anchors[i]) for i in named}
-            keys = dict(zip(asked, self._embed(list(asked.values())))) if asked else {}
-            for i in named:
-                allowed[row, i] = float((keys[anchors[i]] - self.relations[book.uids[i]]).norm()) <= radius
+            distances = self._relation_distances(text, [book.uids[i] for i in named], [anchors[i] for i in named])
+            for i, distance in zip(named, distances):
+                allowed[row, i] = distance <= radius
+            held = [(d, i) for i, d in zip(named, distances) if d <= radius and inside[row, i]]
+            if self.config.nearest_relation and len(held) > 1:
+                allowed[row, [i for _, i in held]] = False
+                allowed[row, min(held)[1]] = True
         return allowed
+
+    def _relation_distances(self, text: str, uids: list[int], anchors: list[frozenset[str]]) -> list[float]:
+        """How far what `text` asks lies from what each entry's key text asks: their `relation_text`s with the
+        subject they share masked (the entry's anchors and the name parts both texts put next to them)."""
+        grown = [shared_subject(a, text, self.texts[uid]) if uid in self.texts else a for uid, a in zip(uids, anchors)]
+        theirs = {uid: relation_text(self.texts[uid], g) for uid, a, g in zip(uids, anchors, grown) if g != a}
+        asked = list(dict.fromkeys([*(relation_text(text, g) for g in grown), *theirs.values()]))
+        embedded = dict(zip(asked, self._embed(asked))) if asked else {}
+        return [float((embedded[relation_text(text, g)] - (embedded[theirs[uid]] if uid in theirs else
+                                                           self.relations[uid])).norm())
+                for uid, g in zip(uids, grown)]
 
     def _lookup(self, prompt: str) -> int:
         text = self._as_seen(prompt)
-        return int(self.layer.codebook.lookup(self._embed([text]), self.lm.scopes, self._allowed([text]),
-                                              self.layer.margin)[0])
+        keys = self._embed([text])
+        return int(self.layer.codebook.lookup(keys, self.lm.scopes, self._allowed([text], keys), self.layer.margin)[0])
 
     def _key_size(self, original: nn.Linear) -> int:
         return self.embedder.get_embedding_dimension()
@@ -234,7 +272,7 @@ class SemanticEditor(CodebookEditor):
         real = layer.real_tokens(*input_ids.shape, input_ids.device).bool()
         texts = [self._keyed_text(ids[keep]) for ids, keep in zip(input_ids, real)]
         layer.prompt_keys = self._embed(texts)
-        layer.prompt_allowed = self._allowed(texts)
+        layer.prompt_allowed = self._allowed(texts, layer.prompt_keys)
 
     # -- edits ----------------------------------------------------------------------------------
 
@@ -268,9 +306,10 @@ class SemanticEditor(CodebookEditor):
         value, steps = self._train(contexts, label)
         anchors = anchor_words(request.subject or request.prompt)
         relations = self._embed([relation_text(t, anchors) for t in texts]) if anchors else [None] * len(texts)
-        for key, radius, relation in zip(keys, radii.tolist(), relations):
+        for text, key, radius, relation in zip(texts, keys, radii.tolist(), relations):
             book.add(key, value, radius, tuple(label), request.id, scope)
             self.anchors[book.uids[-1]] = anchors
+            self.texts[book.uids[-1]] = text
             if relation is not None:
                 self.relations[book.uids[-1]] = relation
         return steps
@@ -286,13 +325,15 @@ class SemanticEditor(CodebookEditor):
         live = set(self.layer.codebook.uids)
         self.anchors = {uid: words for uid, words in self.anchors.items() if uid in live}
         self.relations = {uid: key for uid, key in self.relations.items() if uid in live}
+        self.texts = {uid: text for uid, text in self.texts.items() if uid in live}
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, extra = super()._state()
         anchors = {str(uid): sorted(words) for uid, words in self.anchors.items()}
         relations = torch.stack(list(self.relations.values())) if self.relations else self.unrelated_keys[:0]
         return ({**tensors, "unrelated_keys": self.unrelated_keys, "relation_keys": relations},
-                {**extra, "unrelated": list(self.unrelated), "anchors": anchors, "relation_uids": list(self.relations)})
+                {**extra, "unrelated": list(self.unrelated), "anchors": anchors, "relation_uids": list(self.relations),
+                 "texts": {str(uid): text for uid, text in self.texts.items()}})
 
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         super()._restore(tensors, extra)
@@ -300,3 +341,4 @@ class SemanticEditor(CodebookEditor):
         self.unrelated_keys = tensors["unrelated_keys"]
         self.anchors = {int(uid): frozenset(words) for uid, words in extra.get("anchors", {}).items()}
         self.relations = dict(zip(extra.get("relation_uids", []), tensors.get("relation_keys", [])))
+        self.texts = {int(uid): text for uid, text in extra.get("texts", {}).items()}  # none in states saved before them

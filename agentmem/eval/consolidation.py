@@ -17,7 +17,9 @@ policy asks, and one consolidation job runs (GRACE by default). Then, with retri
 
 `--chat` asks as a user would, after the job, with retrieval off: each fact's reworded question
 (ZsRE `rephrase`, which the edit never saw) as the user message of a chat with MemoryChat's system
-message, scored with natural stopping (`eval.natural`); neighbour locality, on two kinds of
+message, scored with natural stopping (`eval.natural`), over all facts and over the unambiguous ones (no other
+edited record asks about their subject with another target, `zsre.ambiguous`: at most one of such
+records' targets can answer a question about their subject); neighbour locality, on two kinds of
 neighbours built with the records after the N edited ones: the fact's question with its subject
 swapped for another record's (same relation, other subject), and another record's question about
 the fact's subject (same subject, other relation), whose chat answers must not change; unrelated
@@ -49,7 +51,7 @@ from ..notes import Fact, MemoryItem
 from . import report
 from .editing import exact_match
 from .natural import natural_answers, natural_exact_match
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, load_zsre
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FORGET_EVERY = 10
@@ -147,6 +149,8 @@ class ChatScores(BaseModel):
     chat_em_before: float
     chat_em_after: float
     chat_em_after_consolidated: float
+    unambiguous: int
+    chat_em_after_unambiguous: float
     prompt_em_after: float
     other_subject: int  # same relation, other subject
     other_subject_locality: float
@@ -219,6 +223,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         unrelated_after = chat_answers(unrelated)
         loc_after = lm.target_argmax(unrelated)
     consolidated = [em for em, note in zip(em_after, notes) if note.id in applied]
+    clear = [em for em, unclear in zip(em_after, ambiguous(records)) if not unclear]
     return ChatScores(
         facts=len(records),
         notes=len({n.id for n in notes}),
@@ -229,6 +234,8 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         chat_em_before=statistics.fmean(em_before),
         chat_em_after=statistics.fmean(em_after),
         chat_em_after_consolidated=statistics.fmean(consolidated) if consolidated else 0.0,
+        unambiguous=len(clear),
+        chat_em_after_unambiguous=statistics.fmean(clear) if clear else float("nan"),
         prompt_em_after=statistics.fmean(prompt_em),
         other_subject=len(other_subject),
         other_subject_locality=_unchanged(subject_before, subject_after),
@@ -259,19 +266,22 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "Neighbour locality: share of neighbour questions whose chat answer the job leaves unchanged, for the",
         "fact's question about another record's subject (same relation, other subject) and another record's",
         "question about the fact's subject (same subject, other relation); unrelated locality: the same for the",
-        "`loc` questions, and the share of `loc_ans` token predictions unchanged. Targets (issue 14, N=500): chat",
+        "`loc` questions, and the share of `loc_ans` token predictions unchanged. Unambiguous: the facts no other",
+        "record of the N asks about their subject with another target (`zsre.ambiguous`, the editing benchmark's",
+        "rule); a question about such a subject can get only one of its targets. Targets (issue 14, N=500): chat",
         "EM >= 0.80, neighbour >= 0.98, unrelated >= 0.99.",
         "",
         "| N | notes | consolidated / failed | not consolidated (reason) | chat EM before -> after (all) "
-        "| chat EM (consolidated) | prompt EM after | neighbours, other subject: locality "
+        "| chat EM (consolidated) | unambiguous: chat EM | prompt EM after | neighbours, other subject: locality "
         "| neighbours, other relation: locality | unrelated locality (answers / tokens) | job s (s/edit median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.facts} | {r.notes} | {r.consolidated} / {r.failed} | {_reasons(r.not_consolidated)} "
             f"| {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
-            f"| {r.chat_em_after_consolidated:.3f} | {r.prompt_em_after:.3f} | {r.other_subject}: {r.other_subject_locality:.3f} "
+            f"| {r.chat_em_after_consolidated:.3f} | {r.unambiguous}: {r.chat_em_after_unambiguous:.3f} "
+            f"| {r.prompt_em_after:.3f} | {r.other_subject}: {r.other_subject_locality:.3f} "
             f"| {r.other_relation}: {r.other_relation_locality:.3f} "
             f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} "
             f"| {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"

@@ -9,7 +9,9 @@ records are edited as the consolidation job edits facts (the fact's question for
 keys, its parsed neighbour prompts kept out of the balls); records N..2N give other subjects and
 other relations. Per routing signal, the share of:
 
-- edit prompts and rephrases routed to an edit with their own target;
+- edit prompts and rephrases routed to an edit with their own target (rephrases also over the
+  unambiguous records: those no other edited record asks about their subject with another target,
+  `zsre.ambiguous`; an ambiguous rephrase can reach only one of its subject's targets);
 - same relation, other subject (the record's question about another record's subject) and
   same subject, other relation (another record's question about this record's subject) routed
   to no edit: their answers stay the base model's;
@@ -17,8 +19,10 @@ other relations. Per routing signal, the share of:
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
-(`SemanticConfig.relation_radius`); + a margin against the nearest entry with another target
-(`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
+(`SemanticConfig.relation_radius`); + routing to the gated entry that asks the nearest relation rather
+than the nearest key (`SemanticConfig.nearest_relation`); + a margin against the nearest entry with
+another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last
+prompt token).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from ..models import load_model
 from ..notes import Fact
 from . import report
 from .consolidation import neighbours
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, load_zsre
 
 
 class RoutingScores(BaseModel):
@@ -48,6 +52,8 @@ class RoutingScores(BaseModel):
     edits: int
     prompts_routed: float
     rephrases_routed: float
+    unambiguous: int
+    rephrases_routed_unambiguous: float
     other_subject: int
     other_subject_kept: float
     other_relation: int
@@ -59,9 +65,10 @@ def scores(signal: str, editor: CodebookEditor, records: Sequence[ZsreRecord], o
            other_relation: Sequence[str]) -> RoutingScores:
     """Where the editor routes each prompt set (see the module docstring)."""
     target = {request.id: request.target for request in editor.edits()}
+    clear = [r for r, unclear in zip(records, ambiguous(records)) if not unclear]
 
     def routed(prompts: Sequence[str], targets: Sequence[str]) -> float:
-        return statistics.fmean(target.get(editor.route(p)) == t for p, t in zip(prompts, targets))
+        return statistics.fmean(target.get(editor.route(p)) == t for p, t in zip(prompts, targets)) if prompts else 1.0
 
     def kept(prompts: Sequence[str]) -> float:
         return statistics.fmean(editor.route(p) is None for p in prompts) if prompts else 1.0
@@ -71,6 +78,8 @@ def scores(signal: str, editor: CodebookEditor, records: Sequence[ZsreRecord], o
         edits=len(records),
         prompts_routed=routed([r.src for r in records], [r.alt for r in records]),
         rephrases_routed=routed([r.rephrase for r in records], [r.alt for r in records]),
+        unambiguous=len(clear),
+        rephrases_routed_unambiguous=routed([r.rephrase for r in clear], [r.alt for r in clear]),
         other_subject=len(other_subject),
         other_subject_kept=kept(other_subject),
         other_relation=len(other_relation),
@@ -89,15 +98,20 @@ def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
 
 def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str, dict]]:
     """The semantic editor's routing signals to compare: (name, config fields)."""
-    gate, relation = " + subject gate", " + relation gate {:g}"
-    out = [("semantic key", {"anchored": False, "relation_radius": None, "route_margin": 0.0})]
-    out += [(f"semantic key + margin {m:g}", {"anchored": False, "relation_radius": None, "route_margin": m}) for m in margins]
-    out += [("semantic key" + gate, {"anchored": True, "relation_radius": None, "route_margin": 0.0})]
-    out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r, "route_margin": 0.0})
-            for r in radii]
+    gate, relation, nearest = " + subject gate", " + relation gate {:g}", " + nearest relation"
+    plain = {"nearest_relation": False, "route_margin": 0.0}
+    out = [("semantic key", {**plain, "anchored": False, "relation_radius": None})]
+    out += [(f"semantic key + margin {m:g}", {**plain, "anchored": False, "relation_radius": None, "route_margin": m})
+            for m in margins]
+    out += [("semantic key" + gate, {**plain, "anchored": True, "relation_radius": None})]
+    for r in radii:
+        out += [("semantic key" + gate + relation.format(r), {**plain, "anchored": True, "relation_radius": r}),
+                ("semantic key" + gate + relation.format(r) + nearest,
+                 {**plain, "anchored": True, "relation_radius": r, "nearest_relation": True})]
     default = SemanticConfig()
-    out += [("semantic key" + gate + relation.format(default.relation_radius) + f" + margin {m:g}",
-             {"anchored": True, "relation_radius": default.relation_radius, "route_margin": m}) for m in margins]
+    out += [("semantic key" + gate + relation.format(default.relation_radius) + nearest + f" + margin {m:g}",
+             {"anchored": True, "relation_radius": default.relation_radius, "nearest_relation": True, "route_margin": m})
+            for m in margins]
     return out
 
 
@@ -140,14 +154,16 @@ def markdown(rows: Sequence[RoutingScores], command: str, model: str) -> str:
         "makes them. Routed: the edit prompt / its rephrase goes to an edit with its own target. Kept: the prompt",
         "goes to no edit, so its answer is the base model's (other subject: the record's question about another",
         "record's subject; other relation: another record's question about this record's subject; unrelated:",
-        "ZsRE `loc`).",
+        "ZsRE `loc`). Unambiguous: the records no other edited record asks about their subject with another",
+        "target (`zsre.ambiguous`, the editing benchmark's rule).",
         "",
-        "| signal | N | prompts routed | rephrases routed | same relation, other subject: kept "
-        "| same subject, other relation: kept | unrelated kept |",
-        "|---|---|---|---|---|---|---|",
+        "| signal | N | prompts routed | rephrases routed | unambiguous: rephrases routed "
+        "| same relation, other subject: kept | same subject, other relation: kept | unrelated kept |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r.signal} | {r.edits} | {r.prompts_routed:.3f} | {r.rephrases_routed:.3f} "
+                     f"| {r.unambiguous}: {r.rephrases_routed_unambiguous:.3f} "
                      f"| {r.other_subject}: {r.other_subject_kept:.3f} | {r.other_relation}: {r.other_relation_kept:.3f} "
                      f"| {r.unrelated_kept:.3f} |")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import torch
 
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
-from agentmem.editors.semantic import anchor_words, relation_text
+from agentmem.editors.semantic import anchor_words, relation_text, shared_subject
 from agentmem.errors import InvalidInputError
 
 from .conftest import answer, logits
@@ -83,12 +83,42 @@ def test_an_edit_fires_for_its_subject_and_relation_only(tiny_lm, tiny_semantic,
     assert all(loaded.covers(p) for p in other_relations)  # the subject gate alone lets them in
 
 
+def test_a_lowercase_part_of_the_name_does_not_carry_another_relation_through(tiny_semantic):
+    [result] = tiny_semantic.edit([EditRequest(prompt="Which instrument was Ariadne musica written for?", target="green")])
+    assert tiny_semantic.route("Which instrument was Ariadne musica written for?") == result.edit_id
+    # relation texts 0.51 apart with "musica" left in both ("... X musica ..."), 0.88 with it masked
+    assert tiny_semantic.route("When was Ariadne musica found?") is None
+
+
+def test_a_question_goes_to_the_edit_asking_its_relation_not_to_the_nearest_key(tiny_semantic):
+    birth, death = tiny_semantic.edit([EditRequest(prompt="What is the date of birth of Ada Quill?", target="green"),
+                                       EditRequest(prompt="In which year did Ada Quill die?", target="blue")])
+    question = "In which year was Ada Quill born?"  # keys 0.49 / 0.42 from the two edits, relation texts 0.58 / 0.66
+    assert tiny_semantic.route(question) == birth.edit_id
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"nearest_relation": False})
+    assert tiny_semantic.route(question) == death.edit_id  # the nearest key, within both gates
+
+
 def test_relation_text_masks_the_subject():
     anchors = anchor_words("What artist created Call the Doctor?")
     assert anchors == {"call", "doctor"}
     assert relation_text("Which label released Call the Doctor in 1996?", anchors) == "Which label released X in 1996?"
     vessel = anchor_words("By which company, German submarine U-270 has been manufactured?")
     assert relation_text("Which place does German submarine U-270 exist in?", vessel) == "Which place does X exist in?"
+
+
+def test_relation_texts_mask_the_name_parts_both_texts_put_next_to_the_subject():
+    edit = "Which instrument was Ariadne musica written for?"
+    anchors = anchor_words(edit)
+    assert anchors == {"ariadne"}  # "musica" is lowercase: not an anchor word
+    grown = shared_subject(anchors, "When was Ariadne musica found?", edit)
+    assert grown == {"ariadne", "musica"}
+    assert relation_text(edit, grown) == "Which instrument was X written for?"
+    assert relation_text("When was Ariadne musica found?", grown) == "When was X found?"
+    assert shared_subject(anchors, "Who wrote Ariadne?", edit) == anchors  # nothing shared next to the subject
+    alice = anchor_words("Where does Alice live?")
+    assert shared_subject(alice, "Where does Alice work?", "Where does Alice live?") == alice  # function words never join
+    assert relation_text("When was The Thinker created?", anchor_words("Who developed The Thinker?")) == "When was X created?"
 
 
 def test_save_and_load_round_trip(tiny_lm, tiny_semantic, tmp_path):

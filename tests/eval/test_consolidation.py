@@ -43,3 +43,13 @@ def test_neighbours_swap_subjects_both_ways_and_never_ask_an_edited_question():
     other_subject, other_relation = consolidation.neighbours(edited, others)
     assert other_subject == [("Where does Carol live?", "Lisbon")]        # Bob's question about Alice is Alice's own
     assert other_relation == [("When was Alice born?", "1990")]           # Alice's question about Bob: same relation
+
+
+def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():
+    scores = consolidation.ChatScores(
+        facts=4, notes=4, consolidated=4, failed=0, not_consolidated={}, failures=[], chat_em_before=0.0,
+        chat_em_after=0.5, chat_em_after_consolidated=0.5, unambiguous=2, chat_em_after_unambiguous=1.0,
+        prompt_em_after=1.0, other_subject=4, other_subject_locality=1.0, other_relation=3, other_relation_locality=1.0,
+        unrelated_locality=1.0, unrelated_token_locality=1.0, job_seconds=8.0, edit_seconds_median=2.0)
+    table = consolidation.chat_markdown([scores], "python -m agentmem.eval.consolidation --chat --n 4", "tiny", "semantic")
+    assert "| 4 | 4 | 4 / 0 | - | 0.000 -> 0.500 | 0.500 | 2: 1.000 | 1.000 | 4: 1.000 | 3: 1.000 |" in table

@@ -1,0 +1,49 @@
+"""The routing ablation's scoring: where prompts go, counted over all records and over the unambiguous ones."""
+from __future__ import annotations
+
+from agentmem.editors import EditRequest
+from agentmem.eval import routing
+from agentmem.eval.zsre import ZsreRecord
+
+
+def record(subject: str, src: str, alt: str, rephrase: str) -> ZsreRecord:
+    return ZsreRecord(subject=subject, src=src, alt=alt, rephrase=rephrase, loc=f"unrelated to {src}", loc_ans="-")
+
+
+RECORDS = [
+    record("NGC 6604", "Which constellation is NGC 6604 in?", "Andromeda", "Which constellation does NGC 6604 belong to?"),
+    record("NGC 6604", "What constellation does NGC 6604 belong to?", "Pegasus", "What constellation is NGC 6604 a part of?"),
+    record("Alice", "Where does Alice live?", "Lisbon", "What city is Alice in?"),
+]
+
+
+class Routes:
+    """A stand-in editor that routes prompts by a table (None: the base model answers)."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table = table
+
+    def edits(self) -> list[EditRequest]:
+        return [EditRequest(prompt=r.src, target=r.alt, id=str(i)) for i, r in enumerate(RECORDS)]
+
+    def route(self, prompt: str) -> str | None:
+        return str(self.table[prompt]) if prompt in self.table else None
+
+
+def test_rephrases_are_also_scored_over_the_records_no_sibling_makes_ambiguous():
+    # both NGC 6604 rephrases reach the first edit (one of them is its sibling's): only one target can answer
+    table = {RECORDS[0].rephrase: 0, RECORDS[1].rephrase: 0, RECORDS[2].rephrase: 2, "When was Alice born?": 2}
+    table |= {r.src: i for i, r in enumerate(RECORDS)}
+    scores = routing.scores("table", Routes(table), RECORDS, ["Where does Bob live?"], ["When was Alice born?"])
+    assert scores.prompts_routed == 1.0 and scores.rephrases_routed == 2 / 3
+    assert (scores.unambiguous, scores.rephrases_routed_unambiguous) == (1, 1.0)
+    assert (scores.other_subject_kept, scores.other_relation_kept, scores.unrelated_kept) == (1.0, 0.0, 1.0)
+    table_text = routing.markdown([scores], "python -m agentmem.eval.routing --n 3", "tiny")
+    assert "| table | 3 | 1.000 | 0.667 | 1: 1.000 | 1: 1.000 | 1: 0.000 | 1.000 |" in table_text
+
+
+def test_the_ablation_compares_key_nearest_and_nearest_relation_routing_under_each_radius():
+    rows = dict(routing.variants([0.1], [0.7]))
+    assert rows["semantic key + subject gate + relation gate 0.7"]["nearest_relation"] is False
+    assert rows["semantic key + subject gate + relation gate 0.7 + nearest relation"]["nearest_relation"] is True
+    assert not rows["semantic key"]["anchored"] and rows["semantic key + margin 0.1"]["route_margin"] == 0.1
