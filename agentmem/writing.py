@@ -112,7 +112,10 @@ class WritePath:
                     draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
         ids = list(dict.fromkeys(note.id for note in stored))
-        self.index.push(ids)
+        self.index.push(ids, written={
+            draft.id: (draft, embedding if searched is None else searched)
+            for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known
+        })
         fresh = self.store.get_many(ids)
         return [fresh[note.id] for note in stored]
 

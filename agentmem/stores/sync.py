@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreCorruptedError, StoreUnavailableError
+from ..notes import Note
 from .store import NoteStore
 from .vectors import VectorIndex, matches
 
@@ -129,14 +130,19 @@ class IndexSync:
             upserts += [note_id for token, note_id in by_token.items() if token not in in_index]
         self.push(upserts, deletes)
 
-    def push(self, upserts: Iterable[str], deletes: Iterable[str] = ()) -> bool:
+    def push(
+        self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None
+    ) -> bool:
         """Write notes to the index, then clear their outbox entries; False (logged) when the
-        index is unreachable: the entries stay and a later call syncs them."""
+        index is unreachable: the entries stay and a later call syncs them. `written`: notes the
+        caller has just written, with their searched vectors, as stored (not read again)."""
         upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
         if not upserts and not deletes:
             return True
-        try:
-            rows = self.graph.load(upserts, links=False, validate=False)  # what the index needs of our own rows
+        written = written or {}
+        try:  # what the index needs of our own rows
+            rows = {**self.graph.load([i for i in upserts if i not in written], links=False, validate=False),
+                    **{i: written[i] for i in upserts if i in written}}
             self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
             self.index.delete(deletes)
             with self.graph.transaction(bookkeeping=True):  # if lost, the index writes are replayed: they are idempotent

@@ -247,3 +247,20 @@ def test_search_judges_scope_and_archived_by_the_note_graph_while_the_index_lags
     assert [i for i, _ in after] == [i for i, _ in sync.search(embeddings[:1], 5, conditions)[0]][:3]
     assert "n0" not in dict(after) and before[1][0] not in dict(after) and before[2][0] in dict(after)
     assert sync.graph.pending()  # the index was not told
+
+
+def test_what_a_write_pushes_is_the_stored_searched_vector_and_scope(tmp_path, embedder):
+    """A write hands the index the notes it has just stored instead of reading them back: the index
+    must then hold exactly what a replay from the graph would write (in-context vector, scope)."""
+    with Memory(tmp_path / "m", embedder=embedder) as mem:
+        notes = mem.remember_many(["Ivy grows tomatoes", "Yes, on her balcony!", "Ivy grows tomatoes"],
+                                  user_id="ivy", session_id="s1", at=T0)
+        assert notes[0].id == notes[2].id  # the repeat reinforced the first note
+        rows = mem._graph.load([n.id for n in notes], links=False)
+        tokens = {mem._index.token("id", i): i for i in rows}
+        entries = mem._index._collection.get(ids=list(tokens), include=["embeddings", "metadatas"])
+        assert len(entries["ids"]) == 2
+        for token, vector, metadata in zip(entries["ids"], entries["embeddings"], entries["metadatas"]):
+            note, searched = rows[tokens[token]]
+            assert np.allclose(vector, searched, atol=1e-6) and metadata == mem._index.metadata(note)
+        assert not np.allclose(rows[notes[1].id][1], mem._graph.own_embeddings([notes[1].id])[notes[1].id])
