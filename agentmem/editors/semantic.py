@@ -51,11 +51,8 @@ a question and another relation's question about its subject a median 1.0 (3% wi
 within 0.8). The subject masked is the anchor words grown by the words both texts put next to
 them (`shared_subject`): "Ariadne musica" has one anchor word, and "When was X musica found?" lay
 0.51 from "Which instrument was X musica written for?", against 0.88 with "musica" masked too.
-With `nearest_relation`, of the entries that pass both gates and whose balls hold the key, the
-prompt goes to the one whose relation text is nearest, not to the nearest key, which the shared
-name dominates: "In which year was X born?" goes to the edit on X's date of birth, not to the one
-on the year of X's death. `route_margin` leaves a prompt to the base model when its nearest entry
-is not that much nearer than the nearest entry with another target (measured in `eval.routing`).
+`route_margin` leaves a prompt to the base model when its nearest entry is not that much nearer
+than the nearest entry with another target (measured in `eval.routing`).
 
 Scopes: entries carry their edit's scope and lookups see only the model's current scopes'
 entries and the shared ones; a new target for the very same prompt supersedes the old one only
@@ -146,7 +143,6 @@ class SemanticConfig(CodebookConfig):
     anchored: bool = True
     route_margin: float = Field(default=0.0, ge=0, le=2)  # a key nearer than this to another target's entry is left alone
     relation_radius: float | None = Field(default=0.75, gt=0, le=2)  # see "Neighbours"; None: no relation gate
-    nearest_relation: bool = True  # of the gated entries whose balls hold a key, route to the nearest relation's
     embedder: str | None = None  # a sentence-transformers folder; None: the bundled MiniLM
 
 
@@ -216,10 +212,9 @@ class SemanticEditor(CodebookEditor):
     def _prompt_key(self, prompt: str) -> torch.Tensor:
         return self._embed([self._as_seen(prompt)])[0]
 
-    def _allowed(self, texts: list[str], keys: torch.Tensor) -> torch.Tensor | None:
-        """Per text (keyed by `keys`) and entry: whether the text may reach the entry (None: no gating): it names
-        the entry's subject and, with `relation_radius`, asks the same of it; with `nearest_relation`, of the
-        entries whose balls hold the key, only the one asking the nearest relation."""
+    def _allowed(self, texts: list[str]) -> torch.Tensor | None:
+        """Per text and entry: whether the text may reach the entry (None: no gating): it names the entry's
+        subject and, with `relation_radius`, asks the same of it."""
         book = self.layer.codebook
         if not self.config.anchored:
             return None
@@ -229,16 +224,11 @@ class SemanticEditor(CodebookEditor):
         radius = self.config.relation_radius
         if radius is None:
             return allowed
-        inside = (torch.cdist(keys.float(), book.keys) <= book.radii[None]) & book.visible(self.lm.scopes)[None]
         for row, text in enumerate(texts):  # of the entries it names the subject of, those it asks the same of
             named = [i for i in allowed[row].nonzero()[:, 0].tolist() if book.uids[i] in self.relations]
             distances = self._relation_distances(text, [book.uids[i] for i in named], [anchors[i] for i in named])
             for i, distance in zip(named, distances):
                 allowed[row, i] = distance <= radius
-            held = [(d, i) for i, d in zip(named, distances) if d <= radius and inside[row, i]]
-            if self.config.nearest_relation and len(held) > 1:
-                allowed[row, [i for _, i in held]] = False
-                allowed[row, min(held)[1]] = True
         return allowed
 
     def _relation_distances(self, text: str, uids: list[int], anchors: list[frozenset[str]]) -> list[float]:
@@ -254,8 +244,8 @@ class SemanticEditor(CodebookEditor):
 
     def _lookup(self, prompt: str) -> int:
         text = self._as_seen(prompt)
-        keys = self._embed([text])
-        return int(self.layer.codebook.lookup(keys, self.lm.scopes, self._allowed([text], keys), self.layer.margin)[0])
+        return int(self.layer.codebook.lookup(self._embed([text]), self.lm.scopes, self._allowed([text]),
+                                              self.layer.margin)[0])
 
     def _key_size(self, original: nn.Linear) -> int:
         return self.embedder.get_embedding_dimension()
@@ -272,7 +262,7 @@ class SemanticEditor(CodebookEditor):
         real = layer.real_tokens(*input_ids.shape, input_ids.device).bool()
         texts = [self._keyed_text(ids[keep]) for ids, keep in zip(input_ids, real)]
         layer.prompt_keys = self._embed(texts)
-        layer.prompt_allowed = self._allowed(texts, layer.prompt_keys)
+        layer.prompt_allowed = self._allowed(texts)
 
     # -- edits ----------------------------------------------------------------------------------
 

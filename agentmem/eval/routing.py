@@ -19,10 +19,8 @@ other relations. Per routing signal, the share of:
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
-(`SemanticConfig.relation_radius`); + routing to the gated entry that asks the nearest relation rather
-than the nearest key (`SemanticConfig.nearest_relation`); + a margin against the nearest entry with
-another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last
-prompt token).
+(`SemanticConfig.relation_radius`); + a margin against the nearest entry with another target
+(`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
 """
 from __future__ import annotations
 
@@ -98,20 +96,15 @@ def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
 
 def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str, dict]]:
     """The semantic editor's routing signals to compare: (name, config fields)."""
-    gate, relation, nearest = " + subject gate", " + relation gate {:g}", " + nearest relation"
-    plain = {"nearest_relation": False, "route_margin": 0.0}
-    out = [("semantic key", {**plain, "anchored": False, "relation_radius": None})]
-    out += [(f"semantic key + margin {m:g}", {**plain, "anchored": False, "relation_radius": None, "route_margin": m})
-            for m in margins]
-    out += [("semantic key" + gate, {**plain, "anchored": True, "relation_radius": None})]
-    for r in radii:
-        out += [("semantic key" + gate + relation.format(r), {**plain, "anchored": True, "relation_radius": r}),
-                ("semantic key" + gate + relation.format(r) + nearest,
-                 {**plain, "anchored": True, "relation_radius": r, "nearest_relation": True})]
+    gate, relation = " + subject gate", " + relation gate {:g}"
+    out = [("semantic key", {"anchored": False, "relation_radius": None, "route_margin": 0.0})]
+    out += [(f"semantic key + margin {m:g}", {"anchored": False, "relation_radius": None, "route_margin": m}) for m in margins]
+    out += [("semantic key" + gate, {"anchored": True, "relation_radius": None, "route_margin": 0.0})]
+    out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r, "route_margin": 0.0})
+            for r in radii]
     default = SemanticConfig()
-    out += [("semantic key" + gate + relation.format(default.relation_radius) + nearest + f" + margin {m:g}",
-             {"anchored": True, "relation_radius": default.relation_radius, "nearest_relation": True, "route_margin": m})
-            for m in margins]
+    out += [("semantic key" + gate + relation.format(default.relation_radius) + f" + margin {m:g}",
+             {"anchored": True, "relation_radius": default.relation_radius, "route_margin": m}) for m in margins]
     return out
 
 

@@ -41,9 +41,3 @@ def test_rephrases_are_also_scored_over_the_records_no_sibling_makes_ambiguous()
     table_text = routing.markdown([scores], "python -m agentmem.eval.routing --n 3", "tiny")
     assert "| table | 3 | 1.000 | 0.667 | 1: 1.000 | 1: 1.000 | 1: 0.000 | 1.000 |" in table_text
 
-
-def test_the_ablation_compares_key_nearest_and_nearest_relation_routing_under_each_radius():
-    rows = dict(routing.variants([0.1], [0.7]))
-    assert rows["semantic key + subject gate + relation gate 0.7"]["nearest_relation"] is False
-    assert rows["semantic key + subject gate + relation gate 0.7 + nearest relation"]["nearest_relation"] is True
-    assert not rows["semantic key"]["anchored"] and rows["semantic key + margin 0.1"]["route_margin"] == 0.1
