@@ -54,17 +54,23 @@ class AlphaEditEditor(WeightEditor):
         super().__init__(lm, config)
         self.projectors = {layer: self.null_projector(layer) for layer in self.config.layers}
 
-    def null_projector(self, layer: int) -> torch.Tensor:
-        """P = U Uᵀ over the eigenvectors U of C with eigenvalues at most the threshold x the largest (float64)."""
+    def null_projector(self, layer: int) -> torch.Tensor | None:
+        """P = U Uᵀ over the eigenvectors U of C with eigenvalues at most the threshold x the largest (float64);
+        None when the threshold keeps every direction (P = I): the solve then skips a product of key size cubed,
+        about half of a solve's time on one core (0.22 of 0.45 s at 1,536)."""
+        if self.config.null_threshold >= 1:
+            return None
         values, vectors = torch.linalg.eigh(self.moments[layer].double())
         null = vectors[:, values <= self.config.null_threshold * values.max()]
         return null @ null.T
 
     def _solve(self, layer: int, keys: torch.Tensor, residuals: torch.Tensor, batch: int) -> torch.Tensor:
         keys, projector = keys.double(), self.projectors[layer]
-        preserved = self.preserved_keys(layer, batch) + keys.T @ keys
+        system = self.preserved_keys(layer, batch) + keys.T @ keys
         if self.config.covariance_weight:
-            preserved += self.config.covariance_weight * self.moments[layer].double()
-        system = projector @ preserved
+            system += self.config.covariance_weight * self.moments[layer].double()
+        right = keys.T
+        if projector is not None:
+            system, right = projector @ system, projector @ right
         system += self.config.ridge * torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
-        return torch.linalg.solve(system, projector @ keys.T).T
+        return torch.linalg.solve(system, right).T
