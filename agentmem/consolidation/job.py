@@ -191,19 +191,25 @@ class Consolidator:
         try:
             if len(edits) == 1 and self.parametric.batch_size == 1:
                 [edit] = edits
-                verifications: list[Verification | None] = [self.parametric.edit(
+                verification, after = self.parametric.edit(
                     edit.decision.fact, edit.edit_id, probes.pairs, probes.before, edit.scope, policy.neighbours
-                )]
+                )
+                verifications: list[Verification | None] = [verification]
             else:
-                verifications = list(self.parametric.edit_batch(
+                made, after = self.parametric.edit_batch(
                     [(e.decision.fact, e.edit_id, e.scope) for e in edits], probes.pairs, probes.before, policy.neighbours
-                ))
+                )
+                verifications = list(made)
             problems = [_problems(v, policy) for v in verifications if v is not None]
             failed = any(problems)
         except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
             verifications, problems, failed = [None] * len(edits), [f"{type(exc).__name__}: {exc}"] * len(edits), True
         if not failed:
-            return self._keep(edits, [v for v in verifications if v is not None], at)
+            kept = self._keep(edits, [v for v in verifications if v is not None], at)
+            if all(e.scope is None for e in edits):  # the next edit may move the probes as far from this state
+                applied = all(d.outcome == "applied" for d in kept.values())  # else some were retracted meanwhile
+                probes.before = after if applied else self.parametric.predictions(probes.pairs)
+            return kept
         self.parametric.rollback([e.edit_id for e in edits])
         if len(edits) > 1:
             half = len(edits) // 2
@@ -294,9 +300,11 @@ class Consolidator:
         self.parametric.close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Probes:
-    """The job's probe prompts with their continuations, and the model's predictions on them before any edit."""
+    """The job's probe prompts with their continuations, and the model's predictions on them with the shared edits
+    kept so far: measured once before the job's first edit, then carried past each kept shared edit, so that
+    `probe_tolerance` bounds what each edit moves (not the job's sum), without measuring the probes again."""
 
     pairs: list[tuple[str, str]]
     before: list[list[int]]

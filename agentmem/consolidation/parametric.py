@@ -159,14 +159,16 @@ class ParametricMemory:
     # ---- editing -----------------------------------------------------------------------
 
     def edit(self, fact: Fact, edit_id: str, probe_pairs: Sequence[tuple[str, str]],
-             probe_before: Sequence[Sequence[int]], scope: str | None = None, neighbours: bool = True) -> Verification:
+             probe_before: Sequence[Sequence[int]], scope: str | None = None,
+             neighbours: bool = True) -> tuple[Verification, list[list[int]]]:
         """Make the edit live in `scope` and measure it there: the target, the rephrases, the probes.
 
         The editor gets the fact's question forms as further keys (`facts.question_forms`) and its
         neighbour prompts (`facts.neighbour_prompts`) as what the edit must not reach; with
         `neighbours`, the neighbours' answers join the probes, so an edit that moves them fails.
-        `probe_before` is the probes' predictions with shared edits only, measured once per job; a scoped
-        edit's probes are measured again under its scope (the scope's earlier edits are part of the baseline).
+        `probe_before` is the probes' predictions with the shared edits so far (the job measures them once and
+        carries them past each kept edit); a scoped edit's probes are measured again under its scope (the scope's
+        earlier edits are part of the baseline). Returns the verification and the probes' predictions after the edit.
         """
         start = time.perf_counter()
         request = edit_request(fact, edit_id, scope, neighbours)
@@ -186,7 +188,7 @@ class ParametricMemory:
                 neighbour_agreement=agreement(own_before, own_after) if near else None,
                 steps=result.steps,
                 seconds=time.perf_counter() - start,
-            )
+            ), probes_after
 
     @property
     def batch_size(self) -> int:
@@ -194,11 +196,12 @@ class ParametricMemory:
         return self.editor.config.batch_size if isinstance(self.editor, WeightEditor) else 1
 
     def edit_batch(self, facts: Sequence[tuple[Fact, str, str | None]], probe_pairs: Sequence[tuple[str, str]],
-                   probe_before: Sequence[Sequence[int]], neighbours: bool = True) -> list[Verification]:
+                   probe_before: Sequence[Sequence[int]], neighbours: bool = True) -> tuple[list[Verification], list[list[int]]]:
         """Facts (with their edit ids and scopes) into the weights in one solve, each then measured as `edit`
         measures one: its target and rephrases, greedily, and the probes plus its own neighbours' answers (the
         batch's change moves the shared probes of every fact alike). `seconds` is the fact's share of the batch's
-        time. The batching editors take shared facts only: a scoped one makes the editor refuse the batch."""
+        time. The batching editors take shared facts only: a scoped one makes the editor refuse the batch.
+        Returns the verifications and the shared probes' predictions after the batch."""
         start = time.perf_counter()
         requests = [edit_request(fact, edit_id, scope, neighbours) for fact, edit_id, scope in facts]
         near = [self.probe_pairs(r.neighbours) if r.neighbours else [] for r in requests]
@@ -222,7 +225,7 @@ class ParametricMemory:
                 seconds=0.0,
             ))
         share = (time.perf_counter() - start) / len(facts)
-        return [v.model_copy(update={"seconds": share}) for v in verifications]
+        return [v.model_copy(update={"seconds": share}) for v in verifications], probes_now
 
     def generate_targets(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """`generates` for many pairs, in batches of prompts whose targets have as many tokens."""

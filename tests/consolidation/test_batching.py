@@ -105,6 +105,25 @@ def test_a_crash_inside_the_bisection_leaves_nothing_half_done_and_the_rerun_lan
     assert {r.id for r in again.editor.edits()} == {row.edit_id for row in again.ledger() if row.status == "applied"}
 
 
+def test_each_batch_is_verified_against_the_probes_as_the_kept_batches_left_them(open_memory, monkeypatch):
+    """`probe_tolerance` bounds what each edit moves, not the job's sum: the baseline moves with each kept batch."""
+    mem = open_memory(editor=TINY.model_copy(update={"batch_size": 2}))
+    for fact in GOOD:
+        remember_recalled(mem, fact)
+    seen = []
+    edit_batch = ParametricMemory.edit_batch
+
+    def checked(self, facts, pairs, before, neighbours=True):
+        seen.append(([list(b) for b in before], self.predictions(pairs)))
+        return edit_batch(self, facts, pairs, before, neighbours)
+
+    monkeypatch.setattr(ParametricMemory, "edit_batch", checked)
+    report = mem.consolidate(TARGETS_ONLY, at=LATER)
+    assert report.applied >= 2 and len(seen) >= 2, [(d.fact, d.outcome, d.detail) for d in report.decisions]
+    assert seen[0][0] != seen[1][1]  # the first kept batch moved the tiny model's probes
+    assert [before for before, _ in seen] == [now for _, now in seen]
+
+
 def test_a_user_scoped_fact_is_refused_unless_its_note_is_marked_shared(open_memory):
     mem = open_memory()
     private = remember_recalled(mem, GOOD[0], user_id="alice")
