@@ -77,10 +77,12 @@ class SqlNoteStore:
     # ---- identity and metadata -----------------------------------------------------------
 
     def claim(self, store_id: str) -> None:
-        """Give a new (or migrated) store its identity, which its vector index records too."""
+        """Give a new (or migrated) store its identity, which its vector index records too. A store
+        that another process claimed since this one read its identity keeps the one it got first
+        (two replicas opening a new store at once pair it with one index)."""
         with self.transaction():
-            self.set_meta("store_id", store_id)
-        self.store_id = store_id
+            self._write("INSERT INTO meta(key, value) VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING", (store_id,))
+        self.store_id = self.get_meta("store_id")
 
     def count(self) -> int:
         return self._run("SELECT COUNT(*) FROM notes")[0][0]

@@ -264,3 +264,24 @@ def test_what_a_write_pushes_is_the_stored_searched_vector_and_scope(tmp_path, e
             note, searched = rows[tokens[token]]
             assert np.allclose(vector, searched, atol=1e-6) and metadata == mem._index.metadata(note)
         assert not np.allclose(rows[notes[1].id][1], mem._graph.own_embeddings([notes[1].id])[notes[1].id])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_processes_opening_a_new_store_at_once_pair_it_with_one_index(tmp_path, kind, request):
+    """Both read the store's identity (none yet) before either claims it, as two replicas started
+    together do: the second claim keeps the first one's identity, so the index belongs to both."""
+    from agentmem.stores.postgres import PostgresNoteGraph
+
+    location = request.getfixturevalue("postgres_url") if kind == "postgres" else None
+    graphs = [PostgresNoteGraph(location) if location else NoteGraph(tmp_path / "notes.sqlite3") for _ in range(2)]
+    assert [g.store_id for g in graphs] == [None, None]
+    indexes = [VectorIndex(tmp_path / "chroma", "pairing", None, g.index_key) for g in graphs[:1]] * 2
+    try:
+        for graph, index in zip(graphs, indexes):
+            with graph.lock():
+                IndexSync(graph, index).pair()
+        assert graphs[0].store_id == graphs[1].store_id == indexes[0].store_id is not None
+    finally:
+        indexes[0].close()
+        for graph in graphs:
+            graph.close()
