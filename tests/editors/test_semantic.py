@@ -1,6 +1,8 @@
 """The semantic codebook: keyed by sentence embeddings, so rephrasings reach the edit; then the real SmolLM2."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -91,6 +93,19 @@ def test_a_lowercase_part_of_the_name_does_not_carry_another_relation_through(ti
     tiny_semantic.save(tmp_path)
     tiny_semantic.remove()
     assert SemanticEditor.load(tiny_lm, tmp_path).route("When was Ariadne musica found?") is None  # key texts saved
+
+
+def test_a_state_saved_before_key_texts_keeps_its_relation_gate_on_the_anchor_words(tiny_lm, tiny_semantic, tmp_path):
+    tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon", rephrases=(ALICE_AGAIN,)),
+                        EditRequest(prompt="Which instrument was Ariadne musica written for?", target="green")])
+    tiny_semantic.save(tmp_path)
+    tiny_semantic.remove()
+    meta = json.loads((tmp_path / "editor.json").read_text())
+    del meta["state"]["texts"]
+    (tmp_path / "editor.json").write_text(json.dumps(meta))
+    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    assert loaded.covers(ALICE_AGAIN) and not loaded.covers("Where does Alice work?")
+    assert loaded.covers("When was Ariadne musica found?")  # "X musica" in both relation texts, as before key texts
 
 
 def test_relation_text_masks_the_subject():
