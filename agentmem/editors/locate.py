@@ -37,7 +37,8 @@ _JOINERS = {"of", "de", "the", "von", "van", "and", "&", "del", "la", "le"}
 # Words that open a question (or a sentence) without being its subject.
 _OPENERS = {
     "What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "How", "In", "On", "At", "From", "By", "For",
-    "Of", "To", "During", "With", "Into", "After", "Before", "Under",
+    "Of", "To", "During", "With", "Into", "After", "Before", "Under", "Over", "Through", "Across", "Against",
+    "Between", "Among", "Within", "Near", "Since", "Until", "Upon", "About", "Along", "Around", "Behind", "Beyond",
     "Is", "Was", "Are", "Were", "Did", "Does", "Do", "Has", "Have", "Had", "Can", "The", "A", "An",
 }
 

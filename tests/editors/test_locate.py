@@ -26,6 +26,8 @@ from .test_inplace import private_home  # noqa: F401 (fixture)
         ("Who is the architect of Toodyay Fire Station?", "Toodyay Fire Station"),
         ("The genus Platypatrobus is a part of what family?", "Platypatrobus"),
         ("In which fictional universe is Chlorophyll Kid a character?", "Chlorophyll Kid"),
+        # a leading preposition opens the question: "Over" was the subject, and covered 9 unrelated ZsRE questions
+        ("Over which river does Delaware Memorial Bridge cross?", "Delaware Memorial Bridge"),
     ],
 )
 def test_the_derived_subject_is_the_leading_proper_noun_phrase(prompt, subject):
