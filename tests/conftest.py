@@ -77,10 +77,19 @@ def postgres_server():
     server.stop()
 
 
+def _drop_local_folder(url: str) -> None:
+    """A PostgreSQL store keeps its embedded index folder under AGENTMEM_HOME: drop it with the test's database."""
+    from agentmem.stores.location import local_folder
+
+    shutil.rmtree(local_folder(url), ignore_errors=True)
+
+
 @pytest.fixture
-def postgres_url(postgres_server) -> str:
-    """A fresh, empty database on the session's server."""
-    return postgres_server.create_database()
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server (its local folder removed after the test)."""
+    url = postgres_server.create_database()
+    yield url
+    _drop_local_folder(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -99,4 +108,6 @@ def memory_location(request, tmp_path):
                           "collection": f"notes_{database.rsplit('/', 1)[1]}_{os.getpid()}"}
         return made[name]
 
-    return location
+    yield location
+    for options in made.values():
+        _drop_local_folder(options["path"])
