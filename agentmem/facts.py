@@ -166,6 +166,13 @@ def parse_prompt(prompt: str) -> tuple[str, str] | None:
     return (match["subject"], match["relation"]) if match else None
 
 
+def fact_subject(prompt: str) -> str | None:
+    """What a fact prompt is about, as the rule-based extractor parses it ("The project deadline is" -> "The project
+    deadline"), when it reads verbatim in the prompt (an `EditRequest.subject`); else None."""
+    parsed = parse_prompt(prompt)
+    return parsed[0] if parsed is not None and parsed[0] in prompt else None
+
+
 def question_forms(fact: Fact) -> tuple[str, ...]:
     """Questions a user would ask for this fact ("Alice lives in" -> "Where does Alice live?", ...); () if unparsed."""
     parsed = parse_prompt(fact.prompt)

@@ -89,7 +89,7 @@ def test_malformed_facts_are_refused(tmp_path, embedder):
 
 # -- question forms and neighbour prompts, from the same parse --------------------------------------
 
-from agentmem.facts import neighbour_prompts, parse_prompt, question_forms  # noqa: E402
+from agentmem.facts import fact_subject, neighbour_prompts, parse_prompt, question_forms  # noqa: E402
 
 
 @pytest.mark.parametrize("text, questions", [
@@ -116,3 +116,19 @@ def test_an_unparsed_prompt_has_no_question_forms_or_neighbours():
     fact = Fact(prompt="What university did Watts Humphrey attend?", target="University of Michigan")
     assert parse_prompt(fact.prompt) is None
     assert question_forms(fact) == () and neighbour_prompts(fact) == ()
+
+
+@pytest.mark.parametrize("text, subject", [
+    ("Alice lives in Lisbon", "Alice"),
+    ("The project deadline is March 3", "The project deadline"),
+    ("Alice's locker code is 4471", "Alice's locker code"),
+    ("Bob works at Acme Corp", "Bob"),
+])
+def test_a_fact_subject_is_the_parse_subject_and_reads_in_the_prompt(text, subject):
+    fact = extract_fact(text)
+    assert fact_subject(fact.prompt) == subject and subject in fact.prompt
+
+
+def test_an_unparsed_prompt_has_no_subject():
+    assert fact_subject("What university did Watts Humphrey attend?") is None
+    assert fact_subject("Alice\n Smith lives in") is None  # the parse's subject ("Alice Smith") must read verbatim

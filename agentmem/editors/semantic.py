@@ -40,8 +40,11 @@ users read as a wrong answer.
 Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in MiniLM's space.
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
 the edit prompt's anchor words (names, numbers: capitalised words other than question words
-and a sentence's function words, and digits) must occur in the prompt. Edits without anchor
-words are not gated. The subject gate cannot tell "Who designed X?" from "When was X born?" (the
+and a sentence's function words, and digits) must occur in the prompt. An edit that names its
+subject (`EditRequest.subject`, as the consolidation job has it from the fact's parse) is anchored
+on that subject's words instead, lowercase ones too ("The project deadline" -> project, deadline);
+a prompt that names nothing falls back to the subject the rule-based extractor parses from it
+(`facts.fact_subject`). Edits without anchor words are not gated. The subject gate cannot tell "Who designed X?" from "When was X born?" (the
 same subject, another relation: MiniLM's key is dominated by the name). With `relation_radius`,
 a prompt that names an entry's subject must also ask the same of it: its `relation_text` (the
 subject's words replaced by "X") must lie within that distance of the entry's key text's. The
@@ -73,6 +76,7 @@ from sentence_transformers import SentenceTransformer
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..facts import fact_subject
 from ..models import LanguageModel, load_embedder
 from .base import EditRequest
 from .codebook import SAME_KEY, CodebookConfig, CodebookEditor, CodebookLayer
@@ -99,6 +103,24 @@ def anchor_words(prompt: str) -> frozenset[str]:
         if word and (word[0].isupper() or word.isdigit()) and word.casefold() not in _NOT_ANCHORS:
             anchors.add(word.casefold())
     return frozenset(anchors)
+
+
+def subject_words(subject: str) -> frozenset[str]:
+    """The anchors of a subject given by name ("The project deadline" -> {"project", "deadline"}): its words,
+    casefolded, capitalised or not, other than function words."""
+    return frozenset(w for w in prompt_words(subject) if w and w not in _NOT_ANCHORS)
+
+
+def edit_anchors(prompt: str, subject: str | None = None) -> frozenset[str]:
+    """An edit's anchor words: the words of its given `subject`; else the prompt's names and numbers
+    (`anchor_words`); else, for a prompt that names nothing ("The project deadline is"), the words of the subject
+    the rule-based extractor parses from it (`facts.fact_subject`). Empty: the edit is not gated."""
+    if subject is not None and (words := subject_words(subject)):
+        return words
+    if anchors := anchor_words(prompt):
+        return anchors
+    parsed = fact_subject(prompt)
+    return subject_words(parsed) if parsed is not None else frozenset()
 
 
 def names_subject(anchors: frozenset[str], words: frozenset[str]) -> bool:
@@ -294,7 +316,7 @@ class SemanticEditor(CodebookEditor):
                                     add_special_tokens=False).input_ids
             contexts.append(self._prepare(ids + label[:-1], len(ids) - 1))
         value, steps = self._train(contexts, label)
-        anchors = anchor_words(request.subject or request.prompt)
+        anchors = edit_anchors(request.prompt, request.subject)
         relations = self._embed([relation_text(t, anchors) for t in texts]) if anchors else [None] * len(texts)
         for text, key, radius, relation in zip(texts, keys, radii.tolist(), relations):
             book.add(key, value, radius, tuple(label), request.id, scope)

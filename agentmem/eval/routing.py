@@ -21,6 +21,8 @@ Signals: the semantic key (MiniLM embedding of the prompt, balls sized against t
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
 (`SemanticConfig.relation_radius`); + a margin against the nearest entry with another target
 (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
+With `--given-subject` the semantic edits carry the record's subject (`EditRequest.subject`), whose words
+then are the gate's anchors, instead of the names and numbers derived from the question.
 """
 from __future__ import annotations
 
@@ -86,12 +88,15 @@ def scores(signal: str, editor: CodebookEditor, records: Sequence[ZsreRecord], o
     )
 
 
-def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
-    """The records as the consolidation job edits facts: question forms as keys, parsed neighbours kept out."""
+def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord], given_subject: bool = False) -> None:
+    """The records as the consolidation job edits facts: question forms as keys, parsed neighbours kept out; with
+    `given_subject`, each edit names its subject (the record's `subject`, as a job names a fact's parsed subject)."""
     for r in records:
         fact = Fact(prompt=r.src, target=r.alt)
         forms = tuple(q for q in question_forms(fact) if q != r.src)
-        editor.edit([EditRequest(prompt=r.src, target=r.alt, rephrases=forms, neighbours=neighbour_prompts(fact))])
+        subject = r.subject if given_subject and r.subject.strip() else None
+        editor.edit([EditRequest(prompt=r.src, target=r.alt, rephrases=forms, neighbours=neighbour_prompts(fact),
+                                 subject=subject)])
 
 
 def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str, dict]]:
@@ -109,14 +114,15 @@ def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str
 
 
 def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], margins: Sequence[float],
-        radii: Sequence[float], grace: bool) -> list[RoutingScores]:
+        radii: Sequence[float], grace: bool, given_subject: bool = False) -> list[RoutingScores]:
     lm = load_model()
     other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others))
     rows = []
     semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
     try:
-        edit_all(semantic, records)
+        edit_all(semantic, records, given_subject)
         for name, fields in variants(margins, radii):
+            name += " (subject given)" if given_subject and fields["anchored"] else ""
             semantic.config = semantic.config.model_copy(update=fields)
             semantic.layer.margin = semantic.config.route_margin
             rows.append(scores(name, semantic, records, other_subject, other_relation))
@@ -169,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser.add_argument("--margins", type=float, nargs="*", default=[0.05, 0.1], help="route margins to try")
     parser.add_argument("--relation-radii", type=float, nargs="*", default=[0.7, 0.75, 0.8], help="relation radii to try")
     parser.add_argument("--no-grace", action="store_true", help="skip GRACE's key")
+    parser.add_argument("--given-subject", action="store_true",
+                        help="semantic edits name their subject (ZsRE's subject field) instead of deriving it")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
     args = parser.parse_args(argv)
@@ -178,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     records = load_zsre(args.data, limit=2 * args.n)
     if not 0 < args.n <= len(records) // 2:
         parser.error(f"N must be between 1 and half the {len(records)} records")
-    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, args.relation_radii, not args.no_grace)
+    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, args.relation_radii, not args.no_grace,
+               args.given_subject)
     if args.benchmarks:
         report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
     return rows

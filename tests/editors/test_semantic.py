@@ -8,7 +8,7 @@ import torch
 
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
-from agentmem.editors.semantic import anchor_words, relation_text, shared_subject
+from agentmem.editors.semantic import anchor_words, edit_anchors, relation_text, shared_subject
 from agentmem.errors import InvalidInputError
 
 from .conftest import answer, logits
@@ -106,6 +106,30 @@ def test_a_state_saved_before_key_texts_keeps_its_relation_gate_on_the_anchor_wo
     loaded = SemanticEditor.load(tiny_lm, tmp_path)
     assert loaded.covers(ALICE_AGAIN) and not loaded.covers("Where does Alice work?")
     assert loaded.covers("When was Ariadne musica found?")  # "X musica" in both relation texts, as before key texts
+
+
+DEADLINE, DEADLINE_AGAIN = "The project deadline is", "What is the project deadline?"
+OTHER_DEADLINES = ["What is the launch date?", "The launch date is", "What is the budget deadline?"]
+
+
+@pytest.mark.parametrize("subject", ["The project deadline", None])  # given, or parsed from a prompt naming nothing
+def test_a_lowercase_subject_gates_its_edit(tiny_lm, tiny_semantic, tmp_path, subject):
+    [result] = tiny_semantic.edit([EditRequest(prompt=DEADLINE, target="green", rephrases=(DEADLINE_AGAIN,),
+                                               subject=subject)])
+    assert tiny_semantic.anchors[tiny_semantic.layer.codebook.uids[0]] == {"project", "deadline"}
+    assert tiny_semantic.route(DEADLINE) == tiny_semantic.route(DEADLINE_AGAIN) == result.edit_id
+    assert tiny_semantic.route("When is the deadline for the project?") == result.edit_id
+    assert not any(tiny_semantic.covers(p) for p in OTHER_DEADLINES)  # the same relation about other subjects
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"anchored": False})
+    assert any(tiny_semantic.covers(p) for p in OTHER_DEADLINES)  # the key alone lets one in: the gate kept it out
+
+
+def test_a_given_subject_replaces_the_derived_anchors():
+    assert edit_anchors("Which instrument was Ariadne musica written for?", "Ariadne musica") == {"ariadne", "musica"}
+    assert edit_anchors("Which instrument was Ariadne musica written for?") == {"ariadne"}
+    assert edit_anchors("The project deadline is") == {"project", "deadline"}  # no names: the rule parse's subject
+    assert edit_anchors("the weather today?") == frozenset()  # nothing to gate on
+    assert edit_anchors("Alice's locker code is", "Alice's locker code") == {"alice", "locker", "code"}
 
 
 def test_relation_text_masks_the_subject():
