@@ -41,11 +41,11 @@ Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in Min
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
 the edit prompt's anchor words (names, numbers: capitalised words other than question words
 and a sentence's function words, and digits) must occur in the prompt. An edit that names its
-subject (`EditRequest.subject`, as the consolidation job has it from the fact's parse) is anchored
-on that subject's words instead, lowercase ones too ("The project deadline" -> project, deadline);
-a prompt that names nothing falls back to the subject the rule-based extractor parses from it
-(`facts.fact_subject`). Edits without anchor words are not gated. The subject gate cannot tell "Who designed X?" from "When was X born?" (the
-same subject, another relation: MiniLM's key is dominated by the name). With `relation_radius`,
+subject (`EditRequest.subject`, e.g. from the fact's parse) is anchored on that subject's words
+instead, lowercase ones too ("The project deadline" -> project, deadline); a prompt that names
+nothing falls back to the subject the rule-based extractor parses from it (`facts.fact_subject`).
+Edits without anchor words are not gated. The subject gate cannot tell "Who designed X?" from
+"When was X born?" (the same subject, another relation: MiniLM's key is dominated by the name). With `relation_radius`,
 a prompt that names an entry's subject must also ask the same of it: its `relation_text` (the
 subject's words replaced by "X") must lie within that distance of the entry's key text's. The
 radius 0.75 was set on the ZsRE train file (disjoint from the edit set): between a question and
