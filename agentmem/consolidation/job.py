@@ -2,9 +2,13 @@
 
 Per fact: a `pending` ledger row, the edit, its verification (the target comes out greedily;
 probe prompts unchanged within the tolerance), then either a rollback (`failed`) or a save of
-the editor's state and `applied`. Retractions run first (`retracting` -> rollback -> save ->
-`retracted`), so the weights never state a fact the notes have moved past. `reconcile`
-finishes or undoes whatever an interrupted job left behind, from the ledger and the saved state.
+the editor's state and `applied`. The probes are held to two limits (`probe_limits`: the policy's, else
+the editor family's defaults): what one edit (one batch) moves from the state the kept edits left, and what the
+job's kept shared edits move together from before its first edit. A lone edit within the first that would overrun
+the second is rolled back and left for a later job (skip, reason `budget`), like every edit after it in this job.
+Retractions run first (`retracting` -> rollback -> save -> `retracted`), so the weights never state a fact the
+notes have moved past. `reconcile` finishes or undoes whatever an interrupted job left behind, from the ledger and
+the saved state.
 
 Locks: one job at a time per store (a file lock beside it, and a thread lock), taken before
 the note store's own locks, which are held only for the short reads and ledger writes.
@@ -26,8 +30,8 @@ from tqdm.auto import tqdm
 from ..editors import Editor
 from ..notes import ConsolidationReport, Decision, Note, Verification
 from .ledger import LIVE, Ledger
-from .parametric import PROBES, ParametricMemory
-from .policy import ConsolidationPolicy, decide, edit_scopes
+from .parametric import PROBES, ParametricMemory, agreement
+from .policy import ConsolidationPolicy, decide, edit_scopes, probe_limits
 
 
 @dataclass(frozen=True)
@@ -154,12 +158,18 @@ class Consolidator:
             with self.store.locked():
                 scopes = edit_scopes(self.store.notes(), policy)
             pairs = self.parametric.probe_pairs(policy.probes or PROBES)  # the state edits must not move
-            probes = Probes(pairs, self.parametric.predictions(pairs))
+            before = self.parametric.predictions(pairs)
+            tolerance, budget = probe_limits(policy, self.parametric.probe_defaults)
+            probes = Probes(pairs, before, [list(b) for b in before], tolerance, budget)
             size = self.parametric.batch_size
             for start in range(0, len(queued), size):
                 chunk = queued[start : start + size]
-                for i, decision in self._edit_batch([(i, decisions[i]) for i in chunk], scopes, policy, at, probes).items():
-                    done[i] = decision
+                if probes.spent:  # a lone edit overran the job's budget: the rest wait for a later job
+                    for i in chunk:
+                        done[i] = _over_budget(decisions[i], "an earlier edit of this job overran it")
+                else:
+                    for i, decision in self._edit_batch([(i, decisions[i]) for i in chunk], scopes, policy, at, probes).items():
+                        done[i] = decision
                 bar.update(len(chunk))
         bar.close()
         return done
@@ -187,7 +197,13 @@ class Consolidator:
 
     def _land(self, edits: list[Pending], policy: ConsolidationPolicy, at: datetime, probes: Probes) -> dict[int, Decision]:
         """Edit and verify `edits` (pending rows) together: kept (save, applied) if every one verifies; else rolled
-        back, and a batch is bisected so its good facts still land while a lone failure is recorded (failed)."""
+        back, and a batch is bisected so its good facts still land while a lone failure is recorded (failed). A batch
+        that only overruns the job's probe budget is bisected too; a lone edit that does is left for a later job."""
+        if probes.spent:  # the other half of a bisection, after a lone edit overran the budget
+            with self.store.locked():
+                for edit in edits:
+                    self.ledger.delete(edit.edit_id)
+            return {e.index: _over_budget(e.decision, "an earlier edit of this job overran it") for e in edits}
         try:
             if len(edits) == 1 and self.parametric.batch_size == 1:
                 [edit] = edits
@@ -200,17 +216,25 @@ class Consolidator:
                     [(e.decision.fact, e.edit_id, e.scope) for e in edits], probes.pairs, probes.before, policy.neighbours
                 )
                 verifications = list(made)
-            problems = [_problems(v, policy) for v in verifications if v is not None]
+            problems = [_problems(v, probes.tolerance) for v in verifications if v is not None]
             failed = any(problems)
         except Exception as exc:  # an edit the editor cannot make fails like one that does not verify
             verifications, problems, failed = [None] * len(edits), [f"{type(exc).__name__}: {exc}"] * len(edits), True
-        if not failed:
+        overrun = ""  # the job's budget: only shared edits' probes are the job's baseline's (a scope's may differ)
+        if not failed and all(e.scope is None for e in edits) and 1 - agreement(probes.initial, after) > probes.budget:
+            overrun = f"the job's probes would move {1 - agreement(probes.initial, after):.3f} > its budget {probes.budget:.3f}"
+        if not failed and not overrun:
             kept = self._keep(edits, [v for v in verifications if v is not None], at)
             if all(e.scope is None for e in edits):  # the next edit may move the probes as far from this state
                 applied = all(d.outcome == "applied" for d in kept.values())  # else some were retracted meanwhile
                 probes.before = after if applied else self.parametric.predictions(probes.pairs)
             return kept
         self.parametric.rollback([e.edit_id for e in edits])
+        if overrun and len(edits) == 1:  # the fact itself is fine: not `failed` (that is final), left for a later job
+            probes.spent = True
+            with self.store.locked():
+                self.ledger.delete(edits[0].edit_id)
+            return {edits[0].index: _over_budget(edits[0].decision, overrun)}
         if len(edits) > 1:
             half = len(edits) // 2
             return {**self._land(edits[:half], policy, at, probes), **self._land(edits[half:], policy, at, probes)}
@@ -303,11 +327,16 @@ class Consolidator:
 @dataclass
 class Probes:
     """The job's probe prompts with their continuations, and the model's predictions on them with the shared edits
-    kept so far: measured once before the job's first edit, then carried past each kept shared edit, so that
-    `probe_tolerance` bounds what each edit moves (not the job's sum), without measuring the probes again."""
+    kept so far: measured once before the job's first edit (`initial`), then carried past each kept shared edit, so
+    that `tolerance` bounds what each edit moves, without measuring the probes again; `budget` bounds how far the
+    kept shared edits together move them from `initial`, and `spent` says a lone edit overran it."""
 
     pairs: list[tuple[str, str]]
     before: list[list[int]]
+    initial: list[list[int]]
+    tolerance: float
+    budget: float
+    spent: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,12 +363,19 @@ def _shared_only(decisions: list[Decision], scopes: dict[str, str | None], edito
     ]
 
 
-def _problems(verification: Verification, policy: ConsolidationPolicy) -> str:
+def _problems(verification: Verification, tolerance: float) -> str:
     """Why a verified edit may not stay ('' if it may)."""
     problems = []
     if not verification.produces_target:
         problems.append("the model does not produce the target")
-    if verification.probe_agreement < 1 - policy.probe_tolerance:
-        problems.append(f"probe agreement {verification.probe_agreement:.3f} < {1 - policy.probe_tolerance:.3f}")
+    if verification.probe_agreement < 1 - tolerance:
+        problems.append(f"probe agreement {verification.probe_agreement:.3f} < {1 - tolerance:.3f}")
     return "; ".join(problems)
+
+
+def _over_budget(decision: Decision, why: str) -> Decision:
+    """An edit left for a later job because this job's probe budget is spent (nothing of it is in the ledger)."""
+    return decision.model_copy(update={
+        "action": "skip", "reason": "budget", "detail": f"over the job's probe budget ({why}); left for a later job",
+    })
 

@@ -195,6 +195,15 @@ class ParametricMemory:
         """Facts the editor solves at once: its batch for the locate-and-edit family, else 1 (one by one)."""
         return self.editor.config.batch_size if isinstance(self.editor, WeightEditor) else 1
 
+    @property
+    def probe_defaults(self) -> tuple[float, float]:
+        """The editor family's default (per-edit probe tolerance, job probe budget): the locate-and-edit family's
+        (`WeightEditor.probe_tolerance`, `probe_budget`), else (0, 0): a side memory leaves the model bit for bit
+        outside its routing, so an edit that moves an unrelated probe is wrong."""
+        if isinstance(self.editor, WeightEditor):
+            return self.editor.probe_tolerance, self.editor.probe_budget
+        return 0.0, 0.0
+
     def edit_batch(self, facts: Sequence[tuple[Fact, str, str | None]], probe_pairs: Sequence[tuple[str, str]],
                    probe_before: Sequence[Sequence[int]], neighbours: bool = True) -> tuple[list[Verification], list[list[int]]]:
         """Facts (with their edit ids and scopes) into the weights in one solve, each then measured as `edit`

@@ -40,9 +40,17 @@ class ConsolidationPolicy(BaseModel):
     min_retention: float = Field(0.2, ge=0, le=1, description="lower bound on the note's retention R at the job's time")
     stable_for: timedelta = Field(timedelta(hours=12), description="the note must be unchanged for this long")
     max_edits: int = Field(100, ge=0, description="budget: edits (new or replacing) per run")
-    probe_tolerance: float = Field(
-        0.0, ge=0, le=1,
-        description="share of probe-prompt token predictions an edit may change (GRACE changes none; WISE may move a few)",
+    probe_tolerance: float | None = Field(
+        None, ge=0, le=1,
+        description="share of probe-prompt token predictions one edit (one batch, for the batching editors) may change "
+                    "from the state the job's kept edits left; None: the editor family's default (0 for the side "
+                    "memories, 0.05 for the locate-and-edit family)",
+    )
+    probe_budget: float | None = Field(
+        None, ge=0, le=1,
+        description="share of the shared probes' token predictions the job's kept shared edits may change together, "
+                    "from before its first edit; None: the editor family's default (0 for the side memories, 0.10 "
+                    "for the locate-and-edit family), raised to the tolerance if that is higher",
     )
     probes: tuple[str, ...] | None = Field(None, description="unrelated prompts checked after each edit (None: the built-in set)")
     replace: Literal["next_job", "immediately"] = Field(
@@ -50,6 +58,14 @@ class ConsolidationPolicy(BaseModel):
     )
     share_from: int = Field(2, ge=1, description="users stating the same fact that make its edit shared by everyone")
     neighbours: bool = Field(True, description="also verify each edit on its neighbour prompts (facts.neighbour_prompts)")
+
+
+def probe_limits(policy: ConsolidationPolicy, defaults: tuple[float, float]) -> tuple[float, float]:
+    """The (per-edit tolerance, job budget) a job verifies with: the policy's where it sets them, else the editor
+    family's `defaults`; an unset budget is never below the tolerance in force (a budget the user sets is kept)."""
+    tolerance = defaults[0] if policy.probe_tolerance is None else policy.probe_tolerance
+    budget = max(defaults[1], tolerance) if policy.probe_budget is None else policy.probe_budget
+    return tolerance, budget
 
 
 def owner_scope(user_id: str | None, agent_id: str | None) -> str | None:
