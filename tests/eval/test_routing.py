@@ -41,3 +41,22 @@ def test_rephrases_are_also_scored_over_the_records_no_sibling_makes_ambiguous()
     table_text = routing.markdown([scores], "python -m agentmem.eval.routing --n 3", "tiny")
     assert "| table | 3 | 1.000 | 0.667 | 1: 1.000 | 1: 1.000 | 1: 0.000 | 1.000 |" in table_text
 
+
+
+class Recorder:
+    """A stand-in editor that keeps the requests it is given."""
+
+    def __init__(self) -> None:
+        self.requests: list[EditRequest] = []
+
+    def edit(self, requests: list[EditRequest]) -> None:
+        self.requests += requests
+
+
+def test_edits_name_the_records_subject_only_when_asked():
+    derived, given = Recorder(), Recorder()
+    routing.edit_all(derived, RECORDS)
+    routing.edit_all(given, RECORDS, given_subject=True)
+    assert [r.subject for r in derived.requests] == [None] * 3
+    assert [r.subject for r in given.requests] == ["NGC 6604", "NGC 6604", "Alice"]
+    assert [r.prompt for r in given.requests] == [r.src for r in RECORDS]
