@@ -99,3 +99,22 @@ def test_conditions_match_like_chroma_where_booleans_are_not_integers():
     assert not matches({"archived": 0}, {"archived": False})
     assert not matches({"m.count": True}, {"m.count": 1})
     assert not matches({}, {"user_id": "a"})
+
+
+def test_the_index_saves_its_graph_every_sync_threshold_writes_also_on_a_collection_made_before(tmp_path):
+    import chromadb
+
+    from agentmem.stores.vectors import SYNC_THRESHOLD, client_settings
+
+    index = VectorIndex(tmp_path / "new", "notes", None, KEY)
+    assert index._collection.configuration_json["hnsw"]["sync_threshold"] == SYNC_THRESHOLD
+    assert index._collection.configuration_json["hnsw"]["space"] == "cosine"
+    index.close()
+    client = chromadb.PersistentClient(str(tmp_path / "old"), settings=client_settings())
+    made = client.get_or_create_collection("notes", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    assert made.configuration_json["hnsw"]["sync_threshold"] != SYNC_THRESHOLD  # Chroma's default
+    client.close()
+    index = VectorIndex(tmp_path / "old", "notes", None, KEY)
+    assert index._collection.configuration_json["hnsw"]["sync_threshold"] == SYNC_THRESHOLD
+    assert index._collection.configuration_json["hnsw"]["space"] == "cosine"
+    index.close()
