@@ -41,9 +41,10 @@ Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in Min
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
 the edit prompt's anchor words (names, numbers: capitalised words other than question words
 and a sentence's function words, and digits) must occur in the prompt. An edit that names its
-subject (`EditRequest.subject`, e.g. from the fact's parse) is anchored on that subject's words
-instead, lowercase ones too ("The project deadline" -> project, deadline); a prompt that names
-nothing falls back to the subject the rule-based extractor parses from it (`facts.fact_subject`).
+subject (`EditRequest.subject`, e.g. from the fact's parse) is anchored on that subject's names
+instead, or on its words when it names nothing ("The project deadline" -> project, deadline); a
+prompt that names nothing falls back to the subject the rule-based extractor parses from it
+(`facts.fact_subject`).
 Edits without anchor words are not gated. The subject gate cannot tell "Who designed X?" from
 "When was X born?" (the same subject, another relation: MiniLM's key is dominated by the name). With `relation_radius`,
 a prompt that names an entry's subject must also ask the same of it: its `relation_text` (the
@@ -112,10 +113,12 @@ def subject_words(subject: str) -> frozenset[str]:
 
 
 def edit_anchors(prompt: str, subject: str | None = None) -> frozenset[str]:
-    """An edit's anchor words: the words of its given `subject`; else the prompt's names and numbers
-    (`anchor_words`); else, for a prompt that names nothing ("The project deadline is"), the words of the subject
-    the rule-based extractor parses from it (`facts.fact_subject`). Empty: the edit is not gated."""
-    if subject is not None and (words := subject_words(subject)):
+    """An edit's anchor words: its given `subject`'s names and numbers, or all its words when it names nothing
+    ("The project deadline" -> project, deadline; "Alice's locker code" -> alice, so that "Bob's locker code",
+    which shares half of all three words, stays out); else the prompt's names and numbers (`anchor_words`); else,
+    for a prompt that names nothing ("The project deadline is"), the words of the subject the rule-based extractor
+    parses from it (`facts.fact_subject`). Empty: the edit is not gated."""
+    if subject is not None and (words := anchor_words(subject) or subject_words(subject)):
         return words
     if anchors := anchor_words(prompt):
         return anchors

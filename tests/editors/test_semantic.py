@@ -125,11 +125,21 @@ def test_a_lowercase_subject_gates_its_edit(tiny_lm, tiny_semantic, tmp_path, su
 
 
 def test_a_given_subject_replaces_the_derived_anchors():
-    assert edit_anchors("Which instrument was Ariadne musica written for?", "Ariadne musica") == {"ariadne", "musica"}
-    assert edit_anchors("Which instrument was Ariadne musica written for?") == {"ariadne"}
+    assert edit_anchors("Player Natalie Achonwa played for which team?") == {"player", "natalie", "achonwa"}
+    assert edit_anchors("Player Natalie Achonwa played for which team?", "Natalie Achonwa") == {"natalie", "achonwa"}
+    assert edit_anchors("The project deadline is", "The project deadline") == {"project", "deadline"}
     assert edit_anchors("The project deadline is") == {"project", "deadline"}  # no names: the rule parse's subject
     assert edit_anchors("the weather today?") == frozenset()  # nothing to gate on
-    assert edit_anchors("Alice's locker code is", "Alice's locker code") == {"alice", "locker", "code"}
+    # a subject with a name is anchored on the name: "Bob's locker code" shares two of its three words
+    assert edit_anchors("Alice's locker code is", "Alice's locker code") == {"alice"}
+
+
+def test_a_named_owner_keeps_the_same_relation_of_another_owner_out(tiny_lm, tiny_semantic):
+    [result] = tiny_semantic.edit([EditRequest(prompt="Alice's locker code is", target="green",
+                                               rephrases=("What is Alice's locker code?",), subject="Alice's locker code")])
+    assert tiny_semantic.route("What is Alice's locker code?") == result.edit_id
+    assert tiny_semantic.route("What is Bob's locker code?") is None
+    assert tiny_semantic.route("Bob's locker code is") is None
 
 
 def test_relation_text_masks_the_subject():
