@@ -135,8 +135,9 @@ def test_a_given_subject_replaces_the_derived_anchors():
 
 
 def test_a_named_owner_keeps_the_same_relation_of_another_owner_out(tiny_lm, tiny_semantic):
-    [result] = tiny_semantic.edit([EditRequest(prompt="Alice's locker code is", target="green",
-                                               rephrases=("What is Alice's locker code?",), subject="Alice's locker code")])
+    code = EditRequest(prompt="Alice's locker code is", target="green", rephrases=("What is Alice's locker code?",),
+                       subject="Alice's locker code")
+    [result] = tiny_semantic.edit([code])
     assert tiny_semantic.route("What is Alice's locker code?") == result.edit_id
     assert tiny_semantic.route("What is Bob's locker code?") is None
     assert tiny_semantic.route("Bob's locker code is") is None
