@@ -1,4 +1,7 @@
 """Server mode against a real `chroma run` process, and the index's own checks and search."""
+import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -101,20 +104,28 @@ def test_conditions_match_like_chroma_where_booleans_are_not_integers():
     assert not matches({}, {"user_id": "a"})
 
 
+def hnsw_settings(path, make: bool = False) -> dict:
+    """The "notes" collection's HNSW settings as another program sees them, read (or first made with Chroma's own
+    defaults, as an earlier agentmem did) in a separate process, so no client of this process holds the folder."""
+    code = (
+        "import json, sys, chromadb; from agentmem.stores.vectors import client_settings;"
+        "c = chromadb.PersistentClient(sys.argv[1], settings=client_settings());"
+        "get = c.get_or_create_collection if sys.argv[2] == 'make' else c.get_collection;"
+        "kw = {'metadata': {'hnsw:space': 'cosine'}, 'embedding_function': None} if sys.argv[2] == 'make' else {};"
+        "print(json.dumps(get('notes', **kw).configuration_json['hnsw']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path), "make" if make else "read"],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_the_index_saves_its_graph_every_sync_threshold_writes_also_on_a_collection_made_before(tmp_path):
-    import chromadb
+    from agentmem.stores.vectors import SYNC_THRESHOLD
 
-    from agentmem.stores.vectors import SYNC_THRESHOLD, client_settings
-
-    index = VectorIndex(tmp_path / "new", "notes", None, KEY)
-    assert index._collection.configuration_json["hnsw"]["sync_threshold"] == SYNC_THRESHOLD
-    assert index._collection.configuration_json["hnsw"]["space"] == "cosine"
-    index.close()
-    client = chromadb.PersistentClient(str(tmp_path / "old"), settings=client_settings())
-    made = client.get_or_create_collection("notes", metadata={"hnsw:space": "cosine"}, embedding_function=None)
-    assert made.configuration_json["hnsw"]["sync_threshold"] != SYNC_THRESHOLD  # Chroma's default
-    client.close()
-    index = VectorIndex(tmp_path / "old", "notes", None, KEY)
-    assert index._collection.configuration_json["hnsw"]["sync_threshold"] == SYNC_THRESHOLD
-    assert index._collection.configuration_json["hnsw"]["space"] == "cosine"
-    index.close()
+    VectorIndex(tmp_path / "new", "notes", None, KEY).close()
+    settings = hnsw_settings(tmp_path / "new")
+    assert (settings["space"], settings["sync_threshold"]) == ("cosine", SYNC_THRESHOLD)
+    assert hnsw_settings(tmp_path / "old", make=True)["sync_threshold"] != SYNC_THRESHOLD  # Chroma's default
+    VectorIndex(tmp_path / "old", "notes", None, KEY).close()
+    settings = hnsw_settings(tmp_path / "old")
+    assert (settings["space"], settings["sync_threshold"]) == ("cosine", SYNC_THRESHOLD)
