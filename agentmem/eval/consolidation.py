@@ -24,6 +24,10 @@ neighbours built with the records after the N edited ones: the fact's question w
 swapped for another record's (same relation, other subject), and another record's question about
 the fact's subject (same subject, other relation), whose chat answers must not change; unrelated
 locality: the `loc` questions' chat answers unchanged, and `loc_ans` token predictions unchanged.
+
+`--consistent` edits only facts that do not contradict each other (`zsre.consistent`: ZsRE restates
+one fact with several made-up targets); the neighbours then come from the consistent records after
+the N, reused in turn when fewer than N are left.
 """
 from __future__ import annotations
 
@@ -50,8 +54,8 @@ from ..models import LanguageModel, load_embedder, load_model
 from ..notes import Fact, MemoryItem
 from . import report
 from .editing import exact_match
-from .natural import natural_answers, natural_exact_match
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, load_zsre
+from .natural import is_answer, natural_answers, natural_exact_match
+from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, consistent, load_zsre
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FORGET_EVERY = 10
@@ -141,6 +145,7 @@ def run(lm: LanguageModel, records: Sequence[ZsreRecord], folder: Path, editor: 
 
 class ChatScores(BaseModel):
     facts: int
+    consistent: bool = False  # the facts were chosen not to contradict each other (`--consistent`)
     notes: int
     consolidated: int
     failed: int
@@ -157,6 +162,7 @@ class ChatScores(BaseModel):
     other_relation: int  # same subject, other relation
     other_relation_locality: float
     changed: list[tuple[str, str, str]] = []  # each neighbour question the job changed: (question, before, after)
+    answers: list[tuple[str, str, str]] = []  # each fact's chat question after the job: (question, target, answer)
     unrelated_locality: float
     unrelated_token_locality: float
     job_seconds: float
@@ -217,7 +223,8 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         not_consolidated = Counter(d.reason if d.outcome is None else d.outcome for d in job.decisions
                                    if d.outcome != "applied")
         seconds = [d.verification.seconds for d in job.decisions if d.outcome == "applied"]
-        em_after = natural_exact_match(lm, questions, chat=True, system=SYSTEM)
+        answers_after = chat_answers(questions)
+        em_after = [float(is_answer(a, target)) for a, (_, target) in zip(answers_after, questions)]
         prompt_em = natural_exact_match(lm, [(r.src, r.alt) for r in records])
         subject_after, relation_after = chat_answers(other_subject), chat_answers(other_relation)
         unrelated_after = chat_answers(unrelated)
@@ -243,6 +250,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         other_relation_locality=_unchanged(relation_before, relation_after),
         changed=[(q, b, a) for (q, _), b, a in zip([*other_subject, *other_relation], [*subject_before, *relation_before],
                                                     [*subject_after, *relation_after]) if a != b],
+        answers=[(q, t, a) for (q, t), a in zip(questions, answers_after)],
         unrelated_locality=_unchanged(unrelated_before, unrelated_after),
         unrelated_token_locality=statistics.fmean(agreement([b], [a]) for b, a in zip(loc_before, loc_after)),
         job_seconds=job_seconds,
@@ -269,7 +277,8 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "`loc` questions, and the share of `loc_ans` token predictions unchanged. Unambiguous: the facts no other",
         "record of the N asks about their subject with another target (`zsre.ambiguous`, the editing benchmark's",
         "rule); a question about such a subject can get only one of its targets. Targets (issue 14, N=500): chat",
-        "EM >= 0.80, neighbour >= 0.98, unrelated >= 0.99.",
+        "EM >= 0.80, neighbour >= 0.98, unrelated >= 0.99. N \"consistent\": the first N records that do not",
+        "restate an earlier one's fact with another target (`--consistent`, `zsre.consistent`).",
         "",
         "| N | notes | consolidated / failed | not consolidated (reason) | chat EM before -> after (all) "
         "| chat EM (consolidated) | unambiguous: chat EM | prompt EM after | neighbours, other subject: locality "
@@ -278,7 +287,8 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
     ]
     for r in rows:
         lines.append(
-            f"| {r.facts} | {r.notes} | {r.consolidated} / {r.failed} | {_reasons(r.not_consolidated)} "
+            f"| {r.facts}{' consistent' if r.consistent else ''} | {r.notes} | {r.consolidated} / {r.failed} "
+            f"| {_reasons(r.not_consolidated)} "
             f"| {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
             f"| {r.chat_em_after_consolidated:.3f} | {r.unambiguous}: {r.chat_em_after_unambiguous:.3f} "
             f"| {r.prompt_em_after:.3f} | {r.other_subject}: {r.other_subject_locality:.3f} "
@@ -340,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     parser.add_argument("--n", type=int, nargs="+", default=[100, 500], help="numbers of facts")
     parser.add_argument("--editor", default="grace", help="editor kind")
     parser.add_argument("--chat", action="store_true", help="ask reworded questions in chat, closed book (see above)")
+    parser.add_argument("--consistent", action="store_true",
+                        help="edit only facts that do not contradict each other (see above)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
@@ -347,16 +359,23 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     command = "python -m agentmem.eval.consolidation " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = load_zsre(args.data, limit=max(args.n) * (2 if args.chat else 1))
-    if any(not 0 < n <= len(records) // (2 if args.chat else 1) for n in args.n):
-        parser.error(f"each N must be between 1 and the {len(records)} records available"
-                     + (" (half of them with --chat: the rest give the swapped subjects)" if args.chat else ""))
+    if args.consistent:
+        records = consistent(load_zsre(args.data))
+        largest = len(records) - 1 if args.chat else len(records)   # with --chat, at least one record gives neighbours
+    else:
+        records = load_zsre(args.data, limit=max(args.n) * (2 if args.chat else 1))
+        largest = len(records) // (2 if args.chat else 1)
+    if any(not 0 < n <= largest for n in args.n):
+        parser.error(f"each N must be between 1 and {largest}, for the {len(records)} records available"
+                     + (" (with --chat, the records after the N give the swapped subjects)" if args.chat else ""))
     lm = load_model()
     rows: list = []
     for n in args.n:
         with tempfile.TemporaryDirectory(prefix="agentmem-consolidation-") as folder:
             if args.chat:
-                rows.append(run_chat(lm, records[:n], records[n : 2 * n], Path(folder) / "mem", args.editor))
+                others = [records[n + i % (len(records) - n)] for i in range(n)]
+                scores = run_chat(lm, records[:n], others, Path(folder) / "mem", args.editor)
+                rows.append(scores.model_copy(update={"consistent": args.consistent}))
             else:
                 rows.append(run(lm, records[:n], Path(folder) / "mem", args.editor))
         print(rows[-1].model_dump_json(), flush=True)

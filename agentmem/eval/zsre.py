@@ -19,12 +19,14 @@ class ZsreRecord(BaseModel):
     """One edit: `src` -> `alt`; `rephrase` tests generalization, `loc` -> `loc_ans` tests locality.
 
     `subject` (optional) names what the question is about: ZsRE asks about some subjects more
-    than once with different targets, which makes their rephrasings ambiguous.
+    than once with different targets, which makes their rephrasings ambiguous. `answers` (optional)
+    are the question's true answers, before the edit.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     subject: str = ""
+    answers: tuple[str, ...] = ()
     src: str
     alt: str
     rephrase: str
@@ -53,6 +55,27 @@ def ambiguous(records: Sequence[ZsreRecord]) -> list[bool]:
     for record in records:
         targets[record.subject].add(record.alt.strip())
     return [bool(r.subject) and len(targets[r.subject]) > 1 for r in records]
+
+
+def consistent(records: Sequence[ZsreRecord]) -> list[ZsreRecord]:
+    """The records in order, without those that restate an earlier record's fact with another made-up target.
+
+    ZsRE gives one fact (a subject and its true answer) several edit records, each with its own random
+    target: "Who is the architect of Toodyay Fire Station?" -> Kohn Pedersen Fox, and "What architect
+    designed Toodyay Fire Station?" -> Wyndham Lewis. Edited together they contradict each other, as no
+    user's memory would; a record counts as restating when its subject and first true answer match an
+    earlier kept record's. Records without a subject or an answer are all kept.
+    """
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for record in records:
+        fact = (record.subject.casefold(), record.answers[0].casefold() if record.answers else "")
+        if all(fact):
+            if fact in seen:
+                continue
+            seen.add(fact)
+        kept.append(record)
+    return kept
 
 
 def unrelated_prompts(path: str | Path = DEFAULT_TRAIN_FILE, limit: int | None = None) -> list[str]:

@@ -35,6 +35,16 @@ def test_the_command_line_refuses_impossible_sizes(tmp_path):
         consolidation.main(["--data", str(data), "--n", "4", "--benchmarks", ""])
 
 
+def test_consistent_facts_leave_room_for_neighbours(tmp_path, capsys):
+    data = tmp_path / "zsre.json"
+    restated = RECORDS[0].model_copy(update={"subject": "Alice", "answers": ("Porto",), "alt": "Oslo"})
+    records = [RECORDS[0].model_copy(update={"subject": "Alice", "answers": ("Porto",)}), restated, *RECORDS[1:]]
+    data.write_text("[" + ",".join(r.model_dump_json() for r in records) + "]")
+    with pytest.raises(SystemExit):   # 3 consistent records: at most 2 edited, one left to give neighbours
+        consolidation.main(["--data", str(data), "--chat", "--consistent", "--n", "3", "--benchmarks", ""])
+    assert "between 1 and 2, for the 3 records available" in capsys.readouterr().err
+
+
 def test_neighbours_swap_subjects_both_ways_and_never_ask_an_edited_question():
     edited = [ZsreRecord(subject="Alice", src="Where does Alice live?", alt="Lisbon", rephrase="-", loc="-", loc_ans="-"),
               ZsreRecord(subject="Bob", src="Where does Bob live?", alt="Oslo", rephrase="-", loc="-", loc_ans="-")]
@@ -53,3 +63,5 @@ def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():
         unrelated_locality=1.0, unrelated_token_locality=1.0, job_seconds=8.0, edit_seconds_median=2.0)
     table = consolidation.chat_markdown([scores], "python -m agentmem.eval.consolidation --chat --n 4", "tiny", "semantic")
     assert "| 4 | 4 | 4 / 0 | - | 0.000 -> 0.500 | 0.500 | 2: 1.000 | 1.000 | 4: 1.000 | 3: 1.000 |" in table
+    table = consolidation.chat_markdown([scores.model_copy(update={"consistent": True})], "--consistent", "tiny", "semantic")
+    assert "| 4 consistent | 4 | 4 / 0 |" in table
