@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -237,8 +237,13 @@ class Memory:
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
         embeddings = self._embed([item.text for item in items])
         drafts = [self._writer.draft(item) for item in items]
-        with self._exclusive():
-            return self._writer.store_notes(drafts, embeddings, deduplicate)
+        with ExitStack() as index_write:
+            with self._exclusive():
+                notes, claimed = self._writer.store_notes(drafts, embeddings, deduplicate)
+                index_write.enter_context(claimed)
+                if not self._sync.concurrent:
+                    index_write.close()  # written inside the lock
+            return notes  # on a shared store with an index server, written here, after the lock
 
     def update(
         self,

@@ -1,12 +1,14 @@
 """The write path: a validated item becomes a note, linked to its neighbours, stored.
 
-Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock. `store`
-runs inside the caller's exclusive section and one transaction: it finds each draft's nearest
+Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock. `store_notes`
+runs inside the caller's exclusive section and one transaction (its index write may follow the
+section, see `IndexSync.claimed`): it finds each draft's nearest
 notes of the same user, reinforces a near-duplicate instead of copying it, links the rest and
 lets linked neighbours absorb a few keywords (recorded by origin, so `forget` can take them back).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from .config import MemoryConfig
 from .facts import FactExtractor
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
 from .stores.store import NoteStore
+from .stores.rows import OutboxClaim
 from .stores.sync import IndexSync
 
 log = logging.getLogger(__name__)
@@ -94,9 +97,11 @@ class WritePath:
 
     # ---- storing: inside the caller's exclusive section -----------------------------
 
-    def store_notes(self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool) -> list[Note]:
+    def store_notes(
+        self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool
+    ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim]]:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
-        note it duplicates), then syncs the index."""
+        note it duplicates), and the index write (`IndexSync.claimed`, not yet entered)."""
         in_context = self.in_context(drafts, embeddings)
         candidates = self.neighbour_candidates(drafts, embeddings)
         # the stored candidates are read once, before the transaction (the caller's lock keeps
@@ -112,12 +117,12 @@ class WritePath:
                     draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
         ids = list(dict.fromkeys(note.id for note in stored))
-        self.index.push(ids, written={
+        fresh = self.store.get_many(ids)
+        index_write = self.index.claimed(ids, written={
             draft.id: (draft, embedding if searched is None else searched)
             for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known
         })
-        fresh = self.store.get_many(ids)
-        return [fresh[note.id] for note in stored]
+        return [fresh[note.id] for note in stored], index_write
 
     def in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
         """The vector each draft is searched by, when it belongs to a session (else None).
@@ -150,7 +155,9 @@ class WritePath:
     ) -> list[list[tuple[str | int, float]]]:
         """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
         position), with the similarity of their own embeddings (duplicates and links are about
-        what notes say, not the conversation around them).
+        what notes say, not the conversation around them). Stored notes still waiting in the
+        outbox count too: another replica may be writing them to the index right now, and the
+        same text remembered there and here must make one note.
 
         Only notes of the same user are candidates: links never cross users.
         """
@@ -161,10 +168,13 @@ class WritePath:
             by_user.setdefault(draft.user_id, []).append(position)
         for user, positions in by_user.items():
             results = self.index.search(embeddings[positions], n, {"user_id": self.index.scope_token("user_id", user)})
-            own = self.store.own_embeddings({note_id for result in results for note_id, _ in result})
+            unindexed = self.store.unindexed(user)  # committed by a writer whose index write is under way
+            own = self.store.own_embeddings({i for result in results for i, _ in result} - unindexed.keys()) | unindexed
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
-                stored = [(i, float(own[i] @ embeddings[position])) for i, _ in result if i in own]
+                near = dict.fromkeys([*(i for i, _ in result), *unindexed])
+                stored = sorted(((i, float(own[i] @ embeddings[position])) for i in near if i in own),
+                                key=lambda found: -found[1])[:n]
                 earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
                 found[position] = [*stored, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
         return found

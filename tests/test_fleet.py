@@ -94,6 +94,48 @@ def test_a_process_killed_mid_write_loses_nothing_the_other_wrote(fleet, embedde
         consistent(mem)
 
 
+STALLED = textwrap.dedent("""
+    import sys, time
+    from agentmem import Memory
+    from agentmem.stores.vectors import VectorIndex
+    url, chroma, collection, text = sys.argv[1:]
+    with Memory(url, chroma_url=chroma, collection=collection) as mem:
+        def stalled(index, notes, embeddings):  # the note is committed; its index write never ends
+            print("writing", flush=True)
+            time.sleep(600)
+        VectorIndex.upsert = stalled
+        mem.remember(text, user_id="shared")
+""")
+
+
+def test_a_writer_stalled_in_its_index_write_keeps_its_note_and_a_dead_one_is_replayed(fleet, embedder):
+    """The index is written after the write lock: while the writer lives, another replica neither
+    replays its outbox row nor copies its note; once it is SIGKILLed, the next write replays it."""
+    text = "The lighthouse keeper repaints the tower every spring"
+    stalled = subprocess.Popen(
+        [sys.executable, "-c", STALLED, fleet["path"], fleet["chroma_url"], fleet["collection"], text],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert stalled.stdout.readline().strip() == "writing"
+        with Memory(**fleet, embedder=embedder) as mem:
+            [(note_id, _)] = mem._graph.pending()
+            again = mem.remember(text, user_id="shared")  # the live writer's note, found though not indexed
+            mem.remember("The harbour ferry leaves at noon", user_id="shared")
+            assert again.id == note_id and again.strength > 1.0
+            assert mem._graph.pending() == [(note_id, "upsert")]  # not replayed while its writer lives
+            assert mem._index.token("id", note_id) not in mem._index.tokens()
+            stalled.kill()
+            stalled.wait()
+            mem.remember("The ferry is late on Sundays", user_id="shared")  # its lock entry replays the row
+            assert sorted(n.text for n, _ in mem._graph.all_notes()) == sorted(
+                [text, "The harbour ferry leaves at noon", "The ferry is late on Sundays"])
+            consistent(mem)
+    finally:
+        stalled.kill()
+        stalled.wait()
+
+
 JOB = textwrap.dedent("""
     import sys
     from datetime import datetime

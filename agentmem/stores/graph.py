@@ -28,6 +28,7 @@ import networkx as nx
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from .filters import NoteFilter
+from .rows import OutboxClaim
 from .sql import SqlNoteStore
 from .tokens import index_token
 
@@ -188,6 +189,22 @@ class NoteGraph(SqlNoteStore):
             yield
         finally:
             self._file_lock.release()
+
+    claims_across_processes = False  # no row locks: index writes stay inside the file lock
+
+    @contextmanager
+    def outbox_claim(self, note_ids: list[str] | None) -> Iterator[OutboxClaim]:
+        """The outbox rows of these notes (None: all), cleared after a `done` index write. Every
+        index write here runs inside the file lock, so no other writer holds a row meanwhile."""
+        wanted = None if note_ids is None else set(note_ids)
+        claim = OutboxClaim([row for row in self.pending() if wanted is None or row[0] in wanted])
+        yield claim
+        if claim.done and claim.rows:
+            try:  # if lost, the index writes are replayed: they are idempotent
+                with self.transaction(bookkeeping=True):
+                    self.clear_pending([note_id for note_id, _ in claim.rows])
+            except sqlite3.OperationalError as exc:
+                log.warning("%d index change(s) stay in the outbox: %s", len(claim.rows), exc)
 
     @property
     def connection(self) -> sqlite3.Connection:

@@ -47,7 +47,7 @@ from . import shared_folders
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
-from .rows import NOTE_COLUMNS
+from .rows import NOTE_COLUMNS, OutboxClaim
 from .shared_folders import SharedFolders
 from .sql import SqlNoteStore
 
@@ -149,6 +149,7 @@ LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
     "verification", "detail", "scope",
 )
+UNCLAIMED = "FOR KEY SHARE SKIP LOCKED"  # outbox rows no live writer holds (`outbox_claim`)
 SEQUENCED = ("notes", "history", "quarantine")  # tables whose insertion order matters (SQLite's rowid)
 
 
@@ -219,13 +220,18 @@ class PostgresNoteGraph(SqlNoteStore):
             self._send_queued(pinned)
             yield pinned
             return
+        with self._typed_errors(), self._pool.connection(timeout=60) as conn:
+            self._pinned.conn = conn
+            try:
+                yield conn
+            finally:
+                self._pinned.conn = None
+
+    @contextmanager
+    def _typed_errors(self) -> Iterator[None]:
+        """psycopg's and the pool's failures as agentmem's typed errors."""
         try:
-            with self._pool.connection(timeout=60) as conn:
-                self._pinned.conn = conn
-                try:
-                    yield conn
-                finally:
-                    self._pinned.conn = None
+            yield
         except psycopg.IntegrityError as exc:
             raise InvalidInputError(f"the note store refused the write: {exc}") from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -266,9 +272,44 @@ class PostgresNoteGraph(SqlNoteStore):
         return where.sql(table, "postgres")
 
     def has_pending(self) -> bool:
+        """Whether the outbox holds a row no live writer holds (one to replay)."""
         seen = getattr(self._pinned, "seen_pending", None)
         self._pinned.seen_pending = None
-        return super().has_pending() if seen is None else seen
+        return bool(self._run(f"SELECT 1 FROM outbox {UNCLAIMED} LIMIT 1")) if seen is None else seen
+
+    claims_across_processes = True
+
+    @contextmanager
+    def outbox_claim(self, note_ids: list[str] | None) -> Iterator[OutboxClaim]:
+        """The outbox rows of these notes (None: all) that no live writer holds, row-locked
+        (`FOR UPDATE SKIP LOCKED`) in a transaction of their own connection for the block, and
+        deleted with its commit when the claim is `done`.
+
+        So a replica can write the index after releasing the write lock: another replica's replay
+        skips the rows while their writer lives, and takes them when it dies (its session ends, and
+        its transaction with it). A write to a held row (a replica changing the same note) waits
+        for the claim to end, so index writes of one note land in the order of its commits."""
+        if note_ids is not None and not note_ids:
+            yield OutboxClaim()
+            return
+        chosen, params = ("", ()) if note_ids is None else ("WHERE note_id = ANY(%s)", (list(note_ids),))
+        with self._typed_errors(), self._pool.connection(timeout=60) as conn:  # not this thread's pinned one
+            try:
+                conn.execute("BEGIN")
+                conn.execute("SET LOCAL synchronous_commit TO OFF")  # bookkeeping, see `transaction`
+                found = conn.execute(f"SELECT note_id, op FROM outbox {chosen} FOR UPDATE SKIP LOCKED", params)
+                claim = OutboxClaim([(r[0], r[1]) for r in found])
+                yield claim
+            except BaseException:
+                rollback(conn)
+                raise
+            try:  # if lost, the index writes are replayed: they are idempotent
+                if claim.done and claim.rows:
+                    conn.execute("DELETE FROM outbox WHERE note_id = ANY(%s)", ([i for i, _ in claim.rows],))
+                conn.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                rollback(conn)
+                log.warning("%d index change(s) stay in the outbox: %s", len(claim.rows), exc)
 
     def _columns(self, columns: Sequence[str]) -> str:
         return select_list(tuple(columns))
@@ -293,7 +334,7 @@ class PostgresNoteGraph(SqlNoteStore):
 
         In the same round trip, once the lock is held, it reads what a write section checks
         first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write."""
-        with self._advisory(WRITE_LOCK, then="SELECT n, EXISTS (SELECT 1 FROM outbox) FROM store_version") as seen:
+        with self._advisory(WRITE_LOCK, then=f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) FROM store_version") as seen:
             self._pinned.seen_version, self._pinned.seen_pending = seen
             try:
                 yield
@@ -404,8 +445,7 @@ class PostgresNoteGraph(SqlNoteStore):
                         version = last[0].fetchone()[0]
                 except BaseException:
                     self._pinned.queued = None
-                    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        conn.execute("ROLLBACK")
+                    rollback(conn)
                     raise
                 finally:
                     self._pinned.queued = None
@@ -456,6 +496,12 @@ class PostgresNoteGraph(SqlNoteStore):
             ),
         )
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
+
+
+def rollback(conn: psycopg.Connection) -> None:
+    """End the connection's open transaction, if it still has one to end."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
 
 
 def copied_tables(store: PostgresNoteGraph | NoteGraph) -> dict[str, tuple[str, ...]]:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import networkx as nx
@@ -28,6 +29,15 @@ NOTE_COLUMNS = (
 KEPT_IN_QUARANTINE = NOTE_COLUMNS[:16]  # a quarantined row keeps everything but its vectors and token
 SEARCHED_VECTOR = "COALESCE(context_embedding, embedding) AS vector"  # what a read loads beside the note
 UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
+
+
+@dataclass
+class OutboxClaim:
+    """Outbox rows held by one index write (`NoteStore.outbox_claim`): cleared when the write
+    sets `done`, kept for a later replay otherwise."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (note id, op)
+    done: bool = False
 
 
 class IndexEntry(NamedTuple):

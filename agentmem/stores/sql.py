@@ -304,6 +304,14 @@ class SqlNoteStore:
     def clear_pending(self, note_ids: Iterable[str]) -> None:
         self._many("DELETE FROM outbox WHERE note_id = ?", [(i,) for i in note_ids])
 
+    def unindexed(self, user_id: str | None) -> dict[str, np.ndarray]:
+        """The own embeddings of a user's notes waiting in the outbox for their index write."""
+        rows = self._run(
+            "SELECT n.id, n.embedding FROM outbox o JOIN notes n ON n.id = o.note_id"
+            f" WHERE o.op = 'upsert' AND n.user_id {self.SAME} ?", (user_id,),
+        )
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..notes import Link, Note
 from .filters import NoteFilter
-from .rows import IndexEntry
+from .rows import IndexEntry, OutboxClaim
 
 
 class NoteStore(Protocol):
@@ -30,6 +30,9 @@ class NoteStore(Protocol):
     store_id: str | None
     migrated_from: str | None
     shared_folders: Any  # versioned folders in the store (None: processes share the local folder)
+    # True: an outbox claim is held against other processes until its writer ends or dies, so
+    # an index write may run after the write lock is released (False: only inside it)
+    claims_across_processes: bool
 
     # ---- lifecycle, locks, transactions ------------------------------------------------
     def close(self) -> None: ...
@@ -88,6 +91,12 @@ class NoteStore(Protocol):
     def has_pending(self) -> bool: ...
     def pending(self) -> list[tuple[str, str]]: ...
     def clear_pending(self, note_ids: Iterable[str]) -> None: ...
+    def outbox_claim(self, note_ids: list[str] | None) -> contextlib.AbstractContextManager[OutboxClaim]:
+        """The outbox rows of these notes (None: every row) that no live writer holds, held by this
+        caller for the block; cleared at its end when the claim is `done`, else kept."""
+    def unindexed(self, user_id: str | None) -> dict[str, np.ndarray]:
+        """The own embeddings of a user's notes that wait in the outbox for their index write
+        (committed, not yet searchable in the index)."""
     def all_ids(self) -> set[str]: ...
     def all_tokens(self) -> dict[str, str]: ...
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]: ...

@@ -1,7 +1,7 @@
 """Keeping the vector index in step with the note graph, which is the source of truth.
 
 Every write commits to the graph with an outbox entry; `push` then writes the index and
-clears the entries. If the index cannot be reached after the graph committed, the write
+clears the entries (on a shared store, possibly after the write lock: see `claimed`). If the index cannot be reached after the graph committed, the write
 still stands (it is durable) and the outbox syncs it on a later call: a call that returns
 has stored its notes, a call that raises has changed nothing.
 
@@ -16,7 +16,8 @@ import logging
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
+from .rows import OutboxClaim
 from .store import NoteStore
 from .vectors import VectorIndex, matches
 
@@ -116,27 +118,58 @@ class IndexSync:
                 " replace its contents with this store's notes"
             )
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether a write's index write may run after the write lock is released: the store holds
+        its outbox claim against other processes, and the index is a server (an embedded index is
+        files that only a lock holder writes)."""
+        return self.graph.claims_across_processes and self.index.mode == "server"
+
     def reconcile(self, full: bool = False) -> None:
-        """Replay the outbox; with `full`, also compare every id (at open: catches any drift)."""
-        pending = self.graph.pending()
-        if full and not pending and self.index.count() == self.graph.count():
-            return
-        upserts = [i for i, op in pending if op == "upsert"]
-        deletes = [i for i, op in pending if op == "delete"]
-        if full:
-            by_token = self.graph.all_tokens()
-            in_index = self.index.tokens()
-            self.index.discard(list(in_index - by_token.keys()))
-            upserts += [note_id for token, note_id in by_token.items() if token not in in_index]
-        self.push(upserts, deletes)
+        """Replay the outbox (the rows no live writer holds); with `full`, also compare every id
+        (at open: catches any drift)."""
+        with self.graph.outbox_claim(None) as claim:
+            if full and not claim.rows and self.index.count() == self.graph.count():
+                return
+            upserts = [i for i, op in claim.rows if op == "upsert"]
+            deletes = [i for i, op in claim.rows if op == "delete"]
+            if full:  # notes missing from the index, but not those a live writer is writing
+                by_token = self.graph.all_tokens()
+                in_index = self.index.tokens()
+                waiting = {note_id for note_id, _ in self.graph.pending()}
+                self.index.discard(list(in_index - by_token.keys()))
+                upserts += [i for token, i in by_token.items() if token not in in_index and i not in waiting]
+            claim.done = self._write(upserts, deletes)
 
     def push(
         self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None
     ) -> bool:
-        """Write notes to the index, then clear their outbox entries; False (logged) when the
+        """Write these notes' outbox entries to the index, then clear them; False (logged) when the
         index is unreachable: the entries stay and a later call syncs them. `written`: notes the
         caller has just written, with their searched vectors, as stored (not read again)."""
-        upserts, deletes = list(dict.fromkeys(upserts)), list(dict.fromkeys(deletes))
+        with self.claimed(upserts, deletes, written) as claim:
+            pass
+        return claim.done
+
+    @contextmanager
+    def claimed(
+        self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None
+    ) -> Iterator[OutboxClaim]:
+        """`push`, split: the notes' outbox rows are claimed when the block starts (inside the
+        write lock), and the index is written when it ends, which may be after the lock is
+        released (`concurrent`); until then another replica neither replays the rows nor,
+        when it changes one of these notes, writes the index before this does. A block that
+        raises writes nothing and leaves the rows to a replay."""
+        with self.graph.outbox_claim(list(dict.fromkeys([*upserts, *deletes]))) as claim:
+            yield claim
+            ops = dict(claim.rows)  # what the outbox holds is what the index lacks (a duplicate reinforced has none)
+            claim.done = self._write([i for i, op in ops.items() if op == "upsert"],
+                                     [i for i, op in ops.items() if op == "delete"], written)
+
+    def _write(
+        self, upserts: list[str], deletes: list[str], written: dict[str, tuple[Note, np.ndarray]] | None = None
+    ) -> bool:
+        """Write notes to the index; False (logged) when it or the note store is unreachable."""
         if not upserts and not deletes:
             return True
         written = written or {}
@@ -145,8 +178,6 @@ class IndexSync:
                     **{i: written[i] for i in upserts if i in written}}
             self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
             self.index.delete(deletes)
-            with self.graph.transaction(bookkeeping=True):  # if lost, the index writes are replayed: they are idempotent
-                self.graph.clear_pending([*upserts, *deletes])
         except (StoreUnavailableError, sqlite3.OperationalError) as exc:
             log.warning("%d index change(s) stay in the outbox until the index is reachable: %s",
                         len(upserts) + len(deletes), exc)
@@ -165,6 +196,6 @@ class IndexSync:
         for start in range(0, len(ids), 1000):
             rows = self.graph.load(ids[start:start + 1000], links=False)
             self.index.upsert([n for n, _ in rows.values()], [e for _, e in rows.values()])
-        with self.graph.transaction():
-            self.graph.clear_pending([i for i, _ in self.graph.pending()])
+        with self.graph.outbox_claim(None) as claim:
+            claim.done = True
         return len(ids)

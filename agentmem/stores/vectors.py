@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,12 @@ STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph th
 # write on 8k notes fell from 44 to 32 ms, saves included, with the same search results
 # (/tmp/H16/saw.py and saw2.py, 2026-11-23, BENCHMARKS.md latency-stores).
 SYNC_THRESHOLD = 100
+
+# A Chroma 1.5.9 server searching a collection while another client's write saves its HNSW
+# graph for the first time can fail with this; the same search a moment later succeeds. Seen
+# with two replicas writing the index outside the write lock (agentmem.eval.fleet, 2026-11-23).
+UNSAVED_GRAPH = "Error creating hnsw segment reader"
+SEARCH_ATTEMPTS = 4
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +217,18 @@ class VectorIndex:
         only entries whose index metadata equal them (Chroma's `where`: it checks every entry that
         meets them before searching, 35 ms at 10k notes against a millisecond unfiltered, so
         `IndexSync.search` filters an unfiltered search first and comes here only when that falls short)."""
-        with _reachable("search"):
-            result = self._collection.query(
-                query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
-                where=where_clause(conditions or {}), include=["distances"],
-            )
+        for attempt in range(SEARCH_ATTEMPTS):
+            try:
+                with _reachable("search"):
+                    result = self._collection.query(
+                        query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
+                        where=where_clause(conditions or {}), include=["distances"],
+                    )
+                break
+            except StoreUnavailableError as exc:
+                if UNSAVED_GRAPH not in str(exc) or attempt == SEARCH_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
         return [
             [(i, 1.0 - d) for i, d in zip(ids, distances)]
             for ids, distances in zip(result["ids"], result["distances"])
