@@ -306,9 +306,9 @@ class SqlNoteStore:
 
     def unindexed(self, user_id: str | None) -> dict[str, np.ndarray]:
         """The own embeddings of a user's notes waiting in the outbox for their index write."""
-        rows = self._run(
-            "SELECT n.id, n.embedding FROM outbox o JOIN notes n ON n.id = o.note_id"
-            f" WHERE o.op = 'upsert' AND n.user_id {self.SAME} ?", (user_id,),
+        rows = self._run(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
+            "SELECT n.id, n.embedding FROM outbox o CROSS JOIN notes n"
+            f" WHERE n.id = o.note_id AND o.op = 'upsert' AND n.user_id {self.SAME} ?", (user_id,),
         )
         return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
