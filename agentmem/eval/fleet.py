@@ -120,8 +120,9 @@ def markdown(result: dict, command: str) -> str:
         f" ({result['ratio']:.2f}x) |",
         "",
         "Each process is a replica with its own Memory on one PostgreSQL 15 store and one `chroma run` server."
-        " Target: two processes >= 1.6x one. Embedding runs outside the store's advisory lock; the write"
-        " section (neighbours, duplicates, links, the note's commit and its index write) is serialized.",
+        " Target: two processes >= 1.6x one. Embedding runs before the store's advisory lock and the index"
+        " write after it (its outbox rows claimed); the write section (neighbours, duplicates, links, the"
+        " note's commit) is serialized.",
     ])
 
 
