@@ -295,18 +295,20 @@ class PostgresNoteGraph(SqlNoteStore):
         chosen, params = ("", ()) if note_ids is None else ("WHERE note_id = ANY(%s)", (list(note_ids),))
         with self._typed_errors(), self._pool.connection(timeout=60) as conn:  # not this thread's pinned one
             try:
-                conn.execute("BEGIN")
-                conn.execute("SET LOCAL synchronous_commit TO OFF")  # bookkeeping, see `transaction`
-                found = conn.execute(f"SELECT note_id, op FROM outbox {chosen} FOR UPDATE SKIP LOCKED", params)
+                with conn.pipeline():  # one round trip
+                    conn.execute("BEGIN")
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")  # bookkeeping, see `transaction`
+                    found = conn.execute(f"SELECT note_id, op FROM outbox {chosen} FOR UPDATE SKIP LOCKED", params)
                 claim = OutboxClaim([(r[0], r[1]) for r in found])
                 yield claim
             except BaseException:
                 rollback(conn)
                 raise
             try:  # if lost, the index writes are replayed: they are idempotent
-                if claim.done and claim.rows:
-                    conn.execute("DELETE FROM outbox WHERE note_id = ANY(%s)", ([i for i, _ in claim.rows],))
-                conn.execute("COMMIT")
+                with conn.pipeline():
+                    if claim.done and claim.rows:
+                        conn.execute("DELETE FROM outbox WHERE note_id = ANY(%s)", ([i for i, _ in claim.rows],))
+                    conn.execute("COMMIT")
             except psycopg.OperationalError as exc:
                 rollback(conn)
                 log.warning("%d index change(s) stay in the outbox: %s", len(claim.rows), exc)
