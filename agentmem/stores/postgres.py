@@ -7,6 +7,9 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
   several hosts serialize their write sections (the SQLite store uses a file lock);
   `job_lock()` is a second advisory lock, one consolidation job at a time. A process that
   dies releases both with its session.
+- Outbox: an index write claims its outbox rows with row locks held until it ends
+  (`outbox_claim`), so a replica can write the index after releasing the write lock and
+  another replica replays only rows whose writer is gone.
 - Freshness: every write transaction bumps `store_version`; `refresh_if_changed` reloads
   the networkx link view when the counter moved (SQLite's `PRAGMA data_version`).
 - Full text: a generated tsvector (english stemming; text weighted A, keywords and tags B)
@@ -336,7 +339,8 @@ class PostgresNoteGraph(SqlNoteStore):
 
         In the same round trip, once the lock is held, it reads what a write section checks
         first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write."""
-        with self._advisory(WRITE_LOCK, then=f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) FROM store_version") as seen:
+        checks = f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) FROM store_version"
+        with self._advisory(WRITE_LOCK, then=checks) as seen:
             self._pinned.seen_version, self._pinned.seen_pending = seen
             try:
                 yield
