@@ -548,3 +548,21 @@ def test_two_processes_on_one_path_lose_nothing_and_duplicate_nothing(tmp_path, 
         assert index_ids(mem) == mem._graph.all_ids()
         [shared] = [n for n, _ in mem._graph.all_notes() if n.text.startswith("Both")]
         assert shared.strength == 1.0 + 59 + shared.recall_count  # the first write created it
+
+
+def test_a_note_links_to_its_max_links_most_similar_neighbours(memory_location, embedder):
+    """Only the max_links most similar candidates are read and linked, in one remember and in a batch."""
+    config = MemoryConfig(max_links=2, link_threshold=0.3)
+    stored = ["Alice adopted a grey cat", "Alice's cat sleeps on the sofa", "Alice feeds her cat twice a day",
+              "Alice bought the cat a new toy", "Bob repaired the garden fence"]
+    with Memory(**memory_location(), embedder=embedder, config=config) as mem:
+        notes = [mem.remember(text, user_id="alice") for text in stored]
+        own = dict(zip([n.id for n in notes], embedder.encode(stored, normalize_embeddings=True)))
+        for remember in (lambda text: mem.remember(text, user_id="alice"),
+                         lambda text: mem.remember_many([text], user_id="alice")[0]):
+            text = "Alice's cat chased a mouse" if len(own) == len(stored) else "Alice's cat is afraid of the vacuum"
+            vector = embedder.encode([text], normalize_embeddings=True)[0]
+            ranked = sorted(own, key=lambda i: -float(own[i] @ vector))
+            newcomer = remember(text)
+            assert sorted(link.note_id for link in newcomer.links) == sorted(ranked[:2])
+            own[newcomer.id] = vector
