@@ -76,6 +76,8 @@ class EditingScores(BaseModel):
     reliability_natural: float | None = None
     generalization_natural: float | None = None
     generalization_natural_chat: float | None = None
+    generalization_natural_unambiguous: float | None = None
+    generalization_natural_chat_unambiguous: float | None = None
     neighbourhood_score: float | None = None
     neighbourhood_score_unedited: float | None = None
 
@@ -132,7 +134,7 @@ def sequential_scores(
     counterfact = [r for r in records[: len(groups) * edits] if isinstance(r, CounterFactRecord)]
     unedited_ns = neighbourhood_score(lm, counterfact) if counterfact else []
     scores: dict[str, list[float]] = defaultdict(list)
-    unambiguous_em: list[float] = []
+    unambiguous: dict[str, list[float]] = defaultdict(list)  # rephrase scores of the records `zsre.ambiguous` clears
     results = []
     for number, group in enumerate(groups):
         last = number == len(groups) - 1
@@ -149,12 +151,15 @@ def sequential_scores(
         scores["reliability"] += token_accuracy(lm, reliability_pairs)
         scores["generalization"] += token_accuracy(lm, generalization_pairs)
         scores["reliability_em"] += exact_match(lm, reliability_pairs)
-        generalization_em = exact_match(lm, generalization_pairs)
-        scores["generalization_em"] += generalization_em
-        unambiguous_em += [em for em, unclear in zip(generalization_em, ambiguous(group)) if not unclear]
         scores["reliability_natural"] += natural_exact_match(lm, reliability_pairs)
-        scores["generalization_natural"] += natural_exact_match(lm, generalization_pairs)
-        scores["generalization_natural_chat"] += natural_exact_match(lm, generalization_pairs, chat=True)
+        unclear = ambiguous(group)
+        for name, per_record in (
+            ("generalization_em", exact_match(lm, generalization_pairs)),
+            ("generalization_natural", natural_exact_match(lm, generalization_pairs)),
+            ("generalization_natural_chat", natural_exact_match(lm, generalization_pairs, chat=True)),
+        ):
+            scores[name] += per_record
+            unambiguous[name] += [score for score, doubt in zip(per_record, unclear) if not doubt]
         if counterfact:
             scores["neighbourhood_score"] += neighbourhood_score(lm, group)
         loc_now = lm.target_argmax([(r.loc, r.loc_ans) for r in group])
@@ -167,8 +172,10 @@ def sequential_scores(
         edits=edits,
         records=len(results),
         **{name: statistics.fmean(values) for name, values in scores.items()},
-        unambiguous=len(unambiguous_em),
-        generalization_em_unambiguous=statistics.fmean(unambiguous_em) if unambiguous_em else float("nan"),
+        unambiguous=len(unambiguous["generalization_em"]),
+        generalization_em_unambiguous=_mean(unambiguous["generalization_em"]),
+        generalization_natural_unambiguous=_mean(unambiguous["generalization_natural"]),
+        generalization_natural_chat_unambiguous=_mean(unambiguous["generalization_natural_chat"]),
         edit_success=statistics.fmean(r.success for r in results),
         neighbourhood_score_unedited=statistics.fmean(unedited_ns) if unedited_ns else None,
         edit_seconds_median=statistics.median(seconds),
@@ -192,14 +199,14 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
         "Sequential protocol: T edits applied one after another, then all T scored. Rel / Gen / Loc are",
         "teacher-forced token accuracies (Loc: agreement with the unedited model); EM is greedy",
         "exact match; \"unambiguous\" counts the records no other edit of the group asks about with another",
-        "target (ZsRE repeats subjects), and its Gen EM is over those. Edit seconds include verifying the edit through the live model; generation",
+        "target (ZsRE repeats subjects), and its Gen EM and natural Gen EM are over those. Edit seconds include verifying the edit through the live model; generation",
         f"latency is the median of one greedy {LATENCY_TOKENS}-token generation with no edits vs with the T edits.",
         "",
         "Natural EM: greedy until the first sentence ends or 2x the target's tokens, the target is the answer",
         "(`eval.natural`), on `src` / `rephrase` / `rephrase` as a chat message. NS: CounterFact's Neighbourhood",
         "Score (true object beats the new one on neighbourhood prompts), edited (unedited model).",
         "",
-        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | unambiguous: Gen EM | natural EM: Rel / Gen / Gen chat "
+        "| T | records | Rel | Gen | Loc | Rel EM | Gen EM | unambiguous: Gen EM / natural Gen / Gen chat | natural EM: Rel / Gen / Gen chat "
         "| NS (unedited) | edit s median / p95 | generation s: base / edited (x) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -208,6 +215,7 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
         lines.append(
             f"| {r.edits} | {r.records} | {r.reliability:.3f} | {r.generalization:.3f} | {r.locality:.3f} "
             f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.unambiguous}: {r.generalization_em_unambiguous:.3f} "
+            f"/ {_score(r.generalization_natural_unambiguous)} / {_score(r.generalization_natural_chat_unambiguous)} "
             f"| {_score(r.reliability_natural)} / {_score(r.generalization_natural)} / {_score(r.generalization_natural_chat)} "
             f"| {_score(r.neighbourhood_score)} ({_score(r.neighbourhood_score_unedited)}) "
             f"| {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
@@ -216,6 +224,10 @@ def markdown(editor: str, config: EditorConfig, rows: Sequence[EditingScores], c
     for name, edits, rel, gen, loc in PUBLISHED.get(editor, []):
         lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | | | | |")
     return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
 def _score(value: float | None) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_the_report_shows_the_command_each_t_and_the_published_row():
     )
     text = editing.markdown("grace", GraceConfig(epsilon=3.0), [row], "python -m agentmem.eval.editing --n 10", "smol")
     assert "`python -m agentmem.eval.editing --n 10`" in text
-    assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 80: 0.125 | - / - / - | - (-) | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
+    assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 80: 0.125 / - / - | - / - / - | - (-) | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
     assert "| 1000 (GRACE, LLaMA-2-7B (published)) | | 0.93 | 0.08 | 1.00 |" in text
 
 
@@ -70,12 +71,17 @@ def test_records_asking_about_one_subject_with_different_targets_are_ambiguous()
     assert ambiguous(group) == [False, False, True, True, False, False]
 
 
-def test_unambiguous_exact_match_leaves_out_records_that_conflict(tiny_lm, tiny_config):
+def test_unambiguous_scores_leave_out_records_that_conflict(tiny_lm, tiny_config):
     records = [r.model_copy(update={"subject": "same"}) for r in RECORDS]
     scores = editing.sequential_scores(tiny_lm, lambda: GraceEditor(tiny_lm, tiny_config), records, 2, latency_prompts=1)
     assert scores.unambiguous == 0
+    unscored = (scores.generalization_em_unambiguous, scores.generalization_natural_unambiguous,
+                scores.generalization_natural_chat_unambiguous)
+    assert all(math.isnan(score) for score in unscored)  # both records conflict: nothing to average
     scores = editing.sequential_scores(tiny_lm, lambda: GraceEditor(tiny_lm, tiny_config), records, 1, latency_prompts=1)
     assert scores.unambiguous == 2 and scores.generalization_em_unambiguous == scores.generalization_em
+    assert scores.generalization_natural_unambiguous == scores.generalization_natural
+    assert scores.generalization_natural_chat_unambiguous == scores.generalization_natural_chat
 
 
 def test_zsre_records_load_with_a_limit(tmp_path):
