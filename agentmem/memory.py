@@ -17,6 +17,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +99,7 @@ class Memory:
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self._lock = threading.RLock()
         self._closed = False
+        self._encoding = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-encode")  # recall's queries
         self.policy = policy or ConsolidationPolicy()
         self._parametric: ParametricBridge | None = None
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
@@ -124,6 +126,7 @@ class Memory:
             if isinstance(model, LanguageModel):
                 self._parametric.consolidator(check.time(None))
         except BaseException:
+            self._encoding.shutdown(wait=False)
             if self._parametric is not None:
                 self._parametric.close()
             if self._index is not None:
@@ -141,6 +144,7 @@ class Memory:
         with self._parametric.idle(), self._lock:
             if not self._closed:
                 self._closed = True
+                self._encoding.shutdown(wait=False)
                 self._parametric.close()
                 self._index.close()
                 self._graph.close()
@@ -348,10 +352,21 @@ class Memory:
         where = self._where(user_id, agent_id, session_id, filters, include_archived)
         when = check.time(at)
         check.flag(reinforce, "reinforce")
-        query_embedding = self._embed([query])[0]
+        encoding = self._encode_meanwhile(query)
         with self._exclusive():
-            hits = self._reader.search(query, query_embedding, k, where, when)
+            lexical = self._reader.lexical(query, k, where)
+        query_embedding = encoding.result()[0]
+        with self._exclusive():
+            hits = self._reader.search(query, query_embedding, k, where, when, lexical)
             return self._reader.reinforce(hits, when) if reinforce else hits
+
+    def _encode_meanwhile(self, text: str) -> Future[np.ndarray]:
+        """The text's embedding, computed in another thread: the full-text search needs none, and
+        runs meanwhile (at 100k notes it is as long as a third of the encode)."""
+        try:
+            return self._encoding.submit(self._embed, [text])
+        except RuntimeError as exc:  # the pool is shut down: close() ran
+            raise StoreClosedError(f"memory at {self.path} is closed") from exc
 
     def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
         return NoteFilter(

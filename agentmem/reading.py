@@ -25,11 +25,20 @@ class ReadPath:
     def __init__(self, store: NoteStore, index: IndexSync, config: MemoryConfig) -> None:
         self.store, self.index, self.config = store, index, config
 
-    def search(self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime) -> list[Hit]:
-        """The k best notes for the query among those `where` admits, with why (nothing is written)."""
+    def lexical(self, query: str, k: int, where: NoteFilter) -> dict[str, float]:
+        """The full-text candidates of a search for the k best notes, by id with their score.
+
+        It needs no query embedding, so a recall runs it while the query is being encoded."""
+        return dict(self.store.lexical_search(linking.content_words(query), k + self.config.candidate_pool, where))
+
+    def search(
+        self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime,
+        lexical: dict[str, float],
+    ) -> list[Hit]:
+        """The k best notes for the query among those `where` admits, with why (nothing is written),
+        given the query's `lexical` candidates. Those forgotten since are left out by the read."""
         pool = k + self.config.candidate_pool
         dense = self.dense(query_embedding, pool, where)
-        lexical = dict(self.store.lexical_search(linking.content_words(query), pool, where))
         best_lexical = max(lexical.values(), default=0.0)
         time_match = temporal.time_matcher(query, at)
 

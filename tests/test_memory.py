@@ -77,6 +77,33 @@ def test_recall_reinforces_what_it_returns(memory):
     assert memory.retention(note.id, at=later + timedelta(days=1)) > memory.retention(other.id, at=T0 + timedelta(days=1))
 
 
+def test_a_note_forgotten_while_the_query_is_encoded_is_not_recalled(memory, monkeypatch):
+    """Recall runs the full-text search while the query is encoded, then ranks; a note the search
+    found but another thread forgot in between must not come back."""
+    gone = memory.remember("Dana keeps bees on the roof of the library", at=T0)
+    kept = memory.remember("Dana sells the library's honey at the market", at=T0)
+    question = "Who keeps bees at the library?"
+    searched, found = threading.Event(), []
+    lexical, embed = memory._reader.lexical, memory._embed
+
+    def lexical_then_signal(*args):
+        found.append(lexical(*args))
+        searched.set()
+        return found[-1]
+
+    def embed_and_forget(texts):
+        if texts == [question]:
+            assert searched.wait(10)
+            memory.forget(gone.id)
+        return embed(texts)
+
+    monkeypatch.setattr(memory._reader, "lexical", lexical_then_signal)
+    monkeypatch.setattr(memory, "_embed", embed_and_forget)
+    hits = memory.recall(question, at=T0)
+    assert gone.id in found[0]  # the search did find it
+    assert [h.note.id for h in hits] == [kept.id]
+
+
 def test_scope_and_metadata_filters(memory):
     memory.remember("I like green tea", user_id="u1", agent_id="a", session_id="s1", metadata={"topic": "food"})
     memory.remember("I like green tea with honey", user_id="u2", agent_id="a", session_id="s1", metadata={"topic": "food"})
