@@ -170,6 +170,17 @@ class Memory:
                 if self._graph.unreadable:
                     self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read of committed rows that no write depends on: the store's connection is this
+        process's to share, so its threads take turns, but other processes are not waited for
+        (SQLite's WAL and PostgreSQL give the read a snapshot of its own)."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"memory at {self.path} is closed")
+            with self._graph.errors():
+                yield
+
     def _check_embedder(self) -> None:
         dim = str(self._embed(["dimension probe"]).shape[1])
         stored = self._graph.get_meta("embedding_dim")
@@ -353,7 +364,7 @@ class Memory:
         when = check.time(at)
         check.flag(reinforce, "reinforce")
         encoding = self._encode_meanwhile(query)
-        with self._exclusive():
+        with self._reading():
             lexical = self._reader.lexical(query, k, where)
         query_embedding = encoding.result()[0]
         with self._exclusive():
