@@ -65,27 +65,17 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) 
     with target.lock():
         if target.count() or target.get_meta("store_id") is not None:
             raise InvalidInputError(f"{redacted(target_url)} already holds a store; migrate into an empty database")
-        counts: dict[str, int] = {}
         with target.transaction():
             target.connection.execute("DELETE FROM meta")  # the new database's own key gives way to the store's
             reader.execute("BEGIN")  # one read snapshot of the whole file
             try:
-                for table, columns in tables.items():
-                    data = reader.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid").fetchall()
-                    insert = (
-                        f"INSERT INTO {table} ({', '.join(columns)})"
-                        f" {'OVERRIDING SYSTEM VALUE ' if table == 'consolidation_ledger' else ''}"
-                        f"VALUES ({', '.join('?' * len(columns))})"
-                    )
-                    for row in data:
-                        target.connection.execute(insert, tuple(row))
-                    counts[table] = len(data)
+                counts = target.bulk_load({
+                    table: (columns, map(tuple, reader.execute(
+                        f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid")))
+                    for table, columns in tables.items()
+                })
             finally:
                 reader.execute("COMMIT")
-            target.connection.execute(
-                "SELECT setval(pg_get_serial_sequence('consolidation_ledger', 'id'), COALESCE(MAX(id), 0) + 1, false)"
-                " FROM consolidation_ledger"
-            )
     return counts
 
 

@@ -98,6 +98,33 @@ def test_migration_refuses_a_target_that_holds_a_store_and_changes_nothing(sourc
         migrate(source, str(tmp_path / "folder"))
 
 
+def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_counted(source, postgres_url, tmp_path,
+                                                                                    monkeypatch):
+    """The bulk load counts `lexicon` once instead of per note: it must hold what the per-note trigger
+    would (each lexeme's notes, and the notes under ''), and the trigger must be on again after."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    migrate(source, postgres_url)
+    graph = PostgresNoteGraph(postgres_url)
+
+    def lexicon_and_recount() -> tuple[dict[str, int], dict[str, int]]:
+        lexicon = dict(graph.connection.execute("SELECT lexeme, docs FROM lexicon").fetchall())
+        recount = dict(graph.connection.execute(
+            "SELECT word, ndoc FROM ts_stat('SELECT search FROM notes') UNION ALL SELECT '', count(*) FROM notes"
+        ).fetchall())
+        return lexicon, recount
+
+    try:
+        lexicon, recount = lexicon_and_recount()
+        assert lexicon == recount and lexicon[""] == len(TEXTS) and lexicon["lisbon"] == 1
+        with graph.transaction():
+            graph.insert(Note(id="new", text="Dave sails to Lisbon", created_at=T0, updated_at=T0, last_recalled=T0),
+                         np.ones(384))
+        lexicon, recount = lexicon_and_recount()
+        assert lexicon == recount and lexicon[""] == len(TEXTS) + 1 and lexicon["lisbon"] == 2
+    finally:
+        graph.close()
+
+
 def test_the_migrate_command_moves_a_store_and_prints_its_report(source, postgres_url, chroma_server, tmp_path,
                                                                  monkeypatch, capsys):
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
