@@ -350,7 +350,8 @@ class Editor(ABC):
         if input_ids is None and args:
             input_ids = args[0]
         inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        past = kwargs.get("past_key_values")
+        # transformers 5.2x's generate passes the KV cache as `cache`; earlier ones as `past_key_values`
+        past = kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
         self.layer.continuing = past is not None and past.get_seq_length() > 0
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == inputs.shape[1]:
