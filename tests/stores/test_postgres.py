@@ -320,3 +320,18 @@ def test_the_lexicon_stays_exact_through_insert_update_delete_and_a_refused_writ
     store.purge_freed()
     kept, recount = lexicon_and_recount(postgres_url)
     assert kept == recount and "stairs" not in kept and kept["lisbon"] == 1 and kept[""] == 2
+
+
+def test_a_store_whose_full_text_index_kept_a_pending_list_is_converted_when_opened(store, postgres_url):
+    """Earlier stores built the GIN index with a pending list, which every search scanned whole:
+    opening one turns the list off and merges what it held, and the search still finds those notes."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ALTER INDEX notes_search SET (fastupdate = on)")
+        with store.transaction():
+            store.insert(note("a", "Lisbon trams climb steep hills"), np.ones(4))
+            store.insert(note("b", "Porto bridges"), np.ones(4))
+        PostgresNoteGraph(postgres_url).close()
+        options = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'notes_search'").fetchone()[0]
+        assert options == ["fastupdate=off"]
+        assert conn.execute("SELECT gin_clean_pending_list('notes_search'::regclass)").fetchone()[0] == 0
+    assert [i for i, _ in store.lexical_search(["trams"], 5, NoteFilter())] == ["a"]
