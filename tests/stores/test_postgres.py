@@ -15,7 +15,7 @@ from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores import NoteGraph
 from agentmem.stores.filters import NoteFilter
-from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.postgres import COUNT_LEXEMES, PostgresNoteGraph
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -335,3 +335,34 @@ def test_a_store_whose_full_text_index_kept_a_pending_list_is_converted_when_ope
         assert options == ["fastupdate=off"]
         assert conn.execute("SELECT gin_clean_pending_list('notes_search'::regclass)").fetchone()[0] == 0
     assert [i for i, _ in store.lexical_search(["trams"], 5, NoteFilter())] == ["a"]
+
+
+def test_a_store_counting_lexemes_with_an_earlier_trigger_gets_the_current_one(store, postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql"
+                     " AS $$BEGIN RETURN NULL; END$$")  # counts nothing
+        PostgresNoteGraph(postgres_url).close()
+        body = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'agentmem_count_lexemes'").fetchone()[0]
+    assert body == COUNT_LEXEMES
+    with store.transaction():
+        store.insert(note("a", "Lisbon trams"), np.ones(4))
+    kept, recount = lexicon_and_recount(postgres_url)
+    assert kept == recount and kept["lisbon"] == 1
+
+
+def test_a_store_that_doubled_refreshes_the_planner_s_statistics(store, postgres_url):
+    """A store filled faster than autovacuum visits would plan searches on a smaller store's estimates."""
+    def planned_notes() -> float:
+        with psycopg.connect(postgres_url) as conn:
+            return conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'notes'::regclass").fetchone()[0]
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # only the store's own ANALYZE counts here
+        conn.execute("ALTER TABLE notes SET (autovacuum_enabled = false)")
+    with store.transaction():
+        for i in range(300):
+            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
+    assert planned_notes() <= 0  # 300 is below the first refresh
+    with store.transaction():
+        for i in range(300, 600):
+            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
+    assert planned_notes() == 600
