@@ -43,6 +43,7 @@ from typing import Any
 
 import networkx as nx
 import psycopg
+import psycopg.rows
 import psycopg_pool
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
@@ -272,10 +273,9 @@ class PostgresNoteGraph(SqlNoteStore):
 
     # ---- statements: SqlNoteStore's (in `?` placeholders) are run here -------------------
 
-    def _run(self, sql: str, params: Sequence[Any] = (), binary: bool = False) -> list[Row]:
-        """`binary`: results in binary form (vectors come as their bytes, not hex text)."""
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._session() as conn:
-            cursor = conn.execute(psycopg_sql(sql), params, binary=binary)
+            cursor = conn.execute(psycopg_sql(sql), params)
             return cursor.fetchall() if cursor.description else []
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -345,8 +345,11 @@ class PostgresNoteGraph(SqlNoteStore):
     def _columns(self, columns: Sequence[str]) -> str:
         return select_list(tuple(columns))
 
-    def _read_notes(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        return self._run(sql, params, binary=True)
+    def _read_notes(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Note rows as dicts, in binary (vectors as their bytes): a recall reads 40-80 notes of
+        20 columns by name, and `Row`'s lookups in Python took 0.45 ms of it."""
+        with self._session() as conn, conn.cursor(row_factory=psycopg.rows.dict_row, binary=True) as cursor:
+            return cursor.execute(psycopg_sql(sql), params).fetchall()
 
     def _send_queued(self, conn: psycopg.Connection, then: Sequence[str] = ()) -> list[psycopg.Cursor]:
         """Send the queued statements, and `then`'s after them, in one pipeline; returns `then`'s cursors."""
