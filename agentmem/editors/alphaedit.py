@@ -3,10 +3,11 @@
 The preserved keys are the ones the model usually sees (second moment C, `covariance`) and the
 keys of every earlier batch. P projects onto the eigenvectors of C whose eigenvalues are at most
 `null_threshold` x the largest: for any preserved key k₀ in C's span, ΔP k₀ = 0, so what the model
-knew stays. The update minimises ‖(W + ΔP)K − (WK + R)‖² + λ‖ΔP‖² + ‖ΔP K_p‖² + μ‖ΔP C^½‖²
-(K_p: the earlier batches' keys, so sequential batches do not erode each other), at each layer:
+knew stays. The update minimises ‖(W + ΔP)K − (WK + R)‖² + λ‖ΔP‖² + w‖ΔP K_p‖² + μ‖ΔP C^½‖²
+(K_p: the earlier batches' keys, so sequential batches do not erode each other; w = `earlier_weight`,
+1 in the paper), at each layer:
 
-    ΔP = Rᵀ [(P (K_pᵀK_p + KᵀK + μC) + λ I)⁻¹ P Kᵀ]ᵀ
+    ΔP = Rᵀ [(P (w K_pᵀK_p + KᵀK + μC) + λ I)⁻¹ P Kᵀ]ᵀ
 
 λ (`ridge`) keeps the update small (the paper: 10 on LLaMA3-8B). μ (`covariance_weight`) is not in
 the paper: where C has a true null space, P C P = 0 and the term vanishes; SmolLM2's C has none.
@@ -36,11 +37,12 @@ from .inplace import LocateConfig, WeightEditor
 
 class AlphaEditConfig(LocateConfig):
     """AlphaEdit's band and batch, the null-space threshold (relative to C's largest eigenvalue; 1 keeps every
-    direction), λ, and μ, the weight of C inside the projection."""
+    direction), λ, μ, the weight of C inside the projection, and the weight of the earlier batches' keys K_p."""
 
     null_threshold: float = Field(default=1.0, gt=0, le=1)
     ridge: float = Field(default=1.0, gt=0)
     covariance_weight: float = Field(default=500.0, ge=0)
+    earlier_weight: float = Field(default=1.0, ge=0)
 
 
 class AlphaEditEditor(WeightEditor):
@@ -66,7 +68,7 @@ class AlphaEditEditor(WeightEditor):
 
     def _solve(self, layer: int, keys: torch.Tensor, residuals: torch.Tensor, batch: int) -> torch.Tensor:
         keys, projector = keys.double(), self.projectors[layer]
-        system = self.preserved_keys(layer, batch) + keys.T @ keys
+        system = self.config.earlier_weight * self.preserved_keys(layer, batch) + keys.T @ keys
         if self.config.covariance_weight:
             system += self.config.covariance_weight * self.moments[layer].double()
         right = keys.T

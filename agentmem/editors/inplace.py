@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -228,10 +229,7 @@ class WeightEditor(Editor):
         steps = [0] * len(requests)
         fresh = [i for i, state in enumerate(found) if state is None]
         if fresh:
-            encoded, positions, variants = self._prefixed([requests[i] for i in fresh], self.config.value_prefixes)
-            states, taken = target_states(
-                self.lm, self.blocks, self.layer_index, encoded, positions, self.search, variants
-            )
+            states, taken = self._search([requests[i] for i in fresh])
             for i, state, step in zip(fresh, states, taken):
                 found[i], steps[i] = state, step
         targets = torch.stack(found)
@@ -254,6 +252,24 @@ class WeightEditor(Editor):
             raise
         return steps
 
+    def search_targets(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, list[int]]:
+        """Each request's target state (facts x hidden size), searched on the live model, and the Adam steps taken."""
+        self._check_live()
+        return self._search([self._located(self._with_id(r)) for r in requests])
+
+    def shelve(self, request: EditRequest, state: torch.Tensor) -> None:
+        """Give `request`'s target state ahead of its edit, which then skips the search. The search costs most of
+        a solve; a tuning study (`eval.locate_study`) runs it once on the unedited model and reuses the states."""
+        self._check_live()
+        if request.id is None:
+            raise InvalidInputError("a shelved request needs its id")
+        located = self._located(request)
+        self.shelved[located.id] = (located, state)
+
+    def _search(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, list[int]]:
+        encoded, positions, variants = self._prefixed(requests, self.config.value_prefixes)
+        return target_states(self.lm, self.blocks, self.layer_index, encoded, positions, self.search, variants)
+
     def _prefixed(
         self, requests: Sequence[EditRequest], count: int
     ) -> tuple[list[tuple[list[int], list[int]]], list[int], int]:
@@ -273,6 +289,18 @@ class WeightEditor(Editor):
                 weight.addmm_(batch.residuals[layer].T, batch.factors[layer])
         with torch.no_grad():
             self.projections[layer].weight.copy_(weight)
+
+    @contextmanager
+    def layers_restored(self, layers: Collection[int]) -> Iterator[None]:
+        """The original weights of `layers` inside the block, the edited ones after: a layer's share of an effect."""
+        with torch.no_grad():
+            for layer in layers:
+                self.projections[layer].weight.copy_(self.originals[layer])
+        try:
+            yield
+        finally:
+            for layer in layers:
+                self._write(layer)
 
     def delta(self, layer: int) -> torch.Tensor:
         """The live change of `layer`'s weight: what the edits add to the original."""
