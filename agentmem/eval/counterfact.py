@@ -1,9 +1,14 @@
 """CounterFact (Meng et al., 2022): counterfactual edits with paraphrase and neighbourhood prompts.
 
-The project ships no CounterFact file. The benchmark takes one as a path (`--data`), in the
-layout of ROME's `counterfact.json` (https://rome.baulab.info/data/dsets/counterfact.json):
-a list of records with `requested_rewrite` (`prompt` with a `{}` for `subject`, `target_new`,
-`target_true`), `paraphrase_prompts` and `neighborhood_prompts`.
+The project ships no CounterFact file. The benchmark takes one as a path (`--data`), in either
+of the two layouts users have:
+
+- ROME's `counterfact.json` (https://rome.baulab.info/data/dsets/counterfact.json): a list of
+  records with `requested_rewrite` (`prompt` with a `{}` for `subject`, `target_new`,
+  `target_true`), `paraphrase_prompts` and `neighborhood_prompts`;
+- EasyEdit's `counterfact-edit.json` (from EasyEdit's data release): flat records with `prompt`,
+  `subject`, `target_new`, `ground_truth`, one `rephrase_prompt` and one `locality_prompt` (a
+  neighbourhood prompt: the same relation about another subject) with its `locality_ground_truth`.
 
 Each record becomes a `ZsreRecord` (so the editing benchmark's protocol applies unchanged:
 `src` the rewrite prompt, `alt` the new object, `rephrase` the first paraphrase, `loc` the first
@@ -33,7 +38,7 @@ class CounterFactRecord(ZsreRecord):
 
 
 def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactRecord]:
-    """The first `limit` records of a CounterFact file (ROME's layout, see the module docstring)."""
+    """The first `limit` records of a CounterFact file (ROME's or EasyEdit's layout, see the module docstring)."""
     path = Path(path)
     try:
         rows = json.loads(path.read_text())
@@ -43,16 +48,19 @@ def load_counterfact(path: str | Path, limit: int | None = None) -> list[Counter
 
 
 def is_counterfact(path: str | Path) -> bool:
-    """Whether a data file is in CounterFact's layout (its first record has a `requested_rewrite`)."""
+    """Whether a data file is in a CounterFact layout: its first record has a `requested_rewrite` (ROME's)
+    or a `locality_ground_truth` (EasyEdit's; ZsRE files in EasyEdit's layout have none)."""
     try:
         with open(path, encoding="utf-8") as handle:
             head = handle.read(4096)
     except OSError:
         return False
-    return '"requested_rewrite"' in head
+    return '"requested_rewrite"' in head or '"locality_ground_truth"' in head
 
 
 def _record(row: dict) -> CounterFactRecord:
+    if "requested_rewrite" not in row:
+        return _easyedit_record(row)
     rewrite = row["requested_rewrite"]
     subject = rewrite["subject"]
     true, new = rewrite["target_true"]["str"], rewrite["target_new"]["str"]
@@ -60,6 +68,18 @@ def _record(row: dict) -> CounterFactRecord:
     return CounterFactRecord(
         subject=subject, src=rewrite["prompt"].format(subject), alt=new, rephrase=row["paraphrase_prompts"][0],
         loc=neighbourhood[0], loc_ans=true, true=true, neighbourhood=neighbourhood,
+    )
+
+
+def _easyedit_record(row: dict) -> CounterFactRecord:
+    """EasyEdit's flat layout. Its locality prompt asks the edited relation of another subject whose object is
+    the edit's true object, so it serves as the record's one neighbourhood prompt."""
+    true, neighbour = row["ground_truth"], row["locality_prompt"]
+    if row["locality_ground_truth"] != true:
+        raise ValueError(f"case {row.get('case_id')}: the locality answer is not the edit's true object")
+    return CounterFactRecord(
+        subject=row["subject"], src=row["prompt"], alt=row["target_new"], rephrase=row["rephrase_prompt"],
+        loc=neighbour, loc_ans=true, true=true, neighbourhood=(neighbour,),
     )
 
 

@@ -1,4 +1,4 @@
-"""The CounterFact loader reads ROME's layout into the editing benchmark's records, and refuses anything else."""
+"""The CounterFact loader reads ROME's and EasyEdit's layouts into the editing benchmark's records, and refuses anything else."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,38 @@ def test_a_counterfact_case_becomes_a_record_with_its_neighbourhood(tmp_path):
     assert record.rephrase == CASE["paraphrase_prompts"][0] and record.subject == "David Robinson"
     assert record.neighbourhood == tuple(CASE["neighborhood_prompts"])
     assert (record.loc, record.loc_ans) == (CASE["neighborhood_prompts"][0], "center")
+
+
+EASYEDIT_CASE = {
+    "case_id": 7, "prompt": "Apple A5 was created by", "target_new": "Google", "subject": "Apple A5",
+    "ground_truth": "Apple", "rephrase_prompt": "Apple A5 is a product of",
+    "locality_prompt": "Calendar and Contacts Server was created by", "locality_ground_truth": "Apple",
+}
+
+
+def test_an_easyedit_case_becomes_a_record_with_its_locality_prompt_as_neighbour(tmp_path):
+    path = tmp_path / "counterfact-edit.json"
+    path.write_text(json.dumps([EASYEDIT_CASE]))
+    assert is_counterfact(path)
+    [record] = load_counterfact(path)
+    assert (record.src, record.alt, record.true, record.subject) == ("Apple A5 was created by", "Google", "Apple", "Apple A5")
+    assert record.rephrase == "Apple A5 is a product of"
+    assert record.neighbourhood == ("Calendar and Contacts Server was created by",)
+    assert (record.loc, record.loc_ans) == (record.neighbourhood[0], "Apple")
+
+
+def test_an_easyedit_case_whose_locality_answer_is_another_object_is_refused(tmp_path):
+    """Such a locality prompt is an unrelated one, not a neighbour: scoring it as one would be wrong."""
+    path = tmp_path / "counterfact-edit.json"
+    path.write_text(json.dumps([EASYEDIT_CASE | {"locality_ground_truth": "Microsoft"}]))
+    with pytest.raises(InvalidInputError, match="locality answer"):
+        load_counterfact(path)
+
+
+def test_a_zsre_file_in_easyedit_layout_is_not_taken_for_counterfact(tmp_path):
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([{"subject": "X", "src": "What is X?", "rephrase": "X is?", "alt": "Y", "loc": "q", "loc_ans": "a"}]))
+    assert not is_counterfact(path)
 
 
 def test_a_file_of_another_layout_is_refused(tmp_path):
