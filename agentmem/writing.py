@@ -22,7 +22,7 @@ from .config import MemoryConfig
 from .facts import FactExtractor
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
 from .stores.store import NoteStore
-from .stores.rows import OutboxClaim
+from .stores.rows import Neighbours, OutboxClaim
 from .stores.sync import IndexSync
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,13 @@ class WritePath:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
         note it duplicates), and the index write (`IndexSync.claimed`, not yet entered)."""
         in_context = self.in_context(drafts, embeddings)
-        candidates = [self.usable(found) for found in self.neighbour_candidates(drafts, embeddings)]
+        found, neighbours = self.neighbour_candidates(drafts, embeddings)
+        candidates = [self.usable(near) for near in found]
         # the stored candidates are read once, before the transaction (the caller's lock keeps
         # them current), and kept current here as the batch changes them: the transaction then
         # has no reads, and a remote store sends all its writes at once
-        known = self.store.get_many({i for found in candidates for i, _ in found if isinstance(i, str)}, links=False)
+        wanted = {i for near in candidates for i, _ in near if isinstance(i, str)}
+        known = {i: note for stored in neighbours for i, note in stored.notes(wanted).items()}
         stored: list[Note] = []
         with self.store.transaction():
             for position, draft in enumerate(drafts):
@@ -117,12 +119,14 @@ class WritePath:
                     draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
         ids = list(dict.fromkeys(note.id for note in stored))
-        fresh = self.store.get_many(ids)
         index_write = self.index.claimed(ids, written={
             draft.id: (draft, embedding if searched is None else searched)
             for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known
         })
-        return [fresh[note.id] for note in stored], index_write
+        # `known` holds each note as the transaction left it (a later draft of the batch may have
+        # evolved or reinforced it): reading them back cost a round trip, and 0.14 s a batch of 200
+        as_stored = {i: known[i].model_copy(update={"links": self.store.links_of(i)}) for i in ids}
+        return [as_stored[note.id] for note in stored], index_write
 
     def usable(self, found: list[tuple[str | int, float]]) -> list[tuple[str | int, float]]:
         """The candidates a draft may duplicate or link to, most similar first: the `max_links` most
@@ -160,24 +164,25 @@ class WritePath:
 
     def neighbour_candidates(
         self, drafts: list[Note], embeddings: np.ndarray
-    ) -> list[list[tuple[str | int, float]]]:
+    ) -> tuple[list[list[tuple[str | int, float]]], list[Neighbours]]:
         """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
         position), with the similarity of their own embeddings (duplicates and links are about
-        what notes say, not the conversation around them). Stored notes still waiting in the
-        outbox count too: another replica may be writing them to the index right now, and the
-        same text remembered there and here must make one note.
+        what notes say, not the conversation around them); and the stored ones as read. Stored
+        notes still waiting in the outbox count too: another replica may be writing them to the
+        index right now, and the same text remembered there and here must make one note.
 
         Only notes of the same user are candidates: links never cross users.
         """
         n = self.config.max_links + 5
         found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
+        read: list[Neighbours] = []
         by_user: dict[str | None, list[int]] = {}
         for position, draft in enumerate(drafts):
             by_user.setdefault(draft.user_id, []).append(position)
         for user, positions in by_user.items():
             results = self.index.search(embeddings[positions], n, {"user_id": self.index.scope_token("user_id", user)})
-            unindexed = self.store.unindexed(user)  # committed by a writer whose index write is under way
-            own = self.store.own_embeddings({i for result in results for i, _ in result} - unindexed.keys()) | unindexed
+            read.append(self.store.neighbours({i for result in results for i, _ in result}, user))
+            own, unindexed = read[-1].embeddings, read[-1].waiting  # unindexed: a writer's index write is under way
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
                 near = dict.fromkeys([*(i for i, _ in result), *unindexed])
@@ -185,7 +190,7 @@ class WritePath:
                                 key=lambda found: -found[1])[:n]
                 earlier = np.argsort(-similarities[row, :row], kind="stable")[:n]
                 found[position] = [*stored, *((positions[int(col)], float(similarities[row, col])) for col in earlier)]
-        return found
+        return found, read
 
     def insert_or_reinforce(
         self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],

@@ -127,6 +127,19 @@ def test_remember_many_is_one_batch_with_scope_defaults(memory):
     assert memory.remember_many([]) == []
 
 
+def test_remember_many_returns_each_note_as_the_batch_left_it(memory):
+    earlier = memory.remember("Dana swims in the lake near Potsdam", user_id="dana", at=T0)
+    notes = memory.remember_many(
+        ["Dana runs marathons in Berlin", "Dana runs marathons in Berlin every spring with her coach Eli",
+         "Dana runs marathons in Berlin", "Dana swims in the lake near Potsdam"],
+        user_id="dana", at=T0 + timedelta(hours=1),
+    )
+    assert notes[2].id == notes[0].id and notes[3].id == earlier.id  # reinforced, not copied
+    assert notes[0].links and notes[3].last_recalled > earlier.last_recalled
+    for note in notes:  # later drafts evolved and reinforced earlier ones: each is returned as stored
+        assert note == memory.get(note.id)
+
+
 def test_remember_many_rejects_everything_when_one_item_is_bad(memory):
     with pytest.raises(InvalidInputError, match="item 1|text is empty"):
         memory.remember_many(["fine text", {"text": "   "}])

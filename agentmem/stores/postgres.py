@@ -175,9 +175,9 @@ UNCLAIMED = "FOR KEY SHARE SKIP LOCKED"  # outbox rows no live writer holds (`ou
 SEQUENCED = ("notes", "history", "quarantine")  # tables whose insertion order matters (SQLite's rowid)
 
 
-def select_list(columns: tuple[str, ...]) -> str:
-    """Columns as `rows` and a SQLite-layout copy read them (jsonb metadata as its text)."""
-    return ", ".join("metadata::text AS metadata" if c == "metadata" else c for c in columns)
+def select_list(columns: tuple[str, ...], table: str = "") -> str:
+    """Columns (of `table`, as "n.") as `rows` and a SQLite-layout copy read them (jsonb metadata as its text)."""
+    return ", ".join(f"{table}metadata::text AS metadata" if c == "metadata" else table + c for c in columns)
 
 
 @functools.lru_cache(maxsize=512)
@@ -194,7 +194,7 @@ def redacted(url: str) -> str:
 class PostgresNoteGraph(SqlNoteStore):
     """Notes and links in a PostgreSQL database, with the link structure mirrored in a networkx graph."""
 
-    ORDER, SAME, NO_LIMIT = "seq", "IS NOT DISTINCT FROM", None
+    ORDER, NO_LIMIT = "seq", None
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url
@@ -342,8 +342,8 @@ class PostgresNoteGraph(SqlNoteStore):
                 rollback(conn)
                 log.warning("%d index change(s) stay in the outbox: %s", len(claim.rows), exc)
 
-    def _columns(self, columns: Sequence[str]) -> str:
-        return select_list(tuple(columns))
+    def _columns(self, columns: Sequence[str], table: str = "") -> str:
+        return select_list(tuple(columns), table)
 
     def _read_notes(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Note rows as dicts, in binary (vectors as their bytes): a recall reads 40-80 notes of

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -130,6 +130,23 @@ def readable_notes(
             set_aside(str(row["id"]), exc, unreadable)
             continue
         yield note, np.frombuffer(row["vector"], dtype=np.float32)
+
+
+class Neighbours:
+    """Stored notes read as a new note's candidates (`SqlNoteStore.neighbours`): their own
+    embeddings, which of them wait for their index write, and their notes, built only for the
+    few that are near enough to link or duplicate (`notes`)."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], unreadable: dict[str, str]) -> None:
+        self._rows = {row["id"]: row for row in rows}
+        self._unreadable = unreadable
+        self.waiting = {row["id"] for row in rows if row["waiting"]}
+        self.embeddings = {note_id: np.frombuffer(row["vector"], dtype=np.float32) for note_id, row in self._rows.items()}
+
+    def notes(self, note_ids: Iterable[str]) -> dict[str, Note]:
+        """The notes of these ids (without links), those that were read and can be."""
+        rows = [self._rows[i] for i in dict.fromkeys(note_ids) if i in self._rows]
+        return {note.id: note for note, _ in readable_notes(rows, None, self._unreadable)}
 
 
 def set_aside(note_id: str, exc: Exception, unreadable: dict[str, str]) -> None:

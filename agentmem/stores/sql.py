@@ -22,7 +22,7 @@ from ..errors import InvalidInputError
 from ..notes import Link, Note
 from .filters import NoteFilter
 from .rows import (
-    KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in,
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, column_value, find_unreadable, from_timestamp, links_in,
     note_row, quarantine_entry, readable_notes, to_timestamp, without_words,
 )
 
@@ -36,11 +36,16 @@ def marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+def equals(column: str, value: Any) -> tuple[str, list[Any]]:
+    """Null-safe equality that an index serves: PostgreSQL's `IS NOT DISTINCT FROM` is not
+    indexable (a session's latest note: 1.2 ms against 0.08 at 10k notes)."""
+    return (f"{column} IS NULL", []) if value is None else (f"{column} = ?", [value])
+
+
 class SqlNoteStore:
     """Notes, links, history, recalls and the outbox in SQL tables, with the links mirrored in `graph`."""
 
     ORDER = "rowid"  # the column that keeps insertion order
-    SAME = "IS"  # null-safe equality
     NO_LIMIT: int | None = -1
     graph: nx.Graph
     unreadable: dict[str, str]
@@ -63,9 +68,9 @@ class SqlNoteStore:
         """The filter as this dialect's WHERE clause and parameters."""
         raise NotImplementedError
 
-    def _columns(self, columns: Sequence[str]) -> str:
-        """A select list of note columns, each read as the text or number `rows` expects."""
-        return ", ".join(columns)
+    def _columns(self, columns: Sequence[str], table: str = "") -> str:
+        """A select list of note columns (of `table`, as "n."), each read as the text or number `rows` expects."""
+        return ", ".join(table + column for column in columns)
 
     def _read_notes(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Rows of `KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR` (a store may read them faster)."""
@@ -251,11 +256,9 @@ class SqlNoteStore:
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
         """The searched vector of the latest note remembered in a session (of one user and
         agent), or of the latest one remembered before note `before`; None for none."""
-        sql = (
-            "SELECT COALESCE(context_embedding, embedding) FROM notes"
-            f" WHERE user_id {self.SAME} ? AND agent_id {self.SAME} ? AND session_id = ?"
-        )
-        params: list[Any] = list(scope)
+        (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
+        sql = f"SELECT COALESCE(context_embedding, embedding) FROM notes WHERE {user} AND {agent} AND session_id = ?"
+        params: list[Any] = [*by_user, *by_agent, scope[2]]
         if before is not None:
             sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
             params.append(before)
@@ -304,13 +307,19 @@ class SqlNoteStore:
     def clear_pending(self, note_ids: Iterable[str]) -> None:
         self._many("DELETE FROM outbox WHERE note_id = ?", [(i,) for i in note_ids])
 
-    def unindexed(self, user_id: str | None) -> dict[str, np.ndarray]:
-        """The own embeddings of a user's notes waiting in the outbox for their index write."""
-        rows = self._run(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
-            "SELECT n.id, n.embedding FROM outbox o CROSS JOIN notes n"
-            f" WHERE n.id = o.note_id AND o.op = 'upsert' AND n.user_id {self.SAME} ?", (user_id,),
+    def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
+        """What a new note of `user_id` is compared with, in one read (three round trips to a
+        server before): these notes (its nearest in the index) and the user's notes waiting in
+        the outbox for their index write (another replica may be writing them right now)."""
+        note_ids = list(note_ids)
+        user, params = equals("n.user_id", user_id)
+        select = f"SELECT {self._columns(KEPT_IN_QUARANTINE, 'n.')}, n.embedding AS vector"
+        rows = self._read_notes(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
+            f"{select}, 0 AS waiting FROM notes n WHERE n.id IN ({marks(note_ids) or 'NULL'})"
+            f" UNION ALL {select}, 1 FROM outbox o CROSS JOIN notes n WHERE n.id = o.note_id AND o.op = 'upsert' AND {user}",
+            [*note_ids, *params],
         )
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+        return Neighbours(rows, self.unreadable)
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}

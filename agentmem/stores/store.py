@@ -19,7 +19,7 @@ import numpy as np
 
 from ..notes import Link, Note
 from .filters import NoteFilter
-from .rows import IndexEntry, OutboxClaim
+from .rows import IndexEntry, Neighbours, OutboxClaim
 
 
 class NoteStore(Protocol):
@@ -94,9 +94,9 @@ class NoteStore(Protocol):
     def outbox_claim(self, note_ids: list[str] | None) -> contextlib.AbstractContextManager[OutboxClaim]:
         """The outbox rows of these notes (None: every row) that no live writer holds, held by this
         caller for the block; cleared at its end when the claim is `done`, else kept."""
-    def unindexed(self, user_id: str | None) -> dict[str, np.ndarray]:
-        """The own embeddings of a user's notes that wait in the outbox for their index write
-        (committed, not yet searchable in the index)."""
+    def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
+        """These notes and the user's notes that wait in the outbox for their index write
+        (committed, not yet searchable in the index), with their own embeddings."""
     def all_ids(self) -> set[str]: ...
     def all_tokens(self) -> dict[str, str]: ...
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]: ...
