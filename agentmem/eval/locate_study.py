@@ -3,13 +3,13 @@
     python -m agentmem.eval.locate_study --records 1000 --batch-size 100 --threads 1 \
         --configs study.json --cache /tmp/h15 --out /tmp/h15/study.md
 
-`study.json` lists the configurations: [{"name": "...", "editor": "alphaedit", "config": {...}}, ...].
+`study.json` lists the configurations: [{"name": "...", "editor": "alphaedit", "config": {...}, "ablate": false}, ...].
 Each is an editor built with those overrides that edits the records in sequential batches, then
 is scored as `eval.editing` scores it: Rel / Gen teacher-forced token accuracy of `alt` after
 `src` / `rephrase` (`editing.token_accuracy`), Loc the share of `loc_ans` tokens whose argmax is
 the unedited model's. Each row also gives the share verified right after its own batch, Rel of
 the first and of the last batch (how much later batches erode earlier ones), and the update
-norm per layer; `--ablate` adds Rel and Loc with each layer's update taken out, one at a time.
+norm per layer; `"ablate": true` adds Rel and Loc with each layer's update taken out, one at a time.
 
 Why a study and not the benchmark: the target-state search costs 1.4-2.5 s per fact, nearly all
 of a run, while the closed forms under study cost a fraction of that. The target states depend on
@@ -52,6 +52,7 @@ class StudyConfig(BaseModel):
     name: str
     editor: str = "alphaedit"
     config: dict[str, Any] = {}
+    ablate: bool = False  # also score with each layer's update taken out, one layer at a time
 
 
 class StudyRow(BaseModel):
@@ -110,7 +111,7 @@ def cached_targets(
 
 def run_configuration(
     lm: LanguageModel, study: StudyConfig, records: Sequence[ZsreRecord], batch_size: int,
-    unedited_loc: Sequence[Sequence[int]], cache: Path, ablate: bool = False,
+    unedited_loc: Sequence[Sequence[int]], cache: Path,
 ) -> StudyRow:
     """Edit every record in sequential batches with the cached target states, then score."""
     kind = Editor.kinds[study.editor]
@@ -132,7 +133,7 @@ def run_configuration(
         reliability, locality = _rel_and_loc(lm, records, unedited_loc)
         generalization = token_accuracy(lm, [(r.rephrase, r.alt) for r in records])
         ablation = {}
-        if ablate:
+        if study.ablate:
             for layer in editor.config.layers:
                 with editor.layers_restored([layer]):
                     rel, loc = _rel_and_loc(lm, records, unedited_loc)
@@ -182,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> list[StudyRow]:
     parser.add_argument("--configs", required=True, help="a JSON file, or JSON text: a list of {name, editor, config}")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/h15"), help="where the target states are kept")
     parser.add_argument("--out", type=Path, required=True, help="markdown table, a row appended per configuration")
-    parser.add_argument("--ablate", action="store_true", help="also score with each layer's update taken out")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     if args.threads:
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> list[StudyRow]:
         table.write(f"\n<!-- python -m agentmem.eval.locate_study {shlex.join(sys.argv[1:] if argv is None else argv)} -->\n")
     rows = []
     for study in studies:
-        rows.append(run_configuration(lm, study, records, args.batch_size, unedited_loc, args.cache, args.ablate))
+        rows.append(run_configuration(lm, study, records, args.batch_size, unedited_loc, args.cache))
         with args.out.open("a") as table:
             table.write(markdown_row(rows[-1]) + "\n")
         with args.out.with_suffix(".jsonl").open("a") as log:
