@@ -4,20 +4,34 @@ Debian's binaries (/usr/lib/postgresql/15/bin) refuse to run as root, so under r
 server runs as the `postgres` user (`runuser`), in a folder chowned to it. It listens on a
 free loopback port with trust authentication and keeps its socket in that folder; `stop`
 shuts it down and removes the folder. Nothing here is for production use.
+
+The server outlives a process that dies without calling `stop`, so a benchmark stopped with SIGTERM
+(`kill`, `timeout`) would leave it running: while a server is up, SIGTERM raises SystemExit instead,
+and the `finally` that stops the server runs.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import psycopg
 
 BIN = Path(os.environ.get("AGENTMEM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, where Python's default (die at once) is still the handler and a handler can be
+    set (the main thread): a program that set its own handler keeps it."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _free_port() -> int:
@@ -52,6 +66,7 @@ class TemporaryPostgres:
              *settings],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        _exit_on_sigterm()
         self._wait_ready()
         self._databases = 0
 
