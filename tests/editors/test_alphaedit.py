@@ -7,7 +7,7 @@ from agentmem.editors import AlphaEditConfig, AlphaEditEditor
 
 from .test_inplace import ALICE, BOB, SKY, TINY, private_home, weights_hash  # noqa: F401 (fixture)
 
-ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3, "covariance_weight": 0.0}  # the paper's form
+ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3, "covariance_weight": 0.0, "earlier_weight": 1.0}  # the paper's form
 
 
 def test_the_update_is_orthogonal_to_every_kept_direction_of_the_preserved_keys(tiny_lm):
@@ -48,7 +48,7 @@ def test_the_default_keeps_every_direction_and_weighs_the_statistics_and_earlier
     for layer in (0, 1):
         assert editor.projectors[layer] is None  # P = I is not multiplied through the solve
         keys, earlier = later.keys[layer].double(), editor.batches[0].keys[layer].double()
-        system = earlier.T @ earlier + keys.T @ keys + config.covariance_weight * editor.moments[layer].double()
+        system = config.earlier_weight * earlier.T @ earlier + keys.T @ keys + config.covariance_weight * editor.moments[layer].double()
         system += config.ridge * torch.eye(len(system), dtype=system.dtype)
         expected = torch.linalg.solve(system, keys.T).T  # MEMIT's least squares with the earlier batches' keys kept
         assert torch.allclose(later.factors[layer].double(), expected.float().double(), rtol=1e-4, atol=1e-6)
