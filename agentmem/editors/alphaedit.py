@@ -26,11 +26,13 @@ inside the projection trades Rel for Loc (μ 1000: 0.70 / 0.47 / 0.85). Without 
 0.90 / 0.59 / 0.82 at μ 500 and 0.78 / 0.55 / 0.86 at μ 1500: better on every score at equal
 locality, so P = I is the default; the paper's form is `null_threshold=0.01, covariance_weight=0, earlier_weight=1`.
 
-μ and w are set for the issue's case, 1,000 facts in sequential batches of 100 (`eval.locate_study`,
-the same cached target states for every row, BENCHMARKS.md): μ 500, w 1 scored Rel 0.45 / Gen 0.28 /
-Loc 0.49; μ 2,000, w 10 (the defaults) 0.49 / 0.34 / 0.65; μ 5,000, w 10 0.41 / 0.33 / 0.75; MEMIT
-(μ 1,500, no earlier keys) 0.34 / 0.26 / 0.60. A heavier μ makes each batch's update smaller and
-a heavier w keeps earlier batches' facts; on one batch alone μ 500 lands more facts (above).
+For 1,000 facts in sequential batches of 100 (`eval.locate_study`, the same cached target states for
+every row, BENCHMARKS.md): μ 500, w 1 (the defaults) scored Rel 0.45 / Gen 0.28 / Loc 0.49; μ 2,000,
+w 10 0.49 / 0.34 / 0.65; μ 5,000, w 10 0.41 / 0.33 / 0.75; MEMIT (μ 1,500, no earlier keys) 0.34 /
+0.26 / 0.60. A heavier μ makes each batch's update smaller and a heavier w keeps earlier batches'
+facts, but on one batch alone μ 500 lands more facts (above), and a consolidation job edits one
+batch at a time: the defaults stay until the editing benchmark and the job confirm μ 2,000, w 10
+(`covariance_weight=2000, earlier_weight=10` set them).
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ class AlphaEditConfig(LocateConfig):
 
     null_threshold: float = Field(default=1.0, gt=0, le=1)
     ridge: float = Field(default=1.0, gt=0)
-    covariance_weight: float = Field(default=2000.0, ge=0)
-    earlier_weight: float = Field(default=10.0, ge=0)
+    covariance_weight: float = Field(default=500.0, ge=0)
+    earlier_weight: float = Field(default=1.0, ge=0)
 
 
 class AlphaEditEditor(WeightEditor):
