@@ -263,6 +263,9 @@ class WeightEditor(Editor):
         self._check_live()
         if request.id is None:
             raise InvalidInputError("a shelved request needs its id")
+        hidden = self.lm.model.config.hidden_size
+        if not isinstance(state, torch.Tensor) or state.shape != (hidden,) or not torch.isfinite(state).all():
+            raise InvalidInputError(f"a target state is a finite vector of the model's hidden size ({hidden})")
         located = self._located(request)
         self.shelved[located.id] = (located, state)
 
@@ -293,6 +296,8 @@ class WeightEditor(Editor):
     @contextmanager
     def layers_restored(self, layers: Collection[int]) -> Iterator[None]:
         """The original weights of `layers` inside the block, the edited ones after: a layer's share of an effect."""
+        if unknown := set(layers) - set(self.projections):
+            raise InvalidInputError(f"layers {sorted(unknown)} are not edited here (edited: {sorted(self.projections)})")
         with torch.no_grad():
             for layer in layers:
                 self.projections[layer].weight.copy_(self.originals[layer])

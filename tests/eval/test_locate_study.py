@@ -56,3 +56,21 @@ def test_a_configuration_reuses_the_cached_target_states_and_scores_every_record
     cached = cached_targets(editor, requests_of(RECORDS), tmp_path, 2)
     editor.remove()
     assert sorted(cached) == [f"record-{i}" for i in range(4)]
+
+
+def test_a_wrong_target_state_or_layer_is_refused_and_changes_nothing(tiny_lm):
+    from agentmem import InvalidInputError
+
+    editor = AlphaEditEditor(tiny_lm, AlphaEditConfig(**TINY))
+    request = EditRequest(prompt=RECORDS[0].src, target=RECORDS[0].alt, subject="Alice", id="Alice")
+    editor.edit([request])
+    edited = {layer: editor.delta(layer).clone() for layer in (0, 1)}
+    for state in (torch.zeros(3), torch.full((tiny_lm.model.config.hidden_size,), float("nan"))):
+        with pytest.raises(InvalidInputError):
+            editor.shelve(request.model_copy(update={"id": "Bob"}), state)
+    assert not editor.shelved
+    with pytest.raises(InvalidInputError):
+        with editor.layers_restored([0, 7]):
+            pass
+    assert all(torch.equal(editor.delta(layer), edited[layer]) for layer in (0, 1))
+    editor.remove()
