@@ -7,6 +7,11 @@ a replica: its own Memory on the shared store, one torch thread, MiniLM loaded a
 before a common start signal. One process remembers N texts; then, on a fresh store, two
 processes remember N different texts each at once. Throughput = texts / wall time of the
 slowest process. The target (issue 16) is two processes >= 1.6x one.
+
+Each phase also counts the CPU seconds that the replicas and both servers used while it ran. A
+phase that keeps every core busy is bound by CPU, and then the cores busy while one process
+works bound what two can reach: at one process's CPU per text, C cores allow at most
+C / (cores busy with one) times its throughput.
 """
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import psutil
 
 from .latency import corpus
 from .postgres_server import TemporaryPostgres
@@ -40,6 +48,7 @@ with Memory(url, chroma_url=chroma, collection=collection) as mem:
     for i, text in enumerate(texts):
         mem.remember(text, user_id="fleet", session_id=f"s{i // 50}")
     print(time.perf_counter() - start, flush=True)
+    sys.stdin.readline()  # closed only after the CPU count, so closing is not counted
 """
 
 
@@ -65,8 +74,26 @@ def start_chroma(folder: Path) -> tuple[subprocess.Popen, str]:
     sys.exit("chroma run did not start listening within 60 s")
 
 
-def replicas(url: str, chroma: str, collection: str, threads: int, batches: list[list[str]], workdir: Path) -> float:
-    """Start one replica per batch, release them together; the texts per second of the whole fleet."""
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU seconds used so far by these processes and every process below them, ended ones included
+    (a parent's `children_*` times hold its reaped children's)."""
+    total = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:  # ended since the listing; its parent counts it once reaped
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def replicas(
+    url: str, chroma: str, collection: str, threads: int, batches: list[list[str]], workdir: Path, servers: list[int],
+) -> dict:
+    """Start one replica per batch, release them together; the fleet's texts per second, and the CPU
+    seconds the replicas and the `servers` (process ids) used meanwhile."""
     processes = []
     for n, batch in enumerate(batches):
         texts = workdir / f"{collection}-{n}.json"
@@ -78,13 +105,21 @@ def replicas(url: str, chroma: str, collection: str, threads: int, batches: list
     for process in processes:
         if process.stdout.readline().strip() != "ready":
             sys.exit("a replica failed to start")
+    replica_ids = [process.pid for process in processes]
+    before = cpu_seconds(replica_ids), cpu_seconds(servers)
     for process in processes:
         process.stdin.write("go\n")
         process.stdin.flush()
     seconds = [float(process.stdout.readline()) for process in processes]
+    after = cpu_seconds(replica_ids), cpu_seconds(servers)
+    for process in processes:
+        process.stdin.write("close\n")
+        process.stdin.flush()
     if any(process.wait() != 0 for process in processes):
         sys.exit("a replica failed")
-    return sum(map(len, batches)) / max(seconds)
+    texts = sum(map(len, batches))
+    return {"per_s": texts / max(seconds), "seconds": max(seconds),
+            "replica_cpu_s": after[0] - before[0], "server_cpu_s": after[1] - before[1]}
 
 
 def run(data: Path, notes: int, threads: int) -> dict:
@@ -93,36 +128,49 @@ def run(data: Path, notes: int, threads: int) -> dict:
     os.environ["AGENTMEM_HOME"] = str(workdir / "home")
     server = TemporaryPostgres()
     chroma, chroma_url = start_chroma(workdir / "chroma")
+    servers = [server.pid, chroma.pid]
     try:
-        one = replicas(server.create_database("one"), chroma_url, "one", threads, [texts[:notes]], workdir)
+        one = replicas(server.create_database("one"), chroma_url, "one", threads, [texts[:notes]], workdir, servers)
         two = replicas(server.create_database("two"), chroma_url, "two", threads,
-                       [texts[notes:2 * notes], texts[2 * notes:3 * notes]], workdir)
+                       [texts[notes:2 * notes], texts[2 * notes:3 * notes]], workdir, servers)
     finally:
         chroma.terminate()
         chroma.wait(timeout=30)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"notes_per_process": notes, "threads_per_process": threads, "one_process_per_s": one,
-            "two_processes_per_s": two, "ratio": two / one}
+    cores = os.cpu_count() or 1
+    for phase in (one, two):
+        phase["cores_busy"] = (phase["replica_cpu_s"] + phase["server_cpu_s"]) / phase["seconds"]
+    return {"notes_per_process": notes, "threads_per_process": threads, "cores": cores, "one": one, "two": two,
+            "ratio": two["per_s"] / one["per_s"], "ratio_the_cores_allow": cores / one["cores_busy"]}
 
 
 def markdown(result: dict, command: str) -> str:
+    notes, threads = result["notes_per_process"], result["threads_per_process"]
+
+    def row(processes: int, phase: dict, ratio: str) -> str:
+        texts = notes * processes
+        return (f"| {processes} | {notes} | {threads} | {phase['per_s']:.1f}{ratio} | {phase['cores_busy']:.2f}"
+                f" | {1000 * phase['replica_cpu_s'] / texts:.1f} / {1000 * phase['server_cpu_s'] / texts:.1f} |")
+
     return "\n".join([
         "## Fleet: remember throughput, one vs two processes on one PostgreSQL store",
         "",
         f"Measured {machine_line()}.",
         f"Command: `{command}`",
         "",
-        "| processes | texts per process | torch threads each | remember throughput (texts/s) |",
-        "|---|---|---|---|",
-        f"| 1 | {result['notes_per_process']} | {result['threads_per_process']} | {result['one_process_per_s']:.1f} |",
-        f"| 2 | {result['notes_per_process']} | {result['threads_per_process']} | {result['two_processes_per_s']:.1f}"
-        f" ({result['ratio']:.2f}x) |",
+        "| processes | texts per process | torch threads each | remember throughput (texts/s) | cores busy"
+        " | CPU ms per text: replicas / servers |",
+        "|---|---|---|---|---|---|",
+        row(1, result["one"], ""),
+        row(2, result["two"], f" ({result['ratio']:.2f}x)"),
         "",
         "Each process is a replica with its own Memory on one PostgreSQL 15 store and one `chroma run` server."
         " Target: two processes >= 1.6x one. Embedding runs before the store's advisory lock and the index"
         " write after it (its outbox rows claimed); the write section (neighbours, duplicates, links, the"
-        " note's commit) is serialized.",
+        " note's commit) is serialized. Cores busy: the CPU seconds of the replicas, PostgreSQL and `chroma run`"
+        f" over the phase's wall time; at one process's CPU per text, this machine's {result['cores']} cores allow"
+        f" two processes at most {result['ratio_the_cores_allow']:.2f}x one.",
     ])
 
 

@@ -83,6 +83,11 @@ class TemporaryPostgres:
         self.stop()
         raise RuntimeError("postgres did not accept connections within 60 s")
 
+    @property
+    def pid(self) -> int:
+        """The process the server runs under (its launcher when run as `postgres`): the root of its process tree."""
+        return self._process.pid
+
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
