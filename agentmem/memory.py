@@ -5,6 +5,8 @@ A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
 Every operation holds a thread lock and an inter-process file lock, so many threads
 and several processes can share one folder without losing or duplicating notes.
 Embedding happens before the locks are taken, so threads still encode in parallel.
+A remember's vector-index write finishes in the background (`stores.index_writes`); every
+other call waits for it first.
 
 The contract for faults: every argument is checked before anything is written, so a call
 that raises has changed nothing; a call that returns is durable (committed to the note
@@ -18,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from .notes import (
 )
 from .stores import NoteGraph, VectorIndex
 from .stores.filters import NoteFilter
+from .stores.index_writes import IndexWrites
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
 from .stores.sync import IndexSync, open_index
 from .reading import ReadPath
@@ -98,7 +101,9 @@ class Memory:
         self.config = config or MemoryConfig()
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self._lock = threading.RLock()
+        self._held = threading.local()  # how deep this thread is in the locked sections
         self._closed = False
+        self._index_writes = IndexWrites()
         self._encoding = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-encode")  # recall's queries
         self.policy = policy or ConsolidationPolicy()
         self._parametric: ParametricBridge | None = None
@@ -127,6 +132,7 @@ class Memory:
                 self._parametric.consolidator(check.time(None))
         except BaseException:
             self._encoding.shutdown(wait=False)
+            self._index_writes.close()
             if self._parametric is not None:
                 self._parametric.close()
             if self._index is not None:
@@ -141,10 +147,12 @@ class Memory:
 
     def close(self) -> None:
         """Release the stores, and take the editor out of the model (its state stays on disk)."""
+        self._index_writes.wait()
         with self._parametric.idle(), self._lock:
             if not self._closed:
                 self._closed = True
                 self._encoding.shutdown(wait=False)
+                self._index_writes.close()
                 self._parametric.close()
                 self._index.close()
                 self._graph.close()
@@ -159,9 +167,7 @@ class Memory:
     def _exclusive(self) -> Iterator[None]:
         """Hold both locks; first catch up with what other processes wrote (and with an index
         that was unreachable); afterwards quarantine any row a read found unreadable."""
-        with self._lock:
-            if self._closed:
-                raise StoreClosedError(f"memory at {self.path} is closed")
+        with self._thread_lock():
             with self._graph.lock(), self._graph.errors():
                 if self._graph.refresh_if_changed():
                     self._index.refresh()
@@ -175,11 +181,24 @@ class Memory:
         """A read of committed rows that no write depends on: the store's connection is this
         process's to share, so its threads take turns, but other processes are not waited for
         (SQLite's WAL and PostgreSQL give the read a snapshot of its own)."""
+        with self._thread_lock(), self._graph.errors():
+            yield
+
+    @contextmanager
+    def _thread_lock(self) -> Iterator[None]:
+        """This process's lock on the store, once the index writes in flight are done (they may
+        need the lock themselves, so a thread already holding it does not wait for them)."""
+        depth = getattr(self._held, "depth", 0)
+        if depth == 0:
+            self._index_writes.wait()
         with self._lock:
             if self._closed:
                 raise StoreClosedError(f"memory at {self.path} is closed")
-            with self._graph.errors():
+            self._held.depth = depth + 1
+            try:
                 yield
+            finally:
+                self._held.depth = depth
 
     def _check_embedder(self) -> None:
         dim = str(self._embed(["dimension probe"]).shape[1])
@@ -250,15 +269,26 @@ class Memory:
         return notes
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
+        """Store the items; their index write finishes in the background (see `IndexWrites`)."""
         embeddings = self._embed([item.text for item in items])
         drafts = [self._writer.draft(item) for item in items]
-        with ExitStack() as index_write:
-            with self._exclusive():
-                notes, claimed = self._writer.store_notes(drafts, embeddings, deduplicate)
-                index_write.enter_context(claimed)
-                if not self._sync.concurrent:
-                    index_write.close()  # written inside the lock
-            return notes  # on a shared store with an index server, written here, after the lock
+        with self._exclusive():
+            notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate)
+            if self._sync.concurrent:  # the outbox rows claimed now, under the lock (`IndexSync.claimed`)
+                claim = ExitStack()
+                claim.enter_context(index_write)
+                self._index_writes.submit(claim.close)
+            else:
+                self._index_writes.submit(lambda: self._write_embedded_index(index_write))
+        return notes
+
+    def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
+        """An embedded index is files that only the store's lock holder writes."""
+        with self._lock:
+            if self._closed:
+                return  # the rows stay in the outbox; the store replays them when opened again
+            with self._graph.lock(), self._graph.errors(), index_write:
+                pass
 
     def update(
         self,

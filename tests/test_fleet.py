@@ -56,9 +56,9 @@ def entries(name: str, count: int) -> list[str]:
 
 def consistent(mem: Memory) -> None:
     """Every note in both stores, nothing left to sync, no text twice."""
+    assert mem.stats().pending_sync == 0  # first: a public call lets the index writes in flight finish
     by_token = mem._graph.all_tokens()
     assert {by_token.get(t, t) for t in mem._index.tokens()} == mem._graph.all_ids()
-    assert mem.stats().pending_sync == 0
     texts = [n.text for n, _ in mem._graph.all_notes()]
     assert len(texts) == len(set(texts))
 
@@ -123,6 +123,7 @@ def test_a_writer_stalled_in_its_index_write_keeps_its_note_and_a_dead_one_is_re
             again = mem.remember(text, user_id="shared")  # the live writer's note, found though not indexed
             mem.remember("The harbour ferry leaves at noon", user_id="shared")
             assert again.id == note_id and again.strength > 1.0
+            mem.stats()  # lets this process's own index writes finish
             assert mem._graph.pending() == [(note_id, "upsert")]  # not replayed while its writer lives
             assert mem._index.token("id", note_id) not in mem._index.tokens()
             stalled.kill()

@@ -21,6 +21,7 @@ from .conftest import T0
 
 def index_ids(mem: Memory) -> set[str]:
     """The notes the vector index holds, by note id (its own ids are keyed hashes); strays keep their token."""
+    mem.stats()  # a public call: it lets the index writes in flight finish first
     by_token = mem._graph.all_tokens()
     return {by_token.get(token, token) for token in mem._index.tokens()}
 

@@ -47,6 +47,7 @@ with Memory(url, chroma_url=chroma, collection=collection) as mem:
     start = time.perf_counter()
     for i, text in enumerate(texts):
         mem.remember(text, user_id="fleet", session_id=f"s{i // 50}")
+    mem.stats()  # the last index write, which finishes after remember returns
     print(time.perf_counter() - start, flush=True)
     sys.stdin.readline()  # closed only after the CPU count, so closing is not counted
 """

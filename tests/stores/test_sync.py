@@ -256,6 +256,7 @@ def test_what_a_write_pushes_is_the_stored_searched_vector_and_scope(tmp_path, e
         notes = mem.remember_many(["Ivy grows tomatoes", "Yes, on her balcony!", "Ivy grows tomatoes"],
                                   user_id="ivy", session_id="s1", at=T0)
         assert notes[0].id == notes[2].id  # the repeat reinforced the first note
+        mem.stats()  # a public call: it lets the index write in flight finish first
         rows = mem._graph.load([n.id for n in notes], links=False)
         tokens = {mem._index.token("id", i): i for i in rows}
         entries = mem._index._collection.get(ids=list(tokens), include=["embeddings", "metadatas"])
