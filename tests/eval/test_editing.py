@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agentmem.editors import GraceConfig, GraceEditor, SemanticConfig, SemanticEditor
+from agentmem.editors import AlphaEditConfig, EmmetConfig, GraceConfig, GraceEditor, SemanticConfig, SemanticEditor
 from agentmem.errors import InvalidInputError
 from agentmem.eval import editing
 from agentmem.eval.zsre import ZsreRecord, ambiguous, load_zsre
@@ -61,6 +61,21 @@ def test_the_report_shows_the_command_each_t_and_the_published_row():
     assert "`python -m agentmem.eval.editing --n 10`" in text
     assert "| 10 | 100 | 1.000 | 0.300 | 1.000 | 0.990 | 0.100 | 80: 0.125 / - / - | - / - / - | - (-) | 0.50 / 1.00 | 0.200 / 0.210 (1.05x) |" in text
     assert "| 1000 (GRACE, LLaMA-2-7B (published)) | | 0.93 | 0.08 | 1.00 |" in text
+
+
+def test_a_counterfact_report_ends_with_the_counterfact_published_row_not_the_zsre_one():
+    row = editing.EditingScores(
+        edits=100, records=100, reliability=0.99, generalization=0.24, locality=0.88, reliability_em=0.99,
+        generalization_em=0.19, unambiguous=100, generalization_em_unambiguous=0.19, edit_success=0.99, edit_seconds_median=0.3,
+        edit_seconds_p95=0.3, generation_seconds_base=1.0, generation_seconds_edited=0.9, neighbourhood_score=0.61,
+        neighbourhood_score_unedited=0.62,
+    )
+    args = ("alphaedit", AlphaEditConfig(), [row], "python -m agentmem.eval.editing --editor alphaedit", "smol")
+    counterfact, zsre = editing.markdown(*args, "CounterFact"), editing.markdown(*args)
+    assert "## Knowledge editing: alphaedit on CounterFact (smol)" in counterfact and "| 0.610 (0.620) |" in counterfact
+    assert "| 0.99 | 0.94 | 0.68 |" in counterfact and "| 0.94 | 0.91 | 0.33 |" not in counterfact
+    assert "## Knowledge editing: alphaedit on ZsRE (smol)" in zsre and "| 0.94 | 0.91 | 0.33 |" in zsre
+    assert "(published" not in editing.markdown("emmet", EmmetConfig(), [row], "python -m agentmem.eval.editing", "smol")
 
 
 def test_records_asking_about_one_subject_with_different_targets_are_ambiguous():
