@@ -283,12 +283,16 @@ class Memory:
         return notes
 
     def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
-        """An embedded index is files that only the store's lock holder writes."""
+        """An embedded index is files that only the store's lock holder writes, and that another
+        process may have written since the remember released the lock."""
         with self._lock:
             if self._closed:
                 return  # the rows stay in the outbox; the store replays them when opened again
-            with self._graph.lock(), self._graph.errors(), index_write:
-                pass
+            with self._graph.lock(), self._graph.errors():
+                if self._graph.refresh_if_changed():
+                    self._index.refresh()
+                with index_write:
+                    pass
 
     def update(
         self,
