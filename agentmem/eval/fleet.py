@@ -168,8 +168,8 @@ def markdown(result: dict, command: str) -> str:
         "",
         "Each process is a replica with its own Memory on one PostgreSQL 15 store and one `chroma run` server."
         " Target: two processes >= 1.6x one. Embedding runs before the store's advisory lock and the index"
-        " write after it (its outbox rows claimed); the write section (neighbours, duplicates, links, the"
-        " note's commit) is serialized. Cores busy: the CPU seconds of the replicas, PostgreSQL and `chroma run`"
+        " write after it, in the background (its outbox rows claimed); the write section (neighbours,"
+        " duplicates, links, the note's commit) is serialized. Cores busy: the CPU seconds of the replicas, PostgreSQL and `chroma run`"
         f" over the phase's wall time; at one process's CPU per text, this machine's {result['cores']} cores allow"
         f" two processes at most {result['ratio_the_cores_allow']:.2f}x one.",
     ])
