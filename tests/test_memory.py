@@ -607,3 +607,12 @@ def test_a_note_links_to_its_max_links_most_similar_neighbours(memory_location, 
             newcomer = remember(text)
             assert sorted(link.note_id for link in newcomer.links) == sorted(ranked[:2])
             own[newcomer.id] = vector
+
+
+def test_a_note_forgotten_right_after_it_was_remembered_leaves_no_vector(memory):
+    """remember returns before its index write; a forget at once must still leave the index without it."""
+    kept = memory.remember("Ravi waters the ferns on Mondays", user_id="ravi", at=T0)
+    note = memory.remember("Ravi's spare key is under the blue flowerpot", user_id="ravi", at=T0)
+    memory.forget(note.id)
+    assert index_ids(memory) == {kept.id}
+    assert [hit.note.id for hit in memory.recall("spare key under the flowerpot", user_id="ravi", at=T0)] == [kept.id]
