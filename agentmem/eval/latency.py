@@ -30,8 +30,8 @@ the median of the per-batch ratios (remember_many texts/s over encode texts/s), 
 
 A remember returns once its note is committed, and its vector-index write finishes in the
 background (`stores.index_writes`). A timed remember is the time until the call returns; the
-benchmark then lets the write finish, untimed (any call of the memory waits for it: `stats`),
-so that no timed step, ours or the baseline's, shares the machine with it. A timed
+benchmark then lets the write finish, untimed (any call of the memory waits for it; it reads the
+note back), so that no timed step, ours or the baseline's, shares the machine with it. A timed
 remember_many batch includes its index write.
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from ..memory import Memory
+from ..notes import Note
 from ..models import bundled_embedder_path, load_embedder
 from ..stores.vectors import client_settings
 from .postgres_server import TemporaryPostgres
@@ -197,6 +198,12 @@ def throughput_rounds(
     }
 
 
+def settled(memory: Memory, notes: list[Note]) -> None:
+    """Once the memory's index writes in flight are done: every call waits for them, `get` costs least."""
+    if notes:
+        memory.get(notes[-1].id)
+
+
 def open_memory(store: str, workdir: Path, embedder: SentenceTransformer) -> tuple[Memory, TemporaryPostgres | None]:
     """A new memory on the note store named, and the PostgreSQL server it needs (to stop after)."""
     if store == "sqlite":
@@ -241,8 +248,7 @@ def run(
             batches = [pool[start : min(start + ROUND, size)] for start in starts]
             throughput = throughput_rounds(
                 batches, baseline.encode,
-                lambda i: (memory.remember_many(items[starts[i] : starts[i] + len(batches[i])], user_id="bench"),
-                           memory.stats()),  # the batch's index write included
+                lambda i: settled(memory, memory.remember_many(items[starts[i] : starts[i] + len(batches[i])], user_id="bench")),
             )
             for start, batch in zip(starts, batches):
                 baseline.add(batch, vectors[start : start + len(batch)])
@@ -252,7 +258,7 @@ def run(
             for text, question in zip(probes, asks):
                 remember_base.append(timed(lambda: baseline.add([text])))
                 remember_ours.append(timed(lambda: stored.append(memory.remember(text, user_id="bench", session_id="probe").id)))
-                memory.stats()  # its index write finishes before the next timed step
+                memory.get(stored[-1])  # untimed: any call waits for the index write, so it ends before the next timed step
                 recall_base.append(timed(lambda: baseline.query(question)))
                 recall_ours.append(timed(lambda: memory.recall(question, user_id="bench", k=10)))
             results["sizes"][size] = {
