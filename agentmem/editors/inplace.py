@@ -96,8 +96,11 @@ class LocateConfig(EditorConfig):
     @model_validator(mode="before")
     @classmethod
     def _wrapper_above_band(cls, data: Any) -> Any:
+        """`layer` := the block right above the band: the target state is searched there, and the solve writes the
+        gap between it and the band's top output. The band is this class's default when not given (ROME's (5,),
+        not DEFAULT_BAND: with that, ROME searched the state entering block 8 and wrote it after block 5)."""
         if isinstance(data, dict):
-            layers = data.get("layers", DEFAULT_BAND)
+            layers = data.get("layers", cls.model_fields["layers"].default)
             if isinstance(layers, (list, tuple)) and layers and all(isinstance(x, int) for x in layers):
                 data = {**data, "layer": max(layers) + 1}
         return data
