@@ -81,6 +81,12 @@ class ConsolidationScores(BaseModel):
     job_seconds: float
     edit_seconds_median: float
 
+    @property
+    def seconds_per_consolidated(self) -> float:
+        """The job's wall time per fact it landed: what a fact costs whichever way the editor batches (the job
+        also pays for the facts it rolls back, bisects or leaves over the probe budget)."""
+        return self.job_seconds / self.consolidated if self.consolidated else float("nan")
+
 
 def run(lm: LanguageModel, records: Sequence[ZsreRecord], folder: Path, editor: str | EditorConfig) -> ConsolidationScores:
     """One store, one job, the scores above."""
@@ -326,12 +332,15 @@ def markdown(rows: Sequence[ConsolidationScores], command: str, model: str, edit
         "N records and over the facts the job consolidated (the ledger's; it rolls back edits that fail",
         "verification; a record whose note was merged into a near-duplicate with another target has no edit);",
         "Loc: share of `loc_ans` token predictions unchanged; every tenth consolidated note is then",
-        "forgotten and must give its pre-edit answer again while the rest keep theirs.",
+        "forgotten and must give its pre-edit answer again while the rest keep theirs. Job s per consolidated",
+        "fact: the job's wall time over the facts it landed (`budget`: facts a batching editor's job left for a",
+        "later one once its probe budget was spent; they cost nothing and land nothing), the figure to compare",
+        "editors by (s/edit median: a batch's time shared among its facts).",
         "",
         "| N | notes | consolidated / known / failed | not consolidated (policy's reason) | EM before -> after (all) "
         "| EM after (consolidated) | rephrase EM before -> after | Loc | forgotten: reverted | EM of the rest after forgetting "
-        "| job s (s/edit median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| job s (s/edit median) | job s per consolidated fact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -339,7 +348,8 @@ def markdown(rows: Sequence[ConsolidationScores], command: str, model: str, edit
             f"| {_reasons(r.not_consolidated)} "
             f"| {r.em_before:.3f} -> {r.em_after:.3f} "
             f"| {r.em_after_consolidated:.3f} | {r.rephrase_em_before:.3f} -> {r.rephrase_em_after:.3f} | {r.locality:.3f} "
-            f"| {r.forgotten}: {r.reverted} | {r.kept_after_forgetting:.3f} | {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
+            f"| {r.forgotten}: {r.reverted} | {r.kept_after_forgetting:.3f} | {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) "
+            f"| {r.seconds_per_consolidated:.2f} |"
         )
     return "\n".join(lines)
 

@@ -26,6 +26,19 @@ def test_facts_go_from_notes_into_the_weights_and_forgotten_ones_revert(tmp_path
     table = consolidation.markdown([scores], "python -m agentmem.eval.consolidation --n 3", "tiny-llama", "grace")
     assert scores.not_consolidated == {}
     assert "| 3 | 3 | 3 / 0 / 0 | - | 0.000 -> 1.000 | 1.000 |" in table and "`python -m agentmem.eval.consolidation --n 3`" in table
+    assert table.rstrip().endswith(f"| {scores.job_seconds / 3:.2f} |")
+
+
+def test_the_report_gives_the_job_seconds_per_landed_fact_not_per_planned_one():
+    scores = consolidation.ConsolidationScores(
+        facts=500, notes=480, recalled=1.0, consolidated=40, known=0, failed=5, not_consolidated={"budget": 435},
+        em_before=0.0, em_after=0.08, em_after_consolidated=0.9, rephrase_em_before=0.0, rephrase_em_after=0.01,
+        locality=0.9, forgotten=4, reverted=4, kept_after_forgetting=0.9, job_seconds=600.0, edit_seconds_median=1.5)
+    assert scores.seconds_per_consolidated == 15.0
+    table = consolidation.markdown([scores], "--n 500", "tiny", "alphaedit")
+    assert "| budget 435 |" in table and table.rstrip().endswith("| 600 (1.50) | 15.00 |")
+    none = scores.model_copy(update={"consolidated": 0})
+    assert none.seconds_per_consolidated != none.seconds_per_consolidated   # nan: no fact landed
 
 
 def test_the_command_line_refuses_impossible_sizes(tmp_path):
