@@ -21,6 +21,7 @@ from . import forgetting, linking
 from .config import MemoryConfig
 from .facts import FactExtractor
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
+from .stores.batch import WriteBatch
 from .stores.store import NoteStore
 from .stores.rows import Neighbours, OutboxClaim
 from .stores.sync import IndexSync
@@ -112,12 +113,14 @@ class WritePath:
         known = {i: note for stored in neighbours for i, note in stored.notes(wanted).items()}
         stored: list[Note] = []
         with self.store.transaction():
+            batch = WriteBatch(self.store)
             for position, draft in enumerate(drafts):
                 earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
                 indexed = [(i, s) for i, s in candidates[position] if isinstance(i, str)]
                 stored.append(self.insert_or_reinforce(
-                    draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
+                    batch, draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
+            batch.flush()
         ids = list(dict.fromkeys(note.id for note in stored))
         index_write = self.index.claimed(ids, written={
             draft.id: (draft, embedding if searched is None else searched)
@@ -193,12 +196,12 @@ class WritePath:
         return found, read
 
     def insert_or_reinforce(
-        self, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
+        self, batch: WriteBatch, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
         known: dict[str, Note], deduplicate: bool = True,
     ) -> Note:
         """Store the draft linked to its candidates (those at least as similar as a link or a
-        duplicate needs), or reinforce the note it duplicates; `known` holds the candidates as
-        stored and is updated with what this changes."""
+        duplicate needs), or reinforce the note it duplicates, writing to `batch`; `known` holds the
+        candidates as stored and is updated with what this changes."""
         candidates = sorted(candidates, key=lambda c: -c[1])
         for note_id, similarity in candidates:
             other = known.get(note_id)
@@ -209,17 +212,17 @@ class WritePath:
                 and similarity >= self.config.duplicate_threshold
                 and linking.same_content(other.text, draft.text)
             ):
-                known[note_id] = self.reinforce_duplicate(other, draft)
+                known[note_id] = self.reinforce_duplicate(batch, other, draft)
                 return known[note_id]
-        self.store.insert(draft, embedding, in_context)
+        batch.insert(draft, embedding, in_context)
         known[draft.id] = draft
         linked = [(i, s) for i, s in candidates if i in known and s >= self.config.link_threshold]
         for note_id, similarity in linked[: self.config.max_links]:
-            self.store.link(draft.id, note_id, round(similarity, 6), draft.created_at)
-            known[note_id] = self.evolve(known[note_id], draft)
+            batch.link(draft.id, note_id, round(similarity, 6), draft.created_at)
+            known[note_id] = self.evolve(batch, known[note_id], draft)
         return draft
 
-    def reinforce_duplicate(self, existing: Note, draft: Note) -> Note:
+    def reinforce_duplicate(self, batch: WriteBatch, existing: Note, draft: Note) -> Note:
         """A near-duplicate strengthens the note it repeats (and revives it if archived); returns it as changed."""
         tags = existing.tags + [t for t in draft.tags if t not in existing.tags]
         changes: dict[str, Any] = {
@@ -229,7 +232,7 @@ class WritePath:
         }
         if existing.fact is None and draft.fact is not None:
             changes["fact"] = draft.fact
-        self.store.set_fields(existing.id, **changes)
+        batch.set_fields(existing.id, **changes)
         if existing.archived:
             self.store.set_archived([existing.id], False)
             changes["archived"] = False
@@ -263,12 +266,12 @@ class WritePath:
         self.index.push([before.id])
         return self.store.get(before.id)
 
-    def evolve(self, neighbour: Note, newcomer: Note) -> Note:
+    def evolve(self, batch: WriteBatch, neighbour: Note, newcomer: Note) -> Note:
         """The neighbour absorbs a few of the newcomer's keywords; returns it as changed."""
         keywords = linking.evolve_keywords(neighbour.keywords, newcomer.keywords, self.config.max_keywords)
         if keywords == neighbour.keywords:
             return neighbour
-        self.store.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
-        self.store.set_fields(neighbour.id, keywords=keywords)
-        self.store.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
+        batch.record(neighbour.id, newcomer.created_at, f"evolved:{newcomer.id}", neighbour)
+        batch.set_fields(neighbour.id, keywords=keywords)
+        batch.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
         return neighbour.model_copy(update={"keywords": keywords})

@@ -286,14 +286,18 @@ class PostgresNoteGraph(SqlNoteStore):
         if queued is None:
             self._run(sql, params)
         else:
-            queued.append((psycopg_sql(sql), params))
+            queued.append((psycopg_sql(sql), [params]))
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """One statement for many rows; queued as one inside `transaction()` (psycopg's `executemany`
+        converts the statement once: a batch of 200 remembers sent 2,700 rows)."""
         rows = list(rows)
         queued = getattr(self._pinned, "queued", None)
+        if not rows:
+            return
         if queued is not None:
-            queued.extend((psycopg_sql(sql), row) for row in rows)
-        elif rows:
+            queued.append((psycopg_sql(sql), rows))
+        else:
             with self._session() as conn, conn.cursor() as cursor:
                 cursor.executemany(psycopg_sql(sql), rows)
 
@@ -354,12 +358,17 @@ class PostgresNoteGraph(SqlNoteStore):
     def _send_queued(self, conn: psycopg.Connection, then: Sequence[str] = ()) -> list[psycopg.Cursor]:
         """Send the queued statements, and `then`'s after them, in one pipeline; returns `then`'s cursors."""
         queued = getattr(self._pinned, "queued", None) or []
-        statements = [*queued, *((sql, ()) for sql in then)]
+        statements = [*queued, *((sql, [()]) for sql in then)]
         queued.clear()
         if not statements:
             return []
+        cursors = []
         with conn.pipeline():
-            cursors = [conn.execute(sql, params) for sql, params in statements]
+            for sql, rows in statements:
+                if len(rows) == 1:
+                    cursors.append(conn.execute(sql, rows[0]))
+                else:
+                    conn.cursor().executemany(sql, rows)
         return cursors[len(cursors) - len(then):]
 
     @contextmanager
@@ -503,7 +512,7 @@ class PostgresNoteGraph(SqlNoteStore):
                         yield
                     return
                 # BEGIN waits in the queue too: a transaction without reads is one round trip
-                self._pinned.queued = [("BEGIN", ())]
+                self._pinned.queued = [("BEGIN", [()])]
                 if bookkeeping:
                     self._write("SET LOCAL synchronous_commit TO OFF")
                 try:

@@ -117,12 +117,16 @@ class SqlNoteStore:
     def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None = None) -> None:
         """Add a note. `embedding` is its text's own; `in_context`, when given, is the vector searched
         and ranked instead (the text embedded in its conversation's context)."""
-        self._write(
+        self.insert_many([(note, embedding, in_context)])
+
+    def insert_many(self, notes: Sequence[tuple[Note, np.ndarray, np.ndarray | None]]) -> None:
+        """`insert` for many notes, one statement per table."""
+        self._many(
             f"INSERT INTO notes ({', '.join(NOTE_COLUMNS)}) VALUES ({marks(NOTE_COLUMNS)})",
-            note_row(note, embedding, in_context, self.index_key),
+            [note_row(note, embedding, in_context, self.index_key) for note, embedding, in_context in notes],
         )
-        self._write(OUTBOX, (note.id, "upsert"))
-        self.graph.add_node(note.id)
+        self._many(OUTBOX, [(note.id, "upsert") for note, _, _ in notes])
+        self.graph.add_nodes_from(note.id for note, _, _ in notes)
 
     def replace(
         self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str, before: Note
@@ -156,9 +160,14 @@ class SqlNoteStore:
             self._write(OUTBOX, (note_id, "upsert"))
 
     def record(self, note_id: str, at: datetime, change: str, before: Note) -> None:
-        self._write(
+        self.record_many([(note_id, at, change, before)])
+
+    def record_many(self, entries: Sequence[tuple[str, datetime, str, Note]]) -> None:
+        """History entries (note, when, what changed, the note before the change), in order."""
+        self._many(
             "INSERT INTO history(note_id, at, change, before) VALUES (?, ?, ?, ?)",
-            (note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"})),
+            [(note_id, to_timestamp(at), change, before.model_dump_json(exclude={"links"}))
+             for note_id, at, change, before in entries],
         )
 
     def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
@@ -166,19 +175,23 @@ class SqlNoteStore:
 
     def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
         """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
-        self._many(
-            "INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(note_id, keyword, origin) for keyword in keywords],
-        )
+        self.absorb_many([(note_id, keyword, origin) for keyword in keywords])
+
+    def absorb_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """`absorb` as (note, keyword, origin) rows; a keyword a note already absorbed keeps its first origin."""
+        self._many("INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
     def link(self, a: str, b: str, weight: float, at: datetime) -> None:
-        first, second = sorted((a, b))
-        self._write(
+        self.link_many([(a, b, weight, at)])
+
+    def link_many(self, links: Sequence[tuple[str, str, float, datetime]]) -> None:
+        """Links (a, b, weight, since when); a link made again takes the new weight."""
+        self._many(
             "INSERT INTO links(a, b, weight, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (a, b) DO UPDATE SET weight = excluded.weight",
-            (first, second, weight, to_timestamp(at)),
+            [(*sorted((a, b)), weight, to_timestamp(at)) for a, b, weight, at in links],
         )
-        self.graph.add_edge(a, b, weight=weight)
+        self.graph.add_weighted_edges_from((a, b, weight) for a, b, weight, _ in links)
 
     def delete(self, note_id: str) -> list[str]:
         """Remove a note and everything about it, including the keywords its neighbours absorbed
