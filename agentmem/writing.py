@@ -196,8 +196,8 @@ class WritePath:
         return found, read
 
     def insert_or_reinforce(
-        self, batch: WriteBatch, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None, candidates: list[tuple[str, float]],
-        known: dict[str, Note], deduplicate: bool = True,
+        self, batch: WriteBatch, draft: Note, embedding: np.ndarray, in_context: np.ndarray | None,
+        candidates: list[tuple[str, float]], known: dict[str, Note], deduplicate: bool = True,
     ) -> Note:
         """Store the draft linked to its candidates (those at least as similar as a link or a
         duplicate needs), or reinforce the note it duplicates, writing to `batch`; `known` holds the
