@@ -19,6 +19,9 @@ and WISE papers:
 - on a CounterFact file (`--data`, see `eval.counterfact`): the Neighbourhood Score, edited and unedited.
 
 `--defaults` builds editors as a user would, with no `unrelated=` prompts (the package's default set).
+`--consistent` edits only records that do not contradict each other (`zsre.consistent`: ZsRE restates one
+fact with several made-up targets, and no editor can answer a question about it with all of them); several
+`--data` files (FILE:START from record START on) give it records enough for T=1000.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from ..models import LanguageModel, load_model
 from . import report
 from .counterfact import CounterFactRecord, is_counterfact, load_counterfact, neighbourhood_score
 from .natural import natural_exact_match
-from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, load_zsre, unrelated_prompts
+from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, consistent, load_zsre, unrelated_prompts
 
 LATENCY_PROMPTS = 8  # of each kind (edited `src`, unrelated `loc`), from the last group
 LATENCY_TOKENS = 16
@@ -241,10 +244,31 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def data_source(text: str) -> tuple[Path, int]:
+    """A `--data` argument: FILE, or FILE:START for the file's records from START on."""
+    path, _, start = text.rpartition(":")
+    return (Path(path), int(start)) if path and start.isdigit() else (Path(text), 0)
+
+
+def read_records(
+    load: Callable[[Path], list[ZsreRecord]], sources: Sequence[tuple[Path, int]], wanted: int, only_consistent: bool,
+) -> list[ZsreRecord]:
+    """The first `wanted` records of the sources read one after another (each from its start), with
+    `only_consistent` those that do not restate an earlier record's fact with another target."""
+    records = [record for path, start in sources for record in load(path)[start:]]
+    return (consistent(records) if only_consistent else records)[:wanted]
+
+
 def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.editing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--editor", choices=sorted(Editor.kinds), default="grace")
-    parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file, or a CounterFact file")
+    parser.add_argument(
+        "--data", type=data_source, nargs="+", default=[(DEFAULT_EDIT_FILE, 0)],
+        help="ZsRE edit file, or a CounterFact file; several are read one after another, and FILE:START reads a "
+        "file from its record START on",
+    )
+    parser.add_argument("--consistent", action="store_true",
+                        help="leave out records that restate an earlier one's fact with another target (`zsre.consistent`)")
     parser.add_argument("--defaults", action="store_true", help="build editors with no unrelated prompts (their defaults)")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
@@ -267,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model()
-    load = load_counterfact if is_counterfact(args.data) else load_zsre
-    records = load(args.data, limit=max(max(args.n), args.records))
+    load = load_counterfact if is_counterfact(args.data[0][0]) else load_zsre
+    records = read_records(load, args.data, max(max(args.n), args.records), args.consistent)
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
     kind = Editor.kinds[args.editor]

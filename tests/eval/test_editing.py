@@ -110,6 +110,20 @@ def test_zsre_records_load_with_a_limit(tmp_path):
         load_zsre(tmp_path / "missing.json")
 
 
+def test_data_sources_are_read_in_turn_from_their_start_and_restated_facts_left_out(tmp_path):
+    first, second = tmp_path / "edit.json", tmp_path / "train.json"
+    alice = RECORDS[0].model_copy(update={"subject": "Alice", "answers": ("Paris",)})
+    restated = alice.model_copy(update={"src": "Where is Alice's home?", "alt": "Rome"})  # Alice's home, another target
+    carol = RECORDS[1].model_copy(update={"subject": "Carol", "answers": ("Oslo",), "src": "Carol lives in"})
+    first.write_text(json.dumps([r.model_dump() for r in (alice, restated)]))
+    second.write_text(json.dumps([r.model_dump() for r in (RECORDS[1], carol)]))
+    sources = [editing.data_source(str(first)), editing.data_source(f"{second}:1")]
+    assert sources == [(first, 0), (second, 1)]
+    assert editing.read_records(load_zsre, sources, 10, only_consistent=False) == [alice, restated, carol]
+    assert editing.read_records(load_zsre, sources, 10, only_consistent=True) == [alice, carol]
+    assert editing.read_records(load_zsre, sources, 1, only_consistent=True) == [alice]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("editor", "config"), [("grace", {"epsilon": 3.6}), ("semantic", {"max_radius": 0.8})])
 def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path, editor, config):
