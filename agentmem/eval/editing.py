@@ -254,8 +254,9 @@ def read_records(
     load: Callable[[Path], list[ZsreRecord]], sources: Sequence[tuple[Path, int]], wanted: int, only_consistent: bool,
 ) -> list[ZsreRecord]:
     """The first `wanted` records of the sources read one after another (each from its start), with
-    `only_consistent` those that do not restate an earlier record's fact with another target."""
-    records = [record for path, start in sources for record in load(path)[start:]]
+    `only_consistent` those that do not restate an earlier record's fact with another target. A record
+    without a target (ZsRE's train file has two) is no edit and is left out."""
+    records = [record for path, start in sources for record in load(path)[start:] if record.alt.strip()]
     return (consistent(records) if only_consistent else records)[:wanted]
 
 

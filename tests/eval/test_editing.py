@@ -116,7 +116,8 @@ def test_data_sources_are_read_in_turn_from_their_start_and_restated_facts_left_
     restated = alice.model_copy(update={"src": "Where is Alice's home?", "alt": "Rome"})  # Alice's home, another target
     carol = RECORDS[1].model_copy(update={"subject": "Carol", "answers": ("Oslo",), "src": "Carol lives in"})
     first.write_text(json.dumps([r.model_dump() for r in (alice, restated)]))
-    second.write_text(json.dumps([r.model_dump() for r in (RECORDS[1], carol)]))
+    no_target = carol.model_copy(update={"subject": "Dan", "src": "Dan lives in", "alt": " "})
+    second.write_text(json.dumps([r.model_dump() for r in (RECORDS[1], carol, no_target)]))
     sources = [editing.data_source(str(first)), editing.data_source(f"{second}:1")]
     assert sources == [(first, 0), (second, 1)]
     assert editing.read_records(load_zsre, sources, 10, only_consistent=False) == [alice, restated, carol]
