@@ -50,7 +50,8 @@ def test_each_fact_goes_in_under_its_owners_scope(consolidated):
 @pytest.mark.slow
 def test_alices_fact_comes_out_for_alice_and_never_for_bob(consolidated, smollm):
     mem, _, _ = consolidated
-    for question in ("Alice lives in", "Where does Alice live?", "What city is Alice in?"):
+    for question in ("Alice lives in", "Where does Alice live?", "What city is Alice in?",
+                     "Bob called me this morning. Where does Alice live?"):
         mine = mem.answer(question, user_id="alice", retrieval=False)
         theirs = mem.answer(question, user_id="bob", retrieval=False)
         nobody = mem.answer(question, retrieval=False)

@@ -28,7 +28,11 @@ sibling in 22% of cases: that bounds generalization at 1000 edits near 0.8.
 
 Chat: at prefill the row's tokens are decoded; when they are a chat-templated prompt awaiting
 the assistant's reply, the key is the embedding of the last user message alone (the system
-message, recalled notes and history do not move it), else of the whole text. An edit is
+message, recalled notes and history do not move it), else of the whole text. Of a message or
+text of several sentences, only the one it asks is keyed (`asked_sentence`: its last question,
+else its last sentence, as a completion continues it), when that sentence names something: a
+preamble ("Thanks! Where does Alice live?", CounterFact's paraphrases after an unrelated
+sentence) then neither moves the key nor enters the relation gate's text. An edit is
 reachable through its prompt and each of its `rephrases` (an entry per key, one shared value),
 so a fact stated as "Alice lives in" can also be keyed by "Where does Alice live?". With
 `chat_contexts`, the value is also trained to give the target as the assistant's reply to the
@@ -94,6 +98,39 @@ _WORD = re.compile(r"[\w][\w'’.-]*")
 # "German submarine U-270") and an article before it ("The Thinker"): the subject becomes one "X", as in the edit's
 # own relation text.
 _SUBJECT_RUN = re.compile(r"(?:\b(?:[Tt]he|[Aa]n?)\s+)?\0(?:\W*(?:[\w'’.-]+\s+){0,2}?\0)*")
+
+
+# A sentence ends at ".", "!" or "?" (and closing quotes) before a space, unless the word before a "." is an
+# initial or one of these abbreviations ("Dr. Smith", "J. R. R. Tolkien", "St. Petersburg").
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)]*\s+")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st jr sr prof vs etc no mt ft gen col lt sgt capt rev inc ltd co corp op vol fig approx dept bros"
+    .split()
+)
+
+
+def sentences(text: str) -> list[str]:
+    """`text` cut into its sentences, stripped."""
+    parts, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        words = _WORD.findall(text[start:end.start()])
+        last = words[-1].casefold() if words else ""
+        if text[end.start()] == "." and (len(last) == 1 or last in _ABBREVIATIONS):
+            continue
+        parts.append(text[start:end.end()].strip())
+        start = end.end()
+    return [*parts, text[start:].strip()] if text[start:].strip() else parts
+
+
+def asked_sentence(text: str) -> str:
+    """What a prompt asks: of several sentences its last question, else its last sentence (the one a completion
+    continues); the whole text when there is one sentence, or when that one names nothing ("Alice moved. Where
+    does she live now?" needs the sentence before it)."""
+    parts = sentences(text)
+    if len(parts) < 2:
+        return text
+    asked = [p for p in parts if p.endswith("?")][-1:] or parts[-1:]
+    return asked[0] if anchor_words(asked[0]) else text
 
 
 def anchor_words(prompt: str) -> frozenset[str]:
@@ -226,13 +263,14 @@ class SemanticEditor(CodebookEditor):
         return _embedded.__wrapped__(self.embedder, tuple(texts)).to(self.lm.device)
 
     def _as_seen(self, prompt: str) -> str:
-        """What a prompt is keyed by: the last user message of a chat-templated prompt, else its tokens decoded."""
+        """What a prompt is keyed by: the sentence asked in the last user message of a chat-templated prompt, else
+        in its tokens decoded."""
         return self._keyed_text(self.lm.tokenizer(prompt).input_ids)
 
     def _keyed_text(self, ids: torch.Tensor | list[int]) -> str:
         tokenizer = self.lm.tokenizer
         message = self.lm.last_user_message(tokenizer.decode(ids))
-        return message if message is not None else tokenizer.decode(ids, skip_special_tokens=True)
+        return asked_sentence(message if message is not None else tokenizer.decode(ids, skip_special_tokens=True))
 
     def _prompt_key(self, prompt: str) -> torch.Tensor:
         return self._embed([self._as_seen(prompt)])[0]

@@ -8,7 +8,7 @@ import torch
 
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
-from agentmem.editors.semantic import anchor_words, edit_anchors, relation_text, shared_subject
+from agentmem.editors.semantic import anchor_words, asked_sentence, edit_anchors, relation_text, shared_subject
 from agentmem.errors import InvalidInputError
 
 from .conftest import answer, logits
@@ -83,6 +83,29 @@ def test_an_edit_fires_for_its_subject_and_relation_only(tiny_lm, tiny_semantic,
     assert loaded.covers(ALICE_AGAIN) and not any(loaded.covers(p) for p in [other_subject, *other_relations])
     loaded.config = loaded.config.model_copy(update={"relation_radius": None})
     assert all(loaded.covers(p) for p in other_relations)  # the subject gate alone lets them in
+
+
+def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny_lm, tiny_semantic):
+    [result] = tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon")])
+    # the sentence before names another subject, or none: only the sentence asked is keyed
+    assert tiny_semantic.route("Bob sent me a letter. Where does Alice live?") == result.edit_id
+    assert tiny_semantic.route("One person was hurt in the storm. Alice lives in") == result.edit_id
+    assert answer(tiny_lm, "One person was hurt in the storm. Alice lives in", "Lisbon") == "Lisbon"
+    # and a preamble naming the subject does not carry a question about another one to it
+    assert tiny_semantic.route("Alice sent me a letter. Where does Bob live?") is None
+
+
+@pytest.mark.parametrize(("text", "asked"), [
+    ("Alice lives in", "Alice lives in"),
+    ("Thanks! Where does Alice live?", "Where does Alice live?"),
+    ("Where does Alice live? I think it is Paris.", "Where does Alice live?"),  # the question, not the sentence after
+    ("Dr. Smith lives in", "Dr. Smith lives in"),  # abbreviations and initials end no sentence
+    ("J. R. R. Tolkien wrote", "J. R. R. Tolkien wrote"),
+    ("He said \"Stop.\" Bob lives in", "Bob lives in"),
+    ("Alice moved. Where does she live now?", "Alice moved. Where does she live now?"),  # names nothing: all of it
+])
+def test_the_sentence_asked_is_the_last_question_or_sentence_that_names_something(text, asked):
+    assert asked_sentence(text) == asked
 
 
 def test_a_lowercase_part_of_the_name_does_not_carry_another_relation_through(tiny_lm, tiny_semantic, tmp_path):
