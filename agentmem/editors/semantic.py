@@ -101,7 +101,7 @@ _SUBJECT_RUN = re.compile(r"(?:\b(?:[Tt]he|[Aa]n?)\s+)?\0(?:\W*(?:[\w'’.-]+\s+
 
 
 # A sentence ends at ".", "!" or "?" (and closing quotes) before a space, unless the word before a "." is an
-# initial or one of these abbreviations ("Dr. Smith", "J. R. R. Tolkien", "St. Petersburg").
+# initial, dotted ("U.S.", "e.g.") or one of these abbreviations ("Dr. Smith", "J. R. R. Tolkien", "St. Petersburg").
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)]*\s+")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof vs etc no mt ft gen col lt sgt capt rev inc ltd co corp op vol fig approx dept bros"
@@ -115,7 +115,7 @@ def sentences(text: str) -> list[str]:
     for end in _SENTENCE_END.finditer(text):
         words = _WORD.findall(text[start:end.start()])
         last = words[-1].casefold() if words else ""
-        if text[end.start()] == "." and (len(last) == 1 or last in _ABBREVIATIONS):
+        if text[end.start()] == "." and (len(last) == 1 or "." in last or last in _ABBREVIATIONS):
             continue
         parts.append(text[start:end.end()].strip())
         start = end.end()

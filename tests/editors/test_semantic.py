@@ -101,6 +101,7 @@ def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny
     ("Where does Alice live? I think it is Paris.", "Where does Alice live?"),  # the question, not the sentence after
     ("Dr. Smith lives in", "Dr. Smith lives in"),  # abbreviations and initials end no sentence
     ("J. R. R. Tolkien wrote", "J. R. R. Tolkien wrote"),
+    ("The U.S. Army is based in", "The U.S. Army is based in"),
     ("He said \"Stop.\" Bob lives in", "Bob lives in"),
     ("Alice moved. Where does she live now?", "Alice moved. Where does she live now?"),  # names nothing: all of it
 ])
