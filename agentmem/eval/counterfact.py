@@ -15,12 +15,24 @@ Each record becomes a `ZsreRecord` (so the editing benchmark's protocol applies 
 neighbourhood prompt with the true object as `loc_ans`) and keeps its neighbourhood prompts and
 true object for the Neighbourhood Score: the share of neighbourhood prompts where the true object
 is still more likely than the new one (`neighbourhood_score`).
+
+Paraphrases. ROME's `paraphrase_prompts` restate the edited relation in another template, after an
+unrelated sentence. EasyEdit's `rephrase_prompt` is often a consequence or another relation instead
+("The mother tongue of Danielle Darrieux is" -> "Where Danielle Darrieux is from, people speak the
+language of"; "Thomas Joannes Stieltjes was born in" for a mother-tongue edit), which an editor that
+keeps other relations apart must not answer with the new object. With `paraphrases="template"` a
+record's paraphrase is its own subject put into the template of its first neighbourhood prompt that
+is worded otherwise: the same relation by CounterFact's construction, in another wording ("Michel
+Rocard is a native speaker of" -> "Danielle Darrieux is a native speaker of"). A neighbourhood
+prompt's template is the longest of the file's rewrite templates (each record's `src` with its
+subject cut out) that it fits; records without such a prompt are left out.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import ValidationError
@@ -37,14 +49,48 @@ class CounterFactRecord(ZsreRecord):
     neighbourhood: tuple[str, ...]
 
 
-def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactRecord]:
-    """The first `limit` records of a CounterFact file (ROME's or EasyEdit's layout, see the module docstring)."""
+Paraphrases = Literal["file", "template"]
+
+
+def load_counterfact(
+    path: str | Path, limit: int | None = None, paraphrases: Paraphrases = "file",
+) -> list[CounterFactRecord]:
+    """The first `limit` records of a CounterFact file (ROME's or EasyEdit's layout), each with the file's
+    paraphrase or (`paraphrases="template"`) its relation in another template; see the module docstring."""
     path = Path(path)
     try:
-        rows = json.loads(path.read_text())
-        return [_record(row) for row in rows[:limit]]
+        records = [_record(row) for row in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError, KeyError, IndexError, ValidationError) as exc:
         raise InvalidInputError(f"cannot read CounterFact records from {path}: {exc}") from exc
+    if paraphrases == "template":
+        records = with_template_paraphrases(records)
+    return records[:limit]
+
+
+def with_template_paraphrases(records: Sequence[CounterFactRecord]) -> list[CounterFactRecord]:
+    """The records that have a neighbourhood prompt in another template than their own, each with its subject
+    asked in that template as its `rephrase` (see the module docstring)."""
+    templates = {template for r in records if (template := _template(r.src, r.subject)) is not None}
+    fixed = {template: template.split(_SLOT) for template in templates}
+    kept = []
+    for record in records:
+        own = _template(record.src, record.subject)
+        for prompt in record.neighbourhood:
+            fits = [t for t, (before, after) in fixed.items()
+                    if prompt.startswith(before) and prompt.endswith(after) and len(prompt) > len(before) + len(after)]
+            template = max(fits, key=len, default=None)
+            if template is not None and template != own:
+                kept.append(record.model_copy(update={"rephrase": template.replace(_SLOT, record.subject)}))
+                break
+    return kept
+
+
+_SLOT = "{}"
+
+
+def _template(prompt: str, subject: str) -> str | None:
+    """`prompt` with its subject cut out (the slot marked "{}"), or None when the subject is not in it once."""
+    return prompt.replace(subject, _SLOT) if subject and prompt.count(subject) == 1 and _SLOT not in prompt else None
 
 
 def is_counterfact(path: str | Path) -> bool:

@@ -16,7 +16,9 @@ and WISE papers:
 - seconds per edit, and greedy generation latency with the T edits live vs without;
 - natural-stopping exact match (`eval.natural`, the "WILD" protocol): on `src`, on `rephrase`, and
   on `rephrase` asked as a chat message;
-- on a CounterFact file (`--data`, see `eval.counterfact`): the Neighbourhood Score, edited and unedited.
+- on a CounterFact file (`--data`, see `eval.counterfact`): the Neighbourhood Score, edited and unedited;
+  with `--paraphrases template` the rephrases are the edited relation in another of the file's templates
+  instead of the file's own `rephrase_prompt`s (EasyEdit's are often another relation).
 
 `--defaults` builds editors as a user would, with no `unrelated=` prompts (the package's default set).
 `--consistent` edits only records that do not contradict each other (`zsre.consistent`: ZsRE restates one
@@ -271,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser.add_argument("--consistent", action="store_true",
                         help="leave out records that restate an earlier one's fact with another target (`zsre.consistent`)")
     parser.add_argument("--defaults", action="store_true", help="build editors with no unrelated prompts (their defaults)")
+    parser.add_argument(
+        "--paraphrases", choices=["file", "template"], default="file",
+        help="CounterFact only: the file's paraphrase prompts, or each record's relation asked in its neighbourhood "
+        "prompt's template (`eval.counterfact`)",
+    )
     parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of sequential edits T")
     parser.add_argument("--records", type=int, default=100, help="records scored per T (at least T)")
     parser.add_argument("--config", default="{}", help="editor config overrides, as JSON")
@@ -289,10 +296,13 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     args = parser.parse_args(argv)
     command = "python -m agentmem.eval.editing " + shlex.join(sys.argv[1:] if argv is None else argv)
 
+    counterfact = is_counterfact(args.data[0][0])
+    if args.paraphrases != "file" and not counterfact:
+        parser.error("--paraphrases template applies to CounterFact files only")
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model()
-    load = load_counterfact if is_counterfact(args.data[0][0]) else load_zsre
+    load = functools.partial(load_counterfact, paraphrases=args.paraphrases) if counterfact else load_zsre
     records = read_records(load, args.data, max(max(args.n), args.records), args.consistent)
     if any(not 0 < edits <= len(records) for edits in args.n):
         parser.error(f"each T must be between 1 and the {len(records)} records available")
@@ -321,11 +331,14 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
             "rows": [r.model_dump() for r in rows],
         }, indent=1))
     if args.benchmarks:
-        dataset = "CounterFact" if load is load_counterfact else "ZsRE"
+        dataset = "CounterFact" if counterfact else "ZsRE"
         text = markdown(args.editor, config, rows, command, lm.name, dataset)
+        if args.paraphrases == "template":
+            text = text.replace(f" on {dataset} (", f" on {dataset}, template paraphrases (", 1)
         if args.defaults:
-            text = text.replace(f" on {dataset} (", f" on {dataset}, built with defaults (no unrelated=) (", 1)
-        variant = ("-counterfact" if dataset == "CounterFact" else "") + ("-defaults" if args.defaults else "")
+            text = text.replace(f" on {dataset}", f" on {dataset}, built with defaults (no unrelated=)", 1)
+        variant = ("-counterfact" if counterfact else "") + ("-templates" if args.paraphrases == "template" else "") + (
+            "-defaults" if args.defaults else "")
         report.write_section(f"editing-{args.editor}{variant}", text, args.benchmarks)
     return rows
 

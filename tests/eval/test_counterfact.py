@@ -68,3 +68,30 @@ def test_a_file_of_another_layout_is_refused(tmp_path):
         load_counterfact(path)
     with pytest.raises(InvalidInputError):
         load_counterfact(tmp_path / "missing.json")
+
+
+def _easyedit(subject: str, prompt: str, neighbour: str) -> dict:
+    return {"prompt": prompt.format(subject), "subject": subject, "target_new": "Latin", "ground_truth": "French",
+            "rephrase_prompt": f"Where {subject} is from, people speak the language of",
+            "locality_prompt": neighbour, "locality_ground_truth": "French"}
+
+
+def test_a_template_paraphrase_asks_the_record_s_relation_in_its_neighbour_s_other_wording(tmp_path):
+    """The neighbour's template is the longest rewrite template it fits ("{} plays the position of", not "{} plays");
+    a record whose neighbour is worded as its own prompt has no other wording and is left out."""
+    path = tmp_path / "counterfact-edit.json"
+    path.write_text(json.dumps([
+        _easyedit("Danielle Darrieux", "The mother tongue of {} is", "Michel Rocard is a native speaker of"),
+        _easyedit("Léon Blum", "{} is a native speaker of", "Jacques Chirac is a native speaker of"),
+        _easyedit("David Robinson", "{} plays", "Shaquille O'Neal plays the position of"),
+        _easyedit("Hakeem Olajuwon", "{} plays the position of", "Tim Duncan plays"),
+    ]))
+    assert [r.rephrase for r in load_counterfact(path)][0] == "Where Danielle Darrieux is from, people speak the language of"
+    records = load_counterfact(path, paraphrases="template")
+    assert [(r.subject, r.rephrase) for r in records] == [
+        ("Danielle Darrieux", "Danielle Darrieux is a native speaker of"),
+        ("David Robinson", "David Robinson plays the position of"),
+        ("Hakeem Olajuwon", "Hakeem Olajuwon plays"),
+    ]
+    assert records[0].neighbourhood == ("Michel Rocard is a native speaker of",)
+    assert len(load_counterfact(path, limit=2, paraphrases="template")) == 2

@@ -141,3 +141,29 @@ def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path, edito
     assert all(r["reliability"] == 1.0 for r in result["rows"])
     text = bench.read_text()
     assert f"<!-- begin editing-{editor} -->" in text and "--records 2" in text
+
+
+def test_template_paraphrases_are_refused_for_a_zsre_file(tmp_path, capsys):
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
+    with pytest.raises(SystemExit):
+        editing.main(["--data", str(data), "--paraphrases", "template", "--benchmarks", ""])
+    assert "CounterFact files only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_counterfact_run_with_template_paraphrases_scores_them_in_a_section_of_its_own(tmp_path):
+    data, out, bench = tmp_path / "counterfact-edit.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    cases = [("Danielle Darrieux", "The mother tongue of {} is", "Michel Rocard is a native speaker of"),
+             ("Léon Blum", "{} is a native speaker of", "The mother tongue of Jacques Chirac is")]
+    data.write_text(json.dumps([
+        {"prompt": prompt.format(subject), "subject": subject, "target_new": "Latin", "ground_truth": "French",
+         "rephrase_prompt": "Unrelated.", "locality_prompt": neighbour, "locality_ground_truth": "French"}
+        for subject, prompt, neighbour in cases]))
+    editing.main(["--editor", "semantic", "--data", str(data), "--paraphrases", "template", "--n", "2", "--records", "2",
+                  "--config", '{"relation_radius": null}', "--latency-prompts", "1", "--out", str(out),
+                  "--benchmarks", str(bench)])  # no relation gate: the subject routes a paraphrase to its edit
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["records"] == 2 and row["generalization_natural"] > 0.0  # "Unrelated." would score 0
+    text = bench.read_text()
+    assert "<!-- begin editing-semantic-counterfact-templates -->" in text and "CounterFact, template paraphrases" in text
