@@ -50,6 +50,7 @@ class CounterFactRecord(ZsreRecord):
 
 
 Paraphrases = Literal["file", "template"]
+_SLOT = "{}"  # where a template's subject goes
 
 
 def load_counterfact(
@@ -84,8 +85,6 @@ def with_template_paraphrases(records: Sequence[CounterFactRecord]) -> list[Coun
                 break
     return kept
 
-
-_SLOT = "{}"
 
 
 def _template(prompt: str, subject: str) -> str | None:
