@@ -58,6 +58,8 @@ def load_counterfact(
 ) -> list[CounterFactRecord]:
     """The first `limit` records of a CounterFact file (ROME's or EasyEdit's layout), each with the file's
     paraphrase or (`paraphrases="template"`) its relation in another template; see the module docstring."""
+    if paraphrases not in ("file", "template"):
+        raise InvalidInputError(f'paraphrases must be "file" or "template", not {paraphrases!r}')
     path = Path(path)
     try:
         records = [_record(row) for row in json.loads(path.read_text())]

@@ -95,3 +95,5 @@ def test_a_template_paraphrase_asks_the_record_s_relation_in_its_neighbour_s_oth
     ]
     assert records[0].neighbourhood == ("Michel Rocard is a native speaker of",)
     assert len(load_counterfact(path, limit=2, paraphrases="template")) == 2
+    with pytest.raises(InvalidInputError, match="paraphrases"):
+        load_counterfact(path, paraphrases="templates")
