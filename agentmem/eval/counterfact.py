@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from pydantic import ValidationError
@@ -58,8 +58,8 @@ def load_counterfact(
 ) -> list[CounterFactRecord]:
     """The first `limit` records of a CounterFact file (ROME's or EasyEdit's layout), each with the file's
     paraphrase or (`paraphrases="template"`) its relation in another template; see the module docstring."""
-    if paraphrases not in ("file", "template"):
-        raise InvalidInputError(f'paraphrases must be "file" or "template", not {paraphrases!r}')
+    if paraphrases not in get_args(Paraphrases):
+        raise InvalidInputError(f"paraphrases must be one of {get_args(Paraphrases)}, not {paraphrases!r}")
     path = Path(path)
     try:
         records = [_record(row) for row in json.loads(path.read_text())]
@@ -86,7 +86,6 @@ def with_template_paraphrases(records: Sequence[CounterFactRecord]) -> list[Coun
                 kept.append(record.model_copy(update={"rephrase": template.replace(_SLOT, record.subject)}))
                 break
     return kept
-
 
 
 def _template(prompt: str, subject: str) -> str | None:

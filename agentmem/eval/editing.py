@@ -38,6 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import get_args
 
 import torch
 from pydantic import BaseModel
@@ -46,7 +47,7 @@ from ..consolidation.parametric import agreement
 from ..editors import Editor, EditorConfig, EditRequest
 from ..models import LanguageModel, load_model
 from . import report
-from .counterfact import CounterFactRecord, is_counterfact, load_counterfact, neighbourhood_score
+from .counterfact import CounterFactRecord, Paraphrases, is_counterfact, load_counterfact, neighbourhood_score
 from .natural import natural_exact_match
 from .zsre import DEFAULT_EDIT_FILE, DEFAULT_TRAIN_FILE, ZsreRecord, ambiguous, consistent, load_zsre, unrelated_prompts
 
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
                         help="leave out records that restate an earlier one's fact with another target (`zsre.consistent`)")
     parser.add_argument("--defaults", action="store_true", help="build editors with no unrelated prompts (their defaults)")
     parser.add_argument(
-        "--paraphrases", choices=["file", "template"], default="file",
+        "--paraphrases", choices=get_args(Paraphrases), default="file",
         help="CounterFact only: the file's paraphrase prompts, or each record's relation asked in its neighbourhood "
         "prompt's template (`eval.counterfact`)",
     )
