@@ -33,6 +33,7 @@ from . import transfer, validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
 from .consolidation.bridge import ParametricBridge
+from .encoding import ENCODE_BATCH, encode_overlapped
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
@@ -47,7 +48,7 @@ from .stores.index_writes import IndexWrites
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
 from .stores.sync import IndexSync, open_index
 from .reading import ReadPath
-from .writing import Enricher, WritePath
+from .writing import Enricher, SearchAhead, WritePath
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +271,10 @@ class Memory:
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
         """Store the items; their index write finishes in the background (see `IndexWrites`)."""
-        embeddings = self._embed([item.text for item in items])
         drafts = [self._writer.draft(item) for item in items]
+        embeddings, ahead = self._embed_searching_ahead(drafts)
         with self._exclusive():
-            notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate)
+            notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate, ahead)
             if self._sync.concurrent:  # the outbox rows claimed now, under the lock (`IndexSync.claimed`)
                 claim = ExitStack()
                 claim.enter_context(index_write)
@@ -281,6 +282,23 @@ class Memory:
             else:
                 self._index_writes.submit(lambda: self._write_embedded_index(index_write))
         return notes
+
+    def _embed_searching_ahead(self, drafts: list[Note]) -> tuple[np.ndarray, SearchAhead | None]:
+        """The drafts' embeddings; when they take several encoder batches, each batch's neighbours
+        are searched in the index while the next is encoded (`SearchAhead`)."""
+        texts = [draft.text for draft in drafts]
+        if len(texts) <= ENCODE_BATCH:
+            return self._embed(texts), None
+        with self._reading():
+            ahead = self._writer.search_ahead()
+        if ahead is None:
+            return self._embed(texts), None
+
+        def search(positions: list[int], embeddings: np.ndarray) -> None:
+            with self._reading():
+                ahead.search(drafts, positions, embeddings)
+
+        return encode_overlapped(self._embed, texts, self._encoding, search), ahead
 
     def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
         """An embedded index is files that only the store's lock holder writes, and that another
@@ -698,7 +716,7 @@ class Memory:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self._embedder.encode(
-            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32)
 
     # ---- validation: every check runs before anything is written ----------------------

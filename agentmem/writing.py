@@ -1,17 +1,18 @@
 """The write path: a validated item becomes a note, linked to its neighbours, stored.
 
-Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock. `store_notes`
+Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
+batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
 runs inside the caller's exclusive section and one transaction (its index write may follow the
-section, see `IndexSync.claimed`): it finds each draft's nearest
-notes of the same user, reinforces a near-duplicate instead of copying it, links the rest and
-lets linked neighbours absorb a few keywords (recorded by origin, so `forget` can take them back).
+section, see `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
+reinforces a near-duplicate instead of copying it, links the rest and lets linked neighbours
+absorb a few keywords (recorded by origin, so `forget` can take them back).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,13 +25,23 @@ from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
 from .stores.batch import WriteBatch
 from .stores.store import NoteStore
 from .stores.rows import Neighbours, OutboxClaim
-from .stores.sync import IndexSync
+from .stores.sync import Found, IndexSync
 
 log = logging.getLogger(__name__)
 
 Enricher = Callable[[str], Enrichment | dict[str, Any]]
 SCOPES = ("user_id", "agent_id", "session_id")
 _WORD = TypeAdapter(Tag)
+
+
+IndexRow = tuple[int, list[tuple[str, float]]]  # a draft's row of `IndexSync.nearest`, with the entries fetched
+
+
+def as_found(rows: list[IndexRow]) -> Found | None:
+    """Rows searched apart as one `IndexSync.nearest` answer, if they were fetched alike (a search
+    that admits every entry it finds lowers what the next one fetches)."""
+    fetched = {fetch for fetch, _ in rows}
+    return (fetched.pop(), [row for _, row in rows]) if len(fetched) == 1 else None
 
 
 def _clean_words(words: list[str]) -> list[str]:
@@ -98,13 +109,21 @@ class WritePath:
 
     # ---- storing: inside the caller's exclusive section -----------------------------
 
+    def search_ahead(self) -> SearchAhead | None:
+        """A search of the index for a batch's neighbours before its write section, or None
+        when the store is not quiet (`NoteStore.quiet_version`). Call in a read section."""
+        version = self.store.quiet_version()
+        return None if version is None else SearchAhead(self, version)
+
     def store_notes(
-        self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool
+        self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool, ahead: SearchAhead | None = None
     ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim]]:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
-        note it duplicates), and the index write (`IndexSync.claimed`, not yet entered)."""
+        note it duplicates), and the index write (`IndexSync.claimed`, not yet entered). `ahead`:
+        the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
-        found, neighbours = self.neighbour_candidates(drafts, embeddings)
+        searched = None if ahead is None else ahead.results(len(drafts))
+        found, neighbours = self.neighbour_candidates(drafts, embeddings, searched)
         candidates = [self.usable(near) for near in found]
         # the stored candidates are read once, before the transaction (the caller's lock keeps
         # them current), and kept current here as the batch changes them: the transaction then
@@ -165,8 +184,45 @@ class WritePath:
         mixed = own + self.config.context_weight * previous
         return mixed / np.linalg.norm(mixed)
 
+    def nearest_indexed(
+        self, drafts: list[Note], embeddings: np.ndarray, ahead: list[IndexRow] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """For each draft, its nearest notes in the index among its own user's (links never cross
+        users); `ahead`: each draft's row of `nearest_unchecked`, if the index was already searched."""
+        found: list[list[tuple[str, float]]] = [[] for _ in drafts]
+        for user, positions in self.by_user(drafts).items():
+            scope = {"user_id": self.index.scope_token("user_id", user)}
+            searched = None if ahead is None else as_found([ahead[p] for p in positions])
+            results = self.index.search(embeddings[positions], self.neighbour_count, scope, searched)
+            for position, result in zip(positions, results):
+                found[position] = result
+        return found
+
+    def nearest_unchecked(self, drafts: list[Note], embeddings: np.ndarray) -> list[IndexRow]:
+        """`IndexSync.nearest` for each draft among its user's: the index alone, no read of the store."""
+        rows: list[IndexRow] = [(0, []) for _ in drafts]
+        for user, positions in self.by_user(drafts).items():
+            scope = {"user_id": self.index.scope_token("user_id", user)}
+            fetch, found = self.index.nearest(embeddings[positions], self.neighbour_count, scope)
+            for position, row in zip(positions, found):
+                rows[position] = (fetch, row)
+        return rows
+
+    @staticmethod
+    def by_user(drafts: list[Note]) -> dict[str | None, list[int]]:
+        """The drafts' positions, by user."""
+        positions: dict[str | None, list[int]] = {}
+        for position, draft in enumerate(drafts):
+            positions.setdefault(draft.user_id, []).append(position)
+        return positions
+
+    @property
+    def neighbour_count(self) -> int:
+        """Nearest notes searched per draft: a few more than it may link to."""
+        return self.config.max_links + 5
+
     def neighbour_candidates(
-        self, drafts: list[Note], embeddings: np.ndarray
+        self, drafts: list[Note], embeddings: np.ndarray, ahead: list[IndexRow] | None = None
     ) -> tuple[list[list[tuple[str | int, float]]], list[Neighbours]]:
         """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
         position), with the similarity of their own embeddings (duplicates and links are about
@@ -174,16 +230,14 @@ class WritePath:
         notes still waiting in the outbox count too: another replica may be writing them to the
         index right now, and the same text remembered there and here must make one note.
 
-        Only notes of the same user are candidates: links never cross users.
+        Only notes of the same user are candidates. `ahead`: as for `nearest_indexed`.
         """
-        n = self.config.max_links + 5
+        n = self.neighbour_count
+        indexed = self.nearest_indexed(drafts, embeddings, ahead)
         found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
         read: list[Neighbours] = []
-        by_user: dict[str | None, list[int]] = {}
-        for position, draft in enumerate(drafts):
-            by_user.setdefault(draft.user_id, []).append(position)
-        for user, positions in by_user.items():
-            results = self.index.search(embeddings[positions], n, {"user_id": self.index.scope_token("user_id", user)})
+        for user, positions in self.by_user(drafts).items():
+            results = [indexed[position] for position in positions]
             read.append(self.store.neighbours({i for result in results for i, _ in result}, user))
             own, unindexed = read[-1].embeddings, read[-1].waiting  # unindexed: a writer's index write is under way
             similarities = embeddings[positions] @ embeddings[positions].T
@@ -275,3 +329,40 @@ class WritePath:
         batch.set_fields(neighbour.id, keywords=keywords)
         batch.absorb(neighbour.id, keywords[len(neighbour.keywords):], newcomer.id)
         return neighbour.model_copy(update={"keywords": keywords})
+
+
+class SearchAhead:
+    """A batch's nearest entries in the index, searched a part at a time while the rest of the
+    batch is still being encoded, outside the write section. Only the index's own search runs
+    here (it releases the GIL); the entries are checked against the store in the write section,
+    as any search's are: Python work here would hold up the encoder's thread at every kernel.
+
+    They are what the write section's own search would find if the store's `quiet_version` is
+    the same there: no write was committed since, and no index write was pending, so the index
+    held exactly the store's notes. Otherwise the write section searches again. A search that
+    fails is left to the write section too, which reports its error.
+    """
+
+    def __init__(self, writer: WritePath, version: Hashable) -> None:
+        self.writer, self.version = writer, version
+        self.searched: dict[int, IndexRow] = {}
+        self.failed = False
+
+    def search(self, drafts: list[Note], positions: Sequence[int], embeddings: np.ndarray) -> None:
+        """Search the index for these drafts (of the batch, at these positions)."""
+        if self.failed:
+            return
+        try:
+            results = self.writer.nearest_unchecked([drafts[p] for p in positions], embeddings)
+        except Exception:
+            log.debug("the search ahead failed; the write section searches again", exc_info=True)
+            self.failed = True
+            return
+        self.searched.update(zip(positions, results))
+
+    def results(self, size: int) -> list[IndexRow] | None:
+        """Each draft's `IndexSync.nearest` row, if every draft of the batch was searched and the
+        search still holds (call in the write section); else None."""
+        if self.failed or len(self.searched) != size or self.writer.store.quiet_version() != self.version:
+            return None
+        return [self.searched[position] for position in range(size)]

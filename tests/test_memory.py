@@ -149,6 +149,42 @@ def test_remember_many_rejects_everything_when_one_item_is_bad(memory):
     assert memory.stats().notes == 0 and index_ids(memory) == set()
 
 
+def test_a_note_written_while_a_batch_is_encoded_is_still_found_as_its_duplicate(memory, embedder, monkeypatch):
+    """A batch of several encoder batches searches the index for each one's neighbours while the next
+    is encoded, outside the write section; a note written meanwhile (here by another thread) must
+    still be found there, or the batch would store the same text twice."""
+    repeated = "Dana keeps the spare key of the blue garden shed under the third flower pot on the left"
+    texts = [repeated] + [f"Dana wrote entry number {i} in her diary" for i in range(150)]  # the longest goes first
+    encode, calls, meanwhile = embedder.encode, [], []
+
+    def encode_with_a_write_meanwhile(sentences, *args, **kwargs):
+        calls.append(len(sentences))
+        if len(calls) == 3:  # the batch's third encoder batch: the first one's neighbours were searched
+            meanwhile.append(memory.remember(repeated, user_id="dana", at=T0))
+        return encode(sentences, *args, **kwargs)
+
+    memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)  # the batch's searches all alike
+    monkeypatch.setattr(embedder, "encode", encode_with_a_write_meanwhile)
+    notes = memory.remember_many(texts, user_id="dana", at=T0)
+    assert calls == [64, 64, 23, 1]  # in encoder batches; the other write (1 text) came during the third
+    assert [n.text for n in memory.notes(user_id="dana")].count(repeated) == 1
+    assert notes[0].id == meanwhile[0].id  # the batch's draft became the note written meanwhile
+
+
+def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(memory, monkeypatch):
+    memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)
+    searches: list[int] = []
+    nearest = VectorIndex.nearest
+
+    def counted(index, embeddings, *args, **kwargs):
+        searches.append(len(embeddings))
+        return nearest(index, embeddings, *args, **kwargs)
+
+    monkeypatch.setattr(VectorIndex, "nearest", counted)
+    memory.remember_many([f"Dana wrote entry number {i} in her diary" for i in range(150)], user_id="dana", at=T0)
+    assert searches == [64, 64, 22]  # one per encoder batch, none in the write section
+
+
 # ---- Zettelkasten linking and evolution ------------------------------------------------
 
 

@@ -232,6 +232,12 @@ class NoteGraph(SqlNoteStore):
         self.graph = graph
         return True
 
+    def quiet_version(self) -> tuple[int, int] | None:
+        """Other connections' commits move `data_version`, this connection's writes `total_changes`."""
+        if self._run("SELECT 1 FROM outbox LIMIT 1"):
+            return None
+        return self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes
+
     @contextmanager
     def transaction(self, bookkeeping: bool = False) -> Iterator[None]:
         """One atomic write; the networkx view is rolled back with it on failure. `bookkeeping`

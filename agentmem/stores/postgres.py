@@ -493,6 +493,12 @@ class PostgresNoteGraph(SqlNoteStore):
         self.graph, self._data_version = graph, version
         return True
 
+    def quiet_version(self) -> int | None:
+        """`store_version`, which every write transaction but bookkeeping moves (bookkeeping changes
+        no note and no link; an index write it records leaves rows in the outbox until it is made)."""
+        version, quiet = self._run("SELECT n, NOT EXISTS (SELECT 1 FROM outbox) FROM store_version")[0]
+        return version if quiet else None
+
     @contextmanager
     def transaction(self, bookkeeping: bool = False) -> Iterator[None]:
         """One atomic write, counted in `store_version`; the networkx view is rolled back with it on failure.

@@ -9,7 +9,7 @@ more module with these members.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,6 +93,9 @@ class NoteStore(Protocol):
 
     # ---- the outbox of vector-index writes, and index tokens -------------------------------
     def has_pending(self) -> bool: ...
+    def quiet_version(self) -> Hashable | None:
+        """A value that changes with every committed write, or None while the outbox holds index
+        writes to make: at one value, the index holds exactly the store's notes."""
     def pending(self) -> list[tuple[str, str]]: ...
     def clear_pending(self, note_ids: Iterable[str]) -> None: ...
     def outbox_claim(self, note_ids: list[str] | None) -> contextlib.AbstractContextManager[OutboxClaim]:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
 MAX_REMEMBERED_CONDITIONS = 10_000  # conditions whose searches fetch only n, forgotten together past this
+Found = tuple[int, list[list[tuple[str, float]]]]  # `IndexSync.nearest`: entries fetched per row, and the rows
 
 
 def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore) -> VectorIndex:
@@ -53,9 +54,12 @@ class IndexSync:
         self.graph, self.index = graph, index
         self._whole: set[tuple[tuple[str, Any], ...]] = set()  # conditions whose last search admitted all it found
 
-    def search(self, embeddings: np.ndarray, n: int, conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
+    def search(
+        self, embeddings: np.ndarray, n: int, conditions: dict[str, Any], found: Found | None = None
+    ) -> list[list[tuple[str, float]]]:
         """The n nearest notes to each embedding, by note id, among those whose index metadata
-        (`VectorIndex.metadata`) would equal `conditions`.
+        (`VectorIndex.metadata`) would equal `conditions`; `found`: `nearest`'s answer for them, if
+        the index was already searched.
 
         The index returns tokens and distances only: reading its metadata costs more than its
         search (10k notes, 40 results: 6.5 against 1.4 ms), and the note store, which maps tokens
@@ -67,8 +71,7 @@ class IndexSync:
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         key = tuple(sorted(conditions.items()))
-        fetch = n if not conditions or key in self._whole else n * OVERFETCH
-        results = self.index.nearest(embeddings, fetch)
+        fetch, results = found if found is not None else self.nearest(embeddings, n, conditions)
         admitted = self._admitted(results, conditions)
         if len(self._whole) >= MAX_REMEMBERED_CONDITIONS:
             self._whole.clear()
@@ -84,6 +87,13 @@ class IndexSync:
             short = [row for row, found in zip(short, narrowed) if len(admitted[row]) < n and len(found) == fetch]
             fetch *= OVERFETCH
         return [kept[:n] for kept in admitted]
+
+    def nearest(self, embeddings: np.ndarray, n: int, conditions: dict[str, Any]) -> Found:
+        """The index's own first step of `search`: its unfiltered nearest entries (tokens), as many
+        as it fetches; it reads nothing from the note store."""
+        key = tuple(sorted(conditions.items()))
+        fetch = n if not conditions or key in self._whole else n * OVERFETCH
+        return fetch, self.index.nearest(np.asarray(embeddings, dtype=np.float32), fetch)
 
     def _admitted(self, results: list[list[tuple[str, float]]], conditions: dict[str, Any]) -> list[list[tuple[str, float]]]:
         """Each result's entries that are notes of the store meeting `conditions`, by note id."""

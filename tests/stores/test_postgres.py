@@ -86,6 +86,21 @@ def test_another_process_s_commit_refreshes_the_view_and_our_own_does_not(postgr
         second.close()
 
 
+def test_the_quiet_version_moves_with_any_replica_s_write_and_is_none_while_index_writes_wait(store, postgres_url):
+    other = PostgresNoteGraph(postgres_url)
+    try:
+        quiet = store.quiet_version()
+        assert quiet is not None and store.quiet_version() == quiet
+        with other.transaction():
+            other.insert(note("a"), np.ones(4))
+        assert store.quiet_version() is None  # "a" waits for its index write
+        with other.transaction():
+            other.clear_pending(["a"])
+        assert store.quiet_version() not in (None, quiet)
+    finally:
+        other.close()
+
+
 def test_forgetting_takes_back_absorbed_keywords_and_history_and_queues_deletes(store):
     with store.transaction():
         store.insert(note("old", keywords=["lisbon"]), np.ones(4))
