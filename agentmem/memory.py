@@ -105,7 +105,8 @@ class Memory:
         self._held = threading.local()  # how deep this thread is in the locked sections
         self._closed = False
         self._index_writes = IndexWrites()
-        self._encoding = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-encode")  # recall's queries
+        # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
+        self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
         self.policy = policy or ConsolidationPolicy()
         self._parametric: ParametricBridge | None = None
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
@@ -132,7 +133,7 @@ class Memory:
             if isinstance(model, LanguageModel):
                 self._parametric.consolidator(check.time(None))
         except BaseException:
-            self._encoding.shutdown(wait=False)
+            self._helpers.shutdown(wait=False)
             self._index_writes.close()
             if self._parametric is not None:
                 self._parametric.close()
@@ -152,7 +153,7 @@ class Memory:
         with self._parametric.idle(), self._lock:
             if not self._closed:
                 self._closed = True
-                self._encoding.shutdown(wait=False)
+                self._helpers.shutdown(wait=False)
                 self._index_writes.close()
                 self._parametric.close()
                 self._index.close()
@@ -298,7 +299,7 @@ class Memory:
             with self._reading():
                 ahead.search(drafts, positions, embeddings)
 
-        return encode_overlapped(self._embed, texts, self._encoding, search), ahead
+        return encode_overlapped(self._embed, texts, self._helpers, search), ahead
 
     def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
         """An embedded index is files that only the store's lock holder writes, and that another
@@ -415,19 +416,26 @@ class Memory:
         where = self._where(user_id, agent_id, session_id, filters, include_archived)
         when = check.time(at)
         check.flag(reinforce, "reinforce")
-        encoding = self._encode_meanwhile(query)
-        with self._reading():
-            lexical = self._reader.lexical(query, k, where)
-        query_embedding = encoding.result()[0]
+        searching = self._lexical_meanwhile(query, k, where)
+        query_embedding = self._embed([query])[0]
+        lexical = searching.result()  # before the lock: the helper takes it to search
         with self._exclusive():
             hits = self._reader.search(query, query_embedding, k, where, when, lexical)
             return self._reader.reinforce(hits, when) if reinforce else hits
 
-    def _encode_meanwhile(self, text: str) -> Future[np.ndarray]:
-        """The text's embedding, computed in another thread: the full-text search needs none, and
-        runs meanwhile (at 100k notes it is as long as a third of the encode)."""
+    def _lexical_meanwhile(self, query: str, k: int, where: NoteFilter) -> Future[dict[str, float]]:
+        """The query's full-text candidates, searched in a helper thread: the search needs no
+        embedding, so it runs while the caller encodes the query (at 100k notes it takes most of
+        an encode). The encode stays on the caller's thread, where its other encodes ran:
+        alternating remember and recall on PostgreSQL at 100k notes, a recall took 26.7 ms so,
+        against 30.6 with the encode in the helper (BENCHMARKS.md, *latency-stores*)."""
+
+        def search() -> dict[str, float]:
+            with self._reading():
+                return self._reader.lexical(query, k, where)
+
         try:
-            return self._encoding.submit(self._embed, [text])
+            return self._helpers.submit(search)
         except RuntimeError as exc:  # the pool is shut down: close() ran
             raise StoreClosedError(f"memory at {self.path} is closed") from exc
 
