@@ -304,6 +304,11 @@ class PostgresNoteGraph(SqlNoteStore):
     def _where(self, where: NoteFilter, table: str = "notes") -> tuple[str, list[Any]]:
         return where.sql(table, "postgres")
 
+    def _among(self, column: str, values: list[Any]) -> tuple[str, list[Any]]:
+        """One array parameter, so the statement's text does not vary with the number of values
+        (psycopg prepares it once; a recall's 77 candidates at 100k notes: 1.07 against 1.55 ms)."""
+        return f"{column} = ANY(?)", [list(values)]
+
     def has_pending(self) -> bool:
         """Whether the outbox holds a row no live writer holds (one to replay)."""
         seen = getattr(self._pinned, "seen_pending", None)

@@ -68,6 +68,11 @@ class SqlNoteStore:
         """The filter as this dialect's WHERE clause and parameters."""
         raise NotImplementedError
 
+    def _among(self, column: str, values: list[Any]) -> tuple[str, list[Any]]:
+        """`column` equal to one of `values` (none: nothing), as this dialect's condition and
+        parameters: SQLite's `IN (?, ...)`; PostgreSQL overrides it with one array parameter."""
+        return f"{column} IN ({marks(values) or 'NULL'})", values
+
     def _columns(self, columns: Sequence[str], table: str = "") -> str:
         """A select list of note columns (of `table`, as "n."), each read as the text or number `rows` expects."""
         return ", ".join(table + column for column in columns)
@@ -244,7 +249,8 @@ class SqlNoteStore:
         note_ids = list(note_ids)
         if not note_ids:
             return {}
-        found = self._select(f" WHERE id IN ({marks(note_ids)})", note_ids, links, validate)
+        among, params = self._among("id", note_ids)
+        found = self._select(f" WHERE {among}", params, links, validate)
         return {note.id: (note, vector) for note, vector in found}
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
@@ -263,7 +269,8 @@ class SqlNoteStore:
         note_ids = list(note_ids)
         if not note_ids:
             return {}
-        rows = self._run(f"SELECT id, embedding FROM notes WHERE id IN ({marks(note_ids)})", note_ids)
+        among, params = self._among("id", note_ids)
+        rows = self._run(f"SELECT id, embedding FROM notes WHERE {among}", params)
         return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
@@ -326,11 +333,12 @@ class SqlNoteStore:
         the outbox for their index write (another replica may be writing them right now)."""
         note_ids = list(note_ids)
         user, params = equals("n.user_id", user_id)
+        among, ids = self._among("n.id", note_ids)
         select = f"SELECT {self._columns(KEPT_IN_QUARANTINE, 'n.')}, n.embedding AS vector"
         rows = self._read_notes(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
-            f"{select}, 0 AS waiting FROM notes n WHERE n.id IN ({marks(note_ids) or 'NULL'})"
+            f"{select}, 0 AS waiting FROM notes n WHERE {among}"
             f" UNION ALL {select}, 1 FROM outbox o CROSS JOIN notes n WHERE n.id = o.note_id AND o.op = 'upsert' AND {user}",
-            [*note_ids, *params],
+            [*ids, *params],
         )
         return Neighbours(rows, self.unreadable)
 
@@ -346,10 +354,8 @@ class SqlNoteStore:
         tokens = list(tokens)
         if not tokens:
             return {}
-        rows = self._run(
-            "SELECT index_id, id, user_id, agent_id, session_id, archived FROM notes"
-            f" WHERE index_id IN ({marks(tokens)})", tokens,
-        )
+        among, params = self._among("index_id", tokens)
+        rows = self._run(f"SELECT index_id, id, user_id, agent_id, session_id, archived FROM notes WHERE {among}", params)
         return {r[0]: IndexEntry(r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
 
     # ---- rows that cannot be read --------------------------------------------------------
