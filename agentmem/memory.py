@@ -33,7 +33,7 @@ from . import transfer, validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
 from .consolidation.bridge import ParametricBridge
-from .encoding import ENCODE_BATCH, encode_overlapped
+from .encoding import ENCODE_BATCH, embed, encode_overlapped
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
@@ -723,9 +723,7 @@ class Memory:
     # ---- building notes --------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self._embedder.encode(
-            texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        ).astype(np.float32)
+        return embed(self._embedder, texts)
 
     # ---- validation: every check runs before anything is written ----------------------
 

@@ -1,11 +1,69 @@
-"""Encoding a batch at a time in a worker, on the real MiniLM."""
+"""Encoding one text the short way, and a batch at a time in a worker, on the real MiniLM."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
 
-from agentmem.encoding import ENCODE_BATCH, encode_overlapped, length_batches
+from agentmem.encoding import ENCODE_BATCH, embed, encode_overlapped, encodes_plainly, length_batches
+from agentmem.models import bundled_embedder_path
+
+QUESTION = "When did Caroline go to the LGBTQ support group?"
+
+
+def encoded(embedder: SentenceTransformer, texts: list[str]) -> np.ndarray:
+    return embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+@pytest.mark.parametrize("texts", [[QUESTION], [QUESTION, "Melanie paints sunsets by the lake."]])
+def test_embed_gives_what_encode_gives(embedder, texts):
+    vectors = embed(embedder, texts)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(texts), 384)
+    np.testing.assert_allclose(vectors, encoded(embedder, texts), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.fixture
+def own_embedder() -> SentenceTransformer:
+    """A MiniLM of the test's own, free to change (the session's `embedder` is shared)."""
+    return SentenceTransformer(bundled_embedder_path(), device="cpu", local_files_only=True)
+
+
+def test_a_default_prompt_is_prepended_to_one_text_too(own_embedder, embedder):
+    own_embedder.prompts = {"query": "query: "}
+    own_embedder.default_prompt_name = "query"
+    assert not encodes_plainly(own_embedder)
+    prompted = embed(own_embedder, [QUESTION])
+    np.testing.assert_allclose(prompted, encoded(own_embedder, [QUESTION]), atol=1e-6)
+    assert np.abs(prompted - embed(embedder, [QUESTION])).max() > 1e-3
+
+
+def test_a_class_with_its_own_encode_is_asked_for_one_text_too():
+    class Echo(SentenceTransformer):
+        def encode(self, sentences, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            return np.full((len(sentences), 384), 0.5)
+
+    echo = Echo(bundled_embedder_path(), device="cpu", local_files_only=True)
+    assert not encodes_plainly(echo)
+    assert (embed(echo, [QUESTION]) == np.float32(0.5)).all()
+
+
+def test_an_encode_replaced_on_the_instance_is_asked_for_one_text_too(own_embedder):
+    asked: list[list[str]] = []
+    plain_encode = own_embedder.encode
+    own_embedder.encode = lambda texts, **kwargs: asked.append(texts) or plain_encode(texts, **kwargs)
+    assert not encodes_plainly(own_embedder)
+    embed(own_embedder, [QUESTION])
+    assert asked == [[QUESTION]]
+
+
+def test_an_embedder_in_training_mode_is_left_to_encode(own_embedder):
+    own_embedder.train()
+    assert not encodes_plainly(own_embedder)
+    own_embedder.eval()
+    assert encodes_plainly(own_embedder)
 
 
 def test_batches_take_the_longest_texts_first_as_sentence_transformers_does():

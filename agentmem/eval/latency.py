@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
+import torch
 from sentence_transformers import SentenceTransformer
 
 from ..memory import Memory
@@ -123,16 +123,22 @@ def cached_embeddings(texts: list[str], folder: Path, part: int = 5000) -> np.nd
 
 class PrecomputedEmbedder(SentenceTransformer):
     """MiniLM that takes a batch made only of known filler texts from their cached vectors,
-    and encodes anything else."""
+    and encodes anything else. It answers in its forward pass, below `encode`, so that every
+    call reaches it as agentmem makes it (`agentmem.encoding.embed`)."""
 
     def __init__(self, vectors: dict[str, np.ndarray]) -> None:
         super().__init__(bundled_embedder_path(), device="cpu")
         self.vectors = vectors
 
-    def encode(self, sentences, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        if isinstance(sentences, list) and sentences and all(s in self.vectors for s in sentences):
-            return np.stack([self.vectors[s] for s in sentences])
-        return super().encode(sentences, *args, **kwargs)
+    def preprocess(self, inputs, prompt=None, **kwargs):  # type: ignore[no-untyped-def, override]
+        if inputs and all(isinstance(s, str) and s in self.vectors for s in inputs):
+            return {"precomputed": torch.from_numpy(np.stack([self.vectors[s] for s in inputs]))}
+        return super().preprocess(inputs, prompt, **kwargs)
+
+    def forward(self, input, **kwargs):  # type: ignore[no-untyped-def, override]
+        if "precomputed" in input:
+            return {"sentence_embedding": input["precomputed"]}
+        return super().forward(input, **kwargs)
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -1,5 +1,22 @@
-"""The latency benchmark's throughput rounds: alternation and the median of per-batch ratios."""
-from agentmem.eval.latency import markdown, throughput_rounds
+"""The latency benchmark's throughput rounds (alternation, the median of per-batch ratios) and its
+cached filler vectors."""
+import numpy as np
+
+from agentmem.encoding import embed
+from agentmem.eval.latency import PrecomputedEmbedder, markdown, throughput_rounds
+
+
+def test_cached_texts_are_answered_from_the_cache_and_others_encoded(embedder):
+    known = np.zeros(384, dtype=np.float32)
+    known[0] = 1.0
+    precomputed = PrecomputedEmbedder({"a cached filler text": known})
+    np.testing.assert_array_equal(embed(precomputed, ["a cached filler text"]), known[None, :])
+    np.testing.assert_array_equal(embed(precomputed, ["a cached filler text"] * 3), np.stack([known] * 3))
+    fresh = ["a text no cache holds", "another one"]
+    np.testing.assert_allclose(embed(precomputed, fresh[:1]), embed(embedder, fresh[:1]), atol=1e-6)
+    np.testing.assert_allclose(embed(precomputed, fresh), embed(embedder, fresh), atol=1e-6)
+    mixed = embed(precomputed, ["a cached filler text", fresh[0]])  # a batch not wholly cached is encoded
+    np.testing.assert_allclose(mixed, embed(embedder, ["a cached filler text", fresh[0]]), atol=1e-6)
 
 
 def test_rounds_alternate_and_report_the_median_ratio():
