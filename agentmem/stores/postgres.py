@@ -10,8 +10,9 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 - Outbox: an index write claims its outbox rows with row locks held until it ends
   (`outbox_claim`), so a replica can write the index after releasing the write lock and
   another replica replays only rows whose writer is gone.
-- Freshness: every write transaction bumps `store_version`; `refresh_if_changed` reloads
-  the networkx link view when the counter moved (SQLite's `PRAGMA data_version`).
+- Freshness: every write transaction bumps `store_version` (SQLite's `PRAGMA data_version`)
+  and logs the notes whose links it touched; `refresh_if_changed` reads those notes' links
+  again when the counter moved (`link_changes`).
 - Full text: a generated tsvector (english stemming; text weighted A, keywords and tags B)
   with a GIN index. In place of FTS5's BM25, a score of the same shape: per query lexeme, its
   IDF over the store times `ts_rank` (column-weighted term frequency, divided by 1 + log of
@@ -38,16 +39,19 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import psycopg
 import psycopg.rows
 import psycopg_pool
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
-from . import shared_folders
+from ..notes import Note
+from . import link_changes, shared_folders
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
@@ -218,6 +222,7 @@ class PostgresNoteGraph(SqlNoteStore):
             with self._session() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
+                conn.execute(link_changes.SCHEMA)
                 counter = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_count_lexemes()')")
                 if counter.fetchone() != (COUNT_LEXEMES,):  # new, or counted by an earlier version
                     conn.execute("CREATE OR REPLACE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql"
@@ -360,10 +365,13 @@ class PostgresNoteGraph(SqlNoteStore):
         with self._session() as conn, conn.cursor(row_factory=psycopg.rows.dict_row, binary=True) as cursor:
             return cursor.execute(psycopg_sql(sql), params).fetchall()
 
-    def _send_queued(self, conn: psycopg.Connection, then: Sequence[str] = ()) -> list[psycopg.Cursor]:
-        """Send the queued statements, and `then`'s after them, in one pipeline; returns `then`'s cursors."""
+    def _send_queued(
+        self, conn: psycopg.Connection, then: Sequence[tuple[str, Sequence[Any]]] = ()
+    ) -> list[psycopg.Cursor]:
+        """Send the queued statements, and `then`'s (statement, parameters) after them, in one
+        pipeline; returns `then`'s cursors."""
         queued = getattr(self._pinned, "queued", None) or []
-        statements = [*queued, *((sql, [()]) for sql in then)]
+        statements = [*queued, *((sql, [params]) for sql, params in then)]
         queued.clear()
         if not statements:
             return []
@@ -459,6 +467,7 @@ class PostgresNoteGraph(SqlNoteStore):
         sequences moved past them so later inserts do not collide."""
         counts: dict[str, int] = {}
         with self.transaction(), self._session() as conn:
+            self._touched([None])  # every replica reloads its view
             conn.execute("ALTER TABLE notes DISABLE TRIGGER notes_lexicon_write")
             for table, (columns, rows) in tables.items():
                 counts[table] = 0
@@ -485,18 +494,39 @@ class PostgresNoteGraph(SqlNoteStore):
         return counts
 
     def refresh_if_changed(self) -> bool:
-        """Reload the networkx view when another process committed since we last looked."""
+        """Bring the networkx view up to date when another process committed since we last looked."""
         version = getattr(self._pinned, "seen_version", None)
         self._pinned.seen_version = None
         if version is None:
             version = self._run("SELECT n FROM store_version")[0][0]
         if version == self._data_version:
             return False
-        graph = nx.Graph()
-        graph.add_nodes_from(r[0] for r in self._run("SELECT id FROM notes"))
-        graph.add_weighted_edges_from(tuple(r) for r in self._run("SELECT a, b, weight FROM links"))
-        self.graph, self._data_version = graph, version
+        self.graph = link_changes.catch_up(self.graph, self._data_version, version, self._run)
+        self._data_version = version
         return True
+
+    # ---- what a commit logs in `link_changes`: the notes whose links it touched ----------------
+
+    def insert_many(self, notes: Sequence[tuple[Note, np.ndarray, np.ndarray | None]]) -> None:
+        super().insert_many(notes)
+        self._touched(note.id for note, _, _ in notes)
+
+    def link_many(self, links: Sequence[tuple[str, str, float, datetime]]) -> None:
+        super().link_many(links)
+        self._touched(end for a, b, _, _ in links for end in (a, b))
+
+    def delete(self, note_id: str) -> list[str]:
+        """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none), so
+        the commit asks every replica to reload its view instead of naming the note."""
+        neighbours = super().delete(note_id)
+        self._write("DELETE FROM link_changes WHERE note_id = ?", (note_id,))
+        self._touched([None])
+        return neighbours
+
+    def _touched(self, note_ids: Iterable[str | None]) -> None:
+        touched = getattr(self._pinned, "touched", None)
+        if touched is not None:  # outside a transaction a write is not counted, so nothing is logged
+            touched.update(note_ids)
 
     def quiet_version(self) -> int | None:
         """`store_version`, which every write transaction but bookkeeping moves (bookkeeping changes
@@ -524,12 +554,14 @@ class PostgresNoteGraph(SqlNoteStore):
                     return
                 # BEGIN waits in the queue too: a transaction without reads is one round trip
                 self._pinned.queued = [("BEGIN", [()])]
+                self._pinned.touched = set()
                 if bookkeeping:
                     self._write("SET LOCAL synchronous_commit TO OFF")
                 try:
                     yield
-                    ends = ("COMMIT",) if bookkeeping else ("UPDATE store_version SET n = n + 1 RETURNING n", "COMMIT")
-                    last = self._send_queued(conn, ends)
+                    touched = list(self._pinned.touched)
+                    count = [] if bookkeeping else [(psycopg_sql(link_changes.COUNT_COMMIT), (touched,))]
+                    last = self._send_queued(conn, [*count, ("COMMIT", ())])
                     if not bookkeeping:
                         version = last[0].fetchone()[0]
                 except BaseException:
@@ -537,7 +569,7 @@ class PostgresNoteGraph(SqlNoteStore):
                     rollback(conn)
                     raise
                 finally:
-                    self._pinned.queued = None
+                    self._pinned.queued = self._pinned.touched = None
         except BaseException:
             self._data_version = -1
             self.refresh_if_changed()
@@ -561,7 +593,7 @@ class PostgresNoteGraph(SqlNoteStore):
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
         (what Postgres still keeps is in the module doc)."""
-        for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon"):
+        for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes"):
             self._run(f"VACUUM {table}")
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:

@@ -1,0 +1,121 @@
+"""A replica's link view catches up with another replica's commits by the notes they touched,
+against a real PostgreSQL 15 server."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import networkx as nx
+import numpy as np
+import psycopg
+import pytest
+
+from agentmem import Note
+from agentmem.stores import link_changes
+from agentmem.stores.postgres import PostgresNoteGraph
+
+T = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def note(note_id: str) -> Note:
+    return Note(id=note_id, text=f"note {note_id}", created_at=T, updated_at=T, last_recalled=T)
+
+
+@pytest.fixture
+def replicas(postgres_url):
+    writer, reader = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
+    yield writer, reader
+    writer.close()
+    reader.close()
+
+
+def as_stored(url: str) -> tuple[set, set]:
+    """The notes and weighted links in the database, read directly."""
+    with psycopg.connect(url) as conn:
+        notes = {row[0] for row in conn.execute("SELECT id FROM notes")}
+        links = {(*sorted(row[:2]), row[2]) for row in conn.execute("SELECT a, b, weight FROM links")}
+    return notes, links
+
+
+def as_viewed(graph: nx.Graph) -> tuple[set, set]:
+    return set(graph.nodes), {(*sorted((a, b)), w) for a, b, w in graph.edges(data="weight")}
+
+
+def test_links_made_and_reweighted_elsewhere_are_caught_up_in_place(replicas, postgres_url):
+    writer, reader = replicas
+    with writer.transaction():
+        for name in "abc":
+            writer.insert(note(name), np.ones(4))
+        writer.link("a", "b", 0.5, T)
+    view = reader.graph
+    assert reader.refresh_if_changed() is True
+    with writer.transaction():
+        writer.link("a", "b", 0.9, T)  # made again: the new weight
+        writer.link("b", "c", 0.4, T)
+    assert reader.refresh_if_changed() is True
+    assert reader.graph is view  # read by the touched notes, not reloaded
+    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b", "c"}, {("a", "b", 0.9), ("b", "c", 0.4)})
+
+
+def test_a_forget_elsewhere_reloads_the_view_and_leaves_no_trace_in_the_log(replicas, postgres_url):
+    writer, reader = replicas
+    with writer.transaction():
+        for name in ("keep", "secret"):
+            writer.insert(note(name), np.ones(4))
+        writer.link("keep", "secret", 0.8, T)
+    reader.refresh_if_changed()
+    with writer.transaction():
+        writer.delete("secret")
+    view = reader.graph
+    assert reader.refresh_if_changed() is True
+    assert reader.graph is not view
+    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"keep"}, set())
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM link_changes WHERE note_id = 'secret'").fetchone()[0] == 0
+
+
+def test_a_view_further_behind_than_the_log_keeps_is_reloaded_whole(replicas, postgres_url, monkeypatch):
+    writer, reader = replicas
+    with writer.transaction():
+        writer.insert(note("a"), np.ones(4))
+    reader.refresh_if_changed()
+    monkeypatch.setattr(link_changes, "KEPT_VERSIONS", 2)  # how far behind a view may be caught up
+    for name in "bcd":
+        with writer.transaction():
+            writer.insert(note(name), np.ones(4))
+    view = reader.graph
+    assert reader.refresh_if_changed() is True
+    assert reader.graph is not view and set(reader.graph.nodes) == {"a", "b", "c", "d"}
+
+
+def test_the_log_is_pruned_to_the_versions_it_keeps(replicas, postgres_url):
+    writer, _ = replicas
+    for i in range(link_changes.KEPT_VERSIONS + 5):
+        with writer.transaction():
+            writer.insert(note(f"n{i}"), np.ones(4))
+    with psycopg.connect(postgres_url) as conn:
+        newest, oldest = conn.execute("SELECT max(version), min(version) FROM link_changes").fetchone()
+    assert newest - oldest == link_changes.KEPT_VERSIONS - 1
+
+
+def test_after_any_mix_of_writes_the_caught_up_view_is_the_store(replicas, postgres_url):
+    writer, reader = replicas
+    rng = random.Random(7)
+    names = [f"n{i}" for i in range(12)]
+    for step in range(60):
+        with writer.transaction():
+            for _ in range(rng.randint(1, 3)):
+                present = sorted(writer.graph.nodes)
+                roll = rng.random()
+                if roll < 0.35 or len(present) < 2:
+                    missing = [n for n in names if n not in writer.graph]
+                    if missing:
+                        writer.insert(note(rng.choice(missing)), np.ones(4))
+                elif roll < 0.85:
+                    a, b = rng.sample(present, 2)
+                    writer.link(a, b, round(rng.random(), 3), T)
+                else:
+                    writer.delete(rng.choice(present))
+        if step % 3 == 0:  # the reader looks only now and then, several commits at once
+            reader.refresh_if_changed()
+            assert as_viewed(reader.graph) == as_stored(postgres_url)
