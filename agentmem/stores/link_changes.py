@@ -44,6 +44,17 @@ def load(run: Run) -> nx.Graph:
     return graph
 
 
+# in one round trip: the notes touched in a range of versions, those of them that still exist,
+# and their links (a touched NULL: reload); rows are (kind, note or link end, link end, weight)
+CHANGES = (
+    "WITH touched AS MATERIALIZED (SELECT DISTINCT note_id AS id FROM link_changes WHERE version > ? AND version <= ?)"
+    " SELECT 'touched', id, NULL::text, NULL::float8 FROM touched"
+    " UNION ALL SELECT 'note', n.id, NULL, NULL::float8 FROM notes n JOIN touched ON n.id = touched.id"
+    " UNION ALL SELECT 'link', l.a, l.b, l.weight FROM links l JOIN touched ON l.a = touched.id"
+    " UNION ALL SELECT 'link', l.a, l.b, l.weight FROM links l JOIN touched ON l.b = touched.id"
+)
+
+
 def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
     """The view at version `seen` brought to `version`, in place when the log allows, else reloaded.
 
@@ -51,15 +62,11 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
     the next catch-up reads them again, so the view converges on the store."""
     if seen < 0 or version - seen > KEPT_VERSIONS:
         return load(run)
-    touched = [row[0] for row in run(
-        "SELECT DISTINCT note_id FROM link_changes WHERE version > ? AND version <= ?", (seen, version),
-    )]
+    rows = run(CHANGES, (seen, version))
+    touched = [row[1] for row in rows if row[0] == "touched"]
     if None in touched:
         return load(run)
-    if touched:
-        present = [row[0] for row in run("SELECT id FROM notes WHERE id = ANY(?)", (touched,))]
-        links = run("SELECT a, b, weight FROM links WHERE a = ANY(?) OR b = ANY(?)", (touched, touched))
-        graph.remove_nodes_from(touched)  # with every link they had
-        graph.add_nodes_from(present)
-        graph.add_weighted_edges_from(tuple(row) for row in links)
+    graph.remove_nodes_from(touched)  # with every link they had
+    graph.add_nodes_from(row[1] for row in rows if row[0] == "note")
+    graph.add_weighted_edges_from(tuple(row[1:]) for row in rows if row[0] == "link")
     return graph
