@@ -2,14 +2,16 @@
 networkx view of the links up to date by reading those notes' links again, not every link.
 
 Each replica keeps the view: recall spreads activation along it, and notes read their links
-from it. Reloading all of it after any other replica's commit cost O(notes) per write: two
-replicas remembering 300 texts each spent more CPU reloading it than encoding (`eval.fleet`).
+from it. Reloading all of it after any other replica's commit cost O(notes) per write: 4.2 s
+at 100k notes, and two replicas remembering 300 texts each into an empty store already spent
+more CPU reloading it than encoding (`eval.fleet`).
 
 Every counted commit logs the notes it touched under the `store_version` it moves to. Those
 versions are handed out in commit order (the update holds the row's lock until the commit), so
 a replica whose view is at version `seen` needs the rows logged above `seen`. Rows more than
 `KEPT_VERSIONS` behind the newest are pruned; a view further behind, and a commit that logs
-NULL (a bulk load, a forget: see `PostgresNoteGraph.delete`), make the replica reload it all.
+NULL (a bulk load), make the replica reload it all. A forget logs the notes that were linked to
+the forgotten one, never its id (`PostgresNoteGraph.delete`).
 """
 from __future__ import annotations
 

@@ -516,11 +516,16 @@ class PostgresNoteGraph(SqlNoteStore):
         self._touched(end for a, b, _, _ in links for end in (a, b))
 
     def delete(self, note_id: str) -> list[str]:
-        """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none), so
-        the commit asks every replica to reload its view instead of naming the note."""
+        """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none). It
+        names the notes that were linked to it, so other replicas drop those links. There the
+        forgotten note stays in the view until it is reloaded, linked at most to other forgotten
+        notes: no stored note reaches it."""
+        linked = list(self.graph[note_id]) if note_id in self.graph else []
         neighbours = super().delete(note_id)
         self._write("DELETE FROM link_changes WHERE note_id = ?", (note_id,))
-        self._touched([None])
+        self._touched(linked)
+        if getattr(self._pinned, "touched", None) is not None:
+            self._pinned.touched.discard(note_id)  # made or linked earlier in this transaction
         return neighbours
 
     def _touched(self, note_ids: Iterable[str | None]) -> None:
