@@ -64,14 +64,19 @@ def consistent(mem: Memory) -> None:
 
 
 def test_two_processes_on_one_postgres_store_lose_nothing_and_duplicate_nothing(fleet, embedder):
-    writers = [writer(fleet, name, 8) for name in ("ann", "ben")]
-    assert [w.wait(timeout=900) for w in writers] == [0, 0]
-    with Memory(**fleet, embedder=embedder) as mem:
-        texts = sorted(n.text for n, _ in mem._graph.all_notes())
-        assert texts == sorted(entries("ann", 8) + entries("ben", 8) + [SHARED])
-        consistent(mem)
-        [shared] = [n for n, _ in mem._graph.all_notes() if n.text == SHARED]
-        assert shared.strength == 1.0 + 15 + shared.recall_count  # one note, reinforced by every other write
+    with Memory(**fleet, embedder=embedder) as watcher:  # open throughout, it catches up on the writers' links
+        writers = [writer(fleet, name, 8) for name in ("ann", "ben")]
+        assert [w.wait(timeout=900) for w in writers] == [0, 0]
+        watcher.recall("harbour festival", user_id="shared", k=1, reinforce=False)
+        with Memory(**fleet, embedder=embedder) as mem:
+            texts = sorted(n.text for n, _ in mem._graph.all_notes())
+            assert texts == sorted(entries("ann", 8) + entries("ben", 8) + [SHARED])
+            consistent(mem)
+            [shared] = [n for n, _ in mem._graph.all_notes() if n.text == SHARED]
+            assert shared.strength == 1.0 + 15 + shared.recall_count  # one note, reinforced by every other write
+            linked = {n.id: {(link.note_id, link.weight) for link in n.links} for n in mem.notes(limit=100)}
+            assert sum(map(len, linked.values())) > 0
+            assert {n.id: {(link.note_id, link.weight) for link in n.links} for n in watcher.notes(limit=100)} == linked
 
 
 def test_a_process_killed_mid_write_loses_nothing_the_other_wrote(fleet, embedder):
