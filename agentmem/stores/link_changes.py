@@ -23,15 +23,17 @@ import networkx as nx
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_changes (version BIGINT NOT NULL, note_id TEXT);
 CREATE INDEX IF NOT EXISTS link_changes_version ON link_changes(version);
+CREATE INDEX IF NOT EXISTS link_changes_note ON link_changes(note_id);  -- a forget deletes the rows naming it
 """
 KEPT_VERSIONS = 1000
 
-# the commit's last statement: move the version, log the touched notes under it, prune old rows
+# the commit's last statement: move the version, log the touched notes under it, prune the rows
+# more than the given number of versions old
 COUNT_COMMIT = (
     "WITH moved AS (UPDATE store_version SET n = n + 1 RETURNING n),"
     " logged AS (INSERT INTO link_changes(version, note_id)"
     "  SELECT moved.n, touched.id FROM moved, unnest(?::text[]) AS touched(id)),"
-    f" pruned AS (DELETE FROM link_changes WHERE version <= (SELECT n FROM moved) - {KEPT_VERSIONS})"
+    " pruned AS (DELETE FROM link_changes WHERE version <= (SELECT n FROM moved) - ?)"
     " SELECT n FROM moved"
 )
 
@@ -46,11 +48,13 @@ def load(run: Run) -> nx.Graph:
     return graph
 
 
-# in one round trip: the notes touched in a range of versions, those of them that still exist,
-# and their links (a touched NULL: reload); rows are (kind, note or link end, link end, weight)
+# in one round trip, as of one snapshot: the newest version, the notes touched in a range of
+# versions, those of them that still exist, and their links (a touched NULL: reload); rows are
+# (kind, note or link end, link end, weight or version)
 CHANGES = (
     "WITH touched AS MATERIALIZED (SELECT DISTINCT note_id AS id FROM link_changes WHERE version > ? AND version <= ?)"
-    " SELECT 'touched', id, NULL::text, NULL::float8 FROM touched"
+    " SELECT 'newest', NULL::text, NULL::text, n::float8 FROM store_version"
+    " UNION ALL SELECT 'touched', id, NULL, NULL FROM touched"
     " UNION ALL SELECT 'note', n.id, NULL, NULL::float8 FROM notes n JOIN touched ON n.id = touched.id"
     " UNION ALL SELECT 'link', l.a, l.b, l.weight FROM links l JOIN touched ON l.a = touched.id"
     " UNION ALL SELECT 'link', l.a, l.b, l.weight FROM links l JOIN touched ON l.b = touched.id"
@@ -62,11 +66,12 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
 
     The touched notes are read as they are now, which may already hold commits after `version`;
     the next catch-up reads them again, so the view converges on the store."""
-    if seen < 0 or version - seen > KEPT_VERSIONS:
+    if seen < 0 or not 0 < version - seen <= KEPT_VERSIONS:  # too far behind, or a store reset under us
         return load(run)
     rows = run(CHANGES, (seen, version))
+    newest = next(row[3] for row in rows if row[0] == "newest")
     touched = [row[1] for row in rows if row[0] == "touched"]
-    if None in touched:
+    if None in touched or newest - seen > KEPT_VERSIONS:  # commits since `version` may have pruned what we read
         return load(run)
     graph.remove_nodes_from(touched)  # with every link they had
     graph.add_nodes_from(row[1] for row in rows if row[0] == "note")

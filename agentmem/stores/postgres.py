@@ -517,21 +517,24 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def delete(self, note_id: str) -> list[str]:
         """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none). It
-        names the notes that were linked to it, so other replicas drop those links. There the
+        names the notes linked to it in the store, so other replicas drop those links. There the
         forgotten note stays in the view until it is reloaded, linked at most to other forgotten
         notes: no stored note reaches it."""
-        linked = list(self.graph[note_id]) if note_id in self.graph else []
+        linked = [row[0] for row in self._run("SELECT b FROM links WHERE a = ? UNION SELECT a FROM links WHERE b = ?",
+                                              (note_id, note_id))]
         neighbours = super().delete(note_id)
         self._write("DELETE FROM link_changes WHERE note_id = ?", (note_id,))
-        self._touched(linked)
-        if getattr(self._pinned, "touched", None) is not None:
-            self._pinned.touched.discard(note_id)  # made or linked earlier in this transaction
+        self._touched(linked, untouched=note_id)
         return neighbours
 
-    def _touched(self, note_ids: Iterable[str | None]) -> None:
+    def _touched(self, note_ids: Iterable[str | None], untouched: str | None = None) -> None:
+        """Log these notes with the open transaction's commit; `untouched`: a note forgotten in it,
+        which the log must not name even if the transaction made or linked it earlier."""
         touched = getattr(self._pinned, "touched", None)
         if touched is not None:  # outside a transaction a write is not counted, so nothing is logged
             touched.update(note_ids)
+            if untouched is not None:
+                touched.discard(untouched)
 
     def quiet_version(self) -> int | None:
         """`store_version`, which every write transaction but bookkeeping moves (bookkeeping changes
@@ -553,9 +556,15 @@ class PostgresNoteGraph(SqlNoteStore):
         self._pinned.seen_version = self._pinned.seen_pending = None
         try:
             with self._session() as conn:
-                if getattr(self._pinned, "queued", None) is not None:  # nested: a savepoint in the open one
+                queued = getattr(self._pinned, "queued", None)
+                if queued is not None:  # nested: a savepoint in the open one, with its queued writes inside it
                     with conn.transaction():
-                        yield
+                        try:
+                            yield
+                        except BaseException:
+                            queued.clear()  # unsent, they go with the savepoint's rollback
+                            raise
+                        self._send_queued(conn)
                     return
                 # BEGIN waits in the queue too: a transaction without reads is one round trip
                 self._pinned.queued = [("BEGIN", [()])]
@@ -565,7 +574,9 @@ class PostgresNoteGraph(SqlNoteStore):
                 try:
                     yield
                     touched = list(self._pinned.touched)
-                    count = [] if bookkeeping else [(psycopg_sql(link_changes.COUNT_COMMIT), (touched,))]
+                    count = [] if bookkeeping else [
+                        (psycopg_sql(link_changes.COUNT_COMMIT), (touched, link_changes.KEPT_VERSIONS))
+                    ]
                     last = self._send_queued(conn, [*count, ("COMMIT", ())])
                     if not bookkeeping:
                         version = last[0].fetchone()[0]

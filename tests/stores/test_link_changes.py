@@ -77,6 +77,48 @@ def test_a_forget_elsewhere_drops_its_links_in_place_and_leaves_no_trace_in_the_
         assert conn.execute("SELECT count(*) FROM link_changes WHERE note_id = 'secret'").fetchone()[0] == 0
 
 
+def test_a_forget_by_a_replica_whose_view_is_behind_still_names_every_linked_note(postgres_url, replicas):
+    writer, reader = replicas
+    forgetter = PostgresNoteGraph(postgres_url)
+    try:
+        with writer.transaction():
+            writer.insert(note("x"), np.ones(4))
+            writer.insert(note("q"), np.ones(4))
+            writer.link("x", "q", 0.6, T)
+        reader.refresh_if_changed()
+        with forgetter.transaction():  # its view never saw the link
+            forgetter.delete("x")
+        reader.refresh_if_changed()
+        assert as_viewed(reader.graph)[1] == as_stored(postgres_url)[1] == set()
+    finally:
+        forgetter.close()
+
+
+def test_a_bulk_load_elsewhere_reloads_the_view(replicas, postgres_url):
+    writer, reader = replicas
+    with writer.transaction():
+        writer.insert(note("a"), np.ones(4))
+        writer.insert(note("b"), np.ones(4))
+    reader.refresh_if_changed()
+    writer.bulk_load({"links": (("a", "b", "weight", "created_at"), [("a", "b", 0.25, 0.0)])})
+    view = reader.graph
+    assert reader.refresh_if_changed() is True
+    assert reader.graph is not view and as_viewed(reader.graph) == as_stored(postgres_url)
+
+
+def test_a_store_whose_version_went_back_is_reloaded(replicas, postgres_url):
+    writer, reader = replicas
+    for name in "ab":
+        with writer.transaction():
+            writer.insert(note(name), np.ones(4))
+    reader.refresh_if_changed()
+    with psycopg.connect(postgres_url) as conn:  # as if the database had been made again under the replica
+        conn.execute("INSERT INTO links(a, b, weight, created_at) VALUES ('a', 'b', 0.5, 0)")
+        conn.execute("UPDATE store_version SET n = 1")
+    assert reader.refresh_if_changed() is True
+    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b"}, {("a", "b", 0.5)})
+
+
 def test_a_view_further_behind_than_the_log_keeps_is_reloaded_whole(replicas, postgres_url, monkeypatch):
     writer, reader = replicas
     with writer.transaction():

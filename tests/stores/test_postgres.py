@@ -60,6 +60,17 @@ def test_a_failed_transaction_leaves_database_and_view_unchanged(store):
     assert store.all_ids() == {"a"} and set(store.graph.nodes) == {"a"} and store.graph.number_of_edges() == 0
 
 
+def test_a_failed_savepoint_drops_its_writes_and_the_open_transaction_goes_on(store):
+    with store.transaction():
+        store.insert(note("kept"), np.ones(4))
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.insert(note("dropped"), np.ones(4))
+                raise RuntimeError("the inner write fails")
+        store.insert(note("after"), np.ones(4))
+    assert store.all_ids() == {"kept", "after"} and set(store.graph.nodes) == {"kept", "after"}
+
+
 def test_a_refused_write_is_a_typed_error_and_changes_nothing(store):
     with store.transaction():
         store.insert(note("a"), np.ones(4))
