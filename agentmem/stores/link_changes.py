@@ -11,7 +11,9 @@ versions are handed out in commit order (the update holds the row's lock until t
 a replica whose view is at version `seen` needs the rows logged above `seen`. Rows more than
 `KEPT_VERSIONS` behind the newest are pruned; a view further behind, and a commit that logs
 NULL (a bulk load), make the replica reload it all. A forget logs the notes that were linked to
-the forgotten one, never its id (`PostgresNoteGraph.delete`).
+the forgotten one, never its id (`PostgresNoteGraph.delete`). Every commit also logs '', touched
+or not, so a version with no row at all was committed by an earlier agentmem that keeps no log
+(a fleet in a rolling upgrade): that makes the replica reload too.
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ CREATE INDEX IF NOT EXISTS link_changes_note ON link_changes(note_id);  -- a for
 """
 KEPT_VERSIONS = 1000
 
-# the commit's last statement: move the version, log the touched notes under it, prune the rows
-# more than the given number of versions old
+# the commit's last statement: move the version, log the touched notes and '' under it, prune
+# the rows more than the given number of versions old
 COUNT_COMMIT = (
     "WITH moved AS (UPDATE store_version SET n = n + 1 RETURNING n),"
     " logged AS (INSERT INTO link_changes(version, note_id)"
-    "  SELECT moved.n, touched.id FROM moved, unnest(?::text[]) AS touched(id)),"
+    "  SELECT moved.n, touched.id FROM moved, unnest(array_append(?::text[], '')) AS touched(id)),"
     " pruned AS (DELETE FROM link_changes WHERE version <= (SELECT n FROM moved) - ?)"
     " SELECT n FROM moved"
 )
@@ -48,12 +50,14 @@ def load(run: Run) -> nx.Graph:
     return graph
 
 
-# in one round trip, as of one snapshot: the newest version, the notes touched in a range of
-# versions, those of them that still exist, and their links (a touched NULL: reload); rows are
-# (kind, note or link end, link end, weight or version)
+# in one round trip, as of one snapshot: the newest version, how many versions of a range are
+# logged, the notes they touched, those of them that still exist, and their links (a touched
+# NULL: reload); rows are (kind, note or link end, link end, weight or count)
 CHANGES = (
-    "WITH touched AS MATERIALIZED (SELECT DISTINCT note_id AS id FROM link_changes WHERE version > ? AND version <= ?)"
+    "WITH logged AS MATERIALIZED (SELECT version, note_id FROM link_changes WHERE version > ? AND version <= ?),"
+    " touched AS MATERIALIZED (SELECT DISTINCT note_id AS id FROM logged WHERE note_id IS DISTINCT FROM '')"
     " SELECT 'newest', NULL::text, NULL::text, n::float8 FROM store_version"
+    " UNION ALL SELECT 'versions', NULL, NULL, count(DISTINCT version) FROM logged"
     " UNION ALL SELECT 'touched', id, NULL, NULL FROM touched"
     " UNION ALL SELECT 'note', n.id, NULL, NULL::float8 FROM notes n JOIN touched ON n.id = touched.id"
     " UNION ALL SELECT 'link', l.a, l.b, l.weight FROM links l JOIN touched ON l.a = touched.id"
@@ -69,9 +73,11 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
     if seen < 0 or not 0 < version - seen <= KEPT_VERSIONS:  # too far behind, or a store reset under us
         return load(run)
     rows = run(CHANGES, (seen, version))
-    newest = next(row[3] for row in rows if row[0] == "newest")
+    newest, versions = (next(row[3] for row in rows if row[0] == kind) for kind in ("newest", "versions"))
     touched = [row[1] for row in rows if row[0] == "touched"]
-    if None in touched or newest - seen > KEPT_VERSIONS:  # commits since `version` may have pruned what we read
+    if None in touched or versions < version - seen:  # a bulk load, or a commit that kept no log
+        return load(run)
+    if newest - seen > KEPT_VERSIONS:  # commits since `version` may have pruned what was read
         return load(run)
     graph.remove_nodes_from(touched)  # with every link they had
     graph.add_nodes_from(row[1] for row in rows if row[0] == "note")

@@ -119,6 +119,21 @@ def test_a_store_whose_version_went_back_is_reloaded(replicas, postgres_url):
     assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b"}, {("a", "b", 0.5)})
 
 
+def test_a_commit_by_a_replica_that_keeps_no_log_reloads_the_view(replicas, postgres_url):
+    writer, reader = replicas
+    for name in "ab":
+        with writer.transaction():
+            writer.insert(note(name), np.ones(4))
+    reader.refresh_if_changed()
+    with psycopg.connect(postgres_url) as conn:  # what an earlier agentmem commits: no row in link_changes
+        conn.execute("INSERT INTO links(a, b, weight, created_at) VALUES ('a', 'b', 0.5, 0)")
+        conn.execute("UPDATE store_version SET n = n + 1")
+    with writer.transaction():
+        writer.insert(note("c"), np.ones(4))
+    assert reader.refresh_if_changed() is True
+    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b", "c"}, {("a", "b", 0.5)})
+
+
 def test_a_view_further_behind_than_the_log_keeps_is_reloaded_whole(replicas, postgres_url, monkeypatch):
     writer, reader = replicas
     with writer.transaction():
