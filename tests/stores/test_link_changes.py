@@ -106,32 +106,25 @@ def test_a_bulk_load_elsewhere_reloads_the_view(replicas, postgres_url):
     assert reader.graph is not view and as_viewed(reader.graph) == as_stored(postgres_url)
 
 
-def test_a_store_whose_version_went_back_is_reloaded(replicas, postgres_url):
+@pytest.mark.parametrize("moved, then_ours", [
+    ("n = 1", False),  # the database made again under the replica: its version went back
+    ("n = n + 1", True),  # a commit by an earlier agentmem, which keeps no log, then one of ours
+])
+def test_a_version_the_log_cannot_account_for_reloads_the_view(replicas, postgres_url, moved, then_ours):
     writer, reader = replicas
     for name in "ab":
         with writer.transaction():
             writer.insert(note(name), np.ones(4))
     reader.refresh_if_changed()
-    with psycopg.connect(postgres_url) as conn:  # as if the database had been made again under the replica
+    with psycopg.connect(postgres_url) as conn:  # a link written without a row in link_changes
         conn.execute("INSERT INTO links(a, b, weight, created_at) VALUES ('a', 'b', 0.5, 0)")
-        conn.execute("UPDATE store_version SET n = 1")
-    assert reader.refresh_if_changed() is True
-    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b"}, {("a", "b", 0.5)})
-
-
-def test_a_commit_by_a_replica_that_keeps_no_log_reloads_the_view(replicas, postgres_url):
-    writer, reader = replicas
-    for name in "ab":
+        conn.execute(f"UPDATE store_version SET {moved}")
+    if then_ours:
         with writer.transaction():
-            writer.insert(note(name), np.ones(4))
-    reader.refresh_if_changed()
-    with psycopg.connect(postgres_url) as conn:  # what an earlier agentmem commits: no row in link_changes
-        conn.execute("INSERT INTO links(a, b, weight, created_at) VALUES ('a', 'b', 0.5, 0)")
-        conn.execute("UPDATE store_version SET n = n + 1")
-    with writer.transaction():
-        writer.insert(note("c"), np.ones(4))
+            writer.insert(note("c"), np.ones(4))
     assert reader.refresh_if_changed() is True
-    assert as_viewed(reader.graph) == as_stored(postgres_url) == ({"a", "b", "c"}, {("a", "b", 0.5)})
+    assert as_viewed(reader.graph) == as_stored(postgres_url)
+    assert as_viewed(reader.graph)[1] == {("a", "b", 0.5)}
 
 
 def test_a_view_further_behind_than_the_log_keeps_is_reloaded_whole(replicas, postgres_url, monkeypatch):
