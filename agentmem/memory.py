@@ -179,10 +179,18 @@ class Memory:
                     self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def _reading(self, store_only: bool = False) -> Iterator[None]:
         """A read of committed rows that no write depends on: the store's connection is this
         process's to share, so its threads take turns, but other processes are not waited for
-        (SQLite's WAL and PostgreSQL give the read a snapshot of its own)."""
+        (SQLite's WAL and PostgreSQL give the read a snapshot of its own). A read of the note
+        store alone (`store_only`) from a store whose threads read on connections of their own
+        (`concurrent_reads`) does not take turns either."""
+        if store_only and self._graph.concurrent_reads:
+            if self._closed:
+                raise StoreClosedError(f"memory at {self.path} is closed")
+            with self._graph.errors():
+                yield
+            return
         with self._thread_lock(), self._graph.errors():
             yield
 
@@ -418,9 +426,10 @@ class Memory:
         check.flag(reinforce, "reinforce")
         searching = self._lexical_meanwhile(query, k, where)
         query_embedding = self._embed([query])[0]
-        lexical = searching.result()  # before the lock: the helper takes it to search
+        if not self._graph.concurrent_reads:
+            searching.result()  # the helper searches under this process's lock, which the section takes
         with self._exclusive():
-            hits = self._reader.search(query, query_embedding, k, where, when, lexical)
+            hits = self._reader.search(query, query_embedding, k, where, when, searching)
             return self._reader.reinforce(hits, when) if reinforce else hits
 
     def _lexical_meanwhile(self, query: str, k: int, where: NoteFilter) -> Future[dict[str, float]]:
@@ -428,10 +437,13 @@ class Memory:
         embedding, so it runs while the caller encodes the query (at 100k notes it takes most of
         an encode). The encode stays on the caller's thread, where its other encodes ran:
         alternating remember and recall on PostgreSQL at 100k notes, a recall took 26.7 ms so,
-        against 30.6 with the encode in the helper (BENCHMARKS.md, *latency-stores*)."""
+        against 30.6 with the encode in the helper (BENCHMARKS.md, *latency-stores*).
+
+        A store whose threads read on connections of their own (`concurrent_reads`) is searched
+        without this process's lock, so the search also runs during the index's search."""
 
         def search() -> dict[str, float]:
-            with self._reading():
+            with self._reading(store_only=True):
                 return self._reader.lexical(query, k, where)
 
         try:

@@ -5,6 +5,7 @@ Everything here runs inside the caller's exclusive section.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from datetime import datetime
 
 import numpy as np
@@ -33,12 +34,14 @@ class ReadPath:
 
     def search(
         self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime,
-        lexical: dict[str, float],
+        searching: Future[dict[str, float]],
     ) -> list[Hit]:
         """The k best notes for the query among those `where` admits, with why (nothing is written),
-        given the query's `lexical` candidates. Those forgotten since are left out by the read."""
+        given the query's full-text candidates, which `searching` may still be finding meanwhile
+        (see `lexical`). Those forgotten since are left out by the read."""
         pool = k + self.config.candidate_pool
         dense = self.dense(query_embedding, pool, where)
+        lexical = searching.result()
         best_lexical = max(lexical.values(), default=0.0)
         time_match = temporal.time_matcher(query, at)
 

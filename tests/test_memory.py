@@ -105,6 +105,29 @@ def test_a_note_forgotten_while_the_query_is_encoded_is_not_recalled(memory, mon
     assert [h.note.id for h in hits] == [kept.id]
 
 
+def test_the_full_text_search_overlaps_the_index_search_where_threads_read_apart(memory, monkeypatch):
+    """On a store whose threads read on connections of their own (PostgreSQL), the full-text search
+    is not awaited before the exclusive section: it can still be running while the index is
+    searched. On SQLite's one connection it must finish first (it searches under the process lock)."""
+    note = memory.remember("Dana keeps bees on the roof of the library", at=T0)
+    lexical, dense = memory._reader.lexical, memory._reader.dense
+    index_searched, overlapped = threading.Event(), []
+
+    def lexical_waiting_for_the_index(*args):
+        overlapped.append(index_searched.wait(5 if memory._graph.concurrent_reads else 0))
+        return lexical(*args)
+
+    def dense_then_signal(*args):
+        index_searched.set()
+        return dense(*args)
+
+    monkeypatch.setattr(memory._reader, "lexical", lexical_waiting_for_the_index)
+    monkeypatch.setattr(memory._reader, "dense", dense_then_signal)
+    hits = memory.recall("Who keeps bees at the library?", at=T0)
+    assert overlapped == [memory._graph.concurrent_reads]
+    assert [h.note.id for h in hits] == [note.id] and hits[0].why.lexical > 0
+
+
 def test_scope_and_metadata_filters(memory):
     memory.remember("I like green tea", user_id="u1", agent_id="a", session_id="s1", metadata={"topic": "food"})
     memory.remember("I like green tea with honey", user_id="u2", agent_id="a", session_id="s1", metadata={"topic": "food"})

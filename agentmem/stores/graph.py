@@ -191,6 +191,7 @@ class NoteGraph(SqlNoteStore):
             self._file_lock.release()
 
     claims_across_processes = False  # no row locks: index writes stay inside the file lock
+    concurrent_reads = False  # one connection, which the process's threads take turns on
 
     @contextmanager
     def outbox_claim(self, note_ids: list[str] | None) -> Iterator[OutboxClaim]:

@@ -321,6 +321,7 @@ class PostgresNoteGraph(SqlNoteStore):
         return bool(self._run(f"SELECT 1 FROM outbox {UNCLAIMED} LIMIT 1")) if seen is None else seen
 
     claims_across_processes = True
+    concurrent_reads = True  # each thread reads on a pooled connection of its own (`_session`)
 
     @contextmanager
     def outbox_claim(self, note_ids: list[str] | None) -> Iterator[OutboxClaim]:

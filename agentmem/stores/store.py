@@ -33,6 +33,9 @@ class NoteStore(Protocol):
     # True: an outbox claim is held against other processes until its writer ends or dies, so
     # an index write may run after the write lock is released (False: only inside it)
     claims_across_processes: bool
+    # True: threads read at once, each on a connection of its own, so a read of the store alone
+    # needs no process lock (False: the process's threads share one connection)
+    concurrent_reads: bool
 
     # ---- lifecycle, locks, transactions ------------------------------------------------
     def close(self) -> None: ...
