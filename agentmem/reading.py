@@ -41,20 +41,22 @@ class ReadPath:
         (see `lexical`). Those forgotten since are left out by the read."""
         pool = k + self.config.candidate_pool
         dense = self.dense(query_embedding, pool, where)
+        similar = dict(dense)
         lexical = searching.result()
         best_lexical = max(lexical.values(), default=0.0)
         time_match = temporal.time_matcher(query, at)
 
-        def candidate(note: Note, embedding: np.ndarray) -> ranking.Candidate:
+        def candidate(note: Note, embedding: np.ndarray | None) -> ranking.Candidate:
             return ranking.Candidate(
                 note=note,
-                similarity=float(embedding @ query_embedding),
+                similarity=similar[note.id] if embedding is None else float(embedding @ query_embedding),
                 lexical=lexical.get(note.id, 0.0) / best_lexical if best_lexical else 0.0,
                 temporal=time_match(note.text, note.created_at),
                 retention=self.retention(note, at),
             )
 
-        rows = self.store.load({*(i for i, _ in dense), *lexical}, links=False, validate=False)
+        # the dense candidates' similarities are the index's: only the others' vectors are read
+        rows = self.store.load({*similar, *lexical}, links=False, validate=False, vectors_of=lexical.keys() - similar)
         candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
         seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
         reached = ranking.spread_activation(

@@ -27,7 +27,8 @@ NOTE_COLUMNS = (
     "metadata", "fact", "embedding", "context_embedding", "index_id",
 )
 KEPT_IN_QUARANTINE = NOTE_COLUMNS[:16]  # a quarantined row keeps everything but its vectors and token
-SEARCHED_VECTOR = "COALESCE(context_embedding, embedding) AS vector"  # what a read loads beside the note
+SEARCHED_VECTOR_OF = "COALESCE(context_embedding, embedding)"  # the vector a note is searched by
+SEARCHED_VECTOR = f"{SEARCHED_VECTOR_OF} AS vector"  # what a read loads beside the note
 UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
 
 
@@ -119,17 +120,18 @@ def reason(exc: Exception) -> str:
 
 def readable_notes(
     rows: Iterable[Mapping[str, Any]], graph: nx.Graph | None, unreadable: dict[str, str], validate: bool = True
-) -> Iterator[tuple[Note, np.ndarray]]:
+) -> Iterator[tuple[Note, np.ndarray | None]]:
     """The notes of these rows (`KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR`) with the vectors they
-    are searched by, with their links from `graph` (None: without links); `validate` as in
-    `note_of`. A row that cannot be read is set aside (`set_aside`), never fatal."""
+    are searched by (None where the read left it out), with their links from `graph` (None:
+    without links); `validate` as in `note_of`. A row that cannot be read is set aside
+    (`set_aside`), never fatal."""
     for row in rows:
         try:
             note = note_of(row, links_in(graph, row["id"]) if graph is not None else [], validate)
         except UNREADABLE as exc:
             set_aside(str(row["id"]), exc, unreadable)
             continue
-        yield note, np.frombuffer(row["vector"], dtype=np.float32)
+        yield note, None if row["vector"] is None else np.frombuffer(row["vector"], dtype=np.float32)
 
 
 class Neighbours:
