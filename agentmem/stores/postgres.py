@@ -13,12 +13,8 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 - Freshness: every write transaction bumps `store_version` (SQLite's `PRAGMA data_version`)
   and logs the notes whose links it touched; `refresh_if_changed` reads those notes' links
   again when the counter moved (`link_changes`).
-- Full text: a generated tsvector (english stemming; text weighted A, keywords and tags B)
-  with a GIN index. In place of FTS5's BM25, a score of the same shape: per query lexeme, its
-  IDF over the store times `ts_rank` (column-weighted term frequency, divided by 1 + log of
-  the note's length), summed over the lexemes. The IDF's counts (notes per lexeme, and notes)
-  live in `lexicon`, kept exact by triggers in the writing transaction, so a recall reads them
-  by key instead of counting matches. Only the ordering and the ratio to the best match are used.
+- Full text: a generated tsvector with a GIN index, scored in BM25's shape (`full_text`)
+  in place of FTS5's BM25.
 - Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
   `transaction()` keeps one connection pinned, so its statements share the transaction and the
   session lock. Inside a transaction, statements whose results nobody reads are queued and sent
@@ -51,7 +47,7 @@ import psycopg_pool
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
-from . import link_changes, shared_folders
+from . import full_text, link_changes, shared_folders
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
@@ -112,51 +108,6 @@ CREATE TABLE IF NOT EXISTS store_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE C
 INSERT INTO store_version(one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 """
 
-# What the lexical score's IDF needs, kept exact by triggers in the notes' own transactions: per
-# lexeme the number of notes holding it, and the number of notes (its row with the empty lexeme,
-# which no tsvector holds). A lexeme whose last note goes is deleted with it (forget leaves no word).
-LEXICON = """
-CREATE TABLE lexicon (lexeme TEXT PRIMARY KEY, docs BIGINT NOT NULL);
-CREATE TRIGGER notes_lexicon_write AFTER INSERT OR DELETE ON notes
-    FOR EACH ROW EXECUTE FUNCTION agentmem_count_lexemes();
-CREATE TRIGGER notes_lexicon_update AFTER UPDATE ON notes
-    FOR EACH ROW WHEN (OLD.search IS DISTINCT FROM NEW.search) EXECUTE FUNCTION agentmem_count_lexemes();
-"""
-# The trigger counts only the lexemes a write adds or removes: an update, mostly a neighbour's
-# evolved keywords, changes one or two, and rewriting all of its note's counts (60 rows for two
-# neighbours) made remember's commit slower and left `lexicon` full of dead rows for searches to
-# step over. The empty lexeme (the note count) changes with inserts and deletes only.
-COUNT_LEXEMES = """
-DECLARE
-    gone TEXT[] := '{}';
-    came TEXT[] := '{}';
-BEGIN
-    IF TG_OP <> 'INSERT' THEN gone := tsvector_to_array(OLD.search) || '{""}'::text[]; END IF;
-    IF TG_OP <> 'DELETE' THEN came := tsvector_to_array(NEW.search) || '{""}'::text[]; END IF;
-    UPDATE lexicon SET docs = docs - 1 WHERE lexeme = ANY(gone) AND lexeme <> ALL(came);
-    DELETE FROM lexicon WHERE docs <= 0 AND lexeme = ANY(gone) AND lexeme <> ALL(came);
-    INSERT INTO lexicon(lexeme, docs)
-        SELECT added, 1 FROM (SELECT unnest(came) EXCEPT SELECT unnest(gone)) AS diff(added)
-        ON CONFLICT (lexeme) DO UPDATE SET docs = lexicon.docs + 1;
-    RETURN NULL;
-END
-"""
-# `lexicon` counted from the notes at once: when it is created, and after a bulk load
-LEXICON_COUNT = """
-INSERT INTO lexicon(lexeme, docs) SELECT word, ndoc FROM ts_stat('SELECT search FROM notes');
-INSERT INTO lexicon(lexeme, docs) SELECT '', count(*) FROM notes;
-"""
-
-# The full-text index takes each note's lexemes at once (no GIN pending list): a recall scans the
-# pending list whole, and a store filled by remember or a migration kept up to 4 MB of it, which
-# made the search 5-10 ms at 10k notes instead of under 1 ms; an insert costs the same (0.41-0.45 ms).
-PENDING_LIST_ON = """
-SELECT NOT COALESCE('fastupdate=off' = ANY(reloptions), false) FROM pg_class WHERE oid = 'notes_search'::regclass
-"""
-
-# ts_rank weights for {D, C, B, A}: the note's own words (A) count most, keywords and tags (B) half as much
-RANK_WEIGHTS = "{0, 0, 0.5, 1.0}"
-RANK_NORMALIZATION = 1  # divide by 1 + log(document length), as BM25 discounts long documents
 ANALYZE_AT_LEAST = 500  # notes a store gains before its first statistics are refreshed
 SCHEMA_LOCK = 0x61676D0  # advisory lock keys (per database): creating the schema,
 WRITE_LOCK = 0x61676D1  # the write sections of every replica,
@@ -223,15 +174,7 @@ class PostgresNoteGraph(SqlNoteStore):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
                 conn.execute(link_changes.SCHEMA)
-                counter = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_count_lexemes()')")
-                if counter.fetchone() != (COUNT_LEXEMES,):  # new, or counted by an earlier version
-                    conn.execute("CREATE OR REPLACE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql"
-                                 f" AS $${COUNT_LEXEMES}$$")
-                if conn.execute("SELECT to_regclass('lexicon')").fetchone()[0] is None:  # new, or made by 0.2
-                    conn.execute(LEXICON + LEXICON_COUNT)
-                if conn.execute(PENDING_LIST_ON).fetchone()[0]:  # made by an earlier version
-                    conn.execute("ALTER INDEX notes_search SET (fastupdate = off)")
-                    conn.execute("SELECT gin_clean_pending_list('notes_search'::regclass)")
+                full_text.prepare(conn)
                 conn.execute(shared_folders.SCHEMA)
                 if self.get_meta("index_key") is None:
                     self.set_meta("index_key", os.urandom(32).hex())
@@ -476,8 +419,7 @@ class PostgresNoteGraph(SqlNoteStore):
                     for row in rows:
                         copy.write_row(row)
                         counts[table] += 1
-            conn.execute("DELETE FROM lexicon")
-            conn.execute(LEXICON_COUNT)
+            full_text.recount(conn)
             conn.execute("ALTER TABLE notes ENABLE TRIGGER notes_lexicon_write")
             for table in tables:  # the planner's statistics of the new rows: without them it picked the
                 conn.execute(f"ANALYZE {table}")  # scope index over the full-text one, 4x slower
@@ -614,30 +556,12 @@ class PostgresNoteGraph(SqlNoteStore):
             self._run(f"VACUUM {table}")
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
-        """The n best full-text matches of any of `terms` (english-stemmed) among the notes `where`
-        admits, as (id, score > 0). The score is BM25's shape: per query lexeme, its IDF over the
-        whole store (from `lexicon`) times `ts_rank` (column-weighted, length-normalized term
-        frequency), summed over the lexemes a note holds.
-
-        One statement, so one round trip: a recall runs it while another thread encodes the query,
-        and each reply waits for that thread to yield the GIL (two statements took 3.8 ms p50 there
-        at 10k notes, against 0.9 ms alone). The lexemes with their IDFs are a materialized CTE, and
-        each one's notes come from the GIN index; a sum over lexemes written per note ran the
-        lexicon lookup once per matching note instead (at 90k notes, 4k matches: 29 against 20 ms)."""
+        """The n best full-text matches of any of `terms` among the notes `where` admits, as
+        (id, score > 0), in one statement (`full_text.SEARCH`)."""
         if not terms or n < 1:
             return []
         clause, params = self._where(where, "n")
-        rows = self._run(
-            "WITH terms AS MATERIALIZED ("
-            " SELECT quote_literal(l.lexeme)::tsquery AS query,"
-            "  ln(1 + (total.docs - l.docs + 0.5) / (l.docs + 0.5)) AS idf"
-            " FROM lexicon l JOIN lexicon total ON total.lexeme = ''"
-            " WHERE l.lexeme <> '' AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', ?))))"
-            " SELECT n.id, sum(t.idf * ts_rank(?, n.search, t.query, ?)) AS score"
-            " FROM terms t JOIN notes n ON n.search @@ t.query"
-            f" WHERE {clause} GROUP BY n.id, n.seq ORDER BY score DESC, n.seq LIMIT ?",
-            (" ".join(terms), RANK_WEIGHTS, RANK_NORMALIZATION, *params, n),
-        )
+        rows = self._run(full_text.SEARCH.format(where=clause), (*full_text.ranking(terms), *params, n))
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
 
 
