@@ -1,7 +1,8 @@
 """The read path: candidates from the index and the full-text search, one hop along the links,
 ranked by relevance, retention and time; and recall as rehearsal (reinforcement).
 
-Everything here runs inside the caller's exclusive section.
+Everything here runs inside the caller's exclusive section, except `lexical`, which a recall
+runs in a helper thread while it encodes the query (`Memory.recall`).
 """
 from __future__ import annotations
 

@@ -110,8 +110,8 @@ def test_the_full_text_search_overlaps_the_index_search_where_threads_read_apart
     is not awaited before the exclusive section: it can still be running while the index is
     searched. On SQLite's one connection it must finish first (it searches under the process lock)."""
     note = memory.remember("Dana keeps bees on the roof of the library", at=T0)
-    lexical, dense = memory._reader.lexical, memory._reader.dense
-    index_searched, overlapped = threading.Event(), []
+    lexical, dense, search = memory._reader.lexical, memory._reader.dense, memory._reader.search
+    index_searched, overlapped, done_before_the_section = threading.Event(), [], []
 
     def lexical_waiting_for_the_index(*args):
         overlapped.append(index_searched.wait(5 if memory._graph.concurrent_reads else 0))
@@ -121,11 +121,29 @@ def test_the_full_text_search_overlaps_the_index_search_where_threads_read_apart
         index_searched.set()
         return dense(*args)
 
+    def search_noting_the_full_text(*args):
+        done_before_the_section.append(args[-1].done())
+        return search(*args)
+
     monkeypatch.setattr(memory._reader, "lexical", lexical_waiting_for_the_index)
     monkeypatch.setattr(memory._reader, "dense", dense_then_signal)
+    monkeypatch.setattr(memory._reader, "search", search_noting_the_full_text)
     hits = memory.recall("Who keeps bees at the library?", at=T0)
     assert overlapped == [memory._graph.concurrent_reads]
+    if not memory._graph.concurrent_reads:  # the helper searched under the lock the section holds
+        assert done_before_the_section == [True]
     assert [h.note.id for h in hits] == [note.id] and hits[0].why.lexical > 0
+
+
+def test_a_candidate_only_the_full_text_found_is_scored_by_its_stored_vector(memory, monkeypatch):
+    """The index's candidates come with their similarity; the others' vectors are read to score them."""
+    note = memory.remember("Dana keeps bees on the roof of the library", at=T0)
+    query = "Who keeps bees at the library?"
+    monkeypatch.setattr(memory._reader, "dense", lambda *args: [])  # the index finds nothing
+    [hit] = memory.recall(query, at=T0, reinforce=False)
+    stored = memory._graph.load([note.id])[note.id][1]
+    assert hit.note.id == note.id and hit.why.lexical > 0
+    assert hit.why.similarity == pytest.approx(float(stored @ memory._embed([query])[0]), abs=1e-6)
 
 
 def test_scope_and_metadata_filters(memory):

@@ -45,7 +45,7 @@ import psycopg
 import psycopg.rows
 import psycopg_pool
 
-from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
+from ..errors import InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
 from . import full_text, link_changes, shared_folders
 from .filters import NoteFilter
@@ -212,6 +212,8 @@ class PostgresNoteGraph(SqlNoteStore):
             yield
         except psycopg.IntegrityError as exc:
             raise InvalidInputError(f"the note store refused the write: {exc}") from exc
+        except psycopg_pool.PoolClosed as exc:  # a read in a helper thread that outlived `close`
+            raise StoreClosedError(f"the note store at {self.path} is closed") from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailableError(
                 f"the note store at {self.path} cannot be reached ({exc}): check the server is running and reachable"
@@ -404,23 +406,20 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def bulk_load(self, tables: dict[str, tuple[Sequence[str], Iterable[Sequence[Any]]]]) -> dict[str, int]:
         """Append rows to tables (name: (columns, rows)) with COPY, in one transaction (a savepoint
-        in an open one); returns the rows copied per table. Row-by-row INSERTs, each note's trigger
-        upserting its every lexeme into `lexicon`, had not copied 100k notes after 23 minutes: here
-        the lexicon trigger is off for the load (ALTER TABLE locks `notes` until the commit) and
-        `lexicon` is counted once after it. Identity values given in the rows are kept, and their
-        sequences moved past them so later inserts do not collide."""
+        in an open one), the lexicon counted once (`full_text.counted_once`); returns the rows
+        copied per table. Identity values given in the rows are kept, and their sequences moved
+        past them so later inserts do not collide."""
         counts: dict[str, int] = {}
         with self.transaction(), self._session() as conn:
             self._touched([None])  # every replica reloads its view
-            conn.execute("ALTER TABLE notes DISABLE TRIGGER notes_lexicon_write")
-            for table, (columns, rows) in tables.items():
-                counts[table] = 0
-                with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                        counts[table] += 1
-            full_text.recount(conn)
-            conn.execute("ALTER TABLE notes ENABLE TRIGGER notes_lexicon_write")
+            with full_text.counted_once(conn):
+                for table, (columns, rows) in tables.items():
+                    counts[table] = 0
+                    copying = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+                    with conn.cursor() as cursor, cursor.copy(copying) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                            counts[table] += 1
             for table in tables:  # the planner's statistics of the new rows: without them it picked the
                 conn.execute(f"ANALYZE {table}")  # scope index over the full-text one, 4x slower
             identities = conn.execute(

@@ -254,7 +254,9 @@ class SqlNoteStore:
         if not note_ids:
             return {}
         vector, vector_params = SEARCHED_VECTOR, []
-        if vectors_of is not None:
+        if vectors_of is not None and not vectors_of:
+            vector = "NULL AS vector"
+        elif vectors_of is not None:
             wanted, vector_params = self._among("id", list(vectors_of))
             vector = f"CASE WHEN {wanted} THEN {SEARCHED_VECTOR_OF} END AS vector"
         among, params = self._among("id", note_ids)
@@ -286,7 +288,7 @@ class SqlNoteStore:
         """The searched vector of the latest note remembered in a session (of one user and
         agent), or of the latest one remembered before note `before`; None for none."""
         (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
-        sql = f"SELECT COALESCE(context_embedding, embedding) FROM notes WHERE {user} AND {agent} AND session_id = ?"
+        sql = f"SELECT {SEARCHED_VECTOR_OF} FROM notes WHERE {user} AND {agent} AND session_id = ?"
         params: list[Any] = [*by_user, *by_agent, scope[2]]
         if before is not None:
             sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
@@ -308,7 +310,7 @@ class SqlNoteStore:
         """The searched vectors of every note `where` admits, or None when more than `limit` do."""
         clause, params = self._where(where)
         rows = self._run(
-            f"SELECT id, COALESCE(context_embedding, embedding) FROM notes WHERE {clause} LIMIT ?", (*params, limit + 1)
+            f"SELECT id, {SEARCHED_VECTOR_OF} FROM notes WHERE {clause} LIMIT ?", (*params, limit + 1)
         )
         if len(rows) > limit:
             return None
