@@ -9,9 +9,7 @@ import pytest
 
 from agentmem import Note
 from agentmem.errors import InvalidInputError
-from agentmem.stores import NoteGraph
 from agentmem.stores.batch import WriteBatch
-from agentmem.stores.postgres import PostgresNoteGraph
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -20,16 +18,11 @@ def note(note_id: str, **fields) -> Note:
     return Note(id=note_id, text=f"note {note_id}", created_at=T, updated_at=T, last_recalled=T, **fields)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        graph = NoteGraph(tmp_path / "graph.sqlite")
-    else:
-        graph = PostgresNoteGraph(request.getfixturevalue("postgres_url"))
-    with graph.transaction():
-        graph.insert(note("a", keywords=["alice"]), np.ones(4))
-    yield graph
-    graph.close()
+@pytest.fixture
+def store(sql_store):
+    with sql_store.transaction():
+        sql_store.insert(note("a", keywords=["alice"]), np.ones(4))
+    return sql_store
 
 
 def test_a_batch_lands_as_written_one_by_one_with_new_notes_first_and_the_last_field_value(store):

@@ -4,36 +4,23 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import numpy as np
-import pytest
 
 from agentmem import Note
-from agentmem.stores import NoteGraph
-from agentmem.stores.postgres import PostgresNoteGraph
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        made = NoteGraph(tmp_path / "g.sqlite3")
-    else:
-        made = PostgresNoteGraph(request.getfixturevalue("postgres_url"))
-    yield made
-    made.close()
-
-
-def test_load_reads_only_the_vectors_asked_for(store):
+def test_load_reads_only_the_vectors_asked_for(sql_store):
     """A recall reads the vectors of its full-text-only candidates alone (`vectors_of`); the ids
     asked for and the vectors' ids are separate lists of parameters, which must not mix."""
-    with store.transaction():
+    with sql_store.transaction():
         for value, name in enumerate("abc", start=1):
-            store.insert(Note(id=name, text=f"note {name}", created_at=T, updated_at=T, last_recalled=T),
+            sql_store.insert(Note(id=name, text=f"note {name}", created_at=T, updated_at=T, last_recalled=T),
                          np.full(4, float(value), dtype=np.float32))
-    loaded = store.load(["a", "b", "c"], links=False, vectors_of=["b", "unknown"])
+    loaded = sql_store.load(["a", "b", "c"], links=False, vectors_of=["b", "unknown"])
     assert {i: None if v is None else v.tolist() for i, (_, v) in loaded.items()} == {
         "a": None, "b": [2.0] * 4, "c": None,
     }
-    assert [v for _, v in store.load(["a", "c"], vectors_of=[]).values()] == [None, None]
-    assert [v.tolist() for _, v in store.load(["c", "a"]).values()] == [[1.0] * 4, [3.0] * 4]  # all, in store order
-    assert store.get_many(["b"])["b"].text == "note b"
+    assert [v for _, v in sql_store.load(["a", "c"], vectors_of=[]).values()] == [None, None]
+    assert [v.tolist() for _, v in sql_store.load(["c", "a"]).values()] == [[1.0] * 4, [3.0] * 4]  # all, in store order
+    assert sql_store.get_many(["b"])["b"].text == "note b"
