@@ -253,14 +253,14 @@ class SqlNoteStore:
         note_ids = list(note_ids)
         if not note_ids:
             return {}
-        vector, vector_params = SEARCHED_VECTOR, []
+        vector_column, vector_params = SEARCHED_VECTOR, []
         if vectors_of is not None and not vectors_of:
-            vector = "NULL AS vector"
+            vector_column = "NULL AS vector"
         elif vectors_of is not None:
             wanted, vector_params = self._among("id", list(vectors_of))
-            vector = f"CASE WHEN {wanted} THEN {SEARCHED_VECTOR_OF} END AS vector"
+            vector_column = f"CASE WHEN {wanted} THEN {SEARCHED_VECTOR_OF} END AS vector"
         among, params = self._among("id", note_ids)
-        found = self._select(f" WHERE {among}", [*vector_params, *params], links, validate, vector)
+        found = self._select(f" WHERE {among}", [*vector_params, *params], links, validate, vector_column)
         return {note.id: (note, vector) for note, vector in found}
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
@@ -268,10 +268,10 @@ class SqlNoteStore:
 
     def _select(
         self, where: str, params: Sequence[Any], links: bool = True, validate: bool = True,
-        vector: str = SEARCHED_VECTOR,
+        vector_column: str = SEARCHED_VECTOR,
     ) -> Iterator[tuple[Note, np.ndarray | None]]:
         found = self._read_notes(
-            f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {vector} FROM notes{where} ORDER BY {self.ORDER}", params
+            f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {vector_column} FROM notes{where} ORDER BY {self.ORDER}", params
         )
         yield from readable_notes(found, self.graph if links else None, self.unreadable, validate)
 
