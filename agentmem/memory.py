@@ -178,6 +178,9 @@ class Memory:
                 if self._graph.unreadable:
                     self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
 
+    def _closed_error(self) -> StoreClosedError:
+        return StoreClosedError(f"memory at {self.path} is closed")
+
     @contextmanager
     def _reading(self, store_only: bool = False) -> Iterator[None]:
         """A read of committed rows that no write depends on: the store's connection is this
@@ -187,7 +190,7 @@ class Memory:
         (`concurrent_reads`) does not take turns either."""
         if store_only and self._graph.concurrent_reads:
             if self._closed:
-                raise StoreClosedError(f"memory at {self.path} is closed")
+                raise self._closed_error()
             with self._graph.errors():
                 yield
             return
@@ -203,7 +206,7 @@ class Memory:
             self._index_writes.wait()
         with self._lock:
             if self._closed:
-                raise StoreClosedError(f"memory at {self.path} is closed")
+                raise self._closed_error()
             self._held.depth = depth + 1
             try:
                 yield
@@ -449,7 +452,7 @@ class Memory:
         try:
             return self._helpers.submit(search)
         except RuntimeError as exc:  # the pool is shut down: close() ran
-            raise StoreClosedError(f"memory at {self.path} is closed") from exc
+            raise self._closed_error() from exc
 
     def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
         return NoteFilter(
@@ -710,7 +713,7 @@ class Memory:
 
     def _loaded_parametric(self) -> ParametricBridge:
         if self._closed:
-            raise StoreClosedError(f"memory at {self.path} is closed")
+            raise self._closed_error()
         return self._parametric
 
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
