@@ -22,7 +22,8 @@ edited record asks about their subject with another target, `zsre.ambiguous`: at
 records' targets can answer a question about their subject); neighbour locality, on two kinds of
 neighbours built with the records after the N edited ones: the fact's question with its subject
 swapped for another record's (same relation, other subject), and another record's question about
-the fact's subject (same subject, other relation), whose chat answers must not change; unrelated
+the fact's subject (same subject, other relation: a wording the file never asks of one fact together with
+the fact's own, `zsre.Relations`), whose chat answers must not change; unrelated
 locality: the `loc` questions' chat answers unchanged, and `loc_ans` token predictions unchanged.
 
 `--consistent` edits only facts that do not contradict each other (`zsre.consistent`: ZsRE restates
@@ -55,7 +56,7 @@ from ..notes import Fact, MemoryItem
 from . import report
 from .editing import exact_match
 from .natural import is_answer, natural_answers, natural_exact_match
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, consistent, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, consistent, load_zsre
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FORGET_EVERY = 10
@@ -185,30 +186,26 @@ def swapped_subject(record: ZsreRecord, other: ZsreRecord) -> str | None:
 Pairs = list[tuple[str, str]]
 
 
-def neighbours(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord]) -> tuple[Pairs, Pairs]:
+def neighbours(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations) -> tuple[Pairs, Pairs]:
     """Questions near the records' own, each with the target of the record whose question it rewords (its answer
     length): the same relation about another subject (a record's question about an `others` record's subject),
     and the same subject with another relation (an `others` record's question about the record's subject, when
-    it asks something else). A record's own question is never among them."""
+    `relations` does not know it for the same relation). A record's own question is never among them."""
     own = {r.src for r in records}
-
-    def relation(record: ZsreRecord) -> str:
-        return record.src.replace(record.subject, "")
-
     other_subject = [(q, r.alt) for r, o in zip(records, others) if (q := swapped_subject(r, o)) and q not in own]
     other_relation = [(q, o.alt) for r, o in zip(records, others)
-                      if (q := swapped_subject(o, r)) and q not in own and relation(o) != relation(r)]
+                      if (q := swapped_subject(o, r)) and q not in own and not relations.same(o, r)]
     return other_subject, other_relation
 
 
-def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], folder: Path,
-             editor: str | EditorConfig) -> ChatScores:
+def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations,
+             folder: Path, editor: str | EditorConfig) -> ChatScores:
     """One store, one job, then the facts asked in chat as reworded questions, closed book."""
     from ..integrations.chat import SYSTEM
 
     policy = ConsolidationPolicy(max_edits=len(records), min_recalls=0, stable_for=timedelta(0))
     questions = [(r.rephrase, r.alt) for r in records]
-    other_subject, other_relation = neighbours(records, others)
+    other_subject, other_relation = neighbours(records, others, relations)
     unrelated = [(r.loc, r.loc_ans) for r in records]
 
     def chat_answers(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -378,13 +375,14 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     if any(not 0 < n <= largest for n in args.n):
         parser.error(f"each N must be between 1 and {largest}, for the {len(records)} records available"
                      + (" (with --chat, the records after the N give the swapped subjects)" if args.chat else ""))
+    relations = Relations(load_zsre(args.data))   # every record's wordings, the restating ones included
     lm = load_model()
     rows: list = []
     for n in args.n:
         with tempfile.TemporaryDirectory(prefix="agentmem-consolidation-") as folder:
             if args.chat:
                 others = [records[n + i % (len(records) - n)] for i in range(n)]
-                scores = run_chat(lm, records[:n], others, Path(folder) / "mem", args.editor)
+                scores = run_chat(lm, records[:n], others, relations, Path(folder) / "mem", args.editor)
                 rows.append(scores.model_copy(update={"consistent": args.consistent}))
             else:
                 rows.append(run(lm, records[:n], Path(folder) / "mem", args.editor))

@@ -44,7 +44,7 @@ from ..models import load_model
 from ..notes import Fact
 from . import report
 from .consolidation import neighbours
-from .zsre import DEFAULT_EDIT_FILE, ZsreRecord, ambiguous, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, load_zsre
 
 
 class RoutingScores(BaseModel):
@@ -113,10 +113,10 @@ def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str
     return out
 
 
-def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], margins: Sequence[float],
+def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations, margins: Sequence[float],
         radii: Sequence[float], grace: bool, given_subject: bool = False) -> list[RoutingScores]:
     lm = load_model()
-    other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others))
+    other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others, relations))
     rows = []
     semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
     try:
@@ -186,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     records = load_zsre(args.data, limit=2 * args.n)
     if not 0 < args.n <= len(records) // 2:
         parser.error(f"N must be between 1 and half the {len(records)} records")
-    rows = run(records[: args.n], records[args.n : 2 * args.n], args.margins, args.relation_radii, not args.no_grace,
-               args.given_subject)
+    rows = run(records[: args.n], records[args.n : 2 * args.n], Relations(load_zsre(args.data)), args.margins,
+               args.relation_radii, not args.no_grace, args.given_subject)
     if args.benchmarks:
         report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
     return rows

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from networkx.utils import UnionFind
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidInputError
@@ -81,3 +82,37 @@ def consistent(records: Sequence[ZsreRecord]) -> list[ZsreRecord]:
 def unrelated_prompts(path: str | Path = DEFAULT_TRAIN_FILE, limit: int | None = None) -> list[str]:
     """The `loc` questions of a ZsRE file: prompts unrelated to any edit, for editors to calibrate against."""
     return [record.loc for record in load_zsre(path, limit)]
+
+
+def asked(record: ZsreRecord, question: str | None = None) -> str:
+    """What a question about the record's subject asks, the subject taken out ("Who designed {}?")."""
+    return (record.src if question is None else question).replace(record.subject, "{}")
+
+
+class Relations:
+    """Which ZsRE questions ask the same relation, as far as the file itself shows.
+
+    ZsRE carries no relation ids, and one relation is worded many ways ("What company made X?",
+    "Which corporation was X created by?"). Two wordings count as one relation when the file asks
+    them of one fact: a record's question and its rephrasing, or two records with the same subject
+    and the same first true answer (the fact `consistent` keys on). Wordings never linked so count as
+    other relations, as before.
+    """
+
+    def __init__(self, records: Sequence[ZsreRecord]) -> None:
+        self._groups = UnionFind()
+        by_fact: dict[tuple[str, str], str] = {}
+        for record in records:
+            if not record.subject or record.subject not in record.src:
+                continue
+            wording = asked(record)
+            self._groups.union(wording)
+            if record.subject in record.rephrase:
+                self._groups.union(wording, asked(record, record.rephrase))
+            if record.answers:
+                fact = (record.subject.casefold(), record.answers[0].casefold())
+                self._groups.union(by_fact.setdefault(fact, wording), wording)
+
+    def same(self, first: ZsreRecord, second: ZsreRecord) -> bool:
+        """Whether the two records' questions ask the same relation (the same wording, or linked by a fact)."""
+        return self._groups[asked(first)] == self._groups[asked(second)]   # an unseen wording is its own group

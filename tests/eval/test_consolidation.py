@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from agentmem.eval import consolidation
-from agentmem.eval.zsre import ZsreRecord
+from agentmem.eval.zsre import Relations, ZsreRecord
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 RECORDS = [
@@ -63,9 +63,22 @@ def test_neighbours_swap_subjects_both_ways_and_never_ask_an_edited_question():
               ZsreRecord(subject="Bob", src="Where does Bob live?", alt="Oslo", rephrase="-", loc="-", loc_ans="-")]
     others = [ZsreRecord(subject="Carol", src="When was Carol born?", alt="1990", rephrase="-", loc="-", loc_ans="-"),
               ZsreRecord(subject="Alice", src="Where does Alice live?", alt="Porto", rephrase="-", loc="-", loc_ans="-")]
-    other_subject, other_relation = consolidation.neighbours(edited, others)
+    other_subject, other_relation = consolidation.neighbours(edited, others, Relations([*edited, *others]))
     assert other_subject == [("Where does Carol live?", "Lisbon")]        # Bob's question about Alice is Alice's own
     assert other_relation == [("When was Alice born?", "1990")]           # Alice's question about Bob: same relation
+
+
+def test_a_wording_the_data_asks_of_one_fact_is_no_other_relation_neighbour():
+    def record(subject: str, question: str, target: str, answer: str) -> ZsreRecord:
+        return ZsreRecord(subject=subject, src=question, alt=target, answers=(answer,), rephrase="-", loc="-", loc_ans="-")
+
+    edited = [record("Alice", "Where does Alice live?", "Lisbon", "Porto")]
+    others = [record("Carol", "In which city does Carol reside?", "Oslo", "Rome")]
+    linked = record("Dan", "In which city does Dan reside?", "Paris", "Turin")
+    unlinked_before = consolidation.neighbours(edited, others, Relations([*edited, *others, linked]))[1]
+    assert unlinked_before == [("In which city does Alice reside?", "Oslo")]
+    same_fact = record("Dan", "Where does Dan live?", "Bern", "Turin")   # Dan's one fact, asked in both wordings
+    assert consolidation.neighbours(edited, others, Relations([*edited, *others, linked, same_fact]))[1] == []
 
 
 def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():

@@ -1,7 +1,7 @@
 """ZsRE records: which of them a memory could hold together."""
 from __future__ import annotations
 
-from agentmem.eval.zsre import ZsreRecord, consistent
+from agentmem.eval.zsre import Relations, ZsreRecord, consistent
 
 
 def _record(subject: str, src: str, alt: str, answer: str) -> ZsreRecord:
@@ -21,3 +21,21 @@ def test_a_record_that_restates_an_earlier_fact_with_another_target_is_dropped()
 def test_records_without_a_subject_or_an_answer_are_all_kept():
     bare = ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="-", loc="-", loc_ans="-")
     assert consistent([bare, bare]) == [bare, bare]
+
+
+def test_wordings_asked_of_one_fact_are_one_relation_and_others_stay_apart():
+    made = _record("Volvo B12M", "What company made Volvo B12M?", "Ford", "Volvo Buses")
+    created = _record("Volvo B12M", "Which corporation was Volvo B12M created by?", "Fiat", "Volvo Buses")
+    produced = ZsreRecord(subject="Scania K", src="Who produced Scania K?", alt="Audi", answers=("Scania",),
+                          rephrase="What company made Scania K?", loc="-", loc_ans="-")
+    mother = _record("Alexander Aris", "Who is the mother of Alexander Aris?", "Mary", "Aung San Suu Kyi")
+    father = _record("Alexander Aris", "Who is the father of Alexander Aris?", "John", "Michael Aris")
+    born = _record("Nicolae Balș", "Where was Nicolae Balș born?", "Oslo", "Iași")
+    died = _record("Nicolae Balș", "Where did Nicolae Balș die?", "Rome", "Paris")
+    relations = Relations([made, created, produced, mother, father, born, died])
+    assert relations.same(made, created)                  # one fact, two wordings
+    assert relations.same(produced, created)              # a rephrasing links "produced" to "made", "made" to "created"
+    assert not relations.same(mother, father)             # same subject, other answers: other relations
+    assert not relations.same(born, died)
+    unseen = _record("Oslo", "How old is Oslo?", "9", "1000")
+    assert relations.same(unseen, unseen) and not relations.same(unseen, born)
