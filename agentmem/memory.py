@@ -1,12 +1,11 @@
 """The facade agents use: remember, recall, update, forget, decay, and the rest.
 
 A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
-`chroma/` (the vector index, unless a Chroma server is used) and `agentmem.lock`.
-Every operation holds a thread lock and an inter-process file lock, so many threads
-and several processes can share one folder without losing or duplicating notes.
-Embedding happens before the locks are taken, so threads still encode in parallel.
-A remember's vector-index write finishes in the background (`stores.index_writes`); every
-other call waits for it first.
+`chroma/` (the vector index, unless a Chroma server is used) and `agentmem.lock`; or a
+PostgreSQL database for its notes. Every operation runs in a section (`agentmem.sections`) that
+holds a thread lock and the store's lock across processes, so many threads and several
+processes can share one store without losing or duplicating notes. Embedding happens before
+the locks are taken, so threads still encode in parallel.
 
 The contract for faults: every argument is checked before anything is written, so a call
 that raises has changed nothing; a call that returns is durable (committed to the note
@@ -16,11 +15,8 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,19 +31,19 @@ from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scope
 from .consolidation.bridge import ParametricBridge
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
 from .editors import Editor, EditorConfig
-from .errors import InvalidInputError, NoteNotFoundError, StoreClosedError, StoreUnavailableError
+from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
 from .models import LanguageModel, load_embedder
 from .notes import (
     Answer, ConsolidationReport, DecayReport, Decision, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
     MemoryStats, Note,
 )
-from .stores import NoteGraph, VectorIndex
+from .stores import VectorIndex
 from .stores.filters import NoteFilter
-from .stores.index_writes import IndexWrites
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
 from .stores.sync import IndexSync, open_index
 from .reading import ReadPath
+from .sections import Sections
 from .writing import Enricher, SearchAhead, WritePath
 
 log = logging.getLogger(__name__)
@@ -101,10 +97,6 @@ class Memory:
             raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
         self.config = config or MemoryConfig()
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
-        self._lock = threading.RLock()
-        self._held = threading.local()  # how deep this thread is in the locked sections
-        self._closed = False
-        self._index_writes = IndexWrites()
         # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
         self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
         self.policy = policy or ConsolidationPolicy()
@@ -113,18 +105,20 @@ class Memory:
         graph_was_there = graph_file is None or graph_file.exists()
         self._graph = open_note_store(path)
         self._index: VectorIndex | None = None
+        self._sections: Sections | None = None
         try:
             self._ledger = Ledger(self._graph.connection)
             self._index = open_index(self.path / "chroma", collection, chroma_url, self._graph)
             self._sync = IndexSync(self._graph, self._index)
             self._writer = WritePath(self._graph, self._sync, self.config, enricher, fact_extractor)
             self._reader = ReadPath(self._graph, self._sync, self.config)
-            with self._exclusive():
+            self._sections = Sections(self._graph, self._index, self._sync, self.path)
+            with self._sections.exclusive():
                 self._check_embedder()
                 self._sync.pair()
                 self._sync.reconcile(full=True)
             access = NoteAccess(
-                locked=self._exclusive,
+                locked=self._sections.exclusive,
                 notes=lambda: [note for note, _ in self._graph.all_notes()],
                 note=self._graph.get,
                 retention=self._reader.retention,
@@ -134,7 +128,8 @@ class Memory:
                 self._parametric.consolidator(check.time(None))
         except BaseException:
             self._helpers.shutdown(wait=False)
-            self._index_writes.close()
+            if self._sections is not None:
+                self._sections.close(lambda: None)
             if self._parametric is not None:
                 self._parametric.close()
             if self._index is not None:
@@ -149,69 +144,21 @@ class Memory:
 
     def close(self) -> None:
         """Release the stores, and take the editor out of the model (its state stays on disk)."""
-        self._index_writes.wait()
-        with self._parametric.idle(), self._lock:
-            if not self._closed:
-                self._closed = True
-                self._helpers.shutdown(wait=False)
-                self._index_writes.close()
-                self._parametric.close()
-                self._index.close()
-                self._graph.close()
+        self._sections.wait()
+        with self._parametric.idle():
+            self._sections.close(self._release)
+
+    def _release(self) -> None:
+        self._helpers.shutdown(wait=False)
+        self._parametric.close()
+        self._index.close()
+        self._graph.close()
 
     def __enter__(self) -> Memory:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold both locks; first catch up with what other processes wrote (and with an index
-        that was unreachable); afterwards quarantine any row a read found unreadable."""
-        with self._thread_lock():
-            with self._graph.lock(), self._graph.errors():
-                if self._graph.refresh_if_changed():
-                    self._index.refresh()
-                self._sync.catch_up()
-                yield
-                if self._graph.unreadable:
-                    self._sync.push([], self._graph.quarantine(dict(self._graph.unreadable)))
-
-    def _closed_error(self) -> StoreClosedError:
-        return StoreClosedError(f"memory at {self.path} is closed")
-
-    @contextmanager
-    def _reading(self, store_only: bool = False) -> Iterator[None]:
-        """A read of committed rows that no write depends on: the store's connection is this
-        process's to share, so its threads take turns, but other processes are not waited for
-        (SQLite's WAL and PostgreSQL give the read a snapshot of its own). A read of the note
-        store alone (`store_only`) from a store whose threads read on connections of their own
-        (`concurrent_reads`) does not take turns either."""
-        if store_only and self._graph.concurrent_reads:
-            if self._closed:
-                raise self._closed_error()
-            with self._graph.errors():
-                yield
-            return
-        with self._thread_lock(), self._graph.errors():
-            yield
-
-    @contextmanager
-    def _thread_lock(self) -> Iterator[None]:
-        """This process's lock on the store, once the index writes in flight are done (they may
-        need the lock themselves, so a thread already holding it does not wait for them)."""
-        depth = getattr(self._held, "depth", 0)
-        if depth == 0:
-            self._index_writes.wait()
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            self._held.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._held.depth = depth
 
     def _check_embedder(self) -> None:
         dim = str(self._embed(["dimension probe"]).shape[1])
@@ -282,17 +229,12 @@ class Memory:
         return notes
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
-        """Store the items; their index write finishes in the background (see `IndexWrites`)."""
+        """Store the items; their index write finishes in the background (`Sections.write_index_later`)."""
         drafts = [self._writer.draft(item) for item in items]
         embeddings, ahead = self._embed_searching_ahead(drafts)
-        with self._exclusive():
+        with self._sections.exclusive():
             notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate, ahead)
-            if self._sync.concurrent:  # the outbox rows claimed now, under the lock (`IndexSync.claimed`)
-                claim = ExitStack()
-                claim.enter_context(index_write)
-                self._index_writes.submit(claim.close)
-            else:
-                self._index_writes.submit(lambda: self._write_embedded_index(index_write))
+            self._sections.write_index_later(index_write)
         return notes
 
     def _embed_searching_ahead(self, drafts: list[Note]) -> tuple[np.ndarray, SearchAhead | None]:
@@ -301,28 +243,16 @@ class Memory:
         texts = [draft.text for draft in drafts]
         if len(texts) <= ENCODE_BATCH:
             return self._embed(texts), None
-        with self._reading():
+        with self._sections.reading():
             ahead = self._writer.search_ahead()
         if ahead is None:
             return self._embed(texts), None
 
         def search(positions: list[int], embeddings: np.ndarray) -> None:
-            with self._reading():
+            with self._sections.reading():
                 ahead.search(drafts, positions, embeddings)
 
         return encode_overlapped(self._embed, texts, self._helpers, search), ahead
-
-    def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
-        """An embedded index is files that only the store's lock holder writes, and that another
-        process may have written since the remember released the lock."""
-        with self._lock:
-            if self._closed:
-                return  # the rows stay in the outbox; the store replays them when opened again
-            with self._graph.lock(), self._graph.errors():
-                if self._graph.refresh_if_changed():
-                    self._index.refresh()
-                with index_write:
-                    pass
 
     def update(
         self,
@@ -349,7 +279,7 @@ class Memory:
         new_fact = check.fact(fact) if fact is not _UNSET else _UNSET
         embedding = self._embed([new_text])[0] if new_text is not None else None
         extracted = self._writer.extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
-        with self._exclusive():
+        with self._sections.exclusive():
             before = self._existing(note_id)
             if extracted is not _UNSET and before.fact in (None, self._writer.extract_fact(before.text)):
                 new_fact = extracted
@@ -373,7 +303,7 @@ class Memory:
         keeps the fact).
         """
         check.note_id(note_id)
-        with self._exclusive():
+        with self._sections.exclusive():
             self._existing(note_id)
             with self._graph.transaction():
                 changed = self._graph.delete(note_id)
@@ -391,7 +321,7 @@ class Memory:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
             raise InvalidInputError("weight must be a number in (0, 1]")
         when = check.time(at)
-        with self._exclusive():
+        with self._sections.exclusive():
             first, second = self._existing(a), self._existing(b)
             if first.user_id != second.user_id:
                 raise InvalidInputError("links never cross users: these notes belong to different users")
@@ -431,7 +361,7 @@ class Memory:
         query_embedding = self._embed([query])[0]
         if not self._graph.concurrent_reads:
             searching.result()  # the helper searches under this process's lock, which the section takes
-        with self._exclusive():
+        with self._sections.exclusive():
             hits = self._reader.search(query, query_embedding, k, where, when, searching)
             return self._reader.reinforce(hits, when) if reinforce else hits
 
@@ -446,13 +376,13 @@ class Memory:
         without this process's lock, so the search also runs during the index's search."""
 
         def search() -> dict[str, float]:
-            with self._reading(store_only=True):
+            with self._sections.reading(store_only=True):
                 return self._reader.lexical(query, k, where)
 
         try:
             return self._helpers.submit(search)
         except RuntimeError as exc:  # the pool is shut down: close() ran
-            raise self._closed_error() from exc
+            raise self._sections.closed_error() from exc
 
     def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
         return NoteFilter(
@@ -480,25 +410,25 @@ class Memory:
         if limit is not None:
             check.count(limit, "limit", high=100_000)
         check.count(offset, "offset", low=0, high=2**62)
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._graph.select(where, limit, offset)
 
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._existing(note_id)
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         """Earlier versions of a note: (when it changed, what changed, the note before)."""
         check.note_id(note_id)
-        with self._exclusive():
+        with self._sections.exclusive():
             self._existing(note_id)
             return self._graph.history(note_id)
 
     def neighbors(self, note_id: str) -> list[Note]:
         """The notes linked to this one, strongest link first."""
         check.note_id(note_id)
-        with self._exclusive():
+        with self._sections.exclusive():
             note = self._existing(note_id)
             others = self._graph.get_many(link.note_id for link in note.links)
             return [others[link.note_id] for link in note.links if link.note_id in others]
@@ -506,7 +436,7 @@ class Memory:
     def retention(self, note_id: str, at: datetime | None = None) -> float:
         check.note_id(note_id)
         when = check.time(at)
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._reader.retention(self._existing(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
@@ -514,7 +444,7 @@ class Memory:
     def decay(self, at: datetime | None = None) -> DecayReport:
         """Archive every active note whose retention fell below `config.archive_below`."""
         when = check.time(at)
-        with self._exclusive():
+        with self._sections.exclusive():
             active = [note for note, _ in self._graph.all_notes() if not note.archived]
             faded = [n.id for n in active if self._reader.retention(n, when) < self.config.archive_below]
             if faded:
@@ -527,7 +457,7 @@ class Memory:
         """Bring an archived note back; its forgetting clock restarts."""
         check.note_id(note_id)
         when = check.time(at)
-        with self._exclusive():
+        with self._sections.exclusive():
             note = self._existing(note_id)
             with self._graph.transaction():
                 self._graph.set_archived([note_id], False)
@@ -538,7 +468,7 @@ class Memory:
     # ---- whole-store operations -----------------------------------------------------
 
     def stats(self) -> MemoryStats:
-        with self._exclusive():
+        with self._sections.exclusive():
             counts = self._graph.counts()
         return MemoryStats(
             path=str(self.path),
@@ -554,7 +484,7 @@ class Memory:
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Rows that could not be read (from an older release, or edited by hand), moved aside with why."""
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._graph.quarantined()
 
     def export(self, path: str | Path) -> int:
@@ -562,7 +492,7 @@ class Memory:
 
         The file appears whole or not at all."""
         target = check.file_path(path)
-        with self._exclusive():
+        with self._sections.exclusive():
             notes = [note for note, _ in self._graph.all_notes()]
         return transfer.write_notes(notes, target)
 
@@ -576,31 +506,15 @@ class Memory:
         for note in notes:
             self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
                        note.tags, note.metadata, note.fact)
-        with self._exclusive():
-            new = [n for n in {n.id: n for n in notes}.values() if not self._graph.exists(n.id)]
-            owners = {n.id: n.user_id for n in new}
-            targets = self._graph.get_many({link.note_id for n in new for link in n.links} - owners.keys(), links=False)
-            owners |= {i: n.user_id for i, n in targets.items()}
-            for note in new:
-                for link in note.links:
-                    if link.note_id in owners and owners[link.note_id] != note.user_id:
-                        raise InvalidInputError(f"note {note.id} links to {link.note_id} of another user: links never cross users")
-            embeddings = self._embed([n.text for n in new]) if new else []
-            with self._graph.transaction():
-                for note, embedding in zip(new, embeddings):
-                    self._graph.insert(note.model_copy(update={"links": []}), embedding)
-                for note in new:
-                    for link in note.links:
-                        if link.note_id in owners:  # links to notes in neither the file nor the store are dropped
-                            self._graph.link(note.id, link.note_id, link.weight, note.created_at)
-            self._sync.push([n.id for n in new])
+        with self._sections.exclusive():
+            new = transfer.store_new(notes, self._graph, self._sync, self._embed)
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
 
     # ---- integrity: the index rebuilt from the graph, backups ----------------------------
 
     def rebuild_index(self) -> int:
         """Refill the vector index from the note graph (which holds every embedding); returns the count."""
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._sync.rebuild()
 
     def backup(self, target: str | Path) -> Path:
@@ -608,7 +522,7 @@ class Memory:
         SQLite's online backup API, and the saved editor state. The vector index is not copied:
         `restore_backup` rebuilds it from the graph."""
         folder = transfer.backup_folder(target)
-        with self._parametric.idle(), self._exclusive():
+        with self._parametric.idle(), self._sections.exclusive():
             self._graph.backup(folder / GRAPH_FILE)
             transfer.copy_editor_state(self.path, folder)
         return folder
@@ -623,21 +537,8 @@ class Memory:
         """
         source, path = Path(check.store_location(source)), Path(check.store_location(path))
         transfer.unpack_backup(source, path)
-        return cls(path, **options) if options.get("chroma_url") is None else cls._replacing_index(path, options)
-
-    @classmethod
-    def _replacing_index(cls, path: Path, options: dict[str, Any]) -> Memory:
-        """Open a restored store whose index lives on a server, replacing that collection's contents."""
-        collection = options.get("collection", "agentmem_notes")
-        graph = NoteGraph(path / GRAPH_FILE)
-        try:
-            if graph.store_id is None:  # a backup of a release-0.1 store
-                graph.claim(uuid.uuid4().hex)
-            index = VectorIndex(path / "chroma", collection, options["chroma_url"], graph.index_key)
-            index.reset(graph.store_id)
-            index.close()
-        finally:
-            graph.close()
+        if options.get("chroma_url") is not None:  # the server's collection still holds another store's notes
+            transfer.replace_index_contents(path, options.get("collection", "agentmem_notes"), options["chroma_url"])
         return cls(path, **options)
 
     # ---- consolidation: what keeps being recalled moves into the weights ---------------
@@ -680,7 +581,7 @@ class Memory:
         """The consolidation ledger (of one note, if given): which note became which edit, and how it verified."""
         if note_id is not None:
             check.note_id(note_id)
-        with self._exclusive():
+        with self._sections.exclusive():
             return self._ledger.entries(note_id)
 
     def answer(
@@ -712,15 +613,15 @@ class Memory:
         return self._loaded_parametric().answer(question, scopes, recall, max_new_tokens, check.time(None))
 
     def _loaded_parametric(self) -> ParametricBridge:
-        if self._closed:
-            raise self._closed_error()
+        if self._sections.closed:
+            raise self._sections.closed_error()
         return self._parametric
 
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
         """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""
         if self.policy.replace != "immediately" or not notes:
             return
-        with self._exclusive():
+        with self._sections.exclusive():
             due = {note.id for note in notes if self._ledger.holds(note.id, note.fact)}
         if due:
             self._loaded_parametric().run(self.policy, at, only=due)

@@ -7,14 +7,20 @@ editor state; the vector index is left out, because it can be rebuilt from the g
 from __future__ import annotations
 
 import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 
 from .consolidation.bridge import EDITOR_FOLDER
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import Note
+from .stores import NoteGraph, VectorIndex
 from .stores.location import GRAPH_FILE
+from .stores.store import NoteStore
+from .stores.sync import IndexSync
 
 
 def write_notes(notes: list[Note], target: Path) -> int:
@@ -51,6 +57,32 @@ def read_notes(source: Path) -> list[Note]:
     return notes
 
 
+def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Callable[[list[str]], np.ndarray]) -> list[Note]:
+    """Store the notes of an export file that the store does not hold yet, with their ids, times and
+    links; returns them. Run in the exclusive section, with every note already validated.
+
+    Links to notes in neither the file nor the store are dropped; a link between two users' notes
+    refuses the whole import."""
+    new = [n for n in {n.id: n for n in notes}.values() if not store.exists(n.id)]
+    owners = {n.id: n.user_id for n in new}
+    targets = store.get_many({link.note_id for n in new for link in n.links} - owners.keys(), links=False)
+    owners |= {i: n.user_id for i, n in targets.items()}
+    for note in new:
+        for link in note.links:
+            if link.note_id in owners and owners[link.note_id] != note.user_id:
+                raise InvalidInputError(f"note {note.id} links to {link.note_id} of another user: links never cross users")
+    embeddings = embed([n.text for n in new]) if new else []
+    with store.transaction():
+        for note, embedding in zip(new, embeddings):
+            store.insert(note.model_copy(update={"links": []}), embedding)
+        for note in new:
+            for link in note.links:
+                if link.note_id in owners:
+                    store.link(note.id, link.note_id, link.weight, note.created_at)
+    sync.push([n.id for n in new])
+    return new
+
+
 def backup_folder(target: object) -> Path:
     """The new, empty-of-stores folder a backup goes into (created)."""
     folder = Path(target) if isinstance(target, (str, Path)) and str(target).strip() else None
@@ -85,3 +117,17 @@ def unpack_backup(source: Path, path: Path) -> None:
             shutil.copytree(source / EDITOR_FOLDER, path / EDITOR_FOLDER, dirs_exist_ok=True)
     except OSError as exc:
         raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
+
+
+def replace_index_contents(path: Path, collection: str, chroma_url: str) -> None:
+    """Empty the Chroma server's collection of a restored store, claimed for its note graph, so
+    that opening the store rebuilds it from the graph."""
+    graph = NoteGraph(path / GRAPH_FILE)
+    try:
+        if graph.store_id is None:  # a backup of a release-0.1 store
+            graph.claim(uuid.uuid4().hex)
+        index = VectorIndex(path / "chroma", collection, chroma_url, graph.index_key)
+        index.reset(graph.store_id)
+        index.close()
+    finally:
+        graph.close()
