@@ -11,7 +11,8 @@ versions are handed out in commit order (the update holds the row's lock until t
 a replica whose view is at version `seen` needs the rows logged above `seen`. Rows more than
 `KEPT_VERSIONS` behind the newest are pruned; a view further behind, and a commit that logs
 NULL (a bulk load), make the replica reload it all. A forget logs the notes that were linked to
-the forgotten one, never its id (`PostgresNoteGraph.delete`). Every commit also logs '', touched
+the forgotten one, never its id (`PostgresNoteGraph.delete`); a replica drops the note from its view
+once a catch-up leaves it without links and the store without it (`without_forgotten`). Every commit also logs '', touched
 or not, so a version with no row at all was committed by an earlier agentmem that keeps no log
 (a fleet in a rolling upgrade): that makes the replica reload too.
 """
@@ -79,7 +80,19 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
         return load(run)
     if newest - seen > KEPT_VERSIONS:  # commits since `version` may have pruned what was read
         return load(run)
+    linked_before = {other for note_id in touched if note_id in graph for other in graph[note_id]}
     graph.remove_nodes_from(touched)  # with every link they had
     graph.add_nodes_from(row[1] for row in rows if row[0] == "note")
     graph.add_weighted_edges_from(tuple(row[1:]) for row in rows if row[0] == "link")
+    return without_forgotten(graph, [n for n in linked_before if n in graph and not graph[n]], run)
+
+
+def without_forgotten(graph: nx.Graph, alone: list[str], run: Run) -> nx.Graph:
+    """The view without those of these notes, left without links by a catch-up, that the store
+    no longer holds: a forget logs the notes linked to the forgotten one, never its id, so this is
+    how the view learns it is gone. A forgotten note that had no links in the view stays in it,
+    unreachable, until a reload."""
+    if alone:
+        kept = {row[0] for row in run("SELECT id FROM notes WHERE id = ANY(?)", (alone,))}
+        graph.remove_nodes_from(set(alone) - kept)
     return graph

@@ -459,9 +459,9 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def delete(self, note_id: str) -> list[str]:
         """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none). It
-        names the notes linked to it in the store, so other replicas drop those links. There the
-        forgotten note stays in the view until it is reloaded, linked at most to other forgotten
-        notes: no stored note reaches it."""
+        names the notes linked to it in the store, so other replicas drop those links, and the note
+        with them where their view had it linked (`link_changes.without_forgotten`); elsewhere it stays
+        in the view, unreachable from any stored note, until the view is reloaded."""
         linked = [row[0] for row in self._run("SELECT b FROM links WHERE a = ? UNION SELECT a FROM links WHERE b = ?",
                                               (note_id, note_id))]
         neighbours = super().delete(note_id)

@@ -60,19 +60,21 @@ def test_links_made_and_reweighted_elsewhere_are_caught_up_in_place(replicas, po
 def test_a_forget_elsewhere_drops_its_links_in_place_and_leaves_no_trace_in_the_log(replicas, postgres_url):
     writer, reader = replicas
     with writer.transaction():
-        for name in ("keep", "other", "secret"):
+        for name in ("keep", "other", "secret", "lonely"):
             writer.insert(note(name), np.ones(4))
         writer.link("keep", "secret", 0.8, T)
         writer.link("keep", "other", 0.3, T)
+        writer.link("lonely", "secret", 0.5, T)
     reader.refresh_if_changed()
     with writer.transaction():
         writer.delete("secret")
     view = reader.graph
     assert reader.refresh_if_changed() is True
     assert reader.graph is view
-    assert as_stored(postgres_url) == ({"keep", "other"}, {("keep", "other", 0.3)})
+    assert as_stored(postgres_url) == ({"keep", "other", "lonely"}, {("keep", "other", 0.3)})
     assert as_viewed(reader.graph)[1] == as_stored(postgres_url)[1]
-    assert reader.graph.degree("secret") == 0  # a node without links until the view is reloaded
+    assert "secret" not in reader.graph  # left without links, and gone from the store
+    assert "lonely" in reader.graph  # left without links, but still stored
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM link_changes WHERE note_id = 'secret'").fetchone()[0] == 0
 
