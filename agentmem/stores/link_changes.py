@@ -11,10 +11,10 @@ versions are handed out in commit order (the update holds the row's lock until t
 a replica whose view is at version `seen` needs the rows logged above `seen`. Rows more than
 `KEPT_VERSIONS` behind the newest are pruned; a view further behind, and a commit that logs
 NULL (a bulk load), make the replica reload it all. A forget logs the notes that were linked to
-the forgotten one, never its id (`PostgresNoteGraph.delete`); a replica drops the note from its view
-once a catch-up leaves it without links and the store without it (`without_forgotten`). Every commit also logs '', touched
-or not, so a version with no row at all was committed by an earlier agentmem that keeps no log
-(a fleet in a rolling upgrade): that makes the replica reload too.
+the forgotten one, never its id (`PostgresNoteGraph.delete`); a replica drops the note from its
+view once a catch-up leaves it without links and the store without it (`without_forgotten`).
+Every commit also logs '', touched or not, so a version with no row at all was committed by an
+earlier agentmem that keeps no log (a fleet in a rolling upgrade): that makes the replica reload too.
 """
 from __future__ import annotations
 
