@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -56,7 +57,7 @@ from ..notes import Fact, MemoryItem
 from . import report
 from .editing import exact_match
 from .natural import is_answer, natural_answers, natural_exact_match
-from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, consistent, load_zsre
+from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, asked, consistent, load_zsre
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FORGET_EVERY = 10
@@ -168,6 +169,7 @@ class ChatScores(BaseModel):
     other_subject_locality: float
     other_relation: int  # same subject, other relation
     other_relation_locality: float
+    same_relation: list[tuple[str, str]] = []  # other-relation candidates left out as one relation (`Relations`)
     changed: list[tuple[str, str, str]] = []  # each neighbour question the job changed: (question, before, after)
     answers: list[tuple[str, str, str]] = []  # each fact's chat question after the job: (question, target, answer)
     unrelated_locality: float
@@ -186,16 +188,27 @@ def swapped_subject(record: ZsreRecord, other: ZsreRecord) -> str | None:
 Pairs = list[tuple[str, str]]
 
 
-def neighbours(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations) -> tuple[Pairs, Pairs]:
+class Neighbours(NamedTuple):
+    other_subject: Pairs  # (question, the target whose length bounds its answer)
+    other_relation: Pairs
+    same_relation: Pairs  # (a record's question, another's about its subject) left out: `Relations.same`
+
+
+def neighbours(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations) -> Neighbours:
     """Questions near the records' own, each with the target of the record whose question it rewords (its answer
     length): the same relation about another subject (a record's question about an `others` record's subject),
     and the same subject with another relation (an `others` record's question about the record's subject, when
-    `relations` does not know it for the same relation). A record's own question is never among them."""
+    it is worded otherwise and `relations` does not know it for the same relation). A record's own question is
+    never among them."""
     own = {r.src for r in records}
     other_subject = [(q, r.alt) for r, o in zip(records, others) if (q := swapped_subject(r, o)) and q not in own]
-    other_relation = [(q, o.alt) for r, o in zip(records, others)
-                      if (q := swapped_subject(o, r)) and q not in own and not relations.same(o, r)]
-    return other_subject, other_relation
+    about_subject = [(r, o, q) for r, o in zip(records, others)
+                     if (q := swapped_subject(o, r)) and q not in own and asked(o) != asked(r)]
+    return Neighbours(
+        other_subject,
+        [(q, o.alt) for r, o, q in about_subject if not relations.same(o, r)],
+        [(r.src, q) for r, o, q in about_subject if relations.same(o, r)],
+    )
 
 
 def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations,
@@ -205,7 +218,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
 
     policy = ConsolidationPolicy(max_edits=len(records), min_recalls=0, stable_for=timedelta(0))
     questions = [(r.rephrase, r.alt) for r in records]
-    other_subject, other_relation = neighbours(records, others, relations)
+    other_subject, other_relation, same_relation = neighbours(records, others, relations)
     unrelated = [(r.loc, r.loc_ans) for r in records]
 
     def chat_answers(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -251,6 +264,7 @@ def run_chat(lm: LanguageModel, records: Sequence[ZsreRecord], others: Sequence[
         other_subject_locality=_unchanged(subject_before, subject_after),
         other_relation=len(other_relation),
         other_relation_locality=_unchanged(relation_before, relation_after),
+        same_relation=same_relation,
         changed=[(q, b, a) for (q, _), b, a in zip([*other_subject, *other_relation], [*subject_before, *relation_before],
                                                     [*subject_after, *relation_after]) if a != b],
         answers=[(q, t, a) for (q, t), a in zip(questions, answers_after)],
@@ -276,7 +290,9 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "tokens; the target is the answer, SQuAD-normalized). Prompt EM: the same scoring on the bare `src`.",
         "Neighbour locality: share of neighbour questions whose chat answer the job leaves unchanged, for the",
         "fact's question about another record's subject (same relation, other subject) and another record's",
-        "question about the fact's subject (same subject, other relation); unrelated locality: the same for the",
+        "question about the fact's subject (same subject, other relation: worded otherwise, and not linked to the",
+        "fact's wording by a rephrasing or a shared fact in the file, `zsre.Relations`, whose left-out questions",
+        "are counted after the +); unrelated locality: the same for the",
         "`loc` questions, and the share of `loc_ans` token predictions unchanged. Unambiguous: the facts no other",
         "record of the N asks about their subject with another target (`zsre.ambiguous`, the editing benchmark's",
         "rule); a question about such a subject can get only one of its targets. Targets (issue 14, N=500): chat",
@@ -285,7 +301,7 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
         "",
         "| N | notes | consolidated / failed | not consolidated (reason) | chat EM before -> after (all) "
         "| chat EM (consolidated) | unambiguous: chat EM | prompt EM after | neighbours, other subject: locality "
-        "| neighbours, other relation: locality | unrelated locality (answers / tokens) | job s (s/edit median) |",
+        "| neighbours, other relation: locality (+ left out) | unrelated locality (answers / tokens) | job s (s/edit median) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -295,7 +311,7 @@ def chat_markdown(rows: Sequence[ChatScores], command: str, model: str, editor: 
             f"| {r.chat_em_before:.3f} -> {r.chat_em_after:.3f} "
             f"| {r.chat_em_after_consolidated:.3f} | {r.unambiguous}: {r.chat_em_after_unambiguous:.3f} "
             f"| {r.prompt_em_after:.3f} | {r.other_subject}: {r.other_subject_locality:.3f} "
-            f"| {r.other_relation}: {r.other_relation_locality:.3f} "
+            f"| {r.other_relation}: {r.other_relation_locality:.3f} (+{len(r.same_relation)}) "
             f"| {r.unrelated_locality:.3f} / {r.unrelated_token_locality:.3f} "
             f"| {r.job_seconds:.0f} ({r.edit_seconds_median:.2f}) |"
         )
@@ -366,16 +382,17 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     command = "python -m agentmem.eval.consolidation " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    every = load_zsre(args.data)
     if args.consistent:
-        records = consistent(load_zsre(args.data))
+        records = consistent(every)
         largest = len(records) - 1 if args.chat else len(records)   # with --chat, at least one record gives neighbours
     else:
-        records = load_zsre(args.data, limit=max(args.n) * (2 if args.chat else 1))
+        records = every[: max(args.n) * (2 if args.chat else 1)]
         largest = len(records) // (2 if args.chat else 1)
     if any(not 0 < n <= largest for n in args.n):
         parser.error(f"each N must be between 1 and {largest}, for the {len(records)} records available"
                      + (" (with --chat, the records after the N give the swapped subjects)" if args.chat else ""))
-    relations = Relations(load_zsre(args.data))   # every record's wordings, the restating ones included
+    relations = Relations(every)   # every record's wordings, the restating ones included
     lm = load_model()
     rows: list = []
     for n in args.n:

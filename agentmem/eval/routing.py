@@ -13,8 +13,9 @@ other relations. Per routing signal, the share of:
   unambiguous records: those no other edited record asks about their subject with another target,
   `zsre.ambiguous`; an ambiguous rephrase can reach only one of its subject's targets);
 - same relation, other subject (the record's question about another record's subject) and
-  same subject, other relation (another record's question about this record's subject) routed
-  to no edit: their answers stay the base model's;
+  same subject, other relation (another record's question about this record's subject, unless the
+  file links the two wordings as one relation, `zsre.Relations`) routed to no edit: their answers
+  stay the base model's;
 - unrelated `loc` questions routed to no edit.
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
@@ -116,7 +117,8 @@ def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str
 def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations, margins: Sequence[float],
         radii: Sequence[float], grace: bool, given_subject: bool = False) -> list[RoutingScores]:
     lm = load_model()
-    other_subject, other_relation = ([q for q, _ in pairs] for pairs in neighbours(records, others, relations))
+    near = neighbours(records, others, relations)
+    other_subject, other_relation = [q for q, _ in near.other_subject], [q for q, _ in near.other_relation]
     rows = []
     semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
     try:
@@ -183,11 +185,12 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     command = "python -m agentmem.eval.routing " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = load_zsre(args.data, limit=2 * args.n)
+    every = load_zsre(args.data)
+    records = every[: 2 * args.n]
     if not 0 < args.n <= len(records) // 2:
         parser.error(f"N must be between 1 and half the {len(records)} records")
-    rows = run(records[: args.n], records[args.n : 2 * args.n], Relations(load_zsre(args.data)), args.margins,
-               args.relation_radii, not args.no_grace, args.given_subject)
+    rows = run(records[: args.n], records[args.n : 2 * args.n], Relations(every), args.margins, args.relation_radii,
+               not args.no_grace, args.given_subject)
     if args.benchmarks:
         report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
     return rows

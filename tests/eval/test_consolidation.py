@@ -63,9 +63,10 @@ def test_neighbours_swap_subjects_both_ways_and_never_ask_an_edited_question():
               ZsreRecord(subject="Bob", src="Where does Bob live?", alt="Oslo", rephrase="-", loc="-", loc_ans="-")]
     others = [ZsreRecord(subject="Carol", src="When was Carol born?", alt="1990", rephrase="-", loc="-", loc_ans="-"),
               ZsreRecord(subject="Alice", src="Where does Alice live?", alt="Porto", rephrase="-", loc="-", loc_ans="-")]
-    other_subject, other_relation = consolidation.neighbours(edited, others, Relations([*edited, *others]))
-    assert other_subject == [("Where does Carol live?", "Lisbon")]        # Bob's question about Alice is Alice's own
-    assert other_relation == [("When was Alice born?", "1990")]           # Alice's question about Bob: same relation
+    near = consolidation.neighbours(edited, others, Relations([*edited, *others]))
+    assert near.other_subject == [("Where does Carol live?", "Lisbon")]   # Bob's question about Alice is Alice's own
+    assert near.other_relation == [("When was Alice born?", "1990")]      # Alice's question about Bob: same relation
+    assert near.same_relation == []                                       # ... worded alike, so not counted as left out
 
 
 def test_a_wording_the_data_asks_of_one_fact_is_no_other_relation_neighbour():
@@ -75,10 +76,12 @@ def test_a_wording_the_data_asks_of_one_fact_is_no_other_relation_neighbour():
     edited = [record("Alice", "Where does Alice live?", "Lisbon", "Porto")]
     others = [record("Carol", "In which city does Carol reside?", "Oslo", "Rome")]
     linked = record("Dan", "In which city does Dan reside?", "Paris", "Turin")
-    unlinked_before = consolidation.neighbours(edited, others, Relations([*edited, *others, linked]))[1]
-    assert unlinked_before == [("In which city does Alice reside?", "Oslo")]
+    unlinked_before = consolidation.neighbours(edited, others, Relations([*edited, *others, linked]))
+    assert unlinked_before.other_relation == [("In which city does Alice reside?", "Oslo")]
     same_fact = record("Dan", "Where does Dan live?", "Bern", "Turin")   # Dan's one fact, asked in both wordings
-    assert consolidation.neighbours(edited, others, Relations([*edited, *others, linked, same_fact]))[1] == []
+    linked_after = consolidation.neighbours(edited, others, Relations([*edited, *others, linked, same_fact]))
+    assert linked_after.other_relation == []
+    assert linked_after.same_relation == [("Where does Alice live?", "In which city does Alice reside?")]
 
 
 def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():
@@ -88,6 +91,6 @@ def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():
         prompt_em_after=1.0, other_subject=4, other_subject_locality=1.0, other_relation=3, other_relation_locality=1.0,
         unrelated_locality=1.0, unrelated_token_locality=1.0, job_seconds=8.0, edit_seconds_median=2.0)
     table = consolidation.chat_markdown([scores], "python -m agentmem.eval.consolidation --chat --n 4", "tiny", "semantic")
-    assert "| 4 | 4 | 4 / 0 | - | 0.000 -> 0.500 | 0.500 | 2: 1.000 | 1.000 | 4: 1.000 | 3: 1.000 |" in table
+    assert "| 4 | 4 | 4 / 0 | - | 0.000 -> 0.500 | 0.500 | 2: 1.000 | 1.000 | 4: 1.000 | 3: 1.000 (+0) |" in table
     table = consolidation.chat_markdown([scores.model_copy(update={"consistent": True})], "--consistent", "tiny", "semantic")
     assert "| 4 consistent | 4 | 4 / 0 |" in table

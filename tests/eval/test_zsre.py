@@ -30,12 +30,12 @@ def test_wordings_asked_of_one_fact_are_one_relation_and_others_stay_apart():
                           rephrase="What company made Scania K?", loc="-", loc_ans="-")
     mother = _record("Alexander Aris", "Who is the mother of Alexander Aris?", "Mary", "Aung San Suu Kyi")
     father = _record("Alexander Aris", "Who is the father of Alexander Aris?", "John", "Michael Aris")
-    born = _record("Nicolae Balș", "Where was Nicolae Balș born?", "Oslo", "Iași")
-    died = _record("Nicolae Balș", "Where did Nicolae Balș die?", "Rome", "Paris")
-    relations = Relations([made, created, produced, mother, father, born, died])
+    cause = _record("Gerald Ganglbauer", "What caused Gerald Ganglbauer's death?", "flu", "Parkinson's disease")
+    condition = _record("Gerald Ganglbauer", "What condition does Gerald Ganglbauer have?", "gout", "Parkinson's disease")
+    relations = Relations([made, created, produced, mother, father, cause, condition])
     assert relations.same(made, created)                  # one fact, two wordings
     assert relations.same(produced, created)              # a rephrasing links "produced" to "made", "made" to "created"
     assert not relations.same(mother, father)             # same subject, other answers: other relations
-    assert not relations.same(born, died)
+    assert relations.same(cause, condition)               # the known limit: two relations, one subject, one answer
     unseen = _record("Oslo", "How old is Oslo?", "9", "1000")
-    assert relations.same(unseen, unseen) and not relations.same(unseen, born)
+    assert relations.same(unseen, unseen) and not relations.same(unseen, mother)
