@@ -128,8 +128,8 @@ class Memory:
                 self._parametric.consolidator(check.time(None))
         except BaseException:
             self._helpers.shutdown(wait=False)
-            if self._sections is not None:
-                self._sections.close(lambda: None)
+            if self._sections is not None:  # no call ran yet; the stores are released just below
+                self._sections.close()
             if self._parametric is not None:
                 self._parametric.close()
             if self._index is not None:

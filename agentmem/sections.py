@@ -22,15 +22,22 @@ from .stores.sync import IndexSync
 
 
 class Sections:
+    """The sections of one memory's calls, and the closed state that ends them all."""
+
     def __init__(self, store: NoteStore, index: VectorIndex, sync: IndexSync, path: Path) -> None:
         """`path`: what messages name the memory by."""
         self._store, self._index, self._sync, self._path = store, index, sync, path
         self._lock = threading.RLock()
         self._held = threading.local()  # how deep this thread is in the locked sections
         self._index_writes = IndexWrites()
-        self.closed = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def closed_error(self) -> StoreClosedError:
+        """What a call on a closed memory raises (also from a helper thread that outlived it)."""
         return StoreClosedError(f"memory at {self._path} is closed")
 
     @contextmanager
@@ -54,7 +61,7 @@ class Sections:
         store alone (`store_only`) from a store whose threads read on connections of their own
         (`concurrent_reads`) does not take turns either."""
         if store_only and self._store.concurrent_reads:
-            if self.closed:
+            if self._closed:
                 raise self.closed_error()
             with self._store.errors():
                 yield
@@ -70,7 +77,7 @@ class Sections:
         if depth == 0:
             self._index_writes.wait()
         with self._lock:
-            if self.closed:
+            if self._closed:
                 raise self.closed_error()
             self._held.depth = depth + 1
             try:
@@ -94,7 +101,7 @@ class Sections:
 
     def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
         with self._lock:
-            if self.closed:
+            if self._closed:
                 return  # the rows stay in the outbox; the store replays them when opened again
             with self._store.lock(), self._store.errors():
                 if self._store.refresh_if_changed():
@@ -103,13 +110,15 @@ class Sections:
                     pass
 
     def wait(self) -> None:
-        """Return once the index writes in flight are done."""
+        """Return once the index writes in flight are done: a closing memory lets them land first, so
+        the outbox is left empty where it can be."""
         self._index_writes.wait()
 
-    def close(self, release: Callable[[], None]) -> None:
-        """Accept no more calls, then `release` the stores (once, whoever calls first)."""
+    def close(self, release: Callable[[], None] = lambda: None) -> None:
+        """Accept no more calls, then `release` the stores: once, whoever calls first, and never while
+        a call is inside a section (the process lock is held meanwhile)."""
         with self._lock:
-            if not self.closed:
-                self.closed = True
+            if not self._closed:
+                self._closed = True
                 self._index_writes.close()
                 release()

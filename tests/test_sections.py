@@ -64,6 +64,7 @@ def test_a_section_starts_once_the_index_write_in_flight_is_done(sections):
     assert done == ["index write", "next call"]
 
 
+@pytest.mark.timeout(60)  # a nested section that waited for the write would hang, not fail
 def test_a_thread_in_a_section_nests_another_without_waiting_for_the_writes_it_left(sections):
     started, release, done = threading.Event(), threading.Event(), []
     with sections.exclusive():
@@ -75,6 +76,39 @@ def test_a_thread_in_a_section_nests_another_without_waiting_for_the_writes_it_l
     release.set()
     sections.wait()
     assert done == ["nested read", "read after the submit", "index write"]
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_that_left_its_sections_waits_again_for_the_writes_they_left(sections):
+    started, release, done = threading.Event(), threading.Event(), []
+    with sections.exclusive():
+        with sections.reading():
+            pass
+        sections.write_index_later(held_index_write(started, release, done))
+    threading.Timer(0.3, release.set).start()
+    with sections.reading():  # no longer inside a section: it waits for the write
+        done.append("next read")
+    assert done == ["index write", "next read"]
+
+
+def test_an_embedded_index_write_left_to_a_closing_memory_stays_in_the_outbox(tmp_path):
+    graph = NoteGraph(tmp_path / "notes.sqlite3")
+    index = VectorIndex(tmp_path / "chroma", "sections", None, graph.index_key)
+    sections, written = Sections(graph, index, IndexSync(graph, index), tmp_path), []
+
+    @contextmanager
+    def index_write():
+        written.append("claimed")
+        yield
+        written.append("written")
+
+    with sections.exclusive():
+        sections.write_index_later(index_write())
+        sections.close()  # the write waits for the lock, and then finds the memory closed
+    sections.wait()
+    assert written == []
+    index.close()
+    graph.close()
 
 
 def test_a_closed_memory_s_sections_refuse_work_and_release_the_stores_once(tmp_path):
@@ -89,3 +123,14 @@ def test_a_closed_memory_s_sections_refuse_work_and_release_the_stores_once(tmp_
             pass
     index.close()
     graph.close()
+
+
+def test_a_store_read_outside_the_process_lock_is_refused_once_closed(postgres_url, tmp_path):
+    graph = PostgresNoteGraph(postgres_url)
+    index = VectorIndex(tmp_path / "chroma", "sections", None, graph.index_key)
+    sections = Sections(graph, index, IndexSync(graph, index), tmp_path)
+    with sections.reading(store_only=True):  # PostgreSQL: threads read on connections of their own
+        pass
+    sections.close(lambda: (index.close(), graph.close()))
+    with pytest.raises(StoreClosedError, match="is closed"), sections.reading(store_only=True):
+        pass
