@@ -5,7 +5,7 @@ import pytest
 
 from agentmem.eval import consolidation
 from agentmem.eval.zsre import Relations, ZsreRecord
-from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+from tests.editors.conftest import one_thread, smollm, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 RECORDS = [
     ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="Where does Alice live?",
@@ -94,3 +94,36 @@ def test_the_chat_report_gives_the_unambiguous_facts_em_next_to_all():
     assert "| 4 | 4 | 4 / 0 | - | 0.000 -> 0.500 | 0.500 | 2: 1.000 | 1.000 | 4: 1.000 | 3: 1.000 (+0) |" in table
     table = consolidation.chat_markdown([scores.model_copy(update={"consistent": True})], "--consistent", "tiny", "semantic")
     assert "| 4 consistent | 4 | 4 / 0 |" in table
+
+
+def test_the_chat_command_consolidates_on_smollm_and_reports_the_neighbours_it_left_out(
+    tmp_path, monkeypatch, smollm
+):
+    """`--chat` end to end on the bundled model, with the records read from a file: two facts edited, one neighbour
+    of each kind asked before and after, and the one other-relation question the file links to a fact left out."""
+    def record(subject: str, question: str, rephrase: str, target: str, answer: str) -> ZsreRecord:
+        return ZsreRecord(subject=subject, src=question, rephrase=rephrase, alt=target, answers=(answer,),
+                          loc="What is the capital of France?", loc_ans="Paris")
+
+    records = [
+        record("Alice Varga", "Which city does Alice Varga live in?", "Where does Alice Varga live?", "Lisbon", "Oslo"),
+        record("Bram Olsen", "What instrument does Bram Olsen play?", "Which instrument is played by Bram Olsen?",
+               "the cello", "the flute"),
+        record("Eve Janssen", "In which town does Eve Janssen reside?", "What town is Eve Janssen in?", "Milan", "Gent"),
+        record("Dirk Maas", "In which town was Dirk Maas born?", "Where was Dirk Maas born?", "Turin", "Ghent"),
+        record("Carla Ruiz", "Which city does Carla Ruiz live in?", "Where does Carla Ruiz live?", "Rome", "Bern"),
+        record("Carla Ruiz", "In which town does Carla Ruiz reside?", "What town is Carla Ruiz in?", "Porto", "Bern"),
+    ]  # Carla's one fact, asked in both wordings, links "reside" to "live in"; the first two are edited
+    data = tmp_path / "zsre.json"
+    data.write_text("[" + ",".join(r.model_dump_json() for r in records) + "]")
+    monkeypatch.setattr(consolidation, "load_model", lambda: smollm)
+    rows = consolidation.main(["--data", str(data), "--chat", "--n", "2", "--editor", "semantic",
+                               "--benchmarks", str(tmp_path / "B.md")])
+    scores = rows[0]
+    assert (scores.facts, scores.notes, scores.consolidated, scores.failed) == (2, 2, 2, 0)
+    assert scores.prompt_em_after == 1.0
+    # Alice's question about Eve, Bram's about Dirk; Dirk's about Bram is another relation, Eve's about Alice is not
+    assert scores.other_subject == 2 and scores.other_relation == 1
+    assert scores.same_relation == [("Which city does Alice Varga live in?", "In which town does Alice Varga reside?")]
+    table = (tmp_path / "B.md").read_text()
+    assert f"| {scores.other_relation}: {scores.other_relation_locality:.3f} (+{len(scores.same_relation)}) |" in table
