@@ -39,11 +39,11 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import NamedTuple
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel
