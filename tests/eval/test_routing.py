@@ -4,6 +4,7 @@ from __future__ import annotations
 from agentmem.editors import EditRequest
 from agentmem.eval import routing
 from agentmem.eval.zsre import ZsreRecord
+from tests.editors.conftest import one_thread, smollm  # noqa: F401  (fixtures)
 
 
 def record(subject: str, src: str, alt: str, rephrase: str) -> ZsreRecord:
@@ -60,3 +61,38 @@ def test_edits_name_the_records_subject_only_when_asked():
     assert [r.subject for r in derived.requests] == [None] * 3
     assert [r.subject for r in given.requests] == ["NGC 6604", "NGC 6604", "Alice"]
     assert [r.prompt for r in given.requests] == [r.src for r in RECORDS]
+
+
+def test_the_command_end_to_end_on_the_bundled_model(tmp_path, monkeypatch, smollm):
+    """`main` on SmolLM2 with records read from a file: every signal row, the edits' own prompts routed to them,
+    the neighbours of both kinds built from the records after the N edited, and the report written."""
+    def asked(subject: str, question: str, rephrase: str, target: str, answer: str) -> ZsreRecord:
+        return ZsreRecord(subject=subject, src=question, rephrase=rephrase, alt=target, answers=(answer,),
+                          loc="What is the capital of France?", loc_ans="Paris")
+
+    records = [
+        asked("Alice Varga", "Which city does Alice Varga live in?", "Where does Alice Varga live?", "Lisbon", "Oslo"),
+        asked("Bram Olsen", "What instrument does Bram Olsen play?", "Which instrument is played by Bram Olsen?",
+              "the cello", "the flute"),
+        asked("Eve Janssen", "In which town does Eve Janssen reside?", "What town is Eve Janssen in?", "Milan", "Gent"),
+        asked("Dirk Maas", "In which town was Dirk Maas born?", "Where was Dirk Maas born?", "Turin", "Ghent"),
+    ]
+    data = tmp_path / "zsre.json"
+    data.write_text("[" + ",".join(r.model_dump_json() for r in records) + "]")
+    monkeypatch.setattr(routing, "load_model", lambda: smollm)
+    rows = routing.main(["--data", str(data), "--n", "2", "--margins", "0.1", "--relation-radii", "0.75",
+                         "--benchmarks", str(tmp_path / "B.md")])
+    signals = [name for name, _ in routing.variants([0.1], [0.75])] + ["GRACE key"]
+    assert [row.signal for row in rows] == signals
+    for row in rows:
+        # other subject: Alice's question about Eve, Bram's about Dirk; other relation: Eve's about Alice, Dirk's about Bram
+        assert (row.edits, row.other_subject, row.other_relation) == (2, 2, 2), row
+        assert row.prompts_routed == row.other_subject_kept == row.unrelated_kept == 1.0, row
+    *semantic, grace = rows
+    # MiniLM's key reaches the edits from their rephrases, and also from "In which town does Alice Varga reside?":
+    # her own relation in other words, which this file never links to "live in", so it counts as another relation
+    assert all((row.rephrases_routed, row.other_relation_kept) == (1.0, 0.5) for row in semantic), semantic
+    assert (grace.rephrases_routed, grace.other_relation_kept) == (0.0, 1.0)  # GRACE's key: the edit prompt only
+    table = (tmp_path / "B.md").read_text()
+    assert "## Routing signals for neighbourhood safety" in table and "--n 2" in table
+    assert all(f"| {signal} | 2 |" in table for signal in signals)
