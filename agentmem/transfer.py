@@ -42,13 +42,20 @@ def read_notes(source: Path) -> list[Note]:
     if not source.is_file():
         raise InvalidInputError(f"no such file: {source}")
     try:
-        lines = source.read_text(encoding="utf-8").splitlines()
+        text = source.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{source} is not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise StoreUnavailableError(f"cannot read {source}: {exc}") from exc
+    return notes_in(text, str(source))
+
+
+def notes_in(text: str, source: str) -> list[Note]:
+    """The notes of an export's JSON lines (`source` names it in errors). Lines end at "\n" only:
+    a note's text may hold other line breaks (U+2028, \x1e, ...), which JSON leaves unescaped and
+    `str.splitlines` would split at, so that the file would read back as other lines than it holds."""
     notes = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 notes.append(Note.model_validate_json(line))

@@ -453,6 +453,16 @@ def test_export_then_import_round_trips_notes_and_links(tmp_path, embedder):
         assert dst.recall("Nairobi", k=1)[0].note.id == b.id
 
 
+def test_a_note_whose_text_holds_other_line_breaks_round_trips(tmp_path, embedder):
+    """JSON leaves U+2028 and \x1e unescaped in a string, and `str.splitlines` breaks lines at them."""
+    with Memory(tmp_path / "src", embedder=embedder) as src:
+        note = src.remember("Ivo's list:\u2028eggs\x1emilk\x85bread", at=T0)
+        src.export(tmp_path / "notes.jsonl")
+    with Memory(tmp_path / "dst", embedder=embedder) as dst:
+        assert dst.import_(tmp_path / "notes.jsonl").imported == 1
+        assert dst.get(note.id).text == note.text
+
+
 def test_import_validates_every_line_before_writing(tmp_path, memory):
     good = memory.remember("Nora plays the oboe")
     memory.export(tmp_path / "x.jsonl")

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import validation
 from ..errors import InvalidInputError
 from .errors import UnauthorizedError, error_body
 
@@ -45,10 +46,12 @@ class ApiKeys:
             spec = line.strip()
             if not spec or spec.startswith("#"):
                 continue
-            key, _, user = spec.partition(":")
+            key, bound, user = spec.partition(":")
             if len(key) < 8 or not key.isprintable() or " " in key:
                 raise InvalidInputError("an API key needs at least 8 printable characters and no spaces")
-            keys[key] = user.strip() or None
+            if bound and not user.strip():  # a typo must not turn a user's key into one for every user
+                raise InvalidInputError(f"the key spec {key[:4]}...: names no user after ':'")
+            keys[key] = validation.scope("user_id", user.strip()) if bound else None
         return cls(keys)
 
     @property

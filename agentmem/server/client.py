@@ -98,10 +98,9 @@ class RemoteMemory:
                     response.read()
                     body = response.json()
                     raise RemoteError(body["error"], body["message"], response.status_code)
-                for line in response.iter_lines():
-                    if line.strip():
-                        out.write(line + "\n")
-                        count += 1
+                for text in response.iter_text():  # as sent: a note's text may hold line breaks other than "\n"
+                    out.write(text)
+                    count += text.count("\n")
         except httpx.HTTPError as exc:
             raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
         return count

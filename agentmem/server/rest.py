@@ -17,6 +17,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from .. import transfer
+from ..errors import InvalidInputError
 from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryStats, Note
 from .access import ScopedMemory
 from .auth import STATE_KEY, Caller
@@ -189,14 +191,13 @@ async def import_(request: Request, mem: Scoped) -> ImportReport:
 
 
 def _import(body: bytes, mem: ScopedMemory) -> ImportReport:
-    if mem.bound:
-        for line in body.splitlines():
-            try:
-                user = json.loads(line).get("user_id") if line.strip() else mem.caller.user_id
-            except (ValueError, AttributeError):
-                continue  # not a note: `import_` names the line and refuses the whole file
-            if user != mem.caller.user_id:
-                raise AccessDeniedError(f"this API key may only import notes of user {mem.caller.user_id!r}")
+    if mem.bound:  # the notes as the import will read them: a line the check skipped could not be imported
+        try:
+            notes = transfer.notes_in(body.decode("utf-8"), "the request body")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"the request body is not UTF-8 text: {exc}") from None
+        if any(note.user_id != mem.caller.user_id for note in notes):
+            raise AccessDeniedError(f"this API key may only import notes of user {mem.caller.user_id!r}")
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "import.jsonl"
         source.write_bytes(body)

@@ -58,6 +58,10 @@ def test_a_user_bound_key_reaches_only_its_users_notes(server):
         assert exported and {n["user_id"] for n in exported} == {"alice"}
         foreign = json.dumps({**other, "id": "planted-note-1"}) + "\n"
         assert alice.post("/v1/import", content=foreign).status_code == 403
+        mine = json.dumps({**own, "id": "planted-note-2"})   # \x1e breaks a line for str.splitlines, not for JSON lines
+        smuggled = alice.post("/v1/import", content=mine + "\x1e" + foreign)
+        assert (smuggled.status_code, smuggled.json()["error"]) == (422, "InvalidInputError")
+        assert [admin.get(f"/v1/notes/planted-note-{i}").status_code for i in (1, 2)] == [404, 404]
         for method, path in [("GET", "/v1/stats"), ("POST", "/v1/decay"), ("POST", "/v1/consolidate"),
                              ("POST", "/v1/plan"), ("GET", "/v1/ledger"), ("GET", "/v1/jobs")]:
             response = alice.request(method, path, json={} if method == "POST" else None)
@@ -103,5 +107,7 @@ def test_key_specs_are_checked(tmp_path):
     assert keys.caller({"authorization": "Bearer cli-key-0001"}).user_id == "dave"
     with pytest.raises(InvalidInputError):
         ApiKeys.parse(["short"])
+    with pytest.raises(InvalidInputError, match="user"):   # a bound key whose user was left out is no admin key
+        ApiKeys.parse(["erin-key-0001: "])
     with pytest.raises(InvalidInputError):
         ApiKeys.parse([], tmp_path / "missing")
