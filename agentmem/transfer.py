@@ -51,7 +51,7 @@ def read_notes(source: Path) -> list[Note]:
 
 
 def notes_in(text: str, source: str) -> list[Note]:
-    """The notes of an export's JSON lines (`source` names it in errors). Lines end at "\n" only:
+    r"""The notes of an export's JSON lines (`source` names it in errors). Lines end at "\n" only:
     a note's text may hold other line breaks (U+2028, \x1e, ...), which JSON leaves unescaped and
     `str.splitlines` would split at, so that the file would read back as other lines than it holds."""
     notes = []
