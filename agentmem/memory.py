@@ -363,7 +363,20 @@ class Memory:
             searching.result()  # the helper searches under this process's lock, which the section takes
         with self._sections.exclusive():
             hits = self._reader.search(query, query_embedding, k, where, when, searching)
-            return self._reader.reinforce(hits, when) if reinforce else hits
+            if not reinforce:
+                return hits
+            notes = self._reader.reinforce([hit.note for hit in hits], when)
+            return [hit.model_copy(update={"note": note}) for hit, note in zip(hits, notes)]
+
+    def reinforce(self, note_ids: list[str], *, at: datetime | None = None) -> list[Note]:
+        """Count notes as recalled (rehearsal), as `recall` does with what it returns: for a caller
+        that looked with `recall(reinforce=False)` and counts only what it went on to use."""
+        if not isinstance(note_ids, (list, tuple)):
+            raise InvalidInputError(f"note_ids must be a list of note ids, got {type(note_ids).__name__}")
+        ids = list(dict.fromkeys(check.note_id(note_id) for note_id in note_ids))
+        when = check.time(at)
+        with self._sections.exclusive():
+            return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
 
     def _lexical_meanwhile(self, query: str, k: int, where: NoteFilter) -> Future[dict[str, float]]:
         """The query's full-text candidates, searched in a helper thread: the search needs no

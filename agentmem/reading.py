@@ -100,20 +100,20 @@ class ReadPath:
         scored = sorted(((i, float(v @ query_embedding)) for i, v in vectors.items()), key=lambda h: -h[1])
         return scored[:n]
 
-    def reinforce(self, hits: list[Hit], at: datetime) -> list[Hit]:
+    def reinforce(self, notes: list[Note], at: datetime) -> list[Note]:
         """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
         changes = {
-            hit.note.id: {
-                "recall_count": hit.note.recall_count + 1,
-                "strength": forgetting.reinforced_strength(hit.note.strength, self.config.strength_gain),
-                "last_recalled": max(at, hit.note.last_recalled),
+            note.id: {
+                "recall_count": note.recall_count + 1,
+                "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
+                "last_recalled": max(at, note.last_recalled),
             }
-            for hit in hits
+            for note in notes
         }
         with self.store.transaction(bookkeeping=True):
             self.store.set_fields_many(changes)
-            self.store.record_recalls([h.note.id for h in hits], at)
-        return [hit.model_copy(update={"note": hit.note.model_copy(update=changes[hit.note.id])}) for hit in hits]
+            self.store.record_recalls([note.id for note in notes], at)
+        return [note.model_copy(update=changes[note.id]) for note in notes]
 
     def retention(self, note: Note, at: datetime) -> float:
         unit = self.config.time_unit_seconds

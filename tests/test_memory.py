@@ -510,6 +510,9 @@ def test_import_validates_every_line_before_writing(tmp_path, memory):
         lambda m: m.get(123),
         lambda m: m.update("x", text=""),
         lambda m: m.link("a", "b", weight=2),
+        lambda m: m.reinforce("not a list"),
+        lambda m: m.reinforce(["bad id!"]),
+        lambda m: m.reinforce([], at="yesterday"),
     ],
 )
 def test_bad_input_raises_a_typed_error_and_writes_nothing(memory, call):
@@ -523,12 +526,26 @@ def test_bad_input_raises_a_typed_error_and_writes_nothing(memory, call):
 @pytest.mark.parametrize(
     "call",
     [lambda m: m.get("nope"), lambda m: m.update("nope", text="x"), lambda m: m.forget("nope"),
-     lambda m: m.neighbors("nope"), lambda m: m.restore("nope"), lambda m: m.retention("nope")],
+     lambda m: m.neighbors("nope"), lambda m: m.restore("nope"), lambda m: m.retention("nope"),
+     lambda m: m.reinforce(["nope"])],
 )
 def test_unknown_ids_raise_not_found(memory, call):
     with pytest.raises(NoteNotFoundError) as info:
         call(memory)
     assert isinstance(info.value, AgentMemError) and "nope" in str(info.value)
+
+
+def test_reinforce_counts_what_a_look_found_as_recalled(memory):
+    note = memory.remember("Pia's bike is red", at=T0)
+    [hit] = memory.recall("What colour is Pia's bike?", at=T0, k=1, reinforce=False)
+    assert memory.get(note.id).recall_count == 0
+    later = T0 + timedelta(days=2)
+    [counted] = memory.reinforce([hit.note.id, hit.note.id], at=later)   # once, however often named
+    assert counted == memory.get(note.id)
+    assert (counted.recall_count, counted.last_recalled) == (1, later) and counted.strength > note.strength
+    with pytest.raises(NoteNotFoundError):   # every id is checked before any is counted
+        memory.reinforce([note.id, "nope"], at=later)
+    assert memory.get(note.id) == counted
 
 
 def test_text_limit_is_configurable(tmp_path, embedder):

@@ -8,16 +8,19 @@ words, not facts the user gave, so they never become notes or edits. Between ses
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from ..consolidation import reader_scopes
-from ..errors import InvalidInputError
+from ..errors import AgentMemError, InvalidInputError
 from ..facts import ChatFunction
 from ..memory import Memory
 from ..notes import ConsolidationReport, Hit, Note
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 
@@ -84,11 +87,15 @@ class MemoryChat:
         self.history: list[Message] = []
 
     def reply(self, message: str, *, at: datetime | None = None) -> ChatReply:
-        """Recall, reply with what was found in the system message, then remember the user's turn."""
+        """Recall, reply with what was found in the system message, then remember the user's turn.
+
+        The recalled notes count as recalled once the turn is remembered: a turn that fails (the
+        chat function raises, or the message cannot be stored) changes nothing. Should only that
+        count fail afterwards, the reply still stands (it is bookkeeping; the failure is logged)."""
         if not isinstance(message, str) or not message.strip():
             raise InvalidInputError("message must be a non-empty string")
         scope = {"user_id": self.user_id, "agent_id": self.agent_id}
-        hits = self.memory.recall(message, k=self.k, at=at, **scope)
+        hits = self.memory.recall(message, k=self.k, at=at, reinforce=False, **scope)
         messages = [{"role": "system", "content": self.system}]
         if hits:
             notes = "\n".join(f"- {hit.note.text}" for hit in hits)
@@ -99,6 +106,12 @@ class MemoryChat:
             raise InvalidInputError(f"the chat function returned {type(text).__name__}, not text")
         note = self.memory.remember(message, session_id=self.session_id, at=at, **scope)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        try:
+            recalled = self.memory.reinforce([hit.note.id for hit in hits], at=at)
+        except AgentMemError:  # a note forgotten meanwhile, or the store gone: the turn itself is stored
+            log.warning("the recalled notes of a chat turn were not counted as recalled", exc_info=True)
+        else:
+            hits = [hit.model_copy(update={"note": counted}) for hit, counted in zip(hits, recalled)]
         return ChatReply(text=text, recalled=hits, remembered=note)
 
     def end_session(self, *, consolidate: bool = False, at: datetime | None = None) -> ConsolidationReport | None:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import validation
 from ..errors import InvalidInputError
 from ..facts import ChatFunction
 from ..integrations.chat import SYSTEM, MemoryChat
@@ -159,8 +160,11 @@ class ChatService:
         *earlier, last = body.messages
         if last.role != "user" or not last.text().strip():
             raise InvalidInputError("the last message must be a non-empty user message")
-        system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer")) or SYSTEM
-        chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system)
+        system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer"))
+        if system and self.upstream is None:  # the local model reads it: checked as a note's text is
+            validation.text(system, self.memory.config.max_text_chars, "the system message")
+        session = validation.scope("session_id", session)  # before the turn: a failing turn changes nothing
+        chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system or SYSTEM)
         if self.upstream is None:
             chat.chat = self.locked(chat.chat)
         if session is not None:

@@ -72,3 +72,11 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
                      {"messages": [{"role": "user", "content": "   "}]}, {"messages": [{"role": "wizard"}]}):
             response = client.post("/v1/chat/completions", json=body)
             assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
+        before = client.get("/v1/stats").json()
+        lone_surrogate = b'{"messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}'
+        asks = [(lone_surrogate, {}), (b'{"messages": [{"role": "user", "content": "hi"}]}', {"X-AgentMem-Session": "s" * 300})]
+        for body, headers in asks:   # refused before the turn: nothing recalled, nothing remembered
+            response = client.post("/v1/chat/completions", content=body,
+                                   headers={"content-type": "application/json", **headers})
+            assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
+        assert client.get("/v1/stats").json() == before
