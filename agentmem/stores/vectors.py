@@ -15,10 +15,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -27,6 +27,7 @@ import chromadb  # noqa: E402
 import numpy as np  # noqa: E402
 from chromadb.api.shared_system_client import SharedSystemClient  # noqa: E402
 from chromadb.config import Settings  # noqa: E402
+from chromadb.errors import NotFoundError  # noqa: E402
 
 from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
@@ -54,6 +55,7 @@ UNSAVED_GRAPH = "Error creating hnsw segment reader"
 SEARCH_ATTEMPTS = 4
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Scoped(Protocol):
@@ -142,14 +144,27 @@ class VectorIndex:
             except Exception:  # only a speed-up: a server that refuses it still serves the index
                 log.warning("could not set the index's sync_threshold to %d", SYNC_THRESHOLD, exc_info=True)
 
+    def _on_collection(self, what: str, call: Callable[[Any], T]) -> T:
+        """`call` on the collection, failures typed; on a server, once more on the collection opened
+        again by name when its handle found nothing: another replica rebuilt the index (`reset`),
+        which gives the collection a new id, and every other replica's handle names the old one."""
+        with _reachable(what):
+            try:
+                return call(self._collection)
+            except NotFoundError:
+                if self.mode != "server":
+                    raise
+                log.info("the index collection %r was made again elsewhere; opening it again", self._name)
+                self._open_collection()
+                return call(self._collection)
+
     @property
     def store_id(self) -> str | None:
         """The note graph this index was built from (None: not yet claimed, or written by release 0.1)."""
         return (self._collection.metadata or {}).get(STORE_KEY)
 
     def claim(self, store_id: str) -> None:
-        with _reachable("record its store"):
-            self._collection.modify(metadata={STORE_KEY: store_id})
+        self._on_collection("record its store", lambda c: c.modify(metadata={STORE_KEY: store_id}))
 
     def reset(self, store_id: str) -> None:
         """Drop every vector and start an empty collection for `store_id` (a rebuild follows)."""
@@ -175,12 +190,11 @@ class VectorIndex:
     def upsert(self, notes: Sequence[Note], embeddings: Sequence[np.ndarray]) -> None:
         if not notes:
             return
-        with _reachable("write"):
-            self._collection.upsert(
-                ids=[self.token("id", n.id) for n in notes],
-                embeddings=np.asarray(embeddings, dtype=np.float32),
-                metadatas=[self.metadata(n) for n in notes],
-            )
+        self._on_collection("write", lambda c: c.upsert(
+            ids=[self.token("id", n.id) for n in notes],
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            metadatas=[self.metadata(n) for n in notes],
+        ))
 
     def metadata(self, note: Scoped) -> dict[str, Any]:
         """The index's metadata of a note: its scope as tokens ('' for none) and whether it is archived."""
@@ -192,23 +206,19 @@ class VectorIndex:
 
     def delete(self, note_ids: Sequence[str]) -> None:
         if note_ids:
-            with _reachable("delete"):
-                self._collection.delete(ids=[self.token("id", i) for i in note_ids])
+            self._on_collection("delete", lambda c: c.delete(ids=[self.token("id", i) for i in note_ids]))
 
     def discard(self, tokens: Sequence[str]) -> None:
         """Delete entries by token (strays no note of the graph claims)."""
         if tokens:
-            with _reachable("delete"):
-                self._collection.delete(ids=list(tokens))
+            self._on_collection("delete", lambda c: c.delete(ids=list(tokens)))
 
     def count(self) -> int:
-        with _reachable("count"):
-            return self._collection.count()
+        return self._on_collection("count", lambda c: c.count())
 
     def tokens(self) -> set[str]:
         """The index's ids (tokens) of every note it holds."""
-        with _reachable("list"):
-            return set(self._collection.get(include=[])["ids"])
+        return set(self._on_collection("list", lambda c: c.get(include=[]))["ids"])
 
     def nearest(
         self, embeddings: np.ndarray, n: int, conditions: dict[str, Any] | None = None
@@ -219,11 +229,10 @@ class VectorIndex:
         `IndexSync.search` filters an unfiltered search first and comes here only when that falls short)."""
         for attempt in range(SEARCH_ATTEMPTS):
             try:
-                with _reachable("search"):
-                    result = self._collection.query(
-                        query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
-                        where=where_clause(conditions or {}), include=["distances"],
-                    )
+                result = self._on_collection("search", lambda c: c.query(
+                    query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
+                    where=where_clause(conditions or {}), include=["distances"],
+                ))
                 break
             except StoreUnavailableError as exc:
                 if UNSAVED_GRAPH not in str(exc) or attempt == SEARCH_ATTEMPTS - 1:

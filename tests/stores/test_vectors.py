@@ -45,6 +45,19 @@ def test_two_memories_share_one_server_without_mixing_collections(tmp_path, embe
         assert b.recall("When does the team ship?") == []
 
 
+@pytest.mark.server
+def test_a_replica_goes_on_after_another_rebuilds_the_shared_index(tmp_path, chroma_server):
+    """`reset` (a rebuild) makes the collection again under a new id: the other replica's handle must follow it."""
+    mine, theirs = (VectorIndex(tmp_path / name, "rebuilt_elsewhere", chroma_server, KEY) for name in ("a", "b"))
+    note = Note(id="n1", text="Ola rows at dawn", created_at=T0, updated_at=T0, last_recalled=T0)
+    vector = _unit(np.ones((1, 8)))
+    mine.upsert([note], list(vector))
+    theirs.reset("store-1")
+    assert mine.count() == 0 and mine.nearest(vector, 1) == [[]]
+    mine.upsert([note], list(vector))
+    assert theirs.nearest(vector, 1)[0][0][0] == theirs.token("id", "n1") and theirs.store_id == "store-1"
+
+
 @pytest.mark.parametrize("url", ["localhost:8000", "ftp://host:1", "http://"])
 def test_malformed_server_urls_are_rejected(tmp_path, url):
     with pytest.raises(InvalidInputError, match="chroma_url"):
