@@ -550,9 +550,13 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
-        (what Postgres still keeps is in the module doc)."""
+        (what Postgres still keeps is in the module doc). One that fails now is left to autovacuum,
+        and logged: the forget, already committed, stands."""
         for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes"):
-            self._run(f"VACUUM {table}")
+            try:
+                self._run(f"VACUUM {table}")
+            except StoreUnavailableError as exc:
+                log.warning("VACUUM %s failed; autovacuum reclaims its dead rows later: %s", table, exc)
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best full-text matches of any of `terms` among the notes `where` admits, as

@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,14 @@ class IndexSync:
         released (`concurrent`); until then another replica neither replays the rows nor,
         when it changes one of these notes, writes the index before this does. A block that
         raises writes nothing and leaves the rows to a replay."""
-        with self.graph.outbox_claim(list(dict.fromkeys([*upserts, *deletes]))) as claim:
+        ids = list(dict.fromkeys([*upserts, *deletes]))
+        with ExitStack() as stack:
+            try:  # after a commit: a store that cannot be reached now leaves the rows to a replay
+                claim = stack.enter_context(self.graph.outbox_claim(ids))
+            except StoreUnavailableError as exc:
+                log.warning("%d index change(s) stay in the outbox: %s", len(ids), exc)
+                yield OutboxClaim()
+                return
             yield claim
             ops = dict(claim.rows)  # what the outbox holds is what the index lacks (a duplicate reinforced has none)
             claim.done = self._write([i for i, op in ops.items() if op == "upsert"],

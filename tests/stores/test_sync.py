@@ -286,3 +286,26 @@ def test_two_processes_opening_a_new_store_at_once_pair_it_with_one_index(tmp_pa
         indexes[0].close()
         for graph in graphs:
             graph.close()
+
+
+def test_an_outbox_that_cannot_be_claimed_after_the_commit_leaves_the_call_standing(tmp_path, embedder, monkeypatch):
+    """A forget has committed when its index write claims the outbox: a store that fails that claim (a
+    pool timeout on a server) leaves the rows to a replay, and the forget returns."""
+    from agentmem.errors import NoteNotFoundError, StoreUnavailableError
+    from tests.test_memory import index_ids
+
+    with Memory(tmp_path / "m", embedder=embedder) as mem:
+        kept = mem.remember("Lea keeps bees", at=T0)
+        gone = mem.remember("Lea's hives stand in the orchard", at=T0)
+        mem.stats()   # a call lets the remember's index write in flight finish
+
+        def unreachable(note_ids):
+            raise StoreUnavailableError("the note store's pool timed out")
+
+        monkeypatch.setattr(mem._graph, "outbox_claim", unreachable)
+        mem.forget(gone.id)
+        assert mem._graph.has_pending()   # the index still holds it, until a call replays the outbox
+        monkeypatch.undo()
+        with pytest.raises(NoteNotFoundError):
+            mem.get(gone.id)
+        assert index_ids(mem) == {kept.id} and not mem._graph.has_pending()
