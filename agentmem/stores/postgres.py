@@ -355,20 +355,20 @@ class PostgresNoteGraph(SqlNoteStore):
     def _advisory(self, key: int, wait: bool = True, then: str | None = None) -> Iterator[Any]:
         """Hold an advisory lock; yields whether it is held, or `then`'s row, run once it is."""
         with self._session() as conn:
-            if then is not None:
-                with conn.pipeline():  # two statements, so `then` reads after the wait for the lock
-                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                    after = conn.execute(then)
-                held = after.fetchone()
-            elif wait:
-                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                held = True
-            else:
-                held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+            held: Any = wait  # from the request on: a failure after the server granted it must release it
             try:
+                if then is not None:
+                    with conn.pipeline():  # two statements, so `then` reads after the wait for the lock
+                        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                        after = conn.execute(then)
+                    held = after.fetchone()
+                elif wait:
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                else:
+                    held = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
                 yield held
             finally:
-                if held and not conn.closed:
+                if held and not conn.closed:  # unlocking a lock not granted only warns
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     @contextmanager

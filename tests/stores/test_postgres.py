@@ -220,6 +220,24 @@ def test_the_write_lock_serializes_two_stores_on_one_database(postgres_url):
         second.close()
 
 
+def test_a_lock_granted_before_a_failure_is_released(postgres_url):
+    """The write lock reads its checks in the round trip that takes it: when those fail, the pooled
+    connection must not go back to the pool still holding the lock, or every replica waits on it."""
+    from agentmem.errors import StoreCorruptedError
+    from agentmem.stores.postgres import JOB_LOCK
+
+    first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
+    try:
+        with pytest.raises(StoreCorruptedError):
+            with first._advisory(JOB_LOCK, then="SELECT 1 / 0"):
+                pass
+        with second.job_lock(wait=False) as held:
+            assert held
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_backup_is_a_sqlite_store_with_the_same_contents(store, tmp_path):
     with store.transaction():
         store.insert(note("a", metadata={"k": "v"}), np.ones(4))
