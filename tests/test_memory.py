@@ -356,7 +356,7 @@ def test_update_reembeds_and_keeps_history(memory):
     assert updated.text.endswith("nurse") and "hospital" in updated.keywords
     assert updated.updated_at == T0 + timedelta(days=3) and updated.created_at == T0
     [(when, change, before)] = memory.history(note.id)
-    assert change == "updated" and before.text == "Frank works at the bakery"
+    assert change == "updated" and before.text == "Frank works at the bakery" and when == T0 + timedelta(days=3)
     [hit] = memory.recall("Where does Frank work as a nurse?", k=1)
     assert hit.note.id == note.id and hit.why.similarity > 0.5
     assert memory.update(note.id, fact=Fact(prompt="Frank works at", target="the hospital")).fact.target == "the hospital"

@@ -141,7 +141,7 @@ class SqlNoteStore:
             f"UPDATE notes SET {', '.join(c + ' = ?' for c in NOTE_COLUMNS[1:])} WHERE id = ?",
             (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
         )
-        self.record(note.id, before.updated_at, change, before)
+        self.record(note.id, note.updated_at, change, before)  # when it changed, as an evolution's entry is
         self._write(OUTBOX, (note.id, "upsert"))
 
     def set_fields(self, note_id: str, **fields: Any) -> None:
