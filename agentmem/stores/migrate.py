@@ -48,6 +48,7 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
         origin.close()
         raise
     try:
+        _refuse_another_stores_index(origin, chroma_url, collection)
         rows = _copy_tables(origin, target, target_url)
         vectors = _rebuild_index(target_url, chroma_url, collection)
         editor = _copy_editor(source, local_folder(target_url))
@@ -56,6 +57,23 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
         origin.close()
     return MigrationReport(source=str(source), target=redacted(target_url), rows=rows, vectors=vectors,
                            editor_copied=editor)
+
+
+def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, collection: str) -> None:
+    """Before anything is copied: a Chroma server's collection that holds another store's vectors
+    is refused, since the rebuild would empty it and that store would no longer open. (An embedded
+    index lives in the target database's own folder.)"""
+    if chroma_url is None:
+        return
+    index = VectorIndex(Path("unused"), collection, chroma_url, origin.index_key)
+    try:
+        if index.count() and index.store_id != origin.store_id:
+            raise InvalidInputError(
+                f"the collection {collection!r} on {chroma_url} holds another store's vectors; migrate into"
+                " another collection (--collection). Nothing was copied."
+            )
+    finally:
+        index.close()
 
 
 def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) -> dict[str, int]:

@@ -137,3 +137,17 @@ def test_the_migrate_command_moves_a_store_and_prints_its_report(source, postgre
     assert code == 0 and report["rows"]["notes"] == len(TEXTS) and report["vectors"] == len(TEXTS)
     assert main(["migrate", "--from", str(source), "--to", postgres_url]) == 2  # not empty any more
     assert "already holds a store" in capsys.readouterr().err
+
+
+def test_migration_refuses_a_chroma_collection_of_another_store_before_copying(
+        source, postgres_url, chroma_server, tmp_path, monkeypatch, embedder):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    with Memory(tmp_path / "other", chroma_url=chroma_server, collection="taken", embedder=embedder) as other:
+        kept = other.remember("Dora keeps her notes on this server", at=T0)
+    with pytest.raises(InvalidInputError, match="another store"):
+        migrate(source, postgres_url, chroma_url=chroma_server, collection="taken")
+    target = PostgresNoteGraph(postgres_url)
+    assert target.count() == 0
+    target.close()
+    with Memory(tmp_path / "other", chroma_url=chroma_server, collection="taken", embedder=embedder) as other:
+        assert other.recall("Where are Dora's notes?", k=1, at=T0)[0].note.id == kept.id
