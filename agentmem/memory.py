@@ -306,9 +306,9 @@ class Memory:
         with self._sections.exclusive():
             self._existing(note_id)
             with self._graph.transaction():
-                changed = self._graph.delete(note_id)
+                self._graph.delete(note_id)
                 self._ledger.retract_note(note_id, check.time(None))
-            self._sync.push(changed, [note_id])
+            self._sync.push([], [note_id])
             self._graph.purge_freed()
         self._parametric.retract_pending(check.time(None))
 

@@ -23,6 +23,7 @@ from .config import MemoryConfig
 from .facts import FactExtractor
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
 from .stores.batch import WriteBatch
+from .stores.filters import SCOPES
 from .stores.store import NoteStore
 from .stores.rows import Neighbours, OutboxClaim
 from .stores.sync import Found, IndexSync
@@ -30,7 +31,6 @@ from .stores.sync import Found, IndexSync
 log = logging.getLogger(__name__)
 
 Enricher = Callable[[str], Enrichment | dict[str, Any]]
-SCOPES = ("user_id", "agent_id", "session_id")
 _WORD = TypeAdapter(Tag)
 
 

@@ -178,12 +178,9 @@ class SqlNoteStore:
     def record_recalls(self, note_ids: Iterable[str], at: datetime) -> None:
         self._many("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
 
-    def absorb(self, note_id: str, keywords: Iterable[str], origin: str) -> None:
-        """Record that `note_id` took these keywords from `origin` (linked newcomer)."""
-        self.absorb_many([(note_id, keyword, origin) for keyword in keywords])
-
     def absorb_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """`absorb` as (note, keyword, origin) rows; a keyword a note already absorbed keeps its first origin."""
+        """Record that notes took keywords from a linked newcomer, as (note, keyword, origin) rows; a
+        keyword a note already absorbed keeps its first origin."""
         self._many("INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
     def link(self, a: str, b: str, weight: float, at: datetime) -> None:
@@ -202,7 +199,7 @@ class SqlNoteStore:
         """Remove a note and everything about it, including the keywords its neighbours absorbed
         from it and the history entries naming it; the vector index deletion is queued.
 
-        Returns the neighbours whose keywords changed (their index entries are queued too).
+        Returns the neighbours whose keywords changed.
         """
         taken: dict[str, set[str]] = {}
         for row in self._run("SELECT note_id, keyword FROM absorbed WHERE origin = ?", (note_id,)):
@@ -223,9 +220,8 @@ class SqlNoteStore:
         """Drop absorbed keywords from a note and from every earlier version in its history."""
         rows = self._run("SELECT keywords FROM notes WHERE id = ?", (note_id,))
         if rows:
-            kept = [w for w in json.loads(rows[0][0]) if w not in words]
+            kept = [w for w in json.loads(rows[0][0]) if w not in words]  # the index holds no keywords
             self._write("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
-            self._write(OUTBOX, (note_id, "upsert"))
         for order, before in self._run(f"SELECT {self.ORDER}, before FROM history WHERE note_id = ?", (note_id,)):
             self._write(f"UPDATE history SET before = ? WHERE {self.ORDER} = ?", (without_words(before, words), order))
 
