@@ -23,6 +23,8 @@ from .models import Job, JobProgress
 
 log = logging.getLogger(__name__)
 
+KEPT_FINISHED = 100  # finished jobs kept to report on: a schedule adds one every period, for as long as it runs
+
 
 class JobRunner:
     """Runs consolidation jobs one after another and keeps how each one went."""
@@ -105,6 +107,7 @@ class JobRunner:
         finally:
             self._ledger_before.pop(job_id, None)
             self._update(job_id, finished_at=datetime.now(timezone.utc))
+            self._forget_old_jobs()
 
     def _fail(self, job_id: str, error: dict[str, str]) -> None:
         with self._lock:
@@ -112,6 +115,12 @@ class JobRunner:
             self._jobs[job_id] = job.model_copy(
                 update={"status": "failed", "error": error, "progress": job.progress.model_copy(update={"stage": "done"})}
             )
+
+    def _forget_old_jobs(self) -> None:
+        with self._lock:
+            finished = [job_id for job_id, job in self._jobs.items() if job.finished_at is not None]
+            for job_id in finished[:-KEPT_FINISHED]:  # submission order: the oldest go
+                del self._jobs[job_id]
 
     def _update(self, job_id: str, **changes: Any) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ import pytest
 
 from agentmem import Memory
 from agentmem.server.errors import JobNotFoundError
+from agentmem.server import jobs
 from agentmem.server.jobs import JobRunner
 from tests.conftest import T0 as NOW
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
@@ -41,6 +42,20 @@ def test_jobs_run_one_at_a_time_and_on_a_schedule(tmp_path, embedder, tiny_lm, t
                 runner.get("nope")
             with pytest.raises(Exception, match="policy"):
                 runner.submit({"min_recalls": -1})
+        finally:
+            runner.close()
+
+
+def test_a_server_keeps_the_last_finished_jobs_only(tmp_path, embedder, tiny_lm, tiny_config, monkeypatch):
+    monkeypatch.setattr(jobs, "KEPT_FINISHED", 2)
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        runner = JobRunner(memory)
+        try:
+            submitted = [runner.submit(dry_run=True, at=NOW) for _ in range(3)]
+            wait_for(runner, submitted[-1].id)   # one at a time, in order: the others are done too
+            assert [job.id for job in runner.jobs()] == [job.id for job in submitted[1:]]
+            with pytest.raises(JobNotFoundError):
+                runner.get(submitted[0].id)
         finally:
             runner.close()
 
