@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
@@ -136,6 +138,7 @@ class ChatService:
     def __init__(self, memory: Memory, upstream: UpstreamChat | None = None) -> None:
         self.memory, self.upstream = memory, upstream
         self._generating = threading.Lock()  # one local generation at a time: the model and its editor hooks are shared
+        self._local_turns: anyio.CapacityLimiter | None = None  # made on the event loop (`run_turn`)
 
     def chat_function(self, body: ChatCompletionRequest) -> ChatFunction | None:
         """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
@@ -155,6 +158,17 @@ class ChatService:
                 return chat(messages)
 
         return generate
+
+    async def run_turn(
+        self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None
+    ) -> ChatCompletion:
+        """`turn` on a worker thread. Local turns go one at a time and wait for theirs without a thread:
+        waiting in the pool every route shares, forty chats would stall the whole server."""
+        if self.upstream is not None:
+            return await anyio.to_thread.run_sync(self.turn, body, mem, user, session)
+        if self._local_turns is None:
+            self._local_turns = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self.turn, body, mem, user, session, limiter=self._local_turns)
 
     def turn(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None) -> ChatCompletion:
         *earlier, last = body.messages
@@ -185,14 +199,14 @@ async def service(request: Request) -> ChatService:
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
              summary="a chat turn with long-term memory (OpenAI-compatible)")
-def chat_completions(
+async def chat_completions(
     body: ChatCompletionRequest,
     mem: Annotated[ScopedMemory, Depends(scoped)],
     chat: Annotated[ChatService, Depends(service)],
     x_agentmem_user: Annotated[str | None, Header()] = None,
     x_agentmem_session: Annotated[str | None, Header()] = None,
 ) -> ChatCompletion | StreamingResponse:
-    completion = chat.turn(body, mem, body.user or x_agentmem_user, x_agentmem_session)
+    completion = await chat.run_turn(body, mem, body.user or x_agentmem_user, x_agentmem_session)
     if body.stream:
         return StreamingResponse(_chunks(completion), media_type="text/event-stream")
     return completion

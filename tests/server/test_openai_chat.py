@@ -1,10 +1,16 @@
 """The OpenAI-compatible chat, driven by the official `openai` client: local model and upstream mode."""
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
+import anyio
+import anyio.to_thread
 import pytest
 from openai import OpenAI
+
+from agentmem.server.openai_chat import ChatService
 
 from .conftest import start_server
 
@@ -80,3 +86,27 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
                                    headers={"content-type": "application/json", **headers})
             assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
         assert client.get("/v1/stats").json() == before
+
+
+def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
+    """Forty chats waiting for the one local model once held every worker thread of the pool the REST
+    routes share: another route's call then waited behind them all."""
+    service = ChatService(memory=None, upstream=None)
+    model, finished = threading.Lock(), []
+
+    def turn(body, mem, user, session):   # a local turn: the model, one at a time
+        with model:
+            time.sleep(0.05)
+        finished.append(body)
+
+    service.turn = turn
+
+    async def chats_and_another_route() -> int:
+        async with anyio.create_task_group() as chats:
+            for i in range(60):
+                chats.start_soon(service.run_turn, i, None, None, None)
+            await anyio.sleep(0.02)
+            await anyio.to_thread.run_sync(lambda: None)   # another route's work, in the shared pool
+            return len(finished)
+
+    assert anyio.run(chats_and_another_route) < 10   # not after the 20 chats queued before it for a thread
