@@ -142,9 +142,6 @@ class SqlNoteStore:
             (*note_row(note, embedding, in_context, self.index_key)[1:], note.id),
         )
         self.record(note.id, note.updated_at, change, before)  # when it changed, as an evolution's entry is
-        if note.text != before.text and note.keywords:  # its keywords are its new text's own now: none is absorbed
-            among, ids = self._among("keyword", list(note.keywords))
-            self._write(f"DELETE FROM absorbed WHERE note_id = ? AND {among}", (note.id, *ids))
         self._write(OUTBOX, (note.id, "upsert"))
 
     def set_fields(self, note_id: str, **fields: Any) -> None:
@@ -182,13 +179,9 @@ class SqlNoteStore:
         self._many("INSERT INTO recalls(note_id, at) VALUES (?, ?)", [(i, to_timestamp(at)) for i in note_ids])
 
     def absorb_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """Record that notes took keywords from a linked newcomer, as (note, keyword, origin) rows. A note
-        absorbs only words it lacks: one it absorbed before left it with an update of its text, and
-        now comes from the new origin, for which a forget takes it back."""
-        self._many(
-            "INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?)"
-            " ON CONFLICT (note_id, keyword) DO UPDATE SET origin = excluded.origin", rows,
-        )
+        """Record that notes took keywords from a linked newcomer, as (note, keyword, origin) rows; a
+        keyword a note already absorbed keeps its first origin."""
+        self._many("INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
     def link(self, a: str, b: str, weight: float, at: datetime) -> None:
         self.link_many([(a, b, weight, at)])

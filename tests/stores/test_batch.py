@@ -38,7 +38,7 @@ def test_a_batch_lands_as_written_one_by_one_with_new_notes_first_and_the_last_f
     changed = a.model_copy(update={"keywords": ["alice", "bob"]})
     batch.record("a", T + timedelta(seconds=1), "evolved:c", changed)
     batch.set_fields("a", keywords=["alice", "bob", "carol"])
-    batch.absorb("a", ["carol"], "c")  # "a" holds "bob" already: a note absorbs only what it lacks
+    batch.absorb("a", ["bob", "carol"], "c")  # "bob" keeps its first origin
     batch.set_fields("b", strength=2.5)
     with store.transaction():
         batch.flush()

@@ -1,7 +1,7 @@
 """SqlNoteStore's statements, written once for both SQL stores, run on each: SQLite and a real PostgreSQL 15."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -24,30 +24,3 @@ def test_load_reads_only_the_vectors_asked_for(sql_store):
     assert [v for _, v in sql_store.load(["a", "c"], vectors_of=[]).values()] == [None, None]
     assert [v.tolist() for _, v in sql_store.load(["c", "a"]).values()] == [[1.0] * 4, [3.0] * 4]  # all, in store order
     assert sql_store.get_many(["b"])["b"].text == "note b"
-
-
-def test_a_forget_takes_back_what_a_note_absorbed_since_its_text_changed_and_leaves_its_own_words(sql_store):
-    """After an update, a note's keywords are its new text's own: an absorbed word it held before may come
-    back from another newcomer (whose forget must take it back), or from the new text itself (which no
-    forget may take)."""
-    def made(note_id: str, **fields) -> Note:
-        return Note(id=note_id, text=f"note {note_id}", created_at=T, updated_at=T, last_recalled=T, **fields)
-
-    with sql_store.transaction():
-        for note_id in ("x", "y"):
-            sql_store.insert(made(note_id), np.ones(4))
-        sql_store.insert(made("n", keywords=["nina", "keycard", "orchard"]), np.ones(4))
-        sql_store.absorb_many([("n", "keycard", "x"), ("n", "orchard", "x")])
-    before = sql_store.get("n")
-    after = before.model_copy(update={"text": "Nina's orchard", "keywords": ["nina", "orchard"],
-                                      "updated_at": T + timedelta(days=1)})
-    with sql_store.transaction():
-        sql_store.replace(after, np.ones(4), None, "updated", before)
-        sql_store.set_fields("n", keywords=["nina", "orchard", "keycard"])
-        sql_store.absorb_many([("n", "keycard", "y")])
-    with sql_store.transaction():
-        sql_store.delete("y")
-    assert sql_store.get("n").keywords == ["nina", "orchard"]
-    with sql_store.transaction():
-        sql_store.delete("x")
-    assert sql_store.get("n").keywords == ["nina", "orchard"]
