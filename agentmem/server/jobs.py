@@ -71,7 +71,13 @@ class JobRunner:
     def jobs(self) -> list[Job]:
         with self._lock:
             ids = list(self._jobs)
-        return [self.get(job_id) for job_id in ids]
+        listed = []
+        for job_id in ids:
+            try:
+                listed.append(self.get(job_id))
+            except JobNotFoundError:  # finished long enough ago to be dropped meanwhile (KEPT_FINISHED)
+                continue
+        return listed
 
     def close(self) -> None:
         """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well)."""
@@ -102,25 +108,21 @@ class JobRunner:
             self._fail(job_id, {"error": type(exc).__name__, "message": str(exc)})
         else:
             done = sum(d.outcome is not None for d in report.decisions)
-            self._update(job_id, status="succeeded", report=report,
-                         progress=JobProgress(stage="done", done=done, total=done))
+            self._finish(job_id, status="succeeded", report=report, progress=JobProgress(stage="done", done=done, total=done))
         finally:
             self._ledger_before.pop(job_id, None)
-            self._update(job_id, finished_at=datetime.now(timezone.utc))
-            self._forget_old_jobs()
 
     def _fail(self, job_id: str, error: dict[str, str]) -> None:
-        with self._lock:
-            job = self._jobs[job_id]
-            self._jobs[job_id] = job.model_copy(
-                update={"status": "failed", "error": error, "progress": job.progress.model_copy(update={"stage": "done"})}
-            )
+        progress = self._jobs[job_id].progress.model_copy(update={"stage": "done"})
+        self._finish(job_id, status="failed", error=error, progress=progress)
 
-    def _forget_old_jobs(self) -> None:
+    def _finish(self, job_id: str, **outcome: Any) -> None:
+        """The job's outcome, its end time and the dropping of the oldest finished jobs, seen at once."""
         with self._lock:
-            finished = [job_id for job_id, job in self._jobs.items() if job.finished_at is not None]
-            for job_id in finished[:-KEPT_FINISHED]:  # submission order: the oldest go
-                del self._jobs[job_id]
+            self._jobs[job_id] = self._jobs[job_id].model_copy(update={**outcome, "finished_at": datetime.now(timezone.utc)})
+            finished = [i for i, job in self._jobs.items() if job.finished_at is not None]
+            for old in finished[:-KEPT_FINISHED]:  # submission order: the oldest go
+                del self._jobs[old]
 
     def _update(self, job_id: str, **changes: Any) -> None:
         with self._lock:
