@@ -9,7 +9,6 @@ sent as server-sent chunks once the reply is complete (the chat function returns
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,8 +136,8 @@ class ChatService:
 
     def __init__(self, memory: Memory, upstream: UpstreamChat | None = None) -> None:
         self.memory, self.upstream = memory, upstream
-        self._generating = threading.Lock()  # one local generation at a time: the model and its editor hooks are shared
-        self._local_turns: anyio.CapacityLimiter | None = None  # made on the event loop (`run_turn`)
+        # one local turn at a time, the model and its editors' hooks being shared (made on the event loop)
+        self._local_turns: anyio.CapacityLimiter | None = None
 
     def chat_function(self, body: ChatCompletionRequest) -> ChatFunction | None:
         """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
@@ -150,20 +149,12 @@ class ChatService:
             options["max_tokens"] = body.max_completion_tokens or body.max_tokens
         return lambda messages: upstream.complete(messages, body.model, options)
 
-    def locked(self, chat: ChatFunction) -> ChatFunction:
-        """One local generation at a time: the model and its editors' hooks are shared by every request."""
-
-        def generate(messages: list[dict[str, str]]) -> str:
-            with self._generating:
-                return chat(messages)
-
-        return generate
-
     async def run_turn(
         self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None
     ) -> ChatCompletion:
-        """`turn` on a worker thread. Local turns go one at a time and wait for theirs without a thread:
-        waiting in the pool every route shares, forty chats would stall the whole server."""
+        """`turn` on a worker thread. Local turns go one at a time (the model and its editors' hooks are
+        shared) and wait for theirs without a thread: waiting in the pool every route shares, forty
+        chats would stall the whole server."""
         if self.upstream is not None:
             return await anyio.to_thread.run_sync(self.turn, body, mem, user, session)
         if self._local_turns is None:
@@ -179,8 +170,6 @@ class ChatService:
             validation.text(system, self.memory.config.max_text_chars, "the system message")
         session = validation.scope("session_id", session)  # before the turn: a failing turn changes nothing
         chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system or SYSTEM)
-        if self.upstream is None:
-            chat.chat = self.locked(chat.chat)
         if session is not None:
             chat.session_id = session
         chat.history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]

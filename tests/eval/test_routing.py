@@ -1,6 +1,8 @@
 """The routing ablation's scoring: where prompts go, counted over all records and over the unambiguous ones."""
 from __future__ import annotations
 
+import pytest
+
 from agentmem.editors import EditRequest
 from agentmem.eval import routing
 from agentmem.eval.zsre import ZsreRecord
@@ -63,6 +65,7 @@ def test_edits_name_the_records_subject_only_when_asked():
     assert [r.prompt for r in given.requests] == [r.src for r in RECORDS]
 
 
+@pytest.mark.slow   # edits the bundled SmolLM2
 def test_the_command_end_to_end_on_the_bundled_model(tmp_path, monkeypatch, smollm):
     """`main` on SmolLM2 with records read from a file: every signal row, the edits' own prompts routed to them,
     the neighbours of both kinds built from the records after the N edited, and the report written."""

@@ -65,7 +65,7 @@ def test_bad_input_is_refused_and_nothing_is_remembered(memory):
     assert memory.stats().notes == 0
 
 
-def test_a_turn_that_fails_counts_no_recall(memory):
+def test_a_turn_that_fails_counts_no_recall(memory, monkeypatch):
     """The notes a turn recalls count as recalled only once the turn is stored: a failing turn changes nothing."""
     told = MemoryChat(memory, Recorder(), user_id="maya").reply("Alice lives in Lisbon.", at=T0).remembered
 
@@ -74,9 +74,13 @@ def test_a_turn_that_fails_counts_no_recall(memory):
 
     with pytest.raises(RuntimeError):
         MemoryChat(memory, broken, user_id="maya").reply("Where does Alice live?", at=T0)
-    too_long = "Where does Alice live? " + "x" * memory.config.max_text_chars
-    with pytest.raises(InvalidInputError):   # recalled and answered, then refused as a note
-        MemoryChat(memory, Recorder(), user_id="maya").reply(too_long, at=T0)
+    def refused(*args, **kwargs):
+        raise InvalidInputError("the turn cannot be stored")
+
+    with monkeypatch.context() as storing:   # recalled and answered, then refused as a note
+        storing.setattr(memory, "remember", refused)
+        with pytest.raises(InvalidInputError):
+            MemoryChat(memory, Recorder(), user_id="maya").reply("Where does Alice live?", at=T0)
     assert memory.get(told.id).recall_count == 0 and memory.stats().notes == 1
     reply = MemoryChat(memory, Recorder(), user_id="maya").reply("Where does Alice live?", at=T0)
     assert reply.recalled[0].note.recall_count == memory.get(told.id).recall_count == 1

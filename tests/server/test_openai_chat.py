@@ -14,7 +14,6 @@ from agentmem.server.openai_chat import ChatService
 
 from .conftest import start_server
 
-pytestmark = pytest.mark.slow   # the replies come from the bundled SmolLM2
 
 
 def trace(response) -> dict:
@@ -22,6 +21,7 @@ def trace(response) -> dict:
     return response.model_extra["agentmem"]
 
 
+@pytest.mark.slow   # the server loads the bundled SmolLM2
 def test_a_later_session_recalls_what_an_earlier_one_was_told(model_server):
     client = OpenAI(base_url=f"{model_server.url}/v1", api_key="unused", timeout=600)
     user = f"kai-{uuid.uuid4().hex[:6]}"
@@ -48,6 +48,7 @@ def test_a_later_session_recalls_what_an_earlier_one_was_told(model_server):
     assert trace(told)["remembered"] not in trace(other)["recalled"]
 
 
+@pytest.mark.slow   # the server loads the bundled SmolLM2
 def test_upstream_mode_forwards_to_another_real_server_with_the_recalled_notes(model_server, tmp_path):
     before = model_server.client(None).get("/v1/stats").json()["notes"]
     proxy = start_server(tmp_path, "--upstream", f"{model_server.url}/v1")
@@ -72,6 +73,7 @@ def test_upstream_mode_forwards_to_another_real_server_with_the_recalled_notes(m
         proxy.stop()
 
 
+@pytest.mark.slow   # the server loads the bundled SmolLM2
 def test_malformed_chat_requests_get_typed_errors(model_server):
     with model_server.client(None) as client:
         for body in ({"messages": []}, {"messages": [{"role": "assistant", "content": "hi"}]},
