@@ -307,6 +307,7 @@ class Memory:
             self._existing(note_id)
             with self._graph.transaction():
                 self._graph.delete(note_id)
+                self._graph.merge_full_text()
                 self._ledger.retract_note(note_id, check.time(None))
             self._sync.push([], [note_id])
             self._graph.purge_freed()

@@ -271,13 +271,10 @@ class NoteGraph(SqlNoteStore):
 
     # ---- what only SQLite does --------------------------------------------------------
 
-    def delete(self, note_id: str) -> list[str]:
-        """`SqlNoteStore.delete`, with the full-text index merged in the same transaction: its
-        segments keep a deleted note's tokens until a merge, and a merge that fails (a full disk)
-        must fail the forget with it, not after the note is gone."""
-        neighbours = super().delete(note_id)
+    def merge_full_text(self) -> None:
+        """FTS5's segments keep a deleted note's tokens until they are merged; in the forget's
+        transaction, so that a merge that fails (a full disk) fails the forget, not after the note is gone."""
         self._db.execute("INSERT INTO notes_fts(notes_fts) VALUES ('optimize')")
-        return neighbours
 
     def purge_freed(self) -> None:
         """After a forget: truncate the write-ahead log, which holds old page images. A checkpoint

@@ -548,6 +548,9 @@ class PostgresNoteGraph(SqlNoteStore):
             self._run("ANALYZE notes")
             self._analyzed_notes = notes
 
+    def merge_full_text(self) -> None:
+        """Nothing to merge: the GIN index drops a deleted row's entries itself (VACUUM reclaims them)."""
+
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
         (what Postgres still keeps is in the module doc). One that fails now is left to autovacuum,
