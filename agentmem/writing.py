@@ -231,15 +231,22 @@ class WritePath:
         index right now, and the same text remembered there and here must make one note.
 
         Only notes of the same user are candidates. `ahead`: as for `nearest_indexed`.
+
+        The waiting notes are read before the index is searched too: another replica's index write
+        may land between the search and the read, and its note would then be neither found nor
+        waiting (a held search ahead saw an empty outbox, with nothing committed since).
         """
         n = self.neighbour_count
+        users = self.by_user(drafts)
+        waiting = {user: set() if ahead is not None else self.store.neighbours((), user).waiting for user in users}
         indexed = self.nearest_indexed(drafts, embeddings, ahead)
         found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
         read: list[Neighbours] = []
-        for user, positions in self.by_user(drafts).items():
+        for user, positions in users.items():
             results = [indexed[position] for position in positions]
-            read.append(self.store.neighbours({i for result in results for i, _ in result}, user))
-            own, unindexed = read[-1].embeddings, read[-1].waiting  # unindexed: a writer's index write is under way
+            read.append(self.store.neighbours({i for result in results for i, _ in result} | waiting[user], user))
+            own = read[-1].embeddings
+            unindexed = read[-1].waiting | waiting[user]  # a writer's index write is (or was, just now) under way
             similarities = embeddings[positions] @ embeddings[positions].T
             for row, (position, result) in enumerate(zip(positions, results)):
                 near = dict.fromkeys([*(i for i, _ in result), *unindexed])

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -111,6 +112,34 @@ STALLED = textwrap.dedent("""
         VectorIndex.upsert = stalled
         mem.remember(text, user_id="shared")
 """)
+
+
+def test_the_same_text_makes_one_note_when_the_other_replica_s_index_write_lands_mid_check(fleet, embedder):
+    """Replica B checks for a duplicate by searching the index, then reading the notes it found and those
+    waiting for their index write. Replica A's index write landing between the two (its note reaches the
+    index after B's search, and leaves the outbox before B's read) must not hide A's note from B."""
+    text = "The ferry to the island leaves at seven"
+    with Memory(**fleet, embedder=embedder) as a, Memory(**fleet, embedder=embedder) as b:
+        release, original_upsert = threading.Event(), a._index.upsert
+
+        def held(notes, embeddings):
+            release.wait(timeout=60)
+            original_upsert(notes, embeddings)
+
+        a._index.upsert = held
+        first = a.remember(text, user_id="shared")   # committed; its index write waits in the background
+        search = b._writer.nearest_indexed
+
+        def then_the_write_lands(*args, **kwargs):
+            found = search(*args, **kwargs)   # A's note is not in the index yet
+            release.set()
+            while a._graph.pending():   # A's index write lands and clears its outbox row
+                time.sleep(0.01)
+            return found
+
+        b._writer.nearest_indexed = then_the_write_lands
+        second = b.remember(text, user_id="shared")
+        assert second.id == first.id and [n.text for n, _ in b._graph.all_notes()].count(text) == 1
 
 
 def test_a_writer_stalled_in_its_index_write_keeps_its_note_and_a_dead_one_is_replayed(fleet, embedder):
