@@ -6,6 +6,7 @@ import pytest
 from agentmem.eval import consolidation
 from agentmem.eval.zsre import Relations, ZsreRecord
 from tests.editors.conftest import one_thread, smollm, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+from tests.eval.people import CARLA_TWICE, FOUR_PEOPLE, written
 
 RECORDS = [
     ZsreRecord(src="Alice lives in", alt="Lisbon", rephrase="Where does Alice live?",
@@ -101,21 +102,7 @@ def test_the_chat_command_consolidates_on_smollm_and_reports_the_neighbours_it_l
 ):
     """`--chat` end to end on the bundled model, with the records read from a file: two facts edited, one neighbour
     of each kind asked before and after, and the one other-relation question the file links to a fact left out."""
-    def record(subject: str, question: str, rephrase: str, target: str, answer: str) -> ZsreRecord:
-        return ZsreRecord(subject=subject, src=question, rephrase=rephrase, alt=target, answers=(answer,),
-                          loc="What is the capital of France?", loc_ans="Paris")
-
-    records = [
-        record("Alice Varga", "Which city does Alice Varga live in?", "Where does Alice Varga live?", "Lisbon", "Oslo"),
-        record("Bram Olsen", "What instrument does Bram Olsen play?", "Which instrument is played by Bram Olsen?",
-               "the cello", "the flute"),
-        record("Eve Janssen", "In which town does Eve Janssen reside?", "What town is Eve Janssen in?", "Milan", "Gent"),
-        record("Dirk Maas", "In which town was Dirk Maas born?", "Where was Dirk Maas born?", "Turin", "Ghent"),
-        record("Carla Ruiz", "Which city does Carla Ruiz live in?", "Where does Carla Ruiz live?", "Rome", "Bern"),
-        record("Carla Ruiz", "In which town does Carla Ruiz reside?", "What town is Carla Ruiz in?", "Porto", "Bern"),
-    ]  # Carla's one fact, asked in both wordings, links "reside" to "live in"; the first two are edited
-    data = tmp_path / "zsre.json"
-    data.write_text("[" + ",".join(r.model_dump_json() for r in records) + "]")
+    data = written([*FOUR_PEOPLE, *CARLA_TWICE], tmp_path / "zsre.json")  # the first two are edited
     monkeypatch.setattr(consolidation, "load_model", lambda: smollm)
     rows = consolidation.main(["--data", str(data), "--chat", "--n", "2", "--editor", "semantic",
                                "--benchmarks", str(tmp_path / "B.md")])

@@ -7,6 +7,7 @@ from agentmem.editors import EditRequest
 from agentmem.eval import routing
 from agentmem.eval.zsre import ZsreRecord
 from tests.editors.conftest import one_thread, smollm  # noqa: F401  (fixtures)
+from tests.eval.people import FOUR_PEOPLE, written
 
 
 def record(subject: str, src: str, alt: str, rephrase: str) -> ZsreRecord:
@@ -69,19 +70,7 @@ def test_edits_name_the_records_subject_only_when_asked():
 def test_the_command_end_to_end_on_the_bundled_model(tmp_path, monkeypatch, smollm):
     """`main` on SmolLM2 with records read from a file: every signal row, the edits' own prompts routed to them,
     the neighbours of both kinds built from the records after the N edited, and the report written."""
-    def asked(subject: str, question: str, rephrase: str, target: str, answer: str) -> ZsreRecord:
-        return ZsreRecord(subject=subject, src=question, rephrase=rephrase, alt=target, answers=(answer,),
-                          loc="What is the capital of France?", loc_ans="Paris")
-
-    records = [
-        asked("Alice Varga", "Which city does Alice Varga live in?", "Where does Alice Varga live?", "Lisbon", "Oslo"),
-        asked("Bram Olsen", "What instrument does Bram Olsen play?", "Which instrument is played by Bram Olsen?",
-              "the cello", "the flute"),
-        asked("Eve Janssen", "In which town does Eve Janssen reside?", "What town is Eve Janssen in?", "Milan", "Gent"),
-        asked("Dirk Maas", "In which town was Dirk Maas born?", "Where was Dirk Maas born?", "Turin", "Ghent"),
-    ]
-    data = tmp_path / "zsre.json"
-    data.write_text("[" + ",".join(r.model_dump_json() for r in records) + "]")
+    data = written(FOUR_PEOPLE, tmp_path / "zsre.json")
     monkeypatch.setattr(routing, "load_model", lambda: smollm)
     rows = routing.main(["--data", str(data), "--n", "2", "--margins", "0.1", "--relation-radii", "0.75",
                          "--benchmarks", str(tmp_path / "B.md")])
