@@ -60,6 +60,9 @@ class RemoteMemory:
     def recall(self, query: str, *, k: int = 10, include_archived: bool = False, **scope: Any) -> list[dict[str, Any]]:
         return self.call("POST", "/recall", json=_body(query=query, k=k, include_archived=include_archived, **scope))
 
+    def reinforce(self, note_ids: list[str], *, at: datetime | None = None) -> list[dict[str, Any]]:
+        return self.call("POST", "/reinforce", json=_body(note_ids=list(note_ids), at=at))
+
     def notes(self, **query: Any) -> list[dict[str, Any]]:
         return self.call("GET", "/notes", params=_body(**query))
 

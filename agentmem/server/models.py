@@ -78,6 +78,13 @@ class AtRequest(Strict):
     at: IsoTime | None = None
 
 
+class ReinforceRequest(Strict):
+    """Notes to count as recalled, e.g. those of a `recall` with `reinforce: false` that were used."""
+
+    note_ids: list[str] = Field(max_length=1000)
+    at: IsoTime | None = None
+
+
 class PlanRequest(Strict):
     policy: dict[str, Any] | None = Field(None, description="ConsolidationPolicy fields to override")
     at: IsoTime | None = None

@@ -25,8 +25,8 @@ from .errors import AccessDeniedError
 from .jobs import JobRunner
 from .models import (
     AnswerRequest, AtRequest, BackedUp, BackupRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, IsoTime,
-    Job, Linked, LinkRequest, PlanRequest, RecallRequest, RememberBatch, RememberRequest, Reindexed, Retention,
-    UpdateRequest,
+    Job, Linked, LinkRequest, PlanRequest, RecallRequest, ReinforceRequest, RememberBatch, RememberRequest, Reindexed,
+    Retention, UpdateRequest,
 )
 
 JSONL = "application/x-ndjson"
@@ -106,6 +106,14 @@ def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
         body.query, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
     )
+
+
+@router.post("/reinforce", response_model=list[Note], tags=["notes"],
+             summary="count notes as recalled: those a recall with reinforce false found and the agent used")
+def reinforce(body: ReinforceRequest, mem: Scoped) -> list[Note]:
+    for note_id in body.note_ids:
+        mem.note(note_id)  # another user's note is not found for a bound key
+    return mem.memory.reinforce(body.note_ids, at=body.at)
 
 
 @router.get("/notes", response_model=list[Note], tags=["notes"], summary="list notes of a scope, oldest first")

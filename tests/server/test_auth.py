@@ -51,6 +51,10 @@ def test_a_user_bound_key_reaches_only_its_users_notes(server):
                              ("PATCH", f"/v1/notes/{other['id']}"), ("GET", f"/v1/ledger?note_id={other['id']}")]:
             response = alice.request(method, path, json={"text": "mine now"} if method == "PATCH" else None)
             assert (response.status_code, response.json()["error"]) == (404, "NoteNotFoundError"), (method, path)
+        counts = [admin.get(f"/v1/notes/{n['id']}").json()["recall_count"] for n in (own, other)]
+        counted = alice.post("/v1/reinforce", json={"note_ids": [own["id"], other["id"]]})
+        assert (counted.status_code, counted.json()["error"]) == (404, "NoteNotFoundError")
+        assert [admin.get(f"/v1/notes/{n['id']}").json()["recall_count"] for n in (own, other)] == counts
         neighbours = alice.get(f"/v1/notes/{alice_linked['id']}/neighbors").json()
         assert other["id"] not in [n["id"] for n in neighbours]
         with alice.stream("GET", "/v1/export") as response:

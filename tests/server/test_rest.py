@@ -5,6 +5,12 @@ import json
 import threading
 import uuid
 
+import pytest
+
+from agentmem.server.client import RemoteError, RemoteMemory
+
+from .conftest import ADMIN_KEY
+
 T0 = "2024-05-01T12:00:00+00:00"
 
 
@@ -51,6 +57,23 @@ def test_every_note_verb_round_trips(admin):
     stats = admin.get("/v1/stats").json()
     assert stats["users"][user] == 3
     assert admin.get("/v1/ledger").json() == [] or isinstance(admin.get("/v1/ledger").json(), list)
+
+
+def test_a_look_without_reinforcement_is_counted_later_by_reinforce(admin, server):
+    user = f"u{uuid.uuid4().hex[:8]}"
+    note = remember(admin, "Ines teaches chemistry in Porto", user_id=user, at=T0)
+    [hit] = admin.post("/v1/recall", json={"query": "Who teaches chemistry?", "user_id": user, "k": 1,
+                                           "reinforce": False}).json()
+    assert admin.get(f"/v1/notes/{note['id']}").json()["recall_count"] == 0
+    with RemoteMemory(server.url, ADMIN_KEY) as remote:
+        [counted] = remote.reinforce([hit["note"]["id"]], at=T0)
+        assert counted["recall_count"] == 1 == admin.get(f"/v1/notes/{note['id']}").json()["recall_count"]
+        with pytest.raises(RemoteError) as refused:
+            remote.reinforce([note["id"], "no-such-note"])
+        assert (refused.value.name, refused.value.status) == ("NoteNotFoundError", 404)
+    assert admin.get(f"/v1/notes/{note['id']}").json()["recall_count"] == 1   # nothing counted
+    too_many = admin.post("/v1/reinforce", json={"note_ids": [note["id"]] * 1001})
+    assert (too_many.status_code, too_many.json()["error"]) == (422, "InvalidInputError")
 
 
 def test_export_streams_jsonl_and_import_skips_known_ids(admin, server):
