@@ -20,10 +20,11 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StoreCorruptedError
 from ..models import LanguageModel
 
 CONFIG_FILE = "editor.json"
@@ -238,23 +239,30 @@ class Editor(ABC):
 
     @classmethod
     def load(cls, lm: LanguageModel, directory: str | Path) -> Editor:
-        """An editor on `lm` with the edits saved in `directory` live again (of the saved kind)."""
+        """An editor on `lm` with the edits saved in `directory` live again (of the saved kind).
+
+        The saved kind, config and edits are all read before the editor goes into the model, and a state that
+        fails to restore takes it out again: a damaged save never leaves the model half edited.
+        """
         directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise InvalidInputError(f"no saved editor in {directory}")
+        kind, config, edits, extra = _read_saved(directory)
+        if not issubclass(kind, cls):
+            raise InvalidInputError(f"{directory} holds a {kind.kind!r} editor, not a {cls.__name__}")
         try:
-            meta = json.loads((directory / CONFIG_FILE).read_text())
             tensors = load_file(directory / STATE_FILE, device=str(lm.device))
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(f"no saved editor in {directory}: {exc}") from exc
-        kind = Editor.kinds.get(meta.get("kind"))
-        if kind is None or not issubclass(kind, cls):
-            raise InvalidInputError(f"{directory} holds a {meta.get('kind')!r} editor, not a {cls.__name__}")
-        editor = kind(lm, kind.config_class(**meta["config"]))
+        except (OSError, SafetensorError) as exc:
+            raise _damaged(directory, exc) from exc
+        editor = kind(lm, config)
         try:
-            editor._restore(tensors, meta["state"])
-        except (KeyError, ValueError, RuntimeError) as exc:
+            editor._restore(tensors, extra)
+        except Exception as exc:
             editor.remove()
-            raise InvalidInputError(f"the editor in {directory} does not fit this model: {exc}") from exc
-        editor._edits = {e["id"]: EditRequest(**e) for e in meta["edits"]}
+            if isinstance(exc, InvalidInputError):  # the state is whole but was saved on another model
+                raise InvalidInputError(f"the editor in {directory} does not fit this model: {exc}") from exc
+            raise _damaged(directory, exc) from exc
+        editor._edits = edits
         return editor
 
     # -- for subclasses -----------------------------------------------------------------------
@@ -277,7 +285,8 @@ class Editor(ABC):
 
     @abstractmethod
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        """The inverse of `_state`, on a fresh editor."""
+        """The inverse of `_state`, on a fresh editor: InvalidInputError where the state does not fit this model
+        (its shapes); any other error is taken for a damaged state."""
 
     def _observe(self, input_ids: torch.Tensor | None) -> None:
         """Called before each forward of the model, after the wrapper was told about the call."""
@@ -374,6 +383,38 @@ class Editor(ABC):
     def _check_live(self) -> None:
         if self._removed:
             raise InvalidInputError("this editor was removed from its model; create a new one")
+
+
+def _read_saved(directory: Path) -> tuple[type[Editor], EditorConfig, dict[str, EditRequest], dict[str, Any]]:
+    """The kind, config, edits (by id) and state metadata saved in `directory`, checked: StoreCorruptedError if
+    any is damaged, InvalidInputError for a kind no imported module provides."""
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        name = meta["kind"]
+        if not isinstance(name, str):
+            raise TypeError(f"the kind is {name!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(directory, exc) from exc
+    kind = Editor.kinds.get(name)
+    if kind is None:
+        raise InvalidInputError(f"{directory} holds a {name!r} editor, which no imported module provides")
+    try:  # the requests and the config raise InvalidInputError, a ValueError, on fields a save never writes
+        config = kind.config_class(**meta["config"])
+        edits = [EditRequest(**record) for record in meta["edits"]]
+        if any(e.id is None for e in edits) or len({e.id for e in edits}) != len(edits):
+            raise ValueError("every edit needs an id of its own")
+        if not isinstance(meta["state"], dict):
+            raise TypeError("the state is not a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _damaged(directory, exc) from exc
+    return kind, config, {e.id: e for e in edits}, meta["state"]
+
+
+def _damaged(directory: Path, exc: Exception) -> StoreCorruptedError:
+    return StoreCorruptedError(
+        f"the editor saved in {directory} is damaged ({type(exc).__name__}: {exc}); restore a backup of it, or "
+        f"remove it to start the editor without these edits"
+    )
 
 
 def leads(logits: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:

@@ -286,10 +286,13 @@ class CodebookEditor(Editor):
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         book = self.layer.codebook
         if tensors["keys"].shape[1:] != book.keys.shape[1:] or tensors["values"].shape[1:] != book.values.shape[1:]:
-            raise ValueError("codebook shapes differ from the wrapped module's")
-        book.keys, book.values, book.radii = tensors["keys"], tensors["values"], tensors["radii"]
-        book.labels = [tuple(label) for label in extra["labels"]]
-        book.owners = list(extra["owners"])
-        book.uids = list(extra["uids"])
-        book.scopes = list(extra.get("scopes", [None] * len(book.uids)))  # states saved before scopes: all shared
+            raise InvalidInputError("the codebook's shapes differ from the wrapped module's")
+        keys, values, radii = tensors["keys"], tensors["values"], tensors["radii"]
+        labels, owners, uids = extra["labels"], extra["owners"], extra["uids"]
+        scopes = extra.get("scopes", [None] * len(uids))  # states saved before scopes: all shared
+        if not len(keys) == len(values) == len(radii) == len(labels) == len(owners) == len(uids) == len(scopes):
+            raise ValueError("the codebook's entries and their records differ in number")
+        book.keys, book.values, book.radii = keys, values, radii
+        book.labels = [tuple(label) for label in labels]
+        book.owners, book.uids, book.scopes = list(owners), list(uids), list(scopes)
         self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}

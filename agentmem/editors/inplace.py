@@ -375,6 +375,9 @@ class WeightEditor(Editor):
             for number, ids in enumerate(extra["batches"])
         ]
         for layer in self.config.layers:
+            rows, columns = self.originals[layer].shape
+            if any(b.residuals[layer].shape[1:] != (rows,) or b.factors[layer].shape[1:] != (columns,) for b in self.batches):
+                raise InvalidInputError(f"the saved updates of layer {layer} differ in shape from its weight")
             self._write(layer)
 
     def _make_layer(self, original: nn.Module) -> EditorLayer:

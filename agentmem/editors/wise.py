@@ -357,7 +357,7 @@ class WiseEditor(Editor):
     def _restore(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         weight = self.layer.base.weight
         if tensors["base_delta"].shape != weight.shape:
-            raise ValueError("the side memory's shape differs from the wrapped module's")
+            raise InvalidInputError("the side memory's shape differs from the wrapped module's")
         self._base_delta = tensors["base_delta"]
         self.shards = [
             Shard(tensors[f"shard{i}.mask"], tensors[f"shard{i}.delta"], list(s["edit_ids"]), list(s["scores"]))

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from agentmem.editors import Editor, EditRequest, GraceConfig, GraceEditor
-from agentmem.editors.base import CONFIG_FILE
-from agentmem.errors import InvalidInputError
+from agentmem.editors.base import CONFIG_FILE, STATE_FILE
+from agentmem.errors import InvalidInputError, StoreCorruptedError
 
 
 def down_proj(lm, layer=2):
@@ -140,3 +140,44 @@ def test_a_save_from_another_model_does_not_load(tiny_lm, tiny_config, tiny_toke
     with pytest.raises(InvalidInputError, match="does not fit"):
         Editor.load(wider, tmp_path)
     assert isinstance(down_proj(wider), nn.Linear)  # the failed load took its wrapper out again
+
+
+# Ways a saved editor.json can be damaged, each a change of the saved metadata into the file's new text.
+DAMAGE = {
+    "edit without id": lambda m: json.dumps({**m, "edits": [{k: v for k, v in e.items() if k != "id"} for e in m["edits"]]}),
+    "edit with an empty target": lambda m: json.dumps({**m, "edits": [{**e, "target": ""} for e in m["edits"]]}),
+    "edits twice": lambda m: json.dumps({**m, "edits": m["edits"] * 2}),
+    "edits not a list": lambda m: json.dumps({**m, "edits": 3}),
+    "no config": lambda m: json.dumps({k: v for k, v in m.items() if k != "config"}),
+    "an unknown config field": lambda m: json.dumps({**m, "config": {**m["config"], "colour": "red"}}),
+    "no kind": lambda m: json.dumps({k: v for k, v in m.items() if k != "kind"}),
+    "a list": lambda m: json.dumps([m]),
+    "not json": lambda m: '{"kind": "grace",',
+    "fewer owners than entries": lambda m: json.dumps({**m, "state": {**m["state"], "owners": []}}),
+    "a state record missing": lambda m: json.dumps({**m, "state": {k: v for k, v in m["state"].items() if k != "uids"}}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_save_raises_our_error_and_leaves_the_model_unedited(tiny_lm, tiny_config, tmp_path, damage):
+    before = logits(tiny_lm, "Alice lives in")
+    editor = GraceEditor(tiny_lm, tiny_config)
+    editor.edit([EditRequest(prompt="Alice lives in", target="Lisbon", id="alice")])
+    editor.save(tmp_path)
+    editor.remove()
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(DAMAGE[damage](meta))
+    with pytest.raises(StoreCorruptedError, match="restore a backup"):
+        Editor.load(tiny_lm, tmp_path)
+    assert isinstance(down_proj(tiny_lm), nn.Linear) and torch.equal(logits(tiny_lm, "Alice lives in"), before)
+    GraceEditor(tiny_lm, tiny_config)  # the module is free for a new editor
+
+
+def test_a_damaged_state_file_raises_our_error(tiny_lm, tiny_config, tmp_path):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    editor.save(tmp_path)
+    editor.remove()
+    (tmp_path / STATE_FILE).write_bytes(b"garbage")
+    with pytest.raises(StoreCorruptedError):
+        Editor.load(tiny_lm, tmp_path)
+    assert isinstance(down_proj(tiny_lm), nn.Linear)

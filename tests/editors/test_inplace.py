@@ -95,6 +95,24 @@ def test_save_writes_only_the_batches_and_load_reproduces_the_weights_bit_for_bi
     assert loaded.covers("Where does Alice live?") and not loaded.covers("Where does Bob live?")
 
 
+def test_a_save_from_a_model_of_another_shape_does_not_load_and_leaves_its_weights(tiny_lm, tiny_tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from agentmem.models import LanguageModel
+
+    editor = MemitEditor(tiny_lm, MemitConfig(**TINY))
+    editor.edit([ALICE])
+    editor.save(tmp_path)
+    narrower = LanguageModel(LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2,
+    )), tiny_tokenizer, name="narrower")
+    before = weights_hash(narrower)
+    with pytest.raises(InvalidInputError, match="does not fit"):  # not taken for a damaged save
+        Editor.load(narrower, tmp_path)
+    assert weights_hash(narrower) == before
+
+
 def test_scoped_and_unlocatable_requests_are_refused_and_change_nothing(tiny_lm):
     before = weights_hash(tiny_lm)
     editor = MemitEditor(tiny_lm, MemitConfig(**TINY))
