@@ -113,6 +113,12 @@ class Codebook:
         self.keys, self.values, self.radii = self.keys[keep], self.values[keep], self.radii[keep]
         del self.labels[row], self.owners[row], self.uids[row], self.scopes[row]
 
+    def same_key(self, row: int) -> list[int]:
+        """The other live entries of `row`'s scope at `row`'s key (the same prompt, see `SAME_KEY`), oldest first."""
+        near = torch.cdist(self.keys[row][None], self.keys)[0] <= SAME_KEY * float(self.keys[row].norm())
+        return [other for other in near.nonzero()[:, 0].tolist()
+                if other != row and self.radii[other] >= 0 and self.scopes[other] == self.scopes[row]]
+
     def rows_of(self, edit_id: str) -> list[int]:
         """The edit's entries (an edit may be reached through several keys)."""
         return [row for row, owner in enumerate(self.owners) if owner == edit_id]
@@ -181,8 +187,9 @@ class CodebookEditor(Editor):
     layer_class: type[CodebookLayer] = CodebookLayer
 
     def __init__(self, lm: LanguageModel, config: CodebookConfig | None = None) -> None:
-        # edit id -> (uid, radius before, radius after) of the one other entry the edit resized
-        self._resized: dict[str, tuple[int, float, float]] = {}
+        # edit id -> (uid, radius before, radius after) of each other entry the edit resized or, once the
+        # edit that switched an entry off is rolled back, keeps switched off (see `_retract`)
+        self._resized: dict[str, list[tuple[int, float, float]]] = {}
         super().__init__(lm, config)
 
     def covers(self, prompt: str) -> bool:
@@ -219,19 +226,30 @@ class CodebookEditor(Editor):
         return self.layer_class(original, self._key_size(original))
 
     def _retract(self, edit_id: str) -> None:
-        """Drop the edit's entries, and grow back the ball it split or switched off (as far as later splits allow)."""
+        """Drop the edit's entries, and grow back the balls it split or switched off (as far as later splits allow).
+
+        A switched-off entry comes back only if no live entry of its scope sits at its key: one that does is a
+        later edit's target for the same prompt (rolling back the middle of three supersedes must not revive the
+        oldest over the newest), so its edit takes over the record and revives the entry when it goes in turn.
+        Newest entries first, so the nearest older target is the one revived.
+        """
         book = self.layer.codebook
         for row in reversed(book.rows_of(edit_id)):
             book.drop(row)
-        if edit_id in self._resized:
-            uid, before, after = self._resized.pop(edit_id)
-            if uid in book.uids:
-                row = book.uids.index(uid)
-                book.radii[row] = before if after < 0 else max(float(book.radii[row]), before)
+        for uid, before, after in sorted(self._resized.pop(edit_id, []), reverse=True):
+            if uid not in book.uids:
+                continue
+            row = book.uids.index(uid)
+            if after >= 0:
+                book.radii[row] = max(float(book.radii[row]), before)
+            elif successors := book.same_key(row):
+                self._resized.setdefault(book.owners[successors[-1]], []).append((uid, before, after))
+            else:
+                book.radii[row] = before
 
     def _resize(self, edit_id: str, row: int, radius: float) -> None:
         book = self.layer.codebook
-        self._resized[edit_id] = (book.uids[row], float(book.radii[row]), radius)
+        self._resized.setdefault(edit_id, []).append((book.uids[row], float(book.radii[row]), radius))
         book.radii[row] = radius
 
     def _train(self, contexts: Sequence[Prepared], target_ids: list[int]) -> tuple[torch.Tensor, int]:
@@ -295,4 +313,7 @@ class CodebookEditor(Editor):
         book.keys, book.values, book.radii = keys, values, radii
         book.labels = [tuple(label) for label in labels]
         book.owners, book.uids, book.scopes = list(owners), list(uids), list(scopes)
-        self._resized = {edit_id: tuple(change) for edit_id, change in extra["resized"].items()}
+        self._resized = {  # states saved before an edit could hold several records had one [uid, before, after]
+            edit_id: [tuple(c) for c in (changes if all(isinstance(c, list) for c in changes) else [changes])]
+            for edit_id, changes in extra["resized"].items()
+        }

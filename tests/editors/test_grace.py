@@ -156,6 +156,29 @@ def test_the_calibrated_radius_keeps_unrelated_prompts_apart(tiny_lm, tiny_confi
     assert sum(covered) <= len(covered) // 4
 
 
+def test_rolling_back_the_middle_of_three_targets_keeps_the_newest(tiny_lm, tiny_config, tmp_path):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    oldest, middle, newest = editor.edit([EditRequest(prompt=ALICE, target=t) for t in ("Lisbon", "Oslo", "blue")])
+    editor.rollback(middle.edit_id)
+    assert answer(tiny_lm, ALICE, "blue") == "blue"
+    editor.save(tmp_path)  # who revives the oldest is saved with the rest
+    editor.remove()
+    loaded = GraceEditor.load(tiny_lm, tmp_path)
+    assert answer(tiny_lm, ALICE, "blue") == "blue"
+    loaded.rollback(newest.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
+def test_rolling_back_a_target_a_later_edit_repeated_keeps_the_later_one(tiny_lm, tiny_config):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    oldest, middle, repeated = editor.edit([EditRequest(prompt=ALICE, target=t) for t in ("Lisbon", "Oslo", "Oslo")])
+    assert repeated.steps == 0  # shares the middle edit's value: no entry of its own was switched off
+    editor.rollback(middle.edit_id)
+    assert answer(tiny_lm, ALICE, "Oslo") == "Oslo"
+    editor.rollback(repeated.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
 # -- the real SmolLM2-135M-Instruct -------------------------------------------------------------
 
 TOWER = "The Eiffel Tower is located in the city of"

@@ -209,6 +209,14 @@ def test_bad_unrelated_prompts_raise_and_leave_the_model_alone(tiny_lm):
     assert [type(m) for m in tiny_lm.model.modules()] == before
 
 
+def test_rolling_back_the_middle_of_three_targets_keeps_the_newest(tiny_lm, tiny_semantic):
+    oldest, middle, newest = tiny_semantic.edit([EditRequest(prompt=ALICE, target=t) for t in ("Lisbon", "Oslo", "blue")])
+    tiny_semantic.rollback(middle.edit_id)
+    assert answer(tiny_lm, ALICE, "blue") == "blue"
+    tiny_semantic.rollback(newest.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
 # -- the real SmolLM2-135M-Instruct -------------------------------------------------------------
 
 FACTS = {
