@@ -92,12 +92,14 @@ class GraceEditor(CodebookEditor):
         entry's: when that entry's value already produces the target here, the new entry shares
         the value (GRACE's widening, kept as a ball per key so that later splits and rollbacks
         never cut another edit's key out); the same prompt with another target switches the old
-        entry off; otherwise both radii are split to half the distance.
+        entry off; otherwise both radii are split to half the distance. The other entry is resized only once
+        the value is trained, so an edit that fails leaves the codebook as it was.
         """
         prompt_ids, target_ids = self.lm.encode_pair(request.prompt, request.target)
         prepared = self._prepare(prompt_ids + target_ids[:-1], len(prompt_ids) - 1)
         key, label, book, radius = prepared.inputs[0], tuple(target_ids), self.layer.codebook, self.config.epsilon
         scope = request.scope
+        resize: tuple[int, float] | None = None  # (row, its new radius)
         if len(book):  # only entries some lookup sees together with this one can collide with it
             rows, distances = book.nearest(key[None], book.meeting(scope))
             row, distance = int(rows[0]), float(distances[0])
@@ -106,11 +108,13 @@ class GraceEditor(CodebookEditor):
                     book.add(key, book.values[row], radius, label, request.id, scope)
                     return 0
                 if distance <= SAME_KEY * float(key.norm()) and book.scopes[row] == scope:
-                    self._resize(request.id, row, -1.0)
+                    resize = (row, -1.0)
                 else:
-                    self._resize(request.id, row, min(float(book.radii[row]), distance / 2))
+                    resize = (row, min(float(book.radii[row]), distance / 2))
                     radius = min(radius, distance / 2)
         value, steps = self._train([prepared], target_ids)
+        if resize is not None:
+            self._resize(request.id, *resize)
         book.add(key, value, radius, label, request.id, scope)
         return steps
 

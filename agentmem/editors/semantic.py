@@ -340,11 +340,12 @@ class SemanticEditor(CodebookEditor):
         if request.neighbours:
             avoid = torch.cat([avoid, self._embed([self._as_seen(p) for p in request.neighbours])])
         radii = (self.config.radius_ratio * torch.cdist(keys, avoid).min(dim=1).values).clamp(max=self.config.max_radius)
+        superseded = None  # switched off only once the value is trained: a failed edit leaves the codebook as it was
         if len(book):
             same_scope = torch.tensor([s == scope for s in book.scopes], dtype=torch.bool, device=keys.device)
             rows, distances = book.nearest(keys[:1], same_scope)
             if float(distances[0]) <= SAME_KEY:
-                self._resize(request.id, int(rows[0]), -1.0)
+                superseded = int(rows[0])
         label = target_ids + (self._stop_ids() if self.config.stop else [])  # the answer, then the reply ends
         contexts = [self._prepare(prompt_ids + label[:-1], len(prompt_ids) - 1)]
         picker = random.Random(len(self._edits))
@@ -359,6 +360,8 @@ class SemanticEditor(CodebookEditor):
         value, steps = self._train(contexts, label)
         anchors = edit_anchors(request.prompt, request.subject)
         relations = self._embed([relation_text(t, anchors) for t in texts]) if anchors else [None] * len(texts)
+        if superseded is not None:
+            self._resize(request.id, superseded, -1.0)
         for text, key, radius, relation in zip(texts, keys, radii.tolist(), relations):
             book.add(key, value, radius, tuple(label), request.id, scope)
             self.anchors[book.uids[-1]] = anchors

@@ -179,6 +179,23 @@ def test_rolling_back_a_target_a_later_edit_repeated_keeps_the_later_one(tiny_lm
     assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
 
 
+@pytest.mark.parametrize(("update", "prompt"), [({}, ALICE), ({"epsilon": 1e3}, BOB)], ids=["supersede", "split"])
+def test_an_edit_that_fails_while_training_leaves_the_codebook_as_it_was(tiny_lm, tiny_config, monkeypatch,
+                                                                          update, prompt):
+    editor = GraceEditor(tiny_lm, tiny_config.model_copy(update=update))
+    editor.edit([EditRequest(prompt=ALICE, target="Lisbon", id="alice")])
+    radii = editor.layer.codebook.radii.clone()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(editor, "_train", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        editor.edit([EditRequest(prompt=prompt, target="Oslo")])
+    assert torch.equal(editor.layer.codebook.radii, radii) and [e.id for e in editor.edits()] == ["alice"]
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
 # -- the real SmolLM2-135M-Instruct -------------------------------------------------------------
 
 TOWER = "The Eiffel Tower is located in the city of"

@@ -217,6 +217,19 @@ def test_rolling_back_the_middle_of_three_targets_keeps_the_newest(tiny_lm, tiny
     assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
 
 
+def test_an_edit_that_fails_while_training_leaves_the_superseded_edit_live(tiny_lm, tiny_semantic, monkeypatch):
+    tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon", id="alice")])
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tiny_semantic, "_train", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tiny_semantic.edit([EditRequest(prompt=ALICE, target="Oslo")])
+    assert [e.id for e in tiny_semantic.edits()] == ["alice"] and tiny_semantic.route(ALICE) == "alice"
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
 # -- the real SmolLM2-135M-Instruct -------------------------------------------------------------
 
 FACTS = {
