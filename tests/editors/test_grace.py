@@ -1,10 +1,13 @@
 """GRACE: the codebook rules, keying with a KV cache and in batches, rollback, saving; then the real SmolLM2."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from agentmem.editors import EditRequest, GraceEditor
+from agentmem.editors.base import CONFIG_FILE
 from agentmem.editors.grace import CALIBRATION_PROMPTS
 
 from .conftest import answer, logits
@@ -166,6 +169,18 @@ def test_rolling_back_the_middle_of_three_targets_keeps_the_newest(tiny_lm, tiny
     loaded = GraceEditor.load(tiny_lm, tmp_path)
     assert answer(tiny_lm, ALICE, "blue") == "blue"
     loaded.rollback(newest.edit_id)
+    assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
+
+
+def test_a_state_saved_with_one_resize_record_per_edit_still_rolls_back(tiny_lm, tiny_config, tmp_path):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    [_, newer] = editor.edit([EditRequest(prompt=ALICE, target="Lisbon"), EditRequest(prompt=ALICE, target="Oslo")])
+    editor.save(tmp_path)
+    editor.remove()
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta["state"]["resized"] = {edit_id: records[0] for edit_id, records in meta["state"]["resized"].items()}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    GraceEditor.load(tiny_lm, tmp_path).rollback(newer.edit_id)
     assert answer(tiny_lm, ALICE, "Lisbon") == "Lisbon"
 
 
