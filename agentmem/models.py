@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -74,8 +75,11 @@ class LanguageModel:
         self.name = name
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        # Whose edits fire: scoped edits of these scopes, and the shared ones. Empty: shared edits only.
-        self.scopes: frozenset[str] = frozenset()
+        # Whose edits fire, per thread and task: scoped edits of these scopes, and the shared ones
+        # (empty: shared edits only). Two threads generating for two users never see each other's.
+        self._scopes: ContextVar[frozenset[str]] = ContextVar(f"agentmem_scopes_{id(self)}", default=frozenset())
+        # One forward pass at a time: editors keep per-forward state on their layers
+        self._running = threading.RLock()
         self._user_turn = _user_turn_markers(tokenizer)
 
     @property
@@ -89,12 +93,23 @@ class LanguageModel:
         Outside any `scoped` block only shared edits fire, so a user's fact never reaches a caller
         who did not say who they are.
         """
-        before = self.scopes
-        self.scopes = _scope_set(scopes)
+        token = self._scopes.set(_scope_set(scopes))
         try:
             yield
         finally:
-            self.scopes = before
+            self._scopes.reset(token)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The scopes whose edits fire in this thread or task (see `scoped`)."""
+        return self._scopes.get()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No other thread runs the model while the block runs (an editor changing it holds this;
+        every generation and scoring here takes it too)."""
+        with self._running:
+            yield
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         """`messages` in the model's chat template, ending where the assistant's reply begins.
@@ -159,7 +174,7 @@ class LanguageModel:
             texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special_tokens
         ).to(self.device)
         generate_kwargs.setdefault("do_sample", False)
-        with torch.no_grad():
+        with self._running, torch.no_grad():
             out = self.model.generate(
                 **batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs
             )
@@ -197,7 +212,7 @@ class LanguageModel:
         feed = torch.tensor([t[:-1] + [pad] * (target_len - len(t)) for _, t in encoded], device=self.device)
         feed_mask = torch.tensor([[1] * (len(t) - 1) + [0] * (target_len - len(t)) for _, t in encoded], device=self.device)
         positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-        with torch.no_grad():
+        with self._running, torch.no_grad():
             first = self.model(
                 input_ids=prompts, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
             )

@@ -1,12 +1,15 @@
 """The local language model: loading (GGUF dequantized once, then cached), generation, teacher forcing."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
+from agentmem.editors import EditRequest, GraceEditor
 from agentmem.errors import InvalidInputError, ModelUnavailableError
 from agentmem.models import _dequantized_checkpoint, agentmem_home, bundled_gguf_path, load_model
-from tests.editors.conftest import tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
+from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 PAIRS = [("Alice lives in", "Lisbon"), ("The sky is", "blue blue blue"), ("What is the capital of Australia?", "Canberra")]
 
@@ -86,6 +89,40 @@ def test_a_scope_holds_inside_its_block_only_and_is_checked(tiny_lm):
         with tiny_lm.scoped(["user:alice", ""]):
             pass
     assert tiny_lm.scopes == frozenset()
+
+
+def test_a_scope_is_the_calling_threads_own(tiny_lm):
+    seen = []
+    with tiny_lm.scoped("user:alice"):
+        other = threading.Thread(target=lambda: seen.append(tiny_lm.scopes))
+        other.start()
+        other.join()
+        assert tiny_lm.scopes == {"user:alice"}
+    assert seen == [frozenset()]
+
+
+def test_two_threads_generating_for_two_users_fire_only_their_own_edits(tiny_lm, tiny_config):
+    editor = GraceEditor(tiny_lm, tiny_config)
+    try:
+        [result] = editor.edit([EditRequest(prompt="Alice lives in", target="Lisbon", scope="user:alice")])
+        assert result.success
+        alone = {scope: tiny_lm.generate("Alice lives in", 2, scope=scope) for scope in ("user:alice", "user:bob")}
+        assert "Lisbon" in alone["user:alice"] and "Lisbon" not in alone["user:bob"]
+        said: dict[str, list[str]] = {scope: [] for scope in alone}
+
+        def ask(scope: str) -> None:
+            for _ in range(40):
+                said[scope].append(tiny_lm.generate("Alice lives in", 2, scope=scope))
+
+        threads = [threading.Thread(target=ask, args=(scope,)) for scope in alone]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {scope: set(texts) for scope, texts in said.items()} == {scope: {text} for scope, text in alone.items()}
+        assert tiny_lm.scopes == frozenset()
+    finally:
+        editor.remove()
 
 
 def test_a_model_without_a_chat_template_gets_plain_role_lines(tiny_lm):

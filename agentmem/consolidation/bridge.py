@@ -88,20 +88,33 @@ class ParametricBridge:
             return report
 
     def retract_pending(self, at: datetime) -> None:
-        """Roll back the edits of forgotten notes now if the model is loaded (else when it next loads)."""
+        """Roll back the edits of forgotten notes now if the model is loaded (else when it next loads, or
+        when a replica that has it loaded next generates: see `serving`)."""
         if self._consolidator is None:
             return
         with self._lock, self._store.job_lock():
-            self._consolidator.retract_pending(at)
-            self._publish_editor_state()
+            if self._consolidator.retract_pending(at):
+                self._publish_editor_state()
+
+    @contextmanager
+    def serving(self, scopes: list[str], at: datetime) -> Iterator[ParametricMemory]:
+        """The parametric memory for generating under the reader's `scopes` (only their edits and shared ones
+        fire), with no job of this process meanwhile. An edit whose note another process forgot (one without
+        the model loaded) is rolled back first, unless a job elsewhere holds the lock right now."""
+        with self._lock:
+            consolidator = self.consolidator(at)
+            if consolidator.retracting():
+                with self._store.job_lock(wait=False) as held:
+                    if held and consolidator.retract_pending(at, wait=False):
+                        self._publish_editor_state()
+            with consolidator.reading(), consolidator.parametric.lm.scoped(scopes):
+                yield consolidator.parametric
 
     def answer(self, question: str, scopes: list[str], recall: Callable[[], list[Hit]], max_new_tokens: int,
                at: datetime) -> Answer:
         """Answer under the reader's scopes: only their edits and shared ones can fire."""
-        with self._lock:
-            consolidator = self.consolidator(at)
-            with consolidator.reading(), consolidator.parametric.lm.scoped(scopes):
-                return answer_question(consolidator.parametric, question, recall, max_new_tokens)
+        with self.serving(scopes, at) as parametric:
+            return answer_question(parametric, question, recall, max_new_tokens)
 
     def close(self) -> None:
         """Take the editor out of the model (its state stays on disk)."""

@@ -28,6 +28,7 @@ import filelock
 from tqdm.auto import tqdm
 
 from ..editors import Editor
+from ..errors import StoreUnavailableError
 from ..notes import ConsolidationReport, Decision, Note, Verification
 from .ledger import LIVE, Ledger
 from .parametric import PROBES, ParametricMemory, agreement
@@ -58,7 +59,7 @@ class Consolidator:
     @contextmanager
     def job(self) -> Iterator[None]:
         """Exclusive use of the editor, caught up with what other processes (or a crash) left on disk."""
-        with self._lock, self._job_lock:
+        with self._lock, self._job_lock, self.parametric.lm.exclusive():
             if self._dirty:
                 self.parametric.reload()
                 self._dirty = False
@@ -70,7 +71,10 @@ class Consolidator:
     def reading(self) -> Iterator[None]:
         """Use of the model for answering. Another process's saved edits are picked up unless a job
         of that process is running, which is not waited for: the state already loaded answers."""
-        with self._lock:
+        with self._lock, self.parametric.lm.exclusive():
+            if self._dirty:  # a failed save left changes the saved state does not have: they may not answer
+                self.parametric.reload()
+                self._dirty = False
             try:
                 with self._job_lock.acquire(timeout=0):
                     self.parametric.refresh()
@@ -241,18 +245,32 @@ class Consolidator:
         [edit], [verification], [problem] = edits, verifications, problems
         self._dirty = verification is None  # after an exception the editor's state is not trusted
         with self.store.locked():
-            self.ledger.set_status(edit.edit_id, "failed", at, verification=verification, detail=problem)
+            recorded = self.ledger.set_status(edit.edit_id, "failed", at, expect=["pending"],
+                                              verification=verification, detail=problem)
+        if not recorded:  # its note was forgotten meanwhile: the row says `retracting`, and goes
+            self.retract_pending(at)
         return {edit.index: edit.decision.model_copy(
             update={"outcome": "failed", "edit_id": edit.edit_id, "verification": verification, "detail": problem}
         )}
 
     def _keep(self, edits: list[Pending], verifications: list[Verification], at: datetime) -> dict[int, Decision]:
-        """Verified edits: their numbers into the ledger, the editor's state saved, then `applied`."""
+        """Verified edits: their numbers into the ledger, the editor's state saved, then `applied`.
+
+        A note forgotten during its edit has its row moved to `retracting` by `forget`: the edit is
+        rolled back before the save and never reaches the saved state."""
         with self.store.locked():  # the numbers go in first, so a crash after the save still has them
-            for edit, verification in zip(edits, verifications):
-                self.ledger.set_status(edit.edit_id, "pending", at, verification=verification)
-        self.parametric.save()
-        self._dirty = False
+            recorded = [self.ledger.set_status(edit.edit_id, "pending", at, expect=["pending"], verification=verification)
+                        for edit, verification in zip(edits, verifications)]
+        forgotten = [edit.edit_id for edit, kept in zip(edits, recorded) if not kept]
+        if forgotten:
+            self.parametric.rollback(forgotten)
+        try:
+            self._save()
+        except StoreUnavailableError:
+            with self.store.locked():  # not in the saved state: the notes are planned again by a later job
+                for edit in edits:
+                    self.ledger.delete(edit.edit_id)
+            raise
         outcomes = {}
         with self.store.locked():
             for edit, verification in zip(edits, verifications):
@@ -272,25 +290,42 @@ class Consolidator:
                 self.ledger.set_status(entry.edit_id, "retracting", at, detail=reason)
         self.retract_pending(at)
 
-    def retract_pending(self, at: datetime) -> None:
-        """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go)."""
-        with self._lock, self._job_lock:
-            with self.store.locked():
-                rows = self.ledger.entries(statuses=["retracting"])
-            if not rows:
-                return
-            doomed = self.parametric.edit_ids() & {row.edit_id for row in rows}
-            if doomed:
-                self._dirty = True
-                self.parametric.rollback(doomed)
-                self.parametric.save()
-                self._dirty = False
-            with self.store.locked():
-                for row in rows:
-                    if self.store.note(row.note_id) is None:
-                        self.ledger.delete(row.edit_id)
-                    else:
-                        self.ledger.set_status(row.edit_id, "retracted", at)
+    def retracting(self) -> bool:
+        """Whether edits wait to be rolled back: a note forgotten by a process that had not loaded the model."""
+        with self.store.locked():
+            return bool(self.ledger.entries(statuses=["retracting"]))
+
+    def retract_pending(self, at: datetime, wait: bool = True) -> bool:
+        """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go);
+        True if the editor's state changed. Without `wait`, nothing happens while another process's job runs."""
+        with self._lock:
+            try:
+                self._job_lock.acquire(timeout=-1 if wait else 0)
+            except filelock.Timeout:
+                return False
+            try:
+                with self.parametric.lm.exclusive():
+                    return self._retract_pending(at)
+            finally:
+                self._job_lock.release()
+
+    def _retract_pending(self, at: datetime) -> bool:
+        with self.store.locked():
+            rows = self.ledger.entries(statuses=["retracting"])
+        if not rows:
+            return False
+        doomed = self.parametric.edit_ids() & {row.edit_id for row in rows}
+        if doomed:
+            self._dirty = True
+            self.parametric.rollback(doomed)
+            self._save()  # on failure the rows stay `retracting`, for the next call
+        with self.store.locked():
+            for row in rows:
+                if self.store.note(row.note_id) is None:
+                    self.ledger.delete(row.edit_id)
+                else:
+                    self.ledger.set_status(row.edit_id, "retracted", at)
+        return bool(doomed)
 
     # ---- recovery ------------------------------------------------------------------------
 
@@ -308,7 +343,9 @@ class Consolidator:
             live = self.parametric.edit_ids()
             with self.store.locked():
                 for row in rows:
-                    if row.status == "pending" and row.edit_id in live and row.verification is not None:
+                    if self.store.note(row.note_id) is None:  # forgotten while a job held its edit: it goes
+                        self.ledger.set_status(row.edit_id, "retracting", at, detail="its note is gone")
+                    elif row.status == "pending" and row.edit_id in live and row.verification is not None:
                         self.ledger.set_status(row.edit_id, "applied", at, detail="completed after an interrupted job")
                     elif row.status == "pending":
                         self.ledger.delete(row.edit_id)
@@ -316,9 +353,24 @@ class Consolidator:
                         self.ledger.set_status(row.edit_id, "retracted", at, detail="missing from the saved editor state")
             orphans = live - {row.edit_id for row in rows if row.status != "pending" or row.verification is not None}
             if orphans:
+                self._dirty = True
                 self.parametric.rollback(orphans)
-                self.parametric.save()
+                self._save()
         self.retract_pending(at)
+
+    def _save(self) -> None:
+        """Save the editor's state. When that fails (a full disk), the editor goes back to the saved
+        state, so nothing unsaved answers, and the failure is a typed error."""
+        try:
+            self.parametric.save()
+        except Exception as exc:
+            try:
+                self.parametric.reload()
+                self._dirty = False
+            except Exception:  # `reading` and `job` reload it before the next use
+                self._dirty = True
+            raise StoreUnavailableError(f"cannot save the editor's state in {self.parametric.directory}: {exc}") from exc
+        self._dirty = False
 
     def close(self) -> None:
         self.parametric.close()

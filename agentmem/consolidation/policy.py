@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import prompt_key
-from ..notes import Decision, LedgerEntry, Note
+from ..notes import Decision, FactText, LedgerEntry, Note
 
 
 class ConsolidationPolicy(BaseModel):
@@ -33,7 +33,7 @@ class ConsolidationPolicy(BaseModel):
     earned its place, and the weights must not keep stating it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
     min_recalls: int = Field(3, ge=0, description="times the note must have been recalled")
     min_strength: float = Field(0.0, ge=0, description="lower bound on the note's forgetting-curve strength S")
@@ -52,7 +52,9 @@ class ConsolidationPolicy(BaseModel):
                     "from before its first edit; None: the editor family's default (0 for the side memories, 0.10 "
                     "for the locate-and-edit family), raised to the tolerance if that is higher",
     )
-    probes: tuple[str, ...] | None = Field(None, description="unrelated prompts checked after each edit (None: the built-in set)")
+    probes: tuple[FactText, ...] | None = Field(
+        None, min_length=1, max_length=1000, description="unrelated prompts checked after each edit (None: the built-in set)",
+    )
     replace: Literal["next_job", "immediately"] = Field(
         "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
     )

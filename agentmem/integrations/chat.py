@@ -14,7 +14,6 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from ..consolidation import reader_scopes
 from ..errors import AgentMemError, InvalidInputError
 from ..facts import ChatFunction
 from ..memory import Memory
@@ -45,12 +44,12 @@ def local_chat(memory: Memory, max_new_tokens: int = 96, *, user_id: str | None 
     transcript makes a 135M model echo it instead of answering. Only the edits of this user's
     (and agent's) scope and the shared ones fire: another user's consolidated facts stay silent.
     """
-    scopes = reader_scopes(user_id, agent_id)
 
     def chat(messages: list[Message]) -> str:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         turns = ([{"role": "system", "content": system}] if system else []) + [messages[-1]]
-        return memory.language_model.reply(turns, max_new_tokens, scope=scopes)
+        with memory.generating(user_id=user_id, agent_id=agent_id) as lm:
+            return lm.reply(turns, max_new_tokens)
 
     return chat
 

@@ -1,0 +1,94 @@
+"""The job against what happens around it: a forget while the job edits, a replica forgetting without the
+model, a save that fails, a policy whose probes are bad. Mechanics on the tiny random LLaMA (GRACE)."""
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from agentmem import Fact, InvalidInputError, Memory, StoreUnavailableError
+from agentmem.consolidation import ConsolidationPolicy, ParametricMemory
+from agentmem.editors import base as editor_base
+from tests.conftest import T0
+from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401 (fixtures)
+from tests.test_consolidation import open_memory  # noqa: F401 (fixture)
+
+LATER = T0 + timedelta(days=1)
+POLICY = ConsolidationPolicy(min_recalls=0, stable_for=timedelta(0), neighbours=False)
+LISBON = Fact(prompt="Alice lives in", target="Lisbon")
+
+
+def alice(mem):
+    return mem.remember("Alice lives in Lisbon.", user_id="alice", at=T0, fact=LISBON)
+
+
+def from_weights(mem) -> bool:
+    return mem.answer("Alice lives in", user_id="alice", retrieval=False, max_new_tokens=2).source == "weights"
+
+
+def test_a_note_forgotten_while_the_job_edits_it_leaves_no_edit_and_no_ledger_row(open_memory, monkeypatch):
+    mem = open_memory(policy=POLICY)
+    note = alice(mem)
+    edit = ParametricMemory.edit
+    forgetting = []
+
+    def edit_then_forget(self, *args, **kwargs):
+        made = edit(self, *args, **kwargs)
+        forgetting.append(threading.Thread(target=mem.forget, args=(note.id,)))
+        forgetting[0].start()
+        while any(n.id == note.id for n in mem.notes()):  # committed; it then waits for the job to end
+            time.sleep(0.02)
+        return made
+
+    monkeypatch.setattr(ParametricMemory, "edit", edit_then_forget)
+    report = mem.consolidate(at=LATER)
+    forgetting[0].join()
+    assert [d.outcome for d in report.decisions] == ["retracted"]
+    assert mem.editor.edits() == [] and mem.ledger() == []
+    assert not from_weights(mem)
+
+
+def test_an_edit_whose_note_another_replica_forgot_stops_answering_at_the_next_answer(open_memory, tmp_path):
+    serving = open_memory(policy=POLICY)
+    note = alice(serving)
+    assert serving.consolidate(at=LATER).applied == 1 and from_weights(serving)
+    other = Memory(tmp_path / "mem", embedder=serving._embedder, policy=POLICY)  # noqa: SLF001 (same embedder)
+    try:
+        other.forget(note.id)  # it never loaded the model: the row waits as `retracting`
+        assert [e.status for e in other.ledger()] == ["retracting"]
+    finally:
+        other.close()
+    assert not from_weights(serving)
+    assert serving.editor.edits() == [] and serving.ledger() == []
+
+
+def test_a_save_that_fails_is_a_typed_error_and_leaves_nothing_unsaved_answering(open_memory, monkeypatch):
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(editor_base, "save_file", disk_full)
+        with pytest.raises(StoreUnavailableError, match="cannot save"):
+            mem.consolidate(at=LATER)
+    assert mem.ledger() == [] and mem.editor.edits() == []
+    assert not from_weights(mem)
+    assert mem.consolidate(at=LATER).applied == 1  # the disk has room again: the next job lands it
+    assert from_weights(mem)
+
+
+@pytest.mark.parametrize("probes", [[""], ["The capital of France is", "   "], ["x" * 501], []])
+def test_bad_probes_are_refused_before_the_job_changes_anything(open_memory, probes):
+    mem = open_memory(policy=POLICY)
+    note = alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.update(note.id, fact=Fact(prompt="Alice lives in", target="Oslo"), at=LATER)
+    before = [(e.edit_id, e.status) for e in mem.ledger()], [r.id for r in mem.editor.edits()]
+    with pytest.raises(InvalidInputError, match="probes"):
+        mem.consolidate({"probes": probes}, at=LATER + timedelta(days=1))
+    assert ([(e.edit_id, e.status) for e in mem.ledger()], [r.id for r in mem.editor.edits()]) == before
