@@ -14,16 +14,27 @@ faded and consolidated like any other memory.
   `("memories", "{langgraph_user_id}")` files each user's memories under that agentmem user.
   The namespace path itself is note metadata, one key per prefix length, so a namespace prefix is
   an equality filter.
+- **Only the store's own notes are items.** Any caller of the memory can set metadata, so a note is
+  read as an item only if its item metadata is whole and consistent and, with `user_from_namespace`,
+  it belongs to the user its namespace names (reads are narrowed to that user whenever the namespace
+  or prefix names one). Other notes are skipped with a logged warning: a user cannot plant an item
+  in another user's namespace, take over their key, or break a listing.
 - **Search.** `search(prefix, query=...)` is agentmem's recall (hybrid ranking; each returned note
   counts as recalled), restricted to the prefix; without a query, items come oldest first.
   `filter` matches the item's value as LangGraph's own stores do: equality, nested dicts, and the
   `$eq $ne $gt $gte $lt $lte` operators.
-- **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes) expires
-  that long after its last write or read (reads refresh it unless told not to; a refresh is an
-  update of the note, so the item's `updated_at` moves too); expired items are invisible, and
-  forgotten the next time an operation comes across them. The forgetting curve only
-  ranks search results: `decay()` may archive a store item for recall, but the store still gets,
-  lists and searches it until it is deleted or expires.
+- **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes, at most a
+  century) expires that long after its last write or read. Reads refresh it unless told not to, but
+  only once less than half the TTL is left: a refresh is an update of the note (a version in its
+  history, and the item's `updated_at` moves), so a store read all the time does not write all the
+  time, and an item read at least every ttl/2 minutes never expires. Expired items are invisible to
+  the store and forgotten the next time an operation comes across them, when a store is opened, and
+  by `sweep_ttl()` — every `sweep_interval_minutes` if the `TTLConfig` gives one (or after
+  `start_ttl_sweeper()`; `stop_ttl_sweeper()` ends it). Until then an expired item's note is still
+  a note to the rest of agentmem: `Memory.recall`, the servers' search and `MemoryChat` can recall it.
+- The forgetting curve only ranks search results: `decay()` may archive a store item for recall,
+  but the store still gets, lists and searches it until it is deleted or expires. A query search
+  counts as recalled only the items of the page it returns.
 
 Bad input raises what LangGraph raises (`InvalidNamespaceError`) or agentmem's `InvalidInputError`
 (a `ValueError`: e.g. a value that is not JSON), and every put of a batch is checked before any is
@@ -33,7 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import threading
+from concurrent.futures import Future, wait
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -44,12 +58,16 @@ from langgraph.store.base import (
 )
 
 from .. import validation
-from ..errors import InvalidInputError
+from ..errors import AgentMemError, InvalidInputError, NoteNotFoundError, StoreClosedError
 from ..memory import Memory
 from ..notes import MAX_METADATA_KEYS, Note
 
+log = logging.getLogger(__name__)
+
 NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
 TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
+PREFIX = "langgraph.prefix."
+MAX_TTL_MINUTES = 100 * 366 * 24 * 60   # a century: any longer overflows dates, and means "keep"
 # A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
 # of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
 WRITING = threading.Lock()
@@ -66,7 +84,7 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 
 def prefix_key(length: int) -> str:
     """The metadata key holding an item's namespace prefix of this length ('' for length 0: every item)."""
-    return f"langgraph.prefix.{length}"
+    return f"{PREFIX}{length}"
 
 
 def joined(labels: Iterable[str]) -> str:
@@ -102,6 +120,9 @@ class AgentMemStore(BaseStore):
             isinstance(index_fields, list) and all(isinstance(f, str) and f for f in index_fields)
         ):
             raise InvalidInputError("index_fields must be a list of field paths")
+        interval = (ttl or {}).get("sweep_interval_minutes")
+        if interval is not None:
+            _check_minutes(interval, "sweep_interval_minutes")
         self.memory = memory
         self.user_id = validation.scope("user_id", user_id)
         self.agent_id = validation.scope("agent_id", agent_id)
@@ -109,6 +130,55 @@ class AgentMemStore(BaseStore):
         self.index_fields = index_fields
         self.ttl_config = ttl
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self._sweeping: Future[None] | None = None
+        self._stop_sweeping = threading.Event()
+        self.sweep_ttl()   # items that expired while no store was open leave the memory now
+        if interval is not None:
+            self.start_ttl_sweeper(interval)
+
+    # ---- TTL sweeping (the methods LangGraph's PostgresStore and SqliteStore offer) -----
+
+    def sweep_ttl(self) -> int:
+        """Forget every expired item of the store's scope; returns how many were forgotten."""
+        now = self.clock()
+        return sum(not self._live(note, now) for note in self._notes({prefix_key(0): ""}, ()))
+
+    def start_ttl_sweeper(self, sweep_interval_minutes: float | None = None) -> Future[None]:
+        """Sweep every `sweep_interval_minutes` (default: the TTLConfig's, else 5) in a daemon thread
+        until `stop_ttl_sweeper()`, the future is cancelled or the memory is closed. Idempotent."""
+        if self._sweeping is not None and not self._sweeping.done():
+            return self._sweeping
+        interval = sweep_interval_minutes or (self.ttl_config or {}).get("sweep_interval_minutes") or 5
+        _check_minutes(interval, "sweep_interval_minutes")
+        future: Future[None] = Future()
+        self._stop_sweeping.clear()
+
+        def sweep_until_stopped() -> None:
+            error: Exception | None = None
+            try:
+                while not self._stop_sweeping.wait(interval * 60) and not future.cancelled():
+                    try:
+                        self.sweep_ttl()
+                    except StoreClosedError:
+                        break
+                    except AgentMemError:   # a failed sweep is retried at the next one
+                        log.exception("TTL sweep failed")
+            except Exception as exc:   # anything else ends the sweeper; its future says why
+                error = exc
+            if future.set_running_or_notify_cancel():
+                future.set_result(None) if error is None else future.set_exception(error)
+
+        self._sweeping = future
+        threading.Thread(target=sweep_until_stopped, name="agentmem-ttl-sweeper", daemon=True).start()
+        return future
+
+    def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
+        """Stop the sweeper; True once it has stopped (or none was running), False if `timeout` ran out."""
+        if self._sweeping is None:
+            return True
+        self._stop_sweeping.set()
+        wait([self._sweeping], timeout)
+        return self._sweeping.done()
 
     # ---- BaseStore ------------------------------------------------------------------
 
@@ -145,11 +215,9 @@ class AgentMemStore(BaseStore):
 
     def _get(self, op: GetOp, now: datetime) -> Item | None:
         note = self._find(op.namespace, op.key, now)
-        if note is None:
-            return None
-        if op.refresh_ttl:
+        if note is not None and op.refresh_ttl:
             note = self._refreshed(note, now)
-        return self._item(note, Item)
+        return None if note is None else self._item(note, Item)
 
     def _search(self, op: SearchOp, now: datetime) -> list[SearchItem]:
         _check_window(op.limit, op.offset)
@@ -162,62 +230,114 @@ class AgentMemStore(BaseStore):
             return self._live(note, now) and _value_matches(note.metadata[VALUE], op.filter or {})
 
         if not op.query:   # as in LangGraph's stores, an empty query lists
-            found = [(n, None) for n in self._notes(prefix) if admissible(n)][op.offset: wanted]
+            notes = self._notes(prefix, op.namespace_prefix)
+            found = [(n, None) for n in notes if admissible(n)][op.offset: wanted]
         else:
-            found = self._recall(op.query, prefix, wanted, admissible)[op.offset: wanted]
-        refreshed = [(self._refreshed(n, now) if op.refresh_ttl else n, score) for n, score in found]
-        return [self._item(note, SearchItem, score=score) for note, score in refreshed]
+            found = self._recall(op.query, op.namespace_prefix, wanted, admissible)[op.offset: wanted]
+            self._reinforce([note.id for note, _ in found])
+        if op.refresh_ttl:
+            found = [(self._refreshed(note, now), score) for note, score in found]
+        return [self._item(note, SearchItem, score=score) for note, score in found if note is not None]
 
     def _recall(
-        self, query: str, prefix: dict[str, str], wanted: int, admissible: Callable[[Note], bool]
+        self, query: str, namespace_prefix: tuple[str, ...], wanted: int, admissible: Callable[[Note], bool]
     ) -> list[tuple[Note, float]]:
-        """Recall within the prefix, widening k until `wanted` admissible notes came back or none are left."""
-        if wanted == 0:
+        """Recall within the prefix, widening k until `wanted` admissible notes came back or none are left.
+
+        Nothing is reinforced here: the caller counts as recalled only the page it returns."""
+        scope = self._read_scope(namespace_prefix)
+        if wanted == 0 or scope is None:
             return []
+        prefix = {prefix_key(len(namespace_prefix)): joined(namespace_prefix)}
         k = min(wanted, validation.MAX_K)
         while True:
-            hits = self.memory.recall(query, k=k, filters=prefix, include_archived=True, **self._scope())
-            kept = [(hit.note, hit.score) for hit in hits if admissible(hit.note)]
+            hits = self.memory.recall(
+                query, k=k, filters=prefix, include_archived=True, reinforce=False, **scope
+            )
+            kept = [(hit.note, hit.score) for hit in hits if self._is_item(hit.note) and admissible(hit.note)]
             if len(kept) >= wanted or len(hits) < k or k == validation.MAX_K:
                 return kept
             k = min(2 * k, validation.MAX_K)
+
+    def _reinforce(self, note_ids: list[str]) -> None:
+        """Count these notes as recalled; one forgotten meanwhile (expired, deleted) is skipped."""
+        try:
+            self.memory.reinforce(note_ids)
+        except NoteNotFoundError:
+            for note_id in note_ids:
+                try:
+                    self.memory.reinforce([note_id])
+                except NoteNotFoundError:
+                    pass
 
     def _list_namespaces(self, op: ListNamespacesOp, now: datetime) -> list[tuple[str, ...]]:
         _check_window(op.limit, op.offset)
         depth = op.max_depth
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise InvalidInputError("max_depth must be an integer >= 1")
-        items = [n for n in self._notes({prefix_key(0): ""}) if self._live(n, now)]
+        items = [n for n in self._notes({prefix_key(0): ""}, ()) if self._live(n, now)]
         stored = {tuple(n.metadata[NAMESPACE].split(".")) for n in items}
         matching = {ns for ns in stored if all(_namespace_matches(c, ns) for c in op.match_conditions or ())}
         return sorted({ns[:depth] for ns in matching})[op.offset: op.offset + op.limit]
 
     def _find(self, namespace: tuple[str, ...], key: str, now: datetime | None) -> Note | None:
         """The note holding this item (None if there is none, or it expired by `now`)."""
-        found = self._notes({NAMESPACE: joined(namespace), KEY: key})
+        found = self._notes({NAMESPACE: joined(namespace), KEY: key}, namespace)
         note = found[0] if found else None
         return note if note is not None and (now is None or self._live(note, now)) else None
 
-    def _notes(self, filters: dict[str, str]) -> list[Note]:
-        return self.memory.notes(filters=filters, include_archived=True, **self._scope())
+    def _notes(self, filters: dict[str, str], namespace: tuple[str, ...]) -> list[Note]:
+        """The items' notes matching `filters`, read in the scope of `namespace` (a whole one or a prefix)."""
+        scope = self._read_scope(namespace)
+        if scope is None:
+            return []
+        notes = self.memory.notes(filters=filters, include_archived=True, **scope)
+        return [note for note in notes if self._is_item(note)]
 
-    def _scope(self) -> dict[str, str | None]:
-        return {"user_id": self.user_id, "agent_id": self.agent_id}
+    def _read_scope(self, namespace: tuple[str, ...]) -> dict[str, str | None] | None:
+        """Where items of this namespace (or under this prefix) can be: the store's scope, narrowed to
+        the user the namespace names with `user_from_namespace` (None: a user no item can have)."""
+        position = self.user_from_namespace
+        if position is None or position >= len(namespace):
+            return {"user_id": self.user_id, "agent_id": self.agent_id}
+        try:
+            return {"user_id": validation.scope("user_id", namespace[position]), "agent_id": self.agent_id}
+        except InvalidInputError:
+            return None
+
+    def _is_item(self, note: Note) -> bool:
+        """Whether the note is an item of this store: whole item metadata, in the user its namespace names.
+        Anyone who can write to the memory can set metadata; what merely looks like an item is skipped."""
+        problem = _malformed(note.metadata)
+        if problem is None and self.user_from_namespace is not None:
+            owner = self._user_of(tuple(note.metadata[NAMESPACE].split(".")))
+            if note.user_id != owner:
+                problem = f"it belongs to user {note.user_id!r}, its namespace to {owner!r}"
+        if problem is not None:
+            log.warning("note %s is skipped by the LangGraph store: %s", note.id, problem)
+        return problem is None
 
     def _live(self, note: Note, now: datetime) -> bool:
-        """False for an expired item, which is forgotten on the way."""
+        """False for an expired item, which is forgotten on the way (unless another reader just did)."""
         expires = note.metadata.get(EXPIRES)
         if expires is None or expires > now.timestamp():
             return True
-        self.memory.forget(note.id)
+        try:
+            self.memory.forget(note.id)
+        except NoteNotFoundError:
+            pass
         return False
 
-    def _refreshed(self, note: Note, now: datetime) -> Note:
-        """Reading an item with a TTL restarts its clock."""
-        if note.metadata.get(TTL) is None:
+    def _refreshed(self, note: Note, now: datetime) -> Note | None:
+        """Reading an item with a TTL restarts its clock, once less than half of it is left (a refresh
+        is an update, which keeps a version); None if the item was forgotten meanwhile."""
+        ttl = note.metadata.get(TTL)
+        if ttl is None or note.metadata[EXPIRES] - now.timestamp() > ttl * 30:
             return note
-        metadata = {**note.metadata, EXPIRES: _expiry(now, note.metadata[TTL])}
-        return self.memory.update(note.id, metadata=metadata)
+        try:
+            return self.memory.update(note.id, metadata={**note.metadata, EXPIRES: _expiry(now, ttl)})
+        except NoteNotFoundError:
+            return None
 
     @staticmethod
     def _item(note: Note, kind: type[Item], **extra: Any) -> Item:
@@ -243,8 +363,8 @@ class AgentMemStore(BaseStore):
             raise InvalidInputError("keys are non-empty strings")
         if not isinstance(op.value, Mapping):
             raise InvalidInputError(f"a stored value must be a dict, got {type(op.value).__name__}")
-        if op.ttl is not None and (isinstance(op.ttl, bool) or not isinstance(op.ttl, (int, float)) or not op.ttl > 0):
-            raise InvalidInputError("ttl is a number of minutes > 0, or None")
+        if op.ttl is not None:
+            _check_minutes(op.ttl, "ttl")
         if op.index is not None and op.index is not False and not (
             isinstance(op.index, list) and all(isinstance(p, str) and p for p in op.index)
         ):
@@ -270,14 +390,17 @@ class AgentMemStore(BaseStore):
         new: list[dict[str, Any]] = []
         for op, note in planned:
             existing = self._find(op.namespace, op.key, None)
-            if note is None:
-                if existing is not None:
+            try:   # a reader may forget an expired item meanwhile: then it is gone, or put anew
+                if note is not None and existing is not None:
+                    text, metadata = note
+                    self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+                elif existing is not None:
                     self.memory.forget(existing.id)
-            elif existing is None:
-                new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
-            else:
-                text, metadata = note
-                self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+                elif note is not None:
+                    new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
+            except NoteNotFoundError:
+                if note is not None:
+                    new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
         if new:
             self.memory.remember_many(new, agent_id=self.agent_id, deduplicate=False)
 
@@ -299,6 +422,35 @@ class AgentMemStore(BaseStore):
 
 def _expiry(now: datetime, minutes: float) -> float:
     return (now + timedelta(minutes=minutes)).timestamp()
+
+
+def _check_minutes(minutes: Any, name: str) -> None:
+    if not _is_minutes(minutes):
+        raise InvalidInputError(f"{name} is a number of minutes in (0, {MAX_TTL_MINUTES}], got {minutes!r}")
+
+
+def _is_minutes(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= MAX_TTL_MINUTES
+
+
+def _malformed(meta: Mapping[str, Any]) -> str | None:
+    """What makes this metadata not an item's as `_planned_note` writes it (None: nothing)."""
+    namespace, key, value = meta.get(NAMESPACE), meta.get(KEY), meta.get(VALUE)
+    if not isinstance(namespace, str) or not all(namespace.split(".")):
+        return f"{NAMESPACE} is not a namespace"
+    if not isinstance(key, str) or not key:
+        return f"{KEY} is not a key"
+    if not isinstance(value, dict):
+        return f"{VALUE} is not a dict"
+    ttl, expires = meta.get(TTL), meta.get(EXPIRES)
+    an_expiry = not isinstance(expires, bool) and isinstance(expires, (int, float)) and math.isfinite(expires)
+    if not (ttl is None and expires is None) and not (_is_minutes(ttl) and an_expiry):
+        return f"{TTL} and {EXPIRES} are not a TTL and its expiry"
+    labels = namespace.split(".")
+    prefixes = {prefix_key(n): joined(labels[:n]) for n in range(len(labels) + 1)}
+    if {k: v for k, v in meta.items() if k.startswith(PREFIX)} != prefixes:
+        return f"its {PREFIX}* keys do not match its namespace"
+    return None
 
 
 def _check_window(limit: Any, offset: Any) -> None:
