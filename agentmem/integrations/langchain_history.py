@@ -5,14 +5,21 @@ keeps each session's transcript in the memory, and what the user says becomes lo
 
 Each user turn is remembered as a note, as `MemoryChat` does: the user's text, in the user's scope and
 the session, so it is recalled later (in any session), extracted into a fact, and can be consolidated.
-The other messages of the session (the assistant's replies, tool results, system messages) are not
-facts the user gave: they never become notes of their own, but ride in the metadata of the user turn
-they follow, so the transcript reads back whole and in order. Messages added before the session's
-first user turn are held by this object until that turn arrives. Turns archived by `decay()` stay in
-the transcript; `clear()` forgets the session's turns for good.
+A turn longer than the memory's text limit is several notes, split at whitespace; a turn without text
+(an image, say) is a note that says so.
+
+Nothing the chain hands over is lost, and nothing is refused for its size: every message, as LangChain
+serialises it, is kept in note metadata, cut into pieces that fit it. The other messages of the session
+(the assistant's replies, tool results, system messages) are not facts the user gave, so they ride in
+the metadata of the user turn they follow; only what does not fit there — or what comes before the
+session's first user turn — goes to a carrier note whose text says no more than that the transcript
+continues (`CARRIER_TEXT`: it can still be recalled, as any note can, but says nothing). Turns archived
+by `decay()` stay in the transcript; `clear()` forgets the session's notes for good.
 """
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,14 +27,18 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, HumanMessage, message_to_dict, messages_from_dict
 
 from .. import validation
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
 
-TURN = "langchain.turn"            # the turn's position in the session
-MESSAGE = "langchain.message"      # the user's message as LangChain serialises it
-BEFORE = "langchain.before"        # messages that came before the session's first user turn
-REPLIES = "langchain.replies"      # the messages that followed the turn, until the next one
+log = logging.getLogger(__name__)
+
+TURN = "langchain.turn"          # the note's position in the session
+PIECES = "langchain.pieces"      # [[piece of a message's JSON, whether it is the message's last piece], ...]
+CARRIER_TEXT = "(the chat transcript continues here)"
+NO_TEXT = "(a message without text)"
+ROOM = 60_000                    # JSON characters of pieces per note: metadata holds at most 65,536
+PIECE_CHARS = 20_000             # a piece is ASCII JSON, whose own JSON is at most twice as long
 
 
 class AgentMemChatHistory(BaseChatMessageHistory):
@@ -48,82 +59,146 @@ class AgentMemChatHistory(BaseChatMessageHistory):
         self.session_id = validation.scope("session_id", session_id)
         self.user_id = validation.scope("user_id", user_id)
         self.agent_id = validation.scope("agent_id", agent_id)
-        self.waiting: list[BaseMessage] = []   # added before the first user turn
 
     @property
     def messages(self) -> list[BaseMessage]:
-        turns = self._turns()
-        if not turns:
-            return list(self.waiting)
+        dicts: list[dict[str, Any]] = []
+        pending = ""
+        for note in self._notes():
+            for piece, last in note.metadata[PIECES]:
+                pending += piece
+                if last:
+                    try:
+                        dicts.append(json.loads(pending))
+                    except ValueError:
+                        log.warning("a message of chat session %r does not parse; it is skipped", self.session_id)
+                    pending = ""
         messages: list[BaseMessage] = []
-        for note in turns:
-            meta = note.metadata
-            messages += messages_from_dict([*meta.get(BEFORE, []), meta[MESSAGE], *meta.get(REPLIES, [])])
+        for message in dicts:
+            try:
+                messages += messages_from_dict([message])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("a message of chat session %r is not LangChain's (%s); it is skipped", self.session_id, exc)
         return messages
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        """Remember each user message as a note carrying the messages that follow it.
+        """Remember each user message as note(s) of its text; keep every message in note metadata.
 
-        Everything is checked before anything is written, and the batch's user turns are written in one
-        transaction (a repeated "Yes." is a turn of its own, not a duplicate).
+        The batch's new notes are written in one transaction (a repeated "Yes." is a turn of its own,
+        not a duplicate); messages that fit after the session's last note are added to it first.
         """
         if isinstance(messages, (BaseMessage, str)) or not isinstance(messages, Iterable):
             raise InvalidInputError("add_messages takes a sequence of LangChain messages")
         messages = list(messages)
         if not all(isinstance(m, BaseMessage) for m in messages):
             raise InvalidInputError("add_messages takes a sequence of LangChain messages")
-        leading, groups = _split_at_user_turns(messages)
-        for user, _ in groups:
-            validation.text(user.text, self.memory.config.max_text_chars, "a user message's text")
-        turns = self._turns()
-        planned = [self._turn_metadata(len(turns) + i, user, replies) for i, (user, replies) in enumerate(groups)]
-        if not turns and not groups:
-            self.waiting += leading
-            return
-        if not turns:
-            before = [message_to_dict(m) for m in self.waiting + leading]
-            planned[0] = validation.metadata({**planned[0], BEFORE: before})
-        elif leading:
-            last = turns[-1]
-            replies = [*last.metadata[REPLIES], *map(message_to_dict, leading)]
-            self.memory.update(last.id, metadata=validation.metadata({**last.metadata, REPLIES: replies}))
-        if groups:
+        stored = self._notes()
+        last = stored[-1] if stored else None
+        plan = _Plan(list(last.metadata[PIECES]) if last is not None else None)
+        for message in messages:
+            pieces = _pieces(json.dumps(message_to_dict(message)))
+            if isinstance(message, HumanMessage):
+                plan.user_turn(self._texts(message), pieces)
+            else:
+                plan.follow(pieces)
+        if last is not None and plan.appended:
+            try:
+                self.memory.update(last.id, metadata={**last.metadata, PIECES: plan.last})
+            except NoteNotFoundError:   # cleared meanwhile: what followed it starts the session again
+                plan.new.insert(0, (CARRIER_TEXT, plan.last[len(last.metadata[PIECES]):]))
+        if plan.new:
+            first = last.metadata[TURN] + 1 if last is not None else 0
             self.memory.remember_many(
-                [{"text": user.text, "metadata": metadata} for (user, _), metadata in zip(groups, planned)],
+                [{"text": text, "metadata": {TURN: first + i, PIECES: pieces}}
+                 for i, (text, pieces) in enumerate(plan.new)],
                 user_id=self.user_id, agent_id=self.agent_id, session_id=self.session_id, deduplicate=False,
             )
-            self.waiting = []
 
     def clear(self) -> None:
-        """Forget the session's turns (their notes) and any message still waiting for a first turn."""
-        for note in self._turns():
-            self.memory.forget(note.id)
-        self.waiting = []
+        """Forget the session's notes."""
+        for note in self._notes():
+            try:
+                self.memory.forget(note.id)
+            except NoteNotFoundError:
+                pass
 
-    def _turns(self) -> list[Note]:
+    def _notes(self) -> list[Note]:
+        """The session's notes written by a chat history, in order; a malformed one is skipped."""
         notes = self.memory.notes(
             user_id=self.user_id, agent_id=self.agent_id, session_id=self.session_id, include_archived=True
         )
-        return sorted((n for n in notes if TURN in n.metadata), key=lambda n: n.metadata[TURN])
+        kept = []
+        for note in notes:
+            if TURN not in note.metadata:
+                continue   # a note of the session written otherwise (MemoryChat, an agent's remember)
+            if _well_formed(note.metadata):
+                kept.append(note)
+            else:
+                log.warning("note %s is skipped by the chat history: its langchain.* metadata is malformed", note.id)
+        return sorted(kept, key=lambda n: n.metadata[TURN])
 
-    @staticmethod
-    def _turn_metadata(turn: int, user: HumanMessage, replies: list[BaseMessage]) -> dict[str, Any]:
-        return validation.metadata(
-            {TURN: turn, MESSAGE: message_to_dict(user), REPLIES: [message_to_dict(m) for m in replies]}
+    def _texts(self, message: HumanMessage) -> list[str]:
+        """The notes' texts for a user message: its words, split to the memory's text limit."""
+        text = message.text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        return _split(text, self.memory.config.max_text_chars) or [NO_TEXT]
+
+
+class _Plan:
+    """Where each message's pieces go: after the session's last note (`last`) while they fit, else new notes."""
+
+    def __init__(self, last: list[list[Any]] | None) -> None:
+        self.last = last                  # the pieces of the session's last stored note (None: no note yet)
+        self.appended = False
+        self.new: list[tuple[str, list[list[Any]]]] = []
+
+    def user_turn(self, texts: list[str], pieces: list[list[Any]]) -> None:
+        """New notes for the turn's text; the message rides on the last, where what follows it goes too."""
+        self.new += [(text, []) for text in texts]
+        self._place(pieces, self.new[-1][1])
+
+    def follow(self, pieces: list[list[Any]]) -> None:
+        self._place(pieces, self.new[-1][1] if self.new else self.last)
+
+    def _place(self, pieces: list[list[Any]], into: list[list[Any]] | None) -> None:
+        """Fill `into` (the current note's pieces, or the user turn's first note), then carrier notes."""
+        if into is None:   # nothing stored and nothing planned: a carrier opens the session
+            self.new.append((CARRIER_TEXT, []))
+            into = self.new[-1][1]
+        for piece in pieces:
+            if len(json.dumps([*into, piece])) > ROOM:
+                self.new.append((CARRIER_TEXT, []))
+                into = self.new[-1][1]
+            into.append(piece)
+            self.appended |= into is self.last
+
+
+def _pieces(serialised: str) -> list[list[Any]]:
+    """A message's JSON (ASCII) in pieces, each flagged whether it ends the message."""
+    cuts = range(0, max(len(serialised), 1), PIECE_CHARS)
+    return [[serialised[i: i + PIECE_CHARS], i + PIECE_CHARS >= len(serialised)] for i in cuts]
+
+
+def _split(text: str, limit: int) -> list[str]:
+    """The text in stripped, non-blank parts of at most `limit` characters, cut at whitespace where it can."""
+    parts: list[str] = []
+    text = text.strip()
+    while text:
+        if len(text) <= limit:
+            parts.append(text)
+            break
+        cut = max(text.rfind(" ", limit // 2, limit + 1), text.rfind("\n", limit // 2, limit + 1))
+        cut = cut if cut > 0 else limit
+        parts.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return parts
+
+
+def _well_formed(meta: dict[str, Any]) -> bool:
+    pieces = meta.get(PIECES)
+    return (
+        isinstance(meta.get(TURN), int) and not isinstance(meta.get(TURN), bool)
+        and isinstance(pieces, list)
+        and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], bool) for p in pieces
         )
-
-
-def _split_at_user_turns(
-    messages: list[BaseMessage],
-) -> tuple[list[BaseMessage], list[tuple[HumanMessage, list[BaseMessage]]]]:
-    """The messages before the first user message, then each user message with the ones that follow it."""
-    leading: list[BaseMessage] = []
-    groups: list[tuple[HumanMessage, list[BaseMessage]]] = []
-    for message in messages:
-        if isinstance(message, HumanMessage):
-            groups.append((message, []))
-        elif groups:
-            groups[-1][1].append(message)
-        else:
-            leading.append(message)
-    return leading, groups
+    )

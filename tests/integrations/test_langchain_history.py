@@ -4,12 +4,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from agentmem import InvalidInputError
-from agentmem.integrations.langchain_history import AgentMemChatHistory
+from agentmem.integrations.langchain_history import CARRIER_TEXT, NO_TEXT, AgentMemChatHistory
 from agentmem.integrations.langchain_retriever import AgentMemRetriever
 
 # langchain-core 1.x deprecates RunnableWithMessageHistory (for LangGraph persistence) but still ships it,
@@ -75,7 +75,8 @@ def test_messages_before_the_first_user_turn_and_between_turns_keep_their_order(
     history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
     greeting = [SystemMessage("Be brief."), AIMessage("Hi! How can I help?")]
     history.add_messages(greeting)
-    assert history.messages == greeting and memory.stats().notes == 0
+    assert history.messages == greeting
+    assert [n.text for n in memory.notes()] == [CARRIER_TEXT]   # kept in the memory, not in this object
     history.add_messages(m for m in [HumanMessage("I start at the lab on Monday."), AIMessage("Good luck!")])
     history.add_message(AIMessage("Anything else?"))
     history.add_user_message("No, thanks.")
@@ -106,15 +107,68 @@ def test_bad_input_raises_typed_errors_and_writes_nothing(memory):
     history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
     before = history.messages
     with pytest.raises(InvalidInputError):
-        history.add_messages([AIMessage("Anything else?"), HumanMessage("   ")])
-    with pytest.raises(InvalidInputError):
         history.add_messages([HumanMessage("ok"), "not a message"])
     with pytest.raises(InvalidInputError):
         history.add_messages(HumanMessage("one message, not a sequence"))
-    with pytest.raises(InvalidInputError):
-        history.add_messages([HumanMessage("x" * (memory.config.max_text_chars + 1))])
     assert history.messages == before and memory.stats().notes == 1
     with pytest.raises(InvalidInputError):
         AgentMemChatHistory(memory="not a memory", session_id="s1")
     with pytest.raises(InvalidInputError):
         AgentMemChatHistory(memory=memory, session_id="")
+
+
+def test_a_long_reply_in_a_chain_is_kept_with_its_turn(memory):
+    chain = RunnableWithMessageHistory(
+        RunnableLambda(lambda messages: AIMessage("reply " + "z" * 70_000)),
+        lambda session_id: AgentMemChatHistory(memory=memory, session_id=session_id, user_id="maya"),
+    )
+    chain.invoke([HumanMessage("hello there")], config=session("s1"))   # a failed write would only be logged
+    messages = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").messages
+    assert messages == [HumanMessage("hello there"), AIMessage("reply " + "z" * 70_000)]
+    assert [h.note.text for h in memory.recall("hello", user_id="maya")][:1] == ["hello there"]
+
+
+def test_no_message_is_refused_for_its_size_or_lack_of_text(memory):
+    limit = memory.config.max_text_chars
+    long_turn = " ".join(f"word{i}" for i in range(limit // 3))
+    turns = [
+        [HumanMessage("look up the weather"), AIMessage("", tool_calls=[{"name": "w", "args": {}, "id": "1"}]),
+         ToolMessage("x" * 70_000, tool_call_id="1"), AIMessage("sunny")],
+        [HumanMessage(content=[{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]), AIMessage("nice")],
+        [HumanMessage("   "), AIMessage("?")],
+        [HumanMessage(long_turn), AIMessage("ok")],
+        [HumanMessage("ünïcödé \u2603 \"quoted\" \\ " * 3000), AIMessage("ok")],
+    ]
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    for turn in turns:
+        history.add_messages(turn)
+    for _ in range(40):
+        history.add_message(AIMessage("a" * 2000))
+    expected = [m for turn in turns for m in turn] + [AIMessage("a" * 2000)] * 40
+    assert AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").messages == expected
+    texts = [n.text for n in memory.notes(user_id="maya") if n.text != CARRIER_TEXT]
+    assert texts[:3] == ["look up the weather", NO_TEXT, NO_TEXT]
+    parts = [t for t in texts if t.startswith("word")]   # the long turn: the user's words, in notes that fit
+    assert len(parts) > 1 and all(len(t) <= limit for t in parts) and " ".join(parts) == long_turn
+
+
+def test_messages_before_the_first_turn_outlive_the_history_object(memory):
+    AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").add_messages([SystemMessage("Be a pirate.")])
+    AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").add_messages([HumanMessage("hi"), AIMessage("arr")])
+    assert AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya").messages == [
+        SystemMessage("Be a pirate."), HumanMessage("hi"), AIMessage("arr")
+    ]
+
+
+def test_a_note_with_broken_chat_metadata_is_skipped(memory, caplog):
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
+    memory.remember_many([
+        {"text": "planted", "metadata": {"langchain.turn": 5}},
+        {"text": "planted", "metadata": {"langchain.turn": 6, "langchain.pieces": [["{not json", True]]}},
+        {"text": "planted", "metadata": {"langchain.turn": 7, "langchain.pieces": [['{"type": "nope"}', True]]}},
+    ], user_id="maya", session_id="s1", deduplicate=False)
+    assert history.messages == [HumanMessage("I moved to Lisbon."), AIMessage("Noted.")]
+    assert caplog.text.count("skipped") == 3
+    history.add_messages([HumanMessage("I start on Monday.")])   # after every note of the session, planted or not
+    assert history.messages[-1] == HumanMessage("I start on Monday.")
