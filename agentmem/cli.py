@@ -233,7 +233,7 @@ def serve(args: argparse.Namespace) -> None:
     from .server.app import create_app
     from .server.auth import ApiKeys
 
-    specs = args.keys or [k for k in [os.environ.get("AGENTMEM_API_KEY")] if k]
+    specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
     keys = ApiKeys.parse(specs, args.keys_file)
     memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor)
     app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
@@ -270,9 +270,10 @@ def serve_mcp(args: argparse.Namespace) -> None:
     """MCP over stdin/stdout: stdout carries the protocol only."""
     from .memory import Memory
     from .server.mcp_server import build_mcp_server
+    from .server.model_lane import ModelLane
 
     with Memory(args.path, chroma_url=args.chroma_url, editor=args.editor) as memory:
-        build_mcp_server(memory).run("stdio")
+        build_mcp_server(memory, ModelLane()).run("stdio")
 
 
 def jsonable(result: Any) -> Any:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .consolidation.bridge import EDITOR_FOLDER
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import Note
+from .files import written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import GRAPH_FILE
 from .stores.store import NoteStore
@@ -25,14 +26,11 @@ from .stores.sync import IndexSync
 
 def write_notes(notes: list[Note], target: Path) -> int:
     """Write the notes as JSON lines; the file appears whole or not at all (written beside it, then renamed)."""
-    partial = target.with_name(f".{target.name}.partial")
     try:
-        with partial.open("w", encoding="utf-8") as out:
+        with written_whole(target) as out:
             for note in notes:
                 out.write(note.model_dump_json() + "\n")
-        partial.replace(target)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise StoreUnavailableError(f"cannot write {target}: {exc}") from exc
     return len(notes)
 

@@ -126,6 +126,10 @@ def test_every_command_works_against_a_running_server(served, tmp_path, capsys, 
     assert code == 2 and out is None and "NoteNotFoundError" in err
     code, out, err = run(capsys, *url, "--api-key", "wrong-key-0001", "stats")
     assert code == 2 and "UnauthorizedError" in err
+    earlier = (tmp_path / "x.jsonl").read_text()
+    code, out, err = run(capsys, *url, "--api-key", "wrong-key-0001", "export", str(tmp_path / "x.jsonl"))
+    assert code == 2 and "UnauthorizedError" in err
+    assert (tmp_path / "x.jsonl").read_text() == earlier and len(list(tmp_path.iterdir())) == 2  # no partial file
 
 
 def test_backup_and_restore_backup_on_a_local_store(tmp_path, capsys, embedder):

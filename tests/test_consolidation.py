@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from agentmem import Fact, InvalidInputError, Memory, StoreClosedError
-from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory, decide, edit_scopes
+from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory, decide, edit_scopes, reader_scopes
 from agentmem.editors import GraceEditor
 from agentmem.notes import LedgerEntry, Note
 from tests.conftest import T0
@@ -486,6 +486,18 @@ def test_an_edit_goes_in_its_owners_scope_unless_shared_marked_or_widely_held():
     agent = note("g", A).model_copy(update={"agent_id": "helper"})
     assert edit_scopes([agent], POLICY) == {"g": "agent:helper"}
     assert edit_scopes(notes, POLICY.model_copy(update={"share_from": 3}))["d"] == "user:dave"
+
+
+def test_only_an_explicit_mark_shares_a_fact_not_a_tag_the_note_s_own_words_gave():
+    worded = owned("s", ("The plan is", "Shared"), "alice").model_copy(update={"tags": ["shared"]})
+    assert edit_scopes([worded], POLICY) == {"s": "user:alice"}
+
+
+def test_a_reader_fires_the_edits_that_recall_would_show_them():
+    assert reader_scopes("bob", None) == ["user:bob"]
+    assert reader_scopes("bob", "helper") == ["user:bob"]  # the helper's own edits come from notes without a user
+    assert reader_scopes(None, "helper") == ["agent:helper"]
+    assert reader_scopes(None, None) == []
 
 
 def test_two_users_facts_on_one_prompt_are_two_edits_and_retracting_one_leaves_the_other():

@@ -88,27 +88,35 @@ class ParametricBridge:
             return report
 
     def retract_pending(self, at: datetime) -> None:
-        """Roll back the edits of forgotten notes now if the model is loaded (else when it next loads, or
-        when a replica that has it loaded next generates: see `serving`)."""
-        if self._consolidator is None:
+        """Roll back the edits of forgotten notes now, if the model is loaded and no job or generation holds
+        it. A forget never waits for a job's minutes: otherwise the rows stay `retracting` in the ledger, and
+        the job at its end, or the next generation in any replica with the model (`serving`), takes them out."""
+        if self._consolidator is None or not self._lock.acquire(blocking=False):
             return
-        with self._lock, self._store.job_lock():
-            if self._consolidator.retract_pending(at):
-                self._publish_editor_state()
+        try:
+            self._retract(self._consolidator, at)
+        finally:
+            self._lock.release()
 
     @contextmanager
     def serving(self, scopes: list[str], at: datetime) -> Iterator[ParametricMemory]:
         """The parametric memory for generating under the reader's `scopes` (only their edits and shared ones
-        fire), with no job of this process meanwhile. An edit whose note another process forgot (one without
-        the model loaded) is rolled back first, unless a job elsewhere holds the lock right now."""
+        fire), with no job of this process meanwhile. Edits whose notes were forgotten (by a process without
+        the model, or while a job ran) are rolled back first; while a job elsewhere holds the lock that saving
+        that needs, they are taken out of the model for this generation only."""
         with self._lock:
             consolidator = self.consolidator(at)
-            if consolidator.retracting():
-                with self._store.job_lock(wait=False) as held:
-                    if held and consolidator.retract_pending(at, wait=False):
-                        self._publish_editor_state()
-            with consolidator.reading(), consolidator.parametric.lm.scoped(scopes):
+            waiting = consolidator.retracting()
+            if waiting:
+                self._retract(consolidator, at)
+                waiting = consolidator.retracting()
+            with consolidator.reading(hide_retracting=waiting), consolidator.parametric.lm.scoped(scopes):
                 yield consolidator.parametric
+
+    def _retract(self, consolidator: Consolidator, at: datetime) -> None:
+        with self._store.job_lock(wait=False) as held:
+            if held and consolidator.retract_pending(at, wait=False):
+                self._publish_editor_state()
 
     def answer(self, question: str, scopes: list[str], recall: Callable[[], list[Hit]], max_new_tokens: int,
                at: datetime) -> Answer:

@@ -68,11 +68,14 @@ class Consolidator:
             yield
 
     @contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self, hide_retracting: bool = False) -> Iterator[None]:
         """Use of the model for answering. Another process's saved edits are picked up unless a job
-        of that process is running, which is not waited for: the state already loaded answers."""
+        of that process is running, which is not waited for: the state already loaded answers.
+        `hide_retracting`: edits marked `retracting` that could not be rolled back and saved yet (a job
+        elsewhere holds the lock) are taken out of the model in memory; the next use reloads the saved
+        state and looks again."""
         with self._lock, self.parametric.lm.exclusive():
-            if self._dirty:  # a failed save left changes the saved state does not have: they may not answer
+            if self._dirty:  # changes the saved state does not have (a failed save, hidden edits): they may not answer
                 self.parametric.reload()
                 self._dirty = False
             try:
@@ -80,6 +83,13 @@ class Consolidator:
                     self.parametric.refresh()
             except filelock.Timeout:
                 pass
+            if hide_retracting:
+                with self.store.locked():
+                    rows = self.ledger.entries(statuses=["retracting"])
+                hidden = self.parametric.edit_ids() & {row.edit_id for row in rows}
+                if hidden:
+                    self._dirty = True
+                    self.parametric.rollback(hidden)
             yield
 
     # ---- planning ------------------------------------------------------------------------
@@ -123,6 +133,7 @@ class Consolidator:
             else:
                 self.reconcile(at)
                 decisions = self._execute(self.plan(policy, at, only), policy, at, progress)
+                self.retract_pending(at)  # notes forgotten while the job ran (their forget did not wait for it)
         counts = {name: sum(d.outcome == name for d in decisions) for name in ("applied", "failed", "retracted", "known")}
         return ConsolidationReport(
             at=at, dry_run=dry_run, editor=self.parametric.kind, examined=len(decisions), decisions=decisions,
@@ -314,6 +325,9 @@ class Consolidator:
             rows = self.ledger.entries(statuses=["retracting"])
         if not rows:
             return False
+        if self._dirty:  # the saved state is the one to roll back from (`reading` may have hidden the edits)
+            self.parametric.reload()
+            self._dirty = False
         doomed = self.parametric.edit_ids() & {row.edit_id for row in rows}
         if doomed:
             self._dirty = True

@@ -7,7 +7,7 @@ and the per-run budget, come after, in the job (`Consolidator.plan`).
 Scopes: a fact goes into the weights in the scope of the note it came from (`edit_scope`): the
 owner's ("user:<id>", else "agent:<id>"), so that generation for another user never fires it. It
 is shared (scope None, fired for everyone) when the note has no owner, when it is marked shared
-(`metadata={"shared": True}` or the tag "shared"), or when `share_from` different users state
+(`metadata={"shared": True}`; on a server, only a key not bound to one user may), or when `share_from` different users state
 the same fact. Facts compete within a scope: for each scope and fact prompt the newest note wins
 and older notes on it count as contradicted; Alice's and Bob's notes on the same prompt are two
 edits, and retracting one leaves the other.
@@ -76,12 +76,16 @@ def owner_scope(user_id: str | None, agent_id: str | None) -> str | None:
 
 
 def reader_scopes(user_id: str | None, agent_id: str | None) -> list[str]:
-    """The scopes whose edits fire when answering this user and agent (shared edits always fire)."""
-    return [s for s in (user_id and f"user:{user_id}", agent_id and f"agent:{agent_id}") if s]
+    """The scopes whose edits fire when answering this user and agent (shared edits always fire): what
+    `recall` would let them see. An agent's own edits come from notes without a user (`owner_scope`),
+    which a recall for a user does not return either, so they fire for the agent alone, not for its users."""
+    scope = owner_scope(user_id, agent_id)
+    return [scope] if scope else []
 
 
 def is_marked_shared(note: Note) -> bool:
-    return note.metadata.get("shared") is True or "shared" in note.tags
+    """Only an explicit mark: a tag could also come from the note's own words ("Shared" in a sentence)."""
+    return note.metadata.get("shared") is True
 
 
 def edit_scopes(notes: Sequence[Note], policy: ConsolidationPolicy) -> dict[str, str | None]:

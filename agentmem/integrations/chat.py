@@ -78,6 +78,8 @@ class MemoryChat:
             raise InvalidInputError("chat must be a callable taking a list of messages and returning text")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(history_turns, bool) or not isinstance(history_turns, int) or history_turns < 0:
+            raise InvalidInputError(f"history_turns must be an integer >= 0, got {history_turns!r}")
         self.memory = memory
         self.chat = chat or local_chat(memory, user_id=user_id, agent_id=agent_id)
         self.user_id, self.agent_id = user_id, agent_id
@@ -99,12 +101,13 @@ class MemoryChat:
         if hits:
             notes = "\n".join(f"- {hit.note.text}" for hit in hits)
             messages.append({"role": "system", "content": f"{MEMORY_HEADER}\n{notes}"})
-        messages += self.history[-2 * self.history_turns:] + [{"role": "user", "content": message}]
+        messages += self.history + [{"role": "user", "content": message}]
         text = self.chat(messages)
         if not isinstance(text, str):
             raise InvalidInputError(f"the chat function returned {type(text).__name__}, not text")
         note = self.memory.remember(message, session_id=self.session_id, at=at, **scope)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        del self.history[: len(self.history) - 2 * self.history_turns]  # the last turns go with the next message
         try:
             recalled = self.memory.reinforce([hit.note.id for hit in hits], at=at)
         except AgentMemError:  # a note forgotten meanwhile, or the store gone: the turn itself is stored

@@ -2,7 +2,8 @@
 
 A caller bound to a user acts as that user: scope arguments default to it and may not name
 another user; notes of other users look like notes that do not exist (no existence leak); and
-whole-store operations (decay, stats, consolidation, the full ledger, repair) are refused.
+whole-store operations (decay, stats, consolidation, the full ledger, repair) are refused, and
+so is marking a note shared, which would put its fact in every user's answers.
 """
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ class ScopedMemory:
         if not self.visible(note):
             raise NoteNotFoundError(f"no note with id {note_id!r}")
         return note
+
+    def may_mark_shared(self, metadata: object) -> None:
+        """A note marked shared (`metadata={"shared": True}`) puts its fact into every user's answers once it
+        is consolidated: only a key that is not bound to one user may mark one."""
+        if self.bound and isinstance(metadata, dict) and metadata.get("shared") is True:
+            raise AccessDeniedError(
+                "a note marked shared reaches every user's answers once consolidated; this API key is bound to one user"
+            )
 
     def require_all_users(self, what: str) -> None:
         """Whole-store operations need a key that is not bound to one user."""

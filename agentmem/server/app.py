@@ -20,6 +20,7 @@ from .errors import error_body, status_of
 from .jobs import JobRunner
 from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .mcp_server import build_mcp_server, callers_from_headers
+from .model_lane import ModelLane
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def create_app(
 ) -> FastAPI:
     """The app over `memory`, which it closes on shutdown (SIGTERM included, through uvicorn's lifespan)."""
     keys = keys or ApiKeys()
-    mcp = build_mcp_server(memory, callers_from_headers(keys))
+    lane = ModelLane()
+    mcp = build_mcp_server(memory, lane, callers_from_headers(keys))
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host)
-    chat = openai_chat.ChatService(memory, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
+    chat = openai_chat.ChatService(memory, lane, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,7 +61,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.state.memory, app.state.chat = memory, chat
+    app.state.memory, app.state.chat, app.state.lane = memory, chat, lane
     app.include_router(rest.router)
     app.include_router(openai_chat.router)
     app.router.routes.extend(mcp_app.routes)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import AgentMemError, InvalidInputError, StoreUnavailableError
+from ..files import written_whole
 
 
 class RemoteError(AgentMemError):
@@ -94,18 +95,23 @@ class RemoteMemory:
         return self.call("GET", "/stats")
 
     def export(self, path: str | Path) -> int:
+        """The server's notes (the key's user's, if bound) as JSON lines in `path`, which appears whole or not
+        at all: a refusal or a dropped connection leaves an earlier file there as it was."""
         count = 0
         try:
-            with self.http.stream("GET", "/export") as response, Path(path).open("w", encoding="utf-8") as out:
+            with self.http.stream("GET", "/export") as response:
                 if response.is_error:
                     response.read()
                     body = response.json()
                     raise RemoteError(body["error"], body["message"], response.status_code)
-                for text in response.iter_text():  # as sent: a note's text may hold line breaks other than "\n"
-                    out.write(text)
-                    count += text.count("\n")
+                with written_whole(Path(path)) as out:
+                    for text in response.iter_text():  # as sent: a note's text may hold line breaks other than "\n"
+                        out.write(text)
+                        count += text.count("\n")
         except httpx.HTTPError as exc:
             raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot write {path}: {exc}") from exc
         return count
 
     def import_(self, path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ..memory import Memory
 from ..notes import Answer, ConsolidationReport, Hit, Note
 from .access import ScopedMemory
 from .auth import ApiKeys, Caller
+from .model_lane import ModelLane
 
 INSTRUCTIONS = (
     "Long-term memory. add_memory stores what is worth keeping (scope it with user_id); "
@@ -45,8 +46,10 @@ def callers_from_headers(keys: ApiKeys) -> Callable[[Context], Caller]:
     return caller
 
 
-def build_mcp_server(memory: Memory, caller_of: Callable[[Context], Caller] = lambda ctx: Caller()) -> MCPServer:
-    """An MCP server over `memory`; `caller_of` says whose rights a request carries (default: every user)."""
+def build_mcp_server(memory: Memory, lane: ModelLane,
+                     caller_of: Callable[[Context], Caller] = lambda ctx: Caller()) -> MCPServer:
+    """An MCP server over `memory`; `caller_of` says whose rights a request carries (default: every user).
+    The tools that use the local model (answer, consolidate) take their turn on `lane`."""
     server = MCPServer("agentmem", instructions=INSTRUCTIONS)
 
     def scoped(ctx: Context) -> ScopedMemory:
@@ -63,8 +66,13 @@ def build_mcp_server(memory: Memory, caller_of: Callable[[Context], Caller] = la
                    session_id: str | None = None, tags: list[str] | None = None,
                    metadata: dict[str, Any] | None = None) -> Note:
         mem = scoped(ctx)
-        return typed(lambda: memory.remember(text, user_id=mem.user(user_id), agent_id=agent_id,
-                                             session_id=session_id, tags=tags or (), metadata=metadata))
+
+        def add() -> Note:
+            mem.may_mark_shared(metadata)
+            return memory.remember(text, user_id=mem.user(user_id), agent_id=agent_id, session_id=session_id,
+                                   tags=tags or (), metadata=metadata)
+
+        return typed(add)
 
     @server.tool(description="Find the memories that best answer a query, best first, each with its score and why.")
     def search_memories(query: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
@@ -85,6 +93,7 @@ def build_mcp_server(memory: Memory, caller_of: Callable[[Context], Caller] = la
 
         def change() -> Note:
             mem.note(memory_id)
+            mem.may_mark_shared(metadata)
             return memory.update(memory_id, text=text, tags=tags, metadata=metadata)
 
         return typed(change)
@@ -102,22 +111,22 @@ def build_mcp_server(memory: Memory, caller_of: Callable[[Context], Caller] = la
 
     @server.tool(description="Move often-recalled facts into the local model's weights (dry_run: only the plan). "
                              "Takes minutes on a CPU.")
-    def consolidate(ctx: Context, dry_run: bool = False, policy: dict[str, Any] | None = None) -> ConsolidationReport:
+    async def consolidate(ctx: Context, dry_run: bool = False, policy: dict[str, Any] | None = None) -> ConsolidationReport:
         mem = scoped(ctx)
 
         def run() -> ConsolidationReport:
             mem.require_all_users("consolidation")
             return memory.consolidate(policy, dry_run=dry_run)
 
-        return typed(run)
+        return await lane.run(typed, run)
 
     @server.tool(description="Answer a question from memory: from the weights where edits cover it, "
                              "else with recalled notes as context.")
-    def answer(question: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
-               session_id: str | None = None, k: int = 5) -> Answer:
+    async def answer(question: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
+                     session_id: str | None = None, k: int = 5) -> Answer:
         mem = scoped(ctx)
-        return typed(lambda: memory.answer(question, k=k, user_id=mem.user(user_id), agent_id=agent_id,
-                                           session_id=session_id))
+        return await lane.run(typed, lambda: memory.answer(question, k=k, user_id=mem.user(user_id), agent_id=agent_id,
+                                                            session_id=session_id))
 
     @server.resource("memory://notes/{note_id}", mime_type="application/json", description="One note, as JSON.")
     def note_resource(note_id: str, ctx: Context) -> str:

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-import anyio
 import anyio.to_thread
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
@@ -27,6 +26,7 @@ from ..facts import ChatFunction
 from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
 from .access import ScopedMemory
+from .model_lane import ModelLane
 from .errors import UpstreamError
 from .rest import ERRORS, scoped
 
@@ -134,10 +134,9 @@ class UpstreamChat:
 class ChatService:
     """Turns chat requests into `MemoryChat` turns, answered locally or upstream."""
 
-    def __init__(self, memory: Memory, upstream: UpstreamChat | None = None) -> None:
-        self.memory, self.upstream = memory, upstream
-        # one local turn at a time, the model and its editors' hooks being shared (made on the event loop)
-        self._local_turns: anyio.CapacityLimiter | None = None
+    def __init__(self, memory: Memory, lane: ModelLane, upstream: UpstreamChat | None = None) -> None:
+        """`lane`: where local turns take their turn with the server's other uses of the model."""
+        self.memory, self.lane, self.upstream = memory, lane, upstream
 
     def chat_function(self, body: ChatCompletionRequest) -> ChatFunction | None:
         """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
@@ -152,14 +151,10 @@ class ChatService:
     async def run_turn(
         self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None
     ) -> ChatCompletion:
-        """`turn` on a worker thread. Local turns go one at a time (the model and its editors' hooks are
-        shared) and wait for theirs without a thread: waiting in the pool every route shares, forty
-        chats would stall the whole server."""
+        """`turn` on a worker thread; a local turn on the model's lane (`ModelLane`)."""
         if self.upstream is not None:
             return await anyio.to_thread.run_sync(self.turn, body, mem, user, session)
-        if self._local_turns is None:
-            self._local_turns = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self.turn, body, mem, user, session, limiter=self._local_turns)
+        return await self.lane.run(self.turn, body, mem, user, session)
 
     def turn(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None) -> ChatCompletion:
         *earlier, last = body.messages

@@ -1,7 +1,8 @@
 """The REST API under /v1: every verb of `Memory`, bodies being the package's pydantic models.
 
 Endpoints are plain (sync) functions: FastAPI runs them on its thread pool, and `Memory` is
-thread-safe, so a slow call (a model load, an edit) never blocks the event loop.
+thread-safe, so a slow call never blocks the event loop. Those that use the local model or wait
+for a consolidation job (answer, plan, backup) take their turn on the model's lane instead.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .access import ScopedMemory
 from .auth import STATE_KEY, Caller
 from .errors import AccessDeniedError
 from .jobs import JobRunner
+from .model_lane import ModelLane
 from .models import (
     AnswerRequest, AtRequest, BackedUp, BackupRequest, ConsolidateRequest, ErrorBody, Forgotten, HistoryEntry, IsoTime,
     Job, Linked, LinkRequest, PlanRequest, RecallRequest, ReinforceRequest, RememberBatch, RememberRequest, Reindexed,
@@ -45,14 +47,20 @@ async def runner(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
+async def model_lane(request: Request) -> ModelLane:
+    return request.app.state.lane
+
+
 Scoped = Annotated[ScopedMemory, Depends(scoped)]
 Runner = Annotated[JobRunner, Depends(runner)]
+Lane = Annotated[ModelLane, Depends(model_lane)]
 
 
 # ---- writing ---------------------------------------------------------------------------------
 
 @router.post("/notes", response_model=Note, tags=["notes"], summary="remember one note")
 def remember(item: RememberRequest, mem: Scoped) -> Note:
+    mem.may_mark_shared(item.metadata)
     return mem.memory.remember(
         item.text, user_id=mem.user(item.user_id), agent_id=item.agent_id, session_id=item.session_id,
         at=item.at, tags=item.tags, metadata=item.metadata, fact=item.fact,
@@ -62,9 +70,10 @@ def remember(item: RememberRequest, mem: Scoped) -> Note:
 @router.post("/notes/batch", response_model=list[Note], tags=["notes"], summary="remember many notes at once")
 def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
     default_user = mem.user(batch.user_id)
-    for item in batch.items:  # every item's user is checked before anything is written
+    for item in batch.items:  # every item's user and mark is checked before anything is written
         if not isinstance(item, str):
             mem.user(item.user_id or default_user)
+            mem.may_mark_shared(item.metadata)
     return mem.memory.remember_many(batch.items, user_id=default_user, agent_id=batch.agent_id,
                                     session_id=batch.session_id, at=batch.at)
 
@@ -72,6 +81,7 @@ def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
 @router.patch("/notes/{note_id}", response_model=Note, tags=["notes"], summary="update a note (history kept)")
 def update(note_id: str, change: UpdateRequest, mem: Scoped) -> Note:
     mem.note(note_id)
+    mem.may_mark_shared(change.metadata)
     optional = {"fact": change.fact} if "fact" in change.model_fields_set else {}
     return mem.memory.update(note_id, text=change.text, tags=change.tags, metadata=change.metadata,
                              at=change.at, **optional)
@@ -206,6 +216,8 @@ def _import(body: bytes, mem: ScopedMemory) -> ImportReport:
             raise InvalidInputError(f"the request body is not UTF-8 text: {exc}") from None
         if any(note.user_id != mem.caller.user_id for note in notes):
             raise AccessDeniedError(f"this API key may only import notes of user {mem.caller.user_id!r}")
+        for note in notes:
+            mem.may_mark_shared(note.metadata)
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "import.jsonl"
         source.write_bytes(body)
@@ -221,18 +233,18 @@ def repair(mem: Scoped) -> Reindexed:
 
 @router.post("/backup", response_model=BackedUp, tags=["store"],
              summary="copy the store, while in use, into a new folder on the server's disk")
-def backup(body: BackupRequest, mem: Scoped) -> BackedUp:
+async def backup(body: BackupRequest, mem: Scoped, lane: Lane) -> BackedUp:
     mem.require_all_users("backup")
-    return BackedUp(backup=str(mem.memory.backup(body.target)))
+    return BackedUp(backup=str(await lane.run(mem.memory.backup, body.target)))
 
 
 # ---- consolidation -------------------------------------------------------------------------------
 
 @router.post("/plan", response_model=list[Decision], tags=["consolidation"],
              summary="what consolidation would do now and why; changes nothing")
-def plan(body: PlanRequest, mem: Scoped) -> list[Decision]:
+async def plan(body: PlanRequest, mem: Scoped, lane: Lane) -> list[Decision]:
     mem.require_all_users("plan")
-    return mem.memory.plan(body.policy, at=body.at)
+    return await lane.run(lambda: mem.memory.plan(body.policy, at=body.at))
 
 
 @router.post("/consolidate", response_model=Job, status_code=202, tags=["consolidation"],
@@ -266,11 +278,12 @@ def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
 
 @router.post("/answer", response_model=Answer, tags=["consolidation"],
              summary="answer from the weights where edits cover the question, else from recalled notes")
-def answer(body: AnswerRequest, mem: Scoped) -> Answer:
-    return mem.memory.answer(
-        body.question, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
+async def answer(body: AnswerRequest, mem: Scoped, lane: Lane) -> Answer:
+    user_id = mem.user(body.user_id)
+    return await lane.run(lambda: mem.memory.answer(
+        body.question, k=body.k, user_id=user_id, agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
-    )
+    ))
 
 
 @router.get("/health", tags=["store"], summary="the server is up (no key needed only if keys are off)")

@@ -127,7 +127,7 @@ def test_each_batch_is_verified_against_the_probes_as_the_kept_batches_left_them
 def test_a_user_scoped_fact_is_refused_unless_its_note_is_marked_shared(open_memory):
     mem = open_memory()
     private = remember_recalled(mem, GOOD[0], user_id="alice")
-    shared = remember_recalled(mem, GOOD[1], user_id="bob", tags=["shared"])
+    shared = remember_recalled(mem, GOOD[1], user_id="bob", metadata={"shared": True})
     decisions = {d.note_id: d for d in mem.plan(at=LATER)}
     assert decisions[private.id].action == "skip" and decisions[private.id].reason == "unshared"
     assert "mark the note shared" in decisions[private.id].detail

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import timedelta
 
+import filelock
 import pytest
 
 from agentmem import Fact, InvalidInputError, Memory, StoreUnavailableError
@@ -92,3 +93,46 @@ def test_bad_probes_are_refused_before_the_job_changes_anything(open_memory, pro
     with pytest.raises(InvalidInputError, match="probes"):
         mem.consolidate({"probes": probes}, at=LATER + timedelta(days=1))
     assert ([(e.edit_id, e.status) for e in mem.ledger()], [r.id for r in mem.editor.edits()]) == before
+
+
+def test_a_forget_does_not_wait_for_a_running_job_which_takes_the_edit_out_at_its_end(open_memory, monkeypatch):
+    mem = open_memory(policy=POLICY)
+    note = alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.remember("Bob lives in Oslo.", user_id="bob", at=T0, fact=Fact(prompt="Bob lives in", target="Oslo"))
+    editing, release = threading.Event(), threading.Event()
+    edit = ParametricMemory.edit
+
+    def held_edit(self, *args, **kwargs):
+        editing.set()
+        release.wait(10)
+        return edit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParametricMemory, "edit", held_edit)
+    job = threading.Thread(target=mem.consolidate, kwargs={"at": LATER + timedelta(days=1)})
+    job.start()
+    assert editing.wait(10)
+    mem.forget(note.id)
+    assert job.is_alive()  # the forget returned while the job still edits Bob's fact
+    release.set()
+    job.join()
+    assert [r.prompt for r in mem.editor.edits()] == ["Bob lives in"]
+    assert [e.prompt for e in mem.ledger()] == ["Bob lives in"]
+    assert not from_weights(mem)
+
+
+def test_while_a_job_elsewhere_holds_the_lock_a_forgotten_edit_is_hidden_then_rolled_back(open_memory, tmp_path):
+    serving = open_memory(policy=POLICY)
+    note = alice(serving)
+    assert serving.consolidate(at=LATER).applied == 1
+    other = Memory(tmp_path / "mem", embedder=serving._embedder, policy=POLICY)  # noqa: SLF001 (same embedder)
+    try:
+        other.forget(note.id)
+    finally:
+        other.close()
+    job_elsewhere = filelock.FileLock(str(tmp_path / "mem" / "consolidation.lock"))
+    with job_elsewhere:
+        assert not from_weights(serving)
+        assert [e.status for e in serving.ledger()] == ["retracting"]  # not saved: the lock is the job's
+    assert not from_weights(serving)
+    assert serving.editor.edits() == [] and serving.ledger() == []

@@ -57,12 +57,27 @@ def test_bad_input_is_refused_and_nothing_is_remembered(memory):
         MemoryChat("not a memory")
     with pytest.raises(InvalidInputError):
         MemoryChat(memory, chat="not callable")
+    for turns in (-1, 1.5, True):
+        with pytest.raises(InvalidInputError):
+            MemoryChat(memory, Recorder(), history_turns=turns)
     chat = MemoryChat(memory, lambda messages: None)
     with pytest.raises(InvalidInputError):
         chat.reply("   ")
     with pytest.raises(InvalidInputError):
         chat.reply("Alice lives in Lisbon.")   # the chat function broke its contract: no reply, no note
     assert memory.stats().notes == 0
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2])
+def test_history_turns_bounds_the_earlier_turns_each_reply_sees(memory, turns):
+    recorder = Recorder()
+    chat = MemoryChat(memory, recorder, user_id="maya", history_turns=turns)
+    for i in range(4):
+        chat.reply(f"Reminder number {i}: water the plants.", at=T0 + timedelta(minutes=i))
+    earlier = [m for m in recorder.calls[-1][:-1] if m["role"] != "system"]
+    assert len(earlier) == 2 * turns
+    assert [m["content"] for m in earlier if m["role"] == "user"] == [f"Reminder number {i}: water the plants."
+                                                                     for i in range(3 - turns, 3)]
 
 
 def test_a_turn_that_fails_counts_no_recall(memory, monkeypatch):

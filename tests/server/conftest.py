@@ -44,11 +44,13 @@ class Served:
         return self.process.returncode
 
 
-def start_server(folder: Path, *args: str, key: str | None = None, timeout: float = 180.0) -> Served:
-    """`agentmem --path folder/store serve --port N *args`, once it answers /v1/health."""
+def start_server(folder: Path, *args: str, key: str | None = None, timeout: float = 180.0,
+                 global_args: tuple[str, ...] = ()) -> Served:
+    """`agentmem --path folder/store *global_args serve --port N *args`, once it answers /v1/health."""
     port = free_port()
     log = folder / "server.log"
-    command = [sys.executable, "-m", "agentmem.cli", "--path", str(folder / "store"), "serve", "--port", str(port), *args]
+    command = [sys.executable, "-m", "agentmem.cli", "--path", str(folder / "store"), *global_args, "serve",
+               "--port", str(port), *args]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
     served = Served(f"http://127.0.0.1:{port}", folder / "store", process, log)
     deadline = time.monotonic() + timeout

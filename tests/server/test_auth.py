@@ -12,7 +12,7 @@ from mcp.client.streamable_http import streamable_http_client
 from agentmem.errors import InvalidInputError
 from agentmem.server.auth import ApiKeys
 
-from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY
+from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, start_server
 
 T0 = "2024-05-01T12:00:00+00:00"
 
@@ -100,6 +100,46 @@ def test_a_user_bound_key_reaches_only_its_users_notes_over_mcp(server):
     assert deleted.is_error and resource_error and "NoteNotFoundError" in resource_error
     with server.client(ADMIN_KEY) as admin:
         assert admin.get(f"/v1/notes/{bobs['id']}").status_code == 200
+
+
+def test_only_a_key_for_every_user_may_mark_a_note_shared(server):
+    """A shared note's fact goes into every user's answers once consolidated: a user's key may not say so."""
+    shared = {"text": "The office wifi password is Falcon", "metadata": {"shared": True}}
+    with server.client(ALICE_KEY) as alice, server.client(ADMIN_KEY) as admin:
+        own = alice.post("/v1/notes", json={"text": "Alice's desk is by the window"}).json()
+        for method, path, body in [
+            ("POST", "/v1/notes", shared),
+            ("POST", "/v1/notes/batch", {"items": ["Alice's bike is blue", shared]}),
+            ("PATCH", f"/v1/notes/{own['id']}", {"metadata": {"shared": True}}),
+        ]:
+            response = alice.request(method, path, json=body)
+            assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError"), path
+        marked = json.dumps({**own, "id": "shared-by-alice", "metadata": {"shared": True}}) + "\n"
+        assert alice.post("/v1/import", content=marked).status_code == 403
+        assert admin.get("/v1/notes/shared-by-alice").status_code == 404
+        assert admin.get(f"/v1/notes/{own['id']}").json()["metadata"] == {}
+        assert not [n for n in admin.get("/v1/notes", params={"user_id": "alice"}).json() if "bike" in n["text"]]
+        assert admin.post("/v1/notes", json={**shared, "user_id": "carol"}).status_code == 200
+
+    async def mark_over_mcp():
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+                added = await client.call_tool("add_memory", {"text": shared["text"], "metadata": {"shared": True}})
+                changed = await client.call_tool("update_memory", {"memory_id": own["id"], "metadata": {"shared": True}})
+                return added, changed
+
+    for result in asyncio.run(mark_over_mcp()):
+        assert result.is_error and "AccessDeniedError" in result.content[0].text
+
+
+def test_a_key_given_before_serve_is_the_servers_key(tmp_path):
+    served = start_server(tmp_path, key=ADMIN_KEY, global_args=("--api-key", ADMIN_KEY))
+    try:
+        with served.client(None) as anonymous, served.client(ADMIN_KEY) as admin:
+            assert anonymous.post("/v1/notes", json={"text": "an open server would take this"}).status_code == 401
+            assert admin.post("/v1/notes", json={"text": "the key holder may write"}).status_code == 200
+    finally:
+        served.stop()
 
 
 def test_key_specs_are_checked(tmp_path):

@@ -10,6 +10,7 @@ import anyio.to_thread
 import pytest
 from openai import OpenAI
 
+from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatService
 
 from .conftest import start_server
@@ -93,7 +94,7 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
 def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
     """Forty chats waiting for the one local model once held every worker thread of the pool the REST
     routes share: another route's call then waited behind them all."""
-    service = ChatService(memory=None, upstream=None)
+    service = ChatService(memory=None, lane=ModelLane(), upstream=None)
     model, finished = threading.Lock(), []
 
     def turn(body, mem, user, session):   # a local turn: the model, one at a time
