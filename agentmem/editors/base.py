@@ -190,12 +190,14 @@ class Editor(ABC):
         if len(set(ids)) != len(ids) or any(i in self._edits for i in ids):
             raise InvalidInputError("edit ids must be unique and not already applied")
         results = []
-        for request in requests:
-            start = time.perf_counter()
-            steps = self._apply(request)
-            self._edits[request.id] = request
-            success = self._succeeds(request)
-            results.append(EditResult(edit_id=request.id, steps=steps, seconds=time.perf_counter() - start, success=success))
+        with self.lm.exclusive():  # no generation in another thread sees an edit half made
+            for request in requests:
+                start = time.perf_counter()
+                steps = self._apply(request)
+                self._edits[request.id] = request
+                success = self._succeeds(request)
+                results.append(EditResult(edit_id=request.id, steps=steps, seconds=time.perf_counter() - start,
+                                          success=success))
         return results
 
     def rollback(self, edit_id: str) -> None:
@@ -203,8 +205,9 @@ class Editor(ABC):
         self._check_live()
         if edit_id not in self._edits:
             raise InvalidInputError(f"no edit with id {edit_id!r}")
-        self._retract(edit_id)
-        del self._edits[edit_id]
+        with self.lm.exclusive():
+            self._retract(edit_id)
+            del self._edits[edit_id]
 
     def edits(self) -> list[EditRequest]:
         """The live edits, oldest first, with their ids."""

@@ -173,18 +173,19 @@ class WeightEditor(Editor):
         if len(set(ids)) != len(ids) or any(i in self._edits for i in ids):
             raise InvalidInputError("edit ids must be unique and not already applied")
         results = []
-        for start in range(0, len(requests), self.config.batch_size):
-            chunk = requests[start : start + self.config.batch_size]
-            began = time.perf_counter()
-            steps = self._apply_batch(chunk)
-            for request in chunk:
-                self._edits[request.id] = request
-            successes = self._all_succeed(chunk)
-            share = (time.perf_counter() - began) / len(chunk)
-            results += [
-                EditResult(edit_id=request.id, steps=taken, seconds=share, success=success)
-                for request, taken, success in zip(chunk, steps, successes)
-            ]
+        with self.lm.exclusive():  # no generation in another thread sees the weights half solved
+            for start in range(0, len(requests), self.config.batch_size):
+                chunk = requests[start : start + self.config.batch_size]
+                began = time.perf_counter()
+                steps = self._apply_batch(chunk)
+                for request in chunk:
+                    self._edits[request.id] = request
+                successes = self._all_succeed(chunk)
+                share = (time.perf_counter() - began) / len(chunk)
+                results += [
+                    EditResult(edit_id=request.id, steps=taken, seconds=share, success=success)
+                    for request, taken, success in zip(chunk, steps, successes)
+                ]
         return results
 
     def rollback_edits(self, edit_ids: Collection[str]) -> None:
@@ -193,9 +194,10 @@ class WeightEditor(Editor):
         doomed = set(edit_ids)
         if not doomed <= self._edits.keys():
             raise InvalidInputError(f"no edits with ids {sorted(doomed - self._edits.keys())}")
-        self._retract_many(doomed)
-        for edit_id in doomed:
-            del self._edits[edit_id]
+        with self.lm.exclusive():
+            self._retract_many(doomed)
+            for edit_id in doomed:
+                del self._edits[edit_id]
 
     def _all_succeed(self, requests: Sequence[EditRequest]) -> list[bool]:
         """`_succeeds` for each request, in one batched teacher-forced pass."""
