@@ -5,6 +5,10 @@ gives a LlamaIndex agent agentmem's long-term memory: before each reply the bloc
 the latest messages (across all of the user's sessions), and the messages LlamaIndex flushes out of
 its short-term memory reach the block, which remembers the user's turns as notes, as `MemoryChat`
 does (the assistant's words are not facts the user gave; they stay in LlamaIndex's chat store).
+
+Nothing a chat hands over makes the block raise for its size: the recall query is the tail of the
+latest messages that fits the memory's text limit (the latest words matter most), and a user turn
+longer than the limit is remembered as several notes, split at whitespace.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ class AgentMemBlock(BaseMemoryBlock[str]):
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         """The recalled notes as one text, most relevant first ('' when nothing is recalled)."""
         texts = [m.content for m in messages or [] if m.content and m.content.strip()]
-        query = "\n".join(texts[-self.query_messages:])
+        query = _clean("\n".join(texts[-self.query_messages:]))[-self.memory.config.max_text_chars:].strip()
         if not query:
             return ""
         hits = await asyncio.to_thread(
@@ -50,10 +54,32 @@ class AgentMemBlock(BaseMemoryBlock[str]):
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Remember the user's turns, all in one transaction (all or none), in LlamaIndex's session."""
+        limit = self.memory.config.max_text_chars
         turns = [
-            {"text": m.content, "session_id": m.additional_kwargs.get("session_id")}
+            {"text": part, "session_id": m.additional_kwargs.get("session_id")}
             for m in messages
-            if m.role == MessageRole.USER and m.content and m.content.strip()
+            if m.role == MessageRole.USER and m.content
+            for part in _split(_clean(m.content), limit)
         ]
         if turns:
             await asyncio.to_thread(self.memory.remember_many, turns, user_id=self.user_id, agent_id=self.agent_id)
+
+
+def _clean(text: str) -> str:
+    """Text a note can hold: no NUL, no lone surrogate (replaced)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _split(text: str, limit: int) -> list[str]:
+    """The text in stripped, non-blank parts of at most `limit` characters, cut at whitespace where it can."""
+    parts: list[str] = []
+    text = text.strip()
+    while text:
+        if len(text) <= limit:
+            parts.append(text)
+            break
+        cut = max(text.rfind(" ", limit // 2, limit + 1), text.rfind("\n", limit // 2, limit + 1))
+        cut = cut if cut > 0 else limit
+        parts.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return parts

@@ -1,13 +1,10 @@
 """AgentMemBlock inside LlamaIndex's own `Memory`: recalled text comes back, user turns become notes."""
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory as LlamaMemory
 
-from agentmem import InvalidInputError
 from agentmem.integrations.chat import MEMORY_HEADER
 from agentmem.integrations.llamaindex_block import AgentMemBlock
 from tests.conftest import T0
@@ -72,11 +69,18 @@ def test_bad_input_raises_and_writes_nothing(memory):
         AgentMemBlock(memory="not a memory")
     with pytest.raises(ValueError):
         AgentMemBlock(memory=memory, user_id="\x00")
-    block = AgentMemBlock(memory=memory, user_id="maya")
-    good = ChatMessage(role="user", content="I live in Lisbon.")
-    too_long = ChatMessage(role="user", content="x" * (memory.config.max_text_chars + 1))
-    chat = llama_memory(block, "s1")
-    with pytest.raises(InvalidInputError):
-        asyncio.run(block.aput([good, too_long], session_id="s1"))
     assert memory.stats().notes == 0
-    assert chat.get_all() == []
+
+
+def test_an_over_long_turn_is_remembered_in_parts_and_an_over_long_query_still_recalls(memory):
+    limit = memory.config.max_text_chars
+    block = AgentMemBlock(memory=memory, user_id="maya", query_messages=2)
+    chat = llama_memory(block, "s1", token_limit=20)
+    long_turn = "My daughter Lea starts school in Lyon this September. " + " ".join(f"w{i}" for i in range(limit // 2))
+    for role, text in [("user", long_turn), ("assistant", "Congratulations!"), ("user", "I adopted Pixel."),
+                       ("assistant", "Nice."), ("user", "Bye\x00"), ("assistant", "Goodbye!")]:
+        chat.put(ChatMessage(role=role, content=text))   # an error here would surface on a later, unrelated put
+    parts = [n.text for n in memory.notes(user_id="maya") if n.text not in ("I adopted Pixel.", "Bye")]
+    assert len(parts) > 1 and all(len(t) <= limit for t in parts) and " ".join(parts) == long_turn.strip()
+    [system, *_] = chat.get(input="x " * limit + "Where does Lea go to school?")   # the query keeps the tail
+    assert "Lea starts school in Lyon" in system.content
