@@ -41,7 +41,7 @@ def callers_from_headers(keys: ApiKeys) -> Callable[[Context], Caller]:
 
     def caller(ctx: Context) -> Caller:
         request = ctx.request_context.request
-        return keys.caller(request.headers) if request is not None else Caller()
+        return keys.caller(request.headers if request is not None else {})  # no request, no key: refused if keys are on
 
     return caller
 
