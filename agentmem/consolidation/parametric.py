@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..editors import Editor, EditorConfig, EditRequest, WeightEditor
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StoreCorruptedError
 from ..facts import neighbour_prompts, question_forms
 from ..models import LanguageModel
 from ..notes import Fact, Verification
@@ -77,7 +77,7 @@ class ParametricMemory:
                 raise InvalidInputError("the editor edits another model than the memory's")
             self.editor = editor
         elif self.version is not None:
-            self.editor = kind.load(lm, directory / self.version)
+            self.editor = self._load_current(kind)
         else:
             self.editor = kind(lm, editor) if isinstance(editor, EditorConfig) else kind(lm)
         self._closed = False
@@ -98,7 +98,19 @@ class ParametricMemory:
         kind, config = type(self.editor), self.editor.config
         self.editor.remove()
         self.version = self._current()
-        self.editor = kind.load(self.lm, self.directory / self.version) if self.version else kind(self.lm, config)
+        self.editor = self._load_current(kind) if self.version else kind(self.lm, config)
+
+    def _load_current(self, kind: type[Editor]) -> Editor:
+        """The saved state `CURRENT` names. Another process's save may replace it (and remove the folder being
+        read) during the load: that is read again from the new `CURRENT`, not taken for a damaged state."""
+        while True:
+            try:
+                return kind.load(self.lm, self.directory / self.version)
+            except (StoreCorruptedError, InvalidInputError):  # damaged, or gone ("no saved editor")
+                newer = self._current()
+                if newer is None or newer == self.version:
+                    raise
+                self.version = newer
 
     def save(self) -> None:
         """Write the editor's state as a new version, switch `CURRENT` to it, drop the older ones."""

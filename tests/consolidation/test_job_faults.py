@@ -136,3 +136,31 @@ def test_while_a_job_elsewhere_holds_the_lock_a_forgotten_edit_is_hidden_then_ro
         assert [e.status for e in serving.ledger()] == ["retracting"]  # not saved: the lock is the job's
     assert not from_weights(serving)
     assert serving.editor.edits() == [] and serving.ledger() == []
+
+
+def test_a_load_that_meets_another_process_s_save_reads_the_new_state(open_memory, tmp_path, tiny_lm, monkeypatch):
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()  # its editor leaves the model: the load below stands for another process's
+    editor_folder = tmp_path / "mem" / "editor"
+    [first] = [p.name for p in editor_folder.iterdir() if p.is_dir()]
+    load = editor_base.Editor.load.__func__
+
+    def load_after_a_save_elsewhere(cls, lm, directory):
+        if directory.name == first:  # another process saves v2 and cleans v1 up while this one reads v1
+            (editor_folder / "v999999").mkdir()
+            for part in (editor_folder / first).iterdir():
+                (editor_folder / "v999999" / part.name).write_bytes(part.read_bytes())
+            (editor_folder / "CURRENT").write_text("v999999")
+            for part in (editor_folder / first).iterdir():
+                part.unlink()
+            (editor_folder / first).rmdir()
+        return load(cls, lm, directory)
+
+    monkeypatch.setattr(editor_base.Editor, "load", classmethod(load_after_a_save_elsewhere))
+    parametric = ParametricMemory(editor_folder, tiny_lm, None)
+    try:
+        assert parametric.version == "v999999" and [r.prompt for r in parametric.editor.edits()] == ["Alice lives in"]
+    finally:
+        parametric.editor.remove()
