@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 TURN = "langchain.turn"          # the note's position in the session
 PIECES = "langchain.pieces"      # [[piece of a message's JSON, whether it is the message's last piece], ...]
+# how histories written before the pieces kept whole messages (read, never written)
+MESSAGE, BEFORE, REPLIES = "langchain.message", "langchain.before", "langchain.replies"
 CARRIER_TEXT = "(the chat transcript continues here)"
 NO_TEXT = "(a message without text)"
 ROOM = 60_000                    # JSON characters of pieces per note: metadata holds at most 65,536
@@ -65,7 +67,11 @@ class AgentMemChatHistory(BaseChatMessageHistory):
         dicts: list[dict[str, Any]] = []
         pending = ""
         for note in self._notes():
-            for piece, last in note.metadata[PIECES]:
+            meta = note.metadata
+            if PIECES not in meta:  # written whole, before the pieces
+                dicts += [*meta.get(BEFORE, []), meta[MESSAGE], *meta.get(REPLIES, [])]
+                continue
+            for piece, last in meta[PIECES]:
                 pending += piece
                 if last:
                     try:
@@ -94,7 +100,8 @@ class AgentMemChatHistory(BaseChatMessageHistory):
             raise InvalidInputError("add_messages takes a sequence of LangChain messages")
         stored = self._notes()
         last = stored[-1] if stored else None
-        plan = _Plan(list(last.metadata[PIECES]) if last is not None else None)
+        # after a note written whole (before the pieces), what follows goes to new notes
+        plan = _Plan(list(last.metadata[PIECES]) if last is not None and PIECES in last.metadata else None)
         for message in messages:
             pieces = _pieces(json.dumps(message_to_dict(message)))
             if isinstance(message, HumanMessage):
@@ -194,11 +201,14 @@ def _split(text: str, limit: int) -> list[str]:
 
 
 def _well_formed(meta: dict[str, Any]) -> bool:
-    pieces = meta.get(PIECES)
-    return (
-        isinstance(meta.get(TURN), int) and not isinstance(meta.get(TURN), bool)
-        and isinstance(pieces, list)
-        and all(
-            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], bool) for p in pieces
+    if not isinstance(meta.get(TURN), int) or isinstance(meta.get(TURN), bool):
+        return False
+    if PIECES not in meta:  # written whole, before the pieces
+        return isinstance(meta.get(MESSAGE), dict) and all(
+            isinstance(meta.get(key, []), list) and all(isinstance(m, dict) for m in meta.get(key, []))
+            for key in (BEFORE, REPLIES)
         )
+    pieces = meta[PIECES]
+    return isinstance(pieces, list) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], bool) for p in pieces
     )

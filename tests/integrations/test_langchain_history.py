@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage, message_to_dict
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
@@ -172,3 +172,17 @@ def test_a_note_with_broken_chat_metadata_is_skipped(memory, caplog):
     assert caplog.text.count("skipped") == 3
     history.add_messages([HumanMessage("I start on Monday.")])   # after every note of the session, planted or not
     assert history.messages[-1] == HumanMessage("I start on Monday.")
+
+
+def test_a_transcript_written_whole_by_an_earlier_release_still_reads_and_goes_on(memory):
+    """Histories written before the pieces kept each turn's messages whole in its note's metadata."""
+    said, replied = HumanMessage("I moved to Lisbon."), AIMessage("Noted!")
+    memory.remember("I moved to Lisbon.", user_id="maya", session_id="old", deduplicate=False, metadata={
+        "langchain.turn": 0, "langchain.message": message_to_dict(said), "langchain.replies": [message_to_dict(replied)],
+        "langchain.before": [message_to_dict(SystemMessage("Be brief."))],
+    })
+    history = AgentMemChatHistory(memory=memory, session_id="old", user_id="maya")
+    assert [m.content for m in history.messages] == ["Be brief.", "I moved to Lisbon.", "Noted!"]
+    history.add_messages([AIMessage("Anything else?"), HumanMessage("My cat is Miso.")])
+    assert [m.content for m in history.messages] == ["Be brief.", "I moved to Lisbon.", "Noted!", "Anything else?",
+                                                     "My cat is Miso."]
