@@ -30,6 +30,7 @@ from .. import validation
 from ..errors import InvalidInputError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
+from .turns import note_texts
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,7 @@ class AgentMemChatHistory(BaseChatMessageHistory):
 
     def _texts(self, message: HumanMessage) -> list[str]:
         """The notes' texts for a user message: its words, split to the memory's text limit."""
-        text = message.text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-        return _split(text, self.memory.config.max_text_chars) or [NO_TEXT]
+        return note_texts(message.text, self.memory.config.max_text_chars) or [NO_TEXT]
 
 
 class _Plan:
@@ -183,21 +183,6 @@ def _pieces(serialised: str) -> list[list[Any]]:
     """A message's JSON (ASCII) in pieces, each flagged whether it ends the message."""
     cuts = range(0, max(len(serialised), 1), PIECE_CHARS)
     return [[serialised[i: i + PIECE_CHARS], i + PIECE_CHARS >= len(serialised)] for i in cuts]
-
-
-def _split(text: str, limit: int) -> list[str]:
-    """The text in stripped, non-blank parts of at most `limit` characters, cut at whitespace where it can."""
-    parts: list[str] = []
-    text = text.strip()
-    while text:
-        if len(text) <= limit:
-            parts.append(text)
-            break
-        cut = max(text.rfind(" ", limit // 2, limit + 1), text.rfind("\n", limit // 2, limit + 1))
-        cut = cut if cut > 0 else limit
-        parts.append(text[:cut].strip())
-        text = text[cut:].strip()
-    return parts
 
 
 def _well_formed(meta: dict[str, Any]) -> bool:

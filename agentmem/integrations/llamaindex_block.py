@@ -22,6 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from .. import validation
 from ..memory import Memory
 from .chat import MEMORY_HEADER
+from .turns import note_texts
 
 
 class AgentMemBlock(BaseMemoryBlock[str]):
@@ -42,9 +43,10 @@ class AgentMemBlock(BaseMemoryBlock[str]):
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         """The recalled notes as one text, most relevant first ('' when nothing is recalled)."""
         texts = [m.content for m in messages or [] if m.content and m.content.strip()]
-        query = _clean("\n".join(texts[-self.query_messages:]))[-self.memory.config.max_text_chars:].strip()
-        if not query:
+        parts = note_texts("\n".join(texts[-self.query_messages:]), self.memory.config.max_text_chars)
+        if not parts:
             return ""
+        query = parts[-1]  # the latest words, when there are more than a query holds
         hits = await asyncio.to_thread(
             self.memory.recall, query, k=self.k, user_id=self.user_id, agent_id=self.agent_id
         )
@@ -59,27 +61,8 @@ class AgentMemBlock(BaseMemoryBlock[str]):
             {"text": part, "session_id": m.additional_kwargs.get("session_id")}
             for m in messages
             if m.role == MessageRole.USER and m.content
-            for part in _split(_clean(m.content), limit)
+            for part in note_texts(m.content, limit)
         ]
         if turns:
             await asyncio.to_thread(self.memory.remember_many, turns, user_id=self.user_id, agent_id=self.agent_id)
 
-
-def _clean(text: str) -> str:
-    """Text a note can hold: no NUL, no lone surrogate (replaced)."""
-    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-
-
-def _split(text: str, limit: int) -> list[str]:
-    """The text in stripped, non-blank parts of at most `limit` characters, cut at whitespace where it can."""
-    parts: list[str] = []
-    text = text.strip()
-    while text:
-        if len(text) <= limit:
-            parts.append(text)
-            break
-        cut = max(text.rfind(" ", limit // 2, limit + 1), text.rfind("\n", limit // 2, limit + 1))
-        cut = cut if cut > 0 else limit
-        parts.append(text[:cut].strip())
-        text = text[cut:].strip()
-    return parts
