@@ -145,7 +145,11 @@ def target_logprob(lm: LanguageModel, prompt: str, target: str) -> float:
 
 
 def neighbourhood_score(lm: LanguageModel, records: Sequence[CounterFactRecord]) -> list[float]:
-    """Per record: the share of its neighbourhood prompts where the true object beats the new one."""
+    """Per record: the share of its neighbourhood prompts where the true object beats the new one.
+
+    An object's score is its probability as a whole (the sum of its tokens' log-probabilities), as
+    CounterFact's paper defines the Neighbourhood Score; ROME's reference code compares the mean per
+    token instead, which can flip single verdicts when the two objects have different token counts."""
     scores = []
     for record in records:
         wins = [target_logprob(lm, p, record.true) > target_logprob(lm, p, record.alt) for p in record.neighbourhood]

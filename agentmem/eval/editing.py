@@ -300,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     counterfact = is_counterfact(args.data[0][0])
     if args.paraphrases != "file" and not counterfact:
         parser.error("--paraphrases template applies to CounterFact files only")
+    if not args.defaults and any(path.resolve() == args.unrelated.resolve() for path, _ in args.data):
+        parser.error(f"{args.unrelated} gives the editors their unrelated prompts and would also be scored (its `loc` "
+                     "questions are its records' locality prompts): pass --defaults, or another --unrelated file")
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model()
@@ -338,8 +341,10 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
             text = text.replace(f" on {dataset} (", f" on {dataset}, template paraphrases (", 1)
         if args.defaults:
             text = text.replace(f" on {dataset}", f" on {dataset}, built with defaults (no unrelated=)", 1)
+        if args.consistent:
+            text = text.replace(f" on {dataset}", f" on {dataset} records that do not contradict each other", 1)
         variant = ("-counterfact" if counterfact else "") + ("-templates" if args.paraphrases == "template" else "") + (
-            "-defaults" if args.defaults else "")
+            "-consistent" if args.consistent else "") + ("-defaults" if args.defaults else "")
         report.write_section(f"editing-{args.editor}{variant}", text, args.benchmarks)
     return rows
 

@@ -29,9 +29,11 @@ which goes first, so a load spike on a shared machine hits both alike. The ratio
 the median of the per-batch ratios (remember_many texts/s over encode texts/s), with the range.
 
 A remember returns once its note is committed, and its vector-index write finishes in the
-background (`stores.index_writes`). A timed remember is the time until the call returns; the
-benchmark then lets the write finish, untimed (any call of the memory waits for it; it reads the
-note back), so that no timed step, ours or the baseline's, shares the machine with it. A timed
+background (`stores.index_writes`). Each timed remember is reported twice: until the call returns,
+and with its index write (the benchmark then reads the note back, which waits for the write; the
+read itself costs a fraction of a millisecond). The baseline's `add` writes its collection before it
+returns, and a memory's next call waits for the write, so the target is held to the second figure.
+No timed step, ours or the baseline's, shares the machine with a write of the other. A timed
 remember_many batch includes its index write.
 """
 from __future__ import annotations
@@ -260,16 +262,17 @@ def run(
                 baseline.add(batch, vectors[start : start + len(batch)])
             filled = size
 
-            remember_base, remember_ours, recall_base, recall_ours, stored = [], [], [], [], []
+            remember_base, remember_ours, remember_written, recall_base, recall_ours, stored = [], [], [], [], [], []
             for text, question in zip(probes, asks):
                 remember_base.append(timed(lambda: baseline.add([text])))
                 remember_ours.append(timed(lambda: stored.append(memory.remember(text, user_id="bench", session_id="probe").id)))
-                memory.get(stored[-1])  # untimed: any call waits for the index write, so it ends before the next timed step
+                remember_written.append(remember_ours[-1] + timed(lambda: memory.get(stored[-1])))  # waits for the write
                 recall_base.append(timed(lambda: baseline.query(question)))
                 recall_ours.append(timed(lambda: memory.recall(question, user_id="bench", k=10)))
             results["sizes"][size] = {
                 "notes_stored": memory.stats().notes,
-                "remember": {"baseline": percentiles(remember_base), "agentmem": percentiles(remember_ours)},
+                "remember": {"baseline": percentiles(remember_base), "agentmem": percentiles(remember_ours),
+                             "agentmem_with_index_write": percentiles(remember_written)},
                 "recall": {"baseline": percentiles(recall_base), "agentmem": percentiles(recall_ours)},
                 "throughput_per_s": throughput,
             }
@@ -291,19 +294,22 @@ def markdown(results: dict, command: str) -> str:
         f"Measured {machine_line()}.",
         f"Command: `{command}`",
         "",
-        "| store | notes | remember p50 / p95 (ms) | baseline add p50 / p95 | ratio p50 | recall p50 / p95 (ms) |"
+        "| store | notes | remember p50 / p95 (ms): returns | with its index write | baseline add p50 / p95"
+        " | ratio p50, with the write | recall p50 / p95 (ms) |"
         " baseline query p50 / p95 | ratio p50 | remember_many / encode throughput, median (texts/s) |"
         " ratio: median of batches (range) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for store, size, r in ((store, size, r) for store, by_size in results["stores"].items()
                            for size, r in by_size["sizes"].items()):
         rem, rec, tp = r["remember"], r["recall"], r["throughput_per_s"]
+        written = rem["agentmem_with_index_write"]
         lines.append(
             f"| {store} | {r['notes_stored']} "
             f"| {rem['agentmem']['p50_ms']:.1f} / {rem['agentmem']['p95_ms']:.1f} "
+            f"| {written['p50_ms']:.1f} / {written['p95_ms']:.1f} "
             f"| {rem['baseline']['p50_ms']:.1f} / {rem['baseline']['p95_ms']:.1f} "
-            f"| {rem['agentmem']['p50_ms'] / rem['baseline']['p50_ms']:.2f}x "
+            f"| {written['p50_ms'] / rem['baseline']['p50_ms']:.2f}x "
             f"| {rec['agentmem']['p50_ms']:.1f} / {rec['agentmem']['p95_ms']:.1f} "
             f"| {rec['baseline']['p50_ms']:.1f} / {rec['baseline']['p95_ms']:.1f} "
             f"| {rec['agentmem']['p50_ms'] / rec['baseline']['p50_ms']:.2f}x "
@@ -312,7 +318,8 @@ def markdown(results: dict, command: str) -> str:
         )
     lines += [
         "",
-        "Targets: remember p50 <= 1.3x baseline, recall p50 <= 1.5x baseline, remember_many throughput"
+        "Targets: remember p50 (with its index write, as the baseline's add has its own) <= 1.3x baseline,"
+        " recall p50 <= 1.5x baseline, remember_many throughput"
         " >= 0.8x raw MiniLM encode throughput. The throughput batches are the last texts stored before each"
         " size, each also encoded alone, the two alternating which goes first. agentmem's remember also finds neighbours, links, checks"
         " for duplicates and writes the note graph; its recall also ranks lexically, spreads activation"

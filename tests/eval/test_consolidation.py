@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from agentmem.consolidation import parametric
 from agentmem.eval import consolidation
 from agentmem.eval.zsre import Relations, ZsreRecord
 from tests.editors.conftest import one_thread, smollm, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
@@ -28,6 +29,20 @@ def test_facts_go_from_notes_into_the_weights_and_forgotten_ones_revert(tmp_path
     assert scores.not_consolidated == {}
     assert "| 3 | 3 | 3 / 0 / 0 | - | 0.000 -> 1.000 | 1.000 |" in table and "`python -m agentmem.eval.consolidation --n 3`" in table
     assert table.rstrip().endswith(f"| {scores.job_seconds / 3:.2f} |")
+
+
+def test_no_prompt_the_benchmark_scores_beyond_the_fact_s_own_reaches_the_editor(tmp_path, tiny_lm, tiny_config,
+                                                                                   monkeypatch):
+    """The editor may key a fact on the question forms it derives itself ("Where does Alice live?" from "Alice
+    lives in"), never on the data's own rephrase, which the benchmark scores."""
+    records = [r.model_copy(update={"rephrase": f"In other words: {r.rephrase}"}) for r in RECORDS]
+    requests = []
+    make_request = parametric.edit_request
+    monkeypatch.setattr(parametric, "edit_request", lambda *args: requests.append(make_request(*args)) or requests[-1])
+    consolidation.run(tiny_lm, records, tmp_path / "mem", tiny_config)
+    assert requests
+    scored = {r.rephrase for r in records} | {r.loc for r in records}
+    assert not scored & {key for request in requests for key in (*request.rephrases, *request.neighbours)}
 
 
 def test_the_report_gives_the_job_seconds_per_landed_fact_not_per_planned_one():

@@ -151,6 +151,14 @@ def test_template_paraphrases_are_refused_for_a_zsre_file(tmp_path, capsys):
     assert "CounterFact files only" in capsys.readouterr().err
 
 
+def test_the_file_of_unrelated_prompts_is_refused_as_data_unless_the_editors_keep_their_defaults(tmp_path, capsys):
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
+    with pytest.raises(SystemExit):
+        editing.main(["--data", f"{data}:1", "--unrelated", str(data), "--benchmarks", ""])
+    assert "would also be scored" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_counterfact_run_with_template_paraphrases_scores_them_in_a_section_of_its_own(tmp_path):
     data, out, bench = tmp_path / "counterfact-edit.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
