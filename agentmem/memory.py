@@ -14,7 +14,6 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,7 +46,6 @@ from .reading import ReadPath
 from .sections import Sections
 from .writing import Enricher, SearchAhead, WritePath
 
-log = logging.getLogger(__name__)
 
 _UNSET: Any = object()
 
@@ -300,8 +298,9 @@ class Memory:
         naming it; its full-text tokens; its vector-index entry.
 
         An edit it was consolidated into is retracted: the model gives its pre-edit answer again
-        (at once if the parametric memory is loaded, else as soon as it is; until then the ledger
-        keeps the fact).
+        (at once if the parametric memory is loaded and idle; else when the job or generation
+        using it ends, or as soon as it loads; until then the ledger keeps the fact). A forget never
+        waits for a consolidation job.
         """
         check.note_id(note_id)
         with self._sections.exclusive():
@@ -312,10 +311,7 @@ class Memory:
                 self._ledger.retract_note(note_id, check.time(None))
             self._sync.push([], [note_id])
             self._graph.purge_freed()
-        try:
-            self._parametric.retract_pending(check.time(None))
-        except StoreUnavailableError as exc:  # the note is gone; its edit's row says `retracting` until a retry lands
-            log.warning("the edit of forgotten note %s could not be rolled back yet: %s", note_id, exc)
+        self._parametric.retract_pending(check.time(None))
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
         """Link two notes by hand (both ways)."""

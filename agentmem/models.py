@@ -78,7 +78,8 @@ class LanguageModel:
         # Whose edits fire, per thread and task: scoped edits of these scopes, and the shared ones
         # (empty: shared edits only). Two threads generating for two users never see each other's.
         self._scopes: ContextVar[frozenset[str]] = ContextVar(f"agentmem_scopes_{id(self)}", default=frozenset())
-        # One forward pass at a time: editors keep per-forward state on their layers
+        # One forward pass at a time: editors keep per-forward state on their layers. A leaf lock: whoever
+        # holds it takes no other lock (a fact extractor may generate inside the store's write section)
         self._running = threading.RLock()
         self._user_turn = _user_turn_markers(tokenizer)
 

@@ -7,15 +7,16 @@ replicas on other hosts fetch it before their next use (a version check per call
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..editors import Editor, EditorConfig
-from ..errors import StoreClosedError
+from ..errors import StoreClosedError, StoreUnavailableError
 from ..models import LanguageModel, load_model
 from ..notes import Answer, ConsolidationReport, Hit
 from .answering import answer_question
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # psycopg is an optional dependency
     from ..stores.shared_folders import SharedFolders
 
 EDITOR_FOLDER = "editor"
+
+log = logging.getLogger(__name__)
 
 
 class JobStore(Protocol):
@@ -52,12 +55,25 @@ class ParametricBridge:
         self._consolidator: Consolidator | None = None
         self._editor_version: int | None = None  # of the shared editor state this process holds
         self._closed = False
+        self._retraction_due = False  # a forget found the lock taken: whoever holds it retracts on leaving
 
     @contextmanager
     def idle(self) -> Iterator[None]:
         """No job, answer or retraction runs in this process while the block runs (for backups and closing)."""
-        with self._lock:
+        with self._turn():
             yield
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The bridge's lock, for one job, generation or backup; a forget that found it taken left its
+        retraction due, and it is done here before the lock goes."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                if self._retraction_due and self._consolidator is not None and not self._closed:
+                    self._retraction_due = False
+                    self._retract(self._consolidator, datetime.now(timezone.utc))
 
     def consolidator(self, at: datetime) -> Consolidator:
         """The parametric memory and its job runner, loaded (and reconciled with the ledger) on first use,
@@ -81,7 +97,7 @@ class ParametricBridge:
     def run(self, policy: ConsolidationPolicy, at: datetime, dry_run: bool = False,
             only: Collection[str] | None = None, progress: bool = False) -> ConsolidationReport:
         """One consolidation job across every process sharing the store; its result published to replicas."""
-        with self._lock, self._store.job_lock():
+        with self._turn(), self._store.job_lock():
             report = self.consolidator(at).run(policy, at, dry_run, only=only, progress=progress)
             if not dry_run:
                 self._publish_editor_state()
@@ -91,9 +107,14 @@ class ParametricBridge:
         """Roll back the edits of forgotten notes now, if the model is loaded and no job or generation holds
         it. A forget never waits for a job's minutes: otherwise the rows stay `retracting` in the ledger, and
         the job at its end, or the next generation in any replica with the model (`serving`), takes them out."""
-        if self._consolidator is None or not self._lock.acquire(blocking=False):
+        if self._consolidator is None:
             return
+        if not self._lock.acquire(blocking=False):
+            self._retraction_due = True
+            if not self._lock.acquire(blocking=False):  # else the holder let go before it saw the flag
+                return
         try:
+            self._retraction_due = False
             self._retract(self._consolidator, at)
         finally:
             self._lock.release()
@@ -104,7 +125,7 @@ class ParametricBridge:
         fire), with no job of this process meanwhile. Edits whose notes were forgotten (by a process without
         the model, or while a job ran) are rolled back first; while a job elsewhere holds the lock that saving
         that needs, they are taken out of the model for this generation only."""
-        with self._lock:
+        with self._turn():
             consolidator = self.consolidator(at)
             waiting = consolidator.retracting()
             if waiting:
@@ -114,9 +135,14 @@ class ParametricBridge:
                 yield consolidator.parametric
 
     def _retract(self, consolidator: Consolidator, at: datetime) -> None:
-        with self._store.job_lock(wait=False) as held:
-            if held and consolidator.retract_pending(at, wait=False):
-                self._publish_editor_state()
+        """`retract_pending` unless a job anywhere holds the lock. A retraction that cannot be saved (a full
+        disk) stays `retracting` and is only logged: generation hides the edit meanwhile (`serving`)."""
+        try:
+            with self._store.job_lock(wait=False) as held:
+                if held and consolidator.retract_pending(at, wait=False):
+                    self._publish_editor_state()
+        except StoreUnavailableError as exc:
+            log.warning("edits of forgotten notes wait to be rolled back: %s", exc)
 
     def answer(self, question: str, scopes: list[str], recall: Callable[[], list[Hit]], max_new_tokens: int,
                at: datetime) -> Answer:

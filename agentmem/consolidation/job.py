@@ -59,7 +59,7 @@ class Consolidator:
     @contextmanager
     def job(self) -> Iterator[None]:
         """Exclusive use of the editor, caught up with what other processes (or a crash) left on disk."""
-        with self._lock, self._job_lock, self.parametric.lm.exclusive():
+        with self._lock, self._job_lock:
             if self._dirty:
                 self.parametric.reload()
                 self._dirty = False
@@ -74,7 +74,7 @@ class Consolidator:
         `hide_retracting`: edits marked `retracting` that could not be rolled back and saved yet (a job
         elsewhere holds the lock) are taken out of the model in memory; the next use reloads the saved
         state and looks again."""
-        with self._lock, self.parametric.lm.exclusive():
+        with self._lock:
             if self._dirty:  # changes the saved state does not have (a failed save, hidden edits): they may not answer
                 self.parametric.reload()
                 self._dirty = False
@@ -315,8 +315,7 @@ class Consolidator:
             except filelock.Timeout:
                 return False
             try:
-                with self.parametric.lm.exclusive():
-                    return self._retract_pending(at)
+                return self._retract_pending(at)
             finally:
                 self._job_lock.release()
 

@@ -96,9 +96,10 @@ class ParametricMemory:
     def reload(self) -> None:
         """Replace the editor in memory by the saved state (a fresh editor if nothing was saved)."""
         kind, config = type(self.editor), self.editor.config
-        self.editor.remove()
-        self.version = self._current()
-        self.editor = self._load_current(kind) if self.version else kind(self.lm, config)
+        with self.lm.exclusive():  # no generation in another thread runs on a model between two editors
+            self.editor.remove()
+            self.version = self._current()
+            self.editor = self._load_current(kind) if self.version else kind(self.lm, config)
 
     def _load_current(self, kind: type[Editor]) -> Editor:
         """The saved state `CURRENT` names. Another process's save may replace it (and remove the folder being
@@ -277,9 +278,10 @@ class ParametricMemory:
         except InvalidInputError:
             keep = [request for request in self.editor.edits() if request.id not in set(edit_ids)]
             kind, config = type(self.editor), self.editor.config
-            self.editor.remove()
-            self.editor = kind(self.lm, config)
-            self.editor.edit(keep)
+            with self.lm.exclusive():
+                self.editor.remove()
+                self.editor = kind(self.lm, config)
+                self.editor.edit(keep)
 
     def _current(self) -> str | None:
         """The saved state's folder named by `CURRENT`, if there is one."""

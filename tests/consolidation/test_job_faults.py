@@ -40,7 +40,7 @@ def test_a_note_forgotten_while_the_job_edits_it_leaves_no_edit_and_no_ledger_ro
         made = edit(self, *args, **kwargs)
         forgetting.append(threading.Thread(target=mem.forget, args=(note.id,)))
         forgetting[0].start()
-        while any(n.id == note.id for n in mem.notes()):  # committed; it then waits for the job to end
+        while any(n.id == note.id for n in mem.notes()):  # committed; the job, which holds the model, rolls its edit back
             time.sleep(0.02)
         return made
 
@@ -164,3 +164,27 @@ def test_a_load_that_meets_another_process_s_save_reads_the_new_state(open_memor
         assert parametric.version == "v999999" and [r.prompt for r in parametric.editor.edits()] == ["Alice lives in"]
     finally:
         parametric.editor.remove()
+
+
+def test_an_update_whose_fact_extractor_generates_with_the_model_does_not_deadlock_with_a_job(open_memory, tiny_lm):
+    """The fact extractor runs in the store's write section; a job that starts meanwhile takes the model's
+    lock only to edit, never while it waits for the store."""
+    jobs: list[threading.Thread] = []
+
+    def extract(text):
+        if text == "Bob lives in Oslo." and not jobs:  # the old text's extraction, inside update's section
+            jobs.append(threading.Thread(target=mem.consolidate, kwargs={"at": LATER}))
+            jobs[0].start()
+            time.sleep(1)  # the job takes its locks and waits for the store
+        tiny_lm.generate(text, 1)
+        return None
+
+    mem = open_memory(policy=POLICY, fact_extractor=extract)
+    alice(mem)
+    bob = mem.remember("Bob lives in Oslo.", user_id="bob", at=T0)
+    updating = threading.Thread(target=mem.update, args=(bob.id,), kwargs={"text": "Bob moved to Oslo.", "at": LATER})
+    updating.start()
+    updating.join(60)
+    assert not updating.is_alive()
+    jobs[0].join(60)
+    assert not jobs[0].is_alive() and [r.prompt for r in mem.editor.edits()] == ["Alice lives in"]
