@@ -130,9 +130,12 @@ def test_data_sources_are_read_in_turn_from_their_start_and_restated_facts_left_
 def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path, editor, config):
     data, out, bench = tmp_path / "zsre.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
     data.write_text(json.dumps([r.model_dump() for r in RECORDS]))
+    unrelated = tmp_path / "unrelated.json"  # another file's loc questions: the scored ones stay unseen
+    unrelated.write_text(json.dumps([r.model_copy(update={"loc": f"What is unrelated fact {i}?"}).model_dump()
+                                     for i, r in enumerate(RECORDS)]))
     threads = torch.get_num_threads()
     editing.main([
-        "--editor", editor, "--data", str(data), "--unrelated", str(data), "--n", "1", "2", "--records", "2",
+        "--editor", editor, "--data", str(data), "--unrelated", str(unrelated), "--n", "1", "2", "--records", "2",
         "--latency-prompts", "1", "--config", json.dumps(config), "--out", str(out), "--benchmarks", str(bench),
     ])
     assert torch.get_num_threads() == threads
