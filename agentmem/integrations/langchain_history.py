@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ PIECES = "langchain.pieces"      # [[piece of a message's JSON, whether it is th
 MESSAGE, BEFORE, REPLIES = "langchain.message", "langchain.before", "langchain.replies"
 CARRIER_TEXT = "(the chat transcript continues here)"
 NO_TEXT = "(a message without text)"
+_SESSION_LOCKS = [threading.Lock() for _ in range(64)]  # a session's writers in this process take turns (striped)
 ROOM = 60_000                    # JSON characters of pieces per note: metadata holds at most 65,536
 PIECE_CHARS = 20_000             # a piece is ASCII JSON, whose own JSON is at most twice as long
 
@@ -99,6 +101,12 @@ class AgentMemChatHistory(BaseChatMessageHistory):
         messages = list(messages)
         if not all(isinstance(m, BaseMessage) for m in messages):
             raise InvalidInputError("add_messages takes a sequence of LangChain messages")
+        with _SESSION_LOCKS[hash((id(self.memory), self.user_id, self.agent_id, self.session_id)) % len(_SESSION_LOCKS)]:
+            self._add(messages)
+
+    def _add(self, messages: list[BaseMessage]) -> None:
+        """`add_messages` once this process's other writers of the session are done: each reads the session's
+        last note and appends after it, and two at once would both append to it (one's messages lost)."""
         stored = self._notes()
         last = stored[-1] if stored else None
         # after a note written whole (before the pieces), what follows goes to new notes

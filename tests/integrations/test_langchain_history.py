@@ -1,6 +1,7 @@
 """AgentMemChatHistory behind LangChain's RunnableWithMessageHistory, with a real (local, no network) runnable."""
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -186,3 +187,18 @@ def test_a_transcript_written_whole_by_an_earlier_release_still_reads_and_goes_o
     history.add_messages([AIMessage("Anything else?"), HumanMessage("My cat is Miso.")])
     assert [m.content for m in history.messages] == ["Be brief.", "I moved to Lisbon.", "Noted!", "Anything else?",
                                                      "My cat is Miso."]
+
+
+def test_two_writers_of_one_session_in_one_process_lose_no_message(memory):
+    def write(name: str) -> None:
+        history = AgentMemChatHistory(memory=memory, session_id="shared-session", user_id="maya")
+        for i in range(8):
+            history.add_messages([AIMessage(f"{name} reply {i}")])
+
+    writers = [threading.Thread(target=write, args=(name,)) for name in ("first", "second")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    said = [m.content for m in AgentMemChatHistory(memory=memory, session_id="shared-session", user_id="maya").messages]
+    assert sorted(said) == sorted(f"{name} reply {i}" for name in ("first", "second") for i in range(8))
