@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..editors import Editor
 from ..errors import StoreUnavailableError
-from ..notes import ConsolidationReport, Decision, Note, Verification
+from ..notes import ConsolidationReport, Decision, LedgerEntry, Note, Verification
 from .ledger import LIVE, Ledger
 from .parametric import PROBES, ParametricMemory, agreement
 from .policy import ConsolidationPolicy, decide, edit_scopes, probe_limits
@@ -84,9 +84,7 @@ class Consolidator:
             except filelock.Timeout:
                 pass
             if hide_retracting:
-                with self.store.locked():
-                    rows = self.ledger.entries(statuses=["retracting"])
-                hidden = self.parametric.edit_ids() & {row.edit_id for row in rows}
+                hidden = self.parametric.edit_ids() & {row.edit_id for row in self._retracting_rows()}
                 if hidden:
                     self._dirty = True
                     self.parametric.rollback(hidden)
@@ -303,8 +301,11 @@ class Consolidator:
 
     def retracting(self) -> bool:
         """Whether edits wait to be rolled back: a note forgotten by a process that had not loaded the model."""
+        return bool(self._retracting_rows())
+
+    def _retracting_rows(self) -> list[LedgerEntry]:
         with self.store.locked():
-            return bool(self.ledger.entries(statuses=["retracting"]))
+            return self.ledger.entries(statuses=["retracting"])
 
     def retract_pending(self, at: datetime, wait: bool = True) -> bool:
         """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go);
@@ -320,8 +321,7 @@ class Consolidator:
                 self._job_lock.release()
 
     def _retract_pending(self, at: datetime) -> bool:
-        with self.store.locked():
-            rows = self.ledger.entries(statuses=["retracting"])
+        rows = self._retracting_rows()
         if not rows:
             return False
         if self._dirty:  # the saved state is the one to roll back from (`reading` may have hidden the edits)
