@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
-from agentmem.editors.semantic import anchor_words, asked_sentence, edit_anchors, relation_text, shared_subject
+from agentmem.editors.semantic import (
+    anchor_words, asked_sentence, edit_anchors, relation_text, sentences, shared_subject,
+)
 from agentmem.errors import InvalidInputError
 
 from .conftest import answer, logits
@@ -107,6 +111,16 @@ def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny
 ])
 def test_the_sentence_asked_is_the_last_question_or_sentence_that_names_something(text, asked):
     assert asked_sentence(text) == asked
+
+
+@pytest.mark.parametrize("text", ['"." * 200_000 + "x"', '"x" + "!" * 200_000', '"a. " * 100_000', '"Dr. " * 100_000'])
+def test_a_long_run_of_marks_or_abbreviations_is_cut_in_linear_time(text):
+    """A chat message is keyed at every generation: 40,000 dots took 18 s, "a. " x 30,000 a minute, and these
+    inputs several minutes each. The regex holds the GIL, so the cut runs in a child process (allowed 60 s, most
+    of it the import)."""
+    check = (f"from agentmem.editors.semantic import sentences\ntext = {text}\n"
+             "assert ''.join(sentences(text)).replace(' ', '') == text.replace(' ', '')")  # nothing lost or added
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
 
 
 def test_a_lowercase_part_of_the_name_does_not_carry_another_relation_through(tiny_lm, tiny_semantic, tmp_path):
