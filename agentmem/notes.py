@@ -20,6 +20,9 @@ MAX_ID_CHARS = 128
 MAX_SCOPE_CHARS = 256
 MAX_TAGS, MAX_TAG_CHARS = 32, 64
 MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_JSON = 32, 64, 65_536
+# lists and dicts inside one another; pydantic serialises at most 255 levels, and a note it cannot serialise
+# would break every listing and export that holds it
+MAX_METADATA_DEPTH = 32
 MAX_FACT_CHARS, MAX_REPHRASES = 500, 16
 MAX_STRENGTH = 1e6
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -51,23 +54,26 @@ def utc_time(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def json_value(value: Any) -> Any:
-    """A metadata value that JSON holds exactly: finite numbers, clean strings, lists and string-keyed dicts."""
+def json_value(value: Any, depth: int = 1) -> Any:
+    """A metadata value that JSON holds exactly: finite numbers, clean strings, and lists and string-keyed dicts
+    at most `MAX_METADATA_DEPTH` deep (`depth` is the value's own level, the metadata dict's is 1)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         raise ValueError("integers must fit in 64 bits")
+    if isinstance(value, (list, dict)) and depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata may nest lists and dicts at most {MAX_METADATA_DEPTH} deep")
     if isinstance(value, str):
         clean_string(value)
     elif isinstance(value, list):
         for item in value:
-            json_value(item)
+            json_value(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError("nested keys must be strings")
             clean_string(key)
-            json_value(item)
+            json_value(item, depth + 1)
     elif value is not None and not isinstance(value, (bool, int, float)):
         raise ValueError(f"{type(value).__name__} is not a JSON value")
     return value

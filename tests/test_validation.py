@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agentmem import AgentMemError, Fact, InvalidInputError, Memory
-from agentmem.notes import MAX_FACT_CHARS, MAX_METADATA_JSON
+from agentmem.notes import MAX_FACT_CHARS, MAX_METADATA_DEPTH, MAX_METADATA_JSON
 
 from .conftest import T0
 
@@ -233,3 +233,24 @@ def test_a_bad_store_location_is_refused_before_anything_is_created(tmp_path, em
     with pytest.raises(InvalidInputError):
         Memory(path, embedder=embedder)
     assert list(tmp_path.iterdir()) == []
+
+
+def _nested(depth: int) -> dict:
+    """Metadata whose lists sit `depth` levels deep, the metadata dict itself being level 1."""
+    value: object = "leaf"
+    for _ in range(depth - 1):
+        value = [value]
+    return {"k": value}
+
+
+def test_metadata_nested_too_deep_is_refused_and_the_deepest_allowed_is_served_everywhere(memory, tmp_path):
+    """At 256 levels pydantic cannot serialise a note: stored, it broke every listing, recall and export of the
+    store (the server answered 500 to all of them, and no route could name the note to forget it)."""
+    for depth in (MAX_METADATA_DEPTH + 1, 300):
+        with pytest.raises(InvalidInputError, match="deep"):
+            memory.remember("Hugo collects stamps", metadata=_nested(depth), at=T0)
+    assert memory.stats().notes == 0
+    note = memory.remember("Hugo collects stamps", metadata=_nested(MAX_METADATA_DEPTH), at=T0)
+    assert memory.get(note.id).metadata == _nested(MAX_METADATA_DEPTH)
+    assert [n.model_dump_json() for n in memory.notes()]  # serialisable, as the server will send it
+    still_healthy(memory, tmp_path)
