@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import re
+import selectors
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -166,7 +167,7 @@ class PostgresNoteGraph(SqlNoteStore):
                 " and the URL (user, host, port, database) is right"
             ) from exc
         self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=True, name="agentmem",
+            url, min_size=1, max_size=pool_size, open=True, name="agentmem", check=alive,
             kwargs={"autocommit": True, "row_factory": row_factory},
         )
         try:
@@ -192,11 +193,12 @@ class PostgresNoteGraph(SqlNoteStore):
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection]:
         """This thread's pinned connection, or one from the pool for as long as the block runs;
-        psycopg's failures leave as agentmem's typed errors."""
+        psycopg's failures leave as agentmem's typed errors (the pinned one's too)."""
         pinned = getattr(self._pinned, "conn", None)
         if pinned is not None:
-            self._send_queued(pinned)
-            yield pinned
+            with self._typed_errors():  # a caller's `except StoreUnavailableError` inside a section sees them
+                self._send_queued(pinned)
+                yield pinned
             return
         with self._typed_errors(), self._pool.connection(timeout=60) as conn:
             self._pinned.conn = conn
@@ -558,7 +560,7 @@ class PostgresNoteGraph(SqlNoteStore):
         for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes"):
             try:
                 self._run(f"VACUUM {table}")
-            except StoreUnavailableError as exc:
+            except (StoreUnavailableError, StoreCorruptedError) as exc:  # e.g. lock_timeout: another session holds the table
                 log.warning("VACUUM %s failed; autovacuum reclaims its dead rows later: %s", table, exc)
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
@@ -569,6 +571,18 @@ class PostgresNoteGraph(SqlNoteStore):
         clause, params = self._where(where, "n")
         rows = self._run(full_text.SEARCH.format(where=clause), (*full_text.ranking(terms), *params, n))
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
+
+
+def alive(conn: psycopg.Connection) -> None:
+    """The pool's check of a connection it lends (raises if it is dead, and the pool takes another):
+    after a server restart or a terminated session, its idle connections are dead, and each would
+    fail the call that borrowed it. An idle connection has nothing to read unless the server wrote
+    to it (its goodbye) or closed it, so only then is it tried with a round trip (an empty statement):
+    trying every one added a round trip to every borrow (40-50 us on loopback, more across a network)."""
+    with selectors.DefaultSelector() as selector:  # not select.select, which refuses descriptors past 1023
+        selector.register(conn.fileno(), selectors.EVENT_READ)
+        if selector.select(timeout=0):
+            psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 def rollback(conn: psycopg.Connection) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
+import psycopg.sql
 import pytest
 
 from agentmem import Note
@@ -331,3 +332,54 @@ def test_a_store_that_doubled_refreshes_the_planner_s_statistics(store, postgres
         for i in range(300, 600):
             store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
     assert planned_notes() == 600
+
+
+def end_sessions(url: str) -> int:
+    """End every other session on the database, as a server restart or a failover does; returns how many."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def test_calls_after_the_server_ended_the_store_s_sessions_succeed(store, postgres_url):
+    """The pool's idle connections are dead once the server ended their sessions: none may be lent."""
+    with store.lock(), store.outbox_claim(None):  # two connections in the pool
+        with store.transaction():
+            store.insert(note("a"), np.ones(4))
+    assert end_sessions(postgres_url) >= 2
+    assert store.count() == 1
+    with store.lock(), store.transaction():
+        store.insert(note("b"), np.ones(4))
+    assert store.all_ids() == {"a", "b"}
+
+
+def test_a_statement_failing_inside_a_write_section_is_a_typed_error(store, postgres_url):
+    with store.lock():
+        end_sessions(postgres_url)  # the section's own session too
+        with pytest.raises(StoreUnavailableError):
+            store.count()
+    assert store.count() == 0  # the next call has a live connection
+
+
+def test_a_vacuum_failing_after_a_forget_is_logged_and_the_forget_stands(postgres_url, caplog):
+    """`purge_freed` runs in the forget's write section after its commit: a VACUUM that cannot take
+    its table's lock in time (lock_timeout) leaves the dead rows to autovacuum; it must not raise."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET lock_timeout = '100ms'").format(
+            psycopg.sql.Identifier(conn.info.dbname)))
+    store = PostgresNoteGraph(postgres_url)
+    holder = psycopg.connect(postgres_url)
+    try:
+        with store.transaction():
+            store.insert(note("a"), np.ones(4))
+        holder.execute("LOCK TABLE recalls IN SHARE UPDATE EXCLUSIVE MODE")  # VACUUM's own lock, held elsewhere
+        with store.lock():
+            with store.transaction():
+                store.delete("a")
+            store.purge_freed()
+        assert store.all_ids() == set() and "VACUUM recalls failed" in caplog.text
+    finally:
+        holder.close()
+        store.close()
