@@ -141,9 +141,21 @@ class JobRunner:
         return job.progress.model_copy(update={"done": done})
 
     def _tick(self) -> None:
-        """Submit a job every `every`, unless the last scheduled one is still queued or running."""
+        """Submit a job every `every`, unless the last scheduled one is still queued or running.
+
+        Nothing ends the schedule but `close`: a failed submission is logged and tried again next period.
+        """
         assert self.every is not None
         last: str | None = None
         while not self._stop.wait(self.every.total_seconds()):
-            if last is None or self.get(last).status in ("succeeded", "failed"):
-                last = self.submit(scheduled=True).id
+            try:
+                if last is None or self._finished(last):
+                    last = self.submit(scheduled=True).id
+            except Exception:
+                log.exception("the consolidation schedule could not submit a job; it tries again in %s", self.every)
+
+    def _finished(self, job_id: str) -> bool:
+        """A job no longer kept (see KEPT_FINISHED) finished long ago."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        return job is None or job.finished_at is not None

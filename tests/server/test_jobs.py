@@ -60,6 +60,52 @@ def test_a_server_keeps_the_last_finished_jobs_only(tmp_path, embedder, tiny_lm,
             runner.close()
 
 
+def eventually(condition, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+    return found
+
+
+def scheduled_jobs(runner: JobRunner) -> list:
+    return [job for job in runner.jobs() if job.scheduled]
+
+
+def test_the_schedule_goes_on_once_its_last_job_is_no_longer_kept(tmp_path, embedder, tiny_lm, tiny_config,
+                                                                  monkeypatch):
+    """The schedule looked its last job up, and died of the lookup once other jobs had pushed it out."""
+    monkeypatch.setattr(jobs, "KEPT_FINISHED", 1)
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        runner = JobRunner(memory, every=timedelta(seconds=1))
+        try:
+            first = eventually(lambda: [job for job in scheduled_jobs(runner) if job.finished_at])[0]
+            other = runner.submit(dry_run=True, at=NOW)   # its end pushes the scheduled job out
+            eventually(lambda: first.id not in [job.id for job in runner.jobs()])
+            eventually(lambda: [job for job in scheduled_jobs(runner) if job.created_at > other.created_at])
+        finally:
+            runner.close()
+
+
+def test_the_schedule_goes_on_after_a_failed_submission(tmp_path, embedder, tiny_lm, tiny_config, monkeypatch, caplog):
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        runner = JobRunner(memory, every=timedelta(seconds=1))
+        submit, tries = runner.submit, []
+
+        def fails_once(**options):
+            tries.append(options)
+            if len(tries) == 1:
+                raise OSError("no space left on device")
+            return submit(**options)
+
+        monkeypatch.setattr(runner, "submit", fails_once)   # before the first period is over
+        try:
+            eventually(lambda: scheduled_jobs(runner))
+            assert len(tries) == 2 and "no space left on device" in caplog.text
+        finally:
+            runner.close()
+
+
 @pytest.mark.slow   # the job edits the bundled SmolLM2
 def test_a_background_consolidation_while_recall_and_remember_keep_working(model_server):
     with model_server.client(None, timeout=600) as client:
