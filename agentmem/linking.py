@@ -76,22 +76,21 @@ NEGATIONS = frozenset({"not", "no", "never", "nor", "don't", "doesn't", "didn't"
                        "haven't", "hadn't", "nothing", "nobody", "none"})
 
 
-def same_content(a: str, b: str) -> bool:
-    """Whether two texts that embed almost alike also say the same thing.
+def says_nothing_new(stored: str, newcomer: str) -> bool:
+    """Whether a newcomer that embeds almost like a stored note is only a restatement of it.
 
-    Embeddings barely see numbers or negation: "entry 10 in 2010" and "entry 11 in 2011",
-    or "likes tea" and "does not like tea", can be near-identical vectors. Texts count
-    as saying the same only with the same numbers, the same polarity, and at least
-    half their content words in common.
+    Embeddings barely see numbers, negation or a changed word: "entry 10 in 2010" and "entry 11
+    in 2011", "likes tea" and "does not like tea", "leaves on Monday" and "leaves on Tuesday" can
+    be near-identical vectors. A newcomer repeats the note only with the same numbers, the same
+    polarity, and no content word the note lacks; anything else it says is kept as a note of its own
+    (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
     """
-    words_a, words_b = words(a), words(b)
-    if {w for w in words_a if w.isdigit()} != {w for w in words_b if w.isdigit()}:
+    words_stored, words_new = words(stored), words(newcomer)
+    if {w for w in words_stored if w.isdigit()} != {w for w in words_new if w.isdigit()}:
         return False
-    if bool(NEGATIONS.intersection(words_a)) != bool(NEGATIONS.intersection(words_b)):
+    if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):
         return False
-    content_a, content_b = set(content_words(a)), set(content_words(b))
-    union = content_a | content_b
-    return not union or len(content_a & content_b) / len(union) >= 0.5
+    return set(content_words(newcomer)) <= set(content_words(stored))
 
 
 def evolve_keywords(own: list[str], newcomer: list[str], cap: int, absorb: int = 3) -> list[str]:

@@ -271,7 +271,8 @@ class WritePath:
                 deduplicate
                 and same_scope
                 and similarity >= self.config.duplicate_threshold
-                and linking.same_content(other.text, draft.text)
+                and linking.says_nothing_new(other.text, draft.text)
+                and draft.metadata.items() <= other.metadata.items()  # new metadata is not dropped either
             ):
                 known[note_id] = self.reinforce_duplicate(batch, other, draft)
                 return known[note_id]

@@ -30,9 +30,13 @@ def test_evolution_absorbs_new_keywords_up_to_the_cap_and_keeps_its_own():
     assert linking.evolve_keywords(own, ["alice"], cap=12) == own
 
 
-def test_same_content_tells_restatements_from_different_facts():
-    assert linking.same_content("Alice moved to Lisbon in 2024", "Alice moved to Lisbon in 2024.")
-    assert linking.same_content("Alice moved to Lisbon in 2024", "Alice relocated to Lisbon in 2024")
-    assert not linking.same_content("entry 10 about the harbour in 2010", "entry 11 about the harbour in 2011")
-    assert not linking.same_content("Bob likes green tea", "Bob does not like green tea")
-    assert not linking.same_content("Bob likes green tea", "Carol grows green peppers")
+def test_a_restatement_says_nothing_new_and_a_changed_fact_does():
+    assert linking.says_nothing_new("Alice moved to Lisbon in 2024", "Alice moved to Lisbon in 2024.")
+    assert linking.says_nothing_new("Alice moved to Lisbon in 2024", "Alice really moved to Lisbon in 2024")
+    assert linking.says_nothing_new("Eve's flight to Paris leaves on Monday morning", "Eve's flight leaves Monday")
+    assert not linking.says_nothing_new("Eve's flight to Paris leaves on Monday morning",
+                                        "Eve's flight to Paris leaves on Tuesday morning")
+    assert not linking.says_nothing_new("Alice moved to Lisbon in 2024", "Alice relocated to Lisbon in 2024")
+    assert not linking.says_nothing_new("entry 10 about the harbour in 2010", "entry 11 about the harbour in 2011")
+    assert not linking.says_nothing_new("Bob likes green tea", "Bob does not like green tea")
+    assert not linking.says_nothing_new("Bob likes green tea", "Carol grows green peppers")

@@ -293,6 +293,18 @@ def test_near_duplicate_reinforces_instead_of_copying(memory):
     assert memory.stats().notes == 1 and len(index_ids(memory)) == 1
 
 
+def test_a_changed_fact_or_new_metadata_is_stored_not_taken_for_a_duplicate(memory):
+    """Both embed almost like the stored note; both were once answered with the old note and lost."""
+    monday = memory.remember("Eve's flight to Paris leaves on Monday morning", user_id="eve", metadata={"v": 1}, at=T0)
+    tuesday = memory.remember("Eve's flight to Paris leaves on Tuesday morning", user_id="eve", at=T0)
+    assert tuesday.id != monday.id and memory.get(tuesday.id).text.endswith("Tuesday morning")
+    again = memory.remember("Eve's flight to Paris leaves on Monday morning", user_id="eve", metadata={"v": 2}, at=T0)
+    assert again.id not in {monday.id, tuesday.id} and memory.get(again.id).metadata == {"v": 2}
+    repeat = memory.remember("Eve's flight to Paris leaves on Monday morning.", user_id="eve", metadata={"v": 1}, at=T0)
+    assert repeat.id == monday.id  # the same words and metadata the note already holds: a restatement
+    assert memory.stats().notes == 3
+
+
 def test_same_text_in_another_scope_is_not_a_duplicate(memory):
     a = memory.remember("I moved to Lisbon", user_id="alice")
     b = memory.remember("I moved to Lisbon", user_id="bob")
