@@ -486,6 +486,8 @@ def test_an_edit_goes_in_its_owners_scope_unless_shared_marked_or_widely_held():
     agent = note("g", A).model_copy(update={"agent_id": "helper"})
     assert edit_scopes([agent], POLICY) == {"g": "agent:helper"}
     assert edit_scopes(notes, POLICY.model_copy(update={"share_from": 3}))["d"] == "user:dave"
+    only_marked = edit_scopes(notes, POLICY.model_copy(update={"share_from": None}))  # as a server with bound keys
+    assert (only_marked["c"], only_marked["d"], only_marked["e"], only_marked["f"]) == (None, "user:dave", "user:erin", None)
 
 
 def test_only_an_explicit_mark_shares_a_fact_not_a_tag_the_note_s_own_words_gave():

@@ -8,7 +8,7 @@ Scopes: a fact goes into the weights in the scope of the note it came from (`edi
 owner's ("user:<id>", else "agent:<id>"), so that generation for another user never fires it. It
 is shared (scope None, fired for everyone) when the note has no owner, when it is marked shared
 (`metadata={"shared": True}`; on a server, only a key not bound to one user may), or when `share_from` different users state
-the same fact. Facts compete within a scope: for each scope and fact prompt the newest note wins
+the same fact (never with `share_from=None`). Facts compete within a scope: for each scope and fact prompt the newest note wins
 and older notes on it count as contradicted; Alice's and Bob's notes on the same prompt are two
 edits, and retracting one leaves the other.
 """
@@ -58,7 +58,11 @@ class ConsolidationPolicy(BaseModel):
     replace: Literal["next_job", "immediately"] = Field(
         "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
     )
-    share_from: int = Field(2, ge=1, description="users stating the same fact that make its edit shared by everyone")
+    share_from: int | None = Field(
+        2, ge=1, description="users stating the same fact that make its edit shared by everyone (None: only a mark "
+                             "shares; `agentmem serve` with user-bound keys defaults to it, as two such keys could "
+                             "otherwise share what neither may mark)",
+    )
     neighbours: bool = Field(True, description="also verify each edit on its neighbour prompts (facts.neighbour_prompts)")
 
 
@@ -98,7 +102,8 @@ def edit_scopes(notes: Sequence[Note], policy: ConsolidationPolicy) -> dict[str,
     for note in notes:
         if note.fact is None:
             continue
-        widely_held = len(users[(prompt_key(note.fact.prompt), note.fact.target)]) >= policy.share_from
+        stated_by = len(users[(prompt_key(note.fact.prompt), note.fact.target)])
+        widely_held = policy.share_from is not None and stated_by >= policy.share_from
         shared = is_marked_shared(note) or widely_held
         scopes[note.id] = None if shared else owner_scope(note.user_id, note.agent_id)
     return scopes
