@@ -53,7 +53,7 @@ class NoteFilter(BaseModel):
 
     def sql(self, table: str = "notes", dialect: str = "sqlite") -> tuple[str, list[Any]]:
         """A WHERE clause over the notes table in `?` placeholders, and its parameters. Metadata is
-        matched with SQLite's JSON functions, or for "postgres" on its jsonb column, whose equality
+        matched with SQLite's JSON functions, or for "postgres" as jsonb values, whose equality
         agrees with `_same` (true is not 1, 1 is 1.0)."""
         where, params = ["1 = 1"], []
         for name, value in self.scope().items():
@@ -63,7 +63,7 @@ class NoteFilter(BaseModel):
             where.append(f"{table}.archived = 0")
         for key, value in self.metadata.items():
             if dialect == "postgres":
-                where.append(f"{table}.metadata -> ? = ?::jsonb")
+                where.append(f"({table}.metadata -> ?)::jsonb = ?::jsonb")
                 params += [key, json.dumps(value)]
                 continue
             path = "$." + json.dumps(key)

@@ -32,6 +32,17 @@ SEARCHED_VECTOR = f"{SEARCHED_VECTOR_OF} AS vector"  # what a read loads beside 
 UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a bad row raises when read
 
 
+def stored_int(digits: str) -> int | float:
+    """An integer in stored metadata; one past 64 bits as the float it was written as, since a note
+    holds no such integer: PostgreSQL stores of earlier versions kept metadata as jsonb, which
+    turned 6.022e23 into 602200000000000000000000."""
+    value = int(digits)
+    return value if -(2**63) <= value < 2**63 else float(digits)
+
+
+METADATA = json.JSONDecoder(parse_int=stored_int)  # reads a note's metadata column
+
+
 @dataclass
 class OutboxClaim:
     """Outbox rows held by one index write (`NoteStore.outbox_claim`): cleared when the write
@@ -99,7 +110,7 @@ def note_of(row: Mapping[str, Any], links: list[Link], validate: bool = True) ->
         created_at=from_timestamp(row["created_at"]), updated_at=from_timestamp(row["updated_at"]),
         last_recalled=from_timestamp(row["last_recalled"]),
         recall_count=row["recall_count"], strength=row["strength"], archived=bool(row["archived"]),
-        metadata=json.loads(row["metadata"]),
+        metadata=METADATA.decode(row["metadata"]),
         fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
         links=links,
     )
