@@ -53,8 +53,9 @@ class NoteFilter(BaseModel):
 
     def sql(self, table: str = "notes", dialect: str = "sqlite") -> tuple[str, list[Any]]:
         """A WHERE clause over the notes table in `?` placeholders, and its parameters. Metadata is
-        matched with SQLite's JSON functions, or for "postgres" as jsonb values, whose equality
-        agrees with `_same` (true is not 1, 1 is 1.0)."""
+        matched among SQLite's `json_each` members by key (a JSON path names no key holding `"`,
+        and compares a key as written, escapes and all), or for "postgres" as jsonb values, whose
+        equality agrees with `_same` (true is not 1, 1 is 1.0)."""
         where, params = ["1 = 1"], []
         for name, value in self.scope().items():
             where.append(f"{table}.{name} = ?")
@@ -66,13 +67,11 @@ class NoteFilter(BaseModel):
                 where.append(f"({table}.metadata -> ?)::jsonb = ?::jsonb")
                 params += [key, json.dumps(value)]
                 continue
-            path = "$." + json.dumps(key)
             types = _json_types(value)
-            where.append(
-                f"json_type({table}.metadata, ?) IN ({', '.join('?' * len(types))})"
-                + ("" if isinstance(value, bool) else f" AND json_extract({table}.metadata, ?) = ?")
-            )
-            params += [path, *types] + ([] if isinstance(value, bool) else [path, value])
+            typed = ", ".join("?" * len(types))
+            member = f"SELECT 1 FROM json_each({table}.metadata) WHERE key = ? AND type IN ({typed})"
+            where.append(f"EXISTS ({member}{'' if isinstance(value, bool) else ' AND atom = ?'})")
+            params += [key, *types] + ([] if isinstance(value, bool) else [value])
         return " AND ".join(where), params
 
     def index_conditions(self, token: Callable[[str, str], str]) -> dict[str, Any]:
