@@ -70,6 +70,13 @@ def from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
+def json_text(value: list[Any] | dict[str, Any]) -> str:
+    """A note's list or dict as its column's JSON, its words as written: escaped (`ensure_ascii`), a
+    tag `ünïcödé` was indexed by full text as the fragments of `\\u00fcn\\u00efc...` and never found.
+    Columns written escaped by earlier versions read the same."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def column_value(value: Any) -> Any:
     """A Python value as stored in the notes table."""
     if isinstance(value, datetime):
@@ -77,7 +84,7 @@ def column_value(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (list, dict)):
-        return json.dumps(value)
+        return json_text(value)
     if isinstance(value, Fact):
         return value.model_dump_json()
     return value
@@ -86,11 +93,11 @@ def column_value(value: Any) -> Any:
 def note_row(note: Note, embedding: np.ndarray, in_context: np.ndarray | None, index_key: bytes) -> tuple[Any, ...]:
     """The note's values in `NOTE_COLUMNS` order; `index_key` makes its vector-index token."""
     return (
-        note.id, note.text, json.dumps(note.keywords), json.dumps(note.tags), note.context,
+        note.id, note.text, json_text(note.keywords), json_text(note.tags), note.context,
         note.user_id, note.agent_id, note.session_id,
         to_timestamp(note.created_at), to_timestamp(note.updated_at), to_timestamp(note.last_recalled),
         note.recall_count, note.strength, int(note.archived),
-        json.dumps(note.metadata), note.fact.model_dump_json() if note.fact else None,
+        json_text(note.metadata), note.fact.model_dump_json() if note.fact else None,
         np.asarray(embedding, dtype=np.float32).tobytes(),
         None if in_context is None else np.asarray(in_context, dtype=np.float32).tobytes(),
         index_token(index_key, "id", note.id),

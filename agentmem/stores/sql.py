@@ -23,7 +23,8 @@ from ..notes import Link, Note
 from .filters import NoteFilter
 from .rows import (
     KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, column_value,
-    find_unreadable, from_timestamp, links_in, note_row, quarantine_entry, readable_notes, to_timestamp, without_words,
+    find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes, to_timestamp,
+    without_words,
 )
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class SqlNoteStore:
         rows = self._run("SELECT keywords FROM notes WHERE id = ?", (note_id,))
         if rows:
             kept = [w for w in json.loads(rows[0][0]) if w not in words]  # the index holds no keywords
-            self._write("UPDATE notes SET keywords = ? WHERE id = ?", (json.dumps(kept), note_id))
+            self._write("UPDATE notes SET keywords = ? WHERE id = ?", (json_text(kept), note_id))
         for order, before in self._run(f"SELECT {self.ORDER}, before FROM history WHERE note_id = ?", (note_id,)):
             self._write(f"UPDATE history SET before = ? WHERE {self.ORDER} = ?", (without_words(before, words), order))
 

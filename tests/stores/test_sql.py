@@ -40,3 +40,20 @@ def test_metadata_reads_back_as_it_was_written_and_filters_find_it(sql_store):
     for key in ("avogadro", "big", "huge", "tiny", "zero", "i64"):
         assert [n.id for n in sql_store.select(NoteFilter(metadata={key: metadata[key]}))] == ["a"], key
     assert [n.id for n in sql_store.select(NoteFilter(metadata={"avogadro": 6.022e22}))] == []
+
+
+def test_a_non_ascii_tag_or_keyword_is_found_by_full_text(sql_store):
+    """Keywords and tags were stored as JSON with their non-ASCII letters escaped, which full text
+    indexed as the fragments of `\\u00fc...`: neither store found `ünïcödé` in them."""
+    def note(note_id: str, **fields) -> Note:
+        return Note(id=note_id, text=f"note {note_id}", created_at=T, updated_at=T, last_recalled=T, **fields)
+
+    with sql_store.transaction():
+        sql_store.insert(note("tagged", tags=["ünïcödé"], metadata={"città": "Roma"}), np.ones(4))
+        sql_store.insert(note("keyworded", keywords=["Zürich"]), np.ones(4))
+        sql_store.insert(note("evolved"), np.ones(4))
+        sql_store.set_fields("evolved", keywords=["façade"])  # an evolved neighbour's keywords
+    for word, found in (("ünïcödé", "tagged"), ("zürich", "keyworded"), ("façade", "evolved")):
+        assert [i for i, _ in sql_store.lexical_search([word], 5, NoteFilter())] == [found], word
+    assert [i for i, _ in sql_store.lexical_search(["ünïcödé"], 5, NoteFilter(metadata={"città": "Roma"}))] == ["tagged"]
+    assert sql_store.get("tagged").tags == ["ünïcödé"] and sql_store.get("evolved").keywords == ["façade"]
