@@ -115,9 +115,13 @@ class UpstreamChat:
             response = self.client.post("/chat/completions", json={**options, "model": model, "messages": messages,
                                                                    "stream": False})
             response.raise_for_status()
-            return response.json()["choices"][0]["message"]["content"] or ""
+            content = response.json()["choices"][0]["message"]["content"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise UpstreamError(f"the upstream server at {self.client.base_url} failed: {exc}") from None
+        if not isinstance(content, str | None):  # the upstream's fault, not the caller's
+            raise UpstreamError(f"the upstream server at {self.client.base_url} replied with "
+                                f"{type(content).__name__} content, not text")
+        return content or ""
 
     def models(self) -> ModelList:
         try:

@@ -1,12 +1,16 @@
 """The OpenAI-compatible chat, driven by the official `openai` client: local model and upstream mode."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import anyio.to_thread
+import openai
 import pytest
 from openai import OpenAI
 
@@ -113,3 +117,43 @@ def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
             return len(finished)
 
     assert anyio.run(chats_and_another_route) < 10   # not after the 20 chats queued before it for a thread
+
+
+class NumberReplyingUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server whose reply content is a number, not text."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": 42}}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def number_upstream() -> Iterator[str]:
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), NumberReplyingUpstream)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{upstream.server_port}/v1"
+    upstream.shutdown()
+    upstream.server_close()
+
+
+def test_an_upstream_reply_that_is_not_text_is_the_upstreams_fault(number_upstream, tmp_path):
+    proxy = start_server(tmp_path, "--upstream", number_upstream)
+    try:
+        client = OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="int content, not text") as failed:
+            client.chat.completions.create(model="any", user="ola",
+                                           messages=[{"role": "user", "content": "Ola's cat is called Miso."}])
+        assert (failed.value.status_code, failed.value.type) == (502, "UpstreamError")
+        with proxy.client(None) as rest:
+            assert rest.get("/v1/stats").json()["notes"] == 0   # the failed turn remembered nothing
+    finally:
+        proxy.stop()
