@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the store over REST, MCP (/mcp) and an OpenAI-compatible chat API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                       help="a host name clients reach the server by, besides 127.0.0.1, localhost and [::1] "
+                            "(other Host headers get 421; bound beyond loopback with none given, any name is answered)")
     serve.add_argument("--api-key", dest="keys", action="append", default=[], metavar="KEY[:USER]",
                        help="accept this key (bound to USER if given); repeatable; env AGENTMEM_API_KEY")
     serve.add_argument("--keys-file", type=Path, help="a file of KEY[:USER] lines")
@@ -237,7 +240,8 @@ def serve(args: argparse.Namespace) -> None:
     keys = ApiKeys.parse(specs, args.keys_file)
     memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor)
     app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
-                     consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host)
+                     consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
+                     allowed_hosts=args.allowed_hosts)
     print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, "
           f"OpenAI /v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
     if not keys.enabled and args.host not in ("127.0.0.1", "localhost", "::1"):

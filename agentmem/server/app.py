@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import AgentMemError
 from ..memory import Memory
 from . import openai_chat, rest
-from .auth import ApiKeyMiddleware, ApiKeys
-from .errors import error_body, status_of
+from .auth import ApiKeyMiddleware, ApiKeys, HostGuardMiddleware, trusted_hosts
+from .errors import error_response, typed_error_response
 from .jobs import JobRunner
 from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .mcp_server import build_mcp_server, callers_from_headers
@@ -34,12 +35,19 @@ def create_app(
     consolidate_every: timedelta | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
-    """The app over `memory`, which it closes on shutdown (SIGTERM included, through uvicorn's lifespan)."""
+    """The app over `memory`, which it closes on shutdown (SIGTERM included, through uvicorn's lifespan).
+
+    `host` is the address the server listens on; with `allowed_hosts`, it says which Host headers are
+    answered (`trusted_hosts`).
+    """
     keys = keys or ApiKeys()
+    hosts = trusted_hosts(host, allowed_hosts)
     lane = ModelLane()
     mcp = build_mcp_server(memory, lane, callers_from_headers(keys))
-    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host)
+    no_second_host_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # HostGuard covers /mcp too
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=no_second_host_check)
     chat = openai_chat.ChatService(memory, lane, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
 
     @contextlib.asynccontextmanager
@@ -65,24 +73,26 @@ def create_app(
     app.include_router(rest.router)
     app.include_router(openai_chat.router)
     app.router.routes.extend(mcp_app.routes)
+    # The last added runs first: the Host and Origin, then the key (headers only), and only then is the body read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)  # outermost: refuse before reading anything else
+    app.add_middleware(HostGuardMiddleware, hosts=hosts)
 
     @app.exception_handler(AgentMemError)
     async def typed_error(request: Request, exc: AgentMemError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=status_of(exc))
+        return typed_error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return JSONResponse({"error": "InvalidInputError", "message": problems}, status_code=422)
+        return error_response(request.url.path, 422, "InvalidInputError", problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Starlette's own refusals (an unknown route, a body that is not JSON) in the same shape as typed errors."""
         if exc.status_code == 400:  # the body could not even be parsed: malformed input, like any other
-            return JSONResponse({"error": "InvalidInputError", "message": str(exc.detail)}, status_code=422)
-        return JSONResponse({"error": HTTPStatus(exc.status_code).phrase.replace(" ", ""), "message": str(exc.detail)},
-                            status_code=exc.status_code, headers=exc.headers)
+            return error_response(request.url.path, 422, "InvalidInputError", str(exc.detail))
+        return error_response(request.url.path, exc.status_code, HTTPStatus(exc.status_code).phrase.replace(" ", ""),
+                              str(exc.detail), exc.headers)
 
     return app

@@ -1,4 +1,4 @@
-"""API keys: who may call the server, and which user's notes a key may reach.
+"""Who may call the server: web pages of other sites may not, and with API keys, only key holders may.
 
 A key is given as `KEY` (every user) or `KEY:USER` (bound to one user_id). Clients send it as
 `Authorization: Bearer KEY` (what OpenAI and MCP clients send) or `X-API-Key: KEY`.
@@ -6,16 +6,18 @@ A key is given as `KEY` (every user) or `KEY:USER` (bound to one user_id). Clien
 from __future__ import annotations
 
 import hmac
-import json
+import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import validation
 from ..errors import InvalidInputError
-from .errors import UnauthorizedError, error_body
+from .errors import ForeignHostError, ForeignOriginError, UnauthorizedError, typed_error_response
 
 STATE_KEY = "agentmem_caller"
 
@@ -85,16 +87,75 @@ class ApiKeyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            caller = self.keys.caller(headers)
+            caller = self.keys.caller(Headers(scope=scope))
         except UnauthorizedError as exc:
-            body = json.dumps(error_body(exc)).encode()
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b"Bearer"),
-            ]})
-            await send({"type": "http.response.body", "body": body})
+            await typed_error_response(scope["path"], exc, {"www-authenticate": "Bearer"})(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = caller
         await self.app(scope, receive, send)
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def trusted_hosts(bind: str, allowed: Iterable[str] = ()) -> frozenset[str] | None:
+    """The host names a request's Host header may carry (with any port), for a server bound to `bind`.
+
+    On loopback: the loopback names and `allowed`, so a web page whose own name rebinds to 127.0.0.1
+    is refused. Bound elsewhere, the names clients use are the operator's to say: the loopback names
+    and `allowed`, or any name (None) when `allowed` is empty.
+    """
+    names = set()
+    for name in allowed:
+        if not (host := _host_name(name.strip())):
+            raise InvalidInputError(f"not a host name: {name!r}")
+        names.add(host)
+    if not names and not _is_loopback(bind):
+        return None
+    return LOOPBACK_NAMES | names
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return address.lower() == "localhost"
+
+
+class HostGuardMiddleware:
+    """Refuses what a web page may make a browser send: a Host the server does not answer to (DNS
+    rebinding: 421), and a request from a page of another origin (cross-site request forgery: 403).
+
+    Clients that are not browsers send no Origin; a browser sends one with every POST, PATCH and DELETE.
+    A cross-origin GET is not refused: without CORS headers the page cannot read the answer.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        """`hosts`: the names the Host header may carry (see `trusted_hosts`); None: any name."""
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host", ""), headers.get("origin")
+        error: ForeignHostError | ForeignOriginError | None = None
+        if self.hosts is not None and _host_name(host) not in self.hosts:
+            error = ForeignHostError(f"this server does not answer to the host {host!r} "
+                                     "(agentmem serve --allowed-host NAME adds a name)")
+        elif origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            error = ForeignOriginError(f"a web page of another origin ({origin!r}) may not call this server")
+        if error is None:
+            await self.app(scope, receive, send)
+        else:
+            await typed_error_response(scope["path"], error)(scope, receive, send)
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, without its port: `[::1]:8765` is `::1`; None if it is malformed."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None

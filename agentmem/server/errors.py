@@ -1,5 +1,9 @@
-"""The server's own typed errors, and the HTTP status every `AgentMemError` maps to."""
+"""The server's own typed errors, the HTTP status every `AgentMemError` maps to, and the JSON body of a refusal."""
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
 
 from ..errors import (
     AgentMemError, InvalidInputError, ModelUnavailableError, NoteNotFoundError, StoreClosedError, StoreUnavailableError,
@@ -12,6 +16,14 @@ class UnauthorizedError(AgentMemError, PermissionError):
 
 class AccessDeniedError(AgentMemError, PermissionError):
     """The API key is bound to one user and the request reaches beyond that user's notes."""
+
+
+class ForeignHostError(AgentMemError, PermissionError):
+    """The request's Host is not a name this server answers to: a web page's DNS rebinding, say."""
+
+
+class ForeignOriginError(AgentMemError, PermissionError):
+    """A web page of another origin sent the request (cross-site request forgery)."""
 
 
 class PayloadTooLargeError(AgentMemError, ValueError):
@@ -35,6 +47,8 @@ STATUS: dict[type[AgentMemError], int] = {
     JobNotFoundError: 404,
     UnauthorizedError: 401,
     AccessDeniedError: 403,
+    ForeignOriginError: 403,
+    ForeignHostError: 421,
     PayloadTooLargeError: 413,
     UpstreamError: 502,
     StoreClosedError: 503,
@@ -53,3 +67,21 @@ def status_of(error: AgentMemError) -> int:
 
 def error_body(error: AgentMemError) -> dict[str, str]:
     return {"error": type(error).__name__, "message": str(error)}
+
+
+OPENAI_ROUTES = ("/v1/chat/", "/v1/models")
+
+
+def error_response(path: str, status: int, kind: str, message: str,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """A refusal of a request for `path`: `kind` is the error's name. On the OpenAI-compatible routes it takes
+    OpenAI's shape, the only one OpenAI clients read a message from; elsewhere `{"error": kind, "message": ...}`."""
+    if path.startswith(OPENAI_ROUTES):
+        body: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        body = {"error": kind, "message": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def typed_error_response(path: str, error: AgentMemError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return error_response(path, status_of(error), type(error).__name__, str(error), headers)

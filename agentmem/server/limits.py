@@ -1,17 +1,18 @@
 """A cap on request bodies, so one request cannot exhaust the server's memory."""
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLargeError, error_body
+from .errors import PayloadTooLargeError, typed_error_response
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to a body over `max_bytes`, whether it announces its length or is chunked."""
+    """Answers 413 to a body over `max_bytes`, whether it announces its length or is chunked.
+
+    It reads the body before the app does: so it comes after the API key check, which needs the headers only.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -22,7 +23,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -34,17 +35,13 @@ class BodyLimitMiddleware:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
         await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLargeError(f"the request body is over the limit of {self.max_bytes} bytes")
-        body = json.dumps(error_body(error)).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        await typed_error_response(scope["path"], error)(scope, receive, send)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -28,11 +28,26 @@ from ..memory import Memory
 from .access import ScopedMemory
 from .model_lane import ModelLane
 from .errors import UpstreamError
-from .rest import ERRORS, scoped
+from .rest import scoped
 
 LOCAL_MODEL = "agentmem-local"
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str = Field(description="the typed error's class name, e.g. InvalidInputError")
+    param: None = None
+    code: None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """How these routes refuse: OpenAI's error shape, the one OpenAI clients take the message from."""
+
+    error: OpenAIError
+
+
+router = APIRouter(prefix="/v1", tags=["openai"],
+                   responses={status: {"model": OpenAIErrorBody} for status in (401, 403, 413, 421, 422, 502, 503)})
 
 
 class ContentPart(BaseModel):

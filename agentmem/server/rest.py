@@ -32,7 +32,8 @@ from .models import (
 )
 
 JSONL = "application/x-ndjson"
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 413, 422, 503)}
+IMPORT_TYPES = (JSONL, "application/jsonl", "application/json")
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 413, 421, 422, 503)}
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -204,6 +205,9 @@ def _lines(path: Path) -> Iterator[str]:
 @router.post("/import", response_model=ImportReport, tags=["store"], summary="load notes written by export",
              openapi_extra={"requestBody": {"required": True, "content": {JSONL: {"schema": {"type": "string"}}}}})
 async def import_(request: Request, mem: Scoped) -> ImportReport:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in IMPORT_TYPES:  # a web page may send text/plain, form data or no type to any site, unasked
+        raise InvalidInputError(f"the body must be JSON lines, sent as Content-Type: {JSONL} (not {media_type!r})")
     body = await request.body()
     return await run_in_threadpool(_import, body, mem)
 

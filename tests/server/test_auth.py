@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -15,6 +17,7 @@ from agentmem.server.auth import ApiKeys
 from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, start_server
 
 T0 = "2024-05-01T12:00:00+00:00"
+JSONL = {"content-type": "application/x-ndjson"}
 
 
 def test_every_route_needs_a_key(server):
@@ -25,7 +28,8 @@ def test_every_route_needs_a_key(server):
                                  ("GET", "/openapi.json"), ("POST", "/mcp")]:
                 response = client.request(method, path, json={})
                 assert response.status_code == 401, (method, path)
-                assert response.json()["error"] == "UnauthorizedError"
+                error = response.json()["error"]   # in OpenAI's shape on its routes
+                assert (error["type"] if path.startswith(("/v1/chat/", "/v1/models")) else error) == "UnauthorizedError"
     with server.client(None) as client:   # the key also works as X-API-Key
         assert client.get("/v1/stats", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
 
@@ -61,9 +65,9 @@ def test_a_user_bound_key_reaches_only_its_users_notes(server):
             exported = [json.loads(line) for line in response.iter_lines() if line]
         assert exported and {n["user_id"] for n in exported} == {"alice"}
         foreign = json.dumps({**other, "id": "planted-note-1"}) + "\n"
-        assert alice.post("/v1/import", content=foreign).status_code == 403
+        assert alice.post("/v1/import", content=foreign, headers=JSONL).status_code == 403
         mine = json.dumps({**own, "id": "planted-note-2"})   # \x1e breaks a line for str.splitlines, not for JSON lines
-        smuggled = alice.post("/v1/import", content=mine + "\x1e" + foreign)
+        smuggled = alice.post("/v1/import", content=mine + "\x1e" + foreign, headers=JSONL)
         assert (smuggled.status_code, smuggled.json()["error"]) == (422, "InvalidInputError")
         assert [admin.get(f"/v1/notes/planted-note-{i}").status_code for i in (1, 2)] == [404, 404]
         for method, path in [("GET", "/v1/stats"), ("POST", "/v1/decay"), ("POST", "/v1/consolidate"),
@@ -115,7 +119,7 @@ def test_only_a_key_for_every_user_may_mark_a_note_shared(server):
             response = alice.request(method, path, json=body)
             assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError"), path
         marked = json.dumps({**own, "id": "shared-by-alice", "metadata": {"shared": True}}) + "\n"
-        assert alice.post("/v1/import", content=marked).status_code == 403
+        assert alice.post("/v1/import", content=marked, headers=JSONL).status_code == 403
         assert admin.get("/v1/notes/shared-by-alice").status_code == 404
         assert admin.get(f"/v1/notes/{own['id']}").json()["metadata"] == {}
         assert not [n for n in admin.get("/v1/notes", params={"user_id": "alice"}).json() if "bike" in n["text"]]
@@ -155,3 +159,20 @@ def test_key_specs_are_checked(tmp_path):
         ApiKeys.parse(["erin-key-0001: "])
     with pytest.raises(InvalidInputError):
         ApiKeys.parse([], tmp_path / "missing")
+
+
+def test_a_request_without_a_key_is_refused_before_its_body_is_read(server):
+    """Reading a body first let anyone who reaches the port make the server hold 8 MiB per connection."""
+
+    def answer_to_headers_alone(*headers: str) -> int:
+        """The status the server answers the request's headers with, its announced body never sent."""
+        url = urlsplit(server.url)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            sock.sendall("\r\n".join(["POST /v1/notes HTTP/1.1", f"Host: {url.netloc}",
+                                       "Content-Type: application/json", *headers, "", ""]).encode())
+            return int(sock.recv(4096).split(b" ")[1])   # b"HTTP/1.1 401 Unauthorized..."
+
+    assert answer_to_headers_alone("Content-Length: 7000000") == 401
+    assert answer_to_headers_alone("Transfer-Encoding: chunked") == 401
+    with_key = f"Authorization: Bearer {ADMIN_KEY}"   # an announced length over the limit needs no reading either
+    assert answer_to_headers_alone(with_key, "Content-Length: 9000000") == 413

@@ -17,7 +17,7 @@ from openai import OpenAI
 from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatService
 
-from .conftest import start_server
+from .conftest import ALICE_KEY, start_server
 
 
 
@@ -84,14 +84,14 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
         for body in ({"messages": []}, {"messages": [{"role": "assistant", "content": "hi"}]},
                      {"messages": [{"role": "user", "content": "   "}]}, {"messages": [{"role": "wizard"}]}):
             response = client.post("/v1/chat/completions", json=body)
-            assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
+            assert (response.status_code, response.json()["error"]["type"]) == (422, "InvalidInputError"), body
         before = client.get("/v1/stats").json()
         lone_surrogate = b'{"messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}'
         asks = [(lone_surrogate, {}), (b'{"messages": [{"role": "user", "content": "hi"}]}', {"X-AgentMem-Session": "s" * 300})]
         for body, headers in asks:   # refused before the turn: nothing recalled, nothing remembered
             response = client.post("/v1/chat/completions", content=body,
                                    headers={"content-type": "application/json", **headers})
-            assert (response.status_code, response.json()["error"]) == (422, "InvalidInputError"), body
+            assert (response.status_code, response.json()["error"]["type"]) == (422, "InvalidInputError"), body
         assert client.get("/v1/stats").json() == before
 
 
@@ -117,6 +117,20 @@ def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
             return len(finished)
 
     assert anyio.run(chats_and_another_route) < 10   # not after the 20 chats queued before it for a thread
+
+
+def test_the_openai_client_shows_why_a_request_was_refused(server):
+    """Errors on these routes are in OpenAI's shape: the `openai` client takes the message from no other."""
+    alice = OpenAI(base_url=f"{server.url}/v1", api_key=ALICE_KEY, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError, match="may only reach the notes of user 'alice'") as denied:
+        alice.chat.completions.create(model="agentmem-local", user="bob", messages=[{"role": "user", "content": "hi"}])
+    assert denied.value.type == "AccessDeniedError"
+    with pytest.raises(openai.UnprocessableEntityError, match="messages") as malformed:
+        alice.chat.completions.create(model="agentmem-local", messages=[])
+    assert malformed.value.type == "InvalidInputError"
+    stranger = OpenAI(base_url=f"{server.url}/v1", api_key="wrong-key-123", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="a valid API key is required"):
+        stranger.models.list()
 
 
 class NumberReplyingUpstream(BaseHTTPRequestHandler):
