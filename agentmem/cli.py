@@ -232,13 +232,16 @@ def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGTERM / Ctrl-C; the store is closed on the way out."""
     import uvicorn
 
+    from .consolidation.policy import ConsolidationPolicy
     from .memory import Memory
     from .server.app import create_app
     from .server.auth import ApiKeys
 
     specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
     keys = ApiKeys.parse(specs, args.keys_file)
-    memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor)
+    # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
+    policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
+    memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor, policy=policy)
     app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
                      consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
                      allowed_hosts=args.allowed_hosts)

@@ -149,3 +149,19 @@ def test_an_unreachable_server_is_a_typed_error(capsys):
 
     code, out, err = run(capsys, "--url", f"http://127.0.0.1:{free_port()}", "stats")
     assert code == 2 and out is None and "StoreUnavailableError" in err
+
+
+@pytest.mark.parametrize(("keys", "share_from"), [((), 2), (("--api-key", "admin-key-01"), 2),
+                                                  (("--api-key", "admin-key-01", "--api-key", "alice-key-1:alice"), None)])
+def test_a_server_with_user_bound_keys_shares_a_fact_only_when_marked(tmp_path, embedder, monkeypatch, keys, share_from):
+    """Two bound keys stating one fact would otherwise make it fire for every user, which neither key may mark."""
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    assert main(["--path", str(tmp_path / "m"), "serve", *keys]) == 0
+    memory = served[0].state.memory
+    try:
+        assert memory.policy.share_from == share_from
+    finally:
+        memory.close()

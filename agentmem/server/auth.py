@@ -60,6 +60,11 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def binds_users(self) -> bool:
+        """Whether some key reaches one user's notes only."""
+        return any(user is not None for user in self._keys.values())
+
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """The caller a request's headers identify; raises `UnauthorizedError` when keys are on and it has none."""
         if not self.enabled:
