@@ -11,7 +11,9 @@ import re
 from collections import Counter
 from datetime import datetime
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|\d{2,4}")
+# a letter is any script's ("Zoë", "São", "東京"), not only ASCII: an English-only pattern read "café" as "caf"
+_LETTER = r"[^\W\d_]"
+_WORD = re.compile(rf"{_LETTER}(?:{_LETTER}|['\-])*{_LETTER}|\d{{2,4}}")
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)([A-Za-z][\w'\-]*)")
 
 STOPWORDS = frozenset(
@@ -36,7 +38,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, inner apostrophes/hyphens; numbers of 2-4 digits)."""
+    """Lower-cased word tokens (letters of any script, inner apostrophes/hyphens; numbers of 2-4 digits)."""
     return [w.lower() for w in _tokens(text)]
 
 

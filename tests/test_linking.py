@@ -9,6 +9,11 @@ def test_keywords_skip_stopwords_and_rank_by_frequency():
     assert "the" not in keywords and "is" not in keywords
 
 
+def test_words_are_read_in_any_script():
+    assert linking.content_words("Zoë's café in São Tomé, naïve x-ray") == ["zoë", "café", "são", "tomé", "naïve", "x-ray"]
+    assert linking.extract_tags("Yesterday Zoë met Émile") == ["zoë", "émile"]
+
+
 def test_tags_keep_user_tags_then_named_things_and_years():
     tags = linking.extract_tags("Yesterday Alice flew to Lisbon's airport in 2024.", ("Travel",))
     assert tags[0] == "travel"

@@ -146,6 +146,15 @@ def test_a_candidate_only_the_full_text_found_is_scored_by_its_stored_vector(mem
     assert hit.why.similarity == pytest.approx(float(stored @ memory._embed([query])[0]), abs=1e-6)
 
 
+def test_words_of_any_script_are_keywords_and_found_by_the_full_text(memory, monkeypatch):
+    """The word pattern read only ASCII letters: "Zoë" became nothing and "café" became "caf"."""
+    note = memory.remember("Zoë opened a café in São Tomé", at=T0)
+    assert {"zoë", "café", "são", "tomé"} <= set(note.keywords)
+    monkeypatch.setattr(memory._reader, "dense", lambda *args: [])  # only the full text can find it
+    [hit] = memory.recall("Zoë's café", at=T0, reinforce=False)
+    assert hit.note.id == note.id and hit.why.lexical > 0
+
+
 def test_scope_and_metadata_filters(memory):
     memory.remember("I like green tea", user_id="u1", agent_id="a", session_id="s1", metadata={"topic": "food"})
     memory.remember("I like green tea with honey", user_id="u2", agent_id="a", session_id="s1", metadata={"topic": "food"})
