@@ -3,7 +3,10 @@
 The local model and its editor cost seconds to load, so nothing is loaded until a verb needs it.
 A job holds the store's job lock (a file lock for a folder store, an advisory lock on
 PostgreSQL), and afterwards publishes the editor state through the store's shared folders, so
-replicas on other hosts fetch it before their next use (a version check per call).
+replicas on other hosts fetch it before their next use (a version check per call). Whatever
+saves the state (a job, a forget's retraction, the reconciling at load) first fetches the
+published state under the job lock, and publishes what it saved as the version after that one:
+an older copy never replaces a newer one.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..editors import Editor, EditorConfig
-from ..errors import StoreClosedError, StoreUnavailableError
+from ..errors import StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..models import LanguageModel, load_model
 from ..notes import Answer, ConsolidationReport, Hit
 from .answering import answer_question
@@ -53,7 +56,8 @@ class ParametricBridge:
         self._model, self._editor_spec = model, editor
         self._lock = threading.RLock()
         self._consolidator: Consolidator | None = None
-        self._editor_version: int | None = None  # of the shared editor state this process holds
+        self._editor_version: int | None = None  # the published version this process's saved state was made from
+        self._published_as: str | None = None  # the saved state (`ParametricMemory.version`) that version holds
         self._closed = False
         self._retraction_due = False  # a forget found the lock taken: whoever holds it retracts on leaving
 
@@ -81,26 +85,54 @@ class ParametricBridge:
         with self._lock:
             if self._closed:
                 raise StoreClosedError(f"the parametric memory at {self._folder} is closed")
-            self._fetch_editor_state()
             if self._consolidator is None:
-                lm = self._model if isinstance(self._model, LanguageModel) else load_model(self._model)
-                parametric = ParametricMemory(self._folder / EDITOR_FOLDER, lm, self._editor_spec)
-                consolidator = Consolidator(parametric, self._ledger, self._access, self._folder / "consolidation.lock")
-                try:
-                    consolidator.reconcile(at)
-                except BaseException:
-                    consolidator.close()
-                    raise
-                self._consolidator = consolidator
+                self._consolidator = self._load(at)
+            else:
+                self._fetch_editor_state(self._consolidator.parametric)
             return self._consolidator
+
+    def _load(self, at: datetime) -> Consolidator:
+        """The model with the current editor state, reconciled with the ledger under the job lock: a job
+        elsewhere writes the ledger before it publishes, so reconciling meanwhile would undo its rows. While
+        a job holds the lock, the state is only loaded; the job (or the next one) reconciles."""
+        lm = self._model if isinstance(self._model, LanguageModel) else load_model(self._model)
+        with self._store.job_lock(wait=False) as held:
+            self._fetch_editor_state(None)
+            parametric = ParametricMemory(self._folder / EDITOR_FOLDER, lm, self._editor_spec)
+            self._published_as = parametric.version if self._editor_version is not None else None
+            consolidator = Consolidator(parametric, self._ledger, self._access, self._folder / "consolidation.lock")
+            try:
+                if held:
+                    self._refuse_missing_state(parametric)
+                    consolidator.reconcile(at)
+                    self._publish_editor_state(parametric)  # what reconciling saved, or a state never published
+            except BaseException:
+                consolidator.close()
+                raise
+        return consolidator
+
+    def _refuse_missing_state(self, parametric: ParametricMemory) -> None:
+        """On a shared store, applied edits with no published state and none here are somewhere else (in the
+        local folder of the host that migrated the store, or ran a first job that stopped before publishing).
+        Reconciling would mark them retracted for every replica: refused instead."""
+        if self._store.shared_folders is None or self._editor_version is not None or parametric.version is not None:
+            return
+        with self._access.locked():
+            applied = self._ledger.entries(statuses=["applied"])
+        if applied:
+            raise StoreCorruptedError(
+                f"the store's ledger holds {len(applied)} applied edit(s), but the store holds no published editor"
+                f" state and {parametric.directory} none either: open the store with the model once on the host"
+                " whose local folder holds the editor state (it publishes it), or copy that editor folder here"
+            )
 
     def run(self, policy: ConsolidationPolicy, at: datetime, dry_run: bool = False,
             only: Collection[str] | None = None, progress: bool = False) -> ConsolidationReport:
         """One consolidation job across every process sharing the store; its result published to replicas."""
         with self._turn(), self._store.job_lock():
-            report = self.consolidator(at).run(policy, at, dry_run, only=only, progress=progress)
-            if not dry_run:
-                self._publish_editor_state()
+            consolidator = self.consolidator(at)  # the published state, fetched under the lock
+            report = consolidator.run(policy, at, dry_run, only=only, progress=progress)
+            self._publish_editor_state(consolidator.parametric)
             return report
 
     def retract_pending(self, at: datetime) -> None:
@@ -135,12 +167,15 @@ class ParametricBridge:
                 yield consolidator.parametric
 
     def _retract(self, consolidator: Consolidator, at: datetime) -> None:
-        """`retract_pending` unless a job anywhere holds the lock. A retraction that cannot be saved (a full
+        """`retract_pending` unless a job anywhere holds the lock, from the state published last (another
+        replica's job may have published since this one fetched). A retraction that cannot be saved (a full
         disk) stays `retracting` and is only logged: generation hides the edit meanwhile (`serving`)."""
         try:
             with self._store.job_lock(wait=False) as held:
-                if held and consolidator.retract_pending(at, wait=False):
-                    self._publish_editor_state()
+                if held:
+                    self._fetch_editor_state(consolidator.parametric)
+                    consolidator.retract_pending(at, wait=False)
+                    self._publish_editor_state(consolidator.parametric)
         except StoreUnavailableError as exc:
             log.warning("edits of forgotten notes wait to be rolled back: %s", exc)
 
@@ -157,19 +192,26 @@ class ParametricBridge:
             if self._consolidator is not None:
                 self._consolidator.close()
 
-    def _fetch_editor_state(self) -> None:
-        """On a store shared through a database, take the editor state a job elsewhere published
-        (a folder store's processes share the folder itself)."""
+    def _fetch_editor_state(self, parametric: ParametricMemory | None) -> None:
+        """On a store shared through a database, take the editor state a job elsewhere published, and
+        reload `parametric` (if loaded) from it: by the published version, since replicas name their saved
+        states alike (v000002, ...). A folder store's processes share the folder itself."""
         shared = self._store.shared_folders
         if shared is None:
             return
         version = shared.version(EDITOR_FOLDER)
         if version is not None and version != self._editor_version:
             self._editor_version = shared.fetch(EDITOR_FOLDER, self._folder / EDITOR_FOLDER)
-            if self._consolidator is not None:
-                self._consolidator.parametric.refresh()
+            if parametric is not None:
+                parametric.reload()
+                self._published_as = parametric.version
 
-    def _publish_editor_state(self) -> None:
+    def _publish_editor_state(self, parametric: ParametricMemory) -> None:
+        """On a store shared through a database, publish the saved state unless it is the published one, as
+        the version after the one it was made from (refused if another replica published since). Run under
+        the job lock, after `_fetch_editor_state`; a publish that failed is tried again by the next one."""
         shared = self._store.shared_folders
-        if shared is not None and (self._folder / EDITOR_FOLDER).is_dir():
-            self._editor_version = shared.publish(EDITOR_FOLDER, self._folder / EDITOR_FOLDER)
+        if shared is None or parametric.version in (None, self._published_as):
+            return
+        self._editor_version = shared.publish(EDITOR_FOLDER, parametric.directory, self._editor_version)
+        self._published_as = parametric.version

@@ -307,23 +307,23 @@ class Consolidator:
         with self.store.locked():
             return self.ledger.entries(statuses=["retracting"])
 
-    def retract_pending(self, at: datetime, wait: bool = True) -> bool:
-        """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go);
-        True if the editor's state changed. Without `wait`, nothing happens while another process's job runs."""
+    def retract_pending(self, at: datetime, wait: bool = True) -> None:
+        """Roll back every edit marked `retracting`, save, and close the rows (a forgotten note's rows go).
+        Without `wait`, nothing happens while another process's job runs."""
         with self._lock:
             try:
                 self._job_lock.acquire(timeout=-1 if wait else 0)
             except filelock.Timeout:
-                return False
+                return
             try:
-                return self._retract_pending(at)
+                self._retract_pending(at)
             finally:
                 self._job_lock.release()
 
-    def _retract_pending(self, at: datetime) -> bool:
+    def _retract_pending(self, at: datetime) -> None:
         rows = self._retracting_rows()
         if not rows:
-            return False
+            return
         if self._dirty:  # the saved state is the one to roll back from (`reading` may have hidden the edits)
             self.parametric.reload()
             self._dirty = False
@@ -338,7 +338,6 @@ class Consolidator:
                     self.ledger.delete(row.edit_id)
                 else:
                     self.ledger.set_status(row.edit_id, "retracted", at)
-        return bool(doomed)
 
     # ---- recovery ------------------------------------------------------------------------
 
@@ -349,6 +348,8 @@ class Consolidator:
         applied; one that did not is dropped, and its note is planned again. An `applied`
         edit missing from the state is marked retracted, so it is planned again too. An edit
         in the state that the ledger does not know is rolled back. Then `retracting` rows finish.
+        The saved state must be the store's current one: on a database, the bridge fetches the
+        published state first, and refuses when applied edits have none (`ParametricBridge._load`).
         """
         with self.job():
             with self.store.locked():

@@ -1,15 +1,17 @@
 """Moving a folder store (SQLite) into a PostgreSQL database: notes, links, history, ledger and vectors.
 
 Every table is copied from one read snapshot of the SQLite file, with the store's identity
-and index key, so note tokens and the store id stay the same. The vector index is then
-rebuilt from the copied embeddings (the graph holds every one) in the Chroma server given,
-or in an embedded index in the new store's local folder; the editor's saved state is copied
-into that local folder. The target must be empty: nothing is merged, and a refused
-migration leaves it as it was. Stop the writers of the source store while it runs.
+and index key, so note tokens and the store id stay the same, and the editor's saved state
+is published to the database's shared folders in the same transaction, so every replica
+fetches it (see `shared_folders`). The vector index is then rebuilt from the copied
+embeddings (the graph holds every one) in the Chroma server given, or in an embedded index
+in the new store's local folder, which is made before anything is copied. The target must
+be empty: nothing is merged, and a migration that raises before the index leaves it empty,
+to be run again. (A failed rebuild of the index leaves the store in place: opening it
+rebuilds the index.) Stop the writers of the source store while it runs.
 """
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from .location import GRAPH_FILE, is_postgres_url, local_folder
 from .postgres import PostgresNoteGraph, copied_tables, redacted
 from .sync import IndexSync
 from .vectors import VectorIndex
+
+EDITOR = "editor"  # the editor's saved state in a folder store, and its name among the shared folders
 
 
 class MigrationReport(BaseModel):
@@ -49,14 +53,14 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
         raise
     try:
         _refuse_another_stores_index(origin, chroma_url, collection)
-        rows = _copy_tables(origin, target, target_url)
-        vectors = _rebuild_index(target_url, chroma_url, collection)
-        editor = _copy_editor(source, local_folder(target_url))
+        folder = _made_local_folder(target_url)
+        rows = _copy_tables(origin, target, target_url, source / EDITOR)
+        vectors = _rebuild_index(target_url, folder, chroma_url, collection)
     finally:
         target.close()
         origin.close()
     return MigrationReport(source=str(source), target=redacted(target_url), rows=rows, vectors=vectors,
-                           editor_copied=editor)
+                           editor_copied=(source / EDITOR).is_dir())
 
 
 def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, collection: str) -> None:
@@ -76,7 +80,18 @@ def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, coll
         index.close()
 
 
-def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) -> dict[str, int]:
+def _made_local_folder(target_url: str) -> Path:
+    """The new store's local folder (for an embedded index), made before anything is copied."""
+    folder = local_folder(target_url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailableError(f"cannot create the local folder {folder}: {exc}; nothing was copied") from exc
+    return folder
+
+
+def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str, editor: Path) -> dict[str, int]:
+    """Every table, and the `editor` folder (if there is one) published, in one transaction of the target."""
     tables = copied_tables(origin)
     copied_tables(target)
     reader = origin.connection
@@ -94,18 +109,15 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) 
                 })
             finally:
                 reader.execute("COMMIT")
+            if editor.is_dir():  # a failure here undoes the copy
+                target.shared_folders.publish(EDITOR, editor, based_on=None)
     return counts
 
 
-def _rebuild_index(target_url: str, chroma_url: str | None, collection: str) -> int:
+def _rebuild_index(target_url: str, folder: Path, chroma_url: str | None, collection: str) -> int:
     """The vector index of the migrated store, filled from the embeddings it holds."""
     graph = PostgresNoteGraph(target_url)  # reopened: it now carries the source's key and identity
     try:
-        folder = local_folder(target_url)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailableError(f"cannot create the local folder {folder}: {exc}") from exc
         index = VectorIndex(folder / "chroma", collection, chroma_url, graph.index_key)
         try:
             if graph.store_id is None:  # a release-0.1 store: give it its identity now
@@ -115,11 +127,3 @@ def _rebuild_index(target_url: str, chroma_url: str | None, collection: str) -> 
             index.close()
     finally:
         graph.close()
-
-
-def _copy_editor(source: Path, folder: Path) -> bool:
-    if not (source / "editor").is_dir():
-        return False
-    shutil.copytree(source / "editor", folder / "editor", dirs_exist_ok=True)
-    return True
-

@@ -4,7 +4,9 @@ A folder is published as one gzip'd tar in the `shared_folders` table with a ver
 goes up by one per publish. A replica compares `version(name)` with the version it last
 fetched (a cheap read, done before it uses the folder) and, when it is behind, `fetch`
 unpacks the current copy beside its local folder and swaps it in with a rename, so a reader
-never sees half a folder.
+never sees half a folder. A publish names the version its folder was made from and is refused
+when another replica published since: a replica that worked from an old copy would otherwise
+erase what the newer one holds.
 """
 from __future__ import annotations
 
@@ -39,8 +41,10 @@ class SharedFolders:
             row = conn.execute("SELECT version FROM shared_folders WHERE name = %s", (name,)).fetchone()
         return None if row is None else row[0]
 
-    def publish(self, name: str, folder: Path) -> int:
-        """Store the folder's current contents as the next version; returns that version."""
+    def publish(self, name: str, folder: Path, based_on: int | None) -> int:
+        """Store the folder's current contents as the version after `based_on` (None: the first version);
+        returns it. Refused (StoreUnavailableError, nothing stored) when the published version is not
+        `based_on` any more: the folder was made from an older copy, and the newer one must be fetched."""
         buffer = io.BytesIO()
         try:
             with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
@@ -48,11 +52,24 @@ class SharedFolders:
         except OSError as exc:
             raise StoreUnavailableError(f"cannot read {folder} to publish it: {exc}") from exc
         with self._session() as conn:
-            row = conn.execute(
-                "INSERT INTO shared_folders(name, version, archive) VALUES (%s, 1, %s) ON CONFLICT (name) DO UPDATE"
-                " SET version = shared_folders.version + 1, archive = excluded.archive RETURNING version",
-                (name, buffer.getvalue()),
-            ).fetchone()
+            if based_on is None:
+                row = conn.execute(
+                    "INSERT INTO shared_folders(name, version, archive) VALUES (%s, 1, %s)"
+                    " ON CONFLICT (name) DO NOTHING RETURNING version",
+                    (name, buffer.getvalue()),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "UPDATE shared_folders SET version = version + 1, archive = %s"
+                    " WHERE name = %s AND version = %s RETURNING version",
+                    (buffer.getvalue(), name, based_on),
+                ).fetchone()
+        if row is None:
+            made_from = "no published copy" if based_on is None else f"version {based_on}"
+            raise StoreUnavailableError(
+                f"another replica published the shared {name} after the one this copy was made from ({made_from});"
+                " nothing was published (what this copy changed must be made again from the current version)"
+            )
         return row[0]
 
     def fetch(self, name: str, folder: Path) -> int | None:

@@ -9,12 +9,13 @@ import pytest
 from agentmem import Memory, Note
 from agentmem.cli import main
 from agentmem.consolidation.ledger import Ledger
-from agentmem.errors import InvalidInputError
+from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores.filters import NoteFilter
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.migrate import migrate
 from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.shared_folders import SharedFolders
 from agentmem.stores.vectors import VectorIndex
 from tests.conftest import T0
 
@@ -74,7 +75,9 @@ def test_migration_copies_every_table_and_the_vectors_and_recall_gives_the_same_
     finally:
         before.close()
         after.close()
-    assert (tmp_path / "home").rglob("CURRENT")
+    store = PostgresNoteGraph(postgres_url)
+    assert store.shared_folders.version("editor") == 1  # every replica fetches the editor state from there
+    store.close()
     with Memory(source, embedder=embedder) as before, Memory(postgres_url, chroma_url=chroma_server,
                                                                 collection="migrated", embedder=embedder) as after:
         for query in ("Where does Alice live?", "Bob's cat", "marathon training"):
@@ -96,6 +99,32 @@ def test_migration_refuses_a_target_that_holds_a_store_and_changes_nothing(sourc
         migrate(tmp_path / "nowhere", postgres_url)
     with pytest.raises(InvalidInputError):
         migrate(source, str(tmp_path / "folder"))
+
+
+def test_a_migration_that_fails_leaves_the_database_empty_and_runs_again(source, postgres_url, tmp_path, monkeypatch):
+    def empty() -> bool:
+        target = PostgresNoteGraph(postgres_url)
+        try:
+            return (target.count(), target.get_meta("store_id"), target.shared_folders.version("editor")) == (0, None, None)
+        finally:
+            target.close()
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "a-file"))  # the local folder cannot be made
+    with pytest.raises(StoreUnavailableError, match="local folder"):
+        migrate(source, postgres_url)
+    assert empty()
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    with monkeypatch.context() as failing:
+        def unreachable(*args, **kwargs):
+            raise StoreUnavailableError("the connection was lost")
+
+        failing.setattr(SharedFolders, "publish", unreachable)  # after every table is copied
+        with pytest.raises(StoreUnavailableError, match="connection was lost"):
+            migrate(source, postgres_url)
+    assert empty()
+    report = migrate(source, postgres_url)
+    assert report.rows["notes"] == len(TEXTS) and report.editor_copied and not empty()
 
 
 def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_counted(source, postgres_url, tmp_path,
