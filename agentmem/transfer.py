@@ -2,26 +2,38 @@
 
 An export file holds one note per line as JSON (ids, times, links, facts), so it can be read
 back into any store. A backup folder holds the note graph (copied while in use) and the
-editor state; the vector index is left out, because it can be rebuilt from the graph.
+editor state (on a database, the published one); the vector index is left out, because it
+can be rebuilt from the graph. A backup's target is checked before anything is written, and a
+backup that fails leaves nothing behind (`new_backup`).
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
 from .consolidation.bridge import EDITOR_FOLDER
 from .errors import InvalidInputError, StoreUnavailableError
-from .notes import Note
+from .notes import Note, clean_string
 from .files import written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import GRAPH_FILE
 from .stores.store import NoteStore
 from .stores.sync import IndexSync
+from .validation import MAX_PATH_CHARS
+
+if TYPE_CHECKING:  # psycopg is an optional dependency
+    from .stores.shared_folders import SharedFolders
+
+NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS)
 
 
 def write_notes(notes: list[Note], target: Path) -> int:
@@ -88,24 +100,85 @@ def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Calla
     return new
 
 
+@contextmanager
+def new_backup(target: object) -> Iterator[Path]:
+    """The folder a backup goes into (`backup_folder`), for the block that writes it. If the block raises,
+    what it wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
+    folder = _backup_target(target)
+    made = _first_missing(folder)
+    try:
+        yield backup_folder(folder)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                Path(f"{folder / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
+            shutil.rmtree(folder / EDITOR_FOLDER, ignore_errors=True)
+        raise
+
+
 def backup_folder(target: object) -> Path:
-    """The new, empty-of-stores folder a backup goes into (created)."""
-    folder = Path(target) if isinstance(target, (str, Path)) and str(target).strip() else None
-    if folder is None:
-        raise InvalidInputError("backup target must be a folder path")
-    if (folder / GRAPH_FILE).exists():
-        raise InvalidInputError(f"{folder} already holds a store; back up into a new folder")
+    """The folder a backup goes into, checked (`_backup_target`) and created."""
+    folder = _backup_target(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreUnavailableError(f"cannot create {folder}: {exc}") from exc
+        raise _unusable(folder, exc) from exc
     return folder
 
 
-def copy_editor_state(store: Path, folder: Path) -> None:
-    """The saved editor state goes with a backup (the graph is copied by the store's own backup)."""
+def _backup_target(target: object) -> Path:
+    """A folder path a backup can go into: a path the file system can hold (valid Unicode, no NUL, no name
+    too long; checked here, since a missing parent hides a too long name from the file system's checks),
+    and no note graph or editor state in it yet. Nothing is written."""
+    if not isinstance(target, (str, Path)) or not str(target).strip():
+        raise InvalidInputError("backup target must be a folder path")
+    raw = str(target)
+    if len(raw) > MAX_PATH_CHARS:
+        raise InvalidInputError("backup target is too long to be a path")
+    try:
+        clean_string(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"backup target {exc}") from None
+    folder = Path(raw)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):
+        raise InvalidInputError(f"backup target has a name longer than {NAME_MAX} bytes, which file systems refuse")
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"backup target {folder} is a file, not a folder")
+        for held in (GRAPH_FILE, EDITOR_FOLDER):
+            if (folder / held).exists():
+                raise InvalidInputError(f"{folder} already holds {held}; back up into a new folder")
+    except OSError as exc:
+        raise _unusable(folder, exc) from exc
+    return folder
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist yet (None: the folder exists)."""
+    return next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+
+
+def _unusable(folder: Path, exc: OSError) -> InvalidInputError | StoreUnavailableError:
+    """A file system's refusal of a backup target as a typed error: a name it cannot hold is the caller's."""
+    if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR):
+        return InvalidInputError(f"backup target {folder} is not a usable path: {exc.strerror}")
+    return StoreUnavailableError(f"cannot create the backup folder {folder}: {exc}")
+
+
+def copy_editor_state(store: Path, folder: Path, shared: SharedFolders | None = None) -> None:
+    """The editor state goes with a backup (the graph is copied by the store's own backup): on a store
+    shared through a database (`shared`), the published state, which this host's copy may be behind;
+    else (or if none was published) the one saved in the store's folder."""
+    if shared is not None and shared.fetch(EDITOR_FOLDER, folder / EDITOR_FOLDER) is not None:
+        return
     if (store / EDITOR_FOLDER).is_dir():
-        shutil.copytree(store / EDITOR_FOLDER, folder / EDITOR_FOLDER)
+        try:
+            shutil.copytree(store / EDITOR_FOLDER, folder / EDITOR_FOLDER)
+        except OSError as exc:  # shutil.Error too
+            shutil.rmtree(folder / EDITOR_FOLDER, ignore_errors=True)
+            raise StoreUnavailableError(f"cannot copy the editor state into {folder}: {exc}") from exc
 
 
 def unpack_backup(source: Path, path: Path) -> None:

@@ -1,0 +1,65 @@
+"""Backups: a target the file system cannot take, or one that already holds a store's files, is refused
+with a typed error before anything is written; a failed backup leaves nothing behind; a backup of a
+PostgreSQL store carries the editor state its replicas publish, not this host's copy."""
+from __future__ import annotations
+
+import pytest
+
+from agentmem import InvalidInputError, transfer
+from agentmem.stores.postgres import PostgresNoteGraph
+from tests.conftest import T0
+
+
+@pytest.mark.parametrize("name", ["nul\x00byte", "lone\udc80surrogate", "x" * 300, "x" * 5000])
+def test_a_target_the_file_system_cannot_take_is_refused_and_nothing_is_made(memory, tmp_path, name):
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(InvalidInputError):
+        memory.backup(tmp_path / "backups" / name)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_target_holding_a_store_s_files_or_a_file_is_refused_before_the_graph_is_copied(memory, tmp_path):
+    memory.remember("Alice lives in Lisbon", at=T0)
+    (tmp_path / "has-editor" / "editor").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="editor"):
+        memory.backup(tmp_path / "has-editor")
+    assert [p.name for p in (tmp_path / "has-editor").iterdir()] == ["editor"]
+    (tmp_path / "a-file").write_text("kept")
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        memory.backup(tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "kept"
+    assert (memory.backup(tmp_path / "fine") / "notes.sqlite3").is_file()
+
+
+def test_a_failed_backup_removes_what_it_wrote_and_the_folders_it_made(tmp_path):
+    with pytest.raises(RuntimeError), transfer.new_backup(tmp_path / "new" / "backup") as folder:
+        (folder / "notes.sqlite3").write_text("half a copy")
+        (folder / "editor").mkdir()
+        raise RuntimeError("the disk is full")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("not the backup's")
+    with pytest.raises(RuntimeError), transfer.new_backup(tmp_path / "kept") as folder:
+        (folder / "notes.sqlite3").write_text("half a copy")
+        raise RuntimeError("the disk is full")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
+
+def test_a_backup_of_a_postgres_store_carries_the_published_editor_state(postgres_url, tmp_path):
+    published = tmp_path / "replica" / "editor"
+    (published / "v000002").mkdir(parents=True)
+    (published / "v000002" / "state.bin").write_bytes(b"newer")
+    (published / "CURRENT").write_text("v000002")
+    stale = tmp_path / "this-host"
+    (stale / "editor" / "v000001").mkdir(parents=True)
+    (stale / "editor" / "CURRENT").write_text("v000001")
+    store = PostgresNoteGraph(postgres_url)
+    try:
+        store.shared_folders.publish("editor", published, based_on=None)
+        with transfer.new_backup(tmp_path / "backup") as folder:
+            transfer.copy_editor_state(stale, folder, store.shared_folders)
+    finally:
+        store.close()
+    assert (folder / "editor" / "CURRENT").read_text() == "v000002"
+    assert (folder / "editor" / "v000002" / "state.bin").read_bytes() == b"newer"
+    assert sorted(p.name for p in folder.iterdir()) == ["editor"]  # no staging left behind
