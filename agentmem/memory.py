@@ -533,12 +533,12 @@ class Memory:
 
     def backup(self, target: str | Path) -> Path:
         """Copy the store into the folder `target` while it is in use: the note graph through
-        SQLite's online backup API, and the saved editor state. The vector index is not copied:
-        `restore_backup` rebuilds it from the graph."""
-        folder = transfer.backup_folder(target)
-        with self._parametric.idle(), self._sections.exclusive():
+        SQLite's online backup API, and the saved editor state (on PostgreSQL, the one its replicas
+        publish). The vector index is not copied: `restore_backup` rebuilds it from the graph. A
+        backup that fails leaves nothing in `target`."""
+        with transfer.new_backup(target) as folder, self._parametric.idle(), self._sections.exclusive():
             self._graph.backup(folder / GRAPH_FILE)
-            transfer.copy_editor_state(self.path, folder)
+            transfer.copy_editor_state(self.path, folder, self._graph.shared_folders)
         return folder
 
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentmem import InvalidInputError, transfer
+from agentmem import InvalidInputError, Memory, StoreUnavailableError, transfer
+from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
 from tests.conftest import T0
 
@@ -63,3 +64,31 @@ def test_a_backup_of_a_postgres_store_carries_the_published_editor_state(postgre
     assert (folder / "editor" / "CURRENT").read_text() == "v000002"
     assert (folder / "editor" / "v000002" / "state.bin").read_bytes() == b"newer"
     assert sorted(p.name for p in folder.iterdir()) == ["editor"]  # no staging left behind
+
+
+def test_a_backup_that_fails_midway_leaves_nothing_in_its_target(memory, tmp_path, monkeypatch):
+    memory.remember("Alice lives in Lisbon", at=T0)
+
+    def disk_full(graph, target):
+        target.write_bytes(b"half a copy")
+        raise StoreUnavailableError("No space left on device")
+
+    monkeypatch.setattr(NoteGraph, "backup", disk_full)
+    with pytest.raises(StoreUnavailableError):
+        memory.backup(tmp_path / "backups" / "today")
+    assert not (tmp_path / "backups").exists()
+
+
+def test_a_postgres_store_s_backup_has_the_editor_state_its_replicas_published(postgres_url, embedder, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    published = tmp_path / "replica" / "editor"
+    (published / "v000003").mkdir(parents=True)
+    (published / "CURRENT").write_text("v000003")
+    with Memory(postgres_url, embedder=embedder) as mem:  # this host never loaded the model: it holds no state
+        mem.remember("Alice lives in Lisbon", at=T0)
+        mem._graph.shared_folders.publish("editor", published, based_on=None)  # noqa: SLF001 (as a replica's job does)
+        folder = mem.backup(tmp_path / "backup")
+    assert (folder / "editor" / "CURRENT").read_text() == "v000003" and (folder / "editor" / "v000003").is_dir()
+    with Memory.restore_backup(folder, tmp_path / "restored", embedder=embedder) as restored:
+        assert [n.text for n in restored.notes()] == ["Alice lives in Lisbon"]

@@ -281,13 +281,13 @@ def test_a_published_folder_reaches_another_host_s_folder_whole_and_versioned(st
     (source / "1").mkdir(parents=True)
     (source / "1" / "state.bin").write_bytes(b"\x00\x01" * 1000)
     (source / "CURRENT").write_text("1")
-    assert shared.publish("editor", source) == 1
+    assert shared.publish("editor", source, based_on=None) == 1
     target = tmp_path / "b" / "editor"
     assert shared.fetch("editor", target) == 1 and (target / "1" / "state.bin").read_bytes() == b"\x00\x01" * 1000
     (source / "2").mkdir()
     (source / "CURRENT").write_text("2")
     shutil.rmtree(source / "1")
-    assert shared.publish("editor", source) == 2 and shared.version("editor") == 2
+    assert shared.publish("editor", source, based_on=1) == 2 and shared.version("editor") == 2
     assert shared.fetch("editor", target) == 2
     assert (target / "CURRENT").read_text() == "2" and not (target / "1").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["editor"]  # no staging left behind
