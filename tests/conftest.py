@@ -39,29 +39,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory):
-    """A real `chroma run` process on a free loopback port, for server-mode tests."""
+def start_chroma(data: Path) -> tuple[subprocess.Popen, str]:
+    """A real `chroma run` process on a free loopback port, once it listens: the process and its URL."""
     chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     port = free_port()
-    data = tmp_path_factory.mktemp("chroma-server")
     process = subprocess.Popen(
         [chroma, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return process, f"http://127.0.0.1:{port}"
         except OSError:
             if process.poll() is not None:
                 pytest.fail(f"chroma run exited with {process.returncode}")
             time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("chroma run did not start listening within 60 s")
+    process.kill()
+    pytest.fail("chroma run did not start listening within 60 s")
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real `chroma run` process on a free loopback port, for server-mode tests."""
+    process, url = start_chroma(tmp_path_factory.mktemp("chroma-server"))
     yield url
     process.terminate()
     process.wait(timeout=30)

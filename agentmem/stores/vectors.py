@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,11 @@ SYNC_THRESHOLD = 100
 # with two replicas writing the index outside the write lock (agentmem.eval.fleet, 2026-11-23).
 UNSAVED_GRAPH = "Error creating hnsw segment reader"
 SEARCH_ATTEMPTS = 4
+
+# Chroma's HTTP client waits forever (its httpx client has no timeout, and no setting gives it one): a server that
+# accepted the connection and stopped answering (frozen, partitioned) held a remember for 13 minutes and more. A
+# call on a server gets this long to answer, else the index counts as unreachable.
+SERVER_DEADLINE_S = 30.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,12 +119,15 @@ class VectorIndex:
             parsed = urlparse(self._url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise InvalidInputError(f"chroma_url must look like http://host:port, got {self._url!r}")
-            with _reachable(f"reach a Chroma server at {self._url}"):
+            def connect() -> None:
                 self._client = chromadb.HttpClient(
                     host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
                     ssl=parsed.scheme == "https", settings=client_settings(),
                 )
                 self._open_collection()
+
+            with _reachable(f"reach a Chroma server at {self._url}"):
+                self._answered("open the collection", connect)
             return
         try:
             self._client = chromadb.PersistentClient(str(self._path), settings=client_settings())
@@ -145,18 +154,44 @@ class VectorIndex:
                 log.warning("could not set the index's sync_threshold to %d", SYNC_THRESHOLD, exc_info=True)
 
     def _on_collection(self, what: str, call: Callable[[Any], T]) -> T:
-        """`call` on the collection, failures typed; on a server, once more on the collection opened
-        again by name when its handle found nothing: another replica rebuilt the index (`reset`),
-        which gives the collection a new id, and every other replica's handle names the old one."""
+        """`call` on the collection, failures typed; on a server, within `SERVER_DEADLINE_S`, and once
+        more on the collection opened again by name when its handle found nothing: another replica
+        rebuilt the index (`reset`), which gives the collection a new id, and every other replica's
+        handle names the old one."""
         with _reachable(what):
             try:
-                return call(self._collection)
+                return self._answered(what, lambda: call(self._collection))
             except NotFoundError:
                 if self.mode != "server":
                     raise
                 log.info("the index collection %r was made again elsewhere; opening it again", self._name)
-                self._open_collection()
-                return call(self._collection)
+                self._answered("open the collection again", self._open_collection)
+                return self._answered(what, lambda: call(self._collection))
+
+    def _answered(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`; on a server, in a thread of its own that the caller stops waiting for after `SERVER_DEADLINE_S`
+        (a daemon: a call the server never answers cannot keep the process from exiting)."""
+        if self.mode != "server":
+            return call()
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # handed to the caller, raised there
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=run, name="agentmem-chroma-call", daemon=True)
+        worker.start()
+        worker.join(SERVER_DEADLINE_S)
+        if not outcome:
+            raise StoreUnavailableError(
+                f"the Chroma server at {self._url} did not answer within {SERVER_DEADLINE_S:.0f} s (to {what})"
+            )
+        answered, value = outcome[0]
+        if not answered:
+            raise value
+        return value
 
     @property
     def store_id(self) -> str | None:
@@ -168,10 +203,13 @@ class VectorIndex:
 
     def reset(self, store_id: str) -> None:
         """Drop every vector and start an empty collection for `store_id` (a rebuild follows)."""
-        with _reachable("reset"):
+        def reset() -> None:
             self._client.delete_collection(self._name)
             self._open_collection()
             self._collection.modify(metadata={STORE_KEY: store_id})
+
+        with _reachable("reset"):
+            self._answered("reset", reset)
 
     def refresh(self) -> None:
         """Drop the in-process index so writes by another process become visible.

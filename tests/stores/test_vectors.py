@@ -1,5 +1,6 @@
 """Server mode against a real `chroma run` process, and the index's own checks and search."""
 import json
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -7,12 +8,12 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from agentmem import InvalidInputError, Memory
+from agentmem import InvalidInputError, Memory, StoreUnavailableError
 from agentmem.notes import Note
-from agentmem.stores import VectorIndex
+from agentmem.stores import VectorIndex, vectors
 from agentmem.stores.vectors import matches
 
-from ..conftest import T0
+from ..conftest import T0, start_chroma
 
 KEY = bytes(range(32))
 
@@ -142,3 +143,28 @@ def test_the_index_saves_its_graph_every_sync_threshold_writes_also_on_a_collect
     VectorIndex(tmp_path / "old", "notes", None, KEY).close()
     settings = hnsw_settings(tmp_path / "old")
     assert (settings["space"], settings["sync_threshold"]) == ("cosine", SYNC_THRESHOLD)
+
+@pytest.mark.server
+def test_a_chroma_server_that_stops_answering_is_unavailable_not_a_hang(tmp_path, embedder, monkeypatch):
+    """A frozen server (SIGSTOP: it accepts connections and never answers) held a remember for 13 minutes and
+    more, as Chroma's HTTP client waits forever. Calls now give up after the deadline, and work once it is back."""
+    monkeypatch.setattr(vectors, "SERVER_DEADLINE_S", 2.0)
+    process, url = start_chroma(tmp_path / "chroma")
+    try:
+        with Memory(tmp_path / "m", chroma_url=url, collection="frozen_test", embedder=embedder) as mem:
+            kept = mem.remember("Ulla tunes pianos in Bergen", user_id="ulla", at=T0)
+            process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailableError, match="did not answer"):
+                    mem.recall("Who tunes pianos?", user_id="ulla", at=T0)
+                try:  # a remember either stores its note (the index catches up later) or refuses with a typed error
+                    also = mem.remember("Ulla's workshop is by the harbour", user_id="ulla", at=T0).id
+                except StoreUnavailableError:
+                    also = None
+            finally:
+                process.send_signal(signal.SIGCONT)
+            hits = {h.note.id for h in mem.recall("Where does Ulla tune pianos?", user_id="ulla", k=5, at=T0)}
+            assert kept.id in hits and (also is None or also in hits)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
