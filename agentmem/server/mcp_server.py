@@ -6,13 +6,16 @@ Tools return pydantic models, so clients get structured content as well as text.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from mcp.server import MCPServer
+from mcp.server import MCPServer, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from pydantic import BaseModel
+from mcp.server.mcpserver.tools import Tool
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, ValidationError
 
 from ..errors import AgentMemError
 from ..memory import Memory
@@ -20,6 +23,7 @@ from ..notes import Answer, ConsolidationReport, Hit, Note
 from .access import ScopedMemory
 from .auth import ApiKeys, Caller
 from .model_lane import ModelLane
+from .models import STRICT
 
 INSTRUCTIONS = (
     "Long-term memory. add_memory stores what is worth keeping (scope it with user_id); "
@@ -46,12 +50,50 @@ def callers_from_headers(keys: ApiKeys) -> Callable[[Context], Caller]:
     return caller
 
 
+def strict_tool(fn: Callable[..., Any]) -> Tool:
+    """A tool (described by `fn`'s docstring) that takes its arguments as the REST bodies do: no unknown
+    ones, no "5" for 5. The SDK would drop an unknown argument: a mistyped `user` stored a private note unowned."""
+    tool = Tool.from_function(fn)
+
+    class Arguments(tool.fn_metadata.arg_model):
+        model_config = STRICT
+
+    tool.fn_metadata.arg_model = Arguments  # the SDK reads it at each call
+    tool.parameters = Arguments.model_json_schema(by_alias=True)  # what clients see: "additionalProperties": false
+    return tool
+
+
+class StrictArguments:
+    """MCP middleware: a tool call whose arguments its tool refuses gets a tool error in the shape of the
+    tools' other errors (`InvalidInputError: ...`), naming each unknown argument and what the tool takes."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        self.tools = {tool.name: tool for tool in tools}
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params or {}
+        tool = self.tools.get(params.get("name")) if ctx.method == "tools/call" else None
+        if tool is not None:
+            try:
+                tool.fn_metadata.validate_arguments(dict(params.get("arguments") or {}))
+            except ValidationError as exc:
+                text = f"InvalidInputError: {_problems(exc)} ({tool.name} takes {', '.join(tool.parameters['properties'])})"
+                return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+        return await call_next(ctx)
+
+
+def _problems(exc: ValidationError) -> str:
+    def problem(error: Any) -> str:
+        where = ".".join(str(part) for part in error["loc"])
+        return f"unknown argument {where!r}" if error["type"] == "extra_forbidden" else f"{where}: {error['msg']}"
+
+    return "; ".join(problem(error) for error in exc.errors())
+
+
 def build_mcp_server(memory: Memory, lane: ModelLane,
                      caller_of: Callable[[Context], Caller] = lambda ctx: Caller()) -> MCPServer:
     """An MCP server over `memory`; `caller_of` says whose rights a request carries (default: every user).
     The tools that use the local model (answer, consolidate) take their turn on `lane`."""
-    server = MCPServer("agentmem", instructions=INSTRUCTIONS)
-
     def scoped(ctx: Context) -> ScopedMemory:
         return ScopedMemory(memory, caller_of(ctx))
 
@@ -61,10 +103,10 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
         except AgentMemError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
-    @server.tool(description="Store a memory (a note); a near-duplicate reinforces the note it repeats.")
     def add_memory(text: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
                    session_id: str | None = None, tags: list[str] | None = None,
                    metadata: dict[str, Any] | None = None) -> Note:
+        """Store a memory (a note); a near-duplicate reinforces the note it repeats."""
         mem = scoped(ctx)
 
         def add() -> Note:
@@ -74,21 +116,21 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
 
         return typed(add)
 
-    @server.tool(description="Find the memories that best answer a query, best first, each with its score and why.")
     def search_memories(query: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
                         session_id: str | None = None, k: int = 5,
                         filters: dict[str, str | int | float | bool] | None = None) -> Hits:
+        """Find the memories that best answer a query, best first, each with its score and why."""
         mem = scoped(ctx)
         return Hits(hits=typed(lambda: memory.recall(query, k=k, user_id=mem.user(user_id), agent_id=agent_id,
                                                      session_id=session_id, filters=filters)))
 
-    @server.tool(description="One memory by its id.")
     def get_memory(memory_id: str, ctx: Context) -> Note:
+        """One memory by its id."""
         return typed(lambda: scoped(ctx).note(memory_id))
 
-    @server.tool(description="Change a memory's text, tags or metadata; the previous version is kept in its history.")
     def update_memory(memory_id: str, ctx: Context, text: str | None = None, tags: list[str] | None = None,
                       metadata: dict[str, Any] | None = None) -> Note:
+        """Change a memory's text, tags or metadata; the previous version is kept in its history."""
         mem = scoped(ctx)
 
         def change() -> Note:
@@ -98,8 +140,8 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
 
         return typed(change)
 
-    @server.tool(description="Forget a memory for good (and retract its edit of the model's weights, if any).")
     def delete_memory(memory_id: str, ctx: Context) -> Deleted:
+        """Forget a memory for good (and retract its edit of the model's weights, if any)."""
         mem = scoped(ctx)
 
         def delete() -> Deleted:
@@ -109,9 +151,8 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
 
         return typed(delete)
 
-    @server.tool(description="Move often-recalled facts into the local model's weights (dry_run: only the plan). "
-                             "Takes minutes on a CPU.")
     async def consolidate(ctx: Context, dry_run: bool = False, policy: dict[str, Any] | None = None) -> ConsolidationReport:
+        """Move often-recalled facts into the local model's weights (dry_run: only the plan). Takes minutes on a CPU."""
         mem = scoped(ctx)
 
         def run() -> ConsolidationReport:
@@ -120,13 +161,16 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
 
         return await lane.run(typed, run)
 
-    @server.tool(description="Answer a question from memory: from the weights where edits cover it, "
-                             "else with recalled notes as context.")
     async def answer(question: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
                      session_id: str | None = None, k: int = 5) -> Answer:
+        """Answer a question from memory: from the weights where edits cover it, else with recalled notes as context."""
         mem = scoped(ctx)
         return await lane.run(typed, lambda: memory.answer(question, k=k, user_id=mem.user(user_id), agent_id=agent_id,
                                                             session_id=session_id))
+
+    tools = [strict_tool(tool) for tool in (add_memory, search_memories, get_memory, update_memory, delete_memory,
+                                            consolidate, answer)]
+    server = MCPServer("agentmem", instructions=INSTRUCTIONS, tools=tools, middleware=[StrictArguments(tools)])
 
     @server.resource("memory://notes/{note_id}", mime_type="application/json", description="One note, as JSON.")
     def note_resource(note_id: str, ctx: Context) -> str:

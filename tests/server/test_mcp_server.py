@@ -55,3 +55,27 @@ def test_over_streamable_http_inside_serve(server):
                 await exercise(client)
 
     asyncio.run(main())
+
+
+def test_a_tool_refuses_arguments_it_does_not_take_and_values_of_another_type(tmp_path, embedder):
+    """The SDK would drop a mistyped `user`: the note would be stored unowned, so its fact shared with every user."""
+    from agentmem.memory import Memory
+    from agentmem.server.mcp_server import build_mcp_server
+    from agentmem.server.model_lane import ModelLane
+
+    async def main(memory):
+        async with Client(build_mcp_server(memory, ModelLane())) as client:
+            typo = await client.call_tool("add_memory", {"text": "Yara's locker code is 4417", "user": "yara"})
+            assert typo.is_error and "InvalidInputError" in typo.content[0].text
+            assert "unknown argument 'user'" in typo.content[0].text and "user_id" in typo.content[0].text
+            as_text = await client.call_tool("search_memories", {"query": "locker code", "k": "3"})
+            assert as_text.is_error and "InvalidInputError" in as_text.content[0].text and "k:" in as_text.content[0].text
+            schema = next(t for t in (await client.list_tools()).tools if t.name == "add_memory").input_schema
+            assert schema["additionalProperties"] is False
+            # a list sent as JSON text (as some clients send lists) is still taken
+            listed = await client.call_tool("add_memory", {"text": "Yara likes tea", "user_id": "yara", "tags": '["a"]'})
+            assert not listed.is_error and listed.structured_content["tags"] == ["a"]
+
+    with Memory(tmp_path / "m", embedder=embedder) as memory:
+        asyncio.run(main(memory))
+        assert [note.text for note in memory.notes()] == ["Yara likes tea"]
