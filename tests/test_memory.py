@@ -371,6 +371,16 @@ def test_context_does_not_hide_a_repeated_statement_from_duplicate_detection(mem
 # ---- update / forget / history -------------------------------------------------------------
 
 
+def test_an_update_that_changes_nothing_writes_nothing_and_one_with_no_change_given_is_refused(memory):
+    """Each used to add a history entry identical to the note and move its time (and its consolidation clock)."""
+    note = memory.remember("Frank works at the bakery", user_id="f", tags=["work"], at=T0)
+    same = memory.update(note.id, text="Frank works at the bakery", tags=["work"], at=T0 + timedelta(days=3))
+    assert same == memory.get(note.id) == note and memory.history(note.id) == []
+    with pytest.raises(InvalidInputError, match="nothing to update"):
+        memory.update(note.id, at=T0 + timedelta(days=4))
+    assert memory.get(note.id).updated_at == note.updated_at and memory.history(note.id) == []
+
+
 def test_update_reembeds_and_keeps_history(memory):
     note = memory.remember("Frank works at the bakery", user_id="f", at=T0)
     updated = memory.update(note.id, text="Frank works at the hospital as a nurse", at=T0 + timedelta(days=3))
