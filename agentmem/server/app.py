@@ -75,7 +75,7 @@ def create_app(
     app.router.routes.extend(mcp_app.routes)
     # The last added runs first: the Host and Origin, then the key (headers only), and only then is the body read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
-    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths={rest.HEALTH})  # says "up", nothing more
     app.add_middleware(HostGuardMiddleware, hosts=hosts)
 
     @app.exception_handler(AgentMemError)

@@ -83,13 +83,14 @@ class ApiKeys:
 
 
 class ApiKeyMiddleware:
-    """Refuses every HTTP request without a valid key (401) and leaves the caller in `request.state`."""
+    """Refuses every HTTP request without a valid key (401) and leaves the caller in `request.state`;
+    `open_paths` answer without one (a load balancer's probe holds no key)."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: ApiKeys, open_paths: Iterable[str] = ()) -> None:
+        self.app, self.keys, self.open_paths = app, keys, frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         try:

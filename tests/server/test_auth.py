@@ -34,6 +34,15 @@ def test_every_route_needs_a_key(server):
         assert client.get("/v1/stats", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
 
 
+def test_the_health_probe_needs_no_key_and_tells_nothing_but_up(server):
+    """A load balancer's probe holds no key; the Host guard still stands in front."""
+    with server.client(None) as probe:
+        answer = probe.get("/v1/health")
+        assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+        assert probe.get("/v1/health", headers={"Host": "rebound.example"}).status_code == 421
+        assert probe.get("/v1/health/", follow_redirects=True).status_code == 401  # only that exact path is open
+
+
 def test_a_user_bound_key_reaches_only_its_users_notes(server):
     with server.client(ALICE_KEY) as alice, server.client(BOB_KEY) as bob, server.client(ADMIN_KEY) as admin:
         own = alice.post("/v1/notes", json={"text": "Alice's locker code is 4711", "at": T0}).json()
