@@ -165,3 +165,14 @@ def test_a_server_with_user_bound_keys_shares_a_fact_only_when_marked(tmp_path, 
         assert memory.policy.share_from == share_from
     finally:
         memory.close()
+
+
+def test_a_url_ending_in_v1_reaches_the_server_and_a_wrong_one_is_said_so(served, tmp_path, capsys, monkeypatch):
+    """`--url http://host:8765/v1` is the natural mistake after an OpenAI client's base_url."""
+    monkeypatch.setenv("AGENTMEM_API_KEY", "cli-key-0001")
+    code, stats, _ = run(capsys, "--url", f"{served.url}/v1/", "stats")
+    assert code == 0 and "notes" in stats
+    for command in (["stats"], ["export", str(tmp_path / "x.jsonl")]):
+        code, out, err = run(capsys, "--url", f"{served.url}/memory", *command)
+        assert code == 2 and out is None and "StoreUnavailableError: no agentmem API at" in err, err
+    assert not (tmp_path / "x.jsonl").exists()

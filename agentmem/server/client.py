@@ -17,6 +17,8 @@ import httpx
 from ..errors import AgentMemError, InvalidInputError, StoreUnavailableError
 from ..files import written_whole
 
+API = "/v1"  # where the server's REST API lives
+
 
 class RemoteError(AgentMemError):
     """An error the server reported; `name` is the server-side error class, `status` the HTTP status."""
@@ -27,11 +29,12 @@ class RemoteError(AgentMemError):
 
 
 class RemoteMemory:
-    """A client for one agentmem server (`base_url` like http://127.0.0.1:8765)."""
+    """A client for one agentmem server (`base_url` like http://127.0.0.1:8765; an OpenAI-style .../v1 too)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/") + "/v1", headers=headers, timeout=timeout)
+        api = base_url.rstrip("/").removesuffix(API) + API
+        self.http = httpx.Client(base_url=api, headers=headers, timeout=timeout)
 
     def __enter__(self) -> RemoteMemory:
         return self
@@ -45,13 +48,20 @@ class RemoteMemory:
         except httpx.HTTPError as exc:
             raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
         if response.is_error:
-            try:
-                body = response.json()
-                name, message = body["error"], body["message"]
-            except (ValueError, KeyError, TypeError):
-                name, message = f"HTTP{response.status_code}", response.text[:500]
-            raise RemoteError(name, message, response.status_code)
+            raise self._refusal(response)
         return response.json()
+
+    def _refusal(self, response: httpx.Response) -> AgentMemError:
+        """The error a refusal reports; a route the server does not know means it is no agentmem server."""
+        try:
+            body = response.json()
+            name, message = body["error"], body["message"]
+        except (ValueError, KeyError, TypeError):
+            name, message = f"HTTP{response.status_code}", response.text[:500]
+        if name in ("NotFound", "HTTP404"):  # not NoteNotFoundError: the route itself is missing
+            return StoreUnavailableError(f"no agentmem API at {self.http.base_url} "
+                                         f"(give the server's address, e.g. http://127.0.0.1:8765): {message}")
+        return RemoteError(name, message, response.status_code)
 
     # ---- the verbs, as `Memory` names them --------------------------------------------------------
 
@@ -102,8 +112,7 @@ class RemoteMemory:
             with self.http.stream("GET", "/export") as response:
                 if response.is_error:
                     response.read()
-                    body = response.json()
-                    raise RemoteError(body["error"], body["message"], response.status_code)
+                    raise self._refusal(response)
                 with written_whole(Path(path)) as out:
                     for text in response.iter_text():  # as sent: a note's text may hold line breaks other than "\n"
                         out.write(text)
