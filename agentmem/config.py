@@ -28,6 +28,11 @@ class MemoryConfig(BaseModel):
     link_threshold: float = Field(0.35, ge=-1, le=1, description="MiniLM: related sentences ~0.35-0.6, unrelated < 0.2")
     max_links: int = Field(5, ge=0)
     duplicate_threshold: float = Field(0.95, ge=-1, le=1)
+    answer_min_similarity: float = Field(
+        0.3, ge=-1, le=1,
+        description="answer() gives the model as context only notes at least this similar to the question: one at 0.15"
+        " made SmolLM2 say 'The team offsite is in Lisbon' from 'Alice moved to Lisbon in 2024'",
+    )
     max_keywords: int = Field(12, ge=1)
 
     # conversation context in what is searched

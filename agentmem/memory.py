@@ -263,7 +263,8 @@ class Memory:
         fact: Fact | None = _UNSET,
         at: datetime | None = None,
     ) -> Note:
-        """Change a note; the previous version goes to its history. New text is re-embedded.
+        """Change a note; the previous version goes to its history. New text is re-embedded. A change
+        to what the note already holds writes nothing.
 
         New text also brings a new fact from the fact extractor, unless the note's fact was given
         explicitly (it is not what the extractor finds in the old text) or `fact` is passed. A
@@ -271,6 +272,8 @@ class Memory:
         with `ConsolidationPolicy(replace="immediately")`).
         """
         check.note_id(note_id)
+        if text is None and tags is None and metadata is None and fact is _UNSET:
+            raise InvalidInputError("nothing to update: give text, tags, metadata or fact")
         when = check.time(at)
         new_text = self._text(text) if text is not None else None
         new_tags = check.tags(tags) if tags is not None else None
@@ -288,6 +291,8 @@ class Memory:
                 changes["metadata"] = new_metadata
             if new_fact is not _UNSET:
                 changes["fact"] = new_fact
+            if before.model_copy(update={**changes, "updated_at": before.updated_at}) == before:
+                return before  # the note already says all this: no history entry, no new time
             note = self._writer.replace(before, before.model_copy(update=changes), embedding)
         self._replace_now([note], when)
         return note
@@ -623,7 +628,9 @@ class Memory:
         retrieval: bool = True,
         max_new_tokens: int = 32,
     ) -> Answer:
-        """Answer from the weights when the edits cover the question, else from recalled notes as context.
+        """Answer from the weights when the edits cover the question, else from recalled notes as context
+        (those at least `answer_min_similarity` similar to it, the only ones counted as recalled), else from
+        the model alone.
 
         `retrieval=False` never reads the notes: what the model alone (with its edits) says.
         """
@@ -634,8 +641,16 @@ class Memory:
         scopes = reader_scopes(check.scope("user_id", user_id), check.scope("agent_id", agent_id))
 
         def recall() -> list[Hit]:
-            return self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id,
-                               at=at) if retrieval else []
+            if not retrieval:
+                return []
+            hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id, at=at,
+                               reinforce=False)
+            related = [hit for hit in hits if hit.why.similarity >= self.config.answer_min_similarity]
+            try:
+                counted = self.reinforce([hit.note.id for hit in related], at=at) if related else []
+            except NoteNotFoundError:  # one was forgotten meanwhile: answer with what was found, uncounted
+                return related
+            return [hit.model_copy(update={"note": note}) for hit, note in zip(related, counted)]
 
         return self._loaded_parametric().answer(question, scopes, recall, max_new_tokens, check.time(None))
 

@@ -181,9 +181,22 @@ def test_answer_uses_the_notes_where_the_weights_do_not_reach(open_memory, tiny_
     mem = open_memory()
     recalled(mem, FACTS[0])
     mem.consolidate(at=LATER)
-    answer = mem.answer("Where is Bob's home these days?", at=LATER)
+    answer = mem.answer("Where is Alice's home these days?", at=LATER)
     assert answer.source == "notes" and answer.hits and answer.hits[0].note.text == FACTS[0]
-    assert mem.answer("Where is Bob's home these days?", retrieval=False).source == "model"
+    assert mem.answer("Where is Alice's home these days?", retrieval=False).source == "model"
+
+
+def test_answer_gives_the_model_no_unrelated_note_as_context_and_counts_only_those_it_used(open_memory, tiny_lm):
+    """With only "Alice moved to Lisbon in 2024" stored, "Where is the team offsite?" got it as context (similarity
+    0.15), and SmolLM2 said the offsite was in Lisbon: an answer labelled as coming from the notes."""
+    tiny_lm.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    mem = open_memory()
+    alice = mem.remember(FACTS[0], at=T0)
+    unrelated = mem.answer("Where is the team offsite?", at=LATER)
+    assert unrelated.source == "model" and unrelated.hits == [] and mem.get(alice.id).recall_count == 0
+    related = mem.answer("Where is Alice's home these days?", at=LATER)
+    assert related.source == "notes" and [h.note.id for h in related.hits] == [alice.id]
+    assert related.hits[0].note.recall_count == mem.get(alice.id).recall_count == 1
 
 
 def test_an_edit_that_moves_the_probes_is_rolled_back(open_memory, tiny_lm):
