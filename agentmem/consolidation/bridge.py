@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..editors import Editor, EditorConfig
-from ..errors import StoreClosedError, StoreCorruptedError, StoreUnavailableError
+from ..errors import StoreClosedError, StoreUnavailableError
 from ..models import LanguageModel, load_model
 from ..notes import Answer, ConsolidationReport, Hit
 from .answering import answer_question
@@ -103,28 +103,14 @@ class ParametricBridge:
             consolidator = Consolidator(parametric, self._ledger, self._access, self._folder / "consolidation.lock")
             try:
                 if held:
-                    self._refuse_missing_state(parametric)
+                    # applied edits neither published nor here (their first job stopped before publishing, on a
+                    # host since lost) are marked retracted, so the next job applies them again
                     consolidator.reconcile(at)
                     self._publish_editor_state(parametric)  # what reconciling saved, or a state never published
             except BaseException:
                 consolidator.close()
                 raise
         return consolidator
-
-    def _refuse_missing_state(self, parametric: ParametricMemory) -> None:
-        """On a shared store, applied edits with no published state and none here are somewhere else (in the
-        local folder of the host that migrated the store, or ran a first job that stopped before publishing).
-        Reconciling would mark them retracted for every replica: refused instead."""
-        if self._store.shared_folders is None or self._editor_version is not None or parametric.version is not None:
-            return
-        with self._access.locked():
-            applied = self._ledger.entries(statuses=["applied"])
-        if applied:
-            raise StoreCorruptedError(
-                f"the store's ledger holds {len(applied)} applied edit(s), but the store holds no published editor"
-                f" state and {parametric.directory} none either: open the store with the model once on the host"
-                " whose local folder holds the editor state (it publishes it), or copy that editor folder here"
-            )
 
     def run(self, policy: ConsolidationPolicy, at: datetime, dry_run: bool = False,
             only: Collection[str] | None = None, progress: bool = False) -> ConsolidationReport:
