@@ -64,7 +64,7 @@ class NoteFilter(BaseModel):
             where.append(f"{table}.archived = 0")
         for key, value in self.metadata.items():
             if dialect == "postgres":
-                where.append(f"({table}.metadata -> ?)::jsonb = ?::jsonb")
+                where.append(f"{table}.metadata -> ? = ?::jsonb")
                 params += [key, json.dumps(value)]
                 continue
             types = _json_types(value)

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS notes (
     created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
     last_recalled DOUBLE PRECISION NOT NULL,
     recall_count INTEGER NOT NULL, strength DOUBLE PRECISION NOT NULL, archived INTEGER NOT NULL,
-    metadata JSON NOT NULL, fact TEXT,  -- json keeps the text written (jsonb printed 6.022e23 as an integer)
+    metadata JSONB NOT NULL, fact TEXT,  -- jsonb keeps a number's value, not its form (see rows.stored_int)
     embedding BYTEA NOT NULL,
     context_embedding BYTEA,
     index_id TEXT,
@@ -127,17 +127,12 @@ LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
     "verification", "detail", "scope",
 )
-# jsonb, as earlier versions made the metadata column, keeps a number's value and not its text: a float came
-# back an integer (1e16), or one too large for a note (6.022e23), and the note was quarantined at its next read
-METADATA_IS_JSONB = (
-    "SELECT atttypid = 'jsonb'::regtype FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attname = 'metadata'"
-)
 UNCLAIMED = "FOR KEY SHARE SKIP LOCKED"  # outbox rows no live writer holds (`outbox_claim`)
 SEQUENCED = ("notes", "history", "quarantine")  # tables whose insertion order matters (SQLite's rowid)
 
 
 def select_list(columns: tuple[str, ...], table: str = "") -> str:
-    """Columns (of `table`, as "n.") as `rows` and a SQLite-layout copy read them (json metadata as its text)."""
+    """Columns (of `table`, as "n.") as `rows` and a SQLite-layout copy read them (jsonb metadata as its text)."""
     return ", ".join(f"{table}metadata::text AS metadata" if c == "metadata" else table + c for c in columns)
 
 
@@ -179,8 +174,6 @@ class PostgresNoteGraph(SqlNoteStore):
             with self._session() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
-                if conn.execute(METADATA_IS_JSONB).fetchone()[0]:  # made by an earlier version
-                    conn.execute("ALTER TABLE notes ALTER COLUMN metadata TYPE json USING metadata::json")
                 conn.execute(link_changes.SCHEMA)
                 full_text.prepare(conn)
                 conn.execute(shared_folders.SCHEMA)

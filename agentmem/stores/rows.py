@@ -34,8 +34,9 @@ UNREADABLE = (ValueError, TypeError, OverflowError, OSError, KeyError)  # what a
 
 def stored_int(digits: str) -> int | float:
     """An integer in stored metadata; one past 64 bits as the float it was written as, since a note
-    holds no such integer: PostgreSQL stores of earlier versions kept metadata as jsonb, which
-    turned 6.022e23 into 602200000000000000000000."""
+    holds no such integer: PostgreSQL's jsonb keeps a number's value, not its form, and prints
+    6.022e23 as 602200000000000000000000 (the note was quarantined at its next read). A float with
+    an integer's value (1e16) reads back as that integer, equal to it."""
     value = int(digits)
     return value if -(2**63) <= value < 2**63 else float(digits)
 
