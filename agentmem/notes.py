@@ -10,7 +10,7 @@ import math
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 # ---- what a stored value may be: checked at the boundary, so no stored value can break reading ----
 
@@ -21,8 +21,10 @@ MAX_SCOPE_CHARS = 256
 MAX_TAGS, MAX_TAG_CHARS = 32, 64
 MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_JSON = 32, 64, 65_536
 # lists and dicts inside one another; pydantic serialises at most 255 levels, and a note it cannot serialise
-# would break every listing and export that holds it
-MAX_METADATA_DEPTH = 32
+# would break every listing and export that holds it. A note stored before the cap keeps being read up to the
+# deeper bound (validated with the `STORED` context), leaving room for the response that carries it.
+MAX_METADATA_DEPTH, MAX_STORED_METADATA_DEPTH = 32, 200
+STORED = {"stored": True}  # validation context of a note read back from the store
 MAX_FACT_CHARS, MAX_REPHRASES = 500, 16
 MAX_STRENGTH = 1e6
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -54,38 +56,38 @@ def utc_time(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def json_value(value: Any, depth: int = 1) -> Any:
+def json_value(value: Any, depth: int = 1, max_depth: int = MAX_METADATA_DEPTH) -> Any:
     """A metadata value that JSON holds exactly: finite numbers, clean strings, and lists and string-keyed dicts
-    at most `MAX_METADATA_DEPTH` deep (`depth` is the value's own level, the metadata dict's is 1)."""
+    at most `max_depth` deep (`depth` is the value's own level, the metadata dict's is 1)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         raise ValueError("integers must fit in 64 bits")
-    if isinstance(value, (list, dict)) and depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"metadata may nest lists and dicts at most {MAX_METADATA_DEPTH} deep")
+    if isinstance(value, (list, dict)) and depth > max_depth:
+        raise ValueError(f"metadata may nest lists and dicts at most {max_depth} deep")
     if isinstance(value, str):
         clean_string(value)
     elif isinstance(value, list):
         for item in value:
-            json_value(item, depth + 1)
+            json_value(item, depth + 1, max_depth)
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError("nested keys must be strings")
             clean_string(key)
-            json_value(item, depth + 1)
+            json_value(item, depth + 1, max_depth)
     elif value is not None and not isinstance(value, (bool, int, float)):
         raise ValueError(f"{type(value).__name__} is not a JSON value")
     return value
 
 
-def metadata_dict(value: dict[str, Any]) -> dict[str, Any]:
+def metadata_dict(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     if len(value) > MAX_METADATA_KEYS:
         raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
     for key in value:
         if not key or len(key) > MAX_METADATA_KEY_CHARS:
             raise ValueError(f"metadata keys need 1 to {MAX_METADATA_KEY_CHARS} characters")
-    json_value(value)
+    json_value(value, max_depth=MAX_STORED_METADATA_DEPTH if (info.context or {}).get("stored") else MAX_METADATA_DEPTH)
     if len(json.dumps(value)) > MAX_METADATA_JSON:
         raise ValueError(f"metadata must serialise to at most {MAX_METADATA_JSON} characters of JSON")
     return value

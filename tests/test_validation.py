@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -254,3 +255,21 @@ def test_metadata_nested_too_deep_is_refused_and_the_deepest_allowed_is_served_e
     assert memory.get(note.id).metadata == _nested(MAX_METADATA_DEPTH)
     assert [n.model_dump_json() for n in memory.notes()]  # serialisable, as the server will send it
     still_healthy(memory, tmp_path)
+
+
+def test_a_note_stored_deeper_than_the_cap_before_it_existed_is_still_read(tmp_path, embedder):
+    """The cap holds new input; a note written before it, deeper but still servable, is not quarantined."""
+    path = tmp_path / "m"
+    with Memory(path, embedder=embedder) as mem:
+        note = mem.remember("Hugo collects stamps", at=T0)
+    db = sqlite3.connect(path / "notes.sqlite3")
+    db.execute("UPDATE notes SET metadata = ? WHERE id = ?", (json.dumps(_nested(100)), note.id))
+    db.commit()
+    db.close()
+    with Memory(path, embedder=embedder) as mem:
+        assert mem.get(note.id).metadata == _nested(100) and mem.stats().quarantined == 0
+        assert [n.model_dump_json() for n in mem.notes()]
+        mem.update(note.id, tags=["hobby"], at=T0)  # its history keeps the deep version, read back too
+        assert mem.history(note.id)[0][2].metadata == _nested(100)
+        with pytest.raises(InvalidInputError, match="deep"):
+            mem.update(note.id, metadata=_nested(100))

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import networkx as nx
 import numpy as np
 
-from ..notes import Fact, Link, Note
+from ..notes import STORED, Fact, Link, Note
 from .tokens import index_token
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ def note_of(row: Mapping[str, Any], links: list[Link], validate: bool = True) ->
 
     `validate=False` builds it without pydantic's checks (about a quarter of the cost), for
     candidates the read path ranks and then drops; whatever it returns is checked (`checked`)."""
-    build = Note if validate else Note.model_construct
-    return build(
+    fields = dict(
         id=row["id"], text=row["text"],
         keywords=json.loads(row["keywords"]), tags=json.loads(row["tags"]), context=row["context"],
         user_id=row["user_id"], agent_id=row["agent_id"], session_id=row["session_id"],
@@ -122,6 +121,7 @@ def note_of(row: Mapping[str, Any], links: list[Link], validate: bool = True) ->
         fact=Fact.model_validate_json(row["fact"]) if row["fact"] else None,
         links=links,
     )
+    return Note.model_validate(fields, context=STORED) if validate else Note.model_construct(**fields)
 
 
 def links_in(graph: nx.Graph, note_id: str) -> list[Link]:
@@ -180,7 +180,7 @@ def checked(note: Note, links: list[Link], unreadable: dict[str, str]) -> Note |
     """A note built without validation (`note_of(..., validate=False)`), validated with these
     links; None (and set aside) when its row holds what a note cannot."""
     try:
-        return Note.model_validate({**dict(note), "links": links})
+        return Note.model_validate({**dict(note), "links": links}, context=STORED)
     except UNREADABLE as exc:
         set_aside(note.id, exc, unreadable)
         return None

@@ -19,7 +19,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..notes import Link, Note
+from ..notes import STORED, Link, Note
 from .filters import NoteFilter
 from .rows import (
     KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, column_value,
@@ -319,7 +319,7 @@ class SqlNoteStore:
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         rows = self._run(f"SELECT at, change, before FROM history WHERE note_id = ? ORDER BY {self.ORDER}", (note_id,))
-        return [(from_timestamp(r[0]), r[1], Note.model_validate_json(r[2])) for r in rows]
+        return [(from_timestamp(r[0]), r[1], Note.model_validate_json(r[2], context=STORED)) for r in rows]
 
     def links_of(self, note_id: str) -> list[Link]:
         return links_in(self.graph, note_id)
