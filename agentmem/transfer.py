@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from .consolidation.bridge import EDITOR_FOLDER
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import Note, clean_string
 from .files import written_whole
 from .stores import NoteGraph, VectorIndex
-from .stores.location import GRAPH_FILE
+from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
 from .stores.sync import IndexSync
 from .validation import MAX_PATH_CHARS
@@ -102,12 +101,16 @@ def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Calla
 
 @contextmanager
 def new_backup(target: object) -> Iterator[Path]:
-    """The folder a backup goes into (`backup_folder`), for the block that writes it. If the block raises,
-    what it wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
+    """The folder a backup goes into, checked (`_backup_target`) and created, for the block that writes it. If
+    the block raises, what it wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
     folder = _backup_target(target)
     made = _first_missing(folder)
     try:
-        yield backup_folder(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unusable(folder, exc) from exc
+        yield folder
     except BaseException:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -116,16 +119,6 @@ def new_backup(target: object) -> Iterator[Path]:
                 Path(f"{folder / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
             shutil.rmtree(folder / EDITOR_FOLDER, ignore_errors=True)
         raise
-
-
-def backup_folder(target: object) -> Path:
-    """The folder a backup goes into, checked (`_backup_target`) and created."""
-    folder = _backup_target(target)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _unusable(folder, exc) from exc
-    return folder
 
 
 def _backup_target(target: object) -> Path:

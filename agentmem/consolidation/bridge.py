@@ -22,6 +22,7 @@ from ..editors import Editor, EditorConfig
 from ..errors import StoreClosedError, StoreUnavailableError
 from ..models import LanguageModel, load_model
 from ..notes import Answer, ConsolidationReport, Hit
+from ..stores.location import EDITOR_FOLDER
 from .answering import answer_question
 from .job import Consolidator, NoteAccess
 from .ledger import Ledger
@@ -30,8 +31,6 @@ from .policy import ConsolidationPolicy
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
     from ..stores.shared_folders import SharedFolders
-
-EDITOR_FOLDER = "editor"
 
 log = logging.getLogger(__name__)
 

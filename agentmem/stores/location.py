@@ -20,6 +20,7 @@ from .store import NoteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 GRAPH_FILE = "notes.sqlite3"
+EDITOR_FOLDER = "editor"  # the editor's saved state beside the graph, and its name among the shared folders
 
 
 def is_postgres_url(location: str | Path) -> bool:

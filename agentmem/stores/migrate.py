@@ -19,12 +19,11 @@ from pydantic import BaseModel
 
 from ..errors import InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
-from .location import GRAPH_FILE, is_postgres_url, local_folder
+from .location import EDITOR_FOLDER, GRAPH_FILE, is_postgres_url, local_folder
 from .postgres import PostgresNoteGraph, copied_tables, redacted
 from .sync import IndexSync
 from .vectors import VectorIndex
 
-EDITOR = "editor"  # the editor's saved state in a folder store, and its name among the shared folders
 
 
 class MigrationReport(BaseModel):
@@ -54,13 +53,13 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
     try:
         _refuse_another_stores_index(origin, chroma_url, collection)
         folder = _made_local_folder(target_url)
-        rows = _copy_tables(origin, target, target_url, source / EDITOR)
+        rows = _copy_tables(origin, target, target_url, source / EDITOR_FOLDER)
         vectors = _rebuild_index(target_url, folder, chroma_url, collection)
     finally:
         target.close()
         origin.close()
     return MigrationReport(source=str(source), target=redacted(target_url), rows=rows, vectors=vectors,
-                           editor_copied=(source / EDITOR).is_dir())
+                           editor_copied=(source / EDITOR_FOLDER).is_dir())
 
 
 def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, collection: str) -> None:
@@ -110,7 +109,7 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str, 
             finally:
                 reader.execute("COMMIT")
             if editor.is_dir():  # a failure here undoes the copy
-                target.shared_folders.publish(EDITOR, editor, based_on=None)
+                target.shared_folders.publish(EDITOR_FOLDER, editor, based_on=None)
     return counts
 
 
