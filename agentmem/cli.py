@@ -10,12 +10,15 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_PORT = 8765
+CREATES_STORE = ("remember", "import")  # the verbs on notes that may start a new store; the others need one
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -38,6 +41,30 @@ def _duration(value: str) -> timedelta:
     if duration <= timedelta(0):
         raise argparse.ArgumentTypeError("the duration must be positive")
     return duration
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
+    return int(value)
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host: `localhost:1234` would be read as the scheme `localhost`."""
+    try:
+        parts = urlsplit(value)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not one
+        good = False
+    if not good:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL with a host, like http://127.0.0.1:1234/v1: {value!r}")
+    return value
 
 
 def _policy(value: str) -> dict[str, Any]:
@@ -137,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the store over REST, MCP (/mcp) and an OpenAI-compatible chat API")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
     serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                        help="a host name clients reach the server by, besides 127.0.0.1, localhost and [::1] "
                             "(other Host headers get 421; bound beyond loopback with none given, any name is answered)")
@@ -145,12 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accept this key (bound to USER if given); repeatable; env AGENTMEM_API_KEY")
     serve.add_argument("--keys-file", type=Path, help="a file of KEY[:USER] lines")
     serve.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
-    serve.add_argument("--upstream", help="answer chats with this OpenAI-compatible server (base URL, e.g. .../v1)")
+    serve.add_argument("--upstream", type=_http_url,
+                       help="answer chats with this OpenAI-compatible server (base URL, e.g. .../v1)")
     serve.add_argument("--upstream-key", default=os.environ.get("AGENTMEM_UPSTREAM_KEY"),
                        help="the upstream's API key (env AGENTMEM_UPSTREAM_KEY)")
     serve.add_argument("--consolidate-every", type=_duration, metavar="DURATION",
                        help="run a consolidation job on a schedule, e.g. 24h")
-    serve.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
+    serve.add_argument("--max-body", type=_positive, default=8 * 1024 * 1024, help="largest request body in bytes")
 
     mcp = commands.add_parser("mcp", help="serve the store as an MCP server over stdio")
     mcp.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
@@ -174,8 +202,30 @@ def run(args: argparse.Namespace) -> Any:
             return act(mem, args)
     from .memory import Memory  # heavy imports only once the arguments are known good
 
+    if args.command not in CREATES_STORE:
+        require_store(args.path)
+    check_editor(getattr(args, "editor", None))
     with Memory(args.path, chroma_url=args.chroma_url, editor=getattr(args, "editor", None)) as mem:
         return act(mem, args)
+
+
+def require_store(path: str) -> None:
+    """Refuse a folder that holds no store: a mistyped --path would otherwise read, and make, a new empty one."""
+    from .errors import StoreUnavailableError
+    from .stores.location import GRAPH_FILE, check_location, is_postgres_url
+
+    check_location(path)
+    if not is_postgres_url(path) and not (Path(path) / GRAPH_FILE).is_file():
+        raise StoreUnavailableError(f"no store at {path} (no {GRAPH_FILE} there); "
+                                    f"`agentmem --path {path} remember ...` or `import` starts one")
+
+
+def check_editor(editor: str | None) -> None:
+    """Refuse an unknown editor kind now, not at the first consolidation."""
+    if editor is not None:
+        from .consolidation.parametric import editor_kind
+
+        editor_kind(editor)
 
 
 def act(mem: Any, args: argparse.Namespace) -> Any:
@@ -239,17 +289,39 @@ def serve(args: argparse.Namespace) -> None:
 
     specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
     keys = ApiKeys.parse(specs, args.keys_file)
+    check_editor(args.editor)
     # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
     policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
-    memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor, policy=policy)
-    app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
-                     consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
-                     allowed_hosts=args.allowed_hosts)
-    print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, "
-          f"OpenAI /v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
-    if not keys.enabled and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("agentmem: warning: no API key, and the server is reachable beyond this machine", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with listening(args.host, args.port) as listener:  # before the store opens: a busy port costs no model load
+        memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor, policy=policy)
+        app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
+                         consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
+                         allowed_hosts=args.allowed_hosts)
+        print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, OpenAI "
+              f"/v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
+        if not keys.enabled and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print("agentmem: warning: no API key, and the server is reachable beyond this machine", file=sys.stderr)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        try:
+            server.run(sockets=[listener])
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn raises it again once it has shut down
+            pass
+    if not server.started:  # the app's start-up failed (uvicorn logged why), as `uvicorn.run` exits
+        sys.exit(3)
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, for uvicorn to listen on; refuses a port it cannot have."""
+    from .errors import InvalidInputError
+
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn would bind it
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise InvalidInputError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return listener
 
 
 def restore_backup(args: argparse.Namespace) -> Any:
@@ -279,6 +351,7 @@ def serve_mcp(args: argparse.Namespace) -> None:
     from .server.mcp_server import build_mcp_server
     from .server.model_lane import ModelLane
 
+    check_editor(args.editor)
     with Memory(args.path, chroma_url=args.chroma_url, editor=args.editor) as memory:
         build_mcp_server(memory, ModelLane()).run("stdio")
 

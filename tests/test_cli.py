@@ -1,4 +1,5 @@
 import json
+import socket
 import subprocess
 import sys
 
@@ -43,7 +44,10 @@ def test_errors_exit_2_with_a_message_and_write_nothing(tmp_path, capsys, embedd
         main(["--path", store, "remember", "x", "--at", "not-a-date"])
 
 
-def test_the_installed_command_runs(tmp_path):
+def test_the_installed_command_runs(tmp_path, embedder):
+    from agentmem.memory import Memory
+
+    Memory(tmp_path / "m", embedder=embedder).close()
     result = subprocess.run(
         [sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "stats"],
         capture_output=True, text=True, timeout=300,
@@ -157,9 +161,16 @@ def test_a_server_with_user_bound_keys_shares_a_fact_only_when_marked(tmp_path, 
     """Two bound keys stating one fact would otherwise make it fire for every user, which neither key may mark."""
     import uvicorn
 
+    from tests.conftest import free_port
+
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
-    assert main(["--path", str(tmp_path / "m"), "serve", *keys]) == 0
+
+    def started(server, sockets):
+        server.started = True
+        served.append(server.config.app)
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    assert main(["--path", str(tmp_path / "m"), "serve", "--port", str(free_port()), *keys]) == 0
     memory = served[0].state.memory
     try:
         assert memory.policy.share_from == share_from
@@ -176,3 +187,34 @@ def test_a_url_ending_in_v1_reaches_the_server_and_a_wrong_one_is_said_so(served
         code, out, err = run(capsys, "--url", f"{served.url}/memory", *command)
         assert code == 2 and out is None and "StoreUnavailableError: no agentmem API at" in err, err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_command_on_notes_refuses_a_folder_without_a_store_and_makes_nothing(tmp_path, capsys, embedder):
+    """A mistyped --path read (and made) a new empty store: 0 notes, as if they were gone."""
+    missing = tmp_path / "no" / "such" / "memdata"
+    for command in (["stats"], ["recall", "x"], ["list"], ["get", "n1"], ["history", "n1"], ["forget", "n1"],
+                    ["update", "n1", "--text", "y"], ["export", str(tmp_path / "x.jsonl")], ["decay"], ["plan"],
+                    ["consolidate", "--dry-run"], ["answer", "q"], ["backup", str(tmp_path / "copy")], ["repair"],
+                    ["ledger"], ["neighbors", "n1"], ["link", "n1", "n2"], ["restore", "n1"]):
+        code, out, err = run(capsys, "--path", str(missing), *command)
+        assert code == 2 and out is None and f"StoreUnavailableError: no store at {missing}" in err, command
+    assert list(tmp_path.iterdir()) == []
+    code, _, _ = run(capsys, "--path", str(missing), "remember", "Ada writes compilers")  # starting a store is asked
+    assert code == 0 and run(capsys, "--path", str(missing), "stats")[1]["notes"] == 1
+
+
+def test_serve_options_are_checked_before_anything_is_made(tmp_path, capsys):
+    store = tmp_path / "m"
+    for options, problem in [(["--port", "99999"], "--port"), (["--port", "0"], "--port"),
+                             (["--max-body", "-1"], "--max-body"), (["--upstream", "localhost:1234"], "--upstream")]:
+        with pytest.raises(SystemExit) as exited:
+            main(["--path", str(store), "serve", *options])
+        assert exited.value.code == 2 and f"argument {problem}" in capsys.readouterr().err
+    code, _, err = run(capsys, "--path", str(store), "serve", "--editor", "nope")
+    assert code == 2 and "InvalidInputError: unknown editor 'nope'" in err
+    with socket.socket() as taken:   # a busy port is found before the store opens (and the model loads)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run(capsys, "--path", str(store), "serve", "--port", str(taken.getsockname()[1]))
+    assert code == 2 and "InvalidInputError: cannot serve on 127.0.0.1:" in err
+    assert not store.exists()
