@@ -108,9 +108,9 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 def trusted_hosts(bind: str, allowed: Iterable[str] = ()) -> frozenset[str] | None:
     """The host names a request's Host header may carry (with any port), for a server bound to `bind`.
 
-    On loopback: the loopback names and `allowed`, so a web page whose own name rebinds to 127.0.0.1
-    is refused. Bound elsewhere, the names clients use are the operator's to say: the loopback names
-    and `allowed`, or any name (None) when `allowed` is empty.
+    On loopback: the loopback names, the bound address and `allowed`, so a web page whose own name
+    rebinds to 127.0.0.1 is refused. Bound elsewhere, the names clients use are the operator's to say:
+    the loopback names, the bound address and `allowed`, or any name (None) when `allowed` is empty.
     """
     names = set()
     for name in allowed:
@@ -119,7 +119,9 @@ def trusted_hosts(bind: str, allowed: Iterable[str] = ()) -> frozenset[str] | No
         names.add(host)
     if not names and not _is_loopback(bind):
         return None
-    return LOOPBACK_NAMES | names
+    bound = _host_name(bind if ":" not in bind else f"[{bind.strip('[]')}]")  # "127.0.0.2", "::1" as "[::1]"
+    every_interface = bound in ("0.0.0.0", "::")  # not a name a client can use
+    return LOOPBACK_NAMES | names | ({bound} if bound and not every_interface else set())
 
 
 def _is_loopback(address: str) -> bool:

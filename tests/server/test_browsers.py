@@ -88,5 +88,8 @@ def test_the_names_a_server_answers_to():
     assert trusted_hosts("127.0.0.1", ["Mem.Example:443"]) == LOOPBACK_NAMES | {"mem.example"}
     assert trusted_hosts("0.0.0.0") is None and trusted_hosts("192.168.1.5") is None
     assert trusted_hosts("0.0.0.0", ["mem.example", "[fe80::1]"]) == LOOPBACK_NAMES | {"mem.example", "fe80::1"}
+    # the address the server is bound to is always one of its names (127.0.0.2 was answered 421 on every route)
+    assert trusted_hosts("127.0.0.2") == LOOPBACK_NAMES | {"127.0.0.2"}
+    assert trusted_hosts("192.168.1.5", ["mem.example"]) == LOOPBACK_NAMES | {"192.168.1.5", "mem.example"}
     with pytest.raises(InvalidInputError):
         trusted_hosts("127.0.0.1", [""])
