@@ -285,18 +285,23 @@ def serve(args: argparse.Namespace) -> None:
     from .consolidation.policy import ConsolidationPolicy
     from .memory import Memory
     from .server.app import create_app
-    from .server.auth import ApiKeys
+    from .server.auth import ApiKeys, trusted_hosts
 
     specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
     keys = ApiKeys.parse(specs, args.keys_file)
     check_editor(args.editor)
+    trusted_hosts(args.host, args.allowed_hosts)  # a bad --allowed-host is refused before the store opens
     # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
     policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
     with listening(args.host, args.port) as listener:  # before the store opens: a busy port costs no model load
         memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor, policy=policy)
-        app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
-                         consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
-                         allowed_hosts=args.allowed_hosts)
+        try:
+            app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
+                             consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
+                             allowed_hosts=args.allowed_hosts)
+        except BaseException:  # the app closes the store on shutdown; without an app, close it here
+            memory.close()
+            raise
         print(f"agentmem: serving {args.path} on http://{args.host}:{args.port} (REST /v1, MCP /mcp, OpenAI "
               f"/v1/chat/completions){' with API keys' if keys.enabled else ''}", file=sys.stderr, flush=True)
         if not keys.enabled and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -36,7 +36,7 @@ from .facts import FactExtractor, extract_fact
 from .models import LanguageModel, load_embedder
 from .notes import (
     Answer, ConsolidationReport, DecayReport, Decision, Fact, Hit, ImportReport, LedgerEntry, MemoryItem,
-    MemoryStats, Note,
+    MemoryStats, Note, STORED,
 )
 from .stores import VectorIndex
 from .stores.filters import NoteFilter
@@ -524,7 +524,7 @@ class Memory:
         notes = transfer.read_notes(check.file_path(path))
         for note in notes:
             self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
-                       note.tags, note.metadata, note.fact)
+                       note.tags, note.metadata, note.fact, stored=True)
         with self._sections.exclusive():
             new = transfer.store_new(notes, self._graph, self._sync, self._embed)
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
@@ -685,17 +685,18 @@ class Memory:
 
     # ---- validation: every check runs before anything is written ----------------------
 
-    def _item(self, text, user_id, agent_id, session_id, at, tags, metadata, fact) -> MemoryItem:
-        return MemoryItem(
+    def _item(self, text, user_id, agent_id, session_id, at, tags, metadata, fact, stored=False) -> MemoryItem:
+        """`stored`: an export's note, whose metadata may nest as deep as a store holds it."""
+        return MemoryItem.model_validate(dict(
             text=self._text(text),
             user_id=check.scope("user_id", user_id),
             agent_id=check.scope("agent_id", agent_id),
             session_id=check.scope("session_id", session_id),
             at=check.time(at),
             tags=tuple(check.tags(tags)),
-            metadata=check.metadata(metadata),
+            metadata=check.metadata(metadata, stored),
             fact=check.fact(fact),
-        )
+        ), context=STORED if stored else None)
 
     def _text(self, text: Any, name: str = "text") -> str:
         return check.text(text, self.config.max_text_chars, name)

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .errors import InvalidInputError, StoreUnavailableError
-from .notes import Note, clean_string
+from .notes import STORED, Note, clean_string
 from .files import written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
@@ -67,7 +67,7 @@ def notes_in(text: str, source: str) -> list[Note]:
     for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                notes.append(Note.model_validate_json(line))
+                notes.append(Note.model_validate_json(line, context=STORED))  # an export re-imports whole
             except ValidationError as exc:
                 raise InvalidInputError(f"{source}:{number}: not a note: {exc}") from None
     return notes

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidInputError
-from .notes import MAX_TAGS, Fact, Metadata, NoteId, ScopeId, Tag, Time, clean_string
+from .notes import MAX_TAGS, STORED, Fact, Metadata, NoteId, ScopeId, Tag, Time, clean_string
 
 MAX_K = 1000
 MAX_PATH_CHARS = 4096
@@ -93,13 +93,14 @@ def tags(value: Any) -> list[str]:
         raise InvalidInputError(f"bad tag: {_reason(exc)}") from None
 
 
-def metadata(value: Any) -> dict[str, Any] | None:
+def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
+    """`stored`: a note's metadata as a store held it (an export's), which may nest deeper than new input."""
     if value is None:
         return None
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise InvalidInputError("metadata must be a dict with string keys")
     try:
-        return _METADATA.validate_python(value)
+        return _METADATA.validate_python(value, context=STORED if stored else None)
     except ValidationError as exc:
         raise InvalidInputError(f"bad metadata: {_reason(exc)}") from None
 

@@ -217,4 +217,6 @@ def test_serve_options_are_checked_before_anything_is_made(tmp_path, capsys):
         taken.listen()
         code, _, err = run(capsys, "--path", str(store), "serve", "--port", str(taken.getsockname()[1]))
     assert code == 2 and "InvalidInputError: cannot serve on 127.0.0.1:" in err
+    code, _, err = run(capsys, "--path", str(store), "serve", "--allowed-host", "")
+    assert code == 2 and "InvalidInputError: not a host name" in err   # it opened the store first, and left it open
     assert not store.exists()

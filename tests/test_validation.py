@@ -273,3 +273,7 @@ def test_a_note_stored_deeper_than_the_cap_before_it_existed_is_still_read(tmp_p
         assert mem.history(note.id)[0][2].metadata == _nested(100)
         with pytest.raises(InvalidInputError, match="deep"):
             mem.update(note.id, metadata=_nested(100))
+        mem.export(tmp_path / "all.jsonl")
+    with Memory(tmp_path / "copy", embedder=embedder) as copy:  # and its export re-imports
+        assert copy.import_(tmp_path / "all.jsonl").imported == 1
+        assert copy.get(note.id).metadata == _nested(100)
