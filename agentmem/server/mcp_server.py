@@ -71,11 +71,13 @@ class StrictArguments:
         self.tools = {tool.name: tool for tool in tools}
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        params = ctx.params or {}
-        tool = self.tools.get(params.get("name")) if ctx.method == "tools/call" else None
+        params = ctx.params if isinstance(ctx.params, dict) else {}
+        name, arguments = params.get("name"), params.get("arguments")
+        known = ctx.method == "tools/call" and isinstance(name, str) and isinstance(arguments, (dict, type(None)))
+        tool = self.tools.get(name) if known else None  # malformed params: the SDK answers INVALID_PARAMS
         if tool is not None:
             try:
-                tool.fn_metadata.validate_arguments(dict(params.get("arguments") or {}))
+                tool.fn_metadata.validate_arguments(dict(arguments or {}))
             except ValidationError as exc:
                 text = f"InvalidInputError: {_problems(exc)} ({tool.name} takes {', '.join(tool.parameters['properties'])})"
                 return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)

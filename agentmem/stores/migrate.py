@@ -25,7 +25,6 @@ from .sync import IndexSync
 from .vectors import VectorIndex
 
 
-
 class MigrationReport(BaseModel):
     """What a migration copied."""
 
