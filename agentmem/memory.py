@@ -29,6 +29,7 @@ from . import transfer, validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
 from .consolidation.bridge import ParametricBridge
+from .consolidation.parametric import editor_kind
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
@@ -83,6 +84,8 @@ class Memory:
         fact one (None: only explicit facts).
         """
         check.store_location(path)
+        if editor is not None:
+            editor_kind(editor)  # an unknown kind is refused now, not at the first consolidation
         if policy is not None and not isinstance(policy, ConsolidationPolicy):
             raise InvalidInputError("policy must be a ConsolidationPolicy")
         if fact_extractor is not None and not callable(fact_extractor):

@@ -277,3 +277,11 @@ def test_a_note_stored_deeper_than_the_cap_before_it_existed_is_still_read(tmp_p
     with Memory(tmp_path / "copy", embedder=embedder) as copy:  # and its export re-imports
         assert copy.import_(tmp_path / "all.jsonl").imported == 1
         assert copy.get(note.id).metadata == _nested(100)
+
+
+@pytest.mark.parametrize("editor", ["nope", 42])
+def test_an_unknown_editor_is_refused_when_the_memory_opens_and_nothing_is_made(tmp_path, embedder, editor):
+    """It used to be accepted until the first plan, consolidate or answer."""
+    with pytest.raises(InvalidInputError, match="editor"):
+        Memory(tmp_path / "m", embedder=embedder, editor=editor)
+    assert not (tmp_path / "m").exists()
