@@ -204,7 +204,6 @@ def run(args: argparse.Namespace) -> Any:
 
     if args.command not in CREATES_STORE:
         require_store(args.path)
-    check_editor(getattr(args, "editor", None))
     with Memory(args.path, chroma_url=args.chroma_url, editor=getattr(args, "editor", None)) as mem:
         return act(mem, args)
 
@@ -218,14 +217,6 @@ def require_store(path: str) -> None:
     if not is_postgres_url(path) and not (Path(path) / GRAPH_FILE).is_file():
         raise StoreUnavailableError(f"no store at {path} (no {GRAPH_FILE} there); "
                                     f"`agentmem --path {path} remember ...` or `import` starts one")
-
-
-def check_editor(editor: str | None) -> None:
-    """Refuse an unknown editor kind now, not at the first consolidation."""
-    if editor is not None:
-        from .consolidation.parametric import editor_kind
-
-        editor_kind(editor)
 
 
 def act(mem: Any, args: argparse.Namespace) -> Any:
@@ -289,7 +280,6 @@ def serve(args: argparse.Namespace) -> None:
 
     specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
     keys = ApiKeys.parse(specs, args.keys_file)
-    check_editor(args.editor)
     trusted_hosts(args.host, args.allowed_hosts)  # a bad --allowed-host is refused before the store opens
     # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
     policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
@@ -356,7 +346,6 @@ def serve_mcp(args: argparse.Namespace) -> None:
     from .server.mcp_server import build_mcp_server
     from .server.model_lane import ModelLane
 
-    check_editor(args.editor)
     with Memory(args.path, chroma_url=args.chroma_url, editor=args.editor) as memory:
         build_mcp_server(memory, ModelLane()).run("stdio")
 

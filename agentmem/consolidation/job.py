@@ -349,7 +349,7 @@ class Consolidator:
         edit missing from the state is marked retracted, so it is planned again too. An edit
         in the state that the ledger does not know is rolled back. Then `retracting` rows finish.
         The saved state must be the store's current one: on a database, the bridge fetches the
-        published state first, and refuses when applied edits have none (`ParametricBridge._load`).
+        published state first (`ParametricBridge._load`).
         """
         with self.job():
             with self.store.locked():
