@@ -14,6 +14,7 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,7 +70,7 @@ class Memory:
         chroma_url: str | None = None,
         collection: str = "agentmem_notes",
         config: MemoryConfig | None = None,
-        embedder: SentenceTransformer | str | None = None,
+        embedder: SentenceTransformer | str | Path | None = None,
         enricher: Enricher | None = None,
         model: LanguageModel | str | Path | None = None,
         editor: str | EditorConfig | Editor | None = None,
@@ -88,17 +89,22 @@ class Memory:
             editor_kind(editor)  # an unknown kind is refused now, not at the first consolidation
         if policy is not None and not isinstance(policy, ConsolidationPolicy):
             raise InvalidInputError("policy must be a ConsolidationPolicy")
+        if config is not None and not isinstance(config, MemoryConfig):
+            raise InvalidInputError("config must be a MemoryConfig, e.g. MemoryConfig(link_threshold=0.4)")
+        if embedder is not None and not isinstance(embedder, (SentenceTransformer, str, Path)):
+            raise InvalidInputError("embedder must be a SentenceTransformer or the folder of one")
         if fact_extractor is not None and not callable(fact_extractor):
             raise InvalidInputError("fact_extractor must be a callable text -> Fact | None, or None")
         if isinstance(editor, Editor) and model is None:
             model = editor.lm
+        self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self.path = local_folder(path)
+        made_folder = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
         self.config = config or MemoryConfig()
-        self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
         self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
         self.policy = policy or ConsolidationPolicy()
@@ -140,6 +146,9 @@ class Memory:
             if not graph_was_there:  # refused to open: leave the folder as it was found
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{graph_file}{suffix}").unlink(missing_ok=True)
+            if made_folder:
+                with contextlib.suppress(OSError):  # only if nothing else is in it
+                    self.path.rmdir()
             raise
 
     # ---- lifecycle -----------------------------------------------------------------

