@@ -230,7 +230,7 @@ class LanguageModel:
                     input_ids=feed,
                     attention_mask=torch.cat([prompt_mask, feed_mask], 1),
                     position_ids=positions[:, -1:] + 1 + torch.arange(target_len - 1, device=self.device),
-                    past_key_values=first.past_key_values,
+                    cache=first.cache,
                     use_cache=True,
                 )
                 argmax = torch.cat([argmax, rest.logits.argmax(-1)], 1)

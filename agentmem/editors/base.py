@@ -317,7 +317,7 @@ class Editor(ABC):
                 if prefix:
                     past = self.lm.model(
                         input_ids=torch.tensor([ids[:prefix]], device=device), use_cache=True, logits_to_keep=1
-                    ).past_key_values
+                    ).cache
                 hooks = [
                     self.block.register_forward_pre_hook(grab_hidden, with_kwargs=True),
                     self.layer.register_forward_pre_hook(grab_inputs),
@@ -325,7 +325,7 @@ class Editor(ABC):
                 try:
                     self.lm.model(
                         input_ids=torch.tensor([ids[prefix:]], device=device),
-                        past_key_values=copy.deepcopy(past),
+                        cache=copy.deepcopy(past),
                         use_cache=past is not None,
                     )
                 except Captured:
@@ -348,7 +348,7 @@ class Editor(ABC):
         try:
             out = self.lm.model(
                 inputs_embeds=prepared.hidden,
-                past_key_values=prepared.fresh_past(),
+                cache=prepared.fresh_past(),
                 use_cache=prepared.past is not None,
                 logits_to_keep=prepared.hidden.shape[1],
             )
@@ -362,7 +362,7 @@ class Editor(ABC):
         if input_ids is None and args:
             input_ids = args[0]
         inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        # transformers 5.2x's generate passes the KV cache as `cache`; earlier ones as `past_key_values`
+        # generate passes the KV cache as `cache`; a caller of `lm.model` may still pass the deprecated name
         past = kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
         self.layer.continuing = past is not None and past.get_seq_length() > 0
         mask = kwargs.get("attention_mask")

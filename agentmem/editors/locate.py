@@ -254,7 +254,7 @@ def target_states(
         try:
             states = base_model(
                 inputs_embeds=shifted, attention_mask=mask[chosen, : prefix + width],
-                position_ids=position_ids[chosen, prefix : prefix + width], past_key_values=cache, use_cache=cache is not None,
+                position_ids=position_ids[chosen, prefix : prefix + width], cache=cache, use_cache=cache is not None,
             ).last_hidden_state
         finally:
             base_model.layers = blocks
@@ -305,12 +305,12 @@ def _prefix_and_hidden(
             past = lm.model(
                 input_ids=ids[:, :prefix], attention_mask=mask[:, :prefix], position_ids=position_ids[:, :prefix],
                 use_cache=True, logits_to_keep=1,
-            ).past_key_values
+            ).cache
         handle = block.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             lm.model(
                 input_ids=ids[:, prefix:], attention_mask=mask, position_ids=position_ids[:, prefix:],
-                past_key_values=copy.deepcopy(past), use_cache=past is not None,
+                cache=copy.deepcopy(past), use_cache=past is not None,
             )
         except Captured:
             pass

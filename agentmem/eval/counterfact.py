@@ -138,7 +138,7 @@ def target_logprob(lm: LanguageModel, prompt: str, target: str) -> float:
         logits = first.logits[0, -1:]
         if len(target_ids) > 1:
             rest = lm.model(input_ids=torch.tensor([target_ids[:-1]], device=lm.device),
-                            past_key_values=first.past_key_values, use_cache=True)
+                            cache=first.cache, use_cache=True)
             logits = torch.cat([logits, rest.logits[0]])
     picked = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(target_ids, device=lm.device)[:, None])
     return float(picked.sum())

@@ -181,3 +181,17 @@ def test_a_damaged_state_file_raises_our_error(tiny_lm, tiny_config, tmp_path):
     with pytest.raises(StoreCorruptedError):
         Editor.load(tiny_lm, tmp_path)
     assert isinstance(down_proj(tiny_lm), nn.Linear)
+
+
+def test_editing_and_generating_use_the_cache_under_its_current_name(tiny_lm, tiny_config, monkeypatch):
+    """transformers 5.24 warns on every process that reads or passes `past_key_values`: a user of
+    `Memory.answer` saw that warning on stderr at the editor's first load."""
+    import transformers.utils.generic
+
+    warned = []
+    monkeypatch.setattr(transformers.utils.generic.logger, "warning_once", lambda message, *a, **k: warned.append(message))
+    editor = GraceEditor(tiny_lm, tiny_config)  # keys its calibration prompts through a cached prefix
+    editor.edit([EditRequest(prompt="Alice lives in", target="Lisbon")])
+    tiny_lm.generate("Alice lives in", max_new_tokens=3)
+    tiny_lm.target_argmax([("Alice lives in", "Lisbon")])
+    assert not [message for message in warned if "past_key_values" in str(message)]
