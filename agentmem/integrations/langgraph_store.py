@@ -9,7 +9,10 @@ faded and consolidated like any other memory.
   strings at the store's `index_fields` (or at a put's `index` paths), else every string in the
   value. A put on an existing key updates the note (its history keeps the old value), a delete
   forgets it.
-- **Namespaces and scopes.** Every item lives in the store's scope (`user_id=`, `agent_id=`); with
+- **Namespaces and scopes.** Every item lives in exactly the store's scope (`user_id=`, `agent_id=`),
+  as each LangGraph store has its own items: a store with no `user_id` holds the notes of no user
+  (not every user's), a user's store without `agent_id` not its agents' items, so one (namespace,
+  key) is one item of the store, and a put or delete changes no other store's item. With
   `user_from_namespace=i` the namespace's label `i` names the user instead, so langmem's
   `("memories", "{langgraph_user_id}")` files each user's memories under that agentmem user.
   The namespace path itself is note metadata, one key per prefix length, so a namespace prefix is
@@ -295,8 +298,9 @@ class AgentMemStore(BaseStore):
         return [note for note in notes if self._is_item(note)]
 
     def _read_scope(self, namespace: tuple[str, ...]) -> dict[str, str | None] | None:
-        """Where items of this namespace (or under this prefix) can be: the store's scope, narrowed to
-        the user the namespace names with `user_from_namespace` (None: a user no item can have)."""
+        """How far a read of this namespace (or prefix) narrows the memory: the store's scope, or the
+        user the namespace names with `user_from_namespace` (None: a user no item can have). A None
+        here does not narrow; `_is_item` then keeps exactly the store's scope."""
         position = self.user_from_namespace
         if position is None or position >= len(namespace):
             return {"user_id": self.user_id, "agent_id": self.agent_id}
@@ -306,8 +310,11 @@ class AgentMemStore(BaseStore):
             return None
 
     def _is_item(self, note: Note) -> bool:
-        """Whether the note is an item of this store: whole item metadata, in the user its namespace names.
-        Anyone who can write to the memory can set metadata; what merely looks like an item is skipped."""
+        """Whether the note is an item of this store: in exactly its scope, with whole item metadata, in
+        the user its namespace names. Another scope's notes are other stores' (skipped silently); anyone
+        who can write to the memory can set metadata, so what merely looks like an item is skipped."""
+        if note.agent_id != self.agent_id or (self.user_from_namespace is None and note.user_id != self.user_id):
+            return False
         problem = _malformed(note.metadata)
         if problem is None and self.user_from_namespace is not None:
             owner = self._user_of(tuple(note.metadata[NAMESPACE].split(".")))

@@ -210,6 +210,30 @@ def test_user_from_namespace_files_items_under_that_agentmem_user(memory):
 
 
 
+def test_each_store_sees_and_changes_only_the_items_of_exactly_its_scope(memory):
+    """As separate InMemoryStores do: no user is not every user, a user's store is not its agents'."""
+    scopes = [{}, {"user_id": "maya"}, {"user_id": "ben"}, {"user_id": "maya", "agent_id": "planner"}]
+    ours = [AgentMemStore(memory=memory, **scope) for scope in scopes]
+    references = [InMemoryStore() for _ in scopes]
+
+    def run(stores) -> list:
+        for n, store in enumerate(stores):
+            store.put(("prefs",), "theme", {"v": f"theme of store {n}"})
+        shared, maya, _, planner = stores
+        shared.put(("prefs",), "theme", {"v": "shared overwrite"})
+        namespaces = [store.list_namespaces() for store in stores]   # before a delete: see run_sequence
+        maya.delete(("prefs",), "theme")
+        return [
+            namespaces,
+            [plain(store.search(("prefs",))) for store in stores],
+            [plain(store.get(("prefs",), "theme")) for store in stores],
+            plain(shared.search(("prefs",), query="theme")), plain(planner.search(("prefs",), query="theme")),
+        ]
+
+    assert run(ours) == run(references)
+    assert len(memory.notes()) == 3
+
+
 def claimed(namespace: str, key: str, value: dict) -> dict:
     """The metadata of an item of `namespace`, as any caller of the memory (REST, MCP) could write it."""
     labels = namespace.split(".")
