@@ -15,6 +15,11 @@ the metadata of the user turn they follow; only what does not fit there — or w
 session's first user turn — goes to a carrier note whose text says no more than that the transcript
 continues (`CARRIER_TEXT`: it can still be recalled, as any note can, but says nothing). Turns archived
 by `decay()` stay in the transcript; `clear()` forgets the session's notes for good.
+
+A history is the session id in exactly its scope: one with no `user_id` (or no `agent_id`) is the
+session of no user (or of no agent), not every user's session of that id, so two histories never
+share messages unless they name the same user, agent and session (as LangChain's persistent
+histories keep one transcript per key).
 """
 from __future__ import annotations
 
@@ -139,12 +144,15 @@ class AgentMemChatHistory(BaseChatMessageHistory):
                 pass
 
     def _notes(self) -> list[Note]:
-        """The session's notes written by a chat history, in order; a malformed one is skipped."""
+        """The session's notes written by a chat history, in order; a malformed one is skipped.
+        The memory reads None as "any user" (or agent); the history keeps exactly its own scope."""
         notes = self.memory.notes(
             user_id=self.user_id, agent_id=self.agent_id, session_id=self.session_id, include_archived=True
         )
         kept = []
         for note in notes:
+            if (note.user_id, note.agent_id) != (self.user_id, self.agent_id):
+                continue   # another scope's session of the same id
             if TURN not in note.metadata:
                 continue   # a note of the session written otherwise (MemoryChat, an agent's remember)
             if _well_formed(note.metadata):

@@ -103,6 +103,24 @@ def test_clear_forgets_the_session_and_nothing_else(memory):
     assert history.messages == [] and [n.text for n in memory.notes(user_id="maya")] == ["Maya is allergic to peanuts."]
 
 
+def test_histories_of_one_session_id_in_other_scopes_share_nothing(memory):
+    """As InMemoryChatMessageHistory objects share no state: no user is not every user, nor a user every agent."""
+    scopes = [{}, {"user_id": "maya"}, {"user_id": "ben"}, {"user_id": "maya", "agent_id": "planner"}]
+    histories = [AgentMemChatHistory(memory=memory, session_id="default", **scope) for scope in scopes]
+    for n, history in enumerate(histories):
+        history.add_messages([HumanMessage(f"turn of history {n}"), AIMessage(f"reply {n}")])
+    anonymous, maya, ben, planner = histories
+    anonymous.add_messages([AIMessage("a later reply")])
+    assert anonymous.messages == [HumanMessage("turn of history 0"), AIMessage("reply 0"), AIMessage("a later reply")]
+    assert [h.messages for h in (maya, ben, planner)] == [
+        [HumanMessage(f"turn of history {n}"), AIMessage(f"reply {n}")] for n in (1, 2, 3)
+    ]
+    anonymous.clear()
+    maya.clear()
+    assert [h.messages for h in histories] == [[], [], [HumanMessage("turn of history 2"), AIMessage("reply 2")],
+                                               [HumanMessage("turn of history 3"), AIMessage("reply 3")]]
+
+
 def test_bad_input_raises_typed_errors_and_writes_nothing(memory):
     history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
     history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
