@@ -3,7 +3,8 @@
 A caller bound to a user acts as that user: scope arguments default to it and may not name
 another user; notes of other users look like notes that do not exist (no existence leak); and
 whole-store operations (decay, stats, consolidation, the full ledger, repair) are refused, and
-so is marking a note shared, which would put its fact in every user's answers.
+so is marking a note shared, which would put its fact in every user's answers, or changing one
+that is.
 """
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ class ScopedMemory:
         if self.bound and isinstance(metadata, dict) and metadata.get("shared") is True:
             raise AccessDeniedError(
                 "a note marked shared reaches every user's answers once consolidated; this API key is bound to one user"
+            )
+
+    def may_change(self, note: Note) -> None:
+        """A note already marked shared speaks for every user: a key bound to one user may forget
+        its own, but not change what it says (its new fact would replace the shared edit)."""
+        if self.bound and note.metadata.get("shared") is True:
+            raise AccessDeniedError(
+                "this note is marked shared, so its fact reaches every user's answers; only a key not bound to one"
+                " user may change it (this one may forget it)"
             )
 
     def require_all_users(self, what: str) -> None:

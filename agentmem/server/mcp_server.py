@@ -136,7 +136,7 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
         mem = scoped(ctx)
 
         def change() -> Note:
-            mem.note(memory_id)
+            mem.may_change(mem.note(memory_id))
             mem.may_mark_shared(metadata)
             return memory.update(memory_id, text=text, tags=tags, metadata=metadata)
 

@@ -81,7 +81,7 @@ def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
 
 @router.patch("/notes/{note_id}", response_model=Note, tags=["notes"], summary="update a note (history kept)")
 def update(note_id: str, change: UpdateRequest, mem: Scoped) -> Note:
-    mem.note(note_id)
+    mem.may_change(mem.note(note_id))
     mem.may_mark_shared(change.metadata)
     optional = {"fact": change.fact} if "fact" in change.model_fields_set else {}
     return mem.memory.update(note_id, text=change.text, tags=change.tags, metadata=change.metadata,

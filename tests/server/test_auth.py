@@ -145,6 +145,27 @@ def test_only_a_key_for_every_user_may_mark_a_note_shared(server):
         assert result.is_error and "AccessDeniedError" in result.content[0].text
 
 
+def test_a_users_key_may_forget_but_not_change_its_note_that_is_marked_shared(server):
+    """The next job would replace the shared edit with the changed fact, which every user then gets."""
+    with server.client(ALICE_KEY) as alice, server.client(ADMIN_KEY) as admin:
+        wifi = admin.post("/v1/notes", json={"text": "The office wifi password is Falcon", "user_id": "alice",
+                                             "metadata": {"shared": True}}).json()
+        for change in ({"text": "The office wifi password is Hacked"}, {"tags": ["office"]}):
+            response = alice.patch(f"/v1/notes/{wifi['id']}", json=change)
+            assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError")
+
+        async def change_over_mcp():
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=60) as http:
+                async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+                    return await client.call_tool("update_memory", {"memory_id": wifi["id"], "text": "It is Hacked"})
+
+        changed = asyncio.run(change_over_mcp())
+        assert changed.is_error and "AccessDeniedError" in changed.content[0].text
+        assert admin.get(f"/v1/notes/{wifi['id']}").json()["text"] == "The office wifi password is Falcon"
+        assert admin.patch(f"/v1/notes/{wifi['id']}", json={"tags": ["office"]}).status_code == 200
+        assert alice.delete(f"/v1/notes/{wifi['id']}").status_code == 200
+
+
 def test_a_key_given_before_serve_is_the_servers_key(tmp_path):
     served = start_server(tmp_path, key=ADMIN_KEY, global_args=("--api-key", ADMIN_KEY))
     try:
