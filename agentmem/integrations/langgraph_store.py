@@ -9,6 +9,10 @@ faded and consolidated like any other memory.
   strings at the store's `index_fields` (or at a put's `index` paths), else every string in the
   value. A put on an existing key updates the note (its history keeps the old value), a delete
   forgets it.
+- **`index=False`** (or paths that hold no text) keeps the value out of the index, as LangGraph's
+  stores do: the note says only `UNINDEXED_TEXT` and is marked `langgraph.indexed: false`, so
+  neither the store's ranking nor `Memory.recall`, the servers or `MemoryChat` can find the value's
+  words; a query search returns such items only after the ranked ones, with score None.
 - **Namespaces and scopes.** Every item lives in exactly the store's scope (`user_id=`, `agent_id=`),
   as each LangGraph store has its own items: a store with no `user_id` holds the notes of no user
   (not every user's), a user's store without `agent_id` not its agents' items, so one (namespace,
@@ -25,7 +29,10 @@ faded and consolidated like any other memory.
 - **Search.** `search(prefix, query=...)` is agentmem's recall (hybrid ranking; each returned note
   counts as recalled), restricted to the prefix; without a query, items come oldest first.
   `filter` matches the item's value as LangGraph's own stores do: equality, nested dicts, and the
-  `$eq $ne $gt $gte $lt $lte` operators.
+  `$eq $ne $gt $gte $lt $lte` operators. The filter and the scope apply before the limit, as in
+  LangGraph's stores, so no match is cut; but recall ranks at most `MAX_K` (1000) notes of a
+  prefix, so matches it did not reach come after the ranked ones, unranked (score None, oldest
+  first), as LangGraph's stores page the items they did not embed. A `limit` above 1000 works so.
 - **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes, at most a
   century) expires that long after its last write or read. Reads refresh it unless told not to, but
   only once less than half the TTL is left: a refresh is an update of the note (a version in its
@@ -69,12 +76,14 @@ log = logging.getLogger(__name__)
 
 NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
 TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
+INDEXED = "langgraph.indexed"   # False for an item put with index=False: its note says only UNINDEXED_TEXT
+UNINDEXED_TEXT = "(a LangGraph store item kept out of the search index)"
 PREFIX = "langgraph.prefix."
 MAX_TTL_MINUTES = 100 * 366 * 24 * 60   # a century: any longer overflows dates, and means "keep"
 # A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
 # of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
 WRITING = threading.Lock()
-MAX_DEPTH = MAX_METADATA_KEYS - 6   # NAMESPACE, KEY, VALUE, TTL, EXPIRES, and a prefix key per length 0..depth
+MAX_DEPTH = MAX_METADATA_KEYS - 7   # NAMESPACE, KEY, VALUE, TTL, EXPIRES, INDEXED, a prefix key per length 0..depth
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda a, b: a == b,
     "$ne": lambda a, b: a != b,
@@ -236,31 +245,41 @@ class AgentMemStore(BaseStore):
             notes = self._notes(prefix, op.namespace_prefix)
             found = [(n, None) for n in notes if admissible(n)][op.offset: wanted]
         else:
-            found = self._recall(op.query, op.namespace_prefix, wanted, admissible)[op.offset: wanted]
+            found = self._ranked(op.query, op.namespace_prefix, wanted, admissible)[op.offset: wanted]
             self._reinforce([note.id for note, _ in found])
         if op.refresh_ttl:
             found = [(self._refreshed(note, now), score) for note, score in found]
         return [self._item(note, SearchItem, score=score) for note, score in found if note is not None]
 
-    def _recall(
+    def _ranked(
         self, query: str, namespace_prefix: tuple[str, ...], wanted: int, admissible: Callable[[Note], bool]
-    ) -> list[tuple[Note, float]]:
-        """Recall within the prefix, widening k until `wanted` admissible notes came back or none are left.
+    ) -> list[tuple[Note, float | None]]:
+        """The admissible items under the prefix, the indexed ones ranked by recall first, until `wanted`.
 
-        Nothing is reinforced here: the caller counts as recalled only the page it returns."""
+        Recall is widened until `wanted` admissible indexed items came back, none are left, or it
+        reaches `MAX_K` notes; then what it did not rank (the unindexed items, and matches beyond
+        its reach) follows, score None, oldest first. Nothing is reinforced here: the caller counts
+        as recalled only the page it returns."""
         scope = self._read_scope(namespace_prefix)
         if wanted == 0 or scope is None:
             return []
         prefix = {prefix_key(len(namespace_prefix)): joined(namespace_prefix)}
         k = min(wanted, validation.MAX_K)
         while True:
-            hits = self.memory.recall(
-                query, k=k, filters=prefix, include_archived=True, reinforce=False, **scope
-            )
-            kept = [(hit.note, hit.score) for hit in hits if self._is_item(hit.note) and admissible(hit.note)]
-            if len(kept) >= wanted or len(hits) < k or k == validation.MAX_K:
-                return kept
+            hits = self.memory.recall(query, k=k, filters=prefix, include_archived=True, reinforce=False, **scope)
+            ranked: list[tuple[Note, float | None]] = [
+                (hit.note, hit.score) for hit in hits
+                if self._is_item(hit.note) and hit.note.metadata.get(INDEXED, True) and admissible(hit.note)
+            ]
+            if len(ranked) >= wanted:
+                return ranked
+            if len(hits) < k or k == validation.MAX_K:
+                break
             k = min(2 * k, validation.MAX_K)
+        reached_all = len(hits) < k   # then every indexed item was ranked: only the unindexed are left
+        rest = self._notes({**prefix, INDEXED: False} if reached_all else prefix, namespace_prefix)
+        seen = {note.id for note, _ in ranked}
+        return ranked + [(note, None) for note in rest if note.id not in seen and admissible(note)]
 
     def _reinforce(self, note_ids: list[str]) -> None:
         """Count these notes as recalled; one forgotten meanwhile (expired, deleted) is skipped."""
@@ -377,20 +396,20 @@ class AgentMemStore(BaseStore):
         ):
             raise InvalidInputError("index must be False, None or a list of field paths")
         value = dict(op.value)
-        metadata = {
-            NAMESPACE: joined(op.namespace), KEY: op.key, VALUE: value, TTL: op.ttl,
-            EXPIRES: None if op.ttl is None else _expiry(self.clock(), op.ttl),
-            **{prefix_key(n): joined(op.namespace[:n]) for n in range(len(op.namespace) + 1)},
-        }
         try:
             json.dumps(value)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"a stored value must be JSON: {exc}") from None
         if not _string_keys(value):
             raise InvalidInputError("a stored value's dicts must have string keys (JSON would change the others)")
-        text = self._text(value, op.index if isinstance(op.index, list) else self.index_fields)
         validation.scope("user_id", self._user_of(op.namespace))
-        return text, validation.metadata(metadata)
+        text = None if op.index is False else self._text(value, op.index if op.index is not None else self.index_fields)
+        metadata = {
+            NAMESPACE: joined(op.namespace), KEY: op.key, VALUE: value, TTL: op.ttl, INDEXED: text is not None,
+            EXPIRES: None if op.ttl is None else _expiry(self.clock(), op.ttl),
+            **{prefix_key(n): joined(op.namespace[:n]) for n in range(len(op.namespace) + 1)},
+        }
+        return text or UNINDEXED_TEXT, validation.metadata(metadata)
 
     def _write(self, planned: list[tuple[PutOp, tuple[str, dict[str, Any]] | None]]) -> None:
         """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction."""
@@ -417,13 +436,17 @@ class AgentMemStore(BaseStore):
             return self.user_id
         return namespace[position] if position < len(namespace) else None
 
-    def _text(self, value: dict[str, Any], paths: list[str] | None) -> str:
-        """What the note says: the strings at `paths`, else every string in the value, else its JSON."""
+    def _text(self, value: dict[str, Any], paths: list[str] | None) -> str | None:
+        """What the note says: the text at `paths` (None if they hold none: then, as in LangGraph's
+        stores, nothing of the item is indexed), else every string in the value, else its JSON."""
         if paths is None:
             texts = list(_strings(value))
         else:
             texts = [text for path in paths for text in get_text_at_path(value, path)]
-        text = "\n".join(t.strip() for t in texts if t.strip()) or json.dumps(value, sort_keys=True, ensure_ascii=False)
+        text = "\n".join(t.strip() for t in texts if t.strip())
+        if not text and paths is not None:
+            return None
+        text = text or json.dumps(value, sort_keys=True, ensure_ascii=False)
         return text[: self.memory.config.max_text_chars]
 
 
@@ -449,6 +472,8 @@ def _malformed(meta: Mapping[str, Any]) -> str | None:
         return f"{KEY} is not a key"
     if not isinstance(value, dict):
         return f"{VALUE} is not a dict"
+    if not isinstance(meta.get(INDEXED, True), bool):
+        return f"{INDEXED} is not a bool"
     ttl, expires = meta.get(TTL), meta.get(EXPIRES)
     an_expiry = not isinstance(expires, bool) and isinstance(expires, (int, float)) and math.isfinite(expires)
     if not (ttl is None and expires is None) and not (_is_minutes(ttl) and an_expiry):

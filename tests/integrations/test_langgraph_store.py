@@ -15,7 +15,7 @@ from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
 from agentmem import InvalidInputError
-from agentmem.integrations.langgraph_store import AgentMemStore
+from agentmem.integrations.langgraph_store import UNINDEXED_TEXT, AgentMemStore
 
 ITEMS = [   # put namespace by namespace, so both stores list items in the same order
     (("memories", "maya"), "tea", {"content": "Maya drinks green tea every morning.", "kind": "preference", "rank": 1}),
@@ -137,6 +137,50 @@ def test_query_search_returns_what_the_reference_returns_up_to_ranking(memory, e
 
     [top] = ours.search(("memories", "maya"), query="Which city does Maya live in?", limit=1)
     assert top.key == "city" and top.value["content"] == "Maya lives in Lisbon."
+
+
+def test_items_put_with_index_false_are_kept_out_of_the_index_and_only_fill_a_page(memory, embedder):
+    """LangGraph's stores embed nothing of an index=False item: a query ranks it nowhere, it only fills
+    leftover slots (score None); its words must not be recalled by anything else either."""
+    ops = [
+        PutOp(("vault",), "secret", {"content": "The vault combination is 4-8-15-16-23-42."}, index=False),
+        PutOp(("vault",), "public", {"content": "The lobby opens at nine."}),
+        PutOp(("vault",), "nothing-at-path", {"content": "The vault combination changed."}, index=["missing"]),
+    ]
+    reference = InMemoryStore(index=embedding_index(embedder))
+    ours = AgentMemStore(memory=memory, user_id="maya")
+    for store in (reference, ours):
+        store.batch(ops)
+    for store in (reference, ours):
+        assert plain(store.search(("vault",), query="vault combination", limit=1)) == plain(
+            reference.search(("vault",), query="vault combination", limit=1))
+        page = store.search(("vault",), query="vault combination", limit=3)
+        assert [(i.key, i.score is None) for i in page] == [
+            ("public", False), ("secret", True), ("nothing-at-path", True)]
+    assert ours.get(("vault",), "secret").value == {"content": "The vault combination is 4-8-15-16-23-42."}
+    recalled = [hit.note.text for hit in memory.recall("vault combination", user_id="maya")]
+    assert not any("vault" in text for text in recalled) and UNINDEXED_TEXT in recalled
+    ours.put(("vault",), "secret", {"content": "The vault combination is 4-8-15-16-23-42."})   # indexed again
+    assert ours.search(("vault",), query="vault combination", limit=1)[0].key == "secret"
+
+
+def test_a_filter_applies_before_the_limit_beyond_what_recall_ranks(memory, embedder):
+    """More items under a prefix than recall ranks (MAX_K = 1000): the reference filters first, then
+    ranks; no match may go missing, and a limit above 1000 is a limit, not capped."""
+    ops = [PutOp(("notes",), f"pie{i}", {"content": f"Apple pie recipe number {i} with cinnamon", "kind": "recipe"})
+           for i in range(1100)]
+    ops += [PutOp(("notes",), f"car{i}", {"content": f"The car needs new tyres, reminder {i}", "kind": "todo"})
+            for i in range(5)]
+    reference = InMemoryStore(index={**embedding_index(embedder), "fields": ["content"]})
+    ours = AgentMemStore(memory=memory, user_id="maya", index_fields=["content"])
+    for store in (reference, ours):
+        store.batch(ops)
+    todos = [sorted(i.key for i in store.search(("notes",), query="apple pie recipe", filter={"kind": "todo"}))
+             for store in (reference, ours)]
+    assert todos[0] == todos[1] == [f"car{i}" for i in range(5)]
+    everything = ours.search(("notes",), query="apple pie", limit=1200)
+    assert len(everything) == 1105 and len({(i.namespace, i.key) for i in everything}) == 1105
+    assert all(i.score is not None for i in everything[:1000]) and all(i.score is None for i in everything[1000:])
 
 
 def test_items_are_notes_kept_whole_and_puts_update_them_in_place(memory):
@@ -389,9 +433,9 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
     with pytest.raises(InvalidInputError):
         store.put(("ok",), "k5", {"nested": {1: "an int key would come back as '1'"}})
     with pytest.raises(InvalidInputError):
-        store.put(tuple("abcdefghijklmnopqrstuvwxyz") + ("deep",), "k", {"v": 1})
-    store.put(tuple("abcdefghijklmnopqrstuvwxyz"), "k", {"v": 1})   # the deepest allowed
-    store.delete(tuple("abcdefghijklmnopqrstuvwxyz"), "k")
+        store.put(tuple("abcdefghijklmnopqrstuvwxyz"), "k", {"v": 1})
+    store.put(tuple("abcdefghijklmnopqrstuvwxy"), "k", {"v": 1})   # the deepest allowed
+    store.delete(tuple("abcdefghijklmnopqrstuvwxy"), "k")
     with pytest.raises(InvalidInputError):
         store.search(("ok",), limit=-1)
     with pytest.raises(InvalidInputError):
