@@ -239,7 +239,8 @@ class AgentMemStore(BaseStore):
         wanted = op.offset + op.limit
 
         def admissible(note: Note) -> bool:
-            return self._live(note, now) and _value_matches(note.metadata[VALUE], op.filter or {})
+            value = note.metadata[VALUE]   # a filter's top-level keys are field names, even those starting with $
+            return self._live(note, now) and all(_value_matches(value.get(k), v) for k, v in (op.filter or {}).items())
 
         if not op.query:   # as in LangGraph's stores, an empty query lists
             notes = self._notes(prefix, op.namespace_prefix)
@@ -511,7 +512,8 @@ def _string_keys(value: Any) -> bool:
 
 
 def _value_matches(value: Any, expected: Any) -> bool:
-    """LangGraph's filter semantics: nested dicts match key by key, `$` keys are operators, the rest is equality."""
+    """LangGraph's filter semantics below a field: nested dicts match key by key, `$` keys are operators,
+    the rest is equality."""
     if isinstance(expected, Mapping):
         if any(str(key).startswith("$") for key in expected):
             return all(_operator(key)(value, operand) for key, operand in expected.items())

@@ -183,6 +183,18 @@ def test_a_filter_applies_before_the_limit_beyond_what_recall_ranks(memory, embe
     assert all(i.score is not None for i in everything[:1000]) and all(i.score is None for i in everything[1000:])
 
 
+def test_top_level_filter_keys_starting_with_a_dollar_are_field_names(memory):
+    """LangGraph's stores read `$` keys as operators only below a field."""
+    values = {"invoice": {"$type": "invoice", "total": 3}, "other": {"$type": "receipt", "$ne": 2}}
+    reference, ours = InMemoryStore(), AgentMemStore(memory=memory)
+    for store in (reference, ours):
+        store.batch([PutOp(("docs",), key, value) for key, value in values.items()])
+    for query_filter in ({"$type": "invoice"}, {"$ne": 1}, {"$ne": 2}, {"$type": {"$ne": "invoice"}}):
+        assert plain(ours.search(("docs",), filter=query_filter)) == plain(reference.search(("docs",), filter=query_filter))
+        assert sorted(i.key for i in ours.search(("docs",), query="invoice", filter=query_filter)) == sorted(
+            i.key for i in reference.search(("docs",), filter=query_filter))
+
+
 def test_items_are_notes_kept_whole_and_puts_update_them_in_place(memory):
     store = AgentMemStore(memory=memory, user_id="maya")
     value = {"content": "Maya drinks green tea.", "nested": {"list": [1, 2.5, None, True], "empty": {}}}
