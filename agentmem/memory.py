@@ -322,11 +322,14 @@ class Memory:
         check.note_id(note_id)
         with self._sections.exclusive():
             self._existing(note_id)
+            session = self._graph.session_of(note_id)
+            remixed = {} if session is None else self._writer.remixed(session, {note_id: None})
             with self._graph.transaction():
                 self._graph.delete(note_id)
+                self._graph.set_searched_vectors(remixed)  # the later notes of its session held its vector
                 self._graph.merge_full_text()
                 self._ledger.retract_note(note_id, check.time(None))
-            self._sync.push([], [note_id])
+            self._sync.push(list(remixed), [note_id])
             self._graph.purge_freed()
         self._parametric.retract_pending(check.time(None))
 

@@ -184,6 +184,29 @@ class WritePath:
         mixed = own + self.config.context_weight * previous
         return mixed / np.linalg.norm(mixed)
 
+    def remixed(
+        self, scope: tuple[str | None, str | None, str], own: dict[str, np.ndarray | None]
+    ) -> dict[str, np.ndarray | None]:
+        """The vectors a session's notes are searched by, mixed again from its first note on with
+        `own` replacing notes' own embeddings (None: the note is gone); only those that change.
+
+        Each carries a fading share of every note before it in the session, so a note forgotten or
+        re-embedded must leave the mix of each one after it: the follower of a forgotten note kept
+        half its vector, which gave the forgotten text back at cosine 1.0. A note searched by its
+        own embedding (the session's first, or one imported) stays so, and restarts the mix; with
+        `context_weight` 0 none is mixed."""
+        changed: dict[str, np.ndarray | None] = {}
+        previous: np.ndarray | None = None
+        for note_id, embedding, searched in self.store.session_notes(scope):
+            embedding = own.get(note_id, embedding)
+            if embedding is None:
+                continue
+            mixed = None if searched is None or not self.config.context_weight else self.with_context(embedding, previous)
+            if (mixed is None) != (searched is None) or (mixed is not None and not np.array_equal(mixed, searched)):
+                changed[note_id] = mixed
+            previous = embedding if mixed is None else mixed
+        return changed
+
     def nearest_indexed(
         self, drafts: list[Note], embeddings: np.ndarray, ahead: list[IndexRow] | None = None
     ) -> list[list[tuple[str, float]]]:
@@ -314,18 +337,23 @@ class WritePath:
 
     def replace(self, before: Note, after: Note, embedding: np.ndarray | None) -> Note:
         """Store a changed note, its previous version going to the history; `embedding` is the new
-        text's (None: the text is unchanged, and so are its vectors)."""
+        text's (None: the text is unchanged, and so are its vectors). New text is mixed again into
+        the vectors of the notes after it in its session (`remixed`), in the same transaction."""
+        scope = (before.user_id, before.agent_id, before.session_id)
+        remixed: dict[str, np.ndarray | None] = {}
         if embedding is None:
             embedding = self.store.own_embeddings([before.id])[before.id]
             in_context = self.store.load([before.id], links=False)[before.id][1]
-        elif before.session_id is not None and self.config.context_weight:
-            scope = (before.user_id, before.agent_id, before.session_id)
-            in_context = self.with_context(embedding, self.store.session_vector(scope, before=before.id))
-        else:
+        elif before.session_id is None:
             in_context = None
+        else:
+            previous = self.store.session_vector(scope, before=before.id) if self.config.context_weight else None
+            in_context = self.with_context(embedding, previous)
+            remixed = self.remixed(scope, {before.id: embedding})
         with self.store.transaction():
             self.store.replace(after, embedding, in_context, "updated", before)
-        self.index.push([before.id])
+            self.store.set_searched_vectors(remixed)
+        self.index.push([before.id, *remixed])
         return self.store.get(before.id)
 
     def evolve(self, batch: WriteBatch, neighbour: Note, newcomer: Note) -> Note:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from agentmem import Memory
 
 from .conftest import T0
@@ -59,3 +62,71 @@ def test_forgetting_an_updated_note_removes_its_history(memory):
     memory.forget(note.id)
     with memory._graph.connection as db:
         assert db.execute("SELECT COUNT(*) FROM history").fetchone()[0] == 0
+
+
+# ---- a session's later notes are searched by a mix that held the note -------------------------
+
+SESSION = [
+    "Ulrike keeps the shed key near the garden gate",
+    "Zanzibar-7731 is my PIN for the garden shed lockbox",
+    "Yes, the lockbox is by the shed door",
+    "And the spare key is with my neighbour",
+]
+
+
+def searched(mem: Memory, note_ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The notes' own embeddings and the vectors they are searched by, as the note store holds them."""
+    loaded = mem._graph.load(note_ids, links=False)
+    return mem._graph.own_embeddings(note_ids), {i: vector for i, (_, vector) in loaded.items()}
+
+
+def mixed(own: np.ndarray, previous: np.ndarray, weight: float) -> np.ndarray:
+    vector = own + weight * previous
+    return vector / np.linalg.norm(vector)
+
+
+def assert_searched_as_mixed(mem: Memory, chain: list[str], query: str) -> None:
+    """Each note of `chain` (a session in order) is searched, in the store and in the index, by its own
+    embedding mixed with the searched vector of the note before it, as if no other note had been there."""
+    own, stored = searched(mem, chain)
+    weight = mem.config.context_weight
+    np.testing.assert_allclose(stored[chain[0]], own[chain[0]], atol=1e-6)  # the first: its own, unmixed
+    expected = {chain[0]: stored[chain[0]]}
+    for previous, note_id in zip(chain, chain[1:]):
+        expected[note_id] = mixed(own[note_id], expected[previous], weight)
+        np.testing.assert_allclose(stored[note_id], expected[note_id], atol=1e-6)
+    query_vector = mem._embed([query])[0]
+    dense = {h.note.id: h.why.similarity for h in mem.recall(query, user_id="ulrike", k=10, reinforce=False)}
+    for note_id in chain:  # the index's similarity: its vector was written again too
+        assert dense[note_id] == pytest.approx(float(expected[note_id] @ query_vector), abs=1e-5)
+
+
+def test_forget_takes_the_note_out_of_the_vectors_of_its_session_s_later_notes(memory_location, embedder):
+    """Review s11 F1: the next note of the session was searched by its own vector plus half the
+    forgotten one's, which gave the forgotten text back at cosine 1.0 and ranked it first for it."""
+    with Memory(**memory_location(), embedder=embedder) as mem:
+        notes = [mem.remember(text, user_id="ulrike", session_id="s1", at=T0 + timedelta(minutes=i))
+                 for i, text in enumerate(SESSION)]
+        other = mem.remember("Ulrike's bicycle is blue", user_id="ulrike", at=T0)
+        _, before = searched(mem, [n.id for n in notes])
+        mem.forget(notes[1].id)
+        kept = [notes[0].id, notes[2].id, notes[3].id]
+        assert_searched_as_mixed(mem, kept, SESSION[1])
+        _, after = searched(mem, kept + [other.id])
+        assert not np.allclose(after[notes[2].id], before[notes[2].id])
+        mem.forget(notes[0].id)  # the session's first: the next one is now first, searched by its own
+        assert_searched_as_mixed(mem, kept[1:], SESSION[1])
+    with Memory(**memory_location(), embedder=embedder) as reopened:
+        assert reopened.stats().pending_sync == 0
+
+
+def test_an_update_of_the_text_mixes_the_new_text_into_the_session_s_later_notes(memory_location, embedder):
+    """An update re-embedded the note alone: its followers kept the vector of the text it had before,
+    which its forget would then leave behind although its history is gone."""
+    with Memory(**memory_location(), embedder=embedder) as mem:
+        notes = [mem.remember(text, user_id="ulrike", session_id="s1", at=T0 + timedelta(minutes=i))
+                 for i, text in enumerate(SESSION)]
+        mem.update(notes[1].id, text="My PIN for the lockbox is in the blue notebook", at=T0 + timedelta(hours=1))
+        assert_searched_as_mixed(mem, [n.id for n in notes], SESSION[1])
+        mem.update(notes[0].id, text="Ulrike keeps the shed key under the doormat", at=T0 + timedelta(hours=1))
+        assert_searched_as_mixed(mem, [n.id for n in notes], SESSION[1])

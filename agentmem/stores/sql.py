@@ -293,6 +293,33 @@ class SqlNoteStore:
         rows = self._run(sql + f" ORDER BY {self.ORDER} DESC LIMIT 1", params)
         return np.frombuffer(rows[0][0], dtype=np.float32) if rows else None
 
+    def session_notes(
+        self, scope: tuple[str | None, str | None, str]
+    ) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """A session's notes (of one user and agent) in the order they were remembered: id, own
+        embedding, and the vector mixed from the session before it (None: searched by its own)."""
+        (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
+        rows = self._run(
+            f"SELECT id, embedding, context_embedding FROM notes WHERE {user} AND {agent} AND session_id = ?"
+            f" ORDER BY {self.ORDER}",
+            [*by_user, *by_agent, scope[2]],
+        )
+        return [(r[0], np.frombuffer(r[1], dtype=np.float32),
+                 None if r[2] is None else np.frombuffer(r[2], dtype=np.float32)) for r in rows]
+
+    def session_of(self, note_id: str) -> tuple[str | None, str | None, str] | None:
+        """The session (user, agent, session) a note was remembered in; None for none."""
+        rows = self._run("SELECT user_id, agent_id, session_id FROM notes WHERE id = ?", (note_id,))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows and rows[0][2] is not None else None
+
+    def set_searched_vectors(self, vectors: dict[str, np.ndarray | None]) -> None:
+        """Change the vectors notes are searched by (None: their own embedding), queueing their index writes."""
+        self._many(
+            "UPDATE notes SET context_embedding = ? WHERE id = ?",
+            [(None if v is None else np.asarray(v, dtype=np.float32).tobytes(), i) for i, v in vectors.items()],
+        )
+        self._many(OUTBOX, [(note_id, "upsert") for note_id in vectors])
+
     def select(self, where: NoteFilter, limit: int | None = None, offset: int = 0) -> list[Note]:
         """Notes a filter admits, oldest first, with their links."""
         clause, params = self._where(where)

@@ -59,3 +59,21 @@ def test_a_non_ascii_tag_or_keyword_is_found_by_full_text(sql_store):
         assert [i for i, _ in sql_store.lexical_search([word], 5, NoteFilter())] == [found], word
     assert [i for i, _ in sql_store.lexical_search(["ünïcödé"], 5, NoteFilter(metadata={"città": "Roma"}))] == ["tagged"]
     assert sql_store.get("tagged").tags == ["ünïcödé"] and sql_store.get("evolved").keywords == ["façade"]
+
+
+def test_searched_vectors_set_in_a_transaction_queue_their_index_writes(sql_store):
+    """A forget's remixed session vectors go to the index through the outbox, committed with them:
+    a process that dies before the index write leaves them to the replay."""
+    with sql_store.transaction():
+        for i, name in enumerate("abc"):
+            sql_store.insert(Note(id=name, text=f"note {name}", user_id="u", session_id="s", created_at=T,
+                                  updated_at=T, last_recalled=T), np.full(4, float(i + 1), dtype=np.float32),
+                             None if name == "a" else np.full(4, 9.0, dtype=np.float32))
+    sql_store.clear_pending("abc")
+    with sql_store.transaction():
+        sql_store.set_searched_vectors({"b": None, "c": np.full(4, 0.5, dtype=np.float32)})
+    assert sorted(sql_store.pending()) == [("b", "upsert"), ("c", "upsert")]
+    assert [(i, own[0], None if mix is None else mix[0]) for i, own, mix in sql_store.session_notes(("u", None, "s"))] == [
+        ("a", 1.0, None), ("b", 2.0, None), ("c", 3.0, 0.5),
+    ]
+    assert sql_store.session_of("c") == ("u", None, "s") and sql_store.session_of("unknown") is None
