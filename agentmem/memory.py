@@ -312,7 +312,8 @@ class Memory:
     def forget(self, note_id: str) -> None:
         """Delete a note for good, leaving no trace in the store's files: its row, links, history
         and recall times; the keywords its neighbours absorbed from it and their history entries
-        naming it; its full-text tokens; its vector-index entry.
+        naming it; its full-text tokens; its vector-index entry. A note whose row could not be read
+        (set aside in `quarantined`, or not yet) is forgotten too.
 
         An edit it was consolidated into is retracted: the model gives its pre-edit answer again
         (at once if the parametric memory is loaded and idle; else when the job or generation
@@ -321,11 +322,14 @@ class Memory:
         """
         check.note_id(note_id)
         with self._sections.exclusive():
-            self._existing(note_id)
-            session = self._graph.session_of(note_id)
-            remixed = {} if session is None else self._writer.remixed(session, {note_id: None})
+            if not self._graph.exists(note_id) and not self._graph.is_quarantined(note_id):
+                raise NoteNotFoundError(f"no note with id {note_id!r}")
+            remixed: dict[str, np.ndarray | None] = {}
+            for session in self._graph.sessions_of(note_id):
+                remixed |= self._writer.remixed(session, {note_id: None})
             with self._graph.transaction():
                 self._graph.delete(note_id)
+                self._graph.drop_quarantined(note_id)
                 self._graph.set_searched_vectors(remixed)  # the later notes of its session held its vector
                 self._graph.merge_full_text()
                 self._ledger.retract_note(note_id, check.time(None))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agentmem import Memory
+from agentmem.errors import NoteNotFoundError
 
 from .conftest import T0
 
@@ -130,3 +131,30 @@ def test_an_update_of_the_text_mixes_the_new_text_into_the_session_s_later_notes
         assert_searched_as_mixed(mem, [n.id for n in notes], SESSION[1])
         mem.update(notes[0].id, text="Ulrike keeps the shed key under the doormat", at=T0 + timedelta(hours=1))
         assert_searched_as_mixed(mem, [n.id for n in notes], SESSION[1])
+
+
+# ---- rows that could not be read ---------------------------------------------------------------
+
+
+def test_a_quarantined_note_is_forgotten_with_its_text_and_its_session_s_mix(memory_location, embedder):
+    """Review s11 F5: a note set aside as unreadable could not be forgotten (NoteNotFoundError), and
+    `quarantined()` kept returning its text."""
+    location = memory_location()
+    with Memory(**location, embedder=embedder) as mem:
+        notes = [mem.remember(text, user_id="ulrike", session_id="s1", at=T0 + timedelta(minutes=i))
+                 for i, text in enumerate(SESSION[:3])]
+        unread = mem.remember("Quentin's zylophrax code is pelicanXJ9", user_id="quentin", at=T0)
+        for note in (notes[1], unread):  # as a hand edit or an older release may leave a row
+            mem._graph.set_fields(note.id, fact="{broken")
+        mem.notes(user_id="ulrike")  # the read sets the row aside, quarantined when the call ends
+        assert [entry["id"] for entry in mem.quarantined()] == [notes[1].id]
+
+        mem.forget(notes[1].id)
+        assert mem.quarantined() == [] and mem.stats().quarantined == 0
+        assert_searched_as_mixed(mem, [notes[0].id, notes[2].id], SESSION[1])
+        mem.forget(unread.id)  # unreadable, and never read since: not yet in quarantine
+        assert mem.stats().notes == 2 and mem.quarantined() == []
+        with pytest.raises(NoteNotFoundError):
+            mem.forget(notes[1].id)
+    if isinstance(location["path"], Path):
+        assert traces(location["path"], ["Zanzibar-7731", "zylophrax", "pelicanXJ9", notes[1].id, unread.id]) == []

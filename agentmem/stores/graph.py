@@ -10,7 +10,7 @@ Forgetting leaves no trace: SQLite runs with `secure_delete` (freed pages are ze
 keywords a neighbour absorbed from a note are recorded by origin and taken back with it,
 history entries naming it go, the full-text index is merged so its tokens leave, and the
 write-ahead log is truncated. A row that cannot be read (written by hand, or by an older
-release) is moved to the `quarantine` table and reported, never fatal and never dropped.
+release) is moved to the `quarantine` table and reported, never fatal, and kept until it is forgotten.
 """
 from __future__ import annotations
 

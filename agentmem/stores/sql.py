@@ -9,6 +9,7 @@ what is only theirs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -307,10 +308,17 @@ class SqlNoteStore:
         return [(r[0], np.frombuffer(r[1], dtype=np.float32),
                  None if r[2] is None else np.frombuffer(r[2], dtype=np.float32)) for r in rows]
 
-    def session_of(self, note_id: str) -> tuple[str | None, str | None, str] | None:
-        """The session (user, agent, session) a note was remembered in; None for none."""
+    def sessions_of(self, note_id: str) -> list[tuple[str | None, str | None, str]]:
+        """The sessions (user, agent, session) a note id was remembered in: its row's, and those of
+        its rows set aside in quarantine (as far as they still read as one)."""
         rows = self._run("SELECT user_id, agent_id, session_id FROM notes WHERE id = ?", (note_id,))
-        return (rows[0][0], rows[0][1], rows[0][2]) if rows and rows[0][2] is not None else None
+        found = [(r[0], r[1], r[2]) for r in rows]
+        for (row,) in self._run("SELECT row FROM quarantine WHERE id = ?", (note_id,)):
+            with contextlib.suppress(ValueError, AttributeError):
+                kept = json.loads(row)
+                found.append((kept.get("user_id"), kept.get("agent_id"), kept.get("session_id")))
+        return [scope for scope in dict.fromkeys(found) if isinstance(scope[2], str)
+                and all(part is None or isinstance(part, str) for part in scope[:2])]
 
     def set_searched_vectors(self, vectors: dict[str, np.ndarray | None]) -> None:
         """Change the vectors notes are searched by (None: their own embedding), queueing their index writes."""
@@ -421,6 +429,13 @@ class SqlNoteStore:
         moved = list(reasons)
         self.unreadable.clear()
         return moved
+
+    def is_quarantined(self, note_id: str) -> bool:
+        return bool(self._run("SELECT 1 FROM quarantine WHERE id = ?", (note_id,)))
+
+    def drop_quarantined(self, note_id: str) -> None:
+        """Delete the rows of this id set aside in quarantine (a forget of the note)."""
+        self._write("DELETE FROM quarantine WHERE id = ?", (note_id,))
 
     def quarantined(self) -> list[dict[str, Any]]:
         found = self._run(f"SELECT id, reason, at, row FROM quarantine ORDER BY {self.ORDER}")

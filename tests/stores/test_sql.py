@@ -76,4 +76,4 @@ def test_searched_vectors_set_in_a_transaction_queue_their_index_writes(sql_stor
     assert [(i, own[0], None if mix is None else mix[0]) for i, own, mix in sql_store.session_notes(("u", None, "s"))] == [
         ("a", 1.0, None), ("b", 2.0, None), ("c", 3.0, 0.5),
     ]
-    assert sql_store.session_of("c") == ("u", None, "s") and sql_store.session_of("unknown") is None
+    assert sql_store.sessions_of("c") == [("u", None, "s")] and sql_store.sessions_of("unknown") == []
