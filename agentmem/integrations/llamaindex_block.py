@@ -9,10 +9,16 @@ does (the assistant's words are not facts the user gave; they stay in LlamaIndex
 Nothing a chat hands over makes the block raise for its size: the recall query is the tail of the
 latest messages that fits the memory's text limit (the latest words matter most), and a user turn
 longer than the limit is remembered as several notes, split at whitespace.
+
+Nor does its session id: LlamaIndex takes any string, agentmem refuses a blank, over-long or
+control-character session id, and a refusal would lose the turns, which LlamaIndex has already moved
+out of its short-term memory. Such an id is mapped to a stable one agentmem takes (`session_for`),
+and the original is kept in the notes' metadata (`ORIGINAL_SESSION`) when metadata can hold it.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -20,9 +26,34 @@ from llama_index.core.memory import BaseMemoryBlock
 from pydantic import Field, ValidationInfo, field_validator
 
 from .. import validation
+from ..errors import InvalidInputError
 from ..memory import Memory
 from .chat import MEMORY_HEADER
 from .turns import note_texts
+
+ORIGINAL_SESSION = "llamaindex.session_id"   # a LlamaIndex session id agentmem does not take as it is
+
+
+def session_for(session_id: str | None) -> str | None:
+    """The agentmem session of a LlamaIndex session id: the id itself if agentmem takes it, else
+    "llamaindex-" and the id's SHA-256, so `Memory.notes(session_id=session_for(id))` finds it."""
+    if session_id is None:
+        return None
+    try:
+        return validation.scope("session_id", session_id)
+    except InvalidInputError:
+        return "llamaindex-" + hashlib.sha256(str(session_id).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _session_fields(session_id: str | None) -> dict[str, Any]:
+    """A turn's session, and the original id in metadata when it was mapped and metadata can hold it."""
+    session = session_for(session_id)
+    if session == session_id:
+        return {"session_id": session}
+    try:
+        return {"session_id": session, "metadata": validation.metadata({ORIGINAL_SESSION: session_id})}
+    except InvalidInputError:   # NUL, a lone surrogate or over 64 KB: only its hash names it
+        return {"session_id": session}
 
 
 class AgentMemBlock(BaseMemoryBlock[str]):
@@ -58,7 +89,7 @@ class AgentMemBlock(BaseMemoryBlock[str]):
         """Remember the user's turns, all in one transaction (all or none), in LlamaIndex's session."""
         limit = self.memory.config.max_text_chars
         turns = [
-            {"text": part, "session_id": m.additional_kwargs.get("session_id")}
+            {"text": part, **_session_fields(m.additional_kwargs.get("session_id"))}
             for m in messages
             if m.role == MessageRole.USER and m.content
             for part in note_texts(m.content, limit)

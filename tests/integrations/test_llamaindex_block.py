@@ -6,7 +6,7 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory as LlamaMemory
 
 from agentmem.integrations.chat import MEMORY_HEADER
-from agentmem.integrations.llamaindex_block import AgentMemBlock
+from agentmem.integrations.llamaindex_block import ORIGINAL_SESSION, AgentMemBlock, session_for
 from tests.conftest import T0
 
 
@@ -84,3 +84,18 @@ def test_an_over_long_turn_is_remembered_in_parts_and_an_over_long_query_still_r
     assert len(parts) > 1 and all(len(t) <= limit for t in parts) and " ".join(parts) == long_turn.strip()
     [system, *_] = chat.get(input="x " * limit + "Where does Lea go to school?")   # the query keeps the tail
     assert "Lea starts school in Lyon" in system.content
+
+
+@pytest.mark.parametrize("session_id", ["x" * 300, "tab\tsession", "   ", "line\nbreak", "nul\x00"])
+def test_a_session_id_agentmem_refuses_loses_no_flushed_turn(memory, session_id):
+    """LlamaIndex takes any session id, and moves the flushed turns out of short-term memory first."""
+    chat = llama_memory(AgentMemBlock(memory=memory, user_id="maya"), session_id, token_limit=20)
+    turns = [("user", "I moved to Lisbon last spring."), ("assistant", "Lovely."),
+             ("user", "My sister Ana lives in Porto."), ("assistant", "Nice."), ("user", "Bye."), ("assistant", "Bye!")]
+    for role, text in turns:
+        chat.put(ChatMessage(role=role, content=text))
+    remembered = memory.notes(session_id=session_for(session_id))
+    assert [n.text for n in remembered][:2] == ["I moved to Lisbon last spring.", "My sister Ana lives in Porto."]
+    assert session_for(session_id) == session_for(session_id) != session_id
+    kept = {n.metadata.get(ORIGINAL_SESSION) for n in remembered}
+    assert kept == ({None} if "\x00" in session_id else {session_id})
