@@ -127,6 +127,12 @@ LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
     "verification", "detail", "scope",
 )
+# what a forget VACUUMs: every table a note's text, words, fact or id was in (the ledger, the editor's
+# archive in shared_folders and the outbox too: autovacuum left their dead rows for want of 50 of them)
+FORGET_VACUUMS = (
+    "notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes", "outbox", "quarantine",
+    "consolidation_ledger", "shared_folders",
+)
 UNCLAIMED = "FOR KEY SHARE SKIP LOCKED"  # outbox rows no live writer holds (`outbox_claim`)
 SEQUENCED = ("notes", "history", "quarantine")  # tables whose insertion order matters (SQLite's rowid)
 
@@ -554,10 +560,11 @@ class PostgresNoteGraph(SqlNoteStore):
         """Nothing to merge: the GIN index drops a deleted row's entries itself (VACUUM reclaims them)."""
 
     def purge_freed(self) -> None:
-        """After a forget: VACUUM the tables that held the note, so its dead rows are reclaimed
-        (what Postgres still keeps is in the module doc). One that fails now is left to autovacuum,
-        and logged: the forget, already committed, stands."""
-        for table in ("notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes"):
+        """After a forget: VACUUM the tables that held the note (`FORGET_VACUUMS`, those present), so
+        its dead rows are reclaimed (what Postgres still keeps is in the module doc). One that fails
+        now is left to autovacuum, and logged: the forget, already committed, stands."""
+        present = self._run("SELECT t FROM unnest(?::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(FORGET_VACUUMS),))
+        for (table,) in present:
             try:
                 self._run(f"VACUUM {table}")
             except (StoreUnavailableError, StoreCorruptedError) as exc:  # e.g. lock_timeout: another session holds it

@@ -401,3 +401,18 @@ def test_a_big_float_in_metadata_reads_back_as_a_float_and_escaped_tags_of_earli
         assert [n.id for n in store.select(NoteFilter(metadata={"avogadro": 6.022e23}))] == ["a"]
     finally:
         store.close()
+
+
+def test_a_forget_vacuums_every_table_that_held_the_note(store, postgres_url):
+    """Review s11 F4: the consolidation ledger, the editor's archive (shared_folders) and the outbox
+    hold a note's fact, id or both, and were left to autovacuum (50 dead rows and 20% first)."""
+    Ledger(store.connection)  # the ledger's table, as a Memory makes it
+    with store.transaction():
+        store.insert(note("a"), np.ones(4))
+    with store.lock():
+        with store.transaction():
+            store.delete("a")
+        store.purge_freed()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        vacuumed = {r[0] for r in conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")}
+    assert {"notes", "outbox", "quarantine", "consolidation_ledger", "shared_folders"} <= vacuumed
