@@ -20,6 +20,10 @@ A history is the session id in exactly its scope: one with no `user_id` (or no `
 session of no user (or of no agent), not every user's session of that id, so two histories never
 share messages unless they name the same user, agent and session (as LangChain's persistent
 histories keep one transcript per key).
+
+A message whose fields are not JSON (a datetime or bytes in `additional_kwargs`, say) is refused
+with `InvalidInputError`, as LangChain's persistent histories (SQL, Redis, file) cannot store it
+either, and nothing of its batch is written.
 """
 from __future__ import annotations
 
@@ -116,8 +120,8 @@ class AgentMemChatHistory(BaseChatMessageHistory):
         last = stored[-1] if stored else None
         # after a note written whole (before the pieces), what follows goes to new notes
         plan = _Plan(list(last.metadata[PIECES]) if last is not None and PIECES in last.metadata else None)
-        for message in messages:
-            pieces = _pieces(json.dumps(message_to_dict(message)))
+        for position, message in enumerate(messages):
+            pieces = _pieces(_serialised(message, position))
             if isinstance(message, HumanMessage):
                 plan.user_turn(self._texts(message), pieces)
             else:
@@ -193,6 +197,17 @@ class _Plan:
                 into = self.new[-1][1]
             into.append(piece)
             self.appended |= into is self.last
+
+
+def _serialised(message: BaseMessage, position: int) -> str:
+    """The message as LangChain serialises it, in JSON; refused, typed, if a field is not JSON."""
+    try:
+        return json.dumps(message_to_dict(message))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"message {position} ({type(message).__name__}) cannot be kept: its fields must be JSON ({exc}); "
+            "nothing of the batch was written"
+        ) from None
 
 
 def _pieces(serialised: str) -> list[list[Any]]:

@@ -136,6 +136,19 @@ def test_bad_input_raises_typed_errors_and_writes_nothing(memory):
         AgentMemChatHistory(memory=memory, session_id="")
 
 
+@pytest.mark.parametrize("message", [
+    AIMessage("ok", additional_kwargs={"at": datetime(2024, 5, 1)}),
+    AIMessage("ok", response_metadata={"raw": b"bytes"}),
+    AIMessage("ok", additional_kwargs={"seen": {1, 2}}),
+])
+def test_a_message_with_a_field_json_cannot_hold_is_refused_typed_and_its_batch_not_written(memory, message):
+    history = AgentMemChatHistory(memory=memory, session_id="s1", user_id="maya")
+    history.add_messages([HumanMessage("I moved to Lisbon."), AIMessage("Noted.")])
+    with pytest.raises(InvalidInputError, match="message 1 .AIMessage. cannot be kept: its fields must be JSON"):
+        history.add_messages([HumanMessage("I adopted a cat."), message])
+    assert history.messages == [HumanMessage("I moved to Lisbon."), AIMessage("Noted.")] and memory.stats().notes == 1
+
+
 def test_a_long_reply_in_a_chain_is_kept_with_its_turn(memory):
     chain = RunnableWithMessageHistory(
         RunnableLambda(lambda messages: AIMessage("reply " + "z" * 70_000)),
