@@ -416,3 +416,35 @@ def test_a_forget_vacuums_every_table_that_held_the_note(store, postgres_url):
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         vacuumed = {r[0] for r in conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")}
     assert {"notes", "outbox", "quarantine", "consolidation_ledger", "shared_folders"} <= vacuumed
+
+
+def test_after_a_forget_the_planner_s_statistics_hold_nothing_of_the_note(store, postgres_url):
+    """Review s11 F3: ANALYZE samples column values into `pg_stats` (the most common values, histogram
+    bounds, and every word of a tsvector): the forgotten note's text, words and id stayed readable there
+    until the next ANALYZE, which agentmem runs only when the store has doubled."""
+    secret = note("s3cr3t", "Zanzibar-7731 is my PIN for the garden shed lockbox quokkavault",
+                  keywords=["zanzibar", "quokkavault"], tags=["quokkavault"], context="about quokkavault",
+                  fact=Fact(prompt="Ulrike's PIN is", target="Zanzibar-7731"))
+    with store.transaction():
+        store.insert(secret, np.ones(4))
+        store.insert_many([(note(f"n{i}", f"filler note {i} about topic {i % 7}"), np.ones(4), None) for i in range(50)])
+        store.record("s3cr3t", T, "updated", secret)
+        store.absorb_many([("n1", "quokkavault", "s3cr3t")])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ANALYZE")  # as agentmem's own, a migration's or autovacuum's may have run
+
+        def in_statistics() -> list[str]:
+            rows = conn.execute(
+                "SELECT tablename || '.' || attname, concat(most_common_vals::text, histogram_bounds::text,"
+                " most_common_elems::text) FROM pg_stats WHERE schemaname = current_schema()"
+            ).fetchall()
+            return sorted(column for column, values in rows if "quokkavault" in values.lower() or "s3cr3t" in values)
+
+        assert "notes.search" in in_statistics()  # the case to undo
+        with store.lock():
+            with store.transaction():
+                store.delete("s3cr3t")
+            with store.transaction(bookkeeping=True):
+                store.clear_pending(["s3cr3t"])  # the index write done, as a forget makes it before purging
+            store.purge_freed()
+        assert in_statistics() == []
