@@ -48,7 +48,9 @@ faded and consolidated like any other memory.
 
 Bad input raises what LangGraph raises (`InvalidNamespaceError`) or agentmem's `InvalidInputError`
 (a `ValueError`: e.g. a value that is not JSON), and every put of a batch is checked before any is
-written.
+written. A value is kept as JSON gives it back (and as PostgresStore does): tuples come back as lists.
+What JSON would change or a JSON store refuses is refused rather than altered: non-string dict keys,
+NaN and infinities, NUL and lone surrogates in strings and keys.
 """
 from __future__ import annotations
 
@@ -386,8 +388,8 @@ class AgentMemStore(BaseStore):
             raise InvalidNamespaceError(f'Root label for namespace cannot be "langgraph". Got: {op.namespace}')
         if len(op.namespace) > MAX_DEPTH:
             raise InvalidInputError(f"namespaces are at most {MAX_DEPTH} labels deep here, got {len(op.namespace)}")
-        if not isinstance(op.key, str) or not op.key:
-            raise InvalidInputError("keys are non-empty strings")
+        if not isinstance(op.key, str):
+            raise InvalidInputError("keys are strings")
         if not isinstance(op.value, Mapping):
             raise InvalidInputError(f"a stored value must be a dict, got {type(op.value).__name__}")
         if op.ttl is not None:
@@ -396,7 +398,7 @@ class AgentMemStore(BaseStore):
             isinstance(op.index, list) and all(isinstance(p, str) and p for p in op.index)
         ):
             raise InvalidInputError("index must be False, None or a list of field paths")
-        value = dict(op.value)
+        value = _with_lists(op.value)
         try:
             json.dumps(value)
         except (TypeError, ValueError) as exc:
@@ -469,7 +471,7 @@ def _malformed(meta: Mapping[str, Any]) -> str | None:
     namespace, key, value = meta.get(NAMESPACE), meta.get(KEY), meta.get(VALUE)
     if not isinstance(namespace, str) or not all(namespace.split(".")):
         return f"{NAMESPACE} is not a namespace"
-    if not isinstance(key, str) or not key:
+    if not isinstance(key, str):
         return f"{KEY} is not a key"
     if not isinstance(value, dict):
         return f"{VALUE} is not a dict"
@@ -498,15 +500,24 @@ def _strings(value: Any) -> Iterable[str]:
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, list):
         for item in value:
             yield from _strings(item)
+
+
+def _with_lists(value: Any) -> Any:
+    """The value with its tuples as lists, as JSON (and LangGraph's PostgresStore) gives them back."""
+    if isinstance(value, Mapping):
+        return {key: _with_lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_with_lists(item) for item in value]
+    return value
 
 
 def _string_keys(value: Any) -> bool:
     if isinstance(value, Mapping):
         return all(isinstance(key, str) and _string_keys(item) for key, item in value.items())
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return all(_string_keys(item) for item in value)
     return True
 

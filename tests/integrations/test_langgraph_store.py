@@ -195,6 +195,19 @@ def test_top_level_filter_keys_starting_with_a_dollar_are_field_names(memory):
             i.key for i in reference.search(("docs",), filter=query_filter))
 
 
+def test_tuples_and_the_empty_key_are_taken_as_langgraphs_stores_take_them(memory):
+    reference, ours = InMemoryStore(), AgentMemStore(memory=memory)
+    for store in (reference, ours):
+        store.put(("ok",), "", {"v": "the empty key is a key"})
+        store.put(("ok",), "pair", {"t": (1, ("a", "b")), "content": ("tea", "coffee")})
+    assert plain(ours.get(("ok",), "")) == plain(reference.get(("ok",), ""))
+    assert ours.get(("ok",), "pair").value == {"t": [1, ["a", "b"]], "content": ["tea", "coffee"]}   # as JSON gives it
+    for query_filter in ({"t": [1, ["a", "b"]]}, {"t": (1, ("a", "b"))}):
+        assert [i.key for i in ours.search(("ok",), filter=query_filter)] == [
+            i.key for i in reference.search(("ok",), filter=query_filter)] == ["pair"]
+    assert [i.key for i in ours.search(("ok",), query="coffee", limit=1)] == ["pair"]
+
+
 def test_items_are_notes_kept_whole_and_puts_update_them_in_place(memory):
     store = AgentMemStore(memory=memory, user_id="maya")
     value = {"content": "Maya drinks green tea.", "nested": {"list": [1, 2.5, None, True], "empty": {}}}
@@ -442,8 +455,11 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
         store.batch([PutOp(("ok",), "k2", {"v": 2}), PutOp(("ok",), "k3", {"v": object()})])
     with pytest.raises(InvalidInputError):
         store.put(("ok",), "k4", "not a dict")
+    for value in ({"nested": {1: "an int key would come back as '1'"}}, {"n": float("nan")}, {"s": "a\x00b"}):
+        with pytest.raises(InvalidInputError):   # what JSON would change, or a JSON store refuses
+            store.put(("ok",), "k5", value)
     with pytest.raises(InvalidInputError):
-        store.put(("ok",), "k5", {"nested": {1: "an int key would come back as '1'"}})
+        store.put(("ok",), "k\x00", {"v": 1})
     with pytest.raises(InvalidInputError):
         store.put(tuple("abcdefghijklmnopqrstuvwxyz"), "k", {"v": 1})
     store.put(tuple("abcdefghijklmnopqrstuvwxy"), "k", {"v": 1})   # the deepest allowed
