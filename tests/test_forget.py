@@ -158,3 +158,42 @@ def test_a_quarantined_note_is_forgotten_with_its_text_and_its_session_s_mix(mem
             mem.forget(notes[1].id)
     if isinstance(location["path"], Path):
         assert traces(location["path"], ["Zanzibar-7731", "zylophrax", "pelicanXJ9", notes[1].id, unread.id]) == []
+
+
+# ---- the embedded vector index's own files ------------------------------------------------------
+
+
+def closest_window(path: Path, vector: np.ndarray) -> float:
+    """The highest cosine of any run of len(vector) float32s (at any byte offset) in any file under `path`."""
+    vector = vector.astype(np.float64) / np.linalg.norm(vector)
+    best = 0.0
+    for file in (p for p in path.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        for offset in range(4):
+            floats = np.frombuffer(data[offset: offset + (len(data) - offset) // 4 * 4], dtype=np.float32)
+            if len(floats) < len(vector):
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):  # bytes that are no float
+                windows = np.nan_to_num(np.lib.stride_tricks.sliding_window_view(floats, len(vector)).astype(np.float64),
+                                        nan=0.0, posinf=0.0, neginf=0.0)
+            norms = np.linalg.norm(windows, axis=1) + 1e-12
+            best = max(best, float(np.max(windows @ vector / norms)))
+    return best
+
+
+def test_rebuild_index_erases_forgotten_vectors_from_chroma_s_files(tmp_path, embedder):
+    """Review s11 F2: Chroma keeps a deleted entry's vector in its write log until its next save, and in
+    its HNSW file for good (marked deleted); a rebuild left the dropped collection's folder on disk."""
+    path = tmp_path / "m"
+    with Memory(path, embedder=embedder) as mem:
+        secret = mem.remember(SECRET_TEXT, user_id="quentin", at=T0)
+        mem.remember_many([f"Quentin's note number {i} is about topic {i % 13}" for i in range(150)],
+                          user_id="quentin", at=T0, deduplicate=False)  # past Chroma's save of its HNSW file
+        vector = mem._graph.own_embeddings([secret.id])[secret.id]
+        mem.forget(secret.id)
+        assert closest_window(path / "chroma", vector) > 0.999  # the case to undo
+        assert mem.rebuild_index() == 150
+        assert [h.note.text for h in mem.recall("note number 7", user_id="quentin", k=1)] != []
+    assert closest_window(path / "chroma", vector) < 0.9
+    with Memory(path, embedder=embedder) as reopened:
+        assert reopened.recall("topic 3", user_id="quentin", k=3) != []

@@ -5,15 +5,18 @@ and archived). It is never the source of truth: agentmem.stores.graph holds ever
 its embedding, so the index can always be rebuilt.
 
 It holds no readable trace of a note: ids and scope values are keyed hashes (HMAC with a key
-kept in the note graph), and neither texts nor user metadata are sent. Chroma keeps its own
-write log and freed pages; what lingers there after a `forget` is a vector and tokens that
-name nothing without the key.
+kept in the note graph, which sits beside it), and neither texts nor user metadata are sent.
+But Chroma keeps a deleted entry in its files: in its write log until its next save, and in
+its HNSW file for good (hnswlib marks it deleted and keeps the vector, which identifies the
+text it embeds). `reset` (`Memory.rebuild_index`) erases them: a new collection, the old one's
+folders removed. It takes seconds at 10k notes, too long for every `forget`.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -202,7 +205,13 @@ class VectorIndex:
         self._on_collection("record its store", lambda c: c.modify(metadata={STORE_KEY: store_id}))
 
     def reset(self, store_id: str) -> None:
-        """Drop every vector and start an empty collection for `store_id` (a rebuild follows)."""
+        """Drop every vector and start an empty collection for `store_id` (a rebuild follows).
+
+        Embedded, the dropped collection's HNSW folders are removed too: Chroma 1.5 leaves them on
+        disk, and hnswlib only marks a deleted vector, keeping its bytes, so a forgotten note's vector
+        stayed there (cosine 1.0) until this. The new collection's folder is one that did not exist."""
+        left = [p for p in self._path.iterdir() if p.is_dir()] if self.mode == "embedded" else []
+
         def reset() -> None:
             self._client.delete_collection(self._name)
             self._open_collection()
@@ -210,6 +219,8 @@ class VectorIndex:
 
         with _reachable("reset"):
             self._answered("reset", reset)
+            for folder in left:
+                shutil.rmtree(folder)
 
     def refresh(self) -> None:
         """Drop the in-process index so writes by another process become visible.
