@@ -347,7 +347,8 @@ class Consolidator:
         A `pending` edit that reached the saved state was verified before the save: it is
         applied; one that did not is dropped, and its note is planned again. An `applied`
         edit missing from the state is marked retracted, so it is planned again too. An edit
-        in the state that the ledger does not know is rolled back. Then `retracting` rows finish.
+        in the state that the ledger does not know is rolled back. Saved states other than the current one
+        are removed (a forgotten note's fact stayed in one). Then `retracting` rows finish.
         The saved state must be the store's current one: on a database, the bridge fetches the
         published state first (`ParametricBridge._load`).
         """
@@ -370,6 +371,7 @@ class Consolidator:
                 self._dirty = True
                 self.parametric.rollback(orphans)
                 self._save()
+            self.parametric.clean()  # a state a killed job wrote but never made current holds its facts
         self.retract_pending(at)
 
     def _save(self) -> None:

@@ -188,3 +188,20 @@ def test_an_update_whose_fact_extractor_generates_with_the_model_does_not_deadlo
     assert not updating.is_alive()
     jobs[0].join(60)
     assert not jobs[0].is_alive() and [r.prompt for r in mem.editor.edits()] == ["Alice lives in"]
+
+
+def test_a_state_a_killed_job_saved_but_never_made_current_is_removed_at_the_next_load(open_memory, tmp_path):
+    """Such a folder holds the facts of its job; one whose note was forgotten since stayed on disk."""
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()
+    editor_folder = tmp_path / "mem" / "editor"
+    current = (editor_folder / "CURRENT").read_text()
+    stray = editor_folder / "v999999"  # written by a job killed before it switched CURRENT
+    stray.mkdir()
+    for part in (editor_folder / current).iterdir():
+        (stray / part.name).write_bytes(part.read_bytes())
+    reopened = open_memory(policy=POLICY)
+    assert from_weights(reopened)
+    assert sorted(p.name for p in editor_folder.iterdir() if p.is_dir()) == [current]
