@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # psycopg is an optional dependency
     from .stores.shared_folders import SharedFolders
 
 NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS)
+# Written last into a backup folder: a backup killed before it finished (no exception, so no
+# cleanup) has none, and is not restored as if it were whole.
+BACKUP_COMPLETE = "backup-complete"
 
 
 def write_notes(notes: list[Note], target: Path) -> int:
@@ -101,8 +104,9 @@ def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Calla
 
 @contextmanager
 def new_backup(target: object) -> Iterator[Path]:
-    """The folder a backup goes into, checked (`_backup_target`) and created, for the block that writes it. If
-    the block raises, what it wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
+    """The folder a backup goes into, checked (`_backup_target`) and created, for the block that writes it.
+    When the block ends, the `BACKUP_COMPLETE` mark is written (and synced) last. If the block raises, what it
+    wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
     folder = _backup_target(target)
     made = _first_missing(folder)
     try:
@@ -111,6 +115,13 @@ def new_backup(target: object) -> Iterator[Path]:
         except OSError as exc:
             raise _unusable(folder, exc) from exc
         yield folder
+        try:
+            with open(folder / BACKUP_COMPLETE, "w", encoding="utf-8") as mark:
+                mark.write("this backup was written whole\n")
+                mark.flush()
+                os.fsync(mark.fileno())
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot finish the backup in {folder}: {exc}") from exc
     except BaseException:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -118,6 +129,7 @@ def new_backup(target: object) -> Iterator[Path]:
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{folder / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
             shutil.rmtree(folder / EDITOR_FOLDER, ignore_errors=True)
+            Path(folder / BACKUP_COMPLETE).unlink(missing_ok=True)
         raise
 
 
@@ -140,7 +152,7 @@ def _backup_target(target: object) -> Path:
     try:
         if folder.exists() and not folder.is_dir():
             raise InvalidInputError(f"backup target {folder} is a file, not a folder")
-        for held in (GRAPH_FILE, EDITOR_FOLDER):
+        for held in (GRAPH_FILE, EDITOR_FOLDER, BACKUP_COMPLETE):
             if (folder / held).exists():
                 raise InvalidInputError(f"{folder} already holds {held}; back up into a new folder")
     except OSError as exc:
@@ -175,19 +187,39 @@ def copy_editor_state(store: Path, folder: Path, shared: SharedFolders | None = 
 
 
 def unpack_backup(source: Path, path: Path) -> None:
-    """Put a backup's files in place at `path`, with no vector index: the store rebuilds it when opened."""
+    """Put a whole backup's files in place at `path`, with no vector index: the store rebuilds it when
+    opened. The note graph is renamed into place last, so a restore killed on the way leaves no store at
+    `path` (and may simply be run again); one that fails removes what it copied."""
     if not (source / GRAPH_FILE).is_file():
         raise InvalidInputError(f"{source} is not a backup: it has no {GRAPH_FILE}")
+    if not (source / BACKUP_COMPLETE).is_file():
+        raise InvalidInputError(
+            f"{source} is not a whole backup: it has no {BACKUP_COMPLETE} mark, so the backup was stopped before it"
+            f" finished (or was made by agentmem before 2026-11-26: if you know that one finished, create an empty"
+            f" {BACKUP_COMPLETE} file in it)"
+        )
     if (path / GRAPH_FILE).exists():
         raise InvalidInputError(f"{path} already holds a note graph; restore into an empty folder")
+    partial = path / f".{GRAPH_FILE}.restoring"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / GRAPH_FILE, path / GRAPH_FILE)
+        shutil.copyfile(source / GRAPH_FILE, partial)
         shutil.rmtree(path / "chroma", ignore_errors=True)
         if (source / EDITOR_FOLDER).is_dir():
             shutil.copytree(source / EDITOR_FOLDER, path / EDITOR_FOLDER, dirs_exist_ok=True)
+        partial.replace(path / GRAPH_FILE)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
+
+
+def remove_restored(path: Path) -> None:
+    """Take back what `unpack_backup` put at `path`, when the store it restored cannot be opened: the
+    folder is then as it was, and a restore from a sound backup can follow."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(path / EDITOR_FOLDER, ignore_errors=True)
+    shutil.rmtree(path / "chroma", ignore_errors=True)
 
 
 def replace_index_contents(path: Path, collection: str, chroma_url: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentmem import InvalidInputError, Memory, StoreUnavailableError, transfer
+from agentmem import AgentMemError, InvalidInputError, Memory, StoreUnavailableError, transfer
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
 from tests.conftest import T0
@@ -63,7 +63,7 @@ def test_a_backup_of_a_postgres_store_carries_the_published_editor_state(postgre
         store.close()
     assert (folder / "editor" / "CURRENT").read_text() == "v000002"
     assert (folder / "editor" / "v000002" / "state.bin").read_bytes() == b"newer"
-    assert sorted(p.name for p in folder.iterdir()) == ["editor"]  # no staging left behind
+    assert sorted(p.name for p in folder.iterdir()) == [transfer.BACKUP_COMPLETE, "editor"]  # no staging left behind
 
 
 def test_a_backup_that_fails_midway_leaves_nothing_in_its_target(memory, tmp_path, monkeypatch):
@@ -91,4 +91,29 @@ def test_a_postgres_store_s_backup_has_the_editor_state_its_replicas_published(p
         folder = mem.backup(tmp_path / "backup")
     assert (folder / "editor" / "CURRENT").read_text() == "v000003" and (folder / "editor" / "v000003").is_dir()
     with Memory.restore_backup(folder, tmp_path / "restored", embedder=embedder) as restored:
+        assert [n.text for n in restored.notes()] == ["Alice lives in Lisbon"]
+
+
+def test_a_backup_stopped_before_it_finished_is_not_restored(memory, tmp_path, embedder):
+    """SIGKILL runs no cleanup: such a backup had a whole note graph whose ledger named edits its half-copied
+    editor state lacked, and was restored without a word (the edits then silently retracted)."""
+    memory.remember("Alice lives in Lisbon", at=T0)
+    folder = memory.backup(tmp_path / "backup")
+    assert (folder / transfer.BACKUP_COMPLETE).is_file()
+    (folder / transfer.BACKUP_COMPLETE).unlink()  # as a backup killed before its last step leaves it
+    with pytest.raises(InvalidInputError, match="not a whole backup"):
+        Memory.restore_backup(folder, tmp_path / "restored", embedder=embedder)
+    assert not (tmp_path / "restored").exists()
+
+
+def test_a_restore_whose_backup_cannot_be_opened_leaves_the_target_free_for_another(memory, tmp_path, embedder):
+    memory.remember("Alice lives in Lisbon", at=T0)
+    sound = memory.backup(tmp_path / "sound")
+    damaged = memory.backup(tmp_path / "damaged")
+    graph = damaged / "notes.sqlite3"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    with pytest.raises(AgentMemError):
+        Memory.restore_backup(damaged, tmp_path / "restored", embedder=embedder)
+    assert not (tmp_path / "restored" / "notes.sqlite3").exists()
+    with Memory.restore_backup(sound, tmp_path / "restored", embedder=embedder) as restored:
         assert [n.text for n in restored.notes()] == ["Alice lives in Lisbon"]
