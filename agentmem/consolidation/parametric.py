@@ -118,6 +118,10 @@ class ParametricMemory:
         number = int(self.version[1:]) + 1 if self.version else 1
         version = f"v{number:06d}"
         self.editor.save(self.directory / version)
+        for part in (self.directory / version).rglob("*"):  # on disk before `CURRENT` names them (a power cut)
+            if part.is_file():
+                with open(part, "rb") as handle:
+                    os.fsync(handle.fileno())
         pointer = self.directory / (CURRENT + ".tmp")
         pointer.write_text(version)
         with open(pointer, "rb") as handle:
