@@ -22,10 +22,10 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
   transaction without reads is one round trip. `lock()` reads the store version and the
   outbox state in its own round trip, for the checks a write section starts with.
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
-  restores with the existing `restore_backup`; `purge_freed` runs VACUUM (ANALYZE) on the note
-  tables: Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL
-  keeps old row images until its segments are recycled (SQLite with secure_delete zeroes pages);
-  the planner's statistics are taken again from the live rows.
+  restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
+  Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps old
+  row images until its segments are recycled (SQLite with secure_delete zeroes pages); the
+  planner's statistics are taken again from the live rows (ANALYZE) in the background.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ import psycopg_pool
 from ..errors import InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
 from . import full_text, link_changes, shared_folders
+from .coalesced import CoalescedWork
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
@@ -166,6 +167,7 @@ class PostgresNoteGraph(SqlNoteStore):
         self.graph = nx.Graph()
         self._data_version = -1
         self._pinned = threading.local()
+        self._statistics = CoalescedWork(self._analyze_forgotten, "analyze")
         try:  # one direct connection first: its error says what is wrong, where a pool would only time out
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.Error as exc:
@@ -386,6 +388,7 @@ class PostgresNoteGraph(SqlNoteStore):
         yield
 
     def close(self) -> None:
+        self._statistics.close()
         self._pool.close()
 
     @property
@@ -562,18 +565,27 @@ class PostgresNoteGraph(SqlNoteStore):
 
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note (`FORGET_VACUUMS`, those present), so
-        its dead rows are reclaimed (what Postgres still keeps is in the module doc), and ANALYZE them:
-        the planner's statistics (`pg_stats`, readable by any role that reads the table) sample column
-        values, and kept a forgotten note's text, words and id until the next ANALYZE, which may come
-        only when the store has doubled. Taken again from the live rows, they hold none of it. This
-        costs a forget about 0.2 s at 10k notes (0.02 s without ANALYZE), and keeps every plan as it
-        was. One that fails now is left to autovacuum, and logged: the forget, already committed, stands."""
+        its dead rows are reclaimed (what Postgres still keeps is in the module doc), and have them
+        ANALYZEd in the background (`_analyze_forgotten`). One that fails now is left to autovacuum,
+        and logged: the forget, already committed, stands."""
+        self._vacuum("VACUUM")
+        self._statistics.ask()
+
+    def _analyze_forgotten(self) -> None:
+        """The planner's statistics (`pg_stats`, readable by any role that reads the table) sample
+        column values, and kept a forgotten note's text, words and id until the next ANALYZE, which
+        may come only when the store has doubled; taken again from the live rows, they hold none of
+        it, and every plan stays as it was. 0.75 s at 120k notes, so it runs after the forget's write
+        section, once for a burst of forgets (`CoalescedWork`); `close` waits for it."""
+        self._vacuum("ANALYZE")
+
+    def _vacuum(self, command: str) -> None:
         present = self._run("SELECT t FROM unnest(?::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(FORGET_VACUUMS),))
         for (table,) in present:
             try:
-                self._run(f"VACUUM (ANALYZE) {table}")
+                self._run(f"{command} {table}")
             except (StoreUnavailableError, StoreCorruptedError) as exc:  # e.g. lock_timeout: another session holds it
-                log.warning("VACUUM %s failed; autovacuum reclaims its dead rows later: %s", table, exc)
+                log.warning("%s %s failed; autovacuum does it later: %s", command, table, exc)
 
     def lexical_search(self, terms: list[str], n: int, where: NoteFilter) -> list[tuple[str, float]]:
         """The n best full-text matches of any of `terms` among the notes `where` admits, as
