@@ -9,7 +9,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    AgentMemError, InvalidInputError, ModelUnavailableError, NoteNotFoundError, StoreClosedError, StoreUnavailableError,
+    AgentMemError, InvalidInputError, ModelUnavailableError, NoteNotFoundError, StoreClosedError, StoreCorruptedError,
+    StoreUnavailableError,
 )
 
 _LAZY = {
@@ -47,6 +48,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "AgentMemError", "Answer", "ConsolidationPolicy", "ConsolidationReport", "DecayReport", "Decision", "Enrichment",
     "Fact", "Hit", "ImportReport", "InvalidInputError", "LedgerEntry", "Link", "Memory", "MemoryConfig", "MemoryItem",
-    "MemoryStats", "ModelUnavailableError", "Note", "NoteNotFoundError", "StoreClosedError", "StoreUnavailableError",
-    "Verification", "Why",
+    "MemoryStats", "ModelUnavailableError", "Note", "NoteNotFoundError", "StoreClosedError", "StoreCorruptedError",
+    "StoreUnavailableError", "Verification", "Why",
 ]

@@ -3,8 +3,9 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from agentmem import Note
+from agentmem import Note, StoreCorruptedError
 from agentmem.stores import NoteGraph
+from agentmem.stores.filters import NoteFilter
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -80,3 +81,44 @@ def test_the_quiet_version_moves_with_any_commit_and_is_none_while_index_writes_
     with other.transaction():
         other.set_fields("a", strength=2.0)
     assert graph.quiet_version() not in (None, ours)  # another connection's commit
+
+
+def turn(i: int) -> Note:
+    return Note(id=f"n{i}", text=f"turn {i}: the user talks about item {i % 97} and colour {i % 13}",
+                created_at=T, updated_at=T, last_recalled=T)
+
+
+def forget(graph: NoteGraph, note_id: str) -> None:
+    with graph.transaction():  # as `Memory.forget` does
+        graph.delete(note_id)
+        graph.merge_full_text()
+
+
+def test_a_store_takes_more_than_a_thousand_forgets(tmp_path):
+    """Each full-text merge left one more level in FTS5's structure record: after about 1,000 forgets, in a store
+    of more than 1,000 notes, every delete failed as 'database disk image is malformed'."""
+    graph = NoteGraph(tmp_path / "g.sqlite3")
+    with graph.transaction():
+        graph.insert_many([(turn(i), np.ones(4), None) for i in range(1300)])
+    for i in range(1200):
+        forget(graph, f"n{i}")
+    assert graph.all_ids() == {f"n{i}" for i in range(1200, 1300)}
+    assert [i for i, _ in graph.lexical_search(["1250"], 5, NoteFilter())] == ["n1250"]
+
+
+def test_a_store_that_forgets_had_broken_is_mended_when_it_opens(tmp_path):
+    path = tmp_path / "g.sqlite3"
+    graph = NoteGraph(path)
+    with graph.transaction():
+        graph.insert_many([(turn(i), np.ones(4), None) for i in range(1100)])
+    for i in range(999):  # as agentmem before the fix merged: 'optimize' after each delete
+        with graph.transaction():
+            graph.delete(f"n{i}")
+            graph.connection.execute("INSERT INTO notes_fts(notes_fts) VALUES ('optimize')")
+    with pytest.raises(StoreCorruptedError), graph.errors(), graph.transaction():
+        graph.delete("n999")
+    graph.close()
+    reopened = NoteGraph(path)
+    forget(reopened, "n999")
+    assert len(reopened.all_ids()) == 100
+    assert [i for i, _ in reopened.lexical_search(["1050"], 5, NoteFilter())] == ["n1050"]
