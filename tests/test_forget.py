@@ -197,3 +197,14 @@ def test_rebuild_index_erases_forgotten_vectors_from_chroma_s_files(tmp_path, em
     assert closest_window(path / "chroma", vector) < 0.9
     with Memory(path, embedder=embedder) as reopened:
         assert reopened.recall("topic 3", user_id="quentin", k=3) != []
+
+
+def test_a_rebuild_removes_only_its_own_collection_s_folders(tmp_path, embedder):
+    """Another collection in the same Chroma folder keeps its HNSW files (the rebuild removed every folder)."""
+    path = tmp_path / "m"
+    with Memory(path, collection="other", embedder=embedder) as other:
+        other.remember_many([f"Rosa's note {i} is about topic {i % 13}" for i in range(150)], user_id="rosa", at=T0)
+    theirs = {p.name for p in (path / "chroma").iterdir() if p.is_dir()}
+    with Memory(path, embedder=embedder) as mem:
+        mem.rebuild_index()
+    assert theirs and theirs <= {p.name for p in (path / "chroma").iterdir() if p.is_dir()}

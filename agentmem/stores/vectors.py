@@ -13,10 +13,12 @@ folders removed. It takes seconds at 10k notes, too long for every `forget`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -209,8 +211,8 @@ class VectorIndex:
 
         Embedded, the dropped collection's HNSW folders are removed too: Chroma 1.5 leaves them on
         disk, and hnswlib only marks a deleted vector, keeping its bytes, so a forgotten note's vector
-        stayed there (cosine 1.0) until this. The new collection's folder is one that did not exist."""
-        left = [p for p in self._path.iterdir() if p.is_dir()] if self.mode == "embedded" else []
+        stayed there (cosine 1.0) until this. Other collections in the folder keep theirs."""
+        left = self._segment_folders() if self.mode == "embedded" else []
 
         def reset() -> None:
             self._client.delete_collection(self._name)
@@ -219,8 +221,23 @@ class VectorIndex:
 
         with _reachable("reset"):
             self._answered("reset", reset)
-            for folder in left:
+        for folder in left:
+            try:
                 shutil.rmtree(folder)
+            except OSError as exc:  # the rebuild goes on; the old vectors stay on disk until a later one
+                log.warning("could not remove the dropped index's folder %s: %s", folder, exc)
+
+    def _segment_folders(self) -> list[Path]:
+        """This collection's HNSW folders: Chroma names each after a segment of the collection, listed
+        in its `segments` table (Chroma 1.5's layout; if that cannot be read, none is named)."""
+        catalog = f"file:{self._path / 'chroma.sqlite3'}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(catalog, uri=True)) as db:
+                rows = db.execute("SELECT id FROM segments WHERE collection = ?", (str(self._collection.id),)).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("cannot list the index's segments, so its dropped folders stay on disk: %s", exc)
+            return []
+        return [self._path / row[0] for row in rows if (self._path / row[0]).is_dir()]
 
     def refresh(self) -> None:
         """Drop the in-process index so writes by another process become visible.
