@@ -105,8 +105,9 @@ def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Calla
 @contextmanager
 def new_backup(target: object) -> Iterator[Path]:
     """The folder a backup goes into, checked (`_backup_target`) and created, for the block that writes it.
-    When the block ends, the `BACKUP_COMPLETE` mark is written (and synced) last. If the block raises, what it
-    wrote goes, and the folders made for it: a failed backup leaves nothing behind."""
+    When the block ends, what it wrote is synced to disk, and then the `BACKUP_COMPLETE` mark is written and
+    synced last. If the block raises, what it wrote goes, and the folders made for it: a failed backup leaves
+    nothing behind."""
     folder = _backup_target(target)
     made = _first_missing(folder)
     try:
@@ -116,6 +117,10 @@ def new_backup(target: object) -> Iterator[Path]:
             raise _unusable(folder, exc) from exc
         yield folder
         try:
+            for part in folder.rglob("*"):  # on disk before the mark vouches for them (a power cut)
+                if part.is_file():
+                    with open(part, "rb") as handle:
+                        os.fsync(handle.fileno())
             with open(folder / BACKUP_COMPLETE, "w", encoding="utf-8") as mark:
                 mark.write("this backup was written whole\n")
                 mark.flush()
@@ -188,8 +193,8 @@ def copy_editor_state(store: Path, folder: Path, shared: SharedFolders | None = 
 
 def unpack_backup(source: Path, path: Path) -> None:
     """Put a whole backup's files in place at `path`, with no vector index: the store rebuilds it when
-    opened. The note graph is renamed into place last, so a restore killed on the way leaves no store at
-    `path` (and may simply be run again); one that fails removes what it copied."""
+    opened. Each part is copied beside its place and renamed into it, the note graph last, so a restore
+    killed on the way leaves no store at `path`; one that fails removes what it copied."""
     if not (source / GRAPH_FILE).is_file():
         raise InvalidInputError(f"{source} is not a backup: it has no {GRAPH_FILE}")
     if not (source / BACKUP_COMPLETE).is_file():
@@ -198,24 +203,32 @@ def unpack_backup(source: Path, path: Path) -> None:
             f" finished (or was made by agentmem before 2026-11-26: if you know that one finished, create an empty"
             f" {BACKUP_COMPLETE} file in it)"
         )
-    if (path / GRAPH_FILE).exists():
-        raise InvalidInputError(f"{path} already holds a note graph; restore into an empty folder")
-    partial = path / f".{GRAPH_FILE}.restoring"
+    for held in (GRAPH_FILE, EDITOR_FOLDER):
+        if (path / held).exists():
+            raise InvalidInputError(f"{path} already holds {held}; restore into an empty folder (move it aside)")
+    graph, editor = path / f".{GRAPH_FILE}.restoring", path / f".{EDITOR_FOLDER}.restoring"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / GRAPH_FILE, partial)
-        shutil.rmtree(path / "chroma", ignore_errors=True)
+        shutil.rmtree(editor, ignore_errors=True)  # left by a restore killed on the way
+        shutil.copyfile(source / GRAPH_FILE, graph)
         if (source / EDITOR_FOLDER).is_dir():
-            shutil.copytree(source / EDITOR_FOLDER, path / EDITOR_FOLDER, dirs_exist_ok=True)
-        partial.replace(path / GRAPH_FILE)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
+            shutil.copytree(source / EDITOR_FOLDER, editor)
+        shutil.rmtree(path / "chroma", ignore_errors=True)  # another store's index: it is rebuilt from the graph
+        if editor.is_dir():
+            editor.rename(path / EDITOR_FOLDER)
+        graph.replace(path / GRAPH_FILE)
+    except BaseException as exc:
+        remove_restored(path)
+        graph.unlink(missing_ok=True)
+        shutil.rmtree(editor, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
+        raise
 
 
 def remove_restored(path: Path) -> None:
-    """Take back what `unpack_backup` put at `path`, when the store it restored cannot be opened: the
-    folder is then as it was, and a restore from a sound backup can follow."""
+    """Take back what `unpack_backup` put at `path` (it refuses a `path` holding a note graph or an editor
+    state, so both are its own), when the store it restored cannot be opened: a restore can follow."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
     shutil.rmtree(path / EDITOR_FOLDER, ignore_errors=True)

@@ -117,3 +117,13 @@ def test_a_restore_whose_backup_cannot_be_opened_leaves_the_target_free_for_anot
     assert not (tmp_path / "restored" / "notes.sqlite3").exists()
     with Memory.restore_backup(sound, tmp_path / "restored", embedder=embedder) as restored:
         assert [n.text for n in restored.notes()] == ["Alice lives in Lisbon"]
+
+
+def test_a_restore_into_a_folder_holding_an_editor_state_is_refused_and_keeps_it(memory, tmp_path, embedder):
+    """A failed restore removed the `editor/` it found there: the saved edits of the store moved aside."""
+    memory.remember("Alice lives in Lisbon", at=T0)
+    folder = memory.backup(tmp_path / "backup")
+    (tmp_path / "target" / "editor" / "v000001").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="editor"):
+        Memory.restore_backup(folder, tmp_path / "target", embedder=embedder)
+    assert (tmp_path / "target" / "editor" / "v000001").is_dir()
