@@ -566,9 +566,10 @@ class PostgresNoteGraph(SqlNoteStore):
     def purge_freed(self) -> None:
         """After a forget: VACUUM the tables that held the note (`FORGET_VACUUMS`, those present), so
         its dead rows are reclaimed (what Postgres still keeps is in the module doc), and have them
-        ANALYZEd in the background (`_analyze_forgotten`). One that fails now is left to autovacuum,
-        and logged: the forget, already committed, stands."""
-        self._vacuum("VACUUM")
+        ANALYZEd in the background (`_analyze_forgotten`). A table that the background's ANALYZE (or
+        autovacuum) holds is skipped, not waited for in the write section: the background run VACUUMs
+        it too. One that fails now is left to autovacuum, and logged: the forget, already committed, stands."""
+        self._vacuum("VACUUM (SKIP_LOCKED)")
         self._statistics.ask()
 
     def _analyze_forgotten(self) -> None:
@@ -577,7 +578,7 @@ class PostgresNoteGraph(SqlNoteStore):
         may come only when the store has doubled; taken again from the live rows, they hold none of
         it, and every plan stays as it was. 0.75 s at 120k notes, so it runs after the forget's write
         section, once for a burst of forgets (`CoalescedWork`); `close` waits for it."""
-        self._vacuum("ANALYZE")
+        self._vacuum("VACUUM (ANALYZE)")
 
     def _vacuum(self, command: str) -> None:
         present = self._run("SELECT t FROM unnest(?::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(FORGET_VACUUMS),))
