@@ -1,6 +1,7 @@
-"""Files that appear whole or not at all."""
+"""Files that appear whole or not at all, and folders synced before anything vouches for them."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,3 +20,12 @@ def written_whole(target: Path) -> Iterator[TextIO]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """Every file under `folder` on disk, before something that vouches for them (a pointer, a mark) is
+    written: after a power cut, that would otherwise name files the disk never got."""
+    for part in folder.rglob("*"):
+        if part.is_file():
+            with open(part, "rb") as handle:
+                os.fsync(handle.fileno())

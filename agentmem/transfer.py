@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import STORED, Note, clean_string
-from .files import written_whole
+from .files import sync_folder, written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
@@ -117,10 +117,7 @@ def new_backup(target: object) -> Iterator[Path]:
             raise _unusable(folder, exc) from exc
         yield folder
         try:
-            for part in folder.rglob("*"):  # on disk before the mark vouches for them (a power cut)
-                if part.is_file():
-                    with open(part, "rb") as handle:
-                        os.fsync(handle.fileno())
+            sync_folder(folder)
             with open(folder / BACKUP_COMPLETE, "w", encoding="utf-8") as mark:
                 mark.write("this backup was written whole\n")
                 mark.flush()

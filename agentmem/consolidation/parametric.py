@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..editors import Editor, EditorConfig, EditRequest, WeightEditor
 from ..errors import InvalidInputError, StoreCorruptedError
+from ..files import sync_folder
 from ..facts import neighbour_prompts, question_forms
 from ..models import LanguageModel
 from ..notes import Fact, Verification
@@ -118,10 +119,7 @@ class ParametricMemory:
         number = int(self.version[1:]) + 1 if self.version else 1
         version = f"v{number:06d}"
         self.editor.save(self.directory / version)
-        for part in (self.directory / version).rglob("*"):  # on disk before `CURRENT` names them (a power cut)
-            if part.is_file():
-                with open(part, "rb") as handle:
-                    os.fsync(handle.fileno())
+        sync_folder(self.directory / version)
         pointer = self.directory / (CURRENT + ".tmp")
         pointer.write_text(version)
         with open(pointer, "rb") as handle:
