@@ -279,8 +279,9 @@ class AgentMemStore(BaseStore):
             if len(hits) < k or k == validation.MAX_K:
                 break
             k = min(2 * k, validation.MAX_K)
-        reached_all = len(hits) < k   # then every indexed item was ranked: only the unindexed are left
-        rest = self._notes({**prefix, INDEXED: False} if reached_all else prefix, namespace_prefix)
+        # all of the prefix, not only its unindexed items, even when recall found fewer than k: over a
+        # filter that admits few of a large scope's notes, recall's over-fetch can miss some it admits
+        rest = self._notes(prefix, namespace_prefix)
         seen = {note.id for note, _ in ranked}
         return ranked + [(note, None) for note in rest if note.id not in seen and admissible(note)]
 

@@ -14,7 +14,7 @@ from langgraph.store.base import InvalidNamespaceError, Item, PutOp, SearchItem
 from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
-from agentmem import InvalidInputError
+from agentmem import InvalidInputError, Memory, MemoryConfig, reading
 from agentmem.integrations.langgraph_store import UNINDEXED_TEXT, AgentMemStore
 
 ITEMS = [   # put namespace by namespace, so both stores list items in the same order
@@ -181,6 +181,21 @@ def test_a_filter_applies_before_the_limit_beyond_what_recall_ranks(memory, embe
     everything = ours.search(("notes",), query="apple pie", limit=1200)
     assert len(everything) == 1105 and len({(i.namespace, i.key) for i in everything}) == 1105
     assert all(i.score is not None for i in everything[:1000]) and all(i.score is None for i in everything[1000:])
+
+
+def test_a_query_search_under_a_prefix_few_of_the_user_s_notes_are_in_misses_none(tmp_path, embedder, monkeypatch):
+    """Past `EXACT_SEARCH_LIMIT` notes a filter admits, recall over-fetches the user's nearest notes and keeps
+    the admitted ones: under a prefix holding few of them it returns fewer than asked while more exist, which
+    was taken for "every indexed item ranked" and the rest were never returned."""
+    monkeypatch.setattr(reading, "EXACT_SEARCH_LIMIT", 5)  # 5,000 in use: the same path, at a test's size
+    # no candidates beyond k: recall over-fetches 20 x 10 of the user's 312 notes
+    with Memory(tmp_path / "m", embedder=embedder, config=MemoryConfig(candidate_pool=0)) as memory:
+        memory.remember_many([f"Apple pie recipe number {i} with cinnamon and butter" for i in range(300)],
+                             user_id="maya")
+        ours = AgentMemStore(memory=memory, user_id="maya", index_fields=["content"])
+        ours.batch([PutOp(("garage",), f"car{i}", {"content": f"The car needs new tyres, reminder {i}"})
+                    for i in range(12)])
+        assert len(ours.search(("garage",), query="apple pie recipe", limit=10)) == 10
 
 
 def test_top_level_filter_keys_starting_with_a_dollar_are_field_names(memory):
