@@ -140,8 +140,10 @@ class AgentMemChatHistory(BaseChatMessageHistory):
             )
 
     def clear(self) -> None:
-        """Forget the session's notes."""
-        for note in self._notes():
+        """Forget the session's notes, the newest first: a forget mixes the notes after it in its
+        session again without it, and after the newest there are none (oldest first, each forget
+        re-mixed every later note: quadratic in the session's length)."""
+        for note in reversed(self._notes()):
             try:
                 self.memory.forget(note.id)
             except NoteNotFoundError:
