@@ -88,7 +88,8 @@ class MemoryChat:
         self.history: list[Message] = []
 
     def reply(self, message: str, *, at: datetime | None = None) -> ChatReply:
-        """Recall, reply with what was found in the system message, then remember the user's turn.
+        """Recall, reply with the related notes found (`answer_min_similarity`) in the system message, then
+        remember the user's turn.
 
         The recalled notes count as recalled once the turn is remembered: a turn that fails (the
         chat function raises, or the message cannot be stored) changes nothing. Should only that
@@ -97,6 +98,9 @@ class MemoryChat:
             raise InvalidInputError("message must be a non-empty string")
         scope = {"user_id": self.user_id, "agent_id": self.agent_id}
         hits = self.memory.recall(message, k=self.k, at=at, reinforce=False, **scope)
+        # as `answer` does: an unrelated note in the prompt misleads a small model, and keeps a question that an
+        # edit answers from reaching the model closed-book
+        hits = [hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity]
         messages = [{"role": "system", "content": self.system}]
         if hits:
             notes = "\n".join(f"- {hit.note.text}" for hit in hits)

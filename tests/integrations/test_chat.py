@@ -108,3 +108,15 @@ def test_the_default_chat_is_the_bundled_local_model(tmp_path, embedder, smollm,
         chat.reply("The project deadline is March 3.", at=T0)
         reply = chat.reply("When is the project deadline?", at=T0 + timedelta(hours=1))
         assert reply.recalled and reply.text.strip()
+
+
+def test_only_related_notes_reach_the_prompt(memory):
+    """An unrelated note would mislead the model and keep an edited fact from answering closed-book."""
+    recorder = Recorder()
+    chat = MemoryChat(memory, recorder, user_id="maya")
+    stored = chat.reply("Alice lives in Lisbon.", at=T0).remembered
+    unrelated = chat.reply("How many legs does a spider have?", at=T0 + timedelta(hours=1))
+    assert unrelated.recalled == [] and [m["role"] for m in recorder.calls[1]][:2] == ["system", "user"]
+    related = chat.reply("Where does Alice live?", at=T0 + timedelta(hours=2))
+    assert [hit.note.id for hit in related.recalled][:1] == [stored.id]
+    assert memory.get(stored.id).recall_count == 1   # only the related turn counted it
