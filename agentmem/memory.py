@@ -525,14 +525,18 @@ class Memory:
         with self._sections.exclusive():
             return self._graph.quarantined()
 
-    def export(self, path: str | Path) -> int:
-        """Write every note (with its links) as one JSON object per line; returns the count.
+    def export(self, path: str | Path, *, user_id: str | None = None) -> int:
+        """Write every note (or one user's) as one JSON object per line, with its links and the
+        keywords it absorbed from linked notes; returns the count.
 
-        The file appears whole or not at all."""
+        An export holds the notes, not the store: their history, recall times and the consolidation
+        ledger stay behind (`backup` takes the whole store). The file appears whole or not at all."""
         target = check.file_path(path)
+        user_id = check.scope("user_id", user_id)
         with self._sections.exclusive():
-            notes = [note for note, _ in self._graph.all_notes()]
-        return transfer.write_notes(notes, target)
+            notes = [note for note, _ in self._graph.all_notes() if user_id is None or note.user_id == user_id]
+            absorbed = self._graph.absorbed_keywords()
+        return transfer.write_notes(notes, absorbed, target)
 
     def import_(self, path: str | Path) -> ImportReport:
         """Load notes written by `export`, keeping ids, times and links; known ids are skipped.
@@ -545,7 +549,7 @@ class Memory:
             self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
                        note.tags, note.metadata, note.fact, stored=True)
         with self._sections.exclusive():
-            new = transfer.store_new(notes, self._graph, self._sync, self._embed)
+            new = transfer.store_new(notes, self._graph, self._sync, self._embed, lambda s: self._writer.remixed(s, {}))
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
 
     # ---- integrity: the index rebuilt from the graph, backups ----------------------------

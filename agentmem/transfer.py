@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from .errors import InvalidInputError, StoreUnavailableError
-from .notes import STORED, Note, clean_string
+from .notes import STORED, CleanStr, Note, NoteId, clean_string
 from .files import sync_folder, written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
@@ -38,18 +38,30 @@ NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS)
 BACKUP_COMPLETE = "backup-complete"
 
 
-def write_notes(notes: list[Note], target: Path) -> int:
-    """Write the notes as JSON lines; the file appears whole or not at all (written beside it, then renamed)."""
+class ExportedNote(Note):
+    """A line of an export file: a note, and which of its keywords it absorbed from which linked note
+    (keyword -> that note's id), so that forgetting that note after an import still takes them back."""
+
+    absorbed: dict[CleanStr, NoteId] = Field(default_factory=dict)
+
+    def as_note(self) -> Note:
+        return Note.model_construct(**{field: value for field, value in self if field != "absorbed"})
+
+
+def write_notes(notes: list[Note], absorbed: dict[str, dict[str, str]], target: Path) -> int:
+    """Write the notes as JSON lines, each with the keywords it absorbed (`ExportedNote`); the file appears
+    whole or not at all (written beside it, then renamed)."""
     try:
         with written_whole(target) as out:
             for note in notes:
-                out.write(note.model_dump_json() + "\n")
+                line = ExportedNote.model_construct(**dict(note), absorbed=absorbed.get(note.id, {}))
+                out.write(line.model_dump_json() + "\n")
     except OSError as exc:
         raise StoreUnavailableError(f"cannot write {target}: {exc}") from exc
     return len(notes)
 
 
-def read_notes(source: Path) -> list[Note]:
+def read_notes(source: Path) -> list[ExportedNote]:
     """Every note of an export file, each line validated; a bad line names its number."""
     if not source.is_file():
         raise InvalidInputError(f"no such file: {source}")
@@ -62,7 +74,7 @@ def read_notes(source: Path) -> list[Note]:
     return notes_in(text, str(source))
 
 
-def notes_in(text: str, source: str) -> list[Note]:
+def notes_in(text: str, source: str) -> list[ExportedNote]:
     r"""The notes of an export's JSON lines (`source` names it in errors). Lines end at "\n" only:
     a note's text may hold other line breaks (U+2028, \x1e, ...), which JSON leaves unescaped and
     `str.splitlines` would split at, so that the file would read back as other lines than it holds."""
@@ -70,36 +82,57 @@ def notes_in(text: str, source: str) -> list[Note]:
     for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                notes.append(Note.model_validate_json(line, context=STORED))  # an export re-imports whole
+                notes.append(ExportedNote.model_validate_json(line, context=STORED))  # an export re-imports whole
             except ValidationError as exc:
                 raise InvalidInputError(f"{source}:{number}: not a note: {exc}") from None
     return notes
 
 
-def store_new(notes: list[Note], store: NoteStore, sync: IndexSync, embed: Callable[[list[str]], np.ndarray]) -> list[Note]:
-    """Store the notes of an export file that the store does not hold yet, with their ids, times and
-    links; returns them. Run in the exclusive section, with every note already validated.
+RemixSession = Callable[[tuple[str | None, str | None, str]], dict[str, np.ndarray | None]]
+
+
+def store_new(lines: list[ExportedNote], store: NoteStore, sync: IndexSync, embed: Callable[[list[str]], np.ndarray],
+              remixed: RemixSession) -> list[Note]:
+    """Store the notes of an export file that the store does not hold yet, with their ids, times,
+    links and absorbed keywords; returns them. Run in the exclusive section, with every note already
+    validated.
 
     Links to notes in neither the file nor the store are dropped; a link between two users' notes
-    refuses the whole import."""
-    new = [n for n in {n.id: n for n in notes}.values() if not store.exists(n.id)]
+    refuses the whole import. A keyword absorbed from a note of the same user is recorded by origin,
+    as `remember` records it (so a forget of that note takes it back); one whose origin is not there
+    is dropped. Notes of a session are searched by their vectors mixed in the session's order
+    (`remixed`: `WritePath.remixed`), as remembered."""
+    new = [n for n in {n.id: n for n in lines}.values() if not store.exists(n.id)]
     owners = {n.id: n.user_id for n in new}
-    targets = store.get_many({link.note_id for n in new for link in n.links} - owners.keys(), links=False)
+    targets = store.get_many({i for n in new for i in [*(link.note_id for link in n.links), *n.absorbed.values()]}
+                             - owners.keys(), links=False)
     owners |= {i: n.user_id for i, n in targets.items()}
-    for note in new:
-        for link in note.links:
-            if link.note_id in owners and owners[link.note_id] != note.user_id:
-                raise InvalidInputError(f"note {note.id} links to {link.note_id} of another user: links never cross users")
-    embeddings = embed([n.text for n in new]) if new else []
+    for line in new:
+        for link in line.links:
+            if link.note_id in owners and owners[link.note_id] != line.user_id:
+                raise InvalidInputError(f"note {line.id} links to {link.note_id} of another user: links never cross users")
+    absorbed = [(line.id, word, origin) for line in new for word, origin in line.absorbed.items()
+                if word in line.keywords and origin in owners and owners[origin] == line.user_id]
+    taken = {(note_id, word) for note_id, word, _ in absorbed}
+    notes = [line.as_note().model_copy(update={"keywords": [w for w in line.keywords
+                                                            if w not in line.absorbed or (line.id, w) in taken]})
+             for line in new]
+    embeddings = embed([n.text for n in notes]) if notes else []
+    sessions = {(n.user_id, n.agent_id, n.session_id) for n in notes if n.session_id is not None}
     with store.transaction():
-        for note, embedding in zip(new, embeddings):
-            store.insert(note.model_copy(update={"links": []}), embedding)
-        for note in new:
-            for link in note.links:
-                if link.note_id in owners:
-                    store.link(note.id, link.note_id, link.weight, note.created_at)
-    sync.push([n.id for n in new])
-    return new
+        # a note of a session goes in as searched in context; `remixed` then mixes it from the notes before it
+        store.insert_many([(note.model_copy(update={"links": []}), embedding,
+                            embedding if note.session_id is not None else None)
+                           for note, embedding in zip(notes, embeddings)])
+        store.link_many([(note.id, link.note_id, link.weight, note.created_at)
+                         for note in notes for link in note.links if link.note_id in owners])
+        store.absorb_many(absorbed)
+        mixed: dict[str, np.ndarray | None] = {}
+        for session in sessions:
+            mixed |= remixed(session)
+        store.set_searched_vectors(mixed)
+    sync.push(list(dict.fromkeys([*(n.id for n in notes), *mixed])))
+    return notes
 
 
 @contextmanager

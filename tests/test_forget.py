@@ -2,6 +2,7 @@
 text, its own words, its id or its metadata -- searched byte by byte."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -208,3 +209,30 @@ def test_a_rebuild_removes_only_its_own_collection_s_folders(tmp_path, embedder)
     with Memory(path, embedder=embedder) as mem:
         mem.rebuild_index()
     assert theirs and theirs <= {p.name for p in (path / "chroma").iterdir() if p.is_dir()}
+
+
+def test_a_store_made_by_import_still_takes_the_absorbed_words_back(tmp_path, embedder):
+    """The export names each absorbed keyword's origin, so the forget after an import undoes the absorption."""
+    with Memory(tmp_path / "src", embedder=embedder) as src:
+        neighbour = src.remember("Quentin guards the statue in the garden hall", user_id="quentin", at=T0)
+        secret = src.remember(SECRET_TEXT, user_id="quentin", at=T0 + timedelta(minutes=1))
+        absorbed = set(src.get(neighbour.id).keywords) & set(SECRET_WORDS)
+        assert absorbed, "the neighbour absorbed the secret's words (the case to undo)"
+        src.export(tmp_path / "notes.jsonl")
+    path = tmp_path / "dst"
+    with Memory(path, embedder=embedder) as dst:
+        assert dst.import_(tmp_path / "notes.jsonl").imported == 2
+        assert absorbed <= set(dst.get(neighbour.id).keywords)
+        dst.forget(secret.id)
+        assert not set(SECRET_WORDS) & set(dst.get(neighbour.id).keywords)
+    assert traces(path, [*SECRET_WORDS, secret.id]) == []
+
+
+def test_an_absorbed_keyword_whose_origin_is_not_imported_is_dropped(tmp_path, memory):
+    kept = memory.remember("Quentin guards the statue in the garden hall", user_id="quentin", at=T0)
+    line = json.loads(kept.model_dump_json()) | {"keywords": [*kept.keywords, "zylophrax"],
+                                                  "absorbed": {"zylophrax": "gone-note"}}
+    memory.forget(kept.id)
+    (tmp_path / "notes.jsonl").write_text(json.dumps(line) + "\n")
+    memory.import_(tmp_path / "notes.jsonl")
+    assert memory.get(kept.id).keywords == kept.keywords

@@ -9,6 +9,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agentmem import (
@@ -483,6 +484,33 @@ def test_export_then_import_round_trips_notes_and_links(tmp_path, embedder):
         assert {n: dst.get(n) for n in originals} == originals
         assert dst.import_(tmp_path / "notes.jsonl").model_dump() == {"imported": 0, "skipped": 2}
         assert dst.recall("Nairobi", k=1)[0].note.id == b.id
+
+
+def test_an_imported_session_is_searched_as_it_was_remembered(tmp_path, embedder):
+    """A session's notes are searched by vectors mixed from the notes before them: import mixes them again."""
+    turns = ["Pia is planning a trip", "She wants to see the fjords", "Mostly in June, when the days are long",
+             "Her brother Tor will join her"]
+    queries = ["When does Pia travel?", "Who joins the trip?", "fjords"]
+    with Memory(tmp_path / "src", embedder=embedder) as src:
+        for i, turn in enumerate(turns):
+            src.remember(turn, user_id="pia", session_id="s1", at=T0 + timedelta(minutes=i))
+        src.remember("Pia's favourite colour is green", user_id="pia", at=T0)
+        src.export(tmp_path / "notes.jsonl")
+        before = [[(h.note.id, h.score) for h in src.recall(q, k=5, at=T0, reinforce=False)] for q in queries]
+    with Memory(tmp_path / "dst", embedder=embedder) as dst:
+        dst.import_(tmp_path / "notes.jsonl")
+        after = [[(h.note.id, h.score) for h in dst.recall(q, k=5, at=T0, reinforce=False)] for q in queries]
+    assert [[i for i, _ in hits] for hits in after] == [[i for i, _ in hits] for hits in before]
+    assert np.allclose([s for hits in after for _, s in hits], [s for hits in before for _, s in hits], atol=1e-5)
+
+
+def test_an_export_of_one_user_holds_only_that_user_s_notes(tmp_path, memory):
+    mine = memory.remember("Pia's favourite colour is green", user_id="pia", at=T0)
+    memory.remember("Tor's favourite colour is blue", user_id="tor", at=T0)
+    assert memory.export(tmp_path / "pia.jsonl", user_id="pia") == 1
+    assert [json.loads(line)["id"] for line in (tmp_path / "pia.jsonl").read_text().splitlines()] == [mine.id]
+    with pytest.raises(InvalidInputError):
+        memory.export(tmp_path / "x.jsonl", user_id="")
 
 
 def test_a_note_whose_text_holds_other_line_breaks_round_trips(tmp_path, embedder):

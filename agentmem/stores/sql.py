@@ -185,6 +185,13 @@ class SqlNoteStore:
         keyword a note already absorbed keeps its first origin."""
         self._many("INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
+    def absorbed_keywords(self) -> dict[str, dict[str, str]]:
+        """Per note, the keywords it absorbed and the note each came from."""
+        found: dict[str, dict[str, str]] = {}
+        for note_id, keyword, origin in self._run("SELECT note_id, keyword, origin FROM absorbed"):
+            found.setdefault(note_id, {})[keyword] = origin
+        return found
+
     def link(self, a: str, b: str, weight: float, at: datetime) -> None:
         self.link_many([(a, b, weight, at)])
 
