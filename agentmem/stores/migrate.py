@@ -9,6 +9,11 @@ in the new store's local folder, which is made before anything is copied. The ta
 be empty: nothing is merged, and a migration that raises before the index leaves it empty,
 to be run again. (A failed rebuild of the index leaves the store in place: opening it
 rebuilds the index.) Stop the writers of the source store while it runs.
+
+The copy is a new store: it gets a store id of its own, so that a second migration of the same
+folder, or the folder store itself, cannot take over its Chroma collection (each would drop the
+other's vectors at its next open). Rows the source cannot read are set aside in its quarantine
+first, as opening it would, and travel in the quarantine table.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
     try:
         _refuse_another_stores_index(origin, chroma_url, collection)
         folder = _made_local_folder(target_url)
+        with origin.lock():
+            origin.quarantine_unreadable()
         rows = _copy_tables(origin, target, target_url, source / EDITOR_FOLDER)
         vectors = _rebuild_index(target_url, folder, chroma_url, collection)
     finally:
@@ -79,8 +86,15 @@ def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, coll
 
 
 def _made_local_folder(target_url: str) -> Path:
-    """The new store's local folder (for an embedded index), made before anything is copied."""
+    """The new store's local folder (for an embedded index), made before anything is copied. One that
+    holds an editor state belongs to an earlier store of this database (dropped, made again): the new
+    store would take that state for its own, so it is refused."""
     folder = local_folder(target_url)
+    if (folder / EDITOR_FOLDER).exists():
+        raise InvalidInputError(
+            f"the local folder {folder} holds the editor state of an earlier store of {redacted(target_url)}; move"
+            " it away (or remove it) and migrate again. Nothing was copied."
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -107,6 +121,7 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str, 
                 })
             finally:
                 reader.execute("COMMIT")
+            target.set_meta("store_id", uuid.uuid4().hex)  # a store of its own (see the module docstring)
             if editor.is_dir():  # a failure here undoes the copy
                 target.shared_folders.publish(EDITOR_FOLDER, editor, based_on=None)
     return counts
@@ -118,8 +133,6 @@ def _rebuild_index(target_url: str, folder: Path, chroma_url: str | None, collec
     try:
         index = VectorIndex(folder / "chroma", collection, chroma_url, graph.index_key)
         try:
-            if graph.store_id is None:  # a release-0.1 store: give it its identity now
-                graph.claim(uuid.uuid4().hex)
             return IndexSync(graph, index).rebuild()
         finally:
             index.close()

@@ -13,6 +13,7 @@ from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores.filters import NoteFilter
 from agentmem.stores.graph import NoteGraph
+from agentmem.stores.location import local_folder
 from agentmem.stores.migrate import migrate
 from agentmem.stores.postgres import PostgresNoteGraph
 from agentmem.stores.shared_folders import SharedFolders
@@ -59,7 +60,7 @@ def test_migration_copies_every_table_and_the_vectors_and_recall_gives_the_same_
         assert after.get_many(ids) == before.get_many(ids)
         assert {i: after.history(i) for i in ids} == {i: before.history(i) for i in ids}
         assert {i: after.recall_times(i) for i in ids} == {i: before.recall_times(i) for i in ids}
-        assert after.store_id == before.store_id and after.all_tokens() == before.all_tokens()
+        assert after.store_id not in (None, before.store_id) and after.all_tokens() == before.all_tokens()
         assert after.pending() == []
         assert [e.edit_id for e in Ledger(after.connection).entries()] == ["e1"]
         Ledger(after.connection).add("x", "e2", Fact(prompt="p", target="t"), "grace", "pending", T0)  # ids go on
@@ -180,3 +181,39 @@ def test_migration_refuses_a_chroma_collection_of_another_store_before_copying(
     target.close()
     with Memory(tmp_path / "other", chroma_url=chroma_server, collection="taken", embedder=embedder) as other:
         assert other.recall("Where are Dora's notes?", k=1, at=T0)[0].note.id == kept.id
+
+
+def test_the_same_store_migrated_twice_onto_one_collection_is_refused(
+        source, postgres_server, chroma_server, tmp_path, monkeypatch, embedder):
+    """Each copy is a store of its own: the second would have taken the first one's collection."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    staging, prod = postgres_server.create_database(), postgres_server.create_database()
+    migrate(source, staging, chroma_url=chroma_server, collection="shared")
+    with pytest.raises(InvalidInputError, match="another store"):
+        migrate(source, prod, chroma_url=chroma_server, collection="shared")
+    with Memory(staging, chroma_url=chroma_server, collection="shared", embedder=embedder) as mem:
+        assert mem.recall("Where does Alice live?", k=1, at=T0, reinforce=False)[0].why.similarity > 0.3
+
+
+def test_a_local_folder_holding_an_earlier_store_s_editor_state_is_refused(source, postgres_url, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    stale = local_folder(postgres_url) / "editor"
+    stale.mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="earlier store"):
+        migrate(source, postgres_url)
+    target = PostgresNoteGraph(postgres_url)
+    assert target.count() == 0
+    target.close()
+
+
+def test_a_row_the_source_cannot_read_goes_to_the_quarantine_and_the_rest_moves(source, postgres_url, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    graph = NoteGraph(source / "notes.sqlite3")
+    damaged = sorted(graph.all_ids())[0]
+    with graph.transaction():
+        graph.connection.execute("UPDATE notes SET metadata = '{bad json' WHERE id = ?", (damaged,))
+    graph.close()
+    report = migrate(source, postgres_url)
+    assert report.rows["notes"] == len(TEXTS) - 1 and report.rows["quarantine"] == 1
