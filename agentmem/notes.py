@@ -142,7 +142,7 @@ class Note(BaseModel):
     created_at: Time
     updated_at: Time
     last_recalled: Time
-    recall_count: int = Field(0, ge=0, lt=2**62)
+    recall_count: int = Field(0, ge=0, lt=2**31)  # PostgreSQL's INTEGER column
     strength: float = Field(1.0, gt=0, le=MAX_STRENGTH, allow_inf_nan=False)
     archived: bool = False
     metadata: Metadata = {}

@@ -3,6 +3,8 @@ with a typed error before anything is written; a failed backup leaves nothing be
 PostgreSQL store carries the editor state its replicas publish, not this host's copy."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentmem import AgentMemError, InvalidInputError, Memory, StoreUnavailableError, transfer
@@ -127,3 +129,19 @@ def test_a_restore_into_a_folder_holding_an_editor_state_is_refused_and_keeps_it
     with pytest.raises(InvalidInputError, match="editor"):
         Memory.restore_backup(folder, tmp_path / "target", embedder=embedder)
     assert (tmp_path / "target" / "editor" / "v000001").is_dir()
+
+
+def test_an_import_of_values_postgres_cannot_hold_is_bad_input_and_writes_nothing(postgres_url, embedder, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    note = {"id": "big", "text": "Ines keeps bees", "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z", "last_recalled": "2024-01-01T00:00:00Z"}
+    with Memory(postgres_url, embedder=embedder) as mem:
+        (tmp_path / "count.jsonl").write_text(json.dumps(note | {"recall_count": 2**31}) + "\n")
+        with pytest.raises(InvalidInputError, match="recall_count"):
+            mem.import_(tmp_path / "count.jsonl")
+        words = [f"w{i:06d}" + "x" * 40 for i in range(30_000)]  # more than a tsvector holds (1 MB)
+        (tmp_path / "words.jsonl").write_text(json.dumps(note | {"keywords": words}) + "\n")
+        with pytest.raises(InvalidInputError, match="cannot hold"):
+            mem.import_(tmp_path / "words.jsonl")
+        assert mem.stats().notes == 0
