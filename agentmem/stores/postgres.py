@@ -223,7 +223,7 @@ class PostgresNoteGraph(SqlNoteStore):
             yield
         except psycopg.IntegrityError as exc:
             raise InvalidInputError(f"the note store refused the write: {exc}") from exc
-        except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:  # a value this store cannot hold
+        except (psycopg.errors.NumericValueOutOfRange, psycopg.errors.ProgramLimitExceeded) as exc:  # a value too big
             raise InvalidInputError(f"the note store cannot hold this value: {exc}") from exc
         except psycopg_pool.PoolClosed as exc:  # a read in a helper thread that outlived `close`
             raise StoreClosedError(f"the note store at {self.path} is closed") from exc
