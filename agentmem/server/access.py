@@ -43,6 +43,20 @@ class ScopedMemory:
             raise NoteNotFoundError(f"no note with id {note_id!r}")
         return note
 
+    def hidden(self, note_ids: set[str]) -> set[str]:
+        """Of these ids, those of notes that exist but this caller may not see."""
+        if not self.bound:
+            return set()
+        found = set()
+        for note_id in note_ids:
+            try:
+                note = self.memory.get(note_id)
+            except NoteNotFoundError:
+                continue
+            if not self.visible(note):
+                found.add(note_id)
+        return found
+
     def may_mark_shared(self, metadata: object) -> None:
         """A note marked shared (`metadata={"shared": True}`) puts its fact into every user's answers once it
         is consolidated: only a key that is not bound to one user may mark one."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -219,10 +220,28 @@ def _import(body: bytes, mem: ScopedMemory) -> ImportReport:
             raise AccessDeniedError(f"this API key may only import notes of user {mem.caller.user_id!r}")
         for note in notes:
             mem.may_mark_shared(note.metadata)
+        body = _without_hidden_ids(notes, mem)
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "import.jsonl"
         source.write_bytes(body)
         return mem.memory.import_(source)
+
+
+def _without_hidden_ids(notes: list[transfer.ExportedNote], mem: ScopedMemory) -> bytes:
+    """The import's lines with other users' note ids treated as unknown, as reads treat them: a line with such
+    an id is imported under a new one (skipping it would tell that the id exists), and links and absorbed
+    keywords pointing at one that the file does not hold are dropped, as for an id that exists nowhere."""
+    hidden = mem.hidden({i for n in notes for i in [n.id, *(link.note_id for link in n.links), *n.absorbed.values()]})
+    fresh = {n.id: uuid.uuid4().hex for n in notes if n.id in hidden}
+    lines = []
+    for note in notes:
+        links = [link.model_copy(update={"note_id": fresh.get(link.note_id, link.note_id)}) for link in note.links
+                 if link.note_id not in hidden or link.note_id in fresh]
+        absorbed = {word: fresh.get(origin, origin) for word, origin in note.absorbed.items()
+                    if origin not in hidden or origin in fresh}
+        note = note.model_copy(update={"id": fresh.get(note.id, note.id), "links": links, "absorbed": absorbed})
+        lines.append(note.model_dump_json() + "\n")
+    return "".join(lines).encode()
 
 
 @router.post("/repair", response_model=Reindexed, tags=["store"],

@@ -88,6 +88,23 @@ def test_a_user_bound_key_reaches_only_its_users_notes(server):
         assert admin.get(f"/v1/notes/{other['id']}").json()["text"] == "Bob's locker code is 9876"   # untouched
 
 
+def test_an_import_tells_a_user_bound_key_nothing_of_other_users_note_ids(server):
+    """An id of another user's note is to the bound key an id that exists nowhere: as `GET` answers 404, an import
+    neither skips it nor refuses a link to it."""
+    with server.client(ALICE_KEY) as alice, server.client(BOB_KEY) as bob, server.client(ADMIN_KEY) as admin:
+        theirs = bob.post("/v1/notes", json={"text": "Bob's bike lock code is 2468", "at": T0}).json()
+        own = alice.post("/v1/notes", json={"text": "Alice rides to work", "at": T0}).json()
+        line = {k: own[k] for k in ("text", "created_at", "updated_at", "last_recalled")} | {"user_id": "alice"}
+        for extra in ({"id": theirs["id"], "text": "Alice's first scooter was red"},
+                      {"id": "probe-unknown", "links": [{"note_id": theirs["id"], "weight": 0.5}]}):
+            report = alice.post("/v1/import", content=json.dumps(line | extra) + "\n", headers=JSONL)
+            assert report.status_code == 200 and report.json() == {"imported": 1, "skipped": 0}
+        assert admin.get(f"/v1/notes/{theirs['id']}").json()["text"] == "Bob's bike lock code is 2468"
+        assert admin.get("/v1/notes/probe-unknown").json()["links"] == []
+        texts = [n["text"] for n in alice.get("/v1/notes").json()]
+        assert "Alice's first scooter was red" in texts
+
+
 def test_a_user_bound_key_reaches_only_its_users_notes_over_mcp(server):
     with server.client(ADMIN_KEY) as admin:
         bobs = admin.post("/v1/notes", json={"text": "Bob's bank PIN hint is the cat's name", "user_id": "bob"}).json()
