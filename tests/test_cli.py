@@ -210,7 +210,10 @@ def test_serve_options_are_checked_before_anything_is_made(tmp_path, capsys):
         with pytest.raises(SystemExit) as exited:
             main(["--path", str(store), "serve", *options])
         assert exited.value.code == 2 and f"argument {problem}" in capsys.readouterr().err
-    code, _, err = run(capsys, "--path", str(store), "serve", "--editor", "nope")
+    with socket.socket() as probe:   # a free port, so that the editor is what is checked (8765 may be in use)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    code, _, err = run(capsys, "--path", str(store), "serve", "--port", port, "--editor", "nope")
     assert code == 2 and "InvalidInputError: unknown editor 'nope'" in err
     with socket.socket() as taken:   # a busy port is found before the store opens (and the model loads)
         taken.bind(("127.0.0.1", 0))
