@@ -53,6 +53,7 @@ STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph th
 # write on 8k notes fell from 44 to 32 ms, saves included, with the same search results
 # (/tmp/H16/saw.py and saw2.py, 2026-11-23, BENCHMARKS.md latency-stores).
 SYNC_THRESHOLD = 100
+WRITE_CHUNK = 1000  # vectors per Chroma call (below its maximum batch)
 
 # A Chroma 1.5.9 server searching a collection while another client's write saves its HNSW
 # graph for the first time can fail with this; the same search a moment later succeeds. Seen
@@ -254,13 +255,15 @@ class VectorIndex:
             self._client.close()
 
     def upsert(self, notes: Sequence[Note], embeddings: Sequence[np.ndarray]) -> None:
-        if not notes:
-            return
-        self._on_collection("write", lambda c: c.upsert(
-            ids=[self.token("id", n.id) for n in notes],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            metadatas=[self.metadata(n) for n in notes],
-        ))
+        """Write the notes' vectors, in chunks: Chroma refuses a call over its maximum batch (5,461 embedded),
+        and a refused outbox would be sent again, whole, before every later write."""
+        for start in range(0, len(notes), WRITE_CHUNK):
+            part = notes[start:start + WRITE_CHUNK]
+            vectors = np.asarray(embeddings[start:start + WRITE_CHUNK], dtype=np.float32)
+            self._on_collection("write", lambda c: c.upsert(
+                ids=[self.token("id", n.id) for n in part], embeddings=vectors,
+                metadatas=[self.metadata(n) for n in part],
+            ))
 
     def metadata(self, note: Scoped) -> dict[str, Any]:
         """The index's metadata of a note: its scope as tokens ('' for none) and whether it is archived."""
@@ -271,8 +274,9 @@ class VectorIndex:
         return meta
 
     def delete(self, note_ids: Sequence[str]) -> None:
-        if note_ids:
-            self._on_collection("delete", lambda c: c.delete(ids=[self.token("id", i) for i in note_ids]))
+        for start in range(0, len(note_ids), WRITE_CHUNK):  # as `upsert`
+            part = note_ids[start:start + WRITE_CHUNK]
+            self._on_collection("delete", lambda c: c.delete(ids=[self.token("id", i) for i in part]))
 
     def discard(self, tokens: Sequence[str]) -> None:
         """Delete entries by token (strays no note of the graph claims)."""

@@ -84,6 +84,19 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def test_a_write_larger_than_chroma_s_maximum_batch_is_made_in_parts(tmp_path):
+    """Embedded Chroma refuses more than 5,461 vectors a call: a large batch's outbox stayed unwritten for good."""
+    count = 6_000
+    embeddings = _unit(np.random.default_rng(0).normal(size=(count, 4)))
+    notes = [Note(id=f"n{i}", text="x", created_at=T0, updated_at=T0, last_recalled=T0) for i in range(count)]
+    index = VectorIndex(tmp_path / "chroma", "large", None, KEY)
+    index.upsert(notes, list(embeddings))
+    assert index.count() == count
+    index.delete([n.id for n in notes])
+    assert index.count() == 0
+    index.close()
+
+
 def test_nearest_with_conditions_returns_only_entries_meeting_them(tmp_path):
     rng = np.random.default_rng(0)
     embeddings = _unit(rng.normal(size=(30, 8)))
