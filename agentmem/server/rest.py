@@ -6,13 +6,13 @@ for a consolidation job (answer, plan, backup) take their turn on the model's la
 """
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -181,23 +181,19 @@ def stats(mem: Scoped) -> MemoryStats:
             response_class=StreamingResponse,
             responses={200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "one Note per line"}})
 def export(mem: Scoped) -> StreamingResponse:
-    handle, name = tempfile.mkstemp(suffix=".jsonl")
-    os.close(handle)
+    folder = Path(tempfile.mkdtemp())  # readable by this user alone
     try:
-        mem.memory.export(name, user_id=mem.user(None))  # a bound key: its user's notes only
-    except BaseException:
-        os.unlink(name)
-        raise
-    return StreamingResponse(_lines(Path(name)), media_type=JSONL)
-
-
-def _lines(path: Path) -> Iterator[str]:
-    """The exported file, line by line, removed once sent."""
-    try:
-        with path.open(encoding="utf-8", newline="\n") as lines:  # a line ends at "\n" only, as `import_` reads it
-            yield from lines
+        mem.memory.export(folder / "export.jsonl", user_id=mem.user(None))  # a bound key: its user's notes only
+        lines = (folder / "export.jsonl").open(encoding="utf-8", newline="\n")  # lines end at "\n", as `import_` reads
     finally:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # the open file keeps its contents, nothing on disk names them
+    return StreamingResponse(_lines(lines), media_type=JSONL)
+
+
+def _lines(lines: TextIO) -> Iterator[str]:
+    """The exported file, line by line; a response never sent (its client gone) leaves it to be closed unread."""
+    with lines:
+        yield from lines
 
 
 @router.post("/import", response_model=ImportReport, tags=["store"], summary="load notes written by export",

@@ -172,3 +172,24 @@ def test_listing_repair_and_backup(admin, server, tmp_path):
     assert (target / "notes.sqlite3").is_file()
     again = admin.post("/v1/backup", json={"target": str(target)})
     assert (again.status_code, again.json()["error"]) == (422, "InvalidInputError")
+
+
+def test_an_export_leaves_no_file_on_the_server_s_disk_even_unread(memory, tmp_path, monkeypatch):
+    """An export's copy must not outlive a client that went away, nor be readable by others meanwhile."""
+    import asyncio
+    import tempfile
+
+    from agentmem.server import rest
+    from agentmem.server.access import ScopedMemory
+    from agentmem.server.auth import Caller
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    note = memory.remember("Uma's safe code is 5150", user_id="uma")
+    response = rest.export(ScopedMemory(memory, Caller(user_id="uma")))
+    assert list((tmp_path / "tmp").iterdir()) == []   # gone before a byte is sent
+
+    async def body() -> list[str]:
+        return [line async for line in response.body_iterator]
+
+    assert [json.loads(line)["id"] for line in asyncio.run(body())] == [note.id]
