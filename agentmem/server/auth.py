@@ -153,12 +153,20 @@ class HostGuardMiddleware:
         if self.hosts is not None and _host_name(host) not in self.hosts:
             error = ForeignHostError(f"this server does not answer to the host {host!r} "
                                      "(agentmem serve --allowed-host NAME adds a name)")
-        elif origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        elif origin is not None and _origin_host(origin) != host.lower():
             error = ForeignOriginError(f"a web page of another origin ({origin!r}) may not call this server")
         if error is None:
             await self.app(scope, receive, send)
         else:
             await typed_error_response(scope["path"], error)(scope, receive, send)
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host and port an Origin header names, lower-cased; None if it is malformed (then it is foreign)."""
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
 
 
 def _host_name(host: str) -> str | None:

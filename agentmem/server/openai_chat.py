@@ -25,6 +25,7 @@ from ..errors import InvalidInputError
 from ..facts import ChatFunction
 from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
+from ..notes import CleanStr
 from .access import ScopedMemory
 from .model_lane import ModelLane
 from .errors import UpstreamError
@@ -71,7 +72,7 @@ class ChatCompletionRequest(BaseModel):
     """The fields agentmem uses; other OpenAI parameters are accepted and passed upstream."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = LOCAL_MODEL
+    model: Annotated[CleanStr, Field(min_length=1, max_length=256)] = LOCAL_MODEL  # echoed in the response
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     stream: bool = False
     user: str | None = None

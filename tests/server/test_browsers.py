@@ -42,7 +42,7 @@ def test_a_foreign_host_is_refused_on_every_route(server):
 def test_a_page_of_another_origin_cannot_write(server):
     note_id = f"csrf-{uuid.uuid4().hex[:8]}"
     with server.client(ADMIN_KEY) as admin:
-        for origin in ("http://evil.example", "null", f"http://localhost:{urlsplit(server.url).port}"):
+        for origin in ("http://evil.example", "null", f"http://localhost:{urlsplit(server.url).port}", "http://[::1"):
             refused = admin.post("/v1/notes", json={"text": "planted by a page", "user_id": "victim"},
                                  headers={"origin": origin})
             assert (refused.status_code, refused.json()["error"]) == (403, "ForeignOriginError"), origin

@@ -87,7 +87,8 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
             assert (response.status_code, response.json()["error"]["type"]) == (422, "InvalidInputError"), body
         before = client.get("/v1/stats").json()
         lone_surrogate = b'{"messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}'
-        asks = [(lone_surrogate, {}), (b'{"messages": [{"role": "user", "content": "hi"}]}', {"X-AgentMem-Session": "s" * 300})]
+        surrogate_model = b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
+        asks = [(lone_surrogate, {}), (surrogate_model, {}), (b'{"messages": [{"role": "user", "content": "hi"}]}', {"X-AgentMem-Session": "s" * 300})]
         for body, headers in asks:   # refused before the turn: nothing recalled, nothing remembered
             response = client.post("/v1/chat/completions", content=body,
                                    headers={"content-type": "application/json", **headers})
