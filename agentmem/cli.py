@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmem", description="Long-term memory for LLM agents.")
     parser.add_argument("--path", default="memdata", help="store folder, or a postgresql:// URL (default: ./memdata)")
     parser.add_argument("--chroma-url", default=None, help="use a Chroma server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--collection", default="agentmem_notes",
+                        help="the Chroma collection of the store's vectors: one per store on a Chroma server")
     parser.add_argument("--url", default=os.environ.get("AGENTMEM_URL"),
                         help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL)")
     parser.add_argument("--api-key", default=os.environ.get("AGENTMEM_API_KEY"),
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--from", dest="source", type=Path, required=True, help="the store folder, e.g. memdata")
     migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/database")
-    migrate.add_argument("--collection", default="agentmem_notes", help="the vector index's collection")
+    migrate.add_argument("--collection", default=argparse.SUPPRESS, help="the same as the global --collection")
 
     plan = commands.add_parser("plan", help="what consolidation would do now and why; changes nothing")
     plan.add_argument("--at", type=_time)
@@ -204,7 +206,8 @@ def run(args: argparse.Namespace) -> Any:
 
     if args.command not in CREATES_STORE:
         require_store(args.path)
-    with Memory(args.path, chroma_url=args.chroma_url, editor=getattr(args, "editor", None)) as mem:
+    with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,
+                editor=getattr(args, "editor", None)) as mem:
         return act(mem, args)
 
 
@@ -212,9 +215,14 @@ def require_store(path: str) -> None:
     """Refuse a folder that holds no store: a mistyped --path would otherwise read, and make, a new empty one."""
     from .errors import StoreUnavailableError
     from .stores.location import GRAPH_FILE, check_location, is_postgres_url
+    from .stores.postgres import holds_store, redacted
 
     check_location(path)
-    if not is_postgres_url(path) and not (Path(path) / GRAPH_FILE).is_file():
+    if is_postgres_url(path):
+        if not holds_store(path):
+            raise StoreUnavailableError(f"no store in the database {redacted(path)}; `agentmem --path URL remember"
+                                        " ...`, `import` or `migrate --to URL` starts one")
+    elif not (Path(path) / GRAPH_FILE).is_file():
         raise StoreUnavailableError(f"no store at {path} (no {GRAPH_FILE} there); "
                                     f"`agentmem --path {path} remember ...` or `import` starts one")
 
@@ -284,7 +292,8 @@ def serve(args: argparse.Namespace) -> None:
     # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
     policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
     with listening(args.host, args.port) as listener:  # before the store opens: a busy port costs no model load
-        memory = Memory(args.path, chroma_url=args.chroma_url, editor=args.editor, policy=policy)
+        memory = Memory(args.path, chroma_url=args.chroma_url, collection=args.collection, editor=args.editor,
+                        policy=policy)
         try:
             app = create_app(memory, keys=keys, upstream=args.upstream, upstream_key=args.upstream_key,
                              consolidate_every=args.consolidate_every, max_body=args.max_body, host=args.host,
@@ -326,7 +335,8 @@ def restore_backup(args: argparse.Namespace) -> Any:
 
     if args.url:
         raise InvalidInputError("restore-backup makes a new store on this machine: give --path, not --url")
-    with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url) as memory:
+    with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url,
+                               collection=args.collection) as memory:
         return memory.stats()
 
 
@@ -346,7 +356,7 @@ def serve_mcp(args: argparse.Namespace) -> None:
     from .server.mcp_server import build_mcp_server
     from .server.model_lane import ModelLane
 
-    with Memory(args.path, chroma_url=args.chroma_url, editor=args.editor) as memory:
+    with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection, editor=args.editor) as memory:
         build_mcp_server(memory, ModelLane()).run("stdio")
 
 

@@ -100,21 +100,21 @@ class Memory:
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
         self.path = local_folder(path)
         made_folder = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
         self.config = config or MemoryConfig()
-        # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
-        self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
         self.policy = policy or ConsolidationPolicy()
-        self._parametric: ParametricBridge | None = None
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
         graph_was_there = graph_file is None or graph_file.exists()
-        self._graph = open_note_store(path)
+        self._graph = open_note_store(path)  # first: a server that cannot be reached leaves no local folder behind
+        # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
+        self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
+        self._parametric: ParametricBridge | None = None
         self._index: VectorIndex | None = None
         self._sections: Sections | None = None
         try:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailableError(f"cannot create the store folder {self.path}: {exc}") from exc
             self._ledger = Ledger(self._graph.connection)
             self._index = open_index(self.path / "chroma", collection, chroma_url, self._graph)
             self._sync = IndexSync(self._graph, self._index)
@@ -226,7 +226,7 @@ class Memory:
             try:
                 item = MemoryItem(text=raw) if isinstance(raw, str) else MemoryItem.model_validate(raw)
             except ValidationError as exc:
-                raise InvalidInputError(f"item {position}: {exc}") from None
+                raise InvalidInputError(f"item {position}: {check.reasons(exc)}") from None
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"item {position}: not a memory item: {exc}") from None
             prepared.append(
@@ -703,7 +703,7 @@ class Memory:
         try:
             return self.policy.model_copy(update=ConsolidationPolicy.model_validate(policy).model_dump(exclude_unset=True))
         except ValidationError as exc:
-            raise InvalidInputError(f"bad consolidation policy: {exc}") from None
+            raise InvalidInputError(f"bad consolidation policy: {check.reasons(exc)}") from None
 
     # ---- building notes --------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ..stores.location import EDITOR_FOLDER
 from .answering import answer_question
 from .job import Consolidator, NoteAccess
 from .ledger import Ledger
-from .parametric import ParametricMemory
+from .parametric import ParametricMemory, refuse_another_kind
 from .policy import ConsolidationPolicy
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
@@ -52,6 +52,7 @@ class ParametricBridge:
         self._store = store
         self._ledger = ledger
         self._access = access
+        refuse_another_kind(folder / EDITOR_FOLDER, editor)  # at once, not at the first job after the caller's writes
         self._model, self._editor_spec = model, editor
         self._lock = threading.RLock()
         self._consolidator: Consolidator | None = None

@@ -60,6 +60,30 @@ def editor_kind(editor: str | EditorConfig | Editor) -> type[Editor]:
     return found[0]
 
 
+def current_version(directory: Path) -> str | None:
+    """The saved state's folder named by `CURRENT`, if there is one."""
+    try:
+        version = (directory / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return version if (directory / version).is_dir() else None
+
+
+def refuse_another_kind(directory: Path, editor: str | EditorConfig | Editor | None) -> None:
+    """A store keeps the editor kind its edits were saved with (the edits live in that editor's
+    state): asking for another kind is refused, with the ways out."""
+    version = current_version(directory)
+    if editor is None or version is None:
+        return
+    saved, wanted = Editor.saved_kind(directory / version), editor_kind(editor)
+    if not issubclass(saved, wanted):
+        raise InvalidInputError(
+            f"{directory} holds the edits of a {saved.kind!r} editor, and a store keeps the kind it was first"
+            f" consolidated with: open it without editor= (or with editor={saved.kind!r}) to use its edits, or"
+            f" use a new store for a {wanted.kind!r} editor"
+        )
+
+
 class ParametricMemory:
     """A language model with an editor whose state is saved in `directory` after every change."""
 
@@ -67,7 +91,8 @@ class ParametricMemory:
         """`editor=None` reloads whatever kind of editor the saved state holds (GRACE if there is none)."""
         self.directory = directory
         self.lm = lm
-        self.version = self._current()
+        refuse_another_kind(directory, editor)
+        self.version = current_version(directory)
         kind = Editor if editor is None and self.version else editor_kind(editor or DEFAULT_EDITOR)
         if isinstance(editor, Editor):
             if self.version is not None:
@@ -89,7 +114,7 @@ class ParametricMemory:
 
     def refresh(self) -> bool:
         """Reload the editor if another process saved a newer state; True if it did."""
-        if self._current() == self.version:
+        if current_version(self.directory) == self.version:
             return False
         self.reload()
         return True
@@ -99,7 +124,7 @@ class ParametricMemory:
         kind, config = type(self.editor), self.editor.config
         with self.lm.exclusive():  # no generation in another thread runs on a model between two editors
             self.editor.remove()
-            self.version = self._current()
+            self.version = current_version(self.directory)
             self.editor = self._load_current(kind) if self.version else kind(self.lm, config)
 
     def _load_current(self, kind: type[Editor]) -> Editor:
@@ -109,7 +134,7 @@ class ParametricMemory:
             try:
                 return kind.load(self.lm, self.directory / self.version)
             except (StoreCorruptedError, InvalidInputError):  # damaged, or gone ("no saved editor")
-                newer = self._current()
+                newer = current_version(self.directory)
                 if newer is None or newer == self.version:
                     raise
                 self.version = newer
@@ -284,14 +309,6 @@ class ParametricMemory:
                 self.editor.remove()
                 self.editor = kind(self.lm, config)
                 self.editor.edit(keep)
-
-    def _current(self) -> str | None:
-        """The saved state's folder named by `CURRENT`, if there is one."""
-        try:
-            version = (self.directory / CURRENT).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return version if (self.directory / version).is_dir() else None
 
 
 def edit_request(fact: Fact, edit_id: str, scope: str | None, neighbours: bool) -> EditRequest:

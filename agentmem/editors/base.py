@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InvalidInputError, StoreCorruptedError
+from ..validation import reasons
 from ..models import LanguageModel
 
 CONFIG_FILE = "editor.json"
@@ -40,7 +41,7 @@ class _Checked(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise InvalidInputError(str(exc)) from exc
+            raise InvalidInputError(reasons(exc)) from exc
 
 
 class EditRequest(_Checked):
@@ -239,6 +240,11 @@ class Editor(ABC):
             "state": extra,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    @staticmethod
+    def saved_kind(directory: str | Path) -> type[Editor]:
+        """The editor class whose save `directory` holds, read without loading the state."""
+        return _read_saved(Path(directory))[0]
 
     @classmethod
     def load(cls, lm: LanguageModel, directory: str | Path) -> Editor:

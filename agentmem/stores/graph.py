@@ -106,8 +106,9 @@ def sqlite_errors(path: Path) -> Iterator[None]:
         ) from exc
     except sqlite3.DatabaseError as exc:
         raise StoreCorruptedError(
-            f"the note graph at {path} is damaged ({exc}). Restore a backup with `agentmem restore-backup BACKUP"
-            f" --path {path.parent}` (Memory.restore_backup), which also rebuilds the vector index"
+            f"the note graph at {path} is damaged ({exc}). Restore a backup into a new folder with `agentmem"
+            f" --path NEW_FOLDER restore-backup BACKUP` (Memory.restore_backup), which also rebuilds the vector"
+            f" index; to keep the name {path.parent}, move the damaged folder aside first"
         ) from exc
 
 

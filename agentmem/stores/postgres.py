@@ -155,6 +155,25 @@ def redacted(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
+def direct_connection(url: str) -> psycopg.Connection:
+    """One connection outside any pool; a server that refuses it is a typed error naming what to check."""
+    try:
+        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+    except psycopg.Error as exc:
+        raise StoreUnavailableError(
+            f"cannot connect to the note store at {redacted(url)} ({str(exc).strip()}): check the server is running"
+            " and the URL (user, host, port, database) is right"
+        ) from exc
+
+
+def holds_store(url: str) -> bool:
+    """Whether the database holds an agentmem store, found without creating one (opening a store does)."""
+    with direct_connection(url) as conn:
+        if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+            return False
+        return conn.execute("SELECT 1 FROM meta WHERE key = 'store_id'").fetchone() is not None
+
+
 class PostgresNoteGraph(SqlNoteStore):
     """Notes and links in a PostgreSQL database, with the link structure mirrored in a networkx graph."""
 
@@ -168,13 +187,7 @@ class PostgresNoteGraph(SqlNoteStore):
         self._data_version = -1
         self._pinned = threading.local()
         self._statistics = CoalescedWork(self._analyze_forgotten, "analyze")
-        try:  # one direct connection first: its error says what is wrong, where a pool would only time out
-            psycopg.connect(url, connect_timeout=10).close()
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to the note store at {self.path} ({str(exc).strip()}): check the server is running"
-                " and the URL (user, host, port, database) is right"
-            ) from exc
+        direct_connection(url).close()  # first: its error says what is wrong, where a pool would only time out
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, name="agentmem", check=alive,
             kwargs={"autocommit": True, "row_factory": row_factory},

@@ -110,12 +110,7 @@ class IndexSync:
         notes, vectors = self.graph.count(), self.index.count()
         if self.graph.store_id is None:
             if notes == 0 and vectors > 0:
-                raise StoreCorruptedError(
-                    f"the note graph {self.graph.path} is missing or empty, but its vector index holds {vectors}"
-                    " notes. The graph is the source of truth and the index alone cannot restore it: restore a"
-                    " backup (`agentmem restore-backup BACKUP --path FOLDER`), or remove the index to start empty."
-                    " Nothing was changed."
-                )
+                raise StoreCorruptedError(self._unpaired_index_message(vectors))
             self.graph.claim(uuid.uuid4().hex)
         if self.index.store_id is None and vectors == 0:
             self.index.claim(self.graph.store_id)
@@ -128,6 +123,21 @@ class IndexSync:
                 f" (store {self.graph.store_id}): use another collection name, or Memory.rebuild_index() to"
                 " replace its contents with this store's notes"
             )
+
+    def _unpaired_index_message(self, vectors: int) -> str:
+        """Why a new (or emptied) graph beside a full index is refused, and the ways out. On a Chroma
+        server that is most often a second store on the first one's collection; removing the index
+        would then erase the other store's vectors, so that is offered for an embedded index only."""
+        restore = ("restore a backup into a new folder (`agentmem --path NEW_FOLDER restore-backup BACKUP`, or"
+                   " Memory.restore_backup), which also rebuilds the vector index")
+        if self.index.mode == "server":
+            return (f"{self.index.location} holds {vectors} notes of another store, and the note graph"
+                    f" {self.graph.path} has none. A new store needs a collection of its own: pass another"
+                    f" collection (Memory(collection=...), `agentmem --collection NAME`). If this store's note graph"
+                    f" was lost, {restore}. Nothing was changed.")
+        return (f"the note graph {self.graph.path} is missing or empty, but {self.index.location} holds {vectors}"
+                f" notes. The graph is the source of truth and the index alone cannot restore it: {restore}; or"
+                f" remove the index folder to start empty. Nothing was changed.")
 
     @property
     def concurrent(self) -> bool:

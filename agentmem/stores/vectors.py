@@ -200,6 +200,11 @@ class VectorIndex:
         return value
 
     @property
+    def location(self) -> str:
+        """Where the vectors live, as messages name it."""
+        return f"the collection {self._name!r} on {self._url}" if self._url else f"the embedded index at {self._path}"
+
+    @property
     def store_id(self) -> str | None:
         """The note graph this index was built from (None: not yet claimed, or written by release 0.1)."""
         return (self._collection.metadata or {}).get(STORE_KEY)

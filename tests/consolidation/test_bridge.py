@@ -6,6 +6,9 @@ import errno
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from agentmem import InvalidInputError, Memory
 from agentmem.editors import base as editor_base
 from tests.consolidation.test_job_faults import LATER, POLICY, alice, from_weights
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401 (fixtures)
@@ -60,3 +63,16 @@ def test_the_model_can_run_in_another_thread_inside_a_generating_block(open_memo
         mine = lm.generate("Alice lives in", 2)
         theirs = helper.submit(lm.generate, "Alice lives in", 2, scope="user:alice").result(timeout=30)
     assert "Lisbon" in mine and theirs == mine
+
+
+def test_a_store_refuses_another_editor_kind_when_opened_and_names_the_ways_out(open_memory, tiny_lm, embedder):
+    """The error used to come at the first consolidate, after the caller's writes, and named no way out."""
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()
+    with pytest.raises(InvalidInputError, match="holds the edits of a 'grace' editor.*without editor=") as refused:
+        Memory(mem.path, embedder=embedder, model=tiny_lm, editor="semantic")
+    assert "use a new store for a 'semantic' editor" in str(refused.value)
+    reopened = open_memory(editor="grace")  # the saved kind by name is accepted, and its edit is there
+    assert len(reopened.editor.edits()) == 1
