@@ -27,7 +27,7 @@ from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
 from .stores.sync import IndexSync
-from .validation import MAX_PATH_CHARS
+from .validation import MAX_PATH_CHARS, reasons
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
     from .stores.shared_folders import SharedFolders
@@ -84,7 +84,7 @@ def notes_in(text: str, source: str) -> list[ExportedNote]:
             try:
                 notes.append(ExportedNote.model_validate_json(line, context=STORED))  # an export re-imports whole
             except ValidationError as exc:
-                raise InvalidInputError(f"{source}:{number}: not a note: {exc}") from None
+                raise InvalidInputError(f"{source}:{number}: not a note: {reasons(exc)}") from None
     return notes
 
 

@@ -27,8 +27,12 @@ _TAG = TypeAdapter(Tag)
 _METADATA = TypeAdapter(Metadata)
 
 
-def _reason(exc: ValidationError) -> str:
-    return "; ".join(error["msg"] for error in exc.errors())
+def reasons(exc: ValidationError) -> str:
+    """A validation error on one line, each reason after the field it concerns (pydantic's own
+    text spans lines and adds a web link to each)."""
+    return "; ".join(
+        f"{'.'.join(map(str, error['loc']))}: {error['msg']}" if error["loc"] else error["msg"] for error in exc.errors()
+    )
 
 
 def text(value: Any, max_chars: int, name: str = "text") -> str:
@@ -64,7 +68,7 @@ def scope(name: str, value: Any) -> str | None:
     try:
         return _SCOPE.validate_python(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"{name} must be a printable, non-empty string of at most 256 characters: {_reason(exc)}") from None
+        raise InvalidInputError(f"{name} must be a printable, non-empty string of at most 256 characters: {reasons(exc)}") from None
 
 
 def time(value: Any, name: str = "at") -> datetime:
@@ -76,7 +80,7 @@ def time(value: Any, name: str = "at") -> datetime:
     try:
         return _TIME.validate_python(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"{name}: {_reason(exc)}") from None
+        raise InvalidInputError(f"{name}: {reasons(exc)}") from None
 
 
 def tags(value: Any) -> list[str]:
@@ -90,7 +94,7 @@ def tags(value: Any) -> list[str]:
     try:
         return [_TAG.validate_python(tag) for tag in value]
     except ValidationError as exc:
-        raise InvalidInputError(f"bad tag: {_reason(exc)}") from None
+        raise InvalidInputError(f"bad tag: {reasons(exc)}") from None
 
 
 def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
@@ -102,7 +106,7 @@ def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
     try:
         return _METADATA.validate_python(value, context=STORED if stored else None)
     except ValidationError as exc:
-        raise InvalidInputError(f"bad metadata: {_reason(exc)}") from None
+        raise InvalidInputError(f"bad metadata: {reasons(exc)}") from None
 
 
 def filters(value: Any) -> dict[str, str | int | float | bool]:
@@ -127,7 +131,7 @@ def fact(value: Any) -> Fact | None:
     try:
         return Fact.model_validate(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"fact must be a Fact(prompt, target): {_reason(exc)}") from None
+        raise InvalidInputError(f"fact must be a Fact(prompt, target): {reasons(exc)}") from None
 
 
 def count(value: Any, name: str, low: int = 1, high: int = MAX_K) -> int:

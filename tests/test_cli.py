@@ -1,4 +1,5 @@
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -223,3 +224,65 @@ def test_serve_options_are_checked_before_anything_is_made(tmp_path, capsys):
     code, _, err = run(capsys, "--path", str(store), "serve", "--allowed-host", "")
     assert code == 2 and "InvalidInputError: not a host name" in err   # it opened the store first, and left it open
     assert not store.exists()
+
+
+def test_the_way_out_a_damaged_store_names_works_as_typed(tmp_path, capsys, embedder):
+    """The message gave `agentmem restore-backup BACKUP --path F`: an argparse error, and then a refusal."""
+    store, backup = tmp_path / "m", tmp_path / "bk"
+    _, note, _ = run(capsys, "--path", str(store), "remember", "Ada writes compilers in Zurich")
+    run(capsys, "--path", str(store), "backup", str(backup))
+    graph = store / "notes.sqlite3"
+    data = bytearray(graph.read_bytes())
+    data[100:4000] = b"\x5a" * 3900
+    graph.write_bytes(bytes(data))
+    code, _, err = run(capsys, "--path", str(store), "stats")
+    assert code == 2 and "StoreCorruptedError" in err
+    command = re.search(r"`agentmem (.*?)`", err).group(1).split()
+    argv = [str(tmp_path / "new") if a == "NEW_FOLDER" else str(backup) if a == "BACKUP" else a for a in command]
+    code, stats, err = run(capsys, *argv)
+    assert code == 0 and stats["notes"] == 1, err
+    assert run(capsys, "--path", str(tmp_path / "new"), "get", note["id"])[1]["text"] == note["text"]
+
+
+@pytest.mark.server
+def test_a_second_store_on_a_chroma_server_is_told_to_take_a_collection_and_can(tmp_path, capsys, embedder,
+                                                                                chroma_server):
+    """A new store on a collection another store holds was called corrupted, with advice to remove the index."""
+    first = ["--chroma-url", chroma_server, "--collection", "cli_first"]
+    assert run(capsys, *first, "--path", str(tmp_path / "a"), "remember", "Ada writes compilers")[0] == 0
+    code, out, err = run(capsys, *first, "--path", str(tmp_path / "b"), "remember", "Bo plays the cello")
+    assert code == 2 and out is None and "a collection of its own" in err and "remove" not in err
+    second = ["--chroma-url", chroma_server, "--collection", "cli_second"]
+    assert run(capsys, *second, "--path", str(tmp_path / "b"), "remember", "Bo plays the cello")[0] == 0
+    hits = run(capsys, *second, "--path", str(tmp_path / "b"), "recall", "Who plays the cello?")[1]
+    assert [h["note"]["text"] for h in hits] == ["Bo plays the cello"]
+    assert run(capsys, *first, "--path", str(tmp_path / "a"), "stats")[1]["notes"] == 1
+
+
+def test_a_command_on_notes_refuses_a_database_without_a_store_and_makes_nothing(postgres_url, tmp_path, capsys,
+                                                                                 monkeypatch, embedder):
+    """`stats` on an empty database made a store there, and a later migrate into it was refused."""
+    import psycopg
+
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    code, out, err = run(capsys, "--path", postgres_url, "stats")
+    assert code == 2 and out is None and "StoreUnavailableError: no store in the database" in err
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
+    code, _, err = run(capsys, "--path", "postgresql://postgres@127.0.0.1:1/nowhere", "remember", "Ada")
+    assert code == 2 and "StoreUnavailableError: cannot connect" in err
+    assert not (tmp_path / "home").exists() or list((tmp_path / "home").rglob("*-1-nowhere")) == []
+    assert run(capsys, "--path", postgres_url, "remember", "Ada writes compilers")[0] == 0
+    assert run(capsys, "--path", postgres_url, "stats")[1]["notes"] == 1
+
+
+def test_a_refused_policy_or_import_line_is_one_line_naming_the_field(tmp_path, capsys, embedder):
+    """pydantic's own text spans lines and sends the user to a web page for each error."""
+    store = str(tmp_path / "m")
+    run(capsys, "--path", store, "remember", "Ada writes compilers in Zurich")
+    code, _, err = run(capsys, "--path", store, "plan", "--policy", '{"min_recallz": 2}')
+    assert code == 2 and err.count("\n") == 1 and "min_recallz: Extra inputs are not permitted" in err, err
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"id": "n1", "text": ""}\n')
+    code, _, err = run(capsys, "--path", store, "import", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "g.jsonl:1: not a note: " in err and "https://" not in err, err
