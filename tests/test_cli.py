@@ -54,6 +54,7 @@ def test_the_installed_command_runs(tmp_path, embedder):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["vector_store"] == "embedded"
+    assert "Loading weights" not in result.stderr  # a command that prints JSON keeps stderr for what matters
 
 
 @pytest.mark.slow
