@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ import psutil
 
 from .latency import corpus
 from .postgres_server import TemporaryPostgres
-from .report import machine_line, write_section
+from .report import add_benchmarks_option, machine_line, write_section
 
 REPLICA = """
 import sys, time, json
@@ -176,14 +177,15 @@ def markdown(result: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.fleet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--notes", type=int, default=100, help="texts each process remembers")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     result = run(args.data, args.notes, args.threads)
-    command = "python -m agentmem.eval.fleet " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     write_section("fleet", markdown(result, command.strip()), args.benchmarks)
     print(json.dumps(result, indent=2))
 

@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -58,7 +59,7 @@ from ..notes import Note
 from ..models import bundled_embedder_path, load_embedder
 from ..stores.vectors import client_settings
 from .postgres_server import TemporaryPostgres
-from .report import machine_line, write_section
+from .report import add_benchmarks_option, machine_line, write_section
 
 PROBES = 100  # single remembers and recalls timed at each size
 CHUNK = 500  # remember_many batch size while filling
@@ -329,7 +330,8 @@ def markdown(results: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.latency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--store", nargs="+", choices=["sqlite", "postgres"], default=["sqlite"],
@@ -337,13 +339,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the filler texts' vectors are kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the raw figures as JSON here")
-    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    command = "python -m agentmem.eval.latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     results: dict = {"stores": {}}
 
     def report(store: str, figures: dict) -> None:

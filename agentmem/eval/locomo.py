@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections import defaultdict
@@ -44,7 +45,7 @@ from ..memory import Memory
 from ..notes import MemoryItem
 from ..models import load_embedder
 from .postgres_server import TemporaryPostgres
-from .report import machine_line, write_section
+from .report import add_benchmarks_option, machine_line, write_section
 
 KS = (1, 5, 10, 25)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
@@ -318,10 +319,11 @@ def run_on(store: str, conversations: list[Conversation], configs: dict[str, tup
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.locomo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/locomo/locomo_dev.json"))
     parser.add_argument("--out", type=Path, default=None, help="also write the raw figures as JSON here")
-    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    add_benchmarks_option(parser)
     parser.add_argument("--no-ablations", action="store_true", help="only the default ranking and the baseline")
     parser.add_argument("--store", nargs="+", choices=["sqlite", "postgres"], default=["sqlite"],
                         help="the note stores to run on (other than SQLite alone: compared in the section locomo-stores)")
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("AGENTMEM_HOME", str(Path(root) / "home"))  # a PostgreSQL store's embedded index
         for store in args.store:
             by_store[store] = run_on(store, conversations, configs, Path(root))
-    command = "python -m agentmem.eval.locomo " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     if args.store != ["sqlite"]:
         write_section("locomo-stores", stores_markdown(by_store, len(conversations), command.strip()), args.benchmarks)
     else:

@@ -5,6 +5,7 @@ so benchmarks run at different times never overwrite each other's figures.
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 from datetime import datetime, timezone
@@ -34,8 +35,16 @@ def machine_line() -> str:
     return f"{date}; {cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def add_benchmarks_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    """`--benchmarks FILE` (`''` for none): one spelling and default on every benchmark, as the README says."""
+    parser.add_argument("--benchmarks", *aliases, default=str(DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+
+
 def write_section(name: str, markdown: str, path: Path | str = DEFAULT_PATH) -> None:
-    """Replace (or append) the section `name` of the benchmarks file with `markdown`."""
+    """Replace (or append) the section `name` of the benchmarks file with `markdown`; a `path` of `''`
+    (`--benchmarks ''`) writes nothing, where `Path('')` would be the current folder."""
+    if path == "":
+        return
     path = Path(path)
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import socket
 import statistics
@@ -30,7 +31,7 @@ import httpx
 from ..memory import Memory
 from ..models import load_embedder
 from .latency import corpus, percentiles, timed
-from .report import machine_line, write_section
+from .report import add_benchmarks_option, machine_line, write_section
 
 CLIENTS, CALLS = 16, 200
 
@@ -212,19 +213,20 @@ def markdown(results: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--notes", type=int, default=1000)
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the raw figures as JSON here")
-    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS") != str(args.threads):  # read at import time: start again with it set
         command = [sys.executable, "-m", "agentmem.eval.serving", *(argv if argv is not None else sys.argv[1:])]
         os.execve(sys.executable, command, {**os.environ, **thread_env(args.threads)})
     results = run(args.data, args.notes, args.probes, args.threads)
-    command = "python -m agentmem.eval.serving " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     write_section("serving", markdown(results, command.strip()), args.benchmarks)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

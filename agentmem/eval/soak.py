@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +32,7 @@ from hypothesis import strategies as st
 from ..memory import Memory
 from ..models import load_embedder
 from .fuzzing import Outcome, apply, calls, readable
-from .report import machine_line, write_section
+from .report import add_benchmarks_option, machine_line, write_section
 
 
 def text_of(writer: str, seq: int) -> str:
@@ -50,7 +52,8 @@ def child(path: Path, writer: str, writes: int, ack: Path) -> None:
 
 def run_processes(path: Path, processes: int, writes: int, kills: int, folder: Path) -> tuple[list[str], int]:
     """Run the child writers to completion, SIGKILLing them up to `kills` times in all; their acked
-    texts and the SIGKILLs sent."""
+    texts and the SIGKILLs sent. Writers still running when this fails are killed, so none outlives
+    the soak's folder."""
     budget = kills
     acks = {f"p{i}": folder / f"p{i}.acks" for i in range(processes)}
     for ack in acks.values():
@@ -58,20 +61,25 @@ def run_processes(path: Path, processes: int, writes: int, kills: int, folder: P
     command = [sys.executable, "-m", "agentmem.eval.soak", "--child", str(path)]
     running = {name: subprocess.Popen([*command, name, str(writes), str(ack)]) for name, ack in acks.items()}
     rng = random.Random(0)
-    while running:
-        time.sleep(rng.uniform(2.0, 8.0))
-        for name, process in list(running.items()):
-            if process.poll() is not None:
-                if process.returncode != 0 and process.returncode != -signal.SIGKILL:
-                    raise RuntimeError(f"writer {name} failed with exit code {process.returncode}")
-                if len(acks[name].read_text().splitlines()) >= writes:
-                    del running[name]
-                    continue
-                running[name] = subprocess.Popen([*command, name, str(writes), str(acks[name])])
-            elif kills > 0 and rng.random() < 0.5:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                kills -= 1
+    try:
+        while running:
+            time.sleep(rng.uniform(2.0, 8.0))
+            for name, process in list(running.items()):
+                if process.poll() is not None:
+                    if process.returncode != 0 and process.returncode != -signal.SIGKILL:
+                        raise RuntimeError(f"writer {name} failed with exit code {process.returncode}")
+                    if len(acks[name].read_text().splitlines()) >= writes:
+                        del running[name]
+                        continue
+                    running[name] = subprocess.Popen([*command, name, str(writes), str(acks[name])])
+                elif kills > 0 and rng.random() < 0.5:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                    kills -= 1
+    finally:
+        for process in running.values():
+            process.kill()
+            process.wait()
     texts = [text_of(name, int(seq)) for name, ack in acks.items() for seq in ack.read_text().split()]
     return texts, budget - kills
 
@@ -113,63 +121,73 @@ def run_fuzz(path: Path, examples: int, embedder) -> list[Outcome]:
     return outcomes
 
 
+def count(value: str) -> int:
+    """A whole number >= 0, refused by argparse otherwise (hypothesis would raise on `--fuzz -1` only
+    after the writes)."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> dict[str, int]:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]))
         return {}
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--writes", type=int, default=1000, help="writes per thread and per process")
-    parser.add_argument("--kills", type=int, default=6, help="SIGKILLs sent to the writer processes in all")
-    parser.add_argument("--fuzz", type=int, default=300, help="fuzzed calls after the writes")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser = argparse.ArgumentParser(prog="python -m agentmem.eval.soak", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=count, default=8)
+    parser.add_argument("--processes", type=count, default=2)
+    parser.add_argument("--writes", type=count, default=1000, help="writes per thread and per process")
+    parser.add_argument("--kills", type=count, default=6, help="SIGKILLs sent to the writer processes in all")
+    parser.add_argument("--fuzz", type=count, default=300, help="fuzzed calls after the writes (0: no fuzzing)")
+    add_benchmarks_option(parser, "--output")  # --output: its old name, still accepted
     args = parser.parse_args(argv)
     started = time.monotonic()
-    folder = Path(tempfile.mkdtemp(prefix="agentmem-soak-"))
-    path = folder / "store"
-    embedder = load_embedder()
-    with Memory(path, embedder=embedder):
-        pass
-    from_processes: list[tuple[list[str], int]] = []
-    process_thread = threading.Thread(
-        target=lambda: from_processes.append(run_processes(path, args.processes, args.writes, args.kills, folder))
-    )
-    process_thread.start()
-    with Memory(path, embedder=embedder) as mem:
-        acked_by_threads, thread_errors = run_threads(mem, args.threads, args.writes)
-    process_thread.join()
-    acked_by_processes, kills_sent = from_processes[0]
-    with Memory(path, embedder=embedder) as mem:
-        stored = Counter(n.text for n in mem.notes(include_archived=True))
-    acked = acked_by_threads + acked_by_processes
-    write_seconds = time.monotonic() - started
-    outcomes = run_fuzz(path, args.fuzz, embedder)
-    counts = {
-        "SIGKILLs sent": kills_sent,
-        "acknowledged": len(acked),
-        "lost": sum(1 for text in acked if stored[text] == 0),
-        "duplicated": sum(1 for n in stored.values() if n > 1),
-        "write errors": len(thread_errors),
-        "fuzzed calls": len(outcomes),
-        "fuzzed calls refused (typed)": sum(o.result == "typed" for o in outcomes),
-        "untyped errors": sum(o.result.startswith("untyped") for o in outcomes),
-        "raised but changed the store": sum(o.changed_on_error for o in outcomes),
-        "stores left unreadable": sum("unreadable" in o.result for o in outcomes) + (readable(path) is not None),
-    }
-    command = "python -m agentmem.eval.soak " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="agentmem-soak-") as root:
+        folder = Path(root)
+        path = folder / "store"
+        embedder = load_embedder()
+        with Memory(path, embedder=embedder):
+            pass
+        with ThreadPoolExecutor(1) as pool:
+            from_processes = pool.submit(run_processes, path, args.processes, args.writes, args.kills, folder)
+            with Memory(path, embedder=embedder) as mem:
+                acked_by_threads, thread_errors = run_threads(mem, args.threads, args.writes)
+            acked_by_processes, kills_sent = from_processes.result()
+        with Memory(path, embedder=embedder) as mem:
+            stored = Counter(n.text for n in mem.notes(include_archived=True))
+        acked = acked_by_threads + acked_by_processes
+        write_seconds = time.monotonic() - started
+        outcomes = run_fuzz(path, args.fuzz, embedder) if args.fuzz else []
+        counts = {
+            "SIGKILLs sent": kills_sent,
+            "acknowledged": len(acked),
+            "lost": sum(1 for text in acked if stored[text] == 0),
+            "duplicated": sum(1 for n in stored.values() if n > 1),
+            "write errors": len(thread_errors),
+        }
+        if args.fuzz:
+            counts |= {
+                "fuzzed calls": len(outcomes),
+                "fuzzed calls refused (typed)": sum(o.result == "typed" for o in outcomes),
+                "untyped errors": sum(o.result.startswith("untyped") for o in outcomes),
+                "raised but changed the store": sum(o.changed_on_error for o in outcomes),
+            }
+        counts["stores left unreadable"] = sum("unreadable" in o.result for o in outcomes) + (readable(path) is not None)
+    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     table = "\n".join(f"| {name} | {value} |" for name, value in counts.items())
     findings = "\n".join(f"- `{o.call!r}`: {o.result}" for o in outcomes if o.result not in ("ok", "typed"))
+    fuzzing = f"then {args.fuzz} fuzzed calls" if args.fuzz else "fuzzing not run (`--fuzz 0`)"
     write_section("soak", f"""## Soak: writers, SIGKILLs and fuzzed calls on one store
 
-{machine_line()}. Command: `{command}`. {args.threads} threads + {args.processes} processes x {args.writes} writes,
-{args.kills} SIGKILLs of the writer processes; writes took {write_seconds:.0f} s.
+{machine_line()}. Command: `{command.strip()}`. {args.threads} threads + {args.processes} processes x {args.writes} writes,
+{args.kills} SIGKILLs of the writer processes; writes took {write_seconds:.0f} s; {fuzzing}.
 
 | measure | count |
 |---|---|
 {table}
 {findings}
-""", args.output)
+""", args.benchmarks)
     print(counts)
     return counts
 

@@ -1,0 +1,59 @@
+"""The soak command at its smallest sizes: `--fuzz 0` skips fuzzing, `--benchmarks` ('' or a file, or
+the old `--output`) says where the section goes, bad counts are refused up front, and its temporary
+folder is gone afterwards, even when the run fails."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agentmem.eval import soak
+
+SMALLEST = ["--threads", "1", "--processes", "0", "--writes", "1", "--kills", "0", "--fuzz", "0"]
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder) -> Path:
+    """The temporary folder soak's own folder goes under; the current folder is tmp_path, where a stray
+    BENCHMARKS.md would land."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.chdir(tmp_path)
+    return scratch
+
+
+def test_fuzz_0_skips_fuzzing_and_benchmarks_empty_writes_nothing(scratch: Path, tmp_path: Path):
+    counts = soak.main([*SMALLEST, "--benchmarks", ""])
+    assert counts["acknowledged"] == 1 and counts["lost"] == 0 and counts["stores left unreadable"] == 0
+    assert "fuzzed calls" not in counts
+    assert list(scratch.glob("agentmem-soak-*")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+
+
+def test_the_section_goes_to_the_file_given_also_by_the_old_output_option(scratch: Path, tmp_path: Path):
+    soak.main([*SMALLEST, "--output", "elsewhere.md"])
+    section = (tmp_path / "elsewhere.md").read_text()
+    assert "<!-- begin soak -->" in section and "fuzzing not run (`--fuzz 0`)" in section
+    assert "fuzzed calls |" not in section
+    assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_the_folder_is_removed_when_the_run_fails(scratch: Path, monkeypatch: pytest.MonkeyPatch):
+    def fail(*_) -> None:
+        raise RuntimeError("writer failed")
+
+    monkeypatch.setattr(soak, "run_threads", fail)
+    with pytest.raises(RuntimeError, match="writer failed"):
+        soak.main([*SMALLEST, "--benchmarks", ""])
+    assert list(scratch.glob("agentmem-soak-*")) == []
+
+
+@pytest.mark.parametrize("option", ["--fuzz", "--writes", "--threads", "--processes", "--kills"])
+def test_a_negative_count_is_refused_before_anything_runs(option: str, scratch: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as raised:
+        soak.main([*SMALLEST, option, "-1"])
+    assert raised.value.code == 2
+    assert f"argument {option}: not a whole number >= 0: '-1'" in capsys.readouterr().err
+    assert list(scratch.iterdir()) == []
