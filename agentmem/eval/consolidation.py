@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
                         help="edit only facts that do not contradict each other (see above)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
-    parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+    report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     command = "python -m agentmem.eval.consolidation " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:

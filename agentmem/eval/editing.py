@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser.add_argument("--latency-prompts", type=int, default=LATENCY_PROMPTS, help="timed prompts of each kind")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
-    parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+    report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     command = "python -m agentmem.eval.editing " + shlex.join(sys.argv[1:] if argv is None else argv)
 

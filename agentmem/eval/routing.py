@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser.add_argument("--given-subject", action="store_true",
                         help="semantic edits name their subject (ZsRE's subject field) instead of deriving it")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--benchmarks", default=str(report.DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+    report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     command = "python -m agentmem.eval.routing " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.threads:

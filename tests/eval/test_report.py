@@ -16,7 +16,7 @@ def test_an_empty_path_writes_no_section(tmp_path: Path, monkeypatch: pytest.Mon
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["latency", "locomo", "serving", "soak", "fleet"])
+@pytest.mark.parametrize("name", ["latency", "locomo", "serving", "soak", "fleet", "editing", "consolidation", "routing"])
 def test_help_names_the_module_and_the_benchmarks_option(name: str, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as raised:
         importlib.import_module(f"agentmem.eval.{name}").main(["--help"])
