@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> Any:
     """The command's result (JSON-able), on the local store or the server at --url."""
+    if not args.url:  # a local command loads MiniLM: no news, on a command that prints JSON
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if args.command == "serve":
         return serve(args)
     if args.command == "mcp":
@@ -202,11 +206,8 @@ def run(args: argparse.Namespace) -> Any:
 
         with RemoteMemory(args.url, args.api_key) as mem:
             return act(mem, args)
-    from transformers.utils import logging as transformers_logging
-
     from .memory import Memory  # heavy imports only once the arguments are known good
 
-    transformers_logging.disable_progress_bar()  # loading MiniLM is no news on a command that prints JSON
     if args.command not in CREATES_STORE:
         require_store(args.path)
     with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,

@@ -42,6 +42,7 @@ from .notes import (
 )
 from .stores import VectorIndex
 from .stores.filters import NoteFilter
+from .stores.graph import LOCK_FILE
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
 from .stores.sync import IndexSync, open_index
 from .reading import ReadPath
@@ -147,6 +148,7 @@ class Memory:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{graph_file}{suffix}").unlink(missing_ok=True)
             if made_folder:
+                (self.path / LOCK_FILE).unlink(missing_ok=True)  # no other process knew the folder
                 with contextlib.suppress(OSError):  # only if nothing else is in it
                     self.path.rmdir()
             raise
@@ -226,7 +228,7 @@ class Memory:
             try:
                 item = MemoryItem(text=raw) if isinstance(raw, str) else MemoryItem.model_validate(raw)
             except ValidationError as exc:
-                raise InvalidInputError(f"item {position}: {check.reasons(exc)}") from None
+                raise InvalidInputError(f"item {position}: {check.reasons(exc.errors())}") from None
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"item {position}: not a memory item: {exc}") from None
             prepared.append(
@@ -577,6 +579,9 @@ class Memory:
         to `Memory(...)` (e.g. `chroma_url`, `embedder`); on a Chroma server the collection's
         contents are replaced by the backup's notes.
         """
+        if is_postgres_url(path):
+            raise InvalidInputError("a backup is restored into a folder: restore it there, then `migrate` the folder"
+                                    " into PostgreSQL (agentmem migrate --from FOLDER --to URL)")
         source, path = Path(check.store_location(source)), Path(check.store_location(path))
         transfer.unpack_backup(source, path)
         try:
@@ -703,7 +708,7 @@ class Memory:
         try:
             return self.policy.model_copy(update=ConsolidationPolicy.model_validate(policy).model_dump(exclude_unset=True))
         except ValidationError as exc:
-            raise InvalidInputError(f"bad consolidation policy: {check.reasons(exc)}") from None
+            raise InvalidInputError(f"bad consolidation policy: {check.reasons(exc.errors())}") from None
 
     # ---- building notes --------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def notes_in(text: str, source: str) -> list[ExportedNote]:
             try:
                 notes.append(ExportedNote.model_validate_json(line, context=STORED))  # an export re-imports whole
             except ValidationError as exc:
-                raise InvalidInputError(f"{source}:{number}: not a note: {reasons(exc)}") from None
+                raise InvalidInputError(f"{source}:{number}: not a note: {reasons(exc.errors())}") from None
     return notes
 
 

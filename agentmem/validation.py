@@ -7,7 +7,7 @@ the public models (agentmem.notes), so a row read back from an export meets the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,14 @@ _TAG = TypeAdapter(Tag)
 _METADATA = TypeAdapter(Metadata)
 
 
-def reasons(exc: ValidationError) -> str:
-    """A validation error on one line, each reason after the field it concerns (pydantic's own
-    text spans lines and adds a web link to each)."""
-    return "; ".join(
-        f"{'.'.join(map(str, error['loc']))}: {error['msg']}" if error["loc"] else error["msg"] for error in exc.errors()
+def reasons(errors: Sequence[Mapping[str, Any]], limit: int = 5) -> str:
+    """A validation error's `errors()` on one line, each reason after the field it concerns, the first
+    `limit` only (pydantic's own text spans lines and adds a web link to each; one bad file line may
+    have thousands)."""
+    said = "; ".join(
+        f"{'.'.join(map(str, error['loc']))}: {error['msg']}" if error["loc"] else error["msg"] for error in errors[:limit]
     )
+    return said + (f"; and {len(errors) - limit} more" if len(errors) > limit else "")
 
 
 def text(value: Any, max_chars: int, name: str = "text") -> str:
@@ -68,7 +70,9 @@ def scope(name: str, value: Any) -> str | None:
     try:
         return _SCOPE.validate_python(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"{name} must be a printable, non-empty string of at most 256 characters: {reasons(exc)}") from None
+        raise InvalidInputError(
+            f"{name} must be a printable, non-empty string of at most 256 characters: {reasons(exc.errors())}"
+        ) from None
 
 
 def time(value: Any, name: str = "at") -> datetime:
@@ -80,7 +84,7 @@ def time(value: Any, name: str = "at") -> datetime:
     try:
         return _TIME.validate_python(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"{name}: {reasons(exc)}") from None
+        raise InvalidInputError(f"{name}: {reasons(exc.errors())}") from None
 
 
 def tags(value: Any) -> list[str]:
@@ -94,7 +98,7 @@ def tags(value: Any) -> list[str]:
     try:
         return [_TAG.validate_python(tag) for tag in value]
     except ValidationError as exc:
-        raise InvalidInputError(f"bad tag: {reasons(exc)}") from None
+        raise InvalidInputError(f"bad tag: {reasons(exc.errors())}") from None
 
 
 def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
@@ -106,7 +110,7 @@ def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
     try:
         return _METADATA.validate_python(value, context=STORED if stored else None)
     except ValidationError as exc:
-        raise InvalidInputError(f"bad metadata: {reasons(exc)}") from None
+        raise InvalidInputError(f"bad metadata: {reasons(exc.errors())}") from None
 
 
 def filters(value: Any) -> dict[str, str | int | float | bool]:
@@ -131,7 +135,7 @@ def fact(value: Any) -> Fact | None:
     try:
         return Fact.model_validate(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"fact must be a Fact(prompt, target): {reasons(exc)}") from None
+        raise InvalidInputError(f"fact must be a Fact(prompt, target): {reasons(exc.errors())}") from None
 
 
 def count(value: Any, name: str, low: int = 1, high: int = MAX_K) -> int:

@@ -252,7 +252,8 @@ def test_a_second_store_on_a_chroma_server_is_told_to_take_a_collection_and_can(
     first = ["--chroma-url", chroma_server, "--collection", "cli_first"]
     assert run(capsys, *first, "--path", str(tmp_path / "a"), "remember", "Ada writes compilers")[0] == 0
     code, out, err = run(capsys, *first, "--path", str(tmp_path / "b"), "remember", "Bo plays the cello")
-    assert code == 2 and out is None and "a collection of its own" in err and "remove" not in err
+    assert code == 2 and out is None and "InvalidInputError" in err and "a collection of its own" in err
+    assert "remove" not in err and not (tmp_path / "b").exists()  # nothing made, not even its lock file
     second = ["--chroma-url", chroma_server, "--collection", "cli_second"]
     assert run(capsys, *second, "--path", str(tmp_path / "b"), "remember", "Bo plays the cello")[0] == 0
     hits = run(capsys, *second, "--path", str(tmp_path / "b"), "recall", "Who plays the cello?")[1]
@@ -266,6 +267,9 @@ def test_a_command_on_notes_refuses_a_database_without_a_store_and_makes_nothing
     import psycopg
 
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "--path", postgres_url, "restore-backup", "bk")  # a backup restores into a folder
+    assert code == 2 and "InvalidInputError: a backup is restored into a folder" in err and list(tmp_path.iterdir()) == []
     code, out, err = run(capsys, "--path", postgres_url, "stats")
     assert code == 2 and out is None and "StoreUnavailableError: no store in the database" in err
     with psycopg.connect(postgres_url) as conn:

@@ -71,12 +71,13 @@ def current_version(directory: Path) -> str | None:
 
 def refuse_another_kind(directory: Path, editor: str | EditorConfig | Editor | None) -> None:
     """A store keeps the editor kind its edits were saved with (the edits live in that editor's
-    state): asking for another kind is refused, with the ways out."""
+    state): asking for another kind is refused, with the ways out. A save this cannot read (damaged,
+    or replaced by another process meanwhile) is left to the load, which says why or reads the new one."""
     version = current_version(directory)
     if editor is None or version is None:
         return
     saved, wanted = Editor.saved_kind(directory / version), editor_kind(editor)
-    if not issubclass(saved, wanted):
+    if saved is not None and not issubclass(saved, wanted):  # a subclass is that kind too (ROME is EMMET's)
         raise InvalidInputError(
             f"{directory} holds the edits of a {saved.kind!r} editor, and a store keeps the kind it was first"
             f" consolidated with: open it without editor= (or with editor={saved.kind!r}) to use its edits, or"

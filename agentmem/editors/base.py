@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InvalidInputError, StoreCorruptedError
-from ..validation import reasons
 from ..models import LanguageModel
+from ..validation import reasons
 
 CONFIG_FILE = "editor.json"
 STATE_FILE = "editor.safetensors"
@@ -41,7 +41,7 @@ class _Checked(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise InvalidInputError(reasons(exc)) from exc
+            raise InvalidInputError(reasons(exc.errors())) from exc
 
 
 class EditRequest(_Checked):
@@ -242,9 +242,14 @@ class Editor(ABC):
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
     @staticmethod
-    def saved_kind(directory: str | Path) -> type[Editor]:
-        """The editor class whose save `directory` holds, read without loading the state."""
-        return _read_saved(Path(directory))[0]
+    def saved_kind(directory: str | Path) -> type[Editor] | None:
+        """The editor class whose save `directory` holds, from its config file alone; None if that cannot
+        be read or names no known kind (loading the save says why)."""
+        try:
+            name = json.loads((Path(directory) / CONFIG_FILE).read_text())["kind"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return Editor.kinds.get(name) if isinstance(name, str) else None
 
     @classmethod
     def load(cls, lm: LanguageModel, directory: str | Path) -> Editor:

@@ -17,6 +17,7 @@ from ..errors import AgentMemError
 from ..memory import Memory
 from . import openai_chat, rest
 from .auth import ApiKeyMiddleware, ApiKeys, HostGuardMiddleware, trusted_hosts
+from ..validation import reasons
 from .errors import error_response, typed_error_response
 from .jobs import JobRunner
 from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
@@ -84,8 +85,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return error_response(request.url.path, 422, "InvalidInputError", problems)
+        return error_response(request.url.path, 422, "InvalidInputError", reasons(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

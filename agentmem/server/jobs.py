@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from ..consolidation import ConsolidationPolicy
 from ..errors import AgentMemError, InvalidInputError
-from ..validation import reasons
 from ..memory import Memory
+from ..validation import reasons
 from .errors import JobNotFoundError, error_body
 from .models import Job, JobProgress
 
@@ -51,7 +51,7 @@ class JobRunner:
             try:
                 ConsolidationPolicy.model_validate(policy)
             except ValidationError as exc:
-                raise InvalidInputError(f"bad consolidation policy: {reasons(exc)}") from None
+                raise InvalidInputError(f"bad consolidation policy: {reasons(exc.errors())}") from None
         job = Job(id=uuid.uuid4().hex[:16], status="queued", scheduled=scheduled,
                   created_at=datetime.now(timezone.utc), progress=JobProgress(stage="queued"))
         with self._lock:

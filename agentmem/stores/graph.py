@@ -90,6 +90,7 @@ LEXICAL_OVERFETCH = 2  # full-text matches ranked per wanted one before the scop
 FTS_STRUCTURE_LIMIT = 2048  # bytes of FTS5's structure record past which a forget rebuilds the index
 
 SCHEMA_VERSION = "2"  # 1: release 0.1.0; 2: index tokens, absorbed keywords, quarantine
+LOCK_FILE = "agentmem.lock"  # beside the graph: the processes sharing the folder take turns on it
 
 
 @contextmanager
@@ -118,7 +119,7 @@ class NoteGraph(SqlNoteStore):
     def __init__(self, path: Path):
         self.path = path
         self.unreadable: dict[str, str] = {}  # rows that failed to read since the last quarantine, by id
-        self._file_lock = filelock.FileLock(str(path.parent / "agentmem.lock"), thread_local=False)
+        self._file_lock = filelock.FileLock(str(path.parent / LOCK_FILE), thread_local=False)
         self.graph = nx.Graph()
         self._data_version = -1
         with sqlite_errors(path):

@@ -169,9 +169,12 @@ def direct_connection(url: str) -> psycopg.Connection:
 def holds_store(url: str) -> bool:
     """Whether the database holds an agentmem store, found without creating one (opening a store does)."""
     with direct_connection(url) as conn:
-        if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
-            return False
-        return conn.execute("SELECT 1 FROM meta WHERE key = 'store_id'").fetchone() is not None
+        try:
+            if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+                return False
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'store_id'").fetchone() is not None
+        except psycopg.Error as exc:  # e.g. a role that may connect but not read the store's tables
+            raise StoreUnavailableError(f"cannot read the note store at {redacted(url)}: {str(exc).strip()}") from exc
 
 
 class PostgresNoteGraph(SqlNoteStore):

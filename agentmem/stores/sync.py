@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreCorruptedError, StoreUnavailableError
+from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
 from .rows import OutboxClaim
 from .store import NoteStore
@@ -109,6 +109,8 @@ class IndexSync:
         """Check the graph and the index belong together, claiming new ones; see the module doc."""
         notes, vectors = self.graph.count(), self.index.count()
         if self.graph.store_id is None:
+            if notes == 0 and vectors > 0 and self.index.mode == "server":  # most often a second store's mistake
+                raise InvalidInputError(self._unpaired_index_message(vectors))
             if notes == 0 and vectors > 0:
                 raise StoreCorruptedError(self._unpaired_index_message(vectors))
             self.graph.claim(uuid.uuid4().hex)
@@ -130,13 +132,13 @@ class IndexSync:
         would then erase the other store's vectors, so that is offered for an embedded index only."""
         restore = ("restore a backup into a new folder (`agentmem --path NEW_FOLDER restore-backup BACKUP`, or"
                    " Memory.restore_backup), which also rebuilds the vector index")
+        held = f"{vectors} note{'s' if vectors != 1 else ''}"
         if self.index.mode == "server":
-            return (f"{self.index.location} holds {vectors} notes of another store, and the note graph"
-                    f" {self.graph.path} has none. A new store needs a collection of its own: pass another"
-                    f" collection (Memory(collection=...), `agentmem --collection NAME`). If this store's note graph"
-                    f" was lost, {restore}. Nothing was changed.")
-        return (f"the note graph {self.graph.path} is missing or empty, but {self.index.location} holds {vectors}"
-                f" notes. The graph is the source of truth and the index alone cannot restore it: {restore}; or"
+            return (f"{self.index.location} holds the vectors of {held} of a store (id {self.index.store_id}), and"
+                    f" the note graph {self.graph.path} has none. A new store needs a collection of its own: pass"
+                    f" another collection (Memory(collection=...), `agentmem --collection NAME`). If this store's note"
+                    f" graph was lost, {restore}, with the same --chroma-url and --collection. Nothing was changed.")
+        return (f"the note graph {self.graph.path} is missing or empty, but {self.index.location} holds {held}. The graph is the source of truth and the index alone cannot restore it: {restore}; or"
                 f" remove the index folder to start empty. Nothing was changed.")
 
     @property

@@ -65,14 +65,27 @@ def test_the_model_can_run_in_another_thread_inside_a_generating_block(open_memo
     assert "Lisbon" in mine and theirs == mine
 
 
-def test_a_store_refuses_another_editor_kind_when_opened_and_names_the_ways_out(open_memory, tiny_lm, embedder):
-    """The error used to come at the first consolidate, after the caller's writes, and named no way out."""
+def test_a_store_refuses_another_editor_kind_when_opened_and_names_the_ways_out(open_memory, embedder):
+    """The error used to come at the first consolidate, after the caller's writes, and named no way out.
+    Opened without a model, as users do: nothing is loaded before the first job."""
     mem = open_memory(policy=POLICY)
     alice(mem)
     assert mem.consolidate(at=LATER).applied == 1
     mem.close()
     with pytest.raises(InvalidInputError, match="holds the edits of a 'grace' editor.*without editor=") as refused:
-        Memory(mem.path, embedder=embedder, model=tiny_lm, editor="semantic")
+        Memory(mem.path, embedder=embedder, editor="semantic")
     assert "use a new store for a 'semantic' editor" in str(refused.value)
     reopened = open_memory(editor="grace")  # the saved kind by name is accepted, and its edit is there
     assert len(reopened.editor.edits()) == 1
+
+
+def test_a_save_that_cannot_be_read_is_left_to_the_load_and_does_not_stop_the_store_opening(open_memory, embedder):
+    """A save replaced by another process while this one opens (or damaged) is the load's to explain."""
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()
+    for saved in (mem.path / "editor").glob("v*/editor.json"):
+        saved.unlink()
+    with Memory(mem.path, embedder=embedder, editor="semantic") as reopened:
+        assert reopened.stats().notes == 1
