@@ -30,6 +30,16 @@ class PayloadTooLargeError(AgentMemError, ValueError):
     """The request body is over the server's size limit."""
 
 
+class LaneFullError(AgentMemError, RuntimeError):
+    """Too many requests already wait for the local model, for this user or in all: a queue without a
+    bound would let one caller delay every other caller's turn without end."""
+
+
+class ClientGoneError(AgentMemError, ConnectionError):
+    """The client closed the connection while its request waited for the model: its turn is skipped.
+    Nobody reads the answer (499, as nginx logs a request its client closed)."""
+
+
 class JobNotFoundError(AgentMemError, KeyError):
     """No background job has this id."""
 
@@ -50,6 +60,8 @@ STATUS: dict[type[AgentMemError], int] = {
     ForeignOriginError: 403,
     ForeignHostError: 421,
     PayloadTooLargeError: 413,
+    LaneFullError: 429,
+    ClientGoneError: 499,
     UpstreamError: 502,
     StoreClosedError: 503,
     StoreUnavailableError: 503,

@@ -1,4 +1,5 @@
-"""A cap on request bodies, so one request cannot exhaust the server's memory."""
+"""The server's caps: on request bodies, so one request cannot exhaust its memory, and on the queue
+for the model's lane (`ModelLane`), so one caller cannot keep every other caller's turn waiting."""
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -6,6 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import PayloadTooLargeError, typed_error_response
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+LANE_PER_USER = 4  # a user's requests waiting for or using the local model (chat turns, answers)
+LANE_TOTAL = 32  # everyone's: at a few seconds a turn, the last waits a minute or two
 
 
 class BodyLimitMiddleware:

@@ -105,6 +105,13 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
         except AgentMemError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
 
+    async def on_lane(call: Callable[[], Any], user: str | None = None) -> Any:
+        """`typed(call)` on the model's lane, queued for `user`; a full queue is a typed tool error too."""
+        try:
+            return await lane.run(call, user=user)
+        except AgentMemError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
     def add_memory(text: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
                    session_id: str | None = None, tags: list[str] | None = None,
                    metadata: dict[str, Any] | None = None) -> Note:
@@ -161,14 +168,14 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
             mem.require_all_users("consolidation")
             return memory.consolidate(policy, dry_run=dry_run)
 
-        return await lane.run(typed, run)
+        return await on_lane(run)
 
     async def answer(question: str, ctx: Context, user_id: str | None = None, agent_id: str | None = None,
                      session_id: str | None = None, k: int = 5) -> Answer:
         """Answer a question from memory: from the weights where edits cover it, else with recalled notes as context."""
-        mem = scoped(ctx)
-        return await lane.run(typed, lambda: memory.answer(question, k=k, user_id=mem.user(user_id), agent_id=agent_id,
-                                                            session_id=session_id))
+        user = typed(lambda: scoped(ctx).user(user_id))
+        return await on_lane(lambda: memory.answer(question, k=k, user_id=user, agent_id=agent_id,
+                                                   session_id=session_id), user)
 
     tools = [strict_tool(tool) for tool in (add_memory, search_memories, get_memory, update_memory, delete_memory,
                                             consolidate, answer)]

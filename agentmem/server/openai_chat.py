@@ -5,6 +5,8 @@ Every request is one `MemoryChat` turn for the request's user (the standard `use
 message, and the user's last message is remembered. The reply comes from the bundled local model
 (with its edits), or, with an upstream URL, from any OpenAI-compatible server. A streamed reply is
 sent as server-sent chunks once the reply is complete (the chat function returns whole texts).
+A local turn waits on the model's lane (`ModelLane`); if its client has gone by then, it is not
+run, so nothing is recalled or remembered for it.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ class OpenAIErrorBody(BaseModel):
     error: OpenAIError
 
 
-router = APIRouter(prefix="/v1", tags=["openai"],
-                   responses={status: {"model": OpenAIErrorBody} for status in (401, 403, 413, 421, 422, 502, 503)})
+ERRORS = {status: {"model": OpenAIErrorBody} for status in (401, 403, 413, 421, 422, 429, 502, 503)}
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
 
 
 class ContentPart(BaseModel):
@@ -169,12 +171,14 @@ class ChatService:
         return lambda messages: upstream.complete(messages, body.model, options)
 
     async def run_turn(
-        self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None
+        self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None,
+        client: Request | None = None,
     ) -> ChatCompletion:
-        """`turn` on a worker thread; a local turn on the model's lane (`ModelLane`)."""
+        """`turn` on a worker thread; a local turn on the model's lane (`ModelLane`), queued for the
+        user it acts for and skipped if `client` has gone by its turn."""
         if self.upstream is not None:
             return await anyio.to_thread.run_sync(self.turn, body, mem, user, session)
-        return await self.lane.run(self.turn, body, mem, user, session)
+        return await self.lane.run(self.turn, body, mem, user, session, user=mem.user(user), client=client)
 
     def turn(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None) -> ChatCompletion:
         *earlier, last = body.messages
@@ -204,13 +208,14 @@ async def service(request: Request) -> ChatService:
              responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
              summary="a chat turn with long-term memory (OpenAI-compatible)")
 async def chat_completions(
+    request: Request,
     body: ChatCompletionRequest,
     mem: Annotated[ScopedMemory, Depends(scoped)],
     chat: Annotated[ChatService, Depends(service)],
     x_agentmem_user: Annotated[str | None, Header()] = None,
     x_agentmem_session: Annotated[str | None, Header()] = None,
 ) -> ChatCompletion | StreamingResponse:
-    completion = await chat.run_turn(body, mem, body.user or x_agentmem_user, x_agentmem_session)
+    completion = await chat.run_turn(body, mem, body.user or x_agentmem_user, x_agentmem_session, request)
     if body.stream:
         return StreamingResponse(_chunks(completion), media_type="text/event-stream")
     return completion

@@ -2,7 +2,8 @@
 
 Endpoints are plain (sync) functions: FastAPI runs them on its thread pool, and `Memory` is
 thread-safe, so a slow call never blocks the event loop. Those that use the local model or wait
-for a consolidation job (answer, plan, backup) take their turn on the model's lane instead.
+for a consolidation job (answer, plan, backup) take their turn on the model's lane instead; answer
+and plan are skipped if their client has gone by then (a backup asked for is made).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .models import (
 JSONL = "application/x-ndjson"
 IMPORT_TYPES = (JSONL, "application/jsonl", "application/json")
 ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 413, 421, 422, 503)}
+LANE_FULL = {429: {"model": ErrorBody}}  # the routes on the model's lane, whose queue is bounded
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -247,7 +249,7 @@ def repair(mem: Scoped) -> Reindexed:
     return Reindexed(reindexed=mem.memory.rebuild_index())
 
 
-@router.post("/backup", response_model=BackedUp, tags=["store"],
+@router.post("/backup", response_model=BackedUp, tags=["store"], responses=LANE_FULL,
              summary="copy the store, while in use, into a new folder on the server's disk")
 async def backup(body: BackupRequest, mem: Scoped, lane: Lane) -> BackedUp:
     mem.require_all_users("backup")
@@ -256,11 +258,11 @@ async def backup(body: BackupRequest, mem: Scoped, lane: Lane) -> BackedUp:
 
 # ---- consolidation -------------------------------------------------------------------------------
 
-@router.post("/plan", response_model=list[Decision], tags=["consolidation"],
+@router.post("/plan", response_model=list[Decision], tags=["consolidation"], responses=LANE_FULL,
              summary="what consolidation would do now and why; changes nothing")
-async def plan(body: PlanRequest, mem: Scoped, lane: Lane) -> list[Decision]:
+async def plan(request: Request, body: PlanRequest, mem: Scoped, lane: Lane) -> list[Decision]:
     mem.require_all_users("plan")
-    return await lane.run(lambda: mem.memory.plan(body.policy, at=body.at))
+    return await lane.run(lambda: mem.memory.plan(body.policy, at=body.at), client=request)
 
 
 @router.post("/consolidate", response_model=Job, status_code=202, tags=["consolidation"],
@@ -292,14 +294,14 @@ def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
     return mem.memory.ledger(note_id)
 
 
-@router.post("/answer", response_model=Answer, tags=["consolidation"],
+@router.post("/answer", response_model=Answer, tags=["consolidation"], responses=LANE_FULL,
              summary="answer from the weights where edits cover the question, else from recalled notes")
-async def answer(body: AnswerRequest, mem: Scoped, lane: Lane) -> Answer:
+async def answer(request: Request, body: AnswerRequest, mem: Scoped, lane: Lane) -> Answer:
     user_id = mem.user(body.user_id)
     return await lane.run(lambda: mem.memory.answer(
         body.question, k=body.k, user_id=user_id, agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
-    ))
+    ), user=user_id, client=request)
 
 
 @router.get("/health", tags=["store"], summary="the server is up (no key needed: it tells nothing else)")

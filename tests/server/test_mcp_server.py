@@ -79,3 +79,17 @@ def test_a_tool_refuses_arguments_it_does_not_take_and_values_of_another_type(tm
     with Memory(tmp_path / "m", embedder=embedder) as memory:
         asyncio.run(main(memory))
         assert [note.text for note in memory.notes()] == ["Yara likes tea"]
+
+
+def test_the_answer_tool_is_refused_with_a_typed_error_when_its_users_queue_for_the_model_is_full(tmp_path, embedder):
+    from agentmem.memory import Memory
+    from agentmem.server.mcp_server import build_mcp_server
+    from agentmem.server.model_lane import ModelLane
+
+    async def main(memory):
+        async with Client(build_mcp_server(memory, ModelLane(per_user=0))) as client:   # every user's queue is full
+            refused = await client.call_tool("answer", {"question": "What is Yara's locker code?", "user_id": "yara"})
+            assert refused.is_error and "LaneFullError: 0 requests for user 'yara'" in refused.content[0].text
+
+    with Memory(tmp_path / "m", embedder=embedder) as memory:
+        asyncio.run(main(memory))

@@ -14,6 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
+from agentmem.server.access import ScopedMemory
+from agentmem.server.auth import Caller
 from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatService
 
@@ -99,7 +101,7 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
 def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
     """Forty chats waiting for the one local model once held every worker thread of the pool the REST
     routes share: another route's call then waited behind them all."""
-    service = ChatService(memory=None, lane=ModelLane(), upstream=None)
+    service = ChatService(memory=None, lane=ModelLane(total=60), upstream=None)
     model, finished = threading.Lock(), []
 
     def turn(body, mem, user, session):   # a local turn: the model, one at a time
@@ -112,7 +114,7 @@ def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
     async def chats_and_another_route() -> int:
         async with anyio.create_task_group() as chats:
             for i in range(60):
-                chats.start_soon(service.run_turn, i, None, None, None)
+                chats.start_soon(service.run_turn, i, ScopedMemory(None, Caller()), None, None)
             await anyio.sleep(0.02)
             await anyio.to_thread.run_sync(lambda: None)   # another route's work, in the shared pool
             return len(finished)
