@@ -15,6 +15,7 @@ from datetime import datetime
 _LETTER = r"[^\W\d_]"
 _WORD = re.compile(rf"{_LETTER}(?:{_LETTER}|['\-])*{_LETTER}|\d{{2,4}}")
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)([A-Za-z][\w'\-]*)")
+_NUMBER = re.compile(r"\d+")  # every run of digits: a word keeps only 2-4 of them ("2 cats", "48213" are numbers too)
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are aren't as at be because been before
@@ -87,9 +88,9 @@ def says_nothing_new(stored: str, newcomer: str) -> bool:
     polarity, and no content word the note lacks; anything else it says is kept as a note of its own
     (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
     """
-    words_stored, words_new = words(stored), words(newcomer)
-    if {w for w in words_stored if w.isdigit()} != {w for w in words_new if w.isdigit()}:
+    if set(_NUMBER.findall(stored)) != set(_NUMBER.findall(newcomer)):
         return False
+    words_stored, words_new = words(stored), words(newcomer)
     if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):
         return False
     return set(content_words(newcomer)) <= set(content_words(stored))

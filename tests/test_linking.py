@@ -45,3 +45,11 @@ def test_a_restatement_says_nothing_new_and_a_changed_fact_does():
     assert not linking.says_nothing_new("entry 10 about the harbour in 2010", "entry 11 about the harbour in 2011")
     assert not linking.says_nothing_new("Bob likes green tea", "Bob does not like green tea")
     assert not linking.says_nothing_new("Bob likes green tea", "Carol grows green peppers")
+
+
+def test_every_number_counts_however_many_digits_it_has():
+    """Words keep only numbers of 2-4 digits: a corrected gate code or count was taken for a restatement."""
+    assert not linking.says_nothing_new("My gate code is 48213.", "My gate code is 48219.")
+    assert not linking.says_nothing_new("Zed owns 2 cats", "Zed owns 3 cats")
+    assert not linking.says_nothing_new("Dana's flight lands at 9:40", "Dana's flight lands at 9:45")
+    assert linking.says_nothing_new("My gate code is 48213.", "my gate code is 48213")

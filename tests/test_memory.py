@@ -314,6 +314,9 @@ def test_a_changed_fact_or_new_metadata_is_stored_not_taken_for_a_duplicate(memo
     repeat = memory.remember("Eve's flight to Paris leaves on Monday morning.", user_id="eve", metadata={"v": 1}, at=T0)
     assert repeat.id == monday.id  # the same words and metadata the note already holds: a restatement
     assert memory.stats().notes == 3
+    code = memory.remember("The gate code is 48213", user_id="eve", at=T0)
+    corrected = memory.remember("The gate code is 48219", user_id="eve", at=T0)
+    assert corrected.id != code.id and memory.get(corrected.id).text.endswith("48219")
 
 
 def test_same_text_in_another_scope_is_not_a_duplicate(memory):
