@@ -198,12 +198,14 @@ class AgentMemStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Reads see the store as it was before the batch (as LangGraph's InMemoryStore does); then the
-        puts are applied, the last put of a key winning, all checked before the first is written."""
+        puts are applied, the last put of a key winning. Every op is checked before the first runs: a
+        refused batch reinforces, refreshes and writes nothing."""
         ops = list(ops)
         for op in ops:
             if not isinstance(op, (GetOp, SearchOp, ListNamespacesOp, PutOp)):
                 raise InvalidInputError(f"unknown store operation: {type(op).__name__}")
             validate_op_namespace(op)
+            _check_read(op, self.memory.config.max_text_chars)
         puts = {(op.namespace, op.key): op for op in ops if isinstance(op, PutOp)}
         planned = [(op, self._planned_note(op)) for op in puts.values()]
         now = self.clock()
@@ -234,9 +236,6 @@ class AgentMemStore(BaseStore):
         return None if note is None else self._item(note, Item)
 
     def _search(self, op: SearchOp, now: datetime) -> list[SearchItem]:
-        _check_window(op.limit, op.offset)
-        if op.filter is not None and not isinstance(op.filter, Mapping):
-            raise InvalidInputError("filter must be a dict")
         prefix = {prefix_key(len(op.namespace_prefix)): joined(op.namespace_prefix)}
         wanted = op.offset + op.limit
 
@@ -297,10 +296,7 @@ class AgentMemStore(BaseStore):
                     pass
 
     def _list_namespaces(self, op: ListNamespacesOp, now: datetime) -> list[tuple[str, ...]]:
-        _check_window(op.limit, op.offset)
         depth = op.max_depth
-        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-            raise InvalidInputError("max_depth must be an integer >= 1")
         items = [n for n in self._notes({prefix_key(0): ""}, ()) if self._live(n, now)]
         stored = {tuple(n.metadata[NAMESPACE].split(".")) for n in items}
         matching = {ns for ns in stored if all(_namespace_matches(c, ns) for c in op.match_conditions or ())}
@@ -308,7 +304,7 @@ class AgentMemStore(BaseStore):
 
     def _find(self, namespace: tuple[str, ...], key: str, now: datetime | None) -> Note | None:
         """The note holding this item (None if there is none, or it expired by `now`)."""
-        found = self._notes({NAMESPACE: joined(namespace), KEY: key}, namespace)
+        found = self._notes(_item_filter(namespace, key), namespace)
         note = found[0] if found else None
         return note if note is not None and (now is None or self._live(note, now)) else None
 
@@ -380,7 +376,8 @@ class AgentMemStore(BaseStore):
     # ---- writing --------------------------------------------------------------------
 
     def _planned_note(self, op: PutOp) -> tuple[str, dict[str, Any]] | None:
-        """The text and metadata a put will write, checked now (None for a delete)."""
+        """The text and metadata a put will write, checked now (None for a delete, whose key is checked)."""
+        _item_filter(op.namespace, op.key)
         if op.value is None:
             return None
         if not op.namespace:
@@ -389,8 +386,6 @@ class AgentMemStore(BaseStore):
             raise InvalidNamespaceError(f'Root label for namespace cannot be "langgraph". Got: {op.namespace}')
         if len(op.namespace) > MAX_DEPTH:
             raise InvalidInputError(f"namespaces are at most {MAX_DEPTH} labels deep here, got {len(op.namespace)}")
-        if not isinstance(op.key, str):
-            raise InvalidInputError("keys are strings")
         if not isinstance(op.value, Mapping):
             raise InvalidInputError(f"a stored value must be a dict, got {type(op.value).__name__}")
         if op.ttl is not None:
@@ -487,6 +482,47 @@ def _malformed(meta: Mapping[str, Any]) -> str | None:
     if {k: v for k, v in meta.items() if k.startswith(PREFIX)} != prefixes:
         return f"its {PREFIX}* keys do not match its namespace"
     return None
+
+
+def _item_filter(namespace: tuple[str, ...], key: Any) -> dict[str, Any]:
+    """The filter that finds an item's note, checked: a key that cannot be looked up is refused
+    before any op of its batch runs."""
+    if not isinstance(key, str):
+        raise InvalidInputError("keys are strings")
+    return validation.filters({NAMESPACE: joined(namespace), KEY: key})
+
+
+def _check_read(op: Op, max_query_chars: int) -> None:
+    """A read's arguments, checked before any op of its batch runs (a search reinforces what it finds)."""
+    if isinstance(op, GetOp):
+        _item_filter(op.namespace, op.key)
+    elif isinstance(op, SearchOp):
+        _check_window(op.limit, op.offset)
+        if op.query:  # an empty one lists
+            validation.text(op.query, max_query_chars, "query")
+        if op.filter is not None and not isinstance(op.filter, Mapping):
+            raise InvalidInputError("filter must be a dict")
+        for value in (op.filter or {}).values():   # top-level keys are field names, `$` or not
+            _check_operators(value)
+    elif isinstance(op, ListNamespacesOp):
+        _check_window(op.limit, op.offset)
+        depth = op.max_depth
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise InvalidInputError("max_depth must be an integer >= 1")
+
+
+def _check_operators(expected: Any) -> None:
+    """Every `$` operator below a filter's field is one `_value_matches` knows, whether or not an item is compared."""
+    if isinstance(expected, Mapping):
+        if any(str(key).startswith("$") for key in expected):
+            for key in expected:
+                _operator(str(key))
+        else:
+            for value in expected.values():
+                _check_operators(value)
+    elif isinstance(expected, (list, tuple)):
+        for value in expected:
+            _check_operators(value)
 
 
 def _check_window(limit: Any, offset: Any) -> None:

@@ -10,7 +10,7 @@ from typing import TypedDict
 import pytest
 from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
-from langgraph.store.base import InvalidNamespaceError, Item, PutOp, SearchItem
+from langgraph.store.base import GetOp, InvalidNamespaceError, Item, ListNamespacesOp, PutOp, SearchItem, SearchOp
 from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
@@ -489,6 +489,28 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
     with pytest.raises(InvalidInputError):
         AgentMemStore(memory="not a memory")
     assert [(i.key, i.value) for i in store.search(())] == [("k", {"v": 1})] and len(memory.notes()) == 1
+
+
+def test_a_refused_batch_changes_nothing_whatever_op_is_refused(memory):
+    """Deletes were checked only as they ran, and reads ran (reinforcing what they found) before a later
+    op was checked: a refused batch had already updated, forgotten and reinforced notes."""
+    store = AgentMemStore(memory=memory)
+    store.batch([PutOp(("ok",), "k1", {"text": "Maya lives in Lisbon"}), PutOp(("ok",), "k2", {"text": "Ben skis"})])
+    before = {note.id: (note.text, note.recall_count, note.metadata) for note in memory.notes()}
+    refused = [
+        [PutOp(("ok",), "k1", {"text": "CHANGED"}), PutOp(("ok",), "bad\x00key", None)],   # a delete's key
+        [PutOp(("ok",), "k2", None), PutOp(("ok",), "k" * 70_000, None)],                 # too long to look up
+        [SearchOp(("ok",), query="Where does Maya live?"), SearchOp(("ok",), filter={"v": {"$in": [1]}})],
+        [SearchOp(("ok",), query="Where does Maya live?"), SearchOp(("ok",), query="a\x00b")],
+        [SearchOp(("ok",), query="Where does Maya live?"), GetOp(("ok",), "k" * 70_000)],
+        [SearchOp(("ok",), query="Where does Maya live?"), ListNamespacesOp(max_depth=0)],
+    ]
+    for ops in refused:
+        with pytest.raises(InvalidInputError):
+            store.batch(ops)
+        assert {note.id: (note.text, note.recall_count, note.metadata) for note in memory.notes()} == before, ops
+    with pytest.raises(InvalidInputError):   # an unknown operator is refused even where no item is compared
+        store.search(("nothing", "here"), filter={"v": {"$in": [1]}})
 
 
 class State(TypedDict, total=False):
