@@ -17,8 +17,11 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from .. import validation
+from ..errors import InvalidInputError
 from ..memory import Memory
 from ..notes import Hit
+
+OVERRIDES = ("k", "user_id", "agent_id", "session_id", "filters")  # what a call may set for itself
 
 
 def hit_document(hit: Hit) -> Document:
@@ -48,7 +51,8 @@ class AgentMemRetriever(BaseRetriever):
     """Recall from a `Memory` as LangChain documents, best first.
 
     Per call, `k`, `user_id`, `agent_id`, `session_id` and `filters` replace the retriever's own
-    (a scope left as None keeps the retriever's). Bad values raise agentmem's `InvalidInputError`.
+    (one left as None keeps the retriever's). Bad values, and other names, raise agentmem's
+    `InvalidInputError`; bad fields at construction, pydantic's `ValidationError`.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -57,7 +61,7 @@ class AgentMemRetriever(BaseRetriever):
     user_id: str | None = None
     agent_id: str | None = None
     session_id: str | None = None
-    k: int = Field(5, ge=1, le=validation.MAX_K)
+    k: int = Field(5, ge=1, le=validation.MAX_K, strict=True)
     filters: dict[str, str | int | float | bool] | None = None
     include_archived: bool = False
     reinforce: bool = True
@@ -67,27 +71,19 @@ class AgentMemRetriever(BaseRetriever):
     def _scope_is_valid(cls, value: str | None, info: ValidationInfo) -> str | None:
         return validation.scope(info.field_name, value)
 
+    @field_validator("filters")
+    @classmethod
+    def _filters_are_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else validation.filters(value)
+
     def _get_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: CallbackManagerForRetrieverRun,
-        k: int | None = None,
-        user_id: str | None = None,
-        agent_id: str | None = None,
-        session_id: str | None = None,
-        filters: dict[str, str | int | float | bool] | None = None,
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **overrides: Any
     ) -> list[Document]:
-        hits = self.memory.recall(
-            query,
-            k=self.k if k is None else k,
-            user_id=user_id or self.user_id,
-            agent_id=agent_id or self.agent_id,
-            session_id=session_id or self.session_id,
-            filters=self.filters if filters is None else filters,
-            include_archived=self.include_archived,
-            reinforce=self.reinforce,
-        )
+        unknown = sorted(set(overrides) - set(OVERRIDES))
+        if unknown:
+            raise InvalidInputError(f"unknown argument {unknown[0]!r}; a call may set {', '.join(OVERRIDES)}")
+        chosen = {name: getattr(self, name) if overrides.get(name) is None else overrides[name] for name in OVERRIDES}
+        hits = self.memory.recall(query, **chosen, include_archived=self.include_archived, reinforce=self.reinforce)
         return [hit_document(hit) for hit in hits]
 
     async def _aget_relevant_documents(

@@ -204,6 +204,9 @@ class AgentMemStore(BaseStore):
         for op in ops:
             if not isinstance(op, (GetOp, SearchOp, ListNamespacesOp, PutOp)):
                 raise InvalidInputError(f"unknown store operation: {type(op).__name__}")
+            namespace = getattr(op, "namespace", getattr(op, "namespace_prefix", ()))
+            if not isinstance(namespace, tuple):   # a string would pass as its letters: "ab" as ("a", "b")
+                raise InvalidInputError(f"a namespace is a tuple of strings, not a {type(namespace).__name__}")
             validate_op_namespace(op)
             _check_read(op, self.memory.config.max_text_chars)
         puts = {(op.namespace, op.key): op for op in ops if isinstance(op, PutOp)}

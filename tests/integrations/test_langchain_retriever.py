@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from pydantic import ValidationError
 from langchain_core.documents import Document
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
@@ -90,4 +91,12 @@ def test_bad_input_raises_typed_errors_and_changes_nothing(maya_memory):
         AgentMemRetriever(memory="not a memory")
     with pytest.raises(ValueError):
         AgentMemRetriever(memory=maya_memory, user_id="")
+    for field in ({"filters": {"v": float("nan")}}, {"filters": {"a\x00": 1}}, {"filters": {"big": 2**70}},
+                  {"k": True}, {"k": "3"}):   # refused when made, not at the first invoke
+        with pytest.raises(ValidationError):
+            AgentMemRetriever(memory=maya_memory, **field)
+    with pytest.raises(InvalidInputError):   # an empty user is refused, not taken for the retriever's own
+        retriever.invoke("Where does Maya live?", user_id="")
+    with pytest.raises(InvalidInputError, match="unknown argument 'usr'"):   # a misspelt override
+        retriever.invoke("Where does Maya live?", usr="ben")
     assert maya_memory.stats() == before

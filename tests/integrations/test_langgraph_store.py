@@ -471,6 +471,9 @@ def test_bad_input_raises_what_langgraph_raises_or_typed_errors_and_writes_nothi
         store.batch([PutOp(("ok",), "k2", {"v": 2}), PutOp(("ok",), "k3", {"v": object()})])
     with pytest.raises(InvalidInputError):
         store.put(("ok",), "k4", "not a dict")
+    for namespace in ("ok", ["ok"]):   # a string would be filed under its letters, ("o", "k")
+        with pytest.raises(InvalidInputError, match="tuple of strings"):
+            store.put(namespace, "k4", {"v": 1})
     for value in ({"nested": {1: "an int key would come back as '1'"}}, {"n": float("nan")}, {"s": "a\x00b"}):
         with pytest.raises(InvalidInputError):   # what JSON would change, or a JSON store refuses
             store.put(("ok",), "k5", value)
