@@ -666,7 +666,7 @@ class Memory:
 
         `retrieval=False` never reads the notes: what the model alone (with its edits) says.
         """
-        question = self._text(question)
+        question = self._text(question, "question")
         check.count(k, "k")
         check.count(max_new_tokens, "max_new_tokens", high=4096)
         check.flag(retrieval, "retrieval")

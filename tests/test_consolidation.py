@@ -434,6 +434,8 @@ def test_bad_input_raises_typed_errors_and_changes_nothing(open_memory, tmp_path
         with pytest.raises(InvalidInputError):
             call()
     assert mem.ledger() == [] and live_edits(mem) == set()
+    with pytest.raises(InvalidInputError, match="question contains a NUL"):   # named as the caller named it
+        mem.answer("Where\x00 does Alice live?")
     with pytest.raises(InvalidInputError):
         Memory(tmp_path / "x", embedder=embedder, model=tiny_lm, editor="no-such-editor")
     with pytest.raises(InvalidInputError):

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from .. import validation
 from ..errors import AgentMemError, InvalidInputError
 from ..facts import ChatFunction
 from ..memory import Memory
@@ -76,8 +77,9 @@ class MemoryChat:
             raise InvalidInputError("MemoryChat wraps a Memory")
         if chat is not None and not callable(chat):
             raise InvalidInputError("chat must be a callable taking a list of messages and returning text")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+        validation.count(k, "k")  # each checked now, not at the first reply
+        validation.scope("user_id", user_id)
+        validation.scope("agent_id", agent_id)
         if isinstance(history_turns, bool) or not isinstance(history_turns, int) or history_turns < 0:
             raise InvalidInputError(f"history_turns must be an integer >= 0, got {history_turns!r}")
         self.memory = memory

@@ -60,6 +60,9 @@ def test_bad_input_is_refused_and_nothing_is_remembered(memory):
     for turns in (-1, 1.5, True):
         with pytest.raises(InvalidInputError):
             MemoryChat(memory, Recorder(), history_turns=turns)
+    for bad in ({"user_id": ""}, {"agent_id": "a\x00b"}, {"k": 5000}, {"k": 0}):   # at once, not at the first reply
+        with pytest.raises(InvalidInputError):
+            MemoryChat(memory, Recorder(), **bad)
     chat = MemoryChat(memory, lambda messages: None)
     with pytest.raises(InvalidInputError):
         chat.reply("   ")
