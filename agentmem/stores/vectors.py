@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -54,6 +55,9 @@ STORE_KEY = "agentmem_store"  # collection metadata: the id of the note graph th
 # (/tmp/H16/saw.py and saw2.py, 2026-11-23, BENCHMARKS.md latency-stores).
 SYNC_THRESHOLD = 100
 WRITE_CHUNK = 1000  # vectors per Chroma call (below its maximum batch)
+# Chroma's rule for names, checked before Chroma sees one: it refuses others only as it opens the
+# collection, which reads like a damaged index (and an embedded one would be rebuilt)
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
 
 # A Chroma 1.5.9 server searching a collection while another client's write saves its HNSW
 # graph for the first time can fail with this; the same search a moment later succeeds. Seen
@@ -108,8 +112,11 @@ def _reachable(what: str) -> Iterator[None]:
 
 class VectorIndex:
     def __init__(self, path: Path, collection: str, url: str | None, key: bytes):
-        if not 3 <= len(collection) <= 512:
-            raise InvalidInputError("collection names need 3 to 512 characters")
+        if not isinstance(collection, str) or not COLLECTION_NAME.fullmatch(collection) or ".." in collection:
+            raise InvalidInputError(
+                f"a collection name has 3-512 characters from A-Z a-z 0-9 . _ - (no '..'), first and last a letter"
+                f" or digit; got {collection!r}"
+            )
         self._path, self._url, self._name, self._key = path, url, collection, key
         self.mode = "server" if url else "embedded"
         # a search checks the scope of every candidate it finds, mostly of a few users and sessions

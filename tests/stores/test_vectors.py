@@ -65,10 +65,25 @@ def test_malformed_server_urls_are_rejected(tmp_path, url):
         VectorIndex(tmp_path, "notes", url, KEY)
 
 
-@pytest.mark.parametrize("name", ["ab", "x" * 513])
-def test_collection_names_need_3_to_512_characters(tmp_path, name):
-    with pytest.raises(InvalidInputError, match="3 to 512"):
-        VectorIndex(tmp_path, name, None, KEY)
+@pytest.mark.parametrize("name", ["ab", "x" * 513, "bad name!", "_notes", "notes.", "a..b", "café_notes", 5])
+def test_a_collection_name_chroma_would_refuse_is_refused_before_chroma_sees_it(tmp_path, name):
+    """Chroma refused it only on opening, which read as a damaged index: an embedded one was rebuilt."""
+    with pytest.raises(InvalidInputError, match="a collection name has 3-512 characters"):
+        VectorIndex(tmp_path / "chroma", name, None, KEY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_collection_name_leaves_an_existing_store_and_its_index_as_they_were(tmp_path, embedder):
+    from agentmem import Memory
+
+    with Memory(tmp_path / "m", embedder=embedder) as mem:
+        note = mem.remember("Ada writes compilers in Zurich")
+    index_files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "m" / "chroma").rglob("*"))
+    with pytest.raises(InvalidInputError, match="collection name"):
+        Memory(tmp_path / "m", embedder=embedder, collection="bad name!")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "m" / "chroma").rglob("*")) == index_files
+    with Memory(tmp_path / "m", embedder=embedder) as mem:
+        assert [hit.note.id for hit in mem.recall("Who writes compilers?", k=1)] == [note.id]
 
 
 def test_an_unreachable_server_is_a_typed_error(tmp_path):
