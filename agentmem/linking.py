@@ -15,7 +15,9 @@ from datetime import datetime
 _LETTER = r"[^\W\d_]"
 _WORD = re.compile(rf"{_LETTER}(?:{_LETTER}|['\-])*{_LETTER}|\d{{2,4}}")
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)([A-Za-z][\w'\-]*)")
-_NUMBER = re.compile(r"\d+")  # every run of digits: a word keeps only 2-4 of them ("2 cats", "48213" are numbers too)
+# a number as written: sign, digits and the separators inside it ("-18", "3.5", "2025-03-05", "9:40"); a word
+# keeps only 2-4 digits, and "2 cats" or "48213" are numbers too
+_NUMBER = re.compile(r"[-+−]?\d+(?:[.,:/-]\d+)*")
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are aren't as at be because been before
@@ -84,11 +86,11 @@ def says_nothing_new(stored: str, newcomer: str) -> bool:
 
     Embeddings barely see numbers, negation or a changed word: "entry 10 in 2010" and "entry 11
     in 2011", "likes tea" and "does not like tea", "leaves on Monday" and "leaves on Tuesday" can
-    be near-identical vectors. A newcomer repeats the note only with the same numbers, the same
-    polarity, and no content word the note lacks; anything else it says is kept as a note of its own
+    be near-identical vectors. A newcomer repeats the note only with the same numbers in the same
+    order ("3.5 mg" is not "5.3 mg"), the same polarity, and no content word the note lacks; anything else it says is kept as a note of its own
     (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
     """
-    if set(_NUMBER.findall(stored)) != set(_NUMBER.findall(newcomer)):
+    if _NUMBER.findall(stored) != _NUMBER.findall(newcomer):
         return False
     words_stored, words_new = words(stored), words(newcomer)
     if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):

@@ -52,4 +52,9 @@ def test_every_number_counts_however_many_digits_it_has():
     assert not linking.says_nothing_new("My gate code is 48213.", "My gate code is 48219.")
     assert not linking.says_nothing_new("Zed owns 2 cats", "Zed owns 3 cats")
     assert not linking.says_nothing_new("Dana's flight lands at 9:40", "Dana's flight lands at 9:45")
+    for stored, corrected in [("Maya's dose is 3.5 mg daily", "Maya's dose is 5.3 mg daily"),
+                              ("The review is on 2025-03-05", "The review is on 2025-05-03"),
+                              ("The freezer runs at -18 degrees", "The freezer runs at 18 degrees"),
+                              ("Zed has 2 cats and 3 dogs", "Zed has 3 cats and 2 dogs")]:
+        assert not linking.says_nothing_new(stored, corrected), corrected   # the same digits, another number
     assert linking.says_nothing_new("My gate code is 48213.", "my gate code is 48213")

@@ -239,7 +239,7 @@ class AgentMemStore(BaseStore):
         return None if note is None else self._item(note, Item)
 
     def _search(self, op: SearchOp, now: datetime) -> list[SearchItem]:
-        prefix = {prefix_key(len(op.namespace_prefix)): joined(op.namespace_prefix)}
+        prefix = _prefix_filter(op.namespace_prefix)
         wanted = op.offset + op.limit
 
         def admissible(note: Note) -> bool:
@@ -268,7 +268,7 @@ class AgentMemStore(BaseStore):
         scope = self._read_scope(namespace_prefix)
         if wanted == 0 or scope is None:
             return []
-        prefix = {prefix_key(len(namespace_prefix)): joined(namespace_prefix)}
+        prefix = _prefix_filter(namespace_prefix)
         k = min(wanted, validation.MAX_K)
         while True:
             hits = self.memory.recall(query, k=k, filters=prefix, include_archived=True, reinforce=False, **scope)
@@ -495,11 +495,17 @@ def _item_filter(namespace: tuple[str, ...], key: Any) -> dict[str, Any]:
     return validation.filters({NAMESPACE: joined(namespace), KEY: key})
 
 
+def _prefix_filter(namespace_prefix: tuple[str, ...]) -> dict[str, Any]:
+    """The filter that finds the items under a namespace prefix, checked like `_item_filter`."""
+    return validation.filters({prefix_key(len(namespace_prefix)): joined(namespace_prefix)})
+
+
 def _check_read(op: Op, max_query_chars: int) -> None:
     """A read's arguments, checked before any op of its batch runs (a search reinforces what it finds)."""
     if isinstance(op, GetOp):
         _item_filter(op.namespace, op.key)
     elif isinstance(op, SearchOp):
+        _prefix_filter(op.namespace_prefix)
         _check_window(op.limit, op.offset)
         if op.query:  # an empty one lists
             validation.text(op.query, max_query_chars, "query")

@@ -6,7 +6,8 @@ that every route shares would let forty waiting answers stall the whole server; 
 on the lane's lock, without a thread, and only the call whose turn it is holds one.
 
 A turn costs every call queued behind it seconds, so the lane admits a bounded queue and spends
-no turn on a request nobody waits for: uvicorn does not cancel a handler whose client has gone.
+no turn on a request nobody waits for: uvicorn does not cancel a handler whose client has gone, so
+a waiting call watches its client and leaves the queue (freeing its user's place) once it has gone.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .errors import ClientGoneError, LaneFullError
 from .limits import LANE_PER_USER, LANE_TOTAL
 
 T = TypeVar("T")
+GONE_POLL_S = 0.5  # how often a waiting call asks whether its client is still there
 
 
 class ModelLane:
@@ -51,11 +53,34 @@ class ModelLane:
                                 "try again once one is answered")
         self._queued[user] += 1
         try:
-            async with self._turn:
+            if not await self._turn_unless_gone(client):
+                raise ClientGoneError("the client closed the connection while it waited for the model")
+            try:
                 if client is not None and await client.is_disconnected():
                     raise ClientGoneError("the client closed the connection before its turn on the model")
                 return await anyio.to_thread.run_sync(call, *args)
+            finally:
+                self._turn.release()
         finally:
             self._queued[user] -= 1
             if not self._queued[user]:
                 del self._queued[user]
+
+    async def _turn_unless_gone(self, client: Request | None) -> bool:
+        """Take the lane in turn (True), or leave the queue as soon as `client` has gone (False). A cancelled
+        wait never holds the lock, and the watch does not cost the call its place in the queue."""
+        if client is None:
+            await self._turn.acquire()
+            return True
+        taken = False
+        async with anyio.create_task_group() as waiting:
+            async def watch() -> None:
+                while not await client.is_disconnected():
+                    await anyio.sleep(GONE_POLL_S)
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(watch)
+            await self._turn.acquire()
+            taken = True
+            waiting.cancel_scope.cancel()
+        return taken

@@ -507,6 +507,8 @@ def test_a_refused_batch_changes_nothing_whatever_op_is_refused(memory):
         [SearchOp(("ok",), query="Where does Maya live?"), SearchOp(("ok",), query="a\x00b")],
         [SearchOp(("ok",), query="Where does Maya live?"), GetOp(("ok",), "k" * 70_000)],
         [SearchOp(("ok",), query="Where does Maya live?"), ListNamespacesOp(max_depth=0)],
+        [SearchOp(("ok",), query="Where does Maya live?"), SearchOp(("a\ud800b",), query="tea")],
+        [SearchOp(("ok",), query="Where does Maya live?"), SearchOp(("x" * 70_000,), query="tea")],
     ]
     for ops in refused:
         with pytest.raises(InvalidInputError):

@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from agentmem.server.errors import ClientGoneError, LaneFullError
 from agentmem.server.limits import LANE_PER_USER
-from agentmem.server.model_lane import ModelLane
+from agentmem.server.model_lane import GONE_POLL_S, ModelLane
 
 from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, Served
 
@@ -99,6 +99,39 @@ def test_a_call_whose_client_has_gone_by_its_turn_is_not_made():
 
     anyio.run(calls)
     assert made == ["here"]
+
+
+def test_a_call_whose_client_leaves_while_it_waits_frees_its_users_place_at_once():
+    """A user whose clients had all left still got 429 until the calls ahead of theirs had run."""
+    class Client:
+        gone = False
+
+        async def is_disconnected(self) -> bool:
+            return self.gone
+
+    lane, release, made = ModelLane(per_user=1, total=3), threading.Event(), []
+    leaving = Client()
+
+    async def calls() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: lane.run(lambda: release.wait(10), user="bob"))   # holds the lane
+            await anyio.sleep(0.05)
+
+            async def wait_then_leave() -> None:
+                with pytest.raises(ClientGoneError):
+                    await lane.run(made.append, "left", user="alice", client=leaving)
+
+            group.start_soon(wait_then_leave)
+            await anyio.sleep(0.05)
+            leaving.gone = True
+            await anyio.sleep(GONE_POLL_S + 0.2)   # the lane is still held by bob's call
+            # alice's place is free again: her next call queues (a LaneFullError here would fail the test)
+            group.start_soon(lambda: lane.run(made.append, "again", user="alice"))
+            await anyio.sleep(0.05)
+            release.set()
+
+    anyio.run(calls)
+    assert made == ["again"]
 
 
 def post(server: Served, key: str, path: str, body: dict, timeout: float = 300.0) -> httpx.Response:
