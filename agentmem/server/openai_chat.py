@@ -82,6 +82,11 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
 
 
+def system_message(body: ChatCompletionRequest) -> str:
+    """The request's system and developer messages, as one."""
+    return "\n\n".join(m.text() for m in body.messages[:-1] if m.role in ("system", "developer"))
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -175,20 +180,28 @@ class ChatService:
         client: Request | None = None,
     ) -> ChatCompletion:
         """`turn` on a worker thread; a local turn on the model's lane (`ModelLane`), queued for the
-        user it acts for and skipped if `client` has gone by its turn."""
+        (checked) user it acts for and skipped if `client` has gone by its turn."""
+        user, session = self.checked(body, mem, user, session)
         if self.upstream is not None:
-            return await anyio.to_thread.run_sync(self.turn, body, mem, user, session)
-        return await self.lane.run(self.turn, body, mem, user, session, user=mem.user(user), client=client)
+            return await anyio.to_thread.run_sync(self.turn, body, user, session)
+        return await self.lane.run(self.turn, body, user, session, user=user, client=client)
 
-    def turn(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None, session: str | None) -> ChatCompletion:
-        *earlier, last = body.messages
+    def checked(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None,
+                session: str | None) -> tuple[str | None, str | None]:
+        """The user and session a turn acts for, its messages checked: at once, so a bad turn neither waits
+        for the model nor counts as another user's, and changes nothing."""
+        last = body.messages[-1]
         if last.role != "user" or not last.text().strip():
             raise InvalidInputError("the last message must be a non-empty user message")
-        system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer"))
+        system = system_message(body)
         if system and self.upstream is None:  # the local model reads it: checked as a note's text is
             validation.text(system, self.memory.config.max_text_chars, "the system message")
-        session = validation.scope("session_id", session)  # before the turn: a failing turn changes nothing
-        chat = MemoryChat(self.memory, self.chat_function(body), user_id=mem.user(user), system=system or SYSTEM)
+        return validation.scope("user_id", mem.user(user)), validation.scope("session_id", session)
+
+    def turn(self, body: ChatCompletionRequest, user: str | None, session: str | None) -> ChatCompletion:
+        """One chat turn as `checked` let it through: recall, reply, remember."""
+        *earlier, last = body.messages
+        chat = MemoryChat(self.memory, self.chat_function(body), user_id=user, system=system_message(body) or SYSTEM)
         if session is not None:
             chat.session_id = session
         chat.history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]

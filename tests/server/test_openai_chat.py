@@ -14,10 +14,11 @@ import openai
 import pytest
 from openai import OpenAI
 
+from agentmem import InvalidInputError
 from agentmem.server.access import ScopedMemory
 from agentmem.server.auth import Caller
 from agentmem.server.model_lane import ModelLane
-from agentmem.server.openai_chat import ChatService
+from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
 
 from .conftest import ALICE_KEY, start_server
 
@@ -104,7 +105,7 @@ def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
     service = ChatService(memory=None, lane=ModelLane(total=60), upstream=None)
     model, finished = threading.Lock(), []
 
-    def turn(body, mem, user, session):   # a local turn: the model, one at a time
+    def turn(body, user, session):   # a local turn: the model, one at a time
         with model:
             time.sleep(0.05)
         finished.append(body)
@@ -114,12 +115,37 @@ def test_local_turns_waiting_for_the_model_hold_no_thread_of_the_shared_pool():
     async def chats_and_another_route() -> int:
         async with anyio.create_task_group() as chats:
             for i in range(60):
-                chats.start_soon(service.run_turn, i, ScopedMemory(None, Caller()), None, None)
+                body = ChatCompletionRequest(messages=[{"role": "user", "content": f"Chat number {i}"}])
+                chats.start_soon(service.run_turn, body, ScopedMemory(None, Caller()), None, None)
             await anyio.sleep(0.02)
             await anyio.to_thread.run_sync(lambda: None)   # another route's work, in the shared pool
             return len(finished)
 
     assert anyio.run(chats_and_another_route) < 10   # not after the 20 chats queued before it for a thread
+
+
+def test_a_malformed_turn_is_refused_at_once_not_after_waiting_for_the_model():
+    """It waited behind every turn queued for the model first, counted as whatever user it named."""
+    service = ChatService(memory=None, lane=ModelLane(), upstream=None)
+    release = threading.Event()
+    bad = [ChatCompletionRequest(messages=[{"role": "assistant", "content": "I answer myself"}]),
+           ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], user="alice\x00")]
+
+    async def refused_while_the_model_is_busy() -> list[str]:
+        errors = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: service.lane.run(lambda: release.wait(10)))   # holds the model
+            await anyio.sleep(0.05)
+            for body in bad:
+                with anyio.fail_after(2):   # not behind the held turn
+                    try:
+                        await service.run_turn(body, ScopedMemory(None, Caller()), body.user, None)
+                    except InvalidInputError as exc:
+                        errors.append(str(exc))
+            release.set()
+        return errors
+
+    assert len(anyio.run(refused_while_the_model_is_busy)) == 2
 
 
 def test_the_openai_client_shows_why_a_request_was_refused(server):
