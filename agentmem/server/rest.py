@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import transfer
+from .. import transfer, validation
 from ..errors import InvalidInputError
 from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryStats, Note
 from .access import ScopedMemory
@@ -297,7 +297,7 @@ def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
 @router.post("/answer", response_model=Answer, tags=["consolidation"], responses=LANE_FULL,
              summary="answer from the weights where edits cover the question, else from recalled notes")
 async def answer(request: Request, body: AnswerRequest, mem: Scoped, lane: Lane) -> Answer:
-    user_id = mem.user(body.user_id)
+    user_id = validation.scope("user_id", mem.user(body.user_id))  # before queueing: the lane counts per user
     return await lane.run(lambda: mem.memory.answer(
         body.question, k=body.k, user_id=user_id, agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
