@@ -15,9 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import AgentMemError
 from ..memory import Memory
+from ..validation import reasons
 from . import openai_chat, rest
 from .auth import ApiKeyMiddleware, ApiKeys, HostGuardMiddleware, trusted_hosts
-from ..validation import reasons
 from .errors import error_response, typed_error_response
 from .jobs import JobRunner
 from .limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
