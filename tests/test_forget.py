@@ -19,14 +19,11 @@ SECRET_WORDS = ["zylophrax", "marmoset", "keycard"]
 SECRET_META = {"vaultcode": "pelicanXJ9"}
 
 
-def store_bytes(path: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in path.rglob("*") if p.is_file())
-
-
 def traces(path: Path, needles: list[str]) -> list[str]:
-    """Needles found in any file, in UTF-8 or in SQLite FTS's lower-cased form."""
-    data = store_bytes(path)
-    return [n for n in needles if n.encode() in data or n.lower().encode() in data]
+    """Needles found in any file, in UTF-8 or in SQLite FTS's lower-cased form, each as "needle in file"."""
+    files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    return [f"{n} in {p.relative_to(path)}" for n in needles for p, data in files.items()
+            if n.encode() in data or n.lower().encode() in data]
 
 
 def test_forget_leaves_no_trace_in_any_file(tmp_path, embedder):
