@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -382,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
-    command = "python -m agentmem.eval.consolidation " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = report.command_line(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     every = load_zsre(args.data)

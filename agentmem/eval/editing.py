@@ -31,9 +31,7 @@ import argparse
 import functools
 import inspect
 import json
-import shlex
 import statistics
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -295,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
-    command = "python -m agentmem.eval.editing " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = report.command_line(parser, argv)
 
     counterfact = is_counterfact(args.data[0][0])
     if args.paraphrases != "file" and not counterfact:

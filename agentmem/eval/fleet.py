@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -32,7 +31,7 @@ import psutil
 
 from .latency import corpus
 from .postgres_server import TemporaryPostgres
-from .report import add_benchmarks_option, machine_line, write_section
+from .report import add_benchmarks_option, command_line, machine_line, write_section
 
 REPLICA = """
 import sys, time, json
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     add_benchmarks_option(parser)
     args = parser.parse_args(argv)
     result = run(args.data, args.notes, args.threads)
-    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = command_line(parser, argv)
     write_section("fleet", markdown(result, command.strip()), args.benchmarks)
     print(json.dumps(result, indent=2))
 

@@ -42,7 +42,6 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from ..notes import Note
 from ..models import bundled_embedder_path, load_embedder
 from ..stores.vectors import client_settings
 from .postgres_server import TemporaryPostgres
-from .report import add_benchmarks_option, machine_line, write_section
+from .report import add_benchmarks_option, command_line, machine_line, write_section
 
 PROBES = 100  # single remembers and recalls timed at each size
 CHUNK = 500  # remember_many batch size while filling
@@ -345,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = command_line(parser, argv)
     results: dict = {"stores": {}}
 
     def report(store: str, figures: dict) -> None:

@@ -25,9 +25,7 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> list[StudyRow]:
     if not args.out.is_file():
         args.out.write_text(f"{report.machine_line()}\n\n{HEADER}\n")
     with args.out.open("a") as table:
-        table.write(f"\n<!-- python -m agentmem.eval.locate_study {shlex.join(sys.argv[1:] if argv is None else argv)} -->\n")
+        table.write(f"\n<!-- {report.command_line(parser, argv)} -->\n")
     rows = []
     for study in studies:
         rows.append(run_configuration(lm, study, records, args.batch_size, unedited_loc, args.cache))

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import sys
 import tempfile
 from collections import defaultdict
@@ -45,7 +44,7 @@ from ..memory import Memory
 from ..notes import MemoryItem
 from ..models import load_embedder
 from .postgres_server import TemporaryPostgres
-from .report import add_benchmarks_option, machine_line, write_section
+from .report import add_benchmarks_option, command_line, machine_line, write_section
 
 KS = (1, 5, 10, 25)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
@@ -345,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("AGENTMEM_HOME", str(Path(root) / "home"))  # a PostgreSQL store's embedded index
         for store in args.store:
             by_store[store] = run_on(store, conversations, configs, Path(root))
-    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = command_line(parser, argv)
     if args.store != ["sqlite"]:
         write_section("locomo-stores", stores_markdown(by_store, len(conversations), command.strip()), args.benchmarks)
     else:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shlex
+import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +41,11 @@ def machine_line() -> str:
 def add_benchmarks_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
     """`--benchmarks FILE` (`''` for none): one spelling and default on every benchmark, as the README says."""
     parser.add_argument("--benchmarks", *aliases, default=str(DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")
+
+
+def command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str:
+    """The command a benchmark was run with, as recorded beside its figures (quoted as a shell would need)."""
+    return f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
 
 
 def write_section(name: str, markdown: str, path: Path | str = DEFAULT_PATH) -> None:

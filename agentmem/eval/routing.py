@@ -28,9 +28,7 @@ then are the gate's anchors, instead of the names and numbers derived from the q
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -182,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     report.add_benchmarks_option(parser)
     args = parser.parse_args(argv)
-    command = "python -m agentmem.eval.routing " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = report.command_line(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     every = load_zsre(args.data)

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import shutil
 import socket
 import statistics
@@ -31,7 +30,7 @@ import httpx
 from ..memory import Memory
 from ..models import load_embedder
 from .latency import corpus, percentiles, timed
-from .report import add_benchmarks_option, machine_line, write_section
+from .report import add_benchmarks_option, command_line, machine_line, write_section
 
 CLIENTS, CALLS = 16, 200
 
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "agentmem.eval.serving", *(argv if argv is not None else sys.argv[1:])]
         os.execve(sys.executable, command, {**os.environ, **thread_env(args.threads)})
     results = run(args.data, args.notes, args.probes, args.threads)
-    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = command_line(parser, argv)
     write_section("serving", markdown(results, command.strip()), args.benchmarks)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

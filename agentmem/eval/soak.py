@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from hypothesis import strategies as st
 from ..memory import Memory
 from ..models import load_embedder
 from .fuzzing import Outcome, apply, calls, readable
-from .report import add_benchmarks_option, machine_line, write_section
+from .report import add_benchmarks_option, command_line, machine_line, write_section
 
 
 def text_of(writer: str, seq: int) -> str:
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
                 "raised but changed the store": sum(o.changed_on_error for o in outcomes),
             }
         counts["stores left unreadable"] = sum("unreadable" in o.result for o in outcomes) + (readable(path) is not None)
-    command = f"{parser.prog} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = command_line(parser, argv)
     table = "\n".join(f"| {name} | {value} |" for name, value in counts.items())
     findings = "\n".join(f"- `{o.call!r}`: {o.result}" for o in outcomes if o.result not in ("ok", "typed"))
     fuzzing = f"then {args.fuzz} fuzzed calls" if args.fuzz else "fuzzing not run (`--fuzz 0`)"
