@@ -32,7 +32,12 @@ class PayloadTooLargeError(AgentMemError, ValueError):
 
 class LaneFullError(AgentMemError, RuntimeError):
     """Too many requests already wait for the local model, for this user or in all: a queue without a
-    bound would let one caller delay every other caller's turn without end."""
+    bound would let one caller delay every other caller's turn without end. `retry_after_s` is when a place
+    is likely free again (one turn's time), sent as `Retry-After`, which the `openai` client honours."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ClientGoneError(AgentMemError, ConnectionError):
@@ -96,4 +101,6 @@ def error_response(path: str, status: int, kind: str, message: str,
 
 
 def typed_error_response(path: str, error: AgentMemError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if isinstance(error, LaneFullError):
+        headers = {**(headers or {}), "retry-after": str(error.retry_after_s)}
     return error_response(path, status_of(error), type(error).__name__, str(error), headers)

@@ -15,6 +15,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
+import math
+import time
+
 import anyio
 import anyio.to_thread
 from starlette.requests import Request
@@ -24,6 +27,7 @@ from .limits import LANE_PER_USER, LANE_TOTAL
 
 T = TypeVar("T")
 GONE_POLL_S = 0.5  # how often a waiting call asks whether its client is still there
+TURN_WEIGHT = 0.2  # the weight of the latest turn in the running mean of a turn's seconds
 
 
 class ModelLane:
@@ -38,6 +42,7 @@ class ModelLane:
         self.per_user, self.total = per_user, total
         self._turn = anyio.Lock()
         self._queued: Counter[str | None] = Counter()  # calls waiting or running, by the user they act for
+        self.mean_turn_s = 1.0  # a running mean of how long a turn holds the lane: a refusal's `Retry-After`
 
     async def run(self, call: Callable[..., T], *args: object, user: str | None = None,
                   client: Request | None = None) -> T:
@@ -46,11 +51,12 @@ class ModelLane:
         Raises `LaneFullError` at once if the queue is full for `user` or for everyone, and
         `ClientGoneError`, without calling, if `client`'s connection is closed when the turn comes.
         """
+        retry_after_s = max(1, math.ceil(self.mean_turn_s))
         if self._queued.total() >= self.total:
-            raise LaneFullError(f"{self.total} requests already wait for the model; try again later")
+            raise LaneFullError(f"{self.total} requests already wait for the model; try again later", retry_after_s)
         if user is not None and self._queued[user] >= self.per_user:
             raise LaneFullError(f"{self.per_user} requests for user {user!r} already wait for the model; "
-                                "try again once one is answered")
+                                "try again once one is answered", retry_after_s)
         self._queued[user] += 1
         try:
             if not await self._turn_unless_gone(client):
@@ -58,7 +64,12 @@ class ModelLane:
             try:
                 if client is not None and await client.is_disconnected():
                     raise ClientGoneError("the client closed the connection before its turn on the model")
-                return await anyio.to_thread.run_sync(call, *args)
+                started = time.monotonic()
+                try:
+                    return await anyio.to_thread.run_sync(call, *args)
+                finally:
+                    turn_s = time.monotonic() - started
+                    self.mean_turn_s += TURN_WEIGHT * (turn_s - self.mean_turn_s)
             finally:
                 self._turn.release()
         finally:

@@ -82,6 +82,25 @@ def test_a_user_may_queue_only_so_many_calls_and_everyone_only_so_many_in_all():
     assert made == ["alice-1", "alice-2", "bob-1", "alice-4"]
 
 
+def test_a_refusal_says_when_to_retry_from_how_long_turns_have_taken():
+    lane, release = ModelLane(per_user=1, total=2), threading.Event()
+
+    async def refusal_after(turns_s: list[float]) -> int:
+        for seconds in turns_s:
+            await lane.run(time.sleep, seconds)
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: lane.run(release.wait, 10, user="alice"))
+            await anyio.sleep(0.05)
+            with pytest.raises(LaneFullError) as refused:
+                await lane.run(print, user="alice")
+            release.set()
+        release.clear()
+        return refused.value.retry_after_s
+
+    assert anyio.run(refusal_after, []) == 1   # no turn taken yet: one second
+    assert anyio.run(refusal_after, [3.0, 3.0]) == 2   # the running mean moved from 1 s towards 3 s: 1.72 s
+
+
 def test_a_call_whose_client_has_gone_by_its_turn_is_not_made():
     class Client:
         def __init__(self, gone: bool) -> None:
@@ -193,6 +212,7 @@ def test_a_user_with_a_full_queue_for_the_model_gets_429_and_changes_nothing(ser
         assert refused.value.type == "LaneFullError"
         answer = post(server, ALICE_KEY, "/v1/answer", {"question": "Q?", **SHORT})
         assert (answer.status_code, answer.json()["error"]) == (429, "LaneFullError")
+        assert int(answer.headers["retry-after"]) >= 1
         other = pool.submit(post, server, ADMIN_KEY, "/v1/answer", {"question": "Q?", "user_id": "carol", **SHORT})
         assert [response.result().status_code for response in [holder, *queued, other]] == [200] * (LANE_PER_USER + 2)
     assert admin.get("/v1/notes", params={"user_id": "alice"}).json() == before
