@@ -279,6 +279,12 @@ def test_a_command_on_notes_refuses_a_database_without_a_store_and_makes_nothing
     assert not (tmp_path / "home").exists() or list((tmp_path / "home").rglob("*-1-nowhere")) == []
     assert run(capsys, "--path", postgres_url, "remember", "Ada writes compilers")[0] == 0
     assert run(capsys, "--path", postgres_url, "stats")[1]["notes"] == 1
+    with psycopg.connect(postgres_url, autocommit=True) as conn:   # a role that may connect, not read the store
+        conn.execute("DROP ROLE IF EXISTS onlooker")
+        conn.execute("CREATE ROLE onlooker LOGIN")
+    onlooker = postgres_url.replace("postgres@", "onlooker@", 1)
+    code, out, err = run(capsys, "--path", onlooker, "stats")
+    assert code == 2 and out is None and "StoreUnavailableError: cannot read the note store" in err, err
 
 
 def test_a_refused_policy_or_import_line_is_one_line_naming_the_field(tmp_path, capsys, embedder):

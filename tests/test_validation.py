@@ -222,6 +222,19 @@ def test_links_never_cross_users_through_link_or_import(stocked, tmp_path, embed
         assert target.stats().notes == 0
 
 
+def test_a_validation_message_names_five_reasons_and_counts_the_rest():
+    from pydantic import ValidationError, create_model
+
+    from agentmem.validation import reasons
+
+    fields = {f"f{i}": (int, ...) for i in range(7)}
+    with pytest.raises(ValidationError) as refused:
+        create_model("Row", **fields).model_validate({name: "x" for name in fields})
+    said = reasons(refused.value.errors())
+    assert said.count(": Input should be a valid integer") == 5 and said.endswith("; and 2 more") and "\n" not in said
+    assert said.startswith("f0: ") and "f5" not in said
+
+
 def test_every_rejection_is_an_agentmem_error_with_a_readable_message(memory):
     with pytest.raises(AgentMemError) as caught:
         memory.remember("x", at=datetime(9999, 12, 31, 23, 59, 59))

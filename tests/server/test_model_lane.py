@@ -213,6 +213,9 @@ def test_a_user_with_a_full_queue_for_the_model_gets_429_and_changes_nothing(ser
         answer = post(server, ALICE_KEY, "/v1/answer", {"question": "Q?", **SHORT})
         assert (answer.status_code, answer.json()["error"]) == (429, "LaneFullError")
         assert int(answer.headers["retry-after"]) >= 1
+        blank = post(server, ADMIN_KEY, "/v1/answer", {"question": "Q?", "user_id": " ", **SHORT})
+        assert blank.status_code == 422 and "user_id" in blank.json()["message"]
+        assert not holder.done(), "a bad user was refused only once it had waited its turn on the model"
         other = pool.submit(post, server, ADMIN_KEY, "/v1/answer", {"question": "Q?", "user_id": "carol", **SHORT})
         assert [response.result().status_code for response in [holder, *queued, other]] == [200] * (LANE_PER_USER + 2)
     assert admin.get("/v1/notes", params={"user_id": "alice"}).json() == before
