@@ -533,7 +533,7 @@ class Memory:
 
         An export holds the notes, not the store: their history, recall times and the consolidation
         ledger stay behind (`backup` takes the whole store). The file appears whole or not at all."""
-        target = check.file_path(path)
+        target = check.outside_store(check.file_path(path), self.path, "export path")
         user_id = check.scope("user_id", user_id)
         with self._sections.exclusive():
             notes = [note for note, _ in self._graph.all_notes() if user_id is None or note.user_id == user_id]

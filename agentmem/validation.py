@@ -183,3 +183,11 @@ def file_path(value: Any, name: str = "path") -> Path:
     if not path.parent.is_dir():
         raise InvalidInputError(f"{name} {path}: the folder {path.parent} does not exist")
     return path
+
+
+def outside_store(path: Path, store_folder: Path, name: str = "path") -> Path:
+    """A file to write that is not in the store's own folder: written there, it could take the place of the
+    note graph, its write-ahead log or the index's files, which the store would then find damaged."""
+    if path.resolve().is_relative_to(store_folder.resolve()):
+        raise InvalidInputError(f"{name} {path} is inside the store's folder {store_folder}; write it elsewhere")
+    return path

@@ -168,6 +168,22 @@ def test_file_arguments_are_checked_before_use(memory, tmp_path):
         memory.import_(binary)
 
 
+def test_an_export_into_the_stores_own_folder_is_refused(tmp_path, embedder):
+    """An export to `notes.sqlite3` was renamed over the live note graph: the store was damaged for good."""
+    path = tmp_path / "mem"
+    with Memory(path, embedder=embedder) as mem:
+        kept = mem.remember("Flo keeps a diary")
+        before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and "-" not in p.name}
+        for inside in [path / "notes.sqlite3", path / "notes.sqlite3-wal", path / "chroma" / "out.jsonl",
+                       tmp_path / "." / "mem" / "out.jsonl"]:
+            with pytest.raises(InvalidInputError, match="inside the store's folder"):
+                mem.export(inside)
+        assert {p: p.read_bytes() for p in before} == before and not (path / "out.jsonl").exists()
+        assert mem.export(tmp_path / "out.jsonl") == 1
+    with Memory(path, embedder=embedder) as reopened:
+        assert reopened.get(kept.id).text == "Flo keeps a diary"
+
+
 def _exported_row(mem: Memory, tmp_path, **changes) -> str:
     mem.export(tmp_path / "one.jsonl")
     row = json.loads((tmp_path / "one.jsonl").read_text().splitlines()[0])
