@@ -352,6 +352,8 @@ class WritePath:
             remixed = self.remixed(scope, {before.id: embedding})
         with self.store.transaction():
             self.store.replace(after, embedding, in_context, "updated", before)
+            if after.text != before.text:  # its keywords are its new text's
+                self.store.disown(before.id, after.keywords)
             self.store.set_searched_vectors(remixed)
         self.index.push([before.id, *remixed])
         return self.store.get(before.id)

@@ -225,6 +225,20 @@ def test_a_store_made_by_import_still_takes_the_absorbed_words_back(tmp_path, em
     assert traces(path, [*SECRET_WORDS, secret.id]) == []
 
 
+def test_a_keyword_the_note_states_itself_after_an_update_stays_when_its_first_origin_goes(memory):
+    """A neighbour rewritten to say the absorbed words itself lost them when their first origin was forgotten."""
+    neighbour = memory.remember("Quentin guards the statue in the garden hall", user_id="quentin", at=T0)
+    secret = memory.remember(SECRET_TEXT, user_id="quentin", at=T0 + timedelta(minutes=1))
+    absorbed = set(memory.get(neighbour.id).keywords) & set(SECRET_WORDS)
+    assert absorbed, "the neighbour absorbed the secret's words (the case to undo)"
+    said = memory.update(neighbour.id, text=f"Quentin guards the {' '.join(sorted(absorbed))} in the garden hall",
+                         at=T0 + timedelta(minutes=2))
+    assert absorbed <= set(said.keywords)
+    memory.forget(secret.id)
+    assert memory.get(neighbour.id).keywords == said.keywords
+    assert all(secret.id not in change for _, change, _ in memory.history(neighbour.id))
+
+
 def test_an_absorbed_keyword_whose_origin_is_not_imported_is_dropped(tmp_path, memory):
     kept = memory.remember("Quentin guards the statue in the garden hall", user_id="quentin", at=T0)
     line = json.loads(kept.model_dump_json()) | {"keywords": [*kept.keywords, "zylophrax"],

@@ -185,6 +185,11 @@ class SqlNoteStore:
         keyword a note already absorbed keeps its first origin."""
         self._many("INSERT INTO absorbed(note_id, keyword, origin) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
+    def disown(self, note_id: str, keywords: Iterable[str]) -> None:
+        """The note holds these keywords as its own now (they come from its new text): forgetting the note it
+        first absorbed them from no longer takes them back."""
+        self._many("DELETE FROM absorbed WHERE note_id = ? AND keyword = ?", [(note_id, word) for word in keywords])
+
     def absorbed_keywords(self) -> dict[str, dict[str, str]]:
         """Per note, the keywords it absorbed and the note each came from."""
         found: dict[str, dict[str, str]] = {}
