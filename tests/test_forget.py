@@ -158,6 +158,20 @@ def test_a_quarantined_note_is_forgotten_with_its_text_and_its_session_s_mix(mem
         assert traces(location["path"], ["Zanzibar-7731", "zylophrax", "pelicanXJ9", notes[1].id, unread.id]) == []
 
 
+def test_a_quarantined_neighbour_keeps_none_of_the_words_it_absorbed(memory):
+    """A neighbour set aside as unreadable kept in quarantine the words it had absorbed, and forgetting their
+    origin could no longer take them back."""
+    neighbour = memory.remember("Quentin guards the statue in the garden hall", user_id="quentin", at=T0)
+    secret = memory.remember(SECRET_TEXT, user_id="quentin", at=T0 + timedelta(minutes=1))
+    assert set(memory.get(neighbour.id).keywords) & set(SECRET_WORDS), "the case to undo: words absorbed"
+    memory._graph.set_fields(neighbour.id, fact="{broken")  # as a hand edit or an older release may leave a row
+    memory.notes(user_id="quentin")
+    [entry] = memory.quarantined()
+    assert entry["id"] == neighbour.id and json.loads(entry["row"]["keywords"]) == neighbour.keywords
+    memory.forget(secret.id)
+    assert [found for found in traces(memory.path, SECRET_WORDS) if " in notes.sqlite3" in found] == []
+
+
 # ---- the embedded vector index's own files ------------------------------------------------------
 
 

@@ -198,9 +198,17 @@ def find_unreadable(rows: Iterable[Mapping[str, Any]], unreadable: dict[str, str
     return unreadable
 
 
-def quarantine_entry(row: Mapping[str, Any]) -> str:
-    """What `quarantine` keeps of a row: its readable columns as JSON."""
-    return json.dumps({key: row[key] for key in KEPT_IN_QUARANTINE}, default=str)
+def quarantine_entry(row: Mapping[str, Any], absorbed: set[str]) -> str:
+    """What `quarantine` keeps of a row: its readable columns as JSON, less the keywords it absorbed from
+    other notes (forgetting one of those takes its words back from notes, not from quarantined rows)."""
+    kept = {key: row[key] for key in KEPT_IN_QUARANTINE}
+    try:
+        keywords = json.loads(kept["keywords"])
+    except (TypeError, ValueError):
+        keywords = None
+    if isinstance(keywords, list):
+        kept["keywords"] = json.dumps([word for word in keywords if word not in absorbed])
+    return json.dumps(kept, default=str)
 
 
 def without_words(version_json: str, words: set[str]) -> str:

@@ -432,9 +432,10 @@ class SqlNoteStore:
                 found = self._run(f"SELECT {self._columns(KEPT_IN_QUARANTINE)} FROM notes WHERE id = ?", (note_id,))
                 if not found:
                     continue
+                absorbed = {row[0] for row in self._run("SELECT keyword FROM absorbed WHERE note_id = ?", (note_id,))}
                 self._write(
                     "INSERT INTO quarantine(id, reason, at, row) VALUES (?, ?, ?, ?)",
-                    (note_id, reason, now, quarantine_entry(found[0])),
+                    (note_id, reason, now, quarantine_entry(found[0], absorbed)),
                 )
                 self.delete(note_id)
         log.warning("quarantined %d unreadable note(s): %s", len(reasons), ", ".join(reasons))
