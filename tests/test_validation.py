@@ -173,12 +173,13 @@ def test_an_export_into_the_stores_own_folder_is_refused(tmp_path, embedder):
     path = tmp_path / "mem"
     with Memory(path, embedder=embedder) as mem:
         kept = mem.remember("Flo keeps a diary")
-        before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and "-" not in p.name}
+        files = {p: p.stat().st_ino for p in path.glob("notes.sqlite3*")}
         for inside in [path / "notes.sqlite3", path / "notes.sqlite3-wal", path / "chroma" / "out.jsonl",
                        tmp_path / "." / "mem" / "out.jsonl"]:
             with pytest.raises(InvalidInputError, match="inside the store's folder"):
                 mem.export(inside)
-        assert {p: p.read_bytes() for p in before} == before and not (path / "out.jsonl").exists()
+        assert {p: p.stat().st_ino for p in path.glob("notes.sqlite3*")} == files  # none replaced, none made
+        assert not (path / "out.jsonl").exists() and not (path / "chroma" / "out.jsonl").exists()
         assert mem.export(tmp_path / "out.jsonl") == 1
     with Memory(path, embedder=embedder) as reopened:
         assert reopened.get(kept.id).text == "Flo keeps a diary"

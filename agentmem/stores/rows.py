@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import networkx as nx
 import numpy as np
 
-from ..notes import STORED, Fact, Link, Note
+from ..notes import MAX_STRENGTH, STORED, Fact, Link, Note
 from .tokens import index_token
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,25 @@ def note_row(note: Note, embedding: np.ndarray, in_context: np.ndarray | None, i
     )
 
 
+def vector_of(blob: bytes, dimension: int | None) -> np.ndarray:
+    """A stored vector: float32s, `dimension` of them once the store knows its embeddings' length (raises
+    ValueError for a blob that holds no such vector: a hand edit, a damaged row)."""
+    if len(blob) % 4 or (dimension is not None and len(blob) != 4 * dimension):
+        raise ValueError(f"a stored vector has {len(blob)} bytes, not {dimension} float32s")
+    return np.frombuffer(blob, dtype=np.float32)
+
+
 def note_of(row: Mapping[str, Any], links: list[Link], validate: bool = True) -> Note:
     """The note a row holds (raises one of `UNREADABLE` for a row that does not hold one).
 
     `validate=False` builds it without pydantic's checks (about a quarter of the cost), for
-    candidates the read path ranks and then drops; whatever it returns is checked (`checked`)."""
+    candidates the read path ranks and then drops; whatever it returns is checked (`checked`). The
+    numbers ranking computes with are checked either way."""
+    strength, recalls = row["strength"], row["recall_count"]
+    if not (isinstance(strength, (int, float)) and 0 < strength <= MAX_STRENGTH):
+        raise ValueError(f"strength {strength!r} is not in (0, {MAX_STRENGTH:g}]")
+    if not (isinstance(recalls, int) and recalls >= 0):
+        raise ValueError(f"recall count {recalls!r} is not a count")
     fields = dict(
         id=row["id"], text=row["text"],
         keywords=json.loads(row["keywords"]), tags=json.loads(row["tags"]), context=row["context"],
@@ -138,19 +152,21 @@ def reason(exc: Exception) -> str:
 
 
 def readable_notes(
-    rows: Iterable[Mapping[str, Any]], graph: nx.Graph | None, unreadable: dict[str, str], validate: bool = True
+    rows: Iterable[Mapping[str, Any]], graph: nx.Graph | None, unreadable: dict[str, str], validate: bool = True,
+    dimension: int | None = None,
 ) -> Iterator[tuple[Note, np.ndarray | None]]:
     """The notes of these rows (`KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR`) with the vectors they
     are searched by (None where the read left it out), with their links from `graph` (None:
-    without links); `validate` as in `note_of`. A row that cannot be read is set aside
-    (`set_aside`), never fatal."""
+    without links); `validate` as in `note_of`, `dimension` as in `vector_of`. A row that cannot be
+    read is set aside (`set_aside`), never fatal."""
     for row in rows:
         try:
             note = note_of(row, links_in(graph, row["id"]) if graph is not None else [], validate)
+            vector = None if row["vector"] is None else vector_of(row["vector"], dimension)
         except UNREADABLE as exc:
             set_aside(str(row["id"]), exc, unreadable)
             continue
-        yield note, None if row["vector"] is None else np.frombuffer(row["vector"], dtype=np.float32)
+        yield note, vector
 
 
 class Neighbours:
@@ -158,11 +174,17 @@ class Neighbours:
     embeddings, which of them wait for their index write, and their notes, built only for the
     few that are near enough to link or duplicate (`notes`)."""
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]], unreadable: dict[str, str]) -> None:
-        self._rows = {row["id"]: row for row in rows}
+    def __init__(self, rows: Sequence[Mapping[str, Any]], unreadable: dict[str, str], dimension: int | None) -> None:
+        self._rows, self.embeddings = {}, {}
+        for row in rows:
+            try:
+                self.embeddings[row["id"]] = vector_of(row["vector"], dimension)
+            except ValueError as exc:
+                set_aside(str(row["id"]), exc, unreadable)
+                continue
+            self._rows[row["id"]] = row
         self._unreadable = unreadable
-        self.waiting = {row["id"] for row in rows if row["waiting"]}
-        self.embeddings = {note_id: np.frombuffer(row["vector"], dtype=np.float32) for note_id, row in self._rows.items()}
+        self.waiting = {note_id for note_id, row in self._rows.items() if row["waiting"]}
 
     def notes(self, note_ids: Iterable[str]) -> dict[str, Note]:
         """The notes of these ids (without links), those that were read and can be."""

@@ -24,8 +24,8 @@ from ..notes import STORED, Link, Note
 from .filters import NoteFilter
 from .rows import (
     KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, column_value,
-    find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes, to_timestamp,
-    without_words,
+    find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes, set_aside,
+    to_timestamp, vector_of, without_words,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class SqlNoteStore:
     unreadable: dict[str, str]
     index_key: bytes
     store_id: str | None
+    dimension: int | None = None  # the embeddings' length, once the memory has checked its embedder
 
     # ---- what a store gives ------------------------------------------------------------
 
@@ -283,7 +284,7 @@ class SqlNoteStore:
         found = self._read_notes(
             f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {vector_column} FROM notes{where} ORDER BY {self.ORDER}", params
         )
-        yield from readable_notes(found, self.graph if links else None, self.unreadable, validate)
+        yield from readable_notes(found, self.graph if links else None, self.unreadable, validate, self.dimension)
 
     def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""
@@ -358,7 +359,13 @@ class SqlNoteStore:
         )
         if len(rows) > limit:
             return None
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+        found = {}
+        for note_id, blob in rows:
+            try:
+                found[note_id] = vector_of(blob, self.dimension)
+            except ValueError as exc:
+                set_aside(note_id, exc, self.unreadable)
+        return found
 
     def recall_times(self, note_id: str) -> list[datetime]:
         rows = self._run("SELECT at FROM recalls WHERE note_id = ? ORDER BY at", (note_id,))
@@ -395,7 +402,7 @@ class SqlNoteStore:
             f" UNION ALL {select}, 1 FROM outbox o CROSS JOIN notes n WHERE n.id = o.note_id AND o.op = 'upsert' AND {user}",
             [*ids, *params],
         )
-        return Neighbours(rows, self.unreadable)
+        return Neighbours(rows, self.unreadable, self.dimension)
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}

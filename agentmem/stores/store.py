@@ -28,6 +28,7 @@ class NoteStore(Protocol):
     unreadable: dict[str, str]  # rows a read could not parse since the last quarantine, by id
     index_key: bytes  # keys the vector index's tokens
     store_id: str | None
+    dimension: int | None  # the embeddings' length: a stored vector of another is unreadable
     migrated_from: str | None
     shared_folders: Any  # versioned folders in the store (None: processes share the local folder)
     # True: an outbox claim is held against other processes until its writer ends or dies, so

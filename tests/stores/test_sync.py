@@ -195,6 +195,23 @@ def test_a_recalled_row_that_fails_validation_is_set_aside_and_the_next_note_ret
         assert [row["id"] for row in mem.quarantined()] == [ids[1]]
 
 
+def test_a_damaged_vector_or_strength_is_set_aside_by_every_read_that_meets_it(tmp_path, embedder):
+    """A 4-byte embedding made every remember that met it as a neighbour raise numpy's ValueError, and
+    rebuild_index (so restoring a backup of it); a strength of -5 did so for the first recall after opening."""
+    path = tmp_path / "m"
+    ids = make_store(path, embedder)
+    db = sqlite3.connect(path / "notes.sqlite3")
+    db.execute("UPDATE notes SET embedding = x'00000000' WHERE id = ?", (ids[0],))
+    db.execute("UPDATE notes SET strength = -5 WHERE id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    with Memory(path, embedder=embedder) as mem:
+        assert ids[2] in [h.note.id for h in mem.recall("Ivy's garden", user_id="ivy", at=T0)]
+        mem.remember("Ivy's tomatoes and cucumbers ripen in the garden", user_id="ivy", at=T0)
+        assert {row["id"] for row in mem.quarantined()} == {ids[0], ids[1]}
+        assert mem.rebuild_index() == 2
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
