@@ -597,6 +597,30 @@ class PostgresNoteGraph(SqlNoteStore):
         it, and every plan stays as it was. 0.75 s at 120k notes, so it runs after the forget's write
         section, once for a burst of forgets (`CoalescedWork`); `close` waits for it."""
         self._vacuum("VACUUM (ANALYZE)")
+        self._drop_statistics_of_emptied_tables()
+
+    def _drop_statistics_of_emptied_tables(self) -> None:
+        """ANALYZE leaves a table that it finds empty with the statistics it had, which a forget emptied of its
+        last rows (the outbox, a store's only history entries) would keep. Altering a column to its own type
+        drops its statistics; that takes no rewrite, on an empty table. Columns that a generated column reads
+        (the notes' text, keywords and tags, for the full-text vector) cannot be altered, and keep theirs until
+        the table holds rows again."""
+        columns = self._run(
+            "SELECT s.tablename, s.attname, format_type(a.atttypid, a.atttypmod) FROM pg_stats s"
+            " JOIN pg_attribute a ON a.attrelid = to_regclass(s.tablename) AND a.attname = s.attname"
+            " WHERE s.schemaname = current_schema() AND s.tablename = ANY(?)"
+            " AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attribute g ON g.attrelid = d.objid"
+            "   AND g.attnum = d.objsubid AND g.attgenerated <> '' WHERE d.refobjid = a.attrelid AND d.refobjsubid = a.attnum)",
+            (list(FORGET_VACUUMS),),
+        )
+        for table in dict.fromkeys(table for table, _, _ in columns):
+            if self._run(f"SELECT EXISTS (SELECT 1 FROM {table})")[0][0]:
+                continue
+            for _, column, kind in (found for found in columns if found[0] == table):
+                try:
+                    self._run(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE {kind}')
+                except (StoreUnavailableError, StoreCorruptedError) as exc:
+                    log.warning("the statistics of %s.%s were not dropped: %s", table, column, exc)
 
     def _vacuum(self, command: str) -> None:
         present = self._run("SELECT t FROM unnest(?::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(FORGET_VACUUMS),))
