@@ -53,6 +53,8 @@ class ApiKeys:
                 raise InvalidInputError("an API key needs at least 8 printable characters and no spaces")
             if bound and not user.strip():  # a typo must not turn a user's key into one for every user
                 raise InvalidInputError(f"the key spec {key[:4]}...: names no user after ':'")
+            if key in keys:  # else the last listing would decide silently what the key reaches
+                raise InvalidInputError(f"the key {key[:4]}... is listed twice; list each key once")
             keys[key] = validation.scope("user_id", user.strip()) if bound else None
         return cls(keys)
 

@@ -20,14 +20,14 @@ import anyio.to_thread
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from .. import validation
 from ..errors import InvalidInputError
 from ..facts import ChatFunction
 from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
-from ..notes import CleanStr
+from ..notes import MAX_STORED_METADATA_DEPTH, CleanStr, json_value
 from .access import ScopedMemory
 from .model_lane import ModelLane
 from .errors import UpstreamError
@@ -76,10 +76,17 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: Annotated[CleanStr, Field(min_length=1, max_length=256)] = LOCAL_MODEL  # echoed in the response
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    stream: bool = False
+    stream: StrictBool = False
     user: str | None = None
     max_tokens: int | None = Field(None, ge=1, le=2048, description="passed upstream; local replies take up to 96 tokens")
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
+
+    @model_validator(mode="after")
+    def plain_json(self) -> ChatCompletionRequest:
+        """Every message and parameter, the ones passed upstream too, as JSON any server reads: finite numbers
+        and valid Unicode without NUL (else the upstream call failed and the client's input read as its fault)."""
+        json_value(self.model_dump(), max_depth=MAX_STORED_METADATA_DEPTH)
+        return self
 
 
 def system_message(body: ChatCompletionRequest) -> str:
@@ -228,7 +235,8 @@ async def chat_completions(
     x_agentmem_user: Annotated[str | None, Header()] = None,
     x_agentmem_session: Annotated[str | None, Header()] = None,
 ) -> ChatCompletion | StreamingResponse:
-    completion = await chat.run_turn(body, mem, body.user or x_agentmem_user, x_agentmem_session, request)
+    user = body.user if body.user is not None else x_agentmem_user  # "" is refused, not taken for no user
+    completion = await chat.run_turn(body, mem, user, x_agentmem_session, request)
     if body.stream:
         return StreamingResponse(_chunks(completion), media_type="text/event-stream")
     return completion

@@ -204,6 +204,9 @@ def test_key_specs_are_checked(tmp_path):
         ApiKeys.parse(["short"])
     with pytest.raises(InvalidInputError, match="user"):   # a bound key whose user was left out is no admin key
         ApiKeys.parse(["erin-key-0001: "])
+    for twice in (["fred-key-0001:fred", "fred-key-0001"], ["fred-key-0001:fred", "fred-key-0001:gail"]):
+        with pytest.raises(InvalidInputError, match="listed twice"):   # the last listing decided what it reached
+            ApiKeys.parse(twice)
     with pytest.raises(InvalidInputError):
         ApiKeys.parse([], tmp_path / "missing")
 

@@ -20,7 +20,7 @@ from agentmem.server.auth import Caller
 from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
 
-from .conftest import ALICE_KEY, start_server
+from .conftest import ADMIN_KEY, ALICE_KEY, start_server
 
 
 
@@ -129,7 +129,7 @@ def test_a_malformed_turn_is_refused_at_once_not_after_waiting_for_the_model():
     service = ChatService(memory=None, lane=ModelLane(), upstream=None)
     release = threading.Event()
     bad = [ChatCompletionRequest(messages=[{"role": "assistant", "content": "I answer myself"}]),
-           ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], user="alice\x00")]
+           ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], user="alice\n")]
 
     async def refused_while_the_model_is_busy() -> list[str]:
         errors = []
@@ -157,6 +157,9 @@ def test_the_openai_client_shows_why_a_request_was_refused(server):
     with pytest.raises(openai.UnprocessableEntityError, match="messages") as malformed:
         alice.chat.completions.create(model="agentmem-local", messages=[])
     assert malformed.value.type == "InvalidInputError"
+    admin = OpenAI(base_url=f"{server.url}/v1", api_key=ADMIN_KEY, max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError, match="user_id"):   # was taken for no user: every user's notes
+        admin.chat.completions.create(model="agentmem-local", user="", messages=[{"role": "user", "content": "hi"}])
     stranger = OpenAI(base_url=f"{server.url}/v1", api_key="wrong-key-123", max_retries=0)
     with pytest.raises(openai.AuthenticationError, match="a valid API key is required"):
         stranger.models.list()
@@ -197,6 +200,11 @@ def test_an_upstream_reply_that_is_not_text_is_the_upstreams_fault(number_upstre
                                            messages=[{"role": "user", "content": "Ola's cat is called Miso."}])
         assert (failed.value.status_code, failed.value.type) == (502, "UpstreamError")
         with proxy.client(None) as rest:
+            for body in (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+                         b'{"messages": [{"role": "assistant", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}',
+                         b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}'):
+                refused = rest.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+                assert (refused.status_code, refused.json()["error"]["type"]) == (422, "InvalidInputError"), body
             assert rest.get("/v1/stats").json()["notes"] == 0   # the failed turn remembered nothing
     finally:
         proxy.stop()
