@@ -29,6 +29,7 @@ from sentence_transformers import SentenceTransformer
 from . import transfer, validation as check
 from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
+from .consolidation import answering
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
@@ -678,7 +679,7 @@ class Memory:
                 return []
             hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id, at=at,
                                reinforce=False)
-            related = [hit for hit in hits if hit.why.similarity >= self.config.answer_min_similarity]
+            related = answering.fitting([h for h in hits if h.why.similarity >= self.config.answer_min_similarity])
             try:
                 counted = self.reinforce([hit.note.id for hit in related], at=at) if related else []
             except NoteNotFoundError:  # one was forgotten meanwhile: answer with what was found, uncounted

@@ -14,6 +14,25 @@ from ..notes import Answer, Hit
 from .parametric import ParametricMemory
 
 NOTES_PROMPT = "Notes:\n{notes}\n\nUsing the notes, answer briefly: {question}"
+# The recalled notes' text a prompt holds at most. The local model reads a prompt slowly and holds the one model
+# lane meanwhile: two notes of 10,000 characters before a question held it for six minutes.
+NOTES_BUDGET_CHARS = 2_000
+
+
+def fitting(hits: list[Hit]) -> list[Hit]:
+    """The best hits whose texts fit in the notes' budget together; the best one always (`notes_block` cuts it)."""
+    kept, used = [], 0
+    for hit in hits:
+        used += len(hit.note.text)
+        if kept and used > NOTES_BUDGET_CHARS:
+            break
+        kept.append(hit)
+    return kept
+
+
+def notes_block(hits: list[Hit]) -> str:
+    """The hits' texts as "- text" lines for a prompt; a text over the notes' budget is cut to it."""
+    return "\n".join(f"- {hit.note.text[:NOTES_BUDGET_CHARS]}" for hit in hits)
 
 
 def answer_question(parametric: ParametricMemory, question: str, recall: Callable[[], list[Hit]],
@@ -31,6 +50,6 @@ def answer_question(parametric: ParametricMemory, question: str, recall: Callabl
     if not hits:
         return Answer(question=question, text=lm.reply([{"role": "user", "content": question}], max_new_tokens),
                       source="model")
-    notes = "\n".join(f"- {hit.note.text}" for hit in hits)
-    text = lm.reply([{"role": "user", "content": NOTES_PROMPT.format(notes=notes, question=question)}], max_new_tokens)
+    text = lm.reply([{"role": "user", "content": NOTES_PROMPT.format(notes=notes_block(hits), question=question)}],
+                    max_new_tokens)
     return Answer(question=question, text=text, source="notes", hits=hits)

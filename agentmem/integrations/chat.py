@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from .. import validation
+from ..consolidation.answering import fitting, notes_block
 from ..errors import AgentMemError, InvalidInputError
 from ..facts import ChatFunction
 from ..memory import Memory
@@ -102,11 +103,10 @@ class MemoryChat:
         hits = self.memory.recall(message, k=self.k, at=at, reinforce=False, **scope)
         # as `answer` does: an unrelated note in the prompt misleads a small model, and keeps a question that an
         # edit answers from reaching the model closed-book
-        hits = [hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity]
+        hits = fitting([hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity])
         messages = [{"role": "system", "content": self.system}]
         if hits:
-            notes = "\n".join(f"- {hit.note.text}" for hit in hits)
-            messages.append({"role": "system", "content": f"{MEMORY_HEADER}\n{notes}"})
+            messages.append({"role": "system", "content": f"{MEMORY_HEADER}\n{notes_block(hits)}"})
         messages += self.history + [{"role": "user", "content": message}]
         text = self.chat(messages)
         if not isinstance(text, str):

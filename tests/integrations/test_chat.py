@@ -6,7 +6,9 @@ from datetime import timedelta
 import pytest
 
 from agentmem import InvalidInputError, Memory
+from agentmem.consolidation.answering import NOTES_BUDGET_CHARS
 from agentmem.integrations import MemoryChat
+from agentmem.integrations.chat import MEMORY_HEADER
 from tests.conftest import T0
 from tests.editors.conftest import smollm, smollm_grace_config, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
 
@@ -123,3 +125,17 @@ def test_only_related_notes_reach_the_prompt(memory):
     related = chat.reply("Where does Alice live?", at=T0 + timedelta(hours=2))
     assert [hit.note.id for hit in related.recalled][:1] == [stored.id]
     assert memory.get(stored.id).recall_count == 1   # only the related turn counted it
+
+
+def test_long_notes_reach_the_prompt_cut_to_the_notes_budget_and_only_those_count(memory):
+    """Two notes of 10,000 characters before a question held the local model (and every other caller's turn
+    behind it) for six minutes."""
+    recorder = Recorder()
+    chat = MemoryChat(memory, recorder, user_id="maya")
+    long_notes = [memory.remember(f"Maya's garden plan, part {part}: " + "tomatoes basil and beans " * 300,
+                                  user_id="maya", at=T0) for part in (1, 2)]
+    reply = chat.reply("What is in Maya's garden plan?", at=T0 + timedelta(hours=1))
+    notes = [m["content"] for m in recorder.calls[0] if m["content"].startswith(MEMORY_HEADER)]
+    assert [len(block) for block in notes] == [len(f"{MEMORY_HEADER}\n- ") + NOTES_BUDGET_CHARS]
+    assert len(reply.recalled) == 1   # the second did not fit: not shown, not counted
+    assert sorted(memory.get(n.id).recall_count for n in long_notes) == [0, 1]
