@@ -109,7 +109,7 @@ class Fact(BaseModel):
     `prompt` with `target`); `rephrases` are other prompts that should now give the target.
     """
 
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")  # "rephrase" is no field
 
     prompt: FactText
     target: FactText
@@ -157,8 +157,10 @@ class Note(BaseModel):
 
 
 class MemoryItem(BaseModel):
-    """One entry of `remember_many`; unset scope fields take the call's defaults."""
+    """One entry of `remember_many`; unset scope fields take the call's defaults. A misspelt field is refused:
+    `{"user": "frank"}` would have stored a note of no user, whose fact every user is then answered."""
 
+    model_config = ConfigDict(extra="forbid")
     text: CleanStr
     user_id: ScopeId | None = None
     agent_id: ScopeId | None = None

@@ -198,6 +198,11 @@ def test_remember_many_rejects_everything_when_one_item_is_bad(memory):
         memory.remember_many(["fine text", {"text": "   "}])
     with pytest.raises(InvalidInputError, match="item 1"):
         memory.remember_many(["fine text", {"txt": "typo"}])
+    with pytest.raises(InvalidInputError, match="user: Extra inputs"):   # it was stored as no user's note
+        memory.remember_many([{"text": "Frank cooks paella in Valencia", "user": "frank"}])
+    with pytest.raises(InvalidInputError, match="rephrase"):   # the rephrases were dropped
+        memory.remember_many([{"text": "Frank lives in Valencia",
+                               "fact": {"prompt": "Frank lives in", "target": "Valencia", "rephrase": ["x"]}}])
     assert memory.stats().notes == 0 and index_ids(memory) == set()
 
 
