@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 from datetime import datetime, timedelta
@@ -210,9 +211,19 @@ def run(args: argparse.Namespace) -> Any:
 
     if args.command not in CREATES_STORE:
         require_store(args.path)
-    with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,
-                editor=getattr(args, "editor", None)) as mem:
-        return act(mem, args)
+    from .errors import AgentMemError
+    from .stores.location import is_postgres_url
+
+    missing = [] if is_postgres_url(args.path) else [p for p in (Path(args.path), *Path(args.path).parents)
+                                                     if not p.exists()]
+    try:
+        with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,
+                    editor=getattr(args, "editor", None)) as mem:
+            return act(mem, args)
+    except AgentMemError:  # a refused first remember or import leaves no store (nor folder) behind
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
 
 
 def require_store(path: str) -> None:
@@ -387,8 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentmem: {getattr(exc, 'name', type(exc).__name__)}: {exc}", file=sys.stderr)
         return 2
     if result is not None:
-        json.dump(jsonable(result), sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        try:
+            json.dump(jsonable(result), sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`| head`): no traceback, and none at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     return 0
 
 

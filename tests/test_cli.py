@@ -45,6 +45,17 @@ def test_errors_exit_2_with_a_message_and_write_nothing(tmp_path, capsys, embedd
         main(["--path", store, "remember", "x", "--at", "not-a-date"])
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, embedder):
+    from agentmem.memory import Memory
+
+    with Memory(tmp_path / "m", embedder=embedder) as mem:
+        mem.remember_many([f"Note number {i} about the garden" for i in range(30)])
+    listing = subprocess.Popen([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "list"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.close()   # as `| head` does before the output comes
+    assert listing.wait(timeout=300) == 1 and b"Traceback" not in listing.stderr.read()
+
+
 def test_the_installed_command_runs(tmp_path, embedder):
     from agentmem.memory import Memory
 
@@ -200,6 +211,9 @@ def test_a_command_on_notes_refuses_a_folder_without_a_store_and_makes_nothing(t
                     ["ledger"], ["neighbors", "n1"], ["link", "n1", "n2"], ["restore", "n1"]):
         code, out, err = run(capsys, "--path", str(missing), *command)
         assert code == 2 and out is None and f"StoreUnavailableError: no store at {missing}" in err, command
+    for refused in (["remember", "   "], ["remember", "Ada", "--tag", "t" * 65], ["import", str(tmp_path / "none")]):
+        code, out, err = run(capsys, "--path", str(missing), *refused)   # a refused start made a whole store
+        assert code == 2 and out is None and "InvalidInputError" in err, refused
     assert list(tmp_path.iterdir()) == []
     code, _, _ = run(capsys, "--path", str(missing), "remember", "Ada writes compilers")  # starting a store is asked
     assert code == 0 and run(capsys, "--path", str(missing), "stats")[1]["notes"] == 1
