@@ -38,6 +38,7 @@ from chromadb.errors import NotFoundError  # noqa: E402
 
 from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
+from .heap import fill_heap_blocks  # noqa: E402
 from .filters import SCOPES  # noqa: E402
 from .tokens import index_token  # noqa: E402
 
@@ -142,6 +143,7 @@ class VectorIndex:
             with _reachable(f"reach a Chroma server at {self._url}"):
                 self._answered("open the collection", connect)
             return
+        fill_heap_blocks()  # before hnswlib allocates: its files copy its buffers whole
         try:
             self._client = chromadb.PersistentClient(str(self._path), settings=client_settings())
             self._open_collection()
