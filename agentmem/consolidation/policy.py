@@ -25,6 +25,9 @@ from ..facts import prompt_key
 from ..notes import Decision, FactText, LedgerEntry, Note
 
 
+MAX_INT = 2**63 - 1  # integers a store keeps (64 bits), as everywhere else
+
+
 class ConsolidationPolicy(BaseModel):
     """When a note's fact may become an edit, and how each edit is verified.
 
@@ -35,11 +38,11 @@ class ConsolidationPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
-    min_recalls: int = Field(3, ge=0, description="times the note must have been recalled")
+    min_recalls: int = Field(3, ge=0, le=MAX_INT, description="times the note must have been recalled")
     min_strength: float = Field(0.0, ge=0, description="lower bound on the note's forgetting-curve strength S")
     min_retention: float = Field(0.2, ge=0, le=1, description="lower bound on the note's retention R at the job's time")
     stable_for: timedelta = Field(timedelta(hours=12), description="the note must be unchanged for this long")
-    max_edits: int = Field(100, ge=0, description="budget: edits (new or replacing) per run")
+    max_edits: int = Field(100, ge=0, le=MAX_INT, description="budget: edits (new or replacing) per run")
     probe_tolerance: float | None = Field(
         None, ge=0, le=1,
         description="share of probe-prompt token predictions one edit (one batch, for the batching editors) may change "
@@ -59,7 +62,7 @@ class ConsolidationPolicy(BaseModel):
         "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
     )
     share_from: int | None = Field(
-        2, ge=1, description="users stating the same fact that make its edit shared by everyone (None: only a mark "
+        2, ge=1, le=MAX_INT, description="users stating the same fact that make its edit shared by everyone (None: only a mark "
                              "shares; `agentmem serve` with user-bound keys defaults to it, as two such keys could "
                              "otherwise share what neither may mark)",
     )

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ..consolidation import ConsolidationPolicy
 from ..errors import AgentMemError, InvalidInputError
 from ..memory import Memory
-from ..validation import reasons
+from ..validation import reasons, time as checked_time
 from .errors import JobNotFoundError, error_body
 from .models import Job, JobProgress
 
@@ -52,6 +52,8 @@ class JobRunner:
                 ConsolidationPolicy.model_validate(policy)
             except ValidationError as exc:
                 raise InvalidInputError(f"bad consolidation policy: {reasons(exc.errors())}") from None
+        if at is not None:
+            checked_time(at)  # a time out of range was accepted here and failed the job later
         job = Job(id=uuid.uuid4().hex[:16], status="queued", scheduled=scheduled,
                   created_at=datetime.now(timezone.utc), progress=JobProgress(stage="queued"))
         with self._lock:

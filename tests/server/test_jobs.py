@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agentmem import Memory
+from agentmem import InvalidInputError, Memory
 from agentmem.server.errors import JobNotFoundError
 from agentmem.server import jobs
 from agentmem.server.jobs import JobRunner
@@ -42,6 +42,10 @@ def test_jobs_run_one_at_a_time_and_on_a_schedule(tmp_path, embedder, tiny_lm, t
                 runner.get("nope")
             with pytest.raises(Exception, match="policy"):
                 runner.submit({"min_recalls": -1})
+            with pytest.raises(InvalidInputError, match="max_edits"):   # beyond 64 bits
+                runner.submit({"max_edits": 10**23})
+            with pytest.raises(InvalidInputError, match="between"):   # it was queued, and the job failed on it
+                runner.submit(at=datetime(9999, 12, 31, tzinfo=timezone.utc))
         finally:
             runner.close()
 
