@@ -48,7 +48,10 @@ def create_app(
     lane = ModelLane()
     mcp = build_mcp_server(memory, lane, callers_from_headers(keys))
     no_second_host_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # HostGuard covers /mcp too
-    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=no_second_host_check)
+    # Stateless: every tool call carries its key, and no tool keeps state between calls. Sessions held open (the
+    # SDK keeps 10,000 for 30 minutes each) would let one key use them all up and lock every other client out.
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", stateless_http=True,
+                                      transport_security=no_second_host_check)
     chat = openai_chat.ChatService(memory, lane, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
 
     @contextlib.asynccontextmanager

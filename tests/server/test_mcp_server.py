@@ -57,6 +57,17 @@ def test_over_streamable_http_inside_serve(server):
     asyncio.run(main())
 
 
+def test_no_client_can_use_up_the_sessions_of_the_others(server):
+    """Each `initialize` held a session open for 30 minutes, 10,000 at most: one key opened them all in 80 s, and
+    every other client got 503. The server keeps none now (stateless), and every call carries its own key."""
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Accept": "application/json, text/event-stream"}
+    with server.client(ADMIN_KEY) as client:
+        opened = client.post("/mcp", json=hello, headers=headers)
+    assert opened.status_code == 200 and "mcp-session-id" not in opened.headers
+
+
 def test_a_tool_refuses_arguments_it_does_not_take_and_values_of_another_type(tmp_path, embedder):
     """The SDK would drop a mistyped `user`: the note would be stored unowned, so its fact shared with every user."""
     from agentmem.memory import Memory
