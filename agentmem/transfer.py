@@ -233,6 +233,8 @@ def unpack_backup(source: Path, path: Path) -> None:
             f" finished (or was made by agentmem before 2026-11-26: if you know that one finished, create an empty"
             f" {BACKUP_COMPLETE} file in it)"
         )
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{path} is a file, not a folder; restore into a new folder")
     for held in (GRAPH_FILE, EDITOR_FOLDER):
         if (path / held).exists():
             raise InvalidInputError(f"{path} already holds {held}; restore into an empty folder (move it aside)")

@@ -272,6 +272,9 @@ def test_a_second_store_on_a_chroma_server_is_told_to_take_a_collection_and_can(
     assert run(capsys, *second, "--path", str(tmp_path / "b"), "remember", "Bo plays the cello")[0] == 0
     hits = run(capsys, *second, "--path", str(tmp_path / "b"), "recall", "Who plays the cello?")[1]
     assert [h["note"]["text"] for h in hits] == ["Bo plays the cello"]
+    code, _, err = run(capsys, *first, "--path", str(tmp_path / "b"), "stats")   # b's own collection mistyped
+    assert code == 2 and "InvalidInputError" in err and "pass the collection this store was made with" in err
+    assert "rebuild" not in err and "remove" not in err   # either would erase a's vectors
     assert run(capsys, *first, "--path", str(tmp_path / "a"), "stats")[1]["notes"] == 1
 
 

@@ -119,11 +119,16 @@ class IndexSync:
         elif self.index.store_id is None:
             log.warning("rebuilding a vector index written by an earlier release (%d vectors)", vectors)
             self.index.reset(self.graph.store_id)
+        elif self.index.store_id != self.graph.store_id and self.index.mode == "server":  # a mistyped collection
+            raise InvalidInputError(
+                f"the collection holds the vectors of another store ({self.index.store_id}), not of this one"
+                f" ({self.graph.store_id}): pass the collection this store was made with"
+            )
         elif self.index.store_id != self.graph.store_id:
             raise StoreCorruptedError(
                 f"the vector index (collection of store {self.index.store_id}) belongs to another note graph"
-                f" (store {self.graph.store_id}): use another collection name, or Memory.rebuild_index() to"
-                " replace its contents with this store's notes"
+                f" (store {self.graph.store_id}): remove {self.index.location} to have it rebuilt from this store's"
+                " notes"
             )
 
     def _unpaired_index_message(self, vectors: int) -> str:

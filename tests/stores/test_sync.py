@@ -101,7 +101,7 @@ def test_an_index_of_another_store_is_refused(tmp_path, embedder):
     make_store(tmp_path / "b", embedder)
     shutil.rmtree(tmp_path / "b" / "chroma")
     shutil.copytree(tmp_path / "a" / "chroma", tmp_path / "b" / "chroma")
-    with pytest.raises(StoreCorruptedError, match="another note graph"):
+    with pytest.raises(StoreCorruptedError, match="another note graph.*remove the embedded index at"):
         Memory(tmp_path / "b", embedder=embedder)
 
 
@@ -115,6 +115,10 @@ def test_backup_and_restore_bring_back_notes_links_history_and_search(tmp_path, 
         with pytest.raises(Exception, match="already holds"):
             mem.backup(tmp_path / "backup")
     shutil.rmtree(path)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(InvalidInputError, match="is a file"):   # it was a NotADirectoryError traceback
+        Memory.restore_backup(tmp_path / "backup", tmp_path / "a-file", embedder=embedder)
+    assert (tmp_path / "a-file").read_text() == "not a folder"
     with Memory.restore_backup(tmp_path / "backup", path, embedder=embedder) as restored:
         restored.export(tmp_path / "restored.jsonl")
         assert len(restored.history(ids[2])) == 1
