@@ -587,8 +587,7 @@ class Memory:
         source, path = Path(check.store_location(source)), Path(check.store_location(path))
         transfer.unpack_backup(source, path)
         try:
-            if options.get("chroma_url") is not None:  # the server's collection still holds another store's notes
-                transfer.replace_index_contents(path, options.get("collection", "agentmem_notes"), options["chroma_url"])
+            transfer.prepare_index(path, options.get("collection", "agentmem_notes"), options.get("chroma_url"))
             return cls(path, **options)
         except BaseException:  # a damaged backup: leave `path` free for a restore from another one
             transfer.remove_restored(path)

@@ -26,7 +26,7 @@ from .files import sync_folder, written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
-from .stores.sync import IndexSync
+from .stores.sync import VECTOR_LOCATION, IndexSync
 from .validation import MAX_PATH_CHARS, reasons
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
@@ -267,15 +267,19 @@ def remove_restored(path: Path) -> None:
     shutil.rmtree(path / "chroma", ignore_errors=True)
 
 
-def replace_index_contents(path: Path, collection: str, chroma_url: str) -> None:
-    """Empty the Chroma server's collection of a restored store, claimed for its note graph, so
-    that opening the store rebuilds it from the graph."""
+def prepare_index(path: Path, collection: str, chroma_url: str | None) -> None:
+    """Record where a restored store's vectors will live (the backed-up store may have kept them elsewhere); on a
+    Chroma server, empty the collection, claimed for the note graph, so that opening the store rebuilds it from
+    the graph."""
     graph = NoteGraph(path / GRAPH_FILE)
     try:
         if graph.store_id is None:  # a backup of a release-0.1 store
             graph.claim(uuid.uuid4().hex)
-        index = VectorIndex(path / "chroma", collection, chroma_url, graph.index_key)
-        index.reset(graph.store_id)
-        index.close()
+        with graph.transaction():
+            graph.set_meta(VECTOR_LOCATION, "server" if chroma_url else "embedded")
+        if chroma_url is not None:
+            index = VectorIndex(path / "chroma", collection, chroma_url, graph.index_key)
+            index.reset(graph.store_id)
+            index.close()
     finally:
         graph.close()

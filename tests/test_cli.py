@@ -37,10 +37,11 @@ def test_remember_recall_forget_stats_round_trip(tmp_path, capsys, embedder):
 def test_errors_exit_2_with_a_message_and_write_nothing(tmp_path, capsys, embedder):
     store = str(tmp_path / "m")
     code, out, err = run(capsys, "--path", store, "remember", "   ")
-    assert code == 2 and out is None and "InvalidInputError" in err
+    assert code == 2 and out is None and "InvalidInputError" in err and not (tmp_path / "m").exists()
+    assert run(capsys, "--path", store, "remember", "Ada writes compilers")[0] == 0
     code, out, err = run(capsys, "--path", store, "forget", "no-such-id")
     assert code == 2 and "NoteNotFoundError" in err
-    assert run(capsys, "--path", store, "stats")[1]["notes"] == 0
+    assert run(capsys, "--path", store, "stats")[1]["notes"] == 1
     with pytest.raises(SystemExit):
         main(["--path", store, "remember", "x", "--at", "not-a-date"])
 

@@ -133,7 +133,9 @@ def _rebuild_index(target_url: str, folder: Path, chroma_url: str | None, collec
     try:
         index = VectorIndex(folder / "chroma", collection, chroma_url, graph.index_key)
         try:
-            return IndexSync(graph, index).rebuild()
+            sync = IndexSync(graph, index)
+            sync.record_location()  # the source's, copied with its meta, may be another
+            return sync.rebuild()
         finally:
             index.close()
     finally:

@@ -32,13 +32,22 @@ from .vectors import VectorIndex, matches
 
 log = logging.getLogger(__name__)
 
+VECTOR_LOCATION = "vector_index"  # the graph's meta key: where its vectors live, "server" or "embedded"
+
 OVERFETCH = 2  # unfiltered neighbours searched per wanted one before falling back to a filtered search
 MAX_REMEMBERED_CONDITIONS = 10_000  # conditions whose searches fetch only n, forgotten together past this
 Found = tuple[int, list[list[tuple[str, float]]]]  # `IndexSync.nearest`: entries fetched per row, and the rows
 
 
 def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore) -> VectorIndex:
-    """The store's vector index; an embedded one that is damaged is deleted and rebuilt later from the graph."""
+    """The store's vector index; an embedded one that is damaged is deleted and rebuilt later from the graph.
+
+    A store whose vectors live on a Chroma server (`VECTOR_LOCATION`, recorded by `IndexSync.pair`) is refused
+    without a server: it would build an embedded copy of them beside its graph, which the server's forgets
+    would leave on disk."""
+    if url is None and graph.get_meta(VECTOR_LOCATION) == "server":
+        raise InvalidInputError("this store keeps its vectors on a Chroma server: pass its chroma_url (the shell's"
+                                " --chroma-url) and its collection")
     try:
         return VectorIndex(folder, collection, url, graph.index_key)
     except StoreCorruptedError:
@@ -130,6 +139,13 @@ class IndexSync:
                 f" (store {self.graph.store_id}): remove {self.index.location} to have it rebuilt from this store's"
                 " notes"
             )
+        self.record_location()
+
+    def record_location(self) -> None:
+        """Keep in the graph where its vectors live now (`open_index` refuses a server store opened without one)."""
+        if self.graph.get_meta(VECTOR_LOCATION) != self.index.mode:
+            with self.graph.transaction():
+                self.graph.set_meta(VECTOR_LOCATION, self.index.mode)
 
     def _unpaired_index_message(self, vectors: int) -> str:
         """Why a new (or emptied) graph beside a full index is refused, and the ways out. On a Chroma

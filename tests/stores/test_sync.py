@@ -138,6 +138,11 @@ def test_restore_onto_a_chroma_server_replaces_the_collection(tmp_path, embedder
                                embedder=embedder) as restored:
         assert restored.stats().notes == 1
         assert [h.note.id for h in restored.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]
+    with pytest.raises(InvalidInputError, match="keeps its vectors on a Chroma server"):  # it built a copy here
+        Memory(path, embedder=embedder)
+    assert not (path / "chroma").exists()
+    with Memory.restore_backup(tmp_path / "backup", tmp_path / "local", embedder=embedder) as embedded:  # the server
+        assert [h.note.id for h in embedded.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]  # gone, say
 
 
 def test_a_store_of_the_previous_release_opens_and_migrates_with_its_notes_intact(tmp_path, embedder):
