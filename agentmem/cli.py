@@ -80,12 +80,12 @@ def _policy(value: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmem", description="Long-term memory for LLM agents.")
-    parser.add_argument("--path", default="memdata", help="store folder, or a postgresql:// URL (default: ./memdata)")
+    parser.add_argument("--path", help="store folder, or a postgresql:// URL (default: ./memdata)")
     parser.add_argument("--chroma-url", default=None, help="use a Chroma server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--collection", default="agentmem_notes",
                         help="the Chroma collection of the store's vectors: one per store on a Chroma server")
-    parser.add_argument("--url", default=os.environ.get("AGENTMEM_URL"),
-                        help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL)")
+    parser.add_argument("--url", help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL,"
+                                       " which a --path given overrides)")
     parser.add_argument("--api-key", default=os.environ.get("AGENTMEM_API_KEY"),
                         help="the key --url sends (env AGENTMEM_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,8 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def where(args: argparse.Namespace) -> None:
+    """--path or --url, as given; else AGENTMEM_URL; else ./memdata. A --path given beats the environment's
+    server, which would otherwise have been used in its place without a word."""
+    from .errors import InvalidInputError
+
+    if args.path is not None and args.url is not None:
+        raise InvalidInputError("give --path (a local store) or --url (a server), not both")
+    if args.path is None and args.url is None:
+        args.url = os.environ.get("AGENTMEM_URL") or None
+    if args.path is None:
+        args.path = "memdata"
+
+
 def run(args: argparse.Namespace) -> Any:
     """The command's result (JSON-able), on the local store or the server at --url."""
+    where(args)
     if not args.url:  # a local command loads MiniLM: no news, on a command that prints JSON
         from transformers.utils import logging as transformers_logging
 
@@ -349,7 +363,8 @@ def restore_backup(args: argparse.Namespace) -> Any:
     from .memory import Memory
 
     if args.url:
-        raise InvalidInputError("restore-backup makes a new store on this machine: give --path, not --url")
+        raise InvalidInputError("restore-backup makes a new store on this machine: give --path (a server's --url,"
+                                " or AGENTMEM_URL without --path, names no place for it)")
     with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url,
                                collection=args.collection) as memory:
         return memory.stats()

@@ -169,6 +169,21 @@ def test_an_unreachable_server_is_a_typed_error(capsys):
     assert code == 2 and out is None and "StoreUnavailableError" in err
 
 
+def test_a_path_given_beats_the_environments_server_and_both_given_is_refused(tmp_path, capsys, monkeypatch):
+    """AGENTMEM_URL in the environment was used in place of an explicit --path, without a word."""
+    from tests.conftest import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AGENTMEM_URL", nowhere)
+    store = str(tmp_path / "m")
+    assert run(capsys, "--path", store, "remember", "Ada writes compilers")[0] == 0
+    assert run(capsys, "--path", store, "stats")[1]["notes"] == 1
+    code, _, err = run(capsys, "stats")   # no --path: the environment's server
+    assert code == 2 and "StoreUnavailableError" in err and "127.0.0.1" in err
+    code, _, err = run(capsys, "--path", store, "--url", nowhere, "stats")
+    assert code == 2 and "InvalidInputError: give --path (a local store) or --url (a server), not both" in err
+
+
 @pytest.mark.parametrize(("keys", "share_from"), [((), 2), (("--api-key", "admin-key-01"), 2),
                                                   (("--api-key", "admin-key-01", "--api-key", "alice-key-1:alice"), None)])
 def test_a_server_with_user_bound_keys_shares_a_fact_only_when_marked(tmp_path, embedder, monkeypatch, keys, share_from):
