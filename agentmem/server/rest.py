@@ -304,7 +304,8 @@ async def answer(request: Request, body: AnswerRequest, mem: Scoped, lane: Lane)
     ), user=user_id, client=request)
 
 
-@router.get("/health", tags=["store"], summary="the server is up (no key needed: it tells nothing else)")
+@router.api_route("/health", methods=["GET", "HEAD"], tags=["store"],  # load balancers probe with either
+                  summary="the server is up (no key needed: it tells nothing else)")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -39,6 +39,7 @@ def test_the_health_probe_needs_no_key_and_tells_nothing_but_up(server):
     with server.client(None) as probe:
         answer = probe.get("/v1/health")
         assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+        assert probe.head("/v1/health").status_code == 200   # it was 405 to a probe that uses HEAD
         assert probe.get("/v1/health", headers={"Host": "rebound.example"}).status_code == 421
         assert probe.get("/v1/health/", follow_redirects=True).status_code == 401  # only that exact path is open
 
