@@ -12,18 +12,21 @@ from typing import Any
 from mcp.server import MCPServer, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, TextContent
+from mcp.types import INVALID_PARAMS, CallToolResult, TextContent
 from pydantic import BaseModel, ValidationError
 
-from ..errors import AgentMemError
+from ..errors import AgentMemError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Answer, ConsolidationReport, Hit, Note
 from .access import ScopedMemory
 from .auth import ApiKeys, Caller
 from .model_lane import ModelLane
 from .models import STRICT
+
+RESOURCE_NOT_FOUND = -32002  # the MCP specification's error code for a resource that does not exist
 
 INSTRUCTIONS = (
     "Long-term memory. add_memory stores what is worth keeping (scope it with user_id); "
@@ -186,6 +189,7 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
         try:
             return scoped(ctx).note(note_id).model_dump_json()
         except AgentMemError as exc:
-            raise ResourceError(f"{type(exc).__name__}: {exc}") from exc
+            raise MCPError(RESOURCE_NOT_FOUND if isinstance(exc, NoteNotFoundError) else INVALID_PARAMS,
+                           f"{type(exc).__name__}: {exc}") from exc
 
     return server

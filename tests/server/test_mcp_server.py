@@ -92,6 +92,28 @@ def test_a_tool_refuses_arguments_it_does_not_take_and_values_of_another_type(tm
         assert [note.text for note in memory.notes()] == ["Yara likes tea"]
 
 
+def test_a_missing_or_malformed_note_resource_is_the_clients_error_not_an_internal_one(tmp_path, embedder):
+    """Both came back as -32603, an internal error of the server."""
+    from mcp.shared.exceptions import MCPError
+
+    from agentmem.memory import Memory
+    from agentmem.server.mcp_server import build_mcp_server
+    from agentmem.server.model_lane import ModelLane
+
+    async def codes(memory) -> list[tuple[int, str]]:
+        found = []
+        async with Client(build_mcp_server(memory, ModelLane())) as client:
+            for uri in ("memory://notes/nope", "memory://notes/bad%20id"):
+                try:
+                    await client.read_resource(uri)
+                except MCPError as exc:
+                    found.append((exc.code, exc.message.split(":")[0]))
+        return found
+
+    with Memory(tmp_path / "m", embedder=embedder) as memory:
+        assert asyncio.run(codes(memory)) == [(-32002, "NoteNotFoundError"), (-32602, "InvalidInputError")]
+
+
 def test_the_answer_tool_is_refused_with_a_typed_error_when_its_users_queue_for_the_model_is_full(tmp_path, embedder):
     from agentmem.memory import Memory
     from agentmem.server.mcp_server import build_mcp_server
