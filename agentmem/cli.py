@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", help="talk to a running `agentmem serve` instead of opening --path (env AGENTMEM_URL,"
                                        " which a --path given overrides)")
     parser.add_argument("--api-key", default=os.environ.get("AGENTMEM_API_KEY"),
-                        help="the key --url sends (env AGENTMEM_API_KEY)")
+                        help="the key --url sends, and serve's key when it is given none (env AGENTMEM_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     scope = argparse.ArgumentParser(add_help=False)
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recall = commands.add_parser("recall", parents=[scope], help="find memories")
     recall.add_argument("query")
-    recall.add_argument("-k", type=int, default=5)
+    recall.add_argument("-k", type=int, default=5, help="how many notes (default: 5)")
     recall.add_argument("--archived", action="store_true", help="include archived notes")
 
     listing = commands.add_parser("list", help="the memories of a scope, oldest first (nothing reinforced)")
@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--agent", dest="agent_id")
     listing.add_argument("--session", dest="session_id")
     listing.add_argument("--archived", action="store_true", help="include archived notes")
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many notes (default: 100)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many first (default: 0)")
     commands.add_parser("get", parents=[note], help="one memory")
     update = commands.add_parser("update", parents=[note], help="change a memory's text or tags (history kept)")
     update.add_argument("--text")
@@ -123,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("neighbors", parents=[note], help="the memories linked to one")
     link = commands.add_parser("link", parents=[note], help="link two memories by hand")
     link.add_argument("other", help="the other note id")
-    link.add_argument("--weight", type=float, default=1.0)
+    link.add_argument("--weight", type=float, default=1.0, help="the link's strength, in (0, 1] (default: 1.0)")
 
     decay = commands.add_parser("decay", help="archive faded memories")
-    decay.add_argument("--at", type=_time)
+    decay.add_argument("--at", type=_time, help="ISO time to judge retention at (default: now)")
     restore = commands.add_parser("restore", parents=[note], help="bring an archived memory back")
-    restore.add_argument("--at", type=_time)
+    restore.add_argument("--at", type=_time, help="ISO time of the restore (default: now)")
     commands.add_parser("stats", help="counts of notes, links and users")
 
     export = commands.add_parser("export", help="write all notes as JSONL")
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--collection", default=argparse.SUPPRESS, help="the same as the global --collection")
 
     plan = commands.add_parser("plan", help="what consolidation would do now and why; changes nothing")
-    plan.add_argument("--at", type=_time)
+    plan.add_argument("--at", type=_time, help="ISO time to judge the notes at (default: now)")
     plan.add_argument("--policy", type=_policy, default={}, help='policy overrides as JSON, e.g. \'{"min_recalls": 2}\'')
     consolidate = commands.add_parser(
         "consolidate", help="edit the facts of often-recalled notes into the local model (progress on stderr)"
@@ -157,17 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     consolidate.add_argument("--dry-run", action="store_true", help="print the decisions, change nothing")
     consolidate.add_argument("--at", type=_time, help="ISO time to judge the notes at (default: now)")
     consolidate.add_argument("--editor", help="editor kind (default: the store's saved one, else grace)")
-    consolidate.add_argument("--policy", type=_policy, default={}, help="policy overrides as JSON")
+    consolidate.add_argument("--policy", type=_policy, default={},
+                             help='policy overrides as JSON, e.g. \'{"min_recalls": 2}\'')
     ledger = commands.add_parser("ledger", help="which note became which edit")
-    ledger.add_argument("--note", dest="note_id")
+    ledger.add_argument("--note", dest="note_id", help="only this note's edits")
     answer = commands.add_parser("answer", parents=[scope], help="answer from the weights or the recalled notes")
     answer.add_argument("question")
-    answer.add_argument("-k", type=int, default=5)
+    answer.add_argument("-k", type=int, default=5, help="notes recalled as context, at most (default: 5)")
     answer.add_argument("--no-retrieval", dest="retrieval", action="store_false", help="the model (and its edits) alone")
 
     serve = commands.add_parser("serve", help="serve the store over REST, MCP (/mcp) and an OpenAI-compatible chat API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"the port (default: {DEFAULT_PORT})")
     serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                        help="a host name clients reach the server by, besides 127.0.0.1, localhost and [::1] "
                             "(other Host headers get 421; bound beyond loopback with none given, any name is answered)")

@@ -373,9 +373,11 @@ def main(argv: Sequence[str] | None = None) -> list[ConsolidationScores] | list[
     parser.add_argument("--data", type=Path, default=DEFAULT_EDIT_FILE, help="ZsRE edit file")
     parser.add_argument("--n", type=int, nargs="+", default=[100, 500], help="numbers of facts")
     parser.add_argument("--editor", default="grace", help="editor kind")
-    parser.add_argument("--chat", action="store_true", help="ask reworded questions in chat, closed book (see above)")
+    parser.add_argument("--chat", action="store_true", help="after the job, ask each fact as a reworded question in a chat, closed book"
+                             " (retrieval off), with its neighbour and unrelated questions")
     parser.add_argument("--consistent", action="store_true",
-                        help="edit only facts that do not contradict each other (see above)")
+                        help="take only records that do not contradict each other (ZsRE repeats a subject with other"
+                             " targets)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     report.add_benchmarks_option(parser)
