@@ -15,7 +15,7 @@ import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 8765
@@ -78,8 +78,20 @@ def _policy(value: str) -> dict[str, Any]:
     return policy
 
 
+STORE_OPTIONS = ("--path", "--chroma-url", "--collection", "--url", "--api-key")
+
+
+class Parser(argparse.ArgumentParser):
+    """The root parser: a store option put after the command gets the order it needs, not only "unrecognized"."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments") and any(option in message for option in STORE_OPTIONS):
+            message += "; the store's options come before the command: agentmem --path PATH COMMAND ..."
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentmem", description="Long-term memory for LLM agents.")
+    parser = Parser(prog="agentmem", description="Long-term memory for LLM agents.")
     parser.add_argument("--path", help="store folder, or a postgresql:// URL (default: ./memdata)")
     parser.add_argument("--chroma-url", default=None, help="use a Chroma server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--collection", default="agentmem_notes",

@@ -92,6 +92,9 @@ def test_help_and_argument_errors_need_no_store(tmp_path):
     assert wrong.returncode == 2 and "required" in wrong.stderr and not (tmp_path / "m").exists()
     with pytest.raises(SystemExit):
         main(["serve", "--consolidate-every", "soon"])
+    late = subprocess.run([sys.executable, "-m", "agentmem.cli", "recall", "--path", str(tmp_path / "m"), "hello"],
+                          capture_output=True, text=True, timeout=120)
+    assert late.returncode == 2 and "the store's options come before the command" in late.stderr
 
 
 def test_durations_for_the_schedule():
