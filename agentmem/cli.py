@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import socket
 import sys
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 8765
+LOCAL_ONLY = ("serve", "mcp", "restore-backup", "migrate")  # commands on this machine's store, never a server's
 CREATES_STORE = ("remember", "import")  # the verbs on notes that may start a new store; the others need one
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -208,7 +208,9 @@ def where(args: argparse.Namespace) -> None:
 
     if args.path is not None and args.url is not None:
         raise InvalidInputError("give --path (a local store) or --url (a server), not both")
-    if args.path is None and args.url is None:
+    if args.command in LOCAL_ONLY and args.url is not None:
+        raise InvalidInputError(f"{args.command} works on this machine's stores, not a server's: leave out --url")
+    if args.path is None and args.url is None and args.command not in LOCAL_ONLY:
         args.url = os.environ.get("AGENTMEM_URL") or None
     if args.path is None:
         args.path = "memdata"
@@ -236,21 +238,30 @@ def run(args: argparse.Namespace) -> Any:
             return act(mem, args)
     from .memory import Memory  # heavy imports only once the arguments are known good
 
-    if args.command not in CREATES_STORE:
+    if args.command in CREATES_STORE:
+        check_first(args)
+    else:
         require_store(args.path)
-    from .errors import AgentMemError
-    from .stores.location import is_postgres_url
+    with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,
+                editor=getattr(args, "editor", None)) as mem:
+        return act(mem, args)
 
-    missing = [] if is_postgres_url(args.path) else [p for p in (Path(args.path), *Path(args.path).parents)
-                                                     if not p.exists()]
-    try:
-        with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection,
-                    editor=getattr(args, "editor", None)) as mem:
-            return act(mem, args)
-    except AgentMemError:  # a refused first remember or import leaves no store (nor folder) behind
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        raise
+
+def check_first(args: argparse.Namespace) -> None:
+    """The input of a command that may start a store, checked as the memory will check it, before the store
+    opens: a refused first remember or import made a whole empty store (on a Chroma server, one that claimed
+    the collection)."""
+    from . import validation
+    from .config import MemoryConfig
+    from .transfer import read_notes
+
+    for name in ("user_id", "agent_id", "session_id"):
+        validation.scope(name, getattr(args, name, None))
+    if args.command == "remember":
+        validation.text(args.text, MemoryConfig().max_text_chars)
+        validation.tags(args.tags)
+    else:
+        read_notes(validation.file_path(args.file))
 
 
 def require_store(path: str) -> None:
@@ -372,12 +383,8 @@ def listening(host: str, port: int) -> socket.socket:
 
 def restore_backup(args: argparse.Namespace) -> Any:
     """A new store at --path from a backup (local only: a server keeps its store open)."""
-    from .errors import InvalidInputError
     from .memory import Memory
 
-    if args.url:
-        raise InvalidInputError("restore-backup makes a new store on this machine: give --path (a server's --url,"
-                                " or AGENTMEM_URL without --path, names no place for it)")
     with Memory.restore_backup(args.source, args.path, chroma_url=args.chroma_url,
                                collection=args.collection) as memory:
         return memory.stats()
@@ -385,11 +392,8 @@ def restore_backup(args: argparse.Namespace) -> Any:
 
 def migrate_store(args: argparse.Namespace) -> Any:
     """The folder store --from copied into the PostgreSQL database --to (local only, like restore-backup)."""
-    from .errors import InvalidInputError
     from .stores.migrate import migrate
 
-    if args.url:
-        raise InvalidInputError("migrate moves a store from this machine: give --from and --to, not --url")
     return migrate(args.source, args.target, chroma_url=args.chroma_url, collection=args.collection)
 
 

@@ -182,7 +182,6 @@ class Memory:
                 self._graph.set_meta("embedding_dim", dim)
         elif stored != dim:
             raise InvalidInputError(f"this store holds {stored}-dimensional embeddings; the embedder gives {dim}")
-        self._graph.dimension = int(dim)
 
     # ---- writing -------------------------------------------------------------------
 

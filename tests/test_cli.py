@@ -185,6 +185,11 @@ def test_a_path_given_beats_the_environments_server_and_both_given_is_refused(tm
     assert code == 2 and "StoreUnavailableError" in err and "127.0.0.1" in err
     code, _, err = run(capsys, "--path", store, "--url", nowhere, "stats")
     assert code == 2 and "InvalidInputError: give --path (a local store) or --url (a server), not both" in err
+    assert run(capsys, "--path", store, "backup", str(tmp_path / "bk"))[0] == 0
+    code, stats, _ = run(capsys, "--path", str(tmp_path / "back"), "restore-backup", str(tmp_path / "bk"))
+    assert code == 0 and stats["notes"] == 1   # local only: the environment's server is not its place
+    code, _, err = run(capsys, "--url", nowhere, "serve")   # it served --path and ignored the server named
+    assert code == 2 and "serve works on this machine's stores, not a server's: leave out --url" in err
 
 
 @pytest.mark.parametrize(("keys", "share_from"), [((), 2), (("--api-key", "admin-key-01"), 2),

@@ -62,9 +62,10 @@ class ConsolidationPolicy(BaseModel):
         "next_job", description="when an update or a contradicting note replaces a consolidated fact's edit",
     )
     share_from: int | None = Field(
-        2, ge=1, le=MAX_INT, description="users stating the same fact that make its edit shared by everyone (None: only a mark "
-                             "shares; `agentmem serve` with user-bound keys defaults to it, as two such keys could "
-                             "otherwise share what neither may mark)",
+        2, ge=1, le=MAX_INT,
+        description="users stating the same fact that make its edit shared by everyone (None: only a mark "
+                    "shares; `agentmem serve` with user-bound keys defaults to it, as two such keys could "
+                    "otherwise share what neither may mark)",
     )
     neighbours: bool = Field(True, description="also verify each edit on its neighbour prompts (facts.neighbour_prompts)")
 

@@ -35,7 +35,7 @@ class LaneFullError(AgentMemError, RuntimeError):
     bound would let one caller delay every other caller's turn without end. `retry_after_s` is when a place
     is likely free again (one turn's time), sent as `Retry-After`, which the `openai` client honours."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

@@ -13,12 +13,12 @@ from mcp.server import MCPServer, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.shared.exceptions import MCPError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import INVALID_PARAMS, CallToolResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent
 from pydantic import BaseModel, ValidationError
 
-from ..errors import AgentMemError, NoteNotFoundError
+from ..errors import AgentMemError, InvalidInputError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Answer, ConsolidationReport, Hit, Note
 from .access import ScopedMemory
@@ -27,6 +27,8 @@ from .model_lane import ModelLane
 from .models import STRICT
 
 RESOURCE_NOT_FOUND = -32002  # the MCP specification's error code for a resource that does not exist
+# a resource read's refusal, as the client's fault where it is (a store that cannot be reached is the server's)
+RESOURCE_CODES = {NoteNotFoundError: RESOURCE_NOT_FOUND, InvalidInputError: INVALID_PARAMS}
 
 INSTRUCTIONS = (
     "Long-term memory. add_memory stores what is worth keeping (scope it with user_id); "
@@ -189,7 +191,6 @@ def build_mcp_server(memory: Memory, lane: ModelLane,
         try:
             return scoped(ctx).note(note_id).model_dump_json()
         except AgentMemError as exc:
-            raise MCPError(RESOURCE_NOT_FOUND if isinstance(exc, NoteNotFoundError) else INVALID_PARAMS,
-                           f"{type(exc).__name__}: {exc}") from exc
+            raise MCPError(RESOURCE_CODES.get(type(exc), INTERNAL_ERROR), f"{type(exc).__name__}: {exc}") from exc
 
     return server

@@ -11,12 +11,11 @@ a waiting call watches its client and leaves the queue (freeing its user's place
 """
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
-
-import math
-import time
 
 import anyio
 import anyio.to_thread

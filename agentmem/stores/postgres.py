@@ -111,6 +111,7 @@ CREATE TABLE IF NOT EXISTS store_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE C
 INSERT INTO store_version(one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 """
 
+STATISTICS_LOCK_WAIT_MS = 100  # how long dropping an emptied table's statistics may wait for its lock
 ANALYZE_AT_LEAST = 500  # notes a store gains before its first statistics are refreshed
 SCHEMA_LOCK = 0x61676D0  # advisory lock keys (per database): creating the schema,
 WRITE_LOCK = 0x61676D1  # the write sections of every replica,
@@ -616,11 +617,13 @@ class PostgresNoteGraph(SqlNoteStore):
         for table in dict.fromkeys(table for table, _, _ in columns):
             if self._run(f"SELECT EXISTS (SELECT 1 FROM {table})")[0][0]:
                 continue
-            for _, column, kind in (found for found in columns if found[0] == table):
-                try:
-                    self._run(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE {kind}')
-                except (StoreUnavailableError, StoreCorruptedError) as exc:
-                    log.warning("the statistics of %s.%s were not dropped: %s", table, column, exc)
+            alters = ", ".join(f'ALTER COLUMN "{column}" TYPE {kind}' for name, column, kind in columns if name == table)
+            try:
+                with self.transaction(bookkeeping=True):  # the lock waits for no replica's write: a later forget
+                    self._write(f"SET LOCAL lock_timeout = '{STATISTICS_LOCK_WAIT_MS}ms'")  # tries again
+                    self._write(f"ALTER TABLE {table} {alters}")
+            except (StoreUnavailableError, StoreCorruptedError) as exc:
+                log.warning("the statistics of %s were not dropped: %s", table, exc)
 
     def _vacuum(self, command: str) -> None:
         present = self._run("SELECT t FROM unnest(?::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(FORGET_VACUUMS),))

@@ -184,7 +184,7 @@ class Neighbours:
                 continue
             self._rows[row["id"]] = row
         self._unreadable = unreadable
-        self.waiting = {note_id for note_id, row in self._rows.items() if row["waiting"]}
+        self.waiting = {row["id"] for row in rows if row["waiting"] and row["id"] in self._rows}  # any of its rows
 
     def notes(self, note_ids: Iterable[str]) -> dict[str, Note]:
         """The notes of these ids (without links), those that were read and can be."""

@@ -53,7 +53,16 @@ class SqlNoteStore:
     unreadable: dict[str, str]
     index_key: bytes
     store_id: str | None
-    dimension: int | None = None  # the embeddings' length, once the memory has checked its embedder
+    _dimension: int | None = None
+
+    @property
+    def dimension(self) -> int | None:
+        """The embeddings' length, once an embedder has been checked against the store (`embedding_dim`): a
+        stored vector of another length is unreadable (`rows.vector_of`)."""
+        if self._dimension is None:
+            stored = self.get_meta("embedding_dim")
+            self._dimension = int(stored) if stored is not None and stored.isdigit() else None
+        return self._dimension
 
     # ---- what a store gives ------------------------------------------------------------
 

@@ -44,10 +44,16 @@ def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore)
 
     A store whose vectors live on a Chroma server (`VECTOR_LOCATION`, recorded by `IndexSync.pair`) is refused
     without a server: it would build an embedded copy of them beside its graph, which the server's forgets
-    would leave on disk."""
-    if url is None and graph.get_meta(VECTOR_LOCATION) == "server":
-        raise InvalidInputError("this store keeps its vectors on a Chroma server: pass its chroma_url (the shell's"
-                                " --chroma-url) and its collection")
+    would miss. A store moving its vectors to a server drops its embedded copy for the same reason."""
+    kept = graph.get_meta(VECTOR_LOCATION)
+    if url is None and kept == "server":
+        raise InvalidInputError(
+            f"this store keeps its vectors on a Chroma server: pass its chroma_url (the shell's --chroma-url) and"
+            f" collection. To keep them here instead (that server is gone for good), restore the store as a backup:"
+            f" `touch {folder.parent}/backup-complete` and `agentmem --path NEW_FOLDER restore-backup {folder.parent}`"
+        )
+    if url is not None and kept == "embedded":
+        shutil.rmtree(folder, ignore_errors=True)
     try:
         return VectorIndex(folder, collection, url, graph.index_key)
     except StoreCorruptedError:

@@ -138,11 +138,18 @@ def test_restore_onto_a_chroma_server_replaces_the_collection(tmp_path, embedder
                                embedder=embedder) as restored:
         assert restored.stats().notes == 1
         assert [h.note.id for h in restored.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]
-    with pytest.raises(InvalidInputError, match="keeps its vectors on a Chroma server"):  # it built a copy here
-        Memory(path, embedder=embedder)
+    with pytest.raises(InvalidInputError, match="keeps its vectors on a Chroma server") as refused:  # it built a
+        Memory(path, embedder=embedder)                                                              # copy here
     assert not (path / "chroma").exists()
-    with Memory.restore_backup(tmp_path / "backup", tmp_path / "local", embedder=embedder) as embedded:  # the server
-        assert [h.note.id for h in embedded.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]  # gone, say
+    way_out = refused.value.args[0].split("`")   # the server gone for good: the folder restored as a backup
+    (path / "backup-complete").touch()
+    assert way_out[1] == f"touch {path}/backup-complete" and way_out[3].endswith(f"restore-backup {path}")
+    with Memory.restore_backup(path, tmp_path / "local", embedder=embedder) as embedded:
+        assert [h.note.id for h in embedded.recall("Jon's boat", user_id="jon", at=T0)] == [note.id]
+        embedded.remember("Jon's dinghy is called Puffin", user_id="jon", at=T0)
+    with Memory(tmp_path / "local", chroma_url=chroma_server, collection="restore_local", embedder=embedder) as moved:
+        assert moved.stats().notes == 2 and not (tmp_path / "local" / "chroma").exists()  # no copy left here
+        assert moved.recall("What is Jon's dinghy called?", user_id="jon", k=1, at=T0)[0].note.text.endswith("Puffin")
 
 
 def test_a_store_of_the_previous_release_opens_and_migrates_with_its_notes_intact(tmp_path, embedder):
