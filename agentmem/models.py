@@ -67,6 +67,9 @@ def default_device() -> str:
 
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The longest prompt the local model is given: one call holds the model (and a server's lane) while it reads it,
+# about ten seconds for this many tokens on one CPU core, and minutes for the 20,000 characters a chat could send.
+MAX_PROMPT_TOKENS = 2048
 
 
 class LanguageModel:
@@ -181,6 +184,9 @@ class LanguageModel:
         batch = self.tokenizer(
             texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special_tokens
         ).to(self.device)
+        if batch["input_ids"].shape[1] > MAX_PROMPT_TOKENS:
+            raise InvalidInputError(f"the prompt has {batch['input_ids'].shape[1]} tokens; the local model takes at"
+                                    f" most {MAX_PROMPT_TOKENS}")
         generate_kwargs.setdefault("do_sample", False)
         with self._running, torch.no_grad():
             out = self.model.generate(

@@ -8,7 +8,7 @@ import torch
 
 from agentmem.editors import EditRequest, GraceEditor
 from agentmem.errors import InvalidInputError, ModelUnavailableError
-from agentmem.models import _dequantized_checkpoint, agentmem_home, bundled_gguf_path, load_model
+from agentmem.models import MAX_PROMPT_TOKENS, _dequantized_checkpoint, agentmem_home, bundled_gguf_path, load_model
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401  (fixtures)
 
 PAIRS = [("Alice lives in", "Lisbon"), ("The sky is", "blue blue blue"), ("What is the capital of Australia?", "Canberra")]
@@ -22,6 +22,16 @@ def test_a_batch_generates_what_each_prompt_generates_alone(tiny_lm):
 def test_generation_refuses_an_empty_prompt(tiny_lm):
     with pytest.raises(InvalidInputError):
         tiny_lm.generate("", max_new_tokens=2)
+
+
+def test_a_prompt_longer_than_the_local_model_takes_is_refused_before_it_runs(tiny_lm):
+    """A chat of 20,000 characters held the model, and a server's lane behind it, for minutes."""
+    words = " ".join(f"word{i}" for i in range(MAX_PROMPT_TOKENS))
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_PROMPT_TOKENS}"):
+        tiny_lm.reply([{"role": "user", "content": words}], max_new_tokens=1)
+    with pytest.raises(InvalidInputError, match="tokens"):
+        tiny_lm.generate(words, max_new_tokens=1)
+    assert tiny_lm.generate(" ".join(words.split()[:100]), max_new_tokens=1) is not None
 
 
 def test_a_pair_splits_where_the_prompt_ends(tiny_lm):
