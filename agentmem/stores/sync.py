@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
+from .location import GRAPH_FILE
 from .rows import OutboxClaim
 from .store import NoteStore
 from .vectors import VectorIndex, matches
@@ -47,10 +48,12 @@ def open_index(folder: Path, collection: str, url: str | None, graph: NoteStore)
     would miss. A store moving its vectors to a server drops its embedded copy for the same reason."""
     kept = graph.get_meta(VECTOR_LOCATION)
     if url is None and kept == "server":
+        store = folder.parent
         raise InvalidInputError(
-            f"this store keeps its vectors on a Chroma server: pass its chroma_url (the shell's --chroma-url) and"
-            f" collection. To keep them here instead (that server is gone for good), restore the store as a backup:"
-            f" `touch {folder.parent}/backup-complete` and `agentmem --path NEW_FOLDER restore-backup {folder.parent}`"
+            "this store keeps its vectors on a Chroma server: pass its chroma_url (the shell's --chroma-url) and"
+            " collection." + (" To keep them here instead (that server is gone for good), restore the store as a"
+                              f" backup: `touch {store}/backup-complete` and `agentmem --path NEW_FOLDER restore-backup"
+                              f" {store}`" if (store / GRAPH_FILE).is_file() else "")
         )
     if url is not None and kept == "embedded":
         shutil.rmtree(folder, ignore_errors=True)
