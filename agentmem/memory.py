@@ -28,8 +28,7 @@ from sentence_transformers import SentenceTransformer
 
 from . import transfer, validation as check
 from .config import MemoryConfig
-from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, reader_scopes
-from .consolidation import answering
+from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, reader_scopes
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
