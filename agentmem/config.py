@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class MemoryConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # a misspelt field ("link_treshold") is refused, not silently left at its default
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # input limits
     max_text_chars: int = Field(10_000, ge=1)
