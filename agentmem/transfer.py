@@ -27,6 +27,7 @@ from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
 from .stores.sync import VECTOR_LOCATION, IndexSync
+from .stores.vectors import location_of
 from .validation import MAX_PATH_CHARS, reasons
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
@@ -276,7 +277,7 @@ def prepare_index(path: Path, collection: str, chroma_url: str | None) -> None:
         if graph.store_id is None:  # a backup of a release-0.1 store
             graph.claim(uuid.uuid4().hex)
         with graph.transaction():
-            graph.set_meta(VECTOR_LOCATION, "server" if chroma_url else "embedded")
+            graph.set_meta(VECTOR_LOCATION, location_of(chroma_url))
         if chroma_url is not None:
             index = VectorIndex(path / "chroma", collection, chroma_url, graph.index_key)
             index.reset(graph.store_id)

@@ -111,6 +111,11 @@ def _reachable(what: str) -> Iterator[None]:
         raise StoreUnavailableError(f"the vector index failed to {what}: {type(exc).__name__}: {exc}") from exc
 
 
+def location_of(url: str | None) -> str:
+    """Where an index opened with this url keeps its vectors, as the note graph records it."""
+    return "server" if url else "embedded"
+
+
 class VectorIndex:
     def __init__(self, path: Path, collection: str, url: str | None, key: bytes):
         if not isinstance(collection, str) or not COLLECTION_NAME.fullmatch(collection) or ".." in collection:
@@ -119,7 +124,7 @@ class VectorIndex:
                 f" or digit; got {collection!r}"
             )
         self._path, self._url, self._name, self._key = path, url, collection, key
-        self.mode = "server" if url else "embedded"
+        self.mode = location_of(url)
         # a search checks the scope of every candidate it finds, mostly of a few users and sessions
         self._scope_token = functools.lru_cache(maxsize=4096)(functools.partial(index_token, key))
         self._connect()
