@@ -547,9 +547,13 @@ class Memory:
         this memory's embedder.
         """
         notes = transfer.read_notes(check.file_path(path))
-        for note in notes:
+        for number, note in enumerate(notes, 1):
             self._item(note.text, note.user_id, note.agent_id, note.session_id, note.created_at,
                        note.tags, note.metadata, note.fact, stored=True)
+            try:
+                check.enrichment(note.keywords, note.context, self.config.max_keywords, self.config.max_text_chars)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path}: note {number}: {exc}") from None
         with self._sections.exclusive():
             new = transfer.store_new(notes, self._graph, self._sync, self._embed, lambda s: self._writer.remixed(s, {}))
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))

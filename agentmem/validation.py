@@ -101,6 +101,18 @@ def tags(value: Any) -> list[str]:
         raise InvalidInputError(f"bad tag: {reasons(exc.errors())}") from None
 
 
+def enrichment(keywords: list[str], context: str, max_keywords: int, max_text_chars: int) -> None:
+    """An imported note's keywords and context, within what this store's own notes can hold: at most
+    `max_keywords` keywords (evolution and the enricher keep to it), each a word of some note's text, and a
+    context made of a date, a scope and four of its words (an enricher's, at most 500 characters)."""
+    if len(keywords) > max_keywords:
+        raise InvalidInputError(f"at most {max_keywords} keywords (this store's max_keywords); got {len(keywords)}")
+    if any(len(word) > max_text_chars for word in keywords):
+        raise InvalidInputError(f"a keyword is longer than a text may be ({max_text_chars} characters)")
+    if len(context) > max_text_chars + 500:
+        raise InvalidInputError(f"the context is longer than {max_text_chars + 500} characters")
+
+
 def metadata(value: Any, stored: bool = False) -> dict[str, Any] | None:
     """`stored`: a note's metadata as a store held it (an export's), which may nest deeper than new input."""
     if value is None:

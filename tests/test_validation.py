@@ -203,6 +203,9 @@ def _exported_row(mem: Memory, tmp_path, **changes) -> str:
     {"links": [{"note_id": "SELF", "weight": 0.5}]},
     {"metadata": {"k": "Infinity"}},
     {"tags": [""]},
+    {"keywords": [f"word{i}" for i in range(13)]},
+    {"keywords": ["w" * 10_001]},
+    {"context": "c" * 10_501},
 ], ids=lambda c: next(iter(c)))
 def test_import_refuses_rows_that_would_break_the_store(tmp_path, embedder, changes):
     with Memory(tmp_path / "source", embedder=embedder) as source:
