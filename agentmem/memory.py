@@ -131,6 +131,7 @@ class Memory:
                 notes=lambda: [note for note, _ in self._graph.all_notes()],
                 note=self._graph.get,
                 retention=self._reader.retention,
+                purge_freed=self._graph.purge_freed,
             )
             self._parametric = ParametricBridge(self.path, self._graph, self._ledger, access, model, editor)
             if isinstance(model, LanguageModel):

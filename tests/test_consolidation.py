@@ -17,6 +17,7 @@ from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory
 from agentmem.editors import GraceEditor
 from agentmem.notes import LedgerEntry, Note
 from tests.conftest import T0
+from tests.test_forget import traces
 from tests.editors.conftest import smollm, smollm_grace_config, tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401 (fixtures)
 
 LATER = T0 + timedelta(days=1)   # past the default stability window
@@ -346,6 +347,15 @@ def test_forget_retracts_the_edit_and_the_model_answers_as_before(open_memory, t
     mem.forget(alice.id)
     assert greedy(tiny_lm, "Alice lives in", 3) == before and mem.ledger(alice.id) == []
     assert set(applied(mem)) == {bob.id} and greedy(tiny_lm, "Bob lives in") == "Oslo"
+
+
+def test_forget_of_a_consolidated_note_leaves_its_fact_in_no_file_while_the_store_is_open(open_memory, tmp_path):
+    mem = open_memory()
+    alice, _ = recalled(mem, FACTS[0]), recalled(mem, FACTS[1])
+    mem.consolidate(at=LATER)
+    assert traces(tmp_path / "mem", ["Lisbon"]) != []  # the ledger holds the fact while it is applied
+    mem.forget(alice.id)
+    assert mem.ledger(alice.id) == [] and traces(tmp_path / "mem", ["Lisbon"]) == []
 
 
 def test_an_editor_that_refuses_a_rollback_is_rebuilt_without_the_edit(open_memory, monkeypatch, tiny_lm):

@@ -37,12 +37,14 @@ from .policy import ConsolidationPolicy, decide, edit_scopes, probe_limits
 
 @dataclass(frozen=True)
 class NoteAccess:
-    """How the job reads the note store: under the store's locks, which `locked()` takes."""
+    """How the job reads the note store: under the store's locks, which `locked()` takes. `purge_freed`
+    takes from the store's files the freed pages of rows just deleted (`NoteStore.purge_freed`)."""
 
     locked: Callable[[], AbstractContextManager[None]]
     notes: Callable[[], list[Note]]
     note: Callable[[str], Note | None]
     retention: Callable[[Note, datetime], float]
+    purge_freed: Callable[[], None]
 
 
 class Consolidator:
@@ -333,11 +335,14 @@ class Consolidator:
             self.parametric.rollback(doomed)
             self._save()  # on failure the rows stay `retracting`, for the next call
         with self.store.locked():
+            forgotten = {row.edit_id for row in rows if self.store.note(row.note_id) is None}
             for row in rows:
-                if self.store.note(row.note_id) is None:
+                if row.edit_id in forgotten:
                     self.ledger.delete(row.edit_id)
                 else:
                     self.ledger.set_status(row.edit_id, "retracted", at)
+            if forgotten:  # the deleted rows held the forgotten facts' prompts and targets
+                self.store.purge_freed()
 
     # ---- recovery ------------------------------------------------------------------------
 
