@@ -107,7 +107,32 @@ class LedgerConnection:
             return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
 
     def executescript(self, script: str) -> None:
-        """A script of statements without parameters, run as one (Postgres takes several at once)."""
-        with self._session() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._schema_lock,))
-            conn.execute(to_postgres(script, placeholders=False))
+        """A script of statements without parameters, run as one (Postgres takes several at once).
+        A script that only creates tables and indexes if missing is not run when all of them are
+        there: CREATE ... IF NOT EXISTS needs CREATE on the schema even then, which a role that only
+        reads and writes the store's tables lacks (the store makes the ledger's tables with its own)."""
+        with self._session() as conn:
+            names = created_if_missing(script)
+            if names and conn.execute(EXISTING, (names,)).fetchone()[0] == len(set(names)):
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._schema_lock,))
+                conn.execute(to_postgres(script, placeholders=False))
+
+
+CREATED_IF_MISSING = re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)\s*[(\s]", re.I)
+EXISTING = (
+    "SELECT count(*) FROM pg_class WHERE relname = ANY(%s)"
+    " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+)
+
+
+def created_if_missing(script: str) -> list[str] | None:
+    """The tables and indexes a script creates, if it only creates tables and indexes if missing (else None)."""
+    names = []
+    for statement in filter(str.strip, script.split(";")):
+        found = CREATED_IF_MISSING.match(statement)
+        if found is None:
+            return None
+        names.append(found.group(1).lower())
+    return names or None

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
-from .postgres import PostgresNoteGraph
+from .postgres import PostgresNoteGraph, url_parameters
 from .store import NoteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -28,12 +28,15 @@ def is_postgres_url(location: str | Path) -> bool:
 
 
 def check_location(location: str | Path) -> None:
-    """Refuse what looks meant as a PostgreSQL URL but is not one (a `Path` folds `//` into `/`)."""
+    """Refuse what looks meant as a PostgreSQL URL but is not one (a `Path` folds `//` into `/`),
+    and a URL that libpq would misread (`postgres.url_parameters`), naming none of it."""
     if str(location).startswith(("postgresql:", "postgres:")) and not is_postgres_url(location):
         raise InvalidInputError(
-            f"a PostgreSQL store is named by a URL string postgresql://user@host:port/database, not {location!r}"
+            "a PostgreSQL store is named by a URL string postgresql://user@host:port/database"
             " (pass it as a str, not a Path)"
         )
+    if is_postgres_url(location):
+        url_parameters(str(location))
 
 
 def local_folder(location: str | Path, home: Path | None = None) -> Path:
@@ -42,8 +45,15 @@ def local_folder(location: str | Path, home: Path | None = None) -> Path:
     if not is_postgres_url(location):
         return Path(location)
     parts = urlsplit(str(location))
+    try:
+        port = parts.port
+    except ValueError:  # several hosts, some with a port: urllib reads one
+        raise InvalidInputError(
+            "a PostgreSQL URL of several hosts names them in its query (?host=h1,h2&port=5432,5433),"
+            " not before the database"
+        ) from None
     database = parts.path.lstrip("/") or parts.username or "postgres"
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname or 'local'}-{parts.port or 5432}-{database}")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname or 'local'}-{port or 5432}-{database}")
     home = home or Path(os.environ.get("AGENTMEM_HOME") or Path.home() / ".cache" / "agentmem")
     return home / "postgres" / name
 

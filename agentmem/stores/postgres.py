@@ -1,7 +1,9 @@
 """The note store on PostgreSQL: the same surface as `NoteGraph`, shared by processes on several machines.
 
 Tables mirror the SQLite store's (notes with their embeddings as bytea, links, history,
-recalls, outbox, meta, absorbed keywords, quarantine), created on first open. What differs:
+recalls, outbox, meta, absorbed keywords, quarantine), created on first open; a store whose tables
+this release made (`schema_mark`, the comment on `notes`) is opened without DDL, so a role with only
+SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
 
 - Locking: `lock()` holds a session-level `pg_advisory_lock` on the store, so replicas on
   several hosts serialize their write sections (the SQLite store uses a file lock);
@@ -30,9 +32,9 @@ recalls, outbox, meta, absorbed keywords, quarantine), created on first open. Wh
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
-import re
 import selectors
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,12 +42,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import networkx as nx
 import numpy as np
 import psycopg
 import psycopg.rows
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
@@ -126,6 +130,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "absorbed": ("note_id", "keyword", "origin"),
     "quarantine": ("id", "reason", "at", "row"),
 }
+# every table the store makes (the notes' tables, the version log, the lexicon, shared folders, the ledger)
+STORE_TABLES = (*TABLES, "store_version", "link_changes", "lexicon", "shared_folders", "consolidation_ledger")
 LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
     "verification", "detail", "scope",
@@ -151,15 +157,74 @@ def psycopg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+SECRET_PARAMETERS = ("password", "sslpassword")  # what a message never shows of a URL
+MALFORMED = (
+    "malformed PostgreSQL URL: percent-encode special characters in the password (@ as %40, / as %2F, : as %3A,"
+    " ? as %3F, # as %23, % as %25) and give the port as a number; the URL is not shown, it may hold a password"
+)
+# Every connection's bounds, unless the URL sets its own: connecting waits at most 10 s, and a
+# connection whose peer stops acknowledging (a host down, a network path that drops packets)
+# fails its call after 30 s of unacknowledged data (tcp_user_timeout, in ms) or after 25 s of
+# silence on an idle or waiting connection (keepalives: 10 s idle, then 3 probes 5 s apart).
+# A server process that is stopped while its host's kernel still acknowledges is not covered.
+CONNECTION_BOUNDS = {
+    "connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+    "keepalives_count": "3", "tcp_user_timeout": "30000",
+}
+
+
+def url_parameters(url: str) -> dict[str, Any]:
+    """The URL's connection parameters as libpq reads them. A URL that libpq would misread is refused
+    (InvalidInputError, naming none of it): an unencoded `@` or `/` in the password makes part of it
+    the host, port or database name, which every message would then show."""
+    scheme, _, rest = url.partition("://")
+    before_query = rest.partition("?")[0]
+    authority, _, path = before_query.partition("/")
+    if authority.count("@") > 1 or "@" in path:
+        raise InvalidInputError(MALFORMED)
+    try:
+        parameters = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise InvalidInputError(MALFORMED) from None  # libpq's message may quote the URL
+    for port in str(parameters.get("port") or "").split(","):
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise InvalidInputError(MALFORMED)
+    return parameters
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+    """The URL without its secrets, for messages: a password in the user part (up to the last `@`)
+    or given as a query parameter (`?password=`, `sslpassword=`) shows as ***; a URL that
+    `url_parameters` refuses shows as its scheme only."""
+    try:
+        url_parameters(url)
+    except InvalidInputError:
+        return f"{url.partition('://')[0]}://(a malformed URL, not shown)"
+    head, question, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        user_part, _, host = authority.rpartition("@")
+        user, colon, _ = user_part.partition(":")
+        authority = f"{user}{':***' if colon else ''}@{host}"
+    pairs = []
+    for pair in query.split("&") if question else ():
+        key, equals, value = pair.partition("=")
+        pairs.append(f"{key}=***" if unquote(key).strip().lower() in SECRET_PARAMETERS else pair)
+    return f"{scheme}://{authority}{slash}{path}{question}{'&'.join(pairs)}"
+
+
+def connection_options(url: str) -> dict[str, str]:
+    """`CONNECTION_BOUNDS` but those the URL sets itself."""
+    given = url_parameters(url)
+    return {key: value for key, value in CONNECTION_BOUNDS.items() if key not in given}
 
 
 def direct_connection(url: str) -> psycopg.Connection:
     """One connection outside any pool; a server that refuses it is a typed error naming what to check."""
+    options = connection_options(url)
     try:
-        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+        return psycopg.connect(url, autocommit=True, **options)
     except psycopg.Error as exc:
         raise StoreUnavailableError(
             f"cannot connect to the note store at {redacted(url)} ({str(exc).strip()}): check the server is running"
@@ -194,18 +259,10 @@ class PostgresNoteGraph(SqlNoteStore):
         direct_connection(url).close()  # first: its error says what is wrong, where a pool would only time out
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, name="agentmem", check=alive,
-            kwargs={"autocommit": True, "row_factory": row_factory},
+            kwargs={"autocommit": True, "row_factory": row_factory, **connection_options(url)},
         )
         try:
-            with self._session() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                conn.execute(SCHEMA)
-                conn.execute(link_changes.SCHEMA)
-                full_text.prepare(conn)
-                conn.execute(shared_folders.SCHEMA)
-                if self.get_meta("index_key") is None:
-                    self.set_meta("index_key", os.urandom(32).hex())
-                    self.set_meta("schema_version", "2")
+            self._prepare_schema()
             self.migrated_from = self.get_meta("schema_version")
             self.index_key = bytes.fromhex(self.get_meta("index_key"))
             self.store_id = self.get_meta("store_id")
@@ -215,6 +272,41 @@ class PostgresNoteGraph(SqlNoteStore):
         except BaseException:
             self._pool.close()
             raise
+
+    def _prepare_schema(self) -> None:
+        """Create the store's tables in a new database, or bring those of an earlier release up to date;
+        a store made by this release is only read (`schema_state`), so a role with no more than
+        SELECT, INSERT, UPDATE and DELETE on its tables opens it. A database whose tables of the
+        store's names are not a store's is refused, and left as it was."""
+        with self._session() as conn:
+            if schema_state(conn, self.url) == "current":
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                state = schema_state(conn, self.url)  # again, now that no other replica is making it
+                if state == "current":
+                    return
+                try:
+                    conn.execute(SCHEMA)
+                    conn.execute(link_changes.SCHEMA)
+                    full_text.prepare(conn)
+                    conn.execute(shared_folders.SCHEMA)
+                    conn.execute(ledger_schema())
+                    conn.execute(f"COMMENT ON TABLE notes IS '{schema_mark()}'")  # needs the tables' owner
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    if state == "new":
+                        needed = ("make a new store", "it needs CREATE on the schema (GRANT CREATE ON SCHEMA ... TO the"
+                                  " role), or have the store made once by a role that has it")
+                    else:
+                        needed = ("bring this store, made by an earlier release, up to date", "open it once as the"
+                                  " role that owns its tables; then a role with SELECT, INSERT, UPDATE and DELETE on"
+                                  " them opens it")
+                    raise StoreUnavailableError(
+                        f"the role may not {needed[0]} at {self.path} ({exc.diag.message_primary}): {needed[1]}"
+                    ) from exc
+                if self.get_meta("index_key") is None:
+                    self.set_meta("index_key", os.urandom(32).hex())
+                    self.set_meta("schema_version", "2")
 
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection]:
@@ -247,6 +339,12 @@ class PostgresNoteGraph(SqlNoteStore):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailableError(
                 f"the note store at {self.path} cannot be reached ({exc}): check the server is running and reachable"
+            ) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise StoreUnavailableError(
+                f"the note store at {self.path} refused the role a right ({exc.diag.message_primary}): a role that uses"
+                " a store needs SELECT, INSERT, UPDATE and DELETE on the store's tables (GRANT SELECT, INSERT, UPDATE,"
+                " DELETE ON ALL TABLES IN SCHEMA ... TO the role)"
             ) from exc
         except psycopg.DatabaseError as exc:
             raise StoreCorruptedError(f"the note store at {self.path} failed a statement: {exc}") from exc
@@ -641,6 +739,58 @@ class PostgresNoteGraph(SqlNoteStore):
         clause, params = self._where(where, "n")
         rows = self._run(full_text.SEARCH.format(where=clause), (*full_text.ranking(terms), *params, n))
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
+
+
+def ledger_schema() -> str:
+    """The consolidation ledger's tables in Postgres's dialect: made with the store's, so that a role
+    without CREATE opens the store (`Ledger` then finds them there; `LedgerConnection.executescript`)."""
+    from ..consolidation.ledger import SCHEMA as LEDGER_SCHEMA  # the ledger's own module owns its schema
+    from .ledger_connection import to_postgres
+
+    return to_postgres(LEDGER_SCHEMA, placeholders=False)
+
+
+@functools.lru_cache(maxsize=1)
+def schema_mark() -> str:
+    """What names the release that made the store's tables or last brought them up to date: the comment
+    on `notes` (in the catalog, which any role reads; a migration's copy of `meta` does not touch it),
+    a digest of every statement that makes them, so a release that changes one runs them again."""
+    parts = (SCHEMA, link_changes.SCHEMA, full_text.COUNT_LEXEMES, full_text.LEXICON, full_text.LEXICON_COUNT,
+             shared_folders.SCHEMA, ledger_schema())
+    return "agentmem schema " + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def schema_state(conn: psycopg.Connection, url: str) -> str:
+    """"new" (none of the store's tables in the schema), "current" (a store whose tables this release
+    made or brought up to date, and whose lexicon trigger no earlier release replaced since) or
+    "older" (a store that needs its schema statements run). Tables of the store's names that are
+    no store's (no `meta` of agentmem's holding its index key) are refused, and nothing is changed."""
+    found = dict(conn.execute(
+        "SELECT c.relname::text, array_agg(a.attname::text) FROM pg_class c"
+        " LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+        " AND c.relname = ANY(%s) GROUP BY c.relname",
+        (list(STORE_TABLES),),
+    ).fetchall())
+    if not found:
+        return "new"
+    ours = ({"key", "value"} <= set(found.get("meta") or ())
+            and {"id", "text", "embedding"} <= set(found.get("notes") or ()))
+    if ours:
+        key, made_by, counter, no_pending_list = conn.execute(
+            "SELECT (SELECT value FROM meta WHERE key = 'index_key'), obj_description('notes'::regclass, 'pg_class'),"
+            " (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_count_lexemes()')),"
+            " (SELECT 'fastupdate=off' = ANY(reloptions) FROM pg_class WHERE oid = to_regclass('notes_search'))"
+        ).fetchone()
+        if key is not None:  # what `full_text.prepare` would change, an earlier release may have made since
+            current = (made_by == schema_mark() and set(STORE_TABLES) <= set(found)
+                       and counter == full_text.COUNT_LEXEMES and no_pending_list is True)
+            return "current" if current else "older"
+    raise InvalidInputError(
+        f"the database at {redacted(url)} holds other tables named {', '.join(sorted(found))}, not an agentmem"
+        " store's (nothing was changed): use another database, or a schema of the store's own (CREATE SCHEMA"
+        " agentmem, then add ?options=-csearch_path%3Dagentmem to the URL)"
+    )
 
 
 def alive(conn: psycopg.Connection) -> None:
