@@ -34,10 +34,10 @@ faded and consolidated like any other memory.
   prefix, so matches it did not reach come after the ranked ones, unranked (score None, oldest
   first), as LangGraph's stores page the items they did not embed. A `limit` above 1000 works so.
 - **TTL is an explicit expiry**, not the forgetting curve: an item put with `ttl` (minutes, at most a
-  century) expires that long after its last write or read. Reads refresh it unless told not to, but
-  only once less than half the TTL is left: a refresh is an update of the note (a version in its
-  history, and the item's `updated_at` moves), so a store read all the time does not write all the
-  time, and an item read at least every ttl/2 minutes never expires. Expired items are invisible to
+  century) expires that long after its last write or read, as LangGraph's `refresh_ttl` says: every
+  read restarts the clock (expiry = now + ttl) unless told not to (`refresh_ttl=False`, or a
+  `TTLConfig` with `refresh_on_read: False`). A refresh is an update of the note (a version in its
+  history, and the item's `updated_at` moves); reads at the same instant write once. Expired items are invisible to
   the store and forgotten the next time an operation comes across them, when a store is opened, and
   by `sweep_ttl()` — every `sweep_interval_minutes` if the `TTLConfig` gives one (or after
   `start_ttl_sweeper()`; `stop_ttl_sweeper()` ends it). Until then an expired item's note is still
@@ -358,10 +358,11 @@ class AgentMemStore(BaseStore):
         return False
 
     def _refreshed(self, note: Note, now: datetime) -> Note | None:
-        """Reading an item with a TTL restarts its clock, once less than half of it is left (a refresh
-        is an update, which keeps a version); None if the item was forgotten meanwhile."""
+        """Reading an item with a TTL restarts its clock: it expires `ttl` minutes from now, as in
+        LangGraph's stores (a refresh is an update, which keeps a version; a read that would not move
+        the expiry later writes nothing); None if the item was forgotten meanwhile."""
         ttl = note.metadata.get(TTL)
-        if ttl is None or note.metadata[EXPIRES] - now.timestamp() > ttl * 30:
+        if ttl is None or _expiry(now, ttl) <= note.metadata[EXPIRES]:
             return note
         try:
             return self.memory.update(note.id, metadata={**note.metadata, EXPIRES: _expiry(now, ttl)})

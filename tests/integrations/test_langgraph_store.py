@@ -357,19 +357,32 @@ def test_notes_with_broken_item_metadata_are_skipped_not_crashed_on(memory, capl
     assert caplog.text.count("skipped by the LangGraph store") >= len(broken)
 
 
-def test_reads_refresh_a_ttl_only_once_half_of_it_is_gone(memory, clock):
+def test_every_read_restarts_a_ttl_as_langgraphs_refresh_ttl_says(memory, clock):
+    # LangGraph's contract (BaseStore.get/search `refresh_ttl`, TTLConfig `refresh_on_read`): a refreshing
+    # read sets the expiry to now + ttl. Put ttl=10 at t0, read at t0+4: the item lives until t0+14.
     store = AgentMemStore(memory=memory, clock=clock)
-    store.put(("s",), "k", {"v": 1}, ttl=60)
+    store.put(("s",), "k", {"v": 1}, ttl=10)
     [note] = memory.notes()
-    for _ in range(20):
+    for _ in range(5):   # reads at one instant write once at most
         assert store.get(("s",), "k") is not None and store.search(("s",)) != []
-    assert memory.history(note.id) == []   # reads kept no versions
-    clock.now += timedelta(minutes=31)
-    assert store.get(("s",), "k") is not None and len(memory.history(note.id)) == 1   # refreshed: 60 minutes from now
-    clock.now += timedelta(minutes=59)
+    assert memory.history(note.id) == []   # the expiry did not move: nothing written
+    clock.now += timedelta(minutes=4)
+    assert store.get(("s",), "k") is not None   # expires at t0+14 now
+    clock.now += timedelta(minutes=7)   # t0+11: 7 minutes after the last read
     assert store.get(("s",), "k", refresh_ttl=False) is not None
-    clock.now += timedelta(minutes=2)
+    clock.now += timedelta(minutes=2)   # t0+13
+    assert store.search(("s",)) != []   # a search refreshes too: until t0+23
+    clock.now += timedelta(minutes=9, seconds=59)
+    assert store.get(("s",), "k", refresh_ttl=False) is not None
+    clock.now += timedelta(seconds=2)
     assert store.get(("s",), "k") is None
+    # refresh_on_read=False in the TTLConfig: reads do not restart the clock
+    fixed = AgentMemStore(memory=memory, clock=clock, ttl={"refresh_on_read": False})
+    fixed.put(("f",), "k", {"v": 2}, ttl=10)
+    clock.now += timedelta(minutes=6)
+    assert fixed.get(("f",), "k") is not None
+    clock.now += timedelta(minutes=5)
+    assert fixed.get(("f",), "k") is None
 
 
 def test_a_query_search_counts_as_recalled_only_the_page_it_returns(memory):
