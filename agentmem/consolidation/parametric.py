@@ -7,19 +7,21 @@ The state lives beside the note store in `editor/`, one numbered folder per save
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..editors import Editor, EditorConfig, EditRequest, WeightEditor
-from ..errors import InvalidInputError, StoreCorruptedError
+from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..files import sync_folder
 from ..facts import neighbour_prompts, question_forms
 from ..models import LanguageModel
 from ..notes import Fact, Verification
 
 CURRENT = "CURRENT"
+VERSION = re.compile(r"v\d{6,}")  # a saved state's folder: `save` numbers them
 DEFAULT_EDITOR = "grace"
 
 # Unrelated sentence starts whose continuations must not move when a fact is edited in.
@@ -61,12 +63,37 @@ def editor_kind(editor: str | EditorConfig | Editor) -> type[Editor]:
 
 
 def current_version(directory: Path) -> str | None:
-    """The saved state's folder named by `CURRENT`, if there is one."""
+    """The saved state's folder named by `CURRENT`; None when nothing was saved yet. A pointer that names no
+    saved state is damage, not "never saved": taken for that, the job's clean-up removed the intact states
+    beside it. Another process's save may switch the pointer and remove the state it named between the two
+    reads here: the pointer is then read again."""
+    version = _pointer(directory)
+    while version is not None and not (VERSION.fullmatch(version) and (directory / version).is_dir()):
+        if (again := _pointer(directory)) == version:
+            saved = sorted(p.name for p in directory.iterdir() if p.is_dir() and VERSION.fullmatch(p.name))
+            raise StoreCorruptedError(
+                f"{directory / CURRENT} names {version[:40]!r}, which is no saved state of the editor; write the name"
+                f" of one into it ({', '.join(saved) or 'there is none'}; the highest is the latest), restore the"
+                f" folder from a backup, or move it aside to start the editor without its edits (the ledger plans"
+                f" them again)"
+            )
+        version = again
+    return version
+
+
+def _pointer(directory: Path) -> str | None:
+    """What `CURRENT` says, if it exists."""
     try:
-        version = (directory / CURRENT).read_text().strip()
+        return (directory / CURRENT).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return version if (directory / version).is_dir() else None
+    except PermissionError as exc:
+        raise StoreUnavailableError(f"cannot read the editor's state in {directory}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreCorruptedError(
+            f"the editor's state folder {directory} cannot be read ({type(exc).__name__}: {exc}); restore it from a"
+            f" backup, or move it aside to start the editor without its edits (the ledger plans them again)"
+        ) from exc
 
 
 def refuse_another_kind(directory: Path, editor: str | EditorConfig | Editor | None) -> None:

@@ -260,6 +260,8 @@ class Editor(ABC):
         """
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
+            if directory.is_dir() and any(directory.iterdir()):  # a save that lost its config, not a new folder
+                raise _damaged(directory, FileNotFoundError(f"no {CONFIG_FILE}"))
             raise InvalidInputError(f"no saved editor in {directory}")
         kind, config, edits, extra = _read_saved(directory)
         if not issubclass(kind, cls):
@@ -268,13 +270,16 @@ class Editor(ABC):
             tensors = load_file(directory / STATE_FILE, device=str(lm.device))
         except (OSError, SafetensorError) as exc:
             raise _damaged(directory, exc) from exc
-        editor = kind(lm, config)
+        try:
+            editor = kind(lm, config)
+        except InvalidInputError as exc:  # e.g. a layer this model does not have
+            raise _unfit(directory, exc) from exc
         try:
             editor._restore(tensors, extra)
         except Exception as exc:
             editor.remove()
             if isinstance(exc, InvalidInputError):  # the state is whole but was saved on another model
-                raise InvalidInputError(f"the editor in {directory} does not fit this model: {exc}") from exc
+                raise _unfit(directory, exc) from exc
             raise _damaged(directory, exc) from exc
         editor._edits = edits
         return editor
@@ -422,6 +427,13 @@ def _read_saved(directory: Path) -> tuple[type[Editor], EditorConfig, dict[str, 
     except (ValueError, KeyError, TypeError) as exc:
         raise _damaged(directory, exc) from exc
     return kind, config, {e.id: e for e in edits}, meta["state"]
+
+
+def _unfit(directory: Path, exc: InvalidInputError) -> InvalidInputError:
+    return InvalidInputError(
+        f"the editor in {directory} does not fit this model: {exc}; load the model its edits were made on, or move"
+        f" it aside to start the editor without these edits"
+    )
 
 
 def _damaged(directory: Path, exc: Exception) -> StoreCorruptedError:

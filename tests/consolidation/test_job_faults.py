@@ -10,7 +10,7 @@ from datetime import timedelta
 import filelock
 import pytest
 
-from agentmem import Fact, InvalidInputError, Memory, StoreUnavailableError
+from agentmem import Fact, InvalidInputError, Memory, StoreCorruptedError, StoreUnavailableError
 from agentmem.consolidation import ConsolidationPolicy, ParametricMemory
 from agentmem.editors import base as editor_base
 from tests.conftest import T0
@@ -205,3 +205,29 @@ def test_a_state_a_killed_job_saved_but_never_made_current_is_removed_at_the_nex
     reopened = open_memory(policy=POLICY)
     assert from_weights(reopened)
     assert sorted(p.name for p in editor_folder.iterdir() if p.is_dir()) == [current]
+
+
+@pytest.mark.parametrize("pointer", ["v999999", "..", "", "v000001/.."])
+def test_a_current_pointer_naming_no_saved_state_is_damage_and_the_saved_state_stays(open_memory, tmp_path, pointer):
+    """Taken for "nothing saved", it made the job's clean-up delete the intact state beside it."""
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()
+    editor_folder = tmp_path / "mem" / "editor"
+    saved = (editor_folder / "CURRENT").read_text()
+    (editor_folder / "CURRENT").write_text(pointer)
+    with pytest.raises(StoreCorruptedError, match=f"no saved state of the editor.*{saved}"):
+        open_memory(policy=POLICY)
+    assert (editor_folder / saved / editor_base.CONFIG_FILE).is_file()
+    (editor_folder / "CURRENT").write_text(saved)  # the way out the message names
+    assert from_weights(open_memory(policy=POLICY))
+
+
+def test_an_editor_folder_that_is_a_file_is_damage(open_memory, tmp_path):
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    mem.close()
+    (tmp_path / "mem" / "editor").write_text("not a folder")
+    with pytest.raises(StoreCorruptedError, match="move it aside"):
+        open_memory(policy=POLICY)

@@ -125,6 +125,18 @@ def test_loading_nothing_or_a_foreign_kind_raises(tiny_lm, tiny_config, tmp_path
         Editor.load(tiny_lm, tmp_path)
 
 
+def test_a_save_whose_files_are_gone_is_damaged_and_one_whose_layer_this_model_lacks_does_not_fit(
+        tiny_lm, tiny_config, tmp_path):
+    GraceEditor(tiny_lm, tiny_config).save(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**meta, "config": {**meta["config"], "layer": 999}}))
+    with pytest.raises(InvalidInputError, match="does not fit this model.*layer.*move it aside"):
+        Editor.load(tiny_lm, tmp_path)
+    (tmp_path / CONFIG_FILE).unlink()
+    with pytest.raises(StoreCorruptedError, match="damaged"):
+        Editor.load(tiny_lm, tmp_path)
+
+
 def test_a_save_from_another_model_does_not_load(tiny_lm, tiny_config, tiny_tokenizer, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
