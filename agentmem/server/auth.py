@@ -49,8 +49,9 @@ class ApiKeys:
             if not spec or spec.startswith("#"):
                 continue
             key, bound, user = spec.partition(":")
-            if len(key) < 8 or not key.isprintable() or " " in key:
-                raise InvalidInputError("an API key needs at least 8 printable characters and no spaces")
+            if len(key) < 8 or not all("!" <= c <= "~" for c in key):  # what every client can send in a header
+                raise InvalidInputError("an API key needs at least 8 characters, each a visible ASCII character "
+                                        "(no spaces, accents or other letters beyond ASCII)")
             if bound and not user.strip():  # a typo must not turn a user's key into one for every user
                 raise InvalidInputError(f"the key spec {key[:4]}...: names no user after ':'")
             if key in keys:  # else the last listing would decide silently what the key reaches

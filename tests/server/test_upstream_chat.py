@@ -1,0 +1,111 @@
+"""The chat endpoint in front of an upstream server, driven by real clients (the `openai` client and httpx):
+what it admits, which threads its turns hold, the user its headers name, and tool calling, which it refuses."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anyio
+import anyio.to_thread
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from agentmem import InvalidInputError
+from agentmem.server.access import ScopedMemory
+from agentmem.server.auth import ApiKeys, Caller
+from agentmem.server.model_lane import ModelLane
+from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
+from agentmem.server.limits import LANE_PER_USER, LANE_TOTAL
+
+from tests.conftest import free_port
+
+from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, KEYS, Served, assert_clean_stop, start_server
+
+JOSE_KEY = "jose-key-0001"
+
+
+class SlowUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server: a request whose model is `slow-N` is answered after N seconds; one offering
+    tools is answered with a tool call, as OpenAI answers it. Every chat request it gets is counted."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).received.append(body)
+        model = body.get("model", "")
+        if model.startswith("slow-"):
+            time.sleep(float(model.removeprefix("slow-")))
+        if body.get("tools"):
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}
+        else:
+            message = {"role": "assistant", "content": f"Noted ({len(body['messages'])} messages)."}
+        self.answer({"id": "up", "object": "chat.completion", "created": 0, "model": model,
+                     "choices": [{"index": 0, "message": message,
+                                  "finish_reason": "tool_calls" if body.get("tools") else "stop"}]})
+
+    def do_GET(self) -> None:
+        self.answer({"object": "list", "data": [{"id": "up-model", "object": "model", "created": 0, "owned_by": "t"}]})
+
+    def answer(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class ManyConnections(ThreadingHTTPServer):
+    request_queue_size = 128   # dozens of turns connect at once
+    daemon_threads = True
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    server = ManyConnections(("127.0.0.1", 0), SlowUpstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, tmp_path_factory) -> Iterator[Served]:
+    """A keyed server (admin, alice, bob, and a key bound to José) answering chats with `upstream`."""
+    keys = [*KEYS, f"{JOSE_KEY}:José"]
+    served = start_server(tmp_path_factory.mktemp("upstream-proxy"), "--upstream", upstream,
+                          *(f"--api-key={k}" for k in keys), key=ADMIN_KEY)
+    yield served
+    assert_clean_stop(served)
+
+
+def test_an_api_key_no_client_can_send_is_refused_at_start_up(tmp_path):
+    """'clé-secrète-1' was taken, but httpx (the openai and mcp clients' transport) cannot send it, and a UTF-8
+    header reads as Latin-1 to the server: a key nobody could use."""
+    for bad in ("clé-secrète-1:alice", "tab\tkey-0001", "wide-key-０００１"):
+        with pytest.raises(InvalidInputError, match="visible ASCII"):
+            ApiKeys.parse([bad])
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("good-key-0001:ann\nclé-secrète-1:alice\n", encoding="utf-8")
+    for options in (["--api-key", "clé-secrète-1:alice"], ["--keys-file", str(keys_file)]):
+        store = tmp_path / f"store{len(options[1])}"
+        done = subprocess.run([sys.executable, "-m", "agentmem.cli", "--path", str(store), "serve",
+                               "--port", str(free_port()), *options], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "visible ASCII" in done.stderr
+        assert not store.exists()   # nothing opened
+    assert ApiKeys.parse(["good-key-0001:José"]).caller({"x-api-key": "good-key-0001"}).user_id == "José"
