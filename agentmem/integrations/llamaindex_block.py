@@ -2,9 +2,11 @@
 
 `llama_index.core.memory.Memory.from_defaults(memory_blocks=[AgentMemBlock(memory=mem, user_id="maya")])`
 gives a LlamaIndex agent agentmem's long-term memory: before each reply the block recalls notes for
-the latest messages (across all of the user's sessions), and the messages LlamaIndex flushes out of
-its short-term memory reach the block, which remembers the user's turns as notes, as `MemoryChat`
-does (the assistant's words are not facts the user gave; they stay in LlamaIndex's chat store).
+the latest messages (across all of the user's sessions) and, as `MemoryChat` does, injects only those
+at least `answer_min_similarity` similar to them, which alone count as recalled. The messages
+LlamaIndex flushes out of its short-term memory reach the block, which remembers the user's turns as
+notes, as `MemoryChat` does (the assistant's words are not facts the user gave; they stay in
+LlamaIndex's chat store).
 
 Nothing a chat hands over makes the block raise for its size: the recall query is the tail of the
 latest messages that fits the memory's text limit (the latest words matter most), and a user turn
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -26,10 +29,14 @@ from llama_index.core.memory import BaseMemoryBlock
 from pydantic import Field, ValidationInfo, field_validator
 
 from .. import validation
-from ..errors import InvalidInputError
+from ..consolidation.answering import fitting, notes_block
+from ..errors import AgentMemError, InvalidInputError
 from ..memory import Memory
+from ..notes import Hit
 from .chat import MEMORY_HEADER
 from .turns import note_texts
+
+log = logging.getLogger(__name__)
 
 ORIGINAL_SESSION = "llamaindex.session_id"   # a LlamaIndex session id agentmem does not take as it is
 
@@ -78,12 +85,22 @@ class AgentMemBlock(BaseMemoryBlock[str]):
         if not parts:
             return ""
         query = parts[-1]  # the latest words, when there are more than a query holds
-        hits = await asyncio.to_thread(
-            self.memory.recall, query, k=self.k, user_id=self.user_id, agent_id=self.agent_id
-        )
+        hits = await asyncio.to_thread(self._related, query)
         if not hits:
             return ""
-        return MEMORY_HEADER + "\n" + "\n".join(f"- {hit.note.text}" for hit in hits)
+        return MEMORY_HEADER + "\n" + notes_block(hits)
+
+    def _related(self, query: str) -> list[Hit]:
+        """The notes `MemoryChat` would put in its prompt: the top k at least `answer_min_similarity`
+        similar to the query, within the notes' budget; only they count as recalled (LlamaIndex calls
+        `get` on every agent step: an unrelated note must not gain a recall per step)."""
+        hits = self.memory.recall(query, k=self.k, user_id=self.user_id, agent_id=self.agent_id, reinforce=False)
+        hits = fitting([hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity])
+        try:
+            self.memory.reinforce([hit.note.id for hit in hits])
+        except AgentMemError:   # a note forgotten meanwhile: the notes found still go in the prompt, uncounted
+            log.warning("the notes an AgentMemBlock recalled were not counted as recalled", exc_info=True)
+        return hits
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Remember the user's turns, all in one transaction (all or none), in LlamaIndex's session."""

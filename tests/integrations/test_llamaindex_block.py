@@ -5,7 +5,7 @@ import pytest
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory as LlamaMemory
 
-from agentmem.integrations.chat import MEMORY_HEADER
+from agentmem.integrations.chat import MEMORY_HEADER, MemoryChat
 from agentmem.integrations.llamaindex_block import ORIGINAL_SESSION, AgentMemBlock, session_for
 from tests.conftest import T0
 
@@ -54,6 +54,27 @@ def test_turns_flushed_from_short_term_memory_are_remembered_and_recalled_in_a_l
     later = llama_memory(block, "s2")
     [system, *_] = later.get(input="What is my dog called?")
     assert "- I also adopted a greyhound called Pixel." in system.content
+
+
+def test_get_injects_and_counts_only_the_related_notes_memorychat_would(memory):
+    memory.remember("Maya is allergic to peanuts.", user_id="maya", at=T0)
+    memory.remember("Maya's car is a blue Volvo estate.", user_id="maya", at=T0)
+    memory.remember("The Q3 budget review moved to Thursday.", user_id="maya", at=T0)
+    question = "Which foods is Maya allergic to?"
+    floor = memory.config.answer_min_similarity
+    similar = {h.note.text: h.why.similarity for h in memory.recall(question, k=3, user_id="maya", reinforce=False)}
+    related = {text for text, similarity in similar.items() if similarity >= floor}
+    # the premise: the allergy is related, the budget review is not (the model's similarity -0.04 < the floor)
+    assert "Maya is allergic to peanuts." in related and "The Q3 budget review moved to Thursday." not in related
+    chat = llama_memory(AgentMemBlock(memory=memory, user_id="maya", k=3), "s1")
+    for _ in range(3):   # LlamaIndex calls get on every agent step
+        [system, *_] = chat.get(input=question)
+    lines = {line[2:] for line in system.content.splitlines() if line.startswith("- ")}
+    assert lines == related
+    counts = {n.text: n.recall_count for n in memory.notes(user_id="maya")}
+    assert counts == {text: 3 if text in related else 0 for text in similar}   # the budget note: 0, not 3
+    reply = MemoryChat(memory, chat=lambda messages: "ok", user_id="maya").reply(question)
+    assert {h.note.text for h in reply.recalled} == lines   # the same selection as MemoryChat's
 
 
 def test_no_messages_or_no_hits_give_an_empty_block(memory):
