@@ -7,6 +7,7 @@ message, and the user's last message is remembered. The reply comes from the bun
 sent as server-sent chunks once the reply is complete (the chat function returns whole texts).
 A local turn waits on the model's lane (`ModelLane`); if its client has gone by then, it is not
 run, so nothing is recalled or remembered for it.
+Tool calling is refused: the turn's reply is text.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
@@ -87,6 +88,23 @@ class ChatCompletionRequest(BaseModel):
         and valid Unicode without NUL (else the upstream call failed and the client's input read as its fault)."""
         json_value(self.model_dump(), max_depth=MAX_STORED_METADATA_DEPTH)
         return self
+
+
+TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
+TOOL_MESSAGE_FIELDS = ("tool_calls", "function_call")
+
+
+def refuse_tool_calling(body: ChatCompletionRequest) -> None:
+    """Raises `InvalidInputError` for a request that offers tools or carries a tool call or its result: a turn's
+    reply is text, so a tool call the model made would be lost (and the turn's result could not come back)."""
+    offered = [f for f in TOOL_FIELDS if (body.model_extra or {}).get(f) not in (None, [])]
+    called = [f"a {m.role!r} message" for m in body.messages if m.role in ("tool", "function")]
+    called += [f"a message's {f!r}" for m in body.messages for f in TOOL_MESSAGE_FIELDS
+               if (m.model_extra or {}).get(f) not in (None, [])]
+    if offered or called:
+        found = ", ".join([repr(f) for f in offered] + called)
+        raise InvalidInputError(f"tool calling is not supported by agentmem's chat endpoint (this request carries "
+                                f"{found}); send tool-calling requests to the model's own server")
 
 
 def system_message(body: ChatCompletionRequest) -> str:
@@ -197,6 +215,7 @@ class ChatService:
                 session: str | None) -> tuple[str | None, str | None]:
         """The user and session a turn acts for, its messages checked: at once, so a bad turn neither waits
         for the model nor counts as another user's, and changes nothing."""
+        refuse_tool_calling(body)
         last = body.messages[-1]
         if last.role != "user" or not last.text().strip():
             raise InvalidInputError("the last message must be a non-empty user message")

@@ -93,6 +93,35 @@ def proxy(upstream, tmp_path_factory) -> Iterator[Served]:
     assert_clean_stop(served)
 
 
+def test_tool_calling_is_refused_before_anything_is_stored_or_sent_upstream(proxy):
+    """The upstream's tool call was dropped (finish_reason "stop", content "") and the tool's result refused
+    as a turn without a user message: an agent's tool call vanished."""
+    client = OpenAI(base_url=f"{proxy.url}/v1", api_key=ALICE_KEY, max_retries=0)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    ask = {"role": "user", "content": "What's the weather in Oslo?"}
+    asks = [
+        ({"tools": tools}, [ask], "'tools'"),
+        ({"tool_choice": "auto"}, [ask], "'tool_choice'"),
+        ({"extra_body": {"functions": [tools[0]["function"]]}}, [ask], "'functions'"),
+        ({"extra_body": {"function_call": "auto"}}, [ask], "'function_call'"),
+        ({}, [ask, {"role": "assistant", "content": None, "tool_calls": [call]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "12 C"}], "a 'tool' message"),
+        ({}, [ask, {"role": "assistant", "content": None, "tool_calls": [call]}, ask], "a message's 'tool_calls'"),
+        ({}, [ask, {"role": "function", "name": "get_weather", "content": "12 C"}, ask], "a 'function' message"),
+    ]
+    with proxy.client(ADMIN_KEY) as admin:
+        before, sent = admin.get("/v1/stats").json()["notes"], len(SlowUpstream.received)
+        for options, messages, named in asks:
+            with pytest.raises(openai.UnprocessableEntityError, match="tool calling is not supported") as refused:
+                client.chat.completions.create(model="m", messages=messages, **options)
+            assert refused.value.type == "InvalidInputError" and named in refused.value.message, refused.value.message
+        assert admin.get("/v1/stats").json()["notes"] == before   # nothing remembered
+    assert len(SlowUpstream.received) == sent   # nothing sent upstream
+    plain = client.chat.completions.create(model="m", messages=[ask], tools=[])   # no tool offered: a plain turn
+    assert plain.choices[0].message.content.startswith("Noted")
+
+
 def test_an_api_key_no_client_can_send_is_refused_at_start_up(tmp_path):
     """'clé-secrète-1' was taken, but httpx (the openai and mcp clients' transport) cannot send it, and a UTF-8
     header reads as Latin-1 to the server: a key nobody could use."""
