@@ -107,6 +107,17 @@ def refuse_tool_calling(body: ChatCompletionRequest) -> None:
                                 f"{found}); send tool-calling requests to the model's own server")
 
 
+def header_text(value: str | None, name: str) -> str | None:
+    """A header's value as the client sent it: UTF-8, as httpx and curl send text (Starlette reads every header as
+    Latin-1, which filed 'José' under 'JosÃ©', another user). Raises `InvalidInputError` for bytes that are not UTF-8."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidInputError(f"the {name} header is not valid UTF-8") from None
+
+
 def system_message(body: ChatCompletionRequest) -> str:
     """The request's system and developer messages, as one."""
     return "\n\n".join(m.text() for m in body.messages[:-1] if m.role in ("system", "developer"))
@@ -254,8 +265,10 @@ async def chat_completions(
     x_agentmem_user: Annotated[str | None, Header()] = None,
     x_agentmem_session: Annotated[str | None, Header()] = None,
 ) -> ChatCompletion | StreamingResponse:
-    user = body.user if body.user is not None else x_agentmem_user  # "" is refused, not taken for no user
-    completion = await chat.run_turn(body, mem, user, x_agentmem_session, request)
+    header_user = header_text(x_agentmem_user, "X-AgentMem-User")
+    session = header_text(x_agentmem_session, "X-AgentMem-Session")
+    user = body.user if body.user is not None else header_user  # "" is refused, not taken for no user
+    completion = await chat.run_turn(body, mem, user, session, request)
     if body.stream:
         return StreamingResponse(_chunks(completion), media_type="text/event-stream")
     return completion

@@ -93,6 +93,34 @@ def proxy(upstream, tmp_path_factory) -> Iterator[Served]:
     assert_clean_stop(served)
 
 
+def test_a_user_named_in_a_header_is_read_as_utf8(proxy):
+    """`X-AgentMem-User: José`, sent as UTF-8 as httpx and curl send it, filed the turn under 'JosÃ©': another
+    user's scope, which a key bound to José could not even name (403)."""
+    with proxy.client(ADMIN_KEY) as admin:
+        told = admin.post("/v1/chat/completions", headers={"X-AgentMem-User": "José".encode(),
+                                                           "X-AgentMem-Session": "sessão-1".encode()},
+                          json={"messages": [{"role": "user", "content": "My locker code is 4417."}]})
+        assert told.status_code == 200, told.text
+        note = admin.get(f"/v1/notes/{told.json()['agentmem']['remembered']}").json()
+        assert (note["user_id"], note["session_id"]) == ("José", "sessão-1")
+        asked = admin.post("/v1/chat/completions", json={
+            "user": "José", "messages": [{"role": "user", "content": "What is my locker code?"}]})
+        assert asked.json()["agentmem"]["recalled"] == [note["id"]]
+        assert admin.get("/v1/notes", params={"user_id": "JosÃ©"}).json() == []
+        before = admin.get("/v1/stats").json()["notes"]
+        for header in ("X-AgentMem-User", "X-AgentMem-Session"):   # bytes that are no UTF-8: refused, not guessed
+            refused = admin.post("/v1/chat/completions", headers={header: b"Jos\xe9"},
+                                 json={"messages": [{"role": "user", "content": "My locker code is 4417."}]})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["type"] == "InvalidInputError"
+            assert f"the {header} header is not valid UTF-8" in refused.json()["error"]["message"]
+        assert admin.get("/v1/stats").json()["notes"] == before
+    with proxy.client(JOSE_KEY) as jose:   # the key's own user, named in the header
+        own = jose.post("/v1/chat/completions", headers={"X-AgentMem-User": "José".encode()},
+                        json={"messages": [{"role": "user", "content": "I cycle to work."}]})
+        assert own.status_code == 200, own.text
+
+
 def test_tool_calling_is_refused_before_anything_is_stored_or_sent_upstream(proxy):
     """The upstream's tool call was dropped (finish_reason "stop", content "") and the tool's result refused
     as a turn without a user message: an agent's tool call vanished."""
