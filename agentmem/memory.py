@@ -555,8 +555,14 @@ class Memory:
                 check.enrichment(note.keywords, note.context, self.config.max_keywords, self.config.max_text_chars)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{path}: note {number}: {exc}") from None
+        # the texts the store does not hold are embedded before the write section, which other callers wait for
+        with self._sections.reading(store_only=True):
+            known = self._graph.own_embeddings([note.id for note in notes]).keys()
+        texts = {note.id: note.text for note in notes if note.id not in known}
+        embedded = dict(zip(texts, self._embed(list(texts.values())))) if texts else {}
         with self._sections.exclusive():
-            new = transfer.store_new(notes, self._graph, self._sync, self._embed, lambda s: self._writer.remixed(s, {}))
+            new = transfer.store_new(notes, self._graph, self._sync, embedded, self._embed,
+                                     lambda s: self._writer.remixed(s, {}))
         return ImportReport(imported=len(new), skipped=len(notes) - len(new))
 
     # ---- integrity: the index rebuilt from the graph, backups ----------------------------

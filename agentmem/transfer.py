@@ -92,11 +92,12 @@ def notes_in(text: str, source: str) -> list[ExportedNote]:
 RemixSession = Callable[[tuple[str | None, str | None, str]], dict[str, np.ndarray | None]]
 
 
-def store_new(lines: list[ExportedNote], store: NoteStore, sync: IndexSync, embed: Callable[[list[str]], np.ndarray],
-              remixed: RemixSession) -> list[Note]:
+def store_new(lines: list[ExportedNote], store: NoteStore, sync: IndexSync, embedded: dict[str, np.ndarray],
+              embed: Callable[[list[str]], np.ndarray], remixed: RemixSession) -> list[Note]:
     """Store the notes of an export file that the store does not hold yet, with their ids, times,
     links and absorbed keywords; returns them. Run in the exclusive section, with every note already
-    validated.
+    validated. `embedded` holds the embeddings of the notes' texts made beforehand, by id; `embed` makes the
+    others.
 
     Links to notes in neither the file nor the store are dropped; a link between two users' notes
     refuses the whole import. A keyword absorbed from a note of the same user is recorded by origin,
@@ -118,7 +119,9 @@ def store_new(lines: list[ExportedNote], store: NoteStore, sync: IndexSync, embe
     notes = [line.as_note().model_copy(update={"keywords": [w for w in line.keywords
                                                             if w not in line.absorbed or (line.id, w) in taken]})
              for line in new]
-    embeddings = embed([n.text for n in notes]) if notes else []
+    if missing := [n for n in notes if n.id not in embedded]:
+        embedded = {**embedded, **dict(zip([n.id for n in missing], embed([n.text for n in missing])))}
+    embeddings = [embedded[n.id] for n in notes]
     sessions = {(n.user_id, n.agent_id, n.session_id) for n in notes if n.session_id is not None}
     with store.transaction():
         # a note of a session goes in as searched in context; `remixed` then mixes it from the notes before it

@@ -494,6 +494,28 @@ def test_export_then_import_round_trips_notes_and_links(tmp_path, embedder):
         assert dst.recall("Nairobi", k=1)[0].note.id == b.id
 
 
+def test_an_import_embeds_its_texts_before_the_write_section_so_another_caller_s_write_does_not_wait(
+        tmp_path, embedder, monkeypatch):
+    with Memory(tmp_path / "src", embedder=embedder) as src:
+        for name in ("Olga", "Pavel", "Rosa"):
+            src.remember(f"{name} keeps bees on the roof", user_id=name.lower(), at=T0)
+        src.export(tmp_path / "notes.jsonl")
+    with Memory(tmp_path / "dst", embedder=embedder) as dst:
+        encode, waited = embedder.encode, []
+
+        def encode_while_another_caller_writes(sentences, *args, **kwargs):
+            if len(sentences) == 3 and not waited:  # the imported texts
+                writer = threading.Thread(target=dst.remember, args=("Sven sells honey",), kwargs={"at": T0})
+                writer.start()
+                writer.join(timeout=15)
+                waited.append(writer.is_alive())
+            return encode(sentences, *args, **kwargs)
+
+        monkeypatch.setattr(embedder, "encode", encode_while_another_caller_writes)
+        assert dst.import_(tmp_path / "notes.jsonl").imported == 3
+        assert waited == [False] and dst.stats().notes == 4
+
+
 def test_an_imported_session_is_searched_as_it_was_remembered(tmp_path, embedder):
     """A session's notes are searched by vectors mixed from the notes before them: import mixes them again."""
     turns = ["Pia is planning a trip", "She wants to see the fjords", "Mostly in June, when the days are long",

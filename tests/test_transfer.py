@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agentmem import AgentMemError, InvalidInputError, Memory, StoreUnavailableError, transfer
+from agentmem import AgentMemError, InvalidInputError, Memory, MemoryConfig, StoreUnavailableError, transfer
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
 from tests.conftest import T0
@@ -136,7 +136,8 @@ def test_an_import_of_values_postgres_cannot_hold_is_bad_input_and_writes_nothin
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
     note = {"id": "big", "text": "Ines keeps bees", "created_at": "2024-01-01T00:00:00Z",
             "updated_at": "2024-01-01T00:00:00Z", "last_recalled": "2024-01-01T00:00:00Z"}
-    with Memory(postgres_url, embedder=embedder) as mem:
+    # a store that keeps that many keywords (the default, 12, refuses the file before PostgreSQL sees it)
+    with Memory(postgres_url, embedder=embedder, config=MemoryConfig(max_keywords=30_000)) as mem:
         (tmp_path / "count.jsonl").write_text(json.dumps(note | {"recall_count": 2**31}) + "\n")
         with pytest.raises(InvalidInputError, match="recall_count"):
             mem.import_(tmp_path / "count.jsonl")

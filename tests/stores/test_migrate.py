@@ -43,8 +43,9 @@ def source(tmp_path, embedder):
     with graph.transaction():
         ledger.add(note.id, "e1", Fact(prompt="Alice lives in", target="Lisbon"), "grace", "applied", T0)
     graph.close()
-    (folder / "editor").mkdir()
-    (folder / "editor" / "CURRENT").write_text("1")
+    (folder / "editor" / "v000001").mkdir(parents=True)  # a saved state as the job leaves it (its files unread here)
+    (folder / "editor" / "v000001" / "editor.json").write_text("{}")
+    (folder / "editor" / "CURRENT").write_text("v000001")
     return folder
 
 
