@@ -22,6 +22,7 @@ LOCAL_ONLY = ("serve", "mcp", "restore-backup", "migrate")  # commands on this m
 CREATES_STORE = ("remember", "import")  # the verbs on notes that may start a new store; the others need one
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_PERIOD = timedelta(days=365)   # a schedule's longest period (jobs.MAX_EVERY): a longer wait overflows the timer
 
 
 def _time(value: str) -> datetime:
@@ -32,15 +33,20 @@ def _time(value: str) -> datetime:
 
 
 def _duration(value: str) -> timedelta:
-    """`24h`, `30m`, `1d12h`, `90s`."""
+    """`24h`, `30m`, `1d12h`, `90s`: positive, and at most MAX_PERIOD (365 days)."""
     parts = DURATION.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         raise argparse.ArgumentTypeError(f"not a duration like 24h, 30m or 1d12h: {value!r}")
+    too_long = argparse.ArgumentTypeError(f"the duration must be at most {MAX_PERIOD.days} days: {value!r}")
     duration = timedelta()
     for number, unit in parts:
+        if len(number.lstrip("0")) > 12:   # over a year in any unit; int() of 10,000 digits is slow, timedelta overflows
+            raise too_long
         duration += timedelta(**{UNITS[unit]: int(number)})
     if duration <= timedelta(0):
         raise argparse.ArgumentTypeError("the duration must be positive")
+    if duration > MAX_PERIOD:
+        raise too_long
     return duration
 
 

@@ -1,3 +1,4 @@
+import argparse
 import json
 import re
 import socket
@@ -107,6 +108,20 @@ def test_durations_for_the_schedule():
     for bad in ("", "24", "h", "1x", "0m", "-5m"):
         with pytest.raises(Exception):
             _duration(bad)
+    assert _duration("365d") == timedelta(days=365) and _duration("0000000000000001d") == timedelta(days=1)
+    for too_long in ("366d", "365d1s", "200000d", "99999999999999999d", "9" * 5000 + "s"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at most 365 days"):
+            _duration(too_long)
+
+
+@pytest.mark.parametrize("period", ["200000d", "99999999999999999d"])
+def test_a_schedule_period_beyond_a_year_exits_2_with_one_line(tmp_path, period):
+    # 200000d started a server whose schedule thread died (OverflowError); 99999999999999999d was a traceback, exit 1
+    refused = subprocess.run([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "serve",
+                              "--port", "1", "--consolidate-every", period], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"argument --consolidate-every: the duration must be at most 365 days: '{period}'" in refused.stderr
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from .models import Job, JobProgress
 
 log = logging.getLogger(__name__)
 
+MAX_EVERY = timedelta(days=365)   # a schedule's longest period: threading's waits overflow beyond ~292 years of seconds
 KEPT_FINISHED = 100  # finished jobs kept to report on: a schedule adds one every period, for as long as it runs
 
 
@@ -31,6 +32,10 @@ class JobRunner:
     """Runs consolidation jobs one after another and keeps how each one went."""
 
     def __init__(self, memory: Memory, every: timedelta | None = None) -> None:
+        """`every`: the schedule's period, a timedelta in (0, MAX_EVERY]; None for no schedule."""
+        if every is not None and not (isinstance(every, timedelta) and timedelta(0) < every <= MAX_EVERY):
+            raise InvalidInputError(f"a schedule's period is a timedelta above 0 and at most {MAX_EVERY.days} days, "
+                                    f"got {every!r}")
         self.memory, self.every = memory, every
         self._jobs: dict[str, Job] = {}
         self._requests: dict[str, tuple[dict[str, Any] | None, bool, datetime | None]] = {}

@@ -111,6 +111,16 @@ def test_the_schedule_goes_on_after_a_failed_submission(tmp_path, embedder, tiny
 
 
 @pytest.mark.slow   # the job edits the bundled SmolLM2
+def test_a_schedule_period_beyond_a_year_is_refused_before_any_thread_starts(tmp_path, embedder):
+    # 200000 days overflowed the schedule thread's wait: the server ran on without its schedule
+    with Memory(tmp_path / "m", embedder=embedder) as memory:
+        for every in (timedelta(days=200000), timedelta(days=366), timedelta(0), timedelta(seconds=-1), 3600):
+            with pytest.raises(InvalidInputError, match="at most 365 days"):
+                JobRunner(memory, every=every)
+        runner = JobRunner(memory, every=jobs.MAX_EVERY)
+        runner.close()
+
+
 def test_a_background_consolidation_while_recall_and_remember_keep_working(model_server):
     with model_server.client(None, timeout=600) as client:
         note = client.post("/v1/notes", json={"text": "Zorbl the engineer lives in Reykjavik.", "user_id": "job",
