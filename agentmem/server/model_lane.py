@@ -11,10 +11,11 @@ a waiting call watches its client and leaves the queue (freeing its user's place
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import anyio
@@ -29,19 +30,61 @@ GONE_POLL_S = 0.5  # how often a waiting call asks whether its client is still t
 TURN_WEIGHT = 0.2  # the weight of the latest turn in the running mean of a turn's seconds
 
 
+class Admission:
+    """A bounded queue's places: at most `total` calls at once, at most `per_user` of them for one user.
+
+    The user a call acts for is the user a key is bound to, or the user an unbound caller (an admin key,
+    an open server) names; calls for no user (whole-store operations) count towards `total` only.
+    `what` names what the calls wait for, in a refusal's message.
+    """
+
+    def __init__(self, what: str, per_user: int = LANE_PER_USER, total: int = LANE_TOTAL) -> None:
+        self.what, self.per_user, self.total = what, per_user, total
+        self._queued: Counter[str | None] = Counter()  # calls waiting or running, by the user they act for
+        self.mean_turn_s = 1.0  # a running mean of how long a turn takes: a refusal's `Retry-After`
+
+    @contextlib.contextmanager
+    def place(self, user: str | None) -> Iterator[None]:
+        """A place for a call acting for `user`, held while the block runs; raises `LaneFullError` at once
+        if the queue is full for `user` or for everyone."""
+        retry_after_s = max(1, math.ceil(self.mean_turn_s))
+        if self._queued.total() >= self.total:
+            raise LaneFullError(f"{self.total} requests already wait for {self.what}; try again later", retry_after_s)
+        if user is not None and self._queued[user] >= self.per_user:
+            raise LaneFullError(f"{self.per_user} requests for user {user!r} already wait for {self.what}; "
+                                "try again once one is answered", retry_after_s)
+        self._queued[user] += 1
+        try:
+            yield
+        finally:
+            self._queued[user] -= 1
+            if not self._queued[user]:
+                del self._queued[user]
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Counts the block's seconds into the mean turn."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.mean_turn_s += TURN_WEIGHT * (time.monotonic() - started - self.mean_turn_s)
+
+
 class ModelLane:
     """Calls take the lane in the order they came (the lock is fair).
 
-    At most `total` calls wait or run at once, and at most `per_user` of them act for one user:
-    the user a key is bound to, or the user an unbound caller (an admin key, an open server) names.
-    Calls for no user (whole-store operations) count towards `total` only.
+    At most `total` calls wait or run at once, and at most `per_user` of them act for one user
+    (`Admission`).
     """
 
     def __init__(self, per_user: int = LANE_PER_USER, total: int = LANE_TOTAL) -> None:
-        self.per_user, self.total = per_user, total
+        self.admission = Admission("the model", per_user, total)
         self._turn = anyio.Lock()
-        self._queued: Counter[str | None] = Counter()  # calls waiting or running, by the user they act for
-        self.mean_turn_s = 1.0  # a running mean of how long a turn holds the lane: a refusal's `Retry-After`
+
+    @property
+    def mean_turn_s(self) -> float:
+        return self.admission.mean_turn_s
 
     async def run(self, call: Callable[..., T], *args: object, user: str | None = None,
                   client: Request | None = None) -> T:
@@ -50,31 +93,16 @@ class ModelLane:
         Raises `LaneFullError` at once if the queue is full for `user` or for everyone, and
         `ClientGoneError`, without calling, if `client`'s connection is closed when the turn comes.
         """
-        retry_after_s = max(1, math.ceil(self.mean_turn_s))
-        if self._queued.total() >= self.total:
-            raise LaneFullError(f"{self.total} requests already wait for the model; try again later", retry_after_s)
-        if user is not None and self._queued[user] >= self.per_user:
-            raise LaneFullError(f"{self.per_user} requests for user {user!r} already wait for the model; "
-                                "try again once one is answered", retry_after_s)
-        self._queued[user] += 1
-        try:
+        with self.admission.place(user):
             if not await self._turn_unless_gone(client):
                 raise ClientGoneError("the client closed the connection while it waited for the model")
             try:
                 if client is not None and await client.is_disconnected():
                     raise ClientGoneError("the client closed the connection before its turn on the model")
-                started = time.monotonic()
-                try:
+                with self.admission.timed():
                     return await anyio.to_thread.run_sync(call, *args)
-                finally:
-                    turn_s = time.monotonic() - started
-                    self.mean_turn_s += TURN_WEIGHT * (turn_s - self.mean_turn_s)
             finally:
                 self._turn.release()
-        finally:
-            self._queued[user] -= 1
-            if not self._queued[user]:
-                del self._queued[user]
 
     async def _turn_unless_gone(self, client: Request | None) -> bool:
         """Take the lane in turn (True), or leave the queue as soon as `client` has gone (False). A cancelled
@@ -94,3 +122,22 @@ class ModelLane:
             taken = True
             waiting.cancel_scope.cancel()
         return taken
+
+
+class UpstreamLane:
+    """Where chat turns answered by an upstream server run: each on a thread of its own pool, so turns that
+    wait many seconds for the upstream never hold the threads the other routes share (anyio's default 40).
+    They run side by side (the upstream is another server), admitted as the model's lane admits its calls:
+    at most `per_user` for one user and `total` in all, and the pool has `total` threads, so no admitted turn
+    waits for one.
+    """
+
+    def __init__(self, per_user: int = LANE_PER_USER, total: int = LANE_TOTAL) -> None:
+        self.admission = Admission("the upstream server", per_user, total)
+        self.threads = anyio.CapacityLimiter(total)
+
+    async def run(self, call: Callable[..., T], *args: object, user: str | None = None) -> T:
+        """`call(*args)` on one of the lane's threads; raises `LaneFullError` at once if the queue is full
+        for `user` or for everyone."""
+        with self.admission.place(user), self.admission.timed():
+            return await anyio.to_thread.run_sync(call, *args, limiter=self.threads)

@@ -6,8 +6,8 @@ message, and the user's last message is remembered. The reply comes from the bun
 (with its edits), or, with an upstream URL, from any OpenAI-compatible server. A streamed reply is
 sent as server-sent chunks once the reply is complete (the chat function returns whole texts).
 A local turn waits on the model's lane (`ModelLane`); if its client has gone by then, it is not
-run, so nothing is recalled or remembered for it.
-Tool calling is refused: the turn's reply is text.
+run, so nothing is recalled or remembered for it. An upstream turn runs on the upstream's own lane
+(`UpstreamLane`), admitted as local turns are. Tool calling is refused: the turn's reply is text.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-import anyio.to_thread
 import httpx
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
@@ -30,7 +29,7 @@ from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
 from ..notes import MAX_STORED_METADATA_DEPTH, CleanStr, json_value
 from .access import ScopedMemory
-from .model_lane import ModelLane
+from .model_lane import ModelLane, UpstreamLane
 from .errors import UpstreamError
 from .rest import scoped
 
@@ -197,9 +196,12 @@ class UpstreamChat:
 class ChatService:
     """Turns chat requests into `MemoryChat` turns, answered locally or upstream."""
 
-    def __init__(self, memory: Memory, lane: ModelLane, upstream: UpstreamChat | None = None) -> None:
-        """`lane`: where local turns take their turn with the server's other uses of the model."""
+    def __init__(self, memory: Memory, lane: ModelLane, upstream: UpstreamChat | None = None,
+                 upstream_lane: UpstreamLane | None = None) -> None:
+        """`lane`: where local turns take their turn with the server's other uses of the model;
+        `upstream_lane`: where upstream turns wait for the upstream (a lane of their own by default)."""
         self.memory, self.lane, self.upstream = memory, lane, upstream
+        self.upstream_lane = upstream_lane or UpstreamLane()
 
     def chat_function(self, body: ChatCompletionRequest) -> ChatFunction | None:
         """The upstream server as a chat function; None for `MemoryChat`'s own (the local model, scoped to the user)."""
@@ -216,10 +218,11 @@ class ChatService:
         client: Request | None = None,
     ) -> ChatCompletion:
         """`turn` on a worker thread; a local turn on the model's lane (`ModelLane`), queued for the
-        (checked) user it acts for and skipped if `client` has gone by its turn."""
+        (checked) user it acts for and skipped if `client` has gone by its turn; an upstream turn on the
+        upstream's lane (`UpstreamLane`), admitted for that user the same way, off the threads other routes use."""
         user, session = self.checked(body, mem, user, session)
         if self.upstream is not None:
-            return await anyio.to_thread.run_sync(self.turn, body, user, session)
+            return await self.upstream_lane.run(self.turn, body, user, session, user=user)
         return await self.lane.run(self.turn, body, user, session, user=user, client=client)
 
     def checked(self, body: ChatCompletionRequest, mem: ScopedMemory, user: str | None,

@@ -93,6 +93,71 @@ def proxy(upstream, tmp_path_factory) -> Iterator[Served]:
     assert_clean_stop(served)
 
 
+def test_one_users_upstream_chats_are_admitted_like_local_ones_and_stall_no_other_route(proxy):
+    """45 concurrent chats of one user were all taken, each holding a thread of the pool the REST routes share
+    while the upstream thought: another user's plain list of notes waited for the upstream's answers."""
+
+    async def flood(key: str, users: list[str | None], delay_s: float) -> tuple[list[object], float]:
+        client = AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=120)
+        bob = httpx.AsyncClient(base_url=proxy.url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=120)
+        async with client, bob:
+
+            async def chat(user: str | None) -> object:
+                extra = {"user": user} if user else {}
+                try:
+                    return await client.chat.completions.create(
+                        model=f"slow-{delay_s}", messages=[{"role": "user", "content": "I keep two cats."}], **extra)
+                except openai.APIStatusError as exc:
+                    return exc
+
+            chats = [asyncio.create_task(chat(user)) for user in users]
+            await asyncio.sleep(1.5)   # every chat has reached the server and waits for the upstream
+            started = time.monotonic()
+            listed = await bob.get("/v1/notes")   # needs a thread of the shared pool, and no model
+            list_s = time.monotonic() - started
+            assert listed.status_code == 200
+            return await asyncio.gather(*chats), list_s
+
+    delay_s = 5.0
+    answers, list_s = asyncio.run(flood(ALICE_KEY, [None] * 45, delay_s))
+    refused = [a for a in answers if isinstance(a, openai.RateLimitError)]
+    assert len(answers) - len(refused) == LANE_PER_USER, answers   # the others answered at once: 429
+    assert {a.type for a in refused} == {"LaneFullError"}
+    assert "requests for user 'alice' already wait for the upstream server" in refused[0].message
+    assert int(refused[0].response.headers["retry-after"]) >= 1
+    assert list_s < 1.5, list_s   # not after the upstream's 5 s
+
+    # an unbound key naming 45 users: 32 in all wait for the upstream, on threads of their own
+    answers, list_s = asyncio.run(flood(ADMIN_KEY, [f"user-{i}" for i in range(45)], delay_s))
+    refused = [a for a in answers if isinstance(a, openai.RateLimitError)]
+    assert len(answers) - len(refused) == LANE_TOTAL, answers
+    assert f"{LANE_TOTAL} requests already wait for the upstream server" in refused[0].message
+    assert list_s < 1.5, list_s
+    with proxy.client(ADMIN_KEY) as admin:   # a refused turn remembered nothing
+        assert len(admin.get("/v1/notes", params={"user_id": "alice"}).json()) == LANE_PER_USER
+        assert sum(len(admin.get("/v1/notes", params={"user_id": f"user-{i}"}).json()) for i in range(45)) == LANE_TOTAL
+
+
+def test_upstream_turns_hold_no_thread_of_the_pool_the_other_routes_share():
+    """Each upstream turn held one of anyio's 40 default threads, which FastAPI's sync routes and MCP's tools use."""
+    release = threading.Event()
+    service = ChatService(memory=None, lane=ModelLane(), upstream=object())
+    service.turn = lambda body, user, session: release.wait(10)
+
+    async def turns_while_another_route_runs() -> float:
+        async with anyio.create_task_group() as turns:
+            for i in range(LANE_TOTAL):
+                body = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], user=f"user-{i}")
+                turns.start_soon(service.run_turn, body, ScopedMemory(None, Caller()), body.user, None)
+            await anyio.sleep(0.2)
+            assert service.upstream_lane.threads.borrowed_tokens == LANE_TOTAL
+            shared = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+            release.set()
+        return shared
+
+    assert anyio.run(turns_while_another_route_runs) == 0
+
+
 def test_a_user_named_in_a_header_is_read_as_utf8(proxy):
     """`X-AgentMem-User: José`, sent as UTF-8 as httpx and curl send it, filed the turn under 'JosÃ©': another
     user's scope, which a key bound to José could not even name (403)."""
