@@ -168,6 +168,18 @@ def test_every_command_works_against_a_running_server(served, tmp_path, capsys, 
     assert (tmp_path / "x.jsonl").read_text() == earlier and len(list(tmp_path.iterdir())) == 2  # no partial file
 
 
+@pytest.mark.parametrize("command", [["link", "a", "b", "--weight", "nan"],
+                                     ["consolidate", "--dry-run", "--policy", '{"max_edits": 1e400}'],
+                                     ["plan", "--policy", '{"min_strength": NaN}']])
+def test_a_non_finite_number_with_url_is_a_typed_error_as_on_a_local_store(served, tmp_path, capsys, monkeypatch,
+                                                                           command):
+    # with --url these were httpx's ValueError ("Out of range float values are not JSON compliant"), a traceback, exit 1
+    monkeypatch.setenv("AGENTMEM_API_KEY", "cli-key-0001")
+    code, out, err = run(capsys, "--url", served.url, *command)
+    assert code == 2 and out is None and err.startswith("agentmem: InvalidInputError: ") and err.count("\n") == 1
+    assert "must be a finite number" in err and "Traceback" not in err
+
+
 def test_backup_and_restore_backup_on_a_local_store(tmp_path, capsys, embedder):
     store, copy, restored = str(tmp_path / "m"), str(tmp_path / "copy"), str(tmp_path / "restored")
     _, note, _ = run(capsys, "--path", store, "remember", "Ada writes compilers in Zurich", "--user", "ada")

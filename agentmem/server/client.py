@@ -5,6 +5,7 @@ only httpx, so it starts fast; results are plain JSON (dicts and lists), as the 
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime
@@ -43,6 +44,8 @@ class RemoteMemory:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if "json" in kwargs:   # refused here as `Memory` refuses it, not as httpx's encoder's ValueError
+            _json_compliant(kwargs["json"], "the request")
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -165,6 +168,23 @@ class RemoteMemory:
 def _body(**fields: Any) -> dict[str, Any]:
     """The fields that were given, times as ISO strings."""
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items() if v is not None}
+
+
+def _json_compliant(value: Any, where: str) -> None:
+    """Refuse what JSON cannot carry (NaN, infinities, objects JSON does not know) with InvalidInputError,
+    naming the field: `link --weight nan` or a policy's `1e400` is bad input, as it is on a local store."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInputError(f"{where} has a key that is not a string: {key!r}")
+            _json_compliant(item, key if where == "the request" else f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _json_compliant(item, f"{where}[{i}]")
+    elif value is not None and not isinstance(value, (str, int, float)):
+        raise InvalidInputError(f"{where} is not JSON: a {type(value).__name__}")
 
 
 def _id(note_id: str) -> str:
