@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from . import forgetting, linking
 from .config import MemoryConfig
 from .facts import FactExtractor
+from .errors import StoreUnavailableError
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
 from .stores.batch import WriteBatch
 from .stores.filters import SCOPES
@@ -356,7 +357,10 @@ class WritePath:
                 self.store.disown(before.id, after.keywords)
             self.store.set_searched_vectors(remixed)
         self.index.push([before.id, *remixed])
-        return self.store.get(before.id)
+        try:
+            return self.store.get(before.id)
+        except StoreUnavailableError:  # committed: a store that cannot be read back now does not undo it
+            return after
 
     def evolve(self, batch: WriteBatch, neighbour: Note, newcomer: Note) -> Note:
         """The neighbour absorbs a few of the newcomer's keywords; returns it as changed."""

@@ -497,7 +497,13 @@ class PostgresNoteGraph(SqlNoteStore):
                 yield held
             finally:
                 if held and not conn.closed:  # unlocking a lock not granted only warns
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except psycopg.OperationalError:
+                        if not conn.closed:
+                            raise
+                        # the session is gone, and its locks with it: a write committed before is not undone
+                        log.warning("the connection holding the store's lock was lost; its session released it")
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -686,7 +692,10 @@ class PostgresNoteGraph(SqlNoteStore):
         ANALYZEd in the background (`_analyze_forgotten`). A table that the background's ANALYZE (or
         autovacuum) holds is skipped, not waited for in the write section: the background run VACUUMs
         it too. One that fails now is left to autovacuum, and logged: the forget, already committed, stands."""
-        self._vacuum("VACUUM (SKIP_LOCKED)")
+        try:
+            self._vacuum("VACUUM (SKIP_LOCKED)")
+        except StoreUnavailableError as exc:  # e.g. the session ended after the forget's commit
+            log.warning("the tables a forget emptied were not vacuumed now; autovacuum does it later: %s", exc)
         self._statistics.ask()
 
     def _analyze_forgotten(self) -> None:

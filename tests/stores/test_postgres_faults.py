@@ -2,6 +2,7 @@
 roles with fewer rights, databases holding other tables, and a server that stops answering."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -306,3 +307,46 @@ def test_a_call_to_a_server_behind_a_black_hole_fails_in_bounded_time_and_the_ne
         if store is not None:
             store.close()
         server.stop()
+
+
+# ---- a connection lost right after a write's commit ------------------------------------------
+
+@pytest.mark.parametrize("verb", ["remember", "remember_many", "update", "forget"])
+def test_a_write_whose_connection_is_lost_after_its_commit_returns(postgres_url, embedder, tmp_path, monkeypatch, verb):
+    """The server ends the session right after the COMMIT (a restart, a cut network): the write is in the store,
+    so the call must not raise; unlocking the advisory lock on the dead session raised StoreUnavailableError."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    committed = PostgresNoteGraph.transaction
+    armed = []
+
+    @contextlib.contextmanager
+    def session_ends_after_the_commit(self, bookkeeping=False):
+        with committed(self, bookkeeping):
+            yield
+        if armed and not bookkeeping:
+            armed.clear()
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+    with Memory(postgres_url, embedder=embedder) as mem:
+        kept = mem.remember("The harbour lighthouse is painted red", user_id="u", at=T)
+        monkeypatch.setattr(PostgresNoteGraph, "transaction", session_ends_after_the_commit)
+        armed.append(True)
+        if verb == "remember":
+            mem.remember("The buoy by the pier is green", user_id="u", at=T)
+        elif verb == "remember_many":
+            mem.remember_many(["The buoy by the pier is green", "The ferry leaves at noon"], user_id="u", at=T)
+        elif verb == "update":
+            mem.update(kept.id, text="The harbour lighthouse is painted black", at=T)
+        else:
+            mem.forget(kept.id)
+        assert not armed  # the session did end after the commit
+        texts = sorted(n.text for n in mem.notes(user_id="u"))
+    assert texts == {
+        "remember": ["The buoy by the pier is green", "The harbour lighthouse is painted red"],
+        "remember_many": ["The buoy by the pier is green", "The ferry leaves at noon",
+                          "The harbour lighthouse is painted red"],
+        "update": ["The harbour lighthouse is painted black"],
+        "forget": [],
+    }[verb]
