@@ -193,3 +193,42 @@ def test_an_export_leaves_no_file_on_the_server_s_disk_even_unread(memory, tmp_p
         return [line async for line in response.body_iterator]
 
     assert [json.loads(line)["id"] for line in asyncio.run(body())] == [note.id]
+
+
+def test_a_bad_import_line_is_named_by_the_request_body_s_line_not_a_server_file(admin, server):
+    from .conftest import ALICE_KEY
+
+    ndjson = {"content-type": "application/x-ndjson"}
+    with server.client(ALICE_KEY) as alice:
+        for client in (admin, alice):   # an operator's import named the server's temp file (/tmp/tmpXXXX/import.jsonl:2)
+            refused = client.post("/v1/import", content=b'\n{"id": "x"}\n', headers=ndjson)   # its second line
+            assert refused.status_code == 422, refused.text
+            message = refused.json()["message"]
+            assert message.startswith("the request body:2: not a note") and "/tmp" not in message
+    refused = admin.post("/v1/import", content=b'{"id": "x"}\n\xff\n', headers=ndjson)
+    assert refused.status_code == 422 and "import.jsonl" not in refused.json()["message"]
+
+
+def test_answer_states_one_max_new_tokens_limit_whatever_the_bad_value(admin):
+    # -5 said "an integer from 1 to 4096" (Memory's check), 1000 "less than or equal to 512" (the route's)
+    for tokens, bound in ((1000, "less than or equal to 512"), (-5, "greater than or equal to 1"),
+                          (0, "greater than or equal to 1")):
+        refused = admin.post("/v1/answer", json={"question": "x", "max_new_tokens": tokens})
+        assert refused.status_code == 422 and "max_new_tokens" in refused.json()["message"], refused.text
+        assert bound in refused.json()["message"] and "4096" not in refused.json()["message"]
+
+
+def test_a_malformed_user_id_is_422_for_a_bound_key_too_before_its_403(admin, server):
+    from .conftest import ALICE_KEY
+
+    with server.client(ALICE_KEY) as alice:
+        for method, path, kwargs in [("POST", "/v1/recall", {"json": {"query": "x", "user_id": ""}}),
+                                     ("POST", "/v1/notes", {"json": {"text": "x", "user_id": ""}}),
+                                     ("POST", "/v1/notes/batch", {"json": {"items": ["x"], "user_id": ""}}),
+                                     ("POST", "/v1/notes/batch", {"json": {"items": [{"text": "x", "user_id": ""}]}}),
+                                     ("GET", "/v1/notes", {"params": {"user_id": ""}}),
+                                     ("POST", "/v1/answer", {"json": {"question": "x", "user_id": ""}})]:
+            for client in (admin, alice):
+                refused = client.request(method, path, **kwargs)
+                assert (refused.status_code, refused.json()["error"]) == (422, "InvalidInputError"), (path, refused.text)
+        assert alice.post("/v1/recall", json={"query": "x", "user_id": "bob"}).status_code == 403
