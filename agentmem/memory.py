@@ -31,6 +31,7 @@ from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, reader_scopes
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
+from .consolidation.policy import is_marked_shared
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
@@ -309,6 +310,12 @@ class Memory:
             if before.model_copy(update={**changes, "updated_at": before.updated_at}) == before:
                 return before  # the note already says all this: no history entry, no new time
             note = self._writer.replace(before, before.model_copy(update=changes), embedding)
+            unshared = is_marked_shared(before) and not is_marked_shared(note)
+            if unshared:  # its edit stops firing for everyone now, not at the next job
+                with self._graph.transaction():
+                    unshared = self._ledger.retract_shared(note_id, when)
+        if unshared:
+            self._parametric.retract_pending(when)
         self._replace_now([note], when)
         return note
 

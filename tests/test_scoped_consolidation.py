@@ -92,3 +92,17 @@ def test_retracting_alices_edit_leaves_bobs_same_prompt_edit(consolidated):
     assert "4471" not in mem.answer("What is Alice's locker code?", user_id="alice", retrieval=False).text
     assert says(mem.answer("What is Alice's locker code?", user_id="bob", retrieval=False).text, "9032")
     assert says(mem.answer("Where does Alice live?", user_id="alice", retrieval=False).text, "Lisbon")
+
+
+@pytest.mark.slow
+def test_a_fact_whose_note_stops_being_shared_stops_firing_for_others_at_once(consolidated):
+    mem, notes, _ = consolidated
+    mem.update(notes["shared"].id, metadata={"shared": False}, at=LATER)
+    for user in ("alice", "dave", None):  # not at the next job: now
+        reply = mem.answer("What is the office wifi password?", user_id=user, retrieval=False)
+        assert reply.source != "weights" and "Falcon" not in reply.text, (user, reply)
+    assert [e.status for e in mem.ledger(notes["shared"].id)] == ["retracted"]
+    with one_torch_thread():
+        assert mem.consolidate(at=LATER + timedelta(hours=1)).applied == 1  # again, in its owner's scope
+    assert says(mem.answer("What is the office wifi password?", user_id="carol", retrieval=False).text, "Falcon")
+    assert "Falcon" not in mem.answer("What is the office wifi password?", user_id="dave", retrieval=False).text

@@ -112,6 +112,16 @@ class Ledger:
         )
         self._db.execute("DELETE FROM consolidation_ledger WHERE note_id = ? AND status NOT IN ('retracting')", (note_id,))
 
+    def retract_shared(self, note_id: str, at: datetime) -> bool:
+        """A note no longer marked shared: its live edits that fire for everyone are to be retracted (the next job
+        edits its fact again in its owner's scope). Returns whether it had any."""
+        changed = self._db.execute(
+            "UPDATE consolidation_ledger SET status = 'retracting', updated_at = ?, detail = 'its note is no longer"
+            " shared' WHERE note_id = ? AND status IN ('pending', 'applied') AND scope IS NULL",
+            (to_timestamp(at), note_id),
+        )
+        return changed.rowcount > 0
+
     def delete(self, edit_id: str) -> None:
         self._db.execute("DELETE FROM consolidation_ledger WHERE edit_id = ?", (edit_id,))
 
