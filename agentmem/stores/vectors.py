@@ -185,8 +185,19 @@ class VectorIndex:
                 if self.mode != "server":
                     raise
                 log.info("the index collection %r was made again elsewhere; opening it again", self._name)
-                self._answered("open the collection again", self._open_collection)
+                self._answered("open the collection again", self._reopen_collection)
                 return self._answered(what, lambda: call(self._collection))
+
+    def _reopen_collection(self) -> None:
+        """The collection of this name as it is now on the server. It is not made again when it is gone: an empty
+        one would answer searches with none of the store's notes, silently."""
+        try:
+            self._collection = self._client.get_collection(self._name, embedding_function=None)
+        except NotFoundError:
+            raise StoreUnavailableError(
+                f"the index collection {self._name!r} is gone from the Chroma server {self._url} (its data was lost or"
+                " removed): rebuild_index() refills it from the note graph, which holds every note"
+            ) from None
 
     def _answered(self, what: str, call: Callable[[], T]) -> T:
         """`call()`; on a server, in a thread of its own that the caller stops waiting for after `SERVER_DEADLINE_S`
@@ -235,7 +246,8 @@ class VectorIndex:
         left = self._segment_folders() if self.mode == "embedded" else []
 
         def reset() -> None:
-            self._client.delete_collection(self._name)
+            with contextlib.suppress(NotFoundError):  # a server that lost it
+                self._client.delete_collection(self._name)
             self._open_collection()
             self._collection.modify(metadata={STORE_KEY: store_id})
 

@@ -13,7 +13,7 @@ import pytest
 from chromadb.config import Settings
 
 from agentmem import InvalidInputError, Memory
-from agentmem.errors import StoreCorruptedError
+from agentmem.errors import StoreCorruptedError, StoreUnavailableError
 from agentmem.notes import Note
 from agentmem.stores import VectorIndex
 from agentmem.stores.graph import NoteGraph
@@ -150,6 +150,21 @@ def test_restore_onto_a_chroma_server_replaces_the_collection(tmp_path, embedder
     with Memory(tmp_path / "local", chroma_url=chroma_server, collection="restore_local", embedder=embedder) as moved:
         assert moved.stats().notes == 2 and not (tmp_path / "local" / "chroma").exists()  # no copy left here
         assert moved.recall("What is Jon's dinghy called?", user_id="jon", k=1, at=T0)[0].note.text.endswith("Puffin")
+
+
+@pytest.mark.server
+def test_a_collection_the_server_lost_is_a_typed_error_until_rebuilt_never_an_empty_index(tmp_path, embedder,
+                                                                                        chroma_server):
+    host, port = chroma_server.removeprefix("http://").split(":")
+    with Memory(tmp_path / "m", chroma_url=chroma_server, collection="lost_test", embedder=embedder) as mem:
+        notes = [mem.remember(f"Kai keeps {thing} in the shed", user_id="kai", at=T0) for thing in ("oars", "nets")]
+        chromadb.HttpClient(host=host, port=int(port), settings=Settings(anonymized_telemetry=False)
+                            ).delete_collection("lost_test")  # a server that came back without its data
+        with pytest.raises(StoreUnavailableError, match="rebuild_index"):
+            mem.recall("What is in Kai's shed?", user_id="kai", at=T0)
+        assert mem.rebuild_index() == 2
+        hits = mem.recall("What is in Kai's shed?", user_id="kai", at=T0, reinforce=False)
+        assert {h.note.id for h in hits} == {n.id for n in notes}
 
 
 def test_a_store_of_the_previous_release_opens_and_migrates_with_its_notes_intact(tmp_path, embedder):
