@@ -28,6 +28,9 @@ from .limits import LANE_PER_USER, LANE_TOTAL
 T = TypeVar("T")
 GONE_POLL_S = 0.5  # how often a waiting call asks whether its client is still there
 TURN_WEIGHT = 0.2  # the weight of the latest turn in the running mean of a turn's seconds
+# A turn's seconds before one was timed: a local SmolLM2 reply of 96 tokens takes 5-20 s on 2 CPU cores, so a
+# `Retry-After: 1` on a fresh server sent clients back long before a place could free up
+FIRST_TURN_GUESS_S = 10.0
 
 
 class Admission:
@@ -41,7 +44,8 @@ class Admission:
     def __init__(self, what: str, per_user: int = LANE_PER_USER, total: int = LANE_TOTAL) -> None:
         self.what, self.per_user, self.total = what, per_user, total
         self._queued: Counter[str | None] = Counter()  # calls waiting or running, by the user they act for
-        self.mean_turn_s = 1.0  # a running mean of how long a turn takes: a refusal's `Retry-After`
+        self.mean_turn_s = FIRST_TURN_GUESS_S  # a running mean of how long a turn takes: a refusal's `Retry-After`
+        self._timed = False
 
     @contextlib.contextmanager
     def place(self, user: str | None) -> Iterator[None]:
@@ -68,7 +72,10 @@ class Admission:
         try:
             yield
         finally:
-            self.mean_turn_s += TURN_WEIGHT * (time.monotonic() - started - self.mean_turn_s)
+            took = time.monotonic() - started
+            # the first turn timed replaces the guess; later ones move the mean
+            self.mean_turn_s = self.mean_turn_s + TURN_WEIGHT * (took - self.mean_turn_s) if self._timed else took
+            self._timed = True
 
 
 class ModelLane:

@@ -97,8 +97,9 @@ def test_a_refusal_says_when_to_retry_from_how_long_turns_have_taken():
         release.clear()
         return refused.value.retry_after_s
 
-    assert anyio.run(refusal_after, []) == 1   # no turn taken yet: one second
-    assert anyio.run(refusal_after, [3.0, 3.0]) == 2   # the running mean moved from 1 s towards 3 s: 1.72 s
+    assert anyio.run(refusal_after, []) == 10   # no turn timed yet: a local reply's usual seconds
+    # the first turn timed (0.05 s, the one refused against) replaced the guess; two of 3 s moved it to 1.1 s
+    assert anyio.run(refusal_after, [3.0, 3.0]) == 2
 
 
 def test_a_call_whose_client_has_gone_by_its_turn_is_not_made():
