@@ -27,6 +27,7 @@ import filelock
 import networkx as nx
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
+from . import store
 from .filters import NoteFilter
 from .rows import OutboxClaim
 from .sql import SqlNoteStore
@@ -191,7 +192,9 @@ class NoteGraph(SqlNoteStore):
     def lock(self) -> Iterator[None]:
         """The store's write section across processes: a lock file beside the database."""
         try:
-            self._file_lock.acquire()
+            self._file_lock.acquire(timeout=store.WRITE_LOCK_WAIT_S)
+        except filelock.Timeout:
+            raise store.write_lock_timeout(self.path.parent) from None
         except OSError as exc:
             raise StoreUnavailableError(f"cannot lock the store at {self.path.parent}: {exc}") from exc
         try:

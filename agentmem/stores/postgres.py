@@ -53,7 +53,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
-from . import full_text, link_changes, shared_folders
+from . import full_text, link_changes, shared_folders, store
 from .coalesced import CoalescedWork
 from .filters import NoteFilter
 from .graph import NoteGraph
@@ -485,10 +485,17 @@ class PostgresNoteGraph(SqlNoteStore):
         with self._session() as conn:
             held: Any = wait  # from the request on: a failure after the server granted it must release it
             try:
-                if then is not None:
-                    with conn.pipeline():  # two statements, so `then` reads after the wait for the lock
-                        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                        after = conn.execute(then)
+                if then is not None:  # the write lock: `then` reads after the wait, which is bounded
+                    try:
+                        with conn.pipeline():
+                            conn.execute(f"SET lock_timeout = '{store.WRITE_LOCK_WAIT_S}s'")
+                            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                            conn.execute("RESET lock_timeout")
+                            after = conn.execute(then)
+                    except psycopg.errors.LockNotAvailable:
+                        held = False
+                        conn.execute("RESET lock_timeout")
+                        raise store.write_lock_timeout(self.path) from None
                     held = after.fetchone()
                 elif wait:
                     conn.execute("SELECT pg_advisory_lock(%s)", (key,))

@@ -3,8 +3,9 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from agentmem import Note, StoreCorruptedError
+from agentmem import Note, StoreCorruptedError, StoreUnavailableError
 from agentmem.stores import NoteGraph
+from agentmem.stores import store as store_protocol
 from agentmem.stores.filters import NoteFilter
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -122,3 +123,18 @@ def test_a_store_that_forgets_had_broken_is_mended_when_it_opens(tmp_path):
     forget(reopened, "n999")
     assert len(reopened.all_ids()) == 100
     assert [i for i, _ in reopened.lexical_search(["1050"], 5, NoteFilter())] == ["n1050"]
+
+
+def test_a_write_lock_another_process_holds_too_long_is_a_typed_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_protocol, "WRITE_LOCK_WAIT_S", 1)
+    stuck, waiting = NoteGraph(tmp_path / "notes.sqlite3"), NoteGraph(tmp_path / "notes.sqlite3")
+    try:
+        with stuck.lock():  # a lock file is the process's: a second graph in this process stands for another
+            with pytest.raises(StoreUnavailableError, match="held the write lock"):
+                with waiting.lock():
+                    pass
+        with waiting.lock():
+            pass
+    finally:
+        stuck.close()
+        waiting.close()

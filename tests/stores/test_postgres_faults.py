@@ -19,6 +19,7 @@ import pytest
 
 from agentmem import Memory, Note
 from agentmem.errors import InvalidInputError, StoreUnavailableError
+from agentmem.stores import store as store_protocol
 from agentmem.stores.location import local_folder
 from agentmem.stores.postgres import PostgresNoteGraph, direct_connection, redacted
 
@@ -350,3 +351,34 @@ def test_a_write_whose_connection_is_lost_after_its_commit_returns(postgres_url,
         "update": ["The harbour lighthouse is painted black"],
         "forget": [],
     }[verb]
+
+
+# ---- a process stuck inside a write section --------------------------------------------------
+
+def test_a_write_lock_held_too_long_by_another_process_is_a_typed_error_and_the_next_wait_is_unbounded_again(
+        postgres_url, monkeypatch):
+    monkeypatch.setattr(store_protocol, "WRITE_LOCK_WAIT_S", 1)
+    stuck, waiting = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
+    try:
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lock():
+            with stuck.lock():
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        held.wait(30)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="held the write lock"):
+            with waiting.lock():
+                pass
+        assert time.monotonic() - started < 10
+        release.set()
+        holder.join(30)
+        with waiting.lock():  # the lock is free again, and the session's lock_timeout is as it was
+            assert waiting.connection.execute("SHOW lock_timeout").fetchone()[0] == "0"
+    finally:
+        stuck.close()
+        waiting.close()
