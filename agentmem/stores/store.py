@@ -23,14 +23,15 @@ from ..errors import StoreUnavailableError
 from .rows import IndexEntry, Neighbours, OutboxClaim
 
 # How long a write section waits for another process's: a process stopped or stuck inside one (SIGSTOP, a
-# debugger, a hung disk) would otherwise stall every other process's writes and recalls for as long.
-WRITE_LOCK_WAIT_S = 120
+# debugger, a hung disk) would otherwise stall every other process's writes and recalls for as long. Long
+# enough for the longest legitimate section: a backup of a large store holds it throughout.
+WRITE_LOCK_WAIT_S = 300
 
 
 def write_lock_timeout(store: object) -> StoreUnavailableError:
     return StoreUnavailableError(
-        f"another process has held the write lock of the store at {store} for over {WRITE_LOCK_WAIT_S} s (a process"
-        " stopped or stuck inside a write); the call changed nothing: try again, or stop that process"
+        f"another process has held the write lock of the store at {store} for over {WRITE_LOCK_WAIT_S} s (a long backup,"
+        " or a process stopped or stuck inside a write); the call changed nothing: try again, or stop that process"
     )
 
 
