@@ -30,6 +30,16 @@ def from_weights(mem) -> bool:
     return mem.answer("Alice lives in", user_id="alice", retrieval=False, max_new_tokens=2).source == "weights"
 
 
+def saved_editor_folder(open_memory, tmp_path):
+    """The editor folder of a store whose one fact was consolidated, once its memory closed (its editor left the
+    model: what happens to the folder next stands for another process's doing)."""
+    mem = open_memory(policy=POLICY)
+    alice(mem)
+    assert mem.consolidate(at=LATER).applied == 1
+    mem.close()
+    return tmp_path / "mem" / "editor"
+
+
 def test_a_note_forgotten_while_the_job_edits_it_leaves_no_edit_and_no_ledger_row(open_memory, monkeypatch):
     mem = open_memory(policy=POLICY)
     note = alice(mem)
@@ -139,11 +149,7 @@ def test_while_a_job_elsewhere_holds_the_lock_a_forgotten_edit_is_hidden_then_ro
 
 
 def test_a_load_that_meets_another_process_s_save_reads_the_new_state(open_memory, tmp_path, tiny_lm, monkeypatch):
-    mem = open_memory(policy=POLICY)
-    alice(mem)
-    assert mem.consolidate(at=LATER).applied == 1
-    mem.close()  # its editor leaves the model: the load below stands for another process's
-    editor_folder = tmp_path / "mem" / "editor"
+    editor_folder = saved_editor_folder(open_memory, tmp_path)
     [first] = [p.name for p in editor_folder.iterdir() if p.is_dir()]
     load = editor_base.Editor.load.__func__
 
@@ -192,11 +198,7 @@ def test_an_update_whose_fact_extractor_generates_with_the_model_does_not_deadlo
 
 def test_a_state_a_killed_job_saved_but_never_made_current_is_removed_at_the_next_load(open_memory, tmp_path):
     """Such a folder holds the facts of its job; one whose note was forgotten since stayed on disk."""
-    mem = open_memory(policy=POLICY)
-    alice(mem)
-    assert mem.consolidate(at=LATER).applied == 1
-    mem.close()
-    editor_folder = tmp_path / "mem" / "editor"
+    editor_folder = saved_editor_folder(open_memory, tmp_path)
     current = (editor_folder / "CURRENT").read_text()
     stray = editor_folder / "v999999"  # written by a job killed before it switched CURRENT
     stray.mkdir()
@@ -210,11 +212,7 @@ def test_a_state_a_killed_job_saved_but_never_made_current_is_removed_at_the_nex
 @pytest.mark.parametrize("pointer", ["v999999", "..", "", "v000001/.."])
 def test_a_current_pointer_naming_no_saved_state_is_damage_and_the_saved_state_stays(open_memory, tmp_path, pointer):
     """Taken for "nothing saved", it made the job's clean-up delete the intact state beside it."""
-    mem = open_memory(policy=POLICY)
-    alice(mem)
-    assert mem.consolidate(at=LATER).applied == 1
-    mem.close()
-    editor_folder = tmp_path / "mem" / "editor"
+    editor_folder = saved_editor_folder(open_memory, tmp_path)
     saved = (editor_folder / "CURRENT").read_text()
     (editor_folder / "CURRENT").write_text(pointer)
     with pytest.raises(StoreCorruptedError, match=f"no saved state of the editor.*{saved}"):

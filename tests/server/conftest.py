@@ -5,9 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,21 @@ ADMIN_KEY = "admin-key-0001"
 ALICE_KEY = "alice-key-0001"
 BOB_KEY = "bob-key-00001"
 KEYS = [ADMIN_KEY, f"{ALICE_KEY}:alice", f"{BOB_KEY}:bob"]
+
+
+class JsonReplies(BaseHTTPRequestHandler):
+    """The base of the tests' stand-in upstream servers: answers with JSON, logs nothing."""
+
+    def answer(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 @dataclass

@@ -1,12 +1,11 @@
 """The OpenAI-compatible chat, driven by the official `openai` client: local model and upstream mode."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import anyio
 import anyio.to_thread
@@ -20,7 +19,7 @@ from agentmem.server.auth import Caller
 from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
 
-from .conftest import ADMIN_KEY, ALICE_KEY, start_server
+from .conftest import ADMIN_KEY, ALICE_KEY, JsonReplies, start_server
 
 
 
@@ -165,20 +164,12 @@ def test_the_openai_client_shows_why_a_request_was_refused(server):
         stranger.models.list()
 
 
-class NumberReplyingUpstream(BaseHTTPRequestHandler):
+class NumberReplyingUpstream(JsonReplies):
     """An OpenAI-compatible server whose reply content is a number, not text."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": 42}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.answer({"choices": [{"message": {"role": "assistant", "content": 42}}]})
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import anyio
 import anyio.to_thread
@@ -27,12 +27,12 @@ from agentmem.server.limits import LANE_PER_USER, LANE_TOTAL
 
 from tests.conftest import free_port
 
-from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, KEYS, Served, assert_clean_stop, start_server
+from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, KEYS, JsonReplies, Served, assert_clean_stop, start_server
 
 JOSE_KEY = "jose-key-0001"
 
 
-class SlowUpstream(BaseHTTPRequestHandler):
+class SlowUpstream(JsonReplies):
     """An OpenAI-compatible server: a request whose model is `slow-N` is answered after N seconds; one offering
     tools is answered with a tool call, as OpenAI answers it. Every chat request it gets is counted."""
 
@@ -56,16 +56,6 @@ class SlowUpstream(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.answer({"object": "list", "data": [{"id": "up-model", "object": "model", "created": 0, "owned_by": "t"}]})
 
-    def answer(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 class ManyConnections(ThreadingHTTPServer):
