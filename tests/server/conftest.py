@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 import json
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -36,6 +38,19 @@ class JsonReplies(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+@contextmanager
+def stand_in_upstream(handler: type[JsonReplies], server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+                      ) -> Iterator[str]:
+    """A stand-in upstream on a free loopback port while the block runs; yields its OpenAI base URL."""
+    server = server_class(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass

@@ -5,7 +5,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 
 import anyio
 import anyio.to_thread
@@ -19,7 +18,7 @@ from agentmem.server.auth import Caller
 from agentmem.server.model_lane import ModelLane
 from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
 
-from .conftest import ADMIN_KEY, ALICE_KEY, JsonReplies, start_server
+from .conftest import ADMIN_KEY, ALICE_KEY, JsonReplies, stand_in_upstream, start_server
 
 
 
@@ -174,12 +173,8 @@ class NumberReplyingUpstream(JsonReplies):
 
 @pytest.fixture
 def number_upstream() -> Iterator[str]:
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), NumberReplyingUpstream)
-    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{upstream.server_port}/v1"
-    upstream.shutdown()
-    upstream.server_close()
+    with stand_in_upstream(NumberReplyingUpstream) as url:
+        yield url
 
 
 def test_an_upstream_reply_that_is_not_text_is_the_upstreams_fault(number_upstream, tmp_path):

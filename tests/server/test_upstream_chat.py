@@ -27,7 +27,8 @@ from agentmem.server.limits import LANE_PER_USER, LANE_TOTAL
 
 from tests.conftest import free_port
 
-from .conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, KEYS, JsonReplies, Served, assert_clean_stop, start_server
+from .conftest import (ADMIN_KEY, ALICE_KEY, BOB_KEY, KEYS, JsonReplies, Served, assert_clean_stop, stand_in_upstream,
+                       start_server)
 
 JOSE_KEY = "jose-key-0001"
 
@@ -65,12 +66,8 @@ class ManyConnections(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = ManyConnections(("127.0.0.1", 0), SlowUpstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    with stand_in_upstream(SlowUpstream, ManyConnections) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
