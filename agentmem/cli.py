@@ -22,7 +22,7 @@ LOCAL_ONLY = ("serve", "mcp", "restore-backup", "migrate")  # commands on this m
 CREATES_STORE = ("remember", "import")  # the verbs on notes that may start a new store; the others need one
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-MAX_PERIOD = timedelta(days=365)   # a schedule's longest period (jobs.MAX_EVERY): a longer wait overflows the timer
+MAX_PERIOD = timedelta(days=365)   # jobs.MAX_EVERY, kept here so that the shell's --help imports no server code
 
 
 def _time(value: str) -> datetime:

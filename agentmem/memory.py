@@ -15,6 +15,7 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, reader_scopes
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
-from .consolidation.policy import is_marked_shared
+from .consolidation.policy import edit_scopes, is_marked_shared
 from .encoding import ENCODE_BATCH, embed, encode_overlapped
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
@@ -50,6 +51,8 @@ from .reading import ReadPath
 from .sections import Sections
 from .writing import Enricher, SearchAhead, WritePath
 
+
+log = logging.getLogger(__name__)
 
 _UNSET: Any = object()
 
@@ -310,10 +313,14 @@ class Memory:
             if before.model_copy(update={**changes, "updated_at": before.updated_at}) == before:
                 return before  # the note already says all this: no history entry, no new time
             note = self._writer.replace(before, before.model_copy(update=changes), embedding)
-            unshared = is_marked_shared(before) and not is_marked_shared(note)
+            unshared = is_marked_shared(before) and not is_marked_shared(note) and self._owned(note)
             if unshared:  # its edit stops firing for everyone now, not at the next job
-                with self._graph.transaction():
-                    unshared = self._ledger.retract_shared(note_id, when)
+                try:
+                    with self._graph.transaction():
+                        unshared = self._ledger.retract_shared(note_id, when)
+                except StoreUnavailableError:  # the update stands; the next job moves the edit to its scope
+                    log.warning("the shared edit of note %s stays until the next job", note_id, exc_info=True)
+                    unshared = False
         if unshared:
             self._parametric.retract_pending(when)
         self._replace_now([note], when)
@@ -564,7 +571,7 @@ class Memory:
                 raise InvalidInputError(f"{path}: note {number}: {exc}") from None
         # the texts the store does not hold are embedded before the write section, which other callers wait for
         with self._sections.reading(store_only=True):
-            known = self._graph.own_embeddings([note.id for note in notes]).keys()
+            known = self._graph.all_ids()  # ids only, and no bound on how many a query may name
         texts = {note.id: note.text for note in notes if note.id not in known}
         embedded = dict(zip(texts, self._embed(list(texts.values())))) if texts else {}
         with self._sections.exclusive():
@@ -707,6 +714,11 @@ class Memory:
         if self._sections.closed:
             raise self._sections.closed_error()
         return self._parametric
+
+    def _owned(self, note: Note) -> bool:
+        """Whether the policy gives this note's edit to its owner's scope (not shared because enough users state
+        its fact); read over every note, which only an update taking a note's shared mark away needs."""
+        return edit_scopes([n for n, _ in self._graph.all_notes()], self.policy).get(note.id) is not None
 
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
         """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""

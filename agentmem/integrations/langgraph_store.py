@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE, KEY, VALUE = "langgraph.namespace", "langgraph.key", "langgraph.value"
 TTL, EXPIRES = "langgraph.ttl", "langgraph.expires_at"
+REFRESH_STEP = 0.01  # the least share of its ttl a read moves an item's expiry by (below it, nothing is written)
 INDEXED = "langgraph.indexed"   # False for an item put with index=False: its note says only UNINDEXED_TEXT
 UNINDEXED_TEXT = "(a LangGraph store item kept out of the search index)"
 PREFIX = "langgraph.prefix."
@@ -359,10 +360,11 @@ class AgentMemStore(BaseStore):
 
     def _refreshed(self, note: Note, now: datetime) -> Note | None:
         """Reading an item with a TTL restarts its clock: it expires `ttl` minutes from now, as in
-        LangGraph's stores (a refresh is an update, which keeps a version; a read that would not move
-        the expiry later writes nothing); None if the item was forgotten meanwhile."""
+        LangGraph's stores. A refresh is an update, which keeps a version, so a read that would move the
+        expiry by less than 1% of the ttl (6 s of 10 minutes) writes nothing: an agent reading an item at every
+        step would otherwise add a version per step. None if the item was forgotten meanwhile."""
         ttl = note.metadata.get(TTL)
-        if ttl is None or _expiry(now, ttl) <= note.metadata[EXPIRES]:
+        if ttl is None or _expiry(now, ttl) - note.metadata[EXPIRES] < ttl * 60 * REFRESH_STEP:
             return note
         try:
             return self.memory.update(note.id, metadata={**note.metadata, EXPIRES: _expiry(now, ttl)})

@@ -8,6 +8,7 @@ that is.
 """
 from __future__ import annotations
 
+from .. import validation
 from ..errors import NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
@@ -26,7 +27,9 @@ class ScopedMemory:
         return self.caller.user_id is not None
 
     def user(self, requested: str | None) -> str | None:
-        """The user_id a call acts for: the bound user, or whatever an unbound caller asked."""
+        """The user_id a call acts for: the bound user, or whatever an unbound caller asked. A malformed id is
+        an `InvalidInputError` for every caller, before a bound key's 403."""
+        requested = validation.scope("user_id", requested)
         if not self.bound:
             return requested
         if requested not in (None, self.caller.user_id):

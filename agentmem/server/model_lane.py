@@ -89,10 +89,6 @@ class ModelLane:
         self.admission = Admission("the model", per_user, total)
         self._turn = anyio.Lock()
 
-    @property
-    def mean_turn_s(self) -> float:
-        return self.admission.mean_turn_s
-
     async def run(self, call: Callable[..., T], *args: object, user: str | None = None,
                   client: Request | None = None) -> T:
         """`call(*args)` on a worker thread once the calls before it on the lane are done.

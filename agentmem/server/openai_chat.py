@@ -236,7 +236,7 @@ class ChatService:
         system = system_message(body)
         if system and self.upstream is None:  # the local model reads it: checked as a note's text is
             validation.text(system, self.memory.config.max_text_chars, "the system message")
-        return validation.scope("user_id", mem.user(user)), validation.scope("session_id", session)
+        return mem.user(user), validation.scope("session_id", session)
 
     def turn(self, body: ChatCompletionRequest, user: str | None, session: str | None) -> ChatCompletion:
         """One chat turn as `checked` let it through: recall, reply, remember."""

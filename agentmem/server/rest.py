@@ -20,7 +20,7 @@ from pydantic import Field
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import transfer, validation
+from .. import transfer
 from ..errors import InvalidInputError
 from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryStats, Note
 from .access import ScopedMemory
@@ -60,11 +60,6 @@ async def model_lane(request: Request) -> ModelLane:
 Scoped = Annotated[ScopedMemory, Depends(scoped)]
 
 
-def _user(mem: ScopedMemory, requested: str | None) -> str | None:
-    """The user a call acts for; a malformed id is 422 for every caller, before a bound key's 403."""
-    return mem.user(validation.scope("user_id", requested))
-
-
 class AnswerAsked(AnswerRequest):
     """An answer's request, `max_new_tokens` from 1 to MAX_ANSWER_TOKENS: one limit, in one message, whatever
     the bad value (below 1 it was `Memory.answer`'s "from 1 to 4096", above 512 the model's "at most 512")."""
@@ -82,17 +77,17 @@ Lane = Annotated[ModelLane, Depends(model_lane)]
 def remember(item: RememberRequest, mem: Scoped) -> Note:
     mem.may_mark_shared(item.metadata)
     return mem.memory.remember(
-        item.text, user_id=_user(mem, item.user_id), agent_id=item.agent_id, session_id=item.session_id,
+        item.text, user_id=mem.user(item.user_id), agent_id=item.agent_id, session_id=item.session_id,
         at=item.at, tags=item.tags, metadata=item.metadata, fact=item.fact,
     )
 
 
 @router.post("/notes/batch", response_model=list[Note], tags=["notes"], summary="remember many notes at once")
 def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
-    default_user = _user(mem, batch.user_id)
+    default_user = mem.user(batch.user_id)
     for item in batch.items:  # every item's user and mark is checked before anything is written
         if not isinstance(item, str):
-            _user(mem, default_user if item.user_id is None else item.user_id)
+            mem.user(default_user if item.user_id is None else item.user_id)
             mem.may_mark_shared(item.metadata)
     return mem.memory.remember_many(batch.items, user_id=default_user, agent_id=batch.agent_id,
                                     session_id=batch.session_id, at=batch.at)
@@ -133,7 +128,7 @@ def restore(note_id: str, body: AtRequest, mem: Scoped) -> Note:
 @router.post("/recall", response_model=list[Hit], tags=["notes"], summary="find the notes that best answer a query")
 def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
     return mem.memory.recall(
-        body.query, k=body.k, user_id=_user(mem, body.user_id), agent_id=body.agent_id, session_id=body.session_id,
+        body.query, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
     )
 
@@ -150,7 +145,7 @@ def reinforce(body: ReinforceRequest, mem: Scoped) -> list[Note]:
 def list_notes(mem: Scoped, user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
                include_archived: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
                offset: Annotated[int, Query(ge=0)] = 0) -> list[Note]:
-    return mem.memory.notes(user_id=_user(mem, user_id), agent_id=agent_id, session_id=session_id,
+    return mem.memory.notes(user_id=mem.user(user_id), agent_id=agent_id, session_id=session_id,
                             include_archived=include_archived, limit=limit, offset=offset)
 
 
@@ -316,7 +311,7 @@ def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
 @router.post("/answer", response_model=Answer, tags=["consolidation"], responses=LANE_FULL,
              summary="answer from the weights where edits cover the question, else from recalled notes")
 async def answer(request: Request, body: AnswerAsked, mem: Scoped, lane: Lane) -> Answer:
-    user_id = _user(mem, body.user_id)  # before queueing: the lane counts per user
+    user_id = mem.user(body.user_id)  # before queueing: the lane counts per user
     return await lane.run(lambda: mem.memory.answer(
         body.question, k=body.k, user_id=user_id, agent_id=body.agent_id, session_id=body.session_id,
         at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,

@@ -195,8 +195,9 @@ class VectorIndex:
             self._collection = self._client.get_collection(self._name, embedding_function=None)
         except NotFoundError:
             raise StoreUnavailableError(
-                f"the index collection {self._name!r} is gone from the Chroma server {self._url} (its data was lost or"
-                " removed): rebuild_index() refills it from the note graph, which holds every note"
+                f"the index collection {self._name!r} is gone from the Chroma server {self._url} (its data was lost"
+                " or removed, or another replica is rebuilding it right now: then try again): rebuild_index()"
+                " refills it from the note graph, which holds every note"
             ) from None
 
     def _answered(self, what: str, call: Callable[[], T]) -> T:
