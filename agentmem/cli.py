@@ -338,16 +338,18 @@ def act(mem: Any, args: argparse.Namespace) -> Any:
 
 def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGTERM / Ctrl-C; the store is closed on the way out."""
+    from .server.auth import ApiKeys, trusted_hosts  # light: a bad key or host is refused before torch loads
+
+    specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
+    keys = ApiKeys.parse(specs, args.keys_file)
+    trusted_hosts(args.host, args.allowed_hosts)  # a bad --allowed-host is refused before the store opens
+
     import uvicorn
 
     from .consolidation.policy import ConsolidationPolicy
     from .memory import Memory
     from .server.app import create_app
-    from .server.auth import ApiKeys, trusted_hosts
 
-    specs = args.keys or [k for k in [args.api_key] if k]  # `agentmem --api-key K serve`, or env AGENTMEM_API_KEY
-    keys = ApiKeys.parse(specs, args.keys_file)
-    trusted_hosts(args.host, args.allowed_hosts)  # a bad --allowed-host is refused before the store opens
     # a user-bound key may not mark a note shared; two of them stating one fact must not share it either
     policy = ConsolidationPolicy(share_from=None) if keys.binds_users else None
     with listening(args.host, args.port) as listener:  # before the store opens: a busy port costs no model load
