@@ -29,19 +29,31 @@ CREATE TRIGGER notes_lexicon_update AFTER UPDATE ON notes
 # The trigger counts only the lexemes a write adds or removes: an update, mostly a neighbour's
 # evolved keywords, changes one or two, and rewriting all of its note's counts (60 rows for two
 # neighbours) made remember's commit slower and left `lexicon` full of dead rows for searches to
-# step over. The empty lexeme (the note count) changes with inserts and deletes only.
+# step over. The empty lexeme (the note count) changes with inserts and deletes only. The
+# difference is taken with `ts_delete`, an expression, and only the statements it needs run: an
+# insert runs one, an update one or none (three each before: at 1k notes 0.70 against 0.57 ms an
+# insert, 1.8 against 1.3 ms the three updates of a remember's evolved neighbours).
 COUNT_LEXEMES = """
 DECLARE
     gone TEXT[] := '{}';
     came TEXT[] := '{}';
 BEGIN
-    IF TG_OP <> 'INSERT' THEN gone := tsvector_to_array(OLD.search) || '{""}'::text[]; END IF;
-    IF TG_OP <> 'DELETE' THEN came := tsvector_to_array(NEW.search) || '{""}'::text[]; END IF;
-    UPDATE lexicon SET docs = docs - 1 WHERE lexeme = ANY(gone) AND lexeme <> ALL(came);
-    DELETE FROM lexicon WHERE docs <= 0 AND lexeme = ANY(gone) AND lexeme <> ALL(came);
-    INSERT INTO lexicon(lexeme, docs)
-        SELECT added, 1 FROM (SELECT unnest(came) EXCEPT SELECT unnest(gone)) AS diff(added)
-        ON CONFLICT (lexeme) DO UPDATE SET docs = lexicon.docs + 1;
+    IF TG_OP = 'INSERT' THEN
+        came := tsvector_to_array(NEW.search) || '{""}'::text[];
+    ELSIF TG_OP = 'DELETE' THEN
+        gone := tsvector_to_array(OLD.search) || '{""}'::text[];
+    ELSE
+        gone := tsvector_to_array(ts_delete(OLD.search, tsvector_to_array(NEW.search)));
+        came := tsvector_to_array(ts_delete(NEW.search, tsvector_to_array(OLD.search)));
+    END IF;
+    IF cardinality(gone) > 0 THEN
+        UPDATE lexicon SET docs = docs - 1 WHERE lexeme = ANY(gone);
+        DELETE FROM lexicon WHERE docs <= 0 AND lexeme = ANY(gone);
+    END IF;
+    IF cardinality(came) > 0 THEN
+        INSERT INTO lexicon(lexeme, docs) SELECT unnest(came), 1
+            ON CONFLICT (lexeme) DO UPDATE SET docs = lexicon.docs + 1;
+    END IF;
     RETURN NULL;
 END
 """
