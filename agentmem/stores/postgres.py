@@ -22,7 +22,9 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   session lock. Inside a transaction, statements whose results nobody reads are queued and sent
   as one pipeline before the next read or with the commit; BEGIN is queued too, so a
   transaction without reads is one round trip. `lock()` reads the store version and the
-  outbox state in its own round trip, for the checks a write section starts with.
+  outbox state in its own round trip, for the checks a write section starts with. An outbox
+  found empty there spares a remember two reads (`neighbours`): of the notes waiting in it, and
+  of its candidates, read with their index entries (`index_entries`).
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps old
@@ -58,7 +60,7 @@ from .coalesced import CoalescedWork
 from .filters import NoteFilter
 from .graph import NoteGraph
 from .ledger_connection import LedgerConnection, Row, row_factory
-from .rows import NOTE_COLUMNS, OutboxClaim
+from .rows import KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, OutboxClaim
 from .shared_folders import SharedFolders
 from .sql import SqlNoteStore
 
@@ -360,6 +362,7 @@ class PostgresNoteGraph(SqlNoteStore):
         """A statement whose result nobody reads: inside `transaction()` it waits in this thread's
         queue, which goes to the server in one round trip (a pipeline) before the next statement
         that is not queued, or at the commit."""
+        self._drop_read_ahead()
         queued = getattr(self._pinned, "queued", None)
         if queued is None:
             self._run(sql, params)
@@ -373,6 +376,7 @@ class PostgresNoteGraph(SqlNoteStore):
         queued = getattr(self._pinned, "queued", None)
         if not rows:
             return
+        self._drop_read_ahead()
         if queued is not None:
             queued.append((psycopg_sql(sql), rows))
         else:
@@ -392,6 +396,39 @@ class PostgresNoteGraph(SqlNoteStore):
         seen = getattr(self._pinned, "seen_pending", None)
         self._pinned.seen_pending = None
         return bool(self._run(f"SELECT 1 FROM outbox {UNCLAIMED} LIMIT 1")) if seen is None else seen
+
+    def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
+        """`SqlNoteStore.neighbours`, without a round trip in a write section whose lock found the
+        outbox empty, while this thread writes nothing: none waits in it (only a lock holder adds
+        to it; a claim ending takes rows out), and notes `index_entries` read are read already."""
+        note_ids = list(note_ids)
+        if getattr(self._pinned, "outbox_empty", False):
+            ahead = self._pinned.read_ahead
+            if all(note_id in ahead for note_id in note_ids):
+                return Neighbours([ahead[i] for i in dict.fromkeys(note_ids)], self.unreadable, self.dimension)
+        return super().neighbours(note_ids, user_id)
+
+    def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
+        """`SqlNoteStore.index_entries`; in a write section that `neighbours` answers, the whole
+        notes, as it reads them, in the same round trip: a remember's candidates are the notes
+        its search of the index found (one round trip fewer, for 15 notes more read)."""
+        tokens = list(tokens)
+        if not tokens or not getattr(self._pinned, "outbox_empty", False):
+            return super().index_entries(tokens)
+        among, params = self._among("index_id", tokens)
+        rows = self._read_notes(
+            f"SELECT index_id, {self._columns(KEPT_IN_QUARANTINE)}, embedding AS vector, 0 AS waiting"
+            f" FROM notes WHERE {among}", params,
+        )
+        self._pinned.read_ahead.update((row["id"], row) for row in rows)
+        return {row["index_id"]: IndexEntry(row["id"], row["user_id"], row["agent_id"], row["session_id"],
+                                            bool(row["archived"])) for row in rows}
+
+    def _drop_read_ahead(self, outbox_empty: bool = False) -> None:
+        """What this thread's write section read ahead for `neighbours` no longer holds once it
+        writes or its lock ends; a lock's start sets whether it found the outbox empty."""
+        self._pinned.outbox_empty = outbox_empty
+        self._pinned.read_ahead = {}
 
     claims_across_processes = True
     concurrent_reads = True  # each thread reads on a pooled connection of its own (`_session`)
@@ -463,14 +500,18 @@ class PostgresNoteGraph(SqlNoteStore):
         """The store's write lock across processes and hosts (reentrant within a thread).
 
         In the same round trip, once the lock is held, it reads what a write section checks
-        first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write."""
-        checks = f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) FROM store_version"
+        first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write;
+        and whether the outbox is empty (`neighbours`)."""
+        checks = (f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}), NOT EXISTS (SELECT 1 FROM outbox)"
+                  " FROM store_version")
         with self._advisory(WRITE_LOCK, then=checks) as seen:
-            self._pinned.seen_version, self._pinned.seen_pending = seen
+            self._pinned.seen_version, self._pinned.seen_pending, outbox_empty = seen
+            self._drop_read_ahead(outbox_empty)
             try:
                 yield
             finally:
                 self._pinned.seen_version = self._pinned.seen_pending = None
+                self._drop_read_ahead()
 
     @contextmanager
     def job_lock(self, wait: bool = True) -> Iterator[bool]:
@@ -638,6 +679,7 @@ class PostgresNoteGraph(SqlNoteStore):
         """
         version = None
         self._pinned.seen_version = self._pinned.seen_pending = None
+        self._drop_read_ahead()
         try:
             with self._session() as conn:
                 queued = getattr(self._pinned, "queued", None)
