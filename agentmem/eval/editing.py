@@ -80,8 +80,8 @@ class EditingScores(BaseModel):
     edit_success: float
     edit_seconds_median: float
     edit_seconds_p95: float
-    generation_seconds_base: float
-    generation_seconds_edited: float
+    generation_seconds_base: float | None  # None: not timed (`--latency-prompts 0`)
+    generation_seconds_edited: float | None
     reliability_natural: float | None = None
     generalization_natural: float | None = None
     generalization_natural_chat: float | None = None
@@ -113,8 +113,10 @@ def exact_match(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size:
     return matches
 
 
-def generation_seconds(lm: LanguageModel, prompts: Sequence[str], repeats: int = 2) -> float:
-    """Median wall time of one greedy generation of LATENCY_TOKENS tokens (batch of one)."""
+def generation_seconds(lm: LanguageModel, prompts: Sequence[str], repeats: int = 2) -> float | None:
+    """Median wall time of one greedy generation of LATENCY_TOKENS tokens (batch of one); None with no prompts."""
+    if not prompts:
+        return None
     times = []
     for _ in range(repeats):
         for prompt in prompts:
@@ -136,7 +138,7 @@ def sequential_scores(
 
     Each `edit()` call gets `batch_size` requests (default: the whole group); the locate-and-edit
     editors solve each call's requests as one batch. Generation latency is timed on
-    `latency_prompts` edited and as many unrelated prompts of the last group.
+    `latency_prompts` edited and as many unrelated prompts of the last group (0: not timed).
     """
     groups = [records[i : i + edits] for i in range(0, len(records) - edits + 1, edits)]
     unedited_loc = lm.target_argmax([(r.loc, r.loc_ans) for r in records[: len(groups) * edits]])
@@ -222,7 +224,6 @@ def markdown(
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        slowdown = r.generation_seconds_edited / r.generation_seconds_base
         lines.append(
             f"| {r.edits} | {r.records} | {r.reliability:.3f} | {r.generalization:.3f} | {r.locality:.3f} "
             f"| {r.reliability_em:.3f} | {r.generalization_em:.3f} | {r.unambiguous}: {r.generalization_em_unambiguous:.3f} "
@@ -230,7 +231,7 @@ def markdown(
             f"| {_score(r.reliability_natural)} / {_score(r.generalization_natural)} / {_score(r.generalization_natural_chat)} "
             f"| {_score(r.neighbourhood_score)} ({_score(r.neighbourhood_score_unedited)}) "
             f"| {r.edit_seconds_median:.2f} / {r.edit_seconds_p95:.2f} "
-            f"| {r.generation_seconds_base:.3f} / {r.generation_seconds_edited:.3f} ({slowdown:.2f}x) |"
+            f"| {_slowdown(r.generation_seconds_base, r.generation_seconds_edited)} |"
         )
     for name, edits, rel, gen, loc in PUBLISHED[dataset].get(editor, []):
         lines.append(f"| {edits} ({name}) | | {rel:.2f} | {gen:.2f} | {loc:.2f} | | | | | | | |")
@@ -243,6 +244,12 @@ def _mean(values: list[float]) -> float:
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _slowdown(base: float | None, edited: float | None) -> str:
+    if base is None or edited is None:
+        return "- (not timed)"
+    return f"{base:.3f} / {edited:.3f} ({edited / base:.2f}x)"
 
 
 def data_source(text: str) -> tuple[Path, int]:
@@ -288,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> list[EditingScores]:
         "--batch-size", type=int, help="requests per edit() call, one solve each for the locate-and-edit editors "
         "(default: all T at once; those editors still cut it into their config's batch_size)",
     )
-    parser.add_argument("--latency-prompts", type=int, default=LATENCY_PROMPTS, help="timed prompts of each kind")
+    parser.add_argument("--latency-prompts", type=report.count, default=LATENCY_PROMPTS,
+                        help="timed prompts of each kind (0: no timing)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON")
     report.add_benchmarks_option(parser)

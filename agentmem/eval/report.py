@@ -38,6 +38,14 @@ def machine_line() -> str:
     return f"{date}; {cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def count(value: str) -> int:
+    """An argparse type: a whole number >= 0, refused when the arguments are read (not after the work it
+    would have cut short)."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {value!r}")
+    return int(value)
+
+
 def add_benchmarks_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
     """`--benchmarks FILE` (`''` for none): one spelling and default on every benchmark, as the README says."""
     parser.add_argument("--benchmarks", *aliases, default=str(DEFAULT_PATH), help="BENCHMARKS.md to update ('' for none)")

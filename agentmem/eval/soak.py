@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from ..memory import Memory
 from ..models import load_embedder
 from .fuzzing import Outcome, apply, calls, readable
-from .report import add_benchmarks_option, command_line, machine_line, write_section
+from .report import add_benchmarks_option, command_line, count, machine_line, write_section
 
 
 def text_of(writer: str, seq: int) -> str:
@@ -118,14 +118,6 @@ def run_fuzz(path: Path, examples: int, embedder) -> list[Outcome]:
 
     one()
     return outcomes
-
-
-def count(value: str) -> int:
-    """A whole number >= 0, refused by argparse otherwise (hypothesis would raise on `--fuzz -1` only
-    after the writes)."""
-    if not (value.isascii() and value.isdigit()):
-        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {value!r}")
-    return int(value)
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:

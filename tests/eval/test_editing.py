@@ -29,6 +29,7 @@ def test_sequential_scores_on_a_tiny_model(tiny_lm, tiny_config, edits):
     assert scores.reliability == scores.reliability_em == scores.edit_success == 1.0
     assert scores.locality == 1.0
     assert 0 < scores.edit_seconds_median <= scores.edit_seconds_p95
+    assert scores.generation_seconds_base > 0 and scores.generation_seconds_edited > 0
     assert tiny_lm.target_argmax([(r.src, r.alt) for r in RECORDS]) == before  # every editor was removed
 
 
@@ -136,14 +137,21 @@ def test_the_command_line_writes_json_and_its_benchmarks_section(tmp_path, edito
     threads = torch.get_num_threads()
     editing.main([
         "--editor", editor, "--data", str(data), "--unrelated", str(unrelated), "--n", "1", "2", "--records", "2",
-        "--latency-prompts", "1", "--config", json.dumps(config), "--out", str(out), "--benchmarks", str(bench),
-    ])
+        "--latency-prompts", "0", "--config", json.dumps(config), "--out", str(out), "--benchmarks", str(bench),
+    ])  # no timing: half of the run's time, and the tiny model's test times generation
     assert torch.get_num_threads() == threads
     result = json.loads(out.read_text())
     assert [r["edits"] for r in result["rows"]] == [1, 2] and result["config"].items() >= config.items()
     assert all(r["reliability"] == 1.0 for r in result["rows"])
     text = bench.read_text()
     assert f"<!-- begin editing-{editor} -->" in text and "--records 2" in text
+    assert "| - (not timed) |" in text and result["rows"][0]["generation_seconds_base"] is None
+
+
+def test_a_negative_count_of_timed_prompts_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        editing.main(["--data", str(tmp_path / "absent.json"), "--latency-prompts", "-1", "--benchmarks", ""])
+    assert "not a whole number >= 0: '-1'" in capsys.readouterr().err
 
 
 def test_template_paraphrases_are_refused_for_a_zsre_file(tmp_path, capsys):
@@ -172,7 +180,7 @@ def test_a_counterfact_run_with_template_paraphrases_scores_them_in_a_section_of
          "rephrase_prompt": "Unrelated.", "locality_prompt": neighbour, "locality_ground_truth": "French"}
         for subject, prompt, neighbour in cases]))
     editing.main(["--editor", "semantic", "--data", str(data), "--paraphrases", "template", "--n", "2", "--records", "2",
-                  "--config", '{"relation_radius": null}', "--latency-prompts", "1", "--out", str(out),
+                  "--config", '{"relation_radius": null}', "--latency-prompts", "0", "--out", str(out),
                   "--benchmarks", str(bench)])  # no relation gate: the subject routes a paraphrase to its edit
     [row] = json.loads(out.read_text())["rows"]
     assert row["records"] == 2 and row["generalization_natural"] > 0.0  # "Unrelated." would score 0
