@@ -24,7 +24,7 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   transaction without reads is one round trip. `lock()` reads the store version and the
   outbox state in its own round trip, for the checks a write section starts with. An outbox
   found empty there spares a remember two reads (`neighbours`): of the notes waiting in it, and
-  of its candidates, read with their index entries (`index_entries`).
+  of its candidates, then read with their index entries (`index_entries`).
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps old
@@ -400,20 +400,24 @@ class PostgresNoteGraph(SqlNoteStore):
     def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
         """`SqlNoteStore.neighbours`, without a round trip in a write section whose lock found the
         outbox empty, while this thread writes nothing: none waits in it (only a lock holder adds
-        to it; a claim ending takes rows out), and notes `index_entries` read are read already."""
+        to it; a claim ending takes rows out). The write path asks for those first, then searches
+        the index, then reads the notes found: that first call has `index_entries` read them."""
         note_ids = list(note_ids)
         if getattr(self._pinned, "outbox_empty", False):
-            ahead = self._pinned.read_ahead
+            if not note_ids:
+                self._pinned.read_ahead = self._pinned.read_ahead or {}
+                return Neighbours([], self.unreadable, self.dimension)
+            ahead = self._pinned.read_ahead or {}
             if all(note_id in ahead for note_id in note_ids):
                 return Neighbours([ahead[i] for i in dict.fromkeys(note_ids)], self.unreadable, self.dimension)
         return super().neighbours(note_ids, user_id)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
-        """`SqlNoteStore.index_entries`; in a write section that `neighbours` answers, the whole
-        notes, as it reads them, in the same round trip: a remember's candidates are the notes
-        its search of the index found (one round trip fewer, for 15 notes more read)."""
+        """`SqlNoteStore.index_entries`; after a remember's first `neighbours` call, the whole notes,
+        as it reads them, in the same round trip (one round trip fewer, for 15 notes more read): its
+        candidates are the notes its search found. A recall's search reads the entries alone."""
         tokens = list(tokens)
-        if not tokens or not getattr(self._pinned, "outbox_empty", False):
+        if not tokens or getattr(self._pinned, "read_ahead", None) is None:
             return super().index_entries(tokens)
         among, params = self._among("index_id", tokens)
         rows = self._read_notes(
@@ -428,7 +432,7 @@ class PostgresNoteGraph(SqlNoteStore):
         """What this thread's write section read ahead for `neighbours` no longer holds once it
         writes or its lock ends; a lock's start sets whether it found the outbox empty."""
         self._pinned.outbox_empty = outbox_empty
-        self._pinned.read_ahead = {}
+        self._pinned.read_ahead = None
 
     claims_across_processes = True
     concurrent_reads = True  # each thread reads on a pooled connection of its own (`_session`)
