@@ -18,9 +18,16 @@ other relations. Per routing signal, the share of:
   stay the base model's;
 - unrelated `loc` questions routed to no edit.
 
+With a CounterFact file (`--data`; `--paraphrases template` for its relations in other wordings), the
+first N cases are edited as the editing benchmark edits them (prompt, new object, the case's subject);
+other subject: each case's neighbourhood prompt (also its `loc`, so "unrelated" counts the same prompts);
+other relation: the case's subject in the template of the case N places on, when the file's template
+paraphrases do not join the two templates into one relation (`counterfact_neighbours`).
+
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
-(`SemanticConfig.relation_radius`); + a margin against the nearest entry with another target
+(`SemanticConfig.relation_radius`); + the known relations (`SemanticConfig.known_relation_radius`,
+the defaults); + a margin against the nearest entry with another target
 (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
 With `--given-subject` the semantic edits carry the record's subject (`EditRequest.subject`), whose words
 then are the gate's anchors, instead of the names and numbers derived from the question.
@@ -28,8 +35,10 @@ then are the gate's anchors, instead of the names and numbers derived from the q
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 from pydantic import BaseModel
@@ -43,6 +52,9 @@ from ..models import load_model
 from ..notes import Fact
 from . import report
 from .consolidation import neighbours
+from .counterfact import (
+    CounterFactRecord, Paraphrases, _template, is_counterfact, load_counterfact, with_template_paraphrases,
+)
 from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, load_zsre
 
 
@@ -98,31 +110,63 @@ def edit_all(editor: CodebookEditor, records: Sequence[ZsreRecord], given_subjec
                                  subject=subject)])
 
 
+def edit_cases(editor: CodebookEditor, records: Sequence[ZsreRecord]) -> None:
+    """CounterFact cases as the editing benchmark edits them: the prompt, the new object, the case's subject."""
+    for r in records:
+        editor.edit([EditRequest(prompt=r.src, target=r.alt, subject=r.subject)])
+
+
+def counterfact_neighbours(cases: Sequence[CounterFactRecord], others: Sequence[CounterFactRecord],
+                           every: Sequence[CounterFactRecord]) -> tuple[list[str], list[str]]:
+    """The cases' neighbourhood prompts (the same relation, other subjects), and each case's subject in the template
+    of the `others` case beside it when that template asks another relation: templates are one relation when a
+    template paraphrase of `every` joins them (a case's own template and its neighbourhood prompt's)."""
+    relation: dict[str, set[str]] = {}
+    for case in with_template_paraphrases(every):
+        joined = {t for p in (case.src, case.rephrase) if (t := _template(p, case.subject)) is not None}
+        for template in list(joined):
+            joined |= relation.get(template, set())
+        for template in joined:
+            relation[template] = joined
+    other_relation = []
+    for case, other in zip(cases, others):
+        own, theirs = _template(case.src, case.subject), _template(other.src, other.subject)
+        if own in relation and theirs in relation and theirs not in relation[own]:
+            other_relation.append(theirs.replace("{}", case.subject))
+    return [p for case in cases for p in case.neighbourhood], other_relation
+
+
 def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str, dict]]:
     """The semantic editor's routing signals to compare: (name, config fields)."""
     gate, relation = " + subject gate", " + relation gate {:g}"
     out = [("semantic key", {"anchored": False, "relation_radius": None, "route_margin": 0.0})]
     out += [(f"semantic key + margin {m:g}", {"anchored": False, "relation_radius": None, "route_margin": m}) for m in margins]
     out += [("semantic key" + gate, {"anchored": True, "relation_radius": None, "route_margin": 0.0})]
-    out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r, "route_margin": 0.0})
+    out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r,
+                                                           "known_relation_radius": None, "route_margin": 0.0})
             for r in radii]
     default = SemanticConfig()
-    out += [("semantic key" + gate + relation.format(default.relation_radius) + f" + margin {m:g}",
-             {"anchored": True, "relation_radius": default.relation_radius, "route_margin": m}) for m in margins]
+    known = {"anchored": True, "relation_radius": default.relation_radius,
+             "known_relation_radius": default.known_relation_radius, "route_margin": 0.0}
+    name = ("semantic key" + gate + relation.format(default.relation_radius)
+            + f" + known relations {default.known_relation_radius:g}")
+    out += [(name, known)]
+    out += [(name + f" + margin {m:g}", known | {"route_margin": m}) for m in margins]
     return out
 
 
-def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: Relations, margins: Sequence[float],
-        radii: Sequence[float], grace: bool, given_subject: bool = False) -> list[RoutingScores]:
+def run(records: Sequence[ZsreRecord], other_subject: Sequence[str], other_relation: Sequence[str],
+        margins: Sequence[float], radii: Sequence[float], grace: bool,
+        edit: Callable[[CodebookEditor, Sequence[ZsreRecord]], None] = edit_all, label: str = "",
+        ) -> list[RoutingScores]:
+    """Each signal's scores, the records edited by `edit` (`label` added to the gated signals' names)."""
     lm = load_model()
-    near = neighbours(records, others, relations)
-    other_subject, other_relation = [q for q, _ in near.other_subject], [q for q, _ in near.other_relation]
     rows = []
     semantic = SemanticEditor(lm, SemanticConfig(max_steps=1, chat_contexts=0))
     try:
-        edit_all(semantic, records, given_subject)
+        edit(semantic, records)
         for name, fields in variants(margins, radii):
-            name += " (subject given)" if given_subject and fields["anchored"] else ""
+            name += label if fields["anchored"] else ""
             semantic.config = semantic.config.model_copy(update=fields)
             semantic.layer.margin = semantic.config.route_margin
             rows.append(scores(name, semantic, records, other_subject, other_relation))
@@ -132,7 +176,7 @@ def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: 
     if grace:
         editor = GraceEditor(lm, GraceConfig(max_steps=1))
         try:
-            edit_all(editor, records)
+            edit(editor, records)
             rows.append(scores("GRACE key", editor, records, other_subject, other_relation))
             print(rows[-1].model_dump_json(), flush=True)
         finally:
@@ -140,9 +184,9 @@ def run(records: Sequence[ZsreRecord], others: Sequence[ZsreRecord], relations: 
     return rows
 
 
-def markdown(rows: Sequence[RoutingScores], command: str, model: str) -> str:
+def markdown(rows: Sequence[RoutingScores], command: str, model: str, dataset: str = "ZsRE") -> str:
     lines = [
-        f"## Routing signals for neighbourhood safety: ZsRE, {model}",
+        f"## Routing signals for neighbourhood safety: {dataset}, {model}",
         "",
         f"Measured {report.machine_line()}; torch threads: {torch.get_num_threads()}.",
         "",
@@ -170,7 +214,9 @@ def markdown(rows: Sequence[RoutingScores], command: str, model: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser = argparse.ArgumentParser(prog="python -m agentmem.eval.routing", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_EDIT_FILE), help="ZsRE edit file")
+    parser.add_argument("--data", default=str(DEFAULT_EDIT_FILE), help="ZsRE edit file, or a CounterFact file")
+    parser.add_argument("--paraphrases", choices=get_args(Paraphrases), default="file",
+                        help="CounterFact: the file's paraphrases, or the edited relation in another template")
     parser.add_argument("--n", type=int, default=500, help="edits (records N..2N give the neighbours)")
     parser.add_argument("--margins", type=float, nargs="*", default=[0.05, 0.1], help="route margins to try")
     parser.add_argument("--relation-radii", type=float, nargs="*", default=[0.7, 0.75, 0.8], help="relation radii to try")
@@ -183,14 +229,30 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     command = report.command_line(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    every = load_zsre(args.data)
-    records = every[: 2 * args.n]
-    if not 0 < args.n <= len(records) // 2:
-        parser.error(f"N must be between 1 and half the {len(records)} records")
-    rows = run(records[: args.n], records[args.n : 2 * args.n], Relations(every), args.margins, args.relation_radii,
-               not args.no_grace, args.given_subject)
+    counterfact = is_counterfact(args.data)
+    if counterfact and args.given_subject:
+        parser.error("--given-subject applies to ZsRE files: CounterFact edits always name their subject")
+    if args.paraphrases != "file" and not counterfact:
+        parser.error("--paraphrases template applies to CounterFact files only")
+    every = load_counterfact(args.data, paraphrases=args.paraphrases) if counterfact else load_zsre(args.data)
+    records, others = every[: args.n], every[args.n : 2 * args.n]
+    if not 0 < args.n <= len(every) // 2:
+        parser.error(f"N must be between 1 and half the {len(every)} records")
+    if counterfact:
+        other_subject, other_relation = counterfact_neighbours(records, others, load_counterfact(args.data))
+        rows = run(records, other_subject, other_relation, args.margins, args.relation_radii, not args.no_grace,
+                   edit_cases)
+    else:
+        near = neighbours(records, others, Relations(every))
+        rows = run(records, [q for q, _ in near.other_subject], [q for q, _ in near.other_relation], args.margins,
+                   args.relation_radii, not args.no_grace,
+                   functools.partial(edit_all, given_subject=args.given_subject),
+                   " (subject given)" if args.given_subject else "")
     if args.benchmarks:
-        report.write_section("routing-signals", markdown(rows, command, load_model().name), args.benchmarks)
+        dataset = ("CounterFact" + (", template paraphrases" if args.paraphrases == "template" else "")
+                   if counterfact else "ZsRE")
+        section = "routing-signals" + ("-counterfact" if counterfact else "")
+        report.write_section(section, markdown(rows, command, load_model().name, dataset), args.benchmarks)
     return rows
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
 from agentmem.editors.semantic import (
-    anchor_words, asked_sentence, edit_anchors, relation_text, sentences, shared_subject,
+    anchor_words, asked_sentence, edit_anchors, known_relation_wordings, relation_text, sentences, shared_subject,
 )
 from agentmem.errors import InvalidInputError
 
@@ -179,6 +180,28 @@ def test_a_named_owner_keeps_the_same_relation_of_another_owner_out(tiny_lm, tin
     assert tiny_semantic.route("What is Alice's locker code?") == result.edit_id
     assert tiny_semantic.route("What is Bob's locker code?") is None
     assert tiny_semantic.route("Bob's locker code is") is None
+
+
+def test_known_relations_admit_a_far_wording_of_the_edits_relation_and_keep_a_near_other_relation_out(tiny_semantic):
+    job, mother = tiny_semantic.edit([EditRequest(prompt="Alice Varga works as", target="green", subject="Alice Varga"),
+                                      EditRequest(prompt="The mother of Bram is", target="blue")])
+    # "X works as" / "The profession of X is": 0.94 apart in MiniLM's space, both nearest the known "occupation"
+    assert tiny_semantic.route("The profession of Alice Varga is") == job.edit_id
+    assert tiny_semantic.route("Alice Varga's employer is") is None  # 0.98 apart, nearest "employer"
+    # half the subject's words let another subject through the subject gate; a far wording then needs them all
+    assert tiny_semantic.route("Alice Smith works as a") is None  # "X Smith works as a": 0.93 apart, "occupation"
+    # "The mother of X is" / "The father of X is": 0.56 apart, each clearly nearest its own known relation
+    assert tiny_semantic.route("The father of Bram is") is None
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"known_relation_radius": None})
+    assert tiny_semantic.route("The profession of Alice Varga is") is None  # the relation radius alone
+    assert tiny_semantic.route("The father of Bram is") == mother.edit_id
+
+
+def test_every_known_relation_has_several_wordings_of_a_subject():
+    wordings = known_relation_wordings()
+    names = [name for name, _ in wordings]
+    assert len(set(names)) > 50 and all(names.count(name) >= 3 for name in names)
+    assert all(re.search(r"\bX\b", wording) for _, wording in wordings)
 
 
 def test_relation_text_masks_the_subject():

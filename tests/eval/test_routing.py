@@ -5,6 +5,7 @@ import pytest
 
 from agentmem.editors import EditRequest
 from agentmem.eval import routing
+from agentmem.eval.counterfact import CounterFactRecord
 from agentmem.eval.zsre import ZsreRecord
 from tests.editors.conftest import one_thread, smollm  # noqa: F401  (fixtures)
 from tests.eval.people import FOUR_PEOPLE, written
@@ -64,6 +65,26 @@ def test_edits_name_the_records_subject_only_when_asked():
     assert [r.subject for r in derived.requests] == [None] * 3
     assert [r.subject for r in given.requests] == ["NGC 6604", "NGC 6604", "Alice"]
     assert [r.prompt for r in given.requests] == [r.src for r in RECORDS]
+
+
+def case(subject: str, prompt: str, neighbour: str) -> CounterFactRecord:
+    return CounterFactRecord(subject=subject, src=prompt, alt="green", rephrase="-", loc=neighbour, loc_ans="blue",
+                             true="blue", neighbourhood=(neighbour,))
+
+
+# two relations, each in two templates that a neighbourhood prompt joins
+CASES = [case("Alice", "Alice grew up speaking", "Carol's first language is"),
+         case("Eve", "Eve was born in", "Hal's birthplace is"),
+         case("Carol", "Carol's first language is", "Dan grew up speaking"),
+         case("Gina", "Gina's birthplace is", "Frank was born in")]
+
+
+def test_counterfact_neighbours_ask_the_subject_in_a_template_of_another_relation():
+    other_subject, other_relation = routing.counterfact_neighbours(CASES[:2], CASES[3:1:-1], CASES)
+    assert other_subject == ["Carol's first language is", "Hal's birthplace is"]
+    assert other_relation == ["Alice's birthplace is", "Eve's first language is"]
+    # the template beside it asks the same relation in other words: no neighbour
+    assert routing.counterfact_neighbours(CASES[:2], CASES[2:], CASES)[1] == []
 
 
 @pytest.mark.slow   # edits the bundled SmolLM2
