@@ -73,11 +73,11 @@ def load_counterfact(
 def with_template_paraphrases(records: Sequence[CounterFactRecord]) -> list[CounterFactRecord]:
     """The records that have a neighbourhood prompt in another template than their own, each with its subject
     asked in that template as its `rephrase` (see the module docstring)."""
-    templates = {template for r in records if (template := _template(r.src, r.subject)) is not None}
+    templates = {template for r in records if (template := subject_template(r.src, r.subject)) is not None}
     fixed = {template: template.split(_SLOT) for template in templates}
     kept = []
     for record in records:
-        own = _template(record.src, record.subject)
+        own = subject_template(record.src, record.subject)
         for prompt in record.neighbourhood:
             fits = [t for t, (before, after) in fixed.items()
                     if prompt.startswith(before) and prompt.endswith(after) and len(prompt) > len(before) + len(after)]
@@ -88,7 +88,7 @@ def with_template_paraphrases(records: Sequence[CounterFactRecord]) -> list[Coun
     return kept
 
 
-def _template(prompt: str, subject: str) -> str | None:
+def subject_template(prompt: str, subject: str) -> str | None:
     """`prompt` with its subject cut out (the slot marked "{}"), or None when the subject is not in it once."""
     return prompt.replace(subject, _SLOT) if subject and prompt.count(subject) == 1 and _SLOT not in prompt else None
 

@@ -53,7 +53,7 @@ from ..notes import Fact
 from . import report
 from .consolidation import neighbours
 from .counterfact import (
-    CounterFactRecord, Paraphrases, _template, is_counterfact, load_counterfact, with_template_paraphrases,
+    CounterFactRecord, Paraphrases, is_counterfact, load_counterfact, subject_template, with_template_paraphrases,
 )
 from .zsre import DEFAULT_EDIT_FILE, Relations, ZsreRecord, ambiguous, load_zsre
 
@@ -123,14 +123,14 @@ def counterfact_neighbours(cases: Sequence[CounterFactRecord], others: Sequence[
     template paraphrase of `every` joins them (a case's own template and its neighbourhood prompt's)."""
     relation: dict[str, set[str]] = {}
     for case in with_template_paraphrases(every):
-        joined = {t for p in (case.src, case.rephrase) if (t := _template(p, case.subject)) is not None}
+        joined = {t for p in (case.src, case.rephrase) if (t := subject_template(p, case.subject)) is not None}
         for template in list(joined):
             joined |= relation.get(template, set())
         for template in joined:
             relation[template] = joined
     other_relation = []
     for case, other in zip(cases, others):
-        own, theirs = _template(case.src, case.subject), _template(other.src, other.subject)
+        own, theirs = subject_template(case.src, case.subject), subject_template(other.src, other.subject)
         if own in relation and theirs in relation and theirs not in relation[own]:
             other_relation.append(theirs.replace("{}", case.subject))
     return [p for case in cases for p in case.neighbourhood], other_relation
