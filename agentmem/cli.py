@@ -409,10 +409,11 @@ def serve_mcp(args: argparse.Namespace) -> None:
     """MCP over stdin/stdout: stdout carries the protocol only."""
     from .memory import Memory
     from .server.mcp_server import build_mcp_server
+    from .server.mcp_stdio import run_stdio
     from .server.model_lane import ModelLane
 
     with Memory(args.path, chroma_url=args.chroma_url, collection=args.collection, editor=args.editor) as memory:
-        build_mcp_server(memory, ModelLane()).run("stdio")
+        run_stdio(build_mcp_server(memory, ModelLane()))
 
 
 def jsonable(result: Any) -> Any:

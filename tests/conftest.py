@@ -31,6 +31,12 @@ def embedder():
 
 
 @pytest.fixture
+def private_home(tmp_path_factory, monkeypatch):
+    """Key statistics are cached in a home of this test session, not the user's."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path_factory.getbasetemp() / "agentmem-home"))
+
+
+@pytest.fixture
 def memory(tmp_path, embedder):
     with Memory(tmp_path / "mem", embedder=embedder) as mem:
         yield mem

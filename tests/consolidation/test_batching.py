@@ -24,16 +24,11 @@ PLANTED = Fact(prompt="The home of Eve", target="Lisbon Oslo blue green Lisbon O
 # only the targets are verified here; the probes are in the SmolLM2 test.
 TARGETS_ONLY = ConsolidationPolicy(probe_tolerance=1.0, neighbours=False)
 TINY = EmmetConfig(layers=(0, 1), sample_tokens=256, margin=0.0, clamp=100.0, value_steps=60, batch_size=4)
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 
 class Crash(BaseException):
     """Stands for the process dying at this point: nothing after it runs, no handler catches it."""
-
-
-@pytest.fixture(autouse=True)
-def private_home(tmp_path_factory, monkeypatch):
-    """Key statistics are cached in a home of this test session, not the user's."""
-    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path_factory.getbasetemp() / "agentmem-home"))
 
 
 @pytest.fixture

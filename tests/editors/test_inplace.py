@@ -18,12 +18,7 @@ BOB = EditRequest(prompt="The home of Bob", target="Oslo", subject="Bob", id="bo
 SKY = EditRequest(prompt="The colour of the sky", target="green", subject="sky", id="sky")
 # A tiny random model: a bare argmax lead will do, and its states are small, so no clamp.
 TINY = {"layers": (0, 1), "sample_tokens": 256, "margin": 0.0, "clamp": 100.0, "value_steps": 60}
-
-
-@pytest.fixture(autouse=True)
-def private_home(tmp_path_factory, monkeypatch):
-    """Key statistics are cached in a home of this test session, not the user's."""
-    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path_factory.getbasetemp() / "agentmem-home"))
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 
 def weights_hash(lm) -> str:

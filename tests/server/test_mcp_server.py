@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+
+from agentmem import Memory
 
 from .conftest import ADMIN_KEY
 
@@ -46,6 +50,46 @@ def test_over_stdio(tmp_path):
             await exercise(client)
 
     asyncio.run(main())
+
+
+HELLO = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+# Requests the SDK's JSON-RPC model refuses: lone surrogates (valid JSON escapes, not valid Unicode) and a method that
+# is not a string. Over stdio the SDK dropped each one, and the client waited for ever.
+UNREADABLE = (
+    rb'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add_memory","arguments":{"text":"\ud800"}}}',
+    rb'{"jsonrpc":"2.0","id":"q\udfff","method":"tools/call","params":{"name":"search_memories","arguments":{}}}',
+    rb'{"jsonrpc":"2.0","id":4,"method":5}',
+)
+
+
+def test_over_stdio_every_request_gets_a_reply_even_one_the_sdk_cannot_read(tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "mcp"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ))
+    replies = []
+    for line in (json.dumps(HELLO).encode(), *UNREADABLE,
+                 b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"add_memory",'
+                 b'"arguments":{"text":"Ines teaches chemistry"}}}'):
+        server.stdin.write(line + b"\n")
+        server.stdin.flush()
+        replies.append(json.loads(server.stdout.readline()))
+    server.stdin.close()
+    assert server.wait(timeout=60) == 0
+    refused = replies[1:4]
+    assert [reply["id"] for reply in refused] == [2, None, 4]  # an id that is not valid Unicode cannot be echoed
+    assert all(reply["error"]["code"] == -32600 for reply in refused)
+    assert "lone surrogate" in refused[0]["error"]["message"] and "InvalidInputError" in refused[0]["error"]["message"]
+    assert replies[4]["id"] == 5 and not replies[4]["result"]["isError"]  # the session goes on
+    with Memory(tmp_path / "m") as memory:
+        assert [note.text for note in memory.notes()] == ["Ines teaches chemistry"]
+
+
+def test_over_streamable_http_a_request_that_cannot_be_read_gets_a_client_error(server):
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+    with server.client(ADMIN_KEY) as client:
+        codes = [client.post("/mcp", content=line, headers=headers).status_code for line in UNREADABLE]
+    assert codes == [400, 400, 400]
 
 
 def test_over_streamable_http_inside_serve(server):

@@ -1,0 +1,106 @@
+"""MCP over stdio, where every request gets a reply.
+
+The SDK's stdio transport drops a line its JSON-RPC model refuses (a lone surrogate in any
+string, a method that is not a string) after logging it, and the client waits for a reply
+that never comes. Here the process's stdin and stdout pass through two pipes: a line the SDK
+can read goes on to it unchanged, and a request it cannot read gets JSON-RPC's error reply
+for its id. Both writers share one lock, so a reply never lands inside another message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from typing import BinaryIO
+
+from mcp.server.mcpserver import MCPServer
+from mcp.types import jsonrpc_message_adapter
+from pydantic import ValidationError
+
+INVALID_REQUEST = -32600  # JSON-RPC 2.0: the JSON sent is not a valid Request object
+# The server's last line to the writer: no JSON-RPC message holds a raw NUL. The pipe's end of file cannot tell it,
+# as the SDK may keep a copy of the pipe open after it stops.
+STOPPED = b"\0\n"
+
+
+def unreadable_reply(line: bytes) -> bytes | None:
+    """JSON-RPC's error reply to a request the SDK cannot read; None for a line it reads, or one
+    that names no request to answer (a notification, or not JSON at all: there is no id to reply to)."""
+    try:
+        jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return None
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return None
+    request_id = request.get("id") if isinstance(request, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or "method" not in request:
+        return None
+    if isinstance(request_id, str) and not _writable(request_id):
+        request_id = None  # an id the reply could not carry either: JSON-RPC's null, "unknown"
+    if not _writable(json.dumps(request, ensure_ascii=False)):
+        reason = "a string holds a lone surrogate; strings must be valid Unicode"
+    message = f"InvalidInputError: the request cannot be read: {reason}"
+    reply = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INVALID_REQUEST, "message": message}}
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+
+def _writable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _pass_requests(wire_in: BinaryIO, to_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Lock) -> None:
+    with to_sdk:
+        for line in wire_in:
+            reply = unreadable_reply(line)
+            if reply is None:
+                to_sdk.write(line)
+                to_sdk.flush()
+                continue
+            with writing:
+                wire_out.write(reply)
+                wire_out.flush()
+
+
+def _pass_replies(from_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Lock) -> None:
+    with from_sdk:
+        for line in from_sdk:
+            if line == STOPPED:
+                return
+            with writing:
+                wire_out.write(line)
+                wire_out.flush()
+
+
+def run_stdio(server: MCPServer) -> None:
+    """Serve `server` over this process's stdin and stdout until stdin ends."""
+    sys.stdout.flush()
+    wire_in, wire_out = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    requests_read, requests_write = os.pipe()
+    replies_read, replies_write = os.pipe()
+    os.dup2(requests_read, 0)
+    os.dup2(replies_write, 1)
+    os.close(requests_read)
+    os.close(replies_write)
+    writing = threading.Lock()
+    reader = threading.Thread(target=_pass_requests, name="agentmem-mcp-stdin", daemon=True,
+                              args=(wire_in, os.fdopen(requests_write, "wb"), wire_out, writing))
+    writer = threading.Thread(target=_pass_replies, name="agentmem-mcp-stdout", daemon=True,
+                              args=(os.fdopen(replies_read, "rb"), wire_out, writing))
+    reader.start()
+    writer.start()
+    try:
+        server.run("stdio")
+    finally:
+        sys.stdout.flush()
+        os.write(1, STOPPED)  # after every reply the server wrote: the writer passes them all, then ends
+        writer.join(timeout=10)
+        os.dup2(wire_out.fileno(), 1)
+        wire_out.close()
