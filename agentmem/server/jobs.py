@@ -2,7 +2,8 @@
 
 Remember and recall keep working while a job runs: they run on the web server's threads and
 only wait for the store's short locks. Progress is read from the ledger, which the job writes
-as it goes (a row per fact, before and after each edit).
+as it goes (a row per fact, before and after each edit). The jobs' records are kept on disk
+(`job_log`): one the server acknowledged and did not finish runs when a server next starts.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from pydantic import ValidationError
 from ..consolidation import ConsolidationPolicy
 from ..errors import AgentMemError, InvalidInputError
 from ..memory import Memory
+from ..notes import ConsolidationReport
 from ..validation import reasons, time as checked_time
 from .errors import JobNotFoundError, error_body
+from .job_log import JobLog, JobRequest
 from .models import Job, JobProgress
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,14 @@ class JobRunner:
             raise InvalidInputError(f"a schedule's period is a timedelta above 0 and at most {MAX_EVERY.days} days, "
                                     f"got {every!r}")
         self.memory, self.every = memory, every
-        self._jobs: dict[str, Job] = {}
-        self._requests: dict[str, tuple[dict[str, Any] | None, bool, datetime | None]] = {}
+        self._log = JobLog(memory.path)
+        self._reports: dict[str, ConsolidationReport] = {}  # of the jobs finished here: kept in memory only
         self._ledger_before: dict[str, set[tuple[Any, ...]]] = {}
-        self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
+        for job in self._log.adopt():  # acknowledged before a restart: queued again, in their order
+            self._log.save(job.model_copy(update={"status": "queued", "started_at": None,
+                                                  "progress": JobProgress(stage="queued")}))
+            self._queue.put(job.id)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="agentmem-jobs", daemon=True)
         self._worker.start()
@@ -61,37 +67,36 @@ class JobRunner:
             checked_time(at)  # a time out of range was accepted here and failed the job later
         job = Job(id=uuid.uuid4().hex[:16], status="queued", scheduled=scheduled,
                   created_at=datetime.now(timezone.utc), progress=JobProgress(stage="queued"))
-        with self._lock:
-            self._jobs[job.id] = job
-            self._requests[job.id] = (policy, dry_run, at)
+        self._log.add(job, JobRequest(policy, dry_run, at))
         self._queue.put(job.id)
         return job
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
-            job = self._jobs.get(job_id)
+        job = self._log.get(job_id)
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
+        return self._shown(job)
+
+    def jobs(self) -> list[Job]:
+        """The jobs of every server on this store's folder, kept as `KEPT_FINISHED` says."""
+        return [self._shown(job) for job in self._log.jobs()]
+
+    def _shown(self, job: Job) -> Job:
+        """The record with what only this server knows: the report of a job it ran, a running job's progress."""
+        if job.id in self._reports:
+            return job.model_copy(update={"report": self._reports[job.id]})
         if job.status == "running" and job.progress.stage == "consolidating":
             return job.model_copy(update={"progress": self._progress(job)})
         return job
 
-    def jobs(self) -> list[Job]:
-        with self._lock:
-            ids = list(self._jobs)
-        listed = []
-        for job_id in ids:
-            try:
-                listed.append(self.get(job_id))
-            except JobNotFoundError:  # finished long enough ago to be dropped meanwhile (KEPT_FINISHED)
-                continue
-        return listed
-
     def close(self) -> None:
-        """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well)."""
+        """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well). Jobs still
+        queued stay on disk for the next server."""
         self._stop.set()
         self._queue.put(None)
         self._worker.join(timeout=5)
+        if not self._worker.is_alive():  # else the process ends with it, and the system frees the log's lock
+            self._log.close()
 
     # ---- the worker ------------------------------------------------------------------------
 
@@ -100,7 +105,7 @@ class JobRunner:
             self._run(job_id)
 
     def _run(self, job_id: str) -> None:
-        policy, dry_run, at = self._requests.pop(job_id)
+        policy, dry_run, at = self._log.request(job_id)
         self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
                      progress=JobProgress(stage="planning"))
         try:
@@ -121,20 +126,25 @@ class JobRunner:
             self._ledger_before.pop(job_id, None)
 
     def _fail(self, job_id: str, error: dict[str, str]) -> None:
-        progress = self._jobs[job_id].progress.model_copy(update={"stage": "done"})
+        progress = self._record(job_id).progress.model_copy(update={"stage": "done"})
         self._finish(job_id, status="failed", error=error, progress=progress)
 
-    def _finish(self, job_id: str, **outcome: Any) -> None:
-        """The job's outcome, its end time and the dropping of the oldest finished jobs, seen at once."""
-        with self._lock:
-            self._jobs[job_id] = self._jobs[job_id].model_copy(update={**outcome, "finished_at": datetime.now(timezone.utc)})
-            finished = [i for i, job in self._jobs.items() if job.finished_at is not None]
-            for old in finished[:-KEPT_FINISHED]:  # submission order: the oldest go
-                del self._jobs[old]
+    def _finish(self, job_id: str, report: ConsolidationReport | None = None, **outcome: Any) -> None:
+        """The job's outcome and end time, then the dropping of the oldest finished jobs (submission order)."""
+        if report is not None:
+            self._reports[job_id] = report
+            if len(self._reports) > KEPT_FINISHED:  # the oldest, dropped from the log below if not before
+                del self._reports[next(iter(self._reports))]
+        self._update(job_id, **outcome, finished_at=datetime.now(timezone.utc))
+        self._log.keep_finished(KEPT_FINISHED)
 
     def _update(self, job_id: str, **changes: Any) -> None:
-        with self._lock:
-            self._jobs[job_id] = self._jobs[job_id].model_copy(update=changes)
+        self._log.save(self._record(job_id).model_copy(update=changes))
+
+    def _record(self, job_id: str) -> Job:
+        job = self._log.get(job_id)
+        assert job is not None, job_id  # only `_finish` drops a job, and only finished ones
+        return job
 
     def _ledger_rows(self) -> set[tuple[Any, ...]]:
         return {(e.note_id, e.edit_id, e.status, e.updated_at) for e in self.memory.ledger()}
@@ -164,6 +174,5 @@ class JobRunner:
 
     def _finished(self, job_id: str) -> bool:
         """A job no longer kept (see KEPT_FINISHED) finished long ago."""
-        with self._lock:
-            job = self._jobs.get(job_id)
+        job = self._log.get(job_id)
         return job is None or job.finished_at is not None

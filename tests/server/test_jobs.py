@@ -11,6 +11,7 @@ from agentmem.server.errors import JobNotFoundError
 from agentmem.server import jobs
 from agentmem.server.jobs import JobRunner
 from tests.conftest import T0 as NOW
+from tests.server.conftest import assert_clean_stop, start_server
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
 
 T0 = "2024-05-01T12:00:00+00:00"
@@ -146,3 +147,35 @@ def test_a_background_consolidation_while_recall_and_remember_keep_working(model
                                                  "retrieval": False}).json()
         assert answer["source"] == "weights" and answer["text"].startswith("Reykjavik")   # the job's user's edit
         assert state in client.get("/v1/jobs").json()
+
+
+@pytest.mark.slow   # the job edits the bundled SmolLM2
+def test_jobs_acknowledged_before_the_server_was_killed_run_when_it_starts_again(tmp_path_factory):
+    """The jobs lived in the server's memory only: a restart answered 404 for a job it had accepted with 202."""
+    folder = tmp_path_factory.mktemp("restarted")
+    killed = start_server(folder)
+    with killed.client(None, timeout=300) as client:
+        note = client.post("/v1/notes", json={"text": "Quibble the baker lives in Tallinn.", "user_id": "q",
+                                              "at": T0}).json()
+        edit = client.post("/v1/consolidate", json={"policy": {"min_recalls": 0}, "at": LATER}).json()
+        dry = client.post("/v1/consolidate", json={"dry_run": True, "at": LATER}).json()
+        assert client.get(f"/v1/jobs/{dry['id']}").json()["status"] == "queued"   # behind the edit's model load
+    killed.process.kill()
+    killed.process.wait()
+
+    restarted = start_server(folder)
+    try:
+        with restarted.client(None, timeout=300) as client:
+            def finished(job_id: str) -> dict:
+                state = client.get(f"/v1/jobs/{job_id}").json()
+                return state if state["status"] in ("succeeded", "failed") else None
+
+            edited = eventually(lambda: finished(edit["id"]), timeout=300)
+            assert edited["status"] == "succeeded" and edited["report"]["applied"] == 1, edited
+            assert eventually(lambda: finished(dry["id"]))["report"]["dry_run"]
+            ledger = client.get("/v1/ledger", params={"note_id": note["id"]}).json()
+            assert [entry["status"] for entry in ledger] == ["applied"]   # made once
+            assert [job["id"] for job in client.get("/v1/jobs").json()] == [edit["id"], dry["id"]]
+    finally:
+        assert_clean_stop(restarted)
+    assert list(folder.glob("store/jobs-*.lock")) == []   # the killed server's lock went with its jobs
