@@ -56,12 +56,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.jobs = JobRunner(memory, consolidate_every)
+        jobs = None
         try:
+            app.state.jobs = jobs = JobRunner(memory, consolidate_every)
             async with mcp.session_manager.run():
                 yield
         finally:
-            app.state.jobs.close()
+            if jobs is not None:
+                jobs.close()
             if chat.upstream is not None:
                 chat.upstream.close()
             memory.close()

@@ -52,6 +52,11 @@ class JobNotFoundError(AgentMemError, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class JobInterruptedError(AgentMemError, RuntimeError):
+    """A job's server stopped while it ran, `jobs.MAX_INTERRUPTED` times: it may be what stops the server (its
+    memory, say), so it is not run again."""
+
+
 class UpstreamError(AgentMemError, RuntimeError):
     """The upstream OpenAI-compatible server failed or could not be reached."""
 

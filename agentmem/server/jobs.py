@@ -3,7 +3,8 @@
 Remember and recall keep working while a job runs: they run on the web server's threads and
 only wait for the store's short locks. Progress is read from the ledger, which the job writes
 as it goes (a row per fact, before and after each edit). The jobs' records are kept on disk
-(`job_log`): one the server acknowledged and did not finish runs when a server next starts.
+(`job_log`): one a server acknowledged and did not finish runs on the next server to start on
+the store's folder, or on one already running there once it has nothing else to do.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..errors import AgentMemError, InvalidInputError
 from ..memory import Memory
 from ..notes import ConsolidationReport
 from ..validation import reasons, time as checked_time
-from .errors import JobNotFoundError, error_body
+from .errors import JobInterruptedError, JobNotFoundError, error_body
 from .job_log import JobLog, JobRequest
 from .models import Job, JobProgress
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_EVERY = timedelta(days=365)   # a schedule's longest period: threading's waits overflow beyond ~292 years of seconds
 KEPT_FINISHED = 100  # finished jobs kept to report on: a schedule adds one every period, for as long as it runs
+MAX_INTERRUPTED = 3  # runs of one job cut off by its server's end before it is failed: it may be what kills the server
+ADOPT_EVERY_S = 60.0  # how often an idle worker looks for the jobs of servers that stopped
 
 
 class JobRunner:
@@ -41,14 +44,15 @@ class JobRunner:
                                     f"got {every!r}")
         self.memory, self.every = memory, every
         self._log = JobLog(memory.path)
-        self._reports: dict[str, ConsolidationReport] = {}  # of the jobs finished here: kept in memory only
+        self._kept: dict[str, dict[str, Any]] = {}  # of the jobs finished here: report and error, in memory only
         self._ledger_before: dict[str, set[tuple[Any, ...]]] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
-        for job in self._log.adopt():  # acknowledged before a restart: queued again, in their order
-            self._log.save(job.model_copy(update={"status": "queued", "started_at": None,
-                                                  "progress": JobProgress(stage="queued")}))
-            self._queue.put(job.id)
         self._stop = threading.Event()
+        try:
+            self._adopt()
+        except Exception:
+            self._log.close()
+            raise
         self._worker = threading.Thread(target=self._work, name="agentmem-jobs", daemon=True)
         self._worker.start()
         self._timer = threading.Thread(target=self._tick, name="agentmem-schedule", daemon=True) if every else None
@@ -82,9 +86,10 @@ class JobRunner:
         return [self._shown(job) for job in self._log.jobs()]
 
     def _shown(self, job: Job) -> Job:
-        """The record with what only this server knows: the report of a job it ran, a running job's progress."""
-        if job.id in self._reports:
-            return job.model_copy(update={"report": self._reports[job.id]})
+        """The record with what only this server knows: the report and error of a job it ran, a running job's
+        progress."""
+        if (kept := self._kept.get(job.id)) is not None:
+            return job.model_copy(update=kept)
         if job.status == "running" and job.progress.stage == "consolidating":
             return job.model_copy(update={"progress": self._progress(job)})
         return job
@@ -101,14 +106,43 @@ class JobRunner:
     # ---- the worker ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (job_id := self._queue.get()) is not None:
-            self._run(job_id)
+        """Run the queued jobs in order, until `close`: the jobs still queued then stay on disk. A failure of the
+        job log (a full disk) fails one job, not the worker."""
+        while not self._stop.is_set():
+            try:
+                job_id = self._queue.get(timeout=ADOPT_EVERY_S)
+            except queue.Empty:
+                job_id = ""
+            if job_id is None or self._stop.is_set():
+                return
+            try:
+                if job_id:
+                    self._run(job_id)
+                else:
+                    self._adopt()
+            except Exception:
+                log.exception("consolidation job %s could not be run or recorded", job_id or "adoption")
+
+    def _adopt(self) -> None:
+        """Queue the jobs of servers that stopped (and, at the start, this folder's earlier ones), in their order;
+        a job whose runs were cut off `MAX_INTERRUPTED` times fails instead."""
+        for job in self._log.adopt():
+            update: dict[str, Any] = {"status": "queued", "started_at": None, "progress": JobProgress(stage="queued")}
+            if job.status == "running" and self._log.interrupted(job.id) >= MAX_INTERRUPTED:
+                interrupted = JobInterruptedError(f"its server stopped during each of its {MAX_INTERRUPTED} runs; "
+                                                  "it is not run again (the ledger kept what each did)")
+                update = {"status": "failed", "finished_at": datetime.now(timezone.utc),
+                          "progress": job.progress.model_copy(update={"stage": "done"}), "error": error_body(interrupted)}
+                self._kept[job.id] = {"report": None, "error": update["error"]}
+            self._log.save(job.model_copy(update=update))
+            if update["status"] == "queued":
+                self._queue.put(job.id)
 
     def _run(self, job_id: str) -> None:
-        policy, dry_run, at = self._log.request(job_id)
-        self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
-                     progress=JobProgress(stage="planning"))
         try:
+            policy, dry_run, at = self._log.request(job_id)
+            self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
+                         progress=JobProgress(stage="planning"))
             planned = self.memory.plan(policy, at=at)
             total = sum(d.action != "skip" for d in planned)
             self._ledger_before[job_id] = self._ledger_rows()
@@ -129,13 +163,13 @@ class JobRunner:
         progress = self._record(job_id).progress.model_copy(update={"stage": "done"})
         self._finish(job_id, status="failed", error=error, progress=progress)
 
-    def _finish(self, job_id: str, report: ConsolidationReport | None = None, **outcome: Any) -> None:
+    def _finish(self, job_id: str, report: ConsolidationReport | None = None, error: dict[str, str] | None = None,
+                **outcome: Any) -> None:
         """The job's outcome and end time, then the dropping of the oldest finished jobs (submission order)."""
-        if report is not None:
-            self._reports[job_id] = report
-            if len(self._reports) > KEPT_FINISHED:  # the oldest, dropped from the log below if not before
-                del self._reports[next(iter(self._reports))]
-        self._update(job_id, **outcome, finished_at=datetime.now(timezone.utc))
+        self._kept[job_id] = {"report": report, "error": error}
+        if len(self._kept) > KEPT_FINISHED:  # the oldest, dropped from the log below if not before
+            del self._kept[next(iter(self._kept))]
+        self._update(job_id, **outcome, report=report, error=error, finished_at=datetime.now(timezone.utc))
         self._log.keep_finished(KEPT_FINISHED)
 
     def _update(self, job_id: str, **changes: Any) -> None:
@@ -143,7 +177,8 @@ class JobRunner:
 
     def _record(self, job_id: str) -> Job:
         job = self._log.get(job_id)
-        assert job is not None, job_id  # only `_finish` drops a job, and only finished ones
+        if job is None:  # only `_finish` drops a job, and only finished ones: the log was damaged
+            raise JobNotFoundError(f"the record of job {job_id!r} is gone")
         return job
 
     def _ledger_rows(self) -> set[tuple[Any, ...]]:

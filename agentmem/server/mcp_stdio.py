@@ -27,13 +27,14 @@ STOPPED = b"\0\n"
 def unreadable_reply(line: bytes) -> bytes | None:
     """JSON-RPC's error reply to a request the SDK cannot read; None for a line it reads, or one
     that names no request to answer (a notification, or not JSON at all: there is no id to reply to)."""
+    text = line.decode("utf-8", "replace")  # as the SDK reads it
     try:
-        jsonrpc_message_adapter.validate_json(line, by_name=False)
+        jsonrpc_message_adapter.validate_json(text, by_name=False)
         return None
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
     try:
-        request = json.loads(line)
+        request = json.loads(text)
     except ValueError:
         return None
     request_id = request.get("id") if isinstance(request, dict) else None

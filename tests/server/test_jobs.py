@@ -1,17 +1,21 @@
 """Consolidation as a background job on a served store: status and progress, with recall and remember going on."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agentmem import InvalidInputError, Memory
+from agentmem import InvalidInputError, Memory, StoreUnavailableError
 from agentmem.server.errors import JobNotFoundError
 from agentmem.server import jobs
+from agentmem.server.job_log import JobLog
 from agentmem.server.jobs import JobRunner
 from tests.conftest import T0 as NOW
 from tests.server.conftest import assert_clean_stop, start_server
+from tests.server.test_job_log import REPO
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
 
 T0 = "2024-05-01T12:00:00+00:00"
@@ -179,3 +183,73 @@ def test_jobs_acknowledged_before_the_server_was_killed_run_when_it_starts_again
     finally:
         assert_clean_stop(restarted)
     assert list(folder.glob("store/jobs-*.lock")) == []   # the killed server's lock went with its jobs
+
+
+def test_jobs_still_queued_when_a_server_stops_run_on_the_next_one(tmp_path, embedder, tiny_lm, tiny_config,
+                                                                   monkeypatch):
+    """On SIGTERM the worker went on to the queued jobs after the store had closed, and failed them all."""
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        consolidate = memory.consolidate
+
+        def slow(*args, **kwargs):
+            time.sleep(0.5)
+            return consolidate(*args, **kwargs)
+
+        monkeypatch.setattr(memory, "consolidate", slow)
+        stopping = JobRunner(memory)
+        submitted = [stopping.submit(dry_run=True, at=NOW) for _ in range(3)]
+        stopping.close()   # while the first one runs
+        monkeypatch.undo()
+        looking = JobLog(memory.path)
+        assert [job.status for job in looking.jobs()] == ["succeeded", "queued", "queued"]
+        looking.close()
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        starting = JobRunner(memory)
+        try:
+            done = [wait_for(starting, job.id) for job in submitted]
+            assert [job.status for job in done] == ["succeeded"] * 3
+            assert [job.report is not None for job in done] == [False, True, True]   # the first ran before
+        finally:
+            starting.close()
+
+
+def test_a_failed_write_of_a_jobs_record_fails_that_job_and_not_the_worker(tmp_path, embedder, tiny_lm, tiny_config,
+                                                                          monkeypatch):
+    save, calls = JobLog.save, []
+
+    def fails_once(log, job):
+        calls.append(job.id)
+        if len(calls) == 1:
+            raise StoreUnavailableError("disk full")
+        return save(log, job)
+
+    monkeypatch.setattr(JobLog, "save", fails_once)
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        runner = JobRunner(memory)
+        try:
+            first, second = runner.submit(dry_run=True, at=NOW), runner.submit(dry_run=True, at=NOW)
+            failed = wait_for(runner, first.id)
+            assert failed.status == "failed" and failed.error["error"] == "StoreUnavailableError"
+            assert wait_for(runner, second.id).status == "succeeded"
+        finally:
+            runner.close()
+
+
+def test_a_job_whose_server_died_while_it_ran_three_times_is_failed_not_run_again(tmp_path, embedder):
+    """A job that kills its server (its memory, say) would be run again at every start, for ever."""
+    dies = ("import os; from pathlib import Path; from tests.server.test_job_log import REQUEST, queued;"
+            "from agentmem.server.job_log import JobLog; log = JobLog(Path({folder!r})); {adopt}"
+            "job = queued('deadly'); log.add(job, REQUEST) if not log.adopt() else None;"
+            "log.save(job.model_copy(update={{'status': 'running'}})); os._exit(0)")
+    with Memory(tmp_path / "m", embedder=embedder) as memory:
+        for run in range(jobs.MAX_INTERRUPTED):
+            adopt = "" if run == 0 else "log.interrupted('deadly');"
+            subprocess.run([sys.executable, "-c", dies.format(folder=str(memory.path), adopt=adopt)], check=True,
+                           cwd=REPO)
+        runner = JobRunner(memory)
+        try:
+            job = runner.get("deadly")
+            assert job.status == "failed" and job.error["error"] == "JobInterruptedError", job
+            assert "not run again" in job.error["message"]
+        finally:
+            runner.close()
