@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 from typing import BinaryIO
@@ -57,17 +58,49 @@ def _writable(text: str) -> bool:
     return True
 
 
-def _pass_requests(wire_in: BinaryIO, to_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Lock) -> None:
-    with to_sdk:
-        for line in wire_in:
-            reply = unreadable_reply(line)
-            if reply is None:
-                to_sdk.write(line)
-                to_sdk.flush()
-                continue
-            with writing:
-                wire_out.write(reply)
-                wire_out.flush()
+class _ToServer:
+    """The pipe the SDK reads requests from. Ending it ends the session: at the end of stdin, and on Ctrl-C,
+    whose KeyboardInterrupt alone left the SDK waiting for ever on its blocking read of stdin."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._writing, self._open, self._ending = fd, threading.Lock(), True, False
+
+    def send(self, line: bytes) -> bool:
+        """Pass `line` on; False once the pipe has ended."""
+        with self._writing:
+            if self._open and not self._ending:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            self._close_if_ending()
+            return self._open
+
+    def end(self) -> None:
+        """End the pipe now, or (from a signal handler, while a line is being written) right after that line."""
+        self._ending = True
+        if self._writing.acquire(blocking=False):
+            try:
+                self._close_if_ending()
+            finally:
+                self._writing.release()
+
+    def _close_if_ending(self) -> None:
+        if self._ending and self._open:
+            os.close(self._fd)
+            self._open = False
+
+
+def _pass_requests(wire_in: BinaryIO, to_server: _ToServer, wire_out: BinaryIO, writing: threading.Lock) -> None:
+    for line in wire_in:
+        reply = unreadable_reply(line)
+        if reply is None:
+            if not to_server.send(line):
+                return
+            continue
+        with writing:
+            wire_out.write(reply)
+            wire_out.flush()
+    to_server.end()
 
 
 def _pass_replies(from_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Lock) -> None:
@@ -81,7 +114,7 @@ def _pass_replies(from_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Loc
 
 
 def run_stdio(server: MCPServer) -> None:
-    """Serve `server` over this process's stdin and stdout until stdin ends."""
+    """Serve `server` over this process's stdin and stdout until stdin ends or Ctrl-C."""
     sys.stdout.flush()
     wire_in, wire_out = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
     requests_read, requests_write = os.pipe()
@@ -90,16 +123,18 @@ def run_stdio(server: MCPServer) -> None:
     os.dup2(replies_write, 1)
     os.close(requests_read)
     os.close(replies_write)
-    writing = threading.Lock()
+    writing, to_server = threading.Lock(), _ToServer(requests_write)
     reader = threading.Thread(target=_pass_requests, name="agentmem-mcp-stdin", daemon=True,
-                              args=(wire_in, os.fdopen(requests_write, "wb"), wire_out, writing))
+                              args=(wire_in, to_server, wire_out, writing))
     writer = threading.Thread(target=_pass_replies, name="agentmem-mcp-stdout", daemon=True,
                               args=(os.fdopen(replies_read, "rb"), wire_out, writing))
     reader.start()
     writer.start()
+    interrupt = signal.signal(signal.SIGINT, lambda *_: to_server.end())
     try:
         server.run("stdio")
     finally:
+        signal.signal(signal.SIGINT, interrupt)
         sys.stdout.flush()
         os.write(1, STOPPED)  # after every reply the server wrote: the writer passes them all, then ends
         writer.join(timeout=10)

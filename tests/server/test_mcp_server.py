@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -83,6 +84,19 @@ def test_over_stdio_every_request_gets_a_reply_even_one_the_sdk_cannot_read(tmp_
     assert replies[5]["id"] == 5 and not replies[5]["result"]["isError"]  # the session goes on
     with Memory(tmp_path / "m") as memory:
         assert [note.text for note in memory.notes()] == ["Ines teaches chemistry"]
+
+
+def test_over_stdio_ctrl_c_ends_the_server_and_closes_the_store(tmp_path):
+    """Ctrl-C left the SDK in its blocking read of stdin: the server hung until stdin ended."""
+    server = subprocess.Popen([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "mcp"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ))
+    server.stdin.write(json.dumps(HELLO).encode() + b"\n")
+    server.stdin.flush()
+    assert json.loads(server.stdout.readline())["id"] == 1
+    server.send_signal(signal.SIGINT)
+    assert server.wait(timeout=60) == 0   # stdin still open
+    with Memory(tmp_path / "m") as memory:   # closed, so it opens
+        assert memory.notes() == []
 
 
 def test_over_streamable_http_a_request_that_cannot_be_read_gets_a_client_error(server):
