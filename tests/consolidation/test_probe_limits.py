@@ -9,8 +9,10 @@ import pytest
 from agentmem.consolidation import ConsolidationPolicy, ParametricMemory
 from agentmem.consolidation.policy import probe_limits
 from agentmem.editors import WeightEditor
-from tests.consolidation.test_batching import GOOD, LATER, TINY, open_memory, private_home, remember_recalled  # noqa: F401
+from tests.consolidation.test_batching import GOOD, LATER, TINY, open_memory, remember_recalled  # noqa: F401
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 
 def test_the_default_limits_differ_by_family_and_the_policy_wins(tmp_path, tiny_lm, tiny_config):

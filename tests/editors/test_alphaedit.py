@@ -1,11 +1,14 @@
 """AlphaEdit: updates orthogonal to the preserved keys' directions; earlier batches' keys kept (tiny random LLaMA)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from agentmem.editors import AlphaEditConfig, AlphaEditEditor
 
-from .test_inplace import ALICE, BOB, SKY, TINY, private_home, weights_hash  # noqa: F401 (fixture)
+from .test_inplace import ALICE, BOB, SKY, TINY, weights_hash
+
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 ALPHA = {**TINY, "null_threshold": 0.05, "ridge": 1e-3, "covariance_weight": 0.0, "earlier_weight": 1.0}  # the paper's form
 

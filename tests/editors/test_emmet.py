@@ -1,11 +1,14 @@
 """EMMET: a batch under equality constraints, exact without the ridge, damped with it (tiny random LLaMA)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from agentmem.editors import EmmetConfig, EmmetEditor
 
-from .test_inplace import ALICE, BOB, SKY, TINY, private_home  # noqa: F401 (fixture)
+from .test_inplace import ALICE, BOB, SKY, TINY
+
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 
 def test_without_ridge_every_fact_of_the_batch_maps_its_key_exactly(tiny_lm):

@@ -10,7 +10,7 @@ from agentmem.editors.locate import (
 from agentmem.errors import InvalidInputError
 from agentmem.models import agentmem_home
 
-from .test_inplace import private_home  # noqa: F401 (fixture)
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ from agentmem.editors import Editor, EditRequest, MemitConfig, MemitEditor
 
 from ..conftest import SHARED_DATA
 from .conftest import answer
-from .test_inplace import private_home, weights_hash  # noqa: F401 (fixture)
+from .test_inplace import weights_hash
+
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 CORPUS = SHARED_DATA / "zsre" / "zsre_mend_train-1k.json"
 FACTS = [

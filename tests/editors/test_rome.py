@@ -9,7 +9,9 @@ from agentmem.editors import EditRequest, RomeConfig, RomeEditor
 from agentmem.editors.locate import subject_position
 
 from ..conftest import SHARED_DATA
-from .test_inplace import ALICE, BOB, TINY, private_home, weights_hash  # noqa: F401 (fixture)
+from .test_inplace import ALICE, BOB, TINY, weights_hash
+
+pytestmark = pytest.mark.usefixtures("private_home")  # key statistics are cached in this session's home
 
 ROME = {**TINY, "layers": (1,)}
 
