@@ -69,14 +69,17 @@ def test_over_stdio_every_request_gets_a_reply_even_one_the_sdk_cannot_read(tmp_
     server = subprocess.Popen([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "mcp"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ))
     replies = []
-    for line in (json.dumps(HELLO).encode(), *UNREADABLE,
-                 b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"add_memory",'
-                 b'"arguments":{"text":"Ines teaches chemistry"}}}'):
-        server.stdin.write(line + b"\n")
-        server.stdin.flush()
-        replies.append(json.loads(server.stdout.readline()))
-    server.stdin.close()
-    assert server.wait(timeout=60) == 0
+    try:
+        for line in (json.dumps(HELLO).encode(), *UNREADABLE,
+                     b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"add_memory",'
+                     b'"arguments":{"text":"Ines teaches chemistry"}}}'):
+            server.stdin.write(line + b"\n")
+            server.stdin.flush()
+            replies.append(json.loads(server.stdout.readline()))
+        server.stdin.close()
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
     refused = replies[1:5]
     assert [reply["id"] for reply in refused] == [2, None, 4, 6]  # an id that is not valid Unicode cannot be echoed
     assert all(reply["error"]["code"] == -32600 for reply in refused)
@@ -90,11 +93,14 @@ def test_over_stdio_ctrl_c_ends_the_server_and_closes_the_store(tmp_path):
     """Ctrl-C left the SDK in its blocking read of stdin: the server hung until stdin ended."""
     server = subprocess.Popen([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "mcp"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ))
-    server.stdin.write(json.dumps(HELLO).encode() + b"\n")
-    server.stdin.flush()
-    assert json.loads(server.stdout.readline())["id"] == 1
-    server.send_signal(signal.SIGINT)
-    assert server.wait(timeout=60) == 0   # stdin still open
+    try:
+        server.stdin.write(json.dumps(HELLO).encode() + b"\n")
+        server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 1
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0   # stdin still open
+    finally:
+        server.kill()
     with Memory(tmp_path / "m") as memory:   # closed, so it opens
         assert memory.notes() == []
 
