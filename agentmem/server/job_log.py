@@ -81,9 +81,14 @@ class JobLog:
             raise StoreUnavailableError(f"cannot keep the server's jobs in {folder}: {exc}") from exc
         try:
             self._db = sqlite3.connect(folder / FILE, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            self._give_up_lock_file()
+            raise StoreUnavailableError(f"cannot keep the server's jobs in {folder / FILE}: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(SCHEMA)
         except sqlite3.Error as exc:
+            self._db.close()
             self._give_up_lock_file()
             raise StoreUnavailableError(f"cannot keep the server's jobs in {folder / FILE}: {exc}") from exc
 
@@ -96,7 +101,12 @@ class JobLog:
         hidden = self.folder / f".jobs-{self.owner}.lock.new"
         held = filelock.FileLock(str(hidden), thread_local=False)
         held.acquire(timeout=0)
-        os.rename(hidden, self._lock_path(self.owner))
+        try:
+            os.rename(hidden, self._lock_path(self.owner))
+        except OSError:
+            held.release()
+            hidden.unlink(missing_ok=True)
+            raise
         return held
 
     @contextmanager
@@ -177,10 +187,12 @@ class JobLog:
 
     def close(self) -> None:
         """Give up this server's unfinished jobs to the next server on this folder, and its lock file."""
-        with self._database() as db:
-            db.execute(f"UPDATE jobs SET owner = ? WHERE owner = ? AND {IS_UNFINISHED}", (NOBODY, self.owner))
-            db.close()
-        self._give_up_lock_file()
+        try:
+            with self._database() as db:
+                db.execute(f"UPDATE jobs SET owner = ? WHERE owner = ? AND {IS_UNFINISHED}", (NOBODY, self.owner))
+        finally:  # if the hand-over fails, the jobs go with the lock file, to the next server all the same
+            self._db.close()
+            self._give_up_lock_file()
 
     def _give_up_lock_file(self) -> None:
         self._lock_path(self.owner).unlink(missing_ok=True)

@@ -99,29 +99,33 @@ class JobRunner:
         queued stay on disk for the next server."""
         self._stop.set()
         self._queue.put(None)
-        self._worker.join(timeout=5)
-        if not self._worker.is_alive():  # else the process ends with it, and the system frees the log's lock
-            self._log.close()
+        self._worker.join(timeout=5)  # else the process ends with it, and the system frees the log's lock
 
     # ---- the worker ------------------------------------------------------------------------
 
     def _work(self) -> None:
         """Run the queued jobs in order, until `close`: the jobs still queued then stay on disk. A failure of the
-        job log (a full disk) fails one job, not the worker."""
-        while not self._stop.is_set():
+        job log (a full disk) fails one job, not the worker. The log is closed here, after the last job."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    job_id = self._queue.get(timeout=ADOPT_EVERY_S)
+                except queue.Empty:
+                    job_id = ""
+                if job_id is None or self._stop.is_set():
+                    return
+                try:
+                    if job_id:
+                        self._run(job_id)
+                    else:
+                        self._adopt()
+                except Exception:
+                    log.exception("consolidation job %s could not be run or recorded", job_id or "adoption")
+        finally:
             try:
-                job_id = self._queue.get(timeout=ADOPT_EVERY_S)
-            except queue.Empty:
-                job_id = ""
-            if job_id is None or self._stop.is_set():
-                return
-            try:
-                if job_id:
-                    self._run(job_id)
-                else:
-                    self._adopt()
+                self._log.close()
             except Exception:
-                log.exception("consolidation job %s could not be run or recorded", job_id or "adoption")
+                log.exception("the job log could not be closed; its lock goes with the process")
 
     def _adopt(self) -> None:
         """Queue the jobs of servers that stopped (and, at the start, this folder's earlier ones), in their order;
@@ -133,7 +137,7 @@ class JobRunner:
                                                   "it is not run again (the ledger kept what each did)")
                 update = {"status": "failed", "finished_at": datetime.now(timezone.utc),
                           "progress": job.progress.model_copy(update={"stage": "done"}), "error": error_body(interrupted)}
-                self._kept[job.id] = {"report": None, "error": update["error"]}
+                self._keep(job.id, None, update["error"])
             self._log.save(job.model_copy(update=update))
             if update["status"] == "queued":
                 self._queue.put(job.id)
@@ -160,17 +164,25 @@ class JobRunner:
             self._ledger_before.pop(job_id, None)
 
     def _fail(self, job_id: str, error: dict[str, str]) -> None:
+        """A failed job, unless the server is stopping: the store closed under it, and it is queued again for the
+        next server."""
+        if self._stop.is_set():
+            self._update(job_id, status="queued", started_at=None, progress=JobProgress(stage="queued"))
+            return
         progress = self._record(job_id).progress.model_copy(update={"stage": "done"})
         self._finish(job_id, status="failed", error=error, progress=progress)
 
     def _finish(self, job_id: str, report: ConsolidationReport | None = None, error: dict[str, str] | None = None,
                 **outcome: Any) -> None:
         """The job's outcome and end time, then the dropping of the oldest finished jobs (submission order)."""
-        self._kept[job_id] = {"report": report, "error": error}
-        if len(self._kept) > KEPT_FINISHED:  # the oldest, dropped from the log below if not before
-            del self._kept[next(iter(self._kept))]
+        self._keep(job_id, report, error)
         self._update(job_id, **outcome, report=report, error=error, finished_at=datetime.now(timezone.utc))
         self._log.keep_finished(KEPT_FINISHED)
+
+    def _keep(self, job_id: str, report: ConsolidationReport | None, error: dict[str, str] | None) -> None:
+        self._kept[job_id] = {"report": report, "error": error}
+        if len(self._kept) > KEPT_FINISHED:  # the oldest, dropped from the log by then if not before
+            del self._kept[next(iter(self._kept))]
 
     def _update(self, job_id: str, **changes: Any) -> None:
         self._log.save(self._record(job_id).model_copy(update=changes))

@@ -8,6 +8,7 @@ for its id. Both writers share one lock, so a reply never lands inside another m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ def unreadable_reply(line: bytes) -> bytes | None:
         reason = exc.errors()[0]["msg"]
     try:
         request = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read: no id to reply to
         return None
     request_id = request.get("id") if isinstance(request, dict) else None
     if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or "method" not in request:
@@ -73,7 +74,9 @@ class _ToServer:
                 while view:
                     view = view[os.write(self._fd, view):]
             self._close_if_ending()
-            return self._open
+        if self._ending:  # Ctrl-C came while the lock was held, after the check above
+            self.end()
+        return not self._ending
 
     def end(self) -> None:
         """End the pipe now, or (from a signal handler, while a line is being written) right after that line."""
@@ -91,26 +94,38 @@ class _ToServer:
 
 
 def _pass_requests(wire_in: BinaryIO, to_server: _ToServer, wire_out: BinaryIO, writing: threading.Lock) -> None:
-    for line in wire_in:
-        reply = unreadable_reply(line)
-        if reply is None:
-            if not to_server.send(line):
+    """Until stdin ends, or the client stops reading its replies: the session then ends."""
+    try:
+        for line in wire_in:
+            reply = unreadable_reply(line)
+            if reply is None and not to_server.send(line):
                 return
-            continue
-        with writing:
-            wire_out.write(reply)
-            wire_out.flush()
-    to_server.end()
+            if reply is not None and not _write_line(wire_out, reply, writing):
+                return
+    finally:
+        to_server.end()
 
 
 def _pass_replies(from_sdk: BinaryIO, wire_out: BinaryIO, writing: threading.Lock) -> None:
+    """Until the server has stopped; once the client stops reading, the replies are read and dropped, so that
+    the server is never stuck writing them."""
+    client_reads = True
     with from_sdk:
         for line in from_sdk:
             if line == STOPPED:
                 return
-            with writing:
-                wire_out.write(line)
-                wire_out.flush()
+            client_reads = client_reads and _write_line(wire_out, line, writing)
+
+
+def _write_line(wire_out: BinaryIO, line: bytes, writing: threading.Lock) -> bool:
+    """Write `line` to the client; False if it no longer reads (a closed pipe)."""
+    with writing:
+        try:
+            wire_out.write(line)
+            wire_out.flush()
+        except OSError:
+            return False
+    return True
 
 
 def run_stdio(server: MCPServer) -> None:
@@ -130,13 +145,21 @@ def run_stdio(server: MCPServer) -> None:
                               args=(os.fdopen(replies_read, "rb"), wire_out, writing))
     reader.start()
     writer.start()
-    interrupt = signal.signal(signal.SIGINT, lambda *_: to_server.end())
+    interrupt = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c(*_: object) -> None:  # the first ends the session; a second one interrupts as usual
+        signal.signal(signal.SIGINT, interrupt)
+        to_server.end()
+
+    signal.signal(signal.SIGINT, ctrl_c)
     try:
         server.run("stdio")
     finally:
         signal.signal(signal.SIGINT, interrupt)
         sys.stdout.flush()
-        os.write(1, STOPPED)  # after every reply the server wrote: the writer passes them all, then ends
-        writer.join(timeout=10)
+        with contextlib.suppress(OSError):
+            os.write(1, STOPPED)  # after every reply the server wrote: the writer passes them all, then ends
+            writer.join(timeout=10)
         os.dup2(wire_out.fileno(), 1)
-        wire_out.close()
+        with contextlib.suppress(OSError):  # the client's end may be closed
+            wire_out.close()

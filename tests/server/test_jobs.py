@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -189,15 +190,17 @@ def test_jobs_still_queued_when_a_server_stops_run_on_the_next_one(tmp_path, emb
                                                                    monkeypatch):
     """On SIGTERM the worker went on to the queued jobs after the store had closed, and failed them all."""
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
-        consolidate = memory.consolidate
+        consolidate, running = memory.consolidate, threading.Event()
 
         def slow(*args, **kwargs):
+            running.set()
             time.sleep(0.5)
             return consolidate(*args, **kwargs)
 
         monkeypatch.setattr(memory, "consolidate", slow)
         stopping = JobRunner(memory)
         submitted = [stopping.submit(dry_run=True, at=NOW) for _ in range(3)]
+        assert running.wait(timeout=60)
         stopping.close()   # while the first one runs
         monkeypatch.undo()
         looking = JobLog(memory.path)
