@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -75,7 +76,10 @@ def test_over_stdio_every_request_gets_a_reply_even_one_the_sdk_cannot_read(tmp_
                      b'"arguments":{"text":"Ines teaches chemistry"}}}'):
             server.stdin.write(line + b"\n")
             server.stdin.flush()
+            assert select.select([server.stdout], [], [], 60)[0], f"no reply to {line[:80]!r} within 60 s"
             replies.append(json.loads(server.stdout.readline()))
+            if len(replies) == len(UNREADABLE) + 1:  # nested too deep to read even its id: no reply, the session goes on
+                server.stdin.write(b'{"jsonrpc":"2.0","id":9,"params":' + b"[" * 5000 + b"]" * 5000 + b"}\n")
         server.stdin.close()
         assert server.wait(timeout=60) == 0
     finally:
