@@ -286,7 +286,8 @@ def consolidate(body: ConsolidateRequest, mem: Scoped, jobs: Runner) -> Job:
     return jobs.submit(body.policy, body.dry_run, body.at)
 
 
-@router.get("/jobs", response_model=list[Job], tags=["consolidation"], summary="the unfinished and the last finished jobs of every server on this store's folder")
+@router.get("/jobs", response_model=list[Job], tags=["consolidation"],
+            summary="the unfinished and the last finished jobs of every server on this store's folder")
 def list_jobs(mem: Scoped, jobs: Runner) -> list[Job]:
     mem.require_all_users("the job list")
     return jobs.jobs()
