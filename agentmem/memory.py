@@ -103,7 +103,8 @@ class Memory:
         if isinstance(editor, Editor) and model is None:
             model = editor.lm
         self._embedder = embedder if isinstance(embedder, SentenceTransformer) else load_embedder(embedder)
-        self.path = local_folder(path)
+        self.location = path  # where the store is: its folder, or its PostgreSQL URL
+        self.path = local_folder(path)  # what stays on this machine (the same folder for a SQLite store)
         made_folder = not self.path.exists()
         self.config = config or MemoryConfig()
         self.policy = policy or ConsolidationPolicy()

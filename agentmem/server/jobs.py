@@ -2,9 +2,9 @@
 
 Remember and recall keep working while a job runs: they run on the web server's threads and
 only wait for the store's short locks. Progress is read from the ledger, which the job writes
-as it goes (a row per fact, before and after each edit). The jobs' records are kept on disk
-(`job_log`): one a server acknowledged and did not finish runs on the next server to start on
-the store's folder, or on one already running there once it has nothing else to do.
+as it goes (a row per fact, before and after each edit). The jobs' records are kept
+with the store (`job_log`): one a server acknowledged and did not finish runs on the next server
+to start on the store, or on one already serving it once it has nothing else to do.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..memory import Memory
 from ..notes import ConsolidationReport
 from ..validation import reasons, time as checked_time
 from .errors import JobInterruptedError, JobNotFoundError, error_body
-from .job_log import JobLog, JobRequest
+from .job_log import JobRequest, open_job_log
 from .models import Job, JobProgress
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class JobRunner:
             raise InvalidInputError(f"a schedule's period is a timedelta above 0 and at most {MAX_EVERY.days} days, "
                                     f"got {every!r}")
         self.memory, self.every = memory, every
-        self._log = JobLog(memory.path)
+        self._log = open_job_log(memory.location, memory.path)
         self._kept: dict[str, dict[str, Any]] = {}  # of the jobs finished here: report and error, in memory only
         self._ledger_before: dict[str, set[tuple[Any, ...]]] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -82,7 +82,7 @@ class JobRunner:
         return self._shown(job)
 
     def jobs(self) -> list[Job]:
-        """The jobs of every server on this store's folder, kept as `KEPT_FINISHED` says."""
+        """The jobs of every server of this store, kept as `KEPT_FINISHED` says."""
         return [self._shown(job) for job in self._log.jobs()]
 
     def _shown(self, job: Job) -> Job:
@@ -96,7 +96,7 @@ class JobRunner:
 
     def close(self) -> None:
         """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well). Jobs still
-        queued stay on disk for the next server."""
+        queued stay in the store for the next server."""
         self._stop.set()
         self._queue.put(None)
         self._worker.join(timeout=5)  # else the process ends with it, and the system frees the log's lock
@@ -104,7 +104,7 @@ class JobRunner:
     # ---- the worker ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """Run the queued jobs in order, until `close`: the jobs still queued then stay on disk. A failure of the
+        """Run the queued jobs in order, until `close`: the jobs still queued then stay in the store. A failure of the
         job log (a full disk) fails one job, not the worker. The log is closed here, after the last job."""
         try:
             while not self._stop.is_set():
@@ -128,7 +128,7 @@ class JobRunner:
                 log.exception("the job log could not be closed; its lock goes with the process")
 
     def _adopt(self) -> None:
-        """Queue the jobs of servers that stopped (and, at the start, this folder's earlier ones), in their order;
+        """Queue the jobs of servers that stopped (and, at the start, the store's earlier ones), in their order;
         a job whose runs were cut off `MAX_INTERRUPTED` times fails instead."""
         for job in self._log.adopt():
             update: dict[str, Any] = {"status": "queued", "started_at": None, "progress": JobProgress(stage="queued")}
@@ -143,8 +143,11 @@ class JobRunner:
                 self._queue.put(job.id)
 
     def _run(self, job_id: str) -> None:
+        request = self._log.request(job_id)
+        if request is None:  # adopted by another server while this one's lock was lost: that one runs it
+            return
         try:
-            policy, dry_run, at = self._log.request(job_id)
+            policy, dry_run, at = request
             self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
                          progress=JobProgress(stage="planning"))
             planned = self.memory.plan(policy, at=at)

@@ -132,8 +132,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "absorbed": ("note_id", "keyword", "origin"),
     "quarantine": ("id", "reason", "at", "row"),
 }
-# every table the store makes (the notes' tables, the version log, the lexicon, shared folders, the ledger)
-STORE_TABLES = (*TABLES, "store_version", "link_changes", "lexicon", "shared_folders", "consolidation_ledger")
+# every table the store makes (the notes' tables, the version log, the lexicon, shared folders, the ledger, the
+# records of its servers' consolidation jobs)
+STORE_TABLES = (
+    *TABLES, "store_version", "link_changes", "lexicon", "shared_folders", "consolidation_ledger", "consolidation_jobs",
+)
 LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
     "verification", "detail", "scope",
@@ -294,6 +297,7 @@ class PostgresNoteGraph(SqlNoteStore):
                     full_text.prepare(conn)
                     conn.execute(shared_folders.SCHEMA)
                     conn.execute(ledger_schema())
+                    conn.execute(jobs_schema())
                     conn.execute(f"COMMENT ON TABLE notes IS '{schema_mark()}'")  # needs the tables' owner
                 except psycopg.errors.InsufficientPrivilege as exc:
                     if state == "new":
@@ -812,13 +816,22 @@ def ledger_schema() -> str:
     return to_postgres(LEDGER_SCHEMA, placeholders=False)
 
 
+def jobs_schema() -> str:
+    """The table of the consolidation jobs that the store's servers acknowledged, in Postgres's dialect: made with
+    the store's, so that every replica of a server, on any host, shares one list of jobs (`server.job_log`)."""
+    from ..server.job_log import SCHEMA as JOBS_SCHEMA  # the job log's own module owns its schema
+    from .ledger_connection import to_postgres
+
+    return to_postgres(JOBS_SCHEMA, placeholders=False)
+
+
 @functools.lru_cache(maxsize=1)
 def schema_mark() -> str:
     """What names the release that made the store's tables or last brought them up to date: the comment
     on `notes` (in the catalog, which any role reads; a migration's copy of `meta` does not touch it),
     a digest of every statement that makes them, so a release that changes one runs them again."""
     parts = (SCHEMA, link_changes.SCHEMA, full_text.COUNT_LEXEMES, full_text.LEXICON, full_text.LEXICON_COUNT,
-             shared_folders.SCHEMA, ledger_schema())
+             shared_folders.SCHEMA, ledger_schema(), jobs_schema())
     return "agentmem schema " + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

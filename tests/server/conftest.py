@@ -77,13 +77,16 @@ class Served:
 
 
 def start_server(folder: Path, *args: str, key: str | None = None, timeout: float = 180.0,
-                 global_args: tuple[str, ...] = ()) -> Served:
-    """`agentmem --path folder/store *global_args serve --port N *args`, once it answers /v1/health."""
+                 global_args: tuple[str, ...] = (), store: str | None = None,
+                 env: dict[str, str] | None = None) -> Served:
+    """`agentmem --path folder/store *global_args serve --port N *args`, once it answers /v1/health; `store` (a
+    PostgreSQL URL) in place of folder/store, `env` added to this process's environment."""
     port = free_port()
     log = folder / "server.log"
-    command = [sys.executable, "-m", "agentmem.cli", "--path", str(folder / "store"), *global_args, "serve",
+    command = [sys.executable, "-m", "agentmem.cli", "--path", store or str(folder / "store"), *global_args, "serve",
                "--port", str(port), *args]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
     served = Served(f"http://127.0.0.1:{port}", folder / "store", process, log)
     deadline = time.monotonic() + timeout
     with served.client(key, timeout=5) as client:

@@ -12,11 +12,11 @@ import pytest
 from agentmem import InvalidInputError, Memory, StoreUnavailableError
 from agentmem.server.errors import JobNotFoundError
 from agentmem.server import jobs
-from agentmem.server.job_log import JobLog
+from agentmem.server.job_log import FolderJobLog, JobLog
 from agentmem.server.jobs import JobRunner
 from tests.conftest import T0 as NOW
 from tests.server.conftest import assert_clean_stop, start_server
-from tests.server.test_job_log import REPO
+from tests.server.test_job_log import REPO, eventually
 from tests.editors.conftest import tiny_config, tiny_lm, tiny_tokenizer  # noqa: F401
 
 T0 = "2024-05-01T12:00:00+00:00"
@@ -68,14 +68,6 @@ def test_a_server_keeps_the_last_finished_jobs_only(tmp_path, embedder, tiny_lm,
                 runner.get(submitted[0].id)
         finally:
             runner.close()
-
-
-def eventually(condition, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, "not within the time"
-        time.sleep(0.05)
-    return found
 
 
 def scheduled_jobs(runner: JobRunner) -> list:
@@ -203,7 +195,7 @@ def test_jobs_still_queued_when_a_server_stops_run_on_the_next_one(tmp_path, emb
         assert running.wait(timeout=60)
         stopping.close()   # while the first one runs
         monkeypatch.undo()
-        looking = JobLog(memory.path)
+        looking = FolderJobLog(memory.path)
         assert [job.status for job in looking.jobs()] == ["succeeded", "queued", "queued"]
         looking.close()
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
@@ -241,7 +233,7 @@ def test_a_failed_write_of_a_jobs_record_fails_that_job_and_not_the_worker(tmp_p
 def test_a_job_whose_server_died_while_it_ran_three_times_is_failed_not_run_again(tmp_path, embedder):
     """A job that kills its server (its memory, say) would be run again at every start, for ever."""
     dies = ("import os; from pathlib import Path; from tests.server.test_job_log import REQUEST, queued;"
-            "from agentmem.server.job_log import JobLog; log = JobLog(Path({folder!r})); {adopt}"
+            "from agentmem.server.job_log import FolderJobLog; log = FolderJobLog(Path({folder!r})); {adopt}"
             "job = queued('deadly'); log.add(job, REQUEST) if not log.adopt() else None;"
             "log.save(job.model_copy(update={{'status': 'running'}})); os._exit(0)")
     with Memory(tmp_path / "m", embedder=embedder) as memory:
@@ -256,3 +248,26 @@ def test_a_job_whose_server_died_while_it_ran_three_times_is_failed_not_run_agai
             assert "not run again" in job.error["message"]
         finally:
             runner.close()
+
+
+def test_replicas_of_a_postgres_store_on_two_hosts_share_its_jobs(tmp_path, postgres_url, chroma_server):
+    """The job records were in each host's local folder: a job accepted by one replica was a 404 on the other."""
+    hosts = [tmp_path / name for name in ("a", "b")]
+    for host in hosts:
+        host.mkdir()
+    options = ("--chroma-url", chroma_server, "--collection", f"jobs_{postgres_url.rsplit('/', 1)[1]}")
+    a, b = (start_server(host, store=postgres_url, global_args=options, env={"AGENTMEM_HOME": str(host / "home")})
+            for host in hosts)
+    try:
+        with a.client(None, timeout=300) as on_a, b.client(None, timeout=300) as on_b:
+            job = on_a.post("/v1/consolidate", json={"dry_run": True, "at": LATER}).json()
+            assert on_b.get(f"/v1/jobs/{job['id']}").json()["status"] in ("queued", "running", "succeeded")
+            assert [listed["id"] for listed in on_b.get("/v1/jobs").json()] == [job["id"]]
+            assert on_b.get("/v1/jobs/nope").status_code == 404
+            a.process.kill()   # its host is lost: the record stays with the store
+            a.process.wait()
+            assert on_b.get(f"/v1/jobs/{job['id']}").json()["status"] in ("queued", "running", "succeeded")
+    finally:
+        a.stop()
+        assert_clean_stop(b)
+    assert not list(tmp_path.glob("*/home/**/jobs.sqlite3"))
