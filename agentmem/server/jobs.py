@@ -4,13 +4,14 @@ Remember and recall keep working while a job runs: they run on the web server's 
 only wait for the store's short locks. Progress is read from the ledger, which the job writes
 as it goes (a row per fact, before and after each edit). The jobs' records are kept
 with the store (`job_log`): one a server acknowledged and did not finish runs on the next server
-to start on the store, or on one already serving it once it has nothing else to do.
+to start on the store, or within a minute on one already serving it.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_EVERY = timedelta(days=365)   # a schedule's longest period: threading's waits overflow beyond ~292 years of seconds
 KEPT_FINISHED = 100  # finished jobs kept to report on: a schedule adds one every period, for as long as it runs
 MAX_INTERRUPTED = 3  # runs of one job cut off by its server's end before it is failed: it may be what kills the server
-ADOPT_EVERY_S = 60.0  # how often an idle worker looks for the jobs of servers that stopped
+ADOPT_EVERY_S = 60.0  # how often the worker looks for the jobs of servers that stopped, between jobs or idle
 
 
 class JobRunner:
@@ -106,10 +107,11 @@ class JobRunner:
     def _work(self) -> None:
         """Run the queued jobs in order, until `close`: the jobs still queued then stay in the store. A failure of the
         job log (a full disk) fails one job, not the worker. The log is closed here, after the last job."""
+        adopt_at = time.monotonic() + ADOPT_EVERY_S
         try:
             while not self._stop.is_set():
                 try:
-                    job_id = self._queue.get(timeout=ADOPT_EVERY_S)
+                    job_id = self._queue.get(timeout=max(0.0, adopt_at - time.monotonic()))
                 except queue.Empty:
                     job_id = ""
                 if job_id is None or self._stop.is_set():
@@ -117,7 +119,8 @@ class JobRunner:
                 try:
                     if job_id:
                         self._run(job_id)
-                    else:
+                    if time.monotonic() >= adopt_at:  # between jobs too: a busy server would never adopt
+                        adopt_at = time.monotonic() + ADOPT_EVERY_S
                         self._adopt()
                 except Exception:
                     log.exception("consolidation job %s could not be run or recorded", job_id or "adoption")

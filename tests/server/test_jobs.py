@@ -271,3 +271,30 @@ def test_replicas_of_a_postgres_store_on_two_hosts_share_its_jobs(tmp_path, post
         a.stop()
         assert_clean_stop(b)
     assert not list(tmp_path.glob("*/home/**/jobs.sqlite3"))
+
+
+def test_a_busy_server_adopts_the_jobs_of_a_dead_one_between_its_own(tmp_path, embedder, tiny_lm, tiny_config,
+                                                                    monkeypatch):
+    """Adoption waited for a worker idle for a whole minute: a server kept busy never took over a dead one's jobs."""
+    monkeypatch.setattr(jobs, "ADOPT_EVERY_S", 0.3)
+    dies = ("import os; from pathlib import Path; from tests.server.test_job_log import REQUEST, queued;"
+            "from agentmem.server.job_log import FolderJobLog; log = FolderJobLog(Path({folder!r}));"
+            "job = queued('orphan'); log.add(job, REQUEST);"
+            "log.save(job.model_copy(update={{'status': 'running', 'started_at': job.created_at}})); os._exit(0)")
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        consolidate = memory.consolidate
+
+        def slow(*args, **kwargs):
+            time.sleep(0.3)
+            return consolidate(*args, **kwargs)
+
+        monkeypatch.setattr(memory, "consolidate", slow)
+        runner = JobRunner(memory)
+        try:
+            own = [runner.submit(dry_run=True, at=NOW) for _ in range(8)]
+            subprocess.run([sys.executable, "-c", dies.format(folder=str(memory.path))], check=True, cwd=REPO)
+            eventually(lambda: runner.get("orphan").started_at is None, timeout=60)   # adopted, queued again
+            assert runner.get(own[-1].id).status == "queued"   # while its own jobs still ran
+            assert [wait_for(runner, job.id).status for job in [*own, runner.get("orphan")]] == ["succeeded"] * 9
+        finally:
+            runner.close()
