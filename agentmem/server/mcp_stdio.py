@@ -4,7 +4,8 @@ The SDK's stdio transport drops a line its JSON-RPC model refuses (a lone surrog
 string, a method that is not a string) after logging it, and the client waits for a reply
 that never comes. Here the process's stdin and stdout pass through two pipes: a line the SDK
 can read goes on to it unchanged, and a request it cannot read gets JSON-RPC's error reply
-for its id. Both writers share one lock, so a reply never lands inside another message.
+for its id (null when the id cannot be read). Both writers share one lock, so a reply never
+lands inside another message.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import jsonrpc_message_adapter
 from pydantic import ValidationError
 
+PARSE_ERROR = -32700  # JSON-RPC 2.0: the line is not JSON
 INVALID_REQUEST = -32600  # JSON-RPC 2.0: the JSON sent is not a valid Request object
 # The server's last line to the writer: no JSON-RPC message holds a raw NUL. The pipe's end of file cannot tell it,
 # as the SDK may keep a copy of the pipe open after it stops.
@@ -27,27 +29,39 @@ STOPPED = b"\0\n"
 
 
 def unreadable_reply(line: bytes) -> bytes | None:
-    """JSON-RPC's error reply to a request the SDK cannot read; None for a line it reads, or one
-    that names no request to answer (a notification, or not JSON at all: there is no id to reply to)."""
+    """JSON-RPC's error reply to a line the SDK cannot read; None for a line it reads, a blank line, or a notification
+    (JSON-RPC answers none). A line that is not JSON, or whose id cannot be read (a batch, which MCP no longer
+    takes; nesting too deep to parse), is answered with the id null, as JSON-RPC asks."""
     text = line.decode("utf-8", "replace")  # as the SDK reads it
     try:
         jsonrpc_message_adapter.validate_json(text, by_name=False)
         return None
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
+    if not text.strip():
+        return None
     try:
         request = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested too deep to read: no id to reply to
-        return None
-    request_id = request.get("id") if isinstance(request, dict) else None
+    except ValueError as exc:
+        return _error_reply(None, PARSE_ERROR, f"the line is not JSON: {exc}")
+    except RecursionError:
+        return _error_reply(None, INVALID_REQUEST, "the request is nested too deep to read")
+    if not isinstance(request, dict):
+        what = "a batch (a JSON array): send each request on a line of its own" if isinstance(request, list) else \
+            "not a JSON object"
+        return _error_reply(None, INVALID_REQUEST, f"the request is {what}")
+    request_id = request.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or "method" not in request:
         return None
     if isinstance(request_id, str) and not _writable(request_id):
         request_id = None  # an id the reply could not carry either: JSON-RPC's null, "unknown"
     if not _writable(json.dumps(request, ensure_ascii=False)):
         reason = "a string holds a lone surrogate; strings must be valid Unicode"
-    message = f"InvalidInputError: the request cannot be read: {reason}"
-    reply = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INVALID_REQUEST, "message": message}}
+    return _error_reply(request_id, INVALID_REQUEST, f"the request cannot be read: {reason}")
+
+
+def _error_reply(request_id: int | str | None, code: int, message: str) -> bytes:
+    reply = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": f"InvalidInputError: {message}"}}
     return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
 
 

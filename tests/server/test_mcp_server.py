@@ -63,6 +63,10 @@ UNREADABLE = (
     rb'{"jsonrpc":"2.0","id":"q\udfff","method":"tools/call","params":{"name":"search_memories","arguments":{}}}',
     rb'{"jsonrpc":"2.0","id":4,"method":5}',
     b'{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"add_memory","arguments":{"text":"\xff\\ud800"}}}',
+    # no id can be read of these: answered with the id null (they got no reply, and a client waited for ever)
+    b'{"jsonrpc":"2.0","id":7,"method":"ping"} and trailing words',
+    b'[{"jsonrpc":"2.0","id":8,"method":"ping"}]',
+    b'{"jsonrpc":"2.0","id":9,"params":' + b"[" * 5000 + b"]" * 5000 + b"}",
 )
 
 
@@ -78,17 +82,18 @@ def test_over_stdio_every_request_gets_a_reply_even_one_the_sdk_cannot_read(tmp_
             server.stdin.flush()
             assert select.select([server.stdout], [], [], 60)[0], f"no reply to {line[:80]!r} within 60 s"
             replies.append(json.loads(server.stdout.readline()))
-            if len(replies) == len(UNREADABLE) + 1:  # nested too deep to read even its id: no reply, the session goes on
-                server.stdin.write(b'{"jsonrpc":"2.0","id":9,"params":' + b"[" * 5000 + b"]" * 5000 + b"}\n")
+            if len(replies) == len(UNREADABLE) + 1:  # a blank line asks nothing: no reply, the session goes on
+                server.stdin.write(b"\n")
         server.stdin.close()
         assert server.wait(timeout=60) == 0
     finally:
         server.kill()
-    refused = replies[1:5]
-    assert [reply["id"] for reply in refused] == [2, None, 4, 6]  # an id that is not valid Unicode cannot be echoed
-    assert all(reply["error"]["code"] == -32600 for reply in refused)
+    refused = replies[1:8]
+    assert [reply["id"] for reply in refused] == [2, None, 4, 6, None, None, None]  # a lone surrogate's id: null too
+    assert [reply["error"]["code"] for reply in refused] == [-32600] * 4 + [-32700, -32600, -32600]
     assert "lone surrogate" in refused[0]["error"]["message"] and "InvalidInputError" in refused[0]["error"]["message"]
-    assert replies[5]["id"] == 5 and not replies[5]["result"]["isError"]  # the session goes on
+    assert "batch" in refused[5]["error"]["message"] and "too deep" in refused[6]["error"]["message"]
+    assert replies[8]["id"] == 5 and not replies[8]["result"]["isError"]  # the session goes on
     with Memory(tmp_path / "m") as memory:
         assert [note.text for note in memory.notes()] == ["Ines teaches chemistry"]
 
