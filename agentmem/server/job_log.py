@@ -11,7 +11,8 @@ edit is lost or made twice).
 Each server owns the jobs it adds or adopts through a lock held for its life, which the system
 frees when its process dies: a lock file in the folder, or a session-level advisory lock on its
 own connection to the database. A server adopts the jobs of a stopped server (which gives them up
-as it stops) and of every owner whose lock is free.
+as it stops) and of every owner whose lock is free; and its own unfinished jobs that it is not
+running, such as one whose record a failed write left behind.
 
 A job's report and error message stay in the memory of the server that ran it: they may name
 facts, and a forgotten note's fact must not outlive it in the store (its ledger rows go with it).
@@ -25,10 +26,10 @@ import os
 import random
 import sqlite3
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,32 +38,22 @@ import filelock
 import psycopg
 from pydantic import ValidationError
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreClosedError, StoreUnavailableError
 from ..stores.ledger_connection import to_postgres
 from ..stores.location import is_postgres_url
-from ..stores.postgres import direct_connection, redacted
+from ..stores.postgres import JOBS_SCHEMA, direct_connection, redacted, typed_error
 from .models import Job
 
 log = logging.getLogger(__name__)
 
 FILE = "jobs.sqlite3"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS consolidation_jobs (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    job TEXT NOT NULL,
-    request TEXT NOT NULL,
-    interrupted INTEGER NOT NULL DEFAULT 0
-)
-"""
 UNFINISHED = ("queued", "running")
 IS_UNFINISHED = "status IN ('queued', 'running')"
 NOBODY = ""  # the owner of the jobs a server gave up as it stopped: the next server takes them
-RELOCK_WAIT_S = 10  # how long a server that lost its connection waits for another that is adopting its jobs
-TAKEN = "seq, id, status, job"  # what an adoption returns of each job it takes
+TAKEN = "seq, id, status, job"  # what an adoption reads of each job it takes
 Row = Sequence[Any]
+OWNER = object()  # in a statement's parameters: this server's owner, read as the statement runs (a lost connection
+# may give it a new one on the way)
 
 
 class JobRequest(NamedTuple):
@@ -84,8 +75,18 @@ class JobRequest(NamedTuple):
 
 
 def open_job_log(location: str | Path, folder: Path) -> JobLog:
-    """The job log of the store at `location`: in its database for a PostgreSQL URL, else in `folder`."""
-    return DatabaseJobLog(str(location)) if is_postgres_url(location) else FolderJobLog(folder)
+    """The job log of the store at `location`: in its database for a PostgreSQL URL, else in `folder`. A PostgreSQL
+    store's jobs that the previous release kept in this host's `folder` move into the database."""
+    if not is_postgres_url(location):
+        return FolderJobLog(folder)
+    in_database = DatabaseJobLog(str(location))
+    if (folder / FILE).exists():
+        try:
+            in_database.take_over(FolderJobLog(folder))
+        except BaseException:
+            in_database.close()
+            raise
+    return in_database
 
 
 class JobLog(ABC):
@@ -96,28 +97,34 @@ class JobLog(ABC):
 
     @abstractmethod
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Run one statement (`?` placeholders), one thread at a time; its rows. Failures are StoreUnavailableError."""
+        """Run one statement (`?` placeholders, `OWNER` among the parameters for this server's owner), one thread at
+        a time; its rows. Failures are typed errors."""
 
     @abstractmethod
-    def _gone_owners(self) -> Iterator[str]:
-        """The other owners whose server is gone, each yielded while this server holds its lock, so that no other
-        server takes its jobs at the same time."""
+    def _other_owners(self) -> list[str]:
+        """The owners, other than this server and NOBODY, that may have jobs to adopt."""
+
+    @abstractmethod
+    def _take_if_gone(self, owner: str) -> list[Row]:
+        """The jobs of `owner`, made this server's, if its server is gone (its lock is free); else none."""
 
     @abstractmethod
     def _release(self) -> None:
         """Close the connection and free this server's lock."""
 
+    def _bound(self, params: Sequence[Any]) -> list[Any]:
+        return [self.owner if value is OWNER else value for value in params]
+
     def adopt(self) -> list[Job]:
-        """Take over the jobs of the servers that are gone; returns those unfinished, oldest first (an unreadable
-        record is logged and left alone)."""
-        taken: list[Row] = []
-        for owner in self._gone_owners():
-            taken += self._execute(f"UPDATE consolidation_jobs SET owner = ? WHERE owner = ? RETURNING {TAKEN}",
-                                   (self.owner, owner))
-        taken += self._execute(f"UPDATE consolidation_jobs SET owner = ? WHERE owner = ? RETURNING {TAKEN}",
-                               (self.owner, NOBODY))
-        unfinished = sorted(tuple(row) for row in taken if row[2] in UNFINISHED)
-        return [job for _, job_id, _, text in unfinished if (job := _job(job_id, text)) is not None]
+        """Take over the jobs of the servers that are gone; returns the unfinished jobs this server now owns, its own
+        included, oldest first (the caller leaves out those it is running or has queued). An unreadable record is
+        logged and left alone."""
+        for owner in self._other_owners():
+            self._take_if_gone(owner)
+        self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?", (OWNER, NOBODY))
+        owned = self._execute(f"SELECT {TAKEN} FROM consolidation_jobs WHERE owner = ? AND {IS_UNFINISHED}"
+                              " ORDER BY seq", (OWNER,))
+        return [job for _, job_id, _, text in owned if (job := _job(job_id, text)) is not None]
 
     def interrupted(self, job_id: str) -> int:
         """Count one more run of the job that its server's end cut off; returns how many."""
@@ -127,16 +134,19 @@ class JobLog(ABC):
 
     def add(self, job: Job, request: JobRequest) -> None:
         self._execute("INSERT INTO consolidation_jobs(id, owner, status, job, request) VALUES (?, ?, ?, ?, ?)",
-                      (job.id, self.owner, job.status, _record(job), request.to_json()))
+                      (job.id, OWNER, job.status, _record(job), request.to_json()))
 
     def save(self, job: Job) -> None:
         """Write the record of a job this server owns (one another server adopted is its to write)."""
-        self._execute("UPDATE consolidation_jobs SET status = ?, job = ? WHERE id = ? AND owner = ?",
-                      (job.status, _record(job), job.id, self.owner))
+        saved = self._execute("UPDATE consolidation_jobs SET status = ?, job = ? WHERE id = ? AND owner = ?"
+                              " RETURNING id", (job.status, _record(job), job.id, OWNER))
+        if not saved:
+            log.warning("job %s is no longer this server's (another one adopted it): its record is left as it was",
+                        job.id)
 
     def request(self, job_id: str) -> JobRequest | None:
-        """What the job runs; None when this server no longer owns it (another adopted it)."""
-        rows = self._execute("SELECT request FROM consolidation_jobs WHERE id = ? AND owner = ?", (job_id, self.owner))
+        """What the job runs; None when this server does not own it (another one adopted it)."""
+        rows = self._execute("SELECT request FROM consolidation_jobs WHERE id = ? AND owner = ?", (job_id, OWNER))
         return JobRequest.from_json(rows[0][0]) if rows else None
 
     def get(self, job_id: str) -> Job | None:
@@ -148,6 +158,9 @@ class JobLog(ABC):
         rows = self._execute("SELECT id, job FROM consolidation_jobs ORDER BY seq")
         return [job for job_id, text in rows if (job := _job(job_id, text)) is not None]
 
+    def remove(self, job_id: str) -> None:
+        self._execute("DELETE FROM consolidation_jobs WHERE id = ?", (job_id,))
+
     def keep_finished(self, kept: int) -> None:
         """Drop all but the `kept` latest finished jobs."""
         self._execute(f"DELETE FROM consolidation_jobs WHERE NOT {IS_UNFINISHED} AND seq <= (SELECT seq FROM"
@@ -157,7 +170,7 @@ class JobLog(ABC):
         """Give up this server's unfinished jobs to the next server of the store, and its lock."""
         try:
             self._execute(f"UPDATE consolidation_jobs SET owner = ? WHERE owner = ? AND {IS_UNFINISHED}",
-                          (NOBODY, self.owner))
+                          (NOBODY, OWNER))
         finally:  # if the hand-over fails, the jobs go with the lock, to the next server all the same
             self._release()
 
@@ -180,10 +193,13 @@ class FolderJobLog(JobLog):
             raise StoreUnavailableError(f"cannot keep the server's jobs in {folder / FILE}: {exc}") from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("BEGIN IMMEDIATE")  # two servers starting at once rename the old table once
-            if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone():
-                self._db.execute("ALTER TABLE jobs RENAME TO consolidation_jobs")  # as the previous release named it
-            self._db.execute(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")  # servers starting at once bring the previous release's table once
+            self._db.execute(JOBS_SCHEMA)
+            if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone():
+                self._db.execute("INSERT OR IGNORE INTO consolidation_jobs(id, owner, status, job, request,"
+                                 " interrupted) SELECT id, owner, status, job, request, interrupted FROM jobs"
+                                 " ORDER BY seq")
+                self._db.execute("DROP TABLE jobs")
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._db.close()
@@ -210,27 +226,35 @@ class FolderJobLog(JobLog):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
             try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:  # a full disk, a damaged file
+                return self._db.execute(sql, self._bound(params)).fetchall()
+            except sqlite3.Error as exc:  # a full disk, a damaged file, a closed log
                 raise StoreUnavailableError(f"the server's jobs in {self.folder / FILE}: {exc}") from exc
 
-    def _gone_owners(self) -> Iterator[str]:
-        """Owners whose lock file is free; each file is deleted once its jobs are taken, while still locked, so a
-        server that opens it after finds it gone."""
-        for path in self.folder.glob("jobs-*.lock"):
-            owner = path.name.removeprefix("jobs-").removesuffix(".lock")
-            if owner == self.owner:
-                continue
-            gone = filelock.FileLock(str(path), thread_local=False)
-            try:
-                gone.acquire(timeout=0)
-            except filelock.Timeout:  # its server is running
-                continue
-            try:
-                yield owner
-                path.unlink(missing_ok=True)
-            finally:
-                gone.release()
+    def _other_owners(self) -> list[str]:
+        """Those with a lock file, and those with unfinished jobs and none (a server whose hand-over failed as it
+        stopped: it deletes its file all the same)."""
+        locked = {path.name.removeprefix("jobs-").removesuffix(".lock") for path in self.folder.glob("jobs-*.lock")}
+        listed = {owner for (owner,) in self._execute(f"SELECT DISTINCT owner FROM consolidation_jobs"
+                                                      f" WHERE {IS_UNFINISHED}")}
+        return sorted((locked | listed) - {self.owner, NOBODY})
+
+    def _take_if_gone(self, owner: str) -> list[Row]:
+        """Its jobs if its lock file is free (or missing: it is made); the file is deleted once they are taken,
+        while still locked, so a server that opens it after finds it gone. No new server can take an owner's name:
+        each is a new random one, its file locked before it is visible."""
+        path = self._lock_path(owner)
+        gone = filelock.FileLock(str(path), thread_local=False)
+        try:
+            gone.acquire(timeout=0)
+        except filelock.Timeout:  # its server is running
+            return []
+        try:
+            taken = self._execute(f"UPDATE consolidation_jobs SET owner = ? WHERE owner = ? RETURNING {TAKEN}",
+                                  (OWNER, owner))
+            path.unlink(missing_ok=True)
+            return taken
+        finally:
+            gone.release()
 
     def _release(self) -> None:
         self._db.close()
@@ -241,6 +265,11 @@ class FolderJobLog(JobLog):
         self._held.release()
 
 
+OWNER_LOCKS = 0x61676D3  # the first key of every server's advisory lock (`pg_advisory_lock(int, int)`): a key space
+MAX_OWNER = 2**31 - 1  # of its own, apart from the store's single-key locks; the second key is the owner's number
+RECONNECT_AFTER_S = 5.0  # after a failed connection attempt, calls fail at once for this long
+
+
 class DatabaseJobLog(JobLog):
     """The records in the PostgreSQL store's own database (its schema makes the table, `stores.postgres`); each
     server's lock is a session-level advisory lock keyed by its owner number, on a connection of its own."""
@@ -248,61 +277,97 @@ class DatabaseJobLog(JobLog):
     def __init__(self, url: str) -> None:
         self.url, self.owner = url, ""
         self._lock = threading.Lock()  # one connection, shared by the web server's threads and the worker
-        self._conn = self._connect()
+        self._conn: psycopg.Connection | None = None
+        self._closed, self._connect_again_at = False, 0.0
+        self._connect()
 
-    def _connect(self) -> psycopg.Connection:
-        """A connection holding this server's lock: a new owner number's at the start, the same one's again after
-        the connection was lost (jobs another server adopted meanwhile are its now: `request` and `save` see it).
-        Another server holds the number only to adopt its jobs, for one statement."""
-        conn = direct_connection(self.url)
+    def _connect(self) -> None:
+        """Connect, holding this server's lock: a new owner number's at the start. After a lost connection, the
+        same number's again if it is free, else (the server has not yet seen the old session end) a new number's,
+        with the jobs the old one still owns; jobs another server adopted meanwhile are its now."""
+        if time.monotonic() < self._connect_again_at:
+            raise StoreUnavailableError(f"the server's jobs in the store at {redacted(self.url)} cannot be reached;"
+                                        f" trying again within {RECONNECT_AFTER_S:.0f} s")
         try:
-            if not self.owner:
-                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (owner := _owner_number(),)).fetchone()[0]:
-                    pass  # held by another server's number
-                self.owner = str(owner)
-            elif not conn.execute("SELECT pg_try_advisory_lock(%s)", (int(self.owner),)).fetchone()[0]:
-                conn.execute(f"SET lock_timeout = '{RELOCK_WAIT_S}s'")
-                conn.execute("SELECT pg_advisory_lock(%s)", (int(self.owner),))
-                conn.execute("RESET lock_timeout")
+            conn = direct_connection(self.url)
+        except StoreUnavailableError:
+            self._connect_again_at = time.monotonic() + RECONNECT_AFTER_S
+            raise
+        try:
+            if not self.owner or not _locked(conn, self.owner):
+                before, self.owner = self.owner, _new_owner(conn)
+                if before:
+                    conn.execute(f"UPDATE consolidation_jobs SET owner = %s WHERE owner = %s AND {IS_UNFINISHED}",
+                                 (self.owner, before))
         except psycopg.Error as exc:
             conn.close()
-            raise self._unavailable(exc) from exc
-        return conn
+            raise self._typed(exc) from exc
+        self._conn = conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
+            if self._closed:
+                raise StoreClosedError("the server's job log is closed")
+            if self._conn is None:
+                self._connect()
             try:
-                if self._conn.closed or self._conn.broken:  # lost (a server restart, a network failure), lock and all
-                    self._conn = self._connect()
-                cursor = self._conn.execute(to_postgres(sql), params)
+                cursor = self._conn.execute(to_postgres(sql), self._bound(params))
                 return cursor.fetchall() if cursor.description else []
             except psycopg.Error as exc:
-                raise self._unavailable(exc) from exc
+                if self._conn.closed or self._conn.broken:  # lost (a server restart, a network failure), lock and all
+                    self._conn.close()
+                    self._conn = None  # the next call connects again
+                raise self._typed(exc) from exc
 
-    def _unavailable(self, exc: psycopg.Error) -> StoreUnavailableError:
-        return StoreUnavailableError(f"the server's jobs in the store at {redacted(self.url)}: {str(exc).strip()}")
+    def _typed(self, exc: psycopg.Error) -> Exception:
+        return typed_error(exc, f"{redacted(self.url)} (the server's jobs)")
 
-    def _gone_owners(self) -> Iterator[str]:
-        """Owners of unfinished jobs whose advisory lock is free."""
-        owners = self._execute(f"SELECT DISTINCT owner FROM consolidation_jobs WHERE {IS_UNFINISHED}"
-                               " AND owner NOT IN (?, ?)", (self.owner, NOBODY))
-        for (owner,) in owners:
-            if not owner.isdigit():  # not a server's number: no server can own it
-                continue
-            if not self._execute("SELECT pg_try_advisory_lock(?)", (int(owner),))[0][0]:
-                continue  # its server is running
-            try:
-                yield owner
-            finally:
-                self._execute("SELECT pg_advisory_unlock(?)", (int(owner),))
+    def _other_owners(self) -> list[str]:
+        rows = self._execute(f"SELECT DISTINCT owner FROM consolidation_jobs WHERE {IS_UNFINISHED}"
+                             " AND owner NOT IN (?, ?)", (OWNER, NOBODY))
+        return [owner for (owner,) in rows if _owner_number(owner) is not None]
+
+    def _take_if_gone(self, owner: str) -> list[Row]:
+        """One statement: its lock, tried for this statement's transaction only, then its jobs. A lock held by a
+        server that is running, or connecting again, keeps them out."""
+        return self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?"
+                             f" AND pg_try_advisory_xact_lock(?::int, ?::int) RETURNING {TAKEN}",
+                             (OWNER, owner, OWNER_LOCKS, _owner_number(owner)))
+
+    def take_over(self, folder_log: FolderJobLog) -> None:
+        """Move the unfinished jobs of servers that kept them in a folder into the database, for this store's
+        servers to adopt; closes `folder_log`. Run twice (a crash between the two writes), a job moves once."""
+        try:
+            for job in folder_log.adopt():
+                request = folder_log.request(job.id)
+                if request is not None:
+                    self._execute("INSERT INTO consolidation_jobs(id, owner, status, job, request) VALUES"
+                                  " (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                                  (job.id, NOBODY, job.status, _record(job), request.to_json()))
+                folder_log.remove(job.id)
+        finally:
+            folder_log.close()
 
     def _release(self) -> None:
-        self._conn.close()  # the session's locks end with it
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()  # the session's locks end with it
 
 
-def _owner_number() -> int:
-    """A new server's number: an advisory lock key (a positive bigint), random so that no two servers share one."""
-    return random.SystemRandom().randrange(1, 2**63)
+def _owner_number(owner: str) -> int | None:
+    return int(owner) if owner.isascii() and owner.isdigit() and 0 < int(owner) <= MAX_OWNER else None
+
+
+def _locked(conn: psycopg.Connection, owner: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", (OWNER_LOCKS, int(owner))).fetchone()[0]
+
+
+def _new_owner(conn: psycopg.Connection) -> str:
+    """A number no running server holds, its lock taken: random, so that two servers seldom try the same."""
+    while not _locked(conn, owner := str(random.SystemRandom().randint(1, MAX_OWNER))):
+        pass
+    return owner
 
 
 def _record(job: Job) -> str:

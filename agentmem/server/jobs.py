@@ -48,6 +48,8 @@ class JobRunner:
         self._kept: dict[str, dict[str, Any]] = {}  # of the jobs finished here: report and error, in memory only
         self._ledger_before: dict[str, set[tuple[Any, ...]]] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pending: set[str] = set()  # the jobs queued here or running: what an adoption leaves alone
+        self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         try:
             self._adopt()
@@ -72,7 +74,14 @@ class JobRunner:
             checked_time(at)  # a time out of range was accepted here and failed the job later
         job = Job(id=uuid.uuid4().hex[:16], status="queued", scheduled=scheduled,
                   created_at=datetime.now(timezone.utc), progress=JobProgress(stage="queued"))
-        self._log.add(job, JobRequest(policy, dry_run, at))
+        with self._pending_lock:  # before its record exists, so that an adoption never queues it twice
+            self._pending.add(job.id)
+        try:
+            self._log.add(job, JobRequest(policy, dry_run, at))
+        except BaseException:
+            with self._pending_lock:
+                self._pending.discard(job.id)
+            raise
         self._queue.put(job.id)
         return job
 
@@ -118,7 +127,11 @@ class JobRunner:
                     return
                 try:
                     if job_id:
-                        self._run(job_id)
+                        try:
+                            self._run(job_id)
+                        finally:  # a job whose record a failed write left unfinished is adopted again
+                            with self._pending_lock:
+                                self._pending.discard(job_id)
                     if time.monotonic() >= adopt_at:  # between jobs too: a busy server would never adopt
                         adopt_at = time.monotonic() + ADOPT_EVERY_S
                         self._adopt()
@@ -131,9 +144,13 @@ class JobRunner:
                 log.exception("the job log could not be closed; its lock goes with the process")
 
     def _adopt(self) -> None:
-        """Queue the jobs of servers that stopped (and, at the start, the store's earlier ones), in their order;
-        a job whose runs were cut off `MAX_INTERRUPTED` times fails instead."""
+        """Queue the jobs of servers that stopped (and, at the start, the store's earlier ones), and this server's
+        own that a failed write of their record left unfinished, in their order; a job whose runs were cut off
+        `MAX_INTERRUPTED` times fails instead."""
         for job in self._log.adopt():
+            with self._pending_lock:
+                if job.id in self._pending:
+                    continue
             update: dict[str, Any] = {"status": "queued", "started_at": None, "progress": JobProgress(stage="queued")}
             if job.status == "running" and self._log.interrupted(job.id) >= MAX_INTERRUPTED:
                 interrupted = JobInterruptedError(f"its server stopped during each of its {MAX_INTERRUPTED} runs; "
@@ -143,10 +160,12 @@ class JobRunner:
                 self._keep(job.id, None, update["error"])
             self._log.save(job.model_copy(update=update))
             if update["status"] == "queued":
+                with self._pending_lock:
+                    self._pending.add(job.id)
                 self._queue.put(job.id)
 
     def _run(self, job_id: str) -> None:
-        request = self._log.request(job_id)
+        request = self._log.request(job_id)  # failing, it leaves the job queued: the next adoption queues it again
         if request is None:  # adopted by another server while this one's lock was lost: that one runs it
             return
         try:

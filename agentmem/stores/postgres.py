@@ -50,16 +50,17 @@ import networkx as nx
 import numpy as np
 import psycopg
 import psycopg.rows
+import psycopg.sql
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
-from ..errors import InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
+from ..errors import AgentMemError, InvalidInputError, StoreClosedError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
 from . import full_text, link_changes, shared_folders, store
 from .coalesced import CoalescedWork
 from .filters import NoteFilter
 from .graph import NoteGraph
-from .ledger_connection import LedgerConnection, Row, row_factory
+from .ledger_connection import LedgerConnection, Row, row_factory, to_postgres
 from .rows import KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, OutboxClaim
 from .shared_folders import SharedFolders
 from .sql import SqlNoteStore
@@ -115,6 +116,20 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE TABLE IF NOT EXISTS store_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), n BIGINT NOT NULL);
 INSERT INTO store_version(one, n) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+"""
+
+# The records of the consolidation jobs the store's servers accepted (`server.job_log`), in SQLite's dialect: a
+# folder store's servers keep the same table in a file of their own, a PostgreSQL store's in its database.
+JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consolidation_jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    job TEXT NOT NULL,
+    request TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0
+)
 """
 
 STATISTICS_LOCK_WAIT_MS = 100  # how long dropping an emptied table's statistics may wait for its lock
@@ -291,13 +306,16 @@ class PostgresNoteGraph(SqlNoteStore):
                 state = schema_state(conn, self.url)  # again, now that no other replica is making it
                 if state == "current":
                     return
+                missing = [table for (table,) in conn.execute(
+                    "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NULL", (list(STORE_TABLES),))]
                 try:
                     conn.execute(SCHEMA)
                     conn.execute(link_changes.SCHEMA)
                     full_text.prepare(conn)
                     conn.execute(shared_folders.SCHEMA)
                     conn.execute(ledger_schema())
-                    conn.execute(jobs_schema())
+                    conn.execute(to_postgres(JOBS_SCHEMA, placeholders=False))
+                    grant_as_on_notes(conn, missing)
                     conn.execute(f"COMMENT ON TABLE notes IS '{schema_mark()}'")  # needs the tables' owner
                 except psycopg.errors.InsufficientPrivilege as exc:
                     if state == "new":
@@ -336,24 +354,8 @@ class PostgresNoteGraph(SqlNoteStore):
         """psycopg's and the pool's failures as agentmem's typed errors."""
         try:
             yield
-        except psycopg.IntegrityError as exc:
-            raise InvalidInputError(f"the note store refused the write: {exc}") from exc
-        except (psycopg.errors.NumericValueOutOfRange, psycopg.errors.ProgramLimitExceeded) as exc:  # a value too big
-            raise InvalidInputError(f"the note store cannot hold this value: {exc}") from exc
-        except psycopg_pool.PoolClosed as exc:  # a read in a helper thread that outlived `close`
-            raise StoreClosedError(f"the note store at {self.path} is closed") from exc
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise StoreUnavailableError(
-                f"the note store at {self.path} cannot be reached ({exc}): check the server is running and reachable"
-            ) from exc
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise StoreUnavailableError(
-                f"the note store at {self.path} refused the role a right ({exc.diag.message_primary}): a role that uses"
-                " a store needs SELECT, INSERT, UPDATE and DELETE on the store's tables (GRANT SELECT, INSERT, UPDATE,"
-                " DELETE ON ALL TABLES IN SCHEMA ... TO the role)"
-            ) from exc
-        except psycopg.DatabaseError as exc:
-            raise StoreCorruptedError(f"the note store at {self.path} failed a statement: {exc}") from exc
+        except (psycopg.Error, psycopg_pool.PoolClosed, psycopg_pool.PoolTimeout) as exc:
+            raise typed_error(exc, self.path) from exc
 
     # ---- statements: SqlNoteStore's (in `?` placeholders) are run here -------------------
 
@@ -816,23 +818,48 @@ def ledger_schema() -> str:
     return to_postgres(LEDGER_SCHEMA, placeholders=False)
 
 
-def jobs_schema() -> str:
-    """The table of the consolidation jobs that the store's servers acknowledged, in Postgres's dialect: made with
-    the store's, so that every replica of a server, on any host, shares one list of jobs (`server.job_log`)."""
-    from ..server.job_log import SCHEMA as JOBS_SCHEMA  # the job log's own module owns its schema
-    from .ledger_connection import to_postgres
-
-    return to_postgres(JOBS_SCHEMA, placeholders=False)
-
-
 @functools.lru_cache(maxsize=1)
 def schema_mark() -> str:
     """What names the release that made the store's tables or last brought them up to date: the comment
     on `notes` (in the catalog, which any role reads; a migration's copy of `meta` does not touch it),
     a digest of every statement that makes them, so a release that changes one runs them again."""
     parts = (SCHEMA, link_changes.SCHEMA, full_text.COUNT_LEXEMES, full_text.LEXICON, full_text.LEXICON_COUNT,
-             shared_folders.SCHEMA, ledger_schema(), jobs_schema())
+             shared_folders.SCHEMA, ledger_schema(), JOBS_SCHEMA)
     return "agentmem schema " + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def typed_error(exc: Exception, store: str) -> AgentMemError:
+    """A failure of psycopg or of its pool on the store named `store`, as agentmem's typed error."""
+    if isinstance(exc, psycopg.IntegrityError):
+        return InvalidInputError(f"the note store refused the write: {exc}")
+    if isinstance(exc, (psycopg.errors.NumericValueOutOfRange, psycopg.errors.ProgramLimitExceeded)):  # too big
+        return InvalidInputError(f"the note store cannot hold this value: {exc}")
+    if isinstance(exc, psycopg_pool.PoolClosed):  # a read in a helper thread that outlived `close`
+        return StoreClosedError(f"the note store at {store} is closed")
+    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+        return StoreUnavailableError(
+            f"the note store at {store} cannot be reached ({exc}): check the server is running and reachable")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return StoreUnavailableError(
+            f"the note store at {store} refused the role a right ({exc.diag.message_primary}): a role that uses"
+            " a store needs SELECT, INSERT, UPDATE and DELETE on the store's tables (GRANT SELECT, INSERT, UPDATE,"
+            " DELETE ON ALL TABLES IN SCHEMA ... TO the role)")
+    if isinstance(exc, psycopg.DatabaseError):
+        return StoreCorruptedError(f"the note store at {store} failed a statement: {exc}")
+    return StoreUnavailableError(f"the note store at {store}: {exc}")  # an interface error: a closed connection
+
+
+def grant_as_on_notes(conn: psycopg.Connection, tables: list[str]) -> None:
+    """Give the roles that may use `notes` the same rights on `tables`, made by bringing an earlier release's store
+    up to date: a role granted SELECT, INSERT, UPDATE and DELETE on the store's tables before could not use them."""
+    grants = conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, a.privilege_type"
+        " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass('notes') AND a.grantee <> c.relowner"
+    ).fetchall()
+    for table in tables:
+        for grantee, privilege in grants:  # a role's name as regrole writes it, quoted where it needs to be
+            conn.execute(psycopg.sql.SQL("GRANT {} ON {} TO {}").format(
+                psycopg.sql.SQL(privilege), psycopg.sql.Identifier(table), psycopg.sql.SQL(grantee)))
 
 
 def schema_state(conn: psycopg.Connection, url: str) -> str:

@@ -14,14 +14,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from agentmem import ConsolidationReport, Decision, Fact, StoreUnavailableError
-from agentmem.server.job_log import FILE, DatabaseJobLog, FolderJobLog, JobRequest, open_job_log
+from agentmem import ConsolidationReport, Decision, Fact, StoreClosedError, StoreUnavailableError
+from agentmem.server.job_log import FILE, OWNER_LOCKS, DatabaseJobLog, FolderJobLog, JobRequest, open_job_log
 from agentmem.server.models import Job, JobProgress
 from agentmem.stores.postgres import PostgresNoteGraph
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 REQUEST = JobRequest({"min_recalls": 0}, False, NOW)
+
+
+OLD_TABLE = ("CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
+             " status TEXT NOT NULL, job TEXT NOT NULL, request TEXT NOT NULL, interrupted INTEGER NOT NULL DEFAULT 0)")
 
 
 def queued(job_id: str) -> Job:
@@ -74,10 +78,10 @@ def test_a_server_adopts_the_unfinished_jobs_of_servers_that_are_gone_and_not_of
     assert running.request("of-the-killed-one") is None   # not its job
     assert [job.id for job in starting.jobs()] == ["of-the-running-one", "of-the-killed-one"]   # all are listed
 
-    assert starting.adopt() == []   # nothing more to take while the other one runs
+    assert [job.id for job in starting.adopt()] == ["of-the-killed-one"]   # its own; none of the running one's
 
     running.close()   # stopped with a job still queued: it goes to the next server to start
-    assert [job.id for job in starting.adopt()] == ["of-the-running-one"]
+    assert [job.id for job in starting.adopt()] == ["of-the-running-one", "of-the-killed-one"]
     starting.close()
     assert list(tmp_path.glob("jobs-*.lock")) == []
 
@@ -147,14 +151,20 @@ def test_a_file_that_is_not_a_job_log_is_a_typed_error(tmp_path):
 
 def test_the_jobs_of_the_previous_release_s_file_are_kept(tmp_path):
     with sqlite3.connect(tmp_path / FILE) as db:   # as the previous release made it
-        db.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
-                   " status TEXT NOT NULL, job TEXT NOT NULL, request TEXT NOT NULL,"
-                   " interrupted INTEGER NOT NULL DEFAULT 0)")
+        db.execute(OLD_TABLE)
         db.execute("INSERT INTO jobs(id, owner, status, job, request) VALUES ('old', '', 'queued', ?, ?)",
                    (queued("old").model_dump_json(), REQUEST.to_json()))
     db.close()
     log = FolderJobLog(tmp_path)
-    assert [job.id for job in log.adopt()] == ["old"] and log.request("old") == REQUEST
+    log.add(queued("new"), REQUEST)
+    log.close()
+    with sqlite3.connect(tmp_path / FILE) as db:   # a server of the previous release ran there after the upgrade
+        db.execute(OLD_TABLE)
+        db.execute("INSERT INTO jobs(id, owner, status, job, request) VALUES ('older', '', 'queued', ?, ?)",
+                   (queued("older").model_dump_json(), REQUEST.to_json()))
+    db.close()
+    log = FolderJobLog(tmp_path)
+    assert [job.id for job in log.adopt()] == ["old", "new", "older"] and log.request("old") == REQUEST
     log.close()
 
 
@@ -167,8 +177,49 @@ def test_a_database_job_log_whose_connection_is_lost_reconnects_and_keeps_its_jo
                       " WHERE datname = current_database() AND pid <> pg_backend_pid()")
     with pytest.raises(StoreUnavailableError, match="jobs"):
         log.add(queued("b"), REQUEST)   # the statement in flight fails, typed
-    assert log.request("a") == REQUEST   # the next one reconnects, under a new lock, with its jobs
+    assert log.request("a") == REQUEST   # the next one connects again, under the same owner's lock, with its jobs
     other = DatabaseJobLog(postgres_url)
     assert other.adopt() == []   # its owner is alive
     log.close()
+    with pytest.raises(StoreClosedError):   # a late call is refused: it connected again, lock and all
+        log.add(queued("c"), REQUEST)
+    assert [job.id for job in other.adopt()] == ["a"]
     other.close()
+
+
+def test_a_server_whose_old_session_still_holds_its_lock_goes_on_under_a_new_owner_with_its_jobs(postgres_url):
+    """The database has not yet seen the lost session end (a cut network): its lock is still held by it."""
+    PostgresNoteGraph(postgres_url).close()
+    log = DatabaseJobLog(postgres_url)
+    log.add(queued("a"), REQUEST)
+    with psycopg.connect(postgres_url, autocommit=True) as old_session:
+        old_session.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND pid <> pg_backend_pid()")
+        old_session.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (OWNER_LOCKS, int(log.owner)))   # its, still
+        killed_owner = log.owner
+        with pytest.raises(StoreUnavailableError):
+            log.get("a")
+        assert log.request("a") == REQUEST and log.owner != killed_owner
+        other = DatabaseJobLog(postgres_url)
+        assert other.adopt() == []   # the old owner's lock is held, and the job is no longer its
+        other.close()
+    log.close()
+
+
+def test_a_postgres_store_s_jobs_kept_on_this_host_by_the_previous_release_move_into_its_database(
+        postgres_url, tmp_path):
+    PostgresNoteGraph(postgres_url).close()
+    with sqlite3.connect(tmp_path / FILE) as db:   # the previous release kept them in the host's folder
+        db.execute(OLD_TABLE)
+        db.execute("INSERT INTO jobs(id, owner, status, job, request) VALUES ('old', 'gone', 'queued', ?, ?)",
+                   (queued("old").model_dump_json(), REQUEST.to_json()))
+    db.close()
+    log = open_job_log(postgres_url, tmp_path)
+    assert [job.id for job in log.adopt()] == ["old"] and log.request("old") == REQUEST
+    log.close()
+    again = open_job_log(postgres_url, tmp_path)   # moved once: the folder no longer holds it
+    assert [job.id for job in again.jobs()] == ["old"]
+    again.close()
+    with sqlite3.connect(tmp_path / FILE) as db:
+        assert db.execute("SELECT count(*) FROM consolidation_jobs").fetchone()[0] == 0
+    db.close()

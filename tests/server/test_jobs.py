@@ -298,3 +298,35 @@ def test_a_busy_server_adopts_the_jobs_of_a_dead_one_between_its_own(tmp_path, e
             assert [wait_for(runner, job.id).status for job in [*own, runner.get("orphan")]] == ["succeeded"] * 9
         finally:
             runner.close()
+
+
+def test_a_job_whose_record_a_failed_write_left_unfinished_runs_at_the_next_adoption(tmp_path, embedder, tiny_lm,
+                                                                                       tiny_config, monkeypatch):
+    """A failed read of its request left an accepted job queued, owned by its server, for the server's whole life."""
+    monkeypatch.setattr(jobs, "ADOPT_EVERY_S", 0.3)
+    request, calls = JobLog.request, []
+
+    def fails_once(log, job_id):
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise StoreUnavailableError("the connection was lost")
+        return request(log, job_id)
+
+    monkeypatch.setattr(JobLog, "request", fails_once)
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        consolidate, ran = memory.consolidate, []
+
+        def slow(*args, **kwargs):   # adoptions come while the other jobs wait in the queue
+            ran.append(kwargs)
+            time.sleep(0.4)
+            return consolidate(*args, **kwargs)
+
+        monkeypatch.setattr(memory, "consolidate", slow)
+        runner = JobRunner(memory)
+        try:
+            submitted = [runner.submit(dry_run=True, at=NOW) for _ in range(3)]
+            assert [wait_for(runner, job.id).status for job in submitted] == ["succeeded"] * 3
+            assert calls.count(submitted[0].id) == 2   # read again at the adoption after the failure
+            assert len(ran) == 2 * 3   # each ran once (its plan, then the job): none was queued twice
+        finally:
+            runner.close()

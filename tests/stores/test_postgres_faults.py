@@ -382,3 +382,20 @@ def test_a_write_lock_held_too_long_by_another_process_is_a_typed_error_and_the_
     finally:
         stuck.close()
         waiting.close()
+
+
+def test_a_table_an_upgrade_adds_is_granted_as_the_notes_are(postgres_server, postgres_url):
+    """A role granted the store's tables before an upgrade that adds one could not use it: `serve` would not start."""
+    PostgresNoteGraph(postgres_url).close()
+    make_role(postgres_server, "app_upgrade")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:   # a store of the release before the jobs' table
+        conn.execute("DROP TABLE consolidation_jobs")
+        conn.execute("COMMENT ON TABLE notes IS NULL")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_upgrade")
+    PostgresNoteGraph(postgres_url).close()   # the owner brings it up to date
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        rights = [conn.execute("SELECT has_table_privilege('app_upgrade', 'consolidation_jobs', %s)",
+                               (right,)).fetchone()[0] for right in ("SELECT", "INSERT", "UPDATE", "DELETE")]
+        assert rights == [True] * 4
+        assert not conn.execute("SELECT has_table_privilege('app_upgrade', 'consolidation_jobs', 'TRUNCATE')").fetchone()[0]
+    PostgresNoteGraph(with_user(postgres_url, "app_upgrade")).close()
