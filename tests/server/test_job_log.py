@@ -168,13 +168,23 @@ def test_the_jobs_of_the_previous_release_s_file_are_kept(tmp_path):
     log.close()
 
 
-def test_a_database_job_log_whose_connection_is_lost_reconnects_and_keeps_its_jobs(postgres_url, tmp_path):
-    PostgresNoteGraph(postgres_url).close()
-    log = DatabaseJobLog(postgres_url)
+def holding_job_a(url: str) -> DatabaseJobLog:
+    """A job log on a new store at `url`, with one queued job "a"."""
+    PostgresNoteGraph(url).close()
+    log = DatabaseJobLog(url)
     log.add(queued("a"), REQUEST)
+    return log
+
+
+def end_other_sessions(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND pid <> pg_backend_pid()")
+
+
+def test_a_database_job_log_whose_connection_is_lost_reconnects_and_keeps_its_jobs(postgres_url, tmp_path):
+    log = holding_job_a(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                      " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        end_other_sessions(admin)
     with pytest.raises(StoreUnavailableError, match="jobs"):
         log.add(queued("b"), REQUEST)   # the statement in flight fails, typed
     assert log.request("a") == REQUEST   # the next one connects again, under the same owner's lock, with its jobs
@@ -189,12 +199,9 @@ def test_a_database_job_log_whose_connection_is_lost_reconnects_and_keeps_its_jo
 
 def test_a_server_whose_old_session_still_holds_its_lock_goes_on_under_a_new_owner_with_its_jobs(postgres_url):
     """The database has not yet seen the lost session end (a cut network): its lock is still held by it."""
-    PostgresNoteGraph(postgres_url).close()
-    log = DatabaseJobLog(postgres_url)
-    log.add(queued("a"), REQUEST)
+    log = holding_job_a(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as old_session:
-        old_session.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-                            " AND pid <> pg_backend_pid()")
+        end_other_sessions(old_session)
         old_session.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (OWNER_LOCKS, int(log.owner)))   # its, still
         killed_owner = log.owner
         with pytest.raises(StoreUnavailableError):

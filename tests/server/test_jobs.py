@@ -273,6 +273,20 @@ def test_replicas_of_a_postgres_store_on_two_hosts_share_its_jobs(tmp_path, post
     assert not list(tmp_path.glob("*/home/**/jobs.sqlite3"))
 
 
+def slowed(memory: Memory, monkeypatch, seconds: float = 0.3) -> list[dict]:
+    """Make each `consolidate` (a job's plan, and the job) take `seconds` more; returns the calls' arguments, as
+    they come."""
+    consolidate, calls = memory.consolidate, []
+
+    def slow(*args, **kwargs):
+        calls.append(kwargs)
+        time.sleep(seconds)
+        return consolidate(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "consolidate", slow)
+    return calls
+
+
 def test_a_busy_server_adopts_the_jobs_of_a_dead_one_between_its_own(tmp_path, embedder, tiny_lm, tiny_config,
                                                                     monkeypatch):
     """Adoption waited for a worker idle for a whole minute: a server kept busy never took over a dead one's jobs."""
@@ -282,13 +296,7 @@ def test_a_busy_server_adopts_the_jobs_of_a_dead_one_between_its_own(tmp_path, e
             "job = queued('orphan'); log.add(job, REQUEST);"
             "log.save(job.model_copy(update={{'status': 'running', 'started_at': job.created_at}})); os._exit(0)")
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
-        consolidate = memory.consolidate
-
-        def slow(*args, **kwargs):
-            time.sleep(0.3)
-            return consolidate(*args, **kwargs)
-
-        monkeypatch.setattr(memory, "consolidate", slow)
+        slowed(memory, monkeypatch)
         runner = JobRunner(memory)
         try:
             own = [runner.submit(dry_run=True, at=NOW) for _ in range(8)]
@@ -314,14 +322,7 @@ def test_a_job_whose_record_a_failed_write_left_unfinished_runs_at_the_next_adop
 
     monkeypatch.setattr(JobLog, "request", fails_once)
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
-        consolidate, ran = memory.consolidate, []
-
-        def slow(*args, **kwargs):   # adoptions come while the other jobs wait in the queue
-            ran.append(kwargs)
-            time.sleep(0.4)
-            return consolidate(*args, **kwargs)
-
-        monkeypatch.setattr(memory, "consolidate", slow)
+        ran = slowed(memory, monkeypatch)   # adoptions come while the other jobs wait in the queue
         runner = JobRunner(memory)
         try:
             submitted = [runner.submit(dry_run=True, at=NOW) for _ in range(3)]
