@@ -126,23 +126,25 @@ class JobLog(ABC):
                               " ORDER BY seq", (OWNER,))
         return [job for _, job_id, _, text in owned if (job := _job(job_id, text)) is not None]
 
-    def interrupted(self, job_id: str) -> int:
-        """Count one more run of the job that its server's end cut off; returns how many."""
-        rows = self._execute("UPDATE consolidation_jobs SET interrupted = interrupted + 1 WHERE id = ?"
-                             " RETURNING interrupted", (job_id,))
-        return int(rows[0][0])
+    def interruptions(self, job_id: str) -> int:
+        """How many runs of the job its server's end cut off (counted by `save(..., interrupted=True)`)."""
+        rows = self._execute("SELECT interrupted FROM consolidation_jobs WHERE id = ?", (job_id,))
+        return int(rows[0][0]) if rows else 0
 
     def add(self, job: Job, request: JobRequest) -> None:
         self._execute("INSERT INTO consolidation_jobs(id, owner, status, job, request) VALUES (?, ?, ?, ?, ?)",
                       (job.id, OWNER, job.status, _record(job), request.to_json()))
 
-    def save(self, job: Job) -> None:
-        """Write the record of a job this server owns (one another server adopted is its to write)."""
-        saved = self._execute("UPDATE consolidation_jobs SET status = ?, job = ? WHERE id = ? AND owner = ?"
-                              " RETURNING id", (job.status, _record(job), job.id, OWNER))
+    def save(self, job: Job, interrupted: bool = False) -> bool:
+        """Write the record of a job this server owns, counting one more cut-off run with `interrupted`; False for a
+        job another server adopted (its to write and run)."""
+        saved = self._execute("UPDATE consolidation_jobs SET status = ?, job = ?, interrupted = interrupted + ?"
+                              " WHERE id = ? AND owner = ? RETURNING id",
+                              (job.status, _record(job), int(interrupted), job.id, OWNER))
         if not saved:
             log.warning("job %s is no longer this server's (another one adopted it): its record is left as it was",
                         job.id)
+        return bool(saved)
 
     def request(self, job_id: str) -> JobRequest | None:
         """What the job runs; None when this server does not own it (another one adopted it)."""
@@ -181,6 +183,7 @@ class FolderJobLog(JobLog):
     def __init__(self, folder: Path) -> None:
         self.folder, self.owner = folder, uuid.uuid4().hex
         self._lock = threading.Lock()  # one connection, shared by the web server's threads and the worker
+        self._closed = False
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._held = self._hold_lock_file()
@@ -225,6 +228,8 @@ class FolderJobLog(JobLog):
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
+            if self._closed:
+                raise StoreClosedError("the server's job log is closed")
             try:
                 return self._db.execute(sql, self._bound(params)).fetchall()
             except sqlite3.Error as exc:  # a full disk, a damaged file, a closed log
@@ -257,7 +262,9 @@ class FolderJobLog(JobLog):
             gone.release()
 
     def _release(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._closed = True
+            self._db.close()
         self._give_up_lock_file()
 
     def _give_up_lock_file(self) -> None:
@@ -279,6 +286,7 @@ class DatabaseJobLog(JobLog):
         self._lock = threading.Lock()  # one connection, shared by the web server's threads and the worker
         self._conn: psycopg.Connection | None = None
         self._closed, self._connect_again_at = False, 0.0
+        self._earlier: set[str] = set()  # this server's numbers before, whose jobs a failed move left there
         self._connect()
 
     def _connect(self) -> None:
@@ -294,15 +302,17 @@ class DatabaseJobLog(JobLog):
             self._connect_again_at = time.monotonic() + RECONNECT_AFTER_S
             raise
         try:
-            if not self.owner or not _locked(conn, self.owner):
-                before, self.owner = self.owner, _new_owner(conn)
-                if before:
-                    conn.execute(f"UPDATE consolidation_jobs SET owner = %s WHERE owner = %s AND {IS_UNFINISHED}",
-                                 (self.owner, before))
+            owner = self.owner if self.owner and _locked(conn, self.owner) else _new_owner(conn)
+            earlier = (self._earlier | {self.owner}) - {owner, NOBODY}
+            if earlier:  # numbers whose sessions linger: no other server adopts their jobs
+                conn.execute(f"UPDATE consolidation_jobs SET owner = %s WHERE owner = ANY(%s) AND {IS_UNFINISHED}",
+                             (owner, list(earlier)))
         except psycopg.Error as exc:
             conn.close()
+            self._earlier |= {self.owner} - {NOBODY}  # a failed move is made again by the next connection
+            self._connect_again_at = time.monotonic() + RECONNECT_AFTER_S
             raise self._typed(exc) from exc
-        self._conn = conn
+        self._conn, self.owner, self._earlier = conn, owner, set()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -341,9 +351,10 @@ class DatabaseJobLog(JobLog):
             for job in folder_log.adopt():
                 request = folder_log.request(job.id)
                 if request is not None:
-                    self._execute("INSERT INTO consolidation_jobs(id, owner, status, job, request) VALUES"
-                                  " (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                                  (job.id, NOBODY, job.status, _record(job), request.to_json()))
+                    self._execute("INSERT INTO consolidation_jobs(id, owner, status, job, request, interrupted)"
+                                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                                  (job.id, NOBODY, job.status, _record(job), request.to_json(),
+                                   folder_log.interruptions(job.id)))
                 folder_log.remove(job.id)
         finally:
             folder_log.close()

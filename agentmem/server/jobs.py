@@ -152,14 +152,14 @@ class JobRunner:
                 if job.id in self._pending:
                     continue
             update: dict[str, Any] = {"status": "queued", "started_at": None, "progress": JobProgress(stage="queued")}
-            if job.status == "running" and self._log.interrupted(job.id) >= MAX_INTERRUPTED:
-                interrupted = JobInterruptedError(f"its server stopped during each of its {MAX_INTERRUPTED} runs; "
-                                                  "it is not run again (the ledger kept what each did)")
+            interrupted = job.status == "running"
+            if interrupted and self._log.interruptions(job.id) + 1 >= MAX_INTERRUPTED:
+                error = JobInterruptedError(f"its server stopped during each of its {MAX_INTERRUPTED} runs; "
+                                            "it is not run again (the ledger kept what each did)")
                 update = {"status": "failed", "finished_at": datetime.now(timezone.utc),
-                          "progress": job.progress.model_copy(update={"stage": "done"}), "error": error_body(interrupted)}
+                          "progress": job.progress.model_copy(update={"stage": "done"}), "error": error_body(error)}
                 self._keep(job.id, None, update["error"])
-            self._log.save(job.model_copy(update=update))
-            if update["status"] == "queued":
+            if self._log.save(job.model_copy(update=update), interrupted) and update["status"] == "queued":
                 with self._pending_lock:
                     self._pending.add(job.id)
                 self._queue.put(job.id)
@@ -170,8 +170,9 @@ class JobRunner:
             return
         try:
             policy, dry_run, at = request
-            self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
-                         progress=JobProgress(stage="planning"))
+            if not self._update(job_id, status="running", started_at=datetime.now(timezone.utc),
+                                progress=JobProgress(stage="planning")):
+                return  # another server adopted it meanwhile, and runs it
             planned = self.memory.plan(policy, at=at)
             total = sum(d.action != "skip" for d in planned)
             self._ledger_before[job_id] = self._ledger_rows()
@@ -209,8 +210,8 @@ class JobRunner:
         if len(self._kept) > KEPT_FINISHED:  # the oldest, dropped from the log by then if not before
             del self._kept[next(iter(self._kept))]
 
-    def _update(self, job_id: str, **changes: Any) -> None:
-        self._log.save(self._record(job_id).model_copy(update=changes))
+    def _update(self, job_id: str, **changes: Any) -> bool:
+        return self._log.save(self._record(job_id).model_copy(update=changes))
 
     def _record(self, job_id: str) -> Job:
         job = self._log.get(job_id)

@@ -307,7 +307,8 @@ class PostgresNoteGraph(SqlNoteStore):
                 if state == "current":
                     return
                 missing = [table for (table,) in conn.execute(
-                    "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NULL", (list(STORE_TABLES),))]
+                    "SELECT t FROM unnest(%s::text[]) t"
+                    " WHERE to_regclass(format('%%I.%%I', current_schema(), t)) IS NULL", (list(STORE_TABLES),))]
                 try:
                     conn.execute(SCHEMA)
                     conn.execute(link_changes.SCHEMA)
@@ -853,13 +854,15 @@ def grant_as_on_notes(conn: psycopg.Connection, tables: list[str]) -> None:
     """Give the roles that may use `notes` the same rights on `tables`, made by bringing an earlier release's store
     up to date: a role granted SELECT, INSERT, UPDATE and DELETE on the store's tables before could not use them."""
     grants = conn.execute(
-        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, a.privilege_type"
-        " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass('notes') AND a.grantee <> c.relowner"
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, a.privilege_type,"
+        " a.is_grantable FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.oid = to_regclass(format('%I.notes', current_schema())) AND a.grantee <> c.relowner"
     ).fetchall()
     for table in tables:
-        for grantee, privilege in grants:  # a role's name as regrole writes it, quoted where it needs to be
-            conn.execute(psycopg.sql.SQL("GRANT {} ON {} TO {}").format(
-                psycopg.sql.SQL(privilege), psycopg.sql.Identifier(table), psycopg.sql.SQL(grantee)))
+        for grantee, privilege, grantable in grants:  # a role's name as regrole writes it, quoted where it must be
+            conn.execute(psycopg.sql.SQL("GRANT {} ON {} TO {}{}").format(
+                psycopg.sql.SQL(privilege), psycopg.sql.Identifier(table), psycopg.sql.SQL(grantee),
+                psycopg.sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
 def schema_state(conn: psycopg.Connection, url: str) -> str:

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from agentmem import ConsolidationReport, Decision, Fact, StoreClosedError, StoreUnavailableError
+from agentmem.server import job_log
 from agentmem.server.job_log import FILE, OWNER_LOCKS, DatabaseJobLog, FolderJobLog, JobRequest, open_job_log
 from agentmem.server.models import Job, JobProgress
 from agentmem.stores.postgres import PostgresNoteGraph
@@ -230,3 +231,24 @@ def test_a_postgres_store_s_jobs_kept_on_this_host_by_the_previous_release_move_
     with sqlite3.connect(tmp_path / FILE) as db:
         assert db.execute("SELECT count(*) FROM consolidation_jobs").fetchone()[0] == 0
     db.close()
+
+
+def test_a_failed_move_of_a_lingering_owner_s_jobs_is_made_again_by_the_next_connection(postgres_url):
+    """The new number was kept though the move failed: the jobs stayed with the old one, which nobody may adopt."""
+    log = holding_job_a(postgres_url)
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as old_session:
+        end_other_sessions(old_session)
+        old_session.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (OWNER_LOCKS, int(log.owner)))   # its, still
+        old_session.execute(f"ALTER DATABASE {database} SET lock_timeout = '200ms'")   # for new sessions
+        blocker = psycopg.connect(postgres_url)
+        blocker.execute("SELECT 1 FROM consolidation_jobs WHERE id = 'a' FOR UPDATE")   # the move must wait for it
+        with pytest.raises(StoreUnavailableError):
+            log.get("a")   # the connection was lost
+        with pytest.raises(StoreUnavailableError):
+            log.get("a")   # connecting again, the move of its jobs times out
+        blocker.close()
+        old_session.execute(f"ALTER DATABASE {database} RESET lock_timeout")
+        time.sleep(job_log.RECONNECT_AFTER_S)
+        assert log.request("a") == REQUEST   # moved by the next connection
+    log.close()

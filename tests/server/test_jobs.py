@@ -233,14 +233,12 @@ def test_a_failed_write_of_a_jobs_record_fails_that_job_and_not_the_worker(tmp_p
 def test_a_job_whose_server_died_while_it_ran_three_times_is_failed_not_run_again(tmp_path, embedder):
     """A job that kills its server (its memory, say) would be run again at every start, for ever."""
     dies = ("import os; from pathlib import Path; from tests.server.test_job_log import REQUEST, queued;"
-            "from agentmem.server.job_log import FolderJobLog; log = FolderJobLog(Path({folder!r})); {adopt}"
-            "job = queued('deadly'); log.add(job, REQUEST) if not log.adopt() else None;"
-            "log.save(job.model_copy(update={{'status': 'running'}})); os._exit(0)")
+            "from agentmem.server.job_log import FolderJobLog; log = FolderJobLog(Path({folder!r}));"
+            "job = queued('deadly'); adopted = log.adopt(); log.add(job, REQUEST) if not adopted else None;"
+            "log.save(job.model_copy(update={{'status': 'running'}}), interrupted=bool(adopted)); os._exit(0)")
     with Memory(tmp_path / "m", embedder=embedder) as memory:
-        for run in range(jobs.MAX_INTERRUPTED):
-            adopt = "" if run == 0 else "log.interrupted('deadly');"
-            subprocess.run([sys.executable, "-c", dies.format(folder=str(memory.path), adopt=adopt)], check=True,
-                           cwd=REPO)
+        for _ in range(jobs.MAX_INTERRUPTED):
+            subprocess.run([sys.executable, "-c", dies.format(folder=str(memory.path))], check=True, cwd=REPO)
         runner = JobRunner(memory)
         try:
             job = runner.get("deadly")
