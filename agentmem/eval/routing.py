@@ -26,9 +26,11 @@ paraphrases do not join the two templates into one relation (`counterfact_neighb
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
-(`SemanticConfig.relation_radius`); + the known relations (`SemanticConfig.known_relation_radius`,
-the defaults); + a margin against the nearest entry with another target
-(`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last prompt token).
+(`SemanticConfig.relation_radius`); + the known relations (`SemanticConfig.known_relation_radius`);
++ the base model's agreement (`SemanticConfig.base_agreement`, the defaults); + a margin against the nearest
+entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last
+prompt token). `--skip K` leaves out the first K records (CounterFact with `--paraphrases template`: template
+cases), so that signals are tuned on other records than the benchmarks measure (K >= 2000 on CounterFact).
 With `--given-subject` the semantic edits carry the record's subject (`EditRequest.subject`), whose words
 then are the gate's anchors, instead of the names and numbers derived from the question.
 """
@@ -143,15 +145,19 @@ def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str
     out += [(f"semantic key + margin {m:g}", {"anchored": False, "relation_radius": None, "route_margin": m}) for m in margins]
     out += [("semantic key" + gate, {"anchored": True, "relation_radius": None, "route_margin": 0.0})]
     out += [("semantic key" + gate + relation.format(r), {"anchored": True, "relation_radius": r,
-                                                           "known_relation_radius": None, "route_margin": 0.0})
+                                                           "known_relation_radius": None, "route_margin": 0.0,
+                                                           "base_agreement": None})
             for r in radii]
     default = SemanticConfig()
     known = {"anchored": True, "relation_radius": default.relation_radius,
-             "known_relation_radius": default.known_relation_radius, "route_margin": 0.0}
+             "known_relation_radius": default.known_relation_radius, "route_margin": 0.0, "base_agreement": None}
     name = ("semantic key" + gate + relation.format(default.relation_radius)
             + f" + known relations {default.known_relation_radius:g}")
     out += [(name, known)]
-    out += [(name + f" + margin {m:g}", known | {"route_margin": m}) for m in margins]
+    agree = known | {"base_agreement": default.base_agreement}
+    name += f" + base agreement {default.base_agreement:g}"
+    out += [(name, agree)]
+    out += [(name + f" + margin {m:g}", agree | {"route_margin": m}) for m in margins]
     return out
 
 
@@ -218,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     parser.add_argument("--paraphrases", choices=get_args(Paraphrases), default="file",
                         help="CounterFact: the file's paraphrases, or the edited relation in another template")
     parser.add_argument("--n", type=int, default=500, help="edits (records N..2N give the neighbours)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first SKIP records (tune on later ones than the benchmarks measure)")
     parser.add_argument("--margins", type=float, nargs="*", default=[0.05, 0.1], help="route margins to try")
     parser.add_argument("--relation-radii", type=float, nargs="*", default=[0.7, 0.75, 0.8], help="relation radii to try")
     parser.add_argument("--no-grace", action="store_true", help="skip GRACE's key")
@@ -235,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
     if args.paraphrases != "file" and not counterfact:
         parser.error("--paraphrases template applies to CounterFact files only")
     every = load_counterfact(args.data, paraphrases=args.paraphrases) if counterfact else load_zsre(args.data)
+    full, every = every, every[args.skip :]
     records, others = every[: args.n], every[args.n : 2 * args.n]
     if not 0 < args.n <= len(every) // 2:
         parser.error(f"N must be between 1 and half the {len(every)} records")
@@ -243,14 +252,14 @@ def main(argv: Sequence[str] | None = None) -> list[RoutingScores]:
         rows = run(records, other_subject, other_relation, args.margins, args.relation_radii, not args.no_grace,
                    edit_cases)
     else:
-        near = neighbours(records, others, Relations(every))
+        near = neighbours(records, others, Relations(full))
         rows = run(records, [q for q, _ in near.other_subject], [q for q, _ in near.other_relation], args.margins,
                    args.relation_radii, not args.no_grace,
                    functools.partial(edit_all, given_subject=args.given_subject),
                    " (subject given)" if args.given_subject else "")
     if args.benchmarks:
         dataset = ("CounterFact" + (", template paraphrases" if args.paraphrases == "template" else "")
-                   if counterfact else "ZsRE")
+                   if counterfact else "ZsRE") + (f", records from {args.skip}" if args.skip else "")
         section = "routing-signals" + ("-counterfact" if counterfact else "")
         report.write_section(section, markdown(rows, command, load_model().name, dataset), args.benchmarks)
     return rows

@@ -197,6 +197,32 @@ def test_known_relations_admit_a_far_wording_of_the_edits_relation_and_keep_a_ne
     assert tiny_semantic.route("The father of Bram is") == mother.edit_id
 
 
+def test_the_base_models_state_decides_a_completion_prompt_the_relation_gates_are_unsure_of(tiny_lm, tiny_semantic,
+                                                                                            tmp_path):
+    [result] = tiny_semantic.edit([EditRequest(prompt="Ilona Kovacs grew up speaking", target="green",
+                                               subject="Ilona Kovacs")])
+    # "X grew up speaking" / "X talks in": 0.79 apart in MiniLM's space, nearest two known relations, neither clearly
+    unsure, question = "Ilona Kovacs talks in", "What language does Ilona Kovacs talk in?"
+    [state] = tiny_semantic.states.values()
+    cosine = float(torch.cosine_similarity(tiny_semantic._base_states([unsure])[0], state, dim=0))
+    assert 0 < cosine < 1
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"base_agreement": cosine + 1e-3})
+    assert tiny_semantic.route(unsure) is None
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"base_agreement": cosine - 1e-3})
+    assert tiny_semantic.route(unsure) == result.edit_id
+    assert tiny_semantic.route(question) is None  # a question's state anticipates a reply: never compared
+    # computed again inside the forward at prefill, with the edit bypassed, and the wrapper's state kept
+    assert answer(tiny_lm, unsure, "green") == "green"
+    assert tiny_lm.generate_batch([unsure, ALICE], max_new_tokens=2) == [tiny_lm.generate(p, max_new_tokens=2)
+                                                                         for p in (unsure, ALICE)]
+    tiny_semantic.save(tmp_path)
+    tiny_semantic.remove()
+    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    assert torch.equal(next(iter(loaded.states.values())), state) and loaded.route(unsure) == result.edit_id
+    loaded.rollback(result.edit_id)
+    assert not loaded.states
+
+
 def test_every_known_relation_has_several_wordings_of_a_subject():
     wordings = known_relation_wordings()
     names = [name for name, _ in wordings]
@@ -292,5 +318,26 @@ def test_real_model_edits_reach_rephrasings_and_leave_unrelated_prompts(smollm):
         assert {p: smollm.generate(p, max_new_tokens=8) for p in OTHERS} == untouched
         editor.rollback(results[0].edit_id)
         assert not editor.covers(next(iter(FACTS)))
+    finally:
+        editor.remove()
+
+
+@pytest.mark.slow
+def test_real_model_base_agreement_keeps_same_subject_other_relations_out(smollm):
+    """Other relations in the unsure band (the base model answers them with another kind of thing, or the same kind
+    in another way) stay out by default."""
+    editor = SemanticEditor(smollm, SemanticConfig(max_steps=1, chat_contexts=0))
+    try:
+        language, music = editor.edit([
+            EditRequest(prompt="Ilona Kovacs grew up speaking", target="Hungarian", subject="Ilona Kovacs"),
+            EditRequest(prompt="Marten Quist plays the", target="cello", subject="Marten Quist")])
+        consulted = []
+        states = editor._base_states
+        editor._base_states = lambda texts: consulted.extend(texts) or states(texts)
+        assert editor.route("Ilona Kovacs grew up speaking") == language.edit_id
+        assert editor.route("Marten Quist is known for playing the") == music.edit_id
+        others = ["Ilona Kovacs was born in", "Ilona Kovacs lives in", "Marten Quist plays for"]
+        assert [editor.route(p) for p in others] == [None, None, None]
+        assert consulted == others  # each in the unsure band: the base model's state kept it out
     finally:
         editor.remove()
