@@ -50,7 +50,6 @@ FILE = "jobs.sqlite3"
 UNFINISHED = ("queued", "running")
 IS_UNFINISHED = "status IN ('queued', 'running')"
 NOBODY = ""  # the owner of the jobs a server gave up as it stopped: the next server takes them
-TAKEN = "seq, id, status, job"  # what an adoption reads of each job it takes
 Row = Sequence[Any]
 OWNER = object()  # in a statement's parameters: this server's owner, read as the statement runs (a lost connection
 # may give it a new one on the way)
@@ -105,8 +104,8 @@ class JobLog(ABC):
         """The owners, other than this server and NOBODY, that may have jobs to adopt."""
 
     @abstractmethod
-    def _take_if_gone(self, owner: str) -> list[Row]:
-        """The jobs of `owner`, made this server's, if its server is gone (its lock is free); else none."""
+    def _take_if_gone(self, owner: str) -> None:
+        """Make the jobs of `owner` this server's, if its server is gone (its lock is free)."""
 
     @abstractmethod
     def _release(self) -> None:
@@ -122,9 +121,9 @@ class JobLog(ABC):
         for owner in self._other_owners():
             self._take_if_gone(owner)
         self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?", (OWNER, NOBODY))
-        owned = self._execute(f"SELECT {TAKEN} FROM consolidation_jobs WHERE owner = ? AND {IS_UNFINISHED}"
+        owned = self._execute(f"SELECT id, job FROM consolidation_jobs WHERE owner = ? AND {IS_UNFINISHED}"
                               " ORDER BY seq", (OWNER,))
-        return [job for _, job_id, _, text in owned if (job := _job(job_id, text)) is not None]
+        return [job for job_id, text in owned if (job := _job(job_id, text)) is not None]
 
     def interruptions(self, job_id: str) -> int:
         """How many runs of the job its server's end cut off (counted by `save(..., interrupted=True)`)."""
@@ -243,7 +242,7 @@ class FolderJobLog(JobLog):
                                                       f" WHERE {IS_UNFINISHED}")}
         return sorted((locked | listed) - {self.owner, NOBODY})
 
-    def _take_if_gone(self, owner: str) -> list[Row]:
+    def _take_if_gone(self, owner: str) -> None:
         """Its jobs if its lock file is free (or missing: it is made); the file is deleted once they are taken,
         while still locked, so a server that opens it after finds it gone. No new server can take an owner's name:
         each is a new random one, its file locked before it is visible."""
@@ -252,12 +251,10 @@ class FolderJobLog(JobLog):
         try:
             gone.acquire(timeout=0)
         except filelock.Timeout:  # its server is running
-            return []
+            return
         try:
-            taken = self._execute(f"UPDATE consolidation_jobs SET owner = ? WHERE owner = ? RETURNING {TAKEN}",
-                                  (OWNER, owner))
+            self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?", (OWNER, owner))
             path.unlink(missing_ok=True)
-            return taken
         finally:
             gone.release()
 
@@ -337,12 +334,12 @@ class DatabaseJobLog(JobLog):
                              " AND owner NOT IN (?, ?)", (OWNER, NOBODY))
         return [owner for (owner,) in rows if _owner_number(owner) is not None]
 
-    def _take_if_gone(self, owner: str) -> list[Row]:
+    def _take_if_gone(self, owner: str) -> None:
         """One statement: its lock, tried for this statement's transaction only, then its jobs. A lock held by a
         server that is running, or connecting again, keeps them out."""
-        return self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?"
-                             f" AND pg_try_advisory_xact_lock(?::int, ?::int) RETURNING {TAKEN}",
-                             (OWNER, owner, OWNER_LOCKS, _owner_number(owner)))
+        self._execute("UPDATE consolidation_jobs SET owner = ? WHERE owner = ?"
+                      " AND pg_try_advisory_xact_lock(?::int, ?::int)",
+                      (OWNER, owner, OWNER_LOCKS, _owner_number(owner)))
 
     def take_over(self, folder_log: FolderJobLog) -> None:
         """Move the unfinished jobs of servers that kept them in a folder into the database, for this store's
