@@ -33,11 +33,10 @@ def test_sequential_scores_on_a_tiny_model(tiny_lm, tiny_config, edits):
     assert tiny_lm.target_argmax([(r.src, r.alt) for r in RECORDS]) == before  # every editor was removed
 
 
-@pytest.mark.xfail(reason="since the semantic editor gained subject gating and question-form keys (issue 14), the"
-                   " tiny random model's rephrase EM is 0; on SmolLM2 the benchmark measures Gen EM 0.80 (BENCHMARKS.md)",
-                   strict=False)
 def test_a_semantic_editor_scores_rephrasings_it_was_not_shown(tiny_lm):
-    config = SemanticConfig(layer=2, margin=0.0)
+    """No full stop after the target: the tiny random model does not learn two tokens in a value's steps, so with
+    the default the edit itself fails verification and nothing is left to score."""
+    config = SemanticConfig(layer=2, margin=0.0, stop=False)
     make = lambda: SemanticEditor(tiny_lm, config, unrelated=[r.loc for r in RECORDS])  # noqa: E731
     scores = editing.sequential_scores(tiny_lm, make, RECORDS, 2, latency_prompts=1)
     assert scores.reliability == scores.generalization == scores.generalization_em == 1.0
