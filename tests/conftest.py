@@ -88,7 +88,7 @@ def postgres_server():
     server.stop()
 
 
-def _drop_local_folder(url: str) -> None:
+def drop_local_folder(url: str) -> None:
     """A PostgreSQL store keeps its embedded index folder under AGENTMEM_HOME: drop it with the test's database."""
     from agentmem.stores.location import local_folder
 
@@ -100,7 +100,7 @@ def postgres_url(postgres_server):
     """A fresh, empty database on the session's server (its local folder removed after the test)."""
     url = postgres_server.create_database()
     yield url
-    _drop_local_folder(url)
+    drop_local_folder(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -121,4 +121,4 @@ def memory_location(request, tmp_path):
 
     yield location
     for options in made.values():
-        _drop_local_folder(options["path"])
+        drop_local_folder(options["path"])

@@ -138,11 +138,12 @@ def apply(mem: Memory, call: Call, snapshot: Path) -> Outcome:
     return Outcome(call, "ok")
 
 
-def readable(path: Path, **options: Any) -> str | None:
-    """Reopen the store and read all of it; None when that works, else why not."""
+def readable(scratch: Path, **options: Any) -> str | None:
+    """Reopen the store (`Memory(**options)`) and read all of it, exporting into `scratch`; None when that
+    works, else why not."""
     try:
-        with Memory(path, **options) as mem:
-            mem.export(path.parent / "health.jsonl")
+        with Memory(**options) as mem:
+            mem.export(scratch / "health.jsonl")
             mem.decay()
             mem.recall("health check", reinforce=False)
             mem.stats()

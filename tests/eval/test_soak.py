@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agentmem.eval import soak
@@ -57,3 +58,23 @@ def test_a_negative_count_is_refused_before_anything_runs(option: str, scratch: 
     assert raised.value.code == 2
     assert f"argument {option}: not a whole number >= 0: '-1'" in capsys.readouterr().err
     assert list(scratch.iterdir()) == []
+
+
+def test_a_postgres_soak_writes_and_fuzzes_one_database_and_stops_its_servers(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """A writer process and a thread on a PostgreSQL store with a `chroma run` server, then fuzzed calls:
+    nothing lost, and the servers and folders are gone afterwards. (The system's temporary folder: the
+    `postgres` user cannot reach pytest's.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    temporary = Path(tempfile.gettempdir())
+    before = {p.pid for p in psutil.process_iter()}, set(temporary.glob("agentmem-soak-*"))
+    counts = soak.main(["--store", "postgres", "--threads", "1", "--processes", "1", "--writes", "3", "--kills", "1",
+                        "--fuzz", "3", "--benchmarks", "soak.md"])
+    assert counts["acknowledged"] == 6 and counts["lost"] == counts["duplicated"] == counts["write errors"] == 0
+    assert counts["fuzzed calls"] == 3 and counts["untyped errors"] == counts["raised but changed the store"] == 0
+    assert counts["stores left unreadable"] == 0
+    assert "## Soak: writers, SIGKILLs and fuzzed calls on one store (PostgreSQL 15" in (tmp_path / "soak.md").read_text()
+    assert "<!-- begin soak-postgres -->" in (tmp_path / "soak.md").read_text()
+    assert set(temporary.glob("agentmem-soak-*")) == before[1] and not list((tmp_path / "home").glob("postgres/*"))
+    assert not [p for p in psutil.process_iter(["name"]) if p.pid not in before[0] and p.info["name"] in ("postgres", "chroma")]
