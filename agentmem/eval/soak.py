@@ -58,8 +58,9 @@ def soaked_store(kind: str, folder: Path) -> Iterator[dict[str, Any]]:
         yield {"path": str(folder / "store")}
         return
     server = TemporaryPostgres()
-    url = server.create_database("soak")
+    url = server.url("soak")
     try:
+        server.create_database("soak")
         chroma, chroma_url = start_chroma(folder / "chroma")
         try:
             yield {"path": url, "chroma_url": chroma_url, "collection": "soak"}
