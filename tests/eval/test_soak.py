@@ -3,6 +3,7 @@ the old `--output`) says where the section goes, bad counts are refused up front
 folder is gone afterwards, even when the run fails."""
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import psutil
 import pytest
 
 from agentmem.eval import soak
+from agentmem.eval.fleet import start_chroma
+from agentmem.eval.postgres_server import TemporaryPostgres
 
 SMALLEST = ["--threads", "1", "--processes", "0", "--writes", "1", "--kills", "0", "--fuzz", "0"]
 
@@ -67,14 +70,28 @@ def test_a_postgres_soak_writes_and_fuzzes_one_database_and_stops_its_servers(tm
     `postgres` user cannot reach pytest's.)"""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    started: list[int] = []  # the servers' processes
+
+    def postgres() -> TemporaryPostgres:
+        server = TemporaryPostgres()
+        started.append(server.pid)
+        return server
+
+    def chroma(folder: Path) -> tuple[subprocess.Popen, str]:
+        process, url = start_chroma(folder)
+        started.append(process.pid)
+        return process, url
+
+    monkeypatch.setattr(soak, "TemporaryPostgres", postgres)
+    monkeypatch.setattr(soak, "start_chroma", chroma)
     temporary = Path(tempfile.gettempdir())
-    before = {p.pid for p in psutil.process_iter()}, set(temporary.glob("agentmem-soak-*"))
+    soaks_before = set(temporary.glob("agentmem-soak-*"))
     counts = soak.main(["--store", "postgres", "--threads", "1", "--processes", "1", "--writes", "3", "--kills", "1",
                         "--fuzz", "3", "--benchmarks", "soak.md"])
     assert counts["acknowledged"] == 6 and counts["lost"] == counts["duplicated"] == counts["write errors"] == 0
     assert counts["fuzzed calls"] == 3 and counts["untyped errors"] == counts["raised but changed the store"] == 0
     assert counts["stores left unreadable"] == 0
-    assert "## Soak: writers, SIGKILLs and fuzzed calls on one store (PostgreSQL 15" in (tmp_path / "soak.md").read_text()
-    assert "<!-- begin soak-postgres -->" in (tmp_path / "soak.md").read_text()
-    assert set(temporary.glob("agentmem-soak-*")) == before[1] and not list((tmp_path / "home").glob("postgres/*"))
-    assert not [p for p in psutil.process_iter(["name"]) if p.pid not in before[0] and p.info["name"] in ("postgres", "chroma")]
+    section = (tmp_path / "soak.md").read_text()
+    assert "<!-- begin soak-postgres -->" in section and "on one store (PostgreSQL 15, a `chroma run` server)" in section
+    assert len(started) == 2 and not [pid for pid in started if psutil.pid_exists(pid)]
+    assert set(temporary.glob("agentmem-soak-*")) == soaks_before and not list((tmp_path / "home").glob("postgres/*"))
