@@ -199,9 +199,10 @@ def test_known_relations_admit_a_far_wording_of_the_edits_relation_and_keep_a_ne
 
 def test_the_base_models_state_decides_a_completion_prompt_the_relation_gates_are_unsure_of(tiny_lm, tiny_semantic,
                                                                                             tmp_path):
-    [result] = tiny_semantic.edit([EditRequest(prompt="Ilona Kovacs grew up speaking", target="green",
+    [result] = tiny_semantic.edit([EditRequest(prompt="Ilona Kovacs was raised speaking", target="green",
                                                subject="Ilona Kovacs")])
-    # "X grew up speaking" / "X talks in": 0.79 apart in MiniLM's space, nearest two known relations, neither clearly
+    # "X was raised speaking" / "X talks in": 0.78 apart in MiniLM's space, nearest two known relations, the first not
+    # clearly
     unsure, question = "Ilona Kovacs talks in", "What language does Ilona Kovacs talk in?"
     [state] = tiny_semantic.states.values()
     cosine = float(torch.cosine_similarity(tiny_semantic._base_states([unsure])[0], state, dim=0))
