@@ -103,6 +103,13 @@ def postgres_url(postgres_server):
     drop_local_folder(url)
 
 
+def postgres_location(request: pytest.FixtureRequest) -> dict:
+    """`Memory`'s arguments for a new database on the session's PostgreSQL server, with the Chroma server."""
+    database = request.getfixturevalue("postgres_server").create_database()
+    return {"path": database, "chroma_url": request.getfixturevalue("chroma_server"),
+            "collection": f"notes_{database.rsplit('/', 1)[1]}_{os.getpid()}"}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def memory_location(request, tmp_path):
     """`Memory`'s location arguments for a named store of this test, on each note store: a folder,
@@ -114,9 +121,7 @@ def memory_location(request, tmp_path):
         if request.param == "sqlite":
             return {"path": tmp_path / name}
         if name not in made:
-            database = request.getfixturevalue("postgres_server").create_database()
-            made[name] = {"path": database, "chroma_url": request.getfixturevalue("chroma_server"),
-                          "collection": f"notes_{database.rsplit('/', 1)[1]}_{os.getpid()}"}
+            made[name] = postgres_location(request)
         return made[name]
 
     yield location

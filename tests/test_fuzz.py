@@ -18,7 +18,7 @@ from agentmem import Memory
 from agentmem.cli import main as cli_main
 from agentmem.eval.fuzzing import apply, calls, readable
 
-from .conftest import T0, drop_local_folder
+from .conftest import T0, drop_local_folder, postgres_location
 
 EXAMPLES = int(os.environ.get("AGENTMEM_FUZZ_EXAMPLES", "10"))
 
@@ -36,9 +36,7 @@ def store(request, tmp_path_factory, embedder):
     if request.param == "sqlite":
         location = {"path": str(scratch / "m")}
     else:
-        database = request.getfixturevalue("postgres_server").create_database()
-        location = {"path": database, "chroma_url": request.getfixturevalue("chroma_server"),
-                    "collection": f"fuzz_{database.rsplit('/', 1)[1]}_{os.getpid()}"}
+        location = postgres_location(request)
     with Memory(**location, embedder=embedder) as mem:
         mem.remember_many(["Alice lives in Lisbon", "Alice works as a nurse", "Bob plays the cello in Porto"],
                           user_id="alice", at=T0)
