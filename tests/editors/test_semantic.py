@@ -251,6 +251,8 @@ def test_relation_texts_mask_the_name_parts_both_texts_put_next_to_the_subject()
     alice = anchor_words("Where does Alice live?")
     assert shared_subject(alice, "Where does Alice work?", "Where does Alice live?") == alice  # function words never join
     assert relation_text("When was The Thinker created?", anchor_words("Who developed The Thinker?")) == "When was X created?"
+    chappe = anchor_words("Claude Chappe")  # the verb both share is what they ask, not a part of the name
+    assert shared_subject(chappe, "Claude Chappe speaks", "Claude Chappe speaks the language") == chappe
 
 
 def test_save_and_load_round_trip(tiny_lm, tiny_semantic, tmp_path):
