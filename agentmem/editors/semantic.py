@@ -199,6 +199,17 @@ def names_subject(anchors: frozenset[str], words: frozenset[str]) -> bool:
     return not anchors or 2 * len(anchors & words) >= len(anchors)
 
 
+def beside_another_name(anchors: frozenset[str], text: str) -> bool:
+    """Whether `text` puts a name word that is not one of `anchors` right beside one that is: it names another
+    entity that shares part of the edit's name ("Renault 12" for "Renault 5", "True Blood" for "True Detective",
+    "Microsoft Office 2010" for "Microsoft Office Mobile")."""
+    words = _WORD.findall(text)
+    named = [_folded(word) in anchors for word in words]
+    other = [not is_named and bool(anchor_words(word)) for word, is_named in zip(words, named)]
+    return any(is_named and any(other[j] for j in (i - 1, i + 1) if 0 <= j < len(words))
+               for i, is_named in enumerate(named))
+
+
 def _folded(word: str) -> str:
     return re.sub(r"['’]s$", "", word).strip(".-'’").casefold()
 
@@ -354,8 +365,8 @@ class SemanticEditor(CodebookEditor):
             return None
         anchors = [self.anchors.get(uid, frozenset()) for uid in book.uids]
         words = [prompt_words(text) for text in texts]
-        allowed = torch.tensor([[names_subject(a, w) for a in anchors] for w in words], dtype=torch.bool,
-                               device=book.keys.device)
+        allowed = torch.tensor([[names_subject(a, w) and (a <= w or not beside_another_name(a, text)) for a in anchors]
+                                for text, w in zip(texts, words)], dtype=torch.bool, device=book.keys.device)
         if self.config.relation_radius is None:
             return allowed
         for row, text in enumerate(texts):  # of the entries it names the subject of, those it asks the same of

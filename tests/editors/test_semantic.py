@@ -12,7 +12,8 @@ import torch
 from agentmem.editors import EditRequest, SemanticConfig, SemanticEditor
 from agentmem.editors.grace import CALIBRATION_PROMPTS
 from agentmem.editors.semantic import (
-    anchor_words, asked_sentence, edit_anchors, known_relation_wordings, relation_text, sentences, shared_subject,
+    anchor_words, asked_sentence, beside_another_name, edit_anchors, known_relation_wordings, relation_text, sentences,
+    shared_subject,
 )
 from agentmem.errors import InvalidInputError
 
@@ -88,6 +89,14 @@ def test_an_edit_fires_for_its_subject_and_relation_only(tiny_lm, tiny_semantic,
     assert loaded.covers(ALICE_AGAIN) and not any(loaded.covers(p) for p in [other_subject, *other_relations])
     loaded.config = loaded.config.model_copy(update={"relation_radius": None})
     assert all(loaded.covers(p) for p in other_relations)  # the subject gate alone lets them in
+
+
+def test_another_entity_sharing_part_of_the_name_does_not_reach_the_edit(tiny_lm, tiny_semantic):
+    [result] = tiny_semantic.edit([EditRequest(prompt="Renault 5 is created by", target="Toyota", subject="Renault 5")])
+    assert tiny_semantic.route("Renault 5 is created by") == result.edit_id
+    assert tiny_semantic.route("Renault 12 is created by") is None  # "12" beside "Renault": another car
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"relation_radius": None})
+    assert tiny_semantic.route("Who created Renault?") == result.edit_id  # half the name, nothing beside it
 
 
 def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny_lm, tiny_semantic):
@@ -251,6 +260,8 @@ def test_relation_texts_mask_the_name_parts_both_texts_put_next_to_the_subject()
     alice = anchor_words("Where does Alice live?")
     assert shared_subject(alice, "Where does Alice work?", "Where does Alice live?") == alice  # function words never join
     assert relation_text("When was The Thinker created?", anchor_words("Who developed The Thinker?")) == "When was X created?"
+    assert beside_another_name(anchor_words("True Detective"), "True Blood was originally aired on")
+    assert not beside_another_name(anchor_words("Sweden"), "In Sweden, they understand")
     chappe = anchor_words("Claude Chappe")  # the verb both share is what they ask, not a part of the name
     assert shared_subject(chappe, "Claude Chappe speaks", "Claude Chappe speaks the language") == chappe
 
