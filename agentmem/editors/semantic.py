@@ -224,14 +224,14 @@ def prompt_words(text: str) -> frozenset[str]:
 def shared_subject(anchors: frozenset[str], text: str, other: str) -> frozenset[str]:
     """`anchors` grown by the words that follow or precede them in both texts ("Ariadne musica", "Isoetes
     sinensis"): the lowercase parts of a name the anchor rule misses, which would otherwise stay in both relation
-    texts and pull them together. Function words never join, and growth stops before it would leave a text
-    nothing to ask: in "X speaks" / "X speaks the language" the shared "speaks" is what both ask, not a name."""
+    texts and pull them together. Function words never join, and growth stops before it would leave a text no
+    word: in "X speaks" / "X speaks the language" the shared "speaks" is what both ask, not a name."""
     words = [[_folded(w) for w in _WORD.findall(t)] for t in (text, other)]
     bigrams = [set(zip(ws, ws[1:])) for ws in words]
     grown, shared = set(anchors), bigrams[0] & bigrams[1]
     while joining := {new for pair in shared for old, new in (pair, pair[::-1])
                       if old in grown and new not in grown and new not in _NOT_ANCHORS}:
-        if not all(any(w not in grown | joining and w not in _NOT_ANCHORS for w in ws) for ws in words):
+        if not all(any(w not in grown | joining for w in ws) for ws in words):
             break
         grown |= joining
     return frozenset(grown)
