@@ -97,6 +97,8 @@ def test_another_entity_sharing_part_of_the_name_does_not_reach_the_edit(tiny_lm
     assert tiny_semantic.route("Renault 12 is created by") is None  # "12" beside "Renault": another car
     tiny_semantic.config = tiny_semantic.config.model_copy(update={"relation_radius": None})
     assert tiny_semantic.route("Who created Renault?") == result.edit_id  # half the name, nothing beside it
+    assert beside_another_name(anchor_words("True Detective"), "True Blood was originally aired on")
+    assert not beside_another_name(anchor_words("Sweden"), "In Sweden, they understand")
 
 
 def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny_lm, tiny_semantic):
@@ -260,8 +262,6 @@ def test_relation_texts_mask_the_name_parts_both_texts_put_next_to_the_subject()
     alice = anchor_words("Where does Alice live?")
     assert shared_subject(alice, "Where does Alice work?", "Where does Alice live?") == alice  # function words never join
     assert relation_text("When was The Thinker created?", anchor_words("Who developed The Thinker?")) == "When was X created?"
-    assert beside_another_name(anchor_words("True Detective"), "True Blood was originally aired on")
-    assert not beside_another_name(anchor_words("Sweden"), "In Sweden, they understand")
     chappe = anchor_words("Claude Chappe")  # the verb both share is what they ask, not a part of the name
     assert shared_subject(chappe, "Claude Chappe speaks", "Claude Chappe speaks the language") == chappe
 
