@@ -45,9 +45,10 @@ Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in Min
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
 the edit prompt's anchor words (names, numbers: capitalised words other than question words
 and a sentence's function words, and digits) must occur in the prompt, and a prompt that names
-only part of them must not put another name word beside them (`beside_another_name`: "Renault 12"
-is another car than "Renault 5"; on CounterFact's first 1,000 cases it kept out 3 of the 11 neighbourhood
-prompts that reached an edit; of the other 8, 7 ask another case's edited fact of its subject). An edit that names its
+only part of them must not put another name word beside them, or across a word that joins a name's parts
+(`beside_another_name`: "Renault 12" is another car than "Renault 5", "The Garden of Death" another work than
+"Black as Death"; on CounterFact's first 1,000 cases it kept out 3 of the 11 neighbourhood prompts that reached an
+edit; of the other 8, 7 ask another case's edited fact of its subject). An edit that names its
 subject (`EditRequest.subject`, e.g. from the fact's parse) is anchored on that subject's names
 instead, or on its words when it names nothing ("The project deadline" -> project, deadline); a
 prompt that names nothing falls back to the subject the rule-based extractor parses from it
@@ -65,8 +66,8 @@ them (`shared_subject`): "Ariadne musica" has one anchor word, and "When was X m
 A radius alone cannot serve both benchmarks: CounterFact's wordings of one relation lie a median 0.72
 apart ("X is a native speaker of" / "The mother tongue of X is" 0.80), farther than two relations
 ("When was X born?" / "When did X die?" 0.64). So both relation texts are also placed among the known
-relations shipped with the package (`KnownRelations`, `data/relations.txt`, written for it: 68
-Wikidata-like relations, three wordings each, six to 19 for the 40 whose wordings vary most), by their nearest wording:
+relations shipped with the package (`KnownRelations`, `data/relations.txt`, written for it: 80
+Wikidata-like relations, three to 19 wordings each), by their nearest wording:
 texts that lean to the same known relation pass up to `known_relation_radius` (1.0) when the prompt names every
 word of the subject, texts that lean to two different ones, each by `known_relation_margin` (0.1), are kept out
 even within `relation_radius`. Both were picked from a small grid on the ZsRE train file and CounterFact cases
@@ -88,6 +89,10 @@ other relations through on cases 3000-3299 ("X is located in" for "X lives in"-l
 were picked on those two sets. Wordings are the larger lever: 10 to 19 for the 32 relations CounterFact asks about
 route 0.770 (cases 2000-2299, kept 0.964) and 0.810 (3000-3299, kept 0.979) with the same defaults; what still
 misses are mostly short templates that could ask several relations ("X, the", "X plays", "X, in", "X, of").
+Relations the file lacks draw their prompts to the nearest one it has ("Which is the license of X?" leaned to
+developer): 12 more relations ZsRE asks about, and more wordings for 16 of its own, kept on the ZsRE train file
+(`zsre_mend_train-1k.json`, records 0-499) 15 -> 12 of 495 other-relation questions routed to an edit, rephrases
+routed 0.896 -> 0.904 (CounterFact cases 2000-2299 0.780 -> 0.773, 3000-3299 0.820 -> 0.827, kept unchanged).
 `route_margin` leaves a prompt to the base model when its nearest entry is not that much nearer
 than the nearest entry with another target (measured in `eval.routing`).
 
@@ -124,6 +129,8 @@ _NOT_ANCHORS = frozenset(
     "i you he she we they name tell give list".split()
 )
 _WORD = re.compile(r"[\w][\w'’.-]*")
+# Lowercase words that join the parts of one name ("Isle of Man", "Ludwig van Beethoven", "Romeo and Juliet").
+_JOINING = frozenset("of the de la le du da di del von van der den and".split())
 # A run of masked anchor words, with up to two words joining a name's parts ("Call the Doctor", "Isle of Man",
 # "German submarine U-270") and an article before it ("The Thinker"): the subject becomes one "X", as in the edit's
 # own relation text.
@@ -203,13 +210,22 @@ def names_subject(anchors: frozenset[str], words: frozenset[str]) -> bool:
 
 
 def beside_another_name(anchors: frozenset[str], text: str) -> bool:
-    """Whether `text` puts a name word that is not one of `anchors` right beside one that is: it names another
-    entity that shares part of the edit's name ("Renault 12" for "Renault 5", "True Blood" for "True Detective",
-    "Microsoft Office 2010" for "Microsoft Office Mobile")."""
-    words = _WORD.findall(text)
-    named = [_folded(word) in anchors for word in words]
-    other = [not is_named and bool(anchor_words(word)) for word, is_named in zip(words, named)]
-    return any(is_named and any(other[j] for j in (i - 1, i + 1) if 0 <= j < len(words))
+    """Whether `text` puts a name word that is not one of `anchors` beside one that is, right beside it or across
+    up to two words that join a name's parts: it names another entity that shares part of the edit's name
+    ("Renault 12" for "Renault 5", "True Blood" for "True Detective", "The Garden of Death" for "Black as Death")."""
+    written = _WORD.findall(text)
+    words = [_folded(word) for word in written]
+    named = [word in anchors for word in words]
+    other = [not is_named and bool(anchor_words(word)) for word, is_named in zip(written, named)]
+
+    def next_word(i: int, step: int) -> int:  # the word beside word i, past up to two joining words
+        j = i + step
+        for _ in range(2):
+            if 0 <= j < len(words) and words[j] in _JOINING:
+                j += step
+        return j
+
+    return any(is_named and any(0 <= (j := next_word(i, step)) < len(words) and other[j] for step in (-1, 1))
                for i, is_named in enumerate(named))
 
 

@@ -99,6 +99,11 @@ def test_another_entity_sharing_part_of_the_name_does_not_reach_the_edit(tiny_lm
     assert tiny_semantic.route("Who created Renault?") == result.edit_id  # half the name, nothing beside it
     assert beside_another_name(anchor_words("True Detective"), "True Blood was originally aired on")
     assert not beside_another_name(anchor_words("Sweden"), "In Sweden, they understand")
+    # across the words that join a name's parts: another title that shares the word "Death"
+    [death] = tiny_semantic.edit([EditRequest(prompt="Which label released Black as Death?", target="Atlantic")])
+    assert tiny_semantic.route("Which label released Black as Death?") == death.edit_id
+    assert tiny_semantic.route("Which label released The Garden of Death?") is None
+    assert not beside_another_name(anchor_words("Black as Death"), "Which label released Death in the end?")
 
 
 def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny_lm, tiny_semantic):
