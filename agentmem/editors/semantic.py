@@ -45,10 +45,10 @@ Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in Min
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
 the edit prompt's anchor words (names, numbers: capitalised words other than question words
 and a sentence's function words, and digits) must occur in the prompt, and a prompt that names
-only part of them must not put another name word beside them, or across a word that joins a name's parts
-(`beside_another_name`: "Renault 12" is another car than "Renault 5", "The Garden of Death" another work than
-"Black as Death"; on CounterFact's first 1,000 cases it kept out 3 of the 11 neighbourhood prompts that reached an
-edit; of the other 8, 7 ask another case's edited fact of its subject). An edit that names its
+only part of them must not put another name word beside them, or across up to two lowercase words that join a
+name's parts (`beside_another_name`: "Renault 12" is another car than "Renault 5", "The Garden of Death" another
+work than "Black as Death"; on CounterFact's first 1,000 cases the rule with right-beside alone kept out 3 of the 11
+neighbourhood prompts that reached an edit; of the other 8, 7 ask another case's edited fact of its subject). An edit that names its
 subject (`EditRequest.subject`, e.g. from the fact's parse) is anchored on that subject's names
 instead, or on its words when it names nothing ("The project deadline" -> project, deadline); a
 prompt that names nothing falls back to the subject the rule-based extractor parses from it
@@ -129,8 +129,8 @@ _NOT_ANCHORS = frozenset(
     "i you he she we they name tell give list".split()
 )
 _WORD = re.compile(r"[\w][\w'’.-]*")
-# Lowercase words that join the parts of one name ("Isle of Man", "Ludwig van Beethoven", "Romeo and Juliet").
-_JOINING = frozenset("of the de la le du da di del von van der den and".split())
+# Lowercase words that join the parts of one name ("Isle of Man", "Ludwig van Beethoven", "Maria de la Cruz").
+_JOINING = frozenset("of de la le du da di del von van der den".split())
 # A run of masked anchor words, with up to two words joining a name's parts ("Call the Doctor", "Isle of Man",
 # "German submarine U-270") and an article before it ("The Thinker"): the subject becomes one "X", as in the edit's
 # own relation text.
@@ -211,17 +211,24 @@ def names_subject(anchors: frozenset[str], words: frozenset[str]) -> bool:
 
 def beside_another_name(anchors: frozenset[str], text: str) -> bool:
     """Whether `text` puts a name word that is not one of `anchors` beside one that is, right beside it or across
-    up to two words that join a name's parts: it names another entity that shares part of the edit's name
+    up to two lowercase words that join a name's parts ("of", "de la"; spaces only, no comma): it names another
+    entity that shares part of the edit's name
     ("Renault 12" for "Renault 5", "True Blood" for "True Detective", "The Garden of Death" for "Black as Death")."""
-    written = _WORD.findall(text)
-    words = [_folded(word) for word in written]
+    found = list(_WORD.finditer(text))
+    words = [_folded(match.group()) for match in found]
     named = [word in anchors for word in words]
-    other = [not is_named and bool(anchor_words(word)) for word, is_named in zip(written, named)]
+    other = [not is_named and bool(anchor_words(match.group())) for match, is_named in zip(found, named)]
+
+    def spaced(a: int, b: int) -> bool:  # only spaces between words a and b
+        return not text[found[min(a, b)].end():found[max(a, b)].start()].strip()
+
+    def joins(j: int, step: int) -> bool:  # word j is a lowercase joining word, spaced from the words either side
+        return found[j].group() in _JOINING and spaced(j - step, j) and spaced(j, j + step)
 
     def next_word(i: int, step: int) -> int:  # the word beside word i, past up to two joining words
         j = i + step
         for _ in range(2):
-            if 0 <= j < len(words) and words[j] in _JOINING:
+            if 0 <= j < len(words) and 0 <= j + step < len(words) and joins(j, step):
                 j += step
         return j
 

@@ -104,6 +104,7 @@ def test_another_entity_sharing_part_of_the_name_does_not_reach_the_edit(tiny_lm
     assert tiny_semantic.route("Which label released Black as Death?") == death.edit_id
     assert tiny_semantic.route("Which label released The Garden of Death?") is None
     assert not beside_another_name(anchor_words("Black as Death"), "Which label released Death in the end?")
+    assert not beside_another_name(anchor_words("Alice Smith"), "Where does Smith, of Apple, live?")
 
 
 def test_a_preamble_before_the_question_neither_blocks_nor_borrows_the_edit(tiny_lm, tiny_semantic):
