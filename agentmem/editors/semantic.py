@@ -92,7 +92,7 @@ misses are mostly short templates that could ask several relations ("X, the", "X
 Relations the file lacks draw their prompts to the nearest one it has ("Which is the license of X?" leaned to
 developer): 12 more relations ZsRE asks about, and more wordings for 16 of its own, kept on the ZsRE train file
 (`zsre_mend_train-1k.json`, records 0-499) 15 -> 12 of 495 other-relation questions routed to an edit, rephrases
-routed 0.896 -> 0.904 (CounterFact cases 2000-2299 0.780 -> 0.773, 3000-3299 0.820 -> 0.827, kept unchanged).
+routed 0.896 -> 0.904 (CounterFact cases 2000-2299 0.780 -> 0.783, 3000-3299 0.820 -> 0.830, kept unchanged).
 `route_margin` leaves a prompt to the base model when its nearest entry is not that much nearer
 than the nearest entry with another target (measured in `eval.routing`).
 
