@@ -214,6 +214,18 @@ def test_known_relations_admit_a_far_wording_of_the_edits_relation_and_keep_a_ne
     assert tiny_semantic.route("The father of Bram is") == mother.edit_id
 
 
+def test_a_short_template_that_may_ask_the_edits_relation_reaches_it(tiny_semantic):
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"base_agreement": None})
+    [result] = tiny_semantic.edit([EditRequest(prompt="Frank London, playing the", target="green",
+                                               subject="Frank London")])
+    # "X, playing the" / "X performs on the": 0.86 apart in MiniLM's space; the first is nearest playing position,
+    # instrument 0.013 behind; the second clearly instrument
+    assert tiny_semantic.route("Frank London performs on the") == result.edit_id
+    assert tiny_semantic.route("Frank London was born in") is None
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"known_relation_tolerance": 0.0})
+    assert tiny_semantic.route("Frank London performs on the") is None
+
+
 def test_the_base_models_state_decides_a_completion_prompt_the_relation_gates_are_unsure_of(tiny_lm, tiny_semantic,
                                                                                             tmp_path):
     [result] = tiny_semantic.edit([EditRequest(prompt="Ilona Kovacs was raised speaking", target="green",
