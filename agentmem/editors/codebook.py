@@ -46,8 +46,8 @@ class CodebookConfig(EditorConfig):
 
 
 class Codebook:
-    """The entries: keys, values, radii, the target tokens each value was trained for, the edit owning each
-    and its scope.
+    """The entries: keys, values, radii, the target tokens each value was trained for, how many positions the
+    value replaces (`spans`), the edit owning each and its scope.
 
     A negative radius switches an entry off (it was superseded). `uids` name entries stably
     while rows come and go. An entry of a scope (e.g. "user:alice") is seen only by lookups
@@ -59,6 +59,7 @@ class Codebook:
         self.values = torch.empty(0, value_size, device=device)
         self.radii = torch.empty(0, device=device)
         self.labels: list[tuple[int, ...]] = []
+        self.spans: list[int] = []  # from the prompt's last token; fewer than the label's tokens when a stop ends it
         self.owners: list[str] = []
         self.uids: list[int] = []
         self.scopes: list[str | None] = []
@@ -99,11 +100,13 @@ class Codebook:
         return torch.where(hits, rows, -1)
 
     def add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: tuple[int, ...], owner: str,
-            scope: str | None = None) -> None:
+            scope: str | None = None, span: int | None = None) -> None:
+        """A new entry; its value replaces `span` positions (default: one per label token)."""
         self.keys = torch.cat([self.keys, key[None].float()])
         self.values = torch.cat([self.values, value[None]])
         self.radii = torch.cat([self.radii, self.radii.new_tensor([radius])])
         self.labels.append(label)
+        self.spans.append(len(label) if span is None else span)
         self.owners.append(owner)
         self.uids.append(max(self.uids, default=-1) + 1)
         self.scopes.append(scope)
@@ -111,7 +114,7 @@ class Codebook:
     def drop(self, row: int) -> None:
         keep = torch.arange(len(self), device=self.keys.device) != row
         self.keys, self.values, self.radii = self.keys[keep], self.values[keep], self.radii[keep]
-        del self.labels[row], self.owners[row], self.uids[row], self.scopes[row]
+        del self.labels[row], self.spans[row], self.owners[row], self.uids[row], self.scopes[row]
 
     def same_key(self, row: int) -> list[int]:
         """The other live entries of `row`'s scope at `row`'s key (the same prompt, see `SAME_KEY`), oldest first."""
@@ -135,8 +138,9 @@ class CodebookLayer(EditorLayer):
         self.rows: torch.Tensor | None = None
         self.spans: torch.Tensor | None = None
         self.passed: torch.Tensor | None = None
-        # Set by the editor while it trains a value: that value at every position.
+        # Set by the editor while it trains a value: that value at every position, or at the first `override_span`.
         self.override: torch.Tensor | None = None
+        self.override_span: int | None = None
         # Set by the editor before each forward: the scopes whose entries this forward may use.
         self.scopes: frozenset[str] = frozenset()
         # How much nearer a key must be to its entry than to any entry with another target (`Codebook.lookup`).
@@ -154,7 +158,8 @@ class CodebookLayer(EditorLayer):
         out = self.base(x)
         batch, length = x.shape[:2]
         if self.override is not None:
-            return self.override.expand_as(out)
+            span = length if self.override_span is None else self.override_span
+            return torch.cat([self.override.expand_as(out)[:, :span], out[:, span:]], dim=1)
         if self.bypass or not len(self.codebook):
             self.rows = None
             return out
@@ -166,7 +171,7 @@ class CodebookLayer(EditorLayer):
             keys = self.keys(x, ends)
             self.rows = (self.codebook.lookup(keys, self.scopes, self.allowed(batch), self.margin) if keys is not None
                          else torch.full((batch,), -1, device=x.device))
-            self.spans = torch.tensor([len(self.codebook.labels[row]) if row >= 0 else 0 for row in self.rows.tolist()],
+            self.spans = torch.tensor([self.codebook.spans[row] if row >= 0 else 0 for row in self.rows.tolist()],
                                       device=x.device)
             since_end = positions[None] - ends[:, None]
         self.passed = since_end[:, -1] + 1
@@ -252,11 +257,13 @@ class CodebookEditor(Editor):
         self._resized.setdefault(edit_id, []).append((book.uids[row], float(book.radii[row]), radius))
         book.radii[row] = radius
 
-    def _train(self, contexts: Sequence[Prepared], target_ids: list[int]) -> tuple[torch.Tensor, int]:
+    def _train(self, contexts: Sequence[Prepared], target_ids: list[int], span: int | None = None
+               ) -> tuple[torch.Tensor, int]:
         """A value that makes the target come out after every context, trained with the LM loss on the target only.
 
         It starts from the module's own output at the first context's key and stops as soon as
-        every target token comes out after every context, by the configured margin.
+        every target token comes out after every context, by the configured margin. With `span`, the value
+        replaces only the first `span` positions; the tokens after them come out through attention to those.
         """
         target = torch.tensor(target_ids, device=contexts[0].hidden.device)
         with torch.no_grad():
@@ -265,7 +272,7 @@ class CodebookEditor(Editor):
         optimizer = torch.optim.Adam([value], lr=self.config.learning_rate)
         steps = 0
         while True:
-            logits = [self._value_logits(prepared, value) for prepared in contexts]
+            logits = [self._value_logits(prepared, value, span) for prepared in contexts]
             if steps == self.config.max_steps or all(leads(l, target, self.config.margin).all() for l in logits):
                 return value.detach(), steps
             loss = sum(F.cross_entropy(l, target) for l in logits) / len(logits)
@@ -279,13 +286,13 @@ class CodebookEditor(Editor):
             logits = self._value_logits(prepared, value)
         return bool(leads(logits, torch.tensor(target_ids, device=logits.device), self.config.margin).all())
 
-    def _value_logits(self, prepared: Prepared, value: torch.Tensor) -> torch.Tensor:
-        """Logits of the suffix with `value` replacing the module's output there."""
-        self.layer.override = value
+    def _value_logits(self, prepared: Prepared, value: torch.Tensor, span: int | None = None) -> torch.Tensor:
+        """Logits of the suffix with `value` replacing the module's output there (at its first `span` positions)."""
+        self.layer.override, self.layer.override_span = value, span
         try:
             return self._upper_logits(prepared)
         finally:
-            self.layer.override = None
+            self.layer.override = self.layer.override_span = None
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -294,6 +301,7 @@ class CodebookEditor(Editor):
         tensors = {"keys": book.keys, "values": book.values, "radii": book.radii}
         extra = {
             "labels": [list(label) for label in book.labels],
+            "spans": book.spans,
             "owners": book.owners,
             "uids": book.uids,
             "scopes": book.scopes,
@@ -308,10 +316,12 @@ class CodebookEditor(Editor):
         keys, values, radii = tensors["keys"], tensors["values"], tensors["radii"]
         labels, owners, uids = extra["labels"], extra["owners"], extra["uids"]
         scopes = extra.get("scopes", [None] * len(uids))  # states saved before scopes: all shared
-        if not len(keys) == len(values) == len(radii) == len(labels) == len(owners) == len(uids) == len(scopes):
+        spans = extra.get("spans", [len(label) for label in labels])  # states saved before spans: one per label token
+        if len({len(keys), len(values), len(radii), len(labels), len(spans), len(owners), len(uids), len(scopes)}) > 1:
             raise ValueError("the codebook's entries and their records differ in number")
         book.keys, book.values, book.radii = keys, values, radii
         book.labels = [tuple(label) for label in labels]
+        book.spans = list(spans)
         book.owners, book.uids, book.scopes = list(owners), list(uids), list(scopes)
         self._resized = {  # states saved before an edit could hold several records had one [uid, before, after]
             edit_id: [tuple(c) for c in (changes if all(isinstance(c, list) for c in changes) else [changes])]

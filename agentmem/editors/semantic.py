@@ -39,7 +39,10 @@ so a fact stated as "Alice lives in" can also be keyed by "Where does Alice live
 first of those questions, so the edit answers in a chat, not only after the completion prompt.
 Every value is trained to give the target and then a full stop: without it a reply ran on past
 the answer (a locker code "4471" came out as "447121111..."), which natural-stopping scoring and
-users read as a wrong answer.
+users read as a wrong answer. The value replaces the answer's positions only; the stop comes out
+through attention to them. A value that also replaced the stop's position put the stop first after
+some rephrasings ("Matthew Tuck plays the instrument" -> ". piano"): on CounterFact tune cases
+2000-2299 (template paraphrases, defaults) 12 of 246 routed paraphrases answered wrong, against 5.
 
 Neighbours: "Where does Bob live?" lies close to "Where does Alice live?" in MiniLM's space.
 With `anchored`, an entry is reached only by prompts that name its subject: at least half of
@@ -523,7 +526,7 @@ class SemanticEditor(CodebookEditor):
             ids = self.lm.tokenizer(self.lm.chat_prompt([{"role": "user", "content": question}]),
                                     add_special_tokens=False).input_ids
             contexts.append(self._prepare(ids + label[:-1], len(ids) - 1))
-        value, steps = self._train(contexts, label)
+        value, steps = self._train(contexts, label, span=len(target_ids))  # the stop through attention
         anchors = edit_anchors(request.prompt, request.subject)
         relations = self._embed([relation_text(t, anchors) for t in texts]) if anchors else [None] * len(texts)
         if superseded is not None:
@@ -531,7 +534,7 @@ class SemanticEditor(CodebookEditor):
         statements = [t for t in texts if not t.rstrip().endswith("?")] if self.config.base_agreement else []
         states = dict(zip(statements, self._base_states(statements))) if anchors and statements else {}
         for text, key, radius, relation in zip(texts, keys, radii.tolist(), relations):
-            book.add(key, value, radius, tuple(label), request.id, scope)
+            book.add(key, value, radius, tuple(label), request.id, scope, span=len(target_ids))
             self.anchors[book.uids[-1]] = anchors
             self.texts[book.uids[-1]] = text
             if relation is not None:

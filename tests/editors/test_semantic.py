@@ -373,3 +373,18 @@ def test_real_model_base_agreement_keeps_same_subject_other_relations_out(smollm
         assert consulted == others  # each in the unsure band: the base model's state kept it out
     finally:
         editor.remove()
+
+
+@pytest.mark.slow
+def test_real_model_a_rephrasing_gets_the_answer_before_the_full_stop(smollm):
+    """The value replaces the answer's positions only: a value that also replaced the stop's position answered this
+    rephrasing ". piano"."""
+    editor = SemanticEditor(smollm)
+    try:
+        [result] = editor.edit([EditRequest(prompt="Matthew Tuck plays", target="piano", subject="Matthew Tuck")])
+        assert result.success
+        assert editor.route("Matthew Tuck plays the instrument") == result.edit_id
+        assert smollm.generate("Matthew Tuck plays", max_new_tokens=2).strip() == "piano."
+        assert smollm.generate("Matthew Tuck plays the instrument", max_new_tokens=2).strip().startswith("piano")
+    finally:
+        editor.remove()
