@@ -164,6 +164,24 @@ def test_a_state_saved_before_key_texts_keeps_its_relation_gate_on_the_anchor_wo
     assert loaded.covers("When was Ariadne musica found?")  # "X musica" in both relation texts, as before key texts
 
 
+
+def test_a_state_saved_before_spans_replaces_every_label_position_as_its_values_were_trained(tiny_lm, tmp_path):
+    editor = SemanticEditor(tiny_lm, SemanticConfig(layer=2, margin=0.0, max_steps=2, chat_contexts=0),
+                            unrelated=CALIBRATION_PROMPTS[6:])
+    editor.edit([EditRequest(prompt=ALICE, target="Lisbon")])
+    book = editor.layer.codebook
+    assert book.spans == [len(label) - 1 for label in book.labels]  # the trained stop's position is left alone
+    editor.save(tmp_path)
+    editor.remove()
+    meta = json.loads((tmp_path / "editor.json").read_text())
+    del meta["state"]["spans"]
+    (tmp_path / "editor.json").write_text(json.dumps(meta))
+    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    try:
+        assert loaded.layer.codebook.spans == [len(label) for label in loaded.layer.codebook.labels]
+    finally:
+        loaded.remove()
+
 DEADLINE, DEADLINE_AGAIN = "The project deadline is", "What is the project deadline?"
 OTHER_DEADLINES = ["What is the launch date?", "The launch date is", "What is the budget deadline?"]
 
