@@ -151,18 +151,22 @@ def test_a_lowercase_part_of_the_name_does_not_carry_another_relation_through(ti
     assert SemanticEditor.load(tiny_lm, tmp_path).route("When was Ariadne musica found?") is None  # key texts saved
 
 
+def saved_without(editor: SemanticEditor, key: str, path) -> SemanticEditor:
+    """`editor` saved, removed and loaded again without `key` in its saved state: as an older version saved it."""
+    editor.save(path)
+    editor.remove()
+    meta = json.loads((path / "editor.json").read_text())
+    del meta["state"][key]
+    (path / "editor.json").write_text(json.dumps(meta))
+    return SemanticEditor.load(editor.lm, path)
+
+
 def test_a_state_saved_before_key_texts_keeps_its_relation_gate_on_the_anchor_words(tiny_lm, tiny_semantic, tmp_path):
     tiny_semantic.edit([EditRequest(prompt=ALICE, target="Lisbon", rephrases=(ALICE_AGAIN,)),
                         EditRequest(prompt="Which instrument was Ariadne musica written for?", target="green")])
-    tiny_semantic.save(tmp_path)
-    tiny_semantic.remove()
-    meta = json.loads((tmp_path / "editor.json").read_text())
-    del meta["state"]["texts"]
-    (tmp_path / "editor.json").write_text(json.dumps(meta))
-    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    loaded = saved_without(tiny_semantic, "texts", tmp_path)
     assert loaded.covers(ALICE_AGAIN) and not loaded.covers("Where does Alice work?")
     assert loaded.covers("When was Ariadne musica found?")  # "X musica" in both relation texts, as before key texts
-
 
 
 def test_a_state_saved_before_spans_replaces_every_label_position_as_its_values_were_trained(tiny_lm, tmp_path):
@@ -171,16 +175,12 @@ def test_a_state_saved_before_spans_replaces_every_label_position_as_its_values_
     editor.edit([EditRequest(prompt=ALICE, target="Lisbon")])
     book = editor.layer.codebook
     assert book.spans == [len(label) - 1 for label in book.labels]  # the trained stop's position is left alone
-    editor.save(tmp_path)
-    editor.remove()
-    meta = json.loads((tmp_path / "editor.json").read_text())
-    del meta["state"]["spans"]
-    (tmp_path / "editor.json").write_text(json.dumps(meta))
-    loaded = SemanticEditor.load(tiny_lm, tmp_path)
+    loaded = saved_without(editor, "spans", tmp_path)
     try:
         assert loaded.layer.codebook.spans == [len(label) for label in loaded.layer.codebook.labels]
     finally:
         loaded.remove()
+
 
 DEADLINE, DEADLINE_AGAIN = "The project deadline is", "What is the project deadline?"
 OTHER_DEADLINES = ["What is the launch date?", "The launch date is", "What is the budget deadline?"]
