@@ -101,6 +101,15 @@ texts lean to the same relation when some relation's nearest wording is within `
 each one's nearest of all: paraphrases routed on CounterFact cases 2000-2999 0.749 -> 0.787, 3000-3999 0.797 ->
 0.819, ZsRE train 0.904 -> 0.912; same subject, other relation kept 0.973 -> 0.969 (937), 0.961 -> 0.960 (929),
 0.976 -> 0.974 (495). A tolerance of 0.04 routed 0.812 on cases 2000-2999 (with the change below) but kept 0.955.
+Wordings of one relation can lie farther apart than `known_relation_radius` ("X expertise is" / "The domain of
+activity of X is" 1.11, "X writes in" / "The language used by X is" 1.01), so texts that lean to one known relation
+alone, the same one (no other relation within the tolerance of either's nearest), pass up to `sole_relation_radius`
+(1.2) when the prompt names every word of the subject: paraphrases routed on CounterFact cases 2000-2999 0.787 ->
+0.812, 3000-3999 0.819 -> 0.853, ZsRE train 0.912 -> 0.916, the ZsRE edit set's first 500 0.756 -> 0.758; same
+subject, other relation kept as before on all four but one more of 929 on cases 3000-3999 ("Paul Guimard was born
+in" for "Paul Guimard, a native"). Radii of 1.15 to 1.3 admitted the same pairs on those sets, 1.1 fewer, and the
+texts that may also ask another relation let "X, in" reach "X was released on" beyond 1.0 (an offline replay of the
+gate's features).
 Tried and dropped: subject growth (`shared_subject`) that never takes a word the known relations ask with routed
 more ("Waverley Root died in" / "... died in the city of" compare "X in" with "X in the city of"; cases 2000-2999
 +0.013, ZsRE train +0.014, neighbours unchanged there) but let "Marten Quist plays for" and "... plays football
@@ -290,6 +299,7 @@ class SemanticConfig(CodebookConfig):
     route_margin: float = Field(default=0.0, ge=0, le=2)  # a key nearer than this to another target's entry is left alone
     relation_radius: float | None = Field(default=0.75, gt=0, le=2)  # see "Neighbours"; None: no relation gate
     known_relation_radius: float | None = Field(default=1.0, gt=0, le=2)  # None: the relation radius alone decides
+    sole_relation_radius: float = Field(default=1.2, ge=0, le=2)  # both lean to one known relation alone; 0: no such pass
     known_relation_margin: float = Field(default=0.1, ge=0, le=2)  # cosine lead that makes a known relation clear
     known_relation_tolerance: float = Field(default=0.02, ge=0, le=2)  # relations this near a text's nearest: it may ask
     base_agreement: float | None = Field(default=0.95, gt=0, le=1)  # see "Neighbours"; None: no base-model signal
@@ -419,8 +429,9 @@ class SemanticEditor(CodebookEditor):
         """Per entry, whether `text` (with these `prompt_words`) asks what its key text asks: their relation texts
         lie within `relation_radius` and do not lean clearly to two different known relations, or within
         `known_relation_radius`, may both ask one known relation (each text's nearest wording of it within
-        `known_relation_tolerance` of its nearest of all), and `text` names all of the entry's subject words (another
-        subject that shares half of them, "Toyota Camry" for "Toyota Corolla", often asks the same relation)."""
+        `known_relation_tolerance` of its nearest of all), or within `sole_relation_radius`, may both ask that one
+        alone, and `text` names all of the entry's subject words (another subject that shares half of them, "Toyota
+        Camry" for "Toyota Corolla", often asks the same relation)."""
         asked, theirs = self._relation_keys(text, uids, anchors)
         distances, config = (asked - theirs).norm(dim=1), self.config
         whole = torch.tensor([a <= words for a in anchors], device=distances.device)
@@ -431,9 +442,12 @@ class SemanticEditor(CodebookEditor):
             mine, its = self.known_relations.shortfall(asked), self.known_relations.shortfall(theirs)
             margin, tolerance = config.known_relation_margin, config.known_relation_tolerance
             clear = ((mine <= margin).sum(dim=1) == 1) & ((its <= margin).sum(dim=1) == 1)  # each leans to one alone
-            same = ((mine <= tolerance) & (its <= tolerance)).any(dim=1)  # a known relation both may ask
+            may_mine, may_its = mine <= tolerance, its <= tolerance
+            same = (may_mine & may_its).any(dim=1)  # a known relation both may ask
+            sole = same & (may_mine.sum(dim=1) == 1) & (may_its.sum(dim=1) == 1)  # and neither may ask another
             near, nearer = distances <= config.relation_radius, distances <= config.known_relation_radius
-            same, apart = near & (same | ~clear) | nearer & same & whole, clear & ~same
+            farther = distances <= config.sole_relation_radius
+            same, apart = near & (same | ~clear) | whole & (nearer & same | farther & sole), clear & ~same
         if config.base_agreement is None or text.rstrip().endswith("?"):
             return same
         unsure = [i for i, uid in enumerate(uids) if not same[i] and not apart[i] and whole[i] and uid in self.states

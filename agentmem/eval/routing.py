@@ -26,11 +26,11 @@ paraphrases do not join the two templates into one relation (`counterfact_neighb
 
 Signals: the semantic key (MiniLM embedding of the prompt, balls sized against the unrelated
 prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relation gate
-(`SemanticConfig.relation_radius`); + the known relations (`SemanticConfig.known_relation_radius`);
-+ the base model's agreement (`SemanticConfig.base_agreement`, the defaults); + a margin against the nearest
-entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's input at the last
-prompt token). `--skip K` leaves out the first K records (CounterFact with `--paraphrases template`: template
-cases), so that signals are tuned on other records than the benchmarks measure (K >= 2000 on CounterFact).
+(`SemanticConfig.relation_radius`); + the known relations (`SemanticConfig.known_relation_radius`,
+`sole_relation_radius`); + the base model's agreement (`SemanticConfig.base_agreement`, the defaults); + a margin
+against the nearest entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's
+input at the last prompt token). `--skip K` leaves out the first K records (CounterFact with `--paraphrases
+template`: template cases), so that signals are tuned on other records than the benchmarks measure (K >= 2000 on CounterFact).
 With `--given-subject` the semantic edits carry the record's subject (`EditRequest.subject`), whose words
 then are the gate's anchors, instead of the names and numbers derived from the question.
 """
@@ -152,7 +152,7 @@ def variants(margins: Sequence[float], radii: Sequence[float]) -> list[tuple[str
     known = {"anchored": True, "relation_radius": default.relation_radius,
              "known_relation_radius": default.known_relation_radius, "route_margin": 0.0, "base_agreement": None}
     name = ("semantic key" + gate + relation.format(default.relation_radius)
-            + f" + known relations {default.known_relation_radius:g}")
+            + f" + known relations {default.known_relation_radius:g} / {default.sole_relation_radius:g}")
     out += [(name, known)]
     agree = known | {"base_agreement": default.base_agreement}
     name += f" + base agreement {default.base_agreement:g}"

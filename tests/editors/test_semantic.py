@@ -232,6 +232,18 @@ def test_known_relations_admit_a_far_wording_of_the_edits_relation_and_keep_a_ne
     assert tiny_semantic.route("The father of Bram is") == mother.edit_id
 
 
+def test_wordings_far_apart_that_each_lean_to_one_known_relation_alone_reach_its_edit(tiny_semantic):
+    [result] = tiny_semantic.edit([EditRequest(prompt="Nicolas Chuquet's expertise is", target="green",
+                                               subject="Nicolas Chuquet")])
+    # "X expertise is" / "The domain of activity of X is": 1.11 apart in MiniLM's space, beyond the known-relation
+    # radius; each nearest field of work, every other relation 0.11 or more behind
+    rephrased = "The domain of activity of Nicolas Chuquet is"
+    assert tiny_semantic.route(rephrased) == result.edit_id
+    assert tiny_semantic.route("Nicolas Chuquet was born in") is None  # 1.05 apart, nearest place of birth
+    tiny_semantic.config = tiny_semantic.config.model_copy(update={"sole_relation_radius": 0.0})
+    assert tiny_semantic.route(rephrased) is None
+
+
 def test_a_short_template_that_may_ask_the_edits_relation_reaches_it(tiny_semantic):
     tiny_semantic.config = tiny_semantic.config.model_copy(update={"base_agreement": None})
     [result] = tiny_semantic.edit([EditRequest(prompt="Frank London, playing the", target="green",
