@@ -299,7 +299,7 @@ class SemanticConfig(CodebookConfig):
     route_margin: float = Field(default=0.0, ge=0, le=2)  # a key nearer than this to another target's entry is left alone
     relation_radius: float | None = Field(default=0.75, gt=0, le=2)  # see "Neighbours"; None: no relation gate
     known_relation_radius: float | None = Field(default=1.0, gt=0, le=2)  # None: the relation radius alone decides
-    sole_relation_radius: float = Field(default=1.2, ge=0, le=2)  # both lean to one known relation alone; 0: no such pass
+    sole_relation_radius: float = Field(default=1.2, ge=0, le=2)  # both lean to one known relation alone; 0: off
     known_relation_margin: float = Field(default=0.1, ge=0, le=2)  # cosine lead that makes a known relation clear
     known_relation_tolerance: float = Field(default=0.02, ge=0, le=2)  # relations this near a text's nearest: it may ask
     base_agreement: float | None = Field(default=0.95, gt=0, le=1)  # see "Neighbours"; None: no base-model signal

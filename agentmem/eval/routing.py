@@ -30,7 +30,8 @@ prompts) alone; + the subject-word gate (`SemanticConfig.anchored`); + the relat
 `sole_relation_radius`); + the base model's agreement (`SemanticConfig.base_agreement`, the defaults); + a margin
 against the nearest entry with another target (`SemanticConfig.route_margin`); and GRACE's own key (the module's
 input at the last prompt token). `--skip K` leaves out the first K records (CounterFact with `--paraphrases
-template`: template cases), so that signals are tuned on other records than the benchmarks measure (K >= 2000 on CounterFact).
+template`: template cases), so that signals are tuned on other records than the benchmarks measure (K >= 2000 on
+CounterFact).
 With `--given-subject` the semantic edits carry the record's subject (`EditRequest.subject`), whose words
 then are the gate's anchors, instead of the names and numbers derived from the question.
 """
