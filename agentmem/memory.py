@@ -170,6 +170,7 @@ class Memory:
     def _release(self) -> None:
         self._helpers.shutdown(wait=False)
         self._parametric.close()
+        self._sync.close()
         self._index.close()
         self._graph.close()
 
@@ -248,12 +249,13 @@ class Memory:
         return notes
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
-        """Store the items; their index write finishes in the background (`Sections.write_index_later`)."""
+        """Store the items; an index write the commit left finishes in the background (`Sections.write_index_later`)."""
         drafts = [self._writer.draft(item) for item in items]
         embeddings, ahead = self._embed_searching_ahead(drafts)
         with self._sections.exclusive():
             notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate, ahead)
-            self._sections.write_index_later(index_write)
+            if index_write is not None:
+                self._sections.write_index_later(index_write)
         return notes
 
     def _embed_searching_ahead(self, drafts: list[Note]) -> tuple[np.ndarray, SearchAhead | None]:

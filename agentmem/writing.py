@@ -2,8 +2,8 @@
 
 Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
 batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
-runs inside the caller's exclusive section and one transaction (its index write may follow the
-section, see `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
+runs inside the caller's exclusive section and one transaction (its index write is made beside
+the commit, `IndexSync.beside_commit`, or follows the section, `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
 reinforces a near-duplicate instead of copying it, links the rest and lets linked neighbours
 absorb a few keywords (recorded by origin, so `forget` can take them back).
 """
@@ -118,10 +118,11 @@ class WritePath:
 
     def store_notes(
         self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool, ahead: SearchAhead | None = None
-    ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim]]:
+    ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim] | None]:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
-        note it duplicates), and the index write (`IndexSync.claimed`, not yet entered). `ahead`:
-        the drafts' nearest indexed notes, searched before, used if they still hold."""
+        note it duplicates), and the index write still to make (`IndexSync.claimed`, not yet
+        entered), or None when the index was written beside the commit (`IndexSync.beside_commit`).
+        `ahead`: the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
         searched = None if ahead is None else ahead.results(len(drafts))
         found, neighbours = self.neighbour_candidates(drafts, embeddings, searched)
@@ -132,7 +133,7 @@ class WritePath:
         wanted = {i for near in candidates for i, _ in near if isinstance(i, str)}
         known = {i: note for stored in neighbours for i, note in stored.notes(wanted).items()}
         stored: list[Note] = []
-        with self.store.transaction():
+        with self.index.beside_commit() as beside, self.store.transaction():
             batch = WriteBatch(self.store)
             for position, draft in enumerate(drafts):
                 earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
@@ -140,12 +141,14 @@ class WritePath:
                 stored.append(self.insert_or_reinforce(
                     batch, draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
+            beside.start([(note, own if searched is None else searched) for note, own, searched in batch.notes])
             batch.flush()
         ids = list(dict.fromkeys(note.id for note in stored))
-        index_write = self.index.claimed(ids, written={
+        unwritten = [i for i in ids if i not in beside.written]
+        index_write = self.index.claimed(unwritten, written={
             draft.id: (draft, embedding if searched is None else searched)
             for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known
-        })
+        }) if unwritten else None
         # `known` holds each note as the transaction left it (a later draft of the batch may have
         # evolved or reinforced it): reading them back cost a round trip, and 0.14 s a batch of 200
         as_stored = {i: known[i].model_copy(update={"links": self.store.links_of(i)}) for i in ids}

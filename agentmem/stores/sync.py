@@ -1,7 +1,9 @@
 """Keeping the vector index in step with the note graph, which is the source of truth.
 
 Every write commits to the graph with an outbox entry; `push` then writes the index and
-clears the entries (on a shared store, possibly after the write lock: see `claimed`). If
+clears the entries (on a shared store, possibly after the write lock: see `claimed`; where
+the lock holder alone writes the index, new notes' vectors are written during the commit:
+see `beside_commit`). If
 the index cannot be reached after the graph committed, the write still stands (it is
 durable) and the outbox syncs it on a later call: a call that returns has stored its
 notes, a call that raises has changed nothing.
@@ -18,6 +20,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
+from .beside_commit import BesideCommit
 from .location import GRAPH_FILE
 from .rows import OutboxClaim
 from .store import NoteStore
@@ -71,6 +75,11 @@ class IndexSync:
     def __init__(self, graph: NoteStore, index: VectorIndex) -> None:
         self.graph, self.index = graph, index
         self._whole: set[tuple[tuple[str, Any], ...]] = set()  # conditions whose last search admitted all it found
+        # one worker of its own: the helpers a memory shares may all be waiting for the section that writes
+        self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmem-index-beside")
+
+    def close(self) -> None:
+        self._beside.shutdown(wait=False)
 
     def search(
         self, embeddings: np.ndarray, n: int, conditions: dict[str, Any], found: Found | None = None
@@ -177,6 +186,11 @@ class IndexSync:
         its outbox claim against other processes, and the index is a server (an embedded index is
         files that only a lock holder writes)."""
         return self.graph.claims_across_processes and self.index.mode == "server"
+
+    def beside_commit(self) -> BesideCommit:
+        """Where the lock holder alone writes the index (not `concurrent`), the context in which a
+        transaction's new notes are written to it while it commits; elsewhere one that writes nothing."""
+        return BesideCommit(self.graph, self.index, None if self.concurrent else self._beside)
 
     def reconcile(self, full: bool = False) -> None:
         """Replay the outbox (the rows no live writer holds); with `full`, also compare every id

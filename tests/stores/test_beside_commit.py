@@ -1,0 +1,98 @@
+"""New notes' index write made during their commit, on each note store with an embedded index."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from agentmem import Memory
+from agentmem.errors import StoreUnavailableError
+
+from ..conftest import T0
+from ..test_memory import index_ids
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, tmp_path, monkeypatch):
+    """Where a memory with an embedded index lives: a folder, or a PostgreSQL database (its
+    index then in the local folder under AGENTMEM_HOME)."""
+    if request.param == "sqlite":
+        return tmp_path / "m"
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    return request.getfixturevalue("postgres_url")
+
+
+def failing(error: Exception):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+def test_a_remember_takes_the_store_lock_once_and_leaves_no_index_write_behind(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        first = mem.remember("Nora rows on the lake every morning", at=T0)
+        taken = []
+        lock = mem._graph.lock
+
+        @contextmanager
+        def counted():
+            taken.append(1)
+            with lock():
+                yield
+
+        monkeypatch.setattr(mem._graph, "lock", counted)
+        second = mem.remember("Nora's boat is a red wooden skiff", at=T0)
+        mem._sections.wait()
+        assert len(taken) == 1  # the write section; the index was written inside it
+        assert not mem._graph.has_pending()
+        assert index_ids(mem) == {first.id, second.id}
+
+
+def test_a_write_that_fails_after_its_vectors_went_takes_them_back(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        kept = mem.remember("Omar bakes sourdough on Sundays", at=T0)
+        monkeypatch.setattr(mem._graph, "link_many", failing(StoreUnavailableError("the server went away")))
+        with pytest.raises(StoreUnavailableError):
+            mem.remember_many(["Omar's starter is ten years old", "Omar sells bread at the market"], at=T0)
+        monkeypatch.undo()
+        assert index_ids(mem) == {kept.id} and mem.stats().notes == 1 and not mem._graph.has_pending()
+
+
+def test_vectors_a_failed_write_cannot_take_back_are_skipped_and_gone_after_reopening(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        kept = mem.remember("Pia climbs in the Dolomites", at=T0)
+        monkeypatch.setattr(mem._graph, "link_many", failing(StoreUnavailableError("the server went away")))
+        monkeypatch.setattr(mem._index, "delete", failing(StoreUnavailableError("the index went away too")))
+        with pytest.raises(StoreUnavailableError):
+            mem.remember("Pia's rope is sixty metres long", at=T0)
+        monkeypatch.undo()
+        assert len(mem._index.tokens()) == 2  # a stray no note claims
+        assert [h.note.id for h in mem.recall("Pia's climbing rope", k=5, at=T0)] == [kept.id]
+    with Memory(location, embedder=embedder) as mem:
+        assert index_ids(mem) == {kept.id} and len(mem._index.tokens()) == 1
+
+
+def test_an_index_that_refuses_the_write_beside_the_commit_gets_it_after(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        upsert = mem._index.upsert
+        calls = []
+
+        def once_refused(notes, embeddings):
+            calls.append(len(notes))
+            if len(calls) == 1:
+                raise StoreUnavailableError("the index is busy")
+            upsert(notes, embeddings)
+
+        monkeypatch.setattr(mem._index, "upsert", once_refused)
+        note = mem.remember("Quinn repairs old radios", at=T0)
+        assert index_ids(mem) == {note.id} and not mem._graph.has_pending() and calls == [1, 1]
+
+
+def test_an_outbox_that_cannot_be_cleared_is_replayed_and_the_remember_stands(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
+        note = mem.remember("Rosa keeps a diary in French", at=T0)
+        assert mem._graph.has_pending()
+        monkeypatch.undo()
+        assert mem.get(note.id).text == "Rosa keeps a diary in French"  # the call replays the outbox first
+        assert index_ids(mem) == {note.id} and not mem._graph.has_pending()
