@@ -4,8 +4,9 @@ Every call that writes, or reads what a write depends on, runs in the exclusive 
 process's lock (its threads take turns on the store's connection and its link view), then the
 store's lock across processes (a file lock, or PostgreSQL's advisory lock), after catching up
 with what other processes committed. A read of committed rows alone takes this process's lock
-only (`reading`). A remember's vector-index write finishes in the background (`IndexWrites`);
-every other call waits for it first, so it sees the index as the last remember left it.
+only (`reading`). An index write a remember leaves after its commit finishes in the background
+(`IndexWrites`); every other call waits for it first, so it sees the index as the last remember
+left it.
 """
 from __future__ import annotations
 
