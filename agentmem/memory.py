@@ -170,7 +170,6 @@ class Memory:
     def _release(self) -> None:
         self._helpers.shutdown(wait=False)
         self._parametric.close()
-        self._sync.close()
         self._index.close()
         self._graph.close()
 

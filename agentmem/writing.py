@@ -2,8 +2,8 @@
 
 Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
 batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
-runs inside the caller's exclusive section and one transaction (its index write is made beside
-the commit, `IndexSync.beside_commit`, or follows the section, `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
+runs inside the caller's exclusive section and one transaction (its index write is made in it,
+`IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
 reinforces a near-duplicate instead of copying it, links the rest and lets linked neighbours
 absorb a few keywords (recorded by origin, so `forget` can take them back).
 """
@@ -121,7 +121,7 @@ class WritePath:
     ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim] | None]:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
         note it duplicates), and the index write still to make (`IndexSync.claimed`, not yet
-        entered), or None when the index was written beside the commit (`IndexSync.beside_commit`).
+        entered), or None when the index was written before the commit (`IndexSync.early_write`).
         `ahead`: the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
         searched = None if ahead is None else ahead.results(len(drafts))
@@ -133,7 +133,7 @@ class WritePath:
         wanted = {i for near in candidates for i, _ in near if isinstance(i, str)}
         known = {i: note for stored in neighbours for i, note in stored.notes(wanted).items()}
         stored: list[Note] = []
-        with self.index.beside_commit() as beside, self.store.transaction():
+        with self.index.early_write() as early, self.store.transaction():
             batch = WriteBatch(self.store)
             for position, draft in enumerate(drafts):
                 earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
@@ -141,10 +141,10 @@ class WritePath:
                 stored.append(self.insert_or_reinforce(
                     batch, draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
-            beside.start([(note, own if searched is None else searched) for note, own, searched in batch.notes])
             batch.flush()
+            early.write([(note, own if searched is None else searched) for note, own, searched in batch.notes])
         ids = list(dict.fromkeys(note.id for note in stored))
-        unwritten = [i for i in ids if i not in beside.written]
+        unwritten = [i for i in ids if i not in early.written]
         index_write = self.index.claimed(unwritten, written={
             draft.id: (draft, embedding if searched is None else searched)
             for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known

@@ -28,12 +28,13 @@ batch is also encoded by the baseline (MiniLM alone, same batch size), the two a
 which goes first, so a load spike on a shared machine hits both alike. The ratio reported is
 the median of the per-batch ratios (remember_many texts/s over encode texts/s), with the range.
 
-With the embedded index used here, a remember's vectors are written while its note commits
-(`stores.beside_commit`); an index write left after the commit (a duplicate revived, an index
+With the embedded index used here, a remember's vectors are written before its note commits
+(`stores.early_index`); an index write left after the commit (a duplicate revived, an index
 that refused the write) finishes in the background (`stores.index_writes`). Each timed remember
 is reported twice: until the call returns, and with any index write left (the benchmark then
-reads the note back, which waits for the write; the read itself costs a fraction of a millisecond). The baseline's `add` writes its collection before it
-returns, and a memory's next call waits for the write, so the target is held to the second figure.
+reads the note back, which waits for the write; the read itself costs about a millisecond).
+The baseline's `add` writes its collection before it returns, and a memory's next call waits
+for any write left, so the target is held to the second figure.
 No timed step, ours or the baseline's, shares the machine with a write of the other. A timed
 remember_many batch includes its index write.
 """

@@ -2,8 +2,8 @@
 
 Every write commits to the graph with an outbox entry; `push` then writes the index and
 clears the entries (on a shared store, possibly after the write lock: see `claimed`; where
-the lock holder alone writes the index, new notes' vectors are written during the commit:
-see `beside_commit`). If
+the lock holder alone writes the index, new notes' vectors are written before the commit:
+see `early_write`). If
 the index cannot be reached after the graph committed, the write still stands (it is
 durable) and the outbox syncs it on a later call: a call that returns has stored its
 notes, a call that raises has changed nothing.
@@ -20,7 +20,6 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
-from .beside_commit import BesideCommit
+from .early_index import EarlyIndexWrite
 from .location import GRAPH_FILE
 from .rows import OutboxClaim
 from .store import NoteStore
@@ -75,11 +74,6 @@ class IndexSync:
     def __init__(self, graph: NoteStore, index: VectorIndex) -> None:
         self.graph, self.index = graph, index
         self._whole: set[tuple[tuple[str, Any], ...]] = set()  # conditions whose last search admitted all it found
-        # one worker of its own: the helpers a memory shares may all be waiting for the section that writes
-        self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmem-index-beside")
-
-    def close(self) -> None:
-        self._beside.shutdown(wait=False)
 
     def search(
         self, embeddings: np.ndarray, n: int, conditions: dict[str, Any], found: Found | None = None
@@ -187,10 +181,10 @@ class IndexSync:
         files that only a lock holder writes)."""
         return self.graph.claims_across_processes and self.index.mode == "server"
 
-    def beside_commit(self) -> BesideCommit:
-        """Where the lock holder alone writes the index (not `concurrent`), the context in which a
-        transaction's new notes are written to it while it commits; elsewhere one that writes nothing."""
-        return BesideCommit(self.graph, self.index, None if self.concurrent else self._beside)
+    def early_write(self) -> EarlyIndexWrite:
+        """The context in which a transaction's new notes are written to the index before it commits,
+        where the lock holder alone writes the index (not `concurrent`); elsewhere it writes nothing."""
+        return EarlyIndexWrite(self.graph, self.index, not self.concurrent)
 
     def reconcile(self, full: bool = False) -> None:
         """Replay the outbox (the rows no live writer holds); with `full`, also compare every id

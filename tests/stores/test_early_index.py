@@ -1,4 +1,4 @@
-"""New notes' index write made during their commit, on each note store with an embedded index."""
+"""New notes' index write made in their transaction, on each note store with an embedded index."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -51,7 +51,7 @@ def test_a_remember_takes_the_store_lock_once_and_leaves_no_index_write_behind(l
 def test_a_write_that_fails_after_its_vectors_went_takes_them_back(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         kept = mem.remember("Omar bakes sourdough on Sundays", at=T0)
-        monkeypatch.setattr(mem._graph, "link_many", failing(StoreUnavailableError("the server went away")))
+        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
         with pytest.raises(StoreUnavailableError):
             mem.remember_many(["Omar's starter is ten years old", "Omar sells bread at the market"], at=T0)
         monkeypatch.undo()
@@ -61,7 +61,7 @@ def test_a_write_that_fails_after_its_vectors_went_takes_them_back(location, emb
 def test_vectors_a_failed_write_cannot_take_back_are_skipped_and_gone_after_reopening(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         kept = mem.remember("Pia climbs in the Dolomites", at=T0)
-        monkeypatch.setattr(mem._graph, "link_many", failing(StoreUnavailableError("the server went away")))
+        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
         monkeypatch.setattr(mem._index, "delete", failing(StoreUnavailableError("the index went away too")))
         with pytest.raises(StoreUnavailableError):
             mem.remember("Pia's rope is sixty metres long", at=T0)
@@ -72,7 +72,7 @@ def test_vectors_a_failed_write_cannot_take_back_are_skipped_and_gone_after_reop
         assert index_ids(mem) == {kept.id} and len(mem._index.tokens()) == 1
 
 
-def test_an_index_that_refuses_the_write_beside_the_commit_gets_it_after(location, embedder, monkeypatch):
+def test_an_index_that_refuses_the_write_before_the_commit_gets_it_after(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         upsert = mem._index.upsert
         calls = []
@@ -86,13 +86,3 @@ def test_an_index_that_refuses_the_write_beside_the_commit_gets_it_after(locatio
         monkeypatch.setattr(mem._index, "upsert", once_refused)
         note = mem.remember("Quinn repairs old radios", at=T0)
         assert index_ids(mem) == {note.id} and not mem._graph.has_pending() and calls == [1, 1]
-
-
-def test_an_outbox_that_cannot_be_cleared_is_replayed_and_the_remember_stands(location, embedder, monkeypatch):
-    with Memory(location, embedder=embedder) as mem:
-        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
-        note = mem.remember("Rosa keeps a diary in French", at=T0)
-        assert mem._graph.has_pending()
-        monkeypatch.undo()
-        assert mem.get(note.id).text == "Rosa keeps a diary in French"  # the call replays the outbox first
-        assert index_ids(mem) == {note.id} and not mem._graph.has_pending()
