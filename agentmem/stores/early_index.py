@@ -11,8 +11,10 @@ nothing is left for after the commit.
 The write runs on the caller's thread: Chroma's embedded upsert holds Python's lock while it
 works, so a worker thread beside the commit only delayed the commit's own replies (on
 PostgreSQL at 1k notes, 7.1 ms for the commit with the upsert beside it, against 1.7 ms
-alone). Nothing acknowledged is lost: a transaction that fails takes its vectors out of the
-index again; if that fails too, or the process dies before the commit, they are strays no
+alone). Nothing acknowledged is lost: a transaction that fails takes out the vectors of the
+notes the store does not hold (a PostgreSQL connection lost with the COMMIT sent may have
+committed, and then the note keeps its vector, having no outbox row left to replay it); if
+that check or the delete fails, or the process dies before the commit, they are strays no
 note claims, which searches skip (the store maps each found token to its note) and the next
 open removes. An index that refuses the write leaves the outbox rows to the write after the
 commit (`IndexSync.claimed`).
@@ -60,8 +62,9 @@ class EarlyIndexWrite:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if kind is None or not self.written:
             return
-        try:  # the transaction failed: its vectors come out again
-            self.index.delete(self.written)
+        try:  # the transaction failed: the vectors of the notes it did not store come out again
+            stored = self.graph.get_many(self.written, links=False)
+            self.index.delete([note_id for note_id in self.written if note_id not in stored])
         except Exception as exc:
             log.warning("%d vector(s) of a failed write stay in the index until it is opened again: %s",
                         len(self.written), exc)

@@ -740,7 +740,11 @@ class PostgresNoteGraph(SqlNoteStore):
         index (10k notes: 3.2 ms, 1.3 ms after ANALYZE)."""
         notes = self.graph.number_of_nodes()
         if notes >= 2 * self._analyzed_notes + ANALYZE_AT_LEAST:
-            self._run("ANALYZE notes")
+            try:  # after a commit: its failure is not the write's
+                self._run("ANALYZE notes")
+            except AgentMemError as exc:
+                log.warning("the planner's statistics of the notes were not refreshed: %s", exc)
+                return
             self._analyzed_notes = notes
 
     def merge_full_text(self) -> None:

@@ -86,3 +86,24 @@ def test_an_index_that_refuses_the_write_before_the_commit_gets_it_after(locatio
         monkeypatch.setattr(mem._index, "upsert", once_refused)
         note = mem.remember("Quinn repairs old radios", at=T0)
         assert index_ids(mem) == {note.id} and not mem._graph.has_pending() and calls == [1, 1]
+
+
+def test_a_write_whose_commit_landed_before_its_call_failed_keeps_its_vectors(location, embedder, monkeypatch):
+    """The connection lost with the COMMIT sent: the note may be stored, with no outbox row left
+    to replay its vector, so the vector stays; and a retry finds the note instead of copying it."""
+    with Memory(location, embedder=embedder) as mem:
+        transaction = mem._graph.transaction
+
+        @contextmanager
+        def lost_after_the_commit(bookkeeping=False):
+            with transaction(bookkeeping):
+                yield
+            raise StoreUnavailableError("the connection was lost after the commit reached the server")
+
+        monkeypatch.setattr(mem._graph, "transaction", lost_after_the_commit)
+        with pytest.raises(StoreUnavailableError):
+            mem.remember("Saul tunes pianos in Vienna", at=T0)
+        monkeypatch.undo()
+        [note] = mem.notes()
+        assert index_ids(mem) == {note.id} and not mem._graph.has_pending()
+        assert mem.remember("Saul tunes pianos in Vienna", at=T0).id == note.id

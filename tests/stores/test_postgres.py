@@ -335,6 +335,29 @@ def test_a_store_that_doubled_refreshes_the_planner_s_statistics(store, postgres
     assert planned_notes() == 600
 
 
+def test_a_commit_stands_when_the_statistics_refresh_after_it_fails(store, postgres_url, monkeypatch):
+    """The refresh runs after the commit: its failure is logged, the write returns, a later commit retries."""
+    run = store._run
+
+    def analyze_fails(sql, params=()):
+        if sql.startswith("ANALYZE"):
+            raise StoreUnavailableError("the server went away")
+        return run(sql, params)
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # only the store's own ANALYZE counts here
+        conn.execute("ALTER TABLE notes SET (autovacuum_enabled = false)")
+    monkeypatch.setattr(store, "_run", analyze_fails)
+    with store.transaction():
+        for i in range(600):
+            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
+    monkeypatch.undo()
+    assert len(store.all_ids()) == 600
+    with store.transaction():
+        store.insert(note("n600", "note number 600"), np.ones(4))
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'notes'::regclass").fetchone()[0] == 601
+
+
 def end_sessions(url: str) -> int:
     """End every other session on the database, as a server restart or a failover does; returns how many."""
     with psycopg.connect(url, autocommit=True) as conn:
