@@ -144,7 +144,8 @@ class WritePath:
             batch.flush()
             early.write([(note, own if searched is None else searched) for note, own, searched in batch.notes])
         ids = list(dict.fromkeys(note.id for note in stored))
-        unwritten = [i for i in ids if i not in early.written]
+        # what the outbox got: the new notes the index did not take, and any archived note revived
+        unwritten = [note.id for note, _, _ in batch.notes if note.id not in early.written] + batch.revived
         index_write = self.index.claimed(unwritten, written={
             draft.id: (draft, embedding if searched is None else searched)
             for draft, embedding, searched in zip(drafts, embeddings, in_context) if draft.id in known
@@ -323,7 +324,7 @@ class WritePath:
             changes["fact"] = draft.fact
         batch.set_fields(existing.id, **changes)
         if existing.archived:
-            self.store.set_archived([existing.id], False)
+            batch.revive(existing.id)
             changes["archived"] = False
         return existing.model_copy(update=changes)
 

@@ -7,7 +7,7 @@ alone. Collected here, they go as one `executemany` per kind, and the field chan
 changed several times in the batch go as one row.
 
 Order at `flush`: new notes first (later writes touch their rows), then links, history, field
-changes (the last value of each field wins) and absorbed keywords. Nothing in the batch is read
+changes (the last value of each field wins), absorbed keywords and archived notes revived. Nothing in the batch is read
 back from the store before `flush`: the caller keeps the notes' current state itself.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ class WriteBatch:
         self.history: list[tuple[str, datetime, str, Note]] = []
         self.fields: dict[str, dict[str, Any]] = {}
         self.absorbed: list[tuple[str, str, str]] = []
+        self.revived: list[str] = []  # archived notes a duplicate brings back (their index entries change)
 
     def insert(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None) -> None:
         self.notes.append((note, embedding, in_context))
@@ -45,6 +46,9 @@ class WriteBatch:
     def absorb(self, note_id: str, keywords: list[str], origin: str) -> None:
         self.absorbed += [(note_id, keyword, origin) for keyword in keywords]
 
+    def revive(self, note_id: str) -> None:
+        self.revived.append(note_id)
+
     def flush(self) -> None:
         """Send everything collected, inside the caller's transaction."""
         self.store.insert_many(self.notes)
@@ -52,3 +56,4 @@ class WriteBatch:
         self.store.record_many(self.history)
         self.store.set_fields_many(self.fields)
         self.store.absorb_many(self.absorbed)
+        self.store.set_archived(self.revived, False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 
@@ -107,3 +108,27 @@ def test_a_write_whose_commit_landed_before_its_call_failed_keeps_its_vectors(lo
         [note] = mem.notes()
         assert index_ids(mem) == {note.id} and not mem._graph.has_pending()
         assert mem.remember("Saul tunes pianos in Vienna", at=T0).id == note.id
+
+
+def test_a_duplicate_takes_the_lock_once_and_a_revived_one_reaches_the_index(location, embedder, monkeypatch):
+    with Memory(location, embedder=embedder) as mem:
+        note = mem.remember("Tess walks her dog at dawn", at=T0)
+        taken = []
+        lock = mem._graph.lock
+
+        @contextmanager
+        def counted():
+            taken.append(1)
+            with lock():
+                yield
+
+        monkeypatch.setattr(mem._graph, "lock", counted)
+        assert mem.remember("Tess walks her dog at dawn", at=T0).id == note.id
+        mem._sections.wait()
+        assert len(taken) == 1  # nothing of a reinforced duplicate waits for the index
+        monkeypatch.undo()
+        assert mem.decay(at=T0 + timedelta(days=3650)).archived == [note.id]
+        later = T0 + timedelta(days=3651)
+        assert mem.remember("Tess walks her dog at dawn", at=later).id == note.id
+        assert not mem.get(note.id).archived and not mem._graph.has_pending()
+        assert [h.note.id for h in mem.recall("Tess's dog", k=1, at=later)] == [note.id]
