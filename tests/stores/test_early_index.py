@@ -29,19 +29,25 @@ def failing(error: Exception):
     return fail
 
 
+def counted_locks(mem: Memory, monkeypatch) -> list[int]:
+    """A list that grows by one each time the memory takes its store's lock."""
+    taken: list[int] = []
+    lock = mem._graph.lock
+
+    @contextmanager
+    def counted():
+        taken.append(1)
+        with lock():
+            yield
+
+    monkeypatch.setattr(mem._graph, "lock", counted)
+    return taken
+
+
 def test_a_remember_takes_the_store_lock_once_and_leaves_no_index_write_behind(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         first = mem.remember("Nora rows on the lake every morning", at=T0)
-        taken = []
-        lock = mem._graph.lock
-
-        @contextmanager
-        def counted():
-            taken.append(1)
-            with lock():
-                yield
-
-        monkeypatch.setattr(mem._graph, "lock", counted)
+        taken = counted_locks(mem, monkeypatch)
         second = mem.remember("Nora's boat is a red wooden skiff", at=T0)
         mem._sections.wait()
         assert len(taken) == 1  # the write section; the index was written inside it
@@ -113,16 +119,7 @@ def test_a_write_whose_commit_landed_before_its_call_failed_keeps_its_vectors(lo
 def test_a_duplicate_takes_the_lock_once_and_a_revived_one_reaches_the_index(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         note = mem.remember("Tess walks her dog at dawn", at=T0)
-        taken = []
-        lock = mem._graph.lock
-
-        @contextmanager
-        def counted():
-            taken.append(1)
-            with lock():
-                yield
-
-        monkeypatch.setattr(mem._graph, "lock", counted)
+        taken = counted_locks(mem, monkeypatch)
         assert mem.remember("Tess walks her dog at dawn", at=T0).id == note.id
         mem._sections.wait()
         assert len(taken) == 1  # nothing of a reinforced duplicate waits for the index
