@@ -248,7 +248,8 @@ class Memory:
         return notes
 
     def _remember(self, items: list[MemoryItem], deduplicate: bool = True) -> list[Note]:
-        """Store the items; an index write the commit left finishes in the background (`Sections.write_index_later`)."""
+        """Store the items; an index write the commit left finishes in the background
+        (`Sections.write_index_later`)."""
         drafts = [self._writer.draft(item) for item in items]
         embeddings, ahead = self._embed_searching_ahead(drafts)
         with self._sections.exclusive():

@@ -3,9 +3,10 @@
 Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
 batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
 runs inside the caller's exclusive section and one transaction (its index write is made in it,
-`IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's nearest notes of the same user,
-reinforces a near-duplicate instead of copying it, links the rest and lets linked neighbours
-absorb a few keywords (recorded by origin, so `forget` can take them back).
+`IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's
+nearest notes of the same user, reinforces a near-duplicate instead of copying it, links the
+rest and lets linked neighbours absorb a few keywords (recorded by origin, so `forget` can take
+them back).
 """
 from __future__ import annotations
 

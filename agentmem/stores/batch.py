@@ -7,8 +7,9 @@ alone. Collected here, they go as one `executemany` per kind, and the field chan
 changed several times in the batch go as one row.
 
 Order at `flush`: new notes first (later writes touch their rows), then links, history, field
-changes (the last value of each field wins), absorbed keywords and archived notes revived. Nothing in the batch is read
-back from the store before `flush`: the caller keeps the notes' current state itself.
+changes (the last value of each field wins), absorbed keywords and archived notes revived.
+Nothing in the batch is read back from the store before `flush`: the caller keeps the notes'
+current state itself.
 """
 from __future__ import annotations
 

@@ -59,7 +59,9 @@ class EarlyIndexWrite:
     def __enter__(self) -> EarlyIndexWrite:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         if kind is None or not self.written:
             return
         try:  # the transaction failed: the vectors of the notes it did not store come out again

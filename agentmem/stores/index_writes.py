@@ -3,9 +3,10 @@
 A remember is durable once its note and outbox rows are committed to the note store; an
 index write that follows (with a Chroma server, where replicas write the index after the
 lock; elsewhere what `early_index` did not write) can then run in one background thread
-while the caller goes on, typically to encode its next text. Every other call of the memory first waits for the writes in flight (`wait`), so it sees
-the index as the last remember left it. A write that fails, or never runs because the
-process ends, leaves its rows in the outbox, which the next call or replica replays.
+while the caller goes on, typically to encode its next text. Every other call of the memory
+first waits for the writes in flight (`wait`), so it sees the index as the last remember left
+it. A write that fails, or never runs because the process ends, leaves its rows in the outbox,
+which the next call or replica replays.
 """
 from __future__ import annotations
 

@@ -3,10 +3,9 @@
 Every write commits to the graph with an outbox entry; `push` then writes the index and
 clears the entries (on a shared store, possibly after the write lock: see `claimed`; where
 the lock holder alone writes the index, new notes' vectors are written before the commit:
-see `early_write`). If
-the index cannot be reached after the graph committed, the write still stands (it is
-durable) and the outbox syncs it on a later call: a call that returns has stored its
-notes, a call that raises has changed nothing.
+see `early_write`). If the index cannot be reached after the graph committed, the write
+still stands (it is durable) and the outbox syncs it on a later call: a call that returns
+has stored its notes, a call that raises has changed nothing.
 
 On open the two are paired by a store id kept in both. A missing or empty graph beside a
 non-empty index is refused (the index is never purged to match an empty graph); an index
