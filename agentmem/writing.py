@@ -134,7 +134,8 @@ class WritePath:
         wanted = {i for near in candidates for i, _ in near if isinstance(i, str)}
         known = {i: note for stored in neighbours for i, note in stored.notes(wanted).items()}
         stored: list[Note] = []
-        with self.index.early_write() as early, self.store.transaction():
+        early = self.index.early_write()
+        with early, self.store.transaction(meanwhile=early.write):
             batch = WriteBatch(self.store)
             for position, draft in enumerate(drafts):
                 earlier = [(stored[j].id, s) for j, s in candidates[position] if isinstance(j, int)]
@@ -143,7 +144,7 @@ class WritePath:
                     batch, draft, embeddings[position], in_context[position], indexed + earlier, known, deduplicate
                 ))
             batch.flush()
-            early.write([(note, own if searched is None else searched) for note, own, searched in batch.notes])
+            early.stage([(note, own if searched is None else searched) for note, own, searched in batch.notes])
         ids = list(dict.fromkeys(note.id for note in stored))
         # what the outbox got: the new notes the index did not take, and any archived note revived
         unwritten = [note.id for note, _, _ in batch.notes if note.id not in early.written] + batch.revived

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -252,13 +252,16 @@ class NoteGraph(SqlNoteStore):
         return self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes
 
     @contextmanager
-    def transaction(self, bookkeeping: bool = False) -> Iterator[None]:
+    def transaction(self, bookkeeping: bool = False, meanwhile: Callable[[], None] | None = None) -> Iterator[None]:
         """One atomic write; the networkx view is rolled back with it on failure. `bookkeeping`
         (a write that changes no content, as `PostgresNoteGraph` has it) changes nothing here: in
-        WAL mode with synchronous=NORMAL no commit waits for the disk."""
+        WAL mode with synchronous=NORMAL no commit waits for the disk. `meanwhile` runs just before
+        the COMMIT, inside the transaction (an in-process commit has no reply to wait for)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            if meanwhile is not None:
+                meanwhile()
             self._db.execute("COMMIT")  # our own commits leave data_version as it is
         except BaseException:
             if self._db.in_transaction:  # also when COMMIT itself failed (a full disk)

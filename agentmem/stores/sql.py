@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -93,7 +93,7 @@ class SqlNoteStore:
         """Rows of `KEPT_IN_QUARANTINE` and `SEARCHED_VECTOR` (a store may read them faster)."""
         return self._run(sql, params)
 
-    def transaction(self, bookkeeping: bool = False) -> Any:
+    def transaction(self, bookkeeping: bool = False, meanwhile: Callable[[], None] | None = None) -> Any:
         raise NotImplementedError
 
     # ---- identity and metadata -----------------------------------------------------------

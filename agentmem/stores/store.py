@@ -9,7 +9,7 @@ more module with these members.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,8 +59,13 @@ class NoteStore(Protocol):
         """One consolidation job at a time; yields False when not `wait`ing and another holds it."""
     def errors(self) -> contextlib.AbstractContextManager[None]:
         """Where the backend's failures become agentmem's typed errors."""
-    def transaction(self, bookkeeping: bool = False) -> contextlib.AbstractContextManager[None]:
-        """One atomic write; `bookkeeping`: it changes no note's content and no link."""
+    def transaction(
+        self, bookkeeping: bool = False, meanwhile: Callable[[], None] | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """One atomic write; `bookkeeping`: it changes no note's content and no link. `meanwhile`
+        runs once the block has made its writes, while the commit is on its way (a server store
+        sends COMMIT first and reads its reply after): work that must not outlast a failed commit
+        and need not wait for its reply. It may call `clear_pending`, nothing else of the store."""
     def refresh_if_changed(self) -> bool:
         """Catch up with other processes' commits (the link view); True when there were some."""
     def claim(self, store_id: str) -> None: ...
@@ -121,7 +126,9 @@ class NoteStore(Protocol):
         """A value that changes with every committed write, or None while the outbox holds index
         writes to make: at one value, the index holds exactly the store's notes."""
     def pending(self) -> list[tuple[str, str]]: ...
-    def clear_pending(self, note_ids: Iterable[str]) -> None: ...
+    def clear_pending(self, note_ids: Iterable[str]) -> None:
+        """Delete these notes' outbox rows, in the open transaction; outside one (in a `meanwhile`),
+        a store may send the delete with its section's next round trip."""
     def outbox_claim(self, note_ids: list[str] | None) -> contextlib.AbstractContextManager[OutboxClaim]:
         """The outbox rows of these notes (None: every row) that no live writer holds, held by this
         caller for the block; cleared at its end when the claim is `done`, else kept."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 from agentmem import Memory
-from agentmem.errors import StoreUnavailableError
+from agentmem.errors import AgentMemError, StoreUnavailableError
 
 from ..conftest import T0
 from ..test_memory import index_ids
@@ -27,6 +28,31 @@ def failing(error: Exception):
     def fail(*args, **kwargs):
         raise error
     return fail
+
+
+# a COMMIT that the server refuses, after the statements before it ran
+REFUSE_AT_COMMIT = """
+CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'refused at commit'; END $$;
+CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON notes DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION refuse_commit();
+"""
+
+
+@contextmanager
+def commits_refused(location, mem: Memory, monkeypatch):
+    """Write transactions fail once their vectors went to the index: on PostgreSQL the server
+    refuses the COMMIT (the index write runs while it is on its way); on SQLite the write fails
+    inside the transaction, just before its COMMIT."""
+    if not isinstance(location, str):
+        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the disk went away")))
+        yield
+        return
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute(REFUSE_AT_COMMIT)
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER refuse_at_commit ON notes; DROP FUNCTION refuse_commit()")
 
 
 def counted_locks(mem: Memory, monkeypatch) -> list[int]:
@@ -58,8 +84,7 @@ def test_a_remember_takes_the_store_lock_once_and_leaves_no_index_write_behind(l
 def test_a_write_that_fails_after_its_vectors_went_takes_them_back(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         kept = mem.remember("Omar bakes sourdough on Sundays", at=T0)
-        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
-        with pytest.raises(StoreUnavailableError):
+        with commits_refused(location, mem, monkeypatch), pytest.raises(AgentMemError):
             mem.remember_many(["Omar's starter is ten years old", "Omar sells bread at the market"], at=T0)
         monkeypatch.undo()
         assert index_ids(mem) == {kept.id} and mem.stats().notes == 1 and not mem._graph.has_pending()
@@ -68,9 +93,8 @@ def test_a_write_that_fails_after_its_vectors_went_takes_them_back(location, emb
 def test_vectors_a_failed_write_cannot_take_back_are_skipped_and_gone_after_reopening(location, embedder, monkeypatch):
     with Memory(location, embedder=embedder) as mem:
         kept = mem.remember("Pia climbs in the Dolomites", at=T0)
-        monkeypatch.setattr(mem._graph, "clear_pending", failing(StoreUnavailableError("the server went away")))
         monkeypatch.setattr(mem._index, "delete", failing(StoreUnavailableError("the index went away too")))
-        with pytest.raises(StoreUnavailableError):
+        with commits_refused(location, mem, monkeypatch), pytest.raises(AgentMemError):
             mem.remember("Pia's rope is sixty metres long", at=T0)
         monkeypatch.undo()
         assert len(mem._index.tokens()) == 2  # a stray no note claims
@@ -102,8 +126,8 @@ def test_a_write_whose_commit_landed_before_its_call_failed_keeps_its_vectors(lo
         transaction = mem._graph.transaction
 
         @contextmanager
-        def lost_after_the_commit(bookkeeping=False):
-            with transaction(bookkeeping):
+        def lost_after_the_commit(bookkeeping=False, meanwhile=None):
+            with transaction(bookkeeping, meanwhile):
                 yield
             raise StoreUnavailableError("the connection was lost after the commit reached the server")
 

@@ -358,6 +358,56 @@ def test_a_commit_stands_when_the_statistics_refresh_after_it_fails(store, postg
         assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'notes'::regclass").fetchone()[0] == 601
 
 
+def test_meanwhile_runs_while_the_commit_is_on_its_way(store, postgres_url):
+    """The COMMIT is sent before `meanwhile` runs: another session sees the row from inside it."""
+    seen = []
+
+    def wait_for_the_row():
+        with psycopg.connect(postgres_url) as other:
+            deadline = time.monotonic() + 10
+            while not seen and time.monotonic() < deadline:
+                seen.extend(other.execute("SELECT id FROM notes").fetchall())
+                time.sleep(0.01)
+
+    with store.transaction(meanwhile=wait_for_the_row):
+        store.insert(note("a"), np.ones(4))
+    assert seen == [("a",)]
+
+
+def test_outbox_rows_cleared_while_a_commit_was_on_its_way_go_with_the_section_s_next_round_trip(
+    store, postgres_url
+):
+    def outbox() -> list[str]:
+        with psycopg.connect(postgres_url) as other:
+            return [row[0] for row in other.execute("SELECT note_id FROM outbox ORDER BY note_id")]
+
+    seen = []
+    with store.lock():
+        with store.transaction(meanwhile=lambda: store.clear_pending(["a"])):
+            store.insert(note("a"), np.ones(4))
+        seen.append(outbox())  # committed; the delete waits for the next round trip
+        with store.transaction():
+            store.insert(note("b"), np.ones(4))
+        seen.append(outbox())  # it went first in the next transaction
+        with store.transaction(meanwhile=lambda: store.clear_pending(["b"])):
+            store.set_fields("b", strength=2.0)
+        seen.append(outbox())
+    seen.append(outbox())  # with the lock's release
+    assert seen == [["a"], ["b"], ["b"], []]
+
+
+def test_a_commit_that_fails_after_its_meanwhile_cleared_rows_keeps_them(store, postgres_url):
+    with store.transaction():
+        store.insert(note("a"), np.ones(4))
+    with store.lock():
+        with pytest.raises(InvalidInputError):
+            with store.transaction(meanwhile=lambda: store.clear_pending(["a"])):
+                store.insert(note("a", "the same id again"), np.ones(4))  # refused with the commit's replies
+    with psycopg.connect(postgres_url) as other:
+        assert other.execute("SELECT note_id FROM outbox").fetchall() == [("a",)]
+    assert store.get("a").text == "note a"
+
+
 def end_sessions(url: str) -> int:
     """End every other session on the database, as a server restart or a failover does; returns how many."""
     with psycopg.connect(url, autocommit=True) as conn:

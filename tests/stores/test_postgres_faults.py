@@ -321,8 +321,8 @@ def test_a_write_whose_connection_is_lost_after_its_commit_returns(postgres_url,
     armed = []
 
     @contextlib.contextmanager
-    def session_ends_after_the_commit(self, bookkeeping=False):
-        with committed(self, bookkeeping):
+    def session_ends_after_the_commit(self, bookkeeping=False, meanwhile=None):
+        with committed(self, bookkeeping, meanwhile):
             yield
         if armed and not bookkeeping:
             armed.clear()
