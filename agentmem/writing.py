@@ -165,6 +165,14 @@ class WritePath:
         linkable = [c for c in ranked if c[1] >= self.config.link_threshold][: self.config.max_links]
         return linkable + [c for c in ranked if c[1] >= self.config.duplicate_threshold and c not in linkable]
 
+    def expect(self, drafts: list[Note]) -> None:
+        """Name the session whose latest vector `in_context` will read first, so that a store that
+        reads by round trips reads it with its lock (`NoteStore.expect_session`); call before the
+        write section."""
+        sessions = {(d.user_id, d.agent_id, d.session_id) for d in drafts if d.session_id is not None}
+        if self.config.context_weight and len(sessions) == 1:
+            self.store.expect_session(sessions.pop())
+
     def in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
         """The vector each draft is searched by, when it belongs to a session (else None).
 

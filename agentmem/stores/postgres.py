@@ -452,10 +452,24 @@ class PostgresNoteGraph(SqlNoteStore):
                                             bool(row["archived"])) for row in rows}
 
     def _drop_read_ahead(self, outbox_empty: bool = False) -> None:
-        """What this thread's write section read ahead for `neighbours` no longer holds once it
-        writes or its lock ends; a lock's start sets whether it found the outbox empty."""
+        """What this thread's write section read ahead for `neighbours` and `session_vector` no
+        longer holds once it writes or its lock ends; a lock's start sets whether it found the
+        outbox empty."""
         self._pinned.outbox_empty = outbox_empty
-        self._pinned.read_ahead = None
+        self._pinned.read_ahead = self._pinned.session_ahead = None
+
+    def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
+        """`SqlNoteStore.expect_session`: the next `lock()` reads that vector in its round trip."""
+        self._pinned.session_expected = scope
+
+    def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
+        """`SqlNoteStore.session_vector`, answered from the lock's round trip when this write
+        section expected the session (`expect_session`) and has not written since."""
+        ahead = getattr(self._pinned, "session_ahead", None)
+        if before is not None or ahead is None or ahead[0] != scope:
+            return super().session_vector(scope, before)
+        self._pinned.session_ahead = None
+        return None if ahead[1] is None else np.frombuffer(ahead[1], dtype=np.float32)
 
     claims_across_processes = True
     concurrent_reads = True  # each thread reads on a pooled connection of its own (`_session`)
@@ -533,12 +547,16 @@ class PostgresNoteGraph(SqlNoteStore):
 
         In the same round trip, once the lock is held, it reads what a write section checks
         first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write;
-        and whether the outbox is empty (`neighbours`)."""
-        checks = (f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}), NOT EXISTS (SELECT 1 FROM outbox)"
-                  " FROM store_version")
-        with self._advisory(WRITE_LOCK, then=checks) as seen:
-            self._pinned.seen_version, self._pinned.seen_pending, outbox_empty = seen
+        whether the outbox is empty (`neighbours`); and the latest vector of the session that
+        `expect_session` named (`session_vector`)."""
+        session, self._pinned.session_expected = getattr(self._pinned, "session_expected", None), None
+        latest, params = self._latest_in_session(session) if session is not None else ("SELECT NULL", [])
+        checks = (f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}), NOT EXISTS (SELECT 1 FROM outbox),"
+                  f" ({psycopg_sql(latest)}) FROM store_version")
+        with self._advisory(WRITE_LOCK, then=(checks, params)) as seen:
+            self._pinned.seen_version, self._pinned.seen_pending, outbox_empty, vector = seen
             self._drop_read_ahead(outbox_empty)
+            self._pinned.session_ahead = None if session is None else (session, vector)
             try:
                 yield
             finally:
@@ -553,8 +571,11 @@ class PostgresNoteGraph(SqlNoteStore):
             yield held
 
     @contextmanager
-    def _advisory(self, key: int, wait: bool = True, then: str | None = None) -> Iterator[Any]:
-        """Hold an advisory lock; yields whether it is held, or `then`'s row, run once it is."""
+    def _advisory(
+        self, key: int, wait: bool = True, then: tuple[str, Sequence[Any]] | None = None
+    ) -> Iterator[Any]:
+        """Hold an advisory lock; yields whether it is held, or the row of `then` (a statement and
+        its parameters), run once it is."""
         with self._session() as conn:
             held: Any = wait  # from the request on: a failure after the server granted it must release it
             try:
@@ -564,7 +585,7 @@ class PostgresNoteGraph(SqlNoteStore):
                             conn.execute(f"SET lock_timeout = '{store.WRITE_LOCK_WAIT_S}s'")
                             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                             conn.execute("RESET lock_timeout")
-                            after = conn.execute(then)
+                            after = conn.execute(*then)
                     except psycopg.errors.LockNotAvailable:
                         held = False
                         conn.execute("RESET lock_timeout")

@@ -304,17 +304,28 @@ class SqlNoteStore:
         rows = self._run(f"SELECT id, embedding FROM notes WHERE {among}", params)
         return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
+    def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
+        """This thread's next write section starts by reading the session's latest vector
+        (`session_vector`): a hint, which a store whose reads are round trips takes to read it
+        with the lock."""
+
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
         """The searched vector of the latest note remembered in a session (of one user and
         agent), or of the latest one remembered before note `before`; None for none."""
+        rows = self._run(*self._latest_in_session(scope, before))
+        return np.frombuffer(rows[0][0], dtype=np.float32) if rows else None
+
+    def _latest_in_session(
+        self, scope: tuple[str | None, str | None, str], before: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """`session_vector`'s statement and parameters."""
         (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
         sql = f"SELECT {SEARCHED_VECTOR_OF} FROM notes WHERE {user} AND {agent} AND session_id = ?"
         params: list[Any] = [*by_user, *by_agent, scope[2]]
         if before is not None:
             sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
             params.append(before)
-        rows = self._run(sql + f" ORDER BY {self.ORDER} DESC LIMIT 1", params)
-        return np.frombuffer(rows[0][0], dtype=np.float32) if rows else None
+        return sql + f" ORDER BY {self.ORDER} DESC LIMIT 1", params
 
     def session_notes(
         self, scope: tuple[str | None, str | None, str]

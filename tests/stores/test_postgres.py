@@ -231,7 +231,7 @@ def test_a_lock_granted_before_a_failure_is_released(postgres_url):
     first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
     try:
         with pytest.raises(StoreCorruptedError):
-            with first._advisory(JOB_LOCK, then="SELECT 1 / 0"):
+            with first._advisory(JOB_LOCK, then=("SELECT 1 / 0", ())):
                 pass
         with second.job_lock(wait=False) as held:
             assert held
@@ -406,6 +406,26 @@ def test_a_commit_that_fails_after_its_meanwhile_cleared_rows_keeps_them(store, 
     with psycopg.connect(postgres_url) as other:
         assert other.execute("SELECT note_id FROM outbox").fetchall() == [("a",)]
     assert store.get("a").text == "note a"
+
+
+def test_an_expected_session_s_latest_vector_comes_with_the_lock_and_holds_until_a_write(store, monkeypatch):
+    with store.transaction():
+        store.insert(note("a", user_id="u", session_id="s"), np.ones(4), in_context=np.full(4, 2.0))
+    run = store._run
+    statements = []
+    monkeypatch.setattr(store, "_run", lambda sql, params=(): statements.append(sql) or run(sql, params))
+    store.expect_session(("u", None, "s"))
+    with store.lock():
+        assert store.session_vector(("u", None, "s")).tolist() == [2, 2, 2, 2]
+        assert statements == []  # read in the lock's own round trip
+        assert store.session_vector(("u", None, "s")).tolist() == [2, 2, 2, 2]  # once; then read again
+        assert len(statements) == 1
+        store.expect_session(("u", None, "s"))
+    with store.lock():  # a write in the section: the vector read with the lock no longer holds
+        with store.transaction():
+            store.insert(note("b", user_id="u", session_id="s"), np.full(4, 3.0))
+        assert store.session_vector(("u", None, "s")).tolist() == [3, 3, 3, 3]
+        assert store.session_vector(("v", None, "s")) is None
 
 
 def end_sessions(url: str) -> int:
