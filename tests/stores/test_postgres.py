@@ -408,6 +408,16 @@ def test_a_commit_that_fails_after_its_meanwhile_cleared_rows_keeps_them(store, 
     assert store.get("a").text == "note a"
 
 
+def test_deferred_bookkeeping_failing_at_the_release_is_logged_and_the_lock_released(store, postgres_url, caplog):
+    from agentmem.stores.postgres import WRITE_LOCK
+
+    with store.lock():
+        store._defer([("SELECT 1 / 0", [()])])
+    assert "was lost" in caplog.text
+    with psycopg.connect(postgres_url) as other:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", (WRITE_LOCK,)).fetchone()[0]
+
+
 def test_an_expected_session_s_latest_vector_comes_with_the_lock_and_holds_until_a_write(store, monkeypatch):
     with store.transaction():
         store.insert(note("a", user_id="u", session_id="s"), np.ones(4), in_context=np.full(4, 2.0))
