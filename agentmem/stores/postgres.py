@@ -21,10 +21,13 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   `transaction()` keeps one connection pinned, so its statements share the transaction and the
   session lock. Inside a transaction, statements whose results nobody reads are queued and sent
   as one pipeline before the next read or with the commit; BEGIN is queued too, so a
-  transaction without reads is one round trip. `lock()` reads the store version and the
-  outbox state in its own round trip, for the checks a write section starts with. An outbox
-  found empty there spares a remember two reads (`neighbours`): of the notes waiting in it, and
-  of its candidates, then read with their index entries (`index_entries`).
+  transaction without reads is one round trip; a transaction's `meanwhile` (a remember's index
+  write) runs while its COMMIT is on its way, and the outbox rows it clears go with the
+  section's next round trip (`_defer`). `lock()` reads the store version, the outbox state and
+  the latest vector of an expected session (`expect_session`) in its own round trip, for the
+  checks a write section starts with. An outbox found empty there spares a remember two reads
+  (`neighbours`): of the notes waiting in it, and of its candidates, then read with their index
+  entries (`index_entries`).
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps old
