@@ -3,7 +3,8 @@
     python -m agentmem.eval.soak --threads 8 --processes 2 --writes 1000 --kills 6 --fuzz 300 [--store postgres]
 
 - 8 threads in this process and 2 child processes write unique notes to one store (a folder, or with
-  `--store postgres` a PostgreSQL 15 database and a `chroma run` server, both started here); each child is
+  `--store postgres` a PostgreSQL 15 database and a `chroma run` server, both started here; with
+  `--store postgres-embedded` the database and the embedded index in this machine's folder); each child is
   SIGKILLed at random moments and restarted, resuming after its last acknowledged write. A write
   counts as acknowledged once `remember` returned (children append it to a log, flushed, after).
 - Then N fuzzed calls (agentmem.eval.fuzzing) run against the same store, each checked against the
@@ -47,13 +48,17 @@ def text_of(writer: str, seq: int) -> str:
     return f"Soak writer {writer} stored record number {seq} on shift {seq % 7}"
 
 
-STORES = {"sqlite": "SQLite in a folder, embedded Chroma", "postgres": "PostgreSQL 15, a `chroma run` server"}
+STORES = {
+    "sqlite": "SQLite in a folder, embedded Chroma",
+    "postgres": "PostgreSQL 15, a `chroma run` server",
+    "postgres-embedded": "PostgreSQL 15, embedded Chroma on this machine",
+}
 
 
 @contextmanager
 def soaked_store(kind: str, folder: Path) -> Iterator[dict[str, Any]]:
     """The store the soak writes to, as `Memory`'s arguments: a folder, or a database of a PostgreSQL server
-    (durable, as users run it) with a `chroma run` server, both stopped afterwards."""
+    (durable, as users run it) with a `chroma run` server or the embedded index (`STORES`), stopped afterwards."""
     if kind == "sqlite":
         yield {"path": str(folder / "store")}
         return
@@ -61,6 +66,9 @@ def soaked_store(kind: str, folder: Path) -> Iterator[dict[str, Any]]:
     url = server.url("soak")
     try:
         server.create_database("soak")
+        if kind == "postgres-embedded":  # the index in this machine's folder for the store (`local_folder`)
+            yield {"path": url, "collection": "soak"}
+            return
         chroma, chroma_url = start_chroma(folder / "chroma")
         try:
             yield {"path": url, "chroma_url": chroma_url, "collection": "soak"}
@@ -166,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--writes", type=count, default=1000, help="writes per thread and per process")
     parser.add_argument("--kills", type=count, default=6, help="SIGKILLs sent to the writer processes in all")
     parser.add_argument("--fuzz", type=count, default=300, help="fuzzed calls after the writes (0: no fuzzing)")
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
-                        help="the note store: a folder (SQLite), or PostgreSQL with a Chroma server")
+    parser.add_argument("--store", choices=list(STORES), default="sqlite",
+                        help="the note store: a folder (SQLite), or PostgreSQL with a Chroma server or with the"
+                        " embedded index")
     add_benchmarks_option(parser, "--output")  # --output: its old name, still accepted
     args = parser.parse_args(argv)
     started = time.monotonic()

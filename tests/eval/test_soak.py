@@ -95,3 +95,17 @@ def test_a_postgres_soak_writes_and_fuzzes_one_database_and_stops_its_servers(tm
     assert "<!-- begin soak-postgres -->" in section and "on one store (PostgreSQL 15, a `chroma run` server)" in section
     assert len(started) == 2 and not [pid for pid in started if psutil.pid_exists(pid)]
     assert set(temporary.glob("agentmem-soak-*")) == soaks_before and not list((tmp_path / "home").glob("postgres/*"))
+
+
+def test_a_soak_of_postgres_with_the_embedded_index_loses_nothing_and_leaves_no_folder(tmp_path: Path,
+                                                                                       monkeypatch: pytest.MonkeyPatch):
+    """The index in this machine's folder for the store, written by whichever process holds the lock."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    counts = soak.main(["--store", "postgres-embedded", "--threads", "1", "--processes", "1", "--writes", "3",
+                        "--kills", "1", "--fuzz", "0", "--benchmarks", "soak.md"])
+    assert counts["acknowledged"] == 6 and counts["lost"] == counts["duplicated"] == counts["write errors"] == 0
+    section = (tmp_path / "soak.md").read_text()
+    assert "<!-- begin soak-postgres-embedded -->" in section
+    assert "on one store (PostgreSQL 15, embedded Chroma on this machine)" in section
+    assert not list((tmp_path / "home").glob("postgres/*"))
