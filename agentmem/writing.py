@@ -2,8 +2,8 @@
 
 Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
 batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
-runs inside the caller's exclusive section and one transaction (its index write is made in it,
-`IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's
+runs inside the caller's exclusive section and one transaction (its index write is made with its
+commit, `IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's
 nearest notes of the same user, reinforces a near-duplicate instead of copying it, links the
 rest and lets linked neighbours absorb a few keywords (recorded by origin, so `forget` can take
 them back).
@@ -122,7 +122,7 @@ class WritePath:
     ) -> tuple[list[Note], contextlib.AbstractContextManager[OutboxClaim] | None]:
         """Store a batch in one transaction; returns, per draft, the note it became (itself or the
         note it duplicates), and the index write still to make (`IndexSync.claimed`, not yet
-        entered), or None when the index was written before the commit (`IndexSync.early_write`).
+        entered), or None when the index was written with the commit (`IndexSync.early_write`).
         `ahead`: the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
         searched = None if ahead is None else ahead.results(len(drafts))

@@ -28,7 +28,7 @@ batch is also encoded by the baseline (MiniLM alone, same batch size), the two a
 which goes first, so a load spike on a shared machine hits both alike. The ratio reported is
 the median of the per-batch ratios (remember_many texts/s over encode texts/s), with the range.
 
-With the embedded index used here, a remember's vectors are written before its note commits
+With the embedded index used here, a remember's vectors are written with its note's commit
 (`stores.early_index`); an index write left after the commit (a duplicate revived, an index
 that refused the write) finishes in the background (`stores.index_writes`). Each timed remember
 is reported twice: until the call returns, and with any index write left (the benchmark then

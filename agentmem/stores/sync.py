@@ -2,8 +2,8 @@
 
 Every write commits to the graph with an outbox entry; `push` then writes the index and
 clears the entries (on a shared store, possibly after the write lock: see `claimed`; where
-the lock holder alone writes the index, new notes' vectors are written before the commit:
-see `early_write`). If the index cannot be reached after the graph committed, the write
+the lock holder alone writes the index, new notes' vectors are written with the commit: see
+`early_write`). If the index cannot be reached after the graph committed, the write
 still stands (it is durable) and the outbox syncs it on a later call: a call that returns
 has stored its notes, a call that raises has changed nothing.
 
@@ -181,7 +181,7 @@ class IndexSync:
         return self.graph.claims_across_processes and self.index.mode == "server"
 
     def early_write(self) -> EarlyIndexWrite:
-        """The context in which a transaction's new notes are written to the index before it commits,
+        """The context in which a transaction's new notes are written to the index with its commit,
         where the lock holder alone writes the index (not `concurrent`); elsewhere it writes nothing."""
         return EarlyIndexWrite(self.graph, self.index, not self.concurrent)
 
