@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -260,11 +260,18 @@ class Memory:
         return notes
 
     def _embed_searching_ahead(self, drafts: list[Note]) -> tuple[np.ndarray, SearchAhead | None]:
-        """The drafts' embeddings; when they take several encoder batches, each batch's neighbours
-        are searched in the index while the next is encoded (`SearchAhead`)."""
+        """The drafts' embeddings, and their neighbours searched in the index outside the write
+        section (`SearchAhead`): once encoded, or when they take several encoder batches, each
+        batch's while the next is encoded."""
         texts = [draft.text for draft in drafts]
         if len(texts) <= ENCODE_BATCH:
-            return self._embed(texts), None
+            starting = self._search_ahead_meanwhile()
+            embeddings = self._embed(texts)
+            ahead = starting()
+            if ahead is not None:
+                with self._sections.reading():
+                    ahead.search(drafts, range(len(drafts)), embeddings)
+            return embeddings, ahead
         with self._sections.reading():
             ahead = self._writer.search_ahead()
         if ahead is None:
@@ -423,6 +430,23 @@ class Memory:
         when = check.time(at)
         with self._sections.exclusive():
             return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
+
+    def _search_ahead_meanwhile(self) -> Callable[[], SearchAhead | None]:
+        """`WritePath.search_ahead` (the store's mark, before the search), taken in a helper thread
+        while the caller encodes where the store reads on connections of its own (a round trip to
+        a server); else here (a read in this process). Returns what waits for it."""
+
+        def start() -> SearchAhead | None:
+            with self._sections.reading(store_only=True):
+                return self._writer.search_ahead()
+
+        if not self._graph.concurrent_reads:
+            ahead = start()
+            return lambda: ahead
+        try:
+            return self._helpers.submit(start).result
+        except RuntimeError as exc:  # the pool is shut down: close() ran
+            raise self._sections.closed_error() from exc
 
     def _lexical_meanwhile(self, query: str, k: int, where: NoteFilter) -> Future[dict[str, float]]:
         """The query's full-text candidates, searched in a helper thread: the search needs no

@@ -1,7 +1,7 @@
 """The write path: a validated item becomes a note, linked to its neighbours, stored.
 
-Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and a
-batch's search of the index while it is encoded (`SearchAhead`) only a read section. `store_notes`
+Drafting (local enrichment, the optional enricher, the fact extractor) needs no lock, and the
+search of the index for the drafts' neighbours (`SearchAhead`) only a read section. `store_notes`
 runs inside the caller's exclusive section and one transaction (its index write is made with its
 commit, `IndexSync.early_write`, or follows the section, `IndexSync.claimed`): it finds each draft's
 nearest notes of the same user, reinforces a near-duplicate instead of copying it, links the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,10 +112,11 @@ class WritePath:
     # ---- storing: inside the caller's exclusive section -----------------------------
 
     def search_ahead(self) -> SearchAhead | None:
-        """A search of the index for a batch's neighbours before its write section, or None
-        when the store is not quiet (`NoteStore.quiet_version`). Call in a read section."""
-        version = self.store.quiet_version()
-        return None if version is None else SearchAhead(self, version)
+        """A search of the index for the drafts' neighbours before their write section, or None
+        when the store could not tell later what it missed (`NoteStore.search_mark`). Call in a
+        read section."""
+        mark = self.store.search_mark()
+        return None if mark is None else SearchAhead(self, mark)
 
     def store_notes(
         self, drafts: list[Note], embeddings: np.ndarray, deduplicate: bool, ahead: SearchAhead | None = None
@@ -125,8 +126,8 @@ class WritePath:
         entered), or None when the index was written with the commit (`IndexSync.early_write`).
         `ahead`: the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
-        searched = None if ahead is None else ahead.results(len(drafts))
-        found, neighbours = self.neighbour_candidates(drafts, embeddings, searched)
+        searched, changed = (ahead and ahead.results(len(drafts))) or (None, set())
+        found, neighbours = self.neighbour_candidates(drafts, embeddings, searched, changed)
         candidates = [self.usable(near) for near in found]
         # the stored candidates are read once, before the transaction (the caller's lock keeps
         # them current), and kept current here as the batch changes them: the transaction then
@@ -260,7 +261,8 @@ class WritePath:
         return self.config.max_links + 5
 
     def neighbour_candidates(
-        self, drafts: list[Note], embeddings: np.ndarray, ahead: list[IndexRow] | None = None
+        self, drafts: list[Note], embeddings: np.ndarray, ahead: list[IndexRow] | None = None,
+        changed: Collection[str] = (),
     ) -> tuple[list[list[tuple[str | int, float]]], list[Neighbours]]:
         """For each draft, its nearest stored notes (by id) and earlier drafts of the batch (by
         position), with the similarity of their own embeddings (duplicates and links are about
@@ -268,15 +270,17 @@ class WritePath:
         notes still waiting in the outbox count too: another replica may be writing them to the
         index right now, and the same text remembered there and here must make one note.
 
-        Only notes of the same user are candidates. `ahead`: as for `nearest_indexed`.
+        Only notes of the same user are candidates. `ahead`: as for `nearest_indexed`, and then
+        `changed`: the notes that search may have missed (`NoteStore.changed_since`), compared
+        like waiting ones.
 
         The waiting notes are read before the index is searched too: another replica's index write
         may land between the search and the read, and its note would then be neither found nor
-        waiting (a held search ahead saw an empty outbox, with nothing committed since).
+        waiting (a search ahead read them before it searched: they are among `changed`).
         """
         n = self.neighbour_count
         users = self.by_user(drafts)
-        waiting = {user: set() if ahead is not None else self.store.neighbours((), user).waiting for user in users}
+        waiting = {user: self.store.neighbours((), user).waiting | set(changed) for user in users}
         indexed = self.nearest_indexed(drafts, embeddings, ahead)
         found: list[list[tuple[str | int, float]]] = [[] for _ in drafts]
         read: list[Neighbours] = []
@@ -388,19 +392,21 @@ class WritePath:
 
 
 class SearchAhead:
-    """A batch's nearest entries in the index, searched a part at a time while the rest of the
-    batch is still being encoded, outside the write section. Only the index's own search runs
-    here (it releases the GIL); the entries are checked against the store in the write section,
-    as any search's are: Python work here would hold up the encoder's thread at every kernel.
+    """The drafts' nearest entries in the index, searched outside the write section: a batch's a
+    part at a time while the rest is still being encoded. Only the index's own search runs here
+    (it releases the GIL); the entries are checked against the store in the write section, as
+    any search's are: Python work here would hold up the encoder's thread at every kernel.
 
-    They are what the write section's own search would find if the store's `quiet_version` is
-    the same there: no write was committed since, and no index write was pending, so the index
-    held exactly the store's notes. Otherwise the write section searches again. A search that
-    fails is left to the write section too, which reports its error.
+    The store's mark, taken before the search, tells in the write section which notes the search
+    may have missed (`NoteStore.changed_since`: written or re-embedded since, or waiting for their
+    index write then); those are compared with the drafts too. A store that cannot tell has the
+    write section search again, as does a search that failed (the section reports its error).
+    Outside the section, a remember's search no longer holds the lock of a store shared by
+    several processes: two replicas remembering at once search at once.
     """
 
-    def __init__(self, writer: WritePath, version: Hashable) -> None:
-        self.writer, self.version = writer, version
+    def __init__(self, writer: WritePath, mark: Hashable) -> None:
+        self.writer, self.mark = writer, mark
         self.searched: dict[int, IndexRow] = {}
         self.failed = False
 
@@ -416,9 +422,11 @@ class SearchAhead:
             return
         self.searched.update(zip(positions, results))
 
-    def results(self, size: int) -> list[IndexRow] | None:
-        """Each draft's `IndexSync.nearest` row, if every draft of the batch was searched and the
-        search still holds (call in the write section); else None."""
-        if self.failed or len(self.searched) != size or self.writer.store.quiet_version() != self.version:
+    def results(self, size: int) -> tuple[list[IndexRow], set[str]] | None:
+        """Each draft's `IndexSync.nearest` row and the notes the search may have missed, if every
+        draft of the batch was searched and the store can tell which (call in the write section);
+        else None."""
+        if self.failed or len(self.searched) != size:
             return None
-        return [self.searched[position] for position in range(size)]
+        changed = self.writer.store.changed_since(self.mark)
+        return None if changed is None else ([self.searched[position] for position in range(size)], changed)

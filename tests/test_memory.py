@@ -17,6 +17,7 @@ from agentmem import (
     StoreClosedError, StoreUnavailableError,
 )
 from agentmem.stores import NoteGraph, VectorIndex
+from agentmem.stores.postgres import PostgresNoteGraph
 
 from .conftest import T0
 
@@ -240,6 +241,48 @@ def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(mem
     monkeypatch.setattr(VectorIndex, "nearest", counted)
     memory.remember_many([f"Dana wrote entry number {i} in her diary" for i in range(150)], user_id="dana", at=T0)
     assert searches == [64, 64, 22]  # one per encoder batch, none in the write section
+
+
+def written_after_the_search(memory: Memory, monkeypatch, text: str, user_id: str) -> tuple[list[int], list]:
+    """Have the next remember's index search, once made, see `text` remembered by `user_id` before
+    that remember's write section (as another replica may); returns the searches made and that note."""
+    nearest, searches, written = VectorIndex.nearest, [], []
+
+    def then_a_write(index, embeddings, *args, **kwargs):
+        searches.append(len(embeddings))
+        found = nearest(index, embeddings, *args, **kwargs)
+        if not written:
+            written.append(None)  # the write's own search comes back here
+            written[0] = memory.remember(text, user_id=user_id, at=T0)
+        return found
+
+    monkeypatch.setattr(VectorIndex, "nearest", then_a_write)
+    return searches, written
+
+
+def test_a_note_written_between_a_remember_s_search_and_its_write_section_is_found_as_its_duplicate(
+    memory, monkeypatch
+):
+    """A remember searches the index for its neighbours before its write section, which a store
+    shared by several processes would otherwise hold through the search; what was written in
+    between is compared too (`NoteStore.changed_since`), or searched again where the store cannot tell."""
+    repeated = "Dana keeps the spare key of the blue garden shed under the third flower pot on the left"
+    memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)
+    searches, written = written_after_the_search(memory, monkeypatch, repeated, "dana")
+    note = memory.remember(repeated, user_id="dana", at=T0)
+    assert note.id == written[0].id
+    assert [n.text for n in memory.notes(user_id="dana")].count(repeated) == 1
+    # PostgreSQL's log names the note written meanwhile; SQLite's section searches the index again
+    assert len(searches) == (2 if isinstance(memory._graph, PostgresNoteGraph) else 3)
+
+
+def test_another_user_s_note_written_between_a_remember_s_search_and_its_write_section_is_no_candidate(
+    memory, monkeypatch
+):
+    text = "Dana keeps the spare key of the blue garden shed under the third flower pot on the left"
+    written = written_after_the_search(memory, monkeypatch, text, "erin")[1]
+    note = memory.remember(text, user_id="dana", at=T0)
+    assert note.id != written[0].id and note.links == [] and memory.get(written[0].id).links == []
 
 
 # ---- Zettelkasten linking and evolution ------------------------------------------------

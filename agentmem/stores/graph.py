@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -245,11 +245,16 @@ class NoteGraph(SqlNoteStore):
         self.graph = graph
         return True
 
-    def quiet_version(self) -> tuple[int, int] | None:
-        """Other connections' commits move `data_version`, this connection's writes `total_changes`."""
+    def search_mark(self) -> tuple[int, int] | None:
+        """Other connections' commits move `data_version`, this connection's writes `total_changes`;
+        None while the outbox holds index writes to make (the index lacks notes the mark would not name)."""
         if self._run("SELECT 1 FROM outbox LIMIT 1"):
             return None
         return self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes
+
+    def changed_since(self, mark: Hashable) -> set[str] | None:
+        """Nothing when nothing was written since the mark; else None: SQLite keeps no log of what."""
+        return set() if self.search_mark() == mark else None
 
     @contextmanager
     def transaction(self, bookkeeping: bool = False, meanwhile: Callable[[], None] | None = None) -> Iterator[None]:

@@ -1,5 +1,7 @@
-"""Which notes' links each commit to a PostgreSQL store changed, so that a replica brings its
-networkx view of the links up to date by reading those notes' links again, not every link.
+"""Which notes each commit to a PostgreSQL store touched (wrote, linked or re-embedded), so that a
+replica brings its networkx view of the links up to date by reading those notes' links again, not
+every link; and so that a remember whose index search ran before its write section knows which
+notes that search may have missed (`touched_since`).
 
 Each replica keeps the view: recall spreads activation along it, and notes read their links
 from it. Reloading all of it after any other replica's commit cost O(notes) per write: 4.2 s
@@ -85,6 +87,23 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
     graph.add_nodes_from(row[1] for row in rows if row[0] == "note")
     graph.add_weighted_edges_from(tuple(row[1:]) for row in rows if row[0] == "link")
     return without_forgotten(graph, [n for n in linked_before if n in graph and not graph[n]], run)
+
+
+def touched_since(seen: int, version: int, run: Run) -> set[str] | None:
+    """The notes the commits after version `seen` up to `version` touched; None when the log no
+    longer tells (pruned, a bulk load, a commit that kept no log). Call under the write lock, so
+    that no commit moves the version or prunes the log meanwhile."""
+    if version == seen:
+        return set()
+    if not 0 < version - seen <= KEPT_VERSIONS:
+        return None
+    (versions, touched), = run(
+        "SELECT count(DISTINCT version), array_agg(DISTINCT note_id) FROM link_changes WHERE version > ? AND version <= ?",
+        (seen, version),
+    )
+    if versions < version - seen or None in touched:
+        return None
+    return set(touched) - {""}
 
 
 def without_forgotten(graph: nx.Graph, alone: list[str], run: Run) -> nx.Graph:

@@ -13,8 +13,9 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   (`outbox_claim`), so a replica can write the index after releasing the write lock and
   another replica replays only rows whose writer is gone.
 - Freshness: every write transaction bumps `store_version` (SQLite's `PRAGMA data_version`)
-  and logs the notes whose links it touched; `refresh_if_changed` reads those notes' links
-  again when the counter moved (`link_changes`).
+  and logs the notes it wrote, linked or re-embedded; `refresh_if_changed` reads those notes'
+  links again when the counter moved (`link_changes`), and `changed_since` names them to a
+  remember that searched the index before its write section.
 - Full text: a generated tsvector with a GIN index, scored in BM25's shape (`full_text`)
   in place of FTS5's BM25.
 - Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
@@ -42,7 +43,7 @@ import logging
 import os
 import selectors
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -135,6 +136,7 @@ CREATE TABLE IF NOT EXISTS consolidation_jobs (
 )
 """
 
+MARKED_WAITING = 1000  # outbox rows a search mark names at most (`search_mark`)
 STATISTICS_LOCK_WAIT_MS = 100  # how long dropping an emptied table's statistics may wait for its lock
 ANALYZE_AT_LEAST = 500  # notes a store gains before its first statistics are refreshed
 SCHEMA_LOCK = 0x61676D0  # advisory lock keys (per database): creating the schema,
@@ -443,7 +445,8 @@ class PostgresNoteGraph(SqlNoteStore):
                 return Neighbours([], self.unreadable, self.dimension)
             ahead = self._pinned.read_ahead or {}
             if all(note_id in ahead for note_id in note_ids):
-                return Neighbours([ahead[i] for i in dict.fromkeys(note_ids)], self.unreadable, self.dimension)
+                rows = [ahead[i] for i in dict.fromkeys(note_ids) if ahead[i]["user_id"] == user_id]
+                return Neighbours(rows, self.unreadable, self.dimension)
         return super().neighbours(note_ids, user_id)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
@@ -713,7 +716,7 @@ class PostgresNoteGraph(SqlNoteStore):
         self._data_version = version
         return True
 
-    # ---- what a commit logs in `link_changes`: the notes whose links it touched ----------------
+    # ---- what a commit logs in `link_changes`: the notes it wrote, linked or re-embedded --------
 
     def insert_many(self, notes: Sequence[tuple[Note, np.ndarray, np.ndarray | None]]) -> None:
         super().insert_many(notes)
@@ -722,6 +725,15 @@ class PostgresNoteGraph(SqlNoteStore):
     def link_many(self, links: Sequence[tuple[str, str, float, datetime]]) -> None:
         super().link_many(links)
         self._touched(end for a, b, _, _ in links for end in (a, b))
+
+    def replace(self, note: Note, embedding: np.ndarray, in_context: np.ndarray | None, change: str,
+                before: Note) -> None:
+        super().replace(note, embedding, in_context, change, before)
+        self._touched([note.id])  # its vectors may have changed (`changed_since`)
+
+    def set_searched_vectors(self, vectors: dict[str, np.ndarray | None]) -> None:
+        super().set_searched_vectors(vectors)
+        self._touched(vectors)
 
     def delete(self, note_id: str) -> list[str]:
         """`SqlNoteStore.delete`; the log keeps no trace of the note either (forget leaves none). It
@@ -744,11 +756,21 @@ class PostgresNoteGraph(SqlNoteStore):
             if untouched is not None:
                 touched.discard(untouched)
 
-    def quiet_version(self) -> int | None:
+    def search_mark(self) -> tuple[int, frozenset[str]] | None:
         """`store_version`, which every write transaction but bookkeeping moves (bookkeeping changes
-        no note and no link; an index write it records leaves rows in the outbox until it is made)."""
-        version, quiet = self._run("SELECT n, NOT EXISTS (SELECT 1 FROM outbox) FROM store_version")[0]
-        return version if quiet else None
+        no note and no link), and the notes waiting in the outbox for their index write; None when
+        more than `MARKED_WAITING` wait (an index that is down: search in the section)."""
+        version, waiting = self._run(
+            f"SELECT n, ARRAY(SELECT note_id FROM outbox LIMIT {MARKED_WAITING + 1}) FROM store_version")[0]
+        return None if len(waiting) > MARKED_WAITING else (version, frozenset(waiting))
+
+    def changed_since(self, mark: Hashable) -> set[str] | None:
+        """The notes waiting at the mark, and those the commits since logged (`link_changes`: every
+        note a commit wrote, linked or re-embedded). Call in the write section, where the view is
+        caught up with the store's version (`refresh_if_changed`)."""
+        version, waiting = mark
+        touched = link_changes.touched_since(version, self._data_version, self._run)
+        return None if touched is None else touched | waiting
 
     @contextmanager
     def transaction(self, bookkeeping: bool = False, meanwhile: Callable[[], None] | None = None) -> Iterator[None]:

@@ -411,16 +411,17 @@ class SqlNoteStore:
 
     def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
         """What a new note of `user_id` is compared with, in one read (three round trips to a
-        server before): these notes (its nearest in the index) and the user's notes waiting in
-        the outbox for their index write (another replica may be writing them right now)."""
+        server before): those of these notes that are the user's (its nearest in the index, and
+        any a search ahead may have missed), and the user's notes waiting in the outbox for their
+        index write (another replica may be writing them right now)."""
         note_ids = list(note_ids)
         user, params = equals("n.user_id", user_id)
         among, ids = self._among("n.id", note_ids)
         select = f"SELECT {self._columns(KEPT_IN_QUARANTINE, 'n.')}, n.embedding AS vector"
         rows = self._read_notes(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
-            f"{select}, 0 AS waiting FROM notes n WHERE {among}"
+            f"{select}, 0 AS waiting FROM notes n WHERE {among} AND {user}"
             f" UNION ALL {select}, 1 FROM outbox o CROSS JOIN notes n WHERE n.id = o.note_id AND o.op = 'upsert' AND {user}",
-            [*ids, *params],
+            [*ids, *params, *params],
         )
         return Neighbours(rows, self.unreadable, self.dimension)
 

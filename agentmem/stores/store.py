@@ -124,9 +124,13 @@ class NoteStore(Protocol):
 
     # ---- the outbox of vector-index writes, and index tokens -------------------------------
     def has_pending(self) -> bool: ...
-    def quiet_version(self) -> Hashable | None:
-        """A value that changes with every committed write, or None while the outbox holds index
-        writes to make: at one value, the index holds exactly the store's notes."""
+    def search_mark(self) -> Hashable | None:
+        """Taken before an index search made outside the write section, for `changed_since`; None
+        when this store could not tell later what such a search may have missed."""
+    def changed_since(self, mark: Hashable) -> set[str] | None:
+        """In the write section: the notes an index search made after `search_mark` may have missed
+        or seen with another vector (written, linked or re-embedded since, or then waiting in the
+        outbox), of any user; None when the store cannot tell (then search again)."""
     def pending(self) -> list[tuple[str, str]]: ...
     def clear_pending(self, note_ids: Iterable[str]) -> None:
         """Delete these notes' outbox rows, in the open transaction; outside one (in a `meanwhile`),

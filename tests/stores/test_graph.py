@@ -68,20 +68,21 @@ def test_a_store_made_before_context_embeddings_opens_and_keeps_its_vectors(tmp_
     assert np.array_equal(reopened.own_embeddings(["b"])["b"], np.ones(4, dtype=np.float32))
 
 
-def test_the_quiet_version_moves_with_any_commit_and_is_none_while_index_writes_wait(tmp_path):
+def test_a_search_mark_tells_nothing_changed_until_any_commit_and_is_none_while_index_writes_wait(tmp_path):
     graph, other = NoteGraph(tmp_path / "g.sqlite3"), NoteGraph(tmp_path / "g.sqlite3")
-    quiet = graph.quiet_version()
-    assert quiet is not None and graph.quiet_version() == quiet  # reading moves nothing
+    quiet = graph.search_mark()
+    assert quiet is not None and graph.changed_since(quiet) == set()  # reading moves nothing
     with graph.transaction():
         graph.insert(note("a"), np.ones(4))
-    assert graph.quiet_version() is None  # "a" waits for its index write
+    assert graph.search_mark() is None  # "a" waits for its index write
+    assert graph.changed_since(quiet) is None
     with graph.transaction():
         graph.clear_pending(["a"])
-    ours = graph.quiet_version()
-    assert ours not in (None, quiet)  # this connection's own commit
+    ours = graph.search_mark()
+    assert ours is not None and graph.changed_since(quiet) is None  # this connection's own commit
     with other.transaction():
         other.set_fields("a", strength=2.0)
-    assert graph.quiet_version() not in (None, ours)  # another connection's commit
+    assert graph.changed_since(ours) is None  # another connection's commit: SQLite cannot tell what
 
 
 def turn(i: int) -> Note:

@@ -99,19 +99,52 @@ def test_another_process_s_commit_refreshes_the_view_and_our_own_does_not(postgr
         second.close()
 
 
-def test_the_quiet_version_moves_with_any_replica_s_write_and_is_none_while_index_writes_wait(store, postgres_url):
+def test_what_changed_since_a_search_mark_is_every_note_written_linked_or_re_embedded_or_then_waiting(
+    store, postgres_url
+):
+    """A remember searches the index before its write section; there it compares the draft with
+    every note that search may have missed, which the store names from its log of commits."""
     other = PostgresNoteGraph(postgres_url)
     try:
-        quiet = store.quiet_version()
-        assert quiet is not None and store.quiet_version() == quiet
+        with store.transaction():
+            store.insert(note("old"), np.ones(4))
+            store.insert(note("linked"), np.ones(4))
+        with store.transaction():
+            store.clear_pending(["old"])
+        mark = store.search_mark()
+        assert mark is not None and mark[1] == {"linked"}  # its index write is still to make
+        with store.lock():
+            store.refresh_if_changed()
+            assert store.changed_since(mark) == {"linked"}  # nothing committed since
+        with other.transaction():  # another replica's commits
+            other.insert(note("new"), np.ones(4))
+            other.link("new", "linked", 0.9, T)
         with other.transaction():
-            other.insert(note("a"), np.ones(4))
-        assert store.quiet_version() is None  # "a" waits for its index write
-        with other.transaction():
-            other.clear_pending(["a"])
-        assert store.quiet_version() not in (None, quiet)
+            other.replace(note("old", "old, rewritten"), np.full(4, 0.5), None, "updated", note("old"))
+        with other.transaction(bookkeeping=True):
+            other.clear_pending(["new", "old"])
+        with store.lock():
+            store.refresh_if_changed()
+            assert store.changed_since(mark) == {"linked", "new", "old"}
     finally:
         other.close()
+
+
+def test_a_search_mark_is_none_when_too_many_notes_wait_and_what_changed_unknown_after_a_bulk_load(
+    store, monkeypatch
+):
+    monkeypatch.setattr("agentmem.stores.postgres.MARKED_WAITING", 2)
+    with store.transaction():
+        for i in range(3):
+            store.insert(note(f"n{i}"), np.ones(4))
+    assert store.search_mark() is None  # an index that is down: the write section searches
+    with store.transaction():
+        store.clear_pending([f"n{i}" for i in range(3)])
+    mark = store.search_mark()
+    store.bulk_load({"meta": (["key", "value"], [("imported", "yes")])})  # a migration's load
+    with store.lock():
+        store.refresh_if_changed()
+        assert store.changed_since(mark) is None
 
 
 def test_forgetting_takes_back_absorbed_keywords_and_history_and_queues_its_delete(store):
