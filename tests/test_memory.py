@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from agentmem import (
-    AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, ModelUnavailableError, NoteNotFoundError,
-    StoreClosedError, StoreUnavailableError,
+    AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, ModelUnavailableError, Note,
+    NoteNotFoundError, StoreClosedError, StoreUnavailableError,
 )
 from agentmem.stores import NoteGraph, VectorIndex
 from agentmem.stores.postgres import PostgresNoteGraph
@@ -243,20 +243,29 @@ def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(mem
     assert searches == [64, 64, 22]  # one per encoder batch, none in the write section
 
 
-def written_after_the_search(memory: Memory, monkeypatch, text: str, user_id: str) -> tuple[list[int], list]:
-    """Have the next remember's index search, once made, see `text` remembered by `user_id` before
-    that remember's write section (as another replica may); returns the searches made and that note."""
-    nearest, searches, written = VectorIndex.nearest, [], []
+def written_after_the_mark(memory: Memory, monkeypatch, text: str, user_id: str) -> tuple[list[int], list[Note]]:
+    """Have `text` remembered by `user_id` (as another replica may) after the next remember's search
+    mark, and that remember's search ahead miss it, as if its index write had not landed yet; returns
+    the searches made and that note."""
+    mark, nearest, searches, written, writing = type(memory._graph).search_mark, VectorIndex.nearest, [], [], []
 
-    def then_a_write(index, embeddings, *args, **kwargs):
+    def then_a_write(store):
+        taken = mark(store)
+        if not writing:
+            writing.append(True)  # the write takes its own mark
+            written.append(memory.remember(text, user_id=user_id, at=T0))
+        return taken
+
+    def missing_it_once(index, embeddings, *args, **kwargs):
         searches.append(len(embeddings))
         found = nearest(index, embeddings, *args, **kwargs)
-        if not written:
-            written.append(None)  # the write's own search comes back here
-            written[0] = memory.remember(text, user_id=user_id, at=T0)
+        if len(written) == 1:
+            written.append(None)  # once
+            return [[(token, s) for token, s in row if token != index.token("id", written[0].id)] for row in found]
         return found
 
-    monkeypatch.setattr(VectorIndex, "nearest", then_a_write)
+    monkeypatch.setattr(type(memory._graph), "search_mark", then_a_write)
+    monkeypatch.setattr(VectorIndex, "nearest", missing_it_once)
     return searches, written
 
 
@@ -268,7 +277,7 @@ def test_a_note_written_between_a_remember_s_search_and_its_write_section_is_fou
     between is compared too (`NoteStore.changed_since`), or searched again where the store cannot tell."""
     repeated = "Dana keeps the spare key of the blue garden shed under the third flower pot on the left"
     memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)
-    searches, written = written_after_the_search(memory, monkeypatch, repeated, "dana")
+    searches, written = written_after_the_mark(memory, monkeypatch, repeated, "dana")
     note = memory.remember(repeated, user_id="dana", at=T0)
     assert note.id == written[0].id
     assert [n.text for n in memory.notes(user_id="dana")].count(repeated) == 1
@@ -280,7 +289,7 @@ def test_another_user_s_note_written_between_a_remember_s_search_and_its_write_s
     memory, monkeypatch
 ):
     text = "Dana keeps the spare key of the blue garden shed under the third flower pot on the left"
-    written = written_after_the_search(memory, monkeypatch, text, "erin")[1]
+    written = written_after_the_mark(memory, monkeypatch, text, "erin")[1]
     note = memory.remember(text, user_id="dana", at=T0)
     assert note.id != written[0].id and note.links == [] and memory.get(written[0].id).links == []
 

@@ -419,11 +419,13 @@ class SqlNoteStore:
         among, ids = self._among("n.id", note_ids)
         select = f"SELECT {self._columns(KEPT_IN_QUARANTINE, 'n.')}, n.embedding AS vector"
         rows = self._read_notes(  # CROSS JOIN: SQLite starts from the (small) outbox, not the user's notes (10k: 14 ms)
-            f"{select}, 0 AS waiting FROM notes n WHERE {among} AND {user}"
+            f"{select}, 0 AS waiting FROM notes n WHERE {among}"
             f" UNION ALL {select}, 1 FROM outbox o CROSS JOIN notes n WHERE n.id = o.note_id AND o.op = 'upsert' AND {user}",
-            [*ids, *params, *params],
+            [*ids, *params],
         )
-        return Neighbours(rows, self.unreadable, self.dimension)
+        # another user's are dropped here: the user's condition in the first part had SQLite scan
+        # the user's notes by scope instead of reading the few ids by key (1k notes: 0.67 against 0.08 ms)
+        return Neighbours([row for row in rows if row["user_id"] == user_id], self.unreadable, self.dimension)
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}
