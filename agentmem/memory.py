@@ -269,7 +269,8 @@ class Memory:
             embeddings = self._embed(texts)
             ahead = starting()
             if ahead is not None:
-                self._search_beside_the_section(ahead, drafts, embeddings)
+                with self._sections.reading():
+                    ahead.search(drafts, range(len(drafts)), embeddings)
             return embeddings, ahead
         with self._sections.reading():
             ahead = self._writer.search_ahead()
@@ -429,27 +430,6 @@ class Memory:
         when = check.time(at)
         with self._sections.exclusive():
             return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
-
-    def _search_beside_the_section(self, ahead: SearchAhead, drafts: list[Note], embeddings: np.ndarray) -> None:
-        """Search the index for the drafts' neighbours; where the store reads on connections of its
-        own, in a helper thread while the caller takes the write section's locks (a round trip to
-        a server: 0.5-0.8 ms at 1k-100k notes), else here. The helper searches the index alone,
-        once this process's index writes in flight are done, without its lock: what the search
-        may miss, the store's mark tells (`SearchAhead`)."""
-        positions = range(len(drafts))
-        if not self._graph.concurrent_reads:  # the helpers would take turns with this thread's section
-            with self._sections.reading():
-                ahead.search(drafts, positions, embeddings)
-            return
-
-        def search() -> None:
-            with self._sections.index_only():
-                ahead.search(drafts, positions, embeddings)
-
-        try:
-            ahead.underway = self._helpers.submit(search)
-        except RuntimeError as exc:  # the pool is shut down: close() ran
-            raise self._sections.closed_error() from exc
 
     def _search_ahead_meanwhile(self) -> Callable[[], SearchAhead | None]:
         """`WritePath.search_ahead` (the store's mark, before the search), taken in a helper thread

@@ -71,16 +71,6 @@ class Sections:
             yield
 
     @contextmanager
-    def index_only(self) -> Iterator[None]:
-        """A search of the vector index alone, whose caller learns from the note store what it may
-        have missed (`SearchAhead`): once the index writes in flight are done, so that it finds this
-        process's last remember, but beside this process's sections."""
-        self._index_writes.wait()
-        if self._closed:
-            raise self.closed_error()
-        yield
-
-    @contextmanager
     def _thread_lock(self) -> Iterator[None]:
         """This process's lock on the store, once the index writes in flight are done (they may
         need the lock themselves, so a thread already holding it does not wait for them)."""

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Collection, Hashable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -403,15 +402,13 @@ class SearchAhead:
     index write then); those are compared with the drafts too. A store that cannot tell has the
     write section search again, as does a search that failed (the section reports its error).
     Outside the section, a remember's search no longer holds the lock of a store shared by
-    several processes: two replicas remembering at once search at once. It may still be under
-    way while the section starts (`underway`, waited for in `results`).
+    several processes: two replicas remembering at once search at once.
     """
 
     def __init__(self, writer: WritePath, mark: Hashable) -> None:
         self.writer, self.mark = writer, mark
         self.searched: dict[int, IndexRow] = {}
         self.failed = False
-        self.underway: Future[None] | None = None
 
     def search(self, drafts: list[Note], positions: Sequence[int], embeddings: np.ndarray) -> None:
         """Search the index for these drafts (of the batch, at these positions)."""
@@ -429,8 +426,6 @@ class SearchAhead:
         """Each draft's `IndexSync.nearest` row and the notes the search may have missed, if every
         draft of the batch was searched and the store can tell which (call in the write section);
         else None."""
-        if self.underway is not None:
-            self.underway.result()
         if self.failed or len(self.searched) != size:
             return None
         changed = self.writer.store.changed_since(self.mark)
