@@ -126,7 +126,8 @@ class WritePath:
         entered), or None when the index was written with the commit (`IndexSync.early_write`).
         `ahead`: the drafts' nearest indexed notes, searched before, used if they still hold."""
         in_context = self.in_context(drafts, embeddings)
-        searched, changed = (ahead and ahead.results(len(drafts))) or (None, set())
+        held = None if ahead is None else ahead.results(len(drafts))
+        searched, changed = (None, set()) if held is None else held
         found, neighbours = self.neighbour_candidates(drafts, embeddings, searched, changed)
         candidates = [self.usable(near) for near in found]
         # the stored candidates are read once, before the transaction (the caller's lock keeps
