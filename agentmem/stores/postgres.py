@@ -442,11 +442,10 @@ class PostgresNoteGraph(SqlNoteStore):
         if getattr(self._pinned, "outbox_empty", False):
             if not note_ids:
                 self._pinned.read_ahead = self._pinned.read_ahead or {}
-                return Neighbours([], self.unreadable, self.dimension)
+                return Neighbours([], user_id, self.unreadable, self.dimension)
             ahead = self._pinned.read_ahead or {}
             if all(note_id in ahead for note_id in note_ids):
-                rows = [ahead[i] for i in dict.fromkeys(note_ids) if ahead[i]["user_id"] == user_id]
-                return Neighbours(rows, self.unreadable, self.dimension)
+                return Neighbours([ahead[i] for i in dict.fromkeys(note_ids)], user_id, self.unreadable, self.dimension)
         return super().neighbours(note_ids, user_id)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:

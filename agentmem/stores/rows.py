@@ -172,9 +172,13 @@ def readable_notes(
 class Neighbours:
     """Stored notes read as a new note's candidates (`SqlNoteStore.neighbours`): their own
     embeddings, which of them wait for their index write, and their notes, built only for the
-    few that are near enough to link or duplicate (`notes`)."""
+    few that are near enough to link or duplicate (`notes`). Rows of another user than `user_id`
+    are left out (links never cross users); the stores read by id, and filter here."""
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]], unreadable: dict[str, str], dimension: int | None) -> None:
+    def __init__(
+        self, rows: Sequence[Mapping[str, Any]], user_id: str | None, unreadable: dict[str, str], dimension: int | None
+    ) -> None:
+        rows = [row for row in rows if row["user_id"] == user_id]
         self._rows, self.embeddings = {}, {}
         for row in rows:
             try:
