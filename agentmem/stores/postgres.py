@@ -16,8 +16,8 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   and logs the notes it wrote, linked or re-embedded; `refresh_if_changed` reads those notes'
   links again when the counter moved (`link_changes`), and `changed_since` names them to a
   remember that searched the index before its write section.
-- Full text: a generated tsvector with a GIN index, scored in BM25's shape (`full_text`)
-  in place of FTS5's BM25.
+- Full text: a generated tsvector, its lexemes with their ranks kept in `postings` by a trigger,
+  scored in BM25's shape (`full_text`) in place of FTS5's BM25.
 - Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
   `transaction()` keeps one connection pinned, so its statements share the transaction and the
   session lock. Inside a transaction, statements whose results nobody reads are queued and sent
@@ -95,7 +95,6 @@ CREATE TABLE IF NOT EXISTS notes (
 ) WITH (fillfactor = 85);  -- room on each page, so a recall's counters update in place (HOT), not in every index
 CREATE INDEX IF NOT EXISTS notes_scope ON notes(user_id, agent_id, session_id);
 CREATE INDEX IF NOT EXISTS notes_index_id ON notes(index_id);
-CREATE INDEX IF NOT EXISTS notes_search ON notes USING GIN (search) WITH (fastupdate = off);
 CREATE TABLE IF NOT EXISTS links (
     a TEXT NOT NULL, b TEXT NOT NULL, weight DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (a, b)
@@ -155,7 +154,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 # every table the store makes (the notes' tables, the version log, the lexicon, shared folders, the ledger, the
 # records of its servers' consolidation jobs)
 STORE_TABLES = (
-    *TABLES, "store_version", "link_changes", "lexicon", "shared_folders", "consolidation_ledger", "consolidation_jobs",
+    *TABLES, "store_version", "link_changes", "lexicon", "postings", "shared_folders", "consolidation_ledger", "consolidation_jobs",
 )
 LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
@@ -164,7 +163,7 @@ LEDGER_COLUMNS = (
 # what a forget VACUUMs: every table a note's text, words, fact or id was in (the ledger, the editor's
 # archive in shared_folders and the outbox too: autovacuum left their dead rows for want of 50 of them)
 FORGET_VACUUMS = (
-    "notes", "links", "history", "recalls", "absorbed", "lexicon", "link_changes", "outbox", "quarantine",
+    "notes", "links", "history", "recalls", "absorbed", "lexicon", "postings", "link_changes", "outbox", "quarantine",
     "consolidation_ledger", "shared_folders",
 )
 UNCLAIMED = "FOR KEY SHARE SKIP LOCKED"  # outbox rows no live writer holds (`outbox_claim`)
@@ -831,7 +830,8 @@ class PostgresNoteGraph(SqlNoteStore):
             self._analyze_if_grown()
 
     def _analyze_if_grown(self) -> None:
-        """Refresh the planner's statistics of `notes` once it has doubled since they were taken.
+        """Refresh the planner's statistics of `notes` and `postings` once the notes have doubled
+        since they were taken.
 
         Autovacuum does it too, but visits a database once a minute: a store filled faster kept
         the estimates of a smaller one, and the full-text search then also scanned the scope
@@ -839,7 +839,7 @@ class PostgresNoteGraph(SqlNoteStore):
         notes = self.graph.number_of_nodes()
         if notes >= 2 * self._analyzed_notes + ANALYZE_AT_LEAST:
             try:  # after a commit: its failure is not the write's
-                self._run("ANALYZE notes")
+                self._run("ANALYZE notes, postings")
             except AgentMemError as exc:
                 log.warning("the planner's statistics of the notes were not refreshed: %s", exc)
                 return
@@ -907,8 +907,12 @@ class PostgresNoteGraph(SqlNoteStore):
         (id, score > 0), in one statement (`full_text.SEARCH`)."""
         if not terms or n < 1:
             return []
-        clause, params = self._where(where, "n")
-        rows = self._run(full_text.SEARCH.format(where=clause), (*full_text.ranking(terms), *params, n))
+        clause, params = self._where(where.model_copy(update={"metadata": {}}), "p")
+        join = ""
+        if where.metadata:
+            matching, more = self._where(NoteFilter(include_archived=True, metadata=where.metadata), "m")
+            clause, params, join = f"{clause} AND {matching}", [*params, *more], full_text.METADATA_JOIN
+        rows = self._run(full_text.SEARCH.format(where=clause, join=join), (" ".join(terms), *params, n))
         return [(note_id, float(score)) for note_id, score in rows if score > 0]
 
 
@@ -926,8 +930,8 @@ def schema_mark() -> str:
     """What names the release that made the store's tables or last brought them up to date: the comment
     on `notes` (in the catalog, which any role reads; a migration's copy of `meta` does not touch it),
     a digest of every statement that makes them, so a release that changes one runs them again."""
-    parts = (SCHEMA, link_changes.SCHEMA, full_text.COUNT_LEXEMES, full_text.LEXICON, full_text.LEXICON_COUNT,
-             shared_folders.SCHEMA, ledger_schema(), JOBS_SCHEMA)
+    parts = (SCHEMA, link_changes.SCHEMA, full_text.INDEX_WORDS, full_text.TRIGGERS, full_text.LEXICON,
+             full_text.POSTINGS, full_text.LEXICON_COUNT, full_text.POSTINGS_FILL, shared_folders.SCHEMA, ledger_schema(), JOBS_SCHEMA)
     return "agentmem schema " + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -969,7 +973,7 @@ def grant_as_on_notes(conn: psycopg.Connection, tables: list[str]) -> None:
 
 def schema_state(conn: psycopg.Connection, url: str) -> str:
     """"new" (none of the store's tables in the schema), "current" (a store whose tables this release
-    made or brought up to date, and whose lexicon trigger no earlier release replaced since) or
+    made or brought up to date, and whose full-text trigger function is this release's) or
     "older" (a store that needs its schema statements run). Tables of the store's names that are
     no store's (no `meta` of agentmem's holding its index key) are refused, and nothing is changed."""
     found = dict(conn.execute(
@@ -984,14 +988,13 @@ def schema_state(conn: psycopg.Connection, url: str) -> str:
     ours = ({"key", "value"} <= set(found.get("meta") or ())
             and {"id", "text", "embedding"} <= set(found.get("notes") or ()))
     if ours:
-        key, made_by, counter, no_pending_list = conn.execute(
+        key, made_by, words = conn.execute(
             "SELECT (SELECT value FROM meta WHERE key = 'index_key'), obj_description('notes'::regclass, 'pg_class'),"
-            " (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_count_lexemes()')),"
-            " (SELECT 'fastupdate=off' = ANY(reloptions) FROM pg_class WHERE oid = to_regclass('notes_search'))"
+            " (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_index_words()'))"
         ).fetchone()
         if key is not None:  # what `full_text.prepare` would change, an earlier release may have made since
             current = (made_by == schema_mark() and set(STORE_TABLES) <= set(found)
-                       and counter == full_text.COUNT_LEXEMES and no_pending_list is True)
+                       and words == full_text.INDEX_WORDS)
             return "current" if current else "older"
     raise InvalidInputError(
         f"the database at {redacted(url)} holds other tables named {', '.join(sorted(found))}, not an agentmem"

@@ -12,6 +12,7 @@ from agentmem.consolidation.ledger import Ledger
 from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores.filters import NoteFilter
+from agentmem.stores.full_text import posted
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.location import local_folder
 from agentmem.stores.migrate import migrate
@@ -131,8 +132,9 @@ def test_a_migration_that_fails_leaves_the_database_empty_and_runs_again(source,
 
 def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_counted(source, postgres_url, tmp_path,
                                                                                     monkeypatch):
-    """The bulk load counts `lexicon` once instead of per note: it must hold what the per-note trigger
-    would (each lexeme's notes, and the notes under ''), and the trigger must be on again after."""
+    """The bulk load counts `lexicon` and computes `postings` once instead of per note: they must hold
+    what the per-note trigger would (each lexeme's notes, and the notes under ''; each note's lexemes
+    with their ranks), and the trigger must be on again after."""
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
     migrate(source, postgres_url)
     graph = PostgresNoteGraph(postgres_url)
@@ -144,9 +146,17 @@ def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_count
         ).fetchall())
         return lexicon, recount
 
+    def postings_and_recount() -> tuple[set[tuple], set[tuple]]:
+        postings = set(map(tuple, graph.connection.execute("SELECT * FROM postings").fetchall()))
+        recount = set(map(tuple, graph.connection.execute(
+            f"SELECT p.* FROM notes n, LATERAL ({posted('n')}) AS p").fetchall()))
+        return postings, recount
+
     try:
         lexicon, recount = lexicon_and_recount()
         assert lexicon == recount and lexicon[""] == len(TEXTS) and lexicon["lisbon"] == 1
+        postings, reposted = postings_and_recount()
+        assert postings == reposted and sum(1 for p in postings if p[0] == "lisbon") == 1
         # the planner knows the copied rows (a table never analyzed has reltuples -1)
         assert graph.connection.execute("SELECT reltuples FROM pg_class WHERE relname = 'notes'").fetchone()[0] == len(TEXTS)
         with graph.transaction():
@@ -154,6 +164,8 @@ def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_count
                          np.ones(384))
         lexicon, recount = lexicon_and_recount()
         assert lexicon == recount and lexicon[""] == len(TEXTS) + 1 and lexicon["lisbon"] == 2
+        postings, reposted = postings_and_recount()
+        assert postings == reposted and sum(1 for p in postings if p[0] == "lisbon") == 2
     finally:
         graph.close()
 
