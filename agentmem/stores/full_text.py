@@ -29,8 +29,8 @@ LEXICON = "CREATE TABLE lexicon (lexeme TEXT PRIMARY KEY, docs BIGINT NOT NULL);
 # Per note and lexeme, the lexeme's ts_rank in the note, with what a search filters by (the note's
 # scope and whether it is archived), all in the key's index, so a search reads no table rows. Read
 # from the notes at 100k, the median LoCoMo question's 3.5k matches lay on 3.4k heap pages, and the
-# statement took 6.2-7.0 ms p50 (17-19 p90, 150 questions); from the postings 2.0 ms (5.0-5.4), with
-# the same ids and scores (BENCHMARKS.md, latency-stores, 2026-11-28 16:40 UTC).
+# statement took 6.2-7.0 ms p50 (17-19 p90, 150 questions); from the postings 2.2 ms (5.2-5.4), with
+# the same ids and scores (BENCHMARKS.md, latency-stores, 2026-11-28 16:19 UTC).
 POSTINGS = """
 CREATE TABLE postings (
     lexeme TEXT NOT NULL, seq BIGINT NOT NULL,
