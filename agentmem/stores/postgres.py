@@ -151,10 +151,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "absorbed": ("note_id", "keyword", "origin"),
     "quarantine": ("id", "reason", "at", "row"),
 }
-# every table the store makes (the notes' tables, the version log, the lexicon, shared folders, the ledger, the
-# records of its servers' consolidation jobs)
+# every table the store makes (the notes' tables, the version log, the full text's lexicon and postings, shared
+# folders, the ledger, the records of its servers' consolidation jobs)
 STORE_TABLES = (
-    *TABLES, "store_version", "link_changes", "lexicon", "postings", "shared_folders", "consolidation_ledger", "consolidation_jobs",
+    *TABLES, "store_version", "link_changes", "lexicon", "postings", "shared_folders", "consolidation_ledger",
+    "consolidation_jobs",
 )
 LEDGER_COLUMNS = (
     "id", "note_id", "edit_id", "prompt", "prompt_key", "target", "editor", "status", "created_at", "updated_at",
@@ -444,7 +445,8 @@ class PostgresNoteGraph(SqlNoteStore):
                 return Neighbours([], user_id, self.unreadable, self.dimension)
             ahead = self._pinned.read_ahead or {}
             if all(note_id in ahead for note_id in note_ids):
-                return Neighbours([ahead[i] for i in dict.fromkeys(note_ids)], user_id, self.unreadable, self.dimension)
+                rows = [ahead[i] for i in dict.fromkeys(note_ids)]
+                return Neighbours(rows, user_id, self.unreadable, self.dimension)
         return super().neighbours(note_ids, user_id)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
@@ -931,7 +933,8 @@ def schema_mark() -> str:
     on `notes` (in the catalog, which any role reads; a migration's copy of `meta` does not touch it),
     a digest of every statement that makes them, so a release that changes one runs them again."""
     parts = (SCHEMA, link_changes.SCHEMA, full_text.INDEX_WORDS, full_text.TRIGGERS, full_text.LEXICON,
-             full_text.POSTINGS, full_text.LEXICON_COUNT, full_text.POSTINGS_FILL, shared_folders.SCHEMA, ledger_schema(), JOBS_SCHEMA)
+             full_text.POSTINGS, full_text.LEXICON_COUNT, full_text.POSTINGS_FILL, shared_folders.SCHEMA,
+             ledger_schema(), JOBS_SCHEMA)
     return "agentmem schema " + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

@@ -30,10 +30,11 @@ def test_lexical_search_stems_ranks_and_filters(store):
 
 
 def test_lexical_search_filters_by_agent_session_and_metadata(store):
+    notes = [("a", "g1", "s1", 1), ("b", "g2", "s1", 2), ("c", "g1", "s2", True)]
     with store.transaction():
-        store.insert(note("a", "Lisbon trams", user_id="u", agent_id="g1", session_id="s1", metadata={"k": 1}), np.ones(4))
-        store.insert(note("b", "Lisbon bridges", user_id="u", agent_id="g2", session_id="s1", metadata={"k": 2}), np.ones(4))
-        store.insert(note("c", "Lisbon hills", user_id="u", agent_id="g1", session_id="s2", metadata={"k": True}), np.ones(4))
+        for note_id, agent, session, value in notes:
+            store.insert(note(note_id, f"Lisbon {note_id}", user_id="u", agent_id=agent, session_id=session,
+                              metadata={"k": value}), np.ones(4))
     found = lambda **where: {i for i, _ in store.lexical_search(["lisbon"], 10, NoteFilter(**where))}  # noqa: E731
     assert found(agent_id="g1") == {"a", "c"} and found(session_id="s1") == {"a", "b"}
     assert found(metadata={"k": 1}) == {"a"} and found(metadata={"k": True}) == {"c"}
@@ -50,7 +51,8 @@ def test_lexical_search_scores_each_match_as_the_sum_over_its_lexemes_of_idf_tim
         store.set_fields("n1", keywords=["marathon", "training"])  # the note grows: every rank of it changes
     direct = (
         "WITH terms AS (SELECT l.lexeme, ln(1 + (t.docs - l.docs + 0.5) / (l.docs + 0.5)) AS idf"
-        " FROM lexicon l JOIN lexicon t ON t.lexeme = '' WHERE l.lexeme = ANY(tsvector_to_array(to_tsvector('english', %s))))"
+        " FROM lexicon l JOIN lexicon t ON t.lexeme = ''"
+        " WHERE l.lexeme = ANY(tsvector_to_array(to_tsvector('english', %s))))"
         " SELECT n.id, sum(t.idf * ts_rank('{0, 0, 0.5, 1.0}', n.search, quote_literal(t.lexeme)::tsquery, 1))"
         " FROM terms t JOIN notes n ON n.search @@ quote_literal(t.lexeme)::tsquery GROUP BY n.id"
     )
@@ -93,7 +95,8 @@ def test_the_lexicon_stays_exact_through_insert_update_delete_and_a_refused_writ
     kept, recount = lexicon_and_recount(postgres_url)
     assert kept == recount and "madrid" in kept and kept["lisbon"] == 2 and "climb" not in kept
     posted_rows, reposted = postings_and_recount(postgres_url)
-    assert posted_rows == reposted and "madrid" in {r[0] for r in posted_rows} and "climb" not in {r[0] for r in posted_rows}
+    lexemes = {r[0] for r in posted_rows}
+    assert posted_rows == reposted and "madrid" in lexemes and "climb" not in lexemes
     with store.transaction():
         store.set_fields("c", archived=True)  # a search leaves archived notes out by their postings
     posted_rows, reposted = postings_and_recount(postgres_url)
@@ -121,12 +124,14 @@ def test_a_store_made_before_the_postings_gets_them_and_the_current_trigger_when
         store.insert(note("a", "Lisbon trams climb steep hills"), np.ones(4))
         store.insert(note("b", "Porto bridges"), np.ones(4))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("DROP TABLE postings; DROP TRIGGER notes_words_write ON notes; DROP TRIGGER notes_words_update ON notes;"
-                     " DROP FUNCTION agentmem_index_words();"
-                     " CREATE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;"
+        conn.execute("DROP TABLE postings; DROP TRIGGER notes_words_write ON notes;"
+                     " DROP TRIGGER notes_words_update ON notes; DROP FUNCTION agentmem_index_words();"
+                     " CREATE FUNCTION agentmem_count_lexemes() RETURNS trigger LANGUAGE plpgsql"
+                     "  AS $$BEGIN RETURN NULL; END$$;"
                      " CREATE TRIGGER notes_lexicon_write AFTER INSERT OR DELETE ON notes"
                      "  FOR EACH ROW EXECUTE FUNCTION agentmem_count_lexemes();"
-                     " CREATE INDEX notes_search ON notes USING GIN (search); COMMENT ON TABLE notes IS 'agentmem schema 0'")
+                     " CREATE INDEX notes_search ON notes USING GIN (search);"
+                     " COMMENT ON TABLE notes IS 'agentmem schema 0'")
         PostgresNoteGraph(postgres_url).close()
         left = conn.execute("SELECT to_regclass('notes_search'), to_regprocedure('agentmem_count_lexemes()'),"
                             " (SELECT prosrc FROM pg_proc WHERE proname = 'agentmem_index_words')").fetchone()
