@@ -27,17 +27,22 @@ RANK_NORMALIZATION = 1  # divide by 1 + log(document length), as BM25 discounts 
 LEXICON = "CREATE TABLE lexicon (lexeme TEXT PRIMARY KEY, docs BIGINT NOT NULL);"
 
 # Per note and lexeme, the lexeme's ts_rank in the note, with what a search filters by (the note's
-# scope and whether it is archived), all in the key's index, so a search reads no table rows. Read
-# from the notes at 100k, the median LoCoMo question's 3.5k matches lay on 3.4k heap pages, and the
-# statement took 6.2-7.0 ms p50 (17-19 p90, 150 questions); from the postings 2.2 ms (5.2-5.4), with
-# the same ids and scores (BENCHMARKS.md, latency-stores, 2026-11-28 16:19 UTC).
+# scope and whether it is archived). The user, the archived flag and the rank are in the key's index
+# too, so a search of one user's notes reads no table rows. Read from the notes at 100k, the median
+# LoCoMo question's 3.5k matches lay on 3.4k heap pages, and the statement took 6.2-7.0 ms p50
+# (17-19 p90, 150 questions); from the postings 2.2 ms (5.2-5.4), with the same ids and scores
+# (BENCHMARKS.md, latency-stores, 2026-11-28 16:19 UTC). An index entry holds at most 2,704 bytes,
+# and a user id up to 1,024 (256 characters): a lexeme longer than `LONGEST_POSTED` bytes (a run of
+# 300+ characters with no break, which no query repeats) is left out, and found by its note's vector.
+LONGEST_POSTED = 1000
 POSTINGS = """
 CREATE TABLE postings (
     lexeme TEXT NOT NULL, seq BIGINT NOT NULL,
     user_id TEXT, agent_id TEXT, session_id TEXT, archived INTEGER NOT NULL, rank REAL NOT NULL,
-    PRIMARY KEY (lexeme, seq) INCLUDE (user_id, agent_id, session_id, archived, rank)
+    PRIMARY KEY (lexeme, seq) INCLUDE (user_id, archived, rank)
 );
 """
+POSTINGS_COLUMNS = "postings (lexeme, seq, user_id, agent_id, session_id, archived, rank)"
 
 
 def posted(note: str) -> str:
@@ -45,7 +50,7 @@ def posted(note: str) -> str:
     return (
         f"SELECT w, {note}.seq, {note}.user_id, {note}.agent_id, {note}.session_id, {note}.archived,"
         f" ts_rank('{RANK_WEIGHTS}', {note}.search, quote_literal(w)::tsquery, {RANK_NORMALIZATION})"
-        f" FROM unnest(tsvector_to_array({note}.search)) AS w"
+        f" FROM unnest(tsvector_to_array({note}.search)) AS w WHERE octet_length(w) <= {LONGEST_POSTED}"
     )
 
 
@@ -67,7 +72,7 @@ BEGIN
         DELETE FROM postings WHERE lexeme = ANY(tsvector_to_array(OLD.search)) AND seq = OLD.seq;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO postings {posted("NEW")};
+        INSERT INTO {POSTINGS_COLUMNS} {posted("NEW")};
     END IF;
     IF TG_OP = 'INSERT' THEN
         came := tsvector_to_array(NEW.search) || '{{""}}'::text[];
@@ -90,16 +95,19 @@ END
 """
 # an update writes the postings again only when what they hold changes (not for a recall's counts)
 TRIGGERS = """
-CREATE OR REPLACE TRIGGER notes_words_write AFTER INSERT OR DELETE ON notes
+DROP TRIGGER IF EXISTS notes_words_write ON notes;
+DROP TRIGGER IF EXISTS notes_words_update ON notes;
+CREATE TRIGGER notes_words_write AFTER INSERT OR DELETE ON notes
     FOR EACH ROW EXECUTE FUNCTION agentmem_index_words();
-CREATE OR REPLACE TRIGGER notes_words_update AFTER UPDATE ON notes FOR EACH ROW
+CREATE TRIGGER notes_words_update AFTER UPDATE ON notes FOR EACH ROW
     WHEN ((OLD.search, OLD.user_id, OLD.agent_id, OLD.session_id, OLD.archived)
           IS DISTINCT FROM (NEW.search, NEW.user_id, NEW.agent_id, NEW.session_id, NEW.archived))
     EXECUTE FUNCTION agentmem_index_words();
 """
-# what earlier releases made: the lexicon's own trigger, and a GIN index over `notes.search` that
-# searches read the notes' rows through
-EARLIER = """
+# what earlier releases made for the full text: the lexicon's own trigger, and a GIN index over
+# `notes.search` that searches read the notes' rows through (dropped last: it locks `notes`
+# against reads until the commit)
+EARLIER_FULL_TEXT = """
 DROP TRIGGER IF EXISTS notes_lexicon_write ON notes;
 DROP TRIGGER IF EXISTS notes_lexicon_update ON notes;
 DROP FUNCTION IF EXISTS agentmem_count_lexemes();
@@ -111,7 +119,7 @@ LEXICON_COUNT = """
 INSERT INTO lexicon(lexeme, docs) SELECT word, ndoc FROM ts_stat('SELECT search FROM notes');
 INSERT INTO lexicon(lexeme, docs) SELECT '', count(*) FROM notes;
 """
-POSTINGS_FILL = f"INSERT INTO postings SELECT p.* FROM notes n, LATERAL ({posted('n')}) AS p;"
+POSTINGS_FILL = f"INSERT INTO {POSTINGS_COLUMNS} SELECT p.* FROM notes n, LATERAL ({posted('n')}) AS p;"
 
 # The n best matches among the notes `where` admits (`?` placeholders: the query's words, the
 # condition's parameters, n). `{where}` names the postings `p`; a condition on metadata, which
@@ -133,30 +141,39 @@ METADATA_JOIN = "JOIN notes m ON m.seq = p.seq"
 
 
 def prepare(conn: psycopg.Connection) -> None:
-    """Create the lexicon, the postings and their triggers, or bring those an earlier version made
-    up to date (in the open transaction that creates the notes' schema)."""
+    """Create the lexicon, the postings and their trigger, or bring those an earlier version made
+    up to date (in the open transaction that creates the notes' schema). Where the trigger function
+    was missing or another, both tables are computed again from the notes: what it wrote, or left
+    out, is not this release's."""
     words = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('agentmem_index_words()')")
-    if words.fetchone() != (INDEX_WORDS,):  # new, or written by an earlier version
+    recount = words.fetchone() != (INDEX_WORDS,)
+    if recount:
         conn.execute("CREATE OR REPLACE FUNCTION agentmem_index_words() RETURNS trigger LANGUAGE plpgsql"
                      f" AS $${INDEX_WORDS}$$")
-    conn.execute(EARLIER)
     conn.execute(TRIGGERS)
-    if conn.execute("SELECT to_regclass('lexicon')").fetchone()[0] is None:  # new, or made by 0.2
-        conn.execute(LEXICON + LEXICON_COUNT)
-    if conn.execute("SELECT to_regclass('postings')").fetchone()[0] is None:  # new, or made before the postings
-        conn.execute(POSTINGS + POSTINGS_FILL)
-        conn.execute("ANALYZE postings")  # without statistics, a search of 100k notes' postings scanned them all
+    for table, schema in (("lexicon", LEXICON), ("postings", POSTINGS)):
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:  # new, or made before it
+            conn.execute(schema)
+            recount = True
+    if recount:
+        computed_again(conn)
+    conn.execute(EARLIER_FULL_TEXT)
+
+
+def computed_again(conn: psycopg.Connection) -> None:
+    """Both tables computed from the notes at once (in the open transaction)."""
+    conn.execute("DELETE FROM lexicon")
+    conn.execute("DELETE FROM postings")
+    conn.execute(LEXICON_COUNT + POSTINGS_FILL)
+    conn.execute("ANALYZE postings")  # without statistics, a search of 100k notes' postings scanned them all
 
 
 @contextmanager
-def counted_once(conn: psycopg.Connection) -> Iterator[None]:
+def indexed_once(conn: psycopg.Connection) -> Iterator[None]:
     """A bulk load of notes in the open transaction, their lexicon and postings computed once at
     the end: the trigger that writes them for each note is off meanwhile (ALTER TABLE locks `notes`
     until the commit). Row by row, with the trigger, 100k notes had not loaded after 23 minutes."""
     conn.execute("ALTER TABLE notes DISABLE TRIGGER notes_words_write")
     yield
-    conn.execute("DELETE FROM lexicon")
-    conn.execute("DELETE FROM postings")
-    conn.execute(LEXICON_COUNT + POSTINGS_FILL)
+    computed_again(conn)
     conn.execute("ALTER TABLE notes ENABLE TRIGGER notes_words_write")
-    conn.execute("ANALYZE postings")

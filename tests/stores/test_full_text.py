@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 from agentmem.errors import InvalidInputError
+from agentmem.notes import MAX_SCOPE_CHARS
 from agentmem.stores.filters import NoteFilter
 from agentmem.stores.full_text import INDEX_WORDS, posted
 from agentmem.stores.postgres import PostgresNoteGraph
@@ -149,15 +150,33 @@ def test_a_store_made_before_the_postings_gets_them_and_the_current_trigger_when
     assert lexicon_and_recount(postgres_url)[0] == lexicon_and_recount(postgres_url)[1]
 
 
-def test_a_store_whose_words_trigger_an_earlier_release_replaced_gets_the_current_one(store, postgres_url):
+def test_a_store_whose_words_trigger_another_release_replaced_gets_the_current_one_and_its_tables_again(
+        store, postgres_url):
+    """What a replaced trigger function wrote, or left out, is computed again from the notes when the store opens."""
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("CREATE OR REPLACE FUNCTION agentmem_index_words() RETURNS trigger LANGUAGE plpgsql"
-                     " AS $$BEGIN RETURN NULL; END$$")  # counts nothing
+                     " AS $$BEGIN RETURN NULL; END$$")  # writes nothing
+        with store.transaction():
+            store.insert(note("a", "Lisbon trams"), np.ones(4))
+        assert conn.execute("SELECT count(*) FROM postings").fetchone()[0] == 0
         PostgresNoteGraph(postgres_url).close()
         body = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'agentmem_index_words'").fetchone()[0]
     assert body == INDEX_WORDS
+    assert [i for i, _ in store.lexical_search(["trams"], 5, NoteFilter())] == ["a"]
     with store.transaction():
-        store.insert(note("a", "Lisbon trams"), np.ones(4))
+        store.insert(note("b", "Lisbon bridges"), np.ones(4))
     kept, recount = lexicon_and_recount(postgres_url)
-    assert kept == recount and kept["lisbon"] == 1
-    assert postings_and_recount(postgres_url)[0] == postings_and_recount(postgres_url)[1]
+    assert kept == recount and kept["lisbon"] == 2
+    posted_rows, reposted = postings_and_recount(postgres_url)
+    assert posted_rows == reposted and sum(1 for r in posted_rows if r[0] == "lisbon") == 2
+
+
+def test_a_note_with_a_word_too_long_for_the_postings_index_and_the_longest_scope_is_stored(store):
+    """An index entry holds at most 2,704 bytes: a lexeme over `LONGEST_POSTED` bytes is left out of
+    the postings (a user id alone may take 1,024), and the note's other words are still found."""
+    scope = {name: "ü" * MAX_SCOPE_CHARS for name in ("user_id", "agent_id", "session_id")}
+    word = "x" * 1900
+    with store.transaction():
+        store.insert(note("a", f"Lisbon {word}", **scope), np.ones(4))
+    assert [i for i, _ in store.lexical_search(["lisbon"], 5, NoteFilter(**scope))] == ["a"]
+    assert store.lexical_search([word], 5, NoteFilter()) == []

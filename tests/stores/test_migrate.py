@@ -12,7 +12,6 @@ from agentmem.consolidation.ledger import Ledger
 from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores.filters import NoteFilter
-from agentmem.stores.full_text import posted
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.location import local_folder
 from agentmem.stores.migrate import migrate
@@ -20,6 +19,8 @@ from agentmem.stores.postgres import PostgresNoteGraph
 from agentmem.stores.shared_folders import SharedFolders
 from agentmem.stores.vectors import VectorIndex
 from tests.conftest import T0
+
+from .test_full_text import postings_and_recount
 
 TEXTS = [
     "Alice moved to Lisbon in 2024",
@@ -146,16 +147,10 @@ def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_count
         ).fetchall())
         return lexicon, recount
 
-    def postings_and_recount() -> tuple[set[tuple], set[tuple]]:
-        postings = set(map(tuple, graph.connection.execute("SELECT * FROM postings").fetchall()))
-        recount = set(map(tuple, graph.connection.execute(
-            f"SELECT p.* FROM notes n, LATERAL ({posted('n')}) AS p").fetchall()))
-        return postings, recount
-
     try:
         lexicon, recount = lexicon_and_recount()
         assert lexicon == recount and lexicon[""] == len(TEXTS) and lexicon["lisbon"] == 1
-        postings, reposted = postings_and_recount()
+        postings, reposted = postings_and_recount(postgres_url)
         assert postings == reposted and sum(1 for p in postings if p[0] == "lisbon") == 1
         # the planner knows the copied rows (a table never analyzed has reltuples -1)
         assert graph.connection.execute("SELECT reltuples FROM pg_class WHERE relname = 'notes'").fetchone()[0] == len(TEXTS)
@@ -164,7 +159,7 @@ def test_a_migrated_lexicon_counts_the_copied_notes_and_new_writes_keep_it_count
                          np.ones(384))
         lexicon, recount = lexicon_and_recount()
         assert lexicon == recount and lexicon[""] == len(TEXTS) + 1 and lexicon["lisbon"] == 2
-        postings, reposted = postings_and_recount()
+        postings, reposted = postings_and_recount(postgres_url)
         assert postings == reposted and sum(1 for p in postings if p[0] == "lisbon") == 2
     finally:
         graph.close()
