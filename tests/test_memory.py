@@ -16,6 +16,7 @@ from agentmem import (
     AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, ModelUnavailableError, Note,
     NoteNotFoundError, StoreClosedError, StoreUnavailableError,
 )
+from agentmem.encoding import length_batches
 from agentmem.stores import NoteGraph, VectorIndex
 from agentmem.stores.postgres import PostgresNoteGraph
 
@@ -224,7 +225,8 @@ def test_a_note_written_while_a_batch_is_encoded_is_still_found_as_its_duplicate
     memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)  # the batch's searches all alike
     monkeypatch.setattr(embedder, "encode", encode_with_a_write_meanwhile)
     notes = memory.remember_many(texts, user_id="dana", at=T0)
-    assert calls == [64, 64, 23, 1]  # in encoder batches; the other write (1 text) came during the third
+    sizes = [len(batch) for batch in length_batches(texts)]
+    assert calls == [*sizes[:3], 1, *sizes[3:]]  # in encoder batches; the other write (1 text) came during the third
     assert [n.text for n in memory.notes(user_id="dana")].count(repeated) == 1
     assert notes[0].id == meanwhile[0].id  # the batch's draft became the note written meanwhile
 
@@ -239,8 +241,9 @@ def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(mem
         return nearest(index, embeddings, *args, **kwargs)
 
     monkeypatch.setattr(VectorIndex, "nearest", counted)
-    memory.remember_many([f"Dana wrote entry number {i} in her diary" for i in range(150)], user_id="dana", at=T0)
-    assert searches == [64, 64, 22]  # one per encoder batch, none in the write section
+    texts = [f"Dana wrote entry number {i} in her diary" for i in range(150)]
+    memory.remember_many(texts, user_id="dana", at=T0)
+    assert searches == [len(batch) for batch in length_batches(texts)]  # one per encoder batch, none in the write section
 
 
 def written_after_the_mark(memory: Memory, monkeypatch, text: str, user_id: str) -> tuple[list[int], list[Note]]:
