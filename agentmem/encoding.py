@@ -14,7 +14,7 @@ from sentence_transformers.util import batch_to_device
 # Texts per forward pass of the embedder. A batch is padded to its longest text, and a small one's
 # activations stay in the CPU's caches: MiniLM on an AMD EPYC, 1,000 LoCoMo turns, one torch thread:
 # 181 texts/s at 16, 170 at 32 (SentenceTransformer's default), 142 at 64; two threads: 300 / 296 /
-# 254; 200 texts of 145 tokens: 7.5 / 8.1 / 8.9 s (BENCHMARKS.md, latency-stores, 2026-11-28 20:25 UTC).
+# 254; 200 texts of 145 tokens: 7.5 / 8.1 / 8.9 s (BENCHMARKS.md, latency-stores, 2026-11-28 19:20 UTC).
 ENCODE_BATCH = 16
 
 Encode = Callable[[list[str]], np.ndarray]
