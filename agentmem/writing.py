@@ -115,7 +115,7 @@ class WritePath:
         """A search of the index for the drafts' neighbours before their write section, or None
         when the store could not tell later what it missed (`NoteStore.search_mark`). Call in a
         read section."""
-        mark = self.store.search_mark()
+        mark = self.store.search_mark(since_view=self.index.as_of_view)
         return None if mark is None else SearchAhead(self, mark)
 
     def store_notes(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -252,8 +253,8 @@ def written_after_the_mark(memory: Memory, monkeypatch, text: str, user_id: str)
     the searches made and that note."""
     mark, nearest, searches, written, writing = type(memory._graph).search_mark, VectorIndex.nearest, [], [], []
 
-    def then_a_write(store):
-        taken = mark(store)
+    def then_a_write(store, since_view=False):
+        taken = mark(store, since_view)
         if not writing:
             writing.append(True)  # the write takes its own mark
             written.append(memory.remember(text, user_id=user_id, at=T0))
@@ -854,6 +855,68 @@ def test_two_processes_on_one_path_lose_nothing_and_duplicate_nothing(tmp_path, 
         assert index_ids(mem) == mem._graph.all_ids()
         [shared] = [n for n, _ in mem._graph.all_notes() if n.text.startswith("Both")]
         assert shared.strength == 1.0 + 59 + shared.recall_count  # the first write created it
+
+
+
+def another_handle(location: dict) -> NoteGraph | PostgresNoteGraph:
+    """A second handle on the store: its write lock stands for another process's (a lock file is the
+    process's, and a PostgreSQL session's advisory lock is its own)."""
+    path = location["path"]
+    return PostgresNoteGraph(path) if isinstance(path, str) else NoteGraph(Path(path) / "notes.sqlite3")
+
+
+def test_reads_do_not_wait_for_another_process_s_write_section(memory_location, embedder):
+    """A replica's backup holds the store's write lock throughout: get, notes, stats, history, neighbors
+    and retention read committed rows meanwhile, with the links another process made."""
+    location = memory_location()
+    with Memory(**location, embedder=embedder) as mem, Memory(**location, embedder=embedder) as other:
+        first = mem.remember("Nadia grows tomatoes on her balcony", user_id="nadia", at=T0)
+        second = other.remember("Nadia's balcony tomatoes ripen in August", user_id="nadia", at=T0)
+        assert [link.note_id for link in second.links] == [first.id]
+        read: dict = {}
+        reader = threading.Thread(target=lambda: read.update(
+            note=mem.get(first.id), listed=mem.notes(user_id="nadia"), stats=mem.stats(), history=mem.history(first.id),
+            neighbors=mem.neighbors(first.id), retention=mem.retention(first.id, at=T0),
+        ))
+        holder = another_handle(location)
+        try:
+            with holder.lock():
+                reader.start()
+                reader.join(20)
+                waited = reader.is_alive()
+        finally:
+            reader.join(60)  # the lock is released: a reader that waited for it ends
+            holder.close()
+    assert not waited
+    assert [link.note_id for link in read["note"].links] == [second.id]
+    assert [n.id for n in read["listed"]] == [first.id, second.id] and read["stats"].notes == 2
+    assert [n.id for n in read["neighbors"]] == [second.id] and read["retention"] == 1.0
+
+
+
+REMEMBER_ONE = """
+import sys
+from agentmem import Memory
+with Memory(sys.argv[1]) as mem:
+    mem.remember(sys.argv[2], user_id="omar")
+"""
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_text_another_process_just_stored_in_the_embedded_index_makes_no_second_note(
+        store, tmp_path, embedder, monkeypatch, request):
+    """Another process's commit reaches this process's embedded index once the index is reopened, in
+    the next section: a remember's search ahead of that section must not go by the index as it was."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))  # a PostgreSQL store's embedded index, shared
+    path = str(tmp_path / "m") if store == "sqlite" else request.getfixturevalue("postgres_url")
+    text = "Omar's bicycle is locked in the courtyard"
+    with Memory(path, embedder=embedder) as mem:
+        mem.remember("Omar keeps his passport in the desk drawer", user_id="omar", at=T0)
+        subprocess.run([sys.executable, "-c", REMEMBER_ONE, path, text], check=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+        again = mem.remember(text, user_id="omar", at=T0)
+        assert mem.stats().notes == 2
+        assert again.strength > MemoryConfig().initial_strength
 
 
 def test_a_note_links_to_its_max_links_most_similar_neighbours(memory_location, embedder):

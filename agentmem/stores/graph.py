@@ -245,12 +245,14 @@ class NoteGraph(SqlNoteStore):
         self.graph = graph
         return True
 
-    def search_mark(self) -> tuple[int, int] | None:
+    def search_mark(self, since_view: bool = False) -> tuple[int, int] | None:
         """Other connections' commits move `data_version`, this connection's writes `total_changes`;
-        None while the outbox holds index writes to make (the index lacks notes the mark would not name)."""
+        None while the outbox holds index writes to make (the index lacks notes the mark would not
+        name), and, `since_view`, while other connections' commits are newer than the view."""
         if self._run("SELECT 1 FROM outbox LIMIT 1"):
             return None
-        return self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return None if since_view and version != self._data_version else (version, self._db.total_changes)
 
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """Nothing when nothing was written since the mark; else None: SQLite keeps no log of what."""

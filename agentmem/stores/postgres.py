@@ -756,13 +756,16 @@ class PostgresNoteGraph(SqlNoteStore):
             if untouched is not None:
                 touched.discard(untouched)
 
-    def search_mark(self) -> tuple[int, frozenset[str]] | None:
-        """`store_version`, which every write transaction but bookkeeping moves (bookkeeping changes
-        no note and no link), and the notes waiting in the outbox for their index write; None when
-        more than `MARKED_WAITING` wait (an index that is down: search in the section)."""
+    def search_mark(self, since_view: bool = False) -> tuple[int, frozenset[str]] | None:
+        """`store_version` (`since_view`: the view's, if older), which every write transaction but
+        bookkeeping moves (bookkeeping changes no note and no link), and the notes waiting in the
+        outbox for their index write; None when more than `MARKED_WAITING` wait (an index that is
+        down: search in the section)."""
         version, waiting = self._run(
             f"SELECT n, ARRAY(SELECT note_id FROM outbox LIMIT {MARKED_WAITING + 1}) FROM store_version")[0]
-        return None if len(waiting) > MARKED_WAITING else (version, frozenset(waiting))
+        if len(waiting) > MARKED_WAITING:
+            return None
+        return min(version, self._data_version) if since_view else version, frozenset(waiting)
 
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """The notes waiting at the mark, and those the commits since logged (`link_changes`: every

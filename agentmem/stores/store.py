@@ -124,9 +124,11 @@ class NoteStore(Protocol):
 
     # ---- the outbox of vector-index writes, and index tokens -------------------------------
     def has_pending(self) -> bool: ...
-    def search_mark(self) -> Hashable | None:
+    def search_mark(self, since_view: bool = False) -> Hashable | None:
         """Taken before an index search made outside the write section, for `changed_since`; None
-        when this store could not tell later what such a search may have missed."""
+        when this store could not tell later what such a search may have missed. `since_view`: the
+        index shows other processes' writes only as of this store's view (an embedded index,
+        reopened as the view catches up), so what they committed since the view counts too."""
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """In the write section: the notes an index search made after `search_mark` may have missed
         or seen with another vector (written, linked or re-embedded since, or then waiting in the

@@ -121,6 +121,12 @@ class IndexSync:
         meets = {token: matches(self.index.metadata(entry), conditions) for token, entry in entries.items()}
         return [[(entries[token].note_id, score) for token, score in result if meets.get(token)] for result in results]
 
+    @property
+    def as_of_view(self) -> bool:
+        """Whether the index shows other processes' writes only once reopened, which a section does
+        as the store's view catches up (an embedded index): a search knows no more than the view."""
+        return self.index.mode == "embedded"
+
     def scope_token(self, name: str, value: str | None) -> str:
         """How the index names a scope value ('' for none)."""
         return self.index.token(name, value) if value is not None else ""

@@ -85,6 +85,19 @@ def test_a_search_mark_tells_nothing_changed_until_any_commit_and_is_none_while_
     assert graph.changed_since(ours) is None  # another connection's commit: SQLite cannot tell what
 
 
+def test_a_search_mark_as_of_the_view_is_none_until_the_view_has_another_connection_s_commits(tmp_path):
+    """An embedded index shows another process's notes once reopened, as the view catches up: a search
+    before that could miss them, and SQLite cannot tell which."""
+    graph, other = NoteGraph(tmp_path / "g.sqlite3"), NoteGraph(tmp_path / "g.sqlite3")
+    assert graph.search_mark(since_view=True) is not None
+    with other.transaction():
+        other.insert(note("a"), np.ones(4))
+        other.clear_pending(["a"])
+    assert graph.search_mark(since_view=True) is None and graph.search_mark() is not None
+    graph.refresh_if_changed()
+    assert graph.search_mark(since_view=True) is not None
+
+
 def turn(i: int) -> Note:
     return Note(id=f"n{i}", text=f"turn {i}: the user talks about item {i % 97} and colour {i % 13}",
                 created_at=T, updated_at=T, last_recalled=T)

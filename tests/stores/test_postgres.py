@@ -130,6 +130,23 @@ def test_what_changed_since_a_search_mark_is_every_note_written_linked_or_re_emb
         other.close()
 
 
+def test_a_search_mark_as_of_the_view_names_what_other_replicas_committed_since_the_view(store, postgres_url):
+    """An embedded index shows another process's notes once reopened, as the view catches up: a search
+    before that could miss what they committed since the view, even before the mark."""
+    other = PostgresNoteGraph(postgres_url)
+    try:
+        with other.transaction():
+            other.insert(note("theirs"), np.ones(4))
+            other.clear_pending(["theirs"])
+        as_of_view, as_of_store = store.search_mark(since_view=True), store.search_mark()
+        with store.lock():
+            store.refresh_if_changed()
+            assert store.changed_since(as_of_view) == {"theirs"}
+            assert store.changed_since(as_of_store) == set()
+    finally:
+        other.close()
+
+
 def test_a_search_mark_is_none_when_too_many_notes_wait_and_what_changed_unknown_after_a_bulk_load(
     store, monkeypatch
 ):
