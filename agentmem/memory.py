@@ -493,25 +493,25 @@ class Memory:
         if limit is not None:
             check.count(limit, "limit", high=100_000)
         check.count(offset, "offset", low=0, high=2**62)
-        with self._sections.current_read():
+        with self._sections.exclusive():
             return self._graph.select(where, limit, offset)
 
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)
-        with self._sections.current_read():
+        with self._sections.exclusive():
             return self._existing(note_id)
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         """Earlier versions of a note: (when it changed, what changed, the note before)."""
         check.note_id(note_id)
-        with self._sections.current_read():
+        with self._sections.exclusive():
             self._existing(note_id)
             return self._graph.history(note_id)
 
     def neighbors(self, note_id: str) -> list[Note]:
         """The notes linked to this one, strongest link first."""
         check.note_id(note_id)
-        with self._sections.current_read():
+        with self._sections.exclusive():
             note = self._existing(note_id)
             others = self._graph.get_many(link.note_id for link in note.links)
             return [others[link.note_id] for link in note.links if link.note_id in others]
@@ -519,7 +519,7 @@ class Memory:
     def retention(self, note_id: str, at: datetime | None = None) -> float:
         check.note_id(note_id)
         when = check.time(at)
-        with self._sections.current_read():
+        with self._sections.exclusive():
             return self._reader.retention(self._existing(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
@@ -551,7 +551,7 @@ class Memory:
     # ---- whole-store operations -----------------------------------------------------
 
     def stats(self) -> MemoryStats:
-        with self._sections.current_read():
+        with self._sections.exclusive():
             counts = self._graph.counts()
         return MemoryStats(
             path=str(self.path),

@@ -3,11 +3,10 @@
 Every call that writes, or reads what a write depends on, runs in the exclusive section: this
 process's lock (its threads take turns on the store's connection and its link view), then the
 store's lock across processes (a file lock, or PostgreSQL's advisory lock), after catching up
-with what other processes committed. A read of committed rows takes this process's lock only
-(`reading`; `current_read` catches up first), so no other process's write section holds it
-back: a replica's backup holds the store's lock throughout. An index write a remember leaves
-after its commit finishes in the background (`IndexWrites`); every other call waits for it
-first, so it sees the index as the last remember left it.
+with what other processes committed. A read of committed rows alone takes this process's lock
+only (`reading`). An index write a remember leaves after its commit finishes in the background
+(`IndexWrites`); every other call waits for it first, so it sees the index as the last remember
+left it.
 """
 from __future__ import annotations
 
@@ -48,29 +47,12 @@ class Sections:
         that was unreachable); afterwards quarantine any row a read found unreadable."""
         with self._thread_lock():
             with self._store.lock(), self._store.errors():
-                self._catch_up_views()
+                if self._store.refresh_if_changed():
+                    self._index.refresh()
                 self._sync.catch_up()
                 yield
                 if self._store.unreadable:
                     self._sync.push([], self._store.quarantine(dict(self._store.unreadable)))
-
-    @contextmanager
-    def current_read(self) -> Iterator[None]:
-        """A read of committed notes and links that waits for no other process: this process's
-        lock, once its views are caught up with what other processes committed (the store reads
-        in a snapshot of its own, and an embedded index is only reopened: it loads its files at
-        its next search, as after any section)."""
-        with self._thread_lock(), self._store.errors():
-            self._catch_up_views()
-            yield
-        if self._store.unreadable:  # rows the read found unreadable: setting them aside is a write
-            with self.exclusive():
-                pass  # the section quarantines them as it ends
-
-    def _catch_up_views(self) -> None:
-        """Bring the store's link view, and an embedded index, up to what other processes committed."""
-        if self._store.refresh_if_changed():
-            self._index.refresh()
 
     @contextmanager
     def reading(self, store_only: bool = False) -> Iterator[None]:
@@ -123,7 +105,8 @@ class Sections:
             if self._closed:
                 return  # the rows stay in the outbox; the store replays them when opened again
             with self._store.lock(), self._store.errors():
-                self._catch_up_views()
+                if self._store.refresh_if_changed():
+                    self._index.refresh()
                 with index_write:
                     pass
 

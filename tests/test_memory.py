@@ -858,42 +858,6 @@ def test_two_processes_on_one_path_lose_nothing_and_duplicate_nothing(tmp_path, 
 
 
 
-def another_handle(location: dict) -> NoteGraph | PostgresNoteGraph:
-    """A second handle on the store: its write lock stands for another process's (a lock file is the
-    process's, and a PostgreSQL session's advisory lock is its own)."""
-    path = location["path"]
-    return PostgresNoteGraph(path) if isinstance(path, str) else NoteGraph(Path(path) / "notes.sqlite3")
-
-
-def test_reads_do_not_wait_for_another_process_s_write_section(memory_location, embedder):
-    """A replica's backup holds the store's write lock throughout: get, notes, stats, history, neighbors
-    and retention read committed rows meanwhile, with the links another process made."""
-    location = memory_location()
-    with Memory(**location, embedder=embedder) as mem, Memory(**location, embedder=embedder) as other:
-        first = mem.remember("Nadia grows tomatoes on her balcony", user_id="nadia", at=T0)
-        second = other.remember("Nadia's balcony tomatoes ripen in August", user_id="nadia", at=T0)
-        assert [link.note_id for link in second.links] == [first.id]
-        read: dict = {}
-        reader = threading.Thread(target=lambda: read.update(
-            note=mem.get(first.id), listed=mem.notes(user_id="nadia"), stats=mem.stats(), history=mem.history(first.id),
-            neighbors=mem.neighbors(first.id), retention=mem.retention(first.id, at=T0),
-        ))
-        holder = another_handle(location)
-        try:
-            with holder.lock():
-                reader.start()
-                reader.join(20)
-                waited = reader.is_alive()
-        finally:
-            reader.join(60)  # the lock is released: a reader that waited for it ends
-            holder.close()
-    assert not waited
-    assert [link.note_id for link in read["note"].links] == [second.id]
-    assert [n.id for n in read["listed"]] == [first.id, second.id] and read["stats"].notes == 2
-    assert [n.id for n in read["neighbors"]] == [second.id] and read["retention"] == 1.0
-
-
-
 REMEMBER_ONE = """
 import sys
 from agentmem import Memory
