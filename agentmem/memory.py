@@ -33,7 +33,7 @@ from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, r
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
 from .consolidation.policy import edit_scopes, is_marked_shared
-from .encoding import ENCODE_BATCH, embed, encode_overlapped
+from .encoding import ENCODE_BATCH, embed, encode_overlapped, length_batches
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
@@ -281,7 +281,8 @@ class Memory:
             with self._sections.reading():
                 ahead.search(drafts, positions, embeddings)
 
-        return encode_overlapped(self._embed, texts, self._helpers, search), ahead
+        batches = length_batches(self._embedder, texts)
+        return encode_overlapped(self._embed, texts, batches, self._helpers, search), ahead
 
     def update(
         self,

@@ -66,14 +66,37 @@ def test_an_embedder_in_training_mode_is_left_to_encode(own_embedder):
     assert encodes_plainly(own_embedder)
 
 
-def test_batches_take_the_longest_texts_first_as_sentence_transformers_does():
-    texts = ["a" * (i % 7 + 1) for i in range(150)]
-    batches = length_batches(texts)
-    full, rest = divmod(150, ENCODE_BATCH)
-    assert [len(b) for b in batches] == [ENCODE_BATCH] * full + ([rest] if rest else [])
-    assert sorted(i for b in batches for i in b) == list(range(150))
-    lengths = [len(texts[i]) for b in batches for i in b]
-    assert lengths == sorted(lengths, reverse=True)
+def mixed_lengths() -> list[str]:
+    """Texts whose order by characters is not their order by tokens: spaced letters are a token
+    each, a long word a few."""
+    return [("x " * (i % 9 + 2)).strip() if i % 2 else "internationalization" * (i % 3 + 1) for i in range(40)]
+
+
+def test_batches_take_the_texts_with_the_most_tokens_first(embedder):
+    texts = mixed_lengths()
+    batches = length_batches(embedder, texts)
+    assert [len(b) for b in batches] == [ENCODE_BATCH, ENCODE_BATCH, 40 - 2 * ENCODE_BATCH]
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    tokens = [len(embedder.tokenizer(texts[i])["input_ids"]) for b in batches for i in b]
+    assert tokens == sorted(tokens, reverse=True)
+    characters = [len(texts[i]) for b in batches for i in b]
+    assert characters != sorted(characters, reverse=True)  # what SentenceTransformer's own order would be
+
+
+def test_an_embedder_with_its_own_encode_is_batched_by_characters():
+    class Echo(SentenceTransformer):
+        def encode(self, sentences, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            return np.full((len(sentences), 384), 0.5)
+
+    echo = Echo(bundled_embedder_path(), device="cpu", local_files_only=True)
+    texts = mixed_lengths()
+    characters = [len(texts[i]) for b in length_batches(echo, texts) for i in b]
+    assert characters == sorted(characters, reverse=True)
+
+
+def test_many_texts_are_embedded_as_encode_embeds_them(embedder):
+    texts = [*mixed_lengths(), QUESTION]
+    np.testing.assert_allclose(embed(embedder, texts), encoded(embedder, texts), atol=1e-5)
 
 
 def test_overlapped_encoding_gives_one_call_s_embeddings_and_hands_over_every_batch(embedder):
@@ -84,8 +107,9 @@ def test_overlapped_encoding_gives_one_call_s_embeddings_and_hands_over_every_ba
 
     seen: list[tuple[list[int], np.ndarray]] = []
     with ThreadPoolExecutor(max_workers=1) as worker:
-        vectors = encode_overlapped(encode, texts, worker, lambda positions, batch: seen.append((positions, batch)))
+        batches = length_batches(embedder, texts)
+        vectors = encode_overlapped(encode, texts, batches, worker, lambda positions, batch: seen.append((positions, batch)))
     np.testing.assert_allclose(vectors, encode(texts), atol=1e-5)
-    assert [positions for positions, _ in seen] == length_batches(texts)
+    assert [positions for positions, _ in seen] == batches
     for positions, batch in seen:
         np.testing.assert_array_equal(batch, vectors[positions])

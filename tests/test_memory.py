@@ -226,13 +226,13 @@ def test_a_note_written_while_a_batch_is_encoded_is_still_found_as_its_duplicate
     memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)  # the batch's searches all alike
     monkeypatch.setattr(embedder, "encode", encode_with_a_write_meanwhile)
     notes = memory.remember_many(texts, user_id="dana", at=T0)
-    sizes = [len(batch) for batch in length_batches(texts)]
+    sizes = [len(batch) for batch in length_batches(embedder, texts)]
     assert calls == [*sizes[:3], 1, *sizes[3:]]  # in encoder batches; the other write (1 text) came during the third
     assert [n.text for n in memory.notes(user_id="dana")].count(repeated) == 1
     assert notes[0].id == meanwhile[0].id  # the batch's draft became the note written meanwhile
 
 
-def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(memory, monkeypatch):
+def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(memory, embedder, monkeypatch):
     memory.remember("Dana's diary is a green notebook", user_id="dana", at=T0)
     searches: list[int] = []
     nearest = VectorIndex.nearest
@@ -244,7 +244,7 @@ def test_a_quiet_store_s_batch_is_searched_while_it_is_encoded_and_not_again(mem
     monkeypatch.setattr(VectorIndex, "nearest", counted)
     texts = [f"Dana wrote entry number {i} in her diary" for i in range(150)]
     memory.remember_many(texts, user_id="dana", at=T0)
-    assert searches == [len(batch) for batch in length_batches(texts)]  # one per encoder batch, none in the write section
+    assert searches == [len(batch) for batch in length_batches(embedder, texts)]  # one per encoder batch, none in the write section
 
 
 def written_after_the_mark(memory: Memory, monkeypatch, text: str, user_id: str) -> tuple[list[int], list[Note]]:
