@@ -94,6 +94,15 @@ def test_an_embedder_with_its_own_encode_is_batched_by_characters():
     assert characters == sorted(characters, reverse=True)
 
 
+def test_an_embedder_whose_preprocessing_counts_no_tokens_is_batched_by_characters(own_embedder):
+    own_embedder.eval()
+    own_embedder.preprocess = lambda texts, *args, **kwargs: {"pixel_values": None}  # e.g. an image model's
+    assert encodes_plainly(own_embedder)
+    texts = mixed_lengths()
+    characters = [len(texts[i]) for b in length_batches(own_embedder, texts) for i in b]
+    assert characters == sorted(characters, reverse=True)
+
+
 def test_many_texts_are_embedded_as_encode_embeds_them(embedder):
     texts = [*mixed_lengths(), QUESTION]
     np.testing.assert_allclose(embed(embedder, texts), encoded(embedder, texts), atol=1e-5)

@@ -12,6 +12,7 @@ def test_cached_texts_are_answered_from_the_cache_and_others_encoded(embedder):
     precomputed = PrecomputedEmbedder({"a cached filler text": known})
     np.testing.assert_array_equal(embed(precomputed, ["a cached filler text"]), known[None, :])
     np.testing.assert_array_equal(embed(precomputed, ["a cached filler text"] * 3), np.stack([known] * 3))
+    np.testing.assert_array_equal(embed(precomputed, ["a cached filler text"] * 40), np.stack([known] * 40))  # in batches
     fresh = ["a text no cache holds", "another one"]
     np.testing.assert_allclose(embed(precomputed, fresh[:1]), embed(embedder, fresh[:1]), atol=1e-6)
     np.testing.assert_allclose(embed(precomputed, fresh), embed(embedder, fresh), atol=1e-6)
