@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS notes (
         || setweight(to_tsvector('english', tags), 'B')
     ) STORED
 ) WITH (fillfactor = 85);  -- room on each page, so a recall's counters update in place (HOT), not in every index
-CREATE INDEX IF NOT EXISTS notes_scope ON notes(user_id, agent_id, session_id);
+DROP INDEX IF EXISTS notes_scope;  -- made without `seq` before 2026-11-29 (`SqlNoteStore._latest_in_session`)
+CREATE INDEX IF NOT EXISTS notes_session_order ON notes(user_id, agent_id, session_id, seq);
 CREATE INDEX IF NOT EXISTS notes_index_id ON notes(index_id);
 CREATE TABLE IF NOT EXISTS links (
     a TEXT NOT NULL, b TEXT NOT NULL, weight DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,

@@ -318,14 +318,19 @@ class SqlNoteStore:
     def _latest_in_session(
         self, scope: tuple[str | None, str | None, str], before: str | None = None
     ) -> tuple[str, list[Any]]:
-        """`session_vector`'s statement and parameters."""
+        """`session_vector`'s statement and parameters. It is ordered by every column of the scope
+        index, which ends with the insertion order (SQLite's `notes_scope` holds the rowid,
+        PostgreSQL's `notes_session_order` has `seq`), so that the index gives the latest note at
+        once: ordered by the insertion order alone, PostgreSQL sorted the session's notes with their
+        vectors (a condition `agent_id IS NULL` is no equality to its planner), or walked back
+        through every newer note of the store."""
         (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
         sql = f"SELECT {SEARCHED_VECTOR_OF} FROM notes WHERE {user} AND {agent} AND session_id = ?"
         params: list[Any] = [*by_user, *by_agent, scope[2]]
         if before is not None:
             sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
             params.append(before)
-        return sql + f" ORDER BY {self.ORDER} DESC LIMIT 1", params
+        return sql + f" ORDER BY user_id DESC, agent_id DESC, session_id DESC, {self.ORDER} DESC LIMIT 1", params
 
     def session_notes(
         self, scope: tuple[str | None, str | None, str]

@@ -17,7 +17,7 @@ from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.notes import Fact
 from agentmem.stores import NoteGraph
 from agentmem.stores.filters import NoteFilter
-from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.postgres import PostgresNoteGraph, psycopg_sql
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -486,6 +486,32 @@ def test_an_expected_session_s_latest_vector_comes_with_the_lock_and_holds_until
             store.insert(note("b", user_id="u", session_id="s"), np.full(4, 3.0))
         assert store.session_vector(("u", None, "s")).tolist() == [3, 3, 3, 3]
         assert store.session_vector(("v", None, "s")) is None
+
+
+def rows_scanned(plan: dict) -> int:
+    """The rows every scan of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan read: those it kept and those its filter dropped."""
+    own = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0) if "Scan" in plan["Node Type"] else 0
+    return own + sum(rows_scanned(child) for child in plan.get("Plans", []))
+
+
+def test_a_session_s_latest_vector_is_read_without_going_through_the_session(store, postgres_url):
+    """Every remember in a session reads the session's latest vector under the write lock: a long session of no
+    agent, whose notes are older than others', was sorted whole or found by walking back through every newer note."""
+    with store.transaction():
+        for i in range(1500):
+            store.insert(note(f"old{i}", user_id="u", session_id="old"), np.full(4, i, dtype=np.float32))
+        for i in range(1500):
+            store.insert(note(f"new{i}", user_id="u", session_id=f"s{i % 30}"), np.ones(4))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ANALYZE notes")
+    assert store.session_vector(("u", None, "old")).tolist() == [1499] * 4
+    assert store.session_vector(("u", None, "old"), before="old1000").tolist() == [999] * 4
+    assert store.session_vector(("u", "agent", "old")) is None
+    for before in (None, "old1000"):
+        sql, params = store._latest_in_session(("u", None, "old"), before)
+        with psycopg.connect(postgres_url) as conn:
+            plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {psycopg_sql(sql)}", params).fetchone()[0][0]["Plan"]
+        assert rows_scanned(plan) <= 2, plan  # the latest note (and the `before` note's own row)
 
 
 def end_sessions(url: str) -> int:
