@@ -16,12 +16,14 @@ from sentence_transformers.util import batch_to_device
 # 181 texts/s at 16, 170 at 32 (SentenceTransformer's default), 142 at 64; two threads: 300 / 296 /
 # 254; 200 texts of 145 tokens: 7.5 / 8.1 / 8.9 s (BENCHMARKS.md, latency-stores, 2026-11-28 19:20 UTC).
 ENCODE_BATCH = 16
+COUNTED_AT_ONCE = 1024  # texts whose tokens are counted in one call (`token_counts`)
 
 Encode = Callable[[list[str]], np.ndarray]
 
 
 def embed(embedder: SentenceTransformer, texts: list[str]) -> np.ndarray:
-    """The texts' unit-length float32 embeddings, as `encode` gives them.
+    """The texts' unit-length float32 embeddings, as `encode` gives them (to float rounding: a
+    batch's padding differs).
 
     `encode` checks on every call where each parameter lives and puts every module in eval
     mode: about 1 ms of a 14 ms MiniLM encode of one query on this machine, 0.7 ms of a 24 ms
@@ -66,13 +68,24 @@ def length_batches(embedder: SentenceTransformer, texts: Sequence[str], size: in
     (SentenceTransformer's own `encode` sorts by characters, which pads more: 200 texts of the
     latency benchmark on an AMD EPYC, one torch thread, 189 texts/s against 175); by characters
     where the embedder's `encode` is its own, or its preprocessing gives no attention mask."""
-    features = embedder.preprocess(list(texts)) if encodes_plainly(embedder) and len(texts) > size else {}
-    if "attention_mask" in features:
-        lengths = features["attention_mask"].sum(dim=1).tolist()
-    else:
+    lengths = token_counts(embedder, texts) if encodes_plainly(embedder) and len(texts) > size else None
+    if lengths is None:
         lengths = [len(text) for text in texts]
     order = np.argsort([-length for length in lengths], kind="stable")
     return [order[start : start + size].tolist() for start in range(0, len(order), size)]
+
+
+def token_counts(embedder: SentenceTransformer, texts: Sequence[str]) -> list[int] | None:
+    """Each text's tokens as the embedder's preprocessing counts them (its attention mask), or None
+    where it gives no mask. In parts: 50k texts preprocessed at once held 1.9 GB (the tokenizer's
+    objects for every text)."""
+    counts: list[int] = []
+    for start in range(0, len(texts), COUNTED_AT_ONCE):
+        features = embedder.preprocess(list(texts[start : start + COUNTED_AT_ONCE]))
+        if "attention_mask" not in features:
+            return None
+        counts += features["attention_mask"].sum(dim=1).tolist()
+    return counts
 
 
 def encode_overlapped(
@@ -85,9 +98,9 @@ def encode_overlapped(
     vectors: dict[int, np.ndarray] = {}
     pending = executor.submit(encode, [texts[i] for i in batches[0]])
     for number, positions in enumerate(batches):
-        encoded = pending.result()
+        batch_vectors = pending.result()
         if number + 1 < len(batches):
             pending = executor.submit(encode, [texts[i] for i in batches[number + 1]])
-        each(positions, encoded)
-        vectors.update(zip(positions, encoded))
+        each(positions, batch_vectors)
+        vectors.update(zip(positions, batch_vectors))
     return np.stack([vectors[i] for i in range(len(texts))])

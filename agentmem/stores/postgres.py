@@ -93,8 +93,8 @@ CREATE TABLE IF NOT EXISTS notes (
         || setweight(to_tsvector('english', tags), 'B')
     ) STORED
 ) WITH (fillfactor = 85);  -- room on each page, so a recall's counters update in place (HOT), not in every index
-DROP INDEX IF EXISTS notes_scope;  -- made without `seq` before 2026-11-29 (`SqlNoteStore._latest_in_session`)
-CREATE INDEX IF NOT EXISTS notes_session_order ON notes(user_id, agent_id, session_id, seq);
+CREATE INDEX IF NOT EXISTS notes_session_order ON notes(user_id, agent_id, session_id, (-seq));
+DROP INDEX IF EXISTS notes_scope;  -- before 2026-11-29: the scope alone (`LATEST_FIRST`)
 CREATE INDEX IF NOT EXISTS notes_index_id ON notes(index_id);
 CREATE TABLE IF NOT EXISTS links (
     a TEXT NOT NULL, b TEXT NOT NULL, weight DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
@@ -273,6 +273,11 @@ class PostgresNoteGraph(SqlNoteStore):
     """Notes and links in a PostgreSQL database, with the link structure mirrored in a networkx graph."""
 
     ORDER, NO_LIMIT = "seq", None
+    # `notes_session_order` holds -seq, an order no other index gives: ordered by seq, the planner
+    # sorted a session's notes with their vectors (`agent_id IS NULL` is no equality to it) or walked
+    # back through every newer note of the store by `seq`'s own index
+    LATEST_FIRST = "user_id, agent_id, session_id, (-seq)"
+    BEFORE_NOTE = "-seq > -(SELECT seq FROM notes WHERE id = ?)"
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url

@@ -48,6 +48,10 @@ class SqlNoteStore:
     """Notes, links, history, recalls and the outbox in SQL tables, with the links mirrored in `graph`."""
 
     ORDER = "rowid"  # the column that keeps insertion order
+    # A session's latest note first, and only notes before one (`_latest_in_session`), as the scope
+    # index (`notes_scope`, whose entries end with the rowid) gives them
+    LATEST_FIRST = "rowid DESC"
+    BEFORE_NOTE = "rowid < (SELECT rowid FROM notes WHERE id = ?)"
     NO_LIMIT: int | None = -1
     graph: nx.Graph
     unreadable: dict[str, str]
@@ -318,19 +322,14 @@ class SqlNoteStore:
     def _latest_in_session(
         self, scope: tuple[str | None, str | None, str], before: str | None = None
     ) -> tuple[str, list[Any]]:
-        """`session_vector`'s statement and parameters. It is ordered by every column of the scope
-        index, which ends with the insertion order (SQLite's `notes_scope` holds the rowid,
-        PostgreSQL's `notes_session_order` has `seq`), so that the index gives the latest note at
-        once: ordered by the insertion order alone, PostgreSQL sorted the session's notes with their
-        vectors (a condition `agent_id IS NULL` is no equality to its planner), or walked back
-        through every newer note of the store."""
+        """`session_vector`'s statement and parameters."""
         (user, by_user), (agent, by_agent) = equals("user_id", scope[0]), equals("agent_id", scope[1])
         sql = f"SELECT {SEARCHED_VECTOR_OF} FROM notes WHERE {user} AND {agent} AND session_id = ?"
         params: list[Any] = [*by_user, *by_agent, scope[2]]
         if before is not None:
-            sql += f" AND {self.ORDER} < (SELECT {self.ORDER} FROM notes WHERE id = ?)"
+            sql += f" AND {self.BEFORE_NOTE}"
             params.append(before)
-        return sql + f" ORDER BY user_id DESC, agent_id DESC, session_id DESC, {self.ORDER} DESC LIMIT 1", params
+        return sql + f" ORDER BY {self.LATEST_FIRST} LIMIT 1", params
 
     def session_notes(
         self, scope: tuple[str | None, str | None, str]

@@ -98,16 +98,17 @@ def test_a_search_mark_as_of_the_view_is_none_until_the_view_has_another_connect
     assert graph.search_mark(since_view=True) is not None
 
 
-def test_a_session_s_latest_vector_comes_from_the_scope_index_without_a_sort(tmp_path):
+@pytest.mark.parametrize("agent", [None, "a"])
+def test_a_session_s_latest_vector_comes_from_the_scope_index_without_a_sort(tmp_path, agent):
     graph = NoteGraph(tmp_path / "g.sqlite3")
     with graph.transaction():
         for i in range(50):
-            graph.insert(Note(id=f"n{i}", text=f"note {i}", user_id="u", session_id="s", created_at=T, updated_at=T,
-                              last_recalled=T), np.full(4, i, dtype=np.float32))
-    assert graph.session_vector(("u", None, "s")).tolist() == [49] * 4
-    assert graph.session_vector(("u", None, "s"), before="n10").tolist() == [9] * 4
+            graph.insert(Note(id=f"n{i}", text=f"note {i}", user_id="u", agent_id=agent, session_id="s", created_at=T,
+                              updated_at=T, last_recalled=T), np.full(4, i, dtype=np.float32))
+    assert graph.session_vector(("u", agent, "s")).tolist() == [49] * 4
+    assert graph.session_vector(("u", agent, "s"), before="n10").tolist() == [9] * 4
     for before in (None, "n10"):
-        sql, params = graph._latest_in_session(("u", None, "s"), before)
+        sql, params = graph._latest_in_session(("u", agent, "s"), before)
         plan = " ".join(row[-1] for row in graph.connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
         assert "notes_scope" in plan and "TEMP B-TREE" not in plan, plan
     graph.close()

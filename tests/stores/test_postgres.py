@@ -494,21 +494,22 @@ def rows_scanned(plan: dict) -> int:
     return own + sum(rows_scanned(child) for child in plan.get("Plans", []))
 
 
-def test_a_session_s_latest_vector_is_read_without_going_through_the_session(store, postgres_url):
-    """Every remember in a session reads the session's latest vector under the write lock: a long session of no
-    agent, whose notes are older than others', was sorted whole or found by walking back through every newer note."""
+@pytest.mark.parametrize("agent", [None, "a"])
+def test_a_session_s_latest_vector_is_read_without_going_through_the_session(store, postgres_url, agent):
+    """Every remember in a session reads the session's latest vector under the write lock: a long session, whose
+    notes are older than others', was sorted whole (of no agent) or found by walking back through every newer note."""
     with store.transaction():
         for i in range(1500):
-            store.insert(note(f"old{i}", user_id="u", session_id="old"), np.full(4, i, dtype=np.float32))
+            store.insert(note(f"old{i}", user_id="u", agent_id=agent, session_id="old"), np.full(4, i, dtype=np.float32))
         for i in range(1500):
-            store.insert(note(f"new{i}", user_id="u", session_id=f"s{i % 30}"), np.ones(4))
+            store.insert(note(f"new{i}", user_id="u", agent_id=agent, session_id=f"s{i % 30}"), np.ones(4))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("ANALYZE notes")
-    assert store.session_vector(("u", None, "old")).tolist() == [1499] * 4
-    assert store.session_vector(("u", None, "old"), before="old1000").tolist() == [999] * 4
-    assert store.session_vector(("u", "agent", "old")) is None
+    assert store.session_vector(("u", agent, "old")).tolist() == [1499] * 4
+    assert store.session_vector(("u", agent, "old"), before="old1000").tolist() == [999] * 4
+    assert store.session_vector(("u", "another agent", "old")) is None
     for before in (None, "old1000"):
-        sql, params = store._latest_in_session(("u", None, "old"), before)
+        sql, params = store._latest_in_session(("u", agent, "old"), before)
         with psycopg.connect(postgres_url) as conn:
             plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {psycopg_sql(sql)}", params).fetchone()[0][0]["Plan"]
         assert rows_scanned(plan) <= 2, plan  # the latest note (and the `before` note's own row)
