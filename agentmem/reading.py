@@ -41,6 +41,8 @@ class ReadPath:
         given the query's full-text candidates, which `searching` may still be finding meanwhile
         (see `lexical`). Those forgotten since are left out by the read."""
         pool = k + self.config.candidate_pool
+        if searching.done():  # the candidates' load follows the dense search's entries (else it goes on meanwhile)
+            self.store.expect_loads(searching.result().keys())
         dense = self.dense(query_embedding, pool, where)
         similar = dict(dense)
         lexical = searching.result()

@@ -313,6 +313,11 @@ class SqlNoteStore:
         (`session_vector`): a hint, which a store whose reads are round trips takes to read it
         with the lock."""
 
+    def expect_loads(self, note_ids: Collection[str]) -> None:
+        """This thread's next `index_entries` is followed by a `load` of its notes and of these (those
+        with their vectors): a hint, which a store whose reads are round trips takes to read them all
+        in the entries' round trip."""
+
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
         """The searched vector of the latest note remembered in a session (of one user and
         agent), or of the latest one remembered before note `before`; None for none."""

@@ -488,6 +488,41 @@ def test_an_expected_session_s_latest_vector_comes_with_the_lock_and_holds_until
         assert store.session_vector(("v", None, "s")) is None
 
 
+def test_expected_loads_are_read_with_the_index_entries_and_answer_the_load_until_a_write(store, monkeypatch):
+    """A recall's candidates (the notes its index search found, and its full-text ones) were read in a round trip
+    after the entries'; they now come in the entries' own, and the load answers as a read of its own would."""
+    with store.transaction():
+        for name in "abc":
+            store.insert(note(name, user_id="u"), np.full(4, ord(name), dtype=np.float32))
+    tokens = dict(store._run("SELECT id, index_id FROM notes"))
+    read = store._read_notes
+    reads = []
+    monkeypatch.setattr(store, "_read_notes", lambda sql, params: reads.append(sql) or read(sql, params))
+    wanted = {"a", "b", "c", "gone"}
+    with store.lock():
+        own = store.load(wanted, links=False, vectors_of={"c"})
+        reads.clear()
+        store.expect_loads(["c", "gone"])  # full-text candidates: c, and one forgotten meanwhile
+        entries = store.index_entries([tokens["a"], tokens["b"]])
+        assert {e.note_id for e in entries.values()} == {"a", "b"}
+        ahead = store.load(wanted, links=False, vectors_of={"c"})
+        assert len(reads) == 1  # the entries' round trip read them all
+        assert list(ahead) == list(own) == ["a", "b", "c"]
+        assert [n for n, _ in ahead.values()] == [n for n, _ in own.values()]
+        assert ahead["a"][1] is None and ahead["c"][1].tolist() == [ord("c")] * 4
+        store.load(["a"], links=False, vectors_of={"a"})  # a's vector was not read ahead
+        assert len(reads) == 2
+        with store.transaction():
+            store.set_fields_many({"c": {"recall_count": 5}})
+        assert store.load(["c"], links=False, vectors_of={"c"})["c"][0].recall_count == 5
+        assert len(reads) == 3  # a write ends what was read ahead
+    store.expect_loads(["a"])
+    with store.lock():  # a hint is this section's alone: the entries are read alone, then the load reads
+        store.index_entries([tokens["b"]])
+        store.load(["b"], links=False, vectors_of=[])
+    assert len(reads) == 4 and "index_id" not in reads[-1]
+
+
 def rows_scanned(plan: dict) -> int:
     """The rows every scan of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan read: those it kept and those its filter dropped."""
     own = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0) if "Scan" in plan["Node Type"] else 0
