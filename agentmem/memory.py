@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -51,8 +51,8 @@ from .reading import ReadPath
 from .sections import Sections
 from .writing import Enricher, SearchAhead, WritePath
 
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _UNSET: Any = object()
 
@@ -265,7 +265,7 @@ class Memory:
         batch's while the next is encoded."""
         texts = [draft.text for draft in drafts]
         if len(texts) <= ENCODE_BATCH:
-            starting = self._search_ahead_meanwhile()
+            starting = self._meanwhile(self._writer.search_ahead)
             embeddings = self._embed(texts)
             ahead = starting()
             if ahead is not None:
@@ -412,11 +412,15 @@ class Memory:
         when = check.time(at)
         check.flag(reinforce, "reinforce")
         searching = self._lexical_meanwhile(query, k, where)
+        marking = self._meanwhile(self._reader.search_mark, after_index_writes=True)
         query_embedding = self._embed([query])[0]
         if not self._graph.concurrent_reads:
             searching.result()  # the helper searches under this process's lock, which the section takes
+        mark = marking()  # first: the helper takes this process's lock, which the read section holds
+        with self._sections.reading():
+            ahead = self._reader.dense_ahead(query_embedding, k, where, mark, searching)
         with self._sections.exclusive():
-            hits = self._reader.search(query, query_embedding, k, where, when, searching)
+            hits = self._reader.search(query, query_embedding, k, where, when, searching, ahead)
             if not reinforce:
                 return hits
             notes = self._reader.reinforce([hit.note for hit in hits], when)
@@ -432,18 +436,20 @@ class Memory:
         with self._sections.exclusive():
             return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
 
-    def _search_ahead_meanwhile(self) -> Callable[[], SearchAhead | None]:
-        """`WritePath.search_ahead` (the store's mark, before the search), taken in a helper thread
-        while the caller encodes where the store reads on connections of its own (a round trip to
-        a server); else here (a read in this process). Returns what waits for it."""
+    def _meanwhile(self, read: Callable[[], T], after_index_writes: bool = False) -> Callable[[], T]:
+        """`read` of the store (a search's mark, before the search: `WritePath.search_ahead`,
+        `ReadPath.search_mark`), in a helper thread while the caller encodes where the store reads
+        on connections of its own (a round trip to a server); else here (a read in this process).
+        `after_index_writes`: once the index writes in flight are done (a mark taken before would
+        name their notes as waiting for them). Returns what waits for it."""
 
-        def start() -> SearchAhead | None:
-            with self._sections.reading(store_only=True):
-                return self._writer.search_ahead()
+        def start() -> T:
+            with self._sections.reading(store_only=not after_index_writes):
+                return read()
 
         if not self._graph.concurrent_reads:
-            ahead = start()
-            return lambda: ahead
+            value = start()
+            return lambda: value
         try:
             return self._helpers.submit(start).result
         except RuntimeError as exc:  # the pool is shut down: close() ran

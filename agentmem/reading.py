@@ -2,12 +2,15 @@
 ranked by relevance, retention and time; and recall as rehearsal (reinforcement).
 
 Everything here runs inside the caller's exclusive section, except `lexical`, which a recall
-runs in a helper thread while it encodes the query (`Memory.recall`).
+runs in a helper thread while it encodes the query, and `search_mark` and `dense_ahead`, which
+search the index before the section (`Memory.recall`).
 """
 from __future__ import annotations
 
+from collections.abc import Hashable
 from concurrent.futures import Future
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,10 +20,19 @@ from .notes import Hit, Note
 from .stores.filters import NoteFilter
 from .stores.rows import checked
 from .stores.store import NoteStore
-from .stores.sync import IndexSync
+from .stores.sync import Found, IndexSync
 
 EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 SIMILARITY_SLACK = 1e-5  # float32 rounding between the index's distances and the loaded vectors
+RESCORED_LIMIT = 100  # notes changed since a search ahead that are scored in the section; more: it searches again
+
+
+class DenseAhead(NamedTuple):
+    """A query's nearest index entries, searched before the write section, and the store's mark
+    taken before that search (which tells the section what it may have missed)."""
+
+    mark: Hashable
+    found: Found
 
 
 class ReadPath:
@@ -33,17 +45,37 @@ class ReadPath:
         It needs no query embedding, so a recall runs it while the query is being encoded."""
         return dict(self.store.lexical_search(linking.content_words(query), k + self.config.candidate_pool, where))
 
+    def search_mark(self) -> Hashable | None:
+        """The store's mark before a search of the index outside the write section (`dense_ahead`)."""
+        return self.store.search_mark(since_view=self.index.as_of_view)
+
+    def dense_ahead(
+        self, query_embedding: np.ndarray, k: int, where: NoteFilter, mark: Hashable | None,
+        searching: Future[dict[str, float]],
+    ) -> DenseAhead | None:
+        """The index searched for the query before the write section, as a remember's neighbours are
+        (`writing.SearchAhead`): the section holds the store's lock for less, and a store that reads
+        by round trips reads what the section needs first with its lock (`NoteStore.expect_loads`:
+        the entries of what was found, then those notes and the full-text candidates known by now).
+        None where the section searches itself: with metadata filters, or no `mark` (`search_mark`)."""
+        if mark is None or where.metadata:
+            return None
+        conditions = where.index_conditions(self.index.scope_token)
+        found = self.index.nearest(query_embedding[None, :], k + self.config.candidate_pool, conditions)
+        lexical = searching.result() if searching.done() and searching.exception() is None else {}
+        self.store.expect_loads(lexical.keys(), [token for token, _ in found[1][0]])
+        return DenseAhead(mark, found)
+
     def search(
         self, query: str, query_embedding: np.ndarray, k: int, where: NoteFilter, at: datetime,
-        searching: Future[dict[str, float]],
+        searching: Future[dict[str, float]], ahead: DenseAhead | None = None,
     ) -> list[Hit]:
         """The k best notes for the query among those `where` admits, with why (nothing is written),
         given the query's full-text candidates, which `searching` may still be finding meanwhile
-        (see `lexical`). Those forgotten since are left out by the read."""
+        (see `lexical`), and the index's search made ahead, if any. Those forgotten since are left
+        out by the read."""
         pool = k + self.config.candidate_pool
-        if searching.done():  # the candidates' load follows the dense search's entries (else it goes on meanwhile)
-            self.store.expect_loads(searching.result().keys())
-        dense = self.dense(query_embedding, pool, where)
+        dense = self.dense(query_embedding, pool, where, ahead)
         similar = dict(dense)
         lexical = searching.result()
         best_lexical = max(lexical.values(), default=0.0)
@@ -85,15 +117,25 @@ class ReadPath:
                 return [hit.model_copy(update={"note": notes[hit.note.id]}) for hit in ranked]
             candidates = {i: c for i, c in candidates.items() if notes.get(i, c.note) is not None}
 
-    def dense(self, query_embedding: np.ndarray, n: int, where: NoteFilter) -> list[tuple[str, float]]:
+    def dense(
+        self, query_embedding: np.ndarray, n: int, where: NoteFilter, ahead: DenseAhead | None = None
+    ) -> list[tuple[str, float]]:
         """The n notes nearest the query among those `where` admits.
 
         The index narrows by scope only; with metadata filters, the admitted notes' vectors are
-        scored here exactly when there are few enough, else the index is over-fetched.
+        scored here exactly when there are few enough, else the index is over-fetched. A search
+        made ahead is used with the notes it may have missed (`NoteStore.changed_since`: written,
+        re-embedded or waiting for their index write since its mark) scored here, when they are few.
         """
         conditions = where.index_conditions(self.index.scope_token)
         if not where.metadata:
-            return self.index.search(query_embedding[None, :], n, conditions)[0]
+            changed = None if ahead is None else self.store.changed_since(ahead.mark)
+            if changed is None or len(changed) > RESCORED_LIMIT:
+                return self.index.search(query_embedding[None, :], n, conditions)[0]
+            found = self.index.search(query_embedding[None, :], n, conditions, ahead.found)[0]
+            rows = self.store.load(changed, links=False, validate=False) if changed else {}
+            rescored = [(i, float(v @ query_embedding)) for i, (note, v) in rows.items() if where.admits(note)]
+            return sorted([*((i, s) for i, s in found if i not in changed), *rescored], key=lambda h: -h[1])[:n]
         vectors = self.store.embeddings_where(where, EXACT_SEARCH_LIMIT)
         if vectors is None:
             wide = self.index.search(query_embedding[None, :], n * 20, conditions)[0]

@@ -1,12 +1,14 @@
 """The Memory facade on the real MiniLM embedder and a real embedded Chroma on disk."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,6 +67,96 @@ def test_recall_finds_the_relevant_note_and_explains_why(memory):
     why = hits[0].why
     assert why.similarity > 0.3 and why.lexical > 0 and 0 < why.retention <= 1
     assert hits[0].score > hits[-1].score
+
+
+def test_a_note_written_elsewhere_after_the_index_was_searched_ahead_is_recalled(memory_location, embedder, monkeypatch):
+    """A recall searches the index before its write section; what another replica wrote since (here between that
+    search and the section) is scored in the section, or searched for again, not missed."""
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        mem.remember("Bob plays chess every Sunday at the club", at=T0)  # nothing to link the new note to
+        searched_ahead, written, ahead = mem._reader.dense_ahead, [], []
+
+        def and_then_the_other_writes(*args):
+            ahead.append(searched_ahead(*args))
+            written.append(other.remember("Dana keeps bees on the roof of the library", at=T0))
+            return ahead[-1]
+
+        monkeypatch.setattr(mem._reader, "dense_ahead", and_then_the_other_writes)
+        hits = mem.recall("Who keeps bees on the roof of the library?", at=T0)
+        assert ahead[0] is not None and written[0].links == []
+        # found by its vector: the full-text search ran before it was written
+        assert hits[0].note.id == written[0].id and hits[0].why.similarity > 0.75
+
+
+def test_a_note_forgotten_after_the_index_was_searched_ahead_is_not_recalled(memory, monkeypatch):
+    gone = memory.remember("Dana keeps bees on the roof of the library", at=T0)
+    kept = memory.remember("Dana sells the library's honey at the market", at=T0)
+    searched_ahead, found = memory._reader.dense_ahead, []
+
+    def and_then_forget(*args):
+        found.append(searched_ahead(*args))
+        memory.forget(gone.id)
+        return found[-1]
+
+    monkeypatch.setattr(memory._reader, "dense_ahead", and_then_forget)
+    hits = memory.recall("Who keeps bees on the library's roof?", at=T0)
+    assert found[0] is not None and [h.note.id for h in hits] == [kept.id]
+
+
+def test_a_recall_whose_search_mark_comes_after_the_query_s_encoding_does_not_wait_on_itself(memory, monkeypatch):
+    """On PostgreSQL the mark is taken in a helper thread, once this process's index writes are done, under its lock:
+    a recall that waited for it while holding that lock waited forever (here the helpers start late)."""
+    memory.remember("Dana keeps bees on the roof of the library", at=T0)
+    reading = memory._sections.reading
+
+    def late_in_helpers(*args, **kwargs):
+        if threading.current_thread().name.startswith("agentmem-helper"):
+            time.sleep(0.3)
+        return reading(*args, **kwargs)
+
+    monkeypatch.setattr(memory._sections, "reading", late_in_helpers)
+    hits = []
+    recalling = threading.Thread(target=lambda: hits.extend(memory.recall("Who keeps bees?", at=T0)), daemon=True)
+    recalling.start()
+    recalling.join(20)
+    assert not recalling.is_alive() and len(hits) == 1
+
+
+def test_a_recall_on_postgresql_reads_its_candidates_with_its_lock(memory_location, embedder, monkeypatch):
+    """Its index entries and candidates come in the lock's own round trip: nothing more is read in the section."""
+    location = memory_location()
+    if not isinstance(location["path"], str):
+        pytest.skip("a PostgreSQL store's round trips")
+    with Memory(**location, embedder=embedder) as mem:
+        for text in ("Dana keeps bees on the roof of the library", "Dana sells the library's honey at the market",
+                     "Bob plays chess every Sunday at the club"):
+            mem.remember(text, at=T0)
+        question = "Who sells honey at the market?"
+        lexical, embed, searched = mem._reader.lexical, mem._embed, threading.Event()
+        monkeypatch.setattr(mem._reader, "lexical", lambda *args: (lexical(*args), searched.set())[0])
+        monkeypatch.setattr(mem, "_embed", lambda texts: (searched.wait(10), embed(texts))[1])
+        reads, read, lock = [], mem._graph._read_notes, mem._graph.lock
+        section = threading.local()
+
+        def counted(sql, params):
+            if getattr(section, "inside", False):
+                reads.append(sql)
+            return read(sql, params)
+
+        @contextlib.contextmanager
+        def marked():
+            with lock():
+                section.inside = True
+                try:
+                    yield
+                finally:
+                    section.inside = False
+
+        monkeypatch.setattr(mem._graph, "_read_notes", counted)
+        monkeypatch.setattr(mem._graph, "lock", marked)
+        hits = mem.recall(question, at=T0)
+        assert hits[0].note.text == "Dana sells the library's honey at the market" and len(hits) == 3
+        assert reads == []
 
 
 def test_recall_reinforces_what_it_returns(memory):
@@ -127,7 +219,7 @@ def test_the_full_text_search_overlaps_the_index_search_where_threads_read_apart
         return dense(*args)
 
     def search_noting_the_full_text(*args):
-        done_before_the_section.append(args[-1].done())
+        done_before_the_section.append(args[5].done())  # (query, embedding, k, where, at, searching, ahead)
         return search(*args)
 
     monkeypatch.setattr(memory._reader, "lexical", lexical_waiting_for_the_index)

@@ -24,9 +24,9 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   as one pipeline before the next read or with the commit; BEGIN is queued too, so a
   transaction without reads is one round trip; a transaction's `meanwhile` (a remember's index
   write) runs while its COMMIT is on its way, and the outbox rows it clears go with the
-  section's next round trip (`_defer`). `lock()` reads the store version, the outbox state and
-  the latest vector of an expected session (`expect_session`) in its own round trip, for the
-  checks a write section starts with. An outbox found empty there spares a remember two reads
+  section's next round trip (`_defer`). `lock()` reads the store version, the outbox state,
+  the latest vector of an expected session (`expect_session`) and a recall's index entries and
+  candidates (`expect_loads`) in its own round trip, for what a write section reads first. An outbox found empty there spares a remember two reads
   (`neighbours`): of the notes waiting in it, and of its candidates, then read with their index
   entries (`index_entries`).
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
@@ -461,11 +461,12 @@ class PostgresNoteGraph(SqlNoteStore):
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
         """`SqlNoteStore.index_entries`; after a remember's first `neighbours` call, the whole notes,
         as it reads them, in the same round trip (one round trip fewer, for 15 notes more read): its
-        candidates are the notes its search found. After `expect_loads`, a recall's, see there."""
+        candidates are the notes its search found. A recall's were read with its lock (`expect_loads`)."""
         tokens = list(tokens)
-        expected, self._pinned.loads_expected = getattr(self._pinned, "loads_expected", None), None
-        if tokens and expected is not None:
-            return self._entries_loading_ahead(tokens, expected)
+        ahead = getattr(self._pinned, "loaded_ahead", None)
+        entries = None if ahead is None else ahead.entries_for(tokens)
+        if entries is not None:
+            return entries
         if not tokens or getattr(self._pinned, "read_ahead", None) is None:
             return super().index_entries(tokens)
         among, params = self._among("index_id", tokens)
@@ -474,34 +475,29 @@ class PostgresNoteGraph(SqlNoteStore):
             f" FROM notes WHERE {among}", params,
         )
         self._pinned.read_ahead.update((row["id"], row) for row in rows)
-        return {row["index_id"]: IndexEntry(row["id"], row["user_id"], row["agent_id"], row["session_id"],
-                                            bool(row["archived"])) for row in rows}
+        return {row["index_id"]: IndexEntry.of(row) for row in rows}
 
-    def expect_loads(self, note_ids: Collection[str]) -> None:
-        """`SqlNoteStore.expect_loads`: the next `index_entries` reads its notes whole (without their
-        vectors) and these (with them) in its round trip, for `load` to answer from (`LoadedAhead`): a
-        recall at 100k notes read its 40 entries in 0.7 ms, then its 70 candidates in 1.2 ms."""
-        self._pinned.loads_expected = list(note_ids)
+    def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
+        """`SqlNoteStore.expect_loads`: the next `lock()` reads, in its round trip, the notes behind
+        these index tokens (without their vectors) and these notes (with them), for `index_entries`
+        and `load` to answer from (`LoadedAhead`): at 100k notes, a recall read its 40 entries in
+        0.7 ms, then its 70 candidates in 1.2 ms, each a round trip after a computation (the index's
+        search, the query's encoding), which costs the server's core its wake-up on this machine."""
+        self._pinned.loads_expected = (list(note_ids), list(tokens))
 
-    def _entries_loading_ahead(self, tokens: list[str], expected: list[str]) -> dict[str, IndexEntry]:
+    def _loads_statement(self, note_ids: list[str], tokens: list[str]) -> tuple[str, list[Any]]:
         by_token, token_params = self._among("index_id", tokens)
-        by_id, id_params = self._among("id", expected)
-        rows = self._read_notes(
-            f"SELECT index_id, {self._columns(KEPT_IN_QUARANTINE)},"
-            f" CASE WHEN {by_token} THEN NULL ELSE {SEARCHED_VECTOR_OF} END AS vector"
-            f" FROM notes WHERE {by_token} OR {by_id} ORDER BY {self.ORDER}",
-            [*token_params, *token_params, *id_params],
-        )
-        self._pinned.loaded_ahead = LoadedAhead(rows, expected)
-        searched = set(tokens)
-        return {row["index_id"]: IndexEntry(row["id"], row["user_id"], row["agent_id"], row["session_id"],
-                                            bool(row["archived"])) for row in rows if row["index_id"] in searched}
+        by_id, id_params = self._among("id", note_ids)
+        return psycopg_sql(
+            f"SELECT index_id, {self._columns(KEPT_IN_QUARANTINE)}, CASE WHEN {by_id} THEN {SEARCHED_VECTOR_OF} END"
+            f" AS vector FROM notes WHERE {by_token} OR {by_id} ORDER BY {self.ORDER}"
+        ), [*id_params, *token_params, *id_params]
 
     def load(
         self, note_ids: Iterable[str], links: bool = True, validate: bool = True,
         vectors_of: Collection[str] | None = None,
     ) -> dict[str, tuple[Note, np.ndarray | None]]:
-        """`SqlNoteStore.load`, answered from what `expect_loads` had read ahead when that holds them."""
+        """`SqlNoteStore.load`, answered from what the lock read (`expect_loads`) when that holds them."""
         note_ids = list(note_ids)
         ahead = getattr(self._pinned, "loaded_ahead", None)
         rows = None if ahead is None else ahead.rows_for(note_ids, vectors_of)
@@ -516,7 +512,6 @@ class PostgresNoteGraph(SqlNoteStore):
         outbox empty."""
         self._pinned.outbox_empty = outbox_empty
         self._pinned.read_ahead = self._pinned.session_ahead = self._pinned.loaded_ahead = None
-        self._pinned.loads_expected = None
 
     def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
         """`SqlNoteStore.expect_session`: the next `lock()` reads that vector in its round trip."""
@@ -609,16 +604,22 @@ class PostgresNoteGraph(SqlNoteStore):
 
         In the same round trip, once the lock is held, it reads what a write section checks
         first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write;
-        whether the outbox is empty (`neighbours`); and the latest vector of the session that
-        `expect_session` named (`session_vector`)."""
+        whether the outbox is empty (`neighbours`); the latest vector of the session that
+        `expect_session` named (`session_vector`); and the notes `expect_loads` named."""
         session, self._pinned.session_expected = getattr(self._pinned, "session_expected", None), None
+        loads, self._pinned.loads_expected = getattr(self._pinned, "loads_expected", None), None
         latest, params = self._latest_in_session(session) if session is not None else ("SELECT NULL", [])
-        checks = (f"SELECT n, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}), NOT EXISTS (SELECT 1 FROM outbox),"
-                  f" ({psycopg_sql(latest)}) FROM store_version")
-        with self._advisory(WRITE_LOCK, then=(checks, params)) as seen:
-            self._pinned.seen_version, self._pinned.seen_pending, outbox_empty, vector = seen
-            self._drop_read_ahead(outbox_empty)
-            self._pinned.session_ahead = None if session is None else (session, vector)
+        checks = (f"SELECT n AS version, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) AS pending,"
+                  f" NOT EXISTS (SELECT 1 FROM outbox) AS outbox_empty, ({psycopg_sql(latest)}) AS vector"
+                  " FROM store_version")
+        statements = [(checks, params)] + ([] if loads is None else [self._loads_statement(*loads)])
+        with self._advisory(WRITE_LOCK, then=statements) as read:
+            seen = read[0][0]
+            self._pinned.seen_version, self._pinned.seen_pending = seen["version"], seen["pending"]
+            self._drop_read_ahead(seen["outbox_empty"])
+            self._pinned.session_ahead = None if session is None else (session, seen["vector"])
+            if loads is not None:
+                self._pinned.loaded_ahead = LoadedAhead(read[1], *loads)
             depth = getattr(self._pinned, "locked", 0)
             self._pinned.locked = depth + 1  # an outbox clear may wait for the release (`clear_pending`)
             try:
@@ -637,25 +638,26 @@ class PostgresNoteGraph(SqlNoteStore):
 
     @contextmanager
     def _advisory(
-        self, key: int, wait: bool = True, then: tuple[str, Sequence[Any]] | None = None
+        self, key: int, wait: bool = True, then: Sequence[tuple[str, Sequence[Any]]] = ()
     ) -> Iterator[Any]:
-        """Hold an advisory lock; yields whether it is held, or the row of `then` (a statement and
-        its parameters), run once it is."""
+        """Hold an advisory lock; yields whether it is held, or the rows of each statement of `then`
+        (a statement and its parameters), run once it is, by name (as `_read_notes` reads them)."""
         with self._session() as conn:
             held: Any = wait  # from the request on: a failure after the server granted it must release it
             try:
-                if then is not None:  # the write lock: `then` reads after the wait, which is bounded
+                if then:  # the write lock: `then` reads after the wait, which is bounded
                     try:
                         with conn.pipeline():
                             conn.execute(f"SET lock_timeout = '{store.WRITE_LOCK_WAIT_S}s'")
                             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                             conn.execute("RESET lock_timeout")
-                            after = conn.execute(*then)
+                            after = [conn.cursor(row_factory=psycopg.rows.dict_row, binary=True).execute(sql, params)
+                                     for sql, params in then]
                     except psycopg.errors.LockNotAvailable:
                         held = False
                         conn.execute("RESET lock_timeout")
                         raise store.write_lock_timeout(self.path) from None
-                    held = after.fetchone()
+                    held = [cursor.fetchall() for cursor in after]
                 elif wait:
                     conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                 else:

@@ -62,6 +62,11 @@ class IndexEntry(NamedTuple):
     session_id: str | None
     archived: bool
 
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> IndexEntry:
+        """The entry of a note row read by name."""
+        return cls(row["id"], row["user_id"], row["agent_id"], row["session_id"], bool(row["archived"]))
+
 
 def to_timestamp(at: datetime) -> float:
     return at.timestamp()

@@ -313,10 +313,10 @@ class SqlNoteStore:
         (`session_vector`): a hint, which a store whose reads are round trips takes to read it
         with the lock."""
 
-    def expect_loads(self, note_ids: Collection[str]) -> None:
-        """This thread's next `index_entries` is followed by a `load` of its notes and of these (those
-        with their vectors): a hint, which a store whose reads are round trips takes to read them all
-        in the entries' round trip."""
+    def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
+        """This thread's next write section reads the index entries of these tokens, then loads their
+        notes and these (with their vectors): a hint, which a store whose reads are round trips takes
+        to read them all with its lock."""
 
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
         """The searched vector of the latest note remembered in a session (of one user and

@@ -109,8 +109,8 @@ class NoteStore(Protocol):
     def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]: ...
     def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
         """A hint: this thread's next write section starts with `session_vector(scope)`."""
-    def expect_loads(self, note_ids: Collection[str]) -> None:
-        """A hint: this thread's next `index_entries` is followed by a `load` of its notes and these."""
+    def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
+        """A hint: this thread's next write section reads these tokens' entries, then loads their notes and these."""
     def session_vector(self, scope: tuple[str | None, str | None, str],
                        before: str | None = None) -> np.ndarray | None: ...
     def session_notes(self, scope: tuple[str | None, str | None, str]

@@ -281,7 +281,7 @@ def test_a_lock_granted_before_a_failure_is_released(postgres_url):
     first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
     try:
         with pytest.raises(StoreCorruptedError):
-            with first._advisory(JOB_LOCK, then=("SELECT 1 / 0", ())):
+            with first._advisory(JOB_LOCK, then=[("SELECT 1 / 0", ())]):
                 pass
         with second.job_lock(wait=False) as held:
             assert held
@@ -488,39 +488,46 @@ def test_an_expected_session_s_latest_vector_comes_with_the_lock_and_holds_until
         assert store.session_vector(("v", None, "s")) is None
 
 
-def test_expected_loads_are_read_with_the_index_entries_and_answer_the_load_until_a_write(store, monkeypatch):
-    """A recall's candidates (the notes its index search found, and its full-text ones) were read in a round trip
-    after the entries'; they now come in the entries' own, and the load answers as a read of its own would."""
+def test_expected_loads_come_with_the_lock_and_answer_the_entries_and_the_load_until_a_write(store, monkeypatch):
+    """A recall's index entries and its candidates (the notes its index search found, and its full-text ones) were
+    read in two round trips after the lock's; they now come in the lock's own, and answer as reads of their own would."""
     with store.transaction():
+        store.set_meta("embedding_dim", "4")  # as a memory's embedder sets it: read once, then known
         for name in "abc":
             store.insert(note(name, user_id="u"), np.full(4, ord(name), dtype=np.float32))
     tokens = dict(store._run("SELECT id, index_id FROM notes"))
-    read = store._read_notes
-    reads = []
-    monkeypatch.setattr(store, "_read_notes", lambda sql, params: reads.append(sql) or read(sql, params))
     wanted = {"a", "b", "c", "gone"}
     with store.lock():
+        own_entries = store.index_entries([tokens[n] for n in "abc"])
         own = store.load(wanted, links=False, vectors_of={"c"})
-        reads.clear()
-        store.expect_loads(["c", "gone"])  # full-text candidates: c, and one forgotten meanwhile
-        entries = store.index_entries([tokens["a"], tokens["b"]])
-        assert {e.note_id for e in entries.values()} == {"a", "b"}
+    reads = []
+    for name in ("_run", "_read_notes"):
+        read = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda sql, params=(), read=read: reads.append(sql) or read(sql, params))
+    # full-text candidates: c (the index found it too) and one forgotten meanwhile; the index found a, b, c
+    store.expect_loads(["c", "gone"], [tokens[n] for n in "abc"])
+    with store.lock():
+        assert store.index_entries([tokens["a"], tokens["c"]]) == {t: own_entries[t] for t in (tokens["a"], tokens["c"])}
         ahead = store.load(wanted, links=False, vectors_of={"c"})
-        assert len(reads) == 1  # the entries' round trip read them all
+        assert reads == []  # all read in the lock's round trip
         assert list(ahead) == list(own) == ["a", "b", "c"]
         assert [n for n, _ in ahead.values()] == [n for n, _ in own.values()]
         assert ahead["a"][1] is None and ahead["c"][1].tolist() == [ord("c")] * 4
+        assert store.load(["c"], links=True, vectors_of=[])["c"] == (own["c"][0], None)  # validated, with links
+        assert reads == []
         store.load(["a"], links=False, vectors_of={"a"})  # a's vector was not read ahead
+        store.index_entries(["another token"])
         assert len(reads) == 2
         with store.transaction():
             store.set_fields_many({"c": {"recall_count": 5}})
         assert store.load(["c"], links=False, vectors_of={"c"})["c"][0].recall_count == 5
         assert len(reads) == 3  # a write ends what was read ahead
-    store.expect_loads(["a"])
-    with store.lock():  # a hint is this section's alone: the entries are read alone, then the load reads
-        store.index_entries([tokens["b"]])
-        store.load(["b"], links=False, vectors_of=[])
-    assert len(reads) == 4 and "index_id" not in reads[-1]
+    store.expect_loads(["a"], [tokens["b"]])
+    with store.lock():
+        pass
+    with store.lock():  # a hint is for the next section alone
+        store.load(["a"], links=False)
+    assert len(reads) == 4
 
 
 def rows_scanned(plan: dict) -> int:
