@@ -412,11 +412,11 @@ class Memory:
         when = check.time(at)
         check.flag(reinforce, "reinforce")
         searching = self._lexical_meanwhile(query, k, where)
-        marking = self._meanwhile(self._reader.search_mark, after_index_writes=True)
+        marking = self._meanwhile(self._reader.search_mark, after_index_writes=True) if not where.metadata else None
         query_embedding = self._embed([query])[0]
         if not self._graph.concurrent_reads:
             searching.result()  # the helper searches under this process's lock, which the section takes
-        mark = marking()  # first: the helper takes this process's lock, which the read section holds
+        mark = marking() if marking is not None else None
         with self._sections.reading():
             ahead = self._reader.dense_ahead(query_embedding, k, where, mark, searching)
         with self._sections.exclusive():
@@ -444,7 +444,9 @@ class Memory:
         name their notes as waiting for them). Returns what waits for it."""
 
         def start() -> T:
-            with self._sections.reading(store_only=not after_index_writes):
+            if after_index_writes:
+                self._sections.wait()
+            with self._sections.reading(store_only=True):
                 return read()
 
         if not self._graph.concurrent_reads:

@@ -7,6 +7,7 @@ search the index before the section (`Memory.recall`).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from concurrent.futures import Future
 from datetime import datetime
@@ -21,6 +22,8 @@ from .stores.filters import NoteFilter
 from .stores.rows import checked
 from .stores.store import NoteStore
 from .stores.sync import Found, IndexSync
+
+log = logging.getLogger(__name__)
 
 EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 SIMILARITY_SLACK = 1e-5  # float32 rounding between the index's distances and the loaded vectors
@@ -61,7 +64,11 @@ class ReadPath:
         if mark is None or where.metadata:
             return None
         conditions = where.index_conditions(self.index.scope_token)
-        found = self.index.nearest(query_embedding[None, :], k + self.config.candidate_pool, conditions)
+        try:
+            found = self.index.nearest(query_embedding[None, :], k + self.config.candidate_pool, conditions)
+        except Exception:  # the section searches again, and reports what still fails
+            log.debug("the search ahead failed; the write section searches again", exc_info=True)
+            return None
         lexical = searching.result() if searching.done() and searching.exception() is None else {}
         self.store.expect_loads(lexical.keys(), [token for token, _ in found[1][0]])
         return DenseAhead(mark, found)

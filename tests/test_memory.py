@@ -88,19 +88,22 @@ def test_a_note_written_elsewhere_after_the_index_was_searched_ahead_is_recalled
         assert hits[0].note.id == written[0].id and hits[0].why.similarity > 0.75
 
 
-def test_a_note_forgotten_after_the_index_was_searched_ahead_is_not_recalled(memory, monkeypatch):
-    gone = memory.remember("Dana keeps bees on the roof of the library", at=T0)
-    kept = memory.remember("Dana sells the library's honey at the market", at=T0)
-    searched_ahead, found = memory._reader.dense_ahead, []
+def test_a_note_forgotten_elsewhere_after_the_index_was_searched_ahead_is_not_recalled(
+    memory_location, embedder, monkeypatch
+):
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        gone = mem.remember("Dana keeps bees on the roof of the library", at=T0)
+        kept = mem.remember("Dana sells the library's honey at the market", at=T0)
+        searched_ahead, found = mem._reader.dense_ahead, []
 
-    def and_then_forget(*args):
-        found.append(searched_ahead(*args))
-        memory.forget(gone.id)
-        return found[-1]
+        def and_then_the_other_forgets(*args):
+            found.append(searched_ahead(*args))
+            other.forget(gone.id)
+            return found[-1]
 
-    monkeypatch.setattr(memory._reader, "dense_ahead", and_then_forget)
-    hits = memory.recall("Who keeps bees on the library's roof?", at=T0)
-    assert found[0] is not None and [h.note.id for h in hits] == [kept.id]
+        monkeypatch.setattr(mem._reader, "dense_ahead", and_then_the_other_forgets)
+        hits = mem.recall("Who keeps bees on the library's roof?", at=T0)
+        assert found[0] is not None and [h.note.id for h in hits] == [kept.id]
 
 
 def test_a_recall_whose_search_mark_comes_after_the_query_s_encoding_does_not_wait_on_itself(memory, monkeypatch):
@@ -135,13 +138,15 @@ def test_a_recall_on_postgresql_reads_its_candidates_with_its_lock(memory_locati
         lexical, embed, searched = mem._reader.lexical, mem._embed, threading.Event()
         monkeypatch.setattr(mem._reader, "lexical", lambda *args: (lexical(*args), searched.set())[0])
         monkeypatch.setattr(mem, "_embed", lambda texts: (searched.wait(10), embed(texts))[1])
-        reads, read, lock = [], mem._graph._read_notes, mem._graph.lock
+        reads, lock = [], mem._graph.lock
         section = threading.local()
 
-        def counted(sql, params):
-            if getattr(section, "inside", False):
-                reads.append(sql)
-            return read(sql, params)
+        def counted(read):
+            def reading(sql, params=()):
+                if getattr(section, "inside", False):
+                    reads.append(sql)
+                return read(sql, params)
+            return reading
 
         @contextlib.contextmanager
         def marked():
@@ -152,7 +157,8 @@ def test_a_recall_on_postgresql_reads_its_candidates_with_its_lock(memory_locati
                 finally:
                     section.inside = False
 
-        monkeypatch.setattr(mem._graph, "_read_notes", counted)
+        monkeypatch.setattr(mem._graph, "_read_notes", counted(mem._graph._read_notes))
+        monkeypatch.setattr(mem._graph, "_run", counted(mem._graph._run))
         monkeypatch.setattr(mem._graph, "lock", marked)
         hits = mem.recall(question, at=T0)
         assert hits[0].note.text == "Dana sells the library's honey at the market" and len(hits) == 3

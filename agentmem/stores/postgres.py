@@ -15,7 +15,7 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
 - Freshness: every write transaction bumps `store_version` (SQLite's `PRAGMA data_version`)
   and logs the notes it wrote, linked or re-embedded; `refresh_if_changed` reads those notes'
   links again when the counter moved (`link_changes`), and `changed_since` names them to a
-  remember that searched the index before its write section.
+  remember or recall that searched the index before its write section.
 - Full text: a generated tsvector, its lexemes with their ranks kept in `postings` by a trigger,
   scored in BM25's shape (`full_text`) in place of FTS5's BM25.
 - Round trips: connections come from a psycopg_pool pool; a thread inside `lock()` or
@@ -26,9 +26,9 @@ SELECT, INSERT, UPDATE and DELETE on them opens it. What differs:
   write) runs while its COMMIT is on its way, and the outbox rows it clears go with the
   section's next round trip (`_defer`). `lock()` reads the store version, the outbox state,
   the latest vector of an expected session (`expect_session`) and a recall's index entries and
-  candidates (`expect_loads`) in its own round trip, for what a write section reads first. An outbox found empty there spares a remember two reads
-  (`neighbours`): of the notes waiting in it, and of its candidates, then read with their index
-  entries (`index_entries`).
+  candidates (`expect_loads`) in its own round trip, for what a write section reads first. An
+  outbox found empty there spares a remember two reads (`neighbours`): of the notes waiting in
+  it, and of its candidates, then read with their index entries (`index_entries`).
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables:
   Postgres then reuses the dead rows' space, but does not zero it on disk, and the WAL keeps old
