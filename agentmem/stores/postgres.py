@@ -481,8 +481,8 @@ class PostgresNoteGraph(SqlNoteStore):
         """`SqlNoteStore.expect_loads`: the next `lock()` reads, in its round trip, the notes behind
         these index tokens (without their vectors) and these notes (with them), for `index_entries`
         and `load` to answer from (`LoadedAhead`): at 100k notes, a recall read its 40 entries in
-        0.7 ms, then its 70 candidates in 1.2 ms, each a round trip after a computation (the index's
-        search, the query's encoding), which costs the server's core its wake-up on this machine."""
+        0.7 ms, then its 70 candidates in 1.2 ms, each a round trip right after a computation (the
+        index's search, the query's encoding), which took longer than one back to back (BENCHMARKS.md)."""
         self._pinned.loads_expected = (list(note_ids), list(tokens))
 
     def _loads_statement(self, note_ids: list[str], tokens: list[str]) -> tuple[str, list[Any]]:
