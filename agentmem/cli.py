@@ -274,7 +274,7 @@ def require_store(path: str) -> None:
     """Refuse a folder that holds no store: a mistyped --path would otherwise read, and make, a new empty one."""
     from .errors import StoreUnavailableError
     from .stores.location import GRAPH_FILE, check_location, is_postgres_url
-    from .stores.postgres import holds_store, redacted
+    from .stores.postgres_connection import holds_store, redacted
 
     check_location(path)
     if is_postgres_url(path):

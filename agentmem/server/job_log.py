@@ -41,7 +41,8 @@ from pydantic import ValidationError
 from ..errors import StoreClosedError, StoreUnavailableError
 from ..stores.ledger_connection import to_postgres
 from ..stores.location import is_postgres_url
-from ..stores.postgres import JOBS_SCHEMA, direct_connection, redacted, typed_error
+from ..stores.postgres_connection import direct_connection, redacted, typed_error
+from ..stores.postgres_schema import JOBS_SCHEMA
 from .models import Job
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
-from .postgres import PostgresNoteGraph, url_parameters
+from .postgres import PostgresNoteGraph
+from .postgres_connection import url_parameters
 from .store import NoteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -29,7 +30,7 @@ def is_postgres_url(location: str | Path) -> bool:
 
 def check_location(location: str | Path) -> None:
     """Refuse what looks meant as a PostgreSQL URL but is not one (a `Path` folds `//` into `/`),
-    and a URL that libpq would misread (`postgres.url_parameters`), naming none of it."""
+    and a URL that libpq would misread (`postgres_connection.url_parameters`), naming none of it."""
     if str(location).startswith(("postgresql:", "postgres:")) and not is_postgres_url(location):
         raise InvalidInputError(
             "a PostgreSQL store is named by a URL string postgresql://user@host:port/database"

@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from ..errors import InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
 from .location import EDITOR_FOLDER, GRAPH_FILE, is_postgres_url, local_folder
-from .postgres import PostgresNoteGraph, copied_tables, redacted
+from .postgres import PostgresNoteGraph
+from .postgres_connection import redacted
+from .postgres_copy import copied_tables
 from .sync import IndexSync
 from .vectors import VectorIndex
 

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
-import psycopg.sql
 import pytest
 
 from agentmem import Note
@@ -276,7 +275,7 @@ def test_a_lock_granted_before_a_failure_is_released(postgres_url):
     """The write lock reads its checks in the round trip that takes it: when those fail, the pooled
     connection must not go back to the pool still holding the lock, or every replica waits on it."""
     from agentmem.errors import StoreCorruptedError
-    from agentmem.stores.postgres import JOB_LOCK
+    from agentmem.stores.postgres_locks import JOB_LOCK
 
     first, second = PostgresNoteGraph(postgres_url), PostgresNoteGraph(postgres_url)
     try:
@@ -288,24 +287,6 @@ def test_a_lock_granted_before_a_failure_is_released(postgres_url):
     finally:
         first.close()
         second.close()
-
-
-def test_a_backup_is_a_sqlite_store_with_the_same_contents(store, tmp_path):
-    with store.transaction():
-        store.insert(note("a", metadata={"k": "v"}), np.ones(4))
-        store.insert(note("b"), np.ones(4), in_context=np.zeros(4))
-        store.link("a", "b", 0.5, T)
-        store.record("a", T, "updated", store.get("a"))
-    Ledger(store.connection).add("a", "e1", Fact(prompt="p", target="t"), "grace", "applied", T)
-    store.backup(tmp_path / "backup.sqlite3")
-    copy = NoteGraph(tmp_path / "backup.sqlite3")
-    assert copy.get_many(["a", "b"]) == store.get_many(["a", "b"])
-    assert copy.load(["b"])["b"][1].tolist() == [0, 0, 0, 0]
-    assert copy.history("a") == store.history("a")
-    assert copy.index_key == store.index_key and copy.all_tokens() == store.all_tokens()
-    assert [e.edit_id for e in Ledger(copy.connection).entries()] == ["e1"]
-    assert copy.lexical_search(["note"], 5, NoteFilter()) != []
-    copy.close()
 
 
 def test_an_unreadable_row_is_quarantined_not_fatal(store, postgres_url):
@@ -342,70 +323,6 @@ def test_a_published_folder_reaches_another_host_s_folder_whole_and_versioned(st
     assert shared.fetch("editor", target) == 2
     assert (target / "CURRENT").read_text() == "2" and not (target / "1").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["editor"]  # no staging left behind
-
-
-def test_replicas_opening_a_new_database_at_once_do_not_race_on_its_schema(postgres_url):
-    opened, errors = [], []
-    start = threading.Barrier(4)
-
-    def replica() -> None:
-        try:
-            start.wait()
-            store = PostgresNoteGraph(postgres_url)
-            Ledger(store.connection)
-            opened.append(store)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=replica) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for store in opened:
-        store.close()
-    assert errors == [] and len(opened) == 4
-
-
-def test_a_store_that_doubled_refreshes_the_planner_s_statistics(store, postgres_url):
-    """A store filled faster than autovacuum visits would plan searches on a smaller store's estimates."""
-    def planned_notes() -> float:
-        with psycopg.connect(postgres_url) as conn:
-            return conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'notes'::regclass").fetchone()[0]
-
-    with psycopg.connect(postgres_url, autocommit=True) as conn:  # only the store's own ANALYZE counts here
-        conn.execute("ALTER TABLE notes SET (autovacuum_enabled = false)")
-    with store.transaction():
-        for i in range(300):
-            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
-    assert planned_notes() <= 0  # 300 is below the first refresh
-    with store.transaction():
-        for i in range(300, 600):
-            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
-    assert planned_notes() == 600
-
-
-def test_a_commit_stands_when_the_statistics_refresh_after_it_fails(store, postgres_url, monkeypatch):
-    """The refresh runs after the commit: its failure is logged, the write returns, a later commit retries."""
-    run = store._run
-
-    def analyze_fails(sql, params=()):
-        if sql.startswith("ANALYZE"):
-            raise StoreUnavailableError("the server went away")
-        return run(sql, params)
-
-    with psycopg.connect(postgres_url, autocommit=True) as conn:  # only the store's own ANALYZE counts here
-        conn.execute("ALTER TABLE notes SET (autovacuum_enabled = false)")
-    monkeypatch.setattr(store, "_run", analyze_fails)
-    with store.transaction():
-        for i in range(600):
-            store.insert(note(f"n{i}", f"note number {i}"), np.ones(4))
-    monkeypatch.undo()
-    assert len(store.all_ids()) == 600
-    with store.transaction():
-        store.insert(note("n600", "note number 600"), np.ones(4))
-    with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'notes'::regclass").fetchone()[0] == 601
 
 
 def test_meanwhile_runs_while_the_commit_is_on_its_way(store, postgres_url):
@@ -459,7 +376,7 @@ def test_a_commit_that_fails_after_its_meanwhile_cleared_rows_keeps_them(store, 
 
 
 def test_deferred_bookkeeping_failing_at_the_release_is_logged_and_the_lock_released(store, postgres_url, caplog):
-    from agentmem.stores.postgres import WRITE_LOCK
+    from agentmem.stores.postgres_locks import WRITE_LOCK
 
     with store.lock():
         store._defer([("SELECT 1 / 0", [()])])
@@ -586,31 +503,6 @@ def test_a_statement_failing_inside_a_write_section_is_a_typed_error(store, post
     assert store.count() == 0  # the next call has a live connection
 
 
-def test_a_vacuum_failing_after_a_forget_is_logged_and_the_forget_stands(postgres_url, caplog):
-    """`purge_freed` runs in the forget's write section after its commit: a table whose lock another
-    session holds is skipped there, and the background's VACUUM (ANALYZE) that cannot take it in time
-    (lock_timeout) leaves the dead rows to autovacuum; neither raises."""
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET lock_timeout = '100ms'").format(
-            psycopg.sql.Identifier(conn.info.dbname)))
-    store = PostgresNoteGraph(postgres_url)
-    holder = psycopg.connect(postgres_url)
-    try:
-        with store.transaction():
-            store.insert(note("a"), np.ones(4))
-        holder.execute("LOCK TABLE recalls IN SHARE UPDATE EXCLUSIVE MODE")  # VACUUM's own lock, held elsewhere
-        with store.lock():
-            with store.transaction():
-                store.delete("a")
-            store.purge_freed()
-        assert store.all_ids() == set()
-        store.close()  # waits for the background run
-        assert "VACUUM (ANALYZE) recalls failed" in caplog.text
-    finally:
-        holder.close()
-        store.close()
-
-
 def test_a_big_float_in_metadata_reads_back_as_a_float_and_escaped_tags_of_earlier_versions_read(postgres_url):
     """jsonb prints 6.022e23 as a 24-digit integer that no note may hold: it is read as the float it was
     (the note used to be quarantined at its next read). Earlier versions wrote tags with their non-ASCII
@@ -628,78 +520,3 @@ def test_a_big_float_in_metadata_reads_back_as_a_float_and_escaped_tags_of_earli
     finally:
         store.close()
 
-
-def test_a_forget_vacuums_every_table_that_held_the_note(store, postgres_url):
-    """Review s11 F4: the consolidation ledger, the editor's archive (shared_folders) and the outbox
-    hold a note's fact, id or both, and were left to autovacuum (50 dead rows and 20% first)."""
-    Ledger(store.connection)  # the ledger's table, as a Memory makes it
-    with store.transaction():
-        store.insert(note("a"), np.ones(4))
-    with store.lock():
-        with store.transaction():
-            store.delete("a")
-        store.purge_freed()
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        vacuumed = {r[0] for r in conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")}
-    assert {"notes", "outbox", "quarantine", "consolidation_ledger", "shared_folders"} <= vacuumed
-
-
-def test_after_a_forget_the_planner_s_statistics_hold_nothing_of_the_note(store, postgres_url):
-    """Review s11 F3: ANALYZE samples column values into `pg_stats` (the most common values, histogram
-    bounds, and every word of a tsvector): the forgotten note's text, words and id stayed readable there
-    until the next ANALYZE, which agentmem runs only when the store has doubled."""
-    secret = note("s3cr3t", "Zanzibar-7731 is my PIN for the garden shed lockbox quokkavault",
-                  keywords=["zanzibar", "quokkavault"], tags=["quokkavault"], context="about quokkavault",
-                  fact=Fact(prompt="Ulrike's PIN is", target="Zanzibar-7731"))
-    with store.transaction():
-        store.insert(secret, np.ones(4))
-        store.insert_many([(note(f"n{i}", f"filler note {i} about topic {i % 7}"), np.ones(4), None) for i in range(50)])
-        for version in range(3):  # its only history: the forget leaves the table empty
-            store.record("s3cr3t", T, "updated", secret.model_copy(update={"context": f"quokkavault {version}"}))
-        store.absorb_many([(f"n{i}", "quokkavault", "s3cr3t") for i in range(3)])
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("ANALYZE")  # as agentmem's own, a migration's or autovacuum's may have run
-
-        def in_statistics() -> list[str]:
-            rows = conn.execute(
-                "SELECT tablename || '.' || attname, concat(most_common_vals::text, histogram_bounds::text,"
-                " most_common_elems::text) FROM pg_stats WHERE schemaname = current_schema()"
-            ).fetchall()
-            return sorted(column for column, values in rows if "quokkavault" in values.lower() or "s3cr3t" in values)
-
-        assert {"notes.search", "history.before", "absorbed.origin"} <= set(in_statistics())  # the case to undo
-        with store.lock():
-            with store.transaction():
-                store.delete("s3cr3t")
-            with store.transaction(bookkeeping=True):
-                store.clear_pending(["s3cr3t"])  # the index write done, as a forget makes it before purging
-            store.purge_freed()
-        deadline = time.monotonic() + 60  # the statistics are taken again in the background, after the section
-        while in_statistics() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert in_statistics() == []
-
-
-
-def test_a_forget_does_not_wait_in_its_write_section_for_an_analyze_in_progress(store, postgres_url):
-    """VACUUM and ANALYZE take a lock that conflicts with itself: the next forget's VACUUM waited, holding
-    every replica's writes, for the background ANALYZE of the forget before (0.75 s at 120k notes)."""
-    with store.transaction():
-        store.insert_many([(note(f"n{i}", f"filler note {i}"), np.ones(4), None) for i in range(5)])
-    with psycopg.connect(postgres_url) as holder:
-        holder.execute("ANALYZE notes")  # in an open transaction: its lock stays until the commit
-        purged = threading.Event()
-
-        def forget() -> None:
-            with store.lock():
-                with store.transaction():
-                    store.delete("n0")
-                store.purge_freed()
-            purged.set()
-
-        worker = threading.Thread(target=forget)
-        worker.start()
-        assert purged.wait(30)  # while the ANALYZE still holds its lock
-        holder.commit()
-    worker.join()
-    assert "n0" not in store.all_ids()

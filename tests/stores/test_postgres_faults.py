@@ -21,7 +21,8 @@ from agentmem import Memory, Note
 from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.stores import store as store_protocol
 from agentmem.stores.location import local_folder
-from agentmem.stores.postgres import PostgresNoteGraph, direct_connection, redacted
+from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.postgres_connection import direct_connection, redacted
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 SECRET = "Wr0ngSecretXyz"
