@@ -24,7 +24,7 @@ a role with only SELECT, INSERT, UPDATE and DELETE on them opens it. What differ
   as one pipeline before the next read or with the commit; BEGIN is queued too, so a
   transaction without reads is one round trip; a transaction's `meanwhile` (a remember's index
   write) runs while its COMMIT is on its way, and the outbox rows it clears go with the
-  section's next round trip (`_defer`). `lock()` reads the store version, the outbox state,
+  section's next round trip (`PinnedSessions.defer`). `lock()` reads the store version, the outbox state,
   the latest vector of an expected session (`expect_session`) and a recall's index entries and
   candidates (`expect_loads`) in its own round trip, for what a write section reads first. An
   outbox found empty there spares a remember two reads (`neighbours`): of the notes waiting in
@@ -34,7 +34,8 @@ a role with only SELECT, INSERT, UPDATE and DELETE on them opens it. What differ
   the planner's statistics are taken again from the live rows (ANALYZE) in the background.
 
 The parts of it that stand alone have modules of their own: `postgres_connection` (URLs, connection
-bounds, typed errors), `postgres_schema` (the tables and their preparation), `postgres_locks` (the
+bounds, typed errors), `postgres_sessions` (each thread's pinned connection and its queued
+statements), `postgres_schema` (the tables and their preparation), `postgres_locks` (the
 advisory locks), `postgres_outbox` (claims on the outbox), `postgres_read_ahead` (what a write section
 read ahead, per thread), `postgres_upkeep` (VACUUM and ANALYZE after forgets and growth: what Postgres
 still keeps of a forgotten note is said there) and `postgres_copy` (backups and bulk loads).
@@ -45,7 +46,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,13 @@ from ..notes import Note
 from . import full_text, link_changes
 from .filters import NoteFilter
 from .ledger_connection import LedgerConnection, Row, row_factory
-from .postgres_connection import alive, connection_options, direct_connection, redacted, rollback, typed_error
+from .postgres_connection import alive, connection_options, direct_connection, redacted, rollback
 from .postgres_copy import bulk_copy, copied_tables, copy_to_sqlite
 from .postgres_locks import JOB_LOCK, SCHEMA_LOCK, WRITE_LOCK, advisory_lock
 from .postgres_outbox import UNCLAIMED, claimed
 from .postgres_read_ahead import ReadAhead
 from .postgres_schema import prepare_schema, select_list
+from .postgres_sessions import PinnedSessions
 from .postgres_upkeep import Upkeep
 from .rows import KEPT_IN_QUARANTINE, SEARCHED_VECTOR_OF, IndexEntry, Neighbours, OutboxClaim, readable_notes
 from .shared_folders import SharedFolders
@@ -105,6 +107,7 @@ class PostgresNoteGraph(SqlNoteStore):
             url, min_size=1, max_size=pool_size, open=True, name="agentmem", check=alive,
             kwargs={"autocommit": True, "row_factory": row_factory, **connection_options(url)},
         )
+        self._sessions = PinnedSessions(self._pool, self.path)
         try:
             with self._session() as conn:  # the meta rows `prepare_schema` reads and writes go on `conn`
                 prepare_schema(conn, url, self)
@@ -118,30 +121,9 @@ class PostgresNoteGraph(SqlNoteStore):
             self._pool.close()
             raise
 
-    @contextmanager
-    def _session(self) -> Iterator[psycopg.Connection]:
-        """This thread's pinned connection, or one from the pool for as long as the block runs;
-        psycopg's failures leave as agentmem's typed errors (the pinned one's too)."""
-        pinned = getattr(self._pinned, "conn", None)
-        if pinned is not None:
-            with self._typed_errors():  # a caller's `except StoreUnavailableError` inside a section sees them
-                self._send_queued(pinned)
-                yield pinned
-            return
-        with self._typed_errors(), self._pool.connection(timeout=60) as conn:
-            self._pinned.conn = conn
-            try:
-                yield conn
-            finally:
-                self._pinned.conn = None
-
-    @contextmanager
-    def _typed_errors(self) -> Iterator[None]:
-        """psycopg's and the pool's failures as agentmem's typed errors."""
-        try:
-            yield
-        except (psycopg.Error, psycopg_pool.PoolClosed, psycopg_pool.PoolTimeout) as exc:
-            raise typed_error(exc, self.path) from exc
+    def _session(self) -> AbstractContextManager[psycopg.Connection]:
+        """This thread's pinned connection, or one from the pool for the block (`PinnedSessions.session`)."""
+        return self._sessions.session()
 
     # ---- statements: SqlNoteStore's (in `?` placeholders) are run here -------------------
 
@@ -155,7 +137,7 @@ class PostgresNoteGraph(SqlNoteStore):
         queue, which goes to the server in one round trip (a pipeline) before the next statement
         that is not queued, or at the commit."""
         self._ahead.drop()
-        queued = getattr(self._pinned, "queued", None)
+        queued = self._sessions.queued()
         if queued is None:
             self._run(sql, params)
         else:
@@ -165,7 +147,7 @@ class PostgresNoteGraph(SqlNoteStore):
         """One statement for many rows; queued as one inside `transaction()` (psycopg's `executemany`
         converts the statement once: a batch of 200 remembers sent 2,700 rows)."""
         rows = list(rows)
-        queued = getattr(self._pinned, "queued", None)
+        queued = self._sessions.queued()
         if not rows:
             return
         self._ahead.drop()
@@ -192,26 +174,16 @@ class PostgresNoteGraph(SqlNoteStore):
     def clear_pending(self, note_ids: Iterable[str]) -> None:
         """`SqlNoteStore.clear_pending`; in a write section but outside a transaction (an index write
         made while its commit was on its way), the delete is bookkeeping that goes with the
-        section's next round trip (`_defer`). Until then the rows are a replay that would write the
-        same vectors again; they are deleted under the lock, so never after another writer has
-        queued the same note again."""
-        if getattr(self._pinned, "queued", None) is not None or not getattr(self._pinned, "locked", 0):
+        section's next round trip (`PinnedSessions.defer`). Until then the rows are a replay that
+        would write the same vectors again; they are deleted under the lock, so never after another
+        writer has queued the same note again."""
+        if self._sessions.queued() is not None or not getattr(self._pinned, "locked", 0):
             super().clear_pending(note_ids)
         else:
-            self._defer([("BEGIN", [()]), ("SET LOCAL synchronous_commit TO OFF", [()]),
-                         ("DELETE FROM outbox WHERE note_id = ANY(%s)", [(list(note_ids),)]), ("COMMIT", [()])])
-
-    def _defer(self, statements: list[tuple[str, list[Sequence[Any]]]]) -> None:
-        """Send these statements, a bookkeeping transaction to its COMMIT, with this write section's
-        next round trip (`_send_queued` outside a transaction: its next read or transaction), or
-        with its lock's release. Like any bookkeeping, they are lost if that round trip fails
-        (logged at the release). (A recall's counts deferred so took as long in the release as in
-        a round trip of their own, 0.6 ms at 1k notes: the server's work, not the trip.)"""
-        self._pinned.deferred = [*(getattr(self._pinned, "deferred", None) or []), *statements]
-
-    def _take_deferred(self) -> list[tuple[str, list[Sequence[Any]]]]:
-        deferred, self._pinned.deferred = getattr(self._pinned, "deferred", None), None
-        return deferred or []
+            self._sessions.defer([
+                ("BEGIN", [()]), ("SET LOCAL synchronous_commit TO OFF", [()]),
+                ("DELETE FROM outbox WHERE note_id = ANY(%s)", [(list(note_ids),)]), ("COMMIT", [()]),
+            ])
 
     def neighbours(self, note_ids: Iterable[str], user_id: str | None) -> Neighbours:
         """`SqlNoteStore.neighbours`, without a round trip when this write section has them (`ReadAhead.neighbours`)."""
@@ -285,7 +257,7 @@ class PostgresNoteGraph(SqlNoteStore):
         if note_ids is not None and not note_ids:
             yield OutboxClaim()
             return
-        with self._typed_errors(), self._pool.connection(timeout=60) as conn:  # not this thread's pinned one
+        with self._sessions.typed_errors(), self._pool.connection(timeout=60) as conn:  # not this thread's pinned one
             with claimed(conn, note_ids) as claim:
                 yield claim
 
@@ -297,32 +269,6 @@ class PostgresNoteGraph(SqlNoteStore):
         20 columns by name, and `Row`'s lookups in Python took 0.45 ms of it."""
         with self._session() as conn, conn.cursor(row_factory=psycopg.rows.dict_row, binary=True) as cursor:
             return cursor.execute(psycopg_sql(sql), params).fetchall()
-
-    def _send_queued(
-        self, conn: psycopg.Connection, then: Sequence[tuple[str, Sequence[Any]]] = (),
-        meanwhile: Callable[[], None] | None = None,
-    ) -> list[psycopg.Cursor]:
-        """Send the queued statements, and `then`'s (statement, parameters) after them, in one
-        pipeline; returns `then`'s cursors. `meanwhile` runs once all are sent, before the replies
-        are read (the pipeline sends each statement as it is added, and the server runs it)."""
-        queued = getattr(self._pinned, "queued", None)
-        if queued is None:  # outside a transaction: what the section deferred goes first
-            queued = self._take_deferred()
-        statements = [*queued, *((sql, [params]) for sql, params in then)]
-        queued.clear()
-        if not statements:
-            return []
-        cursors = []
-        with conn.pipeline():
-            for sql, rows in statements:
-                if len(rows) == 1:
-                    cursors.append(conn.execute(sql, rows[0]))
-                else:
-                    conn.cursor().executemany(sql, rows)
-            if meanwhile is not None:
-                self._pinned.queued = None  # what it writes cannot join the statements sent
-                meanwhile()
-        return cursors[len(cursors) - len(then):]
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -369,12 +315,12 @@ class PostgresNoteGraph(SqlNoteStore):
             yield held
 
     def _unlock(self, conn: psycopg.Connection, key: int) -> None:
-        """Release an advisory lock, with the bookkeeping the section deferred (`_defer`) sent first
-        in the same round trip. Should that fail, it is lost (logged), and the lock is released on
-        its own."""
+        """Release an advisory lock, with the bookkeeping the section deferred (`PinnedSessions.defer`)
+        sent first in the same round trip. Should that fail, it is lost (logged), and the lock is
+        released on its own."""
         unlock = "SELECT pg_advisory_unlock(%s)"
         try:
-            self._send_queued(conn, [(unlock, (key,))])
+            self._sessions.send_queued(conn, [(unlock, (key,))])
         except psycopg.Error as exc:
             if conn.closed:
                 raise
@@ -498,7 +444,7 @@ class PostgresNoteGraph(SqlNoteStore):
         self._ahead.drop()
         try:
             with self._session() as conn:
-                queued = getattr(self._pinned, "queued", None)
+                queued = self._sessions.queued()
                 if queued is not None:  # nested: a savepoint in the open one, with its queued writes inside it
                     with conn.transaction():
                         try:
@@ -508,10 +454,10 @@ class PostgresNoteGraph(SqlNoteStore):
                         except BaseException:
                             queued.clear()  # unsent, they go with the savepoint's rollback
                             raise
-                        self._send_queued(conn)
+                        self._sessions.send_queued(conn)
                     return
                 # BEGIN waits in the queue too: a transaction without reads is one round trip
-                self._pinned.queued = [("BEGIN", [()])]
+                self._sessions.start_queue([("BEGIN", [()])])
                 self._pinned.touched = set()
                 if bookkeeping:
                     self._write("SET LOCAL synchronous_commit TO OFF")
@@ -521,15 +467,16 @@ class PostgresNoteGraph(SqlNoteStore):
                     count = [] if bookkeeping else [
                         (psycopg_sql(link_changes.COUNT_COMMIT), (touched, link_changes.KEPT_VERSIONS))
                     ]
-                    last = self._send_queued(conn, [*count, ("COMMIT", ())], meanwhile)
+                    last = self._sessions.send_queued(conn, [*count, ("COMMIT", ())], meanwhile)
                     if not bookkeeping:
                         version = last[0].fetchone()[0]
                 except BaseException:
-                    self._pinned.queued = self._pinned.deferred = None  # `meanwhile`'s: for notes not stored
+                    self._sessions.discard()  # `meanwhile`'s deferred too: for notes not stored
                     rollback(conn)
                     raise
                 finally:
-                    self._pinned.queued = self._pinned.touched = None
+                    self._sessions.end_queue()
+                    self._pinned.touched = None
         except BaseException:
             self._data_version = -1
             self.refresh_if_changed()

@@ -379,7 +379,7 @@ def test_deferred_bookkeeping_failing_at_the_release_is_logged_and_the_lock_rele
     from agentmem.stores.postgres_locks import WRITE_LOCK
 
     with store.lock():
-        store._defer([("SELECT 1 / 0", [()])])
+        store._sessions.defer([("SELECT 1 / 0", [()])])
     assert "was lost" in caplog.text
     with psycopg.connect(postgres_url) as other:
         assert other.execute("SELECT pg_try_advisory_lock(%s)", (WRITE_LOCK,)).fetchone()[0]
