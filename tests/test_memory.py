@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from agentmem import (
     AgentMemError, Fact, InvalidInputError, Memory, MemoryConfig, MemoryItem, ModelUnavailableError, Note,
     NoteNotFoundError, StoreClosedError, StoreUnavailableError,
 )
+from agentmem import reading
 from agentmem.encoding import length_batches
 from agentmem.stores import NoteGraph, VectorIndex
 from agentmem.stores.postgres import PostgresNoteGraph
@@ -69,19 +71,29 @@ def test_recall_finds_the_relevant_note_and_explains_why(memory):
     assert hits[0].score > hits[-1].score
 
 
+def searched_ahead_then(mem: Memory, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> list:
+    """Have `mem`'s recalls run `meanwhile` right after the index search each makes before its write section
+    (`ReadPath.dense_ahead`), as another replica's call may; returns the list those searches go to."""
+    search_ahead, ahead = mem._reader.dense_ahead, []
+
+    def and_then(*args):
+        ahead.append(search_ahead(*args))
+        meanwhile()
+        return ahead[-1]
+
+    monkeypatch.setattr(mem._reader, "dense_ahead", and_then)
+    return ahead
+
+
 def test_a_note_written_elsewhere_after_the_index_was_searched_ahead_is_recalled(memory_location, embedder, monkeypatch):
     """A recall searches the index before its write section; what another replica wrote since (here between that
     search and the section) is scored in the section, or searched for again, not missed."""
     with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
         mem.remember("Bob plays chess every Sunday at the club", at=T0)  # nothing to link the new note to
-        searched_ahead, written, ahead = mem._reader.dense_ahead, [], []
-
-        def and_then_the_other_writes(*args):
-            ahead.append(searched_ahead(*args))
-            written.append(other.remember("Dana keeps bees on the roof of the library", at=T0))
-            return ahead[-1]
-
-        monkeypatch.setattr(mem._reader, "dense_ahead", and_then_the_other_writes)
+        written = []
+        ahead = searched_ahead_then(
+            mem, monkeypatch, lambda: written.append(other.remember("Dana keeps bees on the roof of the library", at=T0))
+        )
         hits = mem.recall("Who keeps bees on the roof of the library?", at=T0)
         assert ahead[0] is not None and written[0].links == []
         # found by its vector: the full-text search ran before it was written
@@ -94,16 +106,94 @@ def test_a_note_forgotten_elsewhere_after_the_index_was_searched_ahead_is_not_re
     with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
         gone = mem.remember("Dana keeps bees on the roof of the library", at=T0)
         kept = mem.remember("Dana sells the library's honey at the market", at=T0)
-        searched_ahead, found = mem._reader.dense_ahead, []
-
-        def and_then_the_other_forgets(*args):
-            found.append(searched_ahead(*args))
-            other.forget(gone.id)
-            return found[-1]
-
-        monkeypatch.setattr(mem._reader, "dense_ahead", and_then_the_other_forgets)
+        ahead = searched_ahead_then(mem, monkeypatch, lambda: other.forget(gone.id))
         hits = mem.recall("Who keeps bees on the library's roof?", at=T0)
-        assert found[0] is not None and [h.note.id for h in hits] == [kept.id]
+        assert ahead[0] is not None and [h.note.id for h in hits] == [kept.id]
+
+
+def test_notes_re_embedded_elsewhere_after_the_index_was_searched_ahead_are_ranked_by_their_new_text(
+    memory_location, embedder, monkeypatch
+):
+    """The search made ahead found them by their old vectors; the section scores them by their stored ones."""
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        dana = mem.remember("Dana keeps bees on the roof of the library", at=T0)
+        carl = mem.remember("Carl repairs bicycles in his garage", at=T0)
+
+        def rewrite_both():
+            other.update(dana.id, text="Dana repairs bicycles in her garage", at=T0)
+            other.update(carl.id, text="Carl keeps bees on the roof of the library", at=T0)
+
+        ahead = searched_ahead_then(mem, monkeypatch, rewrite_both)
+        hits = mem.recall("Who is the beekeeper?", at=T0)
+        assert ahead[0] is not None and len(ahead[0].found[1][0]) == 2  # both found by their old vectors
+        assert [hit.note.id for hit in hits] == [carl.id, dana.id]
+        assert hits[0].note.text.startswith("Carl keeps bees") and hits[0].why.similarity > hits[1].why.similarity
+
+
+def test_a_note_waiting_for_its_index_write_when_a_recall_searches_ahead_is_recalled(
+    memory_location, embedder, monkeypatch
+):
+    """Another replica stored it, but its index write failed: the search made ahead cannot find it, so the section
+    scores it (PostgreSQL's mark names the notes waiting; SQLite's section searches again)."""
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        mem.remember("Carl repairs bicycles in his garage", at=T0)
+
+        def unreachable(*args, **kwargs):
+            raise StoreUnavailableError("the index is down")
+
+        monkeypatch.setattr(other._sync.index, "upsert", unreachable)
+        bees = other.remember("Dana keeps bees on the roof of the library", at=T0)
+        assert other.stats().pending_sync == 1
+        ahead = searched_ahead_then(mem, monkeypatch, lambda: None)
+        hits = mem.recall("Who is the beekeeper?", at=T0)
+        assert ahead[0] is None or bees.id not in {i for i, _ in ahead[0].found[1][0]}
+        assert hits[0].note.id == bees.id
+
+
+def test_a_recall_searches_again_in_its_section_when_too_many_notes_changed_since_its_search_ahead(
+    memory_location, embedder, monkeypatch
+):
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        mem.remember("Carl repairs bicycles in his garage", at=T0)
+
+        def two_written():
+            other.remember("Dana keeps bees on the roof of the library", at=T0)
+            other.remember("Erin bakes rye bread on Saturdays", at=T0)
+
+        searched_ahead_then(mem, monkeypatch, two_written)
+        search, searches = mem._sync.search, []
+        monkeypatch.setattr(reading, "RESCORED_LIMIT", 1)
+        monkeypatch.setattr(mem._sync, "search", lambda *args: searches.append(args[3:]) or search(*args))
+        hits = mem.recall("Who is the beekeeper?", at=T0)
+        assert searches == [()]  # the section's search, made whole: not the one made ahead
+        assert hits[0].note.text.startswith("Dana keeps bees")
+
+
+def test_a_recall_searched_ahead_while_another_replica_rebuilds_the_index_misses_nothing(
+    memory_location, embedder, monkeypatch
+):
+    """A rebuild empties the index, then refills it, under the store's lock; a search made ahead, outside that lock,
+    can meet the index half refilled. The rebuild's commit tells the recall's section to search again."""
+    with Memory(**memory_location(), embedder=embedder) as mem, Memory(**memory_location(), embedder=embedder) as other:
+        bees = mem.remember("Dana keeps bees on the roof of the library", at=T0)
+        assert mem.stats().pending_sync == 0  # its index write is done: the rebuild alone puts it back
+        emptied, searched = threading.Event(), threading.Event()
+        upsert = other._sync.index.upsert
+
+        def once_the_recall_searched(*args, **kwargs):  # the rebuild's first refill waits for the search ahead
+            emptied.set()
+            searched.wait(30)
+            return upsert(*args, **kwargs)
+
+        monkeypatch.setattr(other._sync.index, "upsert", once_the_recall_searched)
+        rebuilding = threading.Thread(target=other.rebuild_index, daemon=True)
+        rebuilding.start()
+        assert emptied.wait(30)
+        searched_ahead_then(mem, monkeypatch, searched.set)
+        hits = mem.recall("Who is the beekeeper?", at=T0)  # no word in common: found by its vector alone
+        rebuilding.join(30)
+        assert not rebuilding.is_alive()
+        assert [hit.note.id for hit in hits] == [bees.id]
 
 
 def test_a_recall_whose_search_mark_comes_after_the_query_s_encoding_does_not_wait_on_itself(memory, monkeypatch):

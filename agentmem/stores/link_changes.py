@@ -17,6 +17,8 @@ the forgotten one, never its id (`PostgresNoteGraph.delete`); a replica drops th
 view once a catch-up leaves it without links and the store without it (`without_forgotten`).
 Every commit also logs '', touched or not, so a version with no row at all was committed by an
 earlier agentmem that keeps no log (a fleet in a rolling upgrade): that makes the replica reload too.
+A rebuild of the vector index logs `INDEX_REBUILT`: the views stay, but a search made outside the
+write section before it may have met the index half refilled, and `touched_since` cannot say what it missed.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ CREATE INDEX IF NOT EXISTS link_changes_version ON link_changes(version);
 CREATE INDEX IF NOT EXISTS link_changes_note ON link_changes(note_id);  -- a forget deletes the rows naming it
 """
 KEPT_VERSIONS = 1000
+INDEX_REBUILT = "*index"  # logged by a commit after the vector index was rebuilt (no note id holds a '*')
 
 # the commit's last statement: move the version, log the touched notes and '' under it, prune
 # the rows more than the given number of versions old
@@ -91,7 +94,8 @@ def catch_up(graph: nx.Graph, seen: int, version: int, run: Run) -> nx.Graph:
 
 def touched_since(seen: int, version: int, run: Run) -> set[str] | None:
     """The notes the commits after version `seen` up to `version` touched; None when the log no
-    longer tells (pruned, a bulk load, a commit that kept no log). Call under the write lock, so
+    longer tells (pruned, a bulk load, a commit that kept no log) or the index was rebuilt meanwhile
+    (a search made since `seen` may have met it half refilled). Call under the write lock, so
     that no commit moves the version or prunes the log meanwhile."""
     if version == seen:
         return set()
@@ -101,7 +105,7 @@ def touched_since(seen: int, version: int, run: Run) -> set[str] | None:
         "SELECT count(DISTINCT version), array_agg(DISTINCT note_id) FROM link_changes WHERE version > ? AND version <= ?",
         (seen, version),
     )
-    if versions < version - seen or None in touched:
+    if versions < version - seen or None in touched or INDEX_REBUILT in touched:
         return None
     return set(touched) - {""}
 

@@ -398,6 +398,13 @@ class PostgresNoteGraph(SqlNoteStore):
         self._touched(linked, untouched=note_id)
         return neighbours
 
+    def index_rebuilt(self) -> None:
+        """`SqlNoteStore.index_rebuilt` (a savepoint in this transaction), logged as `link_changes.INDEX_REBUILT`:
+        other replicas' searches made ahead of it are made again, and their views are not reloaded for it."""
+        with self.transaction():
+            super().index_rebuilt()
+            self._touched([link_changes.INDEX_REBUILT])
+
     def _touched(self, note_ids: Iterable[str | None], untouched: str | None = None) -> None:
         """Log these notes with the open transaction's commit; `untouched`: a note forgotten in it,
         which the log must not name even if the transaction made or linked it earlier."""

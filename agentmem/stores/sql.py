@@ -123,6 +123,12 @@ class SqlNoteStore:
             (key, value),
         )
 
+    def index_rebuilt(self) -> None:
+        """`NoteStore.index_rebuilt`: a counted commit (on SQLite, one that moves the other connections'
+        `data_version`), stamped with when."""
+        with self.transaction():
+            self.set_meta("index_rebuilt_at", datetime.now(timezone.utc).isoformat())
+
     def counts(self) -> dict[str, Any]:
         total, archived = self._run("SELECT COUNT(*), COALESCE(SUM(archived), 0) FROM notes")[0]
         users = {r[0]: r[1] for r in self._run("SELECT COALESCE(user_id, ''), COUNT(*) FROM notes GROUP BY user_id")}

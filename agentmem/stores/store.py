@@ -131,6 +131,10 @@ class NoteStore(Protocol):
         when this store could not tell later what such a search may have missed. `since_view`: the
         index shows other processes' writes only as of this store's view (an embedded index,
         reopened as the view catches up), so what they committed since the view counts too."""
+    def index_rebuilt(self) -> None:
+        """Commit that the vector index was just rebuilt (emptied, then refilled): other processes
+        reopen an embedded index, and a search made outside the write section that may have met it
+        half refilled is made again (`changed_since` answers None)."""
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """In the write section: the notes an index search made after `search_mark` may have missed
         or seen with another vector (written, linked or re-embedded since, or then waiting in the

@@ -263,7 +263,8 @@ class IndexSync:
             self.reconcile()
 
     def rebuild(self) -> int:
-        """Replace the index's contents with every note of the graph; returns how many."""
+        """Replace the index's contents with every note of the graph; returns how many. Other
+        processes learn it from the store (`NoteStore.index_rebuilt`)."""
         self.index.reset(self.graph.store_id)
         ids = list(self.graph.all_ids())
         for start in range(0, len(ids), 1000):
@@ -271,4 +272,5 @@ class IndexSync:
             self.index.upsert([n for n, _ in rows.values()], [e for _, e in rows.values()])
         with self.graph.outbox_claim(None) as claim:
             claim.done = True
+        self.graph.index_rebuilt()
         return len(ids)

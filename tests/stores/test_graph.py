@@ -85,6 +85,15 @@ def test_a_search_mark_tells_nothing_changed_until_any_commit_and_is_none_while_
     assert graph.changed_since(ours) is None  # another connection's commit: SQLite cannot tell what
 
 
+def test_an_index_rebuilt_elsewhere_is_a_commit_the_other_connections_see(tmp_path):
+    """Their embedded index is reopened (`refresh_if_changed`), and a search made ahead is made again."""
+    graph, other = NoteGraph(tmp_path / "g.sqlite3"), NoteGraph(tmp_path / "g.sqlite3")
+    mark = graph.search_mark()
+    assert graph.refresh_if_changed() is False
+    other.index_rebuilt()
+    assert graph.changed_since(mark) is None and graph.refresh_if_changed() is True
+
+
 def test_a_search_mark_as_of_the_view_is_none_until_the_view_has_another_connection_s_commits(tmp_path):
     """An embedded index shows another process's notes once reopened, as the view catches up: a search
     before that could miss them, and SQLite cannot tell which."""

@@ -108,6 +108,23 @@ def test_a_bulk_load_elsewhere_reloads_the_view(replicas, postgres_url):
     assert reader.graph is not view and as_viewed(reader.graph) == as_stored(postgres_url)
 
 
+def test_an_index_rebuilt_elsewhere_leaves_what_a_search_ahead_missed_unknown_and_the_view_in_place(replicas):
+    """A search made outside the write section may have met the index half refilled: the section searches again.
+    The links did not change, so the view is not reloaded."""
+    writer, reader = replicas
+    with writer.transaction():
+        writer.insert(note("a"), np.ones(4))
+    with reader.lock():
+        reader.refresh_if_changed()
+        mark = reader.search_mark()
+    view = reader.graph
+    writer.index_rebuilt()
+    with reader.lock():
+        assert reader.refresh_if_changed() is True
+        assert reader.changed_since(mark) is None
+    assert reader.graph is view and set(view.nodes) == {"a"}
+
+
 @pytest.mark.parametrize("moved, then_ours", [
     ("n = 1", False),  # the database made again under the replica: its version went back
     ("n = n + 1", True),  # a commit by an earlier agentmem, which keeps no log, then one of ours
