@@ -252,7 +252,7 @@ class Memory:
         (`Sections.write_index_later`)."""
         drafts = [self._writer.draft(item) for item in items]
         embeddings, ahead = self._embed_searching_ahead(drafts)
-        self._writer.expect(drafts)
+        self._writer.expect(drafts, ahead)
         with self._sections.exclusive():
             notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate, ahead)
             if index_write is not None:

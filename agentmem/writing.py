@@ -167,13 +167,16 @@ class WritePath:
         linkable = [c for c in ranked if c[1] >= self.config.link_threshold][: self.config.max_links]
         return linkable + [c for c in ranked if c[1] >= self.config.duplicate_threshold and c not in linkable]
 
-    def expect(self, drafts: list[Note]) -> None:
-        """Name the session whose latest vector `in_context` will read first, so that a store that
-        reads by round trips reads it with its lock (`NoteStore.expect_session`); call before the
-        write section."""
+    def expect(self, drafts: list[Note], ahead: SearchAhead | None) -> None:
+        """Name what the write section reads first, so that a store that reads by round trips reads it
+        with its lock: the session whose latest vector `in_context` reads (`NoteStore.expect_session`),
+        and the notes behind what the search made ahead found (`NoteStore.expect_neighbours`); call
+        before the write section."""
         sessions = {(d.user_id, d.agent_id, d.session_id) for d in drafts if d.session_id is not None}
         if self.config.context_weight and len(sessions) == 1:
             self.store.expect_session(sessions.pop())
+        if ahead is not None:
+            self.store.expect_neighbours(ahead.tokens())
 
     def in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
         """The vector each draft is searched by, when it belongs to a session (else None).
@@ -422,6 +425,10 @@ class SearchAhead:
             self.failed = True
             return
         self.searched.update(zip(positions, results))
+
+    def tokens(self) -> set[str]:
+        """The index tokens the searches found, whose entries the write section reads."""
+        return {token for _, row in self.searched.values() for token, _ in row}
 
     def results(self, size: int) -> tuple[list[IndexRow], set[str]] | None:
         """Each draft's `IndexSync.nearest` row and the notes the search may have missed, if every

@@ -215,6 +215,33 @@ def test_a_recall_whose_search_mark_comes_after_the_query_s_encoding_does_not_wa
     assert not recalling.is_alive() and len(hits) == 1
 
 
+def reads_in_write_sections(mem: Memory, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements a PostgreSQL store reads from now on inside its write lock, besides the lock's own."""
+    reads, lock = [], mem._graph.lock
+    section = threading.local()
+
+    def counted(read):
+        def reading(sql, params=()):
+            if getattr(section, "inside", False):
+                reads.append(sql)
+            return read(sql, params)
+        return reading
+
+    @contextlib.contextmanager
+    def marked():
+        with lock():
+            section.inside = True
+            try:
+                yield
+            finally:
+                section.inside = False
+
+    monkeypatch.setattr(mem._graph, "_read_notes", counted(mem._graph._read_notes))
+    monkeypatch.setattr(mem._graph, "_run", counted(mem._graph._run))
+    monkeypatch.setattr(mem._graph, "lock", marked)
+    return reads
+
+
 def test_a_recall_on_postgresql_reads_its_candidates_with_its_lock(memory_location, embedder, monkeypatch):
     """Its index entries and candidates come in the lock's own round trip: nothing more is read in the section."""
     location = memory_location()
@@ -228,30 +255,24 @@ def test_a_recall_on_postgresql_reads_its_candidates_with_its_lock(memory_locati
         lexical, embed, searched = mem._reader.lexical, mem._embed, threading.Event()
         monkeypatch.setattr(mem._reader, "lexical", lambda *args: (lexical(*args), searched.set())[0])
         monkeypatch.setattr(mem, "_embed", lambda texts: (searched.wait(10), embed(texts))[1])
-        reads, lock = [], mem._graph.lock
-        section = threading.local()
-
-        def counted(read):
-            def reading(sql, params=()):
-                if getattr(section, "inside", False):
-                    reads.append(sql)
-                return read(sql, params)
-            return reading
-
-        @contextlib.contextmanager
-        def marked():
-            with lock():
-                section.inside = True
-                try:
-                    yield
-                finally:
-                    section.inside = False
-
-        monkeypatch.setattr(mem._graph, "_read_notes", counted(mem._graph._read_notes))
-        monkeypatch.setattr(mem._graph, "_run", counted(mem._graph._run))
-        monkeypatch.setattr(mem._graph, "lock", marked)
+        reads = reads_in_write_sections(mem, monkeypatch)
         hits = mem.recall(question, at=T0)
         assert hits[0].note.text == "Dana sells the library's honey at the market" and len(hits) == 3
+        assert reads == []
+
+
+def test_a_remember_on_postgresql_reads_its_neighbours_with_its_lock(memory_location, embedder, monkeypatch):
+    """The notes its search made ahead found (their index entries, their own embeddings) and its session's latest
+    vector come in the lock's own round trip: the section reads nothing more before it commits."""
+    location = memory_location()
+    if not isinstance(location["path"], str):
+        pytest.skip("a PostgreSQL store's round trips")
+    with Memory(**location, embedder=embedder) as mem:
+        bees = mem.remember("Dana keeps bees on the roof of the library", session_id="s", at=T0)
+        mem.stats()  # its index write is done: the outbox is empty
+        reads = reads_in_write_sections(mem, monkeypatch)
+        honey = mem.remember("Dana sells the honey of the library's bees", session_id="s", at=T0)
+        assert [link.note_id for link in honey.links] == [bees.id]
         assert reads == []
 
 

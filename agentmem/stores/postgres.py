@@ -194,21 +194,29 @@ class PostgresNoteGraph(SqlNoteStore):
         return Neighbours(rows, user_id, self.unreadable, self.dimension)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
-        """`SqlNoteStore.index_entries`, as the lock read them (`expect_loads`), or with the whole notes in the
-        same round trip after a remember's first `neighbours` call (`ReadAhead.reads_whole_notes`)."""
+        """`SqlNoteStore.index_entries`, as the lock read them (`expect_loads`, `expect_neighbours`), or with the
+        whole notes in the same round trip after a remember's first `neighbours` call (`ReadAhead.reads_whole_notes`)."""
         tokens = list(tokens)
         entries = self._ahead.entries(tokens)
         if entries is not None:
             return entries
         if not tokens or not self._ahead.reads_whole_notes():
             return super().index_entries(tokens)
-        among, params = self._among("index_id", tokens)
-        rows = self._read_notes(
-            f"SELECT index_id, {self._columns(KEPT_IN_QUARANTINE)}, embedding AS vector, 0 AS waiting"
-            f" FROM notes WHERE {among}", params,
-        )
+        rows = self._read_notes(*self._whole_notes_statement(tokens))
         self._ahead.keep(rows)
         return {row["index_id"]: IndexEntry.of(row) for row in rows}
+
+    def _whole_notes_statement(self, tokens: list[str]) -> tuple[str, list[Any]]:
+        """The notes behind these index tokens as a remember's candidates: whole, with their own embeddings
+        (`Neighbours` rows), in `?` placeholders."""
+        among, params = self._among("index_id", tokens)
+        return (f"SELECT index_id, {self._columns(KEPT_IN_QUARANTINE)}, embedding AS vector, 0 AS waiting"
+                f" FROM notes WHERE {among}"), params
+
+    def expect_neighbours(self, tokens: Collection[str]) -> None:
+        """`SqlNoteStore.expect_neighbours`: the next `lock()` reads them in its round trip
+        (`ReadAhead.expect_neighbours`)."""
+        self._ahead.expect_neighbours(tokens)
 
     def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
         """`SqlNoteStore.expect_loads`: the next `lock()` reads them in its round trip (`ReadAhead.expect_loads`)."""
@@ -277,18 +285,24 @@ class PostgresNoteGraph(SqlNoteStore):
         In the same round trip, once the lock is held, it reads what a write section checks
         first (`refresh_if_changed`, `has_pending`): each answers from that once, until a write;
         whether the outbox is empty (`neighbours`); the latest vector of the session that
-        `expect_session` named (`session_vector`); and the notes `expect_loads` named."""
-        session, loads = self._ahead.take_expected()
+        `expect_session` named (`session_vector`); the notes `expect_loads` named; and those behind the
+        index tokens `expect_neighbours` named (`index_entries`, `neighbours`)."""
+        expected = self._ahead.take_expected()
+        session, loads, neighbours = expected
         latest, params = self._latest_in_session(session) if session is not None else ("SELECT NULL", [])
         checks = (f"SELECT n AS version, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) AS pending,"
                   f" NOT EXISTS (SELECT 1 FROM outbox) AS outbox_empty, ({psycopg_sql(latest)}) AS vector"
                   " FROM store_version")
         statements = [(checks, params)] + ([] if loads is None else [self._loads_statement(*loads)])
+        if neighbours is not None:
+            whole, whole_params = self._whole_notes_statement(neighbours)
+            statements.append((psycopg_sql(whole), whole_params))
         with self._advisory(WRITE_LOCK, then=statements) as read:
             seen = read[0][0]
             self._pinned.seen_version, self._pinned.seen_pending = seen["version"], seen["pending"]
             loaded = read[1] if loads is not None else None
-            self._ahead.locked(seen["outbox_empty"], session, seen["vector"], loads, loaded)
+            self._ahead.locked(seen["outbox_empty"], expected, seen["vector"], loaded,
+                               read[-1] if neighbours is not None else None)
             depth = getattr(self._pinned, "locked", 0)
             self._pinned.locked = depth + 1  # an outbox clear may wait for the release (`clear_pending`)
             try:

@@ -3,21 +3,30 @@ earlier read's, so the reads that follow it answer without a round trip of their
 
 On a server each read of a write section is a round trip, while every replica waits on the lock. The
 lock's own round trip reads whether the outbox is empty, the latest vector of a session the section
-said it would ask for (`expect_session`) and a recall's index entries and candidates (`expect_loads`,
-`LoadedAhead`); a remember's first `neighbours` call has its `index_entries` read the whole notes. What
-was read holds until the thread writes or its lock ends (`drop`). The store (`postgres`) holds one
+said it would ask for (`expect_session`), a recall's index entries and candidates (`expect_loads`,
+`LoadedAhead`) and the notes behind a remember's index entries (`expect_neighbours`); a remember whose
+index search was not made ahead has its `index_entries` read the whole notes after its first
+`neighbours` call. What was read holds until the thread writes or its lock ends (`drop`). The store (`postgres`) holds one
 `ReadAhead` and makes the reads; this keeps what they found, and answers from it.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .loaded_ahead import LoadedAhead
 from .rows import IndexEntry
 
 Scope = tuple[str | None, str | None, str]  # a session's (user_id, agent_id, session_id)
+
+
+class Expected(NamedTuple):
+    """What a thread's next lock is to read besides its checks (None: nothing)."""
+
+    session_expected: Scope | None  # the session whose latest vector it reads
+    loads_expected: tuple[list[str], list[str]] | None  # a recall's candidates by id, and its index tokens
+    neighbours_expected: list[str] | None  # the index tokens of a remember's candidates
 
 
 class ReadAhead:
@@ -38,28 +47,41 @@ class ReadAhead:
         took longer than one back to back (BENCHMARKS.md)."""
         self._local.loads_expected = (list(note_ids), list(tokens))
 
-    def take_expected(self) -> tuple[Scope | None, tuple[list[str], list[str]] | None]:
-        """The session and the loads this thread's next lock is to read (each asked for one lock only)."""
-        session, self._local.session_expected = getattr(self._local, "session_expected", None), None
-        loads, self._local.loads_expected = getattr(self._local, "loads_expected", None), None
-        return session, loads
+    def expect_neighbours(self, tokens: Collection[str]) -> None:
+        """`NoteStore.expect_neighbours`: the next lock reads the notes behind these index tokens, whole, with
+        their own embeddings, as `index_entries` reads a remember's candidates: the entries' round trip came
+        right after the lock's, a remember's second in its write section."""
+        self._local.neighbours_expected = list(tokens)
 
-    def locked(
-        self, outbox_empty: bool, session: Scope | None, vector: bytes | None,
-        loads: tuple[list[str], list[str]] | None, loaded: Sequence[Mapping[str, Any]] | None,
-    ) -> None:
+    def take_expected(self) -> Expected:
+        """The session, the loads and the neighbours this thread's next lock is to read (each asked for one
+        lock only)."""
+        expected = Expected(*(getattr(self._local, name, None) for name in Expected._fields))
+        for name in Expected._fields:
+            setattr(self._local, name, None)
+        return expected
+
+    def locked(self, outbox_empty: bool, expected: Expected, vector: bytes | None,
+               loaded: Sequence[Mapping[str, Any]] | None, neighbours: Sequence[Mapping[str, Any]] | None) -> None:
         """What the lock's round trip read: whether the outbox is empty, the expected session's latest
-        `vector`, and the `loaded` rows of the expected loads."""
+        `vector`, the `loaded` rows of the expected loads and the whole rows of the expected `neighbours`."""
         self.drop(outbox_empty)
+        session = expected.session_expected
         self._local.session_ahead = None if session is None else (session, vector)
-        if loads is not None and loaded is not None:
-            self._local.loaded_ahead = LoadedAhead(loaded, *loads)
+        if expected.loads_expected is not None and loaded is not None:
+            self._local.loaded_ahead = LoadedAhead(loaded, *expected.loads_expected)
+        if expected.neighbours_expected is not None and neighbours is not None:
+            rows = {row["id"]: row for row in neighbours}
+            self._local.neighbours_ahead = (set(expected.neighbours_expected), rows)
+            if outbox_empty:  # `neighbours` answers from them too
+                self._local.read_ahead = dict(rows)
 
     def drop(self, outbox_empty: bool = False) -> None:
         """What this thread's write section read ahead for `neighbours`, `session_vector` and `loaded_rows`
         no longer holds once it writes or its lock ends; a lock's start sets whether it found the outbox empty."""
         self._local.outbox_empty = outbox_empty
         self._local.read_ahead = self._local.session_ahead = self._local.loaded_ahead = None
+        self._local.neighbours_ahead = None
 
     def neighbours(self, note_ids: list[str]) -> list[Mapping[str, Any]] | None:
         """The rows of `NoteStore.neighbours`, when no round trip is needed: in a write section whose lock
@@ -86,9 +108,15 @@ class ReadAhead:
         self._local.read_ahead.update((row["id"], row) for row in rows)
 
     def entries(self, tokens: Collection[str]) -> dict[str, IndexEntry] | None:
-        """`NoteStore.index_entries` as the lock read them (`expect_loads`); None when it did not."""
-        ahead = getattr(self._local, "loaded_ahead", None)
-        return None if ahead is None else ahead.entries_for(tokens)
+        """`NoteStore.index_entries` as the lock read them (`expect_loads`, `expect_neighbours`); None when it
+        did not read them all."""
+        loaded = getattr(self._local, "loaded_ahead", None)
+        entries = None if loaded is None else loaded.entries_for(tokens)
+        neighbours = getattr(self._local, "neighbours_ahead", None)
+        if entries is not None or neighbours is None or not set(tokens) <= neighbours[0]:
+            return entries
+        wanted = set(tokens)
+        return {row["index_id"]: IndexEntry.of(row) for row in neighbours[1].values() if row["index_id"] in wanted}
 
     def loaded_rows(
         self, note_ids: Sequence[str], vectors_of: Collection[str] | None,

@@ -324,6 +324,11 @@ class SqlNoteStore:
         notes and these (with their vectors): a hint, which a store whose reads are round trips takes
         to read them all with its lock."""
 
+    def expect_neighbours(self, tokens: Collection[str]) -> None:
+        """This thread's next write section reads the index entries of these tokens, then their notes as a
+        remember's candidates (`neighbours`): a hint, which a store whose reads are round trips takes to read
+        them with its lock."""
+
     def session_vector(self, scope: tuple[str | None, str | None, str], before: str | None = None) -> np.ndarray | None:
         """The searched vector of the latest note remembered in a session (of one user and
         agent), or of the latest one remembered before note `before`; None for none."""

@@ -111,6 +111,8 @@ class NoteStore(Protocol):
         """A hint: this thread's next write section starts with `session_vector(scope)`."""
     def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
         """A hint: this thread's next write section reads these tokens' entries, then loads their notes and these."""
+    def expect_neighbours(self, tokens: Collection[str]) -> None:
+        """A hint: this thread's next write section reads these tokens' entries, then their notes as `neighbours`."""
     def session_vector(self, scope: tuple[str | None, str | None, str],
                        before: str | None = None) -> np.ndarray | None: ...
     def session_notes(self, scope: tuple[str | None, str | None, str]

@@ -447,6 +447,47 @@ def test_expected_loads_come_with_the_lock_and_answer_the_entries_and_the_load_u
     assert len(reads) == 4
 
 
+
+def test_expected_neighbours_come_with_the_lock_and_answer_the_entries_and_the_neighbours_until_a_write(
+    store, monkeypatch
+):
+    """A remember's candidates (the notes behind the index tokens its search made ahead found) were read with their
+    entries in a round trip after the lock's; they now come in the lock's own, and answer as that read would."""
+    with store.transaction():
+        store.set_meta("embedding_dim", "4")
+        for name in "abc":
+            store.insert(note(name, user_id="u"), np.full(4, ord(name), dtype=np.float32))
+        store.clear_pending(["a", "b", "c"])
+    tokens = dict(store._run("SELECT id, index_id FROM notes"))
+    found = [tokens["a"], tokens["b"], "a token of a note forgotten since"]
+    with store.lock():
+        store.neighbours([], "u")
+        own_entries, own = store.index_entries(found), store.neighbours(["a", "b"], "u")
+    reads = []
+    for name in ("_run", "_read_notes"):
+        read = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda sql, params=(), read=read: reads.append(sql) or read(sql, params))
+    store.expect_neighbours(found)
+    with store.lock():
+        assert store.neighbours([], "u").waiting == set()
+        assert store.index_entries(found) == own_entries and len(own_entries) == 2
+        ahead = store.neighbours(["a", "b"], "u")
+        assert reads == []  # all read in the lock's round trip
+        assert {i: e.tolist() for i, e in ahead.embeddings.items()} == {i: e.tolist() for i, e in own.embeddings.items()}
+        assert ahead.notes({"a", "b"}) == own.notes({"a", "b"})
+        store.index_entries([tokens["c"]])  # not expected
+        assert len(reads) == 1
+        with store.transaction():
+            store.set_fields_many({"a": {"recall_count": 5}})
+        assert store.index_entries([tokens["a"]])[tokens["a"]].note_id == "a" and len(reads) == 2  # a write ends it
+    with store.transaction():
+        store.insert(note("d", user_id="u"), np.ones(4))  # waits in the outbox
+    store.expect_neighbours(found)
+    with store.lock():
+        assert store.neighbours([], "u").waiting == {"d"}
+        assert store.index_entries(found) == own_entries  # entries are entries, waiting or not
+        assert len(reads) == 3  # the waiting notes were read, not the entries
+
 def rows_scanned(plan: dict) -> int:
     """The rows every scan of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan read: those it kept and those its filter dropped."""
     own = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0) if "Scan" in plan["Node Type"] else 0
