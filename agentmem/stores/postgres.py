@@ -413,11 +413,11 @@ class PostgresNoteGraph(SqlNoteStore):
         return neighbours
 
     def index_rebuilt(self) -> None:
-        """`SqlNoteStore.index_rebuilt` (a savepoint in this transaction), logged as `link_changes.INDEX_REBUILT`:
-        other replicas' searches made ahead of it are made again, and their views are not reloaded for it."""
+        """`SqlNoteStore.index_rebuilt`, logged as `link_changes.INDEX_REBUILT`: other replicas' searches made
+        ahead of it are made again, and their views are not reloaded for it."""
         with self.transaction():
-            super().index_rebuilt()
             self._touched([link_changes.INDEX_REBUILT])
+            self.stamp_index_rebuilt()
 
     def _touched(self, note_ids: Iterable[str | None], untouched: str | None = None) -> None:
         """Log these notes with the open transaction's commit; `untouched`: a note forgotten in it,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
 import psycopg
 import psycopg.sql
@@ -20,7 +21,9 @@ from .ledger_connection import to_postgres
 from .postgres_connection import redacted
 from .postgres_locks import SCHEMA_LOCK
 from .rows import NOTE_COLUMNS
-from .sql import SqlNoteStore
+
+if TYPE_CHECKING:  # for annotations only
+    from .sql import SqlNoteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notes (
@@ -113,11 +116,11 @@ def select_list(columns: tuple[str, ...], table: str = "") -> str:
     return ", ".join(f"{table}metadata::text AS metadata" if c == "metadata" else table + c for c in columns)
 
 
-def prepare_schema(conn: psycopg.Connection, url: str, meta: SqlNoteStore) -> None:
+def prepare_schema(conn: psycopg.Connection, url: str, store: SqlNoteStore) -> None:
     """Create the store's tables in a new database, or bring those of an earlier release up to date;
     a store made by this release is only read (`schema_state`), so a role with no more than
     SELECT, INSERT, UPDATE and DELETE on its tables opens it. A database whose tables of the
-    store's names are not a store's is refused, and left as it was. `meta`: the store whose
+    store's names are not a store's is refused, and left as it was. `store`: the store whose
     session `conn` is, which gives a new store its index key in the same transaction."""
     if schema_state(conn, url) == "current":
         return
@@ -149,9 +152,9 @@ def prepare_schema(conn: psycopg.Connection, url: str, meta: SqlNoteStore) -> No
             raise StoreUnavailableError(
                 f"the role may not {needed[0]} at {redacted(url)} ({exc.diag.message_primary}): {needed[1]}"
             ) from exc
-        if meta.get_meta("index_key") is None:
-            meta.set_meta("index_key", os.urandom(32).hex())
-            meta.set_meta("schema_version", "2")
+        if store.get_meta("index_key") is None:
+            store.set_meta("index_key", os.urandom(32).hex())
+            store.set_meta("schema_version", "2")
 
 
 def ledger_schema() -> str:

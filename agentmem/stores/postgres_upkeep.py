@@ -111,7 +111,6 @@ class Upkeep:
             except (StoreUnavailableError, StoreCorruptedError) as exc:  # e.g. lock_timeout: another session holds it
                 log.warning("%s %s failed; autovacuum does it later: %s", command, table, exc)
 
-
     def close(self) -> None:
         """Wait for the statistics asked for so far (`_analyze_forgotten`)."""
         self._statistics.close()

@@ -125,9 +125,13 @@ class SqlNoteStore:
 
     def index_rebuilt(self) -> None:
         """`NoteStore.index_rebuilt`: a counted commit (on SQLite, one that moves the other connections'
-        `data_version`), stamped with when."""
+        `data_version`)."""
         with self.transaction():
-            self.set_meta("index_rebuilt_at", datetime.now(timezone.utc).isoformat())
+            self.stamp_index_rebuilt()
+
+    def stamp_index_rebuilt(self) -> None:
+        """Record when the index was last rebuilt (in a transaction): what makes `index_rebuilt`'s commit a write."""
+        self.set_meta("index_rebuilt_at", datetime.now(timezone.utc).isoformat())
 
     def counts(self) -> dict[str, Any]:
         total, archived = self._run("SELECT COUNT(*), COALESCE(SUM(archived), 0) FROM notes")[0]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, StoreCorruptedError, StoreUnavailableError
+from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError
 from ..notes import Note
 from .early_index import EarlyIndexWrite
 from .location import GRAPH_FILE
@@ -193,7 +193,10 @@ class IndexSync:
 
     def reconcile(self, full: bool = False) -> None:
         """Replay the outbox (the rows no live writer holds); with `full`, also compare every id
-        (at open: catches any drift)."""
+        (at open: catches any drift, and refills an index made again, `pair` and `open_index`). An
+        index found lacking notes, or holding strays, is announced as rebuilt (`NoteStore.index_rebuilt`):
+        a search made meanwhile outside the write lock met it so."""
+        refilled = False
         with self.graph.outbox_claim(None) as claim:
             if full and not claim.rows and self.index.count() == self.graph.count():
                 return
@@ -203,9 +206,14 @@ class IndexSync:
                 by_token = self.graph.all_tokens()
                 in_index = self.index.tokens()
                 waiting = {note_id for note_id, _ in self.graph.pending()}
-                self.index.discard(list(in_index - by_token.keys()))
-                upserts += [i for token, i in by_token.items() if token not in in_index and i not in waiting]
+                strays = list(in_index - by_token.keys())
+                missing = [i for token, i in by_token.items() if token not in in_index and i not in waiting]
+                self.index.discard(strays)
+                upserts += missing
+                refilled = bool(strays or missing)
             claim.done = self._write(upserts, deletes)
+        if refilled:
+            self.graph.index_rebuilt()
 
     def push(
         self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None
@@ -264,13 +272,21 @@ class IndexSync:
 
     def rebuild(self) -> int:
         """Replace the index's contents with every note of the graph; returns how many. Other
-        processes learn it from the store (`NoteStore.index_rebuilt`)."""
-        self.index.reset(self.graph.store_id)
-        ids = list(self.graph.all_ids())
-        for start in range(0, len(ids), 1000):
-            rows = self.graph.load(ids[start:start + 1000], links=False)
-            self.index.upsert([n for n, _ in rows.values()], [e for _, e in rows.values()])
-        with self.graph.outbox_claim(None) as claim:
-            claim.done = True
+        processes learn it from the store (`NoteStore.index_rebuilt`), even of a rebuild that failed
+        half-way: their handles name the dropped collection, and their searches met it half refilled."""
+        try:
+            self.index.reset(self.graph.store_id)
+            ids = list(self.graph.all_ids())
+            for start in range(0, len(ids), 1000):
+                rows = self.graph.load(ids[start:start + 1000], links=False)
+                self.index.upsert([n for n, _ in rows.values()], [e for _, e in rows.values()])
+            with self.graph.outbox_claim(None) as claim:
+                claim.done = True
+        except BaseException:
+            try:
+                self.graph.index_rebuilt()
+            except AgentMemError as exc:  # the rebuild's own failure is the one raised
+                log.warning("other processes were not told of the failed rebuild of the index: %s", exc)
+            raise
         self.graph.index_rebuilt()
         return len(ids)

@@ -297,6 +297,35 @@ def test_search_judges_scope_and_archived_by_the_note_graph_while_the_index_lags
     assert sync.graph.pending()  # the index was not told
 
 
+def test_a_rebuild_is_announced_to_other_connections_even_when_it_fails_half_way(synced, tmp_path, monkeypatch):
+    """Their embedded index handles name the dropped collection, and their searches made outside the write lock
+    may have met it half refilled: they reopen it and search again."""
+    sync, _, _ = synced
+    other = NoteGraph(tmp_path / "notes.sqlite3")
+    assert sync.rebuild() == 200 and other.refresh_if_changed() is True
+
+    def unreachable(*args):
+        raise StoreUnavailableError("the index went away")
+
+    monkeypatch.setattr(sync.index, "upsert", unreachable)
+    with pytest.raises(StoreUnavailableError, match="went away"):
+        sync.rebuild()
+    assert other.refresh_if_changed() is True
+    other.close()
+
+
+def test_a_full_reconcile_that_refills_the_index_is_announced_and_one_that_finds_it_whole_is_not(synced, tmp_path):
+    """At open, `reconcile(full=True)` refills an index made again (by `pair`, or after damage) or found lacking."""
+    sync, _, _ = synced
+    other = NoteGraph(tmp_path / "notes.sqlite3")
+    sync.reconcile(full=True)
+    assert other.refresh_if_changed() is False
+    sync.index.discard([sync.index.tokens().pop()])
+    sync.reconcile(full=True)
+    assert sync.index.count() == 200 and other.refresh_if_changed() is True
+    other.close()
+
+
 def test_what_a_write_pushes_is_the_stored_searched_vector_and_scope(tmp_path, embedder):
     """A write hands the index the notes it has just stored instead of reading them back: the index
     must then hold exactly what a replay from the graph would write (in-context vector, scope)."""
