@@ -25,10 +25,11 @@ a role with only SELECT, INSERT, UPDATE and DELETE on them opens it. What differ
   transaction without reads is one round trip; a transaction's `meanwhile` (a remember's index
   write) runs while its COMMIT is on its way, and the outbox rows it clears go with the
   section's next round trip (`PinnedSessions.defer`). `lock()` reads the store version, the outbox state,
-  the latest vector of an expected session (`expect_session`) and a recall's index entries and
-  candidates (`expect_loads`) in its own round trip, for what a write section reads first. An
-  outbox found empty there spares a remember two reads (`neighbours`): of the notes waiting in
-  it, and of its candidates, then read with their index entries (`index_entries`).
+  the latest vector of an expected session (`expect_session`), a recall's index entries and
+  candidates (`expect_loads`) and a remember's candidates, the notes behind the index entries its
+  search made ahead found (`expect_neighbours`), in its own round trip, for what a write section
+  reads first. An outbox found empty there spares a remember the read of the notes waiting in it
+  (`neighbours`), and its candidates are answered from those rows.
 - `backup` copies every table into a SQLite file in the SQLite store's layout, so a backup
   restores with the existing `restore_backup`; `purge_freed` runs VACUUM on the note tables, and
   the planner's statistics are taken again from the live rows (ANALYZE) in the background.
