@@ -6,8 +6,8 @@ lock's own round trip reads whether the outbox is empty, the latest vector of a 
 said it would ask for (`expect_session`), a recall's index entries and candidates (`expect_loads`,
 `LoadedAhead`) and the notes behind a remember's index entries (`expect_neighbours`); a remember whose
 index search was not made ahead has its `index_entries` read the whole notes after its first
-`neighbours` call. What was read holds until the thread writes or its lock ends (`drop`). The store (`postgres`) holds one
-`ReadAhead` and makes the reads; this keeps what they found, and answers from it.
+`neighbours` call. What was read holds until the thread writes or its lock ends (`drop`). The store
+(`postgres`) holds one `ReadAhead` and makes the reads; this keeps what they found, and answers from it.
 """
 from __future__ import annotations
 
@@ -112,10 +112,11 @@ class ReadAhead:
         did not read them all."""
         loaded = getattr(self._local, "loaded_ahead", None)
         entries = None if loaded is None else loaded.entries_for(tokens)
-        neighbours = getattr(self._local, "neighbours_ahead", None)
-        if entries is not None or neighbours is None or not set(tokens) <= neighbours[0]:
+        if entries is not None:
             return entries
-        wanted = set(tokens)
+        neighbours, wanted = getattr(self._local, "neighbours_ahead", None), set(tokens)
+        if neighbours is None or not wanted <= neighbours[0]:
+            return None
         return {row["index_id"]: IndexEntry.of(row) for row in neighbours[1].values() if row["index_id"] in wanted}
 
     def loaded_rows(
