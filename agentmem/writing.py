@@ -175,8 +175,9 @@ class WritePath:
         sessions = {(d.user_id, d.agent_id, d.session_id) for d in drafts if d.session_id is not None}
         if self.config.context_weight and len(sessions) == 1:
             self.store.expect_session(sessions.pop())
-        if ahead is not None:
-            self.store.expect_neighbours(ahead.tokens())
+        tokens = set() if ahead is None or ahead.failed else ahead.tokens()  # a failed one: the section searches
+        if tokens:
+            self.store.expect_neighbours(tokens)
 
     def in_context(self, drafts: list[Note], embeddings: np.ndarray) -> list[np.ndarray | None]:
         """The vector each draft is searched by, when it belongs to a session (else None).

@@ -195,8 +195,9 @@ class PostgresNoteGraph(SqlNoteStore):
         return Neighbours(rows, user_id, self.unreadable, self.dimension)
 
     def index_entries(self, tokens: Iterable[str]) -> dict[str, IndexEntry]:
-        """`SqlNoteStore.index_entries`, as the lock read them (`expect_loads`, `expect_neighbours`), or with the
-        whole notes in the same round trip after a remember's first `neighbours` call (`ReadAhead.reads_whole_notes`)."""
+        """`SqlNoteStore.index_entries`, as the lock read them (`expect_loads`, `expect_neighbours`), or with
+        the whole notes in the same round trip after a remember's first `neighbours` call
+        (`ReadAhead.reads_whole_notes`)."""
         tokens = list(tokens)
         entries = self._ahead.entries(tokens)
         if entries is not None:

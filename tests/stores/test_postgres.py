@@ -447,7 +447,6 @@ def test_expected_loads_come_with_the_lock_and_answer_the_entries_and_the_load_u
     assert len(reads) == 4
 
 
-
 def test_expected_neighbours_come_with_the_lock_and_answer_the_entries_and_the_neighbours_until_a_write(
     store, monkeypatch
 ):
@@ -460,9 +459,7 @@ def test_expected_neighbours_come_with_the_lock_and_answer_the_entries_and_the_n
         store.clear_pending(["a", "b", "c"])
     tokens = dict(store._run("SELECT id, index_id FROM notes"))
     found = [tokens["a"], tokens["b"], "a token of a note forgotten since"]
-    with store.lock():
-        store.neighbours([], "u")
-        own_entries, own = store.index_entries(found), store.neighbours(["a", "b"], "u")
+    own_entries, own = store.index_entries(found), store.neighbours(["a", "b"], "u")  # outside a lock: plain reads
     reads = []
     for name in ("_run", "_read_notes"):
         read = getattr(store, name)
@@ -475,18 +472,20 @@ def test_expected_neighbours_come_with_the_lock_and_answer_the_entries_and_the_n
         assert reads == []  # all read in the lock's round trip
         assert {i: e.tolist() for i, e in ahead.embeddings.items()} == {i: e.tolist() for i, e in own.embeddings.items()}
         assert ahead.notes({"a", "b"}) == own.notes({"a", "b"})
+        store.neighbours(["a", "c"], "u")  # c was not found ahead (as a note changed since the search's mark)
         store.index_entries([tokens["c"]])  # not expected
-        assert len(reads) == 1
+        assert len(reads) == 2
         with store.transaction():
             store.set_fields_many({"a": {"recall_count": 5}})
-        assert store.index_entries([tokens["a"]])[tokens["a"]].note_id == "a" and len(reads) == 2  # a write ends it
+        assert store.index_entries([tokens["a"]])[tokens["a"]].note_id == "a" and len(reads) == 3  # a write ends it
     with store.transaction():
         store.insert(note("d", user_id="u"), np.ones(4))  # waits in the outbox
     store.expect_neighbours(found)
     with store.lock():
         assert store.neighbours([], "u").waiting == {"d"}
         assert store.index_entries(found) == own_entries  # entries are entries, waiting or not
-        assert len(reads) == 3  # the waiting notes were read, not the entries
+        assert len(reads) == 4  # the waiting notes were read, not the entries
+
 
 def rows_scanned(plan: dict) -> int:
     """The rows every scan of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan read: those it kept and those its filter dropped."""
