@@ -290,21 +290,23 @@ class PostgresNoteGraph(SqlNoteStore):
         `expect_session` named (`session_vector`); the notes `expect_loads` named; and those behind the
         index tokens `expect_neighbours` named (`index_entries`, `neighbours`)."""
         expected = self._ahead.take_expected()
-        session, loads, neighbours = expected
+        session = expected.session
         latest, params = self._latest_in_session(session) if session is not None else ("SELECT NULL", [])
         checks = (f"SELECT n AS version, EXISTS (SELECT 1 FROM outbox {UNCLAIMED}) AS pending,"
                   f" NOT EXISTS (SELECT 1 FROM outbox) AS outbox_empty, ({psycopg_sql(latest)}) AS vector"
                   " FROM store_version")
-        statements = [(checks, params)] + ([] if loads is None else [self._loads_statement(*loads)])
-        if neighbours is not None:
-            whole, whole_params = self._whole_notes_statement(neighbours)
+        statements = [(checks, params)]
+        if expected.loads is not None:
+            statements.append(self._loads_statement(*expected.loads))
+        if expected.neighbours is not None:
+            whole, whole_params = self._whole_notes_statement(expected.neighbours)
             statements.append((psycopg_sql(whole), whole_params))
         with self._advisory(WRITE_LOCK, then=statements) as read:
             seen = read[0][0]
             self._pinned.seen_version, self._pinned.seen_pending = seen["version"], seen["pending"]
-            loaded = read[1] if loads is not None else None
-            self._ahead.locked(seen["outbox_empty"], expected, seen["vector"], loaded,
-                               read[-1] if neighbours is not None else None)
+            loaded = read[1] if expected.loads is not None else None
+            whole_rows = read[-1] if expected.neighbours is not None else None
+            self._ahead.locked(seen["outbox_empty"], expected, seen["vector"], loaded, whole_rows)
             depth = getattr(self._pinned, "locked", 0)
             self._pinned.locked = depth + 1  # an outbox clear may wait for the release (`clear_pending`)
             try:
