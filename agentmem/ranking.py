@@ -17,11 +17,12 @@ import networkx as nx
 
 from .config import MemoryConfig
 from .notes import Hit, Note, Why
+from .stores.rows import StoredNote
 
 
 @dataclass
 class Candidate:
-    note: Note
+    note: StoredNote | Note  # a recall ranks notes as read (`StoredNote`), and returns them as `Note`s
     similarity: float
     retention: float = 1.0
     lexical: float = 0.0
@@ -58,21 +59,22 @@ def score(candidate: Candidate, config: MemoryConfig) -> float:
     return max(relevance(candidate, config), candidate.link_activation) * prior
 
 
-def rank(candidates: list[Candidate], config: MemoryConfig, k: int) -> list[Hit]:
-    """The k best candidates as hits; ties broken by note id so rankings are deterministic."""
-    scored = sorted(((score(c, config), c) for c in candidates), key=lambda sc: (-sc[0], sc[1].note.id))
-    return [
-        Hit(
-            note=c.note,
-            score=s,
-            why=Why(
-                similarity=c.similarity,
-                lexical=c.lexical,
-                temporal=c.temporal,
-                retention=c.retention,
-                via_link=c.via_link,
-                link_activation=c.link_activation,
-            ),
-        )
-        for s, c in scored[:k]
-    ]
+def rank(candidates: list[Candidate], config: MemoryConfig, k: int) -> list[tuple[float, Candidate]]:
+    """The k best candidates with their scores, best first; ties broken by note id so rankings are deterministic."""
+    return sorted(((score(c, config), c) for c in candidates), key=lambda sc: (-sc[0], sc[1].note.id))[:k]
+
+
+def hit(candidate: Candidate, score: float, note: Note) -> Hit:
+    """A ranked candidate as returned, `note` being its note whole (checked, with its links)."""
+    return Hit(
+        note=note,
+        score=score,
+        why=Why(
+            similarity=candidate.similarity,
+            lexical=candidate.lexical,
+            temporal=candidate.temporal,
+            retention=candidate.retention,
+            via_link=candidate.via_link,
+            link_activation=candidate.link_activation,
+        ),
+    )

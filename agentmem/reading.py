@@ -19,7 +19,7 @@ from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
 from .notes import Hit, Note
 from .stores.filters import NoteFilter
-from .stores.rows import checked
+from .stores.rows import StoredNote, checked
 from .stores.store import NoteStore
 from .stores.sync import Found, IndexSync
 
@@ -88,7 +88,7 @@ class ReadPath:
         best_lexical = max(lexical.values(), default=0.0)
         time_match = temporal.time_matcher(query, at)
 
-        def candidate(note: Note, embedding: np.ndarray | None) -> ranking.Candidate:
+        def candidate(note: StoredNote, embedding: np.ndarray | None) -> ranking.Candidate:
             return ranking.Candidate(
                 note=note,
                 similarity=similar[note.id] if embedding is None else float(embedding @ query_embedding),
@@ -98,7 +98,7 @@ class ReadPath:
             )
 
         # the dense candidates' similarities are the index's: only the others' vectors are read
-        rows = self.store.load({*similar, *lexical}, links=False, validate=False, vectors_of=lexical.keys() - similar)
+        rows = self.store.candidates({*similar, *lexical}, vectors_of=lexical.keys() - similar)
         candidates = {note_id: candidate(*row) for note_id, row in rows.items()}
         seeds = sorted(candidates.values(), key=lambda c: -ranking.relevance(c, self.config))[:k]
         reached = ranking.spread_activation(
@@ -112,16 +112,16 @@ class ReadPath:
         ceiling = unseen + self.config.time_weight * timed
         kth = sorted((ranking.score(c, self.config) for c in candidates.values()), reverse=True)[k - 1:k] or [0.0]
         promising = (i for i, (a, _) in reached.items() if i not in candidates and max(ceiling, a) >= kth[0])
-        linked = self.store.load(promising, links=False, validate=False)
+        linked = self.store.candidates(promising)
         candidates |= {note_id: candidate(*row) for note_id, row in linked.items() if where.admits(row[0])}
         for note_id, (activation, via) in reached.items():
             if note_id in candidates and activation > ranking.relevance(candidates[note_id], self.config):
                 candidates[note_id].link_activation, candidates[note_id].via_link = activation, via
-        while True:  # candidates were read without validation or links: what is returned gets both
+        while True:  # candidates were read as a ranking reads them: what is returned is read whole and checked
             ranked = ranking.rank(list(candidates.values()), self.config, k)
-            notes = {h.note.id: checked(h.note, self.store.links_of(h.note.id), self.store.unreadable) for h in ranked}
+            notes = {c.note.id: checked(c.note, self.store.links_of(c.note.id), self.store.unreadable) for _, c in ranked}
             if None not in notes.values():
-                return [hit.model_copy(update={"note": notes[hit.note.id]}) for hit in ranked]
+                return [ranking.hit(c, score, notes[c.note.id]) for score, c in ranked]
             candidates = {i: c for i, c in candidates.items() if notes.get(i, c.note) is not None}
 
     def dense(
@@ -140,7 +140,7 @@ class ReadPath:
             if changed is None or len(changed) > RESCORED_LIMIT:
                 return self.index.search(query_embedding[None, :], n, conditions)[0]
             found = self.index.search(query_embedding[None, :], n, conditions, ahead.found)[0]
-            rows = self.store.load(changed, links=False, validate=False) if changed else {}
+            rows = self.store.candidates(changed) if changed else {}
             rescored = [(i, float(v @ query_embedding)) for i, (note, v) in rows.items() if where.admits(note)]
             return sorted([*((i, s) for i, s in found if i not in changed), *rescored], key=lambda h: -h[1])[:n]
         vectors = self.store.embeddings_where(where, EXACT_SEARCH_LIMIT)
@@ -166,7 +166,7 @@ class ReadPath:
             self.store.record_recalls([note.id for note in notes], at)
         return [note.model_copy(update=changes[note.id]) for note in notes]
 
-    def retention(self, note: Note, at: datetime) -> float:
+    def retention(self, note: Note | StoredNote, at: datetime) -> float:
         unit = self.config.time_unit_seconds
         if self.config.curve == "actr":
             presentations = [note.created_at, *self.store.recall_times(note.id)]

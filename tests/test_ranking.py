@@ -15,15 +15,15 @@ def test_retention_is_a_prior_that_never_buries_a_strongly_relevant_note():
     config = MemoryConfig()
     old_relevant = ranking.Candidate(note=note("old"), similarity=0.8, retention=0.0)
     fresh_weak = ranking.Candidate(note=note("fresh"), similarity=0.5, retention=1.0)
-    hits = ranking.rank([fresh_weak, old_relevant], config, k=2)
-    assert [h.note.id for h in hits] == ["old", "fresh"]
+    ranked = ranking.rank([fresh_weak, old_relevant], config, k=2)
+    assert [c.note.id for _, c in ranked] == ["old", "fresh"]
 
 
 def test_retention_breaks_near_ties():
     config = MemoryConfig()
     faded = ranking.Candidate(note=note("a"), similarity=0.6, retention=0.1)
     fresh = ranking.Candidate(note=note("b"), similarity=0.6, retention=1.0)
-    assert ranking.rank([faded, fresh], config, k=1)[0].note.id == "b"
+    assert [c.note.id for _, c in ranking.rank([faded, fresh], config, k=1)] == ["b"]
 
 
 def test_spreading_activation_goes_one_hop_and_keeps_the_best_seed():
@@ -39,4 +39,4 @@ def test_spreading_activation_goes_one_hop_and_keeps_the_best_seed():
 def test_rank_is_deterministic_on_ties():
     config = MemoryConfig()
     candidates = [ranking.Candidate(note=note(i), similarity=0.5) for i in ("b", "a", "c")]
-    assert [h.note.id for h in ranking.rank(candidates, config, k=3)] == ["a", "b", "c"]
+    assert [c.note.id for _, c in ranking.rank(candidates, config, k=3)] == ["a", "b", "c"]

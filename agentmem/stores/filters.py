@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..notes import Note
+from .rows import StoredNote
 
 SCOPES = ("user_id", "agent_id", "session_id")
 Scalar = str | int | float | bool
@@ -44,7 +45,7 @@ class NoteFilter(BaseModel):
         """The scope fields that are set: a `None` field does not narrow."""
         return {name: getattr(self, name) for name in SCOPES if getattr(self, name) is not None}
 
-    def admits(self, note: Note) -> bool:
+    def admits(self, note: Note | StoredNote) -> bool:
         return (
             all(getattr(note, name) == value for name, value in self.scope().items())
             and (self.include_archived or not note.archived)

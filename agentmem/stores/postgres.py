@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -70,7 +70,7 @@ from .postgres_read_ahead import ReadAhead
 from .postgres_schema import prepare_schema, select_list
 from .postgres_sessions import PinnedSessions
 from .postgres_upkeep import Upkeep
-from .rows import KEPT_IN_QUARANTINE, SEARCHED_VECTOR_OF, IndexEntry, Neighbours, OutboxClaim, readable_notes
+from .rows import KEPT_IN_QUARANTINE, SEARCHED_VECTOR_OF, IndexEntry, Neighbours, OutboxClaim
 from .shared_folders import SharedFolders
 from .sql import SqlNoteStore
 
@@ -232,17 +232,11 @@ class PostgresNoteGraph(SqlNoteStore):
             f" AS vector FROM notes WHERE {by_token} OR {by_id} ORDER BY {self.ORDER}"
         ), [*id_params, *token_params, *id_params]
 
-    def load(
-        self, note_ids: Iterable[str], links: bool = True, validate: bool = True,
-        vectors_of: Collection[str] | None = None,
-    ) -> dict[str, tuple[Note, np.ndarray | None]]:
-        """`SqlNoteStore.load`, answered from what the lock read (`expect_loads`) when that holds them."""
+    def _rows_of(self, note_ids: Iterable[str], vectors_of: Collection[str] | None) -> Sequence[Mapping[str, Any]]:
+        """`SqlNoteStore._rows_of`, answered from what the lock read (`expect_loads`) when that holds them."""
         note_ids = list(note_ids)
         rows = self._ahead.loaded_rows(note_ids, vectors_of)
-        if rows is None:
-            return super().load(note_ids, links, validate, vectors_of)
-        found = readable_notes(rows, self.graph if links else None, self.unreadable, validate, self.dimension)
-        return {note.id: (note, vector) for note, vector in found}
+        return super()._rows_of(note_ids, vectors_of) if rows is None else rows
 
     def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
         """`SqlNoteStore.expect_session`: the next `lock()` reads that vector in its round trip."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,9 +23,9 @@ from ..errors import InvalidInputError
 from ..notes import STORED, Link, Note
 from .filters import NoteFilter
 from .rows import (
-    KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, column_value,
-    find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes, set_aside,
-    to_timestamp, vector_of, without_words,
+    KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, StoredNote,
+    column_value, find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes,
+    set_aside, stored_notes, to_timestamp, vector_of, without_words,
 )
 
 log = logging.getLogger(__name__)
@@ -275,18 +275,28 @@ class SqlNoteStore:
         return {note_id: note for note_id, (note, _) in self.load(note_ids, links, vectors_of=[]).items()}
 
     def load(
-        self, note_ids: Iterable[str], links: bool = True, validate: bool = True,
-        vectors_of: Collection[str] | None = None,
+        self, note_ids: Iterable[str], links: bool = True, vectors_of: Collection[str] | None = None,
     ) -> dict[str, tuple[Note, np.ndarray | None]]:
         """Notes with the vectors they are searched by, by id; unknown ids are left out.
         `links=False` skips filling `Note.links`, for internal reads that do not need them;
-        `validate=False` skips pydantic's checks (see `rows.note_of`); `vectors_of`: the ids whose
-        vectors are read (None: all), the others come with None. A vector is stored apart from its
-        row (PostgreSQL's TOAST): at 100k notes, reading them for a recall's 77 candidates took
-        about half of its 2.6 ms."""
+        `vectors_of`: the ids whose vectors are read (None: all), the others come with None."""
+        found = readable_notes(self._rows_of(note_ids, vectors_of), self.graph if links else None, self.unreadable,
+                               self.dimension)
+        return {note.id: (note, vector) for note, vector in found}
+
+    def candidates(
+        self, note_ids: Iterable[str], vectors_of: Collection[str] | None = None,
+    ) -> dict[str, tuple[StoredNote, np.ndarray | None]]:
+        """`load`, as a ranking reads notes (`rows.StoredNote`), without links."""
+        found = stored_notes(self._rows_of(note_ids, vectors_of), self.unreadable, self.dimension)
+        return {note.id: (note, vector) for note, vector in found}
+
+    def _rows_of(self, note_ids: Iterable[str], vectors_of: Collection[str] | None) -> Sequence[Mapping[str, Any]]:
+        """The rows `load` reads. A vector is stored apart from its row (PostgreSQL's TOAST): at 100k
+        notes, reading them for a recall's 77 candidates took about half of its 2.6 ms."""
         note_ids = list(note_ids)
         if not note_ids:
-            return {}
+            return []
         vector_column, vector_params = SEARCHED_VECTOR, []
         if vectors_of is not None and not vectors_of:
             vector_column = "NULL AS vector"
@@ -294,20 +304,17 @@ class SqlNoteStore:
             wanted, vector_params = self._among("id", list(vectors_of))
             vector_column = f"CASE WHEN {wanted} THEN {SEARCHED_VECTOR_OF} END AS vector"
         among, params = self._among("id", note_ids)
-        found = self._select(f" WHERE {among}", [*vector_params, *params], links, validate, vector_column)
-        return {note.id: (note, vector) for note, vector in found}
+        return self._note_rows(f" WHERE {among}", [*vector_params, *params], vector_column)
 
     def all_notes(self) -> Iterator[tuple[Note, np.ndarray]]:
-        yield from self._select("", [])
+        yield from readable_notes(self._note_rows("", []), self.graph, self.unreadable, self.dimension)
 
-    def _select(
-        self, where: str, params: Sequence[Any], links: bool = True, validate: bool = True,
-        vector_column: str = SEARCHED_VECTOR,
-    ) -> Iterator[tuple[Note, np.ndarray | None]]:
-        found = self._read_notes(
+    def _note_rows(
+        self, where: str, params: Sequence[Any], vector_column: str = SEARCHED_VECTOR
+    ) -> Sequence[Mapping[str, Any]]:
+        return self._read_notes(
             f"SELECT {self._columns(KEPT_IN_QUARANTINE)}, {vector_column} FROM notes{where} ORDER BY {self.ORDER}", params
         )
-        yield from readable_notes(found, self.graph if links else None, self.unreadable, validate, self.dimension)
 
     def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The embeddings of the notes' texts alone (what duplicates and links are judged by)."""

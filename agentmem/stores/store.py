@@ -20,7 +20,7 @@ import numpy as np
 from ..notes import Link, Note
 from .filters import NoteFilter
 from ..errors import StoreUnavailableError
-from .rows import IndexEntry, Neighbours, OutboxClaim
+from .rows import IndexEntry, Neighbours, OutboxClaim, StoredNote
 
 # How long a write section waits for another process's: a process stopped or stuck inside one (SIGSTOP, a
 # debugger, a hung disk) would otherwise stall every other process's writes and recalls for as long. Long
@@ -104,8 +104,10 @@ class NoteStore(Protocol):
     def exists(self, note_id: str) -> bool: ...
     def get(self, note_id: str) -> Note | None: ...
     def get_many(self, note_ids: Iterable[str], links: bool = True) -> dict[str, Note]: ...
-    def load(self, note_ids: Iterable[str], links: bool = True, validate: bool = True,
+    def load(self, note_ids: Iterable[str], links: bool = True,
              vectors_of: Collection[str] | None = None) -> dict[str, tuple[Note, np.ndarray | None]]: ...
+    def candidates(self, note_ids: Iterable[str],
+                   vectors_of: Collection[str] | None = None) -> dict[str, tuple[StoredNote, np.ndarray | None]]: ...
     def own_embeddings(self, note_ids: Iterable[str]) -> dict[str, np.ndarray]: ...
     def expect_session(self, scope: tuple[str | None, str | None, str]) -> None:
         """A hint: this thread's next write section starts with `session_vector(scope)`."""

@@ -7,6 +7,7 @@ import numpy as np
 
 from agentmem import Note
 from agentmem.stores.filters import NoteFilter
+from agentmem.stores.rows import checked
 
 T = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -25,6 +26,25 @@ def test_load_reads_only_the_vectors_asked_for(sql_store):
     assert [v for _, v in sql_store.load(["a", "c"], vectors_of=[]).values()] == [None, None]
     assert [v.tolist() for _, v in sql_store.load(["c", "a"]).values()] == [[1.0] * 4, [3.0] * 4]  # all, in store order
     assert sql_store.get_many(["b"])["b"].text == "note b"
+
+
+def test_candidates_are_read_as_a_ranking_needs_them_and_whole_only_when_asked(sql_store):
+    """A recall ranks about 77 candidates and returns 10: a candidate's row is read whole into a note, and
+    checked, only when it is returned (`rows.checked`); the numbers ranking computes with are checked as
+    it is read, and a row failing either check is set aside."""
+    with sql_store.transaction():
+        for name in "abc":
+            sql_store.insert(Note(id=name, text=f"note {name}", metadata={"m": name}, user_id="u",
+                                  created_at=T, updated_at=T, last_recalled=T), np.full(4, 1.0, dtype=np.float32))
+        sql_store.set_fields_many({"b": {"keywords": "not json"}, "c": {"strength": -1.0}})
+    found = sql_store.candidates(["a", "b", "c"], vectors_of=["a"])
+    assert set(found) == {"a", "b"} and set(sql_store.unreadable) == {"c"}  # b's keywords are not read yet
+    a, b = found["a"][0], found["b"][0]
+    assert (a.text, a.user_id, a.created_at, a.metadata, found["a"][1].tolist(), found["b"][1]) == (
+        "note a", "u", T, {"m": "a"}, [1.0] * 4, None)
+    assert NoteFilter(user_id="u", metadata={"m": "a"}).admits(a) and not NoteFilter(metadata={"m": "b"}).admits(a)
+    assert checked(a, [], sql_store.unreadable) == sql_store.get("a")
+    assert checked(b, [], sql_store.unreadable) is None and set(sql_store.unreadable) == {"b", "c"}
 
 
 def test_metadata_reads_back_equal_to_what_was_written_and_filters_find_it(sql_store):
