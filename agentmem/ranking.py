@@ -22,7 +22,7 @@ from .stores.rows import StoredNote
 
 @dataclass
 class Candidate:
-    note: StoredNote | Note  # a recall ranks notes as read (`StoredNote`), and returns them as `Note`s
+    note: StoredNote | Note  # a recall's candidates are notes as a ranking reads them (`StoredNote`)
     similarity: float
     retention: float = 1.0
     lexical: float = 0.0
@@ -64,11 +64,12 @@ def rank(candidates: list[Candidate], config: MemoryConfig, k: int) -> list[tupl
     return sorted(((score(c, config), c) for c in candidates), key=lambda sc: (-sc[0], sc[1].note.id))[:k]
 
 
-def hit(candidate: Candidate, score: float, note: Note) -> Hit:
-    """A ranked candidate as returned, `note` being its note whole (checked, with its links)."""
+def hit(ranked: tuple[float, Candidate], note: Note) -> Hit:
+    """A ranked candidate (as `rank` gives it) as returned, `note` being its note whole (checked, with its links)."""
+    value, candidate = ranked
     return Hit(
         note=note,
-        score=score,
+        score=value,
         why=Why(
             similarity=candidate.similarity,
             lexical=candidate.lexical,

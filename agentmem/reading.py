@@ -121,7 +121,7 @@ class ReadPath:
             ranked = ranking.rank(list(candidates.values()), self.config, k)
             notes = {c.note.id: checked(c.note, self.store.links_of(c.note.id), self.store.unreadable) for _, c in ranked}
             if None not in notes.values():
-                return [ranking.hit(c, score, notes[c.note.id]) for score, c in ranked]
+                return [ranking.hit(scored, notes[scored[1].note.id]) for scored in ranked]
             candidates = {i: c for i, c in candidates.items() if notes.get(i, c.note) is not None}
 
     def dense(

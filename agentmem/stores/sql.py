@@ -25,7 +25,7 @@ from .filters import NoteFilter
 from .rows import (
     KEPT_IN_QUARANTINE, NOTE_COLUMNS, IndexEntry, Neighbours, SEARCHED_VECTOR, SEARCHED_VECTOR_OF, StoredNote,
     column_value, find_unreadable, from_timestamp, json_text, links_in, note_row, quarantine_entry, readable_notes,
-    set_aside, stored_notes, to_timestamp, vector_of, without_words,
+    readable, set_aside, to_timestamp, vector_of, without_words,
 )
 
 log = logging.getLogger(__name__)
@@ -288,11 +288,11 @@ class SqlNoteStore:
         self, note_ids: Iterable[str], vectors_of: Collection[str] | None = None,
     ) -> dict[str, tuple[StoredNote, np.ndarray | None]]:
         """`load`, as a ranking reads notes (`rows.StoredNote`), without links."""
-        found = stored_notes(self._rows_of(note_ids, vectors_of), self.unreadable, self.dimension)
+        found = readable(self._rows_of(note_ids, vectors_of), StoredNote, self.unreadable, self.dimension)
         return {note.id: (note, vector) for note, vector in found}
 
     def _rows_of(self, note_ids: Iterable[str], vectors_of: Collection[str] | None) -> Sequence[Mapping[str, Any]]:
-        """The rows `load` reads. A vector is stored apart from its row (PostgreSQL's TOAST): at 100k
+        """The rows `load` and `candidates` read. A vector is stored apart from its row (PostgreSQL's TOAST): at 100k
         notes, reading them for a recall's 77 candidates took about half of its 2.6 ms."""
         note_ids = list(note_ids)
         if not note_ids:

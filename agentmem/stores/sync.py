@@ -255,7 +255,7 @@ class IndexSync:
             return True
         written = written or {}
         try:  # what the index needs of our own rows
-            rows = {**self.graph.candidates([i for i in upserts if i not in written]),
+            rows = {**self.graph.load([i for i in upserts if i not in written], links=False),
                     **{i: written[i] for i in upserts if i in written}}
             self.index.upsert([note for note, _ in rows.values()], [embedding for _, embedding in rows.values()])
             self.index.delete(deletes)

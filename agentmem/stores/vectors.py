@@ -39,7 +39,6 @@ from chromadb.errors import NotFoundError  # noqa: E402
 from ..errors import AgentMemError, InvalidInputError, StoreCorruptedError, StoreUnavailableError  # noqa: E402
 from ..notes import Note  # noqa: E402
 from .heap import fill_heap_blocks  # noqa: E402
-from .rows import StoredNote  # noqa: E402
 from .filters import SCOPES  # noqa: E402
 from .tokens import index_token  # noqa: E402
 
@@ -287,7 +286,7 @@ class VectorIndex:
         if self.mode == "embedded":
             self._client.close()
 
-    def upsert(self, notes: Sequence[Note | StoredNote], embeddings: Sequence[np.ndarray]) -> None:
+    def upsert(self, notes: Sequence[Note], embeddings: Sequence[np.ndarray]) -> None:
         """Write the notes' vectors, in chunks: Chroma refuses a call over its maximum batch (5,461 embedded),
         and a refused outbox would be sent again, whole, before every later write."""
         for start in range(0, len(notes), WRITE_CHUNK):

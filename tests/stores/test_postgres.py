@@ -431,6 +431,8 @@ def test_expected_loads_come_with_the_lock_and_answer_the_entries_and_the_load_u
         assert [n for n, _ in ahead.values()] == [n for n, _ in own.values()]
         assert ahead["a"][1] is None and ahead["c"][1].tolist() == [ord("c")] * 4
         assert store.load(["c"], links=True, vectors_of=[])["c"] == (own["c"][0], None)  # validated, with links
+        ranked = store.candidates(wanted, vectors_of={"c"})  # as a recall reads them
+        assert list(ranked) == ["a", "b", "c"] and ranked["c"][1].tolist() == [ord("c")] * 4
         assert reads == []
         store.load(["a"], links=False, vectors_of={"a"})  # a's vector was not read ahead
         store.index_entries(["another token"])

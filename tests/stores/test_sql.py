@@ -30,21 +30,23 @@ def test_load_reads_only_the_vectors_asked_for(sql_store):
 
 def test_candidates_are_read_as_a_ranking_needs_them_and_whole_only_when_asked(sql_store):
     """A recall ranks about 77 candidates and returns 10: a candidate's row is read whole into a note, and
-    checked, only when it is returned (`rows.checked`); the numbers ranking computes with are checked as
-    it is read, and a row failing either check is set aside."""
+    checked, only when it is returned (`rows.checked`); what ranking and filters use is checked as it is
+    read, and a row failing either check is set aside."""
     with sql_store.transaction():
-        for name in "abc":
+        for name in "abcd":
             sql_store.insert(Note(id=name, text=f"note {name}", metadata={"m": name}, user_id="u",
                                   created_at=T, updated_at=T, last_recalled=T), np.full(4, 1.0, dtype=np.float32))
-        sql_store.set_fields_many({"b": {"keywords": "not json"}, "c": {"strength": -1.0}})
-    found = sql_store.candidates(["a", "b", "c"], vectors_of=["a"])
-    assert set(found) == {"a", "b"} and set(sql_store.unreadable) == {"c"}  # b's keywords are not read yet
+        sql_store.link("a", "b", 0.5, T)
+        sql_store.set_fields_many({"b": {"keywords": "not json"}, "c": {"strength": -1.0}, "d": {"created_at": 1e300}})
+    found = sql_store.candidates(["a", "b", "c", "d"], vectors_of=["a"])
+    assert set(found) == {"a", "b"} and set(sql_store.unreadable) == {"c", "d"}  # b's keywords are not read yet
     a, b = found["a"][0], found["b"][0]
     assert (a.text, a.user_id, a.created_at, a.metadata, found["a"][1].tolist(), found["b"][1]) == (
         "note a", "u", T, {"m": "a"}, [1.0] * 4, None)
     assert NoteFilter(user_id="u", metadata={"m": "a"}).admits(a) and not NoteFilter(metadata={"m": "b"}).admits(a)
-    assert checked(a, [], sql_store.unreadable) == sql_store.get("a")
-    assert checked(b, [], sql_store.unreadable) is None and set(sql_store.unreadable) == {"b", "c"}
+    whole = checked(a, sql_store.links_of("a"), sql_store.unreadable)
+    assert whole == sql_store.get("a") and [link.note_id for link in whole.links] == ["b"]
+    assert checked(b, [], sql_store.unreadable) is None and set(sql_store.unreadable) == {"b", "c", "d"}
 
 
 def test_metadata_reads_back_equal_to_what_was_written_and_filters_find_it(sql_store):

@@ -213,11 +213,12 @@ def test_restore_backup_refuses_a_bad_source_with_a_typed_error_and_creates_noth
 
 
 def test_a_recalled_row_that_fails_validation_is_set_aside_and_the_next_note_returned(tmp_path, embedder):
-    """Recall ranks candidates built without pydantic's checks; the notes it returns are checked."""
+    """Recall ranks its candidates as read for ranking (`rows.StoredNote`); the notes it returns are read whole
+    and checked, and one that fails is set aside and the ranking made again without it."""
     path = tmp_path / "m"
     ids = make_store(path, embedder)
     db = sqlite3.connect(path / "notes.sqlite3")
-    db.execute("UPDATE notes SET recall_count = -1 WHERE id = ?", (ids[1],))  # reads fine, is no valid note
+    db.execute("UPDATE notes SET keywords = 'not json' WHERE id = ?", (ids[1],))  # ranks fine, is no valid note
     db.commit()
     db.close()
     with Memory(path, embedder=embedder) as mem:
