@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import StoreClosedError
 from .stores import VectorIndex
 from .stores.index_writes import IndexWrites
+from .stores.rows import OutboxClaim
 from .stores.store import NoteStore
 from .stores.sync import IndexSync
 
@@ -86,7 +87,7 @@ class Sections:
             finally:
                 self._held.depth = depth
 
-    def write_index_later(self, index_write: AbstractContextManager[object]) -> None:
+    def write_index_later(self, index_write: AbstractContextManager[OutboxClaim]) -> None:
         """Make a committed write's index write in the background; call it in the exclusive section.
 
         Where an outbox claim holds across processes (`IndexSync.concurrent`), the rows are claimed
@@ -100,15 +101,17 @@ class Sections:
         else:
             self._index_writes.submit(lambda: self._write_embedded_index(index_write))
 
-    def _write_embedded_index(self, index_write: AbstractContextManager[object]) -> None:
+    def _write_embedded_index(self, index_write: AbstractContextManager[OutboxClaim]) -> None:
         with self._lock:
             if self._closed:
                 return  # the rows stay in the outbox; the store replays them when opened again
             with self._store.lock(), self._store.errors():
                 if self._store.refresh_if_changed():
                     self._index.refresh()
-                with index_write:
+                with index_write as claim:
                     pass
+                if claim.done and claim.rows:
+                    self._sync.announce_written()
 
     def wait(self) -> None:
         """Return once the index writes in flight are done: a closing memory lets them land first, so

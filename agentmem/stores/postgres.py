@@ -417,6 +417,12 @@ class PostgresNoteGraph(SqlNoteStore):
             self._touched([link_changes.INDEX_REBUILT])
             self.stamp_index_rebuilt()
 
+    def index_written(self) -> None:
+        """`NoteStore.index_written`, as a counted commit of no note: clearing the outbox is bookkeeping,
+        which moves no store version."""
+        with self.transaction():
+            pass
+
     def _touched(self, note_ids: Iterable[str | None], untouched: str | None = None) -> None:
         """Log these notes with the open transaction's commit; `untouched`: a note forgotten in it,
         which the log must not name even if the transaction made or linked it earlier."""

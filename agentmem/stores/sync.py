@@ -214,6 +214,15 @@ class IndexSync:
             claim.done = self._write(upserts, deletes)
         if refilled:
             self.graph.index_rebuilt()
+        elif claim.done and claim.rows:
+            self.announce_written()
+
+    def announce_written(self) -> None:
+        """After an index write apart from the commit that queued it (a replay, a write left to the
+        background): other processes that share an embedded index reopen it (`NoteStore.index_written`);
+        one left open did not find the note, or failed to search an index it had opened empty."""
+        if self.index.mode == "embedded":
+            self.graph.index_written()
 
     def push(
         self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from agentmem.errors import StoreCorruptedError, StoreUnavailableError
 from agentmem.notes import Note
 from agentmem.stores import VectorIndex
 from agentmem.stores.graph import NoteGraph
+from agentmem.stores.postgres import PostgresNoteGraph
 from agentmem.stores.sync import IndexSync
 
 from ..conftest import T0
@@ -387,3 +392,76 @@ def test_an_outbox_that_cannot_be_claimed_after_the_commit_leaves_the_call_stand
         with pytest.raises(NoteNotFoundError):
             mem.get(gone.id)
         assert index_ids(mem) == {kept.id} and not mem._graph.has_pending()
+
+
+REFUSED_THEN_REPLAYED = textwrap.dedent("""
+    import sys
+    from agentmem import Memory
+    from agentmem.errors import StoreUnavailableError
+    from agentmem.stores import vectors
+    refusals = {"left": 0}
+    upsert = vectors.VectorIndex.upsert
+    def refusing(self, notes, embeddings):
+        if refusals["left"]:
+            refusals["left"] -= 1
+            raise StoreUnavailableError("the index refuses writes for now")
+        return upsert(self, notes, embeddings)
+    vectors.VectorIndex.upsert = refusing
+    text = "Quentin keeps bees on the roof of the old library"
+    with Memory(sys.argv[1]) as mem:
+        refusals["left"] = 2  # the write with the commit, then the one left to the background
+        print(mem.remember(text, user_id="q").id, flush=True)
+        mem._sections.wait()
+        sys.stdin.readline()  # meanwhile another process replays the outbox into the shared index
+        print(mem.remember(text, user_id="q").id, flush=True)
+""")
+
+
+def test_notes_another_process_replays_into_a_shared_embedded_index_are_found_by_their_writer(
+    postgres_url, embedder
+):
+    """PostgreSQL with an embedded index that the processes of one host share: a note whose index writes were
+    refused stays in the outbox, and another process replays it into the index files. Its writer's open index
+    did not see that write (an outbox cleared moved no store version), so the same text remembered again in
+    the writer made a second note."""
+    writer = subprocess.Popen([sys.executable, "-c", REFUSED_THEN_REPLAYED, postgres_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        first = writer.stdout.readline().strip()
+        with Memory(postgres_url, embedder=embedder) as other:
+            assert other.stats().pending_sync == 0  # replayed on opening
+            assert [h.note.id for h in other.recall("bees on the library roof", user_id="q", k=1)] == [first]
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == first
+        assert writer.wait(timeout=120) == 0
+    finally:
+        writer.kill()
+
+
+def test_an_index_write_left_to_the_background_is_announced_as_a_commit(postgres_url, embedder, monkeypatch):
+    """On PostgreSQL clearing the outbox moves no store version: an index write made apart from its commit adds a
+    counted commit of its own, which tells the processes sharing the embedded index to reopen it."""
+    with Memory(postgres_url, embedder=embedder) as mem:
+        version = PostgresNoteGraph(postgres_url)
+        try:
+            def committed() -> int:
+                return version._run("SELECT n FROM store_version")[0][0]
+
+            before = committed()
+            mem.remember("Quentin keeps bees on the roof of the old library", user_id="q")  # written with its commit
+            assert committed() == before + 1
+            refused, upsert = [], VectorIndex.upsert
+
+            def refusing_once(self, notes, embeddings):
+                if not refused:
+                    refused.append(notes)
+                    raise StoreUnavailableError("the index refuses writes for now")
+                return upsert(self, notes, embeddings)
+
+            monkeypatch.setattr(VectorIndex, "upsert", refusing_once)
+            mem.remember("Quentin's bees swarmed in May", user_id="q")  # its index write left to the background
+            assert mem.stats().pending_sync == 0  # a call waits for the index write in flight
+            assert committed() == before + 3
+        finally:
+            version.close()
