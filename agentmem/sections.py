@@ -110,8 +110,7 @@ class Sections:
                     self._index.refresh()
                 with index_write as claim:
                     pass
-                if claim.done and claim.rows:
-                    self._sync.announce_written()
+                self._sync.announce_written(claim)
 
     def wait(self) -> None:
         """Return once the index writes in flight are done: a closing memory lets them land first, so

@@ -12,6 +12,7 @@ from agentmem.sections import Sections
 from agentmem.stores import VectorIndex
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.rows import OutboxClaim
 from agentmem.stores.sync import IndexSync
 
 
@@ -38,7 +39,7 @@ def held_index_write(started: threading.Event, release: threading.Event, done: l
     slow Chroma upsert looks like to a section)."""
     @contextmanager
     def write():
-        yield
+        yield OutboxClaim()
         started.set()
         release.wait(10)
         done.append("index write")

@@ -254,6 +254,11 @@ class NoteGraph(SqlNoteStore):
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         return None if since_view and version != self._data_version else (version, self._db.total_changes)
 
+    def index_written(self, note_ids: Iterable[str]) -> None:
+        """`NoteStore.index_written`: nothing more to commit, the outbox rows the write cleared were a commit,
+        which moves the other connections' `data_version` (and a search made ahead since their view searches
+        again, `changed_since`)."""
+
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """Nothing when nothing was written since the mark; else None: SQLite keeps no log of what."""
         return set() if self.search_mark() == mark else None

@@ -417,11 +417,12 @@ class PostgresNoteGraph(SqlNoteStore):
             self._touched([link_changes.INDEX_REBUILT])
             self.stamp_index_rebuilt()
 
-    def index_written(self) -> None:
-        """`NoteStore.index_written`, as a counted commit of no note: clearing the outbox is bookkeeping,
-        which moves no store version."""
+    def index_written(self, note_ids: Iterable[str]) -> None:
+        """`NoteStore.index_written`, as a counted commit that logs these notes (`changed_since` names them
+        to a search made ahead on an index not reopened yet): clearing the outbox is bookkeeping, which moves
+        no store version."""
         with self.transaction():
-            pass
+            self._touched(note_ids)
 
     def _touched(self, note_ids: Iterable[str | None], untouched: str | None = None) -> None:
         """Log these notes with the open transaction's commit; `untouched`: a note forgotten in it,

@@ -129,10 +129,6 @@ class SqlNoteStore:
         with self.transaction():
             self.stamp_index_rebuilt()
 
-    def index_written(self) -> None:
-        """`NoteStore.index_written`: nothing more to commit here, the outbox rows the write cleared were a
-        commit that moved the other connections' `data_version`."""
-
     def stamp_index_rebuilt(self) -> None:
         """Record when the index was last rebuilt (in a transaction): what makes `index_rebuilt`'s commit a write."""
         self.set_meta("index_rebuilt_at", datetime.now(timezone.utc).isoformat())

@@ -139,10 +139,10 @@ class NoteStore(Protocol):
         """Commit that the vector index was just rebuilt (emptied, then refilled): other processes
         reopen an embedded index, and a search made outside the write section that may have met it
         half refilled is made again (`changed_since` answers None)."""
-    def index_written(self) -> None:
-        """Commit that the vector index changed apart from the commit that queued the change (a replay of
-        the outbox, a write left to the background): other processes reopen an embedded index they share,
-        which would neither show the change nor, on a first write, read the index at all."""
+    def index_written(self, note_ids: Iterable[str]) -> None:
+        """Commit that the vector index changed for these notes apart from the commit that queued the change
+        (a replay of the outbox, a write left to the background): other processes reopen an embedded index
+        they share, which would neither show the change nor, after a first write, search at all."""
     def changed_since(self, mark: Hashable) -> set[str] | None:
         """In the write section: the notes an index search made after `search_mark` may have missed
         or seen with another vector (written, linked or re-embedded since, or then waiting in the

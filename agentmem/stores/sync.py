@@ -214,15 +214,20 @@ class IndexSync:
             claim.done = self._write(upserts, deletes)
         if refilled:
             self.graph.index_rebuilt()
-        elif claim.done and claim.rows:
-            self.announce_written()
+        else:
+            self.announce_written(claim)
 
-    def announce_written(self) -> None:
+    def announce_written(self, claim: OutboxClaim) -> None:
         """After an index write apart from the commit that queued it (a replay, a write left to the
         background): other processes that share an embedded index reopen it (`NoteStore.index_written`);
-        one left open did not find the note, or failed to search an index it had opened empty."""
-        if self.index.mode == "embedded":
-            self.graph.index_written()
+        one left open did not find the notes, or failed to search an index it had opened empty. The write
+        stands if the announcement fails (logged): another process then sees it at the next commit."""
+        if self.index.mode != "embedded" or not claim.done or not claim.rows:
+            return
+        try:
+            self.graph.index_written(note_id for note_id, _ in claim.rows)
+        except AgentMemError as exc:
+            log.warning("other processes were not told of %d index write(s): %s", len(claim.rows), exc)
 
     def push(
         self, upserts: Iterable[str], deletes: Iterable[str] = (), written: dict[str, tuple[Note, np.ndarray]] | None = None

@@ -409,44 +409,47 @@ REFUSED_THEN_REPLAYED = textwrap.dedent("""
     vectors.VectorIndex.upsert = refusing
     text = "Quentin keeps bees on the roof of the old library"
     with Memory(sys.argv[1]) as mem:
-        refusals["left"] = 2  # the write with the commit, then the one left to the background
-        print(mem.remember(text, user_id="q").id, flush=True)
-        mem._sections.wait()
+        mem.remember("Quentin repairs clocks in a shop by the station", user_id="q")  # an index not empty
+        refusals["left"] = 3  # the write with the commit, the one left to the background, a replay of its own
+        first = mem.remember(text, user_id="q").id
+        assert mem.stats().pending_sync == 1  # once the write in flight has failed too
+        print(first, flush=True)
         sys.stdin.readline()  # meanwhile another process replays the outbox into the shared index
         print(mem.remember(text, user_id="q").id, flush=True)
 """)
 
 
+@pytest.mark.timeout(300)
 def test_notes_another_process_replays_into_a_shared_embedded_index_are_found_by_their_writer(
     postgres_url, embedder
 ):
     """PostgreSQL with an embedded index that the processes of one host share: a note whose index writes were
     refused stays in the outbox, and another process replays it into the index files. Its writer's open index
     did not see that write (an outbox cleared moved no store version), so the same text remembered again in
-    the writer made a second note."""
-    writer = subprocess.Popen([sys.executable, "-c", REFUSED_THEN_REPLAYED, postgres_url], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        first = writer.stdout.readline().strip()
-        with Memory(postgres_url, embedder=embedder) as other:
-            assert other.stats().pending_sync == 0  # replayed on opening
-            assert [h.note.id for h in other.recall("bees on the library roof", user_id="q", k=1)] == [first]
-        writer.stdin.write("go\n")
-        writer.stdin.flush()
-        assert writer.stdout.readline().strip() == first
-        assert writer.wait(timeout=120) == 0
-    finally:
-        writer.kill()
+    the writer made a second note (and on an index the writer had opened empty, its search failed)."""
+    with subprocess.Popen([sys.executable, "-c", REFUSED_THEN_REPLAYED, postgres_url], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}) as writer:
+        try:
+            first = writer.stdout.readline().strip()
+            with Memory(postgres_url, embedder=embedder) as other:
+                assert other.stats().pending_sync == 0  # replayed on opening
+                assert [h.note.id for h in other.recall("bees on the library roof", user_id="q", k=1)] == [first]
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == first
+            assert writer.wait(timeout=120) == 0
+        finally:
+            writer.kill()
 
 
 def test_an_index_write_left_to_the_background_is_announced_as_a_commit(postgres_url, embedder, monkeypatch):
     """On PostgreSQL clearing the outbox moves no store version: an index write made apart from its commit adds a
     counted commit of its own, which tells the processes sharing the embedded index to reopen it."""
     with Memory(postgres_url, embedder=embedder) as mem:
-        version = PostgresNoteGraph(postgres_url)
+        observer = PostgresNoteGraph(postgres_url)
         try:
             def committed() -> int:
-                return version._run("SELECT n FROM store_version")[0][0]
+                return observer.search_mark()[0]
 
             before = committed()
             mem.remember("Quentin keeps bees on the roof of the old library", user_id="q")  # written with its commit
@@ -460,8 +463,9 @@ def test_an_index_write_left_to_the_background_is_announced_as_a_commit(postgres
                 return upsert(self, notes, embeddings)
 
             monkeypatch.setattr(VectorIndex, "upsert", refusing_once)
-            mem.remember("Quentin's bees swarmed in May", user_id="q")  # its index write left to the background
+            note = mem.remember("Quentin's bees swarmed in May", user_id="q")  # its index write left to the background
             assert mem.stats().pending_sync == 0  # a call waits for the index write in flight
-            assert committed() == before + 3
+            assert committed() == before + 3 and observer.refresh_if_changed()
+            assert observer.changed_since((before + 2, frozenset())) == {note.id}  # what the announcement logged
         finally:
-            version.close()
+            observer.close()
