@@ -15,7 +15,6 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,7 +31,6 @@ from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, reader_scopes
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
-from .consolidation.policy import edit_scopes, is_marked_shared
 from .encoding import ENCODE_BATCH, embed, encode_overlapped, length_batches
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
@@ -46,12 +44,13 @@ from .stores import VectorIndex
 from .stores.filters import NoteFilter
 from .stores.graph import LOCK_FILE
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
+from .stores.store import existing
 from .stores.sync import IndexSync, open_index
+from .changing import ChangePath, Revision
 from .reading import ReadPath
 from .sections import Sections
 from .writing import Enricher, SearchAhead, WritePath
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _UNSET: Any = object()
@@ -59,7 +58,8 @@ _UNSET: Any = object()
 
 class Memory:
     """Long-term memory for an agent: the facade that checks every argument, delegates to the
-    write path (agentmem.writing), the read path (agentmem.reading) and the stores, and reports.
+    write path (agentmem.writing), the changes to stored notes (agentmem.changing), the read path
+    (agentmem.reading) and the stores, and reports.
 
     Kept in one folder on disk by default.
 
@@ -126,6 +126,7 @@ class Memory:
             self._sync = IndexSync(self._graph, self._index)
             self._writer = WritePath(self._graph, self._sync, self.config, enricher, fact_extractor)
             self._reader = ReadPath(self._graph, self._sync, self.config)
+            self._changes = ChangePath(self._graph, self._sync, self._writer, self._ledger)
             self._sections = Sections(self._graph, self._index, self._sync, self.path)
             with self._sections.exclusive():
                 self._check_embedder()
@@ -307,32 +308,17 @@ class Memory:
             raise InvalidInputError("nothing to update: give text, tags, metadata or fact")
         when = check.time(at)
         new_text = self._text(text) if text is not None else None
-        new_tags = check.tags(tags) if tags is not None else None
-        new_metadata = check.metadata(metadata) if metadata is not None else None
-        new_fact = check.fact(fact) if fact is not _UNSET else _UNSET
-        embedding = self._embed([new_text])[0] if new_text is not None else None
-        extracted = self._writer.extract_fact(new_text) if new_text is not None and new_fact is _UNSET else _UNSET
+        revision = Revision(  # every argument checked before the text is embedded
+            text=new_text,
+            tags=check.tags(tags) if tags is not None else None,
+            metadata=check.metadata(metadata) if metadata is not None else None,
+            fact_given=fact is not _UNSET,
+            fact=check.fact(fact) if fact is not _UNSET else None,
+            embedding=self._embed([new_text])[0] if new_text is not None else None,
+            extracted=self._writer.extract_fact(new_text) if new_text is not None and fact is _UNSET else None,
+        )
         with self._sections.exclusive():
-            before = self._existing(note_id)
-            if extracted is not _UNSET and before.fact in (None, self._writer.extract_fact(before.text)):
-                new_fact = extracted
-            changes = self._writer.enrichment_after(before, new_text, new_tags)
-            changes["updated_at"] = max(when, before.created_at)
-            if new_metadata is not None:
-                changes["metadata"] = new_metadata
-            if new_fact is not _UNSET:
-                changes["fact"] = new_fact
-            if before.model_copy(update={**changes, "updated_at": before.updated_at}) == before:
-                return before  # the note already says all this: no history entry, no new time
-            note = self._writer.replace(before, before.model_copy(update=changes), embedding)
-            unshared = is_marked_shared(before) and not is_marked_shared(note) and self._owned(note)
-            if unshared:  # its edit stops firing for everyone now, not at the next job
-                try:
-                    with self._graph.transaction():
-                        unshared = self._ledger.retract_shared(note_id, when)
-                except StoreUnavailableError:  # the update stands; the next job moves the edit to its scope
-                    log.warning("the shared edit of note %s stays until the next job", note_id, exc_info=True)
-                    unshared = False
+            note, unshared = self._changes.update(note_id, revision, when, self.policy)
         if unshared:
             self._parametric.retract_pending(when)
         self._replace_now([note], when)
@@ -351,19 +337,7 @@ class Memory:
         """
         check.note_id(note_id)
         with self._sections.exclusive():
-            if not self._graph.exists(note_id) and not self._graph.is_quarantined(note_id):
-                raise NoteNotFoundError(f"no note with id {note_id!r}")
-            remixed: dict[str, np.ndarray | None] = {}
-            for session in self._graph.sessions_of(note_id):
-                remixed |= self._writer.remixed(session, {note_id: None})
-            with self._graph.transaction():
-                self._graph.delete(note_id)
-                self._graph.drop_quarantined(note_id)
-                self._graph.set_searched_vectors(remixed)  # the later notes of its session held its vector
-                self._graph.merge_full_text()
-                self._ledger.retract_note(note_id, check.time(None))
-            self._sync.push(list(remixed), [note_id])
-            self._graph.purge_freed()
+            self._changes.forget(note_id, check.time(None))
         self._parametric.retract_pending(check.time(None))
 
     def link(self, a: str, b: str, *, weight: float = 1.0, at: datetime | None = None) -> None:
@@ -376,11 +350,7 @@ class Memory:
             raise InvalidInputError("weight must be a number in (0, 1]")
         when = check.time(at)
         with self._sections.exclusive():
-            first, second = self._existing(a), self._existing(b)
-            if first.user_id != second.user_id:
-                raise InvalidInputError("links never cross users: these notes belong to different users")
-            with self._graph.transaction():
-                self._graph.link(a, b, float(weight), when)
+            self._changes.link(a, b, float(weight), when)
 
     # ---- reading -------------------------------------------------------------------
 
@@ -537,25 +507,14 @@ class Memory:
         """Archive every active note whose retention fell below `config.archive_below`."""
         when = check.time(at)
         with self._sections.exclusive():
-            active = [note for note, _ in self._graph.all_notes() if not note.archived]
-            faded = [n.id for n in active if self._reader.retention(n, when) < self.config.archive_below]
-            if faded:
-                with self._graph.transaction():
-                    self._graph.set_archived(faded, True)
-                self._sync.push(faded)
-            return DecayReport(at=when, examined=len(active), archived=faded, kept=len(active) - len(faded))
+            return self._changes.archive_faded(when, self._reader.retention, self.config.archive_below)
 
     def restore(self, note_id: str, at: datetime | None = None) -> Note:
         """Bring an archived note back; its forgetting clock restarts."""
         check.note_id(note_id)
         when = check.time(at)
         with self._sections.exclusive():
-            note = self._existing(note_id)
-            with self._graph.transaction():
-                self._graph.set_archived([note_id], False)
-                self._graph.set_fields(note_id, last_recalled=max(when, note.last_recalled))
-            self._sync.push([note_id])
-            return self._existing(note_id)
+            return self._changes.restore(note_id, when)
 
     # ---- whole-store operations -----------------------------------------------------
 
@@ -752,11 +711,6 @@ class Memory:
             raise self._sections.closed_error()
         return self._parametric
 
-    def _owned(self, note: Note) -> bool:
-        """Whether the policy gives this note's edit to its owner's scope (not shared because enough users state
-        its fact); read over every note, which only an update taking a note's shared mark away needs."""
-        return edit_scopes([n for n, _ in self._graph.all_notes()], self.policy).get(note.id) is not None
-
     def _replace_now(self, notes: list[Note], at: datetime) -> None:
         """With `replace="immediately"`, notes that change a consolidated fact are consolidated at once."""
         if self.policy.replace != "immediately" or not notes:
@@ -800,7 +754,4 @@ class Memory:
         return check.text(text, self.config.max_text_chars, name)
 
     def _existing(self, note_id: str) -> Note:
-        note = self._graph.get(note_id)
-        if note is None:
-            raise NoteNotFoundError(f"no note with id {note_id!r}")
-        return note
+        return existing(self._graph, note_id)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..notes import Link, Note
 from .filters import NoteFilter
-from ..errors import StoreUnavailableError
+from ..errors import NoteNotFoundError, StoreUnavailableError
 from .rows import IndexEntry, Neighbours, OutboxClaim, StoredNote
 
 # How long a write section waits for another process's: a process stopped or stuck inside one (SIGSTOP, a
@@ -33,6 +33,14 @@ def write_lock_timeout(store: object) -> StoreUnavailableError:
         f"another process has held the write lock of the store at {store} for over {WRITE_LOCK_WAIT_S} s (a long backup,"
         " or a process stopped or stuck inside a write); the call changed nothing: try again, or stop that process"
     )
+
+
+def existing(store: NoteStore, note_id: str) -> Note:
+    """The note with this id, or `NoteNotFoundError`."""
+    note = store.get(note_id)
+    if note is None:
+        raise NoteNotFoundError(f"no note with id {note_id!r}")
+    return note
 
 
 class NoteStore(Protocol):
