@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from ..errors import AgentMemError
 from ..memory import Memory
@@ -25,6 +26,16 @@ from .mcp_server import build_mcp_server, callers_from_headers
 from .model_lane import ModelLane
 
 log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+
+
+async def no_sse_stream(request: Request) -> JSONResponse:
+    """GET /mcp: stateless, the server has no stream of its own to send, so 405, as the MCP spec says. The SDK's
+    stateless transport answered 200 and then nothing: clients that open the stream on connect hung, and each such
+    GET held a connection for ever."""
+    return error_response(request.url.path, 405, "MethodNotAllowed",
+                          f"this server sends no stream of its own; POST MCP messages to {MCP_PATH}", {"allow": "POST"})
 
 
 def create_app(
@@ -50,7 +61,7 @@ def create_app(
     no_second_host_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # HostGuard covers /mcp too
     # Stateless: every tool call carries its key, and no tool keeps state between calls. Sessions held open (the
     # SDK keeps 10,000 for 30 minutes each) would let one key use them all up and lock every other client out.
-    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", stateless_http=True,
+    mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True,
                                       transport_security=no_second_host_check)
     chat = openai_chat.ChatService(memory, lane, openai_chat.UpstreamChat(upstream, upstream_key) if upstream else None)
 
@@ -78,6 +89,7 @@ def create_app(
     app.state.memory, app.state.chat, app.state.lane = memory, chat, lane
     app.include_router(rest.router)
     app.include_router(openai_chat.router)
+    app.router.routes.append(Route(MCP_PATH, no_sse_stream, methods=["GET"]))  # before the SDK's route, which takes all
     app.router.routes.extend(mcp_app.routes)
     # The last added runs first: the Host and Origin, then the key (headers only), and only then is the body read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)

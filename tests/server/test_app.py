@@ -1,13 +1,19 @@
-"""Property-based fuzzing of the served OpenAPI spec with schemathesis: no 500, no response off the schema.
+"""The served app as a whole: property-based fuzzing of its OpenAPI spec with schemathesis (no 500, no response
+off the schema), and the MCP endpoint it mounts from the SDK.
 
-Driven through schemathesis' Python API (its pytest plugin does not run on pytest 9): each operation's
+The fuzzing is driven through schemathesis' Python API (its pytest plugin does not run on pytest 9): each operation's
 hypothesis strategy, valid and invalid inputs, a bounded number of examples each.
 """
 from __future__ import annotations
 
+import asyncio
+
+import httpx2
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -46,3 +52,23 @@ def test_no_input_breaks_the_api(server):
             except Exception as exc:  # collect every operation's failure, then report them all
                 failures.append(f"{operation.label} [{mode.value}]: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_a_get_on_mcp_is_refused_at_once_and_mcp_clients_still_connect(server):
+    """The SDK's stateless transport answered GET /mcp (a client's server-to-client stream) with 200 and then no
+    byte: Claude Code and Cursor, which open it on connect, hung, and each such GET held a connection for ever."""
+    sse = {"Accept": "text/event-stream"}
+    with server.client(ADMIN_KEY, timeout=10) as client, server.client(None, timeout=10) as anonymous:
+        refused = client.get("/mcp", headers=sse)
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+        assert refused.json()["error"] == "MethodNotAllowed"
+        # the key and the Host still come first, as for a POST
+        assert anonymous.get("/mcp", headers=sse).status_code == 401
+        assert client.get("/mcp", headers={**sse, "Host": "rebound.example"}).status_code == 421
+
+    async def tools() -> set[str]:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as http:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as mcp:
+                return {tool.name for tool in (await mcp.list_tools()).tools}
+
+    assert "search_memories" in asyncio.run(tools())
