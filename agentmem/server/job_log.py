@@ -15,7 +15,8 @@ as it stops) and of every owner whose lock is free; and its own unfinished jobs 
 running, such as one whose record a failed write left behind.
 
 A job's report and error message stay in the memory of the server that ran it: they may name
-facts, and a forgotten note's fact must not outlive it in the store (its ledger rows go with it).
+facts, and a forgotten note's fact must not outlive it in the store (its ledger rows go with it). Nor in that
+memory: a report handed out leaves out the notes forgotten since, from wherever (`JobRunner`).
 A job finished before a restart still shows its status, times, progress and error type.
 """
 from __future__ import annotations

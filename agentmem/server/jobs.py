@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 from ..consolidation import ConsolidationPolicy
 from ..errors import AgentMemError, InvalidInputError
 from ..memory import Memory
-from ..notes import ConsolidationReport
+from ..notes import ConsolidationReport, Decision
 from ..validation import reasons, time as checked_time
 from .errors import JobInterruptedError, JobNotFoundError, error_body
 from .job_log import JobRequest, open_job_log
@@ -33,6 +35,7 @@ MAX_EVERY = timedelta(days=365)   # a schedule's longest period: threading's wai
 KEPT_FINISHED = 100  # finished jobs kept to report on: a schedule adds one every period, for as long as it runs
 MAX_INTERRUPTED = 3  # runs of one job cut off by its server's end before it is failed: it may be what kills the server
 ADOPT_EVERY_S = 60.0  # how often the worker looks for the jobs of servers that stopped, between jobs or idle
+ID_LIKE = re.compile(r"[A-Za-z0-9_.:-]+")  # runs of the characters a note id is made of (validation.note_id)
 
 
 class JobRunner:
@@ -89,20 +92,37 @@ class JobRunner:
         job = self._log.get(job_id)
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        return self._shown(job)
+        return self._shown([job])[0]
 
     def jobs(self) -> list[Job]:
         """The jobs of every server of this store, kept as `KEPT_FINISHED` says."""
-        return [self._shown(job) for job in self._log.jobs()]
+        return self._shown(self._log.jobs())
 
-    def _shown(self, job: Job) -> Job:
-        """The record with what only this server knows: the report and error of a job it ran, a running job's
-        progress."""
-        if (kept := self._kept.get(job.id)) is not None:
-            return job.model_copy(update=kept)
-        if job.status == "running" and job.progress.stage == "consolidating":
-            return job.model_copy(update={"progress": self._progress(job)})
-        return job
+    def _shown(self, jobs: list[Job]) -> list[Job]:
+        """The records with what only this server knows: the report and error of a job it ran (without the notes
+        forgotten since), a running job's progress."""
+        kept = {job.id: entry for job in jobs if (entry := self._kept.get(job.id)) is not None}
+        self._drop_forgotten(kept.values())
+        shown = []
+        for job in jobs:
+            if job.id in kept:
+                job = job.model_copy(update=kept[job.id])
+            elif job.status == "running" and job.progress.stage == "consolidating":
+                job = job.model_copy(update={"progress": self._progress(job)})
+            shown.append(job)
+        return shown
+
+    def _drop_forgotten(self, kept: Iterable[dict[str, Any]]) -> None:
+        """Take the notes forgotten since out of these kept reports, for good: a forget leaves no trace
+        (`Memory.forget`), and it may come from anywhere (another process on the store, another replica), so the
+        store is asked as the reports are handed out; one listing of its notes, not a lookup per decision."""
+        reports = [entry for entry in kept if entry["report"] is not None and entry["report"].decisions]
+        if not reports:
+            return
+        existing = {note.id for note in self.memory.notes(include_archived=True)}
+        for entry in reports:
+            if gone := {d.note_id for d in entry["report"].decisions} - existing:
+                entry["report"] = _without(entry["report"], gone)
 
     def close(self) -> None:
         """Stop taking jobs; a running one finishes (the ledger makes a killed one safe as well). Jobs still
@@ -249,3 +269,14 @@ class JobRunner:
         """A job no longer kept (see KEPT_FINISHED) finished long ago."""
         job = self._log.get(job_id)
         return job is None or job.finished_at is not None
+
+
+def _without(report: ConsolidationReport, gone: set[str]) -> ConsolidationReport:
+    """The report without the decisions on the `gone` notes, and without the detail of a decision that names one
+    ("newer note <id> says 'Lisbon'"). Its counts stay: they are what the job did, and name nothing."""
+    def kept(decision: Decision) -> Decision:
+        if gone.isdisjoint(ID_LIKE.findall(decision.detail)):
+            return decision
+        return decision.model_copy(update={"detail": ""})
+
+    return report.model_copy(update={"decisions": [kept(d) for d in report.decisions if d.note_id not in gone]})

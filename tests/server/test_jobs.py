@@ -56,6 +56,32 @@ def test_jobs_run_one_at_a_time_and_on_a_schedule(tmp_path, embedder, tiny_lm, t
             runner.close()
 
 
+def test_a_kept_report_no_longer_names_the_notes_forgotten_since(tmp_path, embedder, tiny_lm, tiny_config):
+    """The report a server keeps in its memory still named a forgotten note, its prompt and its target, until the
+    server's restart; the forget may come from this server or from another process on the store."""
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        lisbon = memory.remember("Alice lives in Lisbon.", at=NOW)
+        oslo = memory.remember("Alice lives in Oslo.", at=NOW + timedelta(hours=1))   # lisbon's detail names it
+        grass = memory.remember("The grass is green.", at=NOW)
+        sky = memory.remember("The sky is blue.", at=NOW)
+        runner = JobRunner(memory)
+        try:
+            job = wait_for(runner, runner.submit({"min_recalls": 0}, at=NOW + timedelta(days=2)).id)
+            decisions = {d.note_id: d for d in job.report.decisions}
+            assert [decisions[note.id].outcome for note in (oslo, grass, sky)] == ["applied"] * 3, job
+            assert oslo.id in decisions[lisbon.id].detail and "Oslo" in decisions[lisbon.id].detail
+            memory.forget(oslo.id)
+            with Memory(tmp_path / "m", embedder=embedder) as other:   # another process's view of the store
+                other.forget(grass.id)
+            for shown in (runner.get(job.id), *runner.jobs()):
+                assert {d.note_id: d for d in shown.report.decisions} == {
+                    lisbon.id: decisions[lisbon.id].model_copy(update={"detail": ""}), sky.id: decisions[sky.id]}
+                for trace in (oslo.id, oslo.fact.target, grass.id, grass.fact.prompt, grass.fact.target):
+                    assert trace not in shown.model_dump_json(), (trace, shown)
+        finally:
+            runner.close()
+
+
 def test_a_server_keeps_the_last_finished_jobs_only(tmp_path, embedder, tiny_lm, tiny_config, monkeypatch):
     monkeypatch.setattr(jobs, "KEPT_FINISHED", 2)
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
@@ -144,6 +170,30 @@ def test_a_background_consolidation_while_recall_and_remember_keep_working(model
                                                  "retrieval": False}).json()
         assert answer["source"] == "weights" and answer["text"].startswith("Reykjavik")   # the job's user's edit
         assert state in client.get("/v1/jobs").json()
+
+
+def test_a_served_job_no_longer_names_a_note_forgotten_since(model_server, embedder):
+    """GET /v1/jobs/{id} still gave a forgotten note's id, prompt and target (the report stays in the server's
+    memory) until the server's restart: after a DELETE /v1/notes/{id}, and after a forget by another process."""
+    texts = ("Quorra the potter lives in Valparaiso.", "Brindle the sailor lives in Trondheim.",
+             "Osgood the miller lives in Tampere.")
+    with model_server.client(None, timeout=600) as client:
+        notes = [client.post("/v1/notes", json={"text": text, "user_id": "forgetful", "at": T0}).json()
+                 for text in texts]
+        job = client.post("/v1/consolidate", json={"policy": {"min_recalls": 0}, "at": LATER}).json()
+        done = eventually(lambda: (state := client.get(f"/v1/jobs/{job['id']}").json())["finished_at"] and state,
+                          timeout=600)
+        outcomes = {decision["note_id"]: decision["outcome"] for decision in done["report"]["decisions"]}
+        assert [outcomes[note["id"]] for note in notes] == ["applied"] * 3, done
+        here, elsewhere, kept = notes
+        assert client.delete(f"/v1/notes/{here['id']}").status_code == 200
+        with Memory(model_server.path, embedder=embedder) as other:   # the CLI, say, on the same store
+            other.forget(elsewhere["id"])
+        for served in (client.get(f"/v1/jobs/{job['id']}").text, client.get("/v1/jobs").text):
+            for note in (here, elsewhere):
+                for trace in (note["id"], note["fact"]["prompt"], note["fact"]["target"]):
+                    assert trace not in served, trace
+            assert kept["id"] in served and kept["fact"]["target"] in served
 
 
 @pytest.mark.slow   # the job edits the bundled SmolLM2
