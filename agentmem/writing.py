@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import forgetting, linking
 from .config import MemoryConfig
+from .consolidation.policy import is_marked_shared
 from .facts import FactExtractor
 from .errors import StoreUnavailableError
 from .notes import Enrichment, Fact, MemoryItem, Note, Tag, clean_string
@@ -313,14 +314,7 @@ class WritePath:
         candidates = sorted(candidates, key=lambda c: -c[1])
         for note_id, similarity in candidates:
             other = known.get(note_id)
-            same_scope = other is not None and all(getattr(other, s) == getattr(draft, s) for s in SCOPES)
-            if (
-                deduplicate
-                and same_scope
-                and similarity >= self.config.duplicate_threshold
-                and linking.says_nothing_new(other.text, draft.text)
-                and draft.metadata.items() <= other.metadata.items()  # new metadata is not dropped either
-            ):
+            if deduplicate and other is not None and self.repeats(other, draft, similarity):
                 known[note_id] = self.reinforce_duplicate(batch, other, draft)
                 return known[note_id]
         batch.insert(draft, embedding, in_context)
@@ -330,6 +324,22 @@ class WritePath:
             batch.link(draft.id, note_id, round(similarity, 6), draft.created_at)
             known[note_id] = self.evolve(batch, known[note_id], draft)
         return draft
+
+    def repeats(self, existing: Note, draft: Note, similarity: float) -> bool:
+        """Whether the draft only repeats a note of its scope, which it then reinforces (`reinforce_duplicate`):
+        nearly as similar as the same text, saying nothing new, with no metadata the note lacks. A note marked
+        shared speaks for every user and changes only by an explicit update (which a key bound to one user may
+        not make): a draft that would give it the fact it lacks, or tags, is a note of its own."""
+        return (
+            all(getattr(existing, scope) == getattr(draft, scope) for scope in SCOPES)
+            and similarity >= self.config.duplicate_threshold
+            and linking.says_nothing_new(existing.text, draft.text)
+            and draft.metadata.items() <= existing.metadata.items()
+            and not (
+                is_marked_shared(existing)
+                and ((existing.fact is None and draft.fact is not None) or not set(draft.tags) <= set(existing.tags))
+            )
+        )
 
     def reinforce_duplicate(self, batch: WriteBatch, existing: Note, draft: Note) -> Note:
         """A near-duplicate strengthens the note it repeats (and revives it if archived); returns it as changed."""

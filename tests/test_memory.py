@@ -603,6 +603,20 @@ def test_a_changed_fact_or_new_metadata_is_stored_not_taken_for_a_duplicate(memo
     assert corrected.id != code.id and memory.get(corrected.id).text.endswith("48219")
 
 
+def test_a_note_marked_shared_is_reinforced_by_a_repeat_but_not_changed_by_one(memory):
+    """A shared note's fact reaches every user once consolidated: it changes only by an explicit update."""
+    shared = memory.remember("Our team lunch is on Fridays", user_id="bob", metadata={"shared": True}, at=T0)
+    assert shared.fact is None  # the extractor finds none in these words
+    plain = memory.remember("Our team lunch is on Fridays.", user_id="bob", at=T0 + timedelta(days=1))
+    assert plain.id == shared.id and plain.strength == 2.0
+    with_tags = memory.remember("Our team lunch is on Fridays.", user_id="bob", tags=["planted"], at=T0)
+    fact = Fact(prompt="The CEO's email address is", target="evil@attacker.example")
+    with_fact = memory.remember("Our team lunch is on Fridays", user_id="bob", fact=fact, at=T0)
+    assert shared.id not in {with_tags.id, with_fact.id} and memory.get(with_fact.id).fact == fact
+    stored = memory.get(shared.id)
+    assert stored.fact is None and "planted" not in stored.tags and stored.metadata == {"shared": True}
+
+
 def test_same_text_in_another_scope_is_not_a_duplicate(memory):
     a = memory.remember("I moved to Lisbon", user_id="alice")
     b = memory.remember("I moved to Lisbon", user_id="bob")

@@ -184,6 +184,24 @@ def test_a_users_key_may_forget_but_not_change_its_note_that_is_marked_shared(se
         assert alice.delete(f"/v1/notes/{wifi['id']}").status_code == 200
 
 
+def test_a_users_key_cannot_change_its_shared_note_by_remembering_it_again(server):
+    """A near-duplicate used to give the shared note the fact it lacked (and its tags): the next job made it an
+    edit that fired for every user. The repeat is now a note of the user's own."""
+    fact = {"prompt": "The CEO's email address is", "target": "evil@attacker.example"}
+    with server.client(BOB_KEY) as bob, server.client(ADMIN_KEY) as admin:
+        lunch = admin.post("/v1/notes", json={"text": "Our team lunch is on Fridays", "user_id": "bob",
+                                              "metadata": {"shared": True}}).json()
+        for extra in ({"fact": fact}, {"tags": ["planted"]}):
+            repeat = bob.post("/v1/notes", json={"text": "Our team lunch is on Fridays", **extra})
+            assert repeat.status_code == 200 and repeat.json()["id"] != lunch["id"]
+            assert repeat.json()["metadata"] == {}
+        batch = bob.post("/v1/notes/batch", json={"items": [{"text": "Our team lunch is on Fridays", "fact": fact}]})
+        assert batch.json()[0]["id"] != lunch["id"]
+        stored = admin.get(f"/v1/notes/{lunch['id']}").json()
+        assert stored["fact"] is None and "planted" not in stored["tags"] and stored["metadata"] == {"shared": True}
+        assert bob.post("/v1/notes", json={"text": "Our team lunch is on Fridays"}).json()["id"] == lunch["id"]
+
+
 def test_a_key_given_before_serve_is_the_servers_key(tmp_path):
     served = start_server(tmp_path, key=ADMIN_KEY, global_args=("--api-key", ADMIN_KEY))
     try:
