@@ -8,6 +8,7 @@ the newcomer's keywords it lacks, up to a cap, and nothing else changes.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from datetime import datetime
 
@@ -76,6 +77,9 @@ def describe(text: str, keywords: list[str], at: datetime, speaker: str | None) 
     return f"{at:%Y-%m-%d}{who}{about}"
 
 
+# words a restatement may add or drop without saying anything new ("Alice really moved to Lisbon")
+FILLERS = frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also actually quite
+    indeed um uh""".split())
 NEGATIONS = frozenset({"not", "no", "never", "nor", "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't",
                        "weren't", "won't", "can't", "cannot", "couldn't", "shouldn't", "wouldn't", "hasn't",
                        "haven't", "hadn't", "nothing", "nobody", "none"})
@@ -84,18 +88,28 @@ NEGATIONS = frozenset({"not", "no", "never", "nor", "don't", "doesn't", "didn't"
 def says_nothing_new(stored: str, newcomer: str) -> bool:
     """Whether a newcomer that embeds almost like a stored note is only a restatement of it.
 
-    Embeddings barely see numbers, negation or a changed word: "entry 10 in 2010" and "entry 11
-    in 2011", "likes tea" and "does not like tea", "leaves on Monday" and "leaves on Tuesday" can
-    be near-identical vectors. A newcomer repeats the note only with the same numbers in the same
-    order ("3.5 mg" is not "5.3 mg"), the same polarity, and no content word the note lacks; anything else it says is kept as a note of its own
-    (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
+    Embeddings barely see numbers, negation, a changed word or the order of words: "entry 10 in 2010"
+    and "entry 11 in 2011", "likes tea" and "does not like tea", "leaves on Monday" and "leaves on
+    Tuesday", "pay before Friday" and "pay after Friday", "I owe you" and "you owe me", "Bob called
+    Alice" and "Alice called Bob", two lines of different emoji can be near-identical vectors. A
+    newcomer repeats the note only with the same numbers in the same order ("3.5 mg" is not "5.3 mg"),
+    the same polarity, its words (but fillers such as "really") among the note's and in their order,
+    and no symbol the note lacks; anything else it says is kept as a note of its own (a duplicate is not
+    stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
     """
     if _NUMBER.findall(stored) != _NUMBER.findall(newcomer):
         return False
     words_stored, words_new = words(stored), words(newcomer)
     if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):
         return False
-    return set(content_words(newcomer)) <= set(content_words(stored))
+    remaining = iter(words_stored)  # each word found after the one before it: a subsequence
+    in_order = all(word in remaining for word in words_new if word not in FILLERS)
+    return in_order and set(_symbols(newcomer)) <= set(_symbols(stored))
+
+
+def _symbols(text: str) -> list[str]:
+    """The text's symbols (emoji, currency, maths: Unicode's S categories), which words leave out."""
+    return [char for char in text if unicodedata.category(char).startswith("S")]
 
 
 def evolve_keywords(own: list[str], newcomer: list[str], cap: int, absorb: int = 3) -> list[str]:

@@ -47,6 +47,19 @@ def test_a_restatement_says_nothing_new_and_a_changed_fact_does():
     assert not linking.says_nothing_new("Bob likes green tea", "Carol grows green peppers")
 
 
+def test_a_changed_relation_order_or_symbol_says_something_new():
+    """Each pair merged into one note (the second lost), though its vectors are near-identical."""
+    for stored, newcomer in [("I owe you 50 euros", "You owe me 50 euros"),
+                             ("Pay the invoice before Friday", "Pay the invoice after Friday"),
+                             ("The key is above the door", "The key is below the door"),
+                             ("Bob called Alice", "Alice called Bob"),
+                             ("Alice is taller than Bob", "Bob is taller than Alice"),
+                             ("😀😀😀😀", "😢😢😢😢"), ("🍕🍕", "🍣🍣"), ("a" * 200, "😀" * 200)]:
+        assert not linking.says_nothing_new(stored, newcomer), newcomer
+    assert linking.says_nothing_new("😀 party at Sam's tonight", "party at Sam's tonight 😀")
+    assert linking.says_nothing_new("Alice moved to Lisbon in 2024", "Yeah, Alice just moved to Lisbon in 2024")
+
+
 def test_every_number_counts_however_many_digits_it_has():
     """Words keep only numbers of 2-4 digits: a corrected gate code or count was taken for a restatement."""
     assert not linking.says_nothing_new("My gate code is 48213.", "My gate code is 48219.")
