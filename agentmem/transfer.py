@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import STORED, CleanStr, Note, NoteId, clean_string
@@ -44,6 +44,14 @@ class ExportedNote(Note):
     (keyword -> that note's id), so that forgetting that note after an import still takes them back."""
 
     absorbed: dict[CleanStr, NoteId] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _times_in_order(self) -> ExportedNote:
+        """A note is changed and recalled only after it was made: a line saying otherwise was not written by
+        an export, and its times would skew the note's forgetting curve."""
+        if min(self.updated_at, self.last_recalled) < self.created_at:
+            raise ValueError("updated_at and last_recalled cannot be earlier than created_at")
+        return self
 
     def as_note(self) -> Note:
         return Note.model_construct(**{field: value for field, value in self if field != "absorbed"})

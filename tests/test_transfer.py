@@ -146,3 +146,13 @@ def test_an_import_of_values_postgres_cannot_hold_is_bad_input_and_writes_nothin
         with pytest.raises(InvalidInputError, match="cannot hold"):
             mem.import_(tmp_path / "words.jsonl")
         assert mem.stats().notes == 0
+
+
+@pytest.mark.parametrize("late", ["updated_at", "last_recalled"])
+def test_an_import_line_changed_or_recalled_before_it_was_made_is_refused(late):
+    """No export writes such a line; its times would skew the note's forgetting curve."""
+    line = {"id": "n1", "text": "Nora plays the oboe", "created_at": "2024-05-02T00:00:00Z",
+            "updated_at": "2024-05-02T00:00:00Z", "last_recalled": "2024-05-02T00:00:00Z"}
+    assert [note.id for note in transfer.notes_in(json.dumps(line), "x.jsonl")] == ["n1"]
+    with pytest.raises(InvalidInputError, match="x.jsonl:1: .*earlier than created_at"):
+        transfer.notes_in(json.dumps({**line, late: "2024-05-01T00:00:00Z"}), "x.jsonl")
