@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,16 +49,23 @@ class Revision:
         return False, None
 
 
+class Updated(NamedTuple):
+    """What an update did."""
+
+    note: Note
+    changed: bool = True  # False: the note already held the change, and nothing was written
+    unshared: bool = False  # its edit that fired for everyone is to be retracted: it lost its shared mark,
+    # and the policy gives its edit to its owner's scope
+
+
 class ChangePath:
     """Update, link, forget, archive and restore, on one store and its index."""
 
     def __init__(self, store: NoteStore, index: IndexSync, writer: WritePath, ledger: Ledger) -> None:
         self.store, self.index, self.writer, self.ledger = store, index, writer, ledger
 
-    def update(self, note_id: str, revision: Revision, at: datetime, policy: ConsolidationPolicy) -> tuple[Note, bool]:
-        """The note as changed (as it was, when the change is what it already holds: nothing is
-        written), and whether its edit that fired for everyone was set to be retracted: the note lost
-        its shared mark, and the policy gives its edit to its owner's scope."""
+    def update(self, note_id: str, revision: Revision, at: datetime, policy: ConsolidationPolicy) -> Updated:
+        """The note as changed; as it was when the change is what it already holds (nothing is written)."""
         before = existing(self.store, note_id)
         changes = self.writer.enrichment_after(before, revision.text, revision.tags)
         changes["updated_at"] = max(at, before.created_at)
@@ -68,16 +75,16 @@ class ChangePath:
         if fact_changes:
             changes["fact"] = fact
         if before.model_copy(update={**changes, "updated_at": before.updated_at}) == before:
-            return before, False
+            return Updated(before, changed=False)
         note = self.writer.replace(before, before.model_copy(update=changes), revision.embedding)
         if not is_marked_shared(before) or is_marked_shared(note) or not self._owned(note, policy):
-            return note, False
+            return Updated(note)
         try:  # its edit stops firing for everyone now, not at the next job
             with self.store.transaction():
-                return note, self.ledger.retract_shared(note_id, at)
+                return Updated(note, unshared=self.ledger.retract_shared(note_id, at))
         except StoreUnavailableError:  # the update stands; the next job moves the edit to its scope
             log.warning("the shared edit of note %s stays until the next job", note_id, exc_info=True)
-            return note, False
+            return Updated(note)
 
     def _owned(self, note: Note, policy: ConsolidationPolicy) -> bool:
         """Whether the policy gives this note's edit to its owner's scope (not shared because enough

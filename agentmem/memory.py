@@ -318,11 +318,13 @@ class Memory:
             extracted=self._writer.extract_fact(new_text) if new_text is not None and fact is _UNSET else None,
         )
         with self._sections.exclusive():
-            note, unshared = self._changes.update(note_id, revision, when, self.policy)
-        if unshared:
+            updated = self._changes.update(note_id, revision, when, self.policy)
+        if not updated.changed:  # the note already says all this: no history entry, no new time, no job
+            return updated.note
+        if updated.unshared:
             self._parametric.retract_pending(when)
-        self._replace_now([note], when)
-        return note
+        self._replace_now([updated.note], when)
+        return updated.note
 
     def forget(self, note_id: str) -> None:
         """Delete a note for good, leaving no trace in the store's files: its row, links, history

@@ -14,6 +14,7 @@ import pytest
 
 from agentmem import Fact, InvalidInputError, Memory, StoreClosedError
 from agentmem.consolidation import ConsolidationPolicy, Ledger, ParametricMemory, decide, edit_scopes, reader_scopes
+from agentmem.consolidation.bridge import ParametricBridge
 from agentmem.editors import GraceEditor
 from agentmem.notes import LedgerEntry, Note
 from tests.conftest import T0
@@ -411,6 +412,20 @@ def test_a_newer_contradicting_note_replaces_the_edit_at_once_when_configured(op
     assert [e.status for e in mem.ledger(newer.id)] == ["applied"]
     mem.update(newer.id, fact=None, at=LATER + timedelta(hours=2))     # no fact any more: retracted at once
     assert live_edits(mem) == set() and mem.ledger(newer.id)[0].status == "retracted"
+
+
+def test_an_update_that_changes_nothing_starts_no_job_even_when_edits_are_replaced_at_once(open_memory, monkeypatch):
+    """It returned before its job once; moved out of `Memory`, it ran one (a retried PATCH, a LangGraph put)."""
+    mem = open_memory(policy=ConsolidationPolicy(replace="immediately"))
+    alice = recalled(mem, FACTS[0])
+    mem.consolidate(at=LATER)
+    jobs, run = [], ParametricBridge.run
+    monkeypatch.setattr(ParametricBridge, "run", lambda bridge, *args, **kw: (jobs.append(kw.get("only")),
+                                                                             run(bridge, *args, **kw))[1])
+    assert mem.update(alice.id, tags=mem.get(alice.id).tags, at=LATER) == mem.get(alice.id)
+    assert jobs == []
+    mem.update(alice.id, text="Alice lives in Oslo.", at=LATER)
+    assert jobs == [{alice.id}]
 
 
 def test_consolidated_notes_may_fade_while_the_weights_keep_them(open_memory):
