@@ -77,9 +77,13 @@ def describe(text: str, keywords: list[str], at: datetime, speaker: str | None) 
     return f"{at:%Y-%m-%d}{who}{about}"
 
 
-# words a restatement may add or drop without saying anything new ("Alice really moved to Lisbon")
-FILLERS = frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also actually quite
-    indeed um uh""".split())
+# words a restatement may add without saying anything new: fillers ("Alice really moved to Lisbon") and the
+# auxiliaries be, have and do ("Alice has moved to Lisbon"); "before", "me" or "must" are not among them
+GRAMMAR = frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also actually quite
+    indeed um uh am is are was were be been being has have had do does did""".split())
+# a contraction's parts ("doesn't" is "does not", "I'm" is "am": single letters are no words)
+_CONTRACTED = {"n't": "not", "'m": "am", "'re": "are", "'ve": "have", "'ll": "will", "'d": "would"}
+_IRREGULAR_NOT = {"wo": "will", "sha": "shall", "ca": "can"}  # "won't", "shan't", "can't"
 NEGATIONS = frozenset({"not", "no", "never", "nor", "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't",
                        "weren't", "won't", "can't", "cannot", "couldn't", "shouldn't", "wouldn't", "hasn't",
                        "haven't", "hadn't", "nothing", "nobody", "none"})
@@ -99,12 +103,26 @@ def says_nothing_new(stored: str, newcomer: str) -> bool:
     """
     if _NUMBER.findall(stored) != _NUMBER.findall(newcomer):
         return False
-    words_stored, words_new = words(stored), words(newcomer)
+    words_stored, words_new = _plain_words(stored), _plain_words(newcomer)
     if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):
         return False
     remaining = iter(words_stored)  # each word found after the one before it: a subsequence
-    in_order = all(word in remaining for word in words_new if word not in FILLERS)
+    in_order = all(word in remaining for word in words_new if word not in GRAMMAR)
     return in_order and set(_symbols(newcomer)) <= set(_symbols(stored))
+
+
+def _plain_words(text: str) -> list[str]:
+    """`words`, with a typographic apostrophe read as "'" ("don’t" hid a negation) and contractions spelled out."""
+    plain = []
+    for word in words(text.replace("\u2019", "'")):
+        ending = next((end for end in _CONTRACTED if word.endswith(end)), None)
+        if ending is None:
+            plain.append(word)
+            continue
+        base = word[: -len(ending)]
+        base = _IRREGULAR_NOT.get(base, base) if ending == "n't" else base
+        plain += [part for part in (base, _CONTRACTED[ending]) if len(part) > 1]
+    return plain
 
 
 def _symbols(text: str) -> list[str]:

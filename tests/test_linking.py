@@ -58,6 +58,18 @@ def test_a_changed_relation_order_or_symbol_says_something_new():
         assert not linking.says_nothing_new(stored, newcomer), newcomer
     assert linking.says_nothing_new("😀 party at Sam's tonight", "party at Sam's tonight 😀")
     assert linking.says_nothing_new("Alice moved to Lisbon in 2024", "Yeah, Alice just moved to Lisbon in 2024")
+    assert not linking.says_nothing_new("Alice can swim", "Alice must swim")
+
+
+def test_contractions_and_typographic_apostrophes_read_as_their_words():
+    """A curly apostrophe hid "don’t" from the negation check; "I'm" and "I am" are one statement."""
+    for stored, newcomer in [("I am vegetarian", "I'm vegetarian"), ("I'm vegetarian", "I am vegetarian"),
+                             ("Alice doesn't like tea", "Alice does not like tea"),
+                             ("Alice moved to Lisbon", "Alice has moved to Lisbon"),
+                             ("I’m moving to Lisbon", "I'm moving to Lisbon"), ("I won't go", "I will not go")]:
+        assert linking.says_nothing_new(stored, newcomer), newcomer
+    for stored, newcomer in [("I don’t eat meat", "I eat meat"), ("Alice can’t swim", "Alice can swim")]:
+        assert not linking.says_nothing_new(stored, newcomer), newcomer
 
 
 def test_every_number_counts_however_many_digits_it_has():
