@@ -72,8 +72,8 @@ def write_notes(notes: list[Note], absorbed: dict[str, dict[str, str]], target: 
 
 def read_notes(source: Path) -> list[ExportedNote]:
     """Every note of an export file, each line validated; a bad line names its number."""
-    if not source.is_file():
-        raise InvalidInputError(f"no such file: {source}")
+    if not source.is_file():  # a folder, a device or a pipe is no export either
+        raise InvalidInputError(f"{source} is not a regular file" if source.exists() else f"no such file: {source}")
     try:
         text = source.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -156,3 +156,10 @@ def test_an_import_line_changed_or_recalled_before_it_was_made_is_refused(late):
     assert [note.id for note in transfer.notes_in(json.dumps(line), "x.jsonl")] == ["n1"]
     with pytest.raises(InvalidInputError, match="x.jsonl:1: .*earlier than created_at"):
         transfer.notes_in(json.dumps({**line, late: "2024-05-01T00:00:00Z"}), "x.jsonl")
+
+
+def test_an_import_from_what_is_no_regular_file_says_so(tmp_path):
+    with pytest.raises(InvalidInputError, match="is not a regular file"):
+        transfer.read_notes(tmp_path)   # a folder here; /dev/zero and pipes alike
+    with pytest.raises(InvalidInputError, match="no such file"):
+        transfer.read_notes(tmp_path / "missing.jsonl")

@@ -97,8 +97,7 @@ class MemoryChat:
         The recalled notes count as recalled once the turn is remembered: a turn that fails (the
         chat function raises, or the message cannot be stored) changes nothing. Should only that
         count fail afterwards, the reply still stands (it is bookkeeping; the failure is logged)."""
-        if not isinstance(message, str) or not message.strip():
-            raise InvalidInputError("message must be a non-empty string")
+        validation.text(message, self.memory.config.max_text_chars, "message")  # checked as the note it becomes
         scope = {"user_id": self.user_id, "agent_id": self.agent_id}
         hits = self.memory.recall(message, k=self.k, at=at, reinforce=False, **scope)
         # as `answer` does: an unrelated note in the prompt misleads a small model, and keeps a question that an

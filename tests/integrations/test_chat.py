@@ -68,6 +68,8 @@ def test_bad_input_is_refused_and_nothing_is_remembered(memory):
     chat = MemoryChat(memory, lambda messages: None)
     with pytest.raises(InvalidInputError):
         chat.reply("   ")
+    with pytest.raises(InvalidInputError, match="message has 10001 characters"):   # it was called a "query"
+        chat.reply("x" * 10_001)
     with pytest.raises(InvalidInputError):
         chat.reply("Alice lives in Lisbon.")   # the chat function broke its contract: no reply, no note
     assert memory.stats().notes == 0

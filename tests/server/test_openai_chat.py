@@ -86,6 +86,8 @@ def test_malformed_chat_requests_get_typed_errors(model_server):
                      {"messages": [{"role": "user", "content": "   "}]}, {"messages": [{"role": "wizard"}]}):
             response = client.post("/v1/chat/completions", json=body)
             assert (response.status_code, response.json()["error"]["type"]) == (422, "InvalidInputError"), body
+        too_long = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 10_001}]})
+        assert too_long.json()["error"]["message"].startswith("message has 10001 characters")   # not "query"
         before = client.get("/v1/stats").json()
         lone_surrogate = b'{"messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}'
         surrogate_model = b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
