@@ -97,10 +97,9 @@ def says_nothing_new(stored: str, newcomer: str) -> bool:
     Tuesday", "pay before Friday" and "pay after Friday", "I owe you" and "you owe me", "Bob called
     Alice" and "Alice called Bob", two lines of different emoji can be near-identical vectors. A
     newcomer repeats the note only with the same numbers in the same order ("3.5 mg" is not "5.3 mg"),
-    the same polarity, its words (but fillers such as "really") among the note's and in their order,
-    and no symbol the note lacks; anything else it says is kept as a note of its own (a duplicate is not
-    stored: counting "Tuesday" as a repeat of "Monday" lost the new fact).
-    """
+    the same polarity, its words among the note's and in their order (but `GRAMMAR`'s: fillers such as
+    "really", and be, have or do), and no symbol the note lacks; anything else it says is kept as a note
+    of its own (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact)."""
     if _NUMBER.findall(stored) != _NUMBER.findall(newcomer):
         return False
     words_stored, words_new = _plain_words(stored), _plain_words(newcomer)
