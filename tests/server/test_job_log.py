@@ -89,10 +89,10 @@ def test_a_server_adopts_the_unfinished_jobs_of_servers_that_are_gone_and_not_of
 
 def test_a_record_keeps_no_fact_and_only_the_latest_finished_jobs(store, tmp_path):
     log = open_job_log(store, tmp_path)
-    fact = Fact(prompt="Alice's locker code is", target="4471")
+    fact = Fact(prompt="Alice's locker code is", target="Quokka")  # no digits: the file's random hex ids held "4471" once
     report = ConsolidationReport(at=NOW, dry_run=False, editor="grace", examined=1, decisions=[
         Decision(note_id="n1", fact=fact, action="edit", reason="eligible")])
-    error = {"error": "EditorError", "message": "cannot edit 'Alice's locker code is' -> '4471'"}
+    error = {"error": "EditorError", "message": "cannot edit 'Alice's locker code is' -> 'Quokka'"}
     log.add(queued("unfinished"), REQUEST)
     for job_id in ("a", "b", "c"):
         log.add(queued(job_id), REQUEST)
@@ -108,7 +108,7 @@ def test_a_record_keeps_no_fact_and_only_the_latest_finished_jobs(store, tmp_pat
     else:
         log.close()
         stored = b"".join(path.read_bytes() for path in tmp_path.glob(f"{FILE}*")).decode("utf-8", "replace")
-    assert "locker" not in stored and "4471" not in stored
+    assert "locker" not in stored and "Quokka" not in stored
 
 
 def test_a_server_writes_only_the_records_of_the_jobs_it_owns(store, tmp_path):
