@@ -405,7 +405,7 @@ class Memory:
             raise InvalidInputError(f"note_ids must be a list of note ids, got {type(note_ids).__name__}")
         ids = list(dict.fromkeys(check.note_id(note_id) for note_id in note_ids))
         when = check.time(at)
-        with self._sections.exclusive():
+        with self._section_reading(ids):
             return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
 
     def _meanwhile(self, read: Callable[[], T], after_index_writes: bool = False) -> Callable[[], T]:
@@ -479,20 +479,20 @@ class Memory:
 
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)
-        with self._sections.exclusive():
+        with self._section_reading([note_id]):
             return self._existing(note_id)
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         """Earlier versions of a note: (when it changed, what changed, the note before)."""
         check.note_id(note_id)
-        with self._sections.exclusive():
+        with self._section_reading([note_id]):
             self._existing(note_id)
             return self._graph.history(note_id)
 
     def neighbors(self, note_id: str) -> list[Note]:
         """The notes linked to this one, strongest link first."""
         check.note_id(note_id)
-        with self._sections.exclusive():
+        with self._section_reading([note_id]):
             note = self._existing(note_id)
             others = self._graph.get_many(link.note_id for link in note.links)
             return [others[link.note_id] for link in note.links if link.note_id in others]
@@ -500,7 +500,7 @@ class Memory:
     def retention(self, note_id: str, at: datetime | None = None) -> float:
         check.note_id(note_id)
         when = check.time(at)
-        with self._sections.exclusive():
+        with self._section_reading([note_id]):
             return self._reader.retention(self._existing(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
@@ -757,3 +757,12 @@ class Memory:
 
     def _existing(self, note_id: str) -> Note:
         return existing(self._graph, note_id)
+
+    @contextmanager
+    def _section_reading(self, note_ids: list[str]) -> Iterator[None]:
+        """The exclusive section of a call that starts by reading these notes: a store whose reads are
+        round trips reads them with its lock (`NoteStore.expect_loads`), so a `get` on PostgreSQL is
+        two round trips, not three."""
+        self._graph.expect_loads(note_ids, ())
+        with self._sections.exclusive():
+            yield

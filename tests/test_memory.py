@@ -290,6 +290,26 @@ def test_a_remember_on_postgresql_reads_its_neighbours_with_its_lock(memory_loca
         assert reads == []
 
 
+def test_a_get_on_postgresql_reads_its_note_with_its_lock(memory_location, embedder, monkeypatch):
+    """The note a get (or a retention, a reinforce) asks for comes in the lock's own round trip, links and all; an
+    unknown id is still not found."""
+    location = memory_location()
+    if not isinstance(location["path"], str):
+        pytest.skip("a PostgreSQL store's round trips")
+    with Memory(**location, embedder=embedder) as mem:
+        bees = mem.remember("Dana keeps bees on the roof of the library", at=T0)
+        honey = mem.remember("Dana sells the honey of the library's bees", at=T0)
+        mem.stats()  # its index write is done
+        reads = reads_in_write_sections(mem, monkeypatch)
+        assert mem.get(honey.id) == honey and [link.note_id for link in mem.get(bees.id).links] == [honey.id]
+        assert mem.retention(bees.id, at=T0) == pytest.approx(1.0)
+        [reinforced] = mem.reinforce([bees.id], at=T0 + timedelta(days=1))
+        assert reinforced.recall_count == 1
+        with pytest.raises(NoteNotFoundError):
+            mem.get("0" * 32)
+        assert reads == []
+
+
 def test_recall_reinforces_what_it_returns(memory):
     note = memory.remember("Carol's cat is called Miso", at=T0)
     other = memory.remember("The train to Porto leaves at nine", at=T0)
