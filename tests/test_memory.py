@@ -732,6 +732,20 @@ def test_forget_removes_the_note_from_both_stores(memory):
     assert graph.history(gone.id) == [] and graph.recall_times(gone.id) == []
 
 
+def test_known_ids_names_the_notes_still_held_archived_or_not(memory):
+    kept = memory.remember("Gus collects stamps", at=T0)
+    faded = memory.remember("The cafeteria serves soup on Mondays", at=T0)
+    gone = memory.remember("Gus collects stamps from Japan and Peru", at=T0)
+    memory.forget(gone.id)
+    assert faded.id in memory.decay(at=T0 + timedelta(days=365)).archived
+    assert memory.known_ids([kept.id, faded.id, gone.id, "never-stored"]) == {kept.id, faded.id}
+    assert memory.known_ids([]) == set()
+    with pytest.raises(InvalidInputError, match="note_ids must be a list"):
+        memory.known_ids(kept.id)
+    with pytest.raises(InvalidInputError, match="note id must be"):
+        memory.known_ids([kept.id, "no spaces allowed"])
+
+
 # ---- forgetting curve ------------------------------------------------------------------------
 
 

@@ -115,11 +115,12 @@ class JobRunner:
     def _drop_forgotten(self, kept: Iterable[dict[str, Any]]) -> None:
         """Take the notes forgotten since out of these kept reports, for good: a forget leaves no trace
         (`Memory.forget`), and it may come from anywhere (another process on the store, another replica), so the
-        store is asked as the reports are handed out; one listing of its notes, not a lookup per decision."""
+        store is asked as the reports are handed out; one read of its ids (`Memory.known_ids`), not a lookup per
+        decision, and no write waits for it."""
         reports = [entry for entry in kept if entry["report"] is not None and entry["report"].decisions]
         if not reports:
             return
-        existing = {note.id for note in self.memory.notes(include_archived=True)}
+        existing = self.memory.known_ids([d.note_id for entry in reports for d in entry["report"].decisions])
         for entry in reports:
             if gone := {d.note_id for d in entry["report"].decisions} - existing:
                 entry["report"] = _without(entry["report"], gone)
