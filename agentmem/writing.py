@@ -327,14 +327,17 @@ class WritePath:
 
     def repeats(self, existing: Note, draft: Note, similarity: float) -> bool:
         """Whether the draft only repeats a note of its scope, which it then reinforces (`reinforce_duplicate`):
-        nearly as similar as the same text, saying nothing new, with no metadata the note lacks. A note marked
-        shared speaks for every user and changes only by an explicit update (which a key bound to one user may
-        not make): a draft that would give it the fact it lacks, or tags, is a note of its own."""
+        nearly as similar as the same text, saying nothing new, with no metadata the note lacks and no other
+        answer than the note's fact gives (a fact given with a repeat would be lost). A note marked shared speaks
+        for every user and changes only by an explicit update (which a key bound to one user may not make): a
+        draft that would give it the fact it lacks, or tags, is a note of its own."""
         return (
             all(getattr(existing, scope) == getattr(draft, scope) for scope in SCOPES)
             and similarity >= self.config.duplicate_threshold
             and linking.says_nothing_new(existing.text, draft.text)
             and draft.metadata.items() <= existing.metadata.items()
+            and not (existing.fact is not None and draft.fact is not None
+                     and answer_of(existing.fact) != answer_of(draft.fact))
             and not (
                 is_marked_shared(existing)
                 and ((existing.fact is None and draft.fact is not None) or not set(draft.tags) <= set(existing.tags))
@@ -449,3 +452,9 @@ class SearchAhead:
             return None
         changed = self.writer.store.changed_since(self.mark)
         return None if changed is None else ([self.searched[position] for position in range(size)], changed)
+
+
+def answer_of(fact: Fact) -> str:
+    """What a fact answers, as two restatements' extracted facts share it: their prompts may differ by a filler
+    ("Alice really lives in"), their targets only in case and spacing."""
+    return " ".join(fact.target.casefold().split())

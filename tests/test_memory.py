@@ -623,6 +623,19 @@ def test_a_changed_fact_or_new_metadata_is_stored_not_taken_for_a_duplicate(memo
     assert corrected.id != code.id and memory.get(corrected.id).text.endswith("48219")
 
 
+def test_a_repeat_given_another_answer_is_a_note_of_its_own(memory):
+    """The repeat's explicit fact was dropped: the note returned held the old one. A restatement whose extracted fact
+    has another prompt but the same answer still reinforces the note."""
+    note = memory.remember("Alice lives in Lisbon", user_id="alice", at=T0)
+    assert note.fact.target == "Lisbon"
+    restated = memory.remember("Alice really lives in Lisbon", user_id="alice", at=T0)
+    assert restated.id == note.id and restated.strength == 2.0
+    porto = Fact(prompt="Alice lives in", target="Porto")
+    corrected = memory.remember("Alice lives in Lisbon", user_id="alice", fact=porto, at=T0)
+    assert corrected.id != note.id and memory.get(corrected.id).fact == porto
+    assert memory.get(note.id).fact.target == "Lisbon" and memory.stats().notes == 2
+
+
 def test_a_note_marked_shared_is_reinforced_by_a_repeat_but_not_changed_by_one(memory):
     """A shared note's fact reaches every user once consolidated: it changes only by an explicit update."""
     shared = memory.remember("Our team lunch is on Fridays", user_id="bob", metadata={"shared": True}, at=T0)
