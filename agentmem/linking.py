@@ -79,8 +79,17 @@ def describe(text: str, keywords: list[str], at: datetime, speaker: str | None) 
 
 # words a restatement may add without saying anything new: fillers ("Alice really moved to Lisbon") and the
 # auxiliaries be, have and do ("Alice has moved to Lisbon"); "before", "me" or "must" are not among them
-GRAMMAR = frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also actually quite
-    indeed um uh am is are was were be been being has have had do does did""".split())
+AUXILIARIES = frozenset("am is are was were be been being has have had do does did".split())
+GRAMMAR = AUXILIARIES | frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also
+    actually quite indeed um uh""".split())
+# words whose note claims less than it does without them: hedges ("almost fired" is not "fired"), reported or
+# doubted claims ("Bob thinks Alice moved"), and a past no longer true ("my former boss"); a newcomer that leaves
+# one out says something new
+QUALIFIERS = frozenset("""almost nearly hardly scarcely maybe perhaps probably possibly might may could would
+    should allegedly supposedly reportedly apparently rumoured rumored former formerly previously ex used once
+    if unless whether think thinks thought believe believes believed guess guessed suspect suspects suspected
+    doubt doubts doubted claim claims claimed said says heard hope hopes hoped wish wishes wished want wants
+    wanted plan plans planned pretend pretends pretended dreamt dreamed""".split())
 # a contraction's parts ("doesn't" is "does not", "I'm" is "am": single letters are no words)
 _CONTRACTED = {"n't": "not", "'m": "am", "'re": "are", "'ve": "have", "'ll": "will", "'d": "would"}
 _IRREGULAR_NOT = {"wo": "will", "sha": "shall", "ca": "can"}  # "won't", "shan't", "can't"
@@ -98,12 +107,19 @@ def says_nothing_new(stored: str, newcomer: str) -> bool:
     Alice" and "Alice called Bob", two lines of different emoji can be near-identical vectors. A
     newcomer repeats the note only with the same numbers in the same order ("3.5 mg" is not "5.3 mg"),
     the same polarity, its words among the note's and in their order (but `GRAMMAR`'s: fillers such as
-    "really", and be, have or do), and no symbol the note lacks; anything else it says is kept as a note
-    of its own (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday" lost the new fact)."""
+    "really", and be, have or do, in the note's tense where it has one: "was" is not "is"), every one of the
+    note's `QUALIFIERS` ("almost fired" is not "fired"), and no symbol the note lacks; anything else it says
+    is kept as a note of its own (a duplicate is not stored: counting "Tuesday" as a repeat of "Monday"
+    lost the new fact)."""
     if _NUMBER.findall(stored) != _NUMBER.findall(newcomer):
         return False
     words_stored, words_new = _plain_words(stored), _plain_words(newcomer)
     if bool(NEGATIONS.intersection(words_stored)) != bool(NEGATIONS.intersection(words_new)):
+        return False
+    if not QUALIFIERS.intersection(words_stored) <= set(words_new):
+        return False
+    tense = AUXILIARIES.intersection(words_stored)
+    if tense and not AUXILIARIES.intersection(words_new) <= tense:
         return False
     remaining = iter(words_stored)  # each word found after the one before it: a subsequence
     in_order = all(word in remaining for word in words_new if word not in GRAMMAR)
