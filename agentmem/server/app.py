@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from http import HTTPStatus
 
@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from ..errors import AgentMemError
 from ..memory import Memory
@@ -30,12 +31,28 @@ log = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
 
 
-async def no_sse_stream(request: Request) -> JSONResponse:
-    """GET /mcp: stateless, the server has no stream of its own to send, so 405, as the MCP spec says. The SDK's
-    stateless transport answered 200 and then nothing: clients that open the stream on connect hung, and each such
-    GET held a connection for ever."""
+async def post_only(request: Request) -> JSONResponse:
+    """Every method but POST on /mcp: 405 with `Allow: POST`. A GET (a client's server-to-client stream) gets it as
+    the MCP spec says: stateless, the server has no stream of its own to send; the SDK's stateless transport answered
+    it 200 and then nothing, so clients that open the stream on connect hung, and each such GET held a connection for
+    ever. Other methods reached the SDK, whose 405 named GET and DELETE in `Allow`, which this server refuses too
+    (no session to end: DELETE)."""
     return error_response(request.url.path, 405, "MethodNotAllowed",
-                          f"this server sends no stream of its own; POST MCP messages to {MCP_PATH}", {"allow": "POST"})
+                          f"this server takes MCP messages by POST to {MCP_PATH} only (it keeps no session and sends "
+                          "no stream of its own)", {"allow": "POST"})
+
+
+class EveryMethodButPost(Route):
+    """A route for every method on its path but POST, which goes on to the next route (the SDK's, which takes all)."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[JSONResponse]]) -> None:
+        super().__init__(path, endpoint)
+        self.methods = None  # every method: a function's route takes GET alone unless told
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def create_app(
@@ -89,7 +106,7 @@ def create_app(
     app.state.memory, app.state.chat, app.state.lane = memory, chat, lane
     app.include_router(rest.router)
     app.include_router(openai_chat.router)
-    app.router.routes.append(Route(MCP_PATH, no_sse_stream, methods=["GET"]))  # before the SDK's route, which takes all
+    app.router.routes.append(EveryMethodButPost(MCP_PATH, post_only))  # before the SDK's route, which takes all
     app.router.routes.extend(mcp_app.routes)
     # The last added runs first: the Host and Origin, then the key (headers only), and only then is the body read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)

@@ -72,3 +72,16 @@ def test_a_get_on_mcp_is_refused_at_once_and_mcp_clients_still_connect(server):
                 return {tool.name for tool in (await mcp.list_tools()).tools}
 
     assert "search_memories" in asyncio.run(tools())
+
+
+def test_every_method_but_post_on_mcp_is_refused_with_allow_post(server):
+    """PUT, PATCH, DELETE, OPTIONS or any other method but POST reached the SDK, whose 405 named GET and DELETE
+    in `Allow`, which this stateless server refuses too; each is refused as GET is, after the Host and the key."""
+    with server.client(ADMIN_KEY, timeout=10) as client, server.client(None, timeout=10) as anonymous:
+        for method in ("PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND"):
+            refused = client.request(method, "/mcp", content=b"{}", headers={"Content-Type": "application/json"})
+            assert (refused.status_code, refused.headers.get("allow")) == (405, "POST"), (method, refused.headers)
+            if method != "HEAD":  # a HEAD answer has no body
+                assert refused.json()["error"] == "MethodNotAllowed", method
+            assert anonymous.request(method, "/mcp").status_code == 401, method
+            assert client.request(method, "/mcp", headers={"Host": "rebound.example"}).status_code == 421, method
