@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,13 @@ if TYPE_CHECKING:  # psycopg is an optional dependency
     from .stores.shared_folders import SharedFolders
 
 NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS)
+# The kernel's own file systems: what they hold are its processes, devices, control groups and settings, not files,
+# so no backup can be written there (and a folder made in some of them, cgroup's, makes a control group).
+KERNEL_FILE_SYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+    "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "selinuxfs", "nsfs", "hugetlbfs", "rpc_pipefs",
+})
+MOUNTS = Path("/proc/self/mountinfo")
 # Written last into a backup folder: a backup killed before it finished (no exception, so no
 # cleanup) has none, and is not restored as if it were whole.
 BACKUP_COMPLETE = "backup-complete"
@@ -183,7 +191,8 @@ def new_backup(target: object) -> Iterator[Path]:
 def _backup_target(target: object) -> Path:
     """A folder path a backup can go into: a path the file system can hold (valid Unicode, no NUL, no name
     too long; checked here, since a missing parent hides a too long name from the file system's checks),
-    and no note graph or editor state in it yet. Nothing is written."""
+    not on one of the kernel's file systems (/proc, /sys: `KERNEL_FILE_SYSTEMS`), and no note graph or editor
+    state in it yet. Nothing is written."""
     if not isinstance(target, (str, Path)) or not str(target).strip():
         raise InvalidInputError("backup target must be a folder path")
     raw = str(target)
@@ -197,6 +206,9 @@ def _backup_target(target: object) -> Path:
     if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):
         raise InvalidInputError(f"backup target has a name longer than {NAME_MAX} bytes, which file systems refuse")
     try:
+        if (kind := _file_system_of(folder)) in KERNEL_FILE_SYSTEMS:
+            raise InvalidInputError(f"backup target {folder} is on the kernel's {kind} file system, which holds the"
+                                    " kernel's own entries, not files: back up into a folder on a disk")
         if folder.exists() and not folder.is_dir():
             raise InvalidInputError(f"backup target {folder} is a file, not a folder")
         for held in (GRAPH_FILE, EDITOR_FOLDER, BACKUP_COMPLETE):
@@ -205,6 +217,28 @@ def _backup_target(target: object) -> Path:
     except OSError as exc:
         raise _unusable(folder, exc) from exc
     return folder
+
+
+def _file_system_of(folder: Path) -> str | None:
+    """The type of the file system that `folder`, or its nearest existing parent, is on (links followed), as
+    /proc/self/mountinfo names it; None where that cannot be read (a system without /proc)."""
+    nearest = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    real = os.path.realpath(nearest)
+    try:
+        mounts = MOUNTS.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+    deepest, kind = -1, None
+    for line in mounts:  # "36 35 98:0 /root /mount/point options [tags] - type source options"
+        head, _, tail = line.partition(" - ")
+        fields, described = head.split(), tail.split()
+        if len(fields) < 5 or not described:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # "\040" is a space
+        # the deepest mount point holding the path; of two on one point, the later, mounted over the other
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= deepest:
+            deepest, kind = len(point), described[0]
+    return kind
 
 
 def _first_missing(folder: Path) -> Path | None:

@@ -4,6 +4,7 @@ PostgreSQL store carries the editor state its replicas publish, not this host's 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,16 @@ def test_a_target_holding_a_store_s_files_or_a_file_is_refused_before_the_graph_
         memory.backup(tmp_path / "a-file")
     assert (tmp_path / "a-file").read_text() == "kept"
     assert (memory.backup(tmp_path / "fine") / "notes.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("target", ["/proc/agentmem-backup", "/proc/self/agentmem-backup", "/sys/agentmem-backup",
+                                    "/proc/self"])
+def test_a_target_on_the_kernel_s_file_systems_is_refused_as_the_caller_s(memory, target):
+    """Under /proc or /sys no backup can ever be written (the kernel's entries, not files): the caller's error, not
+    the store's (StoreUnavailableError says "try again later"), and nothing is made there."""
+    with pytest.raises(InvalidInputError, match="file system"):
+        memory.backup(target)
+    assert target == "/proc/self" or not Path(target).exists()
 
 
 def test_a_failed_backup_removes_what_it_wrote_and_the_folders_it_made(tmp_path):

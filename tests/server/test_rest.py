@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -172,6 +173,16 @@ def test_listing_repair_and_backup(admin, server, tmp_path):
     assert (target / "notes.sqlite3").is_file()
     again = admin.post("/v1/backup", json={"target": str(target)})
     assert (again.status_code, again.json()["error"]) == (422, "InvalidInputError")
+
+
+@pytest.mark.parametrize("target", ["/proc/agentmem-backup", "/sys/agentmem-backup", "/proc/self"])
+def test_a_backup_into_the_kernel_s_file_systems_is_422_naming_it_not_503(admin, target):
+    """/proc and /sys hold the kernel's entries, not files: no backup can ever go there (it was 503, as for a disk
+    that is down and may come back)."""
+    refused = admin.post("/v1/backup", json={"target": target})
+    assert (refused.status_code, refused.json()["error"]) == (422, "InvalidInputError"), refused.text
+    assert "file system" in refused.json()["message"] and target in refused.json()["message"]
+    assert target == "/proc/self" or not Path(target).exists()
 
 
 def test_an_export_leaves_no_file_on_the_server_s_disk_even_unread(memory, tmp_path, monkeypatch):
