@@ -42,6 +42,7 @@ KERNEL_FILE_SYSTEMS = frozenset({
     "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "selinuxfs", "nsfs", "hugetlbfs", "rpc_pipefs",
 })
 MOUNTS = Path("/proc/self/mountinfo")
+FILE_SYSTEM_OWN = frozenset({"lost+found"})  # at the root of a disk just made (ext2-4): the folder is empty still
 # Written last into a backup folder: a backup killed before it finished (no exception, so no
 # cleanup) has none, and is not restored as if it were whole.
 BACKUP_COMPLETE = "backup-complete"
@@ -191,8 +192,8 @@ def new_backup(target: object) -> Iterator[Path]:
 def _backup_target(target: object) -> Path:
     """A folder path a backup can go into: a path the file system can hold (valid Unicode, no NUL, no name
     too long; checked here, since a missing parent hides a too long name from the file system's checks),
-    not on one of the kernel's file systems (/proc, /sys: `KERNEL_FILE_SYSTEMS`), and no note graph or editor
-    state in it yet. Nothing is written."""
+    not on one of the kernel's file systems (/proc, /sys: `KERNEL_FILE_SYSTEMS`), and a new folder or an empty one
+    (a store's files in it are named as such; a disk's own lost+found does not count). Nothing is written."""
     if not isinstance(target, (str, Path)) or not str(target).strip():
         raise InvalidInputError("backup target must be a folder path")
     raw = str(target)
@@ -214,6 +215,10 @@ def _backup_target(target: object) -> Path:
         for held in (GRAPH_FILE, EDITOR_FOLDER, BACKUP_COMPLETE):
             if (folder / held).exists():
                 raise InvalidInputError(f"{folder} already holds {held}; back up into a new folder")
+        if folder.is_dir() and (others := sorted(p.name for p in folder.iterdir() if p.name not in FILE_SYSTEM_OWN)):
+            named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise InvalidInputError(f"backup target {folder} already holds other files ({named}), which a backup would"
+                                    " lie beside: back up into a new folder or an empty one")
     except OSError as exc:
         raise _unusable(folder, exc) from exc
     return folder

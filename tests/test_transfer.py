@@ -45,18 +45,32 @@ def test_a_target_on_the_kernel_s_file_systems_is_refused_as_the_caller_s(memory
     assert target == "/proc/self" or not Path(target).exists()
 
 
+def test_a_backup_goes_into_a_new_or_empty_folder_and_a_folder_holding_other_files_is_refused(memory, tmp_path):
+    """A folder that held other files got the backup's files beside them; an empty one (a disk just mounted there,
+    whose root holds lost+found) is a fine target."""
+    memory.remember("Alice lives in Lisbon", at=T0)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("not a backup")
+    with pytest.raises(InvalidInputError, match="photos.*cat.jpg.*new folder or an empty one"):
+        memory.backup(tmp_path / "photos")
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["cat.jpg"]
+    (tmp_path / "mounted" / "lost+found").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for target in ("mounted", "empty", "new/folder"):
+        assert (memory.backup(tmp_path / target) / transfer.BACKUP_COMPLETE).is_file()
+
+
 def test_a_failed_backup_removes_what_it_wrote_and_the_folders_it_made(tmp_path):
     with pytest.raises(RuntimeError), transfer.new_backup(tmp_path / "new" / "backup") as folder:
         (folder / "notes.sqlite3").write_text("half a copy")
         (folder / "editor").mkdir()
         raise RuntimeError("the disk is full")
     assert not (tmp_path / "new").exists()
-    (tmp_path / "kept").mkdir()
-    (tmp_path / "kept" / "notes.txt").write_text("not the backup's")
+    (tmp_path / "kept" / "lost+found").mkdir(parents=True)  # a folder it did not make (a disk's root) stays
     with pytest.raises(RuntimeError), transfer.new_backup(tmp_path / "kept") as folder:
         (folder / "notes.sqlite3").write_text("half a copy")
         raise RuntimeError("the disk is full")
-    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["lost+found"]
 
 
 def test_a_backup_of_a_postgres_store_carries_the_published_editor_state(postgres_url, tmp_path):

@@ -103,7 +103,7 @@ class AnswerRequest(Scope):
 
 
 class BackupRequest(Strict):
-    target: str = Field(description="a new folder on the server's disk")
+    target: str = Field(description="a new folder, or an empty one, on the server's disk")
 
 
 class BackedUp(BaseModel):

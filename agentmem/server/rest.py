@@ -264,7 +264,7 @@ def repair(mem: Scoped) -> Reindexed:
 
 
 @router.post("/backup", response_model=BackedUp, tags=["store"], responses=LANE_FULL,
-             summary="copy the store, while in use, into a new folder on the server's disk")
+             summary="copy the store, while in use, into a new or empty folder on the server's disk")
 async def backup(body: BackupRequest, mem: Scoped, lane: Lane) -> BackedUp:
     mem.require_all_users("backup")
     return BackedUp(backup=str(await lane.run(mem.memory.backup, body.target)))

@@ -175,6 +175,17 @@ def test_listing_repair_and_backup(admin, server, tmp_path):
     assert (again.status_code, again.json()["error"]) == (422, "InvalidInputError")
 
 
+def test_a_backup_into_a_folder_holding_other_files_is_422_and_adds_nothing(admin, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("not a backup")
+    refused = admin.post("/v1/backup", json={"target": str(tmp_path / "photos")})
+    assert (refused.status_code, refused.json()["error"]) == (422, "InvalidInputError"), refused.text
+    assert "new folder or an empty one" in refused.json()["message"]
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["cat.jpg"]
+    (tmp_path / "empty").mkdir()
+    assert admin.post("/v1/backup", json={"target": str(tmp_path / "empty")}).status_code == 200
+
+
 @pytest.mark.parametrize("target", ["/proc/agentmem-backup", "/sys/agentmem-backup", "/proc/self"])
 def test_a_backup_into_the_kernel_s_file_systems_is_422_naming_it_not_503(admin, target):
     """/proc and /sys hold the kernel's entries, not files: no backup can ever go there (it was 503, as for a disk
