@@ -8,15 +8,16 @@ search the index before the section (`Memory.recall`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from concurrent.futures import Future
 from datetime import datetime
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from . import forgetting, linking, ranking, temporal
 from .config import MemoryConfig
+from .errors import InvalidInputError
 from .notes import Hit, Note
 from .stores.filters import NoteFilter
 from .stores.rows import StoredNote, checked
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 EXACT_SEARCH_LIMIT = 5000  # with metadata filters, score up to this many admitted notes exactly
 SIMILARITY_SLACK = 1e-5  # float32 rounding between the index's distances and the loaded vectors
 RESCORED_LIMIT = 100  # notes changed since a search ahead that are scored in the section; more: it searches again
+
+
+def refuse_unborn(notes: Iterable[Note], at: datetime) -> None:
+    """An `InvalidInputError` naming the notes made after `at` (aware, UTC), if any: none can have been recalled then."""
+    if unborn := [note for note in notes if note.created_at > at]:
+        named = ", ".join(f"{note.id} (made {note.created_at.isoformat()})" for note in unborn[:3])
+        more = f" and {len(unborn) - 3} more" if len(unborn) > 3 else ""
+        raise InvalidInputError(f"cannot count a recall at {at.isoformat()} of a note made after it: {named}{more};"
+                                " nothing was counted")
 
 
 class DenseAhead(NamedTuple):
@@ -151,20 +161,29 @@ class ReadPath:
         scored = sorted(((i, float(v @ query_embedding)) for i, v in vectors.items()), key=lambda h: -h[1])
         return scored[:n]
 
-    def reinforce(self, notes: list[Note], at: datetime) -> list[Note]:
-        """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock."""
+    def reinforce(self, notes: list[Note], at: datetime, *, unborn: Literal["skip", "refuse"] = "skip") -> list[Note]:
+        """Recalling is rehearsal: count it, strengthen the note, restart its forgetting clock. Returns the notes
+        in the same order, as they are now.
+
+        No recall is recorded at a time before a note was made. A note made after `at` is left as it is with
+        `unborn="skip"`, as a recall (`Memory.recall`) counts what it found: it finds the notes the store holds now,
+        those made after its `at` too, and only the others existed then; with `unborn="refuse"`, as `reinforce`
+        is asked to count named notes, the call is refused (`refuse_unborn`) and nothing is counted."""
+        if unborn == "refuse":
+            refuse_unborn(notes, at)
+        counted = [note for note in notes if note.created_at <= at]
         changes = {
             note.id: {
                 "recall_count": note.recall_count + 1,
                 "strength": forgetting.reinforced_strength(note.strength, self.config.strength_gain),
                 "last_recalled": max(at, note.last_recalled),
             }
-            for note in notes
+            for note in counted
         }
         with self.store.transaction(bookkeeping=True):
             self.store.set_fields_many(changes)
-            self.store.record_recalls([note.id for note in notes], at)
-        return [note.model_copy(update=changes[note.id]) for note in notes]
+            self.store.record_recalls([note.id for note in counted], at)
+        return [note.model_copy(update=changes[note.id]) if note.id in changes else note for note in notes]
 
     def retention(self, note: Note | StoredNote, at: datetime) -> float:
         unit = self.config.time_unit_seconds

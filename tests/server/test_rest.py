@@ -77,6 +77,22 @@ def test_a_look_without_reinforcement_is_counted_later_by_reinforce(admin, serve
     assert (too_many.status_code, too_many.json()["error"]) == (422, "InvalidInputError")
 
 
+def test_reinforce_at_a_time_before_a_note_was_made_is_422_naming_it_and_counts_nothing(admin):
+    user = f"u{uuid.uuid4().hex[:8]}"
+    older = remember(admin, "Ines teaches chemistry in Porto", user_id=user, at="2024-04-30T12:00:00+00:00")
+    note = remember(admin, "Ines grows tomatoes on her balcony in Porto", user_id=user, at=T0)
+    for at in ("2024-05-01T11:00:00+00:00", "2024-05-01T11:00:00"):  # a naive time is UTC
+        refused = admin.post("/v1/reinforce", json={"note_ids": [older["id"], note["id"]], "at": at})
+        assert refused.status_code == 422 and refused.json()["error"] == "InvalidInputError", refused.text
+        assert note["id"] in refused.json()["message"] and older["id"] not in refused.json()["message"]
+    assert [admin.get(f"/v1/notes/{n['id']}").json()["recall_count"] for n in (older, note)] == [0, 0]
+    # a recall at that time finds both, and counts the one that existed then
+    hits = admin.post("/v1/recall", json={"query": "What does Ines do in Porto?", "user_id": user,
+                                          "at": "2024-05-01T11:00:00+00:00"}).json()
+    assert {h["note"]["id"]: h["note"]["recall_count"] for h in hits} == {older["id"]: 1, note["id"]: 0}
+    assert [admin.get(f"/v1/notes/{n['id']}").json()["recall_count"] for n in (older, note)] == [1, 0]
+
+
 def test_export_streams_jsonl_and_import_skips_known_ids(admin, server):
     user = f"u{uuid.uuid4().hex[:8]}"
     note = remember(admin, "Kenji repairs bicycles in Kyoto", user_id=user, at=T0)
