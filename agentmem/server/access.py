@@ -4,16 +4,21 @@ A caller bound to a user acts as that user: scope arguments default to it and ma
 another user; notes of other users look like notes that do not exist (no existence leak); and
 whole-store operations (decay, stats, consolidation, the full ledger, repair) are refused, and
 so is marking a note shared, which would put its fact in every user's answers, or changing one
-that is.
+that is; and it may not date a call ahead of the server's clock (`FUTURE_TOLERANCE`).
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from .. import validation
-from ..errors import NoteNotFoundError
+from ..errors import InvalidInputError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
 from .auth import Caller
 from .errors import AccessDeniedError
+
+# How far ahead of the server's clock a key bound to one user may date a call (`at`): clients' clocks differ a little.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
 class ScopedMemory:
@@ -35,6 +40,21 @@ class ScopedMemory:
         if requested not in (None, self.caller.user_id):
             raise AccessDeniedError(f"this API key may only reach the notes of user {self.caller.user_id!r}")
         return self.caller.user_id
+
+    def at(self, requested: datetime | None) -> datetime | None:
+        """The time a call acts at, as asked (None: now). A caller bound to a user may not date a call later than
+        the server's clock plus `FUTURE_TOLERANCE`: a recall or a write dated years ahead sets its notes' last
+        recall there, so they would not fade. A caller for every user may (replays need any time), as may the
+        Python API."""
+        if self.bound and requested is not None:
+            latest = datetime.now(timezone.utc) + FUTURE_TOLERANCE
+            if validation.time(requested) > latest:
+                minutes = f"{FUTURE_TOLERANCE.total_seconds() / 60:g} minutes"
+                raise InvalidInputError(
+                    f"at {requested.isoformat()} is ahead of this server's clock by more than {minutes}, the most a key "
+                    f"bound to one user may date a call ahead (leave at out to act now)"
+                )
+        return requested
 
     def visible(self, note: Note) -> bool:
         return not self.bound or note.user_id == self.caller.user_id

@@ -78,7 +78,7 @@ def remember(item: RememberRequest, mem: Scoped) -> Note:
     mem.may_mark_shared(item.metadata)
     return mem.memory.remember(
         item.text, user_id=mem.user(item.user_id), agent_id=item.agent_id, session_id=item.session_id,
-        at=item.at, tags=item.tags, metadata=item.metadata, fact=item.fact,
+        at=mem.at(item.at), tags=item.tags, metadata=item.metadata, fact=item.fact,
     )
 
 
@@ -89,8 +89,9 @@ def remember_many(batch: RememberBatch, mem: Scoped) -> list[Note]:
         if not isinstance(item, str):
             mem.user(default_user if item.user_id is None else item.user_id)
             mem.may_mark_shared(item.metadata)
+            mem.at(item.at)
     return mem.memory.remember_many(batch.items, user_id=default_user, agent_id=batch.agent_id,
-                                    session_id=batch.session_id, at=batch.at)
+                                    session_id=batch.session_id, at=mem.at(batch.at))
 
 
 @router.patch("/notes/{note_id}", response_model=Note, tags=["notes"], summary="update a note (history kept)")
@@ -99,7 +100,7 @@ def update(note_id: str, change: UpdateRequest, mem: Scoped) -> Note:
     mem.may_mark_shared(change.metadata)
     optional = {"fact": change.fact} if "fact" in change.model_fields_set else {}
     return mem.memory.update(note_id, text=change.text, tags=change.tags, metadata=change.metadata,
-                             at=change.at, **optional)
+                             at=mem.at(change.at), **optional)
 
 
 @router.delete("/notes/{note_id}", response_model=Forgotten, tags=["notes"], summary="forget a note for good")
@@ -113,14 +114,14 @@ def forget(note_id: str, mem: Scoped) -> Forgotten:
 def link(note_id: str, body: LinkRequest, mem: Scoped) -> Linked:
     mem.note(note_id)
     mem.note(body.note_id)
-    mem.memory.link(note_id, body.note_id, weight=body.weight, at=body.at)
+    mem.memory.link(note_id, body.note_id, weight=body.weight, at=mem.at(body.at))
     return Linked(linked=(note_id, body.note_id), weight=body.weight)
 
 
 @router.post("/notes/{note_id}/restore", response_model=Note, tags=["forgetting"], summary="bring an archived note back")
 def restore(note_id: str, body: AtRequest, mem: Scoped) -> Note:
     mem.note(note_id)
-    return mem.memory.restore(note_id, at=body.at)
+    return mem.memory.restore(note_id, at=mem.at(body.at))
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def restore(note_id: str, body: AtRequest, mem: Scoped) -> Note:
 def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
     return mem.memory.recall(
         body.query, k=body.k, user_id=mem.user(body.user_id), agent_id=body.agent_id, session_id=body.session_id,
-        at=body.at, filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
+        at=mem.at(body.at), filters=body.filters, include_archived=body.include_archived, reinforce=body.reinforce,
     )
 
 
@@ -137,8 +138,9 @@ def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
              summary="count notes as recalled: those a recall with reinforce false found and the agent used")
 def reinforce(body: ReinforceRequest, mem: Scoped) -> list[Note]:
     notes = [mem.note(note_id) for note_id in body.note_ids]  # another user's note is not found for a bound key
-    reading.refuse_unborn(notes, validation.time(body.at))  # no recall counted before a note was made (made: for good)
-    return mem.memory.reinforce(body.note_ids, at=body.at)
+    at = mem.at(body.at)
+    reading.refuse_unborn(notes, validation.time(at))  # no recall counted before a note was made (made: for good)
+    return mem.memory.reinforce(body.note_ids, at=at)
 
 
 @router.get("/notes", response_model=list[Note], tags=["notes"], summary="list notes of a scope, oldest first")
@@ -313,9 +315,10 @@ def ledger(mem: Scoped, note_id: str | None = None) -> list[LedgerEntry]:
              summary="answer from the weights where edits cover the question, else from recalled notes")
 async def answer(request: Request, body: AnswerAsked, mem: Scoped, lane: Lane) -> Answer:
     user_id = mem.user(body.user_id)  # before queueing: the lane counts per user
+    at = mem.at(body.at)
     return await lane.run(lambda: mem.memory.answer(
         body.question, k=body.k, user_id=user_id, agent_id=body.agent_id, session_id=body.session_id,
-        at=body.at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
+        at=at, retrieval=body.retrieval, max_new_tokens=body.max_new_tokens,
     ), user=user_id, client=request)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import httpx2
@@ -131,6 +132,39 @@ def test_a_user_bound_key_reaches_only_its_users_notes_over_mcp(server):
     assert deleted.is_error and resource_error and "NoteNotFoundError" in resource_error
     with server.client(ADMIN_KEY) as admin:
         assert admin.get(f"/v1/notes/{bobs['id']}").status_code == 200
+
+
+def test_a_user_bound_key_may_not_date_a_call_ahead_of_the_server_s_clock_a_key_for_every_user_may(server):
+    """A bound key's recall or reinforce dated years ahead set its notes' last recall there, so they never faded
+    (nor did a note written, changed, linked or restored then). Within 5 minutes of the server's clock (clocks differ
+    a little) a bound key is answered; a key for every user is answered at any time (replays need it)."""
+    now = datetime.now(timezone.utc)
+    ahead, soon = (now + timedelta(days=3650)).isoformat(), (now + timedelta(minutes=1)).isoformat()
+    with server.client(ALICE_KEY) as alice, server.client(ADMIN_KEY) as admin:
+        note = alice.post("/v1/notes", json={"text": "Alice's scooter lock code is 3141", "at": T0}).json()
+        other = alice.post("/v1/notes", json={"text": "Alice parks her scooter by the library", "at": T0}).json()
+        before = [admin.get(f"/v1/notes/{n['id']}").json() for n in (note, other)]
+        count = len(admin.get("/v1/notes", params={"user_id": "alice", "limit": 10_000}).json())
+        for method, path, body in [
+            ("POST", "/v1/recall", {"query": "scooter lock code", "at": ahead}),
+            ("POST", "/v1/reinforce", {"note_ids": [note["id"]], "at": ahead}),
+            ("POST", "/v1/notes", {"text": "Alice's scooter is red", "at": ahead}),
+            ("POST", "/v1/notes/batch", {"items": ["Alice's scooter is red"], "at": ahead}),
+            ("POST", "/v1/notes/batch", {"items": [{"text": "Alice's scooter is red", "at": ahead}]}),
+            ("PATCH", f"/v1/notes/{note['id']}", {"text": "Alice's scooter lock code is 2718", "at": ahead}),
+            ("POST", f"/v1/notes/{note['id']}/links", {"note_id": other["id"], "at": ahead}),
+            ("POST", f"/v1/notes/{note['id']}/restore", {"at": ahead}),
+            ("POST", "/v1/answer", {"question": "What is my scooter lock code?", "at": ahead}),  # before the model's lane
+        ]:
+            refused = alice.request(method, path, json=body)
+            assert refused.status_code == 422, (path, refused.text)
+            assert refused.json()["error"] == "InvalidInputError" and "5 minutes" in refused.json()["message"], path
+        assert [admin.get(f"/v1/notes/{n['id']}").json() for n in (note, other)] == before
+        assert len(admin.get("/v1/notes", params={"user_id": "alice", "limit": 10_000}).json()) == count
+        looked = alice.post("/v1/recall", json={"query": "scooter lock code", "at": soon, "reinforce": False})
+        assert looked.status_code == 200 and looked.json()
+        assert admin.post("/v1/recall", json={"query": "scooter lock code", "user_id": "alice", "at": ahead,
+                                              "reinforce": False}).status_code == 200
 
 
 def test_only_a_key_for_every_user_may_mark_a_note_shared(server):
