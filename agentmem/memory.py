@@ -406,7 +406,7 @@ class Memory:
         ids = list(dict.fromkeys(check.note_id(note_id) for note_id in note_ids))
         when = check.time(at)
         with self._section_reading(ids):
-            return self._reader.reinforce([self._existing(note_id) for note_id in ids], when)
+            return self._reader.reinforce([self._existing(note_id) for note_id in ids], when, unborn="refuse")
 
     def _meanwhile(self, read: Callable[[], T], after_index_writes: bool = False) -> Callable[[], T]:
         """`read` of the store (a search's mark, before the search: `WritePath.search_ahead`,
@@ -709,14 +709,16 @@ class Memory:
         def recall() -> list[Hit]:
             if not retrieval:
                 return []
-            hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id, at=at,
+            when = check.time(at)
+            hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id, at=when,
                                reinforce=False)
             related = answering.fitting([h for h in hits if h.why.similarity >= self.config.answer_min_similarity])
+            born = [hit.note.id for hit in related if hit.note.created_at <= when]  # a recall counts no other
             try:
-                counted = self.reinforce([hit.note.id for hit in related], at=at) if related else []
+                counted = {note.id: note for note in self.reinforce(born, at=when)} if born else {}
             except NoteNotFoundError:  # one was forgotten meanwhile: answer with what was found, uncounted
                 return related
-            return [hit.model_copy(update={"note": note}) for hit, note in zip(related, counted)]
+            return [hit.model_copy(update={"note": counted.get(hit.note.id, hit.note)}) for hit in related]
 
         return self._loaded_parametric().answer(question, scopes, recall, max_new_tokens, check.time(None))
 

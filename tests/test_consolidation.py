@@ -199,6 +199,8 @@ def test_answer_gives_the_model_no_unrelated_note_as_context_and_counts_only_tho
     related = mem.answer("Where is Alice's home these days?", at=LATER)
     assert related.source == "notes" and [h.note.id for h in related.hits] == [alice.id]
     assert related.hits[0].note.recall_count == mem.get(alice.id).recall_count == 1
+    replayed = mem.answer("Where is Alice's home these days?", at=T0 - timedelta(days=1))  # before the note was made
+    assert [h.note.id for h in replayed.hits] == [alice.id] and mem.get(alice.id).recall_count == 1  # not counted
 
 
 def test_an_edit_that_moves_the_probes_is_rolled_back(open_memory, tiny_lm):

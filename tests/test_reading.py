@@ -25,8 +25,6 @@ def test_a_recall_at_a_time_before_a_hit_was_made_returns_it_but_does_not_count_
     assert {hit.note.id: hit.note.recall_count for hit in later} == {chemistry.id: 2, tomatoes.id: 1}
 
 
-@pytest.mark.xfail(strict=True, reason="Memory.reinforce must ask ReadPath.reinforce to refuse (unborn='refuse'): a "
-                                       "change in agentmem/memory.py, outside this change's paths; REST refuses already")
 def test_reinforce_at_a_time_before_a_note_was_made_is_refused_and_counts_nothing(memory):
     older = memory.remember("Ines teaches chemistry in Porto", user_id="ines", at=T0 - timedelta(days=1))
     note = memory.remember("Ines grows tomatoes on her balcony in Porto", user_id="ines", at=T0)

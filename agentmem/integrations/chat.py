@@ -99,7 +99,8 @@ class MemoryChat:
         count fail afterwards, the reply still stands (it is bookkeeping; the failure is logged)."""
         validation.text(message, self.memory.config.max_text_chars, "message")  # checked as the note it becomes
         scope = {"user_id": self.user_id, "agent_id": self.agent_id}
-        hits = self.memory.recall(message, k=self.k, at=at, reinforce=False, **scope)
+        when = validation.time(at)
+        hits = self.memory.recall(message, k=self.k, at=when, reinforce=False, **scope)
         # as `answer` does: an unrelated note in the prompt misleads a small model, and keeps a question that an
         # edit answers from reaching the model closed-book
         hits = fitting([hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity])
@@ -110,15 +111,16 @@ class MemoryChat:
         text = self.chat(messages)
         if not isinstance(text, str):
             raise InvalidInputError(f"the chat function returned {type(text).__name__}, not text")
-        note = self.memory.remember(message, session_id=self.session_id, at=at, **scope)
+        note = self.memory.remember(message, session_id=self.session_id, at=when, **scope)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         del self.history[: len(self.history) - 2 * self.history_turns]  # the last turns go with the next message
+        born = [hit.note.id for hit in hits if hit.note.created_at <= when]  # as a recall, it counts no other
         try:
-            recalled = self.memory.reinforce([hit.note.id for hit in hits], at=at)
+            recalled = {counted.id: counted for counted in self.memory.reinforce(born, at=when)}
         except AgentMemError:  # a note forgotten meanwhile, or the store gone: the turn itself is stored
             log.warning("the recalled notes of a chat turn were not counted as recalled", exc_info=True)
         else:
-            hits = [hit.model_copy(update={"note": counted}) for hit, counted in zip(hits, recalled)]
+            hits = [hit.model_copy(update={"note": recalled.get(hit.note.id, hit.note)}) for hit in hits]
         return ChatReply(text=text, recalled=hits, remembered=note)
 
     def end_session(self, *, consolidate: bool = False, at: datetime | None = None) -> ConsolidationReport | None:

@@ -42,6 +42,18 @@ def test_each_reply_sees_what_was_recalled_and_each_user_turn_is_remembered(memo
     assert memory.get(first.remembered.id).recall_count == 1   # recalling is rehearsal: it counts toward consolidation
 
 
+def test_a_turn_dated_before_a_recalled_note_was_made_counts_only_the_notes_that_existed(memory):
+    """A replayed turn recalls every note held now; a recall of a note made later than the turn was counted at a time
+    before the note existed (then, once reinforce refused such a time, the turn counted nothing)."""
+    older = memory.remember("Alice lives in Lisbon.", user_id="maya", at=T0)
+    later = memory.remember("Alice works in Lisbon at a bakery.", user_id="maya", at=T0 + timedelta(days=2))
+    reply = MemoryChat(memory, Recorder(), user_id="maya").reply("Where does Alice live in Lisbon?",
+                                                                 at=T0 + timedelta(days=1))
+    assert {hit.note.id for hit in reply.recalled} == {older.id, later.id}
+    assert memory.get(older.id).recall_count == 1 and memory.get(later.id).recall_count == 0
+    assert {hit.note.id: hit.note.recall_count for hit in reply.recalled} == {older.id: 1, later.id: 0}
+
+
 def test_sessions_end_with_an_optional_consolidation(tmp_path, embedder, tiny_lm, tiny_config):
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as mem:
         chat = MemoryChat(mem, Recorder())
