@@ -19,6 +19,52 @@ from ..errors import AgentMemError, InvalidInputError, StoreUnavailableError
 from ..files import written_whole
 
 API = "/v1"  # where the server's REST API lives
+MALFORMED_URL = (
+    "malformed URL: percent-encode special characters in the password (@ as %40, / as %2F, : as %3A, ? as %3F,"
+    " # as %23, % as %25); the URL is not shown, it may hold a password"
+)
+
+
+def _checked_url(url: str) -> httpx.URL:
+    """`url` as httpx reads it. A URL whose user part httpx would misread is refused (InvalidInputError, naming
+    none of it): an unencoded `/`, `?` or `#` in the password makes part of it the port, path or query, and an `@`
+    after the host makes part of the password a path that every message would then show."""
+    rest = url.partition("://")[2]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if "@" in rest[end:]:
+        raise InvalidInputError(MALFORMED_URL)
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL:
+        raise InvalidInputError(MALFORMED_URL) from None  # httpx's message may quote the URL
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages: `http://user:***@host/v1` (an http(s) URL's user part, up to
+    the last `@` of its authority); a URL that `split_credentials` refuses shows as its scheme only. The http(s)
+    twin of `stores.postgres_connection.redacted`."""
+    scheme, separator, rest = url.partition("://")
+    try:
+        _checked_url(url)
+    except InvalidInputError:
+        return f"{scheme}://(a malformed URL, not shown)"
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        user_part, _, host = authority.rpartition("@")
+        user, colon, _ = user_part.partition(":")
+        authority = f"{user}{':***' if colon else ''}@{host}"
+    return f"{scheme}{separator}{authority}{tail}"
+
+
+def split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """The URL without its user part, and that user and password as Basic auth (None if it has none): an httpx
+    client built from these sends what it would have sent for the whole URL, but its URL, in its log lines, its
+    errors and its `base_url`, holds no password. Raises `InvalidInputError` for a URL httpx would misread."""
+    parsed = _checked_url(url)
+    if not parsed.userinfo:
+        return url, None
+    return str(parsed.copy_with(userinfo=b"")), httpx.BasicAuth(parsed.username, parsed.password)
 
 
 class RemoteError(AgentMemError):
@@ -30,12 +76,16 @@ class RemoteError(AgentMemError):
 
 
 class RemoteMemory:
-    """A client for one agentmem server (`base_url` like http://127.0.0.1:8765; an OpenAI-style .../v1 too)."""
+    """A client for one agentmem server (`base_url` like http://127.0.0.1:8765; an OpenAI-style .../v1 too).
+    A user and password in the URL are sent as Basic auth (for a proxy in front of the server) and never shown:
+    messages name the server as `shown`, with the password as ***."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         api = base_url.rstrip("/").removesuffix(API) + API
-        self.http = httpx.Client(base_url=api, headers=headers, timeout=timeout)
+        self.shown = redacted_url(api)
+        plain, credentials = split_credentials(api)
+        self.http = httpx.Client(base_url=plain, headers=headers, auth=credentials, timeout=timeout)
 
     def __enter__(self) -> RemoteMemory:
         return self
@@ -49,7 +99,7 @@ class RemoteMemory:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
+            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.shown}: {exc}") from None
         if response.is_error:
             raise self._refusal(response)
         return response.json()
@@ -62,7 +112,7 @@ class RemoteMemory:
         except (ValueError, KeyError, TypeError):
             name, message = f"HTTP{response.status_code}", response.text[:500]
         if name in ("NotFound", "HTTP404"):  # not NoteNotFoundError: the route itself is missing
-            return StoreUnavailableError(f"no agentmem API at {self.http.base_url} "
+            return StoreUnavailableError(f"no agentmem API at {self.shown} "
                                          f"(give the server's address, e.g. http://127.0.0.1:8765): {message}")
         return RemoteError(name, message, response.status_code)
 
@@ -121,7 +171,7 @@ class RemoteMemory:
                         out.write(text)
                         count += text.count("\n")
         except httpx.HTTPError as exc:
-            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.http.base_url}: {exc}") from None
+            raise StoreUnavailableError(f"cannot reach the agentmem server at {self.shown}: {exc}") from None
         except OSError as exc:
             raise StoreUnavailableError(f"cannot write {path}: {exc}") from exc
         return count
