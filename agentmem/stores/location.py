@@ -68,6 +68,8 @@ def open_note_store(location: str | Path) -> NoteStore:
     folder = Path(location)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # the caller's mistake, not the disk's
+        raise InvalidInputError(f"the store folder {folder} is, or is inside, a file: a store is a folder") from None
     except OSError as exc:
         raise StoreUnavailableError(f"cannot create the store folder {folder}: {exc}") from exc
     return NoteGraph(folder / GRAPH_FILE)

@@ -18,6 +18,16 @@ def test_a_folder_opens_the_sqlite_store_inside_it(tmp_path):
     assert local_folder(tmp_path / "memdata") == tmp_path / "memdata"
 
 
+def test_a_file_where_the_store_folder_would_be_is_the_callers_mistake(tmp_path):
+    """`--path /etc/passwd` said "cannot create the store folder ...: File exists", as if the disk had failed."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    for location in (file, file / "memdata"):
+        with pytest.raises(InvalidInputError, match="is, or is inside, a file: a store is a folder"):
+            open_note_store(location)
+    assert file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_a_url_opens_the_postgres_store_and_a_local_folder_of_its_own(postgres_server, tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path))
     first, second = postgres_server.create_database(), postgres_server.create_database()
