@@ -9,6 +9,13 @@ faded and consolidated like any other memory.
   strings at the store's `index_fields` (or at a put's `index` paths), else every string in the
   value. A put on an existing key updates the note (its history keeps the old value), a delete
   forgets it.
+- **A text longer than a note holds** (`max_text_chars`) is neither refused nor cut: the item's note
+  holds its first part and further notes (`langgraph.part` 1, 2, ...; no value of their own) the rest,
+  cut at whitespace as the chat-history adapter cuts long turns, so every word of the item can be
+  searched. LangGraph's InMemoryStore likewise indexes several texts per item (a vector each) and
+  scores the item by its best one: a search returns the item once, whole, at its best part's rank.
+  They are the item's notes: rewritten when its text changes, forgotten with it; only the item is
+  listed, got and counted as recalled.
 - **`index=False`** (or paths that hold no text) keeps the value out of the index, as LangGraph's
   stores do: the note says only `UNINDEXED_TEXT` and is marked `langgraph.indexed: false`, so
   neither the store's ranking nor `Memory.recall`, the servers or `MemoryChat` can find the value's
@@ -73,6 +80,7 @@ from .. import validation
 from ..errors import AgentMemError, InvalidInputError, NoteNotFoundError, StoreClosedError
 from ..memory import Memory
 from ..notes import MAX_METADATA_KEYS, Note
+from .turns import note_texts
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,7 @@ REFRESH_STEP = 0.01  # the least share of its ttl a read moves an item's expiry 
 INDEXED = "langgraph.indexed"   # False for an item put with index=False: its note says only UNINDEXED_TEXT
 UNINDEXED_TEXT = "(a LangGraph store item kept out of the search index)"
 PREFIX = "langgraph.prefix."
+PART = "langgraph.part"   # on a further note of an item whose text a note cannot hold: which part (1, 2, ...) it is
 MAX_TTL_MINUTES = 100 * 366 * 24 * 60   # a century: any longer overflows dates, and means "keep"
 # A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
 # of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
@@ -273,10 +282,15 @@ class AgentMemStore(BaseStore):
         k = min(wanted, validation.MAX_K)
         while True:
             hits = self.memory.recall(query, k=k, filters=prefix, include_archived=True, reinforce=False, **scope)
-            ranked: list[tuple[Note, float | None]] = [
-                (hit.note, hit.score) for hit in hits
-                if self._is_item(hit.note) and hit.note.metadata.get(INDEXED, True) and admissible(hit.note)
-            ]
+            ranked: list[tuple[Note, float | None]] = []
+            seen: set[str] = set()
+            for hit in hits:   # best first: an item ranks at its best note (itself or a part)
+                note = self._item_of(hit.note)
+                if note is None or note.id in seen:
+                    continue
+                seen.add(note.id)
+                if note.metadata.get(INDEXED, True) and admissible(note):
+                    ranked.append((note, hit.score))
             if len(ranked) >= wanted:
                 return ranked
             if len(hits) < k or k == validation.MAX_K:
@@ -312,13 +326,33 @@ class AgentMemStore(BaseStore):
         note = found[0] if found else None
         return note if note is not None and (now is None or self._live(note, now)) else None
 
-    def _notes(self, filters: dict[str, str], namespace: tuple[str, ...]) -> list[Note]:
-        """The items' notes matching `filters`, read in the scope of `namespace` (a whole one or a prefix)."""
+    def _notes(self, filters: dict[str, str], namespace: tuple[str, ...], parts: bool = False) -> list[Note]:
+        """The items' notes matching `filters`, read in the scope of `namespace` (a whole one or a prefix);
+        with `parts`, the further notes holding the rest of long items' texts instead."""
         scope = self._read_scope(namespace)
         if scope is None:
             return []
         notes = self.memory.notes(filters=filters, include_archived=True, **scope)
-        return [note for note in notes if self._is_item(note)]
+        return [note for note in notes if (self._is_part(note) if parts else self._is_item(note))]
+
+    def _parts(self, namespace: tuple[str, ...], key: str) -> list[Note]:
+        """The further notes of this item's text, in order."""
+        parts = self._notes(_item_filter(namespace, key), namespace, parts=True)
+        return sorted(parts, key=lambda note: note.metadata[PART])
+
+    def _item_of(self, note: Note) -> Note | None:
+        """The item's note for a note recall found: itself, or the item a part belongs to (None: no item's)."""
+        if self._is_item(note):
+            return note
+        if self._is_part(note):
+            return self._find(tuple(note.metadata[NAMESPACE].split(".")), note.metadata[KEY], None)
+        return None
+
+    def _forget(self, note: Note) -> None:
+        """Forget an item's note and its parts (one another caller forgot meanwhile is skipped)."""
+        namespace = tuple(note.metadata[NAMESPACE].split("."))
+        for each in [note, *self._parts(namespace, note.metadata[KEY])]:
+            self._forget_note(each.id)
 
     def _read_scope(self, namespace: tuple[str, ...]) -> dict[str, str | None] | None:
         """How far a read of this namespace (or prefix) narrows the memory: the store's scope, or the
@@ -336,6 +370,8 @@ class AgentMemStore(BaseStore):
         """Whether the note is an item of this store: in exactly its scope, with whole item metadata, in
         the user its namespace names. Another scope's notes are other stores' (skipped silently); anyone
         who can write to the memory can set metadata, so what merely looks like an item is skipped."""
+        if PART in note.metadata:   # a further note of an item's text, not an item
+            return False
         if note.agent_id != self.agent_id or (self.user_from_namespace is None and note.user_id != self.user_id):
             return False
         problem = _malformed(note.metadata)
@@ -347,15 +383,22 @@ class AgentMemStore(BaseStore):
             log.warning("note %s is skipped by the LangGraph store: %s", note.id, problem)
         return problem is None
 
+    def _is_part(self, note: Note) -> bool:
+        """Whether the note is a further note of an item's text in this store, as `_write` makes them."""
+        meta = note.metadata
+        namespace, key, part = meta.get(NAMESPACE), meta.get(KEY), meta.get(PART)
+        if not (isinstance(namespace, str) and all(namespace.split(".")) and isinstance(key, str)):
+            return False
+        if isinstance(part, bool) or not isinstance(part, int) or part < 1 or note.agent_id != self.agent_id:
+            return False
+        return note.user_id == self._user_of(tuple(namespace.split(".")))
+
     def _live(self, note: Note, now: datetime) -> bool:
         """False for an expired item, which is forgotten on the way (unless another reader just did)."""
         expires = note.metadata.get(EXPIRES)
         if expires is None or expires > now.timestamp():
             return True
-        try:
-            self.memory.forget(note.id)
-        except NoteNotFoundError:
-            pass
+        self._forget(note)
         return False
 
     def _refreshed(self, note: Note, now: datetime) -> Note | None:
@@ -381,8 +424,9 @@ class AgentMemStore(BaseStore):
 
     # ---- writing --------------------------------------------------------------------
 
-    def _planned_note(self, op: PutOp) -> tuple[str, dict[str, Any]] | None:
-        """The text and metadata a put will write, checked now (None for a delete, whose key is checked)."""
+    def _planned_note(self, op: PutOp) -> list[tuple[str, dict[str, Any]]] | None:
+        """The text and metadata of the notes a put will write, checked now: the item's, then the parts of
+        a text longer than a note holds (None for a delete, whose key is checked)."""
         _item_filter(op.namespace, op.key)
         if op.value is None:
             return None
@@ -414,26 +458,45 @@ class AgentMemStore(BaseStore):
             EXPIRES: None if op.ttl is None else _expiry(self.clock(), op.ttl),
             **{prefix_key(n): joined(op.namespace[:n]) for n in range(len(op.namespace) + 1)},
         }
-        return text or UNINDEXED_TEXT, validation.metadata(metadata)
+        texts = note_texts(text, self.memory.config.max_text_chars) if text else [UNINDEXED_TEXT]
+        part = {k: v for k, v in metadata.items() if k in (NAMESPACE, KEY) or k.startswith(PREFIX)}
+        return [(texts[0], validation.metadata(metadata))] + [
+            (text, validation.metadata({**part, PART: n})) for n, text in enumerate(texts[1:], 1)
+        ]
 
-    def _write(self, planned: list[tuple[PutOp, tuple[str, dict[str, Any]] | None]]) -> None:
+    def _write(self, planned: list[tuple[PutOp, list[tuple[str, dict[str, Any]]] | None]]) -> None:
         """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction."""
         new: list[dict[str, Any]] = []
-        for op, note in planned:
+        for op, notes in planned:
             existing = self._find(op.namespace, op.key, None)
+            user_id = self._user_of(op.namespace)
+            fresh = [{"text": text, "user_id": user_id, "metadata": meta} for text, meta in notes or ()]
             try:   # a reader may forget an expired item meanwhile: then it is gone, or put anew
-                if note is not None and existing is not None:
-                    text, metadata = note
+                if notes is not None and existing is not None:
+                    text, metadata = notes[0]
                     self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
+                    parts = self._parts(op.namespace, op.key)
+                    if [(p.text, p.metadata) for p in parts] != [(t, m) for t, m in notes[1:]]:
+                        for part in parts:   # the text changed: its parts are written anew
+                            self._forget_note(part.id)
+                        new += fresh[1:]
                 elif existing is not None:
-                    self.memory.forget(existing.id)
-                elif note is not None:
-                    new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
+                    self._forget(existing)
+                elif notes is not None:
+                    new += fresh
             except NoteNotFoundError:
-                if note is not None:
-                    new.append({"text": note[0], "user_id": self._user_of(op.namespace), "metadata": note[1]})
+                if notes is not None:
+                    for part in self._parts(op.namespace, op.key):
+                        self._forget_note(part.id)
+                    new += fresh
         if new:
             self.memory.remember_many(new, agent_id=self.agent_id, deduplicate=False)
+
+    def _forget_note(self, note_id: str) -> None:
+        try:
+            self.memory.forget(note_id)
+        except NoteNotFoundError:
+            pass
 
     def _user_of(self, namespace: tuple[str, ...]) -> str | None:
         position = self.user_from_namespace
@@ -452,7 +515,7 @@ class AgentMemStore(BaseStore):
         if not text and paths is not None:
             return None
         text = text or json.dumps(value, sort_keys=True, ensure_ascii=False)
-        return text[: self.memory.config.max_text_chars]
+        return text   # as long as it is: `_planned_note` cuts it into notes
 
 
 def _expiry(now: datetime, minutes: float) -> float:

@@ -255,6 +255,33 @@ def clock():
     return Clock()
 
 
+def test_an_item_longer_than_a_note_holds_is_found_by_any_of_its_words(memory, clock):
+    """Its text was cut at max_text_chars, so a search for its later words missed it. InMemoryStore indexes
+    every text of an item (a vector each, the best scoring the item); here the text past a note's limit goes
+    into further notes of the item, and a search returns the item once, whole, as well as its best part ranks."""
+    store = AgentMemStore(memory=memory, user_id="maya", clock=clock)
+    limit = memory.config.max_text_chars
+    long = {"content": "filler words here. " * 700 + "The secret launch city is Valparaiso."}
+    store.put(("docs",), "short", {"content": "Maya likes tea."})
+    store.put(("docs",), "long", long)
+    found = store.search(("docs",), query="Valparaiso launch city", limit=5)
+    assert [i.key for i in found] == ["long", "short"] and found[0].value == long and found[0].score is not None
+    notes = memory.notes(user_id="maya")
+    assert len(notes) == 3 and all(len(n.text) <= limit for n in notes)
+    assert sum(n.text.count("filler") for n in notes) == 700 and any("Valparaiso" in n.text for n in notes)
+    assert [i.key for i in store.search(("docs",))] == ["short", "long"] and store.list_namespaces() == [("docs",)]
+    assert store.get(("docs",), "long").value == long
+    store.put(("docs",), "long", {"content": "Now short: the launch city is Quito."})   # its extra notes go
+    assert len(memory.notes(user_id="maya")) == 2
+    assert not any("Valparaiso" in n.text for n in memory.notes(user_id="maya"))
+    store.put(("docs",), "long", long)
+    store.delete(("docs",), "long")
+    assert [n.text for n in memory.notes(user_id="maya")] == ["Maya likes tea."]
+    store.put(("docs",), "brief", long, ttl=1)   # an expired item leaves with all its notes
+    clock.now += timedelta(minutes=2)
+    assert store.get(("docs",), "brief") is None and len(memory.notes(user_id="maya")) == 1
+
+
 def test_ttl_expires_items_unless_read_in_time(memory, clock):
     store = AgentMemStore(memory=memory, clock=clock)
     store.put(("s",), "short", {"v": 1}, ttl=10)
