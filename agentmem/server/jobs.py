@@ -156,6 +156,7 @@ class JobRunner:
                     if time.monotonic() >= adopt_at:  # between jobs too: a busy server would never adopt
                         adopt_at = time.monotonic() + ADOPT_EVERY_S
                         self._adopt()
+                        self._drop_forgotten(list(self._kept.values()))  # from reports nobody asks for too
                 except Exception:
                     log.exception("consolidation job %s could not be run or recorded", job_id or "adoption")
         finally:

@@ -82,6 +82,28 @@ def test_a_kept_report_no_longer_names_the_notes_forgotten_since(tmp_path, embed
             runner.close()
 
 
+def test_a_kept_report_nobody_asks_for_loses_a_forgotten_note_at_the_workers_next_sweep(
+        tmp_path, embedder, tiny_lm, tiny_config, monkeypatch):
+    """The server's memory held a forgotten note's prompt and target until its report was shown or pushed out."""
+    monkeypatch.setattr(jobs, "ADOPT_EVERY_S", 0.2)
+    with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
+        grass = memory.remember("The grass is green.", at=NOW)
+        sky = memory.remember("The sky is blue.", at=NOW)
+        runner = JobRunner(memory)
+        try:
+            job_id = runner.submit({"min_recalls": 0}, at=NOW + timedelta(days=2)).id
+            while runner._log.get(job_id).status != "succeeded":  # not `get`: it would drop the note itself
+                time.sleep(0.05)
+            memory.forget(grass.id)
+            deadline = time.monotonic() + 10
+            while grass.fact.target in repr(runner._kept[job_id]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            held = repr(runner._kept[job_id])
+            assert grass.id not in held and grass.fact.target not in held and sky.id in held
+        finally:
+            runner.close()
+
+
 def test_a_server_keeps_the_last_finished_jobs_only(tmp_path, embedder, tiny_lm, tiny_config, monkeypatch):
     monkeypatch.setattr(jobs, "KEPT_FINISHED", 2)
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as memory:
