@@ -9,6 +9,7 @@ backup that fails leaves nothing behind (`new_backup`).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from .validation import MAX_PATH_CHARS, reasons
 
 if TYPE_CHECKING:  # psycopg is an optional dependency
     from .stores.shared_folders import SharedFolders
+
+log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, APFS, NTFS)
 # The kernel's own file systems: what they hold are its processes, devices, control groups and settings, not files,
@@ -183,9 +186,9 @@ def new_backup(target: object) -> Iterator[Path]:
             shutil.rmtree(made, ignore_errors=True)
         else:
             for suffix in ("", "-journal", "-wal", "-shm"):
-                Path(f"{folder / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
+                _discard(Path(f"{folder / GRAPH_FILE}{suffix}"))
             shutil.rmtree(folder / EDITOR_FOLDER, ignore_errors=True)
-            Path(folder / BACKUP_COMPLETE).unlink(missing_ok=True)
+            _discard(folder / BACKUP_COMPLETE)
         raise
 
 
@@ -302,7 +305,7 @@ def unpack_backup(source: Path, path: Path) -> None:
         graph.replace(path / GRAPH_FILE)
     except BaseException as exc:
         remove_restored(path)
-        graph.unlink(missing_ok=True)
+        _discard(graph)
         shutil.rmtree(editor, ignore_errors=True)
         if isinstance(exc, OSError):
             raise StoreUnavailableError(f"cannot restore into {path}: {exc}") from exc
@@ -311,11 +314,24 @@ def unpack_backup(source: Path, path: Path) -> None:
 
 def remove_restored(path: Path) -> None:
     """Take back what `unpack_backup` put at `path` (it refuses a `path` holding a note graph or an editor
-    state, so both are its own), when the store it restored cannot be opened: a restore can follow."""
+    state, so both are its own), when the store it restored cannot be opened: a restore can follow. It runs while an
+    error is on its way, so it raises nothing itself (`_discard`)."""
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{path / GRAPH_FILE}{suffix}").unlink(missing_ok=True)
+        _discard(Path(f"{path / GRAPH_FILE}{suffix}"))
     shutil.rmtree(path / EDITOR_FOLDER, ignore_errors=True)
     shutil.rmtree(path / "chroma", ignore_errors=True)
+
+
+def _discard(file: Path) -> None:
+    """Remove a file a failed backup or restore may have written, raising nothing: it runs while the error that
+    stopped the work is on its way, which it must not mask. On a read-only file system even a missing file's
+    unlink fails (EROFS, which `missing_ok` does not cover), and nothing was written there; any other failure
+    leaves the file behind, which is logged."""
+    try:
+        file.unlink()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EROFS):
+            log.warning("could not remove %s after a failed backup or restore: %s", file, exc)
 
 
 def prepare_index(path: Path, collection: str, chroma_url: str | None) -> None:

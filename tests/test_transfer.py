@@ -4,6 +4,9 @@ PostgreSQL store carries the editor state its replicas publish, not this host's 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,20 @@ from agentmem import AgentMemError, InvalidInputError, Memory, MemoryConfig, Sto
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
 from tests.conftest import T0
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A real read-only tmpfs, empty (as tests/test_faults.py mounts its disk); skipped where it cannot be mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("name", ["nul\x00byte", "lone\udc80surrogate", "x" * 300, "x" * 5000])
@@ -188,3 +205,20 @@ def test_an_import_from_what_is_no_regular_file_says_so(tmp_path):
         transfer.read_notes(tmp_path)   # a folder here; /dev/zero and pipes alike
     with pytest.raises(InvalidInputError, match="no such file"):
         transfer.read_notes(tmp_path / "missing.jsonl")
+
+
+def test_a_restore_or_backup_into_a_read_only_folder_is_store_unavailable_not_a_traceback(memory, tmp_path,
+                                                                                          read_only_disk):
+    """The copy failed with EROFS, then the cleanup's `unlink(missing_ok=True)` failed with EROFS too (missing_ok
+    covers only "not found") and masked it: the CLI ended in a chained OSError traceback, exit 1."""
+    memory.remember("Alice lives in Lisbon", at=T0)
+    folder = memory.backup(tmp_path / "backup")
+    restored = subprocess.run([sys.executable, "-m", "agentmem.cli", "--path", str(read_only_disk), "restore-backup",
+                               str(folder)], capture_output=True, text=True, timeout=300)
+    assert restored.returncode == 2, restored.stderr
+    assert "Traceback" not in restored.stderr
+    assert f"StoreUnavailableError: cannot restore into {read_only_disk}" in restored.stderr
+    assert "Read-only file system" in restored.stderr
+    with pytest.raises(StoreUnavailableError, match="cannot be written"):
+        memory.backup(read_only_disk)  # an existing empty folder: the same cleanup ran after SQLite's refusal
+    assert list(read_only_disk.iterdir()) == []
