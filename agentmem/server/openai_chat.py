@@ -12,6 +12,7 @@ run, so nothing is recalled or remembered for it. An upstream turn runs on the u
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,11 +30,13 @@ from ..integrations.chat import SYSTEM, MemoryChat
 from ..memory import Memory
 from ..notes import MAX_STORED_METADATA_DEPTH, CleanStr, json_value
 from .access import ScopedMemory
+from .client import redacted_url, split_credentials
 from .model_lane import ModelLane, UpstreamLane
 from .errors import UpstreamError
 from .rest import scoped
 
 LOCAL_MODEL = "agentmem-local"
+log = logging.getLogger(__name__)
 
 
 class OpenAIError(BaseModel):
@@ -162,11 +165,23 @@ class ModelList(BaseModel):
 
 
 class UpstreamChat:
-    """A chat function that forwards the messages (recalled notes included) to an OpenAI-compatible server."""
+    """A chat function that forwards the messages (recalled notes included) to an OpenAI-compatible server.
+
+    `api_key` goes as `Authorization: Bearer KEY`. A user and password in `base_url` go as Basic auth only when
+    there is no key (both cannot be the Authorization header: the key wins, and the log says the URL's are not
+    sent). Neither shows anywhere: errors, which reach API clients, name the server as `shown` (the password
+    as ***), and the httpx client's URL, which its log lines show, holds no user part."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+        url = base_url.rstrip("/")
+        self.shown = redacted_url(url)
+        plain, credentials = split_credentials(url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        if api_key and credentials is not None:
+            log.warning("the upstream URL's user and password (%s) are not sent: the upstream key is, as a Bearer "
+                        "header", self.shown)
+            credentials = None
+        self.client = httpx.Client(base_url=plain, headers=headers, auth=credentials, timeout=timeout)
 
     def complete(self, messages: list[dict[str, str]], model: str, options: dict[str, Any]) -> str:
         try:
@@ -175,9 +190,9 @@ class UpstreamChat:
             response.raise_for_status()
             content = response.json()["choices"][0]["message"]["content"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise UpstreamError(f"the upstream server at {self.client.base_url} failed: {exc}") from None
+            raise UpstreamError(f"the upstream server at {self.shown} failed: {exc}") from None
         if not isinstance(content, str | None):  # the upstream's fault, not the caller's
-            raise UpstreamError(f"the upstream server at {self.client.base_url} replied with "
+            raise UpstreamError(f"the upstream server at {self.shown} replied with "
                                 f"{type(content).__name__} content, not text")
         return content or ""
 
@@ -187,7 +202,7 @@ class UpstreamChat:
             response.raise_for_status()
             return ModelList.model_validate(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            raise UpstreamError(f"the upstream server at {self.client.base_url} failed: {exc}") from None
+            raise UpstreamError(f"the upstream server at {self.shown} failed: {exc}") from None
 
     def close(self) -> None:
         self.client.close()

@@ -22,7 +22,8 @@ from agentmem import InvalidInputError
 from agentmem.server.access import ScopedMemory
 from agentmem.server.auth import ApiKeys, Caller
 from agentmem.server.model_lane import ModelLane
-from agentmem.server.openai_chat import ChatCompletionRequest, ChatService
+from agentmem.server.errors import UpstreamError
+from agentmem.server.openai_chat import ChatCompletionRequest, ChatService, UpstreamChat
 from agentmem.server.limits import LANE_PER_USER, LANE_TOTAL
 
 from tests.conftest import free_port
@@ -218,3 +219,80 @@ def test_an_api_key_no_client_can_send_is_refused_at_start_up(tmp_path):
         assert "visible ASCII" in done.stderr
         assert not store.exists()   # nothing opened
     assert ApiKeys.parse(["good-key-0001:José"]).caller({"x-api-key": "good-key-0001"}).user_id == "José"
+
+
+UPSTREAM_PASSWORD, UPSTREAM_KEY = "UpS3cretPw", "up-key-0001"
+
+
+class FailingUpstream(JsonReplies):
+    """An OpenAI-compatible server that fails as its `model` asks: `500`, `not-json`, `number` (content 42), `drop`
+    (the connection closed without a reply); else a reply. It keeps the Authorization header of every request."""
+
+    authorization: list[str | None] = []
+
+    def do_POST(self) -> None:
+        type(self).authorization.append(self.headers.get("authorization"))
+        model = json.loads(self.rfile.read(int(self.headers["content-length"])))["model"]
+        if model == "drop":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if model in ("500", "not-json"):
+            data = b"<html>upstream trouble</html>"
+            self.send_response(500 if model == "500" else 200)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        content = 42 if model == "number" else "Fine."
+        self.answer({"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+    def do_GET(self) -> None:
+        type(self).authorization.append(self.headers.get("authorization"))
+        self.send_response(500)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+
+def test_the_upstream_urls_password_is_shown_to_no_client_and_logged_nowhere_and_the_upstream_key_is_sent(
+        tmp_path):
+    """`--upstream http://user:PASSWORD@host/v1`: every failure's 502 told the API client (a key bound to one user
+    too) the URL with its password, httpx's log line of every upstream request held it, and `--upstream-key` was
+    not sent: the URL's user and password went as Basic auth in its place."""
+    with stand_in_upstream(FailingUpstream) as upstream:
+        url = upstream.replace("http://", f"http://upuser:{UPSTREAM_PASSWORD}@")
+        shown = upstream.replace("http://", "http://upuser:***@")
+        served = start_server(tmp_path, "--upstream", url, "--upstream-key", UPSTREAM_KEY,
+                              *(f"--api-key={k}" for k in KEYS), key=ADMIN_KEY)
+        try:
+            alice = OpenAI(base_url=f"{served.url}/v1", api_key=ALICE_KEY, max_retries=0)
+            ask = [{"role": "user", "content": "I keep bees."}]
+            assert alice.chat.completions.create(model="fine", messages=ask).choices[0].message.content == "Fine."
+            assert FailingUpstream.authorization[-1] == f"Bearer {UPSTREAM_KEY}"   # the key, as a Bearer header
+            for model, said in (("500", "500 Internal Server Error"), ("not-json", "Expecting value"),
+                                ("number", "int content, not text"), ("drop", "disconnected")):
+                with pytest.raises(openai.InternalServerError) as failed:
+                    alice.chat.completions.create(model=model, messages=ask)
+                assert (failed.value.status_code, failed.value.type) == (502, "UpstreamError")
+                message = failed.value.message
+                assert f"the upstream server at {shown}" in message and said in message, message
+                assert UPSTREAM_PASSWORD not in failed.value.response.text, message
+            with pytest.raises(openai.InternalServerError) as failed:   # /v1/models, asked of the upstream
+                alice.models.list()
+            assert shown in failed.value.message and UPSTREAM_PASSWORD not in failed.value.response.text
+            assert {FailingUpstream.authorization[-1]} == {f"Bearer {UPSTREAM_KEY}"}
+        finally:
+            assert_clean_stop(served)
+        logged = "".join(served.log.read_text().split())   # rich wraps long lines
+        assert UPSTREAM_PASSWORD not in logged
+        assert "areNOTsent:theupstreamkeyis".lower() in logged.lower()   # the operator is told which was sent
+
+        # without --upstream-key, the URL's user and password still reach the upstream (Basic auth), unshown
+        chat = UpstreamChat(url)
+        try:
+            with pytest.raises(UpstreamError) as failed:
+                chat.complete([{"role": "user", "content": "hi"}], "500", {})
+            assert shown in str(failed.value) and UPSTREAM_PASSWORD not in str(failed.value)
+            assert FailingUpstream.authorization[-1] == httpx.BasicAuth("upuser", UPSTREAM_PASSWORD)._auth_header
+        finally:
+            chat.close()
