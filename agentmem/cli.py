@@ -399,10 +399,39 @@ def restore_backup(args: argparse.Namespace) -> Any:
 
 
 def migrate_store(args: argparse.Namespace) -> Any:
-    """The folder store --from copied into the PostgreSQL database --to (local only, like restore-backup)."""
-    from .stores.migrate import migrate
+    """The folder store --from copied into the PostgreSQL database --to (local only, like restore-backup).
 
-    return migrate(args.source, args.target, chroma_url=args.chroma_url, collection=args.collection)
+    Ctrl-C or SIGTERM ends it with one line saying what the database holds (still empty: run it again;
+    the whole copy: use it) and exit code 128 + the signal's number (130, 143), as shells report them."""
+    import signal
+
+    received = [signal.SIGINT]
+
+    def terminated(signum: int, frame: Any) -> None:
+        received[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    started = False
+    try:
+        from .stores.migrate import migrate
+
+        started = True
+        return migrate(args.source, args.target, chroma_url=args.chroma_url, collection=args.collection)
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C while the line is written changes nothing
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if exc.__class__.__name__ == "MigrationInterrupted":   # it says what the database holds
+            said = str(exc)
+        elif not started:
+            said = "the migration was interrupted before anything was copied; run the same migrate again"
+        else:   # interrupted again while the database was asked what it holds
+            said = ("the migration was interrupted; if the database holds no store, run the same migrate again; if"
+                    " it holds the copy, that copy is whole (the copy is one transaction): use it")
+        print(f"agentmem: interrupted ({received[0].name}): {said}", file=sys.stderr, flush=True)
+        sys.exit(128 + received[0])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve_mcp(args: argparse.Namespace) -> None:

@@ -10,6 +10,11 @@ be empty: nothing is merged, and a migration that raises before the index leaves
 to be run again. (A failed rebuild of the index leaves the store in place: opening it
 rebuilds the index.) Stop the writers of the source store while it runs.
 
+The copy's transaction also records which store it copied (`COPIED_FROM`), so a migration stopped
+by Ctrl-C (`MigrationInterrupted`, a KeyboardInterrupt) says whether the target is still empty (run
+it again) or holds the whole copy (use it: opening it rebuilds its index), and a second migration
+of the same folder into it says the copy is there and usable rather than asking for an empty database.
+
 The copy is a new store: it gets a store id of its own, so that a second migration of the same
 folder, or the folder store itself, cannot take over its Chroma collection (each would drop the
 other's vectors at its next open). Rows the source cannot read are set aside in its quarantine
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..errors import InvalidInputError, StoreUnavailableError
+from ..errors import AgentMemError, InvalidInputError, StoreUnavailableError
 from .graph import NoteGraph
 from .location import EDITOR_FOLDER, GRAPH_FILE, is_postgres_url, local_folder
 from .postgres import PostgresNoteGraph
@@ -30,6 +35,18 @@ from .postgres_connection import redacted
 from .postgres_copy import copied_tables
 from .sync import IndexSync
 from .vectors import VectorIndex
+
+
+COPIED_FROM = "migrated_from"   # meta: the id of the store a migration copied, written with the copy
+
+
+class MigrationInterrupted(KeyboardInterrupt):
+    """A migration stopped by Ctrl-C. Its message says what the target holds and what to do; `copied`:
+    the target holds the whole copy (True), is still empty (False), or could not be asked (None)."""
+
+    def __init__(self, message: str, copied: bool | None) -> None:
+        super().__init__(message)
+        self.copied = copied
 
 
 class MigrationReport(BaseModel):
@@ -51,23 +68,69 @@ def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None =
     if not is_postgres_url(target_url):
         raise InvalidInputError("the target must be a postgresql://user@host:port/database URL")
     origin = NoteGraph(source / GRAPH_FILE)
+    source_id = origin.store_id
     try:
-        target = PostgresNoteGraph(target_url)
-    except BaseException:
-        origin.close()
-        raise
-    try:
-        _refuse_another_stores_index(origin, chroma_url, collection)
-        folder = _made_local_folder(target_url)
-        with origin.lock():
-            origin.quarantine_unreadable()
-        rows = _copy_tables(origin, target, target_url, source / EDITOR_FOLDER)
-        vectors = _rebuild_index(target_url, folder, chroma_url, collection)
-    finally:
-        target.close()
-        origin.close()
+        try:
+            target = PostgresNoteGraph(target_url)
+        except BaseException:
+            origin.close()
+            raise
+        try:
+            _refuse_a_store(origin, target, target_url)  # first: a copy made already is said so, not another error
+            _refuse_another_stores_index(origin, chroma_url, collection)
+            folder = _made_local_folder(target_url)
+            with origin.lock():
+                origin.quarantine_unreadable()
+            rows = _copy_tables(origin, target, target_url, source / EDITOR_FOLDER)
+            vectors = _rebuild_index(target_url, folder, chroma_url, collection)
+        finally:
+            target.close()
+            origin.close()
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, MigrationInterrupted):
+            raise
+        raise _interrupted(source, target_url, source_id) from None
     return MigrationReport(source=str(source), target=redacted(target_url), rows=rows, vectors=vectors,
                            editor_copied=(source / EDITOR_FOLDER).is_dir())
+
+
+def _refuse_a_store(origin: NoteGraph, target: PostgresNoteGraph, target_url: str) -> None:
+    """A target that holds a store is refused: as the whole copy of this one that it is (an earlier
+    migration copied it), or as another store."""
+    if not (target.count() or target.get_meta("store_id") is not None):
+        return
+    if origin.store_id is not None and target.get_meta(COPIED_FROM) == origin.store_id:
+        raise InvalidInputError(
+            f"{redacted(target_url)} already holds the whole copy of this store, made by an earlier migrate: it is"
+            " ready to use (opening it rebuilds its vector index if that migrate stopped before finishing it)."
+            " Nothing was copied again."
+        )
+    raise InvalidInputError(f"{redacted(target_url)} already holds a store; migrate into an empty database")
+
+
+def _interrupted(source: Path, target_url: str, source_id: str | None) -> MigrationInterrupted:
+    """What an interrupted migration left in the target, asked of the database (the copy is one transaction)."""
+    where = redacted(target_url)
+    try:
+        target = PostgresNoteGraph(target_url)
+        try:
+            copied = source_id is not None and target.get_meta(COPIED_FROM) == source_id
+            empty = not target.count() and target.get_meta("store_id") is None
+        finally:
+            target.close()
+    except (AgentMemError, OSError) as exc:
+        return MigrationInterrupted(
+            f"the migration was interrupted and {where} could not be asked what it holds ({exc}); if it holds no"
+            f" store, run the same migrate again; if it holds the copy of {source}, that copy is whole: use it", None)
+    if copied:
+        return MigrationInterrupted(
+            f"the migration was interrupted while it rebuilt the vector index: {where} holds the whole copy of"
+            f" {source}, ready to use (opening it rebuilds its index); do not migrate it again", True)
+    if empty:
+        return MigrationInterrupted(
+            f"the migration was interrupted before the copy was made: {where} is still empty; run the same migrate"
+            " again", False)
+    return MigrationInterrupted(f"the migration was interrupted; {where} holds a store that is not this copy", None)
 
 
 def _refuse_another_stores_index(origin: NoteGraph, chroma_url: str | None, collection: str) -> None:
@@ -110,8 +173,7 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str, 
     copied_tables(target)
     reader = origin.connection
     with target.lock():
-        if target.count() or target.get_meta("store_id") is not None:
-            raise InvalidInputError(f"{redacted(target_url)} already holds a store; migrate into an empty database")
+        _refuse_a_store(origin, target, target_url)   # again, under the lock: another migration may have run
         with target.transaction():
             target.connection.execute("DELETE FROM meta")  # the new database's own key gives way to the store's
             reader.execute("BEGIN")  # one read snapshot of the whole file
@@ -124,6 +186,8 @@ def _copy_tables(origin: NoteGraph, target: PostgresNoteGraph, target_url: str, 
             finally:
                 reader.execute("COMMIT")
             target.set_meta("store_id", uuid.uuid4().hex)  # a store of its own (see the module docstring)
+            if origin.store_id is not None:
+                target.set_meta(COPIED_FROM, origin.store_id)  # committed with the copy: the mark of a whole one
             if editor.is_dir():  # a failure here undoes the copy
                 target.shared_folders.publish(EDITOR_FOLDER, editor, based_on=None)
     return counts

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,7 +177,7 @@ def test_the_migrate_command_moves_a_store_and_prints_its_report(source, postgre
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["rows"]["notes"] == len(TEXTS) and report["vectors"] == len(TEXTS)
     assert main(["migrate", "--from", str(source), "--to", postgres_url]) == 2  # not empty any more
-    assert "already holds a store" in capsys.readouterr().err
+    assert "already holds the whole copy of this store" in capsys.readouterr().err   # and usable: no drop asked
 
 
 def test_migration_refuses_a_chroma_collection_of_another_store_before_copying(
@@ -225,3 +228,66 @@ def test_a_row_the_source_cannot_read_goes_to_the_quarantine_and_the_rest_moves(
     graph.close()
     report = migrate(source, postgres_url)
     assert report.rows["notes"] == len(TEXTS) - 1 and report.rows["quarantine"] == 1
+
+
+PAUSED = """
+import sys, time
+from agentmem.stores.postgres import PostgresNoteGraph
+from agentmem.stores.vectors import VectorIndex
+where, method = {"copy": (PostgresNoteGraph, "bulk_load"), "index": (VectorIndex, "upsert")}[sys.argv[1]]
+original = getattr(where, method)
+def paused(*args, **kwargs):   # the real step, after a pause in which the test signals the process
+    print("PAUSED", file=sys.stderr, flush=True)
+    time.sleep(120)
+    return original(*args, **kwargs)
+setattr(where, method, paused)
+from agentmem.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def interrupted_migrate(source, url, step: str, signum: int) -> tuple[int, str]:
+    """`agentmem migrate` in a process of its own, sent `signum` in the middle of `step` (copy or index)."""
+    process = subprocess.Popen([sys.executable, "-c", PAUSED, step, "migrate", "--from", str(source), "--to", url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = ""
+    while "PAUSED" not in err:
+        line = process.stderr.readline()
+        assert line, f"the migration ended before the pause: {err}"
+        err += line
+    process.send_signal(signum)
+    out, rest = process.communicate(timeout=120)
+    return process.returncode, err.replace("PAUSED\n", "") + rest
+
+
+def test_a_migration_interrupted_after_the_copy_says_the_copy_is_whole_and_a_retry_does_not_ask_for_a_drop(
+        source, postgres_url, tmp_path, monkeypatch, capsys, embedder):
+    """Ctrl-C during the index rebuild printed a traceback, and the retry asked for an empty database
+    although the copy was whole and opening it rebuilds the index."""
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AGENTMEM_URL", raising=False)
+    code, err = interrupted_migrate(source, postgres_url, "index", signal.SIGINT)
+    assert code == 130 and "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if line.startswith("agentmem:")]
+    assert "whole copy" in line and "ready to use" in line and "do not migrate it again" in line
+    assert main(["migrate", "--from", str(source), "--to", postgres_url]) == 2
+    refusal = capsys.readouterr().err
+    assert "already holds the whole copy of this store" in refusal and "ready to use" in refusal
+    assert "empty database" not in refusal
+    with Memory(postgres_url, embedder=embedder) as copy:   # usable as it is: opening it rebuilds the index
+        assert len(copy.notes()) == len(TEXTS)
+        assert copy.recall("Bob's cat", k=1, at=T0, reinforce=False)[0].note.text.startswith("Bob")
+
+
+def test_a_migration_terminated_during_the_copy_leaves_the_database_empty_and_says_run_it_again(
+        source, postgres_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTMEM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AGENTMEM_URL", raising=False)
+    code, err = interrupted_migrate(source, postgres_url, "copy", signal.SIGTERM)
+    assert code == 143 and "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if line.startswith("agentmem:")]
+    assert "still empty" in line and "run the same migrate again" in line
+    target = PostgresNoteGraph(postgres_url)
+    assert (target.count(), target.get_meta("store_id")) == (0, None)
+    target.close()
+    assert migrate(source, postgres_url).rows["notes"] == len(TEXTS)
