@@ -196,7 +196,10 @@ def _backup_target(target: object) -> Path:
     """A folder path a backup can go into: a path the file system can hold (valid Unicode, no NUL, no name
     too long; checked here, since a missing parent hides a too long name from the file system's checks),
     not on one of the kernel's file systems (/proc, /sys: `KERNEL_FILE_SYSTEMS`), and a new folder or an empty one
-    (a store's files in it are named as such; a disk's own lost+found does not count). Nothing is written."""
+    (a store's files in it are named as such; a disk's own lost+found does not count). Nothing is written.
+
+    The folder is returned absolute, its `..` resolved as the kernel reads them (`_absolute`): SQLite, which copies
+    the note graph, refuses a relative path with more `..` than the working folder is deep."""
     if not isinstance(target, (str, Path)) or not str(target).strip():
         raise InvalidInputError("backup target must be a folder path")
     raw = str(target)
@@ -206,7 +209,10 @@ def _backup_target(target: object) -> Path:
         clean_string(raw)
     except ValueError as exc:
         raise InvalidInputError(f"backup target {exc}") from None
-    folder = Path(raw)
+    try:
+        folder = _absolute(raw)
+    except OSError as exc:  # the working folder was removed
+        raise StoreUnavailableError(f"cannot resolve the backup target {raw}: {exc}") from exc
     if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):
         raise InvalidInputError(f"backup target has a name longer than {NAME_MAX} bytes, which file systems refuse")
     try:
@@ -225,6 +231,17 @@ def _backup_target(target: object) -> Path:
     except OSError as exc:
         raise _unusable(folder, exc) from exc
     return folder
+
+
+def _absolute(raw: str) -> Path:
+    """`raw` as an absolute path that names what the kernel would (`/..` is `/`, and a `..` after a link is the
+    parent of where the link leads): the part up to its last `..` resolved, links followed, the rest as written, so
+    a path with no `..` keeps the names it was given."""
+    parts = Path(raw).parts
+    last = max((i for i, part in enumerate(parts) if part == ".."), default=-1)
+    if last < 0:
+        return Path(os.path.abspath(raw))
+    return Path(os.path.realpath(Path(*parts[: last + 1]))).joinpath(*parts[last + 1:])
 
 
 def _file_system_of(folder: Path) -> str | None:
