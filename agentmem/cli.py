@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--at", type=_time, help="ISO time of the restore (default: now)")
     commands.add_parser("stats", help="counts of notes, links and users")
 
-    export = commands.add_parser("export", help="write all notes as JSONL")
-    export.add_argument("file", type=Path)
+    export = commands.add_parser("export", help="write all notes as JSONL into FILE (replacing a file already there)",
+                                 description="Write all notes as JSONL into FILE. It replaces a file already there"
+                                             " (the new file appears whole or not at all).")
+    export.add_argument("file", type=Path, metavar="FILE", help="the JSONL file to write (replaces one already there)")
     import_ = commands.add_parser("import", help="load notes from JSONL")
     import_.add_argument("file", type=Path)
 

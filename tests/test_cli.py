@@ -365,3 +365,18 @@ def test_a_refused_policy_or_import_line_is_one_line_naming_the_field(tmp_path, 
     bad.write_text('{"id": "n1", "text": ""}\n')
     code, _, err = run(capsys, "--path", store, "import", str(bad))
     assert code == 2 and err.count("\n") == 1 and "g.jsonl:1: not a note: " in err and "https://" not in err, err
+
+
+def test_export_says_in_its_help_that_it_replaces_a_file_already_there_as_it_does(tmp_path, capsys, embedder):
+    """It replaced an existing file without a word anywhere."""
+    helped = subprocess.run([sys.executable, "-m", "agentmem.cli", "export", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert helped.returncode == 0 and "replaces a file already there" in helped.stdout
+    listed = subprocess.run([sys.executable, "-m", "agentmem.cli", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert "replacing" in listed.stdout
+    store, file = str(tmp_path / "m"), tmp_path / "kept.jsonl"
+    file.write_text("an earlier export\n")
+    assert run(capsys, "--path", store, "remember", "Ada writes compilers")[0] == 0
+    assert run(capsys, "--path", store, "export", str(file))[1]["exported"] == 1
+    assert "an earlier export" not in file.read_text() and "Ada writes compilers" in file.read_text()
