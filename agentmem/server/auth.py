@@ -36,27 +36,38 @@ class ApiKeys:
 
     @classmethod
     def parse(cls, specs: Iterable[str] = (), keys_file: Path | None = None) -> ApiKeys:
-        """Keys from `KEY` / `KEY:USER` specs and from a file with one spec a line (# comments)."""
-        lines = list(specs)
+        """Keys from `KEY` / `KEY:USER` specs and from a file with one spec a line (# comments). A bad spec is
+        named by where it is ("keys.txt line 2", or its place among `specs`), never by the key itself."""
+        lines = [(f"--api-key #{number}", spec) for number, spec in enumerate(specs, 1)]
         if keys_file is not None:
             try:
-                lines += keys_file.read_text(encoding="utf-8").splitlines()
+                text = keys_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise InvalidInputError(f"cannot read the keys file {keys_file}: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"the keys file {keys_file} is not UTF-8 text: {exc}") from None
+            # numbered as editors number lines: at "\n" ("\r\n" too), not at the other breaks `splitlines` knows
+            lines += [(f"{keys_file} line {number}", line) for number, line in enumerate(text.split("\n"), 1)]
         keys: dict[str, str | None] = {}
-        for line in lines:
+        listed: dict[str, str] = {}  # where each key was listed
+        for where, line in lines:
             spec = line.strip()
             if not spec or spec.startswith("#"):
                 continue
             key, bound, user = spec.partition(":")
             if len(key) < 8 or not all("!" <= c <= "~" for c in key):  # what every client can send in a header
-                raise InvalidInputError("an API key needs at least 8 characters, each a visible ASCII character "
-                                        "(no spaces, accents or other letters beyond ASCII)")
+                raise InvalidInputError(f"{where}: an API key needs at least 8 characters, each a visible ASCII"
+                                        " character (no spaces, accents or other letters beyond ASCII)")
             if bound and not user.strip():  # a typo must not turn a user's key into one for every user
-                raise InvalidInputError(f"the key spec {key[:4]}...: names no user after ':'")
+                raise InvalidInputError(f"{where}: the key spec {key[:4]}...: names no user after ':'")
             if key in keys:  # else the last listing would decide silently what the key reaches
-                raise InvalidInputError(f"the key {key[:4]}... is listed twice; list each key once")
-            keys[key] = validation.scope("user_id", user.strip()) if bound else None
+                raise InvalidInputError(f"{where}: the key {key[:4]}... is listed twice (first at {listed[key]});"
+                                        " list each key once")
+            try:
+                keys[key] = validation.scope("user_id", user.strip()) if bound else None
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{where}: {exc}") from None
+            listed[key] = where
         return cls(keys)
 
     @property

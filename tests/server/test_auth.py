@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -262,6 +264,33 @@ def test_key_specs_are_checked(tmp_path):
             ApiKeys.parse(twice)
     with pytest.raises(InvalidInputError):
         ApiKeys.parse([], tmp_path / "missing")
+
+
+def test_a_bad_line_of_a_keys_file_is_named_by_the_file_and_its_line_never_by_the_key(tmp_path):
+    """The error said what was wrong with "an API key" but not where: in a file of many keys, the operator had to
+    find the line; the key itself is never echoed (it would land in logs)."""
+    (tmp_path / "keys.txt").write_text("# team keys\r\nteam-key-0001\r\nsecret spaced key:carol\r\n")
+    served = subprocess.run([sys.executable, "-m", "agentmem.cli", "--path", str(tmp_path / "m"), "serve",
+                             "--keys-file", "keys.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert served.returncode == 2, served.stderr
+    assert "InvalidInputError: keys.txt line 3: an API key needs at least 8 characters" in served.stderr
+    assert "secret" not in served.stderr and "spaced" not in served.stderr
+    cases = {
+        "short\n": "line 1: an API key needs",
+        "# a\n\nuser-key-0001:\n": "line 3: the key spec user...: names no user",
+        "fred-key-0001\n# b\nfred-key-0001:gail\n": "line 3: the key fred... is listed twice \\(first at .*line 1\\)",
+        "# c\nuser-key-0002:\x07bell\n": "line 2: user_id must be a printable",
+    }
+    for text, message in cases.items():
+        (tmp_path / "keys").write_text(text)
+        with pytest.raises(InvalidInputError, match=f"^{tmp_path / 'keys'} {message}"):
+            ApiKeys.parse([], tmp_path / "keys")
+    twice = "^--api-key #2: the key fred... is listed twice \\(first at --api-key #1\\)"
+    with pytest.raises(InvalidInputError, match=twice):
+        ApiKeys.parse(["fred-key-0001:fred", "fred-key-0001"])
+    (tmp_path / "keys").write_bytes(b"team-key-\xff0001\n")
+    with pytest.raises(InvalidInputError, match="not UTF-8"):   # it was a UnicodeDecodeError, a traceback
+        ApiKeys.parse([], tmp_path / "keys")
 
 
 def test_a_request_without_a_key_is_refused_before_its_body_is_read(server):
