@@ -63,14 +63,23 @@ def _positive(value: str) -> int:
 
 
 def _http_url(value: str) -> str:
-    """An http(s) URL with a host: `localhost:1234` would be read as the scheme `localhost`."""
+    """An http(s) URL with a host: `localhost:1234` would be read as the scheme `localhost`. A refusal shows it
+    without its password, and a user part that httpx would misread is refused before anything is opened."""
+    from .errors import InvalidInputError
+    from .server.client import redacted_url, split_credentials  # httpx only: fast
+
     try:
         parts = urlsplit(value)
         good = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a port that is not one
         good = False
     if not good:
-        raise argparse.ArgumentTypeError(f"not an http(s) URL with a host, like http://127.0.0.1:1234/v1: {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"not an http(s) URL with a host, like http://127.0.0.1:1234/v1: {redacted_url(value)!r}")
+    try:
+        split_credentials(value)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

@@ -273,10 +273,13 @@ def test_a_command_on_notes_refuses_a_folder_without_a_store_and_makes_nothing(t
 def test_serve_options_are_checked_before_anything_is_made(tmp_path, capsys):
     store = tmp_path / "m"
     for options, problem in [(["--port", "99999"], "--port"), (["--port", "0"], "--port"),
-                             (["--max-body", "-1"], "--max-body"), (["--upstream", "localhost:1234"], "--upstream")]:
+                             (["--max-body", "-1"], "--max-body"), (["--upstream", "localhost:1234"], "--upstream"),
+                             (["--upstream", "ftp://admin:Sup3rSecret@host/v1"], "--upstream"),   # shown with ***
+                             (["--upstream", "http://admin:Sup3r/Secret@host/v1"], "--upstream")]:  # httpx misreads
         with pytest.raises(SystemExit) as exited:
             main(["--path", str(store), "serve", *options])
-        assert exited.value.code == 2 and f"argument {problem}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and f"argument {problem}" in err and "Secret" not in err, err
     with socket.socket() as probe:   # a free port, so that the editor is what is checked (8765 may be in use)
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
