@@ -1,4 +1,5 @@
-"""Files that appear whole or not at all, and folders synced before anything vouches for them."""
+"""Files that appear whole or not at all, folders synced before anything vouches for them, and paths read as the
+kernel reads them."""
 from __future__ import annotations
 
 import os
@@ -29,3 +30,15 @@ def sync_folder(folder: Path) -> None:
         if part.is_file():
             with open(part, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def absolute_path(raw: str | Path) -> Path:
+    """`raw` as an absolute path that names what the kernel would (`/..` is `/`, and a `..` after a link is the
+    parent of where the link leads): the part up to its last `..` resolved, links followed, the rest as written, so
+    a path with no `..` keeps the names it was given. SQLite refuses a `..` above the root ("unable to open
+    database file"), which the shell and the kernel read as the root."""
+    parts = Path(raw).parts
+    last = max((i for i, part in enumerate(parts) if part == ".."), default=-1)
+    if last < 0:
+        return Path(os.path.abspath(raw))
+    return Path(os.path.realpath(Path(*parts[: last + 1]))).joinpath(*parts[last + 1:])

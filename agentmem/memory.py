@@ -617,7 +617,7 @@ class Memory:
         if is_postgres_url(path):
             raise InvalidInputError("a backup is restored into a folder: restore it there, then `migrate` the folder"
                                     " into PostgreSQL (agentmem migrate --from FOLDER --to URL)")
-        source, path = Path(check.store_location(source)), Path(check.store_location(path))
+        source, path = Path(check.store_location(source)), local_folder(check.store_location(path))
         transfer.unpack_backup(source, path)
         try:
             transfer.prepare_index(path, options.get("collection", "agentmem_notes"), options.get("chroma_url"))

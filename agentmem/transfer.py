@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psutil
 from pydantic import Field, ValidationError, model_validator
 
 from .errors import InvalidInputError, StoreUnavailableError
 from .notes import STORED, CleanStr, Note, NoteId, clean_string
-from .files import sync_folder, written_whole
+from .files import absolute_path, sync_folder, written_whole
 from .stores import NoteGraph, VectorIndex
 from .stores.location import EDITOR_FOLDER, GRAPH_FILE
 from .stores.store import NoteStore
@@ -44,7 +44,6 @@ KERNEL_FILE_SYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
     "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "selinuxfs", "nsfs", "hugetlbfs", "rpc_pipefs",
 })
-MOUNTS = Path("/proc/self/mountinfo")
 FILE_SYSTEM_OWN = frozenset({"lost+found"})  # at the root of a disk just made (ext2-4): the folder is empty still
 # Written last into a backup folder: a backup killed before it finished (no exception, so no
 # cleanup) has none, and is not restored as if it were whole.
@@ -198,7 +197,7 @@ def _backup_target(target: object) -> Path:
     not on one of the kernel's file systems (/proc, /sys: `KERNEL_FILE_SYSTEMS`), and a new folder or an empty one
     (a store's files in it are named as such; a disk's own lost+found does not count). Nothing is written.
 
-    The folder is returned absolute, its `..` resolved as the kernel reads them (`_absolute`): SQLite, which copies
+    The folder is returned absolute, its `..` resolved as the kernel reads them (`files.absolute_path`): SQLite, which copies
     the note graph, refuses a relative path with more `..` than the working folder is deep."""
     if not isinstance(target, (str, Path)) or not str(target).strip():
         raise InvalidInputError("backup target must be a folder path")
@@ -210,7 +209,7 @@ def _backup_target(target: object) -> Path:
     except ValueError as exc:
         raise InvalidInputError(f"backup target {exc}") from None
     try:
-        folder = _absolute(raw)
+        folder = absolute_path(raw)
     except OSError as exc:  # the working folder was removed
         raise StoreUnavailableError(f"cannot resolve the backup target {raw}: {exc}") from exc
     if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):
@@ -233,37 +232,15 @@ def _backup_target(target: object) -> Path:
     return folder
 
 
-def _absolute(raw: str) -> Path:
-    """`raw` as an absolute path that names what the kernel would (`/..` is `/`, and a `..` after a link is the
-    parent of where the link leads): the part up to its last `..` resolved, links followed, the rest as written, so
-    a path with no `..` keeps the names it was given."""
-    parts = Path(raw).parts
-    last = max((i for i, part in enumerate(parts) if part == ".."), default=-1)
-    if last < 0:
-        return Path(os.path.abspath(raw))
-    return Path(os.path.realpath(Path(*parts[: last + 1]))).joinpath(*parts[last + 1:])
-
-
 def _file_system_of(folder: Path) -> str | None:
-    """The type of the file system that `folder`, or its nearest existing parent, is on (links followed), as
-    /proc/self/mountinfo names it; None where that cannot be read (a system without /proc)."""
+    """The type of the file system that `folder`, or its nearest existing parent, is on (links followed); None where
+    the system lists no mount holding it."""
     nearest = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     real = os.path.realpath(nearest)
-    try:
-        mounts = MOUNTS.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except OSError:
-        return None
-    deepest, kind = -1, None
-    for line in mounts:  # "36 35 98:0 /root /mount/point options [tags] - type source options"
-        head, _, tail = line.partition(" - ")
-        fields, described = head.split(), tail.split()
-        if len(fields) < 5 or not described:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # "\040" is a space
-        # the deepest mount point holding the path; of two on one point, the later, mounted over the other
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= deepest:
-            deepest, kind = len(point), described[0]
-    return kind
+    holding = [mount for mount in psutil.disk_partitions(all=True)
+               if real == mount.mountpoint or real.startswith(mount.mountpoint.rstrip("/") + "/")]
+    # the deepest mount point holding the path; of two on one point, the later, mounted over the other
+    return max(reversed(holding), key=lambda mount: len(mount.mountpoint)).fstype if holding else None
 
 
 def _first_missing(folder: Path) -> Path | None:

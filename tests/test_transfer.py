@@ -241,8 +241,6 @@ def test_a_backup_target_with_more_dot_dots_than_the_working_folder_is_deep_is_r
     assert (target / "notes.sqlite3").is_file() and (target / transfer.BACKUP_COMPLETE).is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="Memory.restore_backup and Memory() open the store at the path as given (agentmem/"
-                   "memory.py, outside this change): SQLite refuses more `..` than the working folder is deep")
 def test_a_restore_target_with_more_dot_dots_than_the_working_folder_is_deep_is_read_as_the_shell_reads_it(
         memory, tmp_path, embedder, monkeypatch):
     memory.remember("Alice lives in Lisbon", at=T0)

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import InvalidInputError, StoreUnavailableError
+from ..files import absolute_path
 from .graph import NoteGraph
 from .postgres import PostgresNoteGraph
 from .postgres_connection import url_parameters
@@ -44,7 +45,7 @@ def local_folder(location: str | Path, home: Path | None = None) -> Path:
     """The memory's folder on this machine (see the module doc); not created here."""
     check_location(location)
     if not is_postgres_url(location):
-        return Path(location)
+        return absolute_path(location)
     parts = urlsplit(str(location))
     try:
         port = parts.port
@@ -65,7 +66,7 @@ def open_note_store(location: str | Path) -> NoteStore:
     check_location(location)
     if is_postgres_url(location):
         return PostgresNoteGraph(str(location))
-    folder = Path(location)
+    folder = local_folder(location)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # the caller's mistake, not the disk's
