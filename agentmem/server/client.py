@@ -6,6 +6,7 @@ only httpx, so it starts fast; results are plain JSON (dicts and lists), as the 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from datetime import datetime
@@ -44,6 +45,8 @@ def redacted_url(url: str) -> str:
     the last `@` of its authority); a URL that `split_credentials` refuses shows as its scheme only. The http(s)
     twin of `stores.postgres_connection.redacted`."""
     scheme, separator, rest = url.partition("://")
+    if not separator or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):  # "alice:secret@host" has no scheme
+        return "(a URL without scheme://, not shown)"
     try:
         _checked_url(url)
     except InvalidInputError:

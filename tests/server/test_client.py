@@ -62,3 +62,8 @@ def test_the_shell_never_shows_a_password_in_the_server_url(not_agentmem):
         assert done.returncode == 2 and "InvalidInputError" in done.stderr, done.stderr
         assert "S3cret" not in done.stderr and "Sup3r" not in done.stderr, done.stderr
         assert "percent-encode" in done.stderr
+
+    # no scheme://, so no user part is found to hide: the whole URL is not shown (it was, as the "scheme")
+    for url in (f"admin:S3cret@127.0.0.1:{port}", f"http:/admin:S3cret@127.0.0.1:{port}"):
+        done = shell("--url", url, "stats")
+        assert done.returncode == 2 and "S3cret" not in done.stderr, done.stderr
