@@ -94,10 +94,13 @@ class AgentMemBlock(BaseMemoryBlock[str]):
         """The notes `MemoryChat` would put in its prompt: the top k at least `answer_min_similarity`
         similar to the query, within the notes' budget; only they count as recalled (LlamaIndex calls
         `get` on every agent step: an unrelated note must not gain a recall per step)."""
-        hits = self.memory.recall(query, k=self.k, user_id=self.user_id, agent_id=self.agent_id, reinforce=False)
+        when = validation.time(None)
+        hits = self.memory.recall(query, k=self.k, user_id=self.user_id, agent_id=self.agent_id, at=when,
+                                  reinforce=False)
         hits = fitting([hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity])
+        born = [hit.note.id for hit in hits if hit.note.created_at <= when]  # as a recall, it counts no other
         try:
-            self.memory.reinforce([hit.note.id for hit in hits])
+            self.memory.reinforce(born, at=when)
         except AgentMemError:   # a note forgotten meanwhile: the notes found still go in the prompt, uncounted
             log.warning("the notes an AgentMemBlock recalled were not counted as recalled", exc_info=True)
         return hits

@@ -20,7 +20,7 @@ from pydantic import Field
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import reading, transfer, validation
+from .. import transfer
 from ..errors import InvalidInputError
 from ..notes import Answer, DecayReport, Decision, Hit, ImportReport, LedgerEntry, MemoryStats, Note
 from .access import ScopedMemory
@@ -137,10 +137,9 @@ def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
 @router.post("/reinforce", response_model=list[Note], tags=["notes"],
              summary="count notes as recalled: those a recall with reinforce false found and the agent used")
 def reinforce(body: ReinforceRequest, mem: Scoped) -> list[Note]:
-    notes = [mem.note(note_id) for note_id in body.note_ids]  # another user's note is not found for a bound key
-    at = mem.at(body.at)
-    reading.refuse_unborn(notes, validation.time(at))  # no recall counted before a note was made (made: for good)
-    return mem.memory.reinforce(body.note_ids, at=at)
+    for note_id in body.note_ids:
+        mem.note(note_id)  # another user's note is not found for a bound key
+    return mem.memory.reinforce(body.note_ids, at=mem.at(body.at))
 
 
 @router.get("/notes", response_model=list[Note], tags=["notes"], summary="list notes of a scope, oldest first")

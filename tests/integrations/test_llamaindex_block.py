@@ -1,6 +1,8 @@
 """AgentMemBlock inside LlamaIndex's own `Memory`: recalled text comes back, user turns become notes."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory as LlamaMemory
@@ -75,6 +77,18 @@ def test_get_injects_and_counts_only_the_related_notes_memorychat_would(memory):
     assert counts == {text: 3 if text in related else 0 for text in similar}   # the budget note: 0, not 3
     reply = MemoryChat(memory, chat=lambda messages: "ok", user_id="maya").reply(question)
     assert {h.note.text for h in reply.recalled} == lines   # the same selection as MemoryChat's
+
+
+def test_a_note_dated_after_now_is_injected_but_not_counted_and_the_others_are(memory):
+    """A note made by a host whose clock runs ahead is found; counting it now would be a recall before it was made,
+    which reinforce refuses, and the refusal left every note of the step uncounted."""
+    now = memory.remember("Maya is allergic to peanuts.", user_id="maya", at=T0)
+    ahead = memory.remember("Maya is allergic to shellfish too.", user_id="maya",
+                            at=datetime.now(timezone.utc) + timedelta(minutes=2))
+    chat = llama_memory(AgentMemBlock(memory=memory, user_id="maya"), "s1")
+    [system, *_] = chat.get(input="Which foods is Maya allergic to?")
+    assert "- Maya is allergic to peanuts." in system.content and "- Maya is allergic to shellfish too." in system.content
+    assert memory.get(now.id).recall_count == 1 and memory.get(ahead.id).recall_count == 0
 
 
 def test_no_messages_or_no_hits_give_an_empty_block(memory):
