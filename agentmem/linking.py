@@ -83,13 +83,14 @@ AUXILIARIES = frozenset("am is are was were be been being has have had do does d
 GRAMMAR = AUXILIARIES | frozenset("""a an the oh okay ok yeah yes well hey hi hello really very just so too also
     actually quite indeed um uh""".split())
 # words whose note claims less than it does without them: hedges ("almost fired" is not "fired"), reported or
-# doubted claims ("Bob thinks Alice moved"), and a past no longer true ("my former boss"); a newcomer that leaves
-# one out says something new
+# doubted claims ("Bob thinks Alice moved"), a past no longer true ("my former boss"), and what is only planned,
+# able or attempted ("Ana will quit", "Bob is going to quit"); a newcomer that leaves one out says something new
 QUALIFIERS = frozenset("""almost nearly hardly scarcely maybe perhaps probably possibly might may could would
     should allegedly supposedly reportedly apparently rumoured rumored former formerly previously ex used once
     if unless whether think thinks thought believe believes believed guess guessed suspect suspects suspected
     doubt doubts doubted claim claims claimed said says heard hope hopes hoped wish wishes wished want wants
-    wanted plan plans planned pretend pretends pretended dreamt dreamed""".split())
+    wanted plan plans planned pretend pretends pretended dreamt dreamed will shall can must going supposed about
+    try tries tried trying""".split())
 # a contraction's parts ("doesn't" is "does not", "I'm" is "am": single letters are no words)
 _CONTRACTED = {"n't": "not", "'m": "am", "'re": "are", "'ve": "have", "'ll": "will", "'d": "would"}
 _IRREGULAR_NOT = {"wo": "will", "sha": "shall", "ca": "can"}  # "won't", "shan't", "can't"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any
@@ -454,7 +455,7 @@ class SearchAhead:
         return None if changed is None else ([self.searched[position] for position in range(size)], changed)
 
 
-def answer_of(fact: Fact) -> str:
-    """What a fact answers, as two restatements' extracted facts share it: their prompts may differ by a filler
-    ("Alice really lives in"), their targets only in case and spacing."""
-    return " ".join(fact.target.casefold().split())
+def answer_of(fact: Fact) -> list[str]:
+    """What a fact answers, as two restatements' extracted facts share it: their prompts and targets may differ by
+    the words a restatement may add ("Alice really lives in", "really a nurse": `linking.GRAMMAR`), and in case."""
+    return [word for word in re.findall(r"\w+", fact.target.casefold()) if word not in linking.GRAMMAR]

@@ -630,10 +630,12 @@ def test_a_repeat_given_another_answer_is_a_note_of_its_own(memory):
     assert note.fact.target == "Lisbon"
     restated = memory.remember("Alice really lives in Lisbon", user_id="alice", at=T0)
     assert restated.id == note.id and restated.strength == 2.0
+    nurse = memory.remember("Alice is a nurse", user_id="alice", at=T0)
+    assert memory.remember("Alice is really a nurse", user_id="alice", at=T0).id == nurse.id  # target "really a nurse"
     porto = Fact(prompt="Alice lives in", target="Porto")
     corrected = memory.remember("Alice lives in Lisbon", user_id="alice", fact=porto, at=T0)
     assert corrected.id != note.id and memory.get(corrected.id).fact == porto
-    assert memory.get(note.id).fact.target == "Lisbon" and memory.stats().notes == 2
+    assert memory.get(note.id).fact.target == "Lisbon" and memory.stats().notes == 3
 
 
 def test_a_note_marked_shared_is_reinforced_by_a_repeat_but_not_changed_by_one(memory):
