@@ -422,17 +422,17 @@ def migrate_store(args: argparse.Namespace) -> Any:
         received[0] = signal.Signals(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, terminated)
     started = False
     try:
-        from .stores.migrate import migrate
+        from .stores.migrate import MigrationInterrupted, migrate
 
         started = True
         return migrate(args.source, args.target, chroma_url=args.chroma_url, collection=args.collection)
     except KeyboardInterrupt as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C while the line is written changes nothing
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if exc.__class__.__name__ == "MigrationInterrupted":   # it says what the database holds
+        if started and isinstance(exc, MigrationInterrupted):   # it says what the database holds
             said = str(exc)
         elif not started:
             said = "the migration was interrupted before anything was copied; run the same migrate again"
@@ -442,7 +442,8 @@ def migrate_store(args: argparse.Namespace) -> Any:
         print(f"agentmem: interrupted ({received[0].name}): {said}", file=sys.stderr, flush=True)
         sys.exit(128 + received[0])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def serve_mcp(args: argparse.Namespace) -> None:

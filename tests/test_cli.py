@@ -1,6 +1,7 @@
 import argparse
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -383,3 +384,27 @@ def test_export_says_in_its_help_that_it_replaces_a_file_already_there_as_it_doe
     assert run(capsys, "--path", store, "remember", "Ada writes compilers")[0] == 0
     assert run(capsys, "--path", store, "export", str(file))[1]["exported"] == 1
     assert "an earlier export" not in file.read_text() and "Ada writes compilers" in file.read_text()
+
+
+def test_an_interrupted_migrate_in_process_leaves_both_signal_handlers_as_they_were(tmp_path, capsys, monkeypatch):
+    """A caller that catches the exit (an embedding program, a test) had Ctrl-C ignored from then on."""
+    from agentmem.stores import migrate as migration
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(migration, "migrate", interrupted)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate", "--from", str(tmp_path), "--to", "postgresql://nobody@127.0.0.1:1/none"])
+    assert exited.value.code == 130 and "interrupted (SIGINT)" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_migrate_from_a_url_is_refused_as_the_callers_mistake():
+    from agentmem.errors import InvalidInputError
+    from agentmem.stores.migrate import migrate
+
+    with pytest.raises(InvalidInputError, match="the source must be a store's folder"):
+        migrate("postgresql://nobody@127.0.0.1:1/a", "postgresql://nobody@127.0.0.1:1/b")
+

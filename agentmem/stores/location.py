@@ -45,7 +45,10 @@ def local_folder(location: str | Path, home: Path | None = None) -> Path:
     """The memory's folder on this machine (see the module doc); not created here."""
     check_location(location)
     if not is_postgres_url(location):
-        return absolute_path(location)
+        try:
+            return absolute_path(location)
+        except OSError as exc:  # the working folder was removed: a relative path names nothing
+            raise StoreUnavailableError(f"cannot find the store folder {location}: {exc}") from exc
     parts = urlsplit(str(location))
     try:
         port = parts.port

@@ -37,7 +37,7 @@ from .sync import IndexSync
 from .vectors import VectorIndex
 
 
-COPIED_FROM = "migrated_from"   # meta: the id of the store a migration copied, written with the copy
+COPIED_FROM = "copied_from"   # meta: the id of the store a migration copied, written with the copy
 
 
 class MigrationInterrupted(KeyboardInterrupt):
@@ -62,7 +62,9 @@ class MigrationReport(BaseModel):
 def migrate(source_folder: str | Path, target_url: str, chroma_url: str | None = None,
             collection: str = "agentmem_notes") -> MigrationReport:
     """Copy the store in `source_folder` into the empty PostgreSQL database at `target_url`."""
-    source = Path(source_folder)
+    if is_postgres_url(source_folder):
+        raise InvalidInputError("the source must be a store's folder; a PostgreSQL store is copied with its backup")
+    source = local_folder(source_folder)
     if not (source / GRAPH_FILE).is_file():
         raise InvalidInputError(f"{source} holds no store (no {GRAPH_FILE})")
     if not is_postgres_url(target_url):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agentmem.errors import InvalidInputError
+from agentmem.errors import InvalidInputError, StoreUnavailableError
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.location import is_postgres_url, local_folder, open_note_store
 from agentmem.stores.postgres import PostgresNoteGraph
@@ -45,3 +45,13 @@ def test_a_malformed_url_is_refused_before_any_folder_is_made(location, tmp_path
         with pytest.raises(InvalidInputError):
             call(location)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_store_path_once_the_working_folder_is_gone_is_a_typed_error(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(StoreUnavailableError, match="cannot find the store folder memdata"):
+        open_note_store("memdata")
+
