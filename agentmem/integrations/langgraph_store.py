@@ -91,9 +91,11 @@ INDEXED = "langgraph.indexed"   # False for an item put with index=False: its no
 UNINDEXED_TEXT = "(a LangGraph store item kept out of the search index)"
 PREFIX = "langgraph.prefix."
 PART = "langgraph.part"   # on a further note of an item whose text a note cannot hold: which part (1, 2, ...) it is
+ITEM = "langgraph.item"   # on such a part: its item's note id (a put of the key after the item is gone makes another)
 MAX_TTL_MINUTES = 100 * 366 * 24 * 60   # a century: any longer overflows dates, and means "keep"
 # A put reads (is the key stored?) then writes; this keeps two threads putting one key, through any store
-# of this process, from making two notes. (Memory's own lock covers each call, not the pair.)
+# of this process, from making two notes, and a reader forgetting an item it read as expired from forgetting
+# a put made since (`_expire`). (Memory's own lock covers each call, not the pair.)
 WRITING = threading.Lock()
 MAX_DEPTH = MAX_METADATA_KEYS - 7   # NAMESPACE, KEY, VALUE, TTL, EXPIRES, INDEXED, a prefix key per length 0..depth
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -335,9 +337,10 @@ class AgentMemStore(BaseStore):
         notes = self.memory.notes(filters=filters, include_archived=True, **scope)
         return [note for note in notes if (self._is_part(note) if parts else self._is_item(note))]
 
-    def _parts(self, namespace: tuple[str, ...], key: str) -> list[Note]:
-        """The further notes of this item's text, in order."""
-        parts = self._notes(_item_filter(namespace, key), namespace, parts=True)
+    def _parts(self, item: Note) -> list[Note]:
+        """The further notes of this item's text, in order: those naming its note id, not its key, so the
+        parts of another item of the key (put after this one was forgotten) are never taken for its own."""
+        parts = self._notes({ITEM: item.id}, tuple(item.metadata[NAMESPACE].split(".")), parts=True)
         return sorted(parts, key=lambda note: note.metadata[PART])
 
     def _item_of(self, note: Note) -> Note | None:
@@ -348,11 +351,10 @@ class AgentMemStore(BaseStore):
             return self._find(tuple(note.metadata[NAMESPACE].split(".")), note.metadata[KEY], None)
         return None
 
-    def _forget(self, note: Note) -> None:
-        """Forget an item's note and its parts (one another caller forgot meanwhile is skipped)."""
-        namespace = tuple(note.metadata[NAMESPACE].split("."))
-        for each in [note, *self._parts(namespace, note.metadata[KEY])]:
-            self._forget_note(each.id)
+    def _forget(self, item: Note) -> None:
+        """Forget an item's note, then its parts (one another caller forgot meanwhile is skipped)."""
+        self._forget_notes([item])
+        self._forget_notes(self._parts(item))
 
     def _read_scope(self, namespace: tuple[str, ...]) -> dict[str, str | None] | None:
         """How far a read of this namespace (or prefix) narrows the memory: the store's scope, or the
@@ -391,15 +393,27 @@ class AgentMemStore(BaseStore):
             return False
         if isinstance(part, bool) or not isinstance(part, int) or part < 1 or note.agent_id != self.agent_id:
             return False
+        if not _is_note_id(meta.get(ITEM)):
+            return False
         return note.user_id == self._user_of(tuple(namespace.split(".")))
 
     def _live(self, note: Note, now: datetime) -> bool:
-        """False for an expired item, which is forgotten on the way (unless another reader just did)."""
-        expires = note.metadata.get(EXPIRES)
-        if expires is None or expires > now.timestamp():
-            return True
-        self._forget(note)
-        return False
+        """False for an expired item, which is forgotten on the way (see `_expire`)."""
+        if _expired(note, now):
+            self._expire(note, now)
+            return False
+        return True
+
+    def _expire(self, note: Note, now: datetime) -> None:
+        """Forget an item read as expired, unless it was put again since it was read. Under `WRITING`, as a put:
+        a put between the read and the forget would otherwise be forgotten with it, new parts and all."""
+        with WRITING:
+            try:
+                current = self.memory.get(note.id)
+            except NoteNotFoundError:   # another reader forgot it
+                return
+            if self._is_item(current) and _expired(current, now):
+                self._forget(current)
 
     def _refreshed(self, note: Note, now: datetime) -> Note | None:
         """Reading an item with a TTL restarts its clock: it expires `ttl` minutes from now, as in
@@ -465,38 +479,42 @@ class AgentMemStore(BaseStore):
         ]
 
     def _write(self, planned: list[tuple[PutOp, list[tuple[str, dict[str, Any]]] | None]]) -> None:
-        """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction."""
-        new: list[dict[str, Any]] = []
+        """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction,
+        then their parts (which name their item's note id) in another."""
+        new: list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]] = []
         for op, notes in planned:
             existing = self._find(op.namespace, op.key, None)
             user_id = self._user_of(op.namespace)
-            fresh = [{"text": text, "user_id": user_id, "metadata": meta} for text, meta in notes or ()]
-            try:   # a reader may forget an expired item meanwhile: then it is gone, or put anew
+            draft = None if notes is None else {"text": notes[0][0], "user_id": user_id, "metadata": notes[0][1]}
+            try:   # another path (REST, MCP, Memory.forget) may forget the item meanwhile: then it is put anew
                 if notes is not None and existing is not None:
                     text, metadata = notes[0]
                     self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
-                    parts = self._parts(op.namespace, op.key)
-                    if [(p.text, p.metadata) for p in parts] != [(t, m) for t, m in notes[1:]]:
-                        for part in parts:   # the text changed: its parts are written anew
-                            self._forget_note(part.id)
-                        new += fresh[1:]
+                    parts = self._parts(existing)
+                    if [(p.text, p.metadata) for p in parts] != _part_notes(existing, notes):
+                        self._forget_notes(parts)   # the text changed: its parts are written anew
+                        self._remember(_part_drafts(existing, notes))
                 elif existing is not None:
                     self._forget(existing)
                 elif notes is not None:
-                    new += fresh
+                    new.append((draft, notes))
             except NoteNotFoundError:
                 if notes is not None:
-                    for part in self._parts(op.namespace, op.key):
-                        self._forget_note(part.id)
-                    new += fresh
-        if new:
-            self.memory.remember_many(new, agent_id=self.agent_id, deduplicate=False)
+                    new.append((draft, notes))
+        items = self._remember([draft for draft, _ in new])
+        self._remember([draft for item, (_, notes) in zip(items, new) for draft in _part_drafts(item, notes)])
 
-    def _forget_note(self, note_id: str) -> None:
-        try:
-            self.memory.forget(note_id)
-        except NoteNotFoundError:
-            pass
+    def _remember(self, drafts: list[dict[str, Any]]) -> list[Note]:
+        """These notes, remembered in one transaction, in order."""
+        return self.memory.remember_many(drafts, agent_id=self.agent_id, deduplicate=False) if drafts else []
+
+    def _forget_notes(self, notes: list[Note]) -> None:
+        """Forget these notes; one another caller forgot meanwhile is skipped."""
+        for note in notes:
+            try:
+                self.memory.forget(note.id)
+            except NoteNotFoundError:
+                pass
 
     def _user_of(self, namespace: tuple[str, ...]) -> str | None:
         position = self.user_from_namespace
@@ -520,6 +538,29 @@ class AgentMemStore(BaseStore):
 
 def _expiry(now: datetime, minutes: float) -> float:
     return (now + timedelta(minutes=minutes)).timestamp()
+
+
+def _expired(note: Note, now: datetime) -> bool:
+    expires = note.metadata.get(EXPIRES)
+    return expires is not None and expires <= now.timestamp()
+
+
+def _part_notes(item: Note, notes: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The text and metadata of the parts of this item planned in `notes` (after its own), naming its note id."""
+    return [(text, {**metadata, ITEM: item.id}) for text, metadata in notes[1:]]
+
+
+def _part_drafts(item: Note, notes: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`_part_notes` as `remember_many` takes them, in the item's user."""
+    return [{"text": text, "user_id": item.user_id, "metadata": meta} for text, meta in _part_notes(item, notes)]
+
+
+def _is_note_id(value: Any) -> bool:
+    try:
+        validation.note_id(value)
+    except InvalidInputError:
+        return False
+    return True
 
 
 def _check_minutes(minutes: Any, name: str) -> None:

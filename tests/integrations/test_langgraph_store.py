@@ -282,6 +282,32 @@ def test_an_item_longer_than_a_note_holds_is_found_by_any_of_its_words(memory, c
     assert store.get(("docs",), "brief") is None and len(memory.notes(user_id="maya")) == 1
 
 
+FILLER = "filler " * 1429   # a word past a note's 10,000 characters: the item's note, and a part of that word and what follows
+
+
+def test_an_expired_item_put_again_as_a_reader_forgets_it_keeps_the_new_value_and_all_its_words(memory, clock):
+    """A reader that found an item expired forgot it, and its parts by namespace and key, without the write lock:
+    a put of the key meanwhile rewrote the item and its parts, which the reader then forgot, value and all."""
+    store = AgentMemStore(memory=memory, user_id="maya", clock=clock)
+    new = {"content": FILLER + "The new launch city is Quito.", "v": "new"}
+    store.put(("docs",), "a", {"v": "a"})
+    store.put(("docs",), "k", {"content": FILLER + "The old launch city is Valparaiso.", "v": "old"}, ttl=1)
+    clock.now += timedelta(minutes=2)
+
+    class PutMeanwhile:
+        """Compared with item a's value, after k was read and before it is found expired: puts k again as
+        another thread would."""
+        def __eq__(self, value) -> bool:
+            store.put(("docs",), "k", new)
+            return value == "a"
+
+    assert [i.key for i in store.search(("docs",), filter={"v": PutMeanwhile()})] == ["a"]
+    assert store.get(("docs",), "k").value == new
+    assert [i.key for i in store.search(("docs",), query="Quito new launch city", limit=1)] == ["k"]
+    notes = memory.notes(user_id="maya")
+    assert len(notes) == 3 and sum("Quito" in n.text for n in notes) == 1
+
+
 def test_ttl_expires_items_unless_read_in_time(memory, clock):
     store = AgentMemStore(memory=memory, clock=clock)
     store.put(("s",), "short", {"v": 1}, ttl=10)
