@@ -479,30 +479,46 @@ class AgentMemStore(BaseStore):
         ]
 
     def _write(self, planned: list[tuple[PutOp, list[tuple[str, dict[str, Any]]] | None]]) -> None:
-        """Deletes forget, puts on stored keys update, and the new items are remembered in one transaction,
-        then their parts (which name their item's note id) in another."""
-        new: list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]] = []
+        """Deletes forget, puts on stored keys rewrite their item (`_rewrite`), and the new items are created
+        together (`_create`)."""
+        new: list[tuple[str | None, list[tuple[str, dict[str, Any]]]]] = []
         for op, notes in planned:
             existing = self._find(op.namespace, op.key, None)
-            user_id = self._user_of(op.namespace)
-            draft = None if notes is None else {"text": notes[0][0], "user_id": user_id, "metadata": notes[0][1]}
-            try:   # another path (REST, MCP, Memory.forget) may forget the item meanwhile: then it is put anew
-                if notes is not None and existing is not None:
-                    text, metadata = notes[0]
-                    self.memory.update(existing.id, text=None if text == existing.text else text, metadata=metadata)
-                    parts = self._parts(existing)
-                    if [(p.text, p.metadata) for p in parts] != _part_notes(existing, notes):
-                        self._forget_notes(parts)   # the text changed: its parts are written anew
-                        self._remember(_part_drafts(existing, notes))
-                elif existing is not None:
+            if notes is None:
+                if existing is not None:
                     self._forget(existing)
-                elif notes is not None:
-                    new.append((draft, notes))
-            except NoteNotFoundError:
-                if notes is not None:
-                    new.append((draft, notes))
-        items = self._remember([draft for draft, _ in new])
-        self._remember([draft for item, (_, notes) in zip(items, new) for draft in _part_drafts(item, notes)])
+            elif existing is None or not self._rewrite(existing, notes):
+                new.append((self._user_of(op.namespace), notes))
+        self._create(new)
+
+    def _rewrite(self, item: Note, notes: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Put these notes on a stored item: its new parts first, then its own note, then its old parts go, so a
+        failure leaves it as it was (this call's parts are forgotten again) or, once its note is written, whole
+        with its new value (old parts that could not be forgotten go at its next rewrite). False if it was
+        forgotten meanwhile (through REST, MCP, `Memory.forget`): then it is put anew."""
+        old = self._parts(item)
+        changed = [(p.text, p.metadata) for p in old] != _part_notes(item, notes)
+        written = self._remember(_part_drafts(item, notes)) if changed else []
+        text, metadata = notes[0]
+        try:
+            self.memory.update(item.id, text=None if text == item.text else text, metadata=metadata)
+        except BaseException as exc:
+            self._forget_notes(written)
+            if isinstance(exc, NoteNotFoundError):
+                return False
+            raise
+        self._forget_notes(old if changed else [])
+        return True
+
+    def _create(self, new: list[tuple[str | None, list[tuple[str, dict[str, Any]]]]]) -> None:
+        """Remember new items (user, notes) in one transaction, then their parts, which name their item's note
+        id, in another; if that fails the items are forgotten again, so none is left without its later words."""
+        items = self._remember([{"text": notes[0][0], "user_id": user, "metadata": notes[0][1]} for user, notes in new])
+        try:
+            self._remember([draft for item, (_, notes) in zip(items, new) for draft in _part_drafts(item, notes)])
+        except BaseException:
+            self._forget_notes(items)
+            raise
 
     def _remember(self, drafts: list[dict[str, Any]]) -> list[Note]:
         """These notes, remembered in one transaction, in order."""

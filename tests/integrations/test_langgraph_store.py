@@ -14,7 +14,7 @@ from langgraph.store.base import GetOp, InvalidNamespaceError, Item, ListNamespa
 from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
-from agentmem import InvalidInputError, Memory, MemoryConfig, reading
+from agentmem import InvalidInputError, Memory, MemoryConfig, StoreUnavailableError, reading
 from agentmem.integrations.langgraph_store import UNINDEXED_TEXT, AgentMemStore
 
 ITEMS = [   # put namespace by namespace, so both stores list items in the same order
@@ -306,6 +306,47 @@ def test_an_expired_item_put_again_as_a_reader_forgets_it_keeps_the_new_value_an
     assert [i.key for i in store.search(("docs",), query="Quito new launch city", limit=1)] == ["k"]
     notes = memory.notes(user_id="maya")
     assert len(notes) == 3 and sum("Quito" in n.text for n in notes) == 1
+
+
+def fail_on(monkeypatch, memory, method: str, call: int) -> None:
+    """Make `memory.<method>` raise at its `call`-th call from now on, as a lost database would."""
+    real, calls = getattr(memory, method), []
+
+    def failing(*args, **kwargs):
+        calls.append(method)
+        if len(calls) == call:
+            raise StoreUnavailableError("the database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, method, failing)
+
+
+def test_a_put_of_a_long_item_that_fails_part_way_leaves_it_as_it_was_or_whole(memory, monkeypatch):
+    """A rewrite updated the item's note, forgot its parts, then remembered the new ones: when that failed, the
+    item kept only its first part. A call that raises changes nothing (DESIGN.md); where a step after the
+    item's own write fails, the item is whole with its new value."""
+    store = AgentMemStore(memory=memory, user_id="maya")
+    old, new = ({"content": FILLER + f"The launch city is {city}."} for city in ("Valparaiso", "Quito"))
+    store.put(("docs",), "k", old)
+
+    def state() -> list:
+        return [(n.id, n.text, n.metadata) for n in memory.notes(user_id="maya")]
+
+    before = state()
+    for method, call, key in (("remember_many", 1, "k"), ("update", 1, "k"), ("remember_many", 2, "fresh")):
+        with monkeypatch.context() as patch:
+            fail_on(patch, memory, method, call)
+            with pytest.raises(StoreUnavailableError):
+                store.put(("docs",), key, new)
+        assert state() == before and store.get(("docs",), "k").value == old, (method, call)
+    with monkeypatch.context() as patch:   # the old part could not be forgotten: the new value is whole
+        fail_on(patch, memory, "forget", 1)
+        with pytest.raises(StoreUnavailableError):
+            store.put(("docs",), "k", new)
+    assert store.get(("docs",), "k").value == new and any("Quito" in n.text for n in memory.notes(user_id="maya"))
+    store.put(("docs",), "k", old)   # the next rewrite forgets what the failure left
+    assert [n.id for n in memory.notes(user_id="maya")][0] == before[0][0] and len(memory.notes(user_id="maya")) == 2
+    assert not any("Quito" in n.text for n in memory.notes(user_id="maya"))
 
 
 def test_ttl_expires_items_unless_read_in_time(memory, clock):
