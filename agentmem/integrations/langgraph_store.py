@@ -165,9 +165,20 @@ class AgentMemStore(BaseStore):
     # ---- TTL sweeping (the methods LangGraph's PostgresStore and SqliteStore offer) -----
 
     def sweep_ttl(self) -> int:
-        """Forget every expired item of the store's scope; returns how many were forgotten."""
+        """Forget every expired item of the store's scope, and the parts whose item is gone; returns how many
+        items were forgotten."""
         now = self.clock()
-        return sum(not self._live(note, now) for note in self._notes({prefix_key(0): ""}, ()))
+        expired = sum(not self._live(note, now) for note in self._notes({prefix_key(0): ""}, ()))
+        self._forget_orphans()
+        return expired
+
+    def _forget_orphans(self) -> None:
+        """Forget the parts whose item's note is gone: forgotten through another path than this store (REST,
+        MCP, `Memory.forget`), which knows nothing of parts, or left by a failure. Nothing else would ever
+        forget them, and other recalls (`Memory.recall`, the servers) would find them."""
+        parts = self._notes({prefix_key(0): ""}, (), parts=True)
+        items = self.memory.known_ids([part.metadata[ITEM] for part in parts])
+        self._forget_notes([part for part in parts if part.metadata[ITEM] not in items])
 
     def start_ttl_sweeper(self, sweep_interval_minutes: float | None = None) -> Future[None]:
         """Sweep every `sweep_interval_minutes` (default: the TTLConfig's, else 5) in a daemon thread
@@ -344,12 +355,18 @@ class AgentMemStore(BaseStore):
         return sorted(parts, key=lambda note: note.metadata[PART])
 
     def _item_of(self, note: Note) -> Note | None:
-        """The item's note for a note recall found: itself, or the item a part belongs to (None: no item's)."""
+        """The item's note for a note recall found: itself, or the item a part names (None: no item's, as for a
+        part whose item is gone, even if its key was put again since)."""
         if self._is_item(note):
             return note
-        if self._is_part(note):
-            return self._find(tuple(note.metadata[NAMESPACE].split(".")), note.metadata[KEY], None)
-        return None
+        if not self._is_part(note):
+            return None
+        try:
+            item = self.memory.get(note.metadata[ITEM])
+        except NoteNotFoundError:
+            return None
+        same = all(item.metadata.get(k) == note.metadata[k] for k in (NAMESPACE, KEY))
+        return item if same and self._is_item(item) else None
 
     def _forget(self, item: Note) -> None:
         """Forget an item's note, then its parts (one another caller forgot meanwhile is skipped)."""

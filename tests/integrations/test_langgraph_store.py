@@ -349,6 +349,20 @@ def test_a_put_of_a_long_item_that_fails_part_way_leaves_it_as_it_was_or_whole(m
     assert not any("Quito" in n.text for n in memory.notes(user_id="maya"))
 
 
+def test_parts_of_an_item_forgotten_another_way_are_swept_and_never_found(memory):
+    """An item forgotten through REST, MCP or Memory.forget left its parts behind for good, found by other
+    recalls; a search hitting one returned the key's new item by it. The sweep forgets them, a search skips them."""
+    store = AgentMemStore(memory=memory, user_id="maya")
+    store.put(("docs",), "k", {"content": FILLER + "The secret launch city is Valparaiso."})
+    [item] = [n for n in memory.notes(user_id="maya") if "langgraph.part" not in n.metadata]
+    memory.forget(item.id)   # as DELETE /notes/{id} or the MCP server's forget do
+    store.put(("docs",), "k", {"content": "Maya likes tea."})
+    store.put(("docs",), "port", {"content": "Valparaiso is a port."})
+    assert [i.key for i in store.search(("docs",), query="secret launch city Valparaiso")] == ["port", "k"]
+    assert store.sweep_ttl() == 0   # no item expired; the part is forgotten all the same
+    assert sorted(n.text for n in memory.notes(user_id="maya")) == ["Maya likes tea.", "Valparaiso is a port."]
+
+
 def test_ttl_expires_items_unless_read_in_time(memory, clock):
     store = AgentMemStore(memory=memory, clock=clock)
     store.put(("s",), "short", {"v": 1}, ttl=10)
