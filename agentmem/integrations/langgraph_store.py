@@ -14,8 +14,9 @@ faded and consolidated like any other memory.
   cut at whitespace as the chat-history adapter cuts long turns, so every word of the item can be
   searched. LangGraph's InMemoryStore likewise indexes several texts per item (a vector each) and
   scores the item by its best one: a search returns the item once, whole, at its best part's rank.
-  They are the item's notes: rewritten when its text changes, forgotten with it; only the item is
-  listed, got and counted as recalled.
+  They are the item's notes, each naming its note id: rewritten when its text changes, forgotten with it
+  (or by `sweep_ttl` once it is gone, however it was forgotten), counted as recalled with it; only the item
+  is listed and got.
 - **`index=False`** (or paths that hold no text) keeps the value out of the index, as LangGraph's
   stores do: the note says only `UNINDEXED_TEXT` and is marked `langgraph.indexed: false`, so
   neither the store's ranking nor `Memory.recall`, the servers or `MemoryChat` can find the value's
@@ -274,7 +275,7 @@ class AgentMemStore(BaseStore):
             found = [(n, None) for n in notes if admissible(n)][op.offset: wanted]
         else:
             found = self._ranked(op.query, op.namespace_prefix, wanted, admissible)[op.offset: wanted]
-            self._reinforce([note.id for note, _ in found])
+            self._reinforce([each.id for note, _ in found for each in (note, *self._parts(note))])
         if op.refresh_ttl:
             found = [(self._refreshed(note, now), score) for note, score in found]
         return [self._item(note, SearchItem, score=score) for note, score in found if note is not None]
@@ -316,7 +317,9 @@ class AgentMemStore(BaseStore):
         return ranked + [(note, None) for note in rest if note.id not in seen and admissible(note)]
 
     def _reinforce(self, note_ids: list[str]) -> None:
-        """Count these notes as recalled; one forgotten meanwhile (expired, deleted) is skipped."""
+        """Count these notes as recalled; one forgotten meanwhile (expired, deleted) is skipped. A search counts
+        an item's parts with it: the item is scored by its best part, and parts left to fade would rank its
+        later words lower and lower."""
         try:
             self.memory.reinforce(note_ids)
         except NoteNotFoundError:

@@ -363,6 +363,16 @@ def test_parts_of_an_item_forgotten_another_way_are_swept_and_never_found(memory
     assert sorted(n.text for n in memory.notes(user_id="maya")) == ["Maya likes tea.", "Valparaiso is a port."]
 
 
+def test_an_items_parts_are_counted_as_recalled_with_it(memory):
+    """Only the item's note was reinforced when a search returned it, so its parts faded and its later words
+    ranked lower and lower. The item is scored by its best part: all its notes are rehearsed together."""
+    store = AgentMemStore(memory=memory, user_id="maya")
+    store.put(("docs",), "k", {"content": FILLER + "The secret launch city is Valparaiso."})
+    for query in ("filler", "secret launch city Valparaiso"):   # found by its note, then by its part
+        assert [i.key for i in store.search(("docs",), query=query)] == ["k"]
+    assert [n.recall_count for n in memory.notes(user_id="maya")] == [2, 2]
+
+
 def test_ttl_expires_items_unless_read_in_time(memory, clock):
     store = AgentMemStore(memory=memory, clock=clock)
     store.put(("s",), "short", {"v": 1}, ttl=10)
