@@ -275,7 +275,7 @@ class AgentMemStore(BaseStore):
             found = [(n, None) for n in notes if admissible(n)][op.offset: wanted]
         else:
             found = self._ranked(op.query, op.namespace_prefix, wanted, admissible)[op.offset: wanted]
-            self._reinforce([each.id for note, _ in found for each in (note, *self._parts(note))])
+            self._reinforce([each for note, _ in found for each in (note, *self._parts(note))])
         if op.refresh_ttl:
             found = [(self._refreshed(note, now), score) for note, score in found]
         return [self._item(note, SearchItem, score=score) for note, score in found if note is not None]
@@ -316,16 +316,19 @@ class AgentMemStore(BaseStore):
         seen = {note.id for note, _ in ranked}
         return ranked + [(note, None) for note in rest if note.id not in seen and admissible(note)]
 
-    def _reinforce(self, note_ids: list[str]) -> None:
-        """Count these notes as recalled; one forgotten meanwhile (expired, deleted) is skipped. A search counts
-        an item's parts with it: the item is scored by its best part, and parts left to fade would rank its
-        later words lower and lower."""
+    def _reinforce(self, notes: list[Note]) -> None:
+        """Count these notes as recalled now (as they were written: the TTLs' `clock` is not the notes'), those made
+        by then (one from a host whose clock runs ahead is not, as a recall counts it); one forgotten meanwhile
+        (expired, deleted) is skipped. A search counts an item's parts with it: the item is scored by its best
+        part, and parts left to fade would rank its later words lower and lower."""
+        now = datetime.now(timezone.utc)
+        note_ids = [note.id for note in notes if note.created_at <= now]
         try:
-            self.memory.reinforce(note_ids)
+            self.memory.reinforce(note_ids, at=now)
         except NoteNotFoundError:
             for note_id in note_ids:
                 try:
-                    self.memory.reinforce([note_id])
+                    self.memory.reinforce([note_id], at=now)
                 except NoteNotFoundError:
                     pass
 

@@ -14,7 +14,7 @@ from langgraph.store.base import GetOp, InvalidNamespaceError, Item, ListNamespa
 from langgraph.store.memory import InMemoryStore
 from langmem import create_manage_memory_tool, create_search_memory_tool
 
-from agentmem import InvalidInputError, Memory, MemoryConfig, StoreUnavailableError, reading
+from agentmem import InvalidInputError, Memory, MemoryConfig, StoreUnavailableError, reading, validation
 from agentmem.integrations.langgraph_store import UNINDEXED_TEXT, AgentMemStore
 
 ITEMS = [   # put namespace by namespace, so both stores list items in the same order
@@ -720,3 +720,23 @@ async def test_langmem_tools_update_and_delete_through_an_async_graph(memory):
     delete = {"action": "delete", "id": lesson["key"], "question": "When is the lesson?"}
     out = await graph.ainvoke(delete, user("maya"))
     assert out["found"] == [] and memory.notes(user_id="maya") == []
+
+
+def test_a_search_finds_an_item_from_a_host_whose_clock_runs_ahead_and_counts_only_the_others(memory, monkeypatch):
+    """Counting it now would be a recall before it was made, which `Memory.reinforce` refuses: the search raised."""
+    store = AgentMemStore(memory=memory, user_id="maya")
+    store.put(("notes",), "now", {"text": "Maya is allergic to peanuts"})
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=1)
+
+    monkeypatch.setattr(validation, "datetime", Ahead)   # the other host's clock, as its note is written
+    store.put(("notes",), "ahead", {"text": "Maya is allergic to shellfish too"})
+    monkeypatch.undo()
+    found = store.search(("notes",), query="Which foods is Maya allergic to?")
+    assert {item.key for item in found} == {"now", "ahead"}
+    counts = {n.metadata["langgraph.key"]: n.recall_count for n in memory.notes(user_id="maya")}
+    assert counts == {"now": 1, "ahead": 0}
+
