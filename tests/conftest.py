@@ -1,12 +1,14 @@
 """Shared fixtures: the real MiniLM embedder (loaded once) and fresh memories on disk."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -127,3 +129,18 @@ def memory_location(request, tmp_path):
     yield location
     for options in made.values():
         drop_local_folder(options["path"])
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `folder` (made here) with these mount options, unmounted after; the test is skipped,
+    with the reason, where this machine cannot mount one."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+

@@ -16,7 +16,7 @@ import pytest
 
 from agentmem import AgentMemError, Memory, StoreUnavailableError
 
-from .conftest import T0, free_port
+from .conftest import T0, free_port, tmpfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
@@ -24,13 +24,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpf
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 24 MiB tmpfs; skipped with the reason when this machine cannot mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "size=24m") as mount:
+        yield mount
 
 
 def fill(disk: Path) -> Path:

@@ -14,7 +14,7 @@ import pytest
 from agentmem import AgentMemError, InvalidInputError, Memory, MemoryConfig, StoreUnavailableError, transfer
 from agentmem.stores.graph import NoteGraph
 from agentmem.stores.postgres import PostgresNoteGraph
-from tests.conftest import T0
+from tests.conftest import T0, tmpfs
 
 
 @pytest.fixture
@@ -22,13 +22,8 @@ def read_only_disk(tmp_path):
     """A real read-only tmpfs, empty (as tests/test_faults.py mounts its disk); skipped where it cannot be mounted."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "read-only"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "read-only", "ro,size=1m") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("name", ["nul\x00byte", "lone\udc80surrogate", "x" * 300, "x" * 5000])
