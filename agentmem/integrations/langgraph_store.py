@@ -446,10 +446,15 @@ class AgentMemStore(BaseStore):
         ttl = note.metadata.get(TTL)
         if ttl is None or _expiry(now, ttl) - note.metadata[EXPIRES] < ttl * 60 * REFRESH_STEP:
             return note
-        try:
-            return self.memory.update(note.id, metadata={**note.metadata, EXPIRES: _expiry(now, ttl)})
-        except NoteNotFoundError:
-            return None
+        with WRITING:   # from the item as it is now: a put since `note` was read would otherwise be undone
+            try:
+                current = self.memory.get(note.id)
+            except NoteNotFoundError:
+                return None
+            ttl = current.metadata.get(TTL)
+            if not self._is_item(current) or ttl is None:
+                return current if self._is_item(current) else None
+            return self.memory.update(current.id, metadata={**current.metadata, EXPIRES: _expiry(now, ttl)})
 
     @staticmethod
     def _item(note: Note, kind: type[Item], **extra: Any) -> Item:

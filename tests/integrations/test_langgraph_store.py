@@ -503,6 +503,22 @@ def test_every_read_restarts_a_ttl_as_langgraphs_refresh_ttl_says(memory, clock)
     assert fixed.get(("f",), "k") is None
 
 
+def test_a_refreshing_read_does_not_undo_a_put_made_since_it_read_the_item(memory, clock):
+    """The refresh wrote the item's metadata as the read had found it: a put in between lost its value."""
+    store = AgentMemStore(memory=memory, clock=clock)
+    store.put(("s",), "k", {"v": 1}, ttl=10)
+    clock.now += timedelta(minutes=4)   # a read now moves the expiry, so it writes
+
+    class PutMeanwhile:
+        """Compared with the item's value as the search reads it: another thread puts the key again."""
+        def __eq__(self, value) -> bool:
+            store.put(("s",), "k", {"v": 2}, ttl=10)
+            return True
+
+    assert [item.key for item in store.search(("s",), filter={"v": PutMeanwhile()})] == ["k"]
+    assert store.get(("s",), "k", refresh_ttl=False).value == {"v": 2}
+
+
 def test_a_query_search_counts_as_recalled_only_the_page_it_returns(memory):
     store = AgentMemStore(memory=memory)
     store.batch([PutOp(("docs",), f"d{i}", {"text": f"Maya's note {i} about tea", "kind": "x" if i else "keep"})
