@@ -441,9 +441,9 @@ def migrate_store(args: argparse.Namespace) -> Any:
                     " it holds the copy, that copy is whole (the copy is one transaction): use it")
         print(f"agentmem: interrupted ({received[0].name}): {said}", file=sys.stderr, flush=True)
         sys.exit(128 + received[0])
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+    finally:   # a handler installed outside Python reads as None, and is restored as the default
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous[0] is None else previous[0])
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous[1] is None else previous[1])
 
 
 def serve_mcp(args: argparse.Namespace) -> None:

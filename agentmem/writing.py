@@ -457,5 +457,6 @@ class SearchAhead:
 
 def answer_of(fact: Fact) -> list[str]:
     """What a fact answers, as two restatements' extracted facts share it: their prompts and targets may differ by
-    the words a restatement may add ("Alice really lives in", "really a nurse": `linking.GRAMMAR`), and in case."""
-    return [word for word in re.findall(r"\w+", fact.target.casefold()) if word not in linking.GRAMMAR]
+    the words a restatement may add ("Alice really lives in", "really a nurse": `linking.GRAMMAR`), and in case;
+    every other word, number and sign counts ("$5" is not "€5", "A+" not "A-")."""
+    return [token for token in re.findall(r"\w+|[^\w\s]", fact.target.casefold()) if token not in linking.GRAMMAR]

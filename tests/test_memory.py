@@ -636,6 +636,9 @@ def test_a_repeat_given_another_answer_is_a_note_of_its_own(memory):
     corrected = memory.remember("Alice lives in Lisbon", user_id="alice", fact=porto, at=T0)
     assert corrected.id != note.id and memory.get(corrected.id).fact == porto
     assert memory.get(note.id).fact.target == "Lisbon" and memory.stats().notes == 3
+    grade = memory.remember("Ana's grade is good", user_id="ana", fact=Fact(prompt="Ana's grade is", target="A+"), at=T0)
+    minus = memory.remember("Ana's grade is good", user_id="ana", fact=Fact(prompt="Ana's grade is", target="A-"), at=T0)
+    assert minus.id != grade.id and memory.get(minus.id).fact.target == "A-"   # a sign is part of the answer
 
 
 def test_a_note_marked_shared_is_reinforced_by_a_repeat_but_not_changed_by_one(memory):

@@ -522,8 +522,9 @@ class AgentMemStore(BaseStore):
     def _rewrite(self, item: Note, notes: list[tuple[str, dict[str, Any]]]) -> bool:
         """Put these notes on a stored item: its new parts first, then its own note, then its old parts go, so a
         failure leaves it as it was (this call's parts are forgotten again) or, once its note is written, whole
-        with its new value (old parts that could not be forgotten go at its next rewrite). False if it was
-        forgotten meanwhile (through REST, MCP, `Memory.forget`): then it is put anew."""
+        with its new value: the put is done, and old parts that could not be forgotten (logged; a search by
+        their words still finds the item) go at its next rewrite. False if it was forgotten meanwhile (through
+        REST, MCP, `Memory.forget`): then it is put anew."""
         old = self._parts(item)
         changed = [(p.text, p.metadata) for p in old] != _part_notes(item, notes)
         written = self._remember(_part_drafts(item, notes)) if changed else []
@@ -535,7 +536,10 @@ class AgentMemStore(BaseStore):
             if isinstance(exc, NoteNotFoundError):
                 return False
             raise
-        self._forget_notes(old if changed else [])
+        try:
+            self._forget_notes(old if changed else [])
+        except AgentMemError:   # the new value is stored: a put that raised now would have changed something
+            log.warning("item %s keeps its old parts until its next rewrite", item.id, exc_info=True)
         return True
 
     def _create(self, new: list[tuple[str | None, list[tuple[str, dict[str, Any]]]]]) -> None:
