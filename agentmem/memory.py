@@ -479,15 +479,15 @@ class Memory:
 
     def known_ids(self, note_ids: list[str]) -> set[str]:
         """Which of these ids name a note the store holds, archived or not: for a caller that kept ids (a
-        job's report, a cache) to drop those forgotten since. One read of the store's ids, which no write
-        waits for; a listing of `notes` reads every note whole, in the write section."""
+        job's report, a cache) to drop those forgotten since. A read of these ids, which no write waits for;
+        a listing of `notes` reads every note whole, in the write section."""
         if not isinstance(note_ids, (list, tuple, set, frozenset)):
             raise InvalidInputError(f"note_ids must be a list of note ids, got {type(note_ids).__name__}")
         ids = {check.note_id(note_id) for note_id in note_ids}
         if not ids:
             return set()
         with self._sections.reading(store_only=True):
-            return ids & self._graph.all_ids()
+            return self._graph.known_ids(ids)
 
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)

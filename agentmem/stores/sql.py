@@ -30,6 +30,7 @@ from .rows import (
 
 log = logging.getLogger(__name__)
 
+IDS_PER_READ = 10_000  # ids named in one statement (`known_ids`)
 OUTBOX = "INSERT INTO outbox(note_id, op) VALUES (?, ?) ON CONFLICT (note_id) DO UPDATE SET op = excluded.op"
 
 
@@ -460,6 +461,15 @@ class SqlNoteStore:
 
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._run("SELECT id FROM notes")}
+
+    def known_ids(self, note_ids: Collection[str]) -> set[str]:
+        """Which of these ids name a stored note, read `IDS_PER_READ` at a time (a SQLite statement takes at most
+        32,766 parameters): a caller checking the ids it kept reads those, not every id of the store."""
+        ids, found = list(note_ids), set()
+        for start in range(0, len(ids), IDS_PER_READ):
+            among, params = self._among("id", ids[start : start + IDS_PER_READ])
+            found.update(row[0] for row in self._run(f"SELECT id FROM notes WHERE {among}", params))
+        return found
 
     def all_tokens(self) -> dict[str, str]:
         """Every note id by its vector-index token."""

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from agentmem import Note
+from agentmem.stores import sql
 from agentmem.stores.filters import NoteFilter
 from agentmem.stores.rows import checked
 
@@ -99,3 +100,15 @@ def test_searched_vectors_set_in_a_transaction_queue_their_index_writes(sql_stor
         ("a", 1.0, None), ("b", 2.0, None), ("c", 3.0, 0.5),
     ]
     assert sql_store.sessions_of("c") == [("u", None, "s")] and sql_store.sessions_of("unknown") == []
+
+
+def test_known_ids_reads_the_ids_asked_for_in_chunks(sql_store, monkeypatch):
+    """A statement names at most `IDS_PER_READ` ids (SQLite takes 32,766 parameters); the chunks' answers add up."""
+    monkeypatch.setattr(sql, "IDS_PER_READ", 2)
+    with sql_store.transaction():
+        for name in "abcde":
+            sql_store.insert(Note(id=name, text=f"note {name}", created_at=T, updated_at=T, last_recalled=T),
+                             np.ones(4, dtype=np.float32))
+    assert sql_store.known_ids(["a", "x", "c", "e", "y"]) == {"a", "c", "e"}
+    assert sql_store.known_ids([]) == set()
+
