@@ -81,13 +81,14 @@ class RemoteError(AgentMemError):
 class RemoteMemory:
     """A client for one agentmem server (`base_url` like http://127.0.0.1:8765; an OpenAI-style .../v1 too).
     A user and password in the URL are sent as Basic auth (for a proxy in front of the server) and never shown:
-    messages name the server as `shown`, with the password as ***."""
+    messages name the server as `shown`, with the password as ***. The API key then goes as `X-API-Key`, since
+    Basic auth takes the Authorization header its Bearer form would use."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         api = base_url.rstrip("/").removesuffix(API) + API
         self.shown = redacted_url(api)
         plain, credentials = split_credentials(api)
+        headers = {} if not api_key else {"X-API-Key": api_key} if credentials else {"Authorization": f"Bearer {api_key}"}
         self.http = httpx.Client(base_url=plain, headers=headers, auth=credentials, timeout=timeout)
 
     def __enter__(self) -> RemoteMemory:

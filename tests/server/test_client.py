@@ -23,9 +23,11 @@ class NoAgentmemHere(JsonReplies):
     """A web server that is not agentmem's: every route is 404; it keeps the Authorization header it got."""
 
     authorization: list[str | None] = []
+    api_key: list[str | None] = []
 
     def do_GET(self) -> None:
         type(self).authorization.append(self.headers.get("authorization"))
+        type(self).api_key.append(self.headers.get("x-api-key"))
         self.send_response(404)
         self.send_header("content-length", "0")
         self.end_headers()
@@ -54,6 +56,8 @@ def test_the_shell_never_shows_a_password_in_the_server_url(not_agentmem):
     assert done.returncode == 2 and "no agentmem API at http://admin:***@127.0.0.1" in done.stderr, done.stderr
     assert "Sup3rS3cret" not in done.stderr
     assert NoAgentmemHere.authorization[-1].startswith("Basic ")
+    shell("--url", url, "--api-key", "agentmem-key-1", "stats")   # both: the proxy's Basic auth, and the server's key
+    assert NoAgentmemHere.authorization[-1].startswith("Basic ") and NoAgentmemHere.api_key[-1] == "agentmem-key-1"
 
     # a password httpx would misread (an unencoded / or ? makes part of it the port, the path or the query)
     for url in (f"http://admin:Sup3r/S3cret@127.0.0.1:{port}", f"http://admin:123?S3cret@127.0.0.1:{port}",
