@@ -53,3 +53,18 @@ def test_markdown_shows_the_median_ratio_and_its_range_and_remember_with_its_wri
     text = markdown({"stores": {"sqlite": {"sizes": {1000: size}}}}, "python -m agentmem.eval.latency")
     assert "| 70 / 80 | 0.86x (0.80-0.90, 5 x 200) |" in text
     assert "| sqlite | 1000 | 12.0 / 15.0 | 14.0 / 18.0 | 10.0 / 12.0 | 1.40x |" in text  # the target's ratio has the write
+
+
+def test_a_run_reports_each_size_and_leaves_no_work_folder_behind(tmp_path, monkeypatch):
+    from agentmem.eval import latency
+    from tests.conftest import SHARED_DATA
+
+    monkeypatch.setattr(latency, "PROBES", 3)
+    monkeypatch.setattr(latency.tempfile, "tempdir", str(tmp_path))  # where the run makes its work folder
+    reported: list[dict] = []
+    results = latency.run(SHARED_DATA, [8], "sqlite", cache=tmp_path / "cache", report=lambda r: reported.append(r))
+    figures = results["sizes"][8]
+    assert figures["notes_stored"] == 8 + 3  # the filler and the timed remembers
+    assert figures["remember"]["agentmem_with_index_write"]["p50_ms"] >= figures["remember"]["agentmem"]["p50_ms"]
+    assert reported and reported[-1] is results
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # the stores' folder (0.5 GB at 100k) is gone
