@@ -33,7 +33,7 @@ from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
 from .encoding import ENCODE_BATCH, embed, encode_overlapped, length_batches
 from .editors import Editor, EditorConfig
-from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
+from .errors import InvalidInputError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
 from .models import LanguageModel, load_embedder
 from .notes import (
@@ -398,15 +398,25 @@ class Memory:
             notes = self._reader.reinforce([hit.note for hit in hits], when)
             return [hit.model_copy(update={"note": note}) for hit, note in zip(hits, notes)]
 
-    def reinforce(self, note_ids: list[str], *, at: datetime | None = None) -> list[Note]:
+    def reinforce(self, note_ids: list[str], *, at: datetime | None = None, strict: bool = True) -> list[Note]:
         """Count notes as recalled (rehearsal), as `recall` does with what it returns: for a caller
-        that looked with `recall(reinforce=False)` and counts only what it went on to use."""
+        that looked with `recall(reinforce=False)` and counts only what it went on to use.
+
+        A note not stored, or made after `at`, refuses the call, and nothing is counted. With
+        `strict=False` they are taken as `recall` takes what it found: a note forgotten since is
+        left out of the notes returned, and one made after `at` is returned uncounted."""
         if not isinstance(note_ids, (list, tuple)):
             raise InvalidInputError(f"note_ids must be a list of note ids, got {type(note_ids).__name__}")
         ids = list(dict.fromkeys(check.note_id(note_id) for note_id in note_ids))
         when = check.time(at)
+        check.flag(strict, "strict")
+        if not ids:
+            return []
         with self._section_reading(ids):
-            return self._reader.reinforce([self._existing(note_id) for note_id in ids], when, unborn="refuse")
+            if strict:
+                return self._reader.reinforce([self._existing(note_id) for note_id in ids], when, unborn="refuse")
+            found = self._graph.get_many(ids)
+            return self._reader.reinforce([found[note_id] for note_id in ids if note_id in found], when)
 
     def _meanwhile(self, read: Callable[[], T], after_index_writes: bool = False) -> Callable[[], T]:
         """`read` of the store (a search's mark, before the search: `WritePath.search_ahead`,
@@ -713,11 +723,7 @@ class Memory:
             hits = self.recall(question, k=k, user_id=user_id, agent_id=agent_id, session_id=session_id, at=when,
                                reinforce=False)
             related = answering.fitting([h for h in hits if h.why.similarity >= self.config.answer_min_similarity])
-            born = [hit.note.id for hit in related if hit.note.created_at <= when]  # a recall counts no other
-            try:
-                counted = {note.id: note for note in self.reinforce(born, at=when)} if born else {}
-            except NoteNotFoundError:  # one was forgotten meanwhile: answer with what was found, uncounted
-                return related
+            counted = {note.id: note for note in self.reinforce([hit.note.id for hit in related], at=when, strict=False)}
             return [hit.model_copy(update={"note": counted.get(hit.note.id, hit.note)}) for hit in related]
 
         return self._loaded_parametric().answer(question, scopes, recall, max_new_tokens, check.time(None))

@@ -983,6 +983,22 @@ def test_reinforce_counts_what_a_look_found_as_recalled(memory):
     assert memory.get(note.id) == counted
 
 
+def test_reinforce_not_strict_counts_as_a_recall_what_is_still_there_and_was_made_by_then(memory):
+    old = memory.remember("Pia's bike is red", at=T0)
+    new = memory.remember("Pia sold her car", at=T0 + timedelta(days=3))
+    gone = memory.remember("Pia's cat is called Miso", at=T0)
+    memory.forget(gone.id)
+    at = T0 + timedelta(days=1)
+    returned = memory.reinforce([gone.id, new.id, old.id], at=at, strict=False)
+    assert [note.id for note in returned] == [new.id, old.id]  # the forgotten one left out
+    assert returned[0] == new == memory.get(new.id)  # made after `at`: returned uncounted
+    assert (returned[1].recall_count, returned[1].last_recalled) == (1, at) and returned[1] == memory.get(old.id)
+    assert memory.reinforce([], at=at, strict=False) == []
+    with pytest.raises(InvalidInputError, match="strict"):
+        memory.reinforce([old.id], strict="no")
+    assert memory.get(old.id) == returned[1]
+
+
 def test_text_limit_is_configurable(tmp_path, embedder):
     with Memory(tmp_path / "m", embedder=embedder, config=MemoryConfig(max_text_chars=10)) as mem:
         mem.remember("short")

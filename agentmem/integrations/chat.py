@@ -114,10 +114,10 @@ class MemoryChat:
         note = self.memory.remember(message, session_id=self.session_id, at=when, **scope)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         del self.history[: len(self.history) - 2 * self.history_turns]  # the last turns go with the next message
-        born = [hit.note.id for hit in hits if hit.note.created_at <= when]  # as a recall, it counts no other
-        try:
-            recalled = {counted.id: counted for counted in self.memory.reinforce(born, at=when)}
-        except AgentMemError:  # a note forgotten meanwhile, or the store gone: the turn itself is stored
+        found = [hit.note.id for hit in hits]  # counted as a recall counts them: not one forgotten meanwhile,
+        try:  # nor one made after `when`
+            recalled = {counted.id: counted for counted in self.memory.reinforce(found, at=when, strict=False)}
+        except AgentMemError:  # the store unreachable: the turn itself is stored
             log.warning("the recalled notes of a chat turn were not counted as recalled", exc_info=True)
         else:
             hits = [hit.model_copy(update={"note": recalled.get(hit.note.id, hit.note)}) for hit in hits]

@@ -321,16 +321,7 @@ class AgentMemStore(BaseStore):
         by then (one from a host whose clock runs ahead is not, as a recall counts it); one forgotten meanwhile
         (expired, deleted) is skipped. A search counts an item's parts with it: the item is scored by its best
         part, and parts left to fade would rank its later words lower and lower."""
-        now = datetime.now(timezone.utc)
-        note_ids = [note.id for note in notes if note.created_at <= now]
-        try:
-            self.memory.reinforce(note_ids, at=now)
-        except NoteNotFoundError:
-            for note_id in note_ids:
-                try:
-                    self.memory.reinforce([note_id], at=now)
-                except NoteNotFoundError:
-                    pass
+        self.memory.reinforce([note.id for note in notes], at=datetime.now(timezone.utc), strict=False)
 
     def _list_namespaces(self, op: ListNamespacesOp, now: datetime) -> list[tuple[str, ...]]:
         depth = op.max_depth

@@ -98,10 +98,9 @@ class AgentMemBlock(BaseMemoryBlock[str]):
         hits = self.memory.recall(query, k=self.k, user_id=self.user_id, agent_id=self.agent_id, at=when,
                                   reinforce=False)
         hits = fitting([hit for hit in hits if hit.why.similarity >= self.memory.config.answer_min_similarity])
-        born = [hit.note.id for hit in hits if hit.note.created_at <= when]  # as a recall, it counts no other
-        try:
-            self.memory.reinforce(born, at=when)
-        except AgentMemError:   # a note forgotten meanwhile: the notes found still go in the prompt, uncounted
+        try:  # as a recall counts what it found: one forgotten meanwhile, or made after `when`, is not counted
+            self.memory.reinforce([hit.note.id for hit in hits], at=when, strict=False)
+        except AgentMemError:  # the store unreachable: the notes found still go in the prompt, uncounted
             log.warning("the notes an AgentMemBlock recalled were not counted as recalled", exc_info=True)
         return hits
 
