@@ -15,12 +15,11 @@ an unreachable server raise `StoreUnavailableError`; a damaged file `StoreCorrup
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -31,7 +30,7 @@ from .config import MemoryConfig
 from .consolidation import ConsolidationPolicy, Ledger, NoteAccess, answering, reader_scopes
 from .consolidation.bridge import ParametricBridge
 from .consolidation.parametric import editor_kind
-from .encoding import ENCODE_BATCH, embed, encode_overlapped, length_batches
+from .encoding import embed
 from .editors import Editor, EditorConfig
 from .errors import InvalidInputError, StoreUnavailableError
 from .facts import FactExtractor, extract_fact
@@ -48,10 +47,9 @@ from .stores.store import existing
 from .stores.sync import IndexSync, open_index
 from .changing import ChangePath, Revision
 from .reading import ReadPath
+from .meanwhile import Meanwhile
 from .sections import Sections
-from .writing import Enricher, SearchAhead, WritePath
-
-T = TypeVar("T")
+from .writing import Enricher, WritePath
 
 _UNSET: Any = object()
 
@@ -111,8 +109,7 @@ class Memory:
         graph_file = None if is_postgres_url(path) else self.path / GRAPH_FILE
         graph_was_there = graph_file is None or graph_file.exists()
         self._graph = open_note_store(path)  # first: a server that cannot be reached leaves no local folder behind
-        # work a call runs beside its own thread: recall's full-text search, remember_many's encoder
-        self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmem-helper")
+        self._meanwhile: Meanwhile | None = None
         self._parametric: ParametricBridge | None = None
         self._index: VectorIndex | None = None
         self._sections: Sections | None = None
@@ -128,6 +125,7 @@ class Memory:
             self._reader = ReadPath(self._graph, self._sync, self.config)
             self._changes = ChangePath(self._graph, self._sync, self._writer, self._ledger)
             self._sections = Sections(self._graph, self._index, self._sync, self.path)
+            self._meanwhile = Meanwhile(self._sections, self._embedder, self._graph.concurrent_reads)
             with self._sections.exclusive():
                 self._check_embedder()
                 self._sync.pair()
@@ -143,7 +141,8 @@ class Memory:
             if isinstance(model, LanguageModel):
                 self._parametric.consolidator(check.time(None))
         except BaseException:
-            self._helpers.shutdown(wait=False)
+            if self._meanwhile is not None:
+                self._meanwhile.close()
             if self._sections is not None:  # no call ran yet; the stores are released just below
                 self._sections.close()
             if self._parametric is not None:
@@ -169,7 +168,7 @@ class Memory:
             self._sections.close(self._release)
 
     def _release(self) -> None:
-        self._helpers.shutdown(wait=False)
+        self._meanwhile.close()
         self._parametric.close()
         self._index.close()
         self._graph.close()
@@ -252,38 +251,13 @@ class Memory:
         """Store the items; an index write the commit left finishes in the background
         (`Sections.write_index_later`)."""
         drafts = [self._writer.draft(item) for item in items]
-        embeddings, ahead = self._embed_searching_ahead(drafts)
+        embeddings, ahead = self._meanwhile.embed_searching_ahead(drafts, self._writer.search_ahead)
         self._writer.expect(drafts, ahead)
         with self._sections.exclusive():
             notes, index_write = self._writer.store_notes(drafts, embeddings, deduplicate, ahead)
             if index_write is not None:
                 self._sections.write_index_later(index_write)
         return notes
-
-    def _embed_searching_ahead(self, drafts: list[Note]) -> tuple[np.ndarray, SearchAhead | None]:
-        """The drafts' embeddings, and their neighbours searched in the index outside the write
-        section (`SearchAhead`): once encoded, or when they take several encoder batches, each
-        batch's while the next is encoded."""
-        texts = [draft.text for draft in drafts]
-        if len(texts) <= ENCODE_BATCH:
-            starting = self._meanwhile(self._writer.search_ahead)
-            embeddings = self._embed(texts)
-            ahead = starting()
-            if ahead is not None:
-                with self._sections.reading():
-                    ahead.search(drafts, range(len(drafts)), embeddings)
-            return embeddings, ahead
-        with self._sections.reading():
-            ahead = self._writer.search_ahead()
-        if ahead is None:
-            return self._embed(texts), None
-
-        def search(positions: list[int], embeddings: np.ndarray) -> None:
-            with self._sections.reading():
-                ahead.search(drafts, positions, embeddings)
-
-        batches = length_batches(self._embedder, texts)
-        return encode_overlapped(self._embed, texts, batches, self._helpers, search), ahead
 
     def update(
         self,
@@ -383,8 +357,8 @@ class Memory:
         where = self._where(user_id, agent_id, session_id, filters, include_archived)
         when = check.time(at)
         check.flag(reinforce, "reinforce")
-        searching = self._lexical_meanwhile(query, k, where)
-        marking = self._meanwhile(self._reader.search_mark, after_index_writes=True) if not where.metadata else None
+        searching = self._meanwhile.search(lambda: self._reader.lexical(query, k, where))
+        marking = self._meanwhile.read(self._reader.search_mark, after_index_writes=True) if not where.metadata else None
         query_embedding = self._embed([query])[0]
         if not self._graph.concurrent_reads:
             searching.result()  # the helper searches under this process's lock, which the section takes
@@ -417,46 +391,6 @@ class Memory:
                 return self._reader.reinforce([self._existing(note_id) for note_id in ids], when, unborn="refuse")
             found = self._graph.get_many(ids)
             return self._reader.reinforce([found[note_id] for note_id in ids if note_id in found], when)
-
-    def _meanwhile(self, read: Callable[[], T], after_index_writes: bool = False) -> Callable[[], T]:
-        """`read` of the store (a search's mark, before the search: `WritePath.search_ahead`,
-        `ReadPath.search_mark`), in a helper thread while the caller encodes where the store reads
-        on connections of its own (a round trip to a server); else here (a read in this process).
-        `after_index_writes`: once the index writes in flight are done (a mark taken before would
-        name their notes as waiting for them). Returns what waits for it."""
-
-        def start() -> T:
-            if after_index_writes:
-                self._sections.wait()
-            with self._sections.reading(store_only=True):
-                return read()
-
-        if not self._graph.concurrent_reads:
-            value = start()
-            return lambda: value
-        try:
-            return self._helpers.submit(start).result
-        except RuntimeError as exc:  # the pool is shut down: close() ran
-            raise self._sections.closed_error() from exc
-
-    def _lexical_meanwhile(self, query: str, k: int, where: NoteFilter) -> Future[dict[str, float]]:
-        """The query's full-text candidates, searched in a helper thread: the search needs no
-        embedding, so it runs while the caller encodes the query (at 100k notes it takes most of
-        an encode). The encode stays on the caller's thread, where its other encodes ran:
-        alternating remember and recall on PostgreSQL at 100k notes, a recall took 26.7 ms so,
-        against 30.6 with the encode in the helper (BENCHMARKS.md, *latency-stores*).
-
-        A store whose threads read on connections of their own (`concurrent_reads`) is searched
-        without this process's lock, so the search also runs during the index's search."""
-
-        def search() -> dict[str, float]:
-            with self._sections.reading(store_only=True):
-                return self._reader.lexical(query, k, where)
-
-        try:
-            return self._helpers.submit(search)
-        except RuntimeError as exc:  # the pool is shut down: close() ran
-            raise self._sections.closed_error() from exc
 
     def _where(self, user_id: Any, agent_id: Any, session_id: Any, filters: Any, include_archived: Any) -> NoteFilter:
         return NoteFilter(
