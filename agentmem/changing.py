@@ -17,9 +17,9 @@ import numpy as np
 
 from .consolidation import ConsolidationPolicy, Ledger
 from .consolidation.policy import edit_scopes, is_marked_shared
-from .errors import InvalidInputError, NoteNotFoundError, StoreUnavailableError
+from .errors import InvalidInputError, StoreUnavailableError
 from .notes import DecayReport, Fact, Note
-from .stores.store import NoteStore, existing
+from .stores.store import NoteStore, existing, not_found
 from .stores.sync import IndexSync
 from .writing import WritePath
 
@@ -102,7 +102,7 @@ class ChangePath:
     def forget(self, note_id: str, at: datetime) -> None:
         """Delete a note and every trace of it (see `Memory.forget`); its edits are set to be retracted."""
         if not self.store.exists(note_id) and not self.store.is_quarantined(note_id):
-            raise NoteNotFoundError(f"no note with id {note_id!r}")
+            raise not_found(note_id)
         remixed: dict[str, np.ndarray | None] = {}
         for session in self.store.sessions_of(note_id):
             remixed |= self.writer.remixed(session, {note_id: None})

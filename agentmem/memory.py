@@ -43,7 +43,7 @@ from .stores import VectorIndex
 from .stores.filters import NoteFilter
 from .stores.graph import LOCK_FILE
 from .stores.location import GRAPH_FILE, is_postgres_url, local_folder, open_note_store
-from .stores.store import existing
+from .stores.store import existing, not_found
 from .stores.sync import IndexSync, open_index
 from .changing import ChangePath, Revision
 from .reading import ReadPath
@@ -435,8 +435,7 @@ class Memory:
 
     def get(self, note_id: str) -> Note:
         check.note_id(note_id)
-        with self._section_reading([note_id]):
-            return self._existing(note_id)
+        return self._current(note_id)
 
     def history(self, note_id: str) -> list[tuple[datetime, str, Note]]:
         """Earlier versions of a note: (when it changed, what changed, the note before)."""
@@ -456,8 +455,7 @@ class Memory:
     def retention(self, note_id: str, at: datetime | None = None) -> float:
         check.note_id(note_id)
         when = check.time(at)
-        with self._section_reading([note_id]):
-            return self._reader.retention(self._existing(note_id), when)
+        return self._reader.retention(self._current(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
 
@@ -711,6 +709,18 @@ class Memory:
 
     def _existing(self, note_id: str) -> Note:
         return existing(self._graph, note_id)
+
+    def _current(self, note_id: str) -> Note:
+        """The note as committed now: outside the write section where the store can read it so
+        (`NoteStore.read_current`: on PostgreSQL one round trip, not two)."""
+        with self._sections.reading():
+            found = self._graph.read_current([note_id])
+        if found is None:
+            with self._section_reading([note_id]):
+                return self._existing(note_id)
+        if note_id not in found:
+            raise not_found(note_id)
+        return found[note_id]
 
     @contextmanager
     def _section_reading(self, note_ids: list[str]) -> Iterator[None]:

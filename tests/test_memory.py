@@ -310,6 +310,30 @@ def test_a_get_on_postgresql_reads_its_note_with_its_lock(memory_location, embed
         assert reads == []
 
 
+def test_a_get_on_postgresql_takes_no_write_lock_unless_its_link_view_is_behind(memory_location, embedder, monkeypatch):
+    """A get (or a retention) reads its note with the store's version in one round trip; only a process whose link
+    view is behind that version goes through the write section, which catches it up."""
+    location = memory_location()
+    if not isinstance(location["path"], str):
+        pytest.skip("a PostgreSQL store's round trips")
+    with Memory(**location, embedder=embedder) as mem, Memory(**location, embedder=embedder) as other:
+        bees = mem.remember("Dana keeps bees on the roof of the library", at=T0)
+        honey = mem.remember("Dana sells the honey of the library's bees", at=T0)
+        mem.stats()  # its index write is done
+        locks, lock = [], mem._graph.lock
+        monkeypatch.setattr(mem._graph, "lock", lambda: locks.append(1) or lock())
+        assert mem.get(honey.id) == honey and [link.note_id for link in mem.get(bees.id).links] == [honey.id]
+        assert mem.retention(bees.id, at=T0) == pytest.approx(1.0)
+        with pytest.raises(NoteNotFoundError, match="no note with id"):
+            mem.get("0" * 32)
+        assert locks == []
+        more = other.remember("Dana's library bees made forty jars of honey this year", at=T0)
+        assert more.id in {link.note_id for link in other.get(bees.id).links}
+        assert more.id in {link.note_id for link in mem.get(bees.id).links}  # caught up, in a write section
+        assert locks == [1]
+        assert mem.get(more.id) == other.get(more.id) and locks == [1]
+
+
 def test_recall_reinforces_what_it_returns(memory):
     note = memory.remember("Carol's cat is called Miso", at=T0)
     other = memory.remember("The train to Porto leaves at nine", at=T0)

@@ -14,6 +14,7 @@ from .. import validation
 from ..errors import InvalidInputError, NoteNotFoundError
 from ..memory import Memory
 from ..notes import Note
+from ..stores.store import not_found
 from .auth import Caller
 from .errors import AccessDeniedError
 
@@ -63,7 +64,7 @@ class ScopedMemory:
         """The note, if this caller may see it; else the same error as for a note that does not exist."""
         note = self.memory.get(note_id)
         if not self.visible(note):
-            raise NoteNotFoundError(f"no note with id {note_id!r}")
+            raise not_found(note_id)  # the same words as for a note that does not exist
         return note
 
     def hidden(self, note_ids: set[str]) -> set[str]:

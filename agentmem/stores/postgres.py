@@ -70,7 +70,7 @@ from .postgres_read_ahead import ReadAhead
 from .postgres_schema import prepare_schema, select_list
 from .postgres_sessions import PinnedSessions
 from .postgres_upkeep import Upkeep
-from .rows import KEPT_IN_QUARANTINE, SEARCHED_VECTOR_OF, IndexEntry, Neighbours, OutboxClaim
+from .rows import KEPT_IN_QUARANTINE, SEARCHED_VECTOR_OF, IndexEntry, Neighbours, OutboxClaim, readable_notes
 from .shared_folders import SharedFolders
 from .sql import SqlNoteStore
 
@@ -223,6 +223,19 @@ class PostgresNoteGraph(SqlNoteStore):
     def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
         """`SqlNoteStore.expect_loads`: the next `lock()` reads them in its round trip (`ReadAhead.expect_loads`)."""
         self._ahead.expect_loads(note_ids, tokens)
+
+    def read_current(self, note_ids: Collection[str]) -> dict[str, Note] | None:
+        """`SqlNoteStore.read_current` in one round trip, without the write lock (which a section takes and
+        releases in two): the store's version and the rows in one statement, so one snapshot. None when the link
+        view is behind that version: a write section catches it up, and the vector index with it."""
+        among, params = self._among("n.id", list(note_ids))
+        rows = self._read_notes(f"SELECT v.n AS version, {self._columns(KEPT_IN_QUARANTINE, 'n.')}, NULL AS vector"
+                                f" FROM store_version v LEFT JOIN notes n ON {among}", params)
+        if rows[0]["version"] != self._data_version:
+            return None
+        present = [row for row in rows if row["id"] is not None]
+        notes = {note.id: note for note, _ in readable_notes(present, self.graph, self.unreadable)}
+        return notes if len(notes) == len(present) else None  # a row set aside: a write section quarantines it
 
     def _loads_statement(self, note_ids: list[str], tokens: list[str]) -> tuple[str, list[Any]]:
         by_token, token_params = self._among("index_id", tokens)

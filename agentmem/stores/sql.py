@@ -331,6 +331,10 @@ class SqlNoteStore:
         (`session_vector`): a hint, which a store whose reads are round trips takes to read it
         with the lock."""
 
+    def read_current(self, note_ids: Collection[str]) -> dict[str, Note] | None:
+        """None: a read here costs no round trip, so a write section reads the notes (`NoteStore.read_current`)."""
+        return None
+
     def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
         """This thread's next write section reads the index entries of these tokens, then loads their
         notes and these (with their vectors): a hint, which a store whose reads are round trips takes

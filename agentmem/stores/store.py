@@ -39,8 +39,12 @@ def existing(store: NoteStore, note_id: str) -> Note:
     """The note with this id, or `NoteNotFoundError`."""
     note = store.get(note_id)
     if note is None:
-        raise NoteNotFoundError(f"no note with id {note_id!r}")
+        raise not_found(note_id)
     return note
+
+
+def not_found(note_id: str) -> NoteNotFoundError:
+    return NoteNotFoundError(f"no note with id {note_id!r}")
 
 
 class NoteStore(Protocol):
@@ -121,6 +125,10 @@ class NoteStore(Protocol):
         """A hint: this thread's next write section starts with `session_vector(scope)`."""
     def expect_loads(self, note_ids: Collection[str], tokens: Collection[str]) -> None:
         """A hint: this thread's next write section reads these tokens' entries, then loads their notes and these."""
+    def read_current(self, note_ids: Collection[str]) -> dict[str, Note] | None:
+        """These notes with their links (unknown ids left out), read outside a write section, in this process's
+        section for reads; None where a write section must read them: a store whose reads cost no round trip, a
+        link view behind the store, or a row that cannot be read (the section sets it aside)."""
     def expect_neighbours(self, tokens: Collection[str]) -> None:
         """A hint: this thread's next write section reads these tokens' entries, then their notes as `neighbours`."""
     def session_vector(self, scope: tuple[str | None, str | None, str],
