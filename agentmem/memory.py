@@ -2,10 +2,11 @@
 
 A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
 `chroma/` (the vector index, unless a Chroma server is used) and `agentmem.lock`; or a
-PostgreSQL database for its notes. Every operation runs in a section (`agentmem.sections`) that
-holds a thread lock and the store's lock across processes, so many threads and several
-processes can share one store without losing or duplicating notes. Embedding happens before
-the locks are taken, so threads still encode in parallel.
+PostgreSQL database for its notes. Every write, and every read a write depends on, runs in a
+section (`agentmem.sections`) that holds a thread lock and the store's lock across processes, so
+many threads and several processes can share one store without losing or duplicating notes; a
+read of committed rows alone holds the thread lock only. Embedding happens before the locks are
+taken, so threads still encode in parallel.
 
 The contract for faults: every argument is checked before anything is written, so a call
 that raises has changed nothing; a call that returns is durable (committed to the note
@@ -385,6 +386,8 @@ class Memory:
         when = check.time(at)
         check.flag(strict, "strict")
         if not ids:
+            if self._sections.closed:
+                raise self._sections.closed_error()
             return []
         with self._section_reading(ids):
             if strict:
@@ -455,7 +458,8 @@ class Memory:
     def retention(self, note_id: str, at: datetime | None = None) -> float:
         check.note_id(note_id)
         when = check.time(at)
-        return self._reader.retention(self._current(note_id), when)
+        with self._sections.reading():  # the ACT-R curve reads the note's recall times too
+            return self._reader.retention(self._current(note_id), when)
 
     # ---- forgetting curve ----------------------------------------------------------
 
@@ -725,8 +729,8 @@ class Memory:
     @contextmanager
     def _section_reading(self, note_ids: list[str]) -> Iterator[None]:
         """The exclusive section of a call that starts by reading these notes: a store whose reads are
-        round trips reads them with its lock (`NoteStore.expect_loads`), so a `get` on PostgreSQL is
-        two round trips, not three."""
+        round trips reads them with its lock (`NoteStore.expect_loads`), so a `reinforce` on PostgreSQL
+        is two round trips, not three."""
         self._graph.expect_loads(note_ids, ())
         with self._sections.exclusive():
             yield

@@ -114,8 +114,9 @@ class MemoryChat:
         note = self.memory.remember(message, session_id=self.session_id, at=when, **scope)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         del self.history[: len(self.history) - 2 * self.history_turns]  # the last turns go with the next message
-        found = [hit.note.id for hit in hits]  # counted as a recall counts them: not one forgotten meanwhile,
-        try:  # nor one made after `when`
+        # counted as a recall counts what it found: not one forgotten meanwhile, nor one made after `when`
+        found = [hit.note.id for hit in hits]
+        try:
             recalled = {counted.id: counted for counted in self.memory.reinforce(found, at=when, strict=False)}
         except AgentMemError:  # the store unreachable: the turn itself is stored
             log.warning("the recalled notes of a chat turn were not counted as recalled", exc_info=True)

@@ -225,7 +225,7 @@ class PostgresNoteGraph(SqlNoteStore):
         self._ahead.expect_loads(note_ids, tokens)
 
     def read_current(self, note_ids: Collection[str]) -> dict[str, Note] | None:
-        """`SqlNoteStore.read_current` in one round trip, without the write lock (which a section takes and
+        """`NoteStore.read_current` in one round trip, without the write lock (which a section takes and
         releases in two): the store's version and the rows in one statement, so one snapshot. None when the link
         view is behind that version: a write section catches it up, and the vector index with it."""
         among, params = self._among("n.id", list(note_ids))

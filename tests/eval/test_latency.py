@@ -1,9 +1,16 @@
-"""The latency benchmark's throughput rounds (alternation, the median of per-batch ratios) and its
-cached filler vectors."""
+"""The latency benchmark's throughput rounds (alternation, the median of per-batch ratios), its cached
+filler vectors, and a small run on each store."""
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from agentmem.encoding import embed
+from agentmem.eval import latency
 from agentmem.eval.latency import PrecomputedEmbedder, markdown, throughput_rounds
+from tests.conftest import SHARED_DATA
 
 
 def test_cached_texts_are_answered_from_the_cache_and_others_encoded(embedder):
@@ -55,16 +62,32 @@ def test_markdown_shows_the_median_ratio_and_its_range_and_remember_with_its_wri
     assert "| sqlite | 1000 | 12.0 / 15.0 | 14.0 / 18.0 | 10.0 / 12.0 | 1.40x |" in text  # the target's ratio has the write
 
 
-def test_a_run_reports_each_size_and_leaves_no_work_folder_behind(tmp_path, monkeypatch):
-    from agentmem.eval import latency
-    from tests.conftest import SHARED_DATA
-
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_run_reports_each_size_and_leaves_no_work_folder_behind(store, tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "PROBES", 3)
-    monkeypatch.setattr(latency.tempfile, "tempdir", str(tmp_path))  # where the run makes its work folder
+    before, home = work_folders(), os.environ.get("AGENTMEM_HOME")
     reported: list[dict] = []
-    results = latency.run(SHARED_DATA, [8], "sqlite", cache=tmp_path / "cache", report=lambda r: reported.append(r))
+    results = latency.run(SHARED_DATA, [8], store, cache=tmp_path / "cache", report=lambda r: reported.append(r))
     figures = results["sizes"][8]
     assert figures["notes_stored"] == 8 + 3  # the filler and the timed remembers
     assert figures["remember"]["agentmem_with_index_write"]["p50_ms"] >= figures["remember"]["agentmem"]["p50_ms"]
     assert reported and reported[-1] is results
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # the stores' folder (0.5 GB at 100k) is gone
+    assert work_folders() == before  # both stores' files: 0.5 GB at 100k notes
+    assert os.environ.get("AGENTMEM_HOME") == home
+
+
+def test_the_work_folder_goes_when_the_stores_fail_to_open(monkeypatch, embedder):
+    before = work_folders()
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(latency, "Memory", refused)
+    with pytest.raises(RuntimeError, match="no room"), latency.work_stores("sqlite", embedder):
+        pass
+    assert work_folders() == before
+
+
+def work_folders() -> set[str]:
+    """The latency runs' work folders in the temporary folder."""
+    return {p.name for p in Path(tempfile.gettempdir()).glob("agentmem-latency-*") if p.name != "agentmem-latency-vectors"}

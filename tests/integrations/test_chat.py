@@ -54,6 +54,22 @@ def test_a_turn_dated_before_a_recalled_note_was_made_counts_only_the_notes_that
     assert {hit.note.id: hit.note.recall_count for hit in reply.recalled} == {older.id: 1, later.id: 0}
 
 
+def test_a_note_forgotten_while_the_reply_is_written_leaves_the_other_recalled_notes_counted(memory):
+    """The recalled notes are counted once the turn is stored; one forgotten meanwhile (here by the chat function)
+    is skipped, as a recall skips it: before, the whole count was refused and nothing was counted."""
+    kept = memory.remember("Alice lives in Lisbon.", user_id="maya", at=T0)
+    gone = memory.remember("Alice works in Lisbon at a bakery.", user_id="maya", at=T0)
+
+    def forgetting_chat(messages):
+        memory.forget(gone.id)
+        return "Noted."
+
+    reply = MemoryChat(memory, forgetting_chat, user_id="maya").reply("Where does Alice live in Lisbon?",
+                                                                      at=T0 + timedelta(days=1))
+    assert {hit.note.id: hit.note.recall_count for hit in reply.recalled} == {kept.id: 1, gone.id: 0}
+    assert memory.get(kept.id).recall_count == 1
+
+
 def test_sessions_end_with_an_optional_consolidation(tmp_path, embedder, tiny_lm, tiny_config):
     with Memory(tmp_path / "m", embedder=embedder, model=tiny_lm, editor=tiny_config) as mem:
         chat = MemoryChat(mem, Recorder())
