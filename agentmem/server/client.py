@@ -128,8 +128,8 @@ class RemoteMemory:
     def recall(self, query: str, *, k: int = 10, include_archived: bool = False, **scope: Any) -> list[dict[str, Any]]:
         return self.call("POST", "/recall", json=_body(query=query, k=k, include_archived=include_archived, **scope))
 
-    def reinforce(self, note_ids: list[str], *, at: datetime | None = None) -> list[dict[str, Any]]:
-        return self.call("POST", "/reinforce", json=_body(note_ids=list(note_ids), at=at))
+    def reinforce(self, note_ids: list[str], *, at: datetime | None = None, strict: bool = True) -> list[dict[str, Any]]:
+        return self.call("POST", "/reinforce", json=_body(note_ids=list(note_ids), at=at, strict=strict))
 
     def notes(self, **query: Any) -> list[dict[str, Any]]:
         return self.call("GET", "/notes", params=_body(**query))

@@ -83,6 +83,8 @@ class ReinforceRequest(Strict):
 
     note_ids: list[str] = Field(max_length=1000)
     at: IsoTime | None = None
+    strict: bool = Field(True, description="false: count them as a recall counts what it found (a note gone since, or"
+                                           " one this key may not see, is left out; one made after `at` is not counted)")
 
 
 class PlanRequest(Strict):

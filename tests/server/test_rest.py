@@ -77,6 +77,25 @@ def test_a_look_without_reinforcement_is_counted_later_by_reinforce(admin, serve
     assert (too_many.status_code, too_many.json()["error"]) == (422, "InvalidInputError")
 
 
+def test_reinforce_not_strict_counts_what_is_there_and_leaves_out_what_a_key_may_not_see(admin, server):
+    """A note forgotten since the look, or another user's for a bound key, is left out: not counted, not returned,
+    and for a bound key no different from a note that is not there."""
+    from .conftest import ALICE_KEY
+
+    kept = remember(admin, "Alice repairs bikes in Braga", user_id="alice", at=T0)
+    gone = remember(admin, "Alice sold her old bike in Braga", user_id="alice", at=T0)
+    bobs = remember(admin, "Bob repairs bikes in Faro", user_id="bob", at=T0)
+    assert admin.delete(f"/v1/notes/{gone['id']}").status_code in (200, 204)
+    with RemoteMemory(server.url, ALICE_KEY) as alice:
+        counted = alice.reinforce([gone["id"], bobs["id"], kept["id"], "0" * 32], at=T0, strict=False)
+        assert [note["id"] for note in counted] == [kept["id"]] and counted[0]["recall_count"] == 1
+        with pytest.raises(RemoteError) as refused:  # strict by default: refused, nothing counted
+            alice.reinforce([kept["id"], bobs["id"]], at=T0)
+        assert refused.value.status == 404
+    assert admin.get(f"/v1/notes/{bobs['id']}").json()["recall_count"] == 0
+    assert admin.get(f"/v1/notes/{kept['id']}").json()["recall_count"] == 1
+
+
 def test_reinforce_at_a_time_before_a_note_was_made_is_422_naming_it_and_counts_nothing(admin):
     user = f"u{uuid.uuid4().hex[:8]}"
     older = remember(admin, "Ines teaches chemistry in Porto", user_id=user, at="2024-04-30T12:00:00+00:00")
