@@ -5,7 +5,7 @@ A `Memory` owns one folder: `notes.sqlite3` (the note graph, source of truth),
 PostgreSQL database for its notes. Every write, and every read a write depends on, runs in a
 section (`agentmem.sections`) that holds a thread lock and the store's lock across processes, so
 many threads and several processes can share one store without losing or duplicating notes; a
-read of committed rows alone holds the thread lock only. Embedding happens before the locks are
+read of committed rows alone holds this process's thread lock at most. Embedding happens before the locks are
 taken, so threads still encode in parallel.
 
 The contract for faults: every argument is checked before anything is written, so a call

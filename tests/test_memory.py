@@ -1032,6 +1032,9 @@ def test_reinforce_not_strict_counts_as_a_recall_what_is_still_there_and_was_mad
     with pytest.raises(InvalidInputError, match="strict"):
         memory.reinforce([old.id], strict="no")
     assert memory.get(old.id) == returned[1]
+    memory.close()
+    with pytest.raises(StoreClosedError):  # nothing to count still needs an open memory
+        memory.reinforce([], strict=False)
 
 
 def test_text_limit_is_configurable(tmp_path, embedder):

@@ -43,9 +43,9 @@ remember_many batch includes its index write.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
-import contextlib
 import os
 import statistics
 import sys
@@ -226,17 +226,22 @@ def home_folder(folder: Path) -> Iterator[None]:
         yield
     finally:
         if before is None:
-            del os.environ["AGENTMEM_HOME"]
+            os.environ.pop("AGENTMEM_HOME", None)
         else:
             os.environ["AGENTMEM_HOME"] = before
 
 
 @contextlib.contextmanager
-def work_stores(store: str, embedder: SentenceTransformer) -> Iterator[tuple[Baseline, Memory]]:
+def work_stores(
+    store: str, embedder: SentenceTransformer, scratch: Path | None = None
+) -> Iterator[tuple[Baseline, Memory]]:
     """The baseline's collection and a new memory on the note store named (with the PostgreSQL server it
-    needs), in a work folder that is removed after, whatever fails: both stores held about 0.5 GB at 100k notes."""
+    needs), in a work folder (in `scratch`, by default the system's temporary folder) that is removed after,
+    whatever fails: both stores held about 0.5 GB at 100k notes."""
+    if store not in ("sqlite", "postgres"):
+        raise ValueError(f"no note store called {store!r}: sqlite or postgres")
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentmem-latency-",
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentmem-latency-", dir=scratch,
                                                                         ignore_cleanup_errors=True)))
         baseline = Baseline(workdir / "baseline")
         stack.callback(baseline.client.close)
@@ -252,9 +257,10 @@ def work_stores(store: str, embedder: SentenceTransformer) -> Iterator[tuple[Bas
 
 def run(
     data: Path, sizes: list[int], store: str = "sqlite", cache: Path = DEFAULT_CACHE,
-    report: Callable[[dict], None] = lambda results: None,
+    report: Callable[[dict], None] = lambda results: None, scratch: Path | None = None,
 ) -> dict:
-    """The figures at each size, passed to `report` as each size is done (a long run keeps what it measured)."""
+    """The figures at each size, passed to `report` as each size is done (a long run keeps what it measured);
+    `scratch`: where the work folder goes (`work_stores`)."""
     sizes = sorted(set(sizes))
     texts, questions = corpus(data, max(sizes) + PROBES)
     probes, pool = texts[:PROBES], texts[PROBES : max(sizes) + PROBES]
@@ -264,7 +270,7 @@ def run(
     encoded_for_real = {t for size in sizes for t in pool[max(0, size - timed_span) : size]}
     embedder = PrecomputedEmbedder({t: v for t, v in zip(pool, vectors) if t not in encoded_for_real})
     results: dict = {"sizes": {}}
-    with work_stores(store, embedder) as (baseline, memory):
+    with work_stores(store, embedder, scratch) as (baseline, memory):
         filled = 0
         for size in sizes:
             items = [{"text": t, "session_id": f"s{i // 50}"} for i, t in enumerate(pool[:size])]

@@ -129,7 +129,8 @@ class RemoteMemory:
         return self.call("POST", "/recall", json=_body(query=query, k=k, include_archived=include_archived, **scope))
 
     def reinforce(self, note_ids: list[str], *, at: datetime | None = None, strict: bool = True) -> list[dict[str, Any]]:
-        return self.call("POST", "/reinforce", json=_body(note_ids=list(note_ids), at=at, strict=strict))
+        # strict is sent only when false: a server of an earlier release refuses a field it does not know
+        return self.call("POST", "/reinforce", json=_body(note_ids=list(note_ids), at=at, strict=None if strict else False))
 
     def notes(self, **query: Any) -> list[dict[str, Any]]:
         return self.call("GET", "/notes", params=_body(**query))

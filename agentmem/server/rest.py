@@ -137,13 +137,14 @@ def recall(body: RecallRequest, mem: Scoped) -> list[Hit]:
 @router.post("/reinforce", response_model=list[Note], tags=["notes"],
              summary="count notes as recalled: those a recall with reinforce false found and the agent used")
 def reinforce(body: ReinforceRequest, mem: Scoped) -> list[Note]:
+    at = mem.at(body.at)  # checked before any note is read
     if body.strict:
         for note_id in body.note_ids:
             mem.note(note_id)  # another user's note is not found for a bound key
-        return mem.memory.reinforce(body.note_ids, at=mem.at(body.at))
+        return mem.memory.reinforce(body.note_ids, at=at)
     hidden = mem.hidden(set(body.note_ids))  # left out, as a note that is not there
     note_ids = [note_id for note_id in body.note_ids if note_id not in hidden]
-    return mem.memory.reinforce(note_ids, at=mem.at(body.at), strict=False)
+    return mem.memory.reinforce(note_ids, at=at, strict=False)
 
 
 @router.get("/notes", response_model=list[Note], tags=["notes"], summary="list notes of a scope, oldest first")

@@ -1,8 +1,6 @@
 """The latency benchmark's throughput rounds (alternation, the median of per-batch ratios), its cached
 filler vectors, and a small run on each store."""
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,29 +63,25 @@ def test_markdown_shows_the_median_ratio_and_its_range_and_remember_with_its_wri
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_a_run_reports_each_size_and_leaves_no_work_folder_behind(store, tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "PROBES", 3)
-    before, home = work_folders(), os.environ.get("AGENTMEM_HOME")
+    home = os.environ.get("AGENTMEM_HOME")
     reported: list[dict] = []
-    results = latency.run(SHARED_DATA, [8], store, cache=tmp_path / "cache", report=lambda r: reported.append(r))
+    results = latency.run(SHARED_DATA, [8], store, cache=tmp_path / "cache", report=lambda r: reported.append(r),
+                          scratch=tmp_path)
     figures = results["sizes"][8]
     assert figures["notes_stored"] == 8 + 3  # the filler and the timed remembers
     assert figures["remember"]["agentmem_with_index_write"]["p50_ms"] >= figures["remember"]["agentmem"]["p50_ms"]
     assert reported and reported[-1] is results
-    assert work_folders() == before  # both stores' files: 0.5 GB at 100k notes
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # the work folder (0.5 GB at 100k notes) is gone
     assert os.environ.get("AGENTMEM_HOME") == home
 
 
-def test_the_work_folder_goes_when_the_stores_fail_to_open(monkeypatch, embedder):
-    before = work_folders()
-
+def test_the_work_folder_goes_when_the_stores_fail_to_open(tmp_path, monkeypatch, embedder):
     def refused(*args, **kwargs):
         raise RuntimeError("no room")
 
     monkeypatch.setattr(latency, "Memory", refused)
-    with pytest.raises(RuntimeError, match="no room"), latency.work_stores("sqlite", embedder):
+    with pytest.raises(RuntimeError, match="no room"), latency.work_stores("sqlite", embedder, tmp_path):
         pass
-    assert work_folders() == before
-
-
-def work_folders() -> set[str]:
-    """The latency runs' work folders in the temporary folder."""
-    return {p.name for p in Path(tempfile.gettempdir()).glob("agentmem-latency-*") if p.name != "agentmem-latency-vectors"}
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="no note store called 'mysql'"), latency.work_stores("mysql", embedder):
+        pass

@@ -92,6 +92,8 @@ def test_reinforce_not_strict_counts_what_is_there_and_leaves_out_what_a_key_may
         with pytest.raises(RemoteError) as refused:  # strict by default: refused, nothing counted
             alice.reinforce([kept["id"], bobs["id"]], at=T0)
         assert refused.value.status == 404
+    not_a_flag = admin.post("/v1/reinforce", json={"note_ids": [kept["id"]], "strict": "false"})
+    assert (not_a_flag.status_code, not_a_flag.json()["error"]) == (422, "InvalidInputError")
     assert admin.get(f"/v1/notes/{bobs['id']}").json()["recall_count"] == 0
     assert admin.get(f"/v1/notes/{kept['id']}").json()["recall_count"] == 1
 
